@@ -1,0 +1,86 @@
+"""The Engine: a policy path in, a thread-safe object whose decide() returns a Decision out."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from engine.compile import compile_loaded
+from engine.decision import Decision, NoRouteError
+from engine.evaluate import decide as _decide
+from engine.load import bundled_policy_dir, load, load_source
+from engine.policy import DEFAULT_OUTPUT_TOKENS, CompiledPolicy, Request
+from engine.tokens import TokenEstimator, estimate_tokens, from_messages, has_images
+
+
+def compile_policy(path: str | Path | None = None, *, catalog: Any = None) -> CompiledPolicy:
+    """Load and compile a policy file or directory (default: the bundled policy). Raises PolicyError."""
+    return compile_loaded(load(path if path is not None else bundled_policy_dir()), catalog)
+
+
+def compile_source(text: str, file: str = "<string>", *, catalog: Any = None) -> CompiledPolicy:
+    return compile_loaded(load_source(text, file), catalog)
+
+
+class Engine:
+    """Routes requests with a compiled policy. Safe to share between threads: the policy is immutable and
+    swapped as one reference."""
+
+    def __init__(self, policy: CompiledPolicy, *, token_estimator: TokenEstimator | None = None,
+                 path: str | Path | None = None, catalog: Any = None):
+        self._policy = policy
+        self._estimate = token_estimator or estimate_tokens
+        self._path = path
+        self._catalog = catalog
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, *, catalog: Any = None,
+             token_estimator: TokenEstimator | None = None) -> Engine:
+        """A .route file, or a directory with main.route; None loads the bundled default policy."""
+        path = path if path is not None else bundled_policy_dir()
+        return cls(compile_policy(path, catalog=catalog), token_estimator=token_estimator, path=path,
+                   catalog=catalog)
+
+    @classmethod
+    def from_source(cls, text: str, *, file: str = "<string>", catalog: Any = None,
+                    token_estimator: TokenEstimator | None = None) -> Engine:
+        return cls(compile_source(text, file, catalog=catalog), token_estimator=token_estimator)
+
+    @property
+    def policy(self) -> CompiledPolicy:
+        return self._policy
+
+    @property
+    def version(self) -> str:
+        return self._policy.version
+
+    def request(self, prompt: str | None = None, *, messages: list[Mapping[str, Any]] | None = None,
+                unavailable: frozenset[str] = frozenset(), **attrs: Any) -> Request:
+        """The Request decide() evaluates (exposed for tools that trace without deciding)."""
+        if messages is not None:
+            text, tokens = from_messages(messages, self._estimate)
+            if "images" not in attrs and has_images(messages):
+                attrs["images"] = True
+        else:
+            text = prompt or ""
+            tokens = self._estimate(text)
+        out = attrs.get("max_tokens")
+        return Request(text, tokens, attrs, bool(attrs.get("tools")), bool(attrs.get("images")),
+                       float(out) if isinstance(out, (int, float)) and not isinstance(out, bool) and out > 0
+                       else DEFAULT_OUTPUT_TOKENS, unavailable)
+
+    def decide(self, prompt: str | None = None, *, messages: list[Mapping[str, Any]] | None = None,
+               **attrs: Any) -> Decision:
+        """Pick a model for a prompt (or OpenAI-format messages) and request attributes.
+
+        Raises NoRouteError when no rule yields a viable model."""
+        start = time.perf_counter_ns()
+        policy = self._policy  # one read: the whole decision uses one policy version
+        req = self.request(prompt, messages=messages, **attrs)
+        result = _decide(policy, req)
+        if result is None:
+            raise NoRouteError(policy, req)
+        rule, entry, fallbacks, matched, scanned = result
+        return Decision(policy, rule, entry, fallbacks, req, matched, scanned, time.perf_counter_ns() - start)

@@ -1,0 +1,207 @@
+"""Command line: `modelroute explain` (dry-run a decision) and `modelroute check` (compile and report)."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.markup import escape
+
+from engine.api import Engine
+from engine.decision import NoRouteError
+from engine.diagnostics import PolicyError, Sources, render
+from engine.load import bundled_policy_dir, display_name, resolve_entry
+
+EXIT_OK, EXIT_ERRORS, EXIT_USAGE = 0, 1, 2
+
+
+def _console(stderr: bool = False) -> Console:
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, no_color=bool(os.environ.get("NO_COLOR")))
+
+
+def default_policy() -> Path:
+    local = Path("policies")
+    return local if (local / "main.route").is_file() else bundled_policy_dir()
+
+
+def parse_attr(item: str) -> tuple[str, Any]:
+    """`k=v` from the command line: v as JSON when it parses (true, 3, 0.5, ["a"]), else as a string."""
+    if "=" not in item:
+        raise click.BadParameter(f"expected key=value, got {item!r}", param_hint="--attr")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise click.BadParameter(f"empty attribute name in {item!r}", param_hint="--attr")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return key, value
+
+
+def print_diagnostics(err: PolicyError, console: Console) -> None:
+    sources = err.sources if isinstance(err.sources, Sources) else Sources()
+    for i, diag in enumerate(err.diagnostics):
+        if i:
+            console.print()
+        text = escape(render(diag, sources))
+        head, _, rest = text.partition("\n")
+        color = "red" if diag.is_error else "yellow"
+        console.print(f"[bold {color}]{head}[/]" + (f"\n{rest}" if rest else ""))
+    errors = sum(1 for d in err.diagnostics if d.is_error)
+    console.print(f"\n[bold red]{errors} error{'s' if errors != 1 else ''}[/]")
+
+
+class _Group(click.Group):
+    """Turns every failure into a message and an exit code: no traceback reaches the user."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except PolicyError as err:
+            print_diagnostics(err, _console(stderr=True))
+            ctx.exit(EXIT_ERRORS)
+        except KeyboardInterrupt:
+            ctx.exit(130)
+        except Exception as exc:  # a bug: say so plainly
+            if os.environ.get("MODELROUTE_DEBUG"):
+                raise
+            _console(stderr=True).print(
+                f"[bold red]internal error[/]: {escape(type(exc).__name__)}: {escape(str(exc))}\n"
+                "this is a bug in modelroute; rerun with MODELROUTE_DEBUG=1 for the traceback")
+            ctx.exit(3)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="modelroute", prog_name="modelroute")
+def main() -> None:
+    """modelroute: declarative routing of LLM requests.
+
+    \b
+    Examples:
+      modelroute explain "Implement a function that merges two sorted lists" --attr tier=pro
+      modelroute check policies/
+    """
+
+
+@main.command()
+@click.option("-p", "--policy", "policy", type=click.Path(path_type=Path),
+              help="A .route file or a directory with main.route (default: ./policies, else the bundled one).")
+@click.argument("prompt", required=False)
+@click.option("-f", "--file", "prompt_file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Read the prompt from a file.")
+@click.option("--messages", "messages_file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Read OpenAI-format chat messages (a JSON list) from a file.")
+@click.option("-a", "--attr", "attrs", multiple=True, metavar="KEY=VALUE",
+              help="A request attribute; VALUE is parsed as JSON when it can be (true, 3, \"x\"). Repeatable.")
+@click.option("--json", "as_json", is_flag=True, help="Print the decision report as JSON.")
+@click.option("--color/--no-color", default=None, help="Force colour on or off (default: on a terminal).")
+def explain(policy: Path | None, prompt: str | None, prompt_file: Path | None, messages_file: Path | None,
+            attrs: tuple[str, ...], as_json: bool, color: bool | None) -> None:
+    """Dry-run a decision and show why the model was chosen and why every other model lost.
+
+    \b
+    Examples:
+      modelroute explain "Summarize this article" --attr tier=free
+      modelroute explain -p policies/ -f prompt.txt --json
+      cat prompt.txt | modelroute explain - --attr tools=true
+    """
+    given = [x for x in (prompt is not None, prompt_file is not None, messages_file is not None) if x]
+    if len(given) > 1:
+        raise click.UsageError("give the prompt once: as an argument, with -f FILE, - for stdin, or --messages")
+    messages = None
+    if prompt == "-":
+        prompt = sys.stdin.read()
+    elif prompt_file is not None:
+        prompt = _read(prompt_file)
+    elif messages_file is not None:
+        try:
+            messages = json.loads(_read(messages_file))
+        except ValueError as exc:
+            raise click.BadParameter(f"{messages_file} is not JSON: {exc}", param_hint="--messages") from None
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise click.BadParameter("expected a JSON list of {role, content} objects", param_hint="--messages")
+    elif prompt is None:
+        raise click.UsageError("no prompt: pass PROMPT, -f FILE, - (stdin) or --messages FILE")
+    attributes = dict(parse_attr(a) for a in attrs)
+    engine = Engine.load(policy or default_policy())
+    console = _console()
+    try:
+        decision = _timed_decide(engine, prompt, messages, attributes)
+    except NoRouteError as err:
+        if as_json:
+            click.echo(err.report().model_dump_json(indent=2))
+        else:
+            click.echo(err.explain(color=_use_color(console, color)))
+        sys.exit(EXIT_ERRORS)
+    if as_json:
+        click.echo(decision.to_json())
+    else:
+        click.echo(decision.explain(color=_use_color(console, color)))
+
+
+def _timed_decide(engine: Engine, prompt: str | None, messages: Any, attrs: dict[str, Any]):
+    """Decide once, then repeat for ~20 ms to report a steady median time rather than a cold first call."""
+    decision = engine.decide(prompt, messages=messages, **attrs)
+    samples = []
+    deadline = time.perf_counter() + 0.02
+    while len(samples) < 1000 and (time.perf_counter() < deadline or len(samples) < 5):
+        samples.append(engine.decide(prompt, messages=messages, **attrs).elapsed_ns)
+    decision.elapsed_ns = int(statistics.median(samples))
+    return decision
+
+
+def _use_color(console: Console, flag: bool | None) -> bool:
+    if flag is not None:
+        return flag
+    return console.is_terminal and not os.environ.get("NO_COLOR")
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+@main.command()
+@click.argument("policy", required=False, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print diagnostics as JSON.")
+def check(policy: Path | None, as_json: bool) -> None:
+    """Compile a policy and report every diagnostic. Exit 0 when clean, 1 on errors.
+
+    \b
+    Examples:
+      modelroute check
+      modelroute check policies/main.route --json
+    """
+    path = policy or default_policy()
+    try:
+        engine = Engine.load(path)
+    except PolicyError as err:
+        if as_json:
+            click.echo(err.to_json())
+        else:
+            print_diagnostics(err, _console(stderr=True))
+        sys.exit(EXIT_ERRORS)
+    p = engine.policy
+    if as_json:
+        click.echo(json.dumps({"ok": True, "policy": p.entry, "version": p.version, "rules": len(p.rules),
+                               "tasks": len(p.tasks), "models": len(p.models), "diagnostics": []}, indent=2))
+    else:
+        shown = display_name(resolve_entry(path))
+        click.echo(f"ok: {shown} ({len(p.rules)} rules, {len(p.tasks)} tasks, {len(p.models)} models, "
+                   f"{len(p.files)} files, version {p.version})")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,168 @@
+"""Rule code generation: one checked AST rule in, its compiled condition, index guard and Selector out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from engine import nodes as n
+from engine.policy import MISSING, NEGATED, OPS, CompiledRule, CostLimit, Entry, RankKey, Selector, get_attr
+from engine.units import fmt_count, fmt_ms, fmt_price, fmt_value
+
+Guard = tuple  # ("patterns", frozenset[int]) | ("attr", name, frozenset[value])
+
+
+class _Gen:
+    def __init__(self, task_masks: Mapping[str, int], pattern_of: Mapping[int, int]):
+        self.task_masks, self.pattern_of = task_masks, pattern_of
+        self.tmp = 0
+
+    def attr(self, name: str) -> str:
+        return f"A.get({name!r}, _M)" if "." not in name else f"_g(A, {name!r})"
+
+    def expr(self, node: n.Cond) -> str:
+        if isinstance(node, n.And):
+            return "(" + " and ".join(self.expr(x) for x in node.operands) + ")"
+        if isinstance(node, n.Or):
+            return "(" + " or ".join(self.expr(x) for x in node.operands) + ")"
+        if isinstance(node, n.Not):
+            return f"(not {self.expr(node.operand)})"
+        if isinstance(node, n.TaskMatch):
+            return f"((M >> {self.pattern_of[id(node.pattern)]}) & 1)"
+        if isinstance(node, n.TaskIs):
+            return f"((M & {self.task_masks[node.name]}) != 0)"
+        if isinstance(node, n.Truthy):
+            return "(T > 0)" if node.operand.builtin else f"bool({self.attr(node.operand.name)})"
+        if isinstance(node, n.Compare):
+            value = node.right.value  # type: ignore[union-attr]
+            if node.left.builtin:
+                return f"(T {node.op} {value!r})"
+            self.tmp += 1
+            v = f"_v{self.tmp}"
+            return f"(({v} := {self.attr(node.left.name)}) is not _M and {v} {node.op} {value!r})"
+        if isinstance(node, n.InList):
+            values = tuple(item.value for item in node.right.items)
+            if node.left.builtin:
+                return f"(T in {values!r})"
+            self.tmp += 1
+            v = f"_v{self.tmp}"
+            return f"(({v} := {self.attr(node.left.name)}) is not _M and {v} in {values!r})"
+        raise TypeError(f"not a condition node: {node!r}")
+
+
+def _function(body: str, name: str) -> Callable[..., Any]:
+    namespace: dict[str, Any] = {"_M": MISSING, "_g": get_attr}
+    exec(compile(f"def {name}(M, T, A):\n    return {body}\n", f"<rule {name}>", "exec"), namespace)
+    return namespace[name]
+
+
+def guard(node: n.Cond | None, gen: _Gen) -> Guard | None:
+    """A necessary condition for `node` that the rule index can look up, or None (always try the rule)."""
+    if node is None:
+        return None
+    if isinstance(node, n.TaskMatch):
+        return ("patterns", frozenset({gen.pattern_of[id(node.pattern)]}))
+    if isinstance(node, n.TaskIs):
+        mask = gen.task_masks[node.name]
+        return ("patterns", frozenset(i for i in range(mask.bit_length()) if mask >> i & 1))
+    if isinstance(node, n.Compare) and node.op == "==" and not node.left.builtin:
+        return _attr_guard(node.left.name, (node.right.value,))  # type: ignore[union-attr]
+    if isinstance(node, n.InList) and not node.left.builtin:
+        return _attr_guard(node.left.name, tuple(i.value for i in node.right.items))
+    if isinstance(node, n.And):
+        found = [g for g in (guard(x, gen) for x in node.operands) if g is not None]
+        found.sort(key=lambda g: (g[0] != "patterns", len(g[-1])))
+        return found[0] if found else None
+    if isinstance(node, n.Or):
+        parts = [guard(x, gen) for x in node.operands]
+        if any(p is None for p in parts):
+            return None
+        kinds = {p[:-1] for p in parts}  # type: ignore[index]
+        if len(kinds) != 1:
+            return None
+        return (*parts[0][:-1], frozenset().union(*(p[-1] for p in parts)))  # type: ignore[index]
+    return None
+
+
+def _attr_guard(name: str, values: tuple) -> Guard | None:
+    try:
+        return ("attr", name, frozenset(values))
+    except TypeError:
+        return None
+
+
+def _atoms(node: n.Cond):
+    for x in n.walk_cond(node):
+        if isinstance(x, n.ATOMS):
+            yield x
+
+
+# ---- selectors ------------------------------------------------------------------------------------
+
+
+def static_reason(e: Entry, c: n.Constraint) -> str | None:
+    """Why a model fails a request-independent `where` constraint, or None when it passes."""
+    value = c.value.value if isinstance(c.value, n.Literal) else None
+    if c.metric == "provider":
+        names = [str(i.value) for i in c.value.items]  # type: ignore[union-attr]
+        return None if e.provider in names else f"provider {e.provider} not in [{', '.join(names)}]"
+    if c.metric == "supports":
+        return None if value in e.spec.supports else f"no {value} support"
+    if c.metric == "capability":
+        score = e.spec.capabilities.get(c.capability)
+        if score is None:
+            return f"no {c.capability} score"
+        actual, shown = score, f"capability({c.capability}) {score:g}"
+    elif c.metric == "latency":
+        actual, shown = e.latency_ms / 1000, f"latency {fmt_ms(e.latency_ms)}"
+    elif c.metric == "price":
+        actual, shown = e.ip, f"price {fmt_price(e.ip)}"
+    elif c.metric == "context":
+        actual, shown = e.context, f"context {fmt_count(e.context)}"
+    else:
+        return None
+    if OPS[c.op](actual, value):
+        return None
+    return f"{shown} {NEGATED[c.op]} {fmt_value(c.value.kind, value)}"  # type: ignore[union-attr]
+
+
+def build_selector(action: n.Action, entries: Mapping[str, Entry], resolve: Callable[[n.ModelRef], Entry]) -> Selector:
+    static = [c for c in action.where if c.metric != "cost"]
+    costs = tuple(
+        CostLimit(c.op, float(c.value.value), c.value.text)  # type: ignore[union-attr,arg-type]
+        for c in action.where if c.metric == "cost"
+    )
+    fallbacks = tuple(dict.fromkeys(resolve(f) for f in action.fallbacks))
+    candidates = [resolve(action.model)] if action.kind == "use" and action.model else list(entries.values())
+    pool, rejects = [], []
+    for e in candidates:
+        why = next((r for c in static if (r := static_reason(e, c))), None)
+        if why:
+            rejects.append((e, why))
+        else:
+            pool.append(e)
+    rankings = tuple(RankKey(r.kind, r.capability) for r in action.rankings)
+    if action.kind == "use":
+        return Selector("use", candidates[0], tuple(pool), tuple(rejects), (), "static", costs, fallbacks)
+    if all(r.kind != "cheapest" for r in rankings):
+        pool.sort(key=lambda e: (*(r.key(e, None) for r in rankings), e.name))
+        return Selector("prefer", None, tuple(pool), tuple(rejects), rankings, "static", costs, fallbacks)
+    pool.sort(key=lambda e: e.name)
+    if rankings[0].kind == "cheapest":
+        return Selector("prefer", None, tuple(pool), tuple(rejects), rankings, "cheapest", costs, fallbacks,
+                        tuple(sorted(pool, key=lambda e: e.ip)), tuple(sorted(pool, key=lambda e: e.op)))
+    return Selector("prefer", None, tuple(pool), tuple(rejects), rankings, "generic", costs, fallbacks)
+
+
+def build_rule(index: int, rule: n.Rule, entries: Mapping[str, Entry], resolve: Callable[[n.ModelRef], Entry],
+               task_masks: Mapping[str, int], pattern_of: Mapping[int, int]) -> tuple[CompiledRule, Guard | None]:
+    gen = _Gen(task_masks, pattern_of)
+    cond = atoms = None
+    needs_scan = False
+    if rule.cond is not None:
+        cond = _function(gen.expr(rule.cond), f"rule_{index}")
+        atoms = {id(a): _function(gen.expr(a), f"atom_{index}") for a in _atoms(rule.cond)}
+        needs_scan = any(isinstance(a, (n.TaskMatch, n.TaskIs)) for a in _atoms(rule.cond))
+    selector = build_selector(rule.action, entries, resolve)
+    compiled = CompiledRule(index, rule.span, rule.text, rule, cond, atoms or {}, needs_scan, selector)
+    return compiled, guard(rule.cond, gen)

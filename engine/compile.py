@@ -1,0 +1,323 @@
+"""Compilation: loaded statements and a catalog in, a CompiledPolicy (or every diagnostic) out, in named passes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine import nodes as n
+from engine.codegen import build_rule
+from engine.diagnostics import Diagnostic, PolicyError, did_you_mean
+from engine.load import Loaded, display_name
+from engine.matcher import FLAGS, Matcher, check, to_re2
+from engine.policy import CompiledPolicy, Entry
+from engine.units import EXAMPLES, KIND_NAMES, METRIC_KIND
+from providers.catalog import Catalog, CatalogError, default_catalog, load_catalog
+
+MAX_RULES = 10_000
+FEATURES = frozenset({"tools", "vision", "json", "streaming"})
+
+
+@dataclass
+class Context:
+    """State shared by the passes; each pass reads it, adds to it and appends diagnostics."""
+
+    loaded: Loaded
+    catalog: Catalog | None = None
+    given_catalog: Catalog | None = None
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    tasks: dict[str, n.TaskDecl] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)  # policy alias -> canonical model name
+    pids: dict[str, int] = field(default_factory=dict)  # re2 source -> pattern id
+    pattern_of: dict[int, int] = field(default_factory=dict)  # id(Pattern node) -> pattern id
+    pattern_text: list[str] = field(default_factory=list)
+    rules: list[n.Rule] = field(default_factory=list)
+
+    def error(self, code: str, message: str, span: n.Span | None, label: str = "",
+              hint: str | None = None, notes: tuple[str, ...] = ()) -> None:
+        self.diagnostics.append(Diagnostic(code, message, span, label, hint, notes))
+
+    @property
+    def ok(self) -> bool:
+        return not any(d.is_error for d in self.diagnostics)
+
+    def resolve_model(self, ref: n.ModelRef) -> str | None:
+        """The canonical catalog name for a model reference; reports E300 when unknown."""
+        assert self.catalog is not None
+        name = self.aliases.get(ref.name, ref.name)
+        spec = self.catalog.resolve(name)
+        if spec is not None:
+            return spec.name
+        names = [*self.catalog.names(), *self.aliases]
+        self.error("E300", f"unknown model `{ref.name}`", ref.span, "not in the catalog",
+                   did_you_mean(ref.name, names) or "run `modelroute catalog` to list the models")
+        return None
+
+
+# ---- passes ---------------------------------------------------------------------------------------
+
+
+def pass_catalog(ctx: Context) -> None:
+    refs = [s for s in ctx.loaded.body if isinstance(s, n.CatalogRef)]
+    if ctx.given_catalog is not None:
+        ctx.catalog = ctx.given_catalog
+        return
+    catalog: Catalog | None = None
+    for ref in refs:
+        try:
+            loaded = load_catalog(ref.path)
+        except CatalogError as err:
+            for issue in err.issues:
+                span = n.Span(issue.file, issue.line, issue.col, issue.line, issue.col + 1) if issue.line else None
+                where = f" (at `{issue.key_path}`)" if issue.key_path else ""
+                ctx.error("E202", f"{issue.message}{where}", span, "", issue.hint,
+                          (f"catalog included at {ref.span}",))
+            continue
+        except OSError as exc:
+            ctx.error("E200", f"cannot read catalog {display_name(Path(ref.path))}: {exc.strerror or exc}",
+                      ref.span, "here", "catalog paths are relative to the policy file")
+            continue
+        catalog = loaded if catalog is None else catalog.merged(loaded)
+        for f in loaded.files:
+            if f not in ctx.loaded.files:
+                ctx.loaded.files.append(f)
+                try:
+                    ctx.loaded.sources.add(f, Path(f).read_text(encoding="utf-8"))
+                except OSError:
+                    pass
+    if catalog is None and not refs:
+        catalog = default_catalog()
+    ctx.catalog = catalog
+
+
+def pass_declarations(ctx: Context) -> None:
+    for stmt in ctx.loaded.body:
+        if isinstance(stmt, n.TaskDecl):
+            first = ctx.tasks.get(stmt.name)
+            if first is not None:
+                ctx.error("E303", f"task `{stmt.name}` is declared twice", stmt.name_span, "declared again here",
+                          "merge the patterns into one declaration", (f"first declared at {first.name_span}",))
+            else:
+                ctx.tasks[stmt.name] = stmt
+        elif isinstance(stmt, n.ModelAlias):
+            if ctx.catalog is None:
+                continue
+            if stmt.name in ctx.aliases:
+                ctx.error("E304", f"model alias `{stmt.name}` is declared twice", stmt.name_span,
+                          "declared again here", "keep one declaration")
+                continue
+            target = ctx.resolve_model(stmt.target)
+            clash = ctx.catalog.resolve(stmt.name)
+            if clash is not None and target is not None and clash.name != target:
+                ctx.error("E304", f"`{stmt.name}` already names catalog model `{clash.name}`", stmt.name_span,
+                          "name taken", "pick another alias name")
+                continue
+            if target is not None:
+                ctx.aliases[stmt.name] = target
+        elif isinstance(stmt, n.Rule):
+            ctx.rules.append(stmt)
+
+
+def _patterns(ctx: Context):
+    for task in ctx.tasks.values():
+        yield from task.patterns
+    for rule in ctx.rules:
+        if rule.cond is not None:
+            for node in n.walk_cond(rule.cond):
+                if isinstance(node, n.TaskMatch):
+                    yield node.pattern
+
+
+def pass_patterns(ctx: Context) -> None:
+    sources = ctx.loaded.sources
+    for pat in _patterns(ctx):
+        line = sources.line(pat.span.file, pat.span.line) or ""
+        raw = line[pat.span.col - 1 : pat.span.end_col - 1] if pat.span.end_line == pat.span.line else ""
+        problem = check(pat, raw)
+        if problem:
+            code, message, offset = problem
+            col = pat.span.col + offset if raw else pat.span.col
+            span = n.Span(pat.span.file, pat.span.line, col, pat.span.line, col + 1) if code != "E500" else pat.span
+            hints = {
+                "E500": "see https://github.com/google/re2/wiki/Syntax for the supported syntax",
+                "E501": "a prompt is untrusted input, so policies only run linear-time (RE2) regexes; "
+                        "rewrite without it, or split it into several patterns",
+                "E502": "flags: " + ", ".join(f"{k} ({v})" for k, v in FLAGS.items()),
+            }
+            ctx.error(code, message, span, "here", hints[code])
+            continue
+        src = to_re2(pat)
+        if src not in ctx.pids:
+            ctx.pids[src] = len(ctx.pids)
+            ctx.pattern_text.append(_shown_pattern(pat))
+        ctx.pattern_of[id(pat)] = ctx.pids[src]
+
+
+def _shown_pattern(p: n.Pattern) -> str:
+    return f"/{p.source}/{p.flags}" if p.is_regex else f'"{p.source}"'
+
+
+def pass_names(ctx: Context) -> None:
+    if ctx.catalog is None:
+        return
+    caps = ctx.catalog.capability_names()
+    providers = {m.provider for m in ctx.catalog.models.values()}
+    features = FEATURES | {f for m in ctx.catalog.models.values() for f in m.supports}
+
+    def cap(name: str | None, span: n.Span) -> None:
+        if name is not None and name not in caps:
+            ctx.error("E302", f"unknown capability `{name}`", span, "no catalog model scores this",
+                      did_you_mean(name, caps) or "capabilities: " + ", ".join(sorted(caps)))
+
+    for rule in ctx.rules:
+        if rule.cond is not None:
+            for node in n.walk_cond(rule.cond):
+                if isinstance(node, n.TaskIs) and node.name not in ctx.tasks:
+                    ctx.error("E301", f"unknown task `{node.name}`", node.name_span, "no such task declared",
+                              did_you_mean(node.name, ctx.tasks)
+                              or f'declare it first: task {node.name} = /.../, "phrase"')
+        act = rule.action
+        if act.model is not None:
+            ctx.resolve_model(act.model)
+        for ref in act.fallbacks:
+            ctx.resolve_model(ref)
+        for r in act.rankings:
+            cap(r.capability, r.span)
+        for c in act.where:
+            if c.metric == "capability":
+                cap(c.capability, c.metric_span)
+            elif c.metric == "provider" and isinstance(c.value, n.ListLit):
+                for item in c.value.items:
+                    if str(item.value) not in providers:
+                        ctx.error("E305", f"unknown provider `{item.value}`", item.span, "no catalog model has it",
+                                  did_you_mean(str(item.value), providers)
+                                  or "providers: " + ", ".join(sorted(providers)))
+            elif c.metric == "supports" and isinstance(c.value, n.Literal) and c.value.value not in features:
+                ctx.error("E306", f"unknown feature `{c.value.value}`", c.value.span, "not a feature",
+                          did_you_mean(str(c.value.value), features) or "features: " + ", ".join(sorted(features)))
+
+
+def _unit_error(ctx: Context, what: str, want: str, lit: n.Value) -> None:
+    got = "list" if isinstance(lit, n.ListLit) else lit.kind
+    ctx.error("E400", f"{what} compares with {KIND_NAMES[want]}, not {KIND_NAMES[got]}", lit.span,
+              f"this is {KIND_NAMES[got]}", f"write {EXAMPLES[want]}")
+
+
+def pass_types(ctx: Context) -> None:
+    for rule in ctx.rules:
+        if rule.cond is not None:
+            for node in n.walk_cond(rule.cond):
+                if isinstance(node, n.Compare):
+                    if isinstance(node.right, n.ListLit):
+                        ctx.error("E400", f"`{node.op}` compares with one value, not a list", node.right.span,
+                                  "a list", f"to test membership write `{node.left.name} in [...]`")
+                    elif node.left.builtin and node.right.kind != "count":
+                        _unit_error(ctx, "`tokens`", "count", node.right)
+                elif isinstance(node, n.InList) and node.left.builtin:
+                    for item in node.right.items:
+                        if item.kind != "count":
+                            _unit_error(ctx, "`tokens`", "count", item)
+        for c in rule.action.where:
+            if c.metric in METRIC_KIND:
+                want = METRIC_KIND[c.metric]
+                if not isinstance(c.value, n.Literal) or c.value.kind != want:
+                    _unit_error(ctx, f"`{c.metric}`", want, c.value)
+                elif c.metric == "capability" and not 0 <= float(c.value.value) <= 10:
+                    ctx.error("E401", f"capability scores run from 1 to 10, not {c.value.text}", c.value.span,
+                              "out of range", "use a score between 1 and 10")
+
+
+def pass_rules(ctx: Context) -> None:
+    if len(ctx.rules) > MAX_RULES:
+        ctx.error("E700", f"the policy has {len(ctx.rules):,} rules; the limit is {MAX_RULES:,}",
+                  ctx.rules[MAX_RULES].span, "over the limit", "split routing across several policies")
+    otherwise: n.Rule | None = None
+    for rule in ctx.rules:
+        if otherwise is not None:
+            code = "E601" if rule.cond is None else "E600"
+            ctx.error(code, "rule after `otherwise` can never be reached" if rule.cond else
+                      "second `otherwise` can never be reached", rule.span, "unreachable",
+                      "`otherwise` must be the last rule: move this rule above it",
+                      (f"`otherwise` is at {otherwise.span}",))
+        elif rule.cond is None:
+            otherwise = rule
+
+
+PASSES: tuple[tuple[str, Callable[[Context], None]], ...] = (
+    ("catalog", pass_catalog),
+    ("declarations", pass_declarations),
+    ("patterns", pass_patterns),
+    ("names", pass_names),
+    ("types", pass_types),
+    ("rules", pass_rules),
+)
+
+
+def compile_loaded(loaded: Loaded, catalog: Catalog | None = None) -> CompiledPolicy:
+    """Run every pass; raise PolicyError with all diagnostics, or return the compiled policy."""
+    ctx = Context(loaded=loaded, given_catalog=catalog, diagnostics=list(loaded.diagnostics))
+    for _name, run in PASSES:
+        run(ctx)
+    if not ctx.ok or ctx.catalog is None:
+        if ctx.catalog is None and ctx.ok:
+            ctx.error("E202", "no catalog could be loaded", None)
+        raise PolicyError(ctx.diagnostics, loaded.sources)
+    return build(ctx)
+
+
+def build(ctx: Context) -> CompiledPolicy:
+    """The last pass: turn the checked AST into the immutable decision structure."""
+    assert ctx.catalog is not None
+    entries = {name: _entry(spec) for name, spec in ctx.catalog.models.items()}
+    task_masks = {}
+    for name, task in ctx.tasks.items():
+        mask = 0
+        for p in task.patterns:
+            mask |= 1 << ctx.pattern_of[id(p)]
+        task_masks[name] = mask
+    resolve = lambda ref: entries[ctx.catalog.resolve(ctx.aliases.get(ref.name, ref.name)).name]  # noqa: E731
+    rules, guards = [], []
+    for i, rule in enumerate(ctx.rules):
+        compiled, guard = build_rule(i, rule, entries, resolve, task_masks, ctx.pattern_of)
+        rules.append(compiled)
+        guards.append(guard)
+    npat = len(ctx.pids)
+    unguarded, pattern_rules = 0, [0] * npat
+    attr_tables: dict[str, dict[Any, int]] = {}
+    first_pattern_rule = len(rules)
+    for i, guard in enumerate(guards):
+        bit = 1 << i
+        if guard is None:
+            unguarded |= bit
+        elif guard[0] == "patterns":
+            first_pattern_rule = min(first_pattern_rule, i)
+            for pid in guard[1]:
+                pattern_rules[pid] |= bit
+        else:
+            table = attr_tables.setdefault(guard[1], {})
+            for value in guard[2]:
+                table[value] = table.get(value, 0) | bit
+    attr_index = tuple((name, table, _or(table.values())) for name, table in attr_tables.items())
+    digest = ctx.loaded.digest()
+    matcher = Matcher(list(ctx.pids)) if ctx.pids else None
+    return CompiledPolicy(
+        entry=ctx.loaded.entry, version=digest.hexdigest()[:12], files=tuple(ctx.loaded.files),
+        rules=tuple(rules), models=entries, tasks=task_masks, matcher=matcher,
+        pattern_text=tuple(ctx.pattern_text), unguarded=unguarded, first_pattern_rule=first_pattern_rule,
+        pattern_rules=tuple(pattern_rules), attr_index=attr_index, catalog=ctx.catalog,
+        sources=ctx.loaded.sources,
+    )
+
+
+def _or(values) -> int:
+    out = 0
+    for v in values:
+        out |= v
+    return out
+
+
+def _entry(spec) -> Entry:
+    return Entry(spec.name, spec.provider, spec.context, spec.input_price, spec.output_price, spec.latency_ms,
+                 "tools" in spec.supports, "vision" in spec.supports, spec)

@@ -1,0 +1,123 @@
+"""Decisions: the fast evaluator's result in, a Decision out whose reasons (the trace) are built only when asked."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from engine.policy import CompiledPolicy, CompiledRule, Entry, Request
+from engine.report import Candidate, Report
+
+
+class Decision:
+    """Which model answers a request, which rule chose it, the fallbacks, and (lazily) why."""
+
+    __slots__ = ("_entry", "_matched", "_report", "_rule", "_scanned", "elapsed_ns", "fallbacks", "policy",
+                 "request")
+
+    def __init__(self, policy: CompiledPolicy, rule: CompiledRule, entry: Entry, fallbacks: tuple[str, ...],
+                 request: Request, matched: int, scanned: bool, elapsed_ns: int):
+        self.policy = policy
+        self._rule = rule
+        self._entry = entry
+        self.fallbacks = list(fallbacks)
+        self.request = request
+        self._matched = matched
+        self._scanned = scanned
+        self.elapsed_ns = elapsed_ns
+        self._report: Report | None = None
+
+    # -- the answer ------------------------------------------------------------------------------
+    @property
+    def model(self) -> str:
+        return self._entry.name
+
+    @property
+    def provider(self) -> str:
+        return self._entry.provider
+
+    @property
+    def model_id(self) -> str:
+        """The provider's id for the model (what goes on the wire)."""
+        return self._entry.spec.id
+
+    @property
+    def spec(self) -> Any:
+        return self._entry.spec
+
+    @property
+    def rule(self) -> CompiledRule:
+        """The deciding rule: `.file`, `.line`, `.text`, `.index`."""
+        return self._rule
+
+    @property
+    def tokens(self) -> int:
+        return self.request.tokens
+
+    @property
+    def policy_version(self) -> str:
+        return self.policy.version
+
+    @property
+    def tasks(self) -> list[str]:
+        """Names of the declared tasks whose patterns match the prompt."""
+        if not self._scanned and self.policy.matcher is not None:
+            self._matched, self._scanned = self.policy.matcher.scan(self.request.text), True
+        return [name for name, mask in self.policy.tasks.items() if mask & self._matched]
+
+    @property
+    def chain(self) -> list[str]:
+        """The attempt order for execution: the chosen model, then the fallbacks."""
+        return [self.model, *self.fallbacks]
+
+    # -- the reasons -----------------------------------------------------------------------------
+    def report(self) -> Report:
+        """The full traced evaluation (built on first use, then cached)."""
+        if self._report is None:
+            from engine.evaluate import trace
+
+            self._report = trace(self.policy, self.request, self.elapsed_ns / 1000)
+        return self._report
+
+    @property
+    def candidates(self) -> list[Candidate]:
+        return self.report().candidates
+
+    def explain(self, color: bool = False) -> str:
+        from engine.explain import render_text
+
+        return render_text(self.report(), color=color)
+
+    def model_dump(self) -> dict[str, Any]:
+        return self.report().model_dump(mode="json")
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.model_dump(), indent=indent)
+
+    def __repr__(self) -> str:
+        return (f"Decision(model={self.model!r}, provider={self.provider!r}, "
+                f"rule={self._rule.file}:{self._rule.line}, fallbacks={self.fallbacks!r})")
+
+
+class NoRouteError(LookupError):
+    """No rule produced a viable model for the request; `.report()` / `.explain()` say why."""
+
+    def __init__(self, policy: CompiledPolicy, request: Request):
+        self.policy, self.request = policy, request
+        self._report: Report | None = None
+        super().__init__(
+            f"no route: none of the {len(policy.rules)} rules of {policy.entry} matched with a viable model "
+            f"(prompt of {request.tokens} tokens); call .explain() to see why"
+        )
+
+    def report(self) -> Report:
+        if self._report is None:
+            from engine.evaluate import trace
+
+            self._report = trace(self.policy, self.request)
+        return self._report
+
+    def explain(self, color: bool = False) -> str:
+        from engine.explain import render_text
+
+        return render_text(self.report(), color=color)

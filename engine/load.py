@@ -1,0 +1,128 @@
+"""Loading: a policy path in, the parsed statements of the entry file with every include spliced in place out."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from engine import nodes as n
+from engine.diagnostics import Diagnostic, PolicyError, Sources
+from engine.parse import parse
+
+MAX_INCLUDE_DEPTH = 16
+MAX_FILE_BYTES = 1_000_000
+
+
+@dataclass
+class Loaded:
+    """Everything read for one policy: statements in evaluation order, files, sources, diagnostics."""
+
+    entry: str
+    body: list[n.Stmt] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    sources: Sources = field(default_factory=Sources)
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+    def digest(self) -> hashlib.sha256:
+        h = hashlib.sha256()
+        for f in self.files:
+            h.update(f.encode())
+            h.update(b"\0")
+            h.update(self.sources.texts.get(f, "").encode())
+            h.update(b"\0")
+        return h
+
+
+def bundled_policy_dir() -> Path:
+    """The default policy shipped with modelroute (policies/ in a checkout)."""
+    try:
+        packaged = resources.files("engine._policies")
+        if packaged.joinpath("main.route").is_file():
+            return Path(str(packaged))
+    except (ModuleNotFoundError, TypeError):
+        pass
+    return Path(__file__).resolve().parent.parent / "policies"
+
+
+def resolve_entry(path: str | Path) -> Path:
+    """A .route file as given, or DIR/main.route for a directory."""
+    p = Path(path)
+    return p / "main.route" if p.is_dir() else p
+
+
+def display_name(path: Path) -> str:
+    """A path as diagnostics show it: relative to the working directory when below it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def load(path: str | Path) -> Loaded:
+    """Read and parse the entry file and every include. Never raises for bad input: see .diagnostics."""
+    entry = resolve_entry(path)
+    loaded = Loaded(entry=display_name(entry))
+    _load_file(entry, loaded, stack=[], at=None)
+    return loaded
+
+
+def load_source(text: str, file: str = "<string>") -> Loaded:
+    loaded = Loaded(entry=file)
+    loaded.files.append(file)
+    loaded.sources.add(file, text)
+    _splice(text, file, Path.cwd() / "__string__", loaded, stack=[])
+    return loaded
+
+
+def _load_file(path: Path, loaded: Loaded, stack: list[Path], at: n.Span | None) -> None:
+    shown = display_name(path)
+    real = path.resolve()
+    if real in stack:
+        chain = " -> ".join(display_name(p) for p in [*stack, real])
+        loaded.diagnostics.append(
+            Diagnostic("E201", f"include cycle: {chain}", at, "includes a file that is already being included",
+                       "remove one of the includes in the cycle")
+        )
+        return
+    if len(stack) >= MAX_INCLUDE_DEPTH:
+        loaded.diagnostics.append(
+            Diagnostic("E203", f"includes nested deeper than {MAX_INCLUDE_DEPTH}", at, "too deep",
+                       "flatten the include chain")
+        )
+        return
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            loaded.diagnostics.append(
+                Diagnostic("E700", f"{shown} is larger than {MAX_FILE_BYTES:,} bytes", at, "too large",
+                           "split the policy into smaller files")
+            )
+            return
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        what = "policy file" if at is None else "included file"
+        reason = "not valid UTF-8" if isinstance(exc, UnicodeDecodeError) else (exc.strerror or str(exc))
+        hint = "check the path; include paths are relative to the file that includes them"
+        if at is None and path.name == "main.route" and not path.exists():
+            hint = "a policy directory needs a main.route"
+        loaded.diagnostics.append(Diagnostic("E200", f"cannot read {what} {shown}: {reason}", at, "here", hint))
+        return
+    loaded.files.append(shown)
+    loaded.sources.add(shown, text)
+    _splice(text, shown, path, loaded, [*stack, real])
+
+
+def _splice(text: str, shown: str, path: Path, loaded: Loaded, stack: list[Path]) -> None:
+    try:
+        module = parse(text, shown)
+    except PolicyError as err:
+        loaded.diagnostics.extend(err.diagnostics)
+        return
+    for stmt in module.body:
+        if isinstance(stmt, n.Include):
+            _load_file(path.parent / stmt.path, loaded, stack, stmt.span)
+        else:
+            if isinstance(stmt, n.CatalogRef):
+                stmt = n.CatalogRef(str(path.parent / stmt.path), stmt.span)
+            loaded.body.append(stmt)

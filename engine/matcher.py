@@ -1,0 +1,109 @@
+"""Pattern matching: policy regexes and phrases in, one RE2 set that scans a prompt once out."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import re2
+
+from engine import nodes as n
+
+#: Regex flags a policy may put after the closing slash.
+FLAGS = {"i": "case-insensitive (the default)", "c": "case-sensitive", "s": "`.` also matches newline",
+         "m": "`^` and `$` match at line breaks"}
+
+#: RE2's memory budget for one compiled set (bytes); large policies need more than the 8 MiB default.
+SET_MAX_MEM = 256 << 20
+
+_UNSUPPORTED = [
+    (re.compile(r"\\[1-9]"), "backreferences"),
+    (re.compile(r"\\k<"), "named backreferences"),
+    (re.compile(r"\(\?<?[=!]"), "lookaround assertions"),
+    (re.compile(r"\(\?>"), "atomic groups"),
+    (re.compile(r"[*+?}][+]"), "possessive quantifiers"),
+    (re.compile(r"\(\?\("), "conditionals"),
+]
+
+
+def _options() -> re2.Options:
+    opts = re2.Options()
+    opts.case_sensitive = True  # case is set per pattern with (?i)
+    opts.log_errors = False
+    opts.max_mem = SET_MAX_MEM
+    return opts
+
+
+def to_re2(pattern: n.Pattern) -> str:
+    """The RE2 source for a policy pattern: flags become inline groups, phrases become whole-word regexes."""
+    flags = set(pattern.flags)
+    prefix = "" if "c" in flags else "(?i)"
+    if "s" in flags:
+        prefix += "(?s)"
+    if "m" in flags:
+        prefix += "(?m)"
+    if pattern.is_regex:
+        return prefix + pattern.source
+    words = pattern.source.split()
+    if not words:
+        return prefix + r"\A\z" if not pattern.source else prefix + re2.escape(pattern.source)
+    body = r"\s+".join(re2.escape(w) for w in words)
+    phrase = " ".join(words)
+    start = r"\b" if _is_word(phrase[0]) else ""
+    end = r"\b" if _is_word(phrase[-1]) else ""
+    return f"{prefix}{start}{body}{end}"
+
+
+def _is_word(ch: str) -> bool:
+    return ch.isascii() and (ch.isalnum() or ch == "_")
+
+
+def check(pattern: n.Pattern, raw: str) -> tuple[str, str, int] | None:
+    """Validate one pattern; return (code, message, offset into raw token) for a problem, else None."""
+    bad_flags = [f for f in pattern.flags if f not in FLAGS]
+    if bad_flags:
+        return "E502", f"unknown regex flag `{bad_flags[0]}`", raw.rfind("/") + 1 + pattern.flags.index(bad_flags[0])
+    if not pattern.is_regex:
+        return None
+    for rx, what in _UNSUPPORTED:
+        m = rx.search(pattern.source)
+        if m:
+            idx = raw.find(m.group(0))
+            return "E501", f"RE2 cannot run {what} (`{m.group(0)}`)", max(idx, 1)
+    try:
+        re2.compile(to_re2(pattern), _options())
+    except re2.error as exc:
+        msg = exc.args[0] if exc.args else str(exc)
+        if isinstance(msg, bytes):
+            msg = msg.decode("utf-8", "replace")
+        return "E500", f"invalid regex: {msg}", 1
+    return None
+
+
+class Matcher:
+    """All patterns of a policy in one RE2 set; `scan(text)` returns the bitmask of patterns that match."""
+
+    __slots__ = ("_set", "patterns", "sources")
+
+    def __init__(self, sources: Sequence[str]):
+        self.sources = tuple(sources)
+        self._set = re2.Set.SearchSet(_options())
+        for src in self.sources:
+            self._set.Add(src)
+        self._set.Compile()
+        self.patterns: tuple | None = None  # compiled one by one, only when explain asks which text matched
+
+    def scan(self, text: str) -> int:
+        hits = self._set.Match(text)
+        mask = 0
+        if hits:
+            for pid in hits:
+                mask |= 1 << pid
+        return mask
+
+    def first_match(self, pid: int, text: str) -> str | None:
+        """The text a single pattern matched (for explain only; decide() never calls this)."""
+        if self.patterns is None:
+            self.patterns = tuple(re2.compile(s, _options()) for s in self.sources)
+        m = self.patterns[pid].search(text)
+        return m.group(0) if m else None

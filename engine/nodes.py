@@ -1,0 +1,236 @@
+"""AST of the .route language: the parser's output and the compiler's input; every node has a Span."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """A region of a source file, 1-based lines and columns, end exclusive."""
+
+    file: str
+    line: int
+    col: int
+    end_line: int
+    end_col: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+# ---- values ------------------------------------------------------------------------------------
+
+#: Literal kinds. Their normalised Python values:
+#: count -> float (k/M applied), duration -> float seconds, money -> float USD,
+#: price -> float USD per token, percent -> float fraction (20% -> 0.2), string -> str,
+#: name -> str (a bare word), bool -> bool.
+LITERAL_KINDS = ("count", "duration", "money", "price", "percent", "string", "name", "bool")
+
+
+@dataclass(frozen=True, slots=True)
+class Literal:
+    kind: str
+    value: object
+    text: str
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class ListLit:
+    items: tuple[Literal, ...]
+    span: Span
+
+
+Value = Union[Literal, ListLit]
+
+
+# ---- patterns ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Pattern:
+    """A regex `/src/flags` (is_regex) or a phrase `"words"` matched whole-word."""
+
+    source: str
+    flags: str
+    is_regex: bool
+    span: Span
+
+
+# ---- conditions --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TaskMatch:
+    """`task ~ /re/` or `task ~ "phrase"`: search the prompt."""
+
+    pattern: Pattern
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class TaskIs:
+    """`task is NAME`: any pattern of a declared task matches."""
+
+    name: str
+    name_span: Span
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Operand:
+    """`tokens` (builtin) or a request attribute name (possibly dotted)."""
+
+    name: str
+    builtin: bool
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Compare:
+    left: Operand
+    op: str
+    right: Value
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class InList:
+    left: Operand
+    right: ListLit
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Truthy:
+    operand: Operand
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Not:
+    operand: Cond
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class And:
+    operands: tuple[Cond, ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Or:
+    operands: tuple[Cond, ...]
+    span: Span
+
+
+Cond = Union[TaskMatch, TaskIs, Compare, InList, Truthy, Not, And, Or]
+ATOMS = (TaskMatch, TaskIs, Compare, InList, Truthy)
+
+
+# ---- actions -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRef:
+    name: str
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Ranking:
+    """`capability(NAME)`, `cheapest` or `fastest`."""
+
+    kind: str
+    capability: str | None
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Constraint:
+    """`metric op value`, `provider in [...]` or `supports X` after `where`."""
+
+    metric: str  # latency | price | cost | context | capability | provider | supports
+    op: str
+    value: Value | None
+    capability: str | None
+    span: Span
+    metric_span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    kind: str  # "use" | "prefer"
+    model: ModelRef | None
+    rankings: tuple[Ranking, ...]
+    where: tuple[Constraint, ...]
+    fallbacks: tuple[ModelRef, ...]
+    span: Span
+
+
+# ---- statements --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """`when COND ACTION` or, with cond None, `otherwise ACTION`."""
+
+    cond: Cond | None
+    action: Action
+    span: Span
+    text: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskDecl:
+    name: str
+    patterns: tuple[Pattern, ...]
+    name_span: Span
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class ModelAlias:
+    name: str
+    target: ModelRef
+    name_span: Span
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Include:
+    path: str
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogRef:
+    path: str
+    span: Span
+
+
+Stmt = Union[Rule, TaskDecl, ModelAlias, Include, CatalogRef]
+
+
+@dataclass(frozen=True, slots=True)
+class Module:
+    """One parsed source file."""
+
+    file: str
+    source: str
+    body: tuple[Stmt, ...] = field(default_factory=tuple)
+
+
+def walk_cond(cond: Cond):
+    """Yield every node of a condition tree, parents first."""
+    stack = [cond]
+    while stack:
+        node = stack.pop()
+        yield node
+        if isinstance(node, (And, Or)):
+            stack.extend(reversed(node.operands))
+        elif isinstance(node, Not):
+            stack.append(node.operand)

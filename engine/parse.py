@@ -1,0 +1,455 @@
+"""Parsing: .route source text in, an engine.nodes.Module out; every syntax diagnostic is raised from here."""
+
+from __future__ import annotations
+
+import functools
+import re
+from importlib import resources
+from pathlib import Path
+
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+from lark.lexer import PatternStr
+
+from engine import nodes as n
+from engine.diagnostics import Diagnostic, PolicyError, Sources
+
+#: Names that cannot be used for tasks or model aliases.
+KEYWORDS = frozenset(
+    "when otherwise task model include catalog and or not is in use prefer then where fallback "
+    "true false tokens capability cheapest fastest".split()
+)
+
+MAX_ERRORS = 50
+
+_STMT_START = re.compile(
+    r"^[ \t]*(?:when|otherwise|model|catalog|include|task[ \t]+[A-Za-z_][\w.:\-]*[ \t]*=)(?![\w.:\-])",
+    re.M,
+)
+
+_FRIENDLY = {
+    "NAME": "a name",
+    "STRING": 'a string "..."',
+    "REGEX": "a regex /.../",
+    "NUMBER": "a number",
+    "DURATION": "a duration (800ms, 2s)",
+    "MONEY": "an amount ($0.05)",
+    "PRICE": "a price ($3/1M)",
+    "PERCENT": "a percentage",
+    "COMPARE": "a comparison (== != < <= > >=)",
+    "$END": "end of file",
+}
+
+
+def grammar_path() -> Path:
+    """The one grammar: shipped inside the package when installed, at the repo top in a checkout."""
+    try:
+        packaged = resources.files("engine._grammar").joinpath("route.lark")
+        if packaged.is_file():
+            return Path(str(packaged))
+    except (ModuleNotFoundError, TypeError):
+        pass
+    checkout = Path(__file__).resolve().parent.parent / "grammar" / "route.lark"
+    if checkout.is_file():
+        return checkout
+    raise FileNotFoundError("grammar/route.lark not found: modelroute is not installed correctly")
+
+
+@functools.lru_cache(maxsize=1)
+def _parser() -> Lark:
+    return Lark(
+        grammar_path().read_text(encoding="utf-8"),
+        parser="lalr",
+        lexer="contextual",
+        propagate_positions=True,
+        maybe_placeholders=False,
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _terminal_names() -> dict[str, str]:
+    names = {}
+    for term in _parser().terminals:
+        if isinstance(term.pattern, PatternStr):
+            names[term.name] = f"`{term.pattern.value}`"
+        else:
+            names[term.name] = _FRIENDLY.get(term.name, term.name)
+    names["$END"] = _FRIENDLY["$END"]
+    return names
+
+
+# ---- literal conversion --------------------------------------------------------------------------
+
+_SCALE = {"": 1.0, "k": 1e3, "M": 1e6}
+
+
+def _count(text: str) -> float:
+    if text[-1] in "kM":
+        return float(text[:-1]) * _SCALE[text[-1]]
+    return float(text)
+
+
+def unescape(body: str) -> str:
+    out, i = [], 0
+    while i < len(body):
+        ch = body[i]
+        if ch == "\\" and i + 1 < len(body):
+            nxt = body[i + 1]
+            out.append({"n": "\n", "t": "\t", '"': '"', "\\": "\\"}.get(nxt, "\\" + nxt))
+            i += 2
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
+def literal(tok: Token, file: str) -> n.Literal:
+    span = _tok_span(tok, file)
+    text = str(tok)
+    kind = tok.type
+    if kind == "NUMBER":
+        return n.Literal("count", _count(text), text, span)
+    if kind == "DURATION":
+        value = float(text[:-2]) / 1000 if text.endswith("ms") else float(text[:-1])
+        return n.Literal("duration", value, text, span)
+    if kind == "MONEY":
+        return n.Literal("money", float(text[1:]), text, span)
+    if kind == "PRICE":
+        amount, per = text[1:].split("/")
+        per_tokens = _count(per) if per[0].isdigit() else _SCALE[per]
+        if per_tokens == 0:
+            raise _LiteralError(tok, "a price must be per a positive number of tokens, e.g. $3/1M")
+        return n.Literal("price", float(amount) / per_tokens, text, span)
+    if kind == "PERCENT":
+        return n.Literal("percent", float(text[:-1]) / 100, text, span)
+    if kind == "STRING":
+        return n.Literal("string", unescape(text[1:-1]), text, span)
+    if text in ("true", "false"):
+        return n.Literal("bool", text == "true", text, span)
+    return n.Literal("name", text, text, span)
+
+
+class _LiteralError(Exception):
+    def __init__(self, tok: Token, message: str):
+        self.tok, self.message = tok, message
+
+
+def _tok_span(tok: Token, file: str) -> n.Span:
+    return n.Span(file, tok.line, tok.column, tok.end_line, tok.end_column)
+
+
+# ---- tree -> AST ---------------------------------------------------------------------------------
+
+
+@v_args(meta=True)
+class _ToAST(Transformer):
+    def __init__(self, file: str, source: str):
+        super().__init__()
+        self.file, self.source = file, source
+
+    def _span(self, meta) -> n.Span:
+        return n.Span(self.file, meta.line, meta.column, meta.end_line, meta.end_column)
+
+    def _ref(self, tok: Token) -> n.ModelRef:
+        name = unescape(tok[1:-1]) if tok.type == "STRING" else str(tok)
+        return n.ModelRef(name, _tok_span(tok, self.file))
+
+    def _pattern(self, tok: Token) -> n.Pattern:
+        span = _tok_span(tok, self.file)
+        if tok.type == "STRING":
+            return n.Pattern(unescape(tok[1:-1]), "", False, span)
+        body, _, flags = tok[1:].rpartition("/")
+        return n.Pattern(body.replace("\\/", "/"), flags, True, span)
+
+    # statements
+    def start(self, meta, children):
+        return tuple(children)
+
+    def include_stmt(self, meta, children):
+        return n.Include(unescape(children[0][1:-1]), self._span(meta))
+
+    def catalog_stmt(self, meta, children):
+        return n.CatalogRef(unescape(children[0][1:-1]), self._span(meta))
+
+    def model_stmt(self, meta, children):
+        name, target = children
+        return n.ModelAlias(str(name), self._ref(target), _tok_span(name, self.file), self._span(meta))
+
+    def task_stmt(self, meta, children):
+        name, *patterns = children
+        pats = tuple(self._pattern(p) for p in patterns)
+        return n.TaskDecl(str(name), pats, _tok_span(name, self.file), self._span(meta))
+
+    def rule(self, meta, children):
+        cond, action = children
+        return n.Rule(cond, action, self._span(meta), self._text(meta))
+
+    def otherwise_rule(self, meta, children):
+        return n.Rule(None, children[0], self._span(meta), self._text(meta))
+
+    def _text(self, meta) -> str:
+        return " ".join(self.source[meta.start_pos : meta.end_pos].split())
+
+    # conditions
+    def or_cond(self, meta, children):
+        return n.Or(tuple(children), self._span(meta))
+
+    def and_cond(self, meta, children):
+        return n.And(tuple(children), self._span(meta))
+
+    def negate(self, meta, children):
+        return n.Not(children[0], self._span(meta))
+
+    def task_match(self, meta, children):
+        return n.TaskMatch(self._pattern(children[0]), self._span(meta))
+
+    def task_is(self, meta, children):
+        tok = children[0]
+        return n.TaskIs(str(tok), _tok_span(tok, self.file), self._span(meta))
+
+    def compare(self, meta, children):
+        left, op, right = children
+        return n.Compare(left, str(op), self._value(right), self._span(meta))
+
+    def in_list(self, meta, children):
+        return n.InList(children[0], children[1], self._span(meta))
+
+    def truthy(self, meta, children):
+        return n.Truthy(children[0], self._span(meta))
+
+    def tokens_ref(self, meta, children):
+        return n.Operand("tokens", True, self._span(meta))
+
+    def attr_ref(self, meta, children):
+        return n.Operand(str(children[0]), False, self._span(meta))
+
+    # values
+    def _value(self, item):
+        return item if isinstance(item, n.ListLit) else literal(item, self.file)
+
+    def list(self, meta, children):
+        span = self._span(meta) if not meta.empty else None
+        return n.ListLit(tuple(literal(c, self.file) for c in children), span)
+
+    # actions
+    def action(self, meta, children):
+        kind, model, rankings = children[0]
+        where, fallbacks = (), ()
+        for part in children[1:]:
+            if part[0] == "where":
+                where = part[1]
+            else:
+                fallbacks = part[1]
+        return n.Action(kind, model, rankings, where, fallbacks, self._span(meta))
+
+    def use(self, meta, children):
+        return ("use", self._ref(children[0]), ())
+
+    def prefer(self, meta, children):
+        return ("prefer", None, tuple(children))
+
+    def rank_capability(self, meta, children):
+        return n.Ranking("capability", str(children[0]), self._span(meta))
+
+    def rank_cheapest(self, meta, children):
+        return n.Ranking("cheapest", None, self._span(meta))
+
+    def rank_fastest(self, meta, children):
+        return n.Ranking("fastest", None, self._span(meta))
+
+    def where_clause(self, meta, children):
+        return ("where", tuple(children))
+
+    def fallback_clause(self, meta, children):
+        return ("fallback", tuple(self._ref(c) for c in children))
+
+    def constraint_compare(self, meta, children):
+        (metric, cap, mspan), op, value = children
+        return n.Constraint(metric, str(op), self._value(value), cap, self._span(meta), mspan)
+
+    def constraint_provider(self, meta, children):
+        mspan = n.Span(self.file, meta.line, meta.column, meta.line, meta.column + len("provider"))
+        return n.Constraint("provider", "in", children[0], None, self._span(meta), mspan)
+
+    def constraint_supports(self, meta, children):
+        tok = children[0]
+        value = n.Literal("name", str(tok), str(tok), _tok_span(tok, self.file))
+        return n.Constraint("supports", "has", value, None, self._span(meta), self._span(meta))
+
+    def metric_latency(self, meta, children):
+        return ("latency", None, self._span(meta))
+
+    def metric_price(self, meta, children):
+        return ("price", None, self._span(meta))
+
+    def metric_cost(self, meta, children):
+        return ("cost", None, self._span(meta))
+
+    def metric_context(self, meta, children):
+        return ("context", None, self._span(meta))
+
+    def metric_capability(self, meta, children):
+        return ("capability", str(children[0]), self._span(meta))
+
+
+# ---- entry point -----------------------------------------------------------------------------------
+
+
+def parse(source: str, file: str = "<string>") -> n.Module:
+    """Parse one file. Raises PolicyError with every syntax diagnostic in the file, in order."""
+    text = source
+    diags: list[Diagnostic] = []
+    while True:
+        try:
+            tree = _parser().parse(text)
+            body = _ToAST(file, source).transform(tree)
+        except VisitError as exc:  # a literal that lexed but cannot be converted
+            if not isinstance(exc.orig_exc, _LiteralError):
+                raise
+            err = exc.orig_exc
+            span = _tok_span(err.tok, file)
+            diags.append(Diagnostic("E105", f"bad literal `{err.tok}`", span, "here", err.message))
+            text = _blank_statement(text, _offset(text, span.line, span.col))
+        except UnexpectedInput as exc:
+            diag, offset = _syntax_diagnostic(exc, text, file)
+            diags.append(diag)
+            if len(diags) >= MAX_ERRORS:
+                break
+            blanked = _blank_statement(text, offset)
+            if blanked == text:
+                break
+            text = blanked
+            continue
+        else:
+            body = tuple(body)
+            diags.extend(_check_names(body))
+            if not diags:
+                return n.Module(file, source, body)
+            break
+    diags.sort(key=lambda d: (d.span.line, d.span.col) if d.span else (0, 0))
+    sources = Sources()
+    sources.add(file, source)
+    raise PolicyError(diags, sources)
+
+
+def _check_names(body: tuple[n.Stmt, ...]) -> list[Diagnostic]:
+    diags = []
+    for stmt in body:
+        if isinstance(stmt, (n.TaskDecl, n.ModelAlias)) and stmt.name in KEYWORDS:
+            what = "task" if isinstance(stmt, n.TaskDecl) else "model alias"
+            diags.append(
+                Diagnostic(
+                    "E103",
+                    f"`{stmt.name}` is a keyword and cannot name a {what}",
+                    stmt.name_span,
+                    "keyword",
+                    f"pick another name, e.g. `{stmt.name}_{what.split()[0]}`",
+                )
+            )
+    return diags
+
+
+def _offset(text: str, line: int, col: int) -> int:
+    pos = 0
+    for _ in range(line - 1):
+        nl = text.find("\n", pos)
+        if nl < 0:
+            return len(text)
+        pos = nl + 1
+    return min(pos + col - 1, len(text))
+
+
+def _blank_statement(text: str, offset: int) -> str:
+    """Blank out (keeping newlines) the statement that contains offset, so parsing can resume."""
+    starts = [m.start() for m in _STMT_START.finditer(text)]
+    begin = max((s for s in starts if s <= offset), default=0)
+    end = min((s for s in starts if s > offset), default=len(text))
+    if end <= begin:
+        end = len(text)
+    chunk = re.sub(r"[^\n]", " ", text[begin:end])
+    return text[:begin] + chunk + text[end:]
+
+
+def _expected(names) -> str:
+    shown = _terminal_names()
+    items = sorted({shown.get(x, x) for x in names if not x.startswith("__")})
+    if len(items) > 8:
+        items = [*items[:8], "..."]
+    if len(items) == 1:
+        return f"expected {items[0]}"
+    return "expected one of " + ", ".join(items)
+
+
+def _syntax_diagnostic(exc: UnexpectedInput, text: str, file: str) -> tuple[Diagnostic, int]:
+    line, col = max(exc.line, 1), max(exc.column, 1)
+    line_text = text.splitlines()[line - 1] if text.splitlines()[line - 1 : line] else ""
+    if isinstance(exc, UnexpectedCharacters):
+        ch = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else ""
+        span = n.Span(file, line, col, line, col + 1)
+        rest = line_text[col:]
+        if ch == '"' and '"' not in rest:
+            end = n.Span(file, line, col, line, len(line_text) + 1)
+            diag = Diagnostic("E101", "unterminated string", end, "this string never ends",
+                              'close it with `"` on the same line')
+        elif ch == "/" and "/" not in rest:
+            end = n.Span(file, line, col, line, len(line_text) + 1)
+            diag = Diagnostic("E102", "unterminated regex", end, "this regex never ends",
+                              "close it with `/`; write a literal slash inside as `\\/`")
+        elif ch.isdigit() or ch == "$":
+            word = re.match(r"[\w.$/%]+", text[exc.pos_in_stream :])
+            bad = word.group(0) if word else ch
+            span = n.Span(file, line, col, line, col + len(bad))
+            diag = Diagnostic("E105", f"bad literal `{bad}`", span, "not a number, duration or price",
+                              "numbers take k or M (30k, 1M), durations ms or s (800ms, 2s), "
+                              "money $0.05, prices $3/1M or $0.003/1k")
+        else:
+            hint = {
+                "&": "write `and`", "|": "write `or`", "!": "write `not` (or `!=` to compare)",
+                "'": 'strings use double quotes: "..."', "=": "compare with `==`",
+            }.get(ch)
+            diag = Diagnostic("E104", f"unexpected character `{ch}`", span, "not valid here",
+                              hint or _expected(exc.allowed or ()))
+        return diag, exc.pos_in_stream
+    if isinstance(exc, UnexpectedToken):
+        tok = exc.token
+        if tok.type == "$END":
+            span = n.Span(file, line, col, line, col + 1)
+            diag = Diagnostic("E100", "unexpected end of file", span, "the statement is not finished",
+                              _expected(exc.expected))
+            return diag, len(text) - 1
+        span = _tok_span(tok, file)
+        expected = set(exc.expected)
+        label = _expected(expected)
+        hint = _token_hint(tok, expected)
+        diag = Diagnostic("E100", f"unexpected {_describe(tok)}", span, label, hint)
+        return diag, tok.start_pos
+    if isinstance(exc, UnexpectedEOF):
+        span = n.Span(file, line, col, line, col + 1)
+        return Diagnostic("E100", "unexpected end of file", span, "", _expected(exc.expected)), len(text) - 1
+    raise exc
+
+
+def _describe(tok: Token) -> str:
+    if tok.type in ("NAME",) and str(tok) in KEYWORDS:
+        return f"keyword `{tok}`"
+    kind = _terminal_names().get(tok.type, tok.type)
+    if kind.startswith("`"):
+        return f"`{tok}`"
+    kind = kind.split(" (")[0].removeprefix("a ").removeprefix("an ")
+    return f"{kind} `{tok}`"
+
+
+def _token_hint(tok: Token, expected: set[str]) -> str | None:
+    value = str(tok)
+    if tok.type == "EQUAL" and "COMPARE" in expected:
+        return "compare with `==`; `=` only declares tasks and models"
+    if "USE" in expected and "PREFER" in expected:
+        return "a rule needs an action: `use MODEL` or `prefer RANKING` (capability(NAME), cheapest, fastest)"
+    if expected & {"CAPABILITY", "CHEAPEST", "FASTEST"} and "NAME" not in expected:
+        return f"`{value}` is not a ranking: use capability(NAME), cheapest or fastest"
+    if "NAME" in expected and value in KEYWORDS:
+        return f"`{value}` is a keyword; pick another name"
+    if expected & {"LATENCY", "PRICE", "COST", "CONTEXT", "PROVIDER", "SUPPORTS"} and len(expected) > 3:
+        return ("constraints are latency, price, cost, context, capability(NAME), provider in [...], "
+                "supports tools|vision|json")
+    return None

@@ -1,0 +1,263 @@
+"""Compiled policy: the immutable decision structure the compiler builds and the evaluator walks."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from engine import nodes as n
+from engine.matcher import Matcher
+from engine.units import fmt_count, fmt_money
+
+#: Output tokens assumed for cost estimates when the request does not pass `max_tokens`.
+DEFAULT_OUTPUT_TOKENS = 500
+
+OPS: dict[str, Callable[[Any, Any], bool]] = {
+    "==": operator.eq, "!=": operator.ne, "<": operator.lt,
+    "<=": operator.le, ">": operator.gt, ">=": operator.ge,
+}
+NEGATED = {"==": "!=", "!=": "==", "<": ">=", "<=": ">", ">": "<=", ">=": "<"}
+
+
+class _Missing:
+    """An attribute the caller did not pass: falsy, and every comparison with it is false."""
+
+    __slots__ = ()
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "missing"
+
+
+MISSING: Any = _Missing()
+
+
+def get_attr(attrs: Mapping[str, Any], name: str) -> Any:
+    """A request attribute by (possibly dotted) name: a flat key first, then nested mappings/objects."""
+    value = attrs.get(name, MISSING)
+    if value is MISSING and "." in name:
+        value = attrs
+        for part in name.split("."):
+            if isinstance(value, Mapping):
+                value = value.get(part, MISSING)
+            else:
+                value = getattr(value, part, MISSING)
+            if value is MISSING:
+                break
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A catalog model with the numbers selection needs, flattened for speed."""
+
+    name: str
+    provider: str
+    context: int
+    ip: float  # input USD per token
+    op: float  # output USD per token
+    latency_ms: float
+    tools: bool
+    vision: bool
+    spec: Any  # providers.catalog.ModelSpec
+
+    def cost(self, tokens: float, out_tokens: float) -> float:
+        return tokens * self.ip + out_tokens * self.op
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What one decide() call knows about the request; the evaluator's only input besides the policy."""
+
+    text: str
+    tokens: int
+    attrs: Mapping[str, Any]
+    need_tools: bool
+    need_vision: bool
+    out_tokens: float
+    unavailable: frozenset[str] = frozenset()
+
+
+def hard_reason(e: Entry, req: Request) -> str | None:
+    """Why a model cannot serve this request at all (context, tools, vision, availability), or None."""
+    if req.tokens > e.context:
+        return f"context {fmt_count(e.context)} < {fmt_count(req.tokens)} tokens"
+    if req.need_tools and not e.tools:
+        return "no tools support (request has tools)"
+    if req.need_vision and not e.vision:
+        return "no vision support (request has images)"
+    if e.name in req.unavailable:
+        return "unavailable (circuit open)"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class RankKey:
+    kind: str  # capability | cheapest | fastest
+    capability: str | None
+
+    @property
+    def label(self) -> str:
+        return f"capability({self.capability})" if self.kind == "capability" else self.kind
+
+    def key(self, e: Entry, req: Request | None) -> float:
+        if self.kind == "capability":
+            score = e.spec.capabilities.get(self.capability)
+            return -float(score) if score is not None else 0.0
+        if self.kind == "fastest":
+            return e.latency_ms
+        assert req is not None
+        return e.cost(req.tokens, req.out_tokens)
+
+    def shown(self, e: Entry, req: Request) -> str:
+        if self.kind == "capability":
+            score = e.spec.capabilities.get(self.capability)
+            return f"{self.capability} {score:g}" if score is not None else f"{self.capability} (no score)"
+        if self.kind == "fastest":
+            return f"latency {e.latency_ms:g}ms"
+        return f"cost {fmt_money(self.key(e, req))}"
+
+
+@dataclass(frozen=True, slots=True)
+class CostLimit:
+    op: str
+    value: float
+    text: str
+
+    def reason(self, e: Entry, req: Request) -> str | None:
+        cost = e.cost(req.tokens, req.out_tokens)
+        if OPS[self.op](cost, self.value):
+            return None
+        return f"cost {fmt_money(cost)} {NEGATED[self.op]} {self.text}"
+
+
+@dataclass(frozen=True, slots=True)
+class Selector:
+    """A rule's action, compiled: which models it may pick and in what order."""
+
+    kind: str  # "use" | "prefer"
+    use: Entry | None
+    pool: tuple[Entry, ...]  # models that pass every static `where` constraint
+    static_rejects: tuple[tuple[Entry, str], ...]  # models a static constraint excludes, with the reason
+    rankings: tuple[RankKey, ...]
+    order: str  # "static": pool is already in rank order | "cheapest" | "generic"
+    cost_limits: tuple[CostLimit, ...]
+    fallbacks: tuple[Entry, ...]
+    by_input: tuple[Entry, ...] = ()  # for "cheapest": pool sorted by input price
+    by_output: tuple[Entry, ...] = ()  # and by output price
+
+    def _ok(self, e: Entry, req: Request) -> bool:
+        if req.tokens > e.context or (req.need_tools and not e.tools) or (req.need_vision and not e.vision):
+            return False
+        if req.unavailable and e.name in req.unavailable:
+            return False
+        return not self.cost_limits or all(c.reason(e, req) is None for c in self.cost_limits)
+
+    def pick(self, req: Request) -> Entry | None:
+        """The best viable model for this request, or None. Must agree with rank()[0]."""
+        if self.kind == "use":
+            return self.use if self.pool and self._ok(self.pool[0], req) else None
+        if self.order == "static":
+            for e in self.pool:
+                if self._ok(e, req):
+                    return e
+            return None
+        if self.order == "cheapest":
+            return self._cheapest(req)
+        best, best_key = None, None
+        for e in self.pool:
+            if self._ok(e, req):
+                k = self.full_key(e, req)
+                if best_key is None or k < best_key:
+                    best, best_key = e, k
+        return best
+
+    def _cheapest(self, req: Request) -> Entry | None:
+        # Threshold walk over the pool sorted by input and by output price: any model not yet seen costs at
+        # least tokens*A[k].ip + out*B[k].op, so once that exceeds the best cost the search can stop.
+        t, o = req.tokens, req.out_tokens
+        a, b = self.by_input, self.by_output
+        best_cost = float("inf")
+        ties: list[Entry] = []
+        for k in range(len(a)):
+            if t * a[k].ip + o * b[k].op > best_cost:
+                break
+            for e in (a[k], b[k]):
+                if self._ok(e, req):
+                    c = t * e.ip + o * e.op
+                    if c < best_cost:
+                        best_cost, ties = c, [e]
+                    elif c == best_cost and e not in ties:
+                        ties.append(e)
+        if not ties:
+            return None
+        if len(ties) == 1:
+            return ties[0]
+        return min(ties, key=lambda e: self.full_key(e, req))
+
+    def full_key(self, e: Entry, req: Request) -> tuple:
+        return (*(r.key(e, req) for r in self.rankings), e.name)
+
+    def rank(self, req: Request, reasons: Callable[[Entry], list[str]]) -> tuple[list[Entry], list[tuple[Entry, str]]]:
+        """Every pool model: the viable ones best first, and the rejected ones with a reason (for explain)."""
+        viable, rejected = [], []
+        for e in self.pool:
+            why = hard_reason(e, req) or next((r for c in self.cost_limits if (r := c.reason(e, req))), None)
+            if why:
+                rejected.append((e, why))
+            else:
+                viable.append(e)
+        viable.sort(key=lambda e: self.full_key(e, req))
+        return viable, rejected
+
+    def viable_fallbacks(self, req: Request, chosen: Entry) -> tuple[str, ...]:
+        return tuple(
+            f.name for f in self.fallbacks
+            if f is not chosen and req.tokens <= f.context and (not req.need_tools or f.tools)
+            and (not req.need_vision or f.vision) and f.name not in req.unavailable
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    index: int
+    span: n.Span
+    text: str
+    node: n.Rule
+    cond: Callable[..., Any] | None  # fast (M, T, A) -> truthy; None for `otherwise`
+    atoms: Mapping[int, Callable[..., Any]]  # id(atom node) -> (M, T, A) -> truthy, for traced evaluation
+    needs_scan: bool
+    selector: Selector
+
+    @property
+    def file(self) -> str:
+        return self.span.file
+
+    @property
+    def line(self) -> int:
+        return self.span.line
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledPolicy:
+    """An immutable, thread-safe compiled policy."""
+
+    entry: str
+    version: str
+    files: tuple[str, ...]
+    rules: tuple[CompiledRule, ...]
+    models: Mapping[str, Entry]
+    tasks: Mapping[str, int]  # task name -> bitmask of its pattern ids
+    matcher: Matcher | None
+    pattern_text: tuple[str, ...]  # pid -> pattern as written in the policy
+    # rule index (see engine/evaluate.py)
+    unguarded: int  # bitmask of rules always tried
+    first_pattern_rule: int  # lowest rule index guarded by a pattern (len(rules) if none)
+    pattern_rules: tuple[int, ...]  # pid -> bitmask of rules guarded by that pattern
+    attr_index: tuple[tuple[str, Mapping[Any, int], int], ...]  # (attr name, value -> rule bits, all bits)
+    catalog: Any  # providers.catalog.Catalog
+    sources: Any  # engine.diagnostics.Sources

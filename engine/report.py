@@ -1,0 +1,68 @@
+"""Decision reports: the structured result of a traced evaluation, the data behind explain text and JSON."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class RuleRef(BaseModel):
+    index: int
+    file: str
+    line: int
+    col: int
+    text: str
+
+
+class Atom(BaseModel):
+    """One node of a rule's condition and its value; `depth` nests atoms under all of / any of / not."""
+
+    depth: int
+    text: str
+    value: bool
+    note: str | None = None
+
+
+class Candidate(BaseModel):
+    model: str
+    provider: str
+    status: Literal["chosen", "eligible", "rejected", "not named"]
+    rank: int | None = None
+    reason: str | None = None
+    scores: list[str] = Field(default_factory=list)
+
+
+class RuleTrace(BaseModel):
+    rule: RuleRef
+    matched: bool
+    outcome: Literal["decided", "no match", "no viable model"]
+    conditions: list[Atom] = Field(default_factory=list)
+    candidates: list[Candidate] = Field(default_factory=list)
+
+
+class FallbackCheck(BaseModel):
+    model: str
+    status: Literal["kept", "skipped"]
+    reason: str | None = None
+
+
+class Report(BaseModel):
+    """Everything explain shows; `modelroute explain --json` prints exactly this."""
+
+    model: str | None = None
+    provider: str | None = None
+    rule: RuleRef | None = None
+    ranking: list[str] = Field(default_factory=list)
+    fallbacks: list[str] = Field(default_factory=list)
+    fallback_checks: list[FallbackCheck] = Field(default_factory=list)
+    candidates: list[Candidate] = Field(default_factory=list)
+    tasks: list[str] = Field(default_factory=list)
+    tokens: int
+    prompt_chars: int
+    attrs: dict[str, Any] = Field(default_factory=dict)
+    rules: list[RuleTrace] = Field(default_factory=list)
+    rules_not_reached: int = 0
+    policy: str
+    policy_version: str
+    elapsed_us: float | None = None
