@@ -34,14 +34,18 @@ class Engine:
         self._estimate = token_estimator or estimate_tokens
         self._path = path
         self._catalog = catalog
+        self._reload: Any = None
 
     @classmethod
     def load(cls, path: str | Path | None = None, *, catalog: Any = None,
-             token_estimator: TokenEstimator | None = None) -> Engine:
-        """A .route file, or a directory with main.route; None loads the bundled default policy."""
+             token_estimator: TokenEstimator | None = None, watch: bool = False, poll: bool = False) -> Engine:
+        """A .route file, or a directory with main.route; None loads the bundled default policy.
+
+        With watch=True, every file the policy uses is watched and reloaded on change (see watch())."""
         path = path if path is not None else bundled_policy_dir()
-        return cls(compile_policy(path, catalog=catalog), token_estimator=token_estimator, path=path,
-                   catalog=catalog)
+        engine = cls(compile_policy(path, catalog=catalog), token_estimator=token_estimator, path=path,
+                     catalog=catalog)
+        return engine.watch(poll=poll) if watch else engine
 
     @classmethod
     def from_source(cls, text: str, *, file: str = "<string>", catalog: Any = None,
@@ -51,6 +55,56 @@ class Engine:
     @property
     def policy(self) -> CompiledPolicy:
         return self._policy
+
+    # -- hot reload (engine/reload.py does the work) --------------------------------------------------
+    def _reloader(self):
+        if self._reload is None:
+            from engine.reload import Reloader
+
+            self._reload = Reloader(self)
+        return self._reload
+
+    def _swap(self, policy: CompiledPolicy) -> None:
+        """Install a new compiled policy: one reference assignment, so each decide() sees one version."""
+        self._policy = policy
+
+    def recompile(self) -> CompiledPolicy:
+        """Compile the policy from its path again (raises PolicyError); does not install it."""
+        if self._path is None:
+            raise ValueError("this engine was built from source text, not a path: nothing to reload")
+        return compile_policy(self._path, catalog=self._catalog)
+
+    def reload(self) -> bool:
+        """Recompile now and swap in the result if it compiles; False (last good policy kept) if not."""
+        return self._reloader().reload()
+
+    def watch(self, *, poll: bool = False, debounce_ms: int = 50) -> Engine:
+        """Watch every file the policy uses and reload on change, in a background thread."""
+        self._reloader().start(poll=poll, debounce_ms=debounce_ms)
+        return self
+
+    async def awatch(self, *, poll: bool = False, debounce_ms: int = 50) -> None:
+        """The asyncio form of watch(): runs until cancelled."""
+        await self._reloader().awatch(poll=poll, debounce_ms=debounce_ms)
+
+    def stop(self) -> None:
+        if self._reload is not None:
+            self._reload.stop()
+
+    def on_reload(self, callback) -> None:
+        """Call `callback(event)` after every reload attempt (success or rejection)."""
+        self._reloader().callbacks.append(callback)
+
+    @property
+    def last_error(self):
+        """The PolicyError of the last rejected reload, or None after a good one."""
+        return self._reload.last_error if self._reload is not None else None
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     @property
     def version(self) -> str:

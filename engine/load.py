@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 from engine import nodes as n
@@ -37,13 +36,9 @@ class Loaded:
 
 def bundled_policy_dir() -> Path:
     """The default policy shipped with modelroute (policies/ in a checkout)."""
-    try:
-        packaged = resources.files("engine._policies")
-        if packaged.joinpath("main.route").is_file():
-            return Path(str(packaged))
-    except (ModuleNotFoundError, TypeError):
-        pass
-    return Path(__file__).resolve().parent.parent / "policies"
+    here = Path(__file__).resolve().parent
+    packaged = here / "_policies"  # where pyproject.toml installs policies/
+    return packaged if (packaged / "main.route").is_file() else here.parent / "policies"
 
 
 def resolve_entry(path: str | Path) -> Path:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import re
-from importlib import resources
 from pathlib import Path
 
 from lark import Lark, Token, Transformer, v_args
@@ -43,15 +42,10 @@ _FRIENDLY = {
 
 def grammar_path() -> Path:
     """The one grammar: shipped inside the package when installed, at the repo top in a checkout."""
-    try:
-        packaged = resources.files("engine._grammar").joinpath("route.lark")
-        if packaged.is_file():
-            return Path(str(packaged))
-    except (ModuleNotFoundError, TypeError):
-        pass
-    checkout = Path(__file__).resolve().parent.parent / "grammar" / "route.lark"
-    if checkout.is_file():
-        return checkout
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_grammar" / "route.lark", here.parent / "grammar" / "route.lark"):
+        if candidate.is_file():
+            return candidate
     raise FileNotFoundError("grammar/route.lark not found: modelroute is not installed correctly")
 
 
