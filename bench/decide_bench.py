@@ -49,7 +49,7 @@ def real_prompts() -> list[str]:
 
 def sized(prompts: list[str], size: int, count: int) -> list[str]:
     """`count` prompts of exactly `size` characters, built from consecutive real prompts."""
-    out, i = [], 0
+    out = []
     step = max(1, len(prompts) // count)
     for k in range(count):
         text, j = "", (k * step) % len(prompts)
@@ -57,7 +57,6 @@ def sized(prompts: list[str], size: int, count: int) -> list[str]:
             text += prompts[j % len(prompts)] + "\n\n"
             j += 1
         out.append(text[:size])
-        i += 1
     return out
 
 
@@ -120,6 +119,14 @@ def generated_policy(n: int) -> tuple[str, list[tuple[list[str], str | None, str
     return "\n".join(src) + "\n", rules
 
 
+def engine_fn(engine: Engine) -> Callable[[str, dict], object]:
+    return lambda p, at: engine.decide(p, **at)
+
+
+def hand_fn_of(hand: HandwrittenRuleLoop) -> Callable[[str, dict], object]:
+    return lambda p, at: hand.route(p, **at)
+
+
 def scaling(samples: int, lines: list[str]) -> None:
     prompts = real_prompts()
     lines.append("")
@@ -130,6 +137,8 @@ def scaling(samples: int, lines: list[str]) -> None:
         text, rules = generated_policy(n)
         engine = Engine.from_source(text, file=f"generated-{n}.route")
         hand = HandwrittenRuleLoop(rules, "gpt-4o-mini")
+        ours_fn = engine_fn(engine)
+        hand_fn = hand_fn_of(hand)
         mid = (n // 2) & ~1
         for label, size in SIZES.items():
             base = sized(prompts, size, 12)
@@ -138,12 +147,10 @@ def scaling(samples: int, lines: list[str]) -> None:
             for p, at in cases:
                 assert engine.decide(p, **at).model == hand.route(p, **at)
             if n == 1000 and size > 4_000:
-                ours = compare(lambda p, at: engine.decide(p, **at), lambda p, at: engine.decide(p, **at),
-                               cases, max(5, samples // 4))[0]
+                ours = compare(ours_fn, ours_fn, cases, max(5, samples // 4))[0]
                 theirs = float("nan")
             else:
-                ours, theirs = compare(lambda p, at: engine.decide(p, **at), lambda p, at: hand.route(p, **at),
-                                       cases, samples)
+                ours, theirs = compare(ours_fn, hand_fn, cases, samples)
             results[(n, label)] = ours
             ratio = f"{theirs / ours:>8.1f}x" if theirs == theirs else "  (skip)"
             shown = f"{theirs:>21.2f}" if theirs == theirs else f"{'(too slow to run)':>21}"

@@ -137,9 +137,9 @@ def pass_patterns(ctx: Context) -> None:
         raw = line[pat.span.col - 1 : pat.span.end_col - 1] if pat.span.end_line == pat.span.line else ""
         problem = check(pat, raw)
         if problem:
-            code, message, offset = problem
+            code, message, offset, width = problem
             col = pat.span.col + offset if raw else pat.span.col
-            span = n.Span(pat.span.file, pat.span.line, col, pat.span.line, col + 1) if code != "E500" else pat.span
+            span = n.Span(pat.span.file, pat.span.line, col, pat.span.line, col + width) if code != "E500" else pat.span
             hints = {
                 "E500": "see https://github.com/google/re2/wiki/Syntax for the supported syntax",
                 "E501": "a prompt is untrusted input, so policies only run linear-time (RE2) regexes; "
@@ -263,6 +263,9 @@ def compile_loaded(loaded: Loaded, catalog: Catalog | None = None) -> CompiledPo
     if not ctx.ok or ctx.catalog is None:
         if ctx.catalog is None and ctx.ok:
             ctx.error("E202", "no catalog could be loaded", None)
+        order = {f: i for i, f in enumerate(loaded.files)}
+        ctx.diagnostics.sort(key=lambda d: (order.get(d.span.file, len(order)), d.span.line, d.span.col)
+                             if d.span else (-1, 0, 0))
         raise PolicyError(ctx.diagnostics, loaded.sources)
     return build(ctx)
 

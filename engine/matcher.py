@@ -58,25 +58,26 @@ def _is_word(ch: str) -> bool:
     return ch.isascii() and (ch.isalnum() or ch == "_")
 
 
-def check(pattern: n.Pattern, raw: str) -> tuple[str, str, int] | None:
-    """Validate one pattern; return (code, message, offset into raw token) for a problem, else None."""
+def check(pattern: n.Pattern, raw: str) -> tuple[str, str, int, int] | None:
+    """Validate one pattern; return (code, message, offset into raw token, width) for a problem, else None."""
     bad_flags = [f for f in pattern.flags if f not in FLAGS]
     if bad_flags:
-        return "E502", f"unknown regex flag `{bad_flags[0]}`", raw.rfind("/") + 1 + pattern.flags.index(bad_flags[0])
+        return ("E502", f"unknown regex flag `{bad_flags[0]}`",
+                raw.rfind("/") + 1 + pattern.flags.index(bad_flags[0]), 1)
     if not pattern.is_regex:
         return None
     for rx, what in _UNSUPPORTED:
         m = rx.search(pattern.source)
         if m:
             idx = raw.find(m.group(0))
-            return "E501", f"RE2 cannot run {what} (`{m.group(0)}`)", max(idx, 1)
+            return "E501", f"RE2 cannot run {what} (`{m.group(0)}`)", max(idx, 1), len(m.group(0))
     try:
         re2.compile(to_re2(pattern), _options())
     except re2.error as exc:
         msg = exc.args[0] if exc.args else str(exc)
         if isinstance(msg, bytes):
             msg = msg.decode("utf-8", "replace")
-        return "E500", f"invalid regex: {msg}", 1
+        return "E500", f"invalid regex: {msg}", 1, len(raw)
     return None
 
 

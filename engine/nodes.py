@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +42,7 @@ class ListLit:
     span: Span
 
 
-Value = Union[Literal, ListLit]
+Value = Literal | ListLit
 
 
 # ---- patterns ----------------------------------------------------------------------------------
@@ -127,7 +126,7 @@ class Or:
     span: Span
 
 
-Cond = Union[TaskMatch, TaskIs, Compare, InList, Truthy, Not, And, Or]
+Cond = TaskMatch | TaskIs | Compare | InList | Truthy | Not | And | Or
 ATOMS = (TaskMatch, TaskIs, Compare, InList, Truthy)
 
 
@@ -212,7 +211,7 @@ class CatalogRef:
     span: Span
 
 
-Stmt = Union[Rule, TaskDecl, ModelAlias, Include, CatalogRef]
+Stmt = Rule | TaskDecl | ModelAlias | Include | CatalogRef
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,10 +14,10 @@ from engine import nodes as n
 from engine.diagnostics import Diagnostic, PolicyError, Sources
 
 #: Names that cannot be used for tasks or model aliases.
-KEYWORDS = frozenset(
-    "when otherwise task model include catalog and or not is in use prefer then where fallback "
-    "true false tokens capability cheapest fastest".split()
-)
+KEYWORDS = frozenset({
+    "when", "otherwise", "task", "model", "include", "catalog", "and", "or", "not", "is", "in", "use", "prefer",
+    "then", "where", "fallback", "true", "false", "tokens", "capability", "cheapest", "fastest",
+})
 
 MAX_ERRORS = 50
 

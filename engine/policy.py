@@ -42,10 +42,7 @@ def get_attr(attrs: Mapping[str, Any], name: str) -> Any:
     if value is MISSING and "." in name:
         value = attrs
         for part in name.split("."):
-            if isinstance(value, Mapping):
-                value = value.get(part, MISSING)
-            else:
-                value = getattr(value, part, MISSING)
+            value = value.get(part, MISSING) if isinstance(value, Mapping) else getattr(value, part, MISSING)
             if value is MISSING:
                 break
     return value
