@@ -12,6 +12,7 @@ from engine.decision import Decision, NoRouteError
 from engine.evaluate import decide as _decide
 from engine.load import bundled_policy_dir, load, load_source
 from engine.policy import DEFAULT_OUTPUT_TOKENS, CompiledPolicy, Request
+from engine.state import MemoryStore, StateStore
 from engine.tokens import TokenEstimator, estimate_tokens, from_messages, has_images
 
 
@@ -29,12 +30,13 @@ class Engine:
     swapped as one reference."""
 
     def __init__(self, policy: CompiledPolicy, *, token_estimator: TokenEstimator | None = None,
-                 path: str | Path | None = None, catalog: Any = None):
+                 path: str | Path | None = None, catalog: Any = None, state: StateStore | None = None):
         self._policy = policy
         self._estimate = token_estimator or estimate_tokens
         self._path = path
         self._catalog = catalog
         self._reload: Any = None
+        self.state: StateStore = state if state is not None else MemoryStore()
 
     @classmethod
     def load(cls, path: str | Path | None = None, *, catalog: Any = None,
@@ -111,8 +113,11 @@ class Engine:
         return self._policy.version
 
     def request(self, prompt: str | None = None, *, messages: list[Mapping[str, Any]] | None = None,
-                unavailable: frozenset[str] = frozenset(), **attrs: Any) -> Request:
-        """The Request decide() evaluates (exposed for tools that trace without deciding)."""
+                policy: CompiledPolicy | None = None, **attrs: Any) -> Request:
+        """The Request decide() evaluates (exposed for tools that trace without deciding).
+
+        `tokens=N` overrides the estimate (for callers that count tokens exactly)."""
+        policy = policy or self._policy
         if messages is not None:
             text, tokens = from_messages(messages, self._estimate)
             if "images" not in attrs and has_images(messages):
@@ -120,10 +125,14 @@ class Engine:
         else:
             text = prompt or ""
             tokens = self._estimate(text)
+        if "tokens" in attrs:
+            tokens = int(attrs.pop("tokens"))
         out = attrs.get("max_tokens")
-        return Request(text, tokens, attrs, bool(attrs.get("tools")), bool(attrs.get("images")),
-                       float(out) if isinstance(out, (int, float)) and not isinstance(out, bool) and out > 0
-                       else DEFAULT_OUTPUT_TOKENS, unavailable)
+        if not (isinstance(out, (int, float)) and not isinstance(out, bool) and out > 0):
+            out = policy.settings["output_tokens"] if policy.settings is not None else DEFAULT_OUTPUT_TOKENS
+        state = self.state
+        return Request(text, tokens, attrs, bool(attrs.get("tools")), bool(attrs.get("images")), float(out),
+                       state.unavailable(), state, state.latency_ms())
 
     def decide(self, prompt: str | None = None, *, messages: list[Mapping[str, Any]] | None = None,
                **attrs: Any) -> Decision:
@@ -132,7 +141,7 @@ class Engine:
         Raises NoRouteError when no rule yields a viable model."""
         start = time.perf_counter_ns()
         policy = self._policy  # one read: the whole decision uses one policy version
-        req = self.request(prompt, messages=messages, **attrs)
+        req = self.request(prompt, messages=messages, policy=policy, **attrs)
         result = _decide(policy, req)
         if result is None:
             raise NoRouteError(policy, req)

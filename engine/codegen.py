@@ -126,14 +126,20 @@ def static_reason(e: Entry, c: n.Constraint) -> str | None:
     return f"{shown} {NEGATED[c.op]} {fmt_value(c.value.kind, value)}"  # type: ignore[union-attr]
 
 
-def build_selector(action: n.Action, entries: Mapping[str, Entry], resolve: Callable[[n.ModelRef], Entry]) -> Selector:
+def build_selector(action: n.Action, entries: Mapping[str, Entry], resolve: Callable[[n.ModelRef], Entry],
+                   key: str = "") -> Selector:
     static = [c for c in action.where if c.metric != "cost"]
     costs = tuple(
         CostLimit(c.op, float(c.value.value), c.value.text)  # type: ignore[union-attr,arg-type]
         for c in action.where if c.metric == "cost"
     )
     fallbacks = tuple(dict.fromkeys(resolve(f) for f in action.fallbacks))
-    candidates = [resolve(action.model)] if action.kind == "use" and action.model else list(entries.values())
+    if action.kind == "use" and action.model:
+        candidates = [resolve(action.model)]
+    elif action.members:
+        candidates = list(dict.fromkeys(resolve(m) for m in action.members))
+    else:
+        candidates = list(entries.values())
     pool, rejects = [], []
     for e in candidates:
         why = next((r for c in static if (r := static_reason(e, c))), None)
@@ -144,14 +150,25 @@ def build_selector(action: n.Action, entries: Mapping[str, Entry], resolve: Call
     rankings = tuple(RankKey(r.kind, r.capability) for r in action.rankings)
     if action.kind == "use":
         return Selector("use", candidates[0], tuple(pool), tuple(rejects), (), "static", costs, fallbacks)
-    if all(r.kind != "cheapest" for r in rankings):
+    if action.members:
+        given = (float(w.value) for w in action.weights)  # type: ignore[arg-type]
+        weights = dict(zip((resolve(m) for m in action.members), given, strict=False))
+        return Selector(action.kind, None, tuple(pool), tuple(rejects), (), "static", costs, fallbacks,
+                        mode=str(action.mode.value) if action.mode else None,
+                        weights=tuple(weights.get(e, 0.0) for e in pool),
+                        judge=resolve(action.judge) if action.judge else None, key=key)
+    measured = any(r.kind == "fastest" for r in rankings)
+    if all(r.kind not in ("cheapest", "least_busy") for r in rankings):
         pool.sort(key=lambda e: (*(r.key(e, None) for r in rankings), e.name))
-        return Selector("prefer", None, tuple(pool), tuple(rejects), rankings, "static", costs, fallbacks)
+        return Selector("prefer", None, tuple(pool), tuple(rejects), rankings, "static", costs, fallbacks,
+                        measured=measured)
     pool.sort(key=lambda e: e.name)
     if rankings[0].kind == "cheapest":
         return Selector("prefer", None, tuple(pool), tuple(rejects), rankings, "cheapest", costs, fallbacks,
-                        tuple(sorted(pool, key=lambda e: e.ip)), tuple(sorted(pool, key=lambda e: e.op)))
-    return Selector("prefer", None, tuple(pool), tuple(rejects), rankings, "generic", costs, fallbacks)
+                        tuple(sorted(pool, key=lambda e: e.ip)), tuple(sorted(pool, key=lambda e: e.op)),
+                        measured=measured)
+    return Selector("prefer", None, tuple(pool), tuple(rejects), rankings, "generic", costs, fallbacks,
+                    measured=measured)
 
 
 def build_rule(index: int, rule: n.Rule, entries: Mapping[str, Entry], resolve: Callable[[n.ModelRef], Entry],
@@ -163,6 +180,6 @@ def build_rule(index: int, rule: n.Rule, entries: Mapping[str, Entry], resolve: 
         cond = _function(gen.expr(rule.cond), f"rule_{index}")
         atoms = {id(a): _function(gen.expr(a), f"atom_{index}") for a in _atoms(rule.cond)}
         needs_scan = any(isinstance(a, (n.TaskMatch, n.TaskIs)) for a in _atoms(rule.cond))
-    selector = build_selector(rule.action, entries, resolve)
+    selector = build_selector(rule.action, entries, resolve, key=f"{rule.span.file}:{rule.span.line}")
     compiled = CompiledRule(index, rule.span, rule.text, rule, cond, atoms or {}, needs_scan, selector)
     return compiled, guard(rule.cond, gen)

@@ -12,7 +12,8 @@ from engine.codegen import build_rule
 from engine.diagnostics import Diagnostic, PolicyError, did_you_mean
 from engine.load import Loaded, display_name
 from engine.matcher import FLAGS, Matcher, check, to_re2
-from engine.policy import CompiledPolicy, Entry
+from engine.policy import BudgetSpec, CompiledPolicy, Entry
+from engine.settings import SETTINGS, Settings, coerce
 from engine.units import EXAMPLES, KIND_NAMES, METRIC_KIND
 from providers.catalog import Catalog, CatalogError, default_catalog, load_catalog
 
@@ -34,6 +35,9 @@ class Context:
     pattern_of: dict[int, int] = field(default_factory=dict)  # id(Pattern node) -> pattern id
     pattern_text: list[str] = field(default_factory=list)
     rules: list[n.Rule] = field(default_factory=list)
+    settings: dict[str, n.Setting] = field(default_factory=dict)
+    budgets: list[n.Budget] = field(default_factory=list)
+    tests: list[n.TestBlock] = field(default_factory=list)
 
     def error(self, code: str, message: str, span: n.Span | None, label: str = "",
               hint: str | None = None, notes: tuple[str, ...] = ()) -> None:
@@ -118,6 +122,12 @@ def pass_declarations(ctx: Context) -> None:
                 ctx.aliases[stmt.name] = target
         elif isinstance(stmt, n.Rule):
             ctx.rules.append(stmt)
+        elif isinstance(stmt, n.Setting):
+            ctx.settings[stmt.name] = stmt  # a later `set` overrides an earlier one (e.g. from an include)
+        elif isinstance(stmt, n.Budget):
+            ctx.budgets.append(stmt)
+        elif isinstance(stmt, n.TestBlock):
+            ctx.tests.append(stmt)
 
 
 def _patterns(ctx: Context):
@@ -179,10 +189,9 @@ def pass_names(ctx: Context) -> None:
                               did_you_mean(node.name, ctx.tasks)
                               or f'declare it first: task {node.name} = /.../, "phrase"')
         act = rule.action
-        if act.model is not None:
-            ctx.resolve_model(act.model)
-        for ref in act.fallbacks:
-            ctx.resolve_model(ref)
+        for ref in (act.model, act.judge, *act.members, *act.fallbacks):
+            if ref is not None:
+                ctx.resolve_model(ref)
         for r in act.rankings:
             cap(r.capability, r.span)
         for c in act.where:
@@ -197,6 +206,16 @@ def pass_names(ctx: Context) -> None:
             elif c.metric == "supports" and isinstance(c.value, n.Literal) and c.value.value not in features:
                 ctx.error("E306", f"unknown feature `{c.value.value}`", c.value.span, "not a feature",
                           did_you_mean(str(c.value.value), features) or "features: " + ", ".join(sorted(features)))
+
+
+def pass_tests(ctx: Context) -> None:
+    if ctx.catalog is None:
+        return
+    for block in ctx.tests:
+        for exp in block.expects:
+            for ref in (exp.model, *(exp.fallbacks or ())):
+                if ref is not None:
+                    ctx.resolve_model(ref)
 
 
 def _unit_error(ctx: Context, what: str, want: str, lit: n.Value) -> None:
@@ -229,6 +248,42 @@ def pass_types(ctx: Context) -> None:
                               "out of range", "use a score between 1 and 10")
 
 
+BALANCE_MODES = ("round_robin", "random", "least_busy")
+BUDGET_PERIODS = ("hourly", "daily", "monthly")
+
+
+def pass_strategies(ctx: Context) -> None:
+    for rule in ctx.rules:
+        act = rule.action
+        if act.kind == "balance" and act.mode is not None and act.mode.value not in BALANCE_MODES:
+            ctx.error("E307", f"unknown balance mode `{act.mode.value}`", act.mode.span, "not a mode",
+                      did_you_mean(str(act.mode.value), BALANCE_MODES) or "modes: " + ", ".join(BALANCE_MODES))
+        if act.kind == "split":
+            total = sum(float(w.value) for w in act.weights)
+            if abs(total - 1.0) > 1e-9:
+                shown = ", ".join(w.text for w in act.weights)
+                ctx.error("E402", f"split weights add up to {total * 100:g}%, not 100%", act.span,
+                          f"{shown}", "make the percentages add up to 100%")
+        if act.kind in ("race", "consensus", "best_of") and len(act.members) < 2:
+            ctx.error("E403", f"`{act.kind}` needs at least two models", act.span, "one model",
+                      f"list two or more models, or write `use {act.members[0].name}`" if act.members else None)
+    for setting in ctx.settings.values():
+        spec = SETTINGS.get(setting.name)
+        if spec is None:
+            ctx.error("E308", f"unknown setting `{setting.name}`", setting.name_span, "not a setting",
+                      did_you_mean(setting.name, SETTINGS) or "settings: " + ", ".join(SETTINGS))
+            continue
+        kind = spec[0]
+        if not isinstance(setting.value, n.Literal) or setting.value.kind != kind:
+            _unit_error(ctx, f"`{setting.name}`", kind, setting.value)
+    for budget in ctx.budgets:
+        if budget.period not in BUDGET_PERIODS:
+            ctx.error("E309", f"unknown budget period `{budget.period}`", budget.period_span, "not a period",
+                      did_you_mean(budget.period, BUDGET_PERIODS) or "periods: " + ", ".join(BUDGET_PERIODS))
+        if budget.amount.kind != "money":
+            _unit_error(ctx, "a budget", "money", budget.amount)
+
+
 def pass_rules(ctx: Context) -> None:
     if len(ctx.rules) > MAX_RULES:
         ctx.error("E700", f"the policy has {len(ctx.rules):,} rules; the limit is {MAX_RULES:,}",
@@ -251,7 +306,9 @@ PASSES: tuple[tuple[str, Callable[[Context], None]], ...] = (
     ("patterns", pass_patterns),
     ("names", pass_names),
     ("types", pass_types),
+    ("strategies", pass_strategies),
     ("rules", pass_rules),
+    ("tests", pass_tests),
 )
 
 
@@ -310,8 +367,17 @@ def build(ctx: Context) -> CompiledPolicy:
         rules=tuple(rules), models=entries, tasks=task_masks, matcher=matcher,
         pattern_text=tuple(ctx.pattern_text), unguarded=unguarded, first_pattern_rule=first_pattern_rule,
         pattern_rules=tuple(pattern_rules), attr_index=attr_index, catalog=ctx.catalog,
-        sources=ctx.loaded.sources,
+        sources=ctx.loaded.sources, settings=_settings(ctx),
+        budgets=tuple(BudgetSpec(b.period, float(b.amount.value), b.per, b.span) for b in ctx.budgets),
+        tests=tuple(ctx.tests),
     )
+
+
+def _settings(ctx: Context) -> Settings:
+    values = dict(Settings.defaults().values)
+    for name, setting in ctx.settings.items():
+        values[name] = coerce(name, setting.value.value)  # type: ignore[union-attr]
+    return Settings(values)
 
 
 def _or(values) -> int:

@@ -66,6 +66,26 @@ class Decision:
         return [name for name, mask in self.policy.tasks.items() if mask & self._matched]
 
     @property
+    def strategy(self) -> str:
+        """How execution uses the decision: "single" (chain of model then fallbacks), "race", "consensus"
+        or "best_of" (the whole group is called)."""
+        kind = self._rule.selector.kind
+        return kind if kind in ("race", "consensus", "best_of") else "single"
+
+    @property
+    def group(self) -> list[str]:
+        """The models a race / consensus / best_of calls together (viable ones, as listed); else [model]."""
+        if self.strategy == "single":
+            return [self.model]
+        return list(self._rule.selector.group(self.request))
+
+    @property
+    def judge(self) -> str | None:
+        """The judge model of a best_of rule."""
+        judge = self._rule.selector.judge
+        return judge.name if judge is not None else None
+
+    @property
     def chain(self) -> list[str]:
         """The attempt order for execution: the chosen model, then the fallbacks."""
         return [self.model, *self.fallbacks]
@@ -76,7 +96,7 @@ class Decision:
         if self._report is None:
             from engine.evaluate import trace
 
-            self._report = trace(self.policy, self.request, self.elapsed_ns / 1000)
+            self._report = trace(self.policy, self.request, self.elapsed_ns / 1000, (self._rule.index, self.model))
         return self._report
 
     @property

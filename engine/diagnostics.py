@@ -32,9 +32,14 @@ CODES: dict[str, str] = {
     "E304": "duplicate model alias",
     "E305": "unknown provider",
     "E306": "unknown feature",
+    "E307": "unknown balance mode",
+    "E308": "unknown setting",
+    "E309": "unknown budget period",
     # types and units
     "E400": "unit mismatch",
     "E401": "value out of range",
+    "E402": "split weights do not add up to 100%",
+    "E403": "model group too small",
     # patterns
     "E500": "bad regex",
     "E501": "regex feature RE2 cannot run",

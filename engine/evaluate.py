@@ -163,7 +163,7 @@ def _show(v: Any) -> str:
 
 def _candidates(rule: CompiledRule, req: Request, chosen: Entry | None, policy: CompiledPolicy) -> list[Candidate]:
     sel = rule.selector
-    viable, rejected = sel.rank(req, lambda e: [])
+    viable, rejected = sel.rank(req)
     out = []
     for rank, e in enumerate(viable, 1):
         status = "chosen" if e is chosen else "eligible"
@@ -181,8 +181,12 @@ def _candidates(rule: CompiledRule, req: Request, chosen: Entry | None, policy: 
     return out
 
 
-def trace(policy: CompiledPolicy, req: Request, elapsed_us: float | None = None) -> Report:
-    """Evaluate every rule in order, recording each condition atom and every model's fate."""
+def trace(policy: CompiledPolicy, req: Request, elapsed_us: float | None = None,
+          chosen: tuple[int, str] | None = None) -> Report:
+    """Evaluate every rule in order, recording each condition atom and every model's fate.
+
+    `chosen` is (rule index, model) of a decision already made: balance and split pick by state or chance,
+    so the trace reports that pick instead of drawing again."""
     matched = policy.matcher.scan(req.text) if policy.matcher else 0
     tasks = [name for name, mask in policy.tasks.items() if mask & matched]
     traces: list[RuleTrace] = []
@@ -194,12 +198,19 @@ def trace(policy: CompiledPolicy, req: Request, elapsed_us: float | None = None)
         if not ok:
             traces.append(RuleTrace(rule=ref, matched=False, outcome="no match", conditions=atoms))
             continue
-        chosen = rule.selector.pick(req)
-        cands = _candidates(rule, req, chosen, policy)
-        outcome = "decided" if chosen is not None else "no viable model"
+        sel = rule.selector
+        if sel.stateful:
+            viable, _ = sel.rank(req)
+            pick = viable[0] if viable else None
+            if pick is not None and chosen is not None and chosen[0] == rule.index:
+                pick = policy.models[chosen[1]]
+        else:
+            pick = sel.pick(req)
+        cands = _candidates(rule, req, pick, policy)
+        outcome = "decided" if pick is not None else "no viable model"
         traces.append(RuleTrace(rule=ref, matched=True, outcome=outcome, conditions=atoms, candidates=cands))
-        if chosen is not None:
-            decided = (rule, chosen)
+        if pick is not None:
+            decided = (rule, pick)
             break
     report = Report(
         policy=policy.entry, policy_version=policy.version, tokens=req.tokens, prompt_chars=len(req.text),
@@ -212,6 +223,10 @@ def trace(policy: CompiledPolicy, req: Request, elapsed_us: float | None = None)
         report.model, report.provider = chosen.name, chosen.provider
         report.rule = traces[-1].rule
         report.ranking = [r.label for r in sel.rankings]
+        report.strategy = sel.kind if sel.kind in ("race", "consensus", "best_of", "balance", "split") else None
+        if sel.kind in ("race", "consensus", "best_of"):
+            report.group = list(sel.group(req))
+            report.judge = sel.judge.name if sel.judge is not None else None
         report.candidates = traces[-1].candidates
         report.fallbacks = list(sel.viable_fallbacks(req, chosen))
         for f in sel.fallbacks:

@@ -35,14 +35,17 @@ def _rule_lines(t: RuleTrace) -> list[str]:
     return out
 
 
-def _candidate_lines(cands: list[Candidate], ranking: list[str]) -> list[str]:
+def _candidate_lines(cands: list[Candidate], ranking: list[str], strategy: str | None = None) -> list[str]:
     out: list[str] = []
     ranked = [c for c in cands if c.rank is not None]
     rejected = [c for c in cands if c.status == "rejected"]
     unnamed = [c for c in cands if c.status == "not named"]
     width = max((len(c.model) for c in cands), default=10) + 2
     if ranked:
-        out.append(f"[bold]ranked[/] by {escape(' then '.join(ranking))}" if ranking else "[bold]candidate[/]")
+        if ranking:
+            out.append(f"[bold]ranked[/] by {escape(' then '.join(ranking))}")
+        else:
+            out.append(f"[bold]group[/] ({strategy}, in the order listed)" if strategy else "[bold]candidate[/]")
         for c in ranked:
             tag = "[bold green]chosen[/]" if c.status == "chosen" else "[dim]eligible[/]"
             scores = ", ".join(c.scores)
@@ -80,7 +83,10 @@ def render_markup(r: Report) -> str:
         assert r.rule is not None
         lines.append(f"[bold]decision[/]   [bold green]{escape(r.model)}[/] ({escape(r.provider or '')}) "
                      f"by rule [cyan]{escape(r.rule.file)}:{r.rule.line}[/]")
-        lines.extend(_candidate_lines(r.candidates, r.ranking))
+        lines.extend(_candidate_lines(r.candidates, r.ranking, r.strategy))
+        if r.group and len(r.group) > 1:
+            calls = f"calls {', '.join(r.group)} together"
+            lines.append(f"[bold]{r.strategy}[/]  {escape(calls)}" + (f"; judge {escape(r.judge)}" if r.judge else ""))
         if r.fallback_checks:
             lines.append("[bold]fallbacks[/]")
             for f in r.fallback_checks:

@@ -160,14 +160,22 @@ class Constraint:
     metric_span: Span
 
 
+#: Action kinds whose model comes from a listed group rather than the whole catalog.
+GROUP_ACTIONS = ("balance", "split", "race", "consensus", "best_of")
+
+
 @dataclass(frozen=True, slots=True)
 class Action:
-    kind: str  # "use" | "prefer"
+    kind: str  # "use" | "prefer" | "balance" | "split" | "race" | "consensus" | "best_of"
     model: ModelRef | None
     rankings: tuple[Ranking, ...]
     where: tuple[Constraint, ...]
     fallbacks: tuple[ModelRef, ...]
     span: Span
+    members: tuple[ModelRef, ...] = ()  # balance/split/race/consensus/best_of
+    weights: tuple[Literal, ...] = ()  # split: one percentage per member
+    mode: Literal | None = None  # balance: round_robin | random | least_busy
+    judge: ModelRef | None = None  # best_of
 
 
 # ---- statements --------------------------------------------------------------------------------
@@ -211,7 +219,54 @@ class CatalogRef:
     span: Span
 
 
-Stmt = Rule | TaskDecl | ModelAlias | Include | CatalogRef
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """`set NAME = value`: an execution setting (see engine/settings.py)."""
+
+    name: str
+    value: Value
+    name_span: Span
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """`budget daily $50 [per user]`."""
+
+    period: str
+    amount: Literal
+    per: str | None
+    period_span: Span
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Assign:
+    name: str
+    value: Value
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Expect:
+    """`expect "prompt" [with k=v, ...] -> MODEL [by rule N | by line N] [fallback A, B]` or `-> no route`."""
+
+    prompt: str
+    attrs: tuple[Assign, ...]
+    model: ModelRef | None
+    by: tuple[str, int] | None  # ("rule", ordinal) or ("line", line)
+    fallbacks: tuple[ModelRef, ...] | None
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class TestBlock:
+    name: str
+    expects: tuple[Expect, ...]
+    span: Span
+
+
+Stmt = Rule | TaskDecl | ModelAlias | Include | CatalogRef | Setting | Budget | TestBlock
 
 
 @dataclass(frozen=True, slots=True)

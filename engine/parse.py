@@ -16,13 +16,14 @@ from engine.diagnostics import Diagnostic, PolicyError, Sources
 #: Names that cannot be used for tasks or model aliases.
 KEYWORDS = frozenset({
     "when", "otherwise", "task", "model", "include", "catalog", "and", "or", "not", "is", "in", "use", "prefer",
-    "then", "where", "fallback", "true", "false", "tokens", "capability", "cheapest", "fastest",
+    "then", "where", "fallback", "true", "false", "tokens", "capability", "cheapest", "fastest", "set", "budget",
+    "test", "expect", "balance", "split", "race", "consensus", "best_of", "judge", "least_busy",
 })
 
 MAX_ERRORS = 50
 
 _STMT_START = re.compile(
-    r"^[ \t]*(?:when|otherwise|model|catalog|include|task[ \t]+[A-Za-z_][\w.:\-]*[ \t]*=)(?![\w.:\-])",
+    r"^[ \t]*(?:when|otherwise|model|catalog|include|set|budget|test|task[ \t]+[A-Za-z_][\w.:\-]*[ \t]*=)(?![\w.:\-])",
     re.M,
 )
 
@@ -227,20 +228,95 @@ class _ToAST(Transformer):
 
     # actions
     def action(self, meta, children):
-        kind, model, rankings = children[0]
+        kind, model, rankings, extra = children[0]
         where, fallbacks = (), ()
         for part in children[1:]:
             if part[0] == "where":
                 where = part[1]
             else:
                 fallbacks = part[1]
-        return n.Action(kind, model, rankings, where, fallbacks, self._span(meta))
+        return n.Action(kind, model, rankings, where, fallbacks, self._span(meta), **extra)
 
     def use(self, meta, children):
-        return ("use", self._ref(children[0]), ())
+        return ("use", self._ref(children[0]), (), {})
 
     def prefer(self, meta, children):
-        return ("prefer", None, tuple(children))
+        return ("prefer", None, tuple(children), {})
+
+    def model_list(self, meta, children):
+        return tuple(self._ref(c) for c in children)
+
+    def balance(self, meta, children):
+        mode, members = children
+        return ("balance", None, (), {"members": members, "mode": literal(mode, self.file)})
+
+    def split_item(self, meta, children):
+        return (literal(children[0], self.file), self._ref(children[1]))
+
+    def split(self, meta, children):
+        return ("split", None, (), {"members": tuple(c[1] for c in children),
+                                    "weights": tuple(c[0] for c in children)})
+
+    def race(self, meta, children):
+        return ("race", None, (), {"members": children[0]})
+
+    def consensus(self, meta, children):
+        return ("consensus", None, (), {"members": children[0]})
+
+    def best_of(self, meta, children):
+        return ("best_of", None, (), {"members": children[0], "judge": self._ref(children[1])})
+
+    def rank_least_busy(self, meta, children):
+        return n.Ranking("least_busy", None, self._span(meta))
+
+    # settings, budgets, tests
+    def set_stmt(self, meta, children):
+        name, value = children
+        return n.Setting(str(name), self._value(value), _tok_span(name, self.file), self._span(meta))
+
+    def budget_stmt(self, meta, children):
+        period, amount, *per = children
+        return n.Budget(str(period), literal(amount, self.file), str(per[0]) if per else None,
+                        _tok_span(period, self.file), self._span(meta))
+
+    def test_stmt(self, meta, children):
+        name, *expects = children
+        return n.TestBlock(unescape(name[1:-1]), tuple(expects), self._span(meta))
+
+    def assign(self, meta, children):
+        name, value = children
+        return n.Assign(str(name), self._value(value), self._span(meta))
+
+    def with_clause(self, meta, children):
+        return ("with", tuple(children))
+
+    def by_rule(self, meta, children):
+        return ("by", ("rule", int(float(children[0]))))
+
+    def by_line(self, meta, children):
+        return ("by", ("line", int(float(children[0]))))
+
+    def expect_fallbacks(self, meta, children):
+        return ("fallbacks", tuple(self._ref(c) for c in children))
+
+    def expect_model(self, meta, children):
+        model, *rest = children
+        out = {"model": self._ref(model), "by": None, "fallbacks": None}
+        for kind, value in rest:
+            out[kind] = value
+        return out
+
+    def expect_no_route(self, meta, children):
+        return {"model": None, "by": None, "fallbacks": None}
+
+    def expect(self, meta, children):
+        prompt, *rest = children
+        attrs: tuple = ()
+        outcome = rest[-1]
+        if len(rest) == 2:
+            attrs = rest[0][1]
+        return n.Expect(unescape(prompt[1:-1]), attrs, outcome["model"], outcome["by"], outcome["fallbacks"],
+                        self._span(meta))
 
     def rank_capability(self, meta, children):
         return n.Ranking("capability", str(children[0]), self._span(meta))

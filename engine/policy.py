@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import operator
+import random
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from engine import nodes as n
@@ -13,6 +16,8 @@ from engine.units import fmt_count, fmt_money
 
 #: Output tokens assumed for cost estimates when the request does not pass `max_tokens`.
 DEFAULT_OUTPUT_TOKENS = 500
+
+GROUPS = frozenset({"balance", "split", "race", "consensus", "best_of"})
 
 OPS: dict[str, Callable[[Any, Any], bool]] = {
     "==": operator.eq, "!=": operator.ne, "<": operator.lt,
@@ -48,6 +53,9 @@ def get_attr(attrs: Mapping[str, Any], name: str) -> Any:
     return value
 
 
+_EMPTY: Mapping[str, float] = MappingProxyType({})
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     """A catalog model with the numbers selection needs, flattened for speed."""
@@ -66,17 +74,26 @@ class Entry:
         return tokens * self.ip + out_tokens * self.op
 
 
-@dataclass(frozen=True, slots=True)
 class Request:
-    """What one decide() call knows about the request; the evaluator's only input besides the policy."""
+    """What one decide() call knows about the request; the evaluator's only input besides the policy.
 
-    text: str
-    tokens: int
-    attrs: Mapping[str, Any]
-    need_tools: bool
-    need_vision: bool
-    out_tokens: float
-    unavailable: frozenset[str] = frozenset()
+    Treat as immutable (a plain slotted class rather than a frozen dataclass: it is built on every decide())."""
+
+    __slots__ = ("attrs", "latency", "need_tools", "need_vision", "out_tokens", "state", "text", "tokens",
+                 "unavailable")
+
+    def __init__(self, text: str, tokens: int, attrs: Mapping[str, Any], need_tools: bool, need_vision: bool,
+                 out_tokens: float, unavailable: frozenset[str] = frozenset(), state: Any = None,
+                 latency: Mapping[str, float] = _EMPTY):
+        self.text = text
+        self.tokens = tokens
+        self.attrs = attrs
+        self.need_tools = need_tools
+        self.need_vision = need_vision
+        self.out_tokens = out_tokens
+        self.unavailable = unavailable  # models to skip (open circuits)
+        self.state = state  # engine.state.StateStore: round-robin positions, in-flight counts
+        self.latency = latency  # measured latency (ms) by model, for `fastest`
 
 
 def hard_reason(e: Entry, req: Request) -> str | None:
@@ -106,8 +123,10 @@ class RankKey:
             score = e.spec.capabilities.get(self.capability)
             return -float(score) if score is not None else 0.0
         if self.kind == "fastest":
-            return e.latency_ms
+            return req.latency.get(e.name, e.latency_ms) if req is not None and req.latency else e.latency_ms
         assert req is not None
+        if self.kind == "least_busy":
+            return float(req.state.in_flight(e.name)) if req.state is not None else 0.0
         return e.cost(req.tokens, req.out_tokens)
 
     def shown(self, e: Entry, req: Request) -> str:
@@ -115,7 +134,10 @@ class RankKey:
             score = e.spec.capabilities.get(self.capability)
             return f"{self.capability} {score:g}" if score is not None else f"{self.capability} (no score)"
         if self.kind == "fastest":
-            return f"latency {e.latency_ms:g}ms"
+            measured = req.latency.get(e.name) if req.latency else None
+            return f"latency {measured:.0f}ms (measured)" if measured is not None else f"latency {e.latency_ms:g}ms"
+        if self.kind == "least_busy":
+            return f"{self.key(e, req):g} in flight"
         return f"cost {fmt_money(self.key(e, req))}"
 
 
@@ -146,6 +168,21 @@ class Selector:
     fallbacks: tuple[Entry, ...]
     by_input: tuple[Entry, ...] = ()  # for "cheapest": pool sorted by input price
     by_output: tuple[Entry, ...] = ()  # and by output price
+    mode: str | None = None  # balance: round_robin | random | least_busy
+    weights: tuple[float, ...] = ()  # split: one weight per pool model (same order)
+    judge: Entry | None = None  # best_of
+    key: str = ""  # state key (round-robin position) for this rule
+    measured: bool = False  # ranks by `fastest`: measured latency may reorder the static pool
+
+    @property
+    def grouped(self) -> bool:
+        """The action names a group of models (balance, split, race, consensus, best_of)."""
+        return self.kind in GROUPS
+
+    @property
+    def stateful(self) -> bool:
+        """The pick depends on state or chance, so a trace must be told what was picked."""
+        return self.kind in ("balance", "split")
 
     def _ok(self, e: Entry, req: Request) -> bool:
         if req.tokens > e.context or (req.need_tools and not e.tools) or (req.need_vision and not e.vision):
@@ -158,7 +195,9 @@ class Selector:
         """The best viable model for this request, or None. Must agree with rank()[0]."""
         if self.kind == "use":
             return self.use if self.pool and self._ok(self.pool[0], req) else None
-        if self.order == "static":
+        if self.kind in GROUPS:
+            return self._pick_group(req)
+        if self.order == "static" and not (self.measured and req.latency):
             for e in self.pool:
                 if self._ok(e, req):
                     return e
@@ -172,6 +211,38 @@ class Selector:
                 if best_key is None or k < best_key:
                     best, best_key = e, k
         return best
+
+    def _pick_group(self, req: Request) -> Entry | None:
+        viable = [e for e in self.pool if self._ok(e, req)]
+        if not viable:
+            return None
+        if self.kind == "balance":
+            if self.mode == "round_robin":
+                i = req.state.next_index(self.key) if req.state is not None else 0
+                return viable[i % len(viable)]
+            if self.mode == "random":
+                return random.choice(viable)
+            if req.state is None:
+                return viable[0]
+            return min(viable, key=lambda e: req.state.in_flight(e.name))  # least_busy; ties: list order
+        if self.kind == "split":
+            weights = [w for e, w in zip(self.pool, self.weights, strict=False) if self._ok(e, req)]
+            user = req.attrs.get("user")
+            if user is not None:  # sticky per user, so an A/B test keeps each user on one arm
+                x = zlib.crc32(f"{self.key}:{user}".encode()) / 2**32
+            else:
+                x = random.random()
+            x *= sum(weights)
+            for e, w in zip(viable, weights, strict=False):
+                x -= w
+                if x < 0:
+                    return e
+            return viable[-1]
+        return viable[0]  # race / consensus / best_of: the first viable member stands for the group
+
+    def group(self, req: Request) -> tuple[str, ...]:
+        """For race, consensus and best_of: every viable member, in the order listed."""
+        return tuple(e.name for e in self.pool if self._ok(e, req))
 
     def _cheapest(self, req: Request) -> Entry | None:
         # Threshold walk over the pool sorted by input and by output price: any model not yet seen costs at
@@ -199,7 +270,7 @@ class Selector:
     def full_key(self, e: Entry, req: Request) -> tuple:
         return (*(r.key(e, req) for r in self.rankings), e.name)
 
-    def rank(self, req: Request, reasons: Callable[[Entry], list[str]]) -> tuple[list[Entry], list[tuple[Entry, str]]]:
+    def rank(self, req: Request) -> tuple[list[Entry], list[tuple[Entry, str]]]:
         """Every pool model: the viable ones best first, and the rejected ones with a reason (for explain)."""
         viable, rejected = [], []
         for e in self.pool:
@@ -208,7 +279,8 @@ class Selector:
                 rejected.append((e, why))
             else:
                 viable.append(e)
-        viable.sort(key=lambda e: self.full_key(e, req))
+        if self.kind not in GROUPS:
+            viable.sort(key=lambda e: self.full_key(e, req))
         return viable, rejected
 
     def viable_fallbacks(self, req: Request, chosen: Entry) -> tuple[str, ...]:
@@ -258,3 +330,16 @@ class CompiledPolicy:
     attr_index: tuple[tuple[str, Mapping[Any, int], int], ...]  # (attr name, value -> rule bits, all bits)
     catalog: Any  # providers.catalog.Catalog
     sources: Any  # engine.diagnostics.Sources
+    settings: Any = None  # engine.settings.Settings
+    budgets: tuple[BudgetSpec, ...] = ()
+    tests: tuple[Any, ...] = ()  # engine.nodes.TestBlock, for `modelroute test`
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetSpec:
+    """`budget daily $50 per user`: period (hourly | daily | monthly), USD limit, and the attribute it is per."""
+
+    period: str
+    limit: float
+    per: str | None
+    span: n.Span

@@ -54,6 +54,9 @@ class Report(BaseModel):
     provider: str | None = None
     rule: RuleRef | None = None
     ranking: list[str] = Field(default_factory=list)
+    strategy: str | None = None  # balance | split | race | consensus | best_of (None: a single pick)
+    group: list[str] = Field(default_factory=list)  # race / consensus / best_of members that are viable
+    judge: str | None = None
     fallbacks: list[str] = Field(default_factory=list)
     fallback_checks: list[FallbackCheck] = Field(default_factory=list)
     candidates: list[Candidate] = Field(default_factory=list)

@@ -1,0 +1,391 @@
+"""Hot reload: an Engine and the files its policy uses in, atomic policy swaps (with ReloadEvents and log records) out
+whenever one of those files changes on disk."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, NamedTuple
+
+import watchfiles
+
+from engine.diagnostics import PolicyError, render_all
+from engine.policy import CompiledPolicy
+
+log = logging.getLogger("modelroute.reload")
+
+#: Seconds between stat() rounds in polling mode.
+POLL_INTERVAL_S = 0.1
+_STEP_MS = 50  # watchfiles' quiet-period step and stop_event check interval
+_WAKE_MS = 100  # watchfiles yields at least this often, so debounce deadlines and stop() are honoured
+_SETTLE_TRIES = 3  # recompiles when a file changed while it was being compiled
+_EDITOR_TEMP = re.compile(r"(\.sw.|~|\.tmp|\.bak|^4913|^\.#.*)$")  # ignored in error state (see _WatchSet)
+
+
+@dataclass(frozen=True)
+class ReloadEvent:
+    """One reload attempt. On rejection `new_version == old_version` (the old policy keeps serving)."""
+
+    old_version: str
+    new_version: str
+    changed_files: tuple[str, ...]  # files whose contents differ from the serving policy (added/removed too)
+    duration_s: float
+    error: PolicyError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def changed(self) -> bool:
+        """True when a new version went live (False for rejections and same-content no-ops)."""
+        return self.ok and self.new_version != self.old_version
+
+
+# ---- which paths to watch ---------------------------------------------------------------------------------
+
+
+def _norm(path: str) -> str:
+    """An absolute path with its directory resolved but not its last component (which may be a symlink)."""
+    head, tail = os.path.split(os.path.abspath(path))
+    return os.path.join(os.path.realpath(head), tail)
+
+
+def _symlinks(path: str) -> list[tuple[str, str]]:
+    """Every symlink met while resolving `path`, in order, with its target: e.g. the ConfigMap `..data` hop."""
+    p = Path(os.path.abspath(path))
+    cur, todo, links = Path(p.anchor), list(reversed(p.parts[1:])), []
+    while todo and len(links) < 40:
+        part = todo.pop()
+        if part == "..":
+            cur = cur.parent
+            continue
+        nxt = cur / part
+        try:
+            target = os.readlink(nxt) if nxt.is_symlink() else None
+        except OSError:
+            target = None
+        if target is None:
+            cur = nxt
+            continue
+        links.append((str(nxt), target))
+        t = Path(target)
+        if t.is_absolute():
+            cur = Path(t.anchor)
+        todo.extend(reversed(t.parts[1:] if t.is_absolute() else t.parts))
+    return links
+
+
+class _WatchSet(NamedTuple):
+    """Directories to watch (non-recursively, as resolved paths) and the paths in them that matter."""
+
+    files: tuple[str, ...]
+    dirs: tuple[str, ...]
+    paths: frozenset[str]
+    links: bool  # a symlink is involved, so the targets can move without the file list changing
+
+    @classmethod
+    def of(cls, files: Sequence[str]) -> _WatchSet:
+        paths: set[str] = set()
+        links = False
+        for f in files:
+            a = os.path.abspath(f)
+            hops = [link for link, _ in _symlinks(a)]
+            links = links or bool(hops)
+            paths.update(_norm(x) for x in (a, *hops, os.path.realpath(a)))
+        dirs = {os.path.dirname(p) for p in paths}
+        return cls(tuple(files), tuple(sorted(d for d in dirs if os.path.isdir(d))), frozenset(paths), links)
+
+    def stale(self, files: Sequence[str]) -> bool:
+        """Whether the watch set must be rebuilt for these files (cheap unless symlinks are involved)."""
+        return tuple(files) != self.files or (self.links and _WatchSet.of(files) != self)
+
+    def hits(self, changes: set[tuple[Any, str]], widen: bool) -> set[str]:
+        """The changed paths that matter. `widen` (after a rejected edit) takes any non-temp file in a watched
+        directory, so creating a missing include retries the compile. Event paths start with the (resolved)
+        directory watched, so matching is string work: no system calls, which matters when decide() threads
+        keep the GIL busy."""
+        out = set()
+        for _, p in changes:
+            if p in self.paths or (widen and os.path.dirname(p) in self.dirs
+                                   and not _EDITOR_TEMP.search(os.path.basename(p))):
+                out.add(p)
+        return out
+
+
+def _stat(path: str) -> tuple[int, int, int, int] | None:
+    try:
+        s = os.stat(path)
+    except OSError:
+        return None
+    return (s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns)
+
+
+def _fingerprint(files: Sequence[str], widen: bool) -> tuple[Any, ...]:
+    """What polling compares: each file's symlink chain (link -> target) and the stat of what it resolves to."""
+    out: list[Any] = [(f, tuple(_symlinks(f)), _stat(f)) for f in files]
+    if widen:  # a new file in a policy directory changes the directory's mtime
+        out.extend((d, (), _stat(d)) for d in sorted({os.path.dirname(os.path.abspath(f)) for f in files}))
+    return tuple(out)
+
+
+def _on_disk(texts: Mapping[str, str]) -> bool:
+    """True when every file still holds the text a compile read from it (read the way engine.load reads)."""
+    for name, text in texts.items():
+        try:
+            if Path(name).read_text(encoding="utf-8") != text:
+                return False
+        except (OSError, UnicodeDecodeError):
+            return False
+    return True
+
+
+def _changed(old: Mapping[str, str], new: Mapping[str, str]) -> tuple[str, ...]:
+    return tuple(sorted(f for f in old.keys() | new.keys() if old.get(f) != new.get(f)))
+
+
+def _texts(policy: Any) -> dict[str, str]:
+    texts = policy.sources.texts
+    return {f: texts[f] for f in policy.files if f in texts}
+
+
+# ---- the reloader -----------------------------------------------------------------------------------------
+
+
+class Reloader:
+    """Reloads an Engine's policy on request (reload()) or on file changes (start() / awatch())."""
+
+    def __init__(self, engine: Any):
+        self.engine = engine
+        self.callbacks: list[Callable[[ReloadEvent], None]] = []
+        self.last_error: PolicyError | None = None
+        self.poll_interval_s = POLL_INTERVAL_S
+        self._lock = threading.Lock()  # one reload at a time; decide() never takes it
+        self._seen = _texts(engine.policy)  # file -> text of the last compile attempt, good or bad
+        self._thread: threading.Thread | None = None
+        self._stops: set[threading.Event] = set()
+
+    # -- reloading ------------------------------------------------------------------------------------------
+    def reload(self) -> bool:
+        """Recompile; swap the result in if it compiles (True), else keep the old policy serving (False)."""
+        with self._lock:
+            start = time.perf_counter()
+            old = self.engine.policy
+            for _ in range(_SETTLE_TRIES):  # a save landing mid-compile (e.g. truncate, then write): go again
+                try:
+                    new, err = self.engine.recompile(), None
+                    texts = _texts(new)
+                except PolicyError as exc:
+                    new, err, texts = old, exc, dict(exc.sources.texts)
+                if _on_disk(texts):
+                    break
+                time.sleep(0.02)
+            if err is None and new.version != old.version:
+                self.engine._swap(new)
+            self.last_error = err
+            self._seen = texts
+            event = ReloadEvent(old.version, new.version, _changed(_texts(old), texts),
+                                time.perf_counter() - start, err)
+        self._log(event)
+        for callback in list(self.callbacks):
+            try:
+                callback(event)
+            except Exception:
+                log.exception("reload callback %r raised; the watcher carries on", callback)
+        return event.ok
+
+    def _log(self, ev: ReloadEvent) -> None:
+        ms = ev.duration_s * 1000
+        if ev.error is not None:
+            log.warning("policy reload rejected, version %s keeps serving (%s):\n%s", ev.old_version,
+                        ", ".join(ev.changed_files) or "no content change",
+                        render_all(ev.error.diagnostics, ev.error.sources))
+        elif ev.changed:
+            log.info("policy reloaded: version %s -> %s in %.1f ms (changed: %s)", ev.old_version,
+                     ev.new_version, ms, ", ".join(ev.changed_files))
+        else:
+            log.debug("policy reload: no change, version %s (%.1f ms)", ev.old_version, ms)
+
+    def _files(self) -> list[str]:
+        """The serving policy's files plus any a later failed attempt read (e.g. a new include)."""
+        return list(dict.fromkeys([*self.engine.policy.files, *self._seen]))
+
+    def _stale(self) -> bool:
+        return not _on_disk(self._seen)
+
+    # -- watching -------------------------------------------------------------------------------------------
+    def start(self, poll: bool = False, debounce_ms: int = 50) -> None:
+        """Watch in a daemon thread (restarting any watcher already running)."""
+        if getattr(self.engine, "_path", "") is None:
+            raise ValueError("this engine was built from source text, not a path: nothing to watch")
+        self.stop()
+        stop = threading.Event()
+        self._stops.add(stop)
+        self._thread = threading.Thread(target=self._run, args=(stop, poll, debounce_ms),
+                                        name="modelroute-reload", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop every watcher (thread and awatch) and join the thread (well under a second)."""
+        for stop in list(self._stops):
+            stop.set()
+        t, self._thread = self._thread, None
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout=1.0)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    async def awatch(self, poll: bool = False, debounce_ms: int = 50) -> None:
+        """Watch until cancelled (or stop()); the watching and compiling happen off the event loop, in a
+        thread, so callbacks run in that thread (use loop.call_soon_threadsafe to get back to the loop)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        stop = threading.Event()
+        self._stops.add(stop)
+
+        def run() -> None:
+            try:
+                self._run(stop, poll, debounce_ms)
+            finally:
+                if not loop.is_closed():
+                    loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+
+        thread = threading.Thread(target=run, name="modelroute-awatch", daemon=True)
+        thread.start()
+        try:
+            await done
+        finally:
+            stop.set()
+            await asyncio.to_thread(thread.join, 1.0)
+
+    def _run(self, stop: threading.Event, poll: bool, debounce_ms: int) -> None:
+        try:
+            while not stop.is_set():
+                try:
+                    (self._poll_once if poll else self._watch_once)(stop, max(0, debounce_ms))
+                except Exception:
+                    log.exception("policy watcher failed; retrying in 1 s")
+                    stop.wait(1.0)
+        finally:
+            self._stops.discard(stop)
+
+    def _reload_safely(self) -> None:
+        try:
+            self.reload()
+        except Exception:
+            log.exception("policy reload failed unexpectedly; the last good policy keeps serving")
+
+    def _watch_once(self, stop: threading.Event, debounce_ms: int) -> None:
+        """Arm watchfiles on the current watch set, reload on relevant changes; return to re-arm."""
+        ws = _WatchSet.of(self._files())
+        if not ws.dirs:  # every directory is gone (e.g. a volume unmounted): wait for it to come back
+            if not stop.wait(1.0) and self._stale():
+                self._reload_safely()
+            return
+        step = max(1, min(debounce_ms, _STEP_MS))
+        quiet_s = max(0, debounce_ms - step) / 1000
+        changes_iter = watchfiles.watch(*ws.dirs, watch_filter=None, debounce=max(200, debounce_ms), step=step,
+                                        stop_event=stop, rust_timeout=_WAKE_MS, yield_on_timeout=True,
+                                        recursive=False, raise_interrupt=False, ignore_permission_denied=True)
+        pending, last, first_wake = False, 0.0, True
+        try:
+            for changes in changes_iter:
+                now = time.monotonic()
+                if first_wake:  # armed now: catch anything saved while arming
+                    first_wake, pending, last = False, self._stale(), now
+                if ws.hits(changes, widen=self.last_error is not None):
+                    pending, last = True, now
+                if pending and now - last >= quiet_s:
+                    self._reload_safely()
+                    pending = False
+                    if ws.stale(self._files()):
+                        return  # the policy now uses other files or symlink targets: re-arm
+        finally:
+            changes_iter.close()
+
+    def _poll_once(self, stop: threading.Event, debounce_ms: int) -> None:
+        """stat() every file, its symlink chain and target each poll_interval_s; reload once it settles."""
+        files, widen = self._files(), self.last_error is not None
+        seen = _fingerprint(files, widen)
+        if self._stale():
+            self._reload_safely()
+            return
+        while not stop.wait(self.poll_interval_s):
+            now = _fingerprint(files, widen)
+            if now == seen:
+                continue
+            while not stop.wait(debounce_ms / 1000):  # debounce: wait until a round shows no new change
+                seen, now = now, _fingerprint(files, widen)
+                if now == seen:
+                    break
+            if not stop.is_set():
+                self._reload_safely()
+            return  # re-arm: the files, the fingerprint and the error state may all have changed
+
+
+# ---- for tools: follow a policy path, good or broken -------------------------------------------------------
+
+
+class _Follower:
+    """The Engine surface Reloader needs, for a path whose policy may not compile yet."""
+
+    def __init__(self, path: str | Path, catalog: Any = None):
+        from engine.api import compile_policy
+        from engine.load import load
+
+        self._path, self._catalog, self._compile = path, catalog, compile_policy
+        try:
+            self.policy: Any = compile_policy(path, catalog=catalog)
+            self.first: CompiledPolicy | PolicyError = self.policy
+        except PolicyError as err:
+            loaded = load(path)
+            self.policy = SimpleNamespace(version="", files=tuple(loaded.files) or (loaded.entry,),
+                                          sources=err.sources)
+            self.first = err
+
+    def recompile(self) -> Any:
+        return self._compile(self._path, catalog=self._catalog)
+
+    def _swap(self, policy: Any) -> None:
+        self.policy = policy
+
+
+def follow(path: str | Path, *, poll: bool = False, debounce_ms: int = 50, catalog: Any = None,
+           stop_event: threading.Event | None = None) -> Iterator[CompiledPolicy | PolicyError]:
+    """Yield the policy at `path` compiled (or its PolicyError) now and again after every change that alters
+    the outcome, until `stop_event` is set or the generator is closed: the loop behind `--watch` in the CLI."""
+    follower = _Follower(path, catalog)
+    reloader = Reloader(follower)
+    results: queue.SimpleQueue[CompiledPolicy | PolicyError] = queue.SimpleQueue()
+    reloader.callbacks.append(lambda ev: results.put(ev.error or follower.policy))
+    last: tuple[str, str] = ("", "")
+    reloader.start(poll=poll, debounce_ms=debounce_ms)
+    try:
+        item: CompiledPolicy | PolicyError = follower.first
+        while True:
+            key = (item.render(), "") if isinstance(item, PolicyError) else ("", item.version)
+            if key != last:
+                last = key
+                yield item
+            while True:
+                if stop_event is not None and stop_event.is_set():
+                    return
+                try:
+                    item = results.get(timeout=0.1)
+                    break
+                except queue.Empty:
+                    continue
+    finally:
+        reloader.stop()
+
