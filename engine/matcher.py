@@ -49,13 +49,15 @@ def to_re2(pattern: n.Pattern) -> str:
         return prefix + r"\A\z" if not pattern.source else prefix + re2.escape(pattern.source)
     body = r"\s+".join(re2.escape(w) for w in words)
     phrase = " ".join(words)
-    start = r"\b" if _is_word(phrase[0]) else ""
-    end = r"\b" if _is_word(phrase[-1]) else ""
+    # Whole words in any script: RE2's \b only knows ASCII, so a phrase is bounded by a non-letter/digit
+    # (or the edge of the text) on each side where it begins or ends with a letter or digit.
+    start = r"(?:\A|[^\pL\pN_])" if _is_word(phrase[0]) else ""
+    end = r"(?:[^\pL\pN_]|\z)" if _is_word(phrase[-1]) else ""
     return f"{prefix}{start}{body}{end}"
 
 
 def _is_word(ch: str) -> bool:
-    return ch.isascii() and (ch.isalnum() or ch == "_")
+    return ch.isalnum() or ch == "_"
 
 
 def check(pattern: n.Pattern, raw: str) -> tuple[str, str, int, int] | None:
