@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import statistics
@@ -17,7 +18,9 @@ from rich.markup import escape
 from engine.api import Engine
 from engine.decision import NoRouteError
 from engine.diagnostics import PolicyError, Sources, render
+from engine.explain import render_text
 from engine.load import bundled_policy_dir, display_name, resolve_entry
+from engine.report import Report
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE = 0, 1, 2
 
@@ -103,10 +106,12 @@ def main() -> None:
               help="Read OpenAI-format chat messages (a JSON list) from a file.")
 @click.option("-a", "--attr", "attrs", multiple=True, metavar="KEY=VALUE",
               help="A request attribute; VALUE is parsed as JSON when it can be (true, 3, \"x\"). Repeatable.")
-@click.option("--json", "as_json", is_flag=True, help="Print the decision report as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the decision report as JSON (same as --format json).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown", "html"]), default="text",
+              help="Output format: text (default), json, markdown, or a self-contained html page.")
 @click.option("--color/--no-color", default=None, help="Force colour on or off (default: on a terminal).")
 def explain(policy: Path | None, prompt: str | None, prompt_file: Path | None, messages_file: Path | None,
-            attrs: tuple[str, ...], as_json: bool, color: bool | None) -> None:
+            attrs: tuple[str, ...], as_json: bool, fmt: str, color: bool | None) -> None:
     """Dry-run a decision and show why the model was chosen and why every other model lost.
 
     \b
@@ -135,18 +140,23 @@ def explain(policy: Path | None, prompt: str | None, prompt_file: Path | None, m
     attributes = dict(parse_attr(a) for a in attrs)
     engine = Engine.load(policy or default_policy())
     console = _console()
+    fmt = "json" if as_json else fmt
     try:
         decision = _timed_decide(engine, prompt, messages, attributes)
     except NoRouteError as err:
-        if as_json:
-            click.echo(err.report().model_dump_json(indent=2))
-        else:
-            click.echo(err.explain(color=_use_color(console, color)))
+        click.echo(_render(err.report(), fmt, _use_color(console, color)))
         sys.exit(EXIT_ERRORS)
-    if as_json:
-        click.echo(decision.to_json())
-    else:
-        click.echo(decision.explain(color=_use_color(console, color)))
+    click.echo(_render(decision.report(), fmt, _use_color(console, color)))
+
+
+def _render(report: Report, fmt: str, color: bool) -> str:
+    if fmt == "json":
+        return report.model_dump_json(indent=2)
+    if fmt == "text":
+        return render_text(report, color=color)
+    from engine import render  # markdown and html (jinja2 templates)
+
+    return render.render_markdown(report) if fmt == "markdown" else render.render_html(report)
 
 
 def _timed_decide(engine: Engine, prompt: str | None, messages: Any, attrs: dict[str, Any]):
@@ -202,6 +212,18 @@ def check(policy: Path | None, as_json: bool) -> None:
         click.echo(f"ok: {shown} ({len(p.rules)} rules, {len(p.tasks)} tasks, {len(p.models)} models, "
                    f"{len(p.files)} files, version {p.version})")
 
+
+def _register_commands() -> None:
+    """Commands that live in their own modules add themselves to `main` when imported."""
+    for module in ("engine.cli_test", "engine.cli_tools"):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+
+
+_register_commands()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

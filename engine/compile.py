@@ -71,7 +71,12 @@ def pass_catalog(ctx: Context) -> None:
     catalog: Catalog | None = None
     for ref in refs:
         try:
-            loaded = load_catalog(ref.path)
+            loaded = _load_catalog_ref(ref)
+            if loaded is None:
+                ctx.error("E202", f"unknown catalog format `{ref.format}`", ref.span, "not a format",
+                          "formats: litellm (LiteLLM's model_prices_and_context_window.json); "
+                          "leave it out for modelroute YAML")
+                continue
         except CatalogError as err:
             for issue in err.issues:
                 span = n.Span(issue.file, issue.line, issue.col, issue.line, issue.col + 1) if issue.line else None
@@ -94,6 +99,21 @@ def pass_catalog(ctx: Context) -> None:
     if catalog is None and not refs:
         catalog = default_catalog()
     ctx.catalog = catalog
+
+
+CATALOG_FORMATS = ("litellm",)
+
+
+def _load_catalog_ref(ref: n.CatalogRef) -> Catalog | None:
+    """Load one `catalog` statement's catalog (and overlay); None for an unknown format."""
+    if ref.format is None:
+        catalog = load_catalog(ref.path)
+        return catalog if ref.overlay is None else catalog.merged(load_catalog(ref.overlay))
+    if ref.format == "litellm":
+        from providers.litellm import load_litellm
+
+        return load_litellm(ref.path, overlay=ref.overlay)
+    return None
 
 
 def pass_declarations(ctx: Context) -> None:

@@ -119,5 +119,6 @@ def _splice(text: str, shown: str, path: Path, loaded: Loaded, stack: list[Path]
             _load_file(path.parent / stmt.path, loaded, stack, stmt.span)
         else:
             if isinstance(stmt, n.CatalogRef):
-                stmt = n.CatalogRef(str(path.parent / stmt.path), stmt.span)
+                overlay = str(path.parent / stmt.overlay) if stmt.overlay else None
+                stmt = n.CatalogRef(str(path.parent / stmt.path), stmt.span, stmt.format, overlay)
             loaded.body.append(stmt)

@@ -215,8 +215,12 @@ class Include:
 
 @dataclass(frozen=True, slots=True)
 class CatalogRef:
+    """`catalog [FORMAT] "path" [overlay "path"]`; paths are resolved against the policy file by the loader."""
+
     path: str
     span: Span
+    format: str | None = None  # None: modelroute YAML; "litellm": LiteLLM's price file
+    overlay: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from engine.diagnostics import Diagnostic, PolicyError, Sources
 KEYWORDS = frozenset({
     "when", "otherwise", "task", "model", "include", "catalog", "and", "or", "not", "is", "in", "use", "prefer",
     "then", "where", "fallback", "true", "false", "tokens", "capability", "cheapest", "fastest", "set", "budget",
-    "test", "expect", "balance", "split", "race", "consensus", "best_of", "judge", "least_busy",
+    "test", "expect", "overlay", "balance", "split", "race", "consensus", "best_of", "judge", "least_busy",
 })
 
 MAX_ERRORS = 50
@@ -164,7 +164,9 @@ class _ToAST(Transformer):
         return n.Include(unescape(children[0][1:-1]), self._span(meta))
 
     def catalog_stmt(self, meta, children):
-        return n.CatalogRef(unescape(children[0][1:-1]), self._span(meta))
+        fmt = str(children[0]) if children[0].type == "NAME" else None
+        paths = [unescape(c[1:-1]) for c in children if c.type == "STRING"]
+        return n.CatalogRef(paths[0], self._span(meta), fmt, paths[1] if len(paths) > 1 else None)
 
     def model_stmt(self, meta, children):
         name, target = children
