@@ -1,0 +1,45 @@
+"""Provider HTTP clients: `client_for(spec)` turns a ProviderSpec into the ProviderClient for its wire format.
+
+client = client_for(spec)                    # OpenAIClient | AnthropicClient | GeminiClient
+response = client.chat(model, ChatRequest(messages=[Message.user("hi")]))
+for event in client.stream(model, request): ...
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from providers.clients.anthropic import AnthropicClient
+from providers.clients.base import ParsedReply, ProviderClient, StreamParser
+from providers.clients.gemini import GeminiClient
+from providers.clients.openai import OpenAIClient
+
+if TYPE_CHECKING:
+    from providers.types import ProviderSpecLike as ProviderSpec
+
+CLIENTS: dict[str, type[ProviderClient]] = {
+    "openai": OpenAIClient,
+    "anthropic": AnthropicClient,
+    "gemini": GeminiClient,
+}
+
+
+def client_for(spec: ProviderSpec, **kw: Any) -> ProviderClient:
+    """The client for `spec.kind`; `kw` (api_key, transport, async_transport, ...) go to its constructor."""
+    try:
+        cls = CLIENTS[spec.kind]
+    except KeyError:
+        raise ValueError(f"unknown provider kind {spec.kind!r}; expected one of {sorted(CLIENTS)}") from None
+    return cls(spec, **kw)
+
+
+__all__ = [
+    "CLIENTS",
+    "AnthropicClient",
+    "GeminiClient",
+    "OpenAIClient",
+    "ParsedReply",
+    "ProviderClient",
+    "StreamParser",
+    "client_for",
+]

@@ -1,0 +1,225 @@
+"""The Anthropic Messages wire format: a ChatRequest in, `POST {base_url}/v1/messages` JSON out, and its
+replies (whole, or as message_start/content_block_*/message_delta/message_stop SSE events) back out.
+
+System text becomes the top-level `system` field, `max_tokens` is always sent (default 1024, capped by the
+model's `max_output`), OpenAI-style tools become `{name, description, input_schema}`, and tool results
+become `tool_result` blocks in user turns.  Anthropic has no JSON mode, so `response_format` is expressed
+as a system instruction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from providers.clients.base import ParsedReply, ProviderClient, StreamParser
+from providers.clients.sse import SSEEvent
+from providers.errors import classify_stream_error
+from providers.types import ChatRequest, FinishReason, ImagePart, Message, StreamEvent, ToolCall, Usage
+
+if TYPE_CHECKING:
+    from providers.types import ModelSpecLike as ModelSpec
+
+API_VERSION = "2023-06-01"
+DEFAULT_MAX_TOKENS = 1024
+FINISH: dict[str, FinishReason] = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+
+def _input_tokens(usage: dict[str, Any]) -> int:
+    """Uncached plus cache-write plus cache-read input tokens (Anthropic reports them separately)."""
+    keys = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+    return sum(int(usage.get(k) or 0) for k in keys)
+
+
+def _blocks(message: Message) -> list[dict[str, Any]]:
+    if message.role == "tool":
+        return [{"type": "tool_result", "tool_use_id": message.tool_call_id, "content": message.text()}]
+    if isinstance(message.content, str):
+        blocks = [{"type": "text", "text": message.content}] if message.content else []
+    else:
+        blocks = []
+        for part in message.content:
+            if isinstance(part, ImagePart):
+                source = (
+                    {"type": "url", "url": part.url}
+                    if part.url
+                    else {"type": "base64", "media_type": part.mime_type, "data": part.data}
+                )
+                blocks.append({"type": "image", "source": source})
+            else:
+                blocks.append({"type": "text", "text": part.text})
+    for call in message.tool_calls:
+        blocks.append(
+            {"type": "tool_use", "id": call.id, "name": call.name, "input": call.parsed_arguments()}
+        )
+    return blocks
+
+
+def _messages(messages: list[Message]) -> list[dict[str, Any]]:
+    """Anthropic turns: system messages dropped (they go top-level), tool results folded into user turns,
+    consecutive turns of the same role merged."""
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        if message.role == "system":
+            continue
+        role = "assistant" if message.role == "assistant" else "user"
+        if out and out[-1]["role"] == role:
+            previous = out[-1]["content"]
+            if isinstance(previous, str):
+                previous = [{"type": "text", "text": previous}] if previous else []
+            out[-1]["content"] = previous + _blocks(message)
+        elif message.role == "user" and isinstance(message.content, str):
+            out.append({"role": role, "content": message.content})
+        else:
+            out.append({"role": role, "content": _blocks(message)})
+    return out
+
+
+def _json_instruction(req: ChatRequest) -> str | None:
+    fmt = req.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_schema" and fmt.json_schema:
+        schema = json.dumps(fmt.json_schema, separators=(",", ":"))
+        return f"Respond with only a JSON value that matches this JSON Schema, and no other text: {schema}"
+    return "Respond with only a valid JSON object and no other text."
+
+
+class AnthropicStreamParser(StreamParser):
+    """Messages-API stream events; tool_use input is assembled from input_json_delta fragments."""
+
+    def __init__(self, client: ProviderClient, model: ModelSpec) -> None:
+        super().__init__(client, model)
+        self._tools: dict[int, dict[str, Any]] = {}
+        self._input = 0
+        self._output = 0
+
+    def feed(self, event: SSEEvent) -> Iterable[StreamEvent]:
+        if not event.data.strip():
+            return []
+        data = json.loads(event.data)
+        kind = data.get("type") or event.event
+        events: list[StreamEvent] = []
+        if kind == "error":
+            raise self.stream_error(data)
+        self.raw = data
+        if kind == "message_start":
+            message = data.get("message") or {}
+            self.reply.model_version = message.get("model")
+            usage = message.get("usage") or {}
+            self._input, self._output = _input_tokens(usage), int(usage.get("output_tokens") or 0)
+        elif kind == "content_block_start":
+            block = data.get("content_block") or {}
+            if block.get("type") == "tool_use":
+                self._tools[data.get("index", 0)] = {
+                    "id": block.get("id", ""),
+                    "name": block.get("name", ""),
+                    "args": [],
+                }
+            elif block.get("type") == "text" and block.get("text"):
+                events.append(self.delta(block["text"]))
+        elif kind == "content_block_delta":
+            delta = data.get("delta") or {}
+            if delta.get("type") == "text_delta" and delta.get("text"):
+                events.append(self.delta(delta["text"]))
+            elif delta.get("type") == "input_json_delta" and data.get("index", 0) in self._tools:
+                self._tools[data.get("index", 0)]["args"].append(delta.get("partial_json") or "")
+        elif kind == "content_block_stop" and data.get("index", 0) in self._tools:
+            tool = self._tools.pop(data.get("index", 0))
+            events.append(
+                self.tool_call(
+                    ToolCall(id=tool["id"], name=tool["name"], arguments="".join(tool["args"]) or "{}")
+                )
+            )
+        elif kind == "message_delta":
+            stop = (data.get("delta") or {}).get("stop_reason")
+            if stop:
+                self.reply.finish_reason = FINISH.get(stop, "other")
+            usage = data.get("usage") or {}
+            self._output = int(usage.get("output_tokens") or self._output)
+            self._input = _input_tokens(usage) or self._input
+        elif kind == "message_stop":
+            self.finished = True
+        self.reply.usage = Usage(input_tokens=self._input, output_tokens=self._output)
+        return events
+
+
+class AnthropicClient(ProviderClient):
+    """Anthropic Messages API (`x-api-key`, `anthropic-version: 2023-06-01`)."""
+
+    kind = "anthropic"
+    default_base_url = "https://api.anthropic.com"
+    stream_parser = AnthropicStreamParser
+
+    def url(self, model: ModelSpec, *, stream: bool) -> str:
+        return f"{self.base_url}/v1/messages"
+
+    def auth_headers(self, key: str | None) -> dict[str, str]:
+        headers = {"anthropic-version": API_VERSION}
+        if key:
+            headers["x-api-key"] = key
+        return headers
+
+    def build_body(self, model: ModelSpec, req: ChatRequest, *, stream: bool) -> dict[str, Any]:
+        max_tokens = req.max_tokens
+        if max_tokens is None:
+            cap = getattr(model, "max_output", None)
+            max_tokens = min(DEFAULT_MAX_TOKENS, cap) if cap else DEFAULT_MAX_TOKENS
+        body: dict[str, Any] = {
+            "model": model.id,
+            "max_tokens": max_tokens,
+            "messages": _messages(req.messages),
+        }
+        system = "\n\n".join(x for x in (req.system_text(), _json_instruction(req)) if x)
+        if system:
+            body["system"] = system
+        if req.temperature is not None:
+            body["temperature"] = req.temperature
+        if req.stop:
+            body["stop_sequences"] = req.stop
+        if req.tools:
+            body["tools"] = [
+                {
+                    "name": f["name"],
+                    "description": f.get("description") or "",
+                    "input_schema": f.get("parameters") or {"type": "object", "properties": {}},
+                }
+                for f in req.tool_functions()
+            ]
+        if req.tool_choice:
+            choices = {"auto": {"type": "auto"}, "none": {"type": "none"}, "required": {"type": "any"}}
+            body["tool_choice"] = choices.get(req.tool_choice, {"type": "tool", "name": req.tool_choice})
+        if stream:
+            body["stream"] = True
+        return body
+
+    def parse_reply(self, data: Any) -> ParsedReply:
+        if data.get("type") == "error":
+            raise classify_stream_error(self.kind, data, provider=self.spec.name, secret=self._secret())
+        text, calls = [], []
+        for block in data["content"]:
+            if block.get("type") == "text":
+                text.append(block.get("text") or "")
+            elif block.get("type") == "tool_use":
+                calls.append(
+                    ToolCall(
+                        id=block["id"], name=block["name"], arguments=json.dumps(block.get("input") or {})
+                    )
+                )
+        usage = data.get("usage") or {}
+        return ParsedReply(
+            text="".join(text),
+            tool_calls=calls,
+            usage=Usage(
+                input_tokens=_input_tokens(usage), output_tokens=int(usage.get("output_tokens") or 0)
+            ),
+            finish_reason=FINISH.get(data.get("stop_reason") or "", "other"),
+            model_version=data.get("model"),
+        )

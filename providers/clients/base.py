@@ -1,0 +1,389 @@
+"""The shared provider HTTP client: a ProviderSpec plus a ChatRequest in, a ChatResponse or StreamEvents out.
+
+`ProviderClient` owns one pooled `httpx.Client` and one `httpx.AsyncClient` (both created lazily), resolves
+the API key, sends requests, times them, maps failures to `providers.errors` classes and drives SSE streams.
+Subclasses only describe their wire format: URL, auth headers, JSON body, response parsing and a
+`StreamParser` for their SSE events.  API keys live in a `SecretStr` and are never logged or shown.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import ssl
+import threading
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import httpx
+from pydantic import SecretStr
+
+from providers.clients.sse import SSEEvent, aiter_sse_bytes, iter_sse_bytes
+from providers.errors import (
+    ContentFiltered,
+    MalformedResponse,
+    ProviderError,
+    ProviderUnavailable,
+    classify_exception,
+    classify_http,
+    classify_stream_error,
+)
+from providers.types import (
+    ChatRequest,
+    ChatResponse,
+    FinishReason,
+    StreamEvent,
+    ToolCall,
+    Usage,
+    cost_of,
+)
+
+if TYPE_CHECKING:
+    from providers.types import ModelSpecLike as ModelSpec
+    from providers.types import ProviderSpecLike as ProviderSpec
+
+log = logging.getLogger("modelroute.providers")
+TimeoutArg = float | httpx.Timeout | None
+
+
+@functools.cache
+def _shared_ssl_context() -> ssl.SSLContext:
+    """httpx's default verifying context, built once: building one per client costs ~20 ms."""
+    return httpx.create_ssl_context()
+
+
+@dataclass
+class ParsedReply:
+    """A parsed provider answer before timing and cost are attached."""
+
+    text: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    finish_reason: FinishReason = "stop"
+    model_version: str | None = None
+
+
+class StreamParser:
+    """Per-stream state: subclasses turn SSE events into StreamEvents and set `finished` when done."""
+
+    def __init__(self, client: ProviderClient, model: ModelSpec) -> None:
+        self.client = client
+        self.model = model
+        self.reply = ParsedReply(finish_reason="other")
+        self.finished = False
+        self.raw: Any = None
+
+    def feed(self, event: SSEEvent) -> Iterable[StreamEvent]:
+        raise NotImplementedError
+
+    def delta(self, text: str) -> StreamEvent:
+        self.reply.text += text
+        return StreamEvent(kind="delta", text=text)
+
+    def tool_call(self, call: ToolCall) -> StreamEvent:
+        self.reply.tool_calls.append(call)
+        return StreamEvent(kind="tool_call", tool_call=call)
+
+    def stream_error(self, payload: Any) -> ProviderError:
+        c = self.client
+        return classify_stream_error(c.kind, payload, provider=c.spec.name, model=self.model.name, secret=c._secret())
+
+
+class ProviderClient:
+    """Base client for one provider; see the module docstring.  Use `client_for(spec)` to get a subclass."""
+
+    kind: ClassVar[str] = ""
+    default_base_url: ClassVar[str] = ""
+    stream_parser: ClassVar[type[StreamParser]] = StreamParser
+
+    def __init__(
+        self,
+        spec: ProviderSpec,
+        *,
+        api_key: str | None = None,
+        transport: httpx.BaseTransport | None = None,
+        async_transport: httpx.AsyncBaseTransport | None = None,
+        limits: httpx.Limits | None = None,
+        trust_env: bool = True,
+    ) -> None:
+        self.spec = spec
+        self._api_key = SecretStr(api_key) if api_key else None
+        self._transport = transport
+        self._async_transport = async_transport
+        self._limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20)
+        self._trust_env = trust_env
+        self._client: httpx.Client | None = None
+        self._aclient: httpx.AsyncClient | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        key = "set" if self._secret() else "unset"
+        return f"{type(self).__name__}(provider={self.spec.name!r}, base_url={self.base_url!r}, api_key={key})"
+
+    # ---- configuration -------------------------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        return (self.spec.base_url or self.default_base_url).rstrip("/")
+
+    def _secret(self) -> str | None:
+        if self._api_key is not None:
+            return self._api_key.get_secret_value()
+        env = self.spec.api_key_env
+        return (os.environ.get(env) or None) if env else None
+
+    def _require_key(self) -> str | None:
+        key = self._secret()
+        if key is None and self.spec.api_key_env:
+            raise ProviderUnavailable(
+                f"no API key: environment variable {self.spec.api_key_env} is not set",
+                provider=self.spec.name,
+            )
+        return key
+
+    def _timeout(self, timeout: TimeoutArg) -> httpx.Timeout:
+        if isinstance(timeout, httpx.Timeout):
+            return timeout
+        return httpx.Timeout(self.spec.timeout_s if timeout is None else timeout)
+
+    # ---- the wire format (subclasses) -------------------------------------------------------------------
+    def url(self, model: ModelSpec, *, stream: bool) -> str:
+        raise NotImplementedError
+
+    def auth_headers(self, key: str | None) -> dict[str, str]:
+        raise NotImplementedError
+
+    def build_body(self, model: ModelSpec, req: ChatRequest, *, stream: bool) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def parse_reply(self, data: Any) -> ParsedReply:
+        raise NotImplementedError
+
+    # ---- pooled HTTP clients ----------------------------------------------------------------------------
+    def http(self) -> httpx.Client:
+        """The (lazily created, pooled) synchronous httpx client."""
+        with self._lock:
+            if self._client is None or self._client.is_closed:
+                self._client = httpx.Client(
+                    verify=_shared_ssl_context(),
+                    transport=self._transport,
+                    limits=self._limits,
+                    trust_env=self._trust_env,
+                    timeout=self._timeout(None),
+                )
+            return self._client
+
+    def ahttp(self) -> httpx.AsyncClient:
+        """The (lazily created, pooled) async httpx client; bound to the event loop that first uses it."""
+        with self._lock:
+            if self._aclient is None or self._aclient.is_closed:
+                self._aclient = httpx.AsyncClient(
+                    verify=_shared_ssl_context(),
+                    transport=self._async_transport,
+                    limits=self._limits,
+                    trust_env=self._trust_env,
+                    timeout=self._timeout(None),
+                )
+            return self._aclient
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    async def aclose(self) -> None:
+        if self._aclient is not None:
+            await self._aclient.aclose()
+            self._aclient = None
+        self.close()
+
+    def __enter__(self) -> ProviderClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> ProviderClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # ---- shared request/response plumbing ---------------------------------------------------------------
+    def _build(
+        self,
+        http: httpx.Client | httpx.AsyncClient,
+        model: ModelSpec,
+        req: ChatRequest,
+        stream: bool,
+        timeout: TimeoutArg,
+    ) -> httpx.Request:
+        key = self._require_key()  # before anything touches the network
+        body = self.build_body(model, req, stream=stream)
+        body.update(req.extra)
+        headers = {"content-type": "application/json", **self.spec.headers, **self.auth_headers(key)}
+        url = self.url(model, stream=stream)
+        log.debug("POST %s provider=%s model=%s stream=%s", url, self.spec.name, model.name, stream)
+        return http.build_request("POST", url, json=body, headers=headers, timeout=self._timeout(timeout))
+
+    def _fail(self, exc: BaseException, model: ModelSpec) -> ProviderError:
+        error = classify_exception(exc, provider=self.spec.name, model=model.name, secret=self._secret())
+        log.info("provider call failed: %s (%s)", error, type(error).__name__)
+        return error
+
+    def _http_error(self, response: httpx.Response, model: ModelSpec) -> ProviderError:
+        error = classify_http(
+            self.kind,
+            response.status_code,
+            response.headers,
+            response.content,
+            provider=self.spec.name,
+            model=model.name,
+            secret=self._secret(),
+        )
+        log.info("provider call failed: %s (%s)", error, type(error).__name__)
+        return error
+
+    def _response(
+        self,
+        reply: ParsedReply,
+        model: ModelSpec,
+        started: float,
+        raw: Any,
+        first_token_s: float | None = None,
+    ) -> ChatResponse:
+        if reply.tool_calls and reply.finish_reason == "stop":
+            reply.finish_reason = "tool_calls"
+        response = ChatResponse(
+            text=reply.text,
+            tool_calls=reply.tool_calls,
+            usage=reply.usage,
+            finish_reason=reply.finish_reason,
+            provider=self.spec.name,
+            model=model.name,
+            model_version=reply.model_version,
+            latency_s=time.perf_counter() - started,
+            first_token_s=first_token_s,
+            cost=cost_of(model, reply.usage),
+            raw=raw,
+        )
+        usage = reply.usage
+        log.debug("provider=%s model=%s finish=%s latency=%.3fs tokens=%d/%d", self.spec.name, model.name,
+                  response.finish_reason, response.latency_s, usage.input_tokens, usage.output_tokens)  # fmt: skip
+        if response.finish_reason == "content_filter":
+            error = ContentFiltered(
+                "response blocked by the provider's content filter", provider=self.spec.name, model=model.name
+            )
+            error.response = response
+            raise error
+        return response
+
+    def _complete(self, response: httpx.Response, model: ModelSpec, started: float) -> ChatResponse:
+        if response.status_code >= 400:
+            raise self._http_error(response, model)
+        try:
+            data = response.json()
+            reply = self.parse_reply(data)
+        except ProviderError as error:
+            error.model = error.model or model.name
+            raise
+        except Exception as exc:
+            raise self._fail(exc, model) from exc
+        return self._response(reply, model, started, data)
+
+    def _stream_end(
+        self, parser: StreamParser, model: ModelSpec, started: float, first: float | None
+    ) -> Iterator[StreamEvent]:
+        if not parser.finished:
+            raise MalformedResponse(
+                "stream ended before its terminal event (cut short)",
+                provider=self.spec.name,
+                model=model.name,
+            )
+        response = self._response(parser.reply, model, started, parser.raw, first)
+        yield StreamEvent(kind="usage", usage=response.usage)
+        yield StreamEvent(kind="done", finish_reason=response.finish_reason, response=response)
+
+    # ---- public API -------------------------------------------------------------------------------------
+    def chat(self, model: ModelSpec, req: ChatRequest, *, timeout: TimeoutArg = None) -> ChatResponse:
+        """Send `req` to `model` and wait for the whole answer."""
+        http = self.http()
+        request = self._build(http, model, req, False, timeout)
+        started = time.perf_counter()
+        try:
+            response = http.send(request)
+        except Exception as exc:
+            raise self._fail(exc, model) from exc
+        return self._complete(response, model, started)
+
+    async def achat(self, model: ModelSpec, req: ChatRequest, *, timeout: TimeoutArg = None) -> ChatResponse:
+        """Async `chat`."""
+        http = self.ahttp()
+        request = self._build(http, model, req, False, timeout)
+        started = time.perf_counter()
+        try:
+            response = await http.send(request)
+        except Exception as exc:
+            raise self._fail(exc, model) from exc
+        return self._complete(response, model, started)
+
+    def stream(self, model: ModelSpec, req: ChatRequest, *, timeout: TimeoutArg = None) -> Iterator[StreamEvent]:
+        """Stream the answer: deltas and tool calls as they arrive, then `usage` and `done`."""
+        http = self.http()
+        request = self._build(http, model, req, True, timeout)  # raises here, not on first next()
+        return self._stream(http, request, model)
+
+    def _stream(self, http: httpx.Client, request: httpx.Request, model: ModelSpec) -> Iterator[StreamEvent]:
+        parser = self.stream_parser(self, model)
+        started, first = time.perf_counter(), None
+        try:
+            response = http.send(request, stream=True)
+            try:
+                if response.status_code >= 400:
+                    response.read()
+                    raise self._http_error(response, model)
+                for sse in iter_sse_bytes(response.iter_bytes()):
+                    for event in parser.feed(sse):
+                        if first is None and event.kind in ("delta", "tool_call"):
+                            first = time.perf_counter() - started
+                        yield event
+            finally:
+                response.close()
+        except ProviderError:
+            raise
+        except Exception as exc:
+            raise self._fail(exc, model) from exc
+        yield from self._stream_end(parser, model, started, first)
+
+    def astream(self, model: ModelSpec, req: ChatRequest, *, timeout: TimeoutArg = None) -> AsyncIterator[StreamEvent]:
+        """Async `stream`."""
+        http = self.ahttp()
+        request = self._build(http, model, req, True, timeout)
+        return self._astream(http, request, model)
+
+    async def _astream(
+        self, http: httpx.AsyncClient, request: httpx.Request, model: ModelSpec
+    ) -> AsyncIterator[StreamEvent]:
+        parser = self.stream_parser(self, model)
+        started, first = time.perf_counter(), None
+        try:
+            response = await http.send(request, stream=True)
+            try:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise self._http_error(response, model)
+                async for sse in aiter_sse_bytes(response.aiter_bytes()):
+                    for event in parser.feed(sse):
+                        if first is None and event.kind in ("delta", "tool_call"):
+                            first = time.perf_counter() - started
+                        yield event
+            finally:
+                await response.aclose()
+        except ProviderError:
+            raise
+        except Exception as exc:
+            raise self._fail(exc, model) from exc
+        for event in self._stream_end(parser, model, started, first):
+            yield event

@@ -1,0 +1,177 @@
+"""The OpenAI Chat Completions wire format: a ChatRequest in, `POST {base_url}/chat/completions` JSON out, and
+its replies (whole or as `data:` SSE chunks ending in `data: [DONE]`) back into a ParsedReply / StreamEvents.
+
+Also fits OpenAI-compatible servers (vLLM, Together, Groq, ...): `base_url` includes the version path
+(`https://api.openai.com/v1`), and providers without `api_key_env` are called without an auth header.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from providers.clients.base import ParsedReply, ProviderClient, StreamParser
+from providers.clients.sse import SSEEvent
+from providers.types import ChatRequest, FinishReason, ImagePart, Message, StreamEvent, ToolCall, Usage
+
+if TYPE_CHECKING:
+    from providers.types import ModelSpecLike as ModelSpec
+    from providers.types import ProviderSpecLike as ProviderSpec
+
+FINISH: dict[str, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "content_filter": "content_filter",
+}
+
+
+def _usage(data: Any) -> Usage:
+    usage = data or {}
+    return Usage(
+        input_tokens=usage.get("prompt_tokens") or 0, output_tokens=usage.get("completion_tokens") or 0
+    )
+
+
+def _content(message: Message) -> str | list[dict[str, Any]]:
+    if isinstance(message.content, str):
+        return message.content
+    parts: list[dict[str, Any]] = []
+    for part in message.content:
+        if isinstance(part, ImagePart):
+            url = part.url or f"data:{part.mime_type};base64,{part.data}"
+            parts.append({"type": "image_url", "image_url": {"url": url}})
+        else:
+            parts.append({"type": "text", "text": part.text})
+    return parts
+
+
+def _message(message: Message) -> dict[str, Any]:
+    if message.role == "tool":
+        return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.text()}
+    out: dict[str, Any] = {"role": message.role, "content": _content(message)}
+    if message.role == "assistant" and message.tool_calls:
+        out["content"] = message.text() or None
+        out["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in message.tool_calls
+        ]
+    return out
+
+
+class OpenAIStreamParser(StreamParser):
+    """Chat-completion chunks; tool-call fragments are assembled per `index` and emitted at finish."""
+
+    def __init__(self, client: ProviderClient, model: ModelSpec) -> None:
+        super().__init__(client, model)
+        self._calls: dict[int, dict[str, Any]] = {}
+
+    def feed(self, event: SSEEvent) -> Iterable[StreamEvent]:
+        data = event.data.strip()
+        if data == "[DONE]":
+            self.finished = True
+            return self._flush_calls()
+        if not data:
+            return []
+        chunk = json.loads(data)
+        if chunk.get("error"):
+            raise self.stream_error(chunk)
+        self.raw = chunk
+        self.reply.model_version = chunk.get("model") or self.reply.model_version
+        if chunk.get("usage"):
+            self.reply.usage = _usage(chunk["usage"])
+        events: list[StreamEvent] = []
+        for choice in chunk.get("choices") or []:
+            if choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                events.append(self.delta(delta["content"]))
+            for frag in delta.get("tool_calls") or []:
+                slot = self._calls.setdefault(frag.get("index", 0), {"id": "", "name": "", "args": []})
+                fn = frag.get("function") or {}
+                slot["id"] = frag.get("id") or slot["id"]
+                slot["name"] = fn.get("name") or slot["name"]
+                slot["args"].append(fn.get("arguments") or "")
+            if choice.get("finish_reason"):
+                self.reply.finish_reason = FINISH.get(choice["finish_reason"], "other")
+                events.extend(self._flush_calls())
+        return events
+
+    def _flush_calls(self) -> list[StreamEvent]:
+        calls = [self._calls[i] for i in sorted(self._calls)]
+        self._calls.clear()
+        return [
+            self.tool_call(ToolCall(id=c["id"], name=c["name"], arguments="".join(c["args"]) or "{}"))
+            for c in calls
+        ]
+
+
+class OpenAIClient(ProviderClient):
+    """OpenAI Chat Completions (`Authorization: Bearer`); `max_tokens_field` names the output limit field."""
+
+    kind = "openai"
+    default_base_url = "https://api.openai.com/v1"
+    stream_parser = OpenAIStreamParser
+
+    def __init__(
+        self, spec: ProviderSpec, *, max_tokens_field: str = "max_completion_tokens", **kw: Any
+    ) -> None:
+        super().__init__(spec, **kw)
+        self.max_tokens_field = max_tokens_field
+
+    def url(self, model: ModelSpec, *, stream: bool) -> str:
+        return f"{self.base_url}/chat/completions"
+
+    def auth_headers(self, key: str | None) -> dict[str, str]:
+        return {"authorization": f"Bearer {key}"} if key else {}
+
+    def build_body(self, model: ModelSpec, req: ChatRequest, *, stream: bool) -> dict[str, Any]:
+        messages = [{"role": "system", "content": req.system}] if req.system else []
+        messages += [_message(m) for m in req.messages]
+        body: dict[str, Any] = {"model": model.id, "messages": messages}
+        if req.temperature is not None:
+            body["temperature"] = req.temperature
+        if req.max_tokens is not None:
+            body[self.max_tokens_field] = req.max_tokens
+        if req.stop:
+            body["stop"] = req.stop
+        if req.tools:
+            body["tools"] = req.tools
+        if req.tool_choice:
+            named = req.tool_choice not in ("auto", "none", "required")
+            body["tool_choice"] = (
+                {"type": "function", "function": {"name": req.tool_choice}} if named else req.tool_choice
+            )
+        fmt = req.response_format
+        if fmt is not None and fmt.type == "json":
+            body["response_format"] = {"type": "json_object"}
+        elif fmt is not None and fmt.type == "json_schema":
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": fmt.name, "schema": fmt.json_schema or {}, "strict": fmt.strict},
+            }
+        if stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    def parse_reply(self, data: Any) -> ParsedReply:
+        choice = data["choices"][0]
+        message = choice.get("message") or {}
+        calls = [
+            ToolCall(id=c["id"], name=c["function"]["name"], arguments=c["function"].get("arguments") or "{}")
+            for c in message.get("tool_calls") or []
+        ]
+        finish = FINISH.get(choice.get("finish_reason") or "", "other")
+        if message.get("refusal") and not message.get("content"):
+            finish = "content_filter"
+        return ParsedReply(
+            text=message.get("content") or "",
+            tool_calls=calls,
+            usage=_usage(data.get("usage")),
+            finish_reason=finish,
+            model_version=data.get("model"),
+        )

@@ -1,0 +1,144 @@
+"""A small Server-Sent Events parser: byte chunks or text lines (sync or async) in, `SSEEvent`s out.
+
+Follows the WHATWG event-stream rules that matter for LLM APIs: LF, CR and CRLF line ends (also split across
+chunks), `event:`/`data:`/`id:`/`retry:` fields, multi-line `data:` joined by newlines, `:` comment lines,
+and a blank line dispatching the event.  An event still pending when the input ends is dispatched too (a
+lenient choice: a terminal `data: [DONE]` without its blank line is not lost); callers detect streams cut
+short by the absence of their wire format's terminal event.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass
+
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+@dataclass(frozen=True)
+class SSEEvent:
+    event: str = "message"
+    data: str = ""
+    id: str | None = None
+    retry: int | None = None
+
+
+class LineSplitter:
+    """Incrementally splits UTF-8 byte chunks into lines without their terminators."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._buffer = ""
+        self._skip_lf = False  # the previous chunk ended in CR: a leading LF belongs to that line end
+
+    def feed(self, chunk: bytes | str) -> list[str]:
+        text = self._decoder.decode(chunk) if isinstance(chunk, bytes) else chunk
+        if not text:
+            return []
+        if self._skip_lf and text.startswith("\n"):
+            text = text[1:]
+        self._skip_lf = text.endswith("\r")
+        parts = _LINE_END.split(self._buffer + text)
+        self._buffer = parts.pop()
+        return parts
+
+    def flush(self) -> list[str]:
+        tail = self._buffer + self._decoder.decode(b"", final=True)
+        self._buffer = ""
+        return [tail] if tail else []
+
+
+class SSEDecoder:
+    """Turns lines into events; `feed_line` returns an event when a blank line dispatches one."""
+
+    def __init__(self) -> None:
+        self._event = ""
+        self._data: list[str] = []
+        self._id: str | None = None
+        self._retry: int | None = None
+        self._dirty = False
+
+    def feed_line(self, line: str) -> SSEEvent | None:
+        if not line:
+            return self._dispatch()
+        if line.startswith(":"):
+            return None
+        name, sep, value = line.partition(":")
+        if sep and value.startswith(" "):
+            value = value[1:]
+        if name == "event":
+            self._event, self._dirty = value, True
+        elif name == "data":
+            self._data.append(value)
+            self._dirty = True
+        elif name == "id" and "\0" not in value:
+            self._id = value
+        elif name == "retry" and value.isdigit():
+            self._retry = int(value)
+        return None
+
+    def flush(self) -> SSEEvent | None:
+        return self._dispatch()
+
+    def _dispatch(self) -> SSEEvent | None:
+        if not self._dirty:
+            return None
+        event = SSEEvent(self._event or "message", "\n".join(self._data), self._id, self._retry)
+        self._event, self._data, self._dirty = "", [], False
+        return event
+
+
+def iter_sse_lines(lines: Iterable[str]) -> Iterator[SSEEvent]:
+    """Events from text lines (with or without their trailing newline)."""
+    decoder = SSEDecoder()
+    for line in lines:
+        event = decoder.feed_line(line.rstrip("\r\n"))
+        if event is not None:
+            yield event
+    event = decoder.flush()
+    if event is not None:
+        yield event
+
+
+def iter_sse_bytes(chunks: Iterable[bytes]) -> Iterator[SSEEvent]:
+    """Events from raw byte chunks split anywhere (mid-line, mid-CRLF, mid-UTF-8 character)."""
+    splitter = LineSplitter()
+
+    def lines() -> Iterator[str]:
+        for chunk in chunks:
+            yield from splitter.feed(chunk)
+        yield from splitter.flush()
+
+    return iter_sse_lines(lines())
+
+
+async def aiter_sse_lines(lines: AsyncIterable[str]) -> AsyncIterator[SSEEvent]:
+    """Async `iter_sse_lines`."""
+    decoder = SSEDecoder()
+    async for line in lines:
+        event = decoder.feed_line(line.rstrip("\r\n"))
+        if event is not None:
+            yield event
+    event = decoder.flush()
+    if event is not None:
+        yield event
+
+
+async def aiter_sse_bytes(chunks: AsyncIterable[bytes]) -> AsyncIterator[SSEEvent]:
+    """Async `iter_sse_bytes`."""
+    splitter = LineSplitter()
+    decoder = SSEDecoder()
+    async for chunk in chunks:
+        for line in splitter.feed(chunk):
+            event = decoder.feed_line(line)
+            if event is not None:
+                yield event
+    for line in splitter.flush():
+        event = decoder.feed_line(line)
+        if event is not None:
+            yield event
+    event = decoder.flush()
+    if event is not None:
+        yield event

@@ -1,0 +1,230 @@
+"""Provider-independent chat types: a `ChatRequest` goes in, a `ChatResponse` (or `StreamEvent`s) comes out.
+
+Every wire format (OpenAI, Anthropic, Gemini) translates to and from these models, so the engine and the
+gateway never see a provider's JSON.  Tools are described OpenAI-style (`{"type": "function", "function":
+{"name", "description", "parameters"}}`) because that is the most common shape; the clients convert them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Role = Literal["system", "user", "assistant", "tool"]
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "other"]
+StreamEventKind = Literal["delta", "tool_call", "usage", "done"]
+
+
+class ProviderSpecLike(Protocol):
+    """What the clients need from `providers.catalog.ProviderSpec` (duck-typed so tests can stub it)."""
+
+    name: str
+    kind: str
+    base_url: str | None
+    api_key_env: str | None
+    timeout_s: float
+    headers: dict[str, str]
+
+
+class ModelSpecLike(Protocol):
+    """What the clients need from `providers.catalog.ModelSpec`: the wire id and USD-per-token prices."""
+
+    name: str
+    provider: str
+    id: str
+    input_price: float
+    output_price: float
+
+
+class TextPart(BaseModel, frozen=True):
+    type: Literal["text"] = "text"
+    text: str
+
+
+class ImagePart(BaseModel, frozen=True):
+    """An image given by URL or by base64 `data` (with its `mime_type`)."""
+
+    type: Literal["image"] = "image"
+    url: str | None = None
+    data: str | None = Field(default=None, repr=False)
+    mime_type: str = "image/png"
+
+
+Part = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
+class ToolCall(BaseModel, frozen=True):
+    """A function call requested by the model; `arguments` is the JSON text exactly as produced."""
+
+    id: str
+    name: str
+    arguments: str = "{}"
+
+    def parsed_arguments(self) -> dict[str, Any]:
+        """The arguments as a dict (`{}` when empty); raises `ValueError` on invalid JSON."""
+        if not self.arguments.strip():
+            return {}
+        value = json.loads(self.arguments)
+        if not isinstance(value, dict):
+            raise ValueError("tool call arguments are not a JSON object")
+        return value
+
+
+class Message(BaseModel):
+    """One conversation turn.  `tool` messages answer the call named by `tool_call_id`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    role: Role
+    content: str | list[Part] = ""
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    tool_call_id: str | None = None
+    name: str | None = None  # the tool's name on `tool` messages (Gemini needs it; found by id otherwise)
+
+    def text(self) -> str:
+        """The concatenated text of the content (image parts are skipped)."""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content if isinstance(p, TextPart))
+
+    @classmethod
+    def system(cls, text: str) -> Message:
+        return cls(role="system", content=text)
+
+    @classmethod
+    def user(cls, content: str | list[Part]) -> Message:
+        return cls(role="user", content=content)
+
+    @classmethod
+    def assistant(cls, text: str = "", tool_calls: list[ToolCall] | None = None) -> Message:
+        return cls(role="assistant", content=text, tool_calls=tool_calls or [])
+
+    @classmethod
+    def tool(cls, tool_call_id: str, content: str, name: str | None = None) -> Message:
+        return cls(role="tool", content=content, tool_call_id=tool_call_id, name=name)
+
+
+class ResponseFormat(BaseModel, frozen=True):
+    """`json` asks for any JSON object; `json_schema` for JSON matching `json_schema` (a JSON Schema)."""
+
+    type: Literal["text", "json", "json_schema"] = "text"
+    json_schema: dict[str, Any] | None = None
+    name: str = "response"
+    strict: bool = True
+
+
+def function_tool(
+    name: str, description: str = "", parameters: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """An OpenAI-style function tool spec, the shape `ChatRequest.tools` expects."""
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": description,
+            "parameters": parameters or {"type": "object", "properties": {}},
+        },
+    }
+
+
+class ChatRequest(BaseModel):
+    """A provider-independent chat request.
+
+    `system` is prepended to any system messages.  `tool_choice` is "auto", "none", "required" or the name
+    of one tool.  `extra` is merged verbatim into the provider's JSON body (provider-specific options).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    messages: list[Message]
+    system: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    tools: list[dict[str, Any]] = Field(default_factory=list)
+    tool_choice: str | None = None
+    response_format: ResponseFormat | None = None
+    stop: list[str] = Field(default_factory=list)
+    extra: dict[str, Any] = Field(default_factory=dict, repr=False)
+
+    @field_validator("tools")
+    @classmethod
+    def _check_tools(cls, tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for tool in tools:
+            fn = tool.get("function")
+            if tool.get("type", "function") != "function" or not isinstance(fn, dict) or not fn.get("name"):
+                raise ValueError(
+                    "tools must be OpenAI-style function specs: {'type': 'function', 'function': {...}}"
+                )
+        return tools
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_stop(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    def system_text(self) -> str | None:
+        """`system` plus the text of every system message, joined by blank lines (None when empty)."""
+        chunks = [self.system] if self.system else []
+        chunks += [m.text() for m in self.messages if m.role == "system" and m.text()]
+        return "\n\n".join(chunks) or None
+
+    def tool_functions(self) -> list[dict[str, Any]]:
+        """The `function` objects of `tools` (name, description, parameters)."""
+        return [t["function"] for t in self.tools]
+
+
+class Usage(BaseModel, frozen=True):
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+class ChatResponse(BaseModel):
+    """A completed answer.  `cost` is USD from the ModelSpec prices; `raw` is the provider JSON (last chunk
+    for streams).  `model` is the catalog model name, `model_version` whatever the provider reported."""
+
+    model_config = ConfigDict(frozen=True)
+
+    text: str = ""
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)
+    finish_reason: FinishReason = "stop"
+    provider: str = ""
+    model: str = ""
+    model_version: str | None = None
+    latency_s: float = 0.0
+    first_token_s: float | None = None
+    cost: float | None = None
+    raw: Any = Field(default=None, repr=False)
+
+
+class StreamEvent(BaseModel):
+    """One streaming increment.
+
+    delta: `text` holds new text.  tool_call: `tool_call` is a complete call.  usage: `usage` is final.
+    done: `response` is the aggregated `ChatResponse` (always the last event of a healthy stream).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: StreamEventKind
+    text: str = ""
+    tool_call: ToolCall | None = None
+    usage: Usage | None = None
+    finish_reason: FinishReason | None = None
+    response: ChatResponse | None = None
+
+
+def cost_of(model: ModelSpecLike | None, usage: Usage) -> float | None:
+    """USD cost of `usage` at the model's per-token prices (None without a model or prices)."""
+    if model is None:
+        return None
+    try:
+        return usage.input_tokens * float(model.input_price) + usage.output_tokens * float(model.output_price)
+    except (AttributeError, TypeError, ValueError):
+        return None

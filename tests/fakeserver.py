@@ -1,0 +1,763 @@
+"""A real, scriptable HTTP server on 127.0.0.1 speaking the OpenAI, Anthropic and Gemini wire formats:
+scripted behaviours in, provider-shaped HTTP responses (JSON or chunked SSE) and recorded requests out.
+
+Routes (POST):  /v1/chat/completions (openai)   /v1/messages (anthropic)
+    /v1beta/models/{id}:generateContent   /v1beta/models/{id}:streamGenerateContent?alt=sse (gemini)
+Streaming is chosen like the real APIs do: `"stream": true` in the body, or the Gemini stream path.
+HTTP/1.1 with keep-alive; streams use chunked transfer encoding.  Scripts are keyed by model id (the
+body's "model", or the id in the Gemini path).
+
+API:
+    with FakeServer() as server:           # or the `fake_server` pytest fixture (import it into a conftest)
+        server.url                         # "http://127.0.0.1:<port>"
+        server.base_url("openai")          # ProviderSpec.base_url for a kind ("…/v1" for openai)
+        server.script("gpt-4o", [Fault.status(429, retry_after=1), Reply(text="hi")])  # queue, in order
+        server.always("claude-x", Fault.overloaded())    # used whenever the model's queue is empty
+        server.default = Reply(text="ok")                # used for any model with nothing scripted
+        server.requests / server.last()                  # RecordedRequest(path, headers, body, model, ...)
+        server.connections                               # TCP connections accepted (keep-alive checks)
+        server.wait_for_requests(2, timeout=1.0)
+    FakeServer(api_key="sk-x") also answers 401 (provider-shaped) to requests without that key.
+
+Behaviours:
+    Reply(text, tool_calls=[Call(name, args)], input_tokens, output_tokens, finish, delay, chunk_delay)
+    Fault.status(code, retry_after=, retry_after_ms=, message=, error_code=)  provider-shaped error
+    Fault.rate_limited(retry_after) / server_error(code) / overloaded() (529) / auth(echo_key=)
+    Fault.context_too_long() / content_filtered()     each provider's real error or blocked-answer format
+    Fault.hang(seconds)   no answer until `seconds` pass (or the server stops): drives client timeouts
+    Fault.reset()         TCP RST (SO_LINGER 0) instead of an answer; Fault.close() plain FIN
+    Fault.malformed(body) 200 with an unparseable body
+    Fault.cut_stream(after, abort=True)  send `after` SSE events then RST (abort) or end the body cleanly
+    Fault.stream_error(after)            send `after` SSE events then a provider-shaped in-stream error
+    Fault.slow(delay, text)              a Reply that waits `delay` seconds first (race tests)
+Recorded headers keep real values (for auth assertions): never print them in tests about secrets.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import struct
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+__all__ = ["Call", "FakeServer", "Fault", "RecordedRequest", "Reply", "fake_server"]
+
+_CONTEXT_TOO_LONG = "__context_too_long__"
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
+_GEMINI_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+_FINISH = {  # normalised finish -> (openai, anthropic, gemini)
+    "stop": ("stop", "end_turn", "STOP"),
+    "length": ("length", "max_tokens", "MAX_TOKENS"),
+    "tool_calls": ("tool_calls", "tool_use", "STOP"),
+    "content_filter": ("content_filter", "refusal", "SAFETY"),
+}
+_KINDS = ("openai", "anthropic", "gemini")
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]  # lower-cased names, real values
+    body: Any  # parsed JSON (None if not JSON)
+    raw: bytes
+    kind: str
+    model: str
+    stream: bool
+    connection: int  # server-side connection number (1, 2, ...): equal numbers = reused connection
+    at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Ctx:
+    kind: str
+    model: str
+    stream: bool
+    api_key: str | None
+
+
+@dataclass
+class Call:
+    """A scripted tool call; `args` is sent as the provider's JSON arguments."""
+
+    name: str
+    args: dict[str, Any] = field(default_factory=dict)
+    id: str | None = None
+
+
+# ---- the three wire formats ------------------------------------------------------------------------------
+def _route(path: str, body: Any) -> tuple[str, str, bool] | None:
+    body = body if isinstance(body, dict) else {}
+    if path in ("/v1/chat/completions", "/v1/messages"):
+        kind = "openai" if path.endswith("completions") else "anthropic"
+        return kind, str(body.get("model", "")), bool(body.get("stream"))
+    match = re.fullmatch(r"/v1beta/models/([^/:]+):(generateContent|streamGenerateContent)", path)
+    return ("gemini", match[1], match[2] == "streamGenerateContent") if match else None
+
+
+def _api_key(kind: str, headers: dict[str, str]) -> str | None:
+    if kind == "openai":
+        auth = headers.get("authorization", "")
+        return auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else None
+    return headers.get("x-api-key" if kind == "anthropic" else "x-goog-api-key")
+
+
+def _error_body(kind: str, status: int, message: str, code: str | None) -> dict[str, Any]:
+    if code == _CONTEXT_TOO_LONG:
+        message, code = {
+            "openai": (
+                "This model's maximum context length is 128000 tokens. However, your messages resulted "
+                "in 130017 tokens. Please reduce the length of the messages.",
+                "context_length_exceeded",
+            ),
+            "anthropic": ("prompt is too long: 210342 tokens > 200000 maximum", "invalid_request_error"),
+            "gemini": (
+                "The input token count (1200293) exceeds the maximum number of tokens allowed (1048576).",
+                "INVALID_ARGUMENT",
+            ),
+        }[kind]
+    if kind == "anthropic":
+        default = _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+        return {
+            "type": "error",
+            "error": {"type": code or default, "message": message},
+            "request_id": "req_fake",
+        }
+    if kind == "gemini":
+        default = _GEMINI_STATUS.get(status, "INTERNAL" if status >= 500 else "INVALID_ARGUMENT")
+        return {"error": {"code": status, "message": message, "status": code or default}}
+    defaults = {401: "invalid_api_key", 429: "rate_limit_exceeded"}
+    etype = "server_error" if status >= 500 else "requests" if status == 429 else "invalid_request_error"
+    return {"error": {"message": message, "type": etype, "param": None, "code": code or defaults.get(status)}}
+
+
+def _finish(kind: str, reply: Reply) -> str:
+    norm = "tool_calls" if reply.tool_calls and reply.finish == "stop" else reply.finish
+    return _FINISH[norm][_KINDS.index(kind)]
+
+
+def _call_id(i: int, call: Call) -> str:
+    return call.id or f"call_{i}"
+
+
+def _render_json(ctx: Ctx, r: Reply) -> dict[str, Any]:
+    calls = list(enumerate(r.tool_calls))
+    if ctx.kind == "openai":
+        message: dict[str, Any] = {"role": "assistant", "content": r.text or (None if calls else "")}
+        if calls:
+            message["tool_calls"] = [
+                {
+                    "id": _call_id(i, c),
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": json.dumps(c.args)},
+                }
+                for i, c in calls
+            ]
+        usage = {
+            "prompt_tokens": r.input_tokens,
+            "completion_tokens": r.output_tokens,
+            "total_tokens": r.input_tokens + r.output_tokens,
+        }
+        return {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": 0,
+            "model": ctx.model,
+            "choices": [{"index": 0, "message": message, "finish_reason": _finish("openai", r)}],
+            "usage": usage,
+        }
+    if ctx.kind == "anthropic":
+        content = [{"type": "text", "text": r.text}] if r.text else []
+        content += [
+            {"type": "tool_use", "id": _call_id(i, c), "name": c.name, "input": c.args} for i, c in calls
+        ]
+        return {
+            "id": "msg_fake",
+            "type": "message",
+            "role": "assistant",
+            "model": ctx.model,
+            "content": content,
+            "stop_reason": _finish("anthropic", r),
+            "stop_sequence": None,
+            "usage": {"input_tokens": r.input_tokens, "output_tokens": r.output_tokens},
+        }
+    parts: list[dict[str, Any]] = [{"text": r.text}] if r.text else []
+    parts += [{"functionCall": {"name": c.name, "args": c.args}} for _, c in calls]
+    return {
+        "candidates": [
+            {"content": {"role": "model", "parts": parts}, "finishReason": _finish("gemini", r), "index": 0}
+        ],
+        "usageMetadata": {
+            "promptTokenCount": r.input_tokens,
+            "candidatesTokenCount": r.output_tokens,
+            "totalTokenCount": r.input_tokens + r.output_tokens,
+        },
+        "modelVersion": ctx.model,
+    }
+
+
+def _sse(ctx: Ctx, obj: Any, event: str | None = None) -> bytes:
+    eol = "\r\n" if ctx.kind == "gemini" else "\n"  # Gemini's CRLF framing exercises the client's parser
+    lines = ([f"event: {event}"] if event else []) + [f"data: {json.dumps(obj)}"]
+    return (eol.join(lines) + eol + eol).encode()
+
+
+def _pieces(text: str, n: int) -> list[str]:
+    size = max(1, -(-len(text) // max(1, n)))
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def _render_stream(ctx: Ctx, r: Reply, n_chunks: int | None = None) -> Iterator[bytes]:
+    pieces, calls = _pieces(r.text, n_chunks or r.chunks), list(enumerate(r.tool_calls))
+    if ctx.kind == "openai":
+        base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": ctx.model}
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+            return _sse(ctx, {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+
+        yield chunk({"role": "assistant", "content": ""})
+        yield from (chunk({"content": p}) for p in pieces)
+        for i, c in calls:
+            args = json.dumps(c.args)
+            yield chunk(
+                {
+                    "tool_calls": [
+                        {
+                            "index": i,
+                            "id": _call_id(i, c),
+                            "type": "function",
+                            "function": {"name": c.name, "arguments": ""},
+                        }
+                    ]
+                }
+            )
+            for half in (args[: len(args) // 2], args[len(args) // 2 :]):
+                yield chunk({"tool_calls": [{"index": i, "function": {"arguments": half}}]})
+        yield chunk({}, _finish("openai", r))
+        yield _sse(
+            ctx,
+            {
+                **base,
+                "choices": [],
+                "usage": {"prompt_tokens": r.input_tokens, "completion_tokens": r.output_tokens},
+            },
+        )
+        yield b"data: [DONE]\n\n"
+    elif ctx.kind == "anthropic":
+
+        def ev(kind: str, **data: Any) -> bytes:
+            return _sse(ctx, {"type": kind, **data}, kind)
+
+        yield ev(
+            "message_start",
+            message={
+                "id": "msg_fake",
+                "type": "message",
+                "role": "assistant",
+                "content": [],
+                "model": ctx.model,
+                "stop_reason": None,
+                "usage": {"input_tokens": r.input_tokens, "output_tokens": 1},
+            },
+        )
+        index = 0
+        if pieces:
+            yield ev("content_block_start", index=0, content_block={"type": "text", "text": ""})
+            yield ev("ping")
+            yield from (
+                ev("content_block_delta", index=0, delta={"type": "text_delta", "text": p}) for p in pieces
+            )
+            yield ev("content_block_stop", index=0)
+            index = 1
+        for i, c in calls:
+            args = json.dumps(c.args)
+            yield ev(
+                "content_block_start",
+                index=index + i,
+                content_block={"type": "tool_use", "id": _call_id(i, c), "name": c.name, "input": {}},
+            )
+            for half in (args[: len(args) // 2], args[len(args) // 2 :]):
+                yield ev(
+                    "content_block_delta",
+                    index=index + i,
+                    delta={"type": "input_json_delta", "partial_json": half},
+                )
+            yield ev("content_block_stop", index=index + i)
+        yield ev(
+            "message_delta",
+            delta={"stop_reason": _finish("anthropic", r), "stop_sequence": None},
+            usage={"output_tokens": r.output_tokens},
+        )
+        yield ev("message_stop")
+    else:
+        pieces = pieces or [""]
+        for n, p in enumerate(pieces):
+            last = n == len(pieces) - 1
+            parts: list[dict[str, Any]] = [{"text": p}] if p else []
+            candidate: dict[str, Any] = {"content": {"role": "model", "parts": parts}, "index": 0}
+            usage: dict[str, Any] = {"promptTokenCount": r.input_tokens}
+            if last:
+                parts += [{"functionCall": {"name": c.name, "args": c.args}} for _, c in calls]
+                candidate["finishReason"] = _finish("gemini", r)
+                usage.update(
+                    candidatesTokenCount=r.output_tokens, totalTokenCount=r.input_tokens + r.output_tokens
+                )
+            yield _sse(ctx, {"candidates": [candidate], "usageMetadata": usage, "modelVersion": ctx.model})
+
+
+def _stream_error_event(ctx: Ctx) -> bytes:
+    if ctx.kind == "anthropic":
+        return _sse(
+            ctx, {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}, "error"
+        )
+    if ctx.kind == "gemini":
+        return _sse(
+            ctx, {"error": {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}}
+        )
+    return _sse(
+        ctx,
+        {
+            "error": {
+                "message": "The server had an error while processing your request",
+                "type": "server_error",
+                "param": None,
+                "code": None,
+            }
+        },
+    )
+
+
+# ---- behaviours ------------------------------------------------------------------------------------------
+class Behaviour:
+    def run(self, h: Handler, ctx: Ctx) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class Reply(Behaviour):
+    """A successful answer (JSON, or SSE when the request streams); `delay` waits before answering."""
+
+    text: str = "ok"
+    tool_calls: list[Call] = field(default_factory=list)
+    input_tokens: int = 10
+    output_tokens: int = 5
+    finish: str = "stop"  # stop | length | tool_calls | content_filter (rendered per wire format)
+    delay: float = 0.0
+    chunk_delay: float = 0.0
+    chunks: int = 3  # how many text deltas a stream carries
+
+    def run(self, h: Handler, ctx: Ctx) -> None:
+        if self.delay and h.server.stopping.wait(self.delay):
+            return
+        if not ctx.stream:
+            h.send_json(200, _render_json(ctx, self))
+            return
+        h.start_stream()
+        for event in _render_stream(ctx, self):
+            if self.chunk_delay and h.server.stopping.wait(self.chunk_delay):
+                return
+            h.write_chunk(event)
+        h.end_stream()
+
+
+@dataclass
+class _Status(Behaviour):
+    status: int
+    message: str | None = None
+    code: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    echo_key: bool = False
+
+    def run(self, h: Handler, ctx: Ctx) -> None:
+        message = self.message or f"scripted error {self.status}"
+        if self.echo_key:
+            message += f" (you sent key {ctx.api_key})"
+        h.send_json(self.status, _error_body(ctx.kind, self.status, message, self.code), self.headers)
+
+
+@dataclass
+class _Hang(Behaviour):
+    seconds: float
+
+    def run(self, h: Handler, ctx: Ctx) -> None:
+        h.server.stopping.wait(self.seconds)
+        h.close_connection = True
+
+
+@dataclass
+class _Drop(Behaviour):
+    rst: bool
+
+    def run(self, h: Handler, ctx: Ctx) -> None:
+        h.drop(self.rst)
+
+
+@dataclass
+class _Raw(Behaviour):
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+
+    def run(self, h: Handler, ctx: Ctx) -> None:
+        h.send_bytes(self.status, self.body, self.content_type)
+
+
+@dataclass
+class _ContentFiltered(Behaviour):
+    def run(self, h: Handler, ctx: Ctx) -> None:
+        if ctx.kind == "gemini":  # prompt blocked: no candidates, only promptFeedback
+            blocked = {"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": {"promptTokenCount": 7}}
+            if not ctx.stream:
+                h.send_json(200, blocked)
+                return
+            h.start_stream()
+            h.write_chunk(_sse(ctx, blocked))
+            h.end_stream()
+            return
+        Reply(text="", finish="content_filter").run(h, ctx)
+
+
+@dataclass
+class _StreamFault(Behaviour):
+    after: int
+    abort: bool = True
+    error: bool = False
+
+    def run(self, h: Handler, ctx: Ctx) -> None:
+        if not ctx.stream:  # not a stream request: behave like a cut connection
+            h.drop(True)
+            return
+        h.start_stream()
+        for event in list(_render_stream(ctx, Reply(text="partial answer text"), n_chunks=6))[: self.after]:
+            h.write_chunk(event)
+        if self.error:
+            h.write_chunk(_stream_error_event(ctx))
+            h.end_stream()
+        elif self.abort:
+            h.server.stopping.wait(0.05)  # let the client read what was sent: an RST discards unread data
+            h.drop(True)
+        else:
+            h.end_stream()
+
+
+class Fault:
+    """Constructors for scripted failures (see the module docstring)."""
+
+    @staticmethod
+    def status(
+        code: int,
+        *,
+        retry_after: float | str | None = None,
+        retry_after_ms: float | None = None,
+        message: str | None = None,
+        error_code: str | None = None,
+    ) -> Behaviour:
+        headers = {}
+        if retry_after is not None:
+            headers["Retry-After"] = str(retry_after)
+        if retry_after_ms is not None:
+            headers["retry-after-ms"] = str(retry_after_ms)
+        return _Status(code, message, error_code, headers)
+
+    @staticmethod
+    def rate_limited(retry_after: float | str | None = 1) -> Behaviour:
+        return Fault.status(429, retry_after=retry_after, message="Rate limit reached, slow down")
+
+    @staticmethod
+    def server_error(code: int = 500) -> Behaviour:
+        return Fault.status(code, message="The server had an error while processing your request")
+
+    @staticmethod
+    def overloaded() -> Behaviour:
+        return _Status(529, "Overloaded", "overloaded_error")
+
+    @staticmethod
+    def auth(echo_key: bool = False) -> Behaviour:
+        return _Status(401, "Incorrect API key provided", None, echo_key=echo_key)
+
+    @staticmethod
+    def context_too_long() -> Behaviour:
+        return _Status(400, None, _CONTEXT_TOO_LONG)
+
+    @staticmethod
+    def content_filtered() -> Behaviour:
+        return _ContentFiltered()
+
+    @staticmethod
+    def hang(seconds: float = 30.0) -> Behaviour:
+        return _Hang(seconds)
+
+    @staticmethod
+    def reset() -> Behaviour:
+        return _Drop(rst=True)
+
+    @staticmethod
+    def close() -> Behaviour:
+        return _Drop(rst=False)
+
+    @staticmethod
+    def malformed(body: bytes = b'{"choices": [{"message": ') -> Behaviour:
+        return _Raw(200, body)
+
+    @staticmethod
+    def raw(status: int, body: bytes, content_type: str = "application/json") -> Behaviour:
+        return _Raw(status, body, content_type)
+
+    @staticmethod
+    def cut_stream(after: int = 2, abort: bool = True) -> Behaviour:
+        return _StreamFault(after, abort=abort)
+
+    @staticmethod
+    def stream_error(after: int = 2) -> Behaviour:
+        return _StreamFault(after, error=True)
+
+    @staticmethod
+    def slow(delay: float, text: str = "slow answer") -> Behaviour:
+        return Reply(text=text, delay=delay)
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle/delayed-ACK stalls
+        self.conn_id = self.server.fake._connected(self.connection)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        except OSError:
+            pass
+        self.server.fake._disconnected(self.connection)
+
+    def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
+        pass
+
+    def do_POST(self) -> None:
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        try:
+            body = json.loads(raw or b"null")
+        except ValueError:
+            body = None
+        parts = urlsplit(self.path)
+        route = _route(parts.path, body)
+        if route is None:
+            self.send_json(404, {"error": {"message": f"no route for {parts.path}"}})
+            return
+        kind, model, stream = route
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        ctx = Ctx(kind, model, stream, _api_key(kind, headers))
+        fake = self.server.fake
+        fake._record(
+            RecordedRequest(
+                "POST",
+                parts.path,
+                parse_qs(parts.query),
+                headers,
+                body,
+                raw,
+                kind,
+                model,
+                stream,
+                self.conn_id,
+            )
+        )
+        behaviour = fake._next(model)
+        if fake.api_key is not None and ctx.api_key != fake.api_key:
+            behaviour = _Status(401, "invalid x-api-key" if kind == "anthropic" else "API key not valid")
+        behaviour.run(self, ctx)
+
+    # ---- low-level writers -------------------------------------------------------------------------------
+    def send_bytes(
+        self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def send_json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
+        self.send_bytes(status, json.dumps(obj).encode(), "application/json", headers)
+
+    def start_stream(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+
+    def write_chunk(self, data: bytes) -> None:
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    def end_stream(self) -> None:
+        self.wfile.write(b"0\r\n\r\n")
+
+    def drop(self, rst: bool) -> None:
+        """Close the socket now: with RST (SO_LINGER 0) or a plain FIN."""
+        self.close_connection = True
+        if rst:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        else:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        self.connection.close()
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    fake: FakeServer
+    stopping: threading.Event
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], OSError):  # the client left mid-answer: expected in fault tests
+            return
+        super().handle_error(request, client_address)
+
+
+class FakeServer:
+    """The scriptable server (see the module docstring); start()/stop() or use as a context manager."""
+
+    def __init__(self, api_key: str | None = None) -> None:
+        self.api_key = api_key
+        self.default: Behaviour = Reply()
+        self._scripts: dict[str, deque[Behaviour]] = {}
+        self._always: dict[str, Behaviour] = {}
+        self._requests: list[RecordedRequest] = []
+        self._lock = threading.Condition()
+        self._open: set[socket.socket] = set()
+        self.connections = 0
+        self._httpd: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # ---- lifecycle ---------------------------------------------------------------------------------------
+    def start(self) -> FakeServer:
+        httpd = _Server(("127.0.0.1", 0), Handler)
+        httpd.fake, httpd.stopping = self, threading.Event()
+        self._httpd = httpd
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is None:
+            return
+        self._httpd.stopping.set()
+        self._httpd.shutdown()
+        with self._lock:
+            for sock in list(self._open):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        self._httpd.server_close()
+        self._httpd = None
+
+    def __enter__(self) -> FakeServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        assert self._httpd is not None, "server not started"
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+
+    def base_url(self, kind: str) -> str:
+        return f"{self.url}/v1" if kind == "openai" else self.url
+
+    # ---- scripting ---------------------------------------------------------------------------------------
+    def script(self, model: str, behaviours: Behaviour | Iterable[Behaviour]) -> None:
+        items = [behaviours] if isinstance(behaviours, Behaviour) else list(behaviours)
+        with self._lock:
+            self._scripts.setdefault(model, deque()).extend(items)
+
+    def always(self, model: str, behaviour: Behaviour) -> None:
+        with self._lock:
+            self._always[model] = behaviour
+
+    def pending(self, model: str) -> int:
+        with self._lock:
+            return len(self._scripts.get(model, ()))
+
+    def _next(self, model: str) -> Behaviour:
+        with self._lock:
+            queue = self._scripts.get(model)
+            if queue:
+                return queue.popleft()
+            return self._always.get(model, self.default)
+
+    # ---- recording ---------------------------------------------------------------------------------------
+    def _record(self, request: RecordedRequest) -> None:
+        with self._lock:
+            self._requests.append(request)
+            self._lock.notify_all()
+
+    def _connected(self, sock: socket.socket) -> int:
+        with self._lock:
+            self.connections += 1
+            self._open.add(sock)
+            return self.connections
+
+    def _disconnected(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._open.discard(sock)
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        with self._lock:
+            return list(self._requests)
+
+    def last(self) -> RecordedRequest:
+        with self._lock:
+            return self._requests[-1]
+
+    def wait_for_requests(self, n: int, timeout: float = 5.0) -> list[RecordedRequest]:
+        with self._lock:
+            if not self._lock.wait_for(lambda: len(self._requests) >= n, timeout):
+                raise TimeoutError(f"expected {n} requests, got {len(self._requests)}")
+            return list(self._requests)
+
+
+@pytest.fixture
+def fake_server() -> Iterator[FakeServer]:
+    """A started FakeServer, stopped after the test."""
+    with FakeServer() as server:
+        yield server
