@@ -79,14 +79,15 @@ def pass_catalog(ctx: Context) -> None:
                 continue
         except CatalogError as err:
             for issue in err.issues:
-                span = n.Span(issue.file, issue.line, issue.col, issue.line, issue.col + 1) if issue.line else None
                 where = f" (at `{issue.key_path}`)" if issue.key_path else ""
-                ctx.error("E202", f"{issue.message}{where}", span, "", issue.hint,
-                          (f"catalog included at {ref.span}",))
-            continue
-        except OSError as exc:
-            ctx.error("E200", f"cannot read catalog {display_name(Path(ref.path))}: {exc.strerror or exc}",
-                      ref.span, "here", "catalog paths are relative to the policy file")
+                if issue.line:
+                    span = n.Span(issue.file, issue.line, issue.col, issue.line, issue.col + 1)
+                    ctx.error("E202", f"{issue.message}{where}", span, "", issue.hint,
+                              (f"catalog loaded by {ref.span}",))
+                else:  # no position in the catalog (e.g. the file is missing): point at the `catalog` line
+                    shown = display_name(Path(ref.path))
+                    ctx.error("E202", f"{issue.message}{where} ({shown})", ref.span, "catalog loaded here",
+                              issue.hint or "catalog paths are relative to the policy file")
             continue
         catalog = loaded if catalog is None else catalog.merged(loaded)
         for f in loaded.files:
