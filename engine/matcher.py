@@ -86,7 +86,7 @@ def check(pattern: n.Pattern, raw: str) -> tuple[str, str, int, int] | None:
 class Matcher:
     """All patterns of a policy in one RE2 set; `scan(text)` returns the bitmask of patterns that match."""
 
-    __slots__ = ("_set", "patterns", "sources")
+    __slots__ = ("_match", "_set", "patterns", "sources")
 
     def __init__(self, sources: Sequence[str]):
         self.sources = tuple(sources)
@@ -94,10 +94,11 @@ class Matcher:
         for src in self.sources:
             self._set.Add(src)
         self._set.Compile()
+        self._match = self._set._set.Match  # the C++ set itself: skips the wrapper's per-call dispatch
         self.patterns: tuple | None = None  # compiled one by one, only when explain asks which text matched
 
     def scan(self, text: str) -> int:
-        hits = self._set.Match(text)
+        hits = self._match(text.encode("utf-8", "surrogatepass"))
         mask = 0
         if hits:
             for pid in hits:
@@ -108,5 +109,8 @@ class Matcher:
         """The text a single pattern matched (for explain only; decide() never calls this)."""
         if self.patterns is None:
             self.patterns = tuple(re2.compile(s, _options()) for s in self.sources)
-        m = self.patterns[pid].search(text)
+        try:
+            m = self.patterns[pid].search(text)
+        except UnicodeEncodeError:  # lone surrogates: scan() copes, the wrapper's encoder does not
+            m = self.patterns[pid].search(text.encode("utf-8", "replace").decode("utf-8"))
         return m.group(0) if m else None
