@@ -1,8 +1,13 @@
 """modelroute's decision core: parse and compile .route policies, decide which model answers, explain why."""
 
+import logging
+
 from engine.api import Engine, compile_policy, compile_source
 from engine.decision import Decision, NoRouteError
 from engine.diagnostics import Diagnostic, PolicyError
+
+# A library logs, the application decides where it goes (no stderr output unless logging is configured).
+logging.getLogger("modelroute").addHandler(logging.NullHandler())
 
 __all__ = [
     "Decision",

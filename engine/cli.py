@@ -110,8 +110,9 @@ def main() -> None:
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown", "html"]), default="text",
               help="Output format: text (default), json, markdown, or a self-contained html page.")
 @click.option("--color/--no-color", default=None, help="Force colour on or off (default: on a terminal).")
+@click.option("--watch", is_flag=True, help="Explain again every time a policy file is saved.")
 def explain(policy: Path | None, prompt: str | None, prompt_file: Path | None, messages_file: Path | None,
-            attrs: tuple[str, ...], as_json: bool, fmt: str, color: bool | None) -> None:
+            attrs: tuple[str, ...], as_json: bool, fmt: str, color: bool | None, watch: bool) -> None:
     """Dry-run a decision and show why the model was chosen and why every other model lost.
 
     \b
@@ -119,6 +120,7 @@ def explain(policy: Path | None, prompt: str | None, prompt_file: Path | None, m
       modelroute explain "Summarize this article" --attr tier=free
       modelroute explain -p policies/ -f prompt.txt --json
       cat prompt.txt | modelroute explain - --attr tools=true
+      modelroute explain --watch "Summarize this" (re-runs on every save of the policy)
     """
     given = [x for x in (prompt is not None, prompt_file is not None, messages_file is not None) if x]
     if len(given) > 1:
@@ -138,15 +140,41 @@ def explain(policy: Path | None, prompt: str | None, prompt_file: Path | None, m
     elif prompt is None:
         raise click.UsageError("no prompt: pass PROMPT, -f FILE, - (stdin) or --messages FILE")
     attributes = dict(parse_attr(a) for a in attrs)
-    engine = Engine.load(policy or default_policy())
+    path = policy or default_policy()
     console = _console()
     fmt = "json" if as_json else fmt
-    try:
-        decision = _timed_decide(engine, prompt, messages, attributes)
-    except NoRouteError as err:
-        click.echo(_render(err.report(), fmt, _use_color(console, color)))
+
+    def show(engine: Engine) -> bool:
+        try:
+            decision = _timed_decide(engine, prompt, messages, dict(attributes))
+        except NoRouteError as err:
+            click.echo(_render(err.report(), fmt, _use_color(console, color)))
+            return False
+        click.echo(_render(decision.report(), fmt, _use_color(console, color)))
+        return True
+
+    if watch:
+        follow_policy(path, lambda compiled: show(Engine(compiled, path=path)), console)
+        return
+    if not show(Engine.load(path)):
         sys.exit(EXIT_ERRORS)
-    click.echo(_render(decision.report(), fmt, _use_color(console, color)))
+
+
+def follow_policy(path: Path, show: Any, console: Console) -> None:
+    """Run `show(compiled_policy)` now and after every save (diagnostics instead while it does not compile)."""
+    from engine.reload import follow
+
+    shown = display_name(resolve_entry(path))
+    try:
+        for result in follow(path):
+            console.rule(f"{time.strftime('%H:%M:%S')} {shown}", style="dim")
+            if isinstance(result, PolicyError):
+                print_diagnostics(result, console)
+            else:
+                show(result)
+            console.print(f"[dim]watching {shown} and the files it uses; Ctrl-C to stop[/]")
+    except KeyboardInterrupt:
+        return
 
 
 def _render(report: Report, fmt: str, color: bool) -> str:
@@ -185,15 +213,25 @@ def _read(path: Path) -> str:
 
 @main.command()
 @click.argument("policy", required=False, type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print diagnostics as JSON.")
-def check(policy: Path | None, as_json: bool) -> None:
-    """Compile a policy and report every diagnostic. Exit 0 when clean, 1 on errors.
+@click.option("--json", "as_json", is_flag=True, help="Print diagnostics (errors and warnings) as JSON.")
+@click.option("--strict", is_flag=True, help="Treat lint warnings as errors: exit 1 when there are any.")
+@click.option("--today", type=click.DateTime(formats=["%Y-%m-%d"]), hidden=True,
+              help="The date the deprecation warning (W108) counts from (for tests).")
+def check(policy: Path | None, as_json: bool, strict: bool, today: Any) -> None:
+    """Compile a policy, lint it, and report every diagnostic. Exit 0 when clean, 1 on errors.
+
+    Warnings (codes W100-W109, see docs/check.md) do not fail the check unless --strict is given.
 
     \b
     Examples:
       modelroute check
       modelroute check policies/main.route --json
+      modelroute check --strict
     """
+    import dataclasses
+
+    from engine.lint import lint
+
     path = policy or default_policy()
     try:
         engine = Engine.load(path)
@@ -204,13 +242,30 @@ def check(policy: Path | None, as_json: bool) -> None:
             print_diagnostics(err, _console(stderr=True))
         sys.exit(EXIT_ERRORS)
     p = engine.policy
+    warnings = lint(p, today=today.date() if today is not None else None)
+    if strict:
+        warnings = [dataclasses.replace(w, severity="error") for w in warnings]
+    failed = strict and bool(warnings)
     if as_json:
-        click.echo(json.dumps({"ok": True, "policy": p.entry, "version": p.version, "rules": len(p.rules),
-                               "tasks": len(p.tasks), "models": len(p.models), "diagnostics": []}, indent=2))
-    else:
-        shown = display_name(resolve_entry(path))
-        click.echo(f"ok: {shown} ({len(p.rules)} rules, {len(p.tasks)} tasks, {len(p.models)} models, "
-                   f"{len(p.files)} files, version {p.version})")
+        click.echo(json.dumps({"ok": not failed, "policy": p.entry, "version": p.version, "rules": len(p.rules),
+                               "tasks": len(p.tasks), "models": len(p.models),
+                               "diagnostics": [w.to_dict() for w in warnings]}, indent=2))
+        sys.exit(EXIT_ERRORS if failed else EXIT_OK)
+    if warnings:
+        console = _console(stderr=True)
+        for i, diag in enumerate(warnings):
+            text = escape(render(diag, p.sources))
+            head, _, rest = text.partition("\n")
+            color = "red" if diag.is_error else "yellow"
+            console.print(("\n" if i else "") + f"[bold {color}]{head}[/]" + (f"\n{rest}" if rest else ""))
+        word = "error" if strict else "warning"
+        console.print(f"\n[bold {'red' if strict else 'yellow'}]{len(warnings)} {word}"
+                      f"{'s' if len(warnings) != 1 else ''}[/]")
+    if failed:
+        sys.exit(EXIT_ERRORS)
+    shown = display_name(resolve_entry(path))
+    click.echo(f"ok: {shown} ({len(p.rules)} rules, {len(p.tasks)} tasks, {len(p.models)} models, "
+               f"{len(p.files)} files, version {p.version})")
 
 
 def _register_commands() -> None:

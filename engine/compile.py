@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -382,7 +383,7 @@ def build(ctx: Context) -> CompiledPolicy:
                 table[value] = table.get(value, 0) | bit
     attr_index = tuple((name, table, _or(table.values())) for name, table in attr_tables.items())
     digest = ctx.loaded.digest()
-    matcher = Matcher(list(ctx.pids)) if ctx.pids else None
+    matcher = _matcher(tuple(ctx.pids)) if ctx.pids else None
     return CompiledPolicy(
         entry=ctx.loaded.entry, version=digest.hexdigest()[:12], files=tuple(ctx.loaded.files),
         rules=tuple(rules), models=entries, tasks=task_masks, matcher=matcher,
@@ -399,6 +400,12 @@ def _settings(ctx: Context) -> Settings:
     for name, setting in ctx.settings.items():
         values[name] = coerce(name, setting.value.value)  # type: ignore[union-attr]
     return Settings(values)
+
+
+@functools.lru_cache(maxsize=16)
+def _matcher(sources: tuple[str, ...]) -> Matcher:
+    """Compiled RE2 sets are immutable: a reload whose patterns did not change reuses the last one."""
+    return Matcher(sources)
 
 
 def _or(values) -> int:

@@ -49,11 +49,16 @@ def to_re2(pattern: n.Pattern) -> str:
         return prefix + r"\A\z" if not pattern.source else prefix + re2.escape(pattern.source)
     body = r"\s+".join(re2.escape(w) for w in words)
     phrase = " ".join(words)
-    # Whole words in any script: RE2's \b only knows ASCII, so a phrase is bounded by a non-letter/digit
-    # (or the edge of the text) on each side where it begins or ends with a letter or digit.
-    start = r"(?:\A|[^\pL\pN_])" if _is_word(phrase[0]) else ""
-    end = r"(?:[^\pL\pN_]|\z)" if _is_word(phrase[-1]) else ""
+    # Whole words in any script. RE2's \b only knows ASCII, and a full Unicode class ([^\pL\pN]) makes the set
+    # ~150x slower to compile, so a phrase is bounded by the text's edge, ASCII non-word characters, or the
+    # common Unicode spaces and punctuation (Latin-1, General Punctuation, CJK and fullwidth punctuation).
+    start = rf"(?:\A|{_BOUNDARY})" if _is_word(phrase[0]) else ""
+    end = rf"(?:{_BOUNDARY}|\z)" if _is_word(phrase[-1]) else ""
     return f"{prefix}{start}{body}{end}"
+
+
+_BOUNDARY = (r"[\x00-\x2f\x3a-\x40\x5b-\x5e\x60\x7b-\x7f\x{a0}-\x{bf}\x{d7}\x{f7}\x{2000}-\x{206f}"
+             r"\x{3000}-\x{303f}\x{ff01}-\x{ff0f}\x{ff1a}-\x{ff20}]")
 
 
 def _is_word(ch: str) -> bool:

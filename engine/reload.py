@@ -4,6 +4,7 @@ whenever one of those files changes on disk."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import queue
@@ -27,7 +28,8 @@ log = logging.getLogger("modelroute.reload")
 POLL_INTERVAL_S = 0.1
 _STEP_MS = 50  # watchfiles' quiet-period step and stop_event check interval
 _WAKE_MS = 100  # watchfiles yields at least this often, so debounce deadlines and stop() are honoured
-_SETTLE_TRIES = 3  # recompiles when a file changed while it was being compiled
+_SETTLE_TRIES = 3  # compiles when a file changed while it was being compiled
+_EMPTIED_WAIT_S = 1.0  # how long a file that became empty (mid-save?) may stay so before it is believed
 _EDITOR_TEMP = re.compile(r"(\.sw.|~|\.tmp|\.bak|^4913|^\.#.*)$")  # ignored in error state (see _WatchSet)
 
 
@@ -110,10 +112,8 @@ class _WatchSet(NamedTuple):
         return tuple(files) != self.files or (self.links and _WatchSet.of(files) != self)
 
     def hits(self, changes: set[tuple[Any, str]], widen: bool) -> set[str]:
-        """The changed paths that matter. `widen` (after a rejected edit) takes any non-temp file in a watched
-        directory, so creating a missing include retries the compile. Event paths start with the (resolved)
-        directory watched, so matching is string work: no system calls, which matters when decide() threads
-        keep the GIL busy."""
+        """The changed paths that matter; `widen` (after a rejection) takes any non-temp file in a watched dir,
+        so creating a missing include retries. String work only: events start with the resolved dir watched."""
         out = set()
         for _, p in changes:
             if p in self.paths or (widen and os.path.dirname(p) in self.dirs
@@ -123,11 +123,10 @@ class _WatchSet(NamedTuple):
 
 
 def _stat(path: str) -> tuple[int, int, int, int] | None:
-    try:
+    with contextlib.suppress(OSError):
         s = os.stat(path)
-    except OSError:
-        return None
-    return (s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns)
+        return (s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns)
+    return None
 
 
 def _fingerprint(files: Sequence[str], widen: bool) -> tuple[Any, ...]:
@@ -172,23 +171,22 @@ class Reloader:
         self._lock = threading.Lock()  # one reload at a time; decide() never takes it
         self._seen = _texts(engine.policy)  # file -> text of the last compile attempt, good or bad
         self._thread: threading.Thread | None = None
-        self._stops: set[threading.Event] = set()
+        self._thread_stop = threading.Event()
+        self._stops: set[threading.Event] = set()  # one per running watcher: the thread and any awatch()
 
     # -- reloading ------------------------------------------------------------------------------------------
-    def reload(self) -> bool:
-        """Recompile; swap the result in if it compiles (True), else keep the old policy serving (False)."""
+    def reload(self, force: bool = True) -> bool:
+        """Recompile; swap the result in if it compiles (True), else keep the old policy serving (False).
+
+        With force=False (the watchers), a compile is skipped when every file the last good compile read
+        still holds the same text: editors and the kubelet raise several events per save."""
         with self._lock:
             start = time.perf_counter()
             old = self.engine.policy
-            for _ in range(_SETTLE_TRIES):  # a save landing mid-compile (e.g. truncate, then write): go again
-                try:
-                    new, err = self.engine.recompile(), None
-                    texts = _texts(new)
-                except PolicyError as exc:
-                    new, err, texts = old, exc, dict(exc.sources.texts)
-                if _on_disk(texts):
-                    break
-                time.sleep(0.02)
+            if not force and self.last_error is None and _on_disk(self._seen):
+                new, err, texts = old, None, self._seen
+            else:
+                new, err, texts = self._compile(old)
             if err is None and new.version != old.version:
                 self.engine._swap(new)
             self.last_error = err
@@ -202,6 +200,29 @@ class Reloader:
             except Exception:
                 log.exception("reload callback %r raised; the watcher carries on", callback)
         return event.ok
+
+    def _compile(self, old: Any) -> tuple[Any, PolicyError | None, dict[str, str]]:
+        """(policy, None, texts read) or (old, error, texts read). An in-place save truncates, then writes: a
+        compile in between sees half a file, or an empty one (which compiles, to a policy with no rules). So
+        compile again if a file changed meanwhile, and give a file that just became empty time to fill."""
+        before = _texts(old)
+        deadline = time.monotonic() + _EMPTIED_WAIT_S
+        for tries in range(1, 100):
+            try:
+                new = self.engine.recompile()
+                result: tuple[Any, PolicyError | None, dict[str, str]] = (new, None, _texts(new))
+            except PolicyError as exc:
+                result = (old, exc, dict(exc.sources.texts))
+            emptied = {f: t for f, t in result[2].items() if not t and before.get(f)}
+            if emptied and time.monotonic() < deadline:
+                log.debug("%s just became empty: waiting for the rest of the write", ", ".join(emptied))
+                while time.monotonic() < deadline and _on_disk(emptied):
+                    time.sleep(0.01)
+                continue
+            if tries >= _SETTLE_TRIES or _on_disk(result[2]):
+                break
+            time.sleep(0.02)
+        return result
 
     def _log(self, ev: ReloadEvent) -> None:
         ms = ev.duration_s * 1000
@@ -227,8 +248,10 @@ class Reloader:
         """Watch in a daemon thread (restarting any watcher already running)."""
         if getattr(self.engine, "_path", "") is None:
             raise ValueError("this engine was built from source text, not a path: nothing to watch")
-        self.stop()
-        stop = threading.Event()
+        self._thread_stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=1.0)
+        self._thread_stop = stop = threading.Event()
         self._stops.add(stop)
         self._thread = threading.Thread(target=self._run, args=(stop, poll, debounce_ms),
                                         name="modelroute-reload", daemon=True)
@@ -274,6 +297,8 @@ class Reloader:
             while not stop.is_set():
                 try:
                     (self._poll_once if poll else self._watch_once)(stop, max(0, debounce_ms))
+                except FileNotFoundError:  # a directory vanished while arming (a ConfigMap swap): re-arm
+                    stop.wait(0.05)
                 except Exception:
                     log.exception("policy watcher failed; retrying in 1 s")
                     stop.wait(1.0)
@@ -282,7 +307,7 @@ class Reloader:
 
     def _reload_safely(self) -> None:
         try:
-            self.reload()
+            self.reload(force=False)
         except Exception:
             log.exception("policy reload failed unexpectedly; the last good policy keeps serving")
 
@@ -337,55 +362,39 @@ class Reloader:
 # ---- for tools: follow a policy path, good or broken -------------------------------------------------------
 
 
-class _Follower:
-    """The Engine surface Reloader needs, for a path whose policy may not compile yet."""
-
-    def __init__(self, path: str | Path, catalog: Any = None):
-        from engine.api import compile_policy
-        from engine.load import load
-
-        self._path, self._catalog, self._compile = path, catalog, compile_policy
-        try:
-            self.policy: Any = compile_policy(path, catalog=catalog)
-            self.first: CompiledPolicy | PolicyError = self.policy
-        except PolicyError as err:
-            loaded = load(path)
-            self.policy = SimpleNamespace(version="", files=tuple(loaded.files) or (loaded.entry,),
-                                          sources=err.sources)
-            self.first = err
-
-    def recompile(self) -> Any:
-        return self._compile(self._path, catalog=self._catalog)
-
-    def _swap(self, policy: Any) -> None:
-        self.policy = policy
-
-
 def follow(path: str | Path, *, poll: bool = False, debounce_ms: int = 50, catalog: Any = None,
            stop_event: threading.Event | None = None) -> Iterator[CompiledPolicy | PolicyError]:
     """Yield the policy at `path` compiled (or its PolicyError) now and again after every change that alters
     the outcome, until `stop_event` is set or the generator is closed: the loop behind `--watch` in the CLI."""
-    follower = _Follower(path, catalog)
-    reloader = Reloader(follower)
+    from engine.api import Engine
+    from engine.load import load
+
+    try:
+        engine = Engine.load(path, catalog=catalog)
+        first: CompiledPolicy | PolicyError = engine.policy
+    except PolicyError as err:  # follow it anyway: the files it could read, until it compiles
+        loaded = load(path)
+        stand_in = SimpleNamespace(version="", files=tuple(loaded.files) or (loaded.entry,), sources=err.sources)
+        engine, first = Engine(stand_in, path=path, catalog=catalog), err  # type: ignore[arg-type]
+    reloader = Reloader(engine)
+    reloader.last_error = first if isinstance(first, PolicyError) else None  # widens the watch (_WatchSet.hits)
     results: queue.SimpleQueue[CompiledPolicy | PolicyError] = queue.SimpleQueue()
-    reloader.callbacks.append(lambda ev: results.put(ev.error or follower.policy))
+    reloader.callbacks.append(lambda ev: results.put(ev.error or engine.policy))
     last: tuple[str, str] = ("", "")
     reloader.start(poll=poll, debounce_ms=debounce_ms)
     try:
-        item: CompiledPolicy | PolicyError = follower.first
+        item: CompiledPolicy | PolicyError | None = first
         while True:
             key = (item.render(), "") if isinstance(item, PolicyError) else ("", item.version)
             if key != last:
                 last = key
                 yield item
-            while True:
+            item = None
+            while item is None:
                 if stop_event is not None and stop_event.is_set():
                     return
-                try:
+                with contextlib.suppress(queue.Empty):
                     item = results.get(timeout=0.1)
-                    break
-                except queue.Empty:
-                    continue
     finally:
         reloader.stop()
 
