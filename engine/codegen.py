@@ -109,14 +109,18 @@ def static_reason(e: Entry, c: n.Constraint) -> str | None:
     if c.metric == "supports":
         return None if value in e.spec.supports else f"no {value} support"
     if c.metric == "capability":
-        score = e.spec.capabilities.get(c.capability)
+        score = e.spec.capability(c.capability)
         if score is None:
             return f"no {c.capability} score"
         actual, shown = score, f"capability({c.capability}) {score:g}"
     elif c.metric == "latency":
         actual, shown = e.latency_ms / 1000, f"latency {fmt_ms(e.latency_ms)}"
-    elif c.metric == "price":
-        actual, shown = e.ip, f"price {fmt_price(e.ip)}"
+    elif c.metric == "price":  # compared in $/1M rounded to 1e-9: $0.45/1M and $0.00045/1k are the same price
+        actual, shown = round(e.ip * 1e6, 9), f"price {fmt_price(e.ip)}"
+        value = round(float(value) * 1e6, 9)  # type: ignore[arg-type]
+        if OPS[c.op](actual, value):
+            return None
+        return f"{shown} {NEGATED[c.op]} {fmt_value('price', value / 1e6)}"
     elif c.metric == "context":
         actual, shown = e.context, f"context {fmt_count(e.context)}"
     else:
@@ -147,7 +151,7 @@ def build_selector(action: n.Action, entries: Mapping[str, Entry], resolve: Call
             rejects.append((e, why))
         else:
             pool.append(e)
-    rankings = tuple(RankKey(r.kind, r.capability) for r in action.rankings)
+    rankings = tuple(RankKey(r.kind, r.capability.upper() if r.capability else None) for r in action.rankings)
     if action.kind == "use":
         return Selector("use", candidates[0], tuple(pool), tuple(rejects), (), "static", costs, fallbacks)
     if action.members:

@@ -6,6 +6,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from engine import nodes as n
@@ -35,6 +36,7 @@ class Context:
     pids: dict[str, int] = field(default_factory=dict)  # re2 source -> pattern id
     pattern_of: dict[int, int] = field(default_factory=dict)  # id(Pattern node) -> pattern id
     pattern_text: list[str] = field(default_factory=list)
+    display: list[str] = field(default_factory=list)  # pid -> RE2 source that explain searches for matched text
     rules: list[n.Rule] = field(default_factory=list)
     settings: dict[str, n.Setting] = field(default_factory=dict)
     budgets: list[n.Budget] = field(default_factory=list)
@@ -87,7 +89,8 @@ def pass_catalog(ctx: Context) -> None:
                               (f"catalog loaded by {ref.span}",))
                 else:  # no position in the catalog (e.g. the file is missing): point at the `catalog` line
                     shown = display_name(Path(ref.path))
-                    ctx.error("E202", f"{issue.message}{where} ({shown})", ref.span, "catalog loaded here",
+                    code = "E200" if not Path(issue.file or ref.path).exists() else "E202"
+                    ctx.error(code, f"{issue.message}{where} ({shown})", ref.span, "catalog loaded here",
                               issue.hint or "catalog paths are relative to the policy file")
             continue
         catalog = loaded if catalog is None else catalog.merged(loaded)
@@ -184,6 +187,7 @@ def pass_patterns(ctx: Context) -> None:
         if src not in ctx.pids:
             ctx.pids[src] = len(ctx.pids)
             ctx.pattern_text.append(_shown_pattern(pat))
+            ctx.display.append(to_re2(pat, bounded=False))
         ctx.pattern_of[id(pat)] = ctx.pids[src]
 
 
@@ -199,7 +203,7 @@ def pass_names(ctx: Context) -> None:
     features = FEATURES | {f for m in ctx.catalog.models.values() for f in m.supports}
 
     def cap(name: str | None, span: n.Span) -> None:
-        if name is not None and name not in caps:
+        if name is not None and name.upper() not in caps and name not in caps:
             ctx.error("E302", f"unknown capability `{name}`", span, "no catalog model scores this",
                       did_you_mean(name, caps) or "capabilities: " + ", ".join(sorted(caps)))
 
@@ -314,9 +318,10 @@ def pass_rules(ctx: Context) -> None:
     for rule in ctx.rules:
         if otherwise is not None:
             code = "E601" if rule.cond is None else "E600"
+            hint = ("`otherwise` must be the last rule: move this rule above it" if rule.cond else
+                    "a policy has one `otherwise`: remove this one or merge it into the first")
             ctx.error(code, "rule after `otherwise` can never be reached" if rule.cond else
-                      "second `otherwise` can never be reached", rule.span, "unreachable",
-                      "`otherwise` must be the last rule: move this rule above it",
+                      "second `otherwise` can never be reached", rule.span, "unreachable", hint,
                       (f"`otherwise` is at {otherwise.span}",))
         elif rule.cond is None:
             otherwise = rule
@@ -381,12 +386,12 @@ def build(ctx: Context) -> CompiledPolicy:
             table = attr_tables.setdefault(guard[1], {})
             for value in guard[2]:
                 table[value] = table.get(value, 0) | bit
-    attr_index = tuple((name, table, _or(table.values())) for name, table in attr_tables.items())
+    attr_index = tuple((name, MappingProxyType(table), _or(table.values())) for name, table in attr_tables.items())
     digest = ctx.loaded.digest()
-    matcher = _matcher(tuple(ctx.pids)) if ctx.pids else None
+    matcher = _matcher(tuple(ctx.pids), tuple(ctx.display)) if ctx.pids else None
     return CompiledPolicy(
         entry=ctx.loaded.entry, version=digest.hexdigest()[:12], files=tuple(ctx.loaded.files),
-        rules=tuple(rules), models=entries, tasks=task_masks, matcher=matcher,
+        rules=tuple(rules), models=MappingProxyType(entries), tasks=MappingProxyType(task_masks), matcher=matcher,
         pattern_text=tuple(ctx.pattern_text), unguarded=unguarded, first_pattern_rule=first_pattern_rule,
         pattern_rules=tuple(pattern_rules), attr_index=attr_index, catalog=ctx.catalog,
         sources=ctx.loaded.sources, settings=_settings(ctx),
@@ -403,9 +408,9 @@ def _settings(ctx: Context) -> Settings:
 
 
 @functools.lru_cache(maxsize=16)
-def _matcher(sources: tuple[str, ...]) -> Matcher:
+def _matcher(sources: tuple[str, ...], display: tuple[str, ...]) -> Matcher:
     """Compiled RE2 sets are immutable: a reload whose patterns did not change reuses the last one."""
-    return Matcher(sources)
+    return Matcher(sources, display)
 
 
 def _or(values) -> int:

@@ -144,7 +144,10 @@ def _first_hit(policy: CompiledPolicy, pattern: n.Pattern, text: str) -> str | N
     shown = _pattern(pattern)
     if policy.matcher is None or shown not in policy.pattern_text:
         return None
-    return policy.matcher.first_match(policy.pattern_text.index(shown), text)
+    pid = policy.pattern_text.index(shown)
+    if not policy.matcher.scan(text) >> pid & 1:
+        return None
+    return policy.matcher.first_match(pid, text)
 
 
 def _pattern(p: n.Pattern) -> str:

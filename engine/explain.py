@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 from rich.console import Console
 from rich.markup import escape
@@ -66,7 +67,7 @@ def render_markup(r: Report) -> str:
         f"[bold]tasks[/]      {escape(', '.join(r.tasks)) if r.tasks else '[dim](none detected)[/]'}",
     ]
     if r.attrs:
-        shown = ", ".join(f"{k}={v!r}" if not isinstance(v, str) else f'{k}="{v}"' for k, v in r.attrs.items())
+        shown = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in r.attrs.items())
         lines.append(f"[bold]attrs[/]      {escape(shown)}")
     lines.append(f"[bold]policy[/]     {escape(r.policy)} [dim](version {r.policy_version})[/]")
     lines.append("")

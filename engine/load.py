@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,9 +26,15 @@ class Loaded:
     diagnostics: list[Diagnostic] = field(default_factory=list)
 
     def digest(self) -> hashlib.sha256:
+        """A hash of every file's content and its path relative to the entry file: the same wherever it runs."""
         h = hashlib.sha256()
+        root = Path(self.entry).resolve().parent
         for f in self.files:
-            h.update(f.encode())
+            try:
+                name = Path(os.path.relpath(Path(f).resolve(), root)).as_posix()
+            except ValueError:  # another drive (Windows)
+                name = Path(f).name
+            h.update(name.encode())
             h.update(b"\0")
             h.update(self.sources.texts.get(f, "").encode())
             h.update(b"\0")
@@ -65,6 +72,12 @@ def load(path: str | Path) -> Loaded:
 
 def load_source(text: str, file: str = "<string>") -> Loaded:
     loaded = Loaded(entry=file)
+    if len(text) > MAX_FILE_BYTES:
+        loaded.diagnostics.append(
+            Diagnostic("E700", f"the policy text is larger than {MAX_FILE_BYTES:,} bytes", None, "",
+                       "split the policy into smaller files")
+        )
+        return loaded
     loaded.files.append(file)
     loaded.sources.add(file, text)
     _splice(text, file, Path.cwd() / "__string__", loaded, stack=[])
@@ -99,8 +112,8 @@ def _load_file(path: Path, loaded: Loaded, stack: list[Path], at: n.Span | None)
         what = "policy file" if at is None else "included file"
         reason = "not valid UTF-8" if isinstance(exc, UnicodeDecodeError) else (exc.strerror or str(exc))
         hint = "check the path; include paths are relative to the file that includes them"
-        if at is None and path.name == "main.route" and not path.exists():
-            hint = "a policy directory needs a main.route"
+        if at is None:
+            hint = "a policy directory needs a main.route" if path.name == "main.route" else "check the path"
         loaded.diagnostics.append(Diagnostic("E200", f"cannot read {what} {shown}: {reason}", at, "here", hint))
         return
     loaded.files.append(shown)

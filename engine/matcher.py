@@ -26,16 +26,21 @@ _UNSUPPORTED = [
 ]
 
 
-def _options() -> re2.Options:
+#: RE2's memory budget for one pattern (its default): a bigger program is refused as too large.
+PATTERN_MAX_MEM = 8 << 20
+
+
+def _options(max_mem: int = SET_MAX_MEM) -> re2.Options:
     opts = re2.Options()
     opts.case_sensitive = True  # case is set per pattern with (?i)
     opts.log_errors = False
-    opts.max_mem = SET_MAX_MEM
+    opts.max_mem = max_mem
     return opts
 
 
-def to_re2(pattern: n.Pattern) -> str:
-    """The RE2 source for a policy pattern: flags become inline groups, phrases become whole-word regexes."""
+def to_re2(pattern: n.Pattern, bounded: bool = True) -> str:
+    """The RE2 source for a policy pattern: flags become inline groups, phrases become whole-word regexes
+    (bounded=False leaves out the word boundaries, to show which text a phrase matched)."""
     flags = set(pattern.flags)
     prefix = "" if "c" in flags else "(?i)"
     if "s" in flags:
@@ -52,8 +57,8 @@ def to_re2(pattern: n.Pattern) -> str:
     # Whole words in any script. RE2's \b only knows ASCII, and a full Unicode class ([^\pL\pN]) makes the set
     # ~150x slower to compile, so a phrase is bounded by the text's edge, ASCII non-word characters, or the
     # common Unicode spaces and punctuation (Latin-1, General Punctuation, CJK and fullwidth punctuation).
-    start = rf"(?:\A|{_BOUNDARY})" if _is_word(phrase[0]) else ""
-    end = rf"(?:{_BOUNDARY}|\z)" if _is_word(phrase[-1]) else ""
+    start = rf"(?:\A|{_BOUNDARY})" if bounded and _is_word(phrase[0]) else ""
+    end = rf"(?:{_BOUNDARY}|\z)" if bounded and _is_word(phrase[-1]) else ""
     return f"{prefix}{start}{body}{end}"
 
 
@@ -78,12 +83,18 @@ def check(pattern: n.Pattern, raw: str) -> tuple[str, str, int, int] | None:
         if m:
             idx = raw.find(m.group(0))
             return "E501", f"RE2 cannot run {what} (`{m.group(0)}`)", max(idx, 1), len(m.group(0))
+    source = to_re2(pattern)
     try:
-        re2.compile(to_re2(pattern), _options())
+        re2.compile(source, _options(PATTERN_MAX_MEM))
     except re2.error as exc:
         msg = exc.args[0] if exc.args else str(exc)
         if isinstance(msg, bytes):
             msg = msg.decode("utf-8", "replace")
+        if "too large" in msg or "bad repetition" in msg or "invalid repetition size" in msg:
+            return ("E500", "regex too large: RE2 limits a pattern to 1000 repetitions in all and "
+                    f"{PATTERN_MAX_MEM >> 20} MiB of program", 1, len(raw))
+        msg = msg.replace(source, pattern.source).replace(source[len(source) - len(pattern.source):], pattern.source)
+        msg = msg.replace("(?i)", "").replace("(?s)", "").replace("(?m)", "")
         return "E500", f"invalid regex: {msg}", 1, len(raw)
     return None
 
@@ -91,10 +102,11 @@ def check(pattern: n.Pattern, raw: str) -> tuple[str, str, int, int] | None:
 class Matcher:
     """All patterns of a policy in one RE2 set; `scan(text)` returns the bitmask of patterns that match."""
 
-    __slots__ = ("_match", "_set", "patterns", "sources")
+    __slots__ = ("_match", "_set", "display", "patterns", "sources")
 
-    def __init__(self, sources: Sequence[str]):
+    def __init__(self, sources: Sequence[str], display: Sequence[str] | None = None):
         self.sources = tuple(sources)
+        self.display = tuple(display) if display is not None else self.sources
         self._set = re2.Set.SearchSet(_options())
         for src in self.sources:
             self._set.Add(src)
@@ -113,9 +125,11 @@ class Matcher:
     def first_match(self, pid: int, text: str) -> str | None:
         """The text a single pattern matched (for explain only; decide() never calls this)."""
         if self.patterns is None:
-            self.patterns = tuple(re2.compile(s, _options()) for s in self.sources)
-        try:
-            m = self.patterns[pid].search(text)
-        except UnicodeEncodeError:  # lone surrogates: scan() copes, the wrapper's encoder does not
-            m = self.patterns[pid].search(text.encode("utf-8", "replace").decode("utf-8"))
-        return m.group(0) if m else None
+            self.patterns = tuple(re2.compile(s, _options()) for s in self.display)
+        text = text.encode("utf-8", "replace").decode("utf-8")  # lone surrogates: the wrapper cannot encode them
+        bounded = re2.compile(self.sources[pid], _options())
+        found = bounded.search(text)
+        if found is None:
+            return None
+        m = self.patterns[pid].search(text, found.start())  # the phrase itself, without its boundary characters
+        return m.group(0) if m else found.group(0)

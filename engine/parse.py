@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import re
 from pathlib import Path
@@ -50,6 +51,16 @@ def grammar_path() -> Path:
     raise FileNotFoundError("grammar/route.lark not found: modelroute is not installed correctly")
 
 
+_comments: contextvars.ContextVar[list[tuple[int, int]]] = contextvars.ContextVar("route_comments")
+
+
+def _on_comment(tok: Token) -> Token:
+    found = _comments.get(None)
+    if found is not None:
+        found.append((tok.start_pos, tok.end_pos))
+    return tok
+
+
 @functools.lru_cache(maxsize=1)
 def _parser() -> Lark:
     return Lark(
@@ -58,6 +69,7 @@ def _parser() -> Lark:
         lexer="contextual",
         propagate_positions=True,
         maybe_placeholders=False,
+        lexer_callbacks={"COMMENT": _on_comment},
     )
 
 
@@ -138,9 +150,10 @@ def _tok_span(tok: Token, file: str) -> n.Span:
 
 @v_args(meta=True)
 class _ToAST(Transformer):
-    def __init__(self, file: str, source: str):
+    def __init__(self, file: str, source: str, comments: list[tuple[int, int]] | None = None):
         super().__init__()
         self.file, self.source = file, source
+        self.comments = comments or []
 
     def _span(self, meta) -> n.Span:
         return n.Span(self.file, meta.line, meta.column, meta.end_line, meta.end_column)
@@ -185,7 +198,15 @@ class _ToAST(Transformer):
         return n.Rule(None, children[0], self._span(meta), self._text(meta))
 
     def _text(self, meta) -> str:
-        return " ".join(self.source[meta.start_pos : meta.end_pos].split())
+        """The rule as written, on one line, without comments."""
+        start, end = meta.start_pos, meta.end_pos
+        parts, pos = [], start
+        for c_start, c_end in self.comments:
+            if start <= c_start < end:
+                parts.append(self.source[pos:c_start])
+                pos = c_end
+        parts.append(self.source[pos:end])
+        return " ".join("".join(parts).split())
 
     # conditions
     def or_cond(self, meta, children):
@@ -369,13 +390,18 @@ class _ToAST(Transformer):
 
 def parse(source: str, file: str = "<string>") -> n.Module:
     """Parse one file. Raises PolicyError with every syntax diagnostic in the file, in order."""
+    if source.startswith("\ufeff"):  # a UTF-8 byte order mark some editors write: invisible, so ignore it
+        source = " " + source[1:]
     text = source
     diags: list[Diagnostic] = []
     while True:
+        comments: list[tuple[int, int]] = []
+        token = _comments.set(comments)
         try:
             tree = _parser().parse(text)
-            body = _ToAST(file, source).transform(tree)
+            body = _ToAST(file, source, comments).transform(tree)
         except VisitError as exc:  # a literal that lexed but cannot be converted
+            _comments.reset(token)
             if not isinstance(exc.orig_exc, _LiteralError):
                 raise
             err = exc.orig_exc
@@ -383,6 +409,7 @@ def parse(source: str, file: str = "<string>") -> n.Module:
             diags.append(Diagnostic("E105", f"bad literal `{err.tok}`", span, "here", err.message))
             text = _blank_statement(text, _offset(text, span.line, span.col))
         except UnexpectedInput as exc:
+            _comments.reset(token)
             diag, offset = _syntax_diagnostic(exc, text, file)
             diags.append(diag)
             if len(diags) >= MAX_ERRORS:
@@ -393,6 +420,7 @@ def parse(source: str, file: str = "<string>") -> n.Module:
             text = blanked
             continue
         else:
+            _comments.reset(token)
             body = tuple(body)
             diags.extend(_check_names(body))
             if not diags:
@@ -444,9 +472,9 @@ def _blank_statement(text: str, offset: int) -> str:
 
 def _expected(names) -> str:
     shown = _terminal_names()
-    items = sorted({shown.get(x, x) for x in names if not x.startswith("__")})
-    if len(items) > 8:
-        items = [*items[:8], "..."]
+    items = sorted({shown.get(x, x) for x in names})
+    if len(items) > 12:
+        items = [*items[:12], "..."]
     if len(items) == 1:
         return f"expected {items[0]}"
     return "expected one of " + ", ".join(items)
@@ -487,12 +515,12 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, file: str) -> tuple[Diag
         if tok.type == "$END":
             span = n.Span(file, line, col, line, col + 1)
             diag = Diagnostic("E100", "unexpected end of file", span, "the statement is not finished",
-                              _expected(exc.expected))
+                              _expected(getattr(exc, "accepts", None) or exc.expected))
             return diag, len(text) - 1
         span = _tok_span(tok, file)
-        expected = set(exc.expected)
+        expected = set(getattr(exc, "accepts", None) or exc.expected)
         label = _expected(expected)
-        hint = _token_hint(tok, expected)
+        hint = _token_hint(tok, expected, text)
         diag = Diagnostic("E100", f"unexpected {_describe(tok)}", span, label, hint)
         return diag, tok.start_pos
     if isinstance(exc, UnexpectedEOF):
@@ -511,17 +539,21 @@ def _describe(tok: Token) -> str:
     return f"{kind} `{tok}`"
 
 
-def _token_hint(tok: Token, expected: set[str]) -> str | None:
+def _token_hint(tok: Token, expected: set[str], text: str = "") -> str | None:
     value = str(tok)
+    before = text[: tok.start_pos].rstrip() if tok.start_pos is not None else ""
     if tok.type == "EQUAL" and "COMPARE" in expected:
         return "compare with `==`; `=` only declares tasks and models"
-    if "USE" in expected and "PREFER" in expected:
-        return "a rule needs an action: `use MODEL` or `prefer RANKING` (capability(NAME), cheapest, fastest)"
-    if expected & {"CAPABILITY", "CHEAPEST", "FASTEST"} and "NAME" not in expected:
-        return f"`{value}` is not a ranking: use capability(NAME), cheapest or fastest"
-    if "NAME" in expected and value in KEYWORDS:
-        return f"`{value}` is a keyword; pick another name"
-    if expected & {"LATENCY", "PRICE", "COST", "CONTEXT", "PROVIDER", "SUPPORTS"} and len(expected) > 3:
+    if tok.type == "NAME" and re.search(r'[,\s]"$', before) and "STRING" not in expected:
+        return f'did a `"` close the string before `{value}` too early?'
+    if expected & {"LATENCY", "PRICE", "COST", "CONTEXT", "PROVIDER", "SUPPORTS"}:
         return ("constraints are latency, price, cost, context, capability(NAME), provider in [...], "
                 "supports tools|vision|json")
+    if "USE" in expected and "PREFER" in expected:
+        return ("a rule needs an action: `use MODEL`, `prefer RANKING` (capability(NAME), cheapest, fastest, "
+                "least_busy), `balance`, `split`, `race`, `consensus` or `best_of`")
+    if expected & {"CAPABILITY", "CHEAPEST", "FASTEST"} and "NAME" not in expected:
+        return f"`{value}` is not a ranking: use capability(NAME), cheapest, fastest or least_busy"
+    if "NAME" in expected and value in KEYWORDS:
+        return f"`{value}` is a keyword; pick another name"
     return None

@@ -250,7 +250,7 @@ class Selector:
         t, o = req.tokens, req.out_tokens
         a, b = self.by_input, self.by_output
         best_cost = float("inf")
-        ties: list[Entry] = []
+        ties: dict[str, Entry] = {}  # by name: a model can come up in both lists
         for k in range(len(a)):
             if t * a[k].ip + o * b[k].op > best_cost:
                 break
@@ -258,14 +258,14 @@ class Selector:
                 if self._ok(e, req):
                     c = t * e.ip + o * e.op
                     if c < best_cost:
-                        best_cost, ties = c, [e]
-                    elif c == best_cost and e not in ties:
-                        ties.append(e)
+                        best_cost, ties = c, {e.name: e}
+                    elif c == best_cost:
+                        ties[e.name] = e
         if not ties:
             return None
         if len(ties) == 1:
-            return ties[0]
-        return min(ties, key=lambda e: self.full_key(e, req))
+            return next(iter(ties.values()))
+        return min(ties.values(), key=lambda e: self.full_key(e, req))
 
     def full_key(self, e: Entry, req: Request) -> tuple:
         return (*(r.key(e, req) for r in self.rankings), e.name)
