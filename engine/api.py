@@ -30,29 +30,41 @@ class Engine:
     swapped as one reference."""
 
     def __init__(self, policy: CompiledPolicy, *, token_estimator: TokenEstimator | None = None,
-                 path: str | Path | None = None, catalog: Any = None, state: StateStore | None = None):
+                 path: str | Path | None = None, catalog: Any = None, state: StateStore | None = None,
+                 **execution: Any):
+        """`execution` configures complete()/stream() (see providers.execute.Executor): `providers`
+        (provider name -> ProviderSpec, overriding the catalog's), `api_keys` (provider name -> key, instead of
+        the environment), `transport` / `async_transport` (httpx transports), `limits` (httpx.Limits
+        per provider connection pool), `sleep` (async sleep for
+        retries), `wall` (epoch clock for budget periods)."""
         self._policy = policy
         self._estimate = token_estimator or estimate_tokens
         self._path = path
         self._catalog = catalog
         self._reload: Any = None
         self.state: StateStore = state if state is not None else MemoryStore()
+        self._execution = execution
+        self._exec: Any = None
+        self._budgets: Any = None
 
     @classmethod
     def load(cls, path: str | Path | None = None, *, catalog: Any = None,
-             token_estimator: TokenEstimator | None = None, watch: bool = False, poll: bool = False) -> Engine:
+             token_estimator: TokenEstimator | None = None, watch: bool = False, poll: bool = False,
+             state: StateStore | None = None, **execution: Any) -> Engine:
         """A .route file, or a directory with main.route; None loads the bundled default policy.
 
         With watch=True, every file the policy uses is watched and reloaded on change (see watch())."""
         path = path if path is not None else bundled_policy_dir()
         engine = cls(compile_policy(path, catalog=catalog), token_estimator=token_estimator, path=path,
-                     catalog=catalog)
+                     catalog=catalog, state=state, **execution)
         return engine.watch(poll=poll) if watch else engine
 
     @classmethod
     def from_source(cls, text: str, *, file: str = "<string>", catalog: Any = None,
-                    token_estimator: TokenEstimator | None = None) -> Engine:
-        return cls(compile_source(text, file, catalog=catalog), token_estimator=token_estimator)
+                    token_estimator: TokenEstimator | None = None, state: StateStore | None = None,
+                    **execution: Any) -> Engine:
+        return cls(compile_source(text, file, catalog=catalog), token_estimator=token_estimator, state=state,
+                   **execution)
 
     @property
     def policy(self) -> CompiledPolicy:
@@ -107,6 +119,7 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+        self.close()
 
     @property
     def version(self) -> str:
@@ -130,6 +143,9 @@ class Engine:
         out = attrs.get("max_tokens")
         if not (isinstance(out, (int, float)) and not isinstance(out, bool) and out > 0):
             out = policy.settings["output_tokens"] if policy.settings is not None else DEFAULT_OUTPUT_TOKENS
+        if policy.budgets:
+            for name, value in self._budget_book().request_attrs(policy.budgets, attrs).items():
+                attrs.setdefault(name, value)
         state = self.state
         return Request(text, tokens, attrs, bool(attrs.get("tools")), bool(attrs.get("images")), float(out),
                        state.unavailable(), state, state.latency_ms())
@@ -147,3 +163,94 @@ class Engine:
             raise NoRouteError(policy, req)
         rule, entry, fallbacks, matched, scanned = result
         return Decision(policy, rule, entry, fallbacks, req, matched, scanned, time.perf_counter_ns() - start)
+
+    # -- execution (providers/execute.py does the work; httpx is imported only here, on first use) ------------
+    def _budget_book(self) -> Any:
+        if self._budgets is None:
+            from providers.budget import Budgets
+
+            self._budgets = Budgets(self.state, self._execution.get("wall") or time.time)
+        return self._budgets
+
+    def _executor(self) -> Any:
+        if self._exec is None:
+            from providers.execute import Executor
+
+            self._exec = Executor(self, **self._execution)
+        return self._exec
+
+    def complete(self, prompt: str | None = None, *, messages: list[Any] | None = None, schema: Any = None,
+                 system: str | None = None, temperature: float | None = None, max_tokens: int | None = None,
+                 tools: list[dict[str, Any]] | None = None, tool_choice: str | None = None,
+                 stop: list[str] | None = None, timeout: float | None = None, extra: dict[str, Any] | None = None,
+                 **attrs: Any) -> Any:
+        """Decide, then call the decided model(s) with retries and fallbacks; returns a Completion.
+
+        `attrs` are the policy's request attributes. `schema` (a pydantic model) asks for JSON and validates
+        it into `.parsed`. Raises NoRouteError, BudgetExceeded (before any call) or RoutingError (every
+        attempt failed; `.attempts` says why)."""
+        ex = self._executor()
+        options = {"system": system, "temperature": temperature, "max_tokens": max_tokens, "tools": tools,
+                   "tool_choice": tool_choice, "stop": stop, "timeout": timeout, "extra": extra}
+        run = ex.prepare(prompt, messages, schema, options, attrs)
+        return ex.run_sync(ex.run(run))
+
+    async def acomplete(self, prompt: str | None = None, *, messages: list[Any] | None = None, schema: Any = None,
+                        system: str | None = None, temperature: float | None = None, max_tokens: int | None = None,
+                        tools: list[dict[str, Any]] | None = None, tool_choice: str | None = None,
+                        stop: list[str] | None = None, timeout: float | None = None,
+                        extra: dict[str, Any] | None = None, **attrs: Any) -> Any:
+        """The async complete()."""
+        ex = self._executor()
+        options = {"system": system, "temperature": temperature, "max_tokens": max_tokens, "tools": tools,
+                   "tool_choice": tool_choice, "stop": stop, "timeout": timeout, "extra": extra}
+        return await ex.run(ex.prepare(prompt, messages, schema, options, attrs))
+
+    def stream(self, prompt: str | None = None, *, messages: list[Any] | None = None, schema: Any = None,
+               system: str | None = None, temperature: float | None = None, max_tokens: int | None = None,
+               tools: list[dict[str, Any]] | None = None, tool_choice: str | None = None,
+               stop: list[str] | None = None, timeout: float | None = None, extra: dict[str, Any] | None = None,
+               **attrs: Any) -> Any:
+        """Decide now (raising NoRouteError / BudgetExceeded here), then iterate the returned CompletionStream
+        for StreamEvents. A model that fails before its first token is retried / fallen back from; a failure
+        after it raises StreamInterrupted (no text is repeated). `.completion` is set at the end."""
+        from providers.execute import CompletionStream
+
+        ex = self._executor()
+        options = {"system": system, "temperature": temperature, "max_tokens": max_tokens, "tools": tools,
+                   "tool_choice": tool_choice, "stop": stop, "timeout": timeout, "extra": extra}
+        return CompletionStream(ex, ex.prepare(prompt, messages, schema, options, attrs))
+
+    def astream(self, prompt: str | None = None, *, messages: list[Any] | None = None, schema: Any = None,
+                system: str | None = None, temperature: float | None = None, max_tokens: int | None = None,
+                tools: list[dict[str, Any]] | None = None, tool_choice: str | None = None,
+                stop: list[str] | None = None, timeout: float | None = None, extra: dict[str, Any] | None = None,
+                **attrs: Any) -> Any:
+        """The async stream(): `async for event in engine.astream(...)` (an AsyncCompletionStream)."""
+        from providers.execute import AsyncCompletionStream
+
+        ex = self._executor()
+        options = {"system": system, "temperature": temperature, "max_tokens": max_tokens, "tools": tools,
+                   "tool_choice": tool_choice, "stop": stop, "timeout": timeout, "extra": extra}
+        return AsyncCompletionStream(ex, ex.prepare(prompt, messages, schema, options, attrs))
+
+    def on_event(self, callback: Any) -> Any:
+        """Call `callback(event)` for every execution event (providers.events.Event); returns an unsubscribe
+        function. Events are also logged to the "modelroute.execute" logger."""
+        return self._executor().events.subscribe(callback)
+
+    def usage(self) -> dict[str, Any]:
+        """Calls, failures, success rate, tokens, cost and latency per model and per provider, plus totals."""
+        from providers.events import usage_summary
+
+        return usage_summary(self.state)
+
+    def close(self) -> None:
+        """Close the HTTP clients (and the sync API's background loop)."""
+        if self._exec is not None:
+            self._exec.close()
+
+    async def aclose(self) -> None:
+        """Close the HTTP clients of the running event loop."""
+        if self._exec is not None:
+            await self._exec.aclose()

@@ -1,16 +1,25 @@
 """Router state: the one small store behind round-robin positions, in-flight counts, circuits, latency and spend.
 
-decide() only reads it through the first group of methods below; execution (providers/execute.py) writes it.
-The in-memory store is the default; a shared store (e.g. Redis, for several replicas) implements the same
-methods. Every method must be safe to call from many threads.
+decide() only reads it through the first group of methods below (`StateStore`); execution
+(providers/execute.py) writes it through the second (`ExecutionStore`). The in-memory store is the default; a
+shared store (e.g. Redis, for several replicas) implements the same methods. Every method must be safe to
+call from many threads. Policy settings (circuit thresholds, latency.min_samples) are passed in by the
+caller as a `CircuitConfig`, so one store serves every policy version.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import threading
-from collections.abc import Mapping
-from typing import Protocol, runtime_checkable
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+Outcome = Literal["ok", "fail", "neutral", "cancelled"]
+EWMA_ALPHA = 0.2  # weight of the newest latency sample
 
 
 @runtime_checkable
@@ -29,16 +38,106 @@ class StateStore(Protocol):
         """Measured latency (EWMA, ms) of models with enough samples (for `fastest`)."""
 
 
-class MemoryStore:
-    """The default in-process StateStore. Execution extends what it records (see providers/execute.py)."""
+@dataclass(frozen=True)
+class CircuitConfig:
+    """The policy settings the store needs when recording a call."""
 
-    def __init__(self) -> None:
+    failures: int = 5
+    window: float = 60.0
+    cooldown: float = 30.0
+    min_samples: int = 20
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, object] | None) -> CircuitConfig:
+        if settings is None:
+            return cls()
+        return cls(int(settings["circuit.failures"]), float(settings["circuit.window"]),  # type: ignore[arg-type]
+                   float(settings["circuit.cooldown"]), int(settings["latency.min_samples"]))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class CircuitInfo:
+    """A model's circuit: state closed | open | half_open; `until` is the wall-clock end of an open state."""
+
+    model: str
+    state: str
+    failures: int
+    until: float | None = None
+
+
+@dataclass
+class ModelStats:
+    """Health and usage of one model (completed calls only; cancelled race legs are not counted)."""
+
+    provider: str = ""
+    calls: int = 0
+    failures: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float = 0.0
+    latency_ms: float | None = None  # EWMA over successful calls
+    samples: int = 0
+
+    @property
+    def success_rate(self) -> float | None:
+        return (self.calls - self.failures) / self.calls if self.calls else None
+
+
+@dataclass
+class _Circuit:
+    state: str = "closed"
+    fails: deque[float] = field(default_factory=deque)
+    open_until: float = 0.0
+    probing: bool = False
+
+
+class ExecutionStore(StateStore, Protocol):
+    """What execution writes (and reads back for usage and budgets)."""
+
+    def add_in_flight(self, model: str, delta: int) -> None: ...
+
+    def allow(self, model: str) -> bool:
+        """May a call go to `model` now? False while its circuit is open (or a half-open probe runs);
+        True claims the half-open probe."""
+
+    def record(self, model: str, provider: str, outcome: Outcome, cfg: CircuitConfig, *,
+               latency_ms: float | None = None, input_tokens: int = 0, output_tokens: int = 0,
+               cost: float = 0.0) -> str | None:
+        """Record one call; returns "opened" or "closed" when this call changed the model's circuit."""
+
+    def circuit(self, model: str) -> CircuitInfo: ...
+
+    def stats(self) -> Mapping[str, ModelStats]: ...
+
+    def reserve(self, key: str, amount: float, limit: float) -> tuple[bool, float]:
+        """Atomically add `amount` to `key`'s reservations if spent + reserved + amount <= limit; returns
+        (done, spent + reserved before)."""
+
+    def settle(self, key: str, reserved: float, actual: float) -> float:
+        """Release a reservation and record the real spend; returns the spend after."""
+
+    def spent(self, key: str) -> tuple[float, float]:
+        """(spent, reserved) for a budget key."""
+
+
+class MemoryStore:
+    """The default in-process store. `clock` (monotonic seconds) and `wall` (epoch seconds) can be injected
+    so tests drive circuit cooldowns without sleeping."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time):
         self._lock = threading.Lock()
+        self._clock, self._wall = clock, wall
         self._counters: dict[str, itertools.count] = {}
         self._in_flight: dict[str, int] = {}
         self._unavailable: frozenset[str] = frozenset()
         self._latency: dict[str, float] = {}
+        self._circuits: dict[str, _Circuit] = {}
+        self._next_expiry = math.inf  # earliest open_until of an open circuit
+        self._stats: dict[str, ModelStats] = {}
+        self._spent: dict[str, float] = {}
+        self._reserved: dict[str, float] = {}
 
+    # -- read by decide() --
     def next_index(self, key: str) -> int:
         counter = self._counters.get(key)
         if counter is None:
@@ -50,6 +149,9 @@ class MemoryStore:
         return self._in_flight.get(model, 0)
 
     def unavailable(self) -> frozenset[str]:
+        if self._next_expiry is not math.inf and self._clock() >= self._next_expiry:
+            with self._lock:
+                self._expire()
         return self._unavailable
 
     def latency_ms(self) -> Mapping[str, float]:
@@ -71,3 +173,122 @@ class MemoryStore:
             else:
                 latency[model] = ms
             self._latency = latency  # replaced whole: readers never see a dict being changed
+
+    # -- circuits (call with the lock held) --
+    def _expire(self) -> None:
+        """Move open circuits whose cooldown has passed to half-open, and rebuild the cached set."""
+        now = self._clock()
+        for c in self._circuits.values():
+            if c.state == "open" and now >= c.open_until:
+                c.state, c.probing = "half_open", False
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        blocked = {m for m, c in self._circuits.items() if c.state == "open" or (c.state == "half_open" and c.probing)}
+        expiries = [c.open_until for c in self._circuits.values() if c.state == "open"]
+        self._next_expiry = min(expiries) if expiries else math.inf
+        self._unavailable = frozenset(blocked)
+
+    def allow(self, model: str) -> bool:
+        with self._lock:
+            c = self._circuits.get(model)
+            if c is None or c.state == "closed":
+                return True
+            if c.state == "open":
+                if self._clock() < c.open_until:
+                    return False
+                c.state, c.probing = "half_open", False
+            if c.probing:
+                return False
+            c.probing = True  # this caller is the half-open probe
+            self._rebuild()
+            return True
+
+    def record(self, model: str, provider: str, outcome: Outcome, cfg: CircuitConfig, *,
+               latency_ms: float | None = None, input_tokens: int = 0, output_tokens: int = 0,
+               cost: float = 0.0) -> str | None:
+        with self._lock:
+            if outcome != "cancelled":
+                self._count(model, provider, outcome, cfg, latency_ms, input_tokens, output_tokens, cost)
+            return self._transition(model, outcome, cfg)
+
+    def _count(self, model: str, provider: str, outcome: Outcome, cfg: CircuitConfig, latency_ms: float | None,
+               input_tokens: int, output_tokens: int, cost: float) -> None:
+        s = self._stats.get(model)
+        if s is None:
+            s = self._stats[model] = ModelStats(provider)
+        s.calls += 1
+        s.failures += outcome != "ok"
+        s.input_tokens += input_tokens
+        s.output_tokens += output_tokens
+        s.cost += cost
+        if outcome == "ok" and latency_ms is not None:
+            s.latency_ms = latency_ms if s.latency_ms is None else (
+                EWMA_ALPHA * latency_ms + (1 - EWMA_ALPHA) * s.latency_ms)
+            s.samples += 1
+            if s.samples >= cfg.min_samples:
+                self._latency = {**self._latency, model: s.latency_ms}
+
+    def _transition(self, model: str, outcome: Outcome, cfg: CircuitConfig) -> str | None:
+        c = self._circuits.get(model)
+        if c is None:
+            if outcome != "fail":
+                return None
+            c = self._circuits[model] = _Circuit()
+        now = self._clock()
+        if c.state == "half_open":
+            if not c.probing:
+                return None  # a call started before the circuit opened; the probe decides
+            c.probing = False
+            if outcome == "ok":
+                c.state = "closed"
+                c.fails.clear()
+                self._rebuild()
+                return "closed"
+            if outcome == "fail":
+                c.state, c.open_until = "open", now + cfg.cooldown
+                self._rebuild()
+                return "opened"
+            self._rebuild()  # neutral / cancelled: release the probe, stay half-open
+            return None
+        if c.state == "open" or outcome != "fail":
+            return None
+        c.fails.append(now)
+        while c.fails and c.fails[0] <= now - cfg.window:
+            c.fails.popleft()
+        if len(c.fails) >= cfg.failures:
+            c.state, c.open_until = "open", now + cfg.cooldown
+            self._rebuild()
+            return "opened"
+        return None
+
+    def circuit(self, model: str) -> CircuitInfo:
+        self.unavailable()  # expire cooldowns first
+        with self._lock:
+            c = self._circuits.get(model)
+            if c is None:
+                return CircuitInfo(model, "closed", 0)
+            until = self._wall() + (c.open_until - self._clock()) if c.state == "open" else None
+            return CircuitInfo(model, c.state, len(c.fails), until)
+
+    def stats(self) -> Mapping[str, ModelStats]:
+        with self._lock:
+            return {m: ModelStats(**vars(s)) for m, s in self._stats.items()}
+
+    # -- spend (budgets) --
+    def reserve(self, key: str, amount: float, limit: float) -> tuple[bool, float]:
+        with self._lock:
+            used = self._spent.get(key, 0.0) + self._reserved.get(key, 0.0)
+            if used + amount > limit + 1e-12:
+                return False, used
+            self._reserved[key] = self._reserved.get(key, 0.0) + amount
+            return True, used
+
+    def settle(self, key: str, reserved: float, actual: float) -> float:
+        with self._lock:
+            self._reserved[key] = max(0.0, self._reserved.get(key, 0.0) - reserved)
+            total = self._spent[key] = self._spent.get(key, 0.0) + actual
+            return total
+
+    def spent(self, key: str) -> tuple[float, float]:
+        return self._spent.get(key, 0.0), self._reserved.get(key, 0.0)

@@ -1,8 +1,11 @@
 """Model providers: the model catalog (`providers.catalog`) and, in submodules, the HTTP clients.
 
 Importing this package loads only the catalog (pydantic + PyYAML), never httpx, so the decision core can
-depend on it and stay pure.
+depend on it and stay pure. The execution names (`Executor`, `Completion`, `RoutingError`, `BudgetExceeded`,
+`Attempt`, `Event`, ...) are loaded on first access.
 """
+
+from typing import Any
 
 from .catalog import (
     KNOWN_FEATURES,
@@ -20,6 +23,29 @@ from .catalog import (
     load_catalog,
 )
 
+_LAZY = {
+    "Attempt": "providers.resilience",
+    "RoutingError": "providers.resilience",
+    "InvalidOutput": "providers.resilience",
+    "StreamInterrupted": "providers.resilience",
+    "BudgetExceeded": "providers.budget",
+    "Event": "providers.events",
+    "Executor": "providers.execute",
+    "Completion": "providers.execute",
+    "CompletionStream": "providers.execute",
+    "AsyncCompletionStream": "providers.execute",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'providers' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
 __all__ = [
     "KNOWN_FEATURES",
     "PROVIDER_KINDS",
@@ -34,4 +60,5 @@ __all__ = [
     "default_catalog_path",
     "default_provider_kind",
     "load_catalog",
+    *_LAZY,
 ]

@@ -1,0 +1,100 @@
+"""Execution events and usage: what happened during a request (an `Event`) in, delivered to registered
+callbacks and to the standard logger "modelroute.execute" out; and the state store's per-model stats in, the
+`engine.usage()` summary per model and provider out.
+
+Kinds: attempt_started, attempt_failed, attempt_succeeded, retry, fallback, circuit_opened, circuit_closed,
+budget_warning. Event messages are built from redacted provider error text only, never from request headers
+or API keys. Callbacks run on the thread (or event loop) that executes the request; an exception in a
+callback is logged and never breaks the request.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("modelroute.execute")
+log.addHandler(logging.NullHandler())
+
+KINDS = ("attempt_started", "attempt_failed", "attempt_succeeded", "retry", "fallback", "circuit_opened",
+         "circuit_closed", "budget_warning")
+_LEVELS = {"attempt_failed": logging.WARNING, "circuit_opened": logging.WARNING, "budget_warning": logging.WARNING,
+           "fallback": logging.INFO, "circuit_closed": logging.INFO, "retry": logging.INFO}
+
+
+@dataclass(frozen=True)
+class Event:
+    """One observable step. `model`/`provider` name the model concerned; `error` is an error class name;
+    `data` holds kind-specific numbers (status, latency_s, wait_s, to, spent, limit...)."""
+
+    kind: str
+    message: str
+    model: str | None = None
+    provider: str | None = None
+    error: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    at: float = field(default_factory=time.time)
+
+
+Callback = Callable[[Event], None]
+
+
+class EventBus:
+    """Callbacks plus logging; thread-safe registration."""
+
+    def __init__(self) -> None:
+        self._callbacks: list[Callback] = []
+        self._lock = threading.Lock()
+
+    def subscribe(self, callback: Callback) -> Callable[[], None]:
+        """Register `callback(event)`; returns a function that unregisters it."""
+        with self._lock:
+            self._callbacks = [*self._callbacks, callback]
+
+        def unsubscribe() -> None:
+            with self._lock:
+                self._callbacks = [c for c in self._callbacks if c is not callback]
+
+        return unsubscribe
+
+    def emit(self, kind: str, message: str, **kw: Any) -> Event:
+        event = Event(kind, message, **kw)
+        log.log(_LEVELS.get(kind, logging.DEBUG), "%s: %s", kind, message)
+        for callback in self._callbacks:
+            try:
+                callback(event)
+            except Exception:  # an observer must never break a request
+                log.exception("event callback %r failed on %s", callback, kind)
+        return event
+
+
+def _row(calls: int, failures: int, tin: int, tout: int, cost: float, latency: float | None) -> dict[str, Any]:
+    return {"calls": calls, "failures": failures, "success_rate": (calls - failures) / calls if calls else None,
+            "input_tokens": tin, "output_tokens": tout, "cost": cost,
+            "latency_ms": round(latency, 1) if latency is not None else None}
+
+
+def usage_summary(store: Any) -> dict[str, dict[str, Any]]:
+    """{"models": {name: row}, "providers": {name: row}, "total": row}; a row has calls, failures,
+    success_rate, input_tokens, output_tokens, cost (USD) and latency_ms (EWMA of successful calls; for a
+    provider, its models' EWMAs weighted by successful calls)."""
+    stats = store.stats()
+    models = {m: _row(s.calls, s.failures, s.input_tokens, s.output_tokens, s.cost, s.latency_ms)
+              for m, s in sorted(stats.items())}
+    providers: dict[str, dict[str, Any]] = {}
+    for p in sorted({s.provider for s in stats.values()}):
+        mine = [s for s in stats.values() if s.provider == p]
+        ok = [(s.calls - s.failures, s.latency_ms) for s in mine if s.latency_ms is not None and s.calls > s.failures]
+        weight = sum(w for w, _ in ok)
+        latency = sum(w * lat for w, lat in ok) / weight if weight else None
+        providers[p] = _row(sum(s.calls for s in mine), sum(s.failures for s in mine),
+                            sum(s.input_tokens for s in mine), sum(s.output_tokens for s in mine),
+                            sum(s.cost for s in mine), latency)
+    total = _row(sum(s.calls for s in stats.values()), sum(s.failures for s in stats.values()),
+                 sum(s.input_tokens for s in stats.values()), sum(s.output_tokens for s in stats.values()),
+                 sum(s.cost for s in stats.values()), None)
+    return {"models": models, "providers": providers, "total": total}

@@ -1,0 +1,638 @@
+"""Execution: an Engine plus a prompt (or messages) and request attributes in, a `Completion` (or a stream of
+events) out, produced by calling the decided models over HTTP with retries, fallbacks, circuit breaking,
+budgets and the policy's strategy.
+
+One async core does the work; the sync API (`complete`, `stream`) runs it on a private background event loop,
+so sync and async callers share one behaviour. Async clients are kept per event loop (an httpx AsyncClient
+belongs to the loop that created it) and per provider, and reused (connection pooling). Attempts follow the
+decision: `decision.chain` for single-model rules, `decision.group` then the fallbacks for race / consensus /
+best_of (providers/strategies.py). See docs/execution.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.state import CircuitConfig
+from providers.budget import Budgets, Reservation
+from providers.clients import ProviderClient, client_for
+from providers.errors import ContentFiltered, ProviderError
+from providers.events import EventBus
+from providers.resilience import (
+    Attempt,
+    InvalidOutput,
+    RetryPolicy,
+    RoutingError,
+    Skips,
+    StreamInterrupted,
+    circuit_outcome,
+    failed,
+)
+from providers.types import (
+    ChatRequest,
+    ChatResponse,
+    ImagePart,
+    Message,
+    ResponseFormat,
+    StreamEvent,
+    TextPart,
+    ToolCall,
+    Usage,
+)
+
+
+@dataclass(frozen=True, repr=False)
+class Completion:
+    """The answer to one request, with how it was obtained. `usage` and `cost` sum every call the request
+    made (all race/consensus/best_of legs that answered, the judge, invalid answers); `answers` holds each
+    group member's text for consensus and best_of; `agreement` is the consensus vote share."""
+
+    text: str
+    parsed: Any
+    usage: Usage
+    cost: float
+    model: str
+    provider: str
+    decision: Any
+    attempts: list[Attempt]
+    strategy: str = "single"
+    response: ChatResponse | None = None
+    agreement: float | None = None
+    answers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        return self.response.tool_calls if self.response is not None else []
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.response.finish_reason if self.response is not None else None
+
+    def __repr__(self) -> str:
+        tried = ", ".join(f"{a.model}:{a.error or a.outcome}" for a in self.attempts)
+        return (f"Completion(model={self.model!r}, provider={self.provider!r}, strategy={self.strategy!r}, "
+                f"cost=${self.cost:.6f}, tokens={self.usage.input_tokens}/{self.usage.output_tokens}, "
+                f"attempts=[{tried}], text={self.text[:60]!r})")
+
+
+@dataclass
+class Result:
+    """One model's successful answer inside a request."""
+
+    model: str
+    provider: str
+    response: ChatResponse
+    parsed: Any = None
+
+
+@dataclass
+class Run:
+    """Everything one request carries through its attempts."""
+
+    decision: Any
+    chat: ChatRequest
+    schema: Any
+    timeout: float | None
+    cfg: CircuitConfig
+    retry: RetryPolicy
+    reservation: Reservation | None
+    attempts: list[Attempt] = field(default_factory=list)
+    skips: Skips = field(default_factory=Skips)
+    cost: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    @property
+    def policy(self) -> Any:
+        return self.decision.policy
+
+    @property
+    def usage(self) -> Usage:
+        return Usage(input_tokens=self.input_tokens, output_tokens=self.output_tokens)
+
+
+def to_messages(prompt: str | None, messages: list[Any] | None) -> list[Message]:
+    """OpenAI-format message dicts (or Message objects) as providers.types Messages."""
+    if messages is None:
+        return [Message.user(prompt or "")]
+    out = []
+    for m in messages:
+        if isinstance(m, Message):
+            out.append(m)
+            continue
+        content = m.get("content") or ""
+        if isinstance(content, list):
+            parts: list[Any] = []
+            for p in content:
+                if isinstance(p, str):
+                    parts.append(TextPart(text=p))
+                elif p.get("type") == "text":
+                    parts.append(TextPart(text=p.get("text", "")))
+                elif p.get("type") in ("image_url", "image", "input_image"):
+                    url = p.get("image_url")
+                    url = url.get("url") if isinstance(url, Mapping) else url
+                    parts.append(ImagePart(url=url or p.get("url"), data=p.get("data"),
+                                           mime_type=p.get("mime_type", "image/png")))
+            content = parts
+        calls = [ToolCall(id=c["id"], name=c["function"]["name"], arguments=c["function"].get("arguments") or "{}")
+                 for c in m.get("tool_calls") or []]
+        out.append(Message(role=m["role"], content=content, tool_calls=calls, tool_call_id=m.get("tool_call_id"),
+                           name=m.get("name")))
+    return out
+
+
+def validate(schema: Any, text: str) -> Any:
+    """The answer parsed with a pydantic model (tolerating a ```json fence); raises InvalidOutput."""
+    body = text.strip()
+    if body.startswith("```"):
+        body = body.split("\n", 1)[-1].rsplit("```", 1)[0]
+    try:
+        return schema.model_validate_json(body)
+    except ValueError as exc:
+        errors = exc.errors() if hasattr(exc, "errors") else []  # type: ignore[attr-defined]
+        detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'answer'}: {e['msg']}" for e in errors[:3])
+        raise InvalidOutput(f"answer does not match {schema.__name__}: {detail or exc}") from None
+
+
+def _hms(epoch: float | None) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(epoch)) if epoch else "?"
+
+
+class _LoopThread:
+    """A private event loop on a daemon thread: the sync API runs the async core here."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="modelroute-execute", daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Awaitable[Any]) -> Any:
+        if threading.current_thread() is self.thread:
+            raise RuntimeError("the sync API cannot be called from an event callback; use the async API")
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+        if not self.thread.is_alive():
+            self.loop.close()
+
+
+class Executor:
+    """Executes requests for one Engine (created by Engine on first use; see engine/api.py)."""
+
+    def __init__(self, engine: Any, *, providers: Mapping[str, Any] | None = None,
+                 api_keys: Mapping[str, str] | None = None, transport: Any = None, async_transport: Any = None,
+                 limits: Any = None, sleep: Callable[[float], Awaitable[Any]] | None = None,
+                 wall: Callable[[], float] = time.time):
+        self.engine = engine
+        self.events = EventBus()
+        book = getattr(engine, "_budget_book", None)
+        self.budgets = book() if book is not None else Budgets(engine.state, wall)
+        self._providers = dict(providers or {})
+        self._keys = dict(api_keys or {})
+        self._transport, self._async_transport, self._limits = transport, async_transport, limits
+        self._sleep = sleep or asyncio.sleep
+        self._clients: weakref.WeakKeyDictionary[Any, dict[str, ProviderClient]] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+        self._bg: _LoopThread | None = None
+
+    def __repr__(self) -> str:
+        return f"Executor(providers={sorted(self._providers)}, api_keys={sorted(self._keys)} (values hidden))"
+
+    # ---- providers and clients ----------------------------------------------------------------------
+    def provider_spec(self, policy: Any, provider: str) -> Any:
+        spec = self._providers.get(provider)
+        return spec if spec is not None else policy.catalog.provider_spec(provider)
+
+    def unconfigured(self, policy: Any, provider: str) -> str | None:
+        """Why `provider` cannot be called (no API key / no settings), or None."""
+        spec = self.provider_spec(policy, provider)
+        if provider in self._keys:
+            return None
+        if spec.api_key_env:
+            return None if os.environ.get(spec.api_key_env) else (
+                f"no API key: environment variable {spec.api_key_env} is not set")
+        if not spec.base_url:
+            return f"provider {provider} is not configured (no base_url or api_key_env under `providers:`)"
+        return None
+
+    def client(self, policy: Any, provider: str) -> ProviderClient:
+        """The pooled client for `provider` on the running event loop."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            clients = self._clients.setdefault(loop, {})
+            c = clients.get(provider)
+            if c is None:
+                spec = self.provider_spec(policy, provider)
+                c = clients[provider] = client_for(spec, api_key=self._keys.get(provider), transport=self._transport,
+                                                   async_transport=self._async_transport, limits=self._limits)
+            return c
+
+    def _background(self) -> _LoopThread:
+        with self._lock:
+            if self._bg is None:
+                self._bg = _LoopThread()
+                loop = self._bg.loop  # stop the thread when this executor is garbage-collected unclosed
+                weakref.finalize(self, lambda: loop.is_closed() or loop.call_soon_threadsafe(loop.stop))
+            return self._bg
+
+    def run_sync(self, coro: Awaitable[Any]) -> Any:
+        return self._background().run(coro)
+
+    async def aclose(self) -> None:
+        """Close the clients of the running event loop."""
+        with self._lock:
+            clients = self._clients.pop(asyncio.get_running_loop(), {})
+        for c in clients.values():
+            await c.aclose()
+
+    def close(self) -> None:
+        bg = self._bg
+        if bg is not None:
+            bg.run(self.aclose())
+            bg.stop()
+            self._bg = None
+
+    # ---- preparing a request ------------------------------------------------------------------------
+    def prepare(self, prompt: str | None, messages: list[Any] | None, schema: Any, options: Mapping[str, Any],
+                attrs: dict[str, Any]) -> Run:
+        """Decide, build the ChatRequest, and reserve budget (raises NoRouteError / BudgetExceeded)."""
+        tools = options.get("tools")
+        if tools:
+            attrs.setdefault("tools", True)
+        if options.get("max_tokens") is not None:
+            attrs.setdefault("max_tokens", options["max_tokens"])
+        plain = None
+        if messages is not None:
+            plain = [{"role": m.role, "content": m.text()} if isinstance(m, Message) else m for m in messages]
+        decision = self.engine.decide(prompt, messages=plain, **attrs)
+        policy = decision.policy
+        settings = policy.settings
+        req = decision.request
+        max_tokens = options.get("max_tokens")
+        if policy.budgets and max_tokens is None:  # bound the real cost by what will be reserved
+            max_tokens = int(req.out_tokens)
+        fmt = None
+        if schema is not None:
+            fmt = ResponseFormat(type="json_schema", json_schema=schema.model_json_schema(), name=schema.__name__,
+                                 strict=False)
+        chat = ChatRequest(messages=to_messages(prompt, messages), system=options.get("system"),
+                           temperature=options.get("temperature"), max_tokens=max_tokens,
+                           tools=tools if isinstance(tools, list) else [], tool_choice=options.get("tool_choice"),
+                           response_format=fmt, stop=options.get("stop") or [], extra=options.get("extra") or {})
+        timeout = options.get("timeout")
+        reservation = None
+        if policy.budgets:  # last: nothing after this may fail and leave the money held
+            reservation = self.budgets.reserve(policy.budgets, req.attrs, self.estimate(decision))
+        return Run(decision, chat, schema, timeout, CircuitConfig.from_settings(settings),
+                   RetryPolicy.from_settings(settings), reservation)
+
+    def estimate(self, decision: Any) -> float:
+        """The most this request may cost: every group member (and judge) plus the dearest fallback, or the
+        dearest model of the chain."""
+        req, models = decision.request, decision.policy.models
+        cost = {name: models[name].cost(req.tokens, req.out_tokens) for name in decision.chain if name in models}
+        if decision.strategy == "single":
+            return max(cost.values(), default=0.0)
+        total = sum(models[m].cost(req.tokens, req.out_tokens) for m in decision.group)
+        if decision.judge:
+            total += models[decision.judge].cost(req.tokens + len(decision.group) * req.out_tokens, req.out_tokens)
+        return total + max((cost[f] for f in decision.fallbacks if f in cost), default=0.0)
+
+    def settle(self, run: Run) -> None:
+        if run.reservation is None:
+            return
+        warn = float(run.policy.settings["budget.warn"]) if run.policy.settings is not None else 0.8
+        for spec, spent, limit in self.budgets.settle(run.reservation, run.cost, warn):
+            from providers.budget import label
+
+            self.events.emit("budget_warning", f"{label(spec)}: ${spent:.4f} spent of ${limit:.2f} "
+                             f"({spent / limit:.0%}, warning at {warn:.0%})",
+                             data={"budget": label(spec), "spent": spent, "limit": limit})
+
+    # ---- one model ----------------------------------------------------------------------------------
+    def gate(self, run: Run, name: str) -> Any:
+        """The model's Entry if it may be tried now; else records a skipped Attempt and returns None."""
+        entry = run.policy.models[name]
+        provider = entry.provider
+        why, error = run.skips.reason(provider, entry.context), "Skipped"
+        if why is None and (why := self.unconfigured(run.policy, provider)) is not None:
+            error = "ProviderUnavailable"
+        if why is None and not self.engine.state.allow(name):
+            info = self.engine.state.circuit(name)
+            why, error = f"circuit open until {_hms(info.until)}", "CircuitOpen"
+        if why is not None:
+            run.attempts.append(Attempt(name, provider, "skipped", error, message=why))
+            self.events.emit("attempt_failed", f"{name} skipped: {why}", model=name, provider=provider, error=error)
+            return None
+        return entry
+
+    def started(self, run: Run, entry: Any, retry: int) -> float:
+        self.engine.state.add_in_flight(entry.name, 1)
+        self.events.emit("attempt_started", f"{entry.name} ({entry.provider}) try {retry + 1}", model=entry.name,
+                         provider=entry.provider, data={"retry": retry})
+        return time.perf_counter()
+
+    def succeeded(self, run: Run, entry: Any, response: ChatResponse, t0: float, retry: int,
+                  schema: Any = None) -> Result:
+        """Account a successful HTTP answer; validates against the schema (raises InvalidOutput)."""
+        latency = time.perf_counter() - t0
+        state = self.engine.state
+        state.add_in_flight(entry.name, -1)
+        self._spend(run, response)
+        parsed = None
+        try:
+            if schema is not None:
+                parsed = validate(schema, response.text)
+        except InvalidOutput as error:
+            error.provider, error.model = entry.provider, entry.name
+            state.record(entry.name, entry.provider, "neutral", run.cfg, input_tokens=response.usage.input_tokens,
+                         output_tokens=response.usage.output_tokens, cost=response.cost or 0.0)
+            raise
+        self._circuit(state.record(entry.name, entry.provider, "ok", run.cfg, latency_ms=latency * 1000,
+                                   input_tokens=response.usage.input_tokens,
+                                   output_tokens=response.usage.output_tokens, cost=response.cost or 0.0), entry)
+        run.attempts.append(Attempt(entry.name, entry.provider, "ok", latency_s=latency, retry=retry))
+        self.events.emit("attempt_succeeded", f"{entry.name} answered in {latency * 1000:.0f}ms", model=entry.name,
+                         provider=entry.provider, data={"latency_s": latency, "cost": response.cost})
+        return Result(entry.name, entry.provider, response, parsed)
+
+    def _spend(self, run: Run, response: ChatResponse | None) -> None:
+        if response is not None:
+            run.cost += response.cost or 0.0
+            run.input_tokens += response.usage.input_tokens
+            run.output_tokens += response.usage.output_tokens
+
+    def failed(self, run: Run, entry: Any, error: ProviderError, t0: float, retry: int, *, counted: bool = False,
+               may_retry: bool = True) -> float | None:
+        """Account a failure; returns the seconds to wait before retrying the same model, or None."""
+        latency = time.perf_counter() - t0
+        state = self.engine.state
+        if not counted:  # InvalidOutput was already recorded (and its in-flight released) by succeeded()
+            state.add_in_flight(entry.name, -1)
+            if isinstance(error, ContentFiltered):
+                self._spend(run, error.response)
+            self._circuit(state.record(entry.name, entry.provider, circuit_outcome(error), run.cfg,
+                                       latency_ms=latency * 1000), entry)
+        wait = None
+        if may_retry and run.retry.should_retry(error, retry) and state.allow(entry.name):
+            wait = run.retry.delay(error, retry)
+        attempt = failed(entry.name, entry.provider, error, latency, retry)
+        if wait is not None:
+            attempt = Attempt(**{**vars(attempt), "wait_s": wait})
+        run.attempts.append(attempt)
+        run.skips.note(error, entry.provider, entry.name, entry.context)
+        kind = "retry" if wait is not None else "attempt_failed"
+        then = f"; retrying in {wait:.2f}s" if wait is not None else ""
+        self.events.emit(kind, f"{entry.name} failed: {type(error).__name__} {error.message}{then}", model=entry.name,
+                         provider=entry.provider, error=type(error).__name__,
+                         data={"status": error.status, "latency_s": latency, "wait_s": wait})
+        return wait
+
+    def cancelled(self, run: Run, entry: Any, t0: float, retry: int) -> None:
+        self.engine.state.add_in_flight(entry.name, -1)
+        self.engine.state.record(entry.name, entry.provider, "cancelled", run.cfg)
+        run.attempts.append(Attempt(entry.name, entry.provider, "cancelled", latency_s=time.perf_counter() - t0,
+                                    retry=retry, message="another answer won"))
+
+    def _circuit(self, change: str | None, entry: Any) -> None:
+        if change == "opened":
+            info = self.engine.state.circuit(entry.name)
+            self.events.emit("circuit_opened", f"circuit of {entry.name} opened until {_hms(info.until)}",
+                             model=entry.name, provider=entry.provider, data={"until": info.until})
+        elif change == "closed":
+            self.events.emit("circuit_closed", f"circuit of {entry.name} closed (probe succeeded)",
+                             model=entry.name, provider=entry.provider)
+
+    async def try_model(self, run: Run, name: str, *, chat: ChatRequest | None = None, retries: bool = True,
+                        validate_schema: bool = True) -> Result | None:
+        """Call one model, retrying transient errors; None when it failed or was skipped (all recorded)."""
+        entry = self.gate(run, name)
+        if entry is None:
+            return None
+        client = self.client(run.policy, entry.provider)
+        timeout = run.timeout if run.timeout is not None else self.timeout(run.policy, entry.provider)
+        retry = 0
+        while True:
+            t0 = self.started(run, entry, retry)
+            counted = False
+            try:
+                response = await client.achat(entry.spec, chat or run.chat, timeout=timeout)
+                counted = True
+                return self.succeeded(run, entry, response, t0, retry, run.schema if validate_schema else None)
+            except ProviderError as error:
+                wait = self.failed(run, entry, error, t0, retry, counted=counted, may_retry=retries)
+            except asyncio.CancelledError:
+                if not counted:
+                    self.cancelled(run, entry, t0, retry)
+                raise
+            except Exception:  # a bug, not a provider failure: release the in-flight slot and surface it
+                if not counted:
+                    self.engine.state.add_in_flight(entry.name, -1)
+                raise
+            if wait is None:
+                return None
+            await self._sleep(wait)
+            retry += 1
+
+    def timeout(self, policy: Any, provider: str) -> float | None:
+        """The provider's own timeout_s when its catalog entry sets one, else the policy's `timeout`."""
+        spec = self.provider_spec(policy, provider)
+        if "timeout_s" in getattr(spec, "model_fields_set", ()) or policy.settings is None:
+            return None
+        return float(policy.settings["timeout"])
+
+    # ---- a whole request ----------------------------------------------------------------------------
+    async def run(self, run: Run) -> Completion:
+        """Execute a prepared request by its decision's strategy; settles the budget; raises RoutingError."""
+        from providers import strategies
+
+        try:
+            decision = run.decision
+            done: Completion | None = None
+            if decision.strategy != "single":
+                done = await strategies.run_group(self, run)
+                rest = decision.fallbacks
+            else:
+                rest = decision.chain
+            if done is None:
+                done = await self._chain(run, rest)
+            if done is None:
+                raise RoutingError(run.attempts, decision)
+            return done
+        finally:
+            self.settle(run)
+
+    async def _chain(self, run: Run, names: list[str]) -> Completion | None:
+        previous = None
+        for name in names:
+            if previous is not None or run.attempts:
+                self.events.emit("fallback", f"falling back to {name}" + (f" after {previous}" if previous else ""),
+                                 model=name, data={"from": previous})
+            result = await self.try_model(run, name)
+            if result is not None:
+                return self.completion(run, result)
+            previous = name
+        return None
+
+    def completion(self, run: Run, result: Result, *, agreement: float | None = None,
+                   answers: dict[str, str] | None = None) -> Completion:
+        return Completion(result.response.text, result.parsed, run.usage, run.cost, result.model, result.provider,
+                          run.decision, list(run.attempts), run.decision.strategy, result.response, agreement,
+                          answers or {})
+
+    # ---- streaming ----------------------------------------------------------------------------------
+    async def stream_events(self, run: Run, sink: list[Completion]) -> AsyncIterator[StreamEvent]:
+        """Stream the first model of the chain that starts answering; appends the Completion to `sink`."""
+        try:
+            if run.decision.strategy != "single":  # a group answers as a whole: one delta with the result
+                done = await self.run_group_or_chain(run)
+                sink.append(done)
+                yield StreamEvent(kind="delta", text=done.text)
+                yield StreamEvent(kind="usage", usage=done.usage)
+                yield StreamEvent(kind="done", finish_reason=done.finish_reason, response=done.response)
+                return
+            for i, name in enumerate(run.decision.chain):
+                if i:
+                    self.events.emit("fallback", f"falling back to {name}", model=name)
+                entry = self.gate(run, name)
+                if entry is None:
+                    continue
+                async for event in self._stream_model(run, entry, sink):
+                    yield event
+                if sink:
+                    return
+            raise RoutingError(run.attempts, run.decision)
+        finally:
+            self.settle(run)
+
+    async def run_group_or_chain(self, run: Run) -> Completion:
+        from providers import strategies
+
+        done = await strategies.run_group(self, run)
+        if done is None:
+            done = await self._chain(run, run.decision.fallbacks)
+        if done is None:
+            raise RoutingError(run.attempts, run.decision)
+        return done
+
+    async def _stream_model(self, run: Run, entry: Any, sink: list[Completion]) -> AsyncIterator[StreamEvent]:
+        client = self.client(run.policy, entry.provider)
+        timeout = run.timeout if run.timeout is not None else self.timeout(run.policy, entry.provider)
+        retry = 0
+        while True:
+            t0 = self.started(run, entry, retry)
+            first = accounted = False
+            try:
+                async for event in client.astream(entry.spec, run.chat, timeout=timeout):
+                    if event.kind == "done" and event.response is not None:
+                        accounted = True
+                        result = self.succeeded(run, entry, event.response, t0, retry, run.schema)
+                        sink.append(self.completion(run, result))
+                    first = first or event.kind in ("delta", "tool_call")
+                    yield event
+                return
+            except InvalidOutput as error:
+                self.failed(run, entry, error, t0, retry, counted=True, may_retry=False)
+                raise StreamInterrupted(f"streamed answer is invalid: {error.message}", provider=entry.provider,
+                                        model=entry.name) from None
+            except ProviderError as error:
+                wait = self.failed(run, entry, error, t0, retry, may_retry=not first)
+                if first:
+                    raise StreamInterrupted(f"stream failed after its first token: {type(error).__name__} "
+                                            f"{error.message}", provider=entry.provider, model=entry.name,
+                                            status=error.status) from None
+            except (asyncio.CancelledError, GeneratorExit):
+                if not accounted:
+                    self.cancelled(run, entry, t0, retry)
+                raise
+            if wait is None:
+                return
+            await self._sleep(wait)
+            retry += 1
+
+
+class AsyncCompletionStream:
+    """`async for event in stream` yields StreamEvents (delta / tool_call / usage / done); `.completion` is set
+    once the stream is done; `.decision` and `.attempts` are available from the start."""
+
+    def __init__(self, executor: Executor, run: Run):
+        self.decision, self._run, self._executor = run.decision, run, executor
+        self._sink: list[Completion] = []
+        self._events = executor.stream_events(run, self._sink)
+        weakref.finalize(self, executor.settle, run)  # a stream never iterated still releases its budget hold
+
+    @property
+    def attempts(self) -> list[Attempt]:
+        return self._run.attempts
+
+    @property
+    def completion(self) -> Completion | None:
+        return self._sink[0] if self._sink else None
+
+    def __aiter__(self) -> AsyncIterator[StreamEvent]:
+        return self._events
+
+    async def aclose(self) -> None:
+        await self._events.aclose()  # type: ignore[attr-defined]
+        self._executor.settle(self._run)
+
+    async def __aenter__(self) -> AsyncCompletionStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class CompletionStream:
+    """The sync form of AsyncCompletionStream: iterate for StreamEvents; `.text()` joins the deltas."""
+
+    def __init__(self, executor: Executor, run: Run):
+        self._executor = executor
+        self._inner = AsyncCompletionStream(executor, run)
+        self.decision = run.decision
+
+    @property
+    def attempts(self) -> list[Attempt]:
+        return self._inner.attempts
+
+    @property
+    def completion(self) -> Completion | None:
+        return self._inner.completion
+
+    def __iter__(self) -> Iterator[StreamEvent]:
+        it = self._inner.__aiter__()
+        try:
+            while True:
+                try:
+                    yield self._executor.run_sync(it.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            self.close()
+
+    def text(self) -> str:
+        return "".join(e.text for e in self if e.kind == "delta")
+
+    def close(self) -> None:
+        self._executor.run_sync(self._inner.aclose())
+
+    def __enter__(self) -> CompletionStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+

@@ -1,0 +1,201 @@
+"""Tests for the policy strategies at run time (providers/strategies.py and the stateful selectors): policies
+with balance / split / least_busy / fastest / race / consensus / best_of in, the models actually called on the
+FakeServer and the Completion out."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from providers.resilience import RoutingError
+from providers.strategies import normalise, pick, vote
+from tests.demo_fallback import engine_for
+from tests.fakeserver import FakeServer, Fault, Reply
+
+POLICY = """
+set retry.attempts = 0
+set latency.min_samples = 3
+when s == "rr" balance round_robin [alpha-mini, beta-chat, gamma-flash] fallback delta-tiny
+when s == "random" balance random [alpha-mini, beta-chat]
+when s == "busy" balance least_busy [alpha-mini, beta-chat]
+when s == "split" split 70% alpha-mini, 30% beta-chat
+when s == "race" race [alpha-mini, beta-chat] fallback gamma-flash
+when s == "consensus" consensus [alpha-mini, beta-chat, gamma-flash] fallback delta-tiny
+when s == "best" best_of [alpha-mini, beta-chat] judge alpha-large
+when s == "fastest" prefer fastest where provider in [deltaio, betacorp]
+when s == "warm" use beta-chat
+otherwise use alpha-mini
+"""
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def engine(fake_server: FakeServer):
+    with engine_for(fake_server, POLICY) as e:
+        yield e
+
+
+def called(server: FakeServer) -> list[str]:
+    return [r.model for r in server.requests]
+
+
+def test_round_robin_rotates_and_falls_back(engine: Any, fake_server: FakeServer) -> None:
+    models = [engine.complete("hi", s="rr").model for _ in range(6)]
+    assert models == ["alpha-mini", "beta-chat", "gamma-flash"] * 2
+    fake_server.script("alpha-mini", Fault.server_error(500))
+    c = engine.complete("hi", s="rr")
+    assert [a.model for a in c.attempts] == ["alpha-mini", "delta-tiny"]
+
+
+def test_random_uses_both(engine: Any) -> None:
+    assert {engine.complete("hi", s="random").model for _ in range(30)} == {"alpha-mini", "beta-chat"}
+
+
+def test_split_is_weighted_and_sticky_per_user(engine: Any, fake_server: FakeServer) -> None:
+    by_user = {u: engine.decide("hi", s="split", user=u).model for u in range(400)}
+    share = Counter(by_user.values())["alpha-mini"] / 400
+    assert 0.6 < share < 0.8
+    for u in (1, 2, 3):
+        assert {engine.complete("hi", s="split", user=u).model for _ in range(3)} == {by_user[u]}
+
+
+@pytest.mark.anyio
+async def test_least_busy_uses_in_flight_counts(engine: Any, fake_server: FakeServer) -> None:
+    import anyio
+
+    fake_server.always("alpha-mini", Reply(text="slow", delay=0.4))
+    models: list[str] = []
+
+    async def one() -> None:
+        models.append((await engine.acomplete("hi", s="busy")).model)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(one)
+        await anyio.sleep(0.1)  # alpha-mini now has one request in flight
+        assert engine.state.in_flight("alpha-mini") == 1
+        for _ in range(3):  # one after the other while alpha-mini is busy: beta-chat each time
+            await one()
+    assert models == ["beta-chat", "beta-chat", "beta-chat", "alpha-mini"]
+    assert engine.state.in_flight("alpha-mini") == 0
+    models.clear()
+    async with anyio.create_task_group() as tg:  # all at once: in-flight counts alternate the picks
+        for _ in range(4):
+            tg.start_soon(one)
+    assert sorted(models) == ["alpha-mini", "alpha-mini", "beta-chat", "beta-chat"]
+    await engine.aclose()
+
+
+def test_fastest_switches_to_measured_latency(engine: Any, fake_server: FakeServer) -> None:
+    assert engine.decide("hi", s="fastest").model == "delta-tiny"  # catalog: 150ms vs 400ms
+    fake_server.always("delta-tiny", Reply(delay=0.2))
+    for _ in range(3):
+        assert engine.decide("hi", s="fastest").model == "delta-tiny"  # fewer than latency.min_samples
+        engine.complete("hi", s="fastest")
+        engine.complete("hi", s="warm")  # beta-chat: fast on the fake server
+    measured = engine.state.latency_ms()
+    assert measured["delta-tiny"] > 150 and measured["beta-chat"] < 150
+    d = engine.decide("hi", s="fastest")
+    assert d.model == "beta-chat" and "(measured)" in d.explain()
+
+
+def test_race_first_good_answer_wins_and_the_rest_is_cancelled(engine: Any, fake_server: FakeServer) -> None:
+    fake_server.script("alpha-mini", Fault.slow(1.5, "slow"))
+    fake_server.script("beta-chat", Reply(text="fast", delay=0.05))
+    started = time.monotonic()
+    c = engine.complete("hi", s="race")
+    assert time.monotonic() - started < 1.0
+    assert (c.text, c.model, c.strategy) == ("fast", "beta-chat", "race")
+    assert {(a.model, a.outcome) for a in c.attempts} == {("beta-chat", "ok"), ("alpha-mini", "cancelled")}
+    assert engine.state.in_flight("alpha-mini") == 0 and engine.usage()["models"].get("alpha-mini") is None
+
+
+def test_race_skips_a_failed_leg_and_falls_back_when_all_fail(engine: Any, fake_server: FakeServer) -> None:
+    fake_server.script("alpha-mini", Fault.server_error(500))
+    fake_server.script("beta-chat", Reply(text="second", delay=0.2))
+    assert engine.complete("hi", s="race").text == "second"
+    fake_server.script("alpha-mini", Fault.server_error(500))
+    fake_server.script("beta-chat", Fault.auth())
+    c = engine.complete("hi", s="race")
+    assert c.model == "gamma-flash"
+    assert sorted((a.model, a.error or a.outcome) for a in c.attempts) == [
+        ("alpha-mini", "ServerError"), ("beta-chat", "AuthError"), ("gamma-flash", "ok")]
+
+
+def test_consensus_majority_with_agreement(engine: Any, fake_server: FakeServer) -> None:
+    fake_server.script("alpha-mini", Reply(text="Paris."))
+    fake_server.script("beta-chat", Reply(text="  paris "))
+    fake_server.script("gamma-flash", Reply(text="Lyon"))
+    c = engine.complete("Capital of France?", s="consensus")
+    assert (c.text, c.model, c.strategy) == ("Paris.", "alpha-mini", "consensus")
+    assert c.agreement == pytest.approx(2 / 3) and c.answers["gamma-flash"] == "Lyon"
+    assert c.usage.input_tokens == 30 and sorted(called(fake_server)) == ["alpha-mini", "beta-chat", "gamma-flash"]
+
+
+def test_consensus_counts_only_answers_and_falls_back_when_none(engine: Any, fake_server: FakeServer) -> None:
+    fake_server.script("alpha-mini", Fault.server_error(500))
+    fake_server.script("beta-chat", Reply(text="B"))
+    fake_server.script("gamma-flash", Reply(text="b!"))
+    c = engine.complete("hi", s="consensus")
+    assert c.text == "B" and c.agreement == 1.0
+    for model in ("alpha-mini", "beta-chat", "gamma-flash"):
+        fake_server.script(model, Fault.server_error(503))
+    fake_server.script("delta-tiny", Reply(text="fallback"))
+    assert engine.complete("hi", s="consensus").model == "delta-tiny"
+
+
+def test_best_of_judge_picks(engine: Any, fake_server: FakeServer) -> None:
+    fake_server.script("alpha-mini", Reply(text="answer A"))
+    fake_server.script("beta-chat", Reply(text="answer B"))
+    fake_server.script("alpha-large-2025-01", Reply(text="Answer 2 is best."))
+    c = engine.complete("Explain X", s="best")
+    assert (c.text, c.model, c.strategy) == ("answer B", "beta-chat", "best_of")
+    judge = fake_server.requests[-1]
+    assert judge.model == "alpha-large-2025-01"
+    prompt = judge.body["messages"][-1]["content"]
+    assert "Explain X" in prompt and "Answer 1:\nanswer A" in prompt and "Answer 2:\nanswer B" in prompt
+    assert len(c.attempts) == 3 and c.answers == {"alpha-mini": "answer A", "beta-chat": "answer B"}
+
+
+def test_best_of_without_a_usable_verdict_takes_the_first(engine: Any, fake_server: FakeServer) -> None:
+    fake_server.script("alpha-mini", Reply(text="answer A"))
+    fake_server.script("beta-chat", Reply(text="answer B"))
+    fake_server.script("alpha-large-2025-01", Reply(text="both are fine"))
+    assert engine.complete("hi", s="best").text == "answer A"
+    fake_server.script("alpha-mini", Fault.server_error(500))
+    fake_server.script("beta-chat", Reply(text="only B"))
+    c = engine.complete("hi", s="best")
+    assert c.text == "only B" and "alpha-large" not in [a.model for a in c.attempts]  # one answer: no judge
+
+
+def test_group_strategy_with_all_failures_raises_routing_error(engine: Any, fake_server: FakeServer) -> None:
+    fake_server.script("alpha-mini", Fault.server_error(500))
+    fake_server.script("beta-chat", Fault.server_error(500))
+    with pytest.raises(RoutingError):
+        engine.complete("hi", s="best")
+
+
+def test_group_strategy_streams_its_result(engine: Any, fake_server: FakeServer) -> None:
+    fake_server.script("alpha-mini", Reply(text="x"))
+    fake_server.script("beta-chat", Reply(text="X"))
+    fake_server.script("gamma-flash", Reply(text="y"))
+    stream = engine.stream("hi", s="consensus")
+    assert stream.text() == "x" and stream.completion.agreement == pytest.approx(2 / 3)
+
+
+def test_helpers() -> None:
+    assert pick("I pick 2.", 3) == 1 and pick("answer 7", 3) is None and pick("none", 2) is None
+
+    class R:
+        def __init__(self, text: str) -> None:
+            self.parsed, self.response = None, type("Resp", (), {"text": text})()
+
+    assert normalise(R('  "The  Answer!" ')) == "the answer"  # type: ignore[arg-type]
+    winner, share = vote([R("a"), R("b"), R("B."), R("a")])  # type: ignore[list-item]
+    assert winner.response.text == "a" and share == 0.5  # tie: the one listed first
