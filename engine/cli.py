@@ -148,9 +148,9 @@ def explain(policy: Path | None, prompt: str | None, prompt_file: Path | None, m
         try:
             decision = _timed_decide(engine, prompt, messages, dict(attributes))
         except NoRouteError as err:
-            click.echo(_render(err.report(), fmt, _use_color(console, color)))
+            click.echo(_render(err.report(), fmt, _use_color(console, color)), color=color)
             return False
-        click.echo(_render(decision.report(), fmt, _use_color(console, color)))
+        click.echo(_render(decision.report(), fmt, _use_color(console, color)), color=color)
         return True
 
     if watch:

@@ -1,0 +1,229 @@
+"""Policy diff: two compiled policies and a corpus of requests in, the decisions that change (and the cost) out.
+
+Each request is decided by both engines. A decision *changes* when the chosen model differs, or when one side
+finds a route and the other does not; a changed deciding rule (same model) and changed fallbacks are counted
+separately. Costs use the engine's own estimate: `tokens x input price + output tokens x output price`
+(Entry.cost with Request.out_tokens), summed over the corpus.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.api import Engine
+from engine.decision import NoRouteError
+
+NO_ROUTE = "(no route)"
+
+
+class CorpusError(ValueError):
+    """A line of the prompts file is not a request; message says which line and why."""
+
+
+@dataclass(frozen=True)
+class Request:
+    line: int
+    prompt: str | None
+    messages: list[dict[str, Any]] | None
+    attrs: dict[str, Any]
+
+    @property
+    def preview(self) -> str:
+        text = self.prompt
+        if text is None and self.messages:
+            users = [m for m in self.messages if m.get("role") == "user"] or self.messages
+            content = users[-1].get("content")
+            text = content if isinstance(content, str) else json.dumps(content)
+        text = " ".join((text or "").split())
+        return text if len(text) <= 60 else text[:57] + "..."
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One side's decision for one request."""
+
+    model: str | None
+    rule: str | None  # file:line of the deciding rule
+    fallbacks: tuple[str, ...]
+    cost: float  # estimated USD (0 when there is no route)
+
+
+@dataclass
+class RequestDiff:
+    request: Request
+    old: Outcome
+    new: Outcome
+
+    @property
+    def model_changed(self) -> bool:
+        return self.old.model != self.new.model
+
+    @property
+    def rule_changed(self) -> bool:
+        return not self.model_changed and self.old.rule != self.new.rule
+
+    @property
+    def fallbacks_changed(self) -> bool:
+        return not self.model_changed and self.old.fallbacks != self.new.fallbacks
+
+
+@dataclass
+class DiffResult:
+    old_policy: str
+    new_policy: str
+    rows: list[RequestDiff] = field(default_factory=list)
+
+    @property
+    def changed(self) -> list[RequestDiff]:
+        return [r for r in self.rows if r.model_changed]
+
+    def transitions(self) -> list[tuple[str, str, int]]:
+        """(old model, new model, count) for every change, most frequent first."""
+        counts = Counter((r.old.model or NO_ROUTE, r.new.model or NO_ROUTE) for r in self.changed)
+        return [(a, b, c) for (a, b), c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+    def rule_transitions(self) -> list[tuple[str, str, int]]:
+        """(old rule, new rule, count) of the requests whose model changed."""
+        counts = Counter((r.old.rule or NO_ROUTE, r.new.rule or NO_ROUTE) for r in self.changed)
+        return [(a, b, c) for (a, b), c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+    @property
+    def old_cost(self) -> float:
+        return sum(r.old.cost for r in self.rows)
+
+    @property
+    def new_cost(self) -> float:
+        return sum(r.new.cost for r in self.rows)
+
+    def summary(self) -> dict[str, Any]:
+        old, new = self.old_cost, self.new_cost
+        return {
+            "old": self.old_policy, "new": self.new_policy, "requests": len(self.rows),
+            "changed": len(self.changed),
+            "rule_changed_same_model": sum(1 for r in self.rows if r.rule_changed),
+            "fallbacks_changed_same_model": sum(1 for r in self.rows if r.fallbacks_changed),
+            "no_route": {"old": sum(1 for r in self.rows if r.old.model is None),
+                         "new": sum(1 for r in self.rows if r.new.model is None)},
+            "cost": {"old": old, "new": new, "delta": new - old,
+                     "delta_pct": (new - old) / old * 100 if old else None},
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.summary(),
+            "transitions": [{"from": a, "to": b, "count": c} for a, b, c in self.transitions()],
+            "rule_transitions": [{"from": a, "to": b, "count": c} for a, b, c in self.rule_transitions()],
+            "changes": [
+                {"line": r.request.line, "prompt": r.request.preview, "attrs": r.request.attrs,
+                 "old": _outcome_json(r.old), "new": _outcome_json(r.new)}
+                for r in self.changed
+            ],
+        }
+
+
+def _outcome_json(o: Outcome) -> dict[str, Any]:
+    return {"model": o.model, "rule": o.rule, "fallbacks": list(o.fallbacks), "cost": o.cost}
+
+
+# ---- the corpus -------------------------------------------------------------------------------------------
+
+
+def read_corpus(path: Path) -> list[Request]:
+    """Parse a JSONL file of requests; raises CorpusError naming the first bad line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CorpusError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    return list(parse_corpus(text.splitlines(), str(path)))
+
+
+def parse_corpus(lines: Iterable[str], name: str = "<prompts>") -> Iterator[Request]:
+    for number, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except ValueError as exc:
+            raise CorpusError(f"{name}:{number}: not JSON: {exc}") from None
+        if not isinstance(obj, dict):
+            raise CorpusError(f"{name}:{number}: expected a JSON object with \"prompt\" or \"messages\"")
+        prompt, messages, attrs = obj.get("prompt"), obj.get("messages"), obj.get("attrs", {})
+        if (prompt is None) == (messages is None):
+            raise CorpusError(f"{name}:{number}: give exactly one of \"prompt\" (a string) or \"messages\"")
+        if prompt is not None and not isinstance(prompt, str):
+            raise CorpusError(f"{name}:{number}: \"prompt\" must be a string")
+        if messages is not None and not (isinstance(messages, list) and all(isinstance(m, dict) for m in messages)):
+            raise CorpusError(f"{name}:{number}: \"messages\" must be a list of {{role, content}} objects")
+        if not isinstance(attrs, dict):
+            raise CorpusError(f"{name}:{number}: \"attrs\" must be an object")
+        if "prompt" in attrs or "messages" in attrs:
+            raise CorpusError(f"{name}:{number}: \"prompt\" and \"messages\" cannot be attributes")
+        yield Request(number, prompt, messages, attrs)
+
+
+# ---- deciding ---------------------------------------------------------------------------------------------
+
+
+def outcome(engine: Engine, req: Request, seed: int) -> Outcome:
+    """Decide one request. `seed` makes random strategies (balance random, split without a user) pick the
+    same arm on both sides of a diff."""
+    random.seed(seed)
+    try:
+        d = engine.decide(req.prompt, messages=req.messages, **req.attrs)
+    except NoRouteError:
+        return Outcome(None, None, (), 0.0)
+    except (TypeError, ValueError) as exc:  # e.g. "tokens": "many"
+        raise CorpusError(f"line {req.line}: {exc}") from None
+    entry = engine.policy.models[d.model]
+    cost = entry.cost(d.request.tokens, d.request.out_tokens)
+    return Outcome(d.model, f"{d.rule.file}:{d.rule.line}", tuple(d.fallbacks), cost)
+
+
+def diff_policies(old: Engine, new: Engine, corpus: Iterable[Request]) -> DiffResult:
+    result = DiffResult(old.policy.entry, new.policy.entry)
+    for i, req in enumerate(corpus):
+        result.rows.append(RequestDiff(req, outcome(old, req, i), outcome(new, req, i)))
+    return result
+
+
+# ---- text report ------------------------------------------------------------------------------------------
+
+
+def _money(x: float) -> str:
+    return f"${x:,.4f}" if abs(x) < 100 else f"${x:,.2f}"
+
+
+def render_text(result: DiffResult, limit: int = 20) -> str:
+    s = result.summary()
+    lines = [f"{s['requests']} requests: {s['changed']} decisions changed"
+             + (f", {s['rule_changed_same_model']} same model by another rule" if s["rule_changed_same_model"] else "")
+             + (f", {s['fallbacks_changed_same_model']} same model with other fallbacks"
+                if s["fallbacks_changed_same_model"] else "")]
+    if s["no_route"]["old"] or s["no_route"]["new"]:
+        lines.append(f"no route: {s['no_route']['old']} before, {s['no_route']['new']} after")
+    if result.changed:
+        lines += ["", "model changes"]
+        width = max(len(a) for a, _, _ in result.transitions())
+        for a, b, c in result.transitions():
+            lines.append(f"  {c:>6}  {a.ljust(width)} -> {b}")
+        lines += ["", "by rule (old -> new)"]
+        width = max(len(a) for a, _, _ in result.rule_transitions())
+        for a, b, c in result.rule_transitions():
+            lines.append(f"  {c:>6}  {a.ljust(width)} -> {b}")
+        lines += ["", "changed requests" + (f" (first {limit})" if len(result.changed) > limit else "")]
+        for r in result.changed[:limit]:
+            attrs = " " + json.dumps(r.request.attrs, sort_keys=True) if r.request.attrs else ""
+            lines.append(f"  line {r.request.line}: {json.dumps(r.request.preview)}{attrs}")
+            lines.append(f"      {r.old.model or NO_ROUTE} ({r.old.rule or '-'}) -> "
+                         f"{r.new.model or NO_ROUTE} ({r.new.rule or '-'})")
+    cost = s["cost"]
+    pct = f" ({cost['delta_pct']:+.1f}%)" if cost["delta_pct"] is not None else ""
+    lines += ["", f"projected cost for this corpus: {_money(cost['old'])} -> {_money(cost['new'])}, "
+                  f"{'+' if cost['delta'] >= 0 else '-'}{_money(abs(cost['delta']))}{pct}"]
+    return "\n".join(lines)
