@@ -16,6 +16,11 @@ from engine.state import MemoryStore, StateStore
 from engine.tokens import TokenEstimator, estimate_tokens, from_messages, has_images
 
 
+def _output_tokens(policy: CompiledPolicy) -> float:
+    settings = policy.settings
+    return float(settings.values["output_tokens"]) if settings is not None else float(DEFAULT_OUTPUT_TOKENS)
+
+
 def compile_policy(path: str | Path | None = None, *, catalog: Any = None) -> CompiledPolicy:
     """Load and compile a policy file or directory (default: the bundled policy). Raises PolicyError."""
     return compile_loaded(load(path if path is not None else bundled_policy_dir()), catalog)
@@ -131,24 +136,30 @@ class Engine:
 
         `tokens=N` overrides the estimate (for callers that count tokens exactly)."""
         policy = policy or self._policy
+        images_in_messages = False
         if messages is not None:
             text, tokens = from_messages(messages, self._estimate)
-            if "images" not in attrs and has_images(messages):
+            images_in_messages = has_images(messages)
+            if images_in_messages and "images" not in attrs:
                 attrs["images"] = True
         else:
             text = prompt or ""
             tokens = self._estimate(text)
+        state = self.state
+        if not attrs and not policy.budgets:  # the common case, kept short: decide() is on the hot path
+            return Request(text, tokens, attrs, False, images_in_messages, _output_tokens(policy),
+                           state.unavailable(), state, state.latency_ms())
         if "tokens" in attrs:
             tokens = int(attrs.pop("tokens"))
         out = attrs.get("max_tokens")
         if not (isinstance(out, (int, float)) and not isinstance(out, bool) and out > 0):
-            out = policy.settings["output_tokens"] if policy.settings is not None else DEFAULT_OUTPUT_TOKENS
+            out = _output_tokens(policy)
         if policy.budgets:
             for name, value in self._budget_book().request_attrs(policy.budgets, attrs).items():
                 attrs.setdefault(name, value)
-        state = self.state
-        return Request(text, tokens, attrs, bool(attrs.get("tools")), bool(attrs.get("images")), float(out),
-                       state.unavailable(), state, state.latency_ms())
+        # images found in the messages need a vision model even if the caller says images=False
+        return Request(text, tokens, attrs, bool(attrs.get("tools")), bool(attrs.get("images")) or images_in_messages,
+                       float(out), state.unavailable(), state, state.latency_ms())
 
     def decide(self, prompt: str | None = None, *, messages: list[Mapping[str, Any]] | None = None,
                **attrs: Any) -> Decision:

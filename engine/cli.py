@@ -281,4 +281,7 @@ def _register_commands() -> None:
 _register_commands()
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    # `python -m engine.cli` runs this file as __main__; commands register on the importable engine.cli.main
+    from engine.cli import main as _main
+
+    _main()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine import nodes as n
-from engine.policy import MISSING, CompiledPolicy, CompiledRule, Entry, Request, get_attr, hard_reason
+from engine.policy import MISSING, CompiledPolicy, CompiledRule, Entry, Request, Selector, get_attr, hard_reason
 from engine.report import Atom, Candidate, FallbackCheck, Report, RuleRef, RuleTrace
 from engine.units import fmt_value
 
@@ -68,9 +68,24 @@ def decide(policy: CompiledPolicy, req: Request) -> tuple[CompiledRule, Entry, t
                     continue
         sel = rule.selector
         chosen = sel.pick(req)
+        if chosen is None and req.unavailable and sel.fallbacks:
+            chosen = promote_fallback(sel, req)
         if chosen is not None:
             fallbacks = sel.viable_fallbacks(req, chosen) if sel.fallbacks else ()
             return rule, chosen, fallbacks, matched, scanned
+
+
+def promote_fallback(sel: Selector, req: Request) -> Entry | None:
+    """When a rule's pick is only out because its circuit is open, its first viable fallback stands in."""
+    free = Request(req.text, req.tokens, req.attrs, req.need_tools, req.need_vision, req.out_tokens, frozenset(),
+                   req.state, req.latency)
+    blocked = sel.pick(free) if not sel.stateful else next(iter(sel.rank(free)[0]), None)
+    if blocked is None or blocked.name not in req.unavailable:
+        return None
+    for f in sel.fallbacks:
+        if hard_reason(f, req) is None:
+            return f
+    return None
 
 
 # ---- traced evaluation (explain) -------------------------------------------------------------------
@@ -209,9 +224,15 @@ def trace(policy: CompiledPolicy, req: Request, elapsed_us: float | None = None,
                 pick = policy.models[chosen[1]]
         else:
             pick = sel.pick(req)
+        note = None
+        if pick is None and req.unavailable and sel.fallbacks:
+            pick = promote_fallback(sel, req)
+            if pick is not None:
+                note = f"its pick is unavailable (circuit open): fallback {pick.name} stands in"
         cands = _candidates(rule, req, pick, policy)
         outcome = "decided" if pick is not None else "no viable model"
-        traces.append(RuleTrace(rule=ref, matched=True, outcome=outcome, conditions=atoms, candidates=cands))
+        traces.append(RuleTrace(rule=ref, matched=True, outcome=outcome, conditions=atoms, candidates=cands,
+                                note=note))
         if pick is not None:
             decided = (rule, pick)
             break

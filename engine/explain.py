@@ -29,6 +29,8 @@ def _rule_lines(t: RuleTrace) -> list[str]:
     for atom in t.conditions:
         note = f"  [dim]({escape(atom.note)})[/]" if atom.note else ""
         out.append(f"      {'  ' * atom.depth}{escape(atom.text)}: {_value(atom.value)}{note}")
+    if t.note:
+        out.append(f"      [yellow]{escape(t.note)}[/]")
     if t.outcome == "no viable model":
         for c in t.candidates:
             if c.status == "rejected":

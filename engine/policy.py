@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import operator
 import random
+import time
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -105,6 +106,12 @@ def hard_reason(e: Entry, req: Request) -> str | None:
     if req.need_vision and not e.vision:
         return "no vision support (request has images)"
     if e.name in req.unavailable:
+        until = None
+        circuit = getattr(req.state, "circuit", None)
+        if circuit is not None:
+            until = getattr(circuit(e.name), "until", None)
+        if until:
+            return f"circuit open until {time.strftime('%H:%M:%S', time.localtime(until))}"
         return "unavailable (circuit open)"
     return None
 

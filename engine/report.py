@@ -39,6 +39,7 @@ class RuleTrace(BaseModel):
     outcome: Literal["decided", "no match", "no viable model"]
     conditions: list[Atom] = Field(default_factory=list)
     candidates: list[Candidate] = Field(default_factory=list)
+    note: str | None = None
 
 
 class FallbackCheck(BaseModel):

@@ -154,7 +154,7 @@ def test_circuit_breaker_end_to_end(fake_server: FakeServer, clock: Clock, store
         assert [e.kind for e in seen].count("circuit_opened") == 1
         d = engine.decide("three")
         assert d.model == "alpha-large"  # decide() skips the open circuit (alpha-mini is cheaper)
-        assert "unavailable (circuit open)" in engine.decide("four").explain()
+        assert "circuit open until" in engine.decide("four").explain()
         assert engine.complete("five").attempts[0].model == "alpha-large"
         clock.t += 30  # cooldown over: half-open, the next request probes alpha-mini
         fake_server.script("alpha-mini", Reply(text="recovered"))

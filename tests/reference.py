@@ -1,0 +1,256 @@
+"""A deliberately simple reference interpreter of the .route language, for the differential test.
+
+It is written from the language reference (README.md, "A policy" and "Language tour") and issue 2, not from
+engine/evaluate.py: no rule index, no RE2 set, no compile-time filtering, no threshold search. It re-reads
+the parsed statements on every call and does everything the slow, obvious way:
+
+* every rule is tried in file order; a rule decides when its condition holds and at least one model survives;
+* patterns run one by one with Python's `re` (ASCII mode, so `\\b`, `\\w` and `\\s` mean what they mean in RE2);
+* `prefer` ranks every catalog model with Python's `sorted` on a key tuple ending in the model name.
+
+Parsing is shared with the engine (engine.load.load_source / engine.parse.parse give the statements); the
+semantics here are independent. The interpreter assumes the policy compiles (names resolve, units check).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from engine import nodes as n
+
+DEFAULT_OUTPUT_TOKENS = 500  # README, "Cost": output tokens are max_tokens when given, else 500
+
+_MISSING = object()
+
+
+# ---- request ---------------------------------------------------------------------------------------------
+
+
+def estimate_tokens(text: str) -> int:
+    """README, "Tokens": ceil(characters / 4)."""
+    return math.ceil(len(text) / 4)
+
+
+def lookup(attrs: Mapping[str, Any], name: str) -> Any:
+    """A request attribute; dotted names look into nested dicts. _MISSING when the caller did not pass it."""
+    if name in attrs:
+        return attrs[name]
+    if "." not in name:
+        return _MISSING
+    value: Any = attrs
+    for part in name.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+# ---- patterns --------------------------------------------------------------------------------------------
+
+
+def python_regex(pattern: n.Pattern) -> re.Pattern[str]:
+    """The policy pattern as a Python regex with RE2's meaning (for the simple patterns the tests use)."""
+    flags = re.ASCII
+    if "c" not in pattern.flags:
+        flags |= re.IGNORECASE  # case-insensitive unless /.../c
+    if pattern.is_regex:
+        source = pattern.source
+        if "s" in pattern.flags:
+            flags |= re.DOTALL
+        if "m" in pattern.flags:
+            flags |= re.MULTILINE
+        else:
+            # RE2 without (?m): `$` is the very end of the text (Python's `$` also matches before a final \n).
+            source = re.sub(r"(?<!\\)\$", r"\\Z", source)
+        return re.compile(source, flags)
+    # A phrase: its words in order, separated by any whitespace, not inside a longer word.
+    words = pattern.source.split()
+    body = r"\s+".join(re.escape(w) for w in words)
+    if re.match(r"\w", words[0][0], re.ASCII):
+        body = r"(?<!\w)" + body
+    if re.match(r"\w", words[-1][-1], re.ASCII):
+        body += r"(?!\w)"
+    return re.compile(body, flags)
+
+
+def found(pattern: n.Pattern, prompt: str) -> bool:
+    return python_regex(pattern).search(prompt) is not None
+
+
+# ---- conditions ------------------------------------------------------------------------------------------
+
+
+def literal_value(lit: n.Literal) -> Any:
+    return lit.value  # already normalised by the parser (k/M applied, units to per-token / seconds / USD)
+
+
+def _compare(left: Any, op: str, right: Any) -> bool:
+    try:
+        if op == "==":
+            return bool(left == right)
+        if op == "!=":
+            return bool(left != right)
+        if op == "<":
+            return bool(left < right)
+        if op == "<=":
+            return bool(left <= right)
+        if op == ">":
+            return bool(left > right)
+        if op == ">=":
+            return bool(left >= right)
+    except TypeError:  # README: a comparison between mismatched types is false
+        return False
+    raise ValueError(op)
+
+
+class Request:
+    def __init__(self, prompt: str, attrs: Mapping[str, Any], tasks: Mapping[str, n.TaskDecl]):
+        self.prompt = prompt
+        self.attrs = attrs
+        self.tasks = tasks
+        self.tokens = estimate_tokens(prompt)
+        out = attrs.get("max_tokens")
+        given = isinstance(out, (int, float)) and not isinstance(out, bool) and out > 0
+        self.out_tokens = out if given else DEFAULT_OUTPUT_TOKENS
+        self.tools = bool(attrs.get("tools"))
+        self.images = bool(attrs.get("images"))
+
+    def operand(self, op: n.Operand) -> Any:
+        return self.tokens if op.builtin else lookup(self.attrs, op.name)
+
+    def holds(self, cond: n.Cond | None) -> bool:
+        if cond is None:  # otherwise
+            return True
+        if isinstance(cond, n.And):
+            return all(self.holds(c) for c in cond.operands)
+        if isinstance(cond, n.Or):
+            return any(self.holds(c) for c in cond.operands)
+        if isinstance(cond, n.Not):
+            return not self.holds(cond.operand)
+        if isinstance(cond, n.TaskMatch):
+            return found(cond.pattern, self.prompt)
+        if isinstance(cond, n.TaskIs):
+            return any(found(p, self.prompt) for p in self.tasks[cond.name].patterns)
+        if isinstance(cond, n.Truthy):
+            value = self.operand(cond.operand)
+            return value is not _MISSING and bool(value)
+        if isinstance(cond, n.Compare):
+            value = self.operand(cond.left)
+            if value is _MISSING:
+                return False  # every comparison with a missing attribute is false
+            return _compare(value, cond.op, literal_value(cond.right))  # type: ignore[arg-type]
+        if isinstance(cond, n.InList):
+            value = self.operand(cond.left)
+            if value is _MISSING:
+                return False
+            return any(_compare(value, "==", literal_value(item)) for item in cond.right.items)
+        raise TypeError(cond)
+
+    def cost(self, spec: Any) -> float:
+        return self.tokens * spec.input_price + self.out_tokens * spec.output_price
+
+    def hard_ok(self, spec: Any) -> bool:
+        """Hard constraints: context holds the tokens; tools/images need tools/vision support."""
+        if spec.context < self.tokens:
+            return False
+        if self.tools and "tools" not in spec.supports:
+            return False
+        return not (self.images and "vision" not in spec.supports)
+
+
+# ---- actions ---------------------------------------------------------------------------------------------
+
+
+def passes(spec: Any, c: n.Constraint, req: Request) -> bool:
+    """One `where` constraint."""
+    if c.metric == "provider":
+        return spec.provider in [str(i.value) for i in c.value.items]  # type: ignore[union-attr]
+    if c.metric == "supports":
+        return c.value.value in spec.supports  # type: ignore[union-attr]
+    want = c.value.value  # type: ignore[union-attr]
+    if c.metric == "latency":
+        have = spec.latency_ms / 1000  # the literal is in seconds
+    elif c.metric == "price":
+        have = spec.input_price
+    elif c.metric == "cost":
+        have = req.cost(spec)
+    elif c.metric == "context":
+        have = spec.context
+    elif c.metric == "capability":
+        have = spec.capabilities.get(c.capability)
+        if have is None:
+            return False  # a model with no score for the capability cannot satisfy a bound on it
+    else:
+        raise ValueError(c.metric)
+    return _compare(have, c.op, want)
+
+
+def rank_key(spec: Any, rankings: Iterable[n.Ranking], req: Request) -> tuple:
+    key: list[Any] = []
+    for r in rankings:
+        if r.kind == "capability":
+            key.append(-spec.capabilities.get(r.capability, 0))  # higher is better; unscored ranks last
+        elif r.kind == "cheapest":
+            key.append(req.cost(spec))
+        elif r.kind == "fastest":
+            key.append(spec.latency_ms)
+        else:
+            raise ValueError(r.kind)
+    key.append(spec.name)  # final tie-break: model name, alphabetical
+    return tuple(key)
+
+
+class Policy:
+    """The statements of a loaded policy, as the reference reads them."""
+
+    def __init__(self, body: Iterable[n.Stmt], catalog: Any):
+        self.catalog = catalog
+        self.tasks: dict[str, n.TaskDecl] = {}
+        self.aliases: dict[str, str] = {}
+        self.rules: list[n.Rule] = []
+        for stmt in body:
+            if isinstance(stmt, n.TaskDecl):
+                self.tasks.setdefault(stmt.name, stmt)
+            elif isinstance(stmt, n.ModelAlias):
+                self.aliases[stmt.name] = stmt.target.name
+            elif isinstance(stmt, n.Rule):
+                self.rules.append(stmt)
+
+    def model(self, name: str) -> Any:
+        name = self.aliases.get(name, name)
+        spec = self.catalog.models.get(name)
+        if spec is None:
+            spec = self.catalog.models[self.catalog.aliases[name]]
+        return spec
+
+    def decide(self, prompt: str, attrs: Mapping[str, Any]) -> tuple[str, int, list[str]] | None:
+        """(model, line of the deciding rule, fallbacks) or None when no rule yields a viable model."""
+        req = Request(prompt, attrs, self.tasks)
+        for rule in self.rules:
+            if not req.holds(rule.cond):
+                continue
+            action = rule.action
+            if action.kind == "use":
+                candidates = [self.model(action.model.name)]  # type: ignore[union-attr]
+            else:
+                candidates = list(self.catalog.models.values())
+            viable = [s for s in candidates if req.hard_ok(s) and all(passes(s, c, req) for c in action.where)]
+            if not viable:
+                continue  # a matching rule with no viable model does not decide
+            chosen = sorted(viable, key=lambda s: rank_key(s, action.rankings, req))[0]
+            fallbacks: list[str] = []
+            for ref in action.fallbacks:
+                spec = self.model(ref.name)
+                if spec.name != chosen.name and spec.name not in fallbacks and req.hard_ok(spec):
+                    fallbacks.append(spec.name)
+            return chosen.name, rule.span.line, fallbacks
+        return None
+
+
+def reference_decide(body: Iterable[n.Stmt], catalog: Any, prompt: str,
+                     attrs: Mapping[str, Any] | None = None) -> tuple[str, int, list[str]] | None:
+    """Decide with the reference semantics: (model, rule line, fallbacks) or None."""
+    return Policy(body, catalog).decide(prompt, attrs or {})

@@ -1,0 +1,189 @@
+"""Differential test (issue 6): for generated valid policies and requests, the compiled engine and the simple
+reference interpreter in tests/reference.py agree on every decision: the model, the deciding rule's line, the
+fallbacks, and NoRouteError (engine) vs None (reference).
+
+Bounded by default (200 policies, several requests each); `MODELROUTE_FUZZ=long` runs 5,000 policies.
+The catalog is tests/fixtures/hardening/catalog.yaml: 6 invented models with ties (two models with equal
+prices), tiny context windows (40 and 100 tokens, so short prompts already hit the context constraint) and a
+model with no CODING score.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from reference import reference_decide
+
+from engine import Engine, NoRouteError
+from engine.load import load_source
+from providers.catalog import load_catalog
+
+HERE = Path(__file__).resolve().parent
+HARDENING = HERE / "fixtures" / "hardening"
+CATALOG_PATH = HARDENING / "catalog.yaml"
+LONG = os.environ.get("MODELROUTE_FUZZ") == "long"
+
+# ---- vocabulary --------------------------------------------------------------------------------------------
+
+REGEXES = [
+    "/alpha/", "/be+ta/", "/^gamma/m", "/delta$/", "/ALPHA/c", "/al.ha/s", "/al.ha/", "/(alpha|beta) gamma/",
+    r"/\bcode\b/", "/x{2,3}/", "/^beta/", "/points$/m", "/key\\s+points/", "/[0-9]+/", "/g.*a/", "/Gamma/ci",
+]
+PHRASES = ['"alpha"', '"key points"', '"beta gamma"', '"tl;dr"', '"code"', '"x"', '"Delta"', '"points"']
+PATTERNS = REGEXES + PHRASES
+PROMPT_WORDS = [
+    "alpha", "ALPHA", "Alpha", "beta", "beeta", "gamma", "Gamma", "delta", "code", "codes", "key", "points",
+    "Key  Points", "tl;dr", "TL;DR", "xx", "xxx", "x", "al\nha", "alpha\n", "keypoints", "betagamma", "42",
+    "the", "please", "summary", "-",
+]
+SEPARATORS = [" ", " ", "  ", "\n", "\t", ", ", "", "\r\n"]
+MODELS = ["alpha-small", "beta-mid", "gamma-pro", "delta-cheap", "epsilon-long", "zeta-fast",
+          "alpha", "gamma", "fast"]  # catalog names, catalog aliases and the policy alias `fast`
+RANKINGS = ["capability(REASONING)", "capability(CODING)", "capability(CREATIVITY)", "cheapest", "fastest"]
+CONSTRAINTS = [
+    "latency <= 1s", "latency < 800ms", "latency > 500ms", "latency >= 2s", "price <= $1/1M", "price < $2/1M",
+    "price >= $0.5/1M", "price == $0.1/1M", "cost <= $0.001", "cost < $0.0005", "cost > $0.0003",
+    "context >= 10k", "context > 100", "context <= 8k", "capability(CODING) >= 6", "capability(CREATIVITY) > 5",
+    "capability(REASONING) == 6", "capability(CODING) < 7", "provider in [acme, globex]", "provider in [initech]",
+    "supports tools", "supports vision", "supports json",
+]
+ATTR_ATOMS = [
+    'tier == "free"', 'tier == "pro"', 'tier != "pro"', 'tier in ["pro", "enterprise"]', "tier", 'tier == ""',
+    "tools", "tools == true", "tools != false", "images", "n > 3", "n <= 2", "n == 5", "n in [1, 2, 3]",
+    'n == "5"', "tier > 5", "n >= 1k", "tokens > 20", "tokens <= 50", "tokens >= 100", "tokens in [1, 2, 3]",
+    "tokens", 'user.plan == "pro"', "user.plan", "max_tokens > 1000",
+]
+
+
+def _compound(children: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    def wrap(c: str) -> str:
+        return f"({c})" if (" and " in c or " or " in c) else c
+
+    return st.one_of(
+        st.lists(children, min_size=2, max_size=3).map(lambda cs: " and ".join(wrap(c) for c in cs)),
+        st.lists(children, min_size=2, max_size=3).map(lambda cs: " or ".join(wrap(c) for c in cs)),
+        children.map(lambda c: f"not {wrap(c) if c.startswith('not') else '(' + c + ')'}"),
+        children.map(lambda c: f"({c})"),
+    )
+
+
+def conditions(task_names: list[str]) -> st.SearchStrategy[str]:
+    atoms = [st.sampled_from(ATTR_ATOMS), st.sampled_from(PATTERNS).map(lambda p: f"task ~ {p}")]
+    if task_names:
+        atoms.append(st.sampled_from(task_names).map(lambda t: f"task is {t}"))
+    return st.recursive(st.one_of(*atoms), _compound, max_leaves=5)
+
+
+@st.composite
+def actions(draw: st.DrawFn) -> str:
+    if draw(st.booleans()):
+        text = f"use {draw(st.sampled_from(MODELS))}"
+    else:
+        ranks = draw(st.lists(st.sampled_from(RANKINGS), min_size=1, max_size=3))
+        text = "prefer " + " then ".join(ranks)
+    where = draw(st.lists(st.sampled_from(CONSTRAINTS), max_size=3))
+    if where:
+        text += " where " + " and ".join(where)
+    fallbacks = draw(st.lists(st.sampled_from(MODELS), max_size=3))
+    if fallbacks:
+        text += " fallback " + ", ".join(fallbacks)
+    return text
+
+
+@st.composite
+def policy_sources(draw: st.DrawFn) -> str:
+    """A valid policy over the hardening catalog: tasks, an alias, 1-6 rules, maybe `otherwise`."""
+    lines = ["# generated", 'model fast = "zeta-fast"']
+    ntasks = draw(st.integers(0, 3))
+    names = [f"t{i}" for i in range(ntasks)]
+    for name in names:
+        pats = draw(st.lists(st.sampled_from(PATTERNS), min_size=1, max_size=3))
+        lines.append(f"task {name} = " + ", ".join(pats))
+    for _ in range(draw(st.integers(1, 6))):
+        rule = f"when {draw(conditions(names))} {draw(actions())}"
+        if draw(st.integers(0, 9)) == 0:  # now and then a rule spread over lines
+            rule = rule.replace(" prefer ", "\n    prefer ").replace(" use ", "\n    use ")
+        lines.append(rule)
+    if draw(st.booleans()):
+        lines.append(f"otherwise {draw(actions())}")
+    return "\n".join(lines) + "\n"
+
+
+prompts = st.builds(
+    lambda words, seps, pad: "".join(w + s for w, s in zip(words, seps, strict=False)) + pad,
+    st.lists(st.sampled_from(PROMPT_WORDS), max_size=12),
+    st.lists(st.sampled_from(SEPARATORS), min_size=12, max_size=12),
+    st.sampled_from(["", "", "p" * 90, "lorem ipsum " * 20, "z" * 398, "y" * 401, "w" * 4000]),
+)
+
+_UNSET = object()
+attr_dicts = st.fixed_dictionaries({
+    "tier": st.sampled_from([_UNSET, "free", "pro", "enterprise", "", 5]),
+    "tools": st.sampled_from([_UNSET, True, False]),
+    "images": st.sampled_from([_UNSET, True, False]),
+    "n": st.sampled_from([_UNSET, 0, 1, 2, 3, 5, 7, 1000, "5"]),
+    "max_tokens": st.sampled_from([_UNSET, 1, 800, 2000]),
+    "user": st.sampled_from([_UNSET, {"plan": "pro"}, {"plan": "free"}, {}]),
+}).map(lambda d: {k: v for k, v in d.items() if v is not _UNSET})
+
+
+@pytest.fixture(scope="module")
+def catalog():
+    return load_catalog(CATALOG_PATH)
+
+
+def engine_result(engine: Engine, prompt: str, attrs: dict) -> tuple[str, int, list[str]] | None:
+    try:
+        d = engine.decide(prompt, **attrs)
+    except NoRouteError:
+        return None
+    return d.model, d.rule.line, list(d.fallbacks)
+
+
+def check_agree(text: str, catalog, requests: list[tuple[str, dict]]) -> None:
+    engine = Engine.from_source(text, file="generated.route", catalog=catalog)
+    body = load_source(text, "generated.route").body
+    for prompt, attrs in requests:
+        want = reference_decide(body, catalog, prompt, attrs)
+        got = engine_result(engine, prompt, attrs)
+        assert got == want, f"engine {got} != reference {want}\npolicy:\n{text}\nprompt={prompt!r}\nattrs={attrs}"
+        if got is not None:  # the traced evaluation (explain) must name the same model and rule
+            report = engine.decide(prompt, **attrs).report()
+            assert (report.model, report.rule.line) == got[:2]
+
+
+@settings(max_examples=5000 if LONG else 200, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(text=policy_sources(), requests=st.lists(st.tuples(prompts, attr_dicts), min_size=1, max_size=6))
+def test_engine_agrees_with_reference(catalog, text, requests):
+    check_agree(text, catalog, requests)
+
+
+# ---- a few fixed cases that pin the reference itself to the README -------------------------------------------
+
+FIXED = [
+    # (policy, prompt, attrs, expected (model, line, fallbacks) or None)
+    ('when task ~ "key points" use beta-mid\n', "the Key \n Points are", {}, ("beta-mid", 1, [])),
+    ('when task ~ "key points" use beta-mid\n', "keypoints", {}, None),
+    ("when not tier == \"free\" use beta-mid\n", "hi", {}, ("beta-mid", 1, [])),  # missing: comparison false
+    ("when tier > 5 use beta-mid\notherwise use gamma\n", "hi", {"tier": "pro"}, ("gamma-pro", 2, [])),
+    ("when tokens > 20 prefer cheapest\n", "q" * 200, {}, ("delta-cheap", 1, [])),  # 50 tokens: alpha too small
+    ("when tokens > 20 prefer cheapest then fastest\n", "q" * 100, {}, ("alpha-small", 1, [])),  # tie -> faster
+    ("otherwise prefer capability(CODING) where supports vision fallback alpha, delta-cheap, gamma\n", "hi",
+     {"images": True}, ("gamma-pro", 1, ["delta-cheap"])),
+    ("otherwise use alpha-small\n", "q" * 200, {}, None),  # hard constraint: context 40 < 50 tokens
+    ("when task ~ /delta$/ use beta-mid\n", "delta\n", {}, None),  # RE2 `$` without m: end of text only
+    ("when task ~ /ALPHA/c use beta-mid\n", "alpha", {}, None),
+]
+
+
+@pytest.mark.parametrize(("text", "prompt", "attrs", "expected"), FIXED)
+def test_fixed_cases(catalog, text, prompt, attrs, expected):
+    body = load_source(text, "fixed.route").body
+    assert reference_decide(body, catalog, prompt, attrs) == expected
+    engine = Engine.from_source(text, file="fixed.route", catalog=catalog)
+    assert engine_result(engine, prompt, attrs) == expected
