@@ -366,8 +366,9 @@ def build(ctx: Context) -> CompiledPolicy:
         task_masks[name] = mask
     resolve = lambda ref: entries[ctx.catalog.resolve(ctx.aliases.get(ref.name, ref.name)).name]  # noqa: E731
     rules, guards = [], []
+    selector_cache: dict = {}
     for i, rule in enumerate(ctx.rules):
-        compiled, guard = build_rule(i, rule, entries, resolve, task_masks, ctx.pattern_of)
+        compiled, guard = build_rule(i, rule, entries, resolve, task_masks, ctx.pattern_of, selector_cache)
         rules.append(compiled)
         guards.append(guard)
     npat = len(ctx.pids)

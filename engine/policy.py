@@ -149,6 +149,15 @@ class RankKey:
 
 
 @dataclass(frozen=True, slots=True)
+class PriceGroup:
+    """Catalog models with the same input and output price, best first by the rule's later rankings."""
+
+    ip: float
+    op: float
+    members: tuple[Entry, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class CostLimit:
     op: str
     value: float
@@ -173,8 +182,9 @@ class Selector:
     order: str  # "static": pool is already in rank order | "cheapest" | "generic"
     cost_limits: tuple[CostLimit, ...]
     fallbacks: tuple[Entry, ...]
-    by_input: tuple[Entry, ...] = ()  # for "cheapest": pool sorted by input price
-    by_output: tuple[Entry, ...] = ()  # and by output price
+    by_input: tuple[PriceGroup, ...] = ()  # for "cheapest": price groups sorted by input price
+    by_output: tuple[PriceGroup, ...] = ()  # and by output price
+    dynamic_rest: bool = False  # a later ranking depends on the request (least_busy)
     mode: str | None = None  # balance: round_robin | random | least_busy
     weights: tuple[float, ...] = ()  # split: one weight per pool model (same order)
     judge: Entry | None = None  # best_of
@@ -252,27 +262,45 @@ class Selector:
         return tuple(e.name for e in self.pool if self._ok(e, req))
 
     def _cheapest(self, req: Request) -> Entry | None:
-        # Threshold walk over the pool sorted by input and by output price: any model not yet seen costs at
-        # least tokens*A[k].ip + out*B[k].op, so once that exceeds the best cost the search can stop.
+        # Threshold walk over price groups (models with the same input and output price always cost the same)
+        # sorted by input and by output price: a group not yet seen costs at least tokens*A[k].ip + out*B[k].op,
+        # so once that exceeds the best cost the search can stop. Big catalogs repeat prices a lot (every $0
+        # local model is one group), so the walk is over distinct prices, not models.
         t, o = req.tokens, req.out_tokens
         a, b = self.by_input, self.by_output
         best_cost = float("inf")
-        ties: dict[str, Entry] = {}  # by name: a model can come up in both lists
+        ties: list[Entry] = []
+        dynamic = self.dynamic_rest or (self.measured and bool(req.latency))
         for k in range(len(a)):
-            if t * a[k].ip + o * b[k].op > best_cost:
+            ga, gb = a[k], b[k]
+            if t * ga.ip + o * gb.op > best_cost:
                 break
-            for e in (a[k], b[k]):
-                if self._ok(e, req):
-                    c = t * e.ip + o * e.op
-                    if c < best_cost:
-                        best_cost, ties = c, {e.name: e}
-                    elif c == best_cost:
-                        ties[e.name] = e
+            for g in (ga, gb) if ga is not gb else (ga,):  # a group met twice just ties with itself
+                c = t * g.ip + o * g.op
+                if c > best_cost:
+                    continue
+                e = self._group_best(g, req, dynamic)
+                if e is None:
+                    continue
+                if c < best_cost:
+                    best_cost, ties = c, [e]
+                elif e not in ties:
+                    ties.append(e)
         if not ties:
             return None
         if len(ties) == 1:
-            return next(iter(ties.values()))
-        return min(ties.values(), key=lambda e: self.full_key(e, req))
+            return ties[0]
+        return min(ties, key=lambda e: self.full_key(e, req))
+
+    def _group_best(self, g: PriceGroup, req: Request, dynamic: bool) -> Entry | None:
+        """The best viable model of a price group: members are pre-sorted by the later rankings and name."""
+        if not dynamic:
+            for e in g.members:
+                if self._ok(e, req):
+                    return e
+            return None
+        viable = [e for e in g.members if self._ok(e, req)]
+        return min(viable, key=lambda e: self.full_key(e, req)) if viable else None
 
     def full_key(self, e: Entry, req: Request) -> tuple:
         return (*(r.key(e, req) for r in self.rankings), e.name)
