@@ -4,6 +4,7 @@ the catalog. It is the baseline the benchmarks compare `Engine.decide()` against
 
 from __future__ import annotations
 
+import datetime
 import re
 from typing import Any
 
@@ -42,6 +43,7 @@ TASKS: dict[str, list[re.Pattern[str]]] = {
 class HandwrittenRouter:
     def __init__(self) -> None:
         self.models = list(default_catalog().models.values())
+        self.today = datetime.date.today()
 
     def detect(self, prompt: str) -> set[str]:
         return {name for name, pats in TASKS.items() if any(p.search(prompt) for p in pats)}
@@ -66,29 +68,30 @@ class HandwrittenRouter:
             return ranked[0].name if ranked else None
 
         by_name = {m.name: m for m in self.models}
+        current = [m for m in self.models if m.deprecation_date is None or m.deprecation_date > self.today]
         choice = None
         if tokens > 150_000:
-            choice = best([m for m in self.models if m.context >= 1_000_000 and fits(m)], cost)
-        if choice is None and tier in ("pro", "enterprise") and "legal" in tasks and fits(by_name["claude-3-opus"]):
-            choice = "claude-3-opus"
+            choice = best([m for m in current if m.context >= 1_000_000 and fits(m)], cost)
+        if choice is None and tier in ("pro", "enterprise") and "legal" in tasks and fits(by_name["claude-opus-4-6"]):
+            choice = "claude-opus-4-6"
         if choice is None and "code" in tasks and tokens > 30_000:
-            choice = best([m for m in self.models if fits(m)], lambda m: -cap(m, "CODING"))
+            choice = best([m for m in current if fits(m) and m.context >= 200_000],
+                          lambda m: (-cap(m, "CODING"), cost(m)))
         if choice is None and "code" in tasks:
-            ok = [m for m in self.models if fits(m) and m.latency_ms <= 2000 and m.input_price <= 5e-6]
-            choice = best(ok, lambda m: -cap(m, "CODING"))
+            ok = [m for m in current if fits(m) and m.latency_ms <= 2000 and m.input_price <= 5e-6]
+            choice = best(ok, lambda m: (-cap(m, "CODING"), cost(m)))
         if choice is None and "math" in tasks:
-            choice = best([m for m in self.models if fits(m) and m.input_price <= 20e-6],
-                          lambda m: -cap(m, "REASONING"))
+            choice = best([m for m in current if fits(m) and m.input_price <= 20e-6],
+                          lambda m: (-cap(m, "REASONING"), cost(m)))
         if choice is None and tier in ("free", "trial"):
-            choice = best([m for m in self.models if fits(m)], lambda m: (cost(m), -cap(m, "REASONING")))
+            choice = best([m for m in current if fits(m)], lambda m: (cost(m), -cap(m, "REASONING")))
         if choice is None and "summarize" in tasks and not tools:
-            choice = best([m for m in self.models if fits(m) and cap(m, "REASONING") >= 6],
-                          lambda m: m.latency_ms)
+            choice = best([m for m in current if fits(m) and cap(m, "REASONING") >= 7], lambda m: m.latency_ms)
         if choice is None and "translate" in tasks:
-            choice = best([m for m in self.models if fits(m) and cap(m, "CREATIVITY") >= 7], cost)
+            choice = best([m for m in current if fits(m) and cap(m, "CREATIVITY") >= 7], cost)
         if choice is None and "creative" in tasks:
-            choice = best([m for m in self.models if fits(m) and cost(m) <= 0.02],
-                          lambda m: -cap(m, "CREATIVITY"))
+            choice = best([m for m in current if fits(m) and cost(m) <= 0.02],
+                          lambda m: (-cap(m, "CREATIVITY"), cost(m)))
         if choice is None and fits(by_name["gpt-4o-mini"]):
             choice = "gpt-4o-mini"
         if choice is None:

@@ -270,7 +270,7 @@ def check(policy: Path | None, as_json: bool, strict: bool, today: Any) -> None:
 
 def _register_commands() -> None:
     """Commands that live in their own modules add themselves to `main` when imported."""
-    for module in ("engine.cli_test", "engine.cli_tools"):
+    for module in ("engine.cli_test", "engine.cli_tools", "engine.cli_serve"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -171,7 +172,13 @@ def build_selector(action: n.Action, entries: Mapping[str, Entry], resolve: Call
         pool, rejects = (list(x) for x in cache[skey])
     else:
         pool, rejects = [], []
+        today = datetime.date.today()
         for e in candidates:
+            retired = e.spec.deprecation_date
+            if whole_catalog and retired is not None and retired <= today:
+                # `prefer` never ranks a model past its deprecation date; `use` and `fallback` still may (W108)
+                rejects.append((e, f"deprecated since {retired.isoformat()}"))
+                continue
             why = next((r for c in static if (r := static_reason(e, c))), None)
             if why:
                 rejects.append((e, why))

@@ -65,8 +65,8 @@ def test_readme_example_on_the_bundled_policy(monkeypatch) -> None:
     monkeypatch.chdir(REPO)
     e = Engine.load("policies/")
     d = e.decide("Implement a function that merges two sorted lists", tier="pro")
-    assert (d.model, d.provider) == ("claude-3-5-sonnet", "anthropic")
-    assert d.fallbacks == ["gpt-4o-mini"]
+    assert (d.model, d.provider) == ("claude-sonnet-4-6", "anthropic")
+    assert d.fallbacks == ["gpt-5-mini"]
     assert d.rule.file == "policies/main.route"
     assert d.tasks == ["code"]
 

@@ -126,15 +126,20 @@ def test_default_catalog_scores_every_standard_capability() -> None:
 def test_default_catalog_rankings_are_plausible_and_not_ties() -> None:
     cat = default_catalog()
 
+    def m_score(name: str, capability: str) -> float:
+        return cat.models[name].capabilities[capability]
+
     def top(capability: str) -> set[str]:
         best = max(s.capabilities[capability] for s in cat)
         return {s.name for s in cat if s.capabilities[capability] == best}
 
     for capability in STANDARD_CAPABILITIES:
         assert len({s.capabilities[capability] for s in cat}) >= 4, capability
-    assert top("CODING") == {"claude-3-5-sonnet"}
-    assert top("REASONING") == {"o1"}
-    assert top("CONTEXT") == {"gemini-1.5-pro"}
+    assert top("CODING") == {"claude-opus-4-6", "claude-sonnet-4-6", "gpt-5"}
+    assert top("REASONING") == {"claude-opus-4-6", "claude-sonnet-4-6", "gpt-5"}
+    assert "gemini-1.5-pro" in top("CONTEXT") and "gpt-4o" not in top("CONTEXT")
+    # the current generation outranks the models it replaces
+    assert m_score("claude-sonnet-4-6", "CODING") > m_score("claude-3-5-sonnet", "CODING")
     assert top("SPEED") == {"llama-3.1-8b-instant"}
     assert "llama3.1-local" in top("COST")
     m = cat.models

@@ -302,7 +302,7 @@ def test_default_policy_is_bundled_without_policies_dir(cli, tmp_path: Path) -> 
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert Path(data["policy"]) == bundled_policy_dir() / "main.route"
-    assert data["model"] == "claude-3-5-sonnet"
+    assert data["model"] == "claude-sonnet-4-6"
     check = cli("check", cwd=tmp_path)
     assert check.returncode == 0
     assert check.stdout.startswith(f"ok: {bundled_policy_dir() / 'main.route'} (")
