@@ -217,7 +217,8 @@ def _read(path: Path) -> str:
 @click.option("--strict", is_flag=True, help="Treat lint warnings as errors: exit 1 when there are any.")
 @click.option("--today", type=click.DateTime(formats=["%Y-%m-%d"]), hidden=True,
               help="The date the deprecation warning (W108) counts from (for tests).")
-def check(policy: Path | None, as_json: bool, strict: bool, today: Any) -> None:
+@click.option("--watch", is_flag=True, help="Check again every time a policy file is saved.")
+def check(policy: Path | None, as_json: bool, strict: bool, today: Any, watch: bool) -> None:
     """Compile a policy, lint it, and report every diagnostic. Exit 0 when clean, 1 on errors.
 
     Warnings (codes W100-W109, see docs/check.md) do not fail the check unless --strict is given.
@@ -227,12 +228,12 @@ def check(policy: Path | None, as_json: bool, strict: bool, today: Any) -> None:
       modelroute check
       modelroute check policies/main.route --json
       modelroute check --strict
+      modelroute check --watch      (re-checks on every save)
     """
-    import dataclasses
-
-    from engine.lint import lint
-
     path = policy or default_policy()
+    if watch:
+        follow_policy(path, lambda compiled: _report_check(compiled, path, as_json, strict, today), _console())
+        return
     try:
         engine = Engine.load(path)
     except PolicyError as err:
@@ -241,7 +242,15 @@ def check(policy: Path | None, as_json: bool, strict: bool, today: Any) -> None:
         else:
             print_diagnostics(err, _console(stderr=True))
         sys.exit(EXIT_ERRORS)
-    p = engine.policy
+    sys.exit(_report_check(engine.policy, path, as_json, strict, today))
+
+
+def _report_check(p: Any, path: Path, as_json: bool, strict: bool, today: Any) -> int:
+    """Lint a compiled policy and print the result; returns the exit code."""
+    import dataclasses
+
+    from engine.lint import lint
+
     warnings = lint(p, today=today.date() if today is not None else None)
     if strict:
         warnings = [dataclasses.replace(w, severity="error") for w in warnings]
@@ -250,7 +259,7 @@ def check(policy: Path | None, as_json: bool, strict: bool, today: Any) -> None:
         click.echo(json.dumps({"ok": not failed, "policy": p.entry, "version": p.version, "rules": len(p.rules),
                                "tasks": len(p.tasks), "models": len(p.models),
                                "diagnostics": [w.to_dict() for w in warnings]}, indent=2))
-        sys.exit(EXIT_ERRORS if failed else EXIT_OK)
+        return EXIT_ERRORS if failed else EXIT_OK
     if warnings:
         console = _console(stderr=True)
         for i, diag in enumerate(warnings):
@@ -262,10 +271,11 @@ def check(policy: Path | None, as_json: bool, strict: bool, today: Any) -> None:
         console.print(f"\n[bold {'red' if strict else 'yellow'}]{len(warnings)} {word}"
                       f"{'s' if len(warnings) != 1 else ''}[/]")
     if failed:
-        sys.exit(EXIT_ERRORS)
+        return EXIT_ERRORS
     shown = display_name(resolve_entry(path))
     click.echo(f"ok: {shown} ({len(p.rules)} rules, {len(p.tasks)} tasks, {len(p.models)} models, "
                f"{len(p.files)} files, version {p.version})")
+    return EXIT_OK
 
 
 def _register_commands() -> None:
