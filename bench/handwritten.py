@@ -22,7 +22,9 @@ def _phrase(words: str) -> str:
 
 TASKS: dict[str, list[re.Pattern[str]]] = {
     "code": [re.compile(p, re.I) for p in (
-        r"write (a |the )?(code|function|class|script|program|test)", r"implement", r"refactor",
+        r"(write|create|generate) (a |an |the |some )?(\w+ ){0,2}"
+        r"(code|function|class|script|program|tests?|method|query|component)",
+        r"implement", r"refactor",
         _phrase("debug"), _phrase("stack trace"), _phrase("traceback"), r"```\w+", r"\bdef \w+\(",
         r"\bfunction \w+\(")],
     "summarize": [re.compile(_phrase(p), re.I) for p in
