@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -28,7 +29,8 @@ MODELS = ["gpt-4o-mini", "claude-3-5-haiku", "gemini-1.5-flash", "o3-mini"]
 def edit(main: Path, base: str, k: int) -> str:
     """Rewrite main.route in place with a new fallback rule; returns the model the edit routes to."""
     model = MODELS[k % len(MODELS)]
-    text = base.replace("otherwise use gpt-4o-mini fallback claude-3-5-haiku", f"otherwise use {model}")
+    text = re.sub(r"^otherwise .*$", f"otherwise use {model}", base, flags=re.M)
+    assert text != base, "the policy has no `otherwise` line to rewrite"
     main.write_text(f"# edit {k}\n{text}")
     return model
 
