@@ -1,0 +1,306 @@
+"""The OpenAI-compatible HTTP gateway (ASGI, starlette): HTTP requests in; routing by the Engine's policy,
+execution through providers/, and OpenAI-shaped JSON / SSE responses with `x-modelroute-*` headers out.
+
+Endpoints: POST /v1/chat/completions, GET /v1/models, POST /v1/route/explain, GET /healthz, GET /metrics.
+`create_app(engine, keys=KeyRing.load(path))` builds the app; `modelroute serve` (engine/cli_serve.py) runs it
+under uvicorn. Not imported by `import engine` (it needs starlette and httpx). See docs/gateway.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from engine.decision import NoRouteError
+from engine.gateway_auth import GatewayKey, KeyRing, bearer
+from engine.gateway_metrics import GatewayMetrics
+from engine.gateway_openai import AUTO_MODELS, ApiError, ChunkWriter, completion_json, new_id, parse_chat
+from engine.gateway_run import (
+    fallbacks_used,
+    headers,
+    hold_key_budget,
+    pinned_decision,
+    prepare,
+    release_key_budget,
+    routing_error,
+    streaming_model,
+)
+
+log = logging.getLogger("modelroute.gateway")
+DEFAULT_MAX_BODY = 1 << 20  # 1 MiB
+
+
+def _json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(obj, separators=(",", ":")), status, headers, "application/json")
+
+
+class Gateway:
+    """One gateway process: an Engine, optional gateway keys, limits and metrics."""
+
+    def __init__(self, engine: Any, *, keys: KeyRing | None = None, max_body: int = DEFAULT_MAX_BODY):
+        self.engine, self.keys, self.max_body = engine, keys, max_body
+        self.active = 0
+        self.metrics = GatewayMetrics(self._circuits, lambda: self.active)
+
+    def _circuits(self) -> list[tuple[str, str]]:
+        state = self.engine.state  # every model of the policy: a circuit may have been opened by another replica
+        return [(m, state.circuit(m).state) for m in sorted(self.engine.policy.models)]
+
+    # ---- request plumbing -----------------------------------------------------------------------------
+    def _auth(self, request: Request) -> GatewayKey | None:
+        if self.keys is None:
+            return None
+        key = self.keys.check(bearer(request.headers.get("authorization")))
+        if key is None:
+            missing = not request.headers.get("authorization")
+            raise ApiError(401, "missing gateway key: send `Authorization: Bearer <key>`" if missing else
+                           "invalid gateway key", type="authentication_error", code="invalid_api_key")
+        return key
+
+    async def _body(self, request: Request) -> Any:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            raise ApiError(413, f"request body of {declared} bytes is larger than the limit of {self.max_body} bytes",
+                           code="body_too_large")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body:
+                raise ApiError(413, f"request body is larger than the limit of {self.max_body} bytes",
+                               code="body_too_large")
+            chunks.append(chunk)
+        try:
+            return json.loads(b"".join(chunks))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"malformed JSON body: {exc}", code="invalid_json") from None
+
+    @staticmethod
+    def _attrs(call: Any, key: GatewayKey | None) -> dict[str, Any]:
+        attrs = dict(call.attrs)
+        if key is not None:
+            attrs.update(key.attributes)  # bound attributes win over anything the request says
+            attrs["key"] = key.name
+        return attrs
+
+    def _error(self, err: ApiError) -> Response:
+        return _json_response(err.body(), err.status, err.headers or None)
+
+    def _done(self, endpoint: str, status: int, t0: float) -> None:
+        self.metrics.requests.inc(endpoint, status)
+        self.metrics.duration.observe(time.perf_counter() - t0, endpoint)
+
+    def _account(self, run: Any, answered: str | None, cost: float, usage: Any = None) -> None:
+        attempts = run.attempts
+        self.metrics.attempts_of(attempts)
+        if answered is not None:
+            if fallbacks_used(attempts, answered):
+                self.metrics.fallbacks.inc(answered)
+            self.metrics.spend.inc(answered, by=cost)
+            if usage is not None:
+                self.metrics.tokens.inc(answered, "input", by=usage.input_tokens)
+                self.metrics.tokens.inc(answered, "output", by=usage.output_tokens)
+
+    # ---- endpoints ------------------------------------------------------------------------------------
+    async def chat(self, request: Request) -> Response:
+        from providers.budget import BudgetExceeded
+        from providers.resilience import RoutingError
+
+        t0 = time.perf_counter()
+        status = 200
+        self.active += 1
+        streaming = False
+        try:
+            key = self._auth(request)
+            call = parse_chat(await self._body(request), request.headers)
+            attrs = self._attrs(call, key)
+            ex = self.engine._executor()
+            if key is not None and key.daily_budget is not None and "max_tokens" not in call.options:
+                settings = self.engine.policy.settings  # bound the real cost by what the key budget holds
+                call.options["max_tokens"] = int(settings["output_tokens"]) if settings is not None else 500
+            try:
+                run = prepare(ex, self.engine, call, attrs)
+            except (NoRouteError, BudgetExceeded) as exc:
+                raise routing_error(exc) from None
+            rule = run.decision.rule
+            self.metrics.decisions.inc("override" if rule.index < 0 else f"{rule.file}:{rule.line}",
+                                       run.decision.model)
+            hold = hold_key_budget(ex, key, run)
+            if call.stream:
+                response = await self._stream(call, run, ex, hold, t0)
+                streaming = True
+                return response
+            try:
+                c = await ex.run(run)
+            except RoutingError as exc:
+                self._account(run, None, 0.0)
+                raise routing_error(exc) from None
+            finally:
+                release_key_budget(ex, hold, run)
+            self._account(run, c.model, c.cost, c.usage)
+            return _json_response(completion_json(c, new_id(), int(time.time())), 200,
+                                  headers(run.decision, c.model, c.attempts))
+        except ApiError as err:
+            status = err.status
+            return self._error(err)
+        except Exception:
+            status = 500
+            log.exception("internal error handling a chat completion")
+            return self._error(ApiError(500, "internal error in the gateway (logged)", type="server_error",
+                                        code="internal_error"))
+        finally:
+            if not streaming:
+                self.active -= 1
+                self._done("chat", status, t0)
+
+    async def _stream(self, call: Any, run: Any, ex: Any, hold: Any, t0: float) -> Response:
+        from providers.errors import ProviderError
+        from providers.execute import AsyncCompletionStream
+        from providers.resilience import RoutingError
+
+        stream = AsyncCompletionStream(ex, run)
+        events = stream.__aiter__()
+        try:
+            first = await events.__anext__()
+        except StopAsyncIteration:
+            first = None
+        except BaseException as exc:
+            release_key_budget(ex, hold, run)
+            await stream.aclose()
+            if isinstance(exc, RoutingError):
+                self._account(run, None, 0.0)
+                raise routing_error(exc) from None
+            raise
+        if stream.completion is not None:
+            model = stream.completion.model
+        else:
+            model = run.decision.model if run.decision.strategy != "single" else streaming_model(run)
+        calls = sum(a.outcome in ("ok", "error", "cancelled") for a in run.attempts)
+        hdrs = headers(run.decision, model, run.attempts, calls=calls + (stream.completion is None))
+        writer = ChunkWriter(model, call.include_usage)
+
+        async def body() -> AsyncIterator[bytes]:
+            status = 200
+            try:
+                yield writer.start()
+                event = first
+                while event is not None:
+                    chunk = writer.event(event)
+                    if chunk is not None:
+                        yield chunk
+                    try:
+                        event = await events.__anext__()
+                    except StopAsyncIteration:
+                        event = None
+                done = stream.completion
+                if call.include_usage and done is not None:
+                    yield writer.usage(done.usage)
+                yield ChunkWriter.DONE
+            except (ProviderError, RoutingError) as exc:
+                status = 502
+                message = exc.message if isinstance(exc, ProviderError) else "every model failed"
+                yield ChunkWriter.error(ApiError(502, f"upstream stream failed: {type(exc).__name__}: {message}",
+                                                 type="upstream_error", code="stream_interrupted"))
+            finally:
+                try:
+                    await stream.aclose()  # a client that hung up cancels us here: the rest still runs
+                except Exception:
+                    log.debug("closing an upstream stream failed", exc_info=True)
+                finally:
+                    release_key_budget(ex, hold, run)
+                    done = stream.completion
+                    self._account(run, done.model if done else None, run.cost, done.usage if done else None)
+                    self.active -= 1
+                    self._done("chat", status, t0)
+
+        return StreamingResponse(body(), media_type="text/event-stream",
+                                 headers={**hdrs, "cache-control": "no-cache", "x-accel-buffering": "no"})
+
+    async def models(self, request: Request) -> Response:
+        t0 = time.perf_counter()
+        try:
+            self._auth(request)
+        except ApiError as err:
+            self._done("models", err.status, t0)
+            return self._error(err)
+        policy = self.engine.policy
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "modelroute"} for m in AUTO_MODELS]
+        data += [{"id": name, "object": "model", "created": 0, "owned_by": entry.provider}
+                 for name, entry in policy.models.items()]
+        self._done("models", 200, t0)
+        return _json_response({"object": "list", "data": data})
+
+    async def explain(self, request: Request) -> Response:
+        t0 = time.perf_counter()
+        status = 200
+        try:
+            key = self._auth(request)
+            call = parse_chat(await self._body(request), request.headers)
+            attrs = self._attrs(call, key)
+            opts = call.options
+            if opts.get("tools"):
+                attrs.setdefault("tools", True)
+            if opts.get("max_tokens") is not None:
+                attrs.setdefault("max_tokens", opts["max_tokens"])
+            try:
+                if call.auto:
+                    decision = self.engine.decide(messages=call.messages, **attrs)
+                else:
+                    decision = pinned_decision(self.engine, call, attrs)
+                report = decision.model_dump()
+            except NoRouteError as exc:
+                report = exc.report().model_dump(mode="json")
+            return _json_response(report)
+        except ApiError as err:
+            status = err.status
+            return self._error(err)
+        finally:
+            self._done("explain", status, t0)
+
+    async def healthz(self, request: Request) -> Response:
+        state = self.engine.state
+        body = {"status": "ok", "policy": self.engine.policy.entry, "policy_version": self.engine.version,
+                "state": getattr(state, "status", "memory"), "in_flight": self.active}
+        if self.engine.last_error is not None:
+            body["last_reload_error"] = str(self.engine.last_error).splitlines()[0]
+        return _json_response(body)
+
+    async def metrics_text(self, request: Request) -> Response:
+        return Response(self.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    # ---- the app -------------------------------------------------------------------------------------
+    def app(self) -> Starlette:
+        async def http_error(request: Request, exc: Exception) -> Response:
+            code = getattr(exc, "status_code", 500)
+            text = {404: f"no such endpoint: {request.method} {request.url.path}",
+                    405: f"method {request.method} not allowed on {request.url.path}"}.get(code, "HTTP error")
+            return self._error(ApiError(code, text, code="not_found" if code == 404 else "method_not_allowed"))
+
+        @contextlib.asynccontextmanager
+        async def lifespan(app: Starlette) -> AsyncIterator[None]:
+            yield
+            with contextlib.suppress(Exception):
+                await self.engine.aclose()
+
+        routes = [Route("/v1/chat/completions", self.chat, methods=["POST"]),
+                  Route("/v1/models", self.models, methods=["GET"]),
+                  Route("/v1/route/explain", self.explain, methods=["POST"]),
+                  Route("/healthz", self.healthz, methods=["GET"]),
+                  Route("/metrics", self.metrics_text, methods=["GET"])]
+        app = Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
+        app.state.gateway = self
+        return app
+
+
+def create_app(engine: Any, *, keys: KeyRing | None = None, max_body: int = DEFAULT_MAX_BODY) -> Starlette:
+    """The ASGI app for `engine` (routes, executes, reports). `keys=None` accepts requests without a key."""
+    return Gateway(engine, keys=keys, max_body=max_body).app()

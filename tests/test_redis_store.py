@@ -1,0 +1,224 @@
+"""Tests for providers/redis_store.py: calls on a RedisStore backed by a real redis-server (started on a free
+loopback port by the fixtures here) in, MemoryStore-equal answers, shared state across stores and degradation
+to local state out. Skipped with a reason when no redis-server binary or redis-py is installed."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from engine.state import CircuitConfig, ExecutionStore, MemoryStore, StateStore
+
+REDIS_BIN = shutil.which("redis-server")
+pytestmark = pytest.mark.skipif(REDIS_BIN is None, reason="no redis-server binary (apt-get install redis-server)")
+pytest.importorskip("redis", reason="redis-py not installed (pip install -e '.[test]')")
+
+CFG = CircuitConfig(failures=3, window=10.0, cooldown=30.0, min_samples=3)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """A throwaway redis-server on 127.0.0.1 (no persistence); stop() or kill() it."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        assert REDIS_BIN is not None
+        self.proc = subprocess.Popen([REDIS_BIN, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError("redis-server did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    stop = kill
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def make_store(redis_server: RedisServer, request: pytest.FixtureRequest):
+    """RedisStores sharing one fresh prefix (per test) and one injected wall clock."""
+    from providers.redis_store import RedisStore
+
+    prefix = f"t{abs(hash(request.node.nodeid)) % 10**8}:"
+    clock = Clock()
+    made: list[RedisStore] = []
+
+    def build(**kw):
+        store = RedisStore(redis_server.url, prefix=prefix, wall=clock, refresh=kw.pop("refresh", 0.0), **kw)
+        made.append(store)
+        return store
+
+    build.clock = clock  # type: ignore[attr-defined]
+    yield build
+    if made:
+        made[0].clear()
+    for s in made:
+        s.close()
+
+
+def fail(store, model: str = "m", n: int = 1) -> list[str | None]:
+    return [store.record(model, "p", "fail", CFG, latency_ms=5) for _ in range(n)]
+
+
+def test_implements_both_interfaces(make_store) -> None:
+    store = make_store()
+    assert isinstance(store, StateStore)
+    assert all(hasattr(store, name) for name in ExecutionStore.__dict__ if not name.startswith("_"))
+
+
+def test_circuit_lifecycle_matches_memory_store(make_store) -> None:
+    clock = make_store.clock
+    store = make_store()
+    memory = MemoryStore(clock=lambda: clock.t, wall=clock)
+    for s in (store, memory):
+        assert fail(s, n=2) == [None, None] and s.unavailable() == frozenset()
+    clock.t += 11  # the first two fall out of the window
+    for s in (store, memory):
+        assert fail(s, n=3) == [None, None, "opened"]
+        assert s.unavailable() == {"m"} and not s.allow("m")
+        info = s.circuit("m")
+        assert info.state == "open" and info.until == pytest.approx(clock.t + 30)
+    clock.t += 31  # cooldown over: half-open, exactly one probe
+    for s in (store, memory):
+        assert s.unavailable() == frozenset() and s.circuit("m").state == "half_open"
+        assert s.allow("m") and not s.allow("m")
+        assert s.unavailable() == {"m"}  # the probe is running
+        assert s.record("m", "p", "fail", CFG) == "opened"
+    clock.t += 31
+    for s in (store, memory):
+        assert s.allow("m")
+        assert s.record("m", "p", "ok", CFG, latency_ms=10) == "closed"
+        assert s.circuit("m").state == "closed" and s.unavailable() == frozenset()
+
+
+def test_neutral_and_cancelled_do_not_open(make_store) -> None:
+    store = make_store()
+    for _ in range(5):
+        assert store.record("m", "p", "neutral", CFG) is None
+        assert store.record("m", "p", "cancelled", CFG) is None
+    assert store.circuit("m").state == "closed"
+    assert store.stats()["m"].calls == 5  # cancelled calls are not counted
+
+
+def test_stats_latency_round_robin_and_in_flight(make_store) -> None:
+    store = make_store()
+    for ms in (100, 200, 300):
+        store.record("m", "p", "ok", CFG, latency_ms=ms, input_tokens=10, output_tokens=5, cost=0.01)
+    store.record("m", "p", "fail", CFG)
+    s = store.stats()["m"]
+    memory = MemoryStore()
+    for ms in (100, 200, 300):
+        memory.record("m", "p", "ok", CFG, latency_ms=ms, input_tokens=10, output_tokens=5, cost=0.01)
+    memory.record("m", "p", "fail", CFG)
+    assert vars(s) == pytest.approx(vars(memory.stats()["m"]))
+    assert store.latency_ms()["m"] == pytest.approx(memory.latency_ms()["m"])
+    assert [store.next_index("rule1") for _ in range(3)] == [0, 1, 2]
+    store.add_in_flight("m", 1)
+    store.add_in_flight("m", 1)
+    store.add_in_flight("m", -3)  # never below zero
+    assert store.in_flight("m") == 0
+
+
+def test_two_stores_share_circuits_counters_and_spend(make_store) -> None:
+    a, b = make_store(), make_store()
+    fail(a, n=3)
+    assert b.unavailable() == {"m"} and not b.allow("m") and b.circuit("m").state == "open"
+    assert a.next_index("k") == 0 and b.next_index("k") == 1
+    assert a.reserve("daily:x", 0.6, 1.0) == (True, 0.0)
+    assert b.reserve("daily:x", 0.6, 1.0) == (False, pytest.approx(0.6))
+    assert a.settle("daily:x", 0.6, 0.5) == pytest.approx(0.5)
+    assert b.spent("daily:x") == (pytest.approx(0.5), pytest.approx(0.0))
+
+
+def test_concurrent_reservations_never_exceed_the_limit(make_store) -> None:
+    stores = [make_store() for _ in range(4)]
+    granted: list[float] = []
+
+    def worker(store) -> None:
+        for _ in range(25):
+            ok, _ = store.reserve("daily:d", 0.07, 2.0)
+            if ok:
+                granted.append(0.07)
+                store.settle("daily:d", 0.07, 0.05)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    spent, reserved = stores[0].spent("daily:d")
+    assert reserved == pytest.approx(0.0, abs=1e-9) and spent <= 2.0 + 1e-9
+    assert spent == pytest.approx(0.05 * len(granted))
+    assert len(granted) < 100  # the budget did refuse some
+
+
+def test_losing_redis_degrades_to_local_state_then_recovers(caplog: pytest.LogCaptureFixture) -> None:
+    from providers.redis_store import RedisStore
+
+    server = RedisServer().start()
+    try:
+        store = RedisStore(server.url, prefix="deg:", retry=0.05, refresh=0.0)
+        assert store.reserve("daily:d", 0.3, 1.0) == (True, 0.0)
+        assert store.settle("daily:d", 0.3, 0.25) == pytest.approx(0.25)
+        port = server.port
+        server.kill()
+        with caplog.at_level(logging.WARNING, logger="modelroute.state"):
+            assert store.next_index("k") == 0  # answered locally, no exception
+            assert fail(store, n=3)[-1] == "opened" and store.unavailable() == {"m"}
+            ok, used = store.reserve("daily:d", 0.5, 1.0)  # seeded with the last shared spend
+            assert ok and used == pytest.approx(0.25)
+            assert store.settle("daily:d", 0.5, 0.4) == pytest.approx(0.65)
+            assert store.status.startswith("local")
+        warnings = [r for r in caplog.records if "unreachable" in r.getMessage()]
+        assert len(warnings) == 1  # one warning per outage, not per call
+        server = RedisServer(port).start()
+        time.sleep(0.06)
+        assert store.ping() and store.status == "redis"
+        # the outage's spend was added to the shared figure (this test Redis kept nothing from before: no persistence)
+        assert store.spent("daily:d")[0] == pytest.approx(0.4)
+    finally:
+        server.kill()
