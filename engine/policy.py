@@ -267,19 +267,25 @@ class Selector:
         # so once that exceeds the best cost the search can stop. Big catalogs repeat prices a lot (every $0
         # local model is one group), so the walk is over distinct prices, not models.
         t, o = req.tokens, req.out_tokens
-        a, b = self.by_input, self.by_output
+        dynamic = self.dynamic_rest or (self.measured and bool(req.latency))
+        ok = self._ok
         best_cost = float("inf")
         ties: list[Entry] = []
-        dynamic = self.dynamic_rest or (self.measured and bool(req.latency))
-        for k in range(len(a)):
-            ga, gb = a[k], b[k]
+        for ga, gb in zip(self.by_input, self.by_output, strict=True):
             if t * ga.ip + o * gb.op > best_cost:
                 break
-            for g in (ga, gb) if ga is not gb else (ga,):  # a group met twice just ties with itself
+            for g in (ga,) if ga is gb else (ga, gb):  # a group met twice just ties with itself
                 c = t * g.ip + o * g.op
                 if c > best_cost:
                     continue
-                e = self._group_best(g, req, dynamic)
+                if dynamic:
+                    e = self._group_best(g, req, True)
+                else:
+                    for e in g.members:
+                        if ok(e, req):
+                            break
+                    else:
+                        continue
                 if e is None:
                     continue
                 if c < best_cost:
