@@ -225,7 +225,7 @@ class Engine:
         """Decide now (raising NoRouteError / BudgetExceeded here), then iterate the returned CompletionStream
         for StreamEvents. A model that fails before its first token is retried / fallen back from; a failure
         after it raises StreamInterrupted (no text is repeated). `.completion` is set at the end."""
-        from providers.execute import CompletionStream
+        from providers.streaming import CompletionStream
 
         ex = self._executor()
         options = {"system": system, "temperature": temperature, "max_tokens": max_tokens, "tools": tools,
@@ -238,7 +238,7 @@ class Engine:
                 stop: list[str] | None = None, timeout: float | None = None, extra: dict[str, Any] | None = None,
                 **attrs: Any) -> Any:
         """The async stream(): `async for event in engine.astream(...)` (an AsyncCompletionStream)."""
-        from providers.execute import AsyncCompletionStream
+        from providers.streaming import AsyncCompletionStream
 
         ex = self._executor()
         options = {"system": system, "temperature": temperature, "max_tokens": max_tokens, "tools": tools,

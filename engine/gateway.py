@@ -164,8 +164,8 @@ class Gateway:
 
     async def _stream(self, call: Any, run: Any, ex: Any, hold: Any, t0: float) -> Response:
         from providers.errors import ProviderError
-        from providers.execute import AsyncCompletionStream
         from providers.resilience import RoutingError
+        from providers.streaming import AsyncCompletionStream
 
         stream = AsyncCompletionStream(ex, run)
         events = stream.__aiter__()

@@ -74,31 +74,8 @@ def pinned_decision(engine: Any, call: ChatCall, attrs: dict[str, Any]) -> Decis
 
 def prepare(ex: Any, engine: Any, call: ChatCall, attrs: dict[str, Any]) -> Any:
     """Decide and reserve (the executor's prepare), pinned to the named model when the request names one."""
-    if call.auto:
-        return ex.prepare(None, call.messages, None, call.options, attrs)
-    from engine.state import CircuitConfig
-    from providers.execute import Run, to_messages
-    from providers.resilience import RetryPolicy
-    from providers.types import ChatRequest
-
-    opts = call.options
-    if opts.get("tools"):
-        attrs.setdefault("tools", True)
-    if opts.get("max_tokens") is not None:
-        attrs.setdefault("max_tokens", opts["max_tokens"])
-    decision = pinned_decision(engine, call, attrs)
-    policy, req = decision.policy, decision.request
-    max_tokens = opts.get("max_tokens")
-    if policy.budgets and max_tokens is None:
-        max_tokens = int(req.out_tokens)
-    chat = ChatRequest(messages=to_messages(None, call.messages), temperature=opts.get("temperature"),
-                       max_tokens=max_tokens, tools=opts.get("tools") or [], tool_choice=opts.get("tool_choice"),
-                       stop=opts.get("stop") or [])
-    reservation = None
-    if policy.budgets:
-        reservation = ex.budgets.reserve(policy.budgets, req.attrs, ex.estimate(decision))
-    return Run(decision, chat, None, None, CircuitConfig.from_settings(policy.settings),
-               RetryPolicy.from_settings(policy.settings), reservation)
+    pin = None if call.auto else (lambda completed: pinned_decision(engine, call, completed))
+    return ex.prepare(None, call.messages, None, call.options, attrs, decide=pin)
 
 
 def key_budget_key(name: str, now: float) -> str:

@@ -32,8 +32,8 @@ _LAZY = {
     "Event": "providers.events",
     "Executor": "providers.execute",
     "Completion": "providers.execute",
-    "CompletionStream": "providers.execute",
-    "AsyncCompletionStream": "providers.execute",
+    "CompletionStream": "providers.streaming",
+    "AsyncCompletionStream": "providers.streaming",
 }
 
 

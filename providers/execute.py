@@ -6,7 +6,8 @@ One async core does the work; the sync API (`complete`, `stream`) runs it on a p
 so sync and async callers share one behaviour. Async clients are kept per event loop (an httpx AsyncClient
 belongs to the loop that created it) and per provider, and reused (connection pooling). Attempts follow the
 decision: `decision.chain` for single-model rules, `decision.group` then the fallbacks for race / consensus /
-best_of (providers/strategies.py). See docs/execution.md.
+best_of (providers/strategies.py). Streaming (`CompletionStream`, `AsyncCompletionStream`, re-exported here)
+lives in providers/streaming.py. See docs/execution.md.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,21 +32,23 @@ from providers.resilience import (
     RetryPolicy,
     RoutingError,
     Skips,
-    StreamInterrupted,
     circuit_outcome,
     failed,
 )
+from providers.streaming import AsyncCompletionStream, CompletionStream
 from providers.types import (
     ChatRequest,
     ChatResponse,
     ImagePart,
     Message,
     ResponseFormat,
-    StreamEvent,
     TextPart,
     ToolCall,
     Usage,
 )
+
+__all__ = ["AsyncCompletionStream", "Completion", "CompletionStream", "Executor", "Result", "Run", "to_messages",
+           "validate"]
 
 
 @dataclass(frozen=True, repr=False)
@@ -204,7 +207,7 @@ class Executor:
         self._providers = dict(providers or {})
         self._keys = dict(api_keys or {})
         self._transport, self._async_transport, self._limits = transport, async_transport, limits
-        self._sleep = sleep or asyncio.sleep
+        self.sleep = sleep or asyncio.sleep
         self._clients: weakref.WeakKeyDictionary[Any, dict[str, ProviderClient]] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._bg: _LoopThread | None = None
@@ -268,17 +271,23 @@ class Executor:
 
     # ---- preparing a request ------------------------------------------------------------------------
     def prepare(self, prompt: str | None, messages: list[Any] | None, schema: Any, options: Mapping[str, Any],
-                attrs: dict[str, Any]) -> Run:
-        """Decide, build the ChatRequest, and reserve budget (raises NoRouteError / BudgetExceeded)."""
+                attrs: dict[str, Any], *, decide: Callable[[dict[str, Any]], Any] | None = None) -> Run:
+        """Decide, build the ChatRequest, and reserve budget (raises NoRouteError / BudgetExceeded).
+
+        `decide`, when given, makes the Decision instead of `engine.decide()`: it gets the request attributes
+        completed from the options (`tools`, `max_tokens`); the gateway uses it to pin a model the request names."""
         tools = options.get("tools")
         if tools:
             attrs.setdefault("tools", True)
         if options.get("max_tokens") is not None:
             attrs.setdefault("max_tokens", options["max_tokens"])
-        plain = None
-        if messages is not None:
-            plain = [{"role": m.role, "content": m.text()} if isinstance(m, Message) else m for m in messages]
-        decision = self.engine.decide(prompt, messages=plain, **attrs)
+        if decide is not None:
+            decision = decide(attrs)
+        else:
+            plain = None
+            if messages is not None:
+                plain = [{"role": m.role, "content": m.text()} if isinstance(m, Message) else m for m in messages]
+            decision = self.engine.decide(prompt, messages=plain, **attrs)
         policy = decision.policy
         settings = policy.settings
         req = decision.request
@@ -445,7 +454,7 @@ class Executor:
                 raise
             if wait is None:
                 return None
-            await self._sleep(wait)
+            await self.sleep(wait)
             retry += 1
 
     def timeout(self, policy: Any, provider: str) -> float | None:
@@ -494,32 +503,8 @@ class Executor:
                           run.decision, list(run.attempts), run.decision.strategy, result.response, agreement,
                           answers or {})
 
-    # ---- streaming ----------------------------------------------------------------------------------
-    async def stream_events(self, run: Run, sink: list[Completion]) -> AsyncIterator[StreamEvent]:
-        """Stream the first model of the chain that starts answering; appends the Completion to `sink`."""
-        try:
-            if run.decision.strategy != "single":  # a group answers as a whole: one delta with the result
-                done = await self.run_group_or_chain(run)
-                sink.append(done)
-                yield StreamEvent(kind="delta", text=done.text)
-                yield StreamEvent(kind="usage", usage=done.usage)
-                yield StreamEvent(kind="done", finish_reason=done.finish_reason, response=done.response)
-                return
-            for i, name in enumerate(run.decision.chain):
-                if i:
-                    self.events.emit("fallback", f"falling back to {name}", model=name)
-                entry = self.gate(run, name)
-                if entry is None:
-                    continue
-                async for event in self._stream_model(run, entry, sink):
-                    yield event
-                if sink:
-                    return
-            raise RoutingError(run.attempts, run.decision)
-        finally:
-            self.settle(run)
-
     async def run_group_or_chain(self, run: Run) -> Completion:
+        """The group, then the fallbacks, as one Completion (a streamed group answers as a whole)."""
         from providers import strategies
 
         done = await strategies.run_group(self, run)
@@ -528,111 +513,3 @@ class Executor:
         if done is None:
             raise RoutingError(run.attempts, run.decision)
         return done
-
-    async def _stream_model(self, run: Run, entry: Any, sink: list[Completion]) -> AsyncIterator[StreamEvent]:
-        client = self.client(run.policy, entry.provider)
-        timeout = run.timeout if run.timeout is not None else self.timeout(run.policy, entry.provider)
-        retry = 0
-        while True:
-            t0 = self.started(run, entry, retry)
-            first = accounted = False
-            try:
-                async for event in client.astream(entry.spec, run.chat, timeout=timeout):
-                    if event.kind == "done" and event.response is not None:
-                        accounted = True
-                        result = self.succeeded(run, entry, event.response, t0, retry, run.schema)
-                        sink.append(self.completion(run, result))
-                    first = first or event.kind in ("delta", "tool_call")
-                    yield event
-                return
-            except InvalidOutput as error:
-                self.failed(run, entry, error, t0, retry, counted=True, may_retry=False)
-                raise StreamInterrupted(f"streamed answer is invalid: {error.message}", provider=entry.provider,
-                                        model=entry.name) from None
-            except ProviderError as error:
-                wait = self.failed(run, entry, error, t0, retry, may_retry=not first)
-                if first:
-                    raise StreamInterrupted(f"stream failed after its first token: {type(error).__name__} "
-                                            f"{error.message}", provider=entry.provider, model=entry.name,
-                                            status=error.status) from None
-            except (asyncio.CancelledError, GeneratorExit):
-                if not accounted:
-                    self.cancelled(run, entry, t0, retry)
-                raise
-            if wait is None:
-                return
-            await self._sleep(wait)
-            retry += 1
-
-
-class AsyncCompletionStream:
-    """`async for event in stream` yields StreamEvents (delta / tool_call / usage / done); `.completion` is set
-    once the stream is done; `.decision` and `.attempts` are available from the start."""
-
-    def __init__(self, executor: Executor, run: Run):
-        self.decision, self._run, self._executor = run.decision, run, executor
-        self._sink: list[Completion] = []
-        self._events = executor.stream_events(run, self._sink)
-        weakref.finalize(self, executor.settle, run)  # a stream never iterated still releases its budget hold
-
-    @property
-    def attempts(self) -> list[Attempt]:
-        return self._run.attempts
-
-    @property
-    def completion(self) -> Completion | None:
-        return self._sink[0] if self._sink else None
-
-    def __aiter__(self) -> AsyncIterator[StreamEvent]:
-        return self._events
-
-    async def aclose(self) -> None:
-        await self._events.aclose()  # type: ignore[attr-defined]
-        self._executor.settle(self._run)
-
-    async def __aenter__(self) -> AsyncCompletionStream:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-
-class CompletionStream:
-    """The sync form of AsyncCompletionStream: iterate for StreamEvents; `.text()` joins the deltas."""
-
-    def __init__(self, executor: Executor, run: Run):
-        self._executor = executor
-        self._inner = AsyncCompletionStream(executor, run)
-        self.decision = run.decision
-
-    @property
-    def attempts(self) -> list[Attempt]:
-        return self._inner.attempts
-
-    @property
-    def completion(self) -> Completion | None:
-        return self._inner.completion
-
-    def __iter__(self) -> Iterator[StreamEvent]:
-        it = self._inner.__aiter__()
-        try:
-            while True:
-                try:
-                    yield self._executor.run_sync(it.__anext__())
-                except StopAsyncIteration:
-                    return
-        finally:
-            self.close()
-
-    def text(self) -> str:
-        return "".join(e.text for e in self if e.kind == "delta")
-
-    def close(self) -> None:
-        self._executor.run_sync(self._inner.aclose())
-
-    def __enter__(self) -> CompletionStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-

@@ -32,7 +32,8 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node
 
-from providers.catalog import Catalog, CatalogError, CatalogIssue, ModelSpec, SourceRef, _Reader
+from providers.catalog import Catalog, CatalogError, CatalogIssue, ModelSpec, SourceRef
+from providers.catalog_yaml import CatalogReader
 
 __all__ = ["DEFAULT_LATENCY_MS", "ImportStats", "import_litellm", "load_litellm"]
 
@@ -182,7 +183,7 @@ def _fields(name: str, entry: Any, stats: ImportStats) -> dict[str, Any] | None:
 # ---- the overlay ------------------------------------------------------------------------------------------
 
 
-class _OverlayReader(_Reader):
+class _OverlayReader(CatalogReader):
     """Reads the overlay with the catalog reader's field checks (same messages, positions and hints)."""
 
     def read_overlay(self, specs: dict[str, dict[str, Any]]) -> None:

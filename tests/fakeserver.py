@@ -640,6 +640,7 @@ class Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
+    request_queue_size = 256  # socketserver's default backlog of 5 drops bursts of new connections (load tests)
     fake: FakeServer
     stopping: threading.Event
 

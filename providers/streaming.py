@@ -1,0 +1,161 @@
+"""Streaming execution: a prepared Run and its Executor in, an async (or sync) iterator of StreamEvents out
+(delta / tool_call / usage / done), with the request's Completion available once the stream is done.
+
+A single-model rule streams the first model of the chain that starts answering: a model that fails before its
+first token is retried and fallen back from like a non-streamed call; a failure after it raises
+StreamInterrupted (no text is repeated). A group (race / consensus / best_of) answers as a whole, as one delta.
+`AsyncCompletionStream` and `CompletionStream` are also importable from `providers.execute`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
+
+from providers.errors import ProviderError
+from providers.resilience import Attempt, InvalidOutput, RoutingError, StreamInterrupted
+from providers.types import StreamEvent
+
+if TYPE_CHECKING:
+    from providers.execute import Completion, Executor, Run
+
+__all__ = ["AsyncCompletionStream", "CompletionStream", "stream_events"]
+
+
+async def stream_events(executor: Executor, run: Run, sink: list[Completion]) -> AsyncIterator[StreamEvent]:
+    """Stream the first model of the chain that starts answering; appends the Completion to `sink`."""
+    try:
+        if run.decision.strategy != "single":  # a group answers as a whole: one delta with the result
+            done = await executor.run_group_or_chain(run)
+            sink.append(done)
+            yield StreamEvent(kind="delta", text=done.text)
+            yield StreamEvent(kind="usage", usage=done.usage)
+            yield StreamEvent(kind="done", finish_reason=done.finish_reason, response=done.response)
+            return
+        for i, name in enumerate(run.decision.chain):
+            if i:
+                executor.events.emit("fallback", f"falling back to {name}", model=name)
+            entry = executor.gate(run, name)
+            if entry is None:
+                continue
+            async for event in _stream_model(executor, run, entry, sink):
+                yield event
+            if sink:
+                return
+        raise RoutingError(run.attempts, run.decision)
+    finally:
+        executor.settle(run)
+
+
+async def _stream_model(executor: Executor, run: Run, entry: Any,
+                        sink: list[Completion]) -> AsyncIterator[StreamEvent]:
+    """Stream one model, retrying failures before its first token; appends the Completion to `sink` on success
+    and returns without one when the model failed (recorded in `run.attempts`)."""
+    client = executor.client(run.policy, entry.provider)
+    timeout = run.timeout if run.timeout is not None else executor.timeout(run.policy, entry.provider)
+    retry = 0
+    while True:
+        t0 = executor.started(run, entry, retry)
+        first = accounted = False
+        try:
+            async for event in client.astream(entry.spec, run.chat, timeout=timeout):
+                if event.kind == "done" and event.response is not None:
+                    accounted = True
+                    result = executor.succeeded(run, entry, event.response, t0, retry, run.schema)
+                    sink.append(executor.completion(run, result))
+                first = first or event.kind in ("delta", "tool_call")
+                yield event
+            return
+        except InvalidOutput as error:
+            executor.failed(run, entry, error, t0, retry, counted=True, may_retry=False)
+            raise StreamInterrupted(f"streamed answer is invalid: {error.message}", provider=entry.provider,
+                                    model=entry.name) from None
+        except ProviderError as error:
+            wait = executor.failed(run, entry, error, t0, retry, may_retry=not first)
+            if first:
+                raise StreamInterrupted(f"stream failed after its first token: {type(error).__name__} "
+                                        f"{error.message}", provider=entry.provider, model=entry.name,
+                                        status=error.status) from None
+        except (asyncio.CancelledError, GeneratorExit):
+            if not accounted:
+                executor.cancelled(run, entry, t0, retry)
+            raise
+        if wait is None:
+            return
+        await executor.sleep(wait)
+        retry += 1
+
+
+class AsyncCompletionStream:
+    """`async for event in stream` yields StreamEvents (delta / tool_call / usage / done); `.completion` is set
+    once the stream is done; `.decision` and `.attempts` are available from the start."""
+
+    def __init__(self, executor: Executor, run: Run):
+        self.decision, self._run, self._executor = run.decision, run, executor
+        self._sink: list[Completion] = []
+        self._events = stream_events(executor, run, self._sink)
+        weakref.finalize(self, executor.settle, run)  # a stream never iterated still releases its budget hold
+
+    @property
+    def attempts(self) -> list[Attempt]:
+        return self._run.attempts
+
+    @property
+    def completion(self) -> Completion | None:
+        return self._sink[0] if self._sink else None
+
+    def __aiter__(self) -> AsyncIterator[StreamEvent]:
+        return self._events
+
+    async def aclose(self) -> None:
+        await self._events.aclose()  # type: ignore[attr-defined]
+        self._executor.settle(self._run)
+
+    async def __aenter__(self) -> AsyncCompletionStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class CompletionStream:
+    """The sync form of AsyncCompletionStream: iterate for StreamEvents; `.text()` joins the deltas."""
+
+    def __init__(self, executor: Executor, run: Run):
+        self._executor = executor
+        self._inner = AsyncCompletionStream(executor, run)
+        self.decision = run.decision
+
+    @property
+    def attempts(self) -> list[Attempt]:
+        return self._inner.attempts
+
+    @property
+    def completion(self) -> Completion | None:
+        return self._inner.completion
+
+    def __iter__(self) -> Iterator[StreamEvent]:
+        it = self._inner.__aiter__()
+        try:
+            while True:
+                try:
+                    yield self._executor.run_sync(it.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            self.close()
+
+    def text(self) -> str:
+        return "".join(e.text for e in self if e.kind == "delta")
+
+    def close(self) -> None:
+        self._executor.run_sync(self._inner.aclose())
+
+    def __enter__(self) -> CompletionStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
