@@ -9,7 +9,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
@@ -60,6 +60,15 @@ def print_diagnostics(err: PolicyError, console: Console) -> None:
         console.print(f"[bold {color}]{head}[/]" + (f"\n{rest}" if rest else ""))
     errors = sum(1 for d in err.diagnostics if d.is_error)
     console.print(f"\n[bold red]{errors} error{'s' if errors != 1 else ''}[/]")
+
+
+def exit_on_policy_error(err: PolicyError, as_json: bool = False) -> NoReturn:
+    """Report a policy that does not compile (JSON on stdout, or rendered diagnostics on stderr) and exit 1."""
+    if as_json:
+        click.echo(err.to_json())
+    else:
+        print_diagnostics(err, _console(stderr=True))
+    sys.exit(EXIT_ERRORS)
 
 
 class _Group(click.Group):
@@ -237,11 +246,7 @@ def check(policy: Path | None, as_json: bool, strict: bool, today: Any, watch: b
     try:
         engine = Engine.load(path)
     except PolicyError as err:
-        if as_json:
-            click.echo(err.to_json())
-        else:
-            print_diagnostics(err, _console(stderr=True))
-        sys.exit(EXIT_ERRORS)
+        exit_on_policy_error(err, as_json)
     sys.exit(_report_check(engine.policy, path, as_json, strict, today))
 
 

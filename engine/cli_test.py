@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from engine.cli import EXIT_ERRORS, EXIT_OK, _console, default_policy, main, print_diagnostics
+from engine.cli import EXIT_ERRORS, EXIT_OK, _console, default_policy, exit_on_policy_error, main
 from engine.diagnostics import PolicyError
 from engine.explain import render_markup
 from engine.testing import CaseResult, Coverage, RunResult, compile_with_tests, run_tests
@@ -41,11 +41,7 @@ def test_command(policy: Path | None, show_coverage: bool, as_json: bool, patter
     try:
         compiled, files = compile_with_tests(path)
     except PolicyError as err:
-        if as_json:
-            click.echo(err.to_json())
-        else:
-            print_diagnostics(err, _console(stderr=True))
-        sys.exit(EXIT_ERRORS)
+        exit_on_policy_error(err, as_json)
     result = run_tests(compiled, pattern, tuple(files))
     if pattern is not None and result.total and not result.cases:
         raise click.UsageError(f"-k {pattern!r} matched none of the {result.total} expects")
