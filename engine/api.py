@@ -168,7 +168,13 @@ class Engine:
         Raises NoRouteError when no rule yields a viable model."""
         start = time.perf_counter_ns()
         policy = self._policy  # one read: the whole decision uses one policy version
-        req = self.request(prompt, messages=messages, policy=policy, **attrs)
+        if messages is None and not attrs and not policy.budgets:  # the common case, without the detour
+            text = prompt or ""
+            state = self.state
+            req = Request(text, self._estimate(text), attrs, False, False, _output_tokens(policy),
+                          state.unavailable(), state, state.latency_ms())
+        else:
+            req = self.request(prompt, messages=messages, policy=policy, **attrs)
         result = _decide(policy, req)
         if result is None:
             raise NoRouteError(policy, req)

@@ -269,6 +269,13 @@ class Selector:
         t, o = req.tokens, req.out_tokens
         dynamic = self.dynamic_rest or (self.measured and bool(req.latency))
         ok = self._ok
+        first = self.by_input[0] if self.by_input else None
+        if first is not None and first is self.by_output[0] and t > 0 and o > 0 and not dynamic:
+            # One price group is cheapest on both input and output (a free local model, say): with tokens > 0 and
+            # output tokens > 0 every other group costs strictly more, so its best viable member is the answer.
+            for e in first.members:
+                if ok(e, req):
+                    return e
         best_cost = float("inf")
         ties: list[Entry] = []
         for ga, gb in zip(self.by_input, self.by_output, strict=True):
