@@ -21,3 +21,13 @@ def test_bundled_policy_is_clean(args: list[str]) -> None:
                          timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "Traceback" not in out.stdout + out.stderr
+
+
+def test_readme_example_policy_compiles() -> None:
+    from engine import compile_source
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    marker = "# example.route (the bundled default policy is policies/main.route)\n"
+    block = readme.split(marker, 1)[1].split("\n```\n", 1)[0]
+    policy = compile_source(block, "example.route")
+    assert len(policy.rules) == 7
