@@ -9,11 +9,13 @@ Subclasses only describe their wire format: URL, auth headers, JSON body, respon
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import ssl
 import threading
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import httpx
 from pydantic import SecretStr
 
+from providers.clients.lean import LeanTransport
 from providers.clients.sse import SSEEvent, aiter_sse_bytes, iter_sse_bytes
 from providers.errors import (
     ContentFiltered,
@@ -53,6 +56,11 @@ TimeoutArg = float | httpx.Timeout | None
 def _shared_ssl_context() -> ssl.SSLContext:
     """httpx's default verifying context, built once: building one per client costs ~20 ms."""
     return httpx.create_ssl_context()
+
+
+def _environment_proxied() -> bool:
+    """Whether the environment names an HTTP proxy (then the async path goes through httpx.AsyncClient)."""
+    return any(k in ("http", "https", "all") for k in urllib.request.getproxies_environment())
 
 
 @dataclass
@@ -117,6 +125,8 @@ class ProviderClient:
         self._trust_env = trust_env
         self._client: httpx.Client | None = None
         self._aclient: httpx.AsyncClient | None = None
+        self._lean: LeanTransport | None = None
+        self._urls: dict[str, httpx.URL] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -188,6 +198,18 @@ class ProviderClient:
                 )
             return self._aclient
 
+    def lean(self) -> LeanTransport | None:
+        """The lean transport the async path sends through (providers/clients/lean.py), or None when a custom
+        `async_transport` was given or the environment names a proxy: then `ahttp()` is used."""
+        if self._lean is not None:
+            return self._lean
+        if self._async_transport is not None or (self._trust_env and _environment_proxied()):
+            return None
+        with self._lock:
+            if self._lean is None:
+                self._lean = LeanTransport(ssl_context=_shared_ssl_context(), limits=self._limits)
+            return self._lean
+
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
@@ -197,6 +219,9 @@ class ProviderClient:
         if self._aclient is not None:
             await self._aclient.aclose()
             self._aclient = None
+        if self._lean is not None:
+            await self._lean.aclose()
+            self._lean = None
         self.close()
 
     def __enter__(self) -> ProviderClient:
@@ -227,6 +252,22 @@ class ProviderClient:
         url = self.url(model, stream=stream)
         log.debug("POST %s provider=%s model=%s stream=%s", url, self.spec.name, model.name, stream)
         return http.build_request("POST", url, json=body, headers=headers, timeout=self._timeout(timeout))
+
+    def _build_lean(self, model: ModelSpec, req: ChatRequest, stream: bool, timeout: TimeoutArg) -> httpx.Request:
+        """The request `_build` makes, without an httpx client (for the lean transport)."""
+        key = self._require_key()
+        body = self.build_body(model, req, stream=stream)
+        body.update(req.extra)
+        headers = {"content-type": "application/json", "accept": "*/*", "user-agent": "modelroute",
+                   **self.spec.headers, **self.auth_headers(key)}
+        url = self.url(model, stream=stream)
+        parsed = self._urls.get(url)
+        if parsed is None:
+            parsed = self._urls[url] = httpx.URL(url)
+        log.debug("POST %s provider=%s model=%s stream=%s", url, self.spec.name, model.name, stream)
+        content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+        return httpx.Request("POST", parsed, content=content, headers=headers,
+                             extensions={"timeout": self._timeout(timeout).as_dict()})
 
     def _fail(self, exc: BaseException, model: ModelSpec) -> ProviderError:
         error = classify_exception(exc, provider=self.spec.name, model=model.name, secret=self._secret())
@@ -320,11 +361,24 @@ class ProviderClient:
 
     async def achat(self, model: ModelSpec, req: ChatRequest, *, timeout: TimeoutArg = None) -> ChatResponse:
         """Async `chat`."""
-        http = self.ahttp()
-        request = self._build(http, model, req, False, timeout)
+        lean = self.lean()
+        if lean is None:
+            http = self.ahttp()
+            request = self._build(http, model, req, False, timeout)
+            started = time.perf_counter()
+            try:
+                response = await http.send(request)
+            except Exception as exc:
+                raise self._fail(exc, model) from exc
+            return self._complete(response, model, started)
+        request = self._build_lean(model, req, False, timeout)
         started = time.perf_counter()
         try:
-            response = await http.send(request)
+            response = await lean.handle_async_request(request)
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
         except Exception as exc:
             raise self._fail(exc, model) from exc
         return self._complete(response, model, started)
@@ -359,17 +413,23 @@ class ProviderClient:
 
     def astream(self, model: ModelSpec, req: ChatRequest, *, timeout: TimeoutArg = None) -> AsyncIterator[StreamEvent]:
         """Async `stream`."""
+        lean = self.lean()
+        if lean is not None:
+            return self._astream(lean, self._build_lean(model, req, True, timeout), model)
         http = self.ahttp()
         request = self._build(http, model, req, True, timeout)
         return self._astream(http, request, model)
 
     async def _astream(
-        self, http: httpx.AsyncClient, request: httpx.Request, model: ModelSpec
+        self, http: httpx.AsyncClient | LeanTransport, request: httpx.Request, model: ModelSpec
     ) -> AsyncIterator[StreamEvent]:
         parser = self.stream_parser(self, model)
         started, first = time.perf_counter(), None
         try:
-            response = await http.send(request, stream=True)
+            if isinstance(http, LeanTransport):
+                response = await http.handle_async_request(request)
+            else:
+                response = await http.send(request, stream=True)
             try:
                 if response.status_code >= 400:
                     await response.aread()

@@ -1,0 +1,351 @@
+"""The lean async HTTP/1.1 transport: an `httpx.Request` in, an `httpx.Response` with a streamed body out, over
+pooled keep-alive asyncio connections (plain TCP or TLS).
+
+It plugs into httpx's own transport seam (`httpx.AsyncBaseTransport`) and raises httpx's exception classes, so
+everything above it (error classification, SSE parsing, tests with `httpx.MockTransport`) is unchanged.
+ProviderClient's async path uses it by default, calling it directly rather than through `httpx.AsyncClient`:
+on this project's 2-core machine httpx's client layer plus its default transport (httpcore, h11, anyio) cost
+about 0.7 ms per call, this about 0.05 ms (`python bench/transport_bench.py`). That difference is most of
+the gateway's overhead budget. It is used only where it is enough: no proxy in the environment (proxies go
+through `httpx.AsyncClient`), HTTP/1.1, and request bodies that are bytes.
+
+Framing follows RFC 9112 section 6: no body for HEAD, 1xx, 204 and 304; `Transfer-Encoding: chunked`; then
+`Content-Length`; else the body runs to the end of the connection. A connection returns to its pool only when
+its response body was read to the end and neither side said `Connection: close`; a connection that was idle
+past `keepalive_expiry`, or that the server has closed meanwhile, is dropped instead of reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+MAX_HEAD = 64 * 1024  # bytes of status line plus headers; larger answers are a protocol error
+READ_SIZE = 64 * 1024
+DEFAULT_PORTS = {b"http": 80, b"https": 443}
+
+if sys.version_info >= (3, 11):
+    _deadline = asyncio.timeout
+else:  # pragma: no cover - Python 3.10
+
+    @contextlib.asynccontextmanager
+    async def _deadline(delay: float | None) -> AsyncIterator[None]:
+        if delay is None:
+            yield
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        handle = asyncio.get_running_loop().call_later(delay, task.cancel)
+        try:
+            yield
+        except asyncio.CancelledError:
+            if handle.cancelled() or handle.when() > asyncio.get_running_loop().time():
+                raise
+            raise TimeoutError from None
+        finally:
+            handle.cancel()
+
+
+class _Conn:
+    """One open connection to one origin."""
+
+    __slots__ = ("reader", "writer", "origin", "idle_since")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, origin: tuple[Any, ...]) -> None:
+        self.reader, self.writer, self.origin = reader, writer, origin
+        self.idle_since = 0.0
+
+    def usable(self, now: float, expiry: float) -> bool:
+        """Still fit to send a request on: open, nothing unread (the server said nothing unasked), not stale."""
+        return (not self.writer.is_closing() and not self.reader.at_eof() and not self.reader._buffer  # type: ignore[attr-defined]
+                and now - self.idle_since < expiry)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
+
+class _Body(httpx.AsyncByteStream):
+    """A response body read from its connection as it arrives; closing it hands the connection back."""
+
+    def __init__(self, transport: LeanTransport, conn: _Conn, framing: str, length: int, keep: bool,
+                 read_timeout: float | None) -> None:
+        self._transport, self._conn, self._framing, self._length = transport, conn, framing, length
+        self._keep, self._timeout = keep, read_timeout
+        self._complete = framing == "none"
+        self._closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        reader, timeout, received = self._conn.reader, self._timeout, 0
+        try:
+            if self._framing == "length":
+                remaining = self._length
+                while remaining:
+                    async with _deadline(timeout):
+                        chunk = await reader.read(min(remaining, READ_SIZE))
+                    if not chunk:
+                        raise httpx.RemoteProtocolError(
+                            f"peer closed connection without sending complete message body: received "
+                            f"{self._length - remaining} bytes, expected {self._length}")
+                    remaining -= len(chunk)
+                    yield chunk
+            elif self._framing == "chunked":
+                while True:
+                    async with _deadline(timeout):
+                        line = await reader.readuntil(b"\n")
+                    try:
+                        size = int(line.split(b";", 1)[0].strip(), 16)
+                    except ValueError:
+                        raise httpx.RemoteProtocolError(f"malformed chunk size line {line[:40]!r}") from None
+                    if size == 0:
+                        async with _deadline(timeout):
+                            while (await reader.readuntil(b"\n")).strip():  # trailer fields, then the blank line
+                                pass
+                        break
+                    async with _deadline(timeout):
+                        data = await reader.readexactly(size + 2)
+                    if not data.endswith(b"\r\n") and not data.endswith(b"\n"):
+                        raise httpx.RemoteProtocolError("chunk is not followed by CRLF")
+                    received += size
+                    yield data[:size]
+            elif self._framing == "close":
+                while True:
+                    async with _deadline(timeout):
+                        chunk = await reader.read(READ_SIZE)
+                    if not chunk:
+                        break
+                    yield chunk
+            self._complete = True
+        except asyncio.IncompleteReadError:
+            raise httpx.RemoteProtocolError(
+                f"peer closed connection without sending complete message body (after {received} bytes)") from None
+        except asyncio.LimitOverrunError:
+            raise httpx.RemoteProtocolError("chunk size line too long") from None
+        except TimeoutError:
+            raise httpx.ReadTimeout("timed out reading the response body") from None
+        except (ConnectionError, OSError) as exc:
+            raise httpx.ReadError(f"{type(exc).__name__}: {exc}") from None
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._transport._release(self._conn, reuse=self._complete and self._keep)
+
+
+def _timeouts(request: httpx.Request) -> tuple[float | None, float | None, float | None, float | None]:
+    t = request.extensions.get("timeout") or {}
+    return t.get("connect"), t.get("read"), t.get("write"), t.get("pool")
+
+
+class LeanTransport(httpx.AsyncBaseTransport):
+    """HTTP/1.1 over pooled asyncio connections (see the module docstring). Bound to one event loop."""
+
+    def __init__(self, *, ssl_context: ssl.SSLContext | None = None, limits: httpx.Limits | None = None,
+                 keepalive_expiry: float | None = None) -> None:
+        limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20)
+        self._ssl = ssl_context
+        self._max_open = limits.max_connections or 1 << 30
+        keepalive = limits.max_keepalive_connections
+        self._max_idle = keepalive if keepalive is not None else 1 << 30
+        expiry = keepalive_expiry if keepalive_expiry is not None else limits.keepalive_expiry
+        self._expiry = expiry if expiry is not None else 5.0
+        self._idle: dict[tuple[Any, ...], list[_Conn]] = {}
+        self._n_idle = 0
+        self._open = 0  # connections open or being opened, idle ones included
+        self._waiters: list[asyncio.Future[None]] = []
+        self._closed = False
+
+    # ---- the pool -------------------------------------------------------------------------------------
+    async def _acquire(self, url: httpx.URL, origin: tuple[Any, ...], connect_t: float | None,
+                       pool_t: float | None) -> _Conn:
+        """An idle connection to `origin`, else a new one; waits (up to the pool timeout) at the limit."""
+        deadline = None if pool_t is None else time.monotonic() + pool_t
+        while True:
+            conn = self._take_idle(origin)
+            if conn is not None:
+                return conn
+            if self._open < self._max_open:
+                return await self._connect(url, origin, connect_t)
+            if self._n_idle:  # at the limit with idle connections to other origins: close one to make room
+                self._evict_one()
+                continue
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                async with _deadline(None if deadline is None else max(0.0, deadline - time.monotonic())):
+                    await waiter
+            except BaseException as exc:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake()  # woken too late to use it: pass the turn on
+                if isinstance(exc, TimeoutError):
+                    raise httpx.PoolTimeout("timed out waiting for a free connection") from None
+                raise
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+
+    def _wake(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def _connect(self, url: httpx.URL, origin: tuple[Any, ...], connect_t: float | None) -> _Conn:
+        self._open += 1
+        scheme, host, port = origin
+        tls = scheme == b"https"
+        if tls and self._ssl is None:
+            self._ssl = httpx.create_ssl_context()
+        try:
+            async with _deadline(connect_t):
+                reader, writer = await asyncio.open_connection(
+                    host, port, ssl=self._ssl if tls else None, server_hostname=host if tls else None,
+                    limit=MAX_HEAD)
+        except BaseException as exc:
+            self._open -= 1
+            self._wake()
+            if isinstance(exc, TimeoutError):
+                raise httpx.ConnectTimeout(f"timed out connecting to {url.host}:{port}") from None
+            if isinstance(exc, OSError):  # ssl.SSLError included
+                raise httpx.ConnectError(f"{type(exc).__name__}: {exc}") from None
+            raise
+        return _Conn(reader, writer, origin)
+
+    def _take_idle(self, origin: tuple[Any, ...]) -> _Conn | None:
+        idle = self._idle.get(origin)
+        if not idle:
+            return None
+        now = time.monotonic()
+        while idle:
+            conn = idle.pop()
+            self._n_idle -= 1
+            if conn.usable(now, self._expiry):
+                return conn
+            self._drop(conn)
+        return None
+
+    def _evict_one(self) -> None:
+        for conns in self._idle.values():
+            if conns:
+                self._n_idle -= 1
+                self._drop(conns.pop(0))
+                return
+
+    def _drop(self, conn: _Conn) -> None:
+        conn.close()
+        self._open -= 1
+        self._wake()
+
+    def _release(self, conn: _Conn, *, reuse: bool) -> None:
+        if not reuse or self._closed or self._n_idle >= self._max_idle or conn.writer.is_closing():
+            self._drop(conn)
+            return
+        conn.idle_since = time.monotonic()
+        self._idle.setdefault(conn.origin, []).append(conn)
+        self._n_idle += 1
+        self._wake()
+
+    # ---- one exchange ---------------------------------------------------------------------------------
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._closed:
+            raise RuntimeError("the transport has been closed")
+        url = request.url
+        scheme = url.raw_scheme
+        if scheme not in DEFAULT_PORTS:
+            raise httpx.UnsupportedProtocol(f"the lean transport speaks http and https, not {url.scheme!r}")
+        origin = (scheme, url.host, url.port or DEFAULT_PORTS[scheme])
+        connect_t, read_t, write_t, pool_t = _timeouts(request)
+        body = request.content if isinstance(request.stream, httpx.ByteStream) else await request.aread()
+        head = [b"%s %s HTTP/1.1\r\n" % (request.method.encode(), url.raw_path)]
+        head += [b"%s: %s\r\n" % (k, v) for k, v in request.headers.raw]
+        head.append(b"\r\n")
+        payload = b"".join(head) + body
+
+        conn = await self._acquire(url, origin, connect_t, pool_t)
+        try:
+            try:
+                conn.writer.write(payload)
+                if conn.writer.transport.get_write_buffer_size() > READ_SIZE:
+                    async with _deadline(write_t):
+                        await conn.writer.drain()
+            except TimeoutError:
+                raise httpx.WriteTimeout("timed out sending the request") from None
+            except (ConnectionError, OSError) as exc:
+                raise httpx.WriteError(f"{type(exc).__name__}: {exc}") from None
+            status, reason, version, headers = await self._read_head(conn.reader, read_t)
+        except BaseException:
+            self._drop(conn)  # an exchange cut anywhere (errors, cancellation) leaves the connection unusable
+            raise
+
+        framing, length, keep = "close", 0, version == b"HTTP/1.1"
+        for name, value in headers:
+            lname = name.lower()
+            if lname == b"transfer-encoding" and b"chunked" in value.lower():
+                framing = "chunked"
+            elif lname == b"content-length" and framing != "chunked":
+                try:
+                    length = int(value)
+                except ValueError:
+                    self._drop(conn)
+                    raise httpx.RemoteProtocolError(f"malformed Content-Length {value[:40]!r}") from None
+                framing = "length"
+            elif lname == b"connection" and b"close" in value.lower():
+                keep = False
+        if request.method == "HEAD" or status in (204, 304) or (framing == "length" and length == 0):
+            framing = "none"
+        if framing == "close":
+            keep = False
+        if request.headers.get("connection", "").lower() == "close":
+            keep = False
+        stream = _Body(self, conn, framing, length, keep, read_t)
+        if framing == "none":
+            await stream.aclose()
+        return httpx.Response(status, headers=headers, stream=stream, request=request,
+                              extensions={"http_version": version, "reason_phrase": reason})
+
+    @staticmethod
+    async def _read_head(reader: asyncio.StreamReader, read_t: float | None) -> tuple[int, bytes, bytes, list]:
+        while True:  # 1xx interim answers (100 Continue, 103 Early Hints) are skipped
+            try:
+                async with _deadline(read_t):
+                    raw = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError as exc:
+                detail = "without sending a response" if not exc.partial else "in the middle of the response head"
+                raise httpx.RemoteProtocolError(f"server disconnected {detail}") from None
+            except asyncio.LimitOverrunError:
+                raise httpx.RemoteProtocolError(f"response head larger than {MAX_HEAD} bytes") from None
+            except TimeoutError:
+                raise httpx.ReadTimeout("timed out waiting for the response") from None
+            except (ConnectionError, OSError) as exc:
+                raise httpx.ReadError(f"{type(exc).__name__}: {exc}") from None
+            lines = raw[:-4].split(b"\r\n")
+            parts = lines[0].split(b" ", 2)
+            if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not (len(parts[1]) == 3 and
+                                                                             parts[1].isdigit()):
+                raise httpx.RemoteProtocolError(f"malformed status line {lines[0][:60]!r}")
+            status = int(parts[1])
+            if 100 <= status < 200 and status != 101:
+                continue
+            headers = []
+            for line in lines[1:]:
+                name, sep, value = line.partition(b":")
+                if not sep or not name or name != name.strip():
+                    raise httpx.RemoteProtocolError(f"malformed header line {line[:60]!r}")
+                headers.append((name, value.strip()))
+            return status, parts[2] if len(parts) > 2 else b"", parts[0], headers
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for conns in self._idle.values():
+            for conn in conns:
+                self._drop(conn)
+        self._idle.clear()
+        self._n_idle = 0
