@@ -4,6 +4,7 @@ Registers itself on `engine.cli.main` when imported; starlette, uvicorn and redi
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -106,6 +107,8 @@ def serve(policy: Path | None, host: str, port: int, watch: bool, keys_file: Pat
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log,
                             timeout_graceful_shutdown=graceful_timeout, lifespan="on",
                             server_header=False, proxy_headers=False)
+    gc.collect()
+    gc.freeze()  # the policy, catalog and modules loaded so far are long-lived: keep them out of every GC pass
     try:
         uvicorn.Server(config).run()
     finally:

@@ -6,8 +6,8 @@ response JSON and `chat.completion.chunk` SSE lines out. Every client mistake ra
 from __future__ import annotations
 
 import json
+import os
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -186,7 +186,7 @@ def parse_chat(body: Any, headers: Mapping[str, str]) -> ChatCall:
 
 # ---- responses -------------------------------------------------------------------------------------------
 def new_id() -> str:
-    return "chatcmpl-" + uuid.uuid4().hex[:24]
+    return "chatcmpl-" + os.urandom(12).hex()
 
 
 def _tool_calls(calls: list[Any]) -> list[dict[str, Any]]:

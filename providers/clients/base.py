@@ -127,6 +127,7 @@ class ProviderClient:
         self._aclient: httpx.AsyncClient | None = None
         self._lean: LeanTransport | None = None
         self._urls: dict[str, httpx.URL] = {}
+        self._timeouts: dict[float | None, dict[str, float | None]] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -266,8 +267,12 @@ class ProviderClient:
             parsed = self._urls[url] = httpx.URL(url)
         log.debug("POST %s provider=%s model=%s stream=%s", url, self.spec.name, model.name, stream)
         content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
-        return httpx.Request("POST", parsed, content=content, headers=headers,
-                             extensions={"timeout": self._timeout(timeout).as_dict()})
+        timeouts = self._timeouts.get(timeout) if not isinstance(timeout, httpx.Timeout) else None
+        if timeouts is None:
+            timeouts = self._timeout(timeout).as_dict()
+            if not isinstance(timeout, httpx.Timeout):
+                self._timeouts[timeout] = timeouts
+        return httpx.Request("POST", parsed, content=content, headers=headers, extensions={"timeout": timeouts})
 
     def _fail(self, exc: BaseException, model: ModelSpec) -> ProviderError:
         error = classify_exception(exc, provider=self.spec.name, model=model.name, secret=self._secret())

@@ -56,7 +56,7 @@ else:  # pragma: no cover - Python 3.10
 class _Conn:
     """One open connection to one origin."""
 
-    __slots__ = ("reader", "writer", "origin", "idle_since")
+    __slots__ = ("idle_since", "origin", "reader", "writer")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, origin: tuple[Any, ...]) -> None:
         self.reader, self.writer, self.origin = reader, writer, origin
@@ -88,8 +88,11 @@ class _Body(httpx.AsyncByteStream):
             if self._framing == "length":
                 remaining = self._length
                 while remaining:
-                    async with _deadline(timeout):
-                        chunk = await reader.read(min(remaining, READ_SIZE))
+                    if len(reader._buffer) >= remaining:  # type: ignore[attr-defined]  # here: no wait, no timer
+                        chunk = await reader.readexactly(remaining)
+                    else:
+                        async with _deadline(timeout):
+                            chunk = await reader.read(min(remaining, READ_SIZE))
                     if not chunk:
                         raise httpx.RemoteProtocolError(
                             f"peer closed connection without sending complete message body: received "
