@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -30,9 +31,31 @@ def _hash_key() -> None:
     click.echo(f"sha256: {hash_key(key)}    (put this in the keys file)")
 
 
+_NAMED = re.compile(r"^([A-Za-z][A-Za-z0-9_.:-]*)=(.+)$")
+
+
+def _policies(args: tuple[str, ...]) -> tuple[Path | None, dict[str, Path]]:
+    """The default policy (or None) and the named ones from the `-p` options; raises click.UsageError."""
+    default: Path | None = None
+    named: dict[str, Path] = {}
+    for arg in args:
+        m = _NAMED.match(arg)
+        if m is None:
+            if default is not None:
+                raise click.UsageError(f"two default policies ({default} and {arg}): name the others as NAME=POLICY")
+            default = Path(arg)
+        elif m.group(1) in named or m.group(1) == "auto":
+            raise click.UsageError(f"policy name {m.group(1)!r} is given twice (\"auto\" is the default policy)")
+        else:
+            named[m.group(1)] = Path(m.group(2))
+    return default, named
+
+
 @main.command()
-@click.option("-p", "--policy", "policy", type=click.Path(path_type=Path),
-              help="A .route file or a directory with main.route (default: ./policies, else the bundled one).")
+@click.option("-p", "--policy", "policy_args", multiple=True, metavar="[NAME=]POLICY",
+              help="A .route file or a directory with main.route (default: ./policies, else the bundled one); "
+                   "it answers model \"auto\". Repeat as NAME=POLICY for named policies that requests choose "
+                   "with model \"NAME\".")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="TCP port.")
 @click.option("--watch", is_flag=True, help="Reload the policy when one of its files is saved.")
@@ -51,8 +74,9 @@ def _hash_key() -> None:
 @click.option("--access-log", is_flag=True, help="Log every request line (uvicorn's access log).")
 @click.option("--hash-key", "hash_only", is_flag=True,
               help="Print the sha256 of a key read from standard input (or generate a new key) and exit.")
-def serve(policy: Path | None, host: str, port: int, watch: bool, keys_file: Path | None, redis_url: str | None,
-          redis_prefix: str, max_body: int, graceful_timeout: float, log_level: str, access_log: bool,
+def serve(policy_args: tuple[str, ...], host: str, port: int, watch: bool, keys_file: Path | None,
+          redis_url: str | None, redis_prefix: str, max_body: int, graceful_timeout: float, log_level: str,
+          access_log: bool,
           hash_only: bool) -> None:
     """Run the OpenAI-compatible gateway: point OpenAI clients at http://HOST:PORT/v1 with model "auto".
 
@@ -96,12 +120,24 @@ def serve(policy: Path | None, host: str, port: int, watch: bool, keys_file: Pat
         state = RedisStore(redis_url, prefix=redis_prefix)
         if not state.ping():
             click.echo("warning: Redis is not reachable now; serving with local state until it is", err=True)
+    policy, named = _policies(policy_args)
+    if named and state is None:
+        from engine.state import MemoryStore
+
+        state = MemoryStore()  # one router: circuits, health and spend are shared by every policy
     engine = Engine.load(policy or default_policy(), watch=watch, state=state)
-    app = create_app(engine, keys=keys, max_body=max_body)
+    engines = {name: Engine.load(path, watch=watch, state=state) for name, path in named.items()}
+    try:
+        app = create_app(engine, keys=keys, max_body=max_body, policies=engines)
+    except ValueError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
     where = "redis" if redis_url else "in-process"
     auth = f"{len(keys)} gateway key(s)" if keys is not None else "NO authentication (no --keys)"
     click.echo(f"modelroute gateway: http://{host}:{port}/v1  policy {engine.policy.entry} "
                f"(version {engine.version[:12]}), {where} state, {auth}", err=True)
+    for name, e in engines.items():
+        click.echo(f"  model \"{name}\": policy {e.policy.entry} (version {e.version[:12]})", err=True)
     if keys is None and host not in ("127.0.0.1", "localhost", "::1"):
         click.echo("warning: listening beyond loopback without --keys: anyone who can connect can spend", err=True)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log,
@@ -112,6 +148,7 @@ def serve(policy: Path | None, host: str, port: int, watch: bool, keys_file: Pat
     try:
         uvicorn.Server(config).run()
     finally:
-        engine.stop()
+        for e in (engine, *engines.values()):
+            e.stop()
         if os.environ.get("MODELROUTE_DEBUG"):
             click.echo("gateway stopped", err=True)

@@ -12,7 +12,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from starlette.applications import Starlette
@@ -32,6 +32,7 @@ from engine.gateway_run import (
     pinned_decision,
     prepare,
     release_key_budget,
+    resolve_model,
     routing_error,
     streaming_model,
 )
@@ -45,16 +46,44 @@ def _json_response(obj: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 class Gateway:
-    """One gateway process: an Engine, optional gateway keys, limits and metrics."""
+    """One gateway process: the default Engine (`model: "auto"`), optional named Engines (`model: "<name>"`),
+    optional gateway keys, limits and metrics."""
 
-    def __init__(self, engine: Any, *, keys: KeyRing | None = None, max_body: int = DEFAULT_MAX_BODY):
+    def __init__(self, engine: Any, *, keys: KeyRing | None = None, max_body: int = DEFAULT_MAX_BODY,
+                 policies: Mapping[str, Any] | None = None):
         self.engine, self.keys, self.max_body = engine, keys, max_body
+        self.policies: dict[str, Any] = {name: engine for name in AUTO_MODELS}
+        for name, named in (policies or {}).items():
+            if name in self.policies:
+                raise ValueError(f"policy name {name!r} is taken: {sorted(self.policies)} are already named")
+            clash = resolve_model(engine.policy, name)
+            if clash is not None:
+                raise ValueError(f"policy name {name!r} is also a catalog model ({clash}): a request naming it would "
+                                 "be ambiguous; pick another name")
+            self.policies[name] = named
         self.active = 0
         self.metrics = GatewayMetrics(self._circuits, lambda: self.active)
 
+    def engines(self) -> list[Any]:
+        """Every Engine this gateway serves, the default first, each once."""
+        return list({id(e): e for e in self.policies.values()}.values())
+
     def _circuits(self) -> list[tuple[str, str]]:
-        state = self.engine.state  # every model of the policy: a circuit may have been opened by another replica
-        return [(m, state.circuit(m).state) for m in sorted(self.engine.policy.models)]
+        out: dict[str, str] = {}  # every model of every policy: a circuit may have been opened by another replica
+        for engine in self.engines():
+            state = engine.state
+            for m in engine.policy.models:
+                if m not in out:
+                    out[m] = state.circuit(m).state
+        return sorted(out.items())
+
+    def _route(self, call: Any) -> tuple[Any, str]:
+        """The Engine for a request and the name of its policy; a named policy routes like "auto"."""
+        engine = self.policies.get(call.model)
+        if engine is None:
+            return self.engine, AUTO_MODELS[0]
+        name, call.model = call.model, AUTO_MODELS[0]
+        return engine, name
 
     # ---- request plumbing -----------------------------------------------------------------------------
     def _auth(self, request: Request) -> GatewayKey | None:
@@ -123,12 +152,13 @@ class Gateway:
             key = self._auth(request)
             call = parse_chat(await self._body(request), request.headers)
             attrs = self._attrs(call, key)
-            ex = self.engine._executor()
+            engine, policy_name = self._route(call)
+            ex = engine._executor()
             if key is not None and key.daily_budget is not None and "max_tokens" not in call.options:
-                settings = self.engine.policy.settings  # bound the real cost by what the key budget holds
+                settings = engine.policy.settings  # bound the real cost by what the key budget holds
                 call.options["max_tokens"] = int(settings["output_tokens"]) if settings is not None else 500
             try:
-                run = prepare(ex, self.engine, call, attrs)
+                run = prepare(ex, engine, call, attrs)
             except (NoRouteError, BudgetExceeded) as exc:
                 raise routing_error(exc) from None
             rule = run.decision.rule
@@ -136,7 +166,7 @@ class Gateway:
                                        run.decision.model)
             hold = hold_key_budget(ex, key, run)
             if call.stream:
-                response = await self._stream(call, run, ex, hold, t0)
+                response = await self._stream(call, run, ex, hold, t0, policy_name)
                 streaming = True
                 return response
             try:
@@ -148,7 +178,7 @@ class Gateway:
                 release_key_budget(ex, hold, run)
             self._account(run, c.model, c.cost, c.usage)
             return _json_response(completion_json(c, new_id(), int(time.time())), 200,
-                                  headers(run.decision, c.model, c.attempts))
+                                  headers(run.decision, c.model, c.attempts, policy=policy_name))
         except ApiError as err:
             status = err.status
             return self._error(err)
@@ -162,7 +192,7 @@ class Gateway:
                 self.active -= 1
                 self._done("chat", status, t0)
 
-    async def _stream(self, call: Any, run: Any, ex: Any, hold: Any, t0: float) -> Response:
+    async def _stream(self, call: Any, run: Any, ex: Any, hold: Any, t0: float, policy_name: str) -> Response:
         from providers.errors import ProviderError
         from providers.resilience import RoutingError
         from providers.streaming import AsyncCompletionStream
@@ -185,7 +215,8 @@ class Gateway:
         else:
             model = run.decision.model if run.decision.strategy != "single" else streaming_model(run)
         calls = sum(a.outcome in ("ok", "error", "cancelled") for a in run.attempts)
-        hdrs = headers(run.decision, model, run.attempts, calls=calls + (stream.completion is None))
+        hdrs = headers(run.decision, model, run.attempts, calls=calls + (stream.completion is None),
+                       policy=policy_name)
         writer = ChunkWriter(model, call.include_usage)
 
         async def body() -> AsyncIterator[bytes]:
@@ -233,7 +264,7 @@ class Gateway:
             self._done("models", err.status, t0)
             return self._error(err)
         policy = self.engine.policy
-        data = [{"id": m, "object": "model", "created": 0, "owned_by": "modelroute"} for m in AUTO_MODELS]
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "modelroute"} for m in self.policies]
         data += [{"id": name, "object": "model", "created": 0, "owned_by": entry.provider}
                  for name, entry in policy.models.items()]
         self._done("models", 200, t0)
@@ -246,6 +277,7 @@ class Gateway:
             key = self._auth(request)
             call = parse_chat(await self._body(request), request.headers)
             attrs = self._attrs(call, key)
+            engine, _ = self._route(call)
             opts = call.options
             if opts.get("tools"):
                 attrs.setdefault("tools", True)
@@ -253,9 +285,9 @@ class Gateway:
                 attrs.setdefault("max_tokens", opts["max_tokens"])
             try:
                 if call.auto:
-                    decision = self.engine.decide(messages=call.messages, **attrs)
+                    decision = engine.decide(messages=call.messages, **attrs)
                 else:
-                    decision = pinned_decision(self.engine, call, attrs)
+                    decision = pinned_decision(engine, call, attrs)
                 report = decision.model_dump()
             except NoRouteError as exc:
                 report = exc.report().model_dump(mode="json")
@@ -268,10 +300,16 @@ class Gateway:
 
     async def healthz(self, request: Request) -> Response:
         state = self.engine.state
-        body = {"status": "ok", "policy": self.engine.policy.entry, "policy_version": self.engine.version,
-                "state": getattr(state, "status", "memory"), "in_flight": self.active}
+        body: dict[str, Any] = {"status": "ok", "policy": self.engine.policy.entry,
+                                "policy_version": self.engine.version, "state": getattr(state, "status", "memory"),
+                                "in_flight": self.active}
         if self.engine.last_error is not None:
             body["last_reload_error"] = str(self.engine.last_error).splitlines()[0]
+        if len(self.policies) > len(AUTO_MODELS):
+            body["policies"] = {name: {"policy": e.policy.entry, "policy_version": e.version,
+                                       **({"last_reload_error": str(e.last_error).splitlines()[0]}
+                                          if e.last_error is not None else {})}
+                                for name, e in self.policies.items()}
         return _json_response(body)
 
     async def metrics_text(self, request: Request) -> Response:
@@ -288,8 +326,9 @@ class Gateway:
         @contextlib.asynccontextmanager
         async def lifespan(app: Starlette) -> AsyncIterator[None]:
             yield
-            with contextlib.suppress(Exception):
-                await self.engine.aclose()
+            for engine in self.engines():
+                with contextlib.suppress(Exception):
+                    await engine.aclose()
 
         routes = [Route("/v1/chat/completions", self.chat, methods=["POST"]),
                   Route("/v1/models", self.models, methods=["GET"]),
@@ -317,6 +356,8 @@ class Gateway:
         return gateway
 
 
-def create_app(engine: Any, *, keys: KeyRing | None = None, max_body: int = DEFAULT_MAX_BODY) -> Any:
-    """The ASGI app for `engine` (routes, executes, reports). `keys=None` accepts requests without a key."""
-    return Gateway(engine, keys=keys, max_body=max_body).asgi()
+def create_app(engine: Any, *, keys: KeyRing | None = None, max_body: int = DEFAULT_MAX_BODY,
+               policies: Mapping[str, Any] | None = None) -> Any:
+    """The ASGI app for `engine` (routes, executes, reports). `keys=None` accepts requests without a key;
+    `policies` maps names to further Engines that requests choose with `model: "<name>"`."""
+    return Gateway(engine, keys=keys, max_body=max_body, policies=policies).asgi()

@@ -124,13 +124,14 @@ def streaming_model(run: Any) -> str:
     return chain[i + 1] if i + 1 < len(chain) else last.model
 
 
-def headers(decision: Any, model: str, attempts: list[Any], calls: int | None = None) -> dict[str, str]:
+def headers(decision: Any, model: str, attempts: list[Any], calls: int | None = None,
+            policy: str = "auto") -> dict[str, str]:
     rule = decision.rule
     where = "override" if rule.index < 0 else f"{rule.file.rsplit('/', 1)[-1]}:{rule.line}"
     tried = calls if calls is not None else sum(a.outcome in ("ok", "error", "cancelled") for a in attempts)
     return {"x-modelroute-model": model, "x-modelroute-rule": where.encode("ascii", "replace").decode(),
-            "x-modelroute-policy-version": decision.policy_version, "x-modelroute-attempts": str(tried),
-            "x-modelroute-fallbacks": str(fallbacks_used(attempts, model))}
+            "x-modelroute-policy": policy, "x-modelroute-policy-version": decision.policy_version,
+            "x-modelroute-attempts": str(tried), "x-modelroute-fallbacks": str(fallbacks_used(attempts, model))}
 
 
 def routing_error(exc: BaseException) -> ApiError:

@@ -235,6 +235,39 @@ def test_naming_a_model_needs_overrides(gw, fake_server: FakeServer) -> None:
 
 
 # ---- errors ---------------------------------------------------------------------------------------------
+def test_named_policies_are_chosen_by_model_name(gw, fake_server: FakeServer) -> None:
+    cheap = engine_for(fake_server, "otherwise use gamma-flash fallback alpha-mini\n")
+    gw.start(policies={"cheap": cheap})
+    fake_server.script("gamma-flash", Reply(text="cheap answer"))
+    raw = gw.client.chat.completions.with_raw_response.create(model="cheap", messages=MSG)
+    assert raw.parse().choices[0].message.content == "cheap answer" and raw.parse().model == "gamma-flash"
+    assert raw.headers["x-modelroute-policy"] == "cheap"
+    assert raw.headers["x-modelroute-policy-version"] == cheap.version != gw.engine.version
+    auto = gw.client.chat.completions.with_raw_response.create(model="auto", messages=MSG)
+    assert (auto.headers["x-modelroute-policy"], auto.headers["x-modelroute-model"]) == ("auto", "alpha-mini")
+    streamed = gw.client.chat.completions.with_raw_response.create(model="cheap", messages=MSG, stream=True)
+    assert streamed.headers["x-modelroute-policy"] == "cheap"
+    assert "".join(c.choices[0].delta.content or "" for c in streamed.parse() if c.choices)
+    models = httpx.get(gw.url + "/v1/models", headers={"authorization": f"Bearer {KEY}"}).json()["data"]
+    ids = [m["id"] for m in models]
+    assert ids[:2] == ["auto", "cheap"]
+    report = gw.post("/v1/route/explain", {"model": "cheap", "messages": MSG}).json()
+    assert report["model"] == "gamma-flash" and report["policy_version"] == cheap.version
+    health = httpx.get(gw.url + "/healthz").json()
+    assert health["policies"]["cheap"]["policy_version"] == cheap.version
+    with pytest.raises(ValueError, match="also a catalog model"):
+        create_app(gw.engine, policies={"alpha-mini": cheap})
+
+
+def test_serve_named_policy_options(tmp_path: Path, cli) -> None:
+    out = cli("serve", "-p", "a.route", "-p", "b.route", "--port", "1")
+    assert out.returncode == 2 and "two default policies" in out.stderr and "Traceback" not in out.stderr
+    out = cli("serve", "-p", "x=a.route", "-p", "x=b.route", "--port", "1")
+    assert out.returncode == 2 and "given twice" in out.stderr
+    out = cli("serve", "-p", "cheap=missing.route", "--port", "1")
+    assert out.returncode == 1 and "missing.route" in out.stderr and "Traceback" not in out.stderr
+
+
 def test_authentication(gw) -> None:
     assert gw.post("/v1/chat/completions", {"messages": MSG}, key=None).status_code == 401
     r = gw.post("/v1/chat/completions", {"messages": MSG}, key="mr-wrong")
