@@ -305,6 +305,8 @@ class Gateway:
                                 "in_flight": self.active}
         if self.engine.last_error is not None:
             body["last_reload_error"] = str(self.engine.last_error).splitlines()[0]
+        if self.keys is not None:
+            body.update(self.keys.status())  # keys count and version, and last_keys_error after a rejected edit
         if len(self.policies) > len(AUTO_MODELS):
             body["policies"] = {name: {"policy": e.policy.entry, "policy_version": e.version,
                                        **({"last_reload_error": str(e.last_error).splitlines()[0]}
