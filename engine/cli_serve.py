@@ -150,5 +150,8 @@ def serve(policy_args: tuple[str, ...], host: str, port: int, watch: bool, keys_
     finally:
         for e in (engine, *engines.values()):
             e.stop()
+        close = getattr(state, "close", None)
+        if close is not None:
+            close()  # a Redis store removes this replica's in-flight counts at once
         if os.environ.get("MODELROUTE_DEBUG"):
             click.echo("gateway stopped", err=True)

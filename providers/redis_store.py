@@ -5,126 +5,73 @@ Round-robin positions are INCR counters; in-flight counts, circuits, health stat
 spend live in hashes; every read-modify-write (the circuit gate, recording a call, reserving and settling
 money) is one Lua script, so it is atomic across replicas. Times are wall-clock epoch seconds from `wall`
 (replicas must agree on the time, as NTP-synced hosts do). decide() reads `unavailable()` and `latency_ms()`
-from a snapshot refreshed at most every `refresh` seconds (and at once after this replica changes a circuit);
-the circuit gate `allow()` always asks Redis, so a circuit opened by one replica stops calls in all of them.
+from a snapshot refreshed at most every `refresh` seconds (and at once after this replica claims a half-open
+probe, is refused by a circuit or changes one); the circuit gate `allow()` always asks Redis, so a circuit
+opened by one replica stops calls in all of them.
 
-When Redis is unreachable every call falls back to a local MemoryStore (one WARNING per outage; requests never
-fail because of Redis) and Redis is tried again after `retry` seconds. Spend recorded during an outage is
-added to Redis when it is back; budget limits are then enforced per replica, seeded with the last spend seen.
+Round trips. A plain successful call costs two: `allow()` and `record()`. `allow()`, when it lets a call
+through, also counts the call in flight in the same script (a *claim*); the `add_in_flight(model, +1)` that
+follows consumes the claim without a round trip (a claim nobody consumes is dropped after `claim_ttl`
+seconds). An `add_in_flight(model, -1)` is not sent at once: it rides with the next call to Redis (normally
+the `record()` that follows it); a background thread sends anything still waiting after ~0.1 s and `flush()`
+sends it at once. An `add_in_flight(+1)` without a claim is sent at once: other replicas (least_busy) always see
+a call while it runs (from its allow() on, including a retry's back-off).
+
+In-flight counts per replica. Each RedisStore is a replica with a random `replica_id`. It publishes its own
+count per model as an absolute value with a sequence number (`inflight_by`, applied only when newer, so
+messages from several threads may arrive in any order), and a script keeps the total (`inflight`, what
+`in_flight()` reads) equal to the sum. Publishes (at most once a second) and a heartbeat (every `replica_ttl / 6`
+seconds from the background thread, on `ping()` and when Redis is back) refresh the replica's liveness
+(`replicas`: id -> last wall time); the heartbeat also republishes all of this replica's counts (repairing
+anything lost), drops the counts of replicas not heard from for `replica_ttl` seconds (a replica that died
+mid-request) and recomputes the totals from what is left (so totals no replica accounts for, e.g. written by an
+older version of this module, are dropped too). `close()` (also run at interpreter exit) removes the replica and
+its counts at once.
+
+When Redis is unreachable every call falls back to local state (one WARNING per outage; requests never fail
+because of Redis) and Redis is tried again after `retry` seconds; when it is back this replica's in-flight
+counts are republished and spend recorded during the outage is added to Redis. Budgets during an outage are
+conservative: with N = the number of live replicas at the last heartbeat (1 if none was seen) and `used` = the
+spend plus reservations of the budget key as this replica last saw it in Redis (refreshed by every heartbeat
+for keys it used in the last hour; 0 for a key never seen), a replica may add at most (limit - used) / N to a
+key during the outage, so N replicas together stay within the limit as long as the figure they saw was current.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import threading
 import time
 import uuid
+import weakref
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from engine.state import EWMA_ALPHA, CircuitConfig, CircuitInfo, MemoryStore, ModelStats, Outcome
+from providers import redis_lua as lua
 
 log = logging.getLogger("modelroute.state")
 
-_PARSE = """
-local function parse(v)
-  if not v then return 'closed', 0, '0', 0 end
-  local s, u, p, l = string.match(v, '([^|]*)|([^|]*)|([^|]*)|([^|]*)')
-  return s, tonumber(u), p, tonumber(l)
-end
-local function fmt(x) return string.format('%.17g', x) end
-"""
-# KEYS: circuits hash; ARGV: model, now, probe lease seconds. Returns 1 (allowed) or 0.
-_ALLOW = _PARSE + """
-local v = redis.call('HGET', KEYS[1], ARGV[1])
-if not v then return 1 end
-local s, u, p, l = parse(v)
-local now = tonumber(ARGV[2])
-if s == 'closed' then return 1 end
-if s == 'open' then
-  if now < u then return 0 end
-  p = '0'
-end
-if p == '1' and now < l then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], 'half_open|' .. fmt(u) .. '|1|' .. fmt(now + tonumber(ARGV[3])))
-return 1
-"""
-# KEYS: circuits, fails zset, stats hash, latency hash, models set
-# ARGV: model, provider, outcome, now, failures, window, cooldown, min_samples, latency_ms|'', in, out, cost, alpha,
-#       nonce. Returns 'opened', 'closed' or ''.
-_RECORD = _PARSE + """
-local model, outcome, now = ARGV[1], ARGV[3], tonumber(ARGV[4])
-if outcome ~= 'cancelled' then
-  redis.call('SADD', KEYS[5], model)
-  redis.call('HSET', KEYS[3], 'provider', ARGV[2])
-  redis.call('HINCRBY', KEYS[3], 'calls', 1)
-  if outcome ~= 'ok' then redis.call('HINCRBY', KEYS[3], 'failures', 1) end
-  redis.call('HINCRBY', KEYS[3], 'input_tokens', ARGV[10])
-  redis.call('HINCRBY', KEYS[3], 'output_tokens', ARGV[11])
-  redis.call('HINCRBYFLOAT', KEYS[3], 'cost', ARGV[12])
-  if outcome == 'ok' and ARGV[9] ~= '' then
-    local lat = tonumber(ARGV[9])
-    local prev = redis.call('HGET', KEYS[3], 'latency_ms')
-    if prev then lat = tonumber(ARGV[13]) * lat + (1 - tonumber(ARGV[13])) * tonumber(prev) end
-    redis.call('HSET', KEYS[3], 'latency_ms', fmt(lat))
-    local n = redis.call('HINCRBY', KEYS[3], 'samples', 1)
-    if n >= tonumber(ARGV[8]) then redis.call('HSET', KEYS[4], model, fmt(lat)) end
-  end
-end
-local v = redis.call('HGET', KEYS[1], model)
-if not v and outcome ~= 'fail' then return '' end
-local s, u, p, l = parse(v)
-if s == 'half_open' then
-  if p ~= '1' then return '' end
-  if outcome == 'ok' then
-    redis.call('HSET', KEYS[1], model, 'closed|0|0|0')
-    redis.call('DEL', KEYS[2])
-    return 'closed'
-  end
-  if outcome == 'fail' then
-    redis.call('HSET', KEYS[1], model, 'open|' .. fmt(now + tonumber(ARGV[7])) .. '|0|0')
-    return 'opened'
-  end
-  redis.call('HSET', KEYS[1], model, 'half_open|' .. fmt(u) .. '|0|0')
-  return ''
-end
-if s == 'open' or outcome ~= 'fail' then return '' end
-redis.call('ZADD', KEYS[2], now, ARGV[14])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', fmt(now - tonumber(ARGV[6])))
-redis.call('EXPIRE', KEYS[2], math.ceil(tonumber(ARGV[6])) + 1)
-if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[5]) then
-  redis.call('HSET', KEYS[1], model, 'open|' .. fmt(now + tonumber(ARGV[7])) .. '|0|0')
-  return 'opened'
-end
-return ''
-"""
-# KEYS: spend hash; ARGV: amount, limit, ttl. Returns {1|0, used before}.
-_RESERVE = """
-local spent = tonumber(redis.call('HGET', KEYS[1], 'spent') or '0')
-local reserved = tonumber(redis.call('HGET', KEYS[1], 'reserved') or '0')
-local used = spent + reserved
-if used + tonumber(ARGV[1]) > tonumber(ARGV[2]) + 1e-12 then return {0, string.format('%.17g', used)} end
-redis.call('HSET', KEYS[1], 'reserved', string.format('%.17g', reserved + tonumber(ARGV[1])))
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return {1, string.format('%.17g', used)}
-"""
-# KEYS: spend hash; ARGV: reserved, actual, ttl. Returns the spend after.
-_SETTLE = """
-local reserved = tonumber(redis.call('HGET', KEYS[1], 'reserved') or '0') - tonumber(ARGV[1])
-if reserved < 0 then reserved = 0 end
-redis.call('HSET', KEYS[1], 'reserved', string.format('%.17g', reserved))
-local total = redis.call('HINCRBYFLOAT', KEYS[1], 'spent', ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return total
-"""
-# KEYS: in-flight hash; ARGV: model, delta. Never below zero.
-_IN_FLIGHT = """
-local n = redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
-if n < 0 then redis.call('HSET', KEYS[1], ARGV[1], 0) end
-return 0
-"""
 SPEND_TTL = 40 * 86400  # budget buckets (hour / day / month) are dropped 40 days after their last use
+PROBE_LEASE = 60.0  # seconds a half-open probe blocks other calls if its replica never records it
+SEEN_REFRESH = 3600.0  # heartbeats refresh the spend figures of keys used this recently (seconds)...
+SEEN_REFRESH_MAX = 500  # ... at most this many, most recently used first
+SEEN_FORGET = 35 * 86400  # figures of keys unused this long are forgotten
+_TICK = 0.1  # background thread period (seconds)
+
+_open: weakref.WeakSet[RedisStore] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:  # a replica that exits cleanly removes its in-flight counts at once
+    for store in list(_open):
+        try:
+            store.close()
+        except Exception:  # never fail interpreter exit
+            pass
 
 
 def _parse(value: str | None) -> tuple[str, float, bool, float]:
@@ -134,15 +81,31 @@ def _parse(value: str | None) -> tuple[str, float, bool, float]:
     return state, float(until), probing == "1", float(lease)
 
 
+def _background(ref: weakref.ref[RedisStore], stop: threading.Event) -> None:
+    while not stop.wait(_TICK):
+        store = ref()
+        if store is None:
+            return
+        try:
+            store._tick()
+        except Exception:  # a bug here must not end the heartbeat
+            log.exception("redis state store: background tick failed")
+        del store
+
+
 class RedisStore:
     """A StateStore / ExecutionStore on Redis with MemoryStore semantics (see the module docstring).
 
     `url` like redis://127.0.0.1:6379/0 (or pass `client`, a redis.Redis); `prefix` namespaces the keys so
-    several routers can share one Redis."""
+    several routers can share one Redis. `replica_ttl`: seconds without a heartbeat after which a replica counts
+    as dead; `claim_ttl`: seconds an in-flight claim made by allow() waits for its add_in_flight(+1);
+    `background=False` runs no thread (call `flush()` / `heartbeat()` yourself, as tests do)."""
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "modelroute:", client: Any = None,
                  refresh: float = 0.1, retry: float = 1.0, timeout: float = 0.5,
-                 wall: Callable[[], float] = time.time, clock: Callable[[], float] = time.monotonic):
+                 wall: Callable[[], float] = time.time, clock: Callable[[], float] = time.monotonic,
+                 replica_ttl: float = 30.0, claim_ttl: float = 2.0, flush_after: float = 0.05,
+                 background: bool = True, replica_id: str | None = None):
         import redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
@@ -159,23 +122,52 @@ class RedisStore:
         self._lock = threading.Lock()
         self._down_until = 0.0
         self._down = False
+        self._closed = False
         self._snapshot_at = -math.inf
         self._valid_until = -math.inf
         self._unavailable: frozenset[str] = frozenset()
         self._latency: Mapping[str, float] = {}
+        # in flight (this replica): own counts, unconsumed claims (monotonic times), counts not yet sent
+        self.replica_id = replica_id or uuid.uuid4().hex[:16]
+        if "|" in self.replica_id:
+            raise ValueError("replica_id must not contain '|'")
+        self._ttl, self._claim_ttl, self._flush_after = replica_ttl, claim_ttl, flush_after
+        self._beat_every = replica_ttl / 6
+        self._next_beat = -math.inf
+        self._touched = -math.inf  # monotonic time this replica's liveness was last refreshed
+        self._own: dict[str, int] = {}
+        self._claims: dict[str, deque[float]] = {}
+        self._dirty: dict[str, tuple[int, int]] = {}
+        self._dirty_since = math.inf
+        self._seq = time.time_ns() // 1000  # counts are ordered by seq, also across restarts of one replica_id
+        self._replicas = 1  # live replicas at the last heartbeat
+        # budgets
         self._held_remote: dict[str, float] = {}  # money this replica holds in Redis reservations, per key
+        self._held_local: dict[str, float] = {}  # ... and in local reservations made during an outage
         self._pending: dict[str, list[float]] = {}  # key -> [reserved to release, spend to add] once Redis is back
-        self._seeded: set[str] = set()
-        self._last_spent: dict[str, float] = {}
+        self._seen: dict[str, list[float]] = {}  # key -> [spent + reserved last seen in Redis, monotonic time used]
+        self._outage = MemoryStore(clock=clock, wall=wall)  # budget figures of the current outage
+        self._base: dict[str, float] = {}  # key -> used figure the outage started from (seeded keys)
         r = self._redis
-        self._allow = r.register_script(_ALLOW)
-        self._record = r.register_script(_RECORD)
-        self._reserve = r.register_script(_RESERVE)
-        self._settle = r.register_script(_SETTLE)
-        self._inflight = r.register_script(_IN_FLIGHT)
+        self._allow = r.register_script(lua.ALLOW)
+        self._record = r.register_script(lua.RECORD)
+        self._reserve = r.register_script(lua.RESERVE)
+        self._settle = r.register_script(lua.SETTLE)
+        self._flush_script = r.register_script(lua.FLUSH)
+        self._beat_script = r.register_script(lua.HEARTBEAT)
+        self._retire = r.register_script(lua.RETIRE)
+        self._kc, self._kl = self._k("circuits"), self._k("latency")
+        self._kf = [self._k("inflight"), self._k("inflight_by"), self._k("replicas")]
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        _open.add(self)
+        if background:
+            self._thread = threading.Thread(target=_background, args=(weakref.ref(self), self._stop),
+                                            name="modelroute-redis-state", daemon=True)
+            self._thread.start()
 
     def __repr__(self) -> str:
-        return f"RedisStore(prefix={self._p!r}, {self.status})"
+        return f"RedisStore(prefix={self._p!r}, replica={self.replica_id}, {self.status})"
 
     # -- degradation ---------------------------------------------------------------------------------
     @property
@@ -183,10 +175,19 @@ class RedisStore:
         """"redis" when Redis answers, else "local (redis unreachable)"."""
         return "local (redis unreachable)" if self._down else "redis"
 
-    def _do(self, remote: Callable[[], Any], local: Callable[[], Any]) -> Any:
+    @property
+    def replicas(self) -> int:
+        """Live replicas (this one included) at the last heartbeat; 1 before the first."""
+        return self._replicas
+
+    def _do(self, remote: Callable[[], Any], local: Callable[[], Any], *, flush: bool = True) -> Any:
+        """remote() against Redis, or local() while Redis is unreachable. Unsent in-flight counts go first
+        (`flush=False` for the calls that carry them themselves)."""
         if self._down and self._clock() < self._down_until:
             return local()
         try:
+            if flush and self._dirty:
+                self._send_dirty()
             result = remote()
         except self._errors as exc:
             self._mark_down(exc)
@@ -199,6 +200,9 @@ class RedisStore:
         with self._lock:
             first = not self._down
             self._down, self._down_until = True, self._clock() + self._retry
+            if first:  # budgets of this outage start from the figures last seen
+                self._outage = MemoryStore(clock=self._clock, wall=self._wall)
+                self._base = {}
         if first:
             log.warning("redis state store unreachable (%s: %s): using local in-process state; retrying every %.1fs",
                         type(exc).__name__, str(exc).split("\n")[0][:200], self._retry)
@@ -209,33 +213,153 @@ class RedisStore:
                 return
             self._down = False
             pending, self._pending = self._pending, {}
-            self._seeded.clear()
+            for key, hold in self._held_local.items():  # local reservations still open become shared ones
+                if hold > 0:
+                    pending.setdefault(key, [0.0, 0.0])[0] -= hold
+                    self._held_remote[key] = self._held_remote.get(key, 0.0) + hold
+            self._held_local = {}
         log.warning("redis state store reachable again: shared state restored")
-        for key, (release, spend) in pending.items():  # spend made during the outage joins the shared figure
-            try:
+        try:
+            while pending:  # spend made during the outage joins the shared figure
+                key, (release, spend) = next(iter(pending.items()))
                 self._settle(keys=[self._k("spend", key)], args=[release, spend, SPEND_TTL])
-            except self._errors as exc:
-                self._mark_down(exc)
-                return
+                del pending[key]
+            self._beat()  # republish this replica's in-flight counts
+        except self._errors as exc:
+            with self._lock:  # what was not pushed waits for the next recovery
+                for key, (release, spend) in pending.items():
+                    left = self._pending.setdefault(key, [0.0, 0.0])
+                    left[0] += release
+                    left[1] += spend
+            self._mark_down(exc)
+            return
         self._valid_until = -math.inf
 
     def _k(self, *parts: str) -> str:
         return self._p + ":".join(parts)
+
+    # -- in flight: this replica's counts (call with the lock held) ----------------------------------
+    def _value(self, model: str) -> int:
+        """The count this replica publishes for `model`: calls running plus unconsumed claims."""
+        claims = self._claims.get(model)
+        return self._own.get(model, 0) + (len(claims) if claims else 0)
+
+    def _mark_dirty(self, model: str) -> None:
+        self._seq += 1
+        if not self._dirty:
+            self._dirty_since = self._clock()
+        self._dirty[model] = (self._value(model), self._seq)
+
+    def _take(self, touch: bool = False) -> list[Any]:
+        """The publish block of a script call: the counts not yet sent (now no longer pending), and this
+        replica's liveness when `touch` or when it was last refreshed more than a second ago."""
+        items, self._dirty, self._dirty_since = self._dirty, {}, math.inf
+        mono = self._clock()
+        if touch or mono >= self._touched + 1.0:
+            self._touched, now = mono, self._wall()
+        else:
+            now = ""
+        out: list[Any] = [self.replica_id, now, len(items)]
+        for model, (count, seq) in items.items():
+            out += [model, count, seq]
+        return out
+
+    def _expire_claims(self) -> None:
+        cutoff = self._clock() - self._claim_ttl
+        for model in [m for m, c in self._claims.items() if c[0] <= cutoff]:
+            claims = self._claims[model]
+            while claims and claims[0] <= cutoff:
+                claims.popleft()
+            if not claims:
+                del self._claims[model]
+            self._mark_dirty(model)
+
+    def _unclaim(self, model: str) -> None:
+        with self._lock:
+            claims = self._claims.get(model)
+            if claims:
+                claims.pop()
+                if not claims:
+                    del self._claims[model]
+            self._mark_dirty(model)
+
+    def _send_dirty(self) -> None:
+        with self._lock:
+            if not self._dirty:
+                return
+            args = self._take()
+        self._flush_script(keys=self._kf, args=args)
+
+    def _beat(self) -> None:
+        """One heartbeat round trip (see the module docstring)."""
+        with self._lock:
+            self._expire_claims()
+            self._dirty, self._dirty_since = {}, math.inf
+            models = set(self._own) | set(self._claims)
+            for model in models:
+                self._mark_dirty(model)
+            args = [self._ttl, *self._take(touch=True)]
+            now = self._clock()
+            for key in [k for k, (_, used) in self._seen.items() if used < now - SEEN_FORGET]:
+                del self._seen[key]
+            recent = sorted(((used, k) for k, (_, used) in self._seen.items() if used >= now - SEEN_REFRESH),
+                            reverse=True)[:SEEN_REFRESH_MAX]
+            keys = [k for _, k in recent]
+        self._next_beat = now + self._beat_every
+        out = self._beat_script(keys=[*self._kf, *(self._k("spend", k) for k in keys)], args=args)
+        live, dead, dropped = (int(x) for x in out[:3])
+        with self._lock:
+            self._replicas = max(1, live)
+            for i, key in enumerate(keys):
+                seen = self._seen.get(key)
+                if seen is not None:
+                    seen[0] = float(out[3 + 2 * i]) + float(out[4 + 2 * i])
+        if dead or dropped:
+            log.info("redis state store: dropped %d dead replica(s) and %d in-flight call(s) they held", dead,
+                     dropped)
+
+    def _tick(self) -> None:
+        """The background thread's work: heartbeats, expired claims and counts left waiting."""
+        now = self._clock()
+        if now >= self._next_beat or (self._down and now >= self._down_until):
+            self.heartbeat()
+            return
+        with self._lock:
+            self._expire_claims()
+            due = bool(self._dirty) and now - self._dirty_since >= self._flush_after
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send in-flight counts still waiting (and drop claims older than `claim_ttl`) now."""
+        with self._lock:
+            self._expire_claims()
+        self._do(self._send_dirty, lambda: None, flush=False)
+
+    def heartbeat(self) -> bool:
+        """Refresh this replica's liveness and counts, drop dead replicas' counts, refresh the replica count and
+        spend figures budgets fall back on (see the module docstring). True when Redis answered."""
+        def remote() -> bool:
+            self._beat()
+            return True
+
+        self._next_beat = self._clock() + self._beat_every
+        return bool(self._do(remote, lambda: False, flush=False))
 
     # -- read by decide() ----------------------------------------------------------------------------
     def next_index(self, key: str) -> int:
         return self._do(lambda: int(self._redis.incr(self._k("rr", key))) - 1, lambda: self._local.next_index(key))
 
     def in_flight(self, model: str) -> int:
-        return self._do(lambda: max(0, int(self._redis.hget(self._k("inflight"), model) or 0)),
-                        lambda: self._local.in_flight(model))
+        return self._do(lambda: max(0, int(self._redis.hget(self._kf[0], model) or 0)),
+                        lambda: self._own.get(model, 0))
 
     def _load(self) -> None:
         """Refresh the circuit snapshot and the measured latencies (one round trip)."""
         def remote() -> None:
             pipe = self._redis.pipeline(transaction=False)
-            pipe.hgetall(self._k("circuits"))
-            pipe.hgetall(self._k("latency"))
+            pipe.hgetall(self._kc)
+            pipe.hgetall(self._kl)
             circuits, latency = pipe.execute()
             now = self._wall()
             blocked, expiries = set(), []
@@ -266,39 +390,68 @@ class RedisStore:
 
     # -- written by execution ------------------------------------------------------------------------
     def add_in_flight(self, model: str, delta: int) -> None:
-        self._do(lambda: self._inflight(keys=[self._k("inflight")], args=[model, delta]),
-                 lambda: self._local.add_in_flight(model, delta))
+        if not delta:
+            return
+        with self._lock:
+            before = self._value(model)
+            self._own[model] = max(0, self._own.get(model, 0) + delta)
+            claims = self._claims.get(model)
+            if delta > 0 and claims:  # the calls allow() already counted
+                for _ in range(min(delta, len(claims))):
+                    claims.popleft()
+                if not claims:
+                    del self._claims[model]
+            after = self._value(model)
+            if after == before:
+                return
+            self._mark_dirty(model)
+        if after > before:  # a call starts: other replicas see it now; an end waits for the next call
+            self._do(self._send_dirty, lambda: None, flush=False)
 
     def allow(self, model: str) -> bool:
         def remote() -> bool:
-            ok = bool(self._allow(keys=[self._k("circuits")], args=[model, self._wall(), 60.0]))
-            self._valid_until = -math.inf  # a claimed probe changes what decide() must skip
-            return ok
+            with self._lock:  # count the call in flight if the gate lets it through (a claim)
+                self._claims.setdefault(model, deque()).append(self._clock())
+                self._seq += 1
+                args = [model, self._wall(), PROBE_LEASE, self._value(model), self._seq, *self._take()]
+            try:
+                code = int(self._allow(keys=[self._kc, *self._kf], args=args))
+            except BaseException:
+                self._unclaim(model)
+                raise
+            if code == 0:
+                self._unclaim(model)
+            if code != 1:  # a claimed probe or a closed gate: decide() must see the circuit now
+                self._valid_until = -math.inf
+            return code > 0
 
-        return self._do(remote, lambda: self._local.allow(model))
+        return self._do(remote, lambda: self._local.allow(model), flush=False)
 
     def record(self, model: str, provider: str, outcome: Outcome, cfg: CircuitConfig, *,
                latency_ms: float | None = None, input_tokens: int = 0, output_tokens: int = 0,
                cost: float = 0.0) -> str | None:
         def remote() -> str | None:
+            with self._lock:
+                publish = self._take()
             change = self._record(
-                keys=[self._k("circuits"), self._k("fails", model), self._k("stats", model), self._k("latency"),
-                      self._k("models")],
+                keys=[self._kc, self._k("fails", model), self._k("stats", model), self._kl, self._k("models"),
+                      *self._kf],
                 args=[model, provider, outcome, self._wall(), cfg.failures, cfg.window, cfg.cooldown,
                       cfg.min_samples, "" if latency_ms is None else latency_ms, int(input_tokens),
-                      int(output_tokens), float(cost), EWMA_ALPHA, uuid.uuid4().hex])
+                      int(output_tokens), float(cost), EWMA_ALPHA, uuid.uuid4().hex if outcome == "fail" else "",
+                      *publish])
             if change:
                 self._valid_until = -math.inf
-            return change or None
+            return change if change in ("opened", "closed") else None
 
         return self._do(remote, lambda: self._local.record(
             model, provider, outcome, cfg, latency_ms=latency_ms, input_tokens=input_tokens,
-            output_tokens=output_tokens, cost=cost))
+            output_tokens=output_tokens, cost=cost), flush=False)
 
     def circuit(self, model: str) -> CircuitInfo:
         def remote() -> CircuitInfo:
             pipe = self._redis.pipeline(transaction=False)
-            pipe.hget(self._k("circuits"), model)
+            pipe.hget(self._kc, model)
             pipe.zcard(self._k("fails", model))
             value, fails = pipe.execute()
             state, until, _, _ = _parse(value)
@@ -325,66 +478,93 @@ class RedisStore:
         return self._do(remote, self._local.stats)
 
     # -- spend (budgets) -----------------------------------------------------------------------------
-    def _seed(self, key: str) -> None:
-        """Before the first local reservation on `key` in an outage, start from the last spend Redis reported."""
-        if key not in self._seeded:
-            self._seeded.add(key)
-            seen = self._last_spent.get(key, 0.0) - self._local.spent(key)[0]
-            if seen > 0:
-                self._local.settle(key, 0.0, seen)
+    def _saw(self, key: str, used: float) -> None:
+        """Remember `key`'s shared spent + reserved (lock held)."""
+        self._seen[key] = [used, self._clock()]
+
+    def _seed(self, key: str) -> float:
+        """In an outage, before the first local figure for `key`: start from what Redis last showed (lock held).
+        Returns the used figure the outage started from."""
+        base = self._base.get(key)
+        if base is None:
+            seen = self._seen.get(key)
+            held_remote, held_local = self._held_remote.get(key, 0.0), self._held_local.get(key, 0.0)
+            used = max(seen[0] if seen else 0.0, held_remote)
+            self._outage.settle(key, 0.0, used - held_remote)
+            if held_remote + held_local > 0:  # this replica's holds stay reservations, released when settled
+                self._outage.reserve(key, held_remote + held_local, math.inf)
+            base = self._base[key] = used + held_local
+        return base
 
     def reserve(self, key: str, amount: float, limit: float) -> tuple[bool, float]:
         def remote() -> tuple[bool, float]:
-            done, used = self._reserve(keys=[self._k("spend", key)], args=[amount, limit, SPEND_TTL])
-            if done:
-                with self._lock:
+            done, before, after = self._reserve(keys=[self._k("spend", key)], args=[amount, limit, SPEND_TTL])
+            with self._lock:
+                if done:
                     self._held_remote[key] = self._held_remote.get(key, 0.0) + amount
-            self._last_spent[key] = max(self._last_spent.get(key, 0.0), float(used))
-            return bool(done), float(used)
+                self._saw(key, float(after))
+            return bool(done), float(before)
 
         def local() -> tuple[bool, float]:
-            self._seed(key)
-            return self._local.reserve(key, amount, limit)
+            with self._lock:  # this replica's share of what was left (module docstring)
+                base = self._seed(key)
+                done, used = self._outage.reserve(key, amount, base + max(0.0, limit - base) / self._replicas)
+                if done:
+                    self._held_local[key] = self._held_local.get(key, 0.0) + amount
+            return done, used
 
         return self._do(remote, local)
 
     def settle(self, key: str, reserved: float, actual: float) -> float:
-        with self._lock:  # release the hold where it was made: in Redis or in the local fallback
-            held = self._held_remote.get(key, 0.0)
-            remote_hold = reserved if held >= reserved - 1e-12 else 0.0
-            if remote_hold:
-                self._held_remote[key] = max(0.0, held - remote_hold)
+        # release the hold where it was made: in Redis or in local state during an outage
+        remote_hold = reserved if self._held_remote.get(key, 0.0) >= reserved - 1e-12 else 0.0
         local_hold = reserved - remote_hold
 
-        def remote() -> float:
-            total = float(self._settle(keys=[self._k("spend", key)], args=[remote_hold, actual, SPEND_TTL]))
+        def release() -> None:  # lock held
+            if remote_hold:
+                self._held_remote[key] = max(0.0, self._held_remote.get(key, 0.0) - remote_hold)
             if local_hold:
-                self._local.settle(key, local_hold, 0.0)
-            self._last_spent[key] = total
-            return total
+                self._held_local[key] = max(0.0, self._held_local.get(key, 0.0) - local_hold)
+
+        def remote() -> float:
+            total, reserved_after = self._settle(keys=[self._k("spend", key)],
+                                                 args=[remote_hold, actual, SPEND_TTL])
+            with self._lock:
+                release()
+                self._saw(key, float(total) + float(reserved_after))
+            return float(total)
 
         def local() -> float:
             with self._lock:
+                self._seed(key)
+                release()
                 pending = self._pending.setdefault(key, [0.0, 0.0])
                 pending[0] += remote_hold
                 pending[1] += actual
-            self._seed(key)
-            return self._local.settle(key, local_hold, actual)
+                return self._outage.settle(key, reserved, actual)
 
         return self._do(remote, local)
 
     def spent(self, key: str) -> tuple[float, float]:
         def remote() -> tuple[float, float]:
             spent, reserved = self._redis.hmget(self._k("spend", key), "spent", "reserved")
-            return float(spent or 0.0), float(reserved or 0.0)
+            out = float(spent or 0.0), float(reserved or 0.0)
+            with self._lock:
+                self._saw(key, out[0] + out[1])
+            return out
 
-        return self._do(remote, lambda: self._local.spent(key))
+        def local() -> tuple[float, float]:
+            with self._lock:
+                self._seed(key)
+                return self._outage.spent(key)
+
+        return self._do(remote, local)
 
     # -- housekeeping --------------------------------------------------------------------------------
     def ping(self) -> bool:
-        """True when Redis answers now (also ends a degraded period early)."""
+        """True when Redis answers now (also ends a degraded period early); a heartbeat."""
         self._down_until = 0.0
-        return bool(self._do(lambda: self._redis.ping() or True, lambda: False))
+        return self.heartbeat()
 
     def clear(self) -> None:
         """Delete every key under this store's prefix (tests, resets)."""
@@ -394,4 +574,17 @@ class RedisStore:
         self._valid_until = -math.inf
 
     def close(self) -> None:
+        """Stop the background thread, remove this replica and its in-flight counts from Redis, disconnect."""
+        if self._closed:
+            return
+        self._closed = True
+        _open.discard(self)
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2)
+        if not (self._down and self._clock() < self._down_until):
+            try:
+                self._retire(keys=self._kf, args=[self.replica_id])
+            except self._errors:
+                pass
         self._redis.close()

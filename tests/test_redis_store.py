@@ -94,10 +94,24 @@ def make_store(redis_server: RedisServer, request: pytest.FixtureRequest):
 
     build.clock = clock  # type: ignore[attr-defined]
     yield build
-    if made:
-        made[0].clear()
     for s in made:
         s.close()
+    clear_prefix(redis_server.url, prefix)
+
+
+def clear_prefix(url: str, prefix: str) -> None:
+    """Delete a test's keys (after its stores are closed: closing removes a replica's in-flight counts)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=500))
+        if keys:
+            client.delete(*keys)
+    except (redis.exceptions.RedisError, OSError):
+        pass  # the server was stopped by the test
+    finally:
+        client.close()
 
 
 def fail(store, model: str = "m", n: int = 1) -> list[str | None]:
@@ -220,5 +234,6 @@ def test_losing_redis_degrades_to_local_state_then_recovers(caplog: pytest.LogCa
         assert store.ping() and store.status == "redis"
         # the outage's spend was added to the shared figure (this test Redis kept nothing from before: no persistence)
         assert store.spent("daily:d")[0] == pytest.approx(0.4)
+        store.close()
     finally:
         server.kill()

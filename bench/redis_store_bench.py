@@ -1,0 +1,112 @@
+"""RedisStore per-request cost: N plain successful request sequences (unavailable, latency_ms, allow,
+add_in_flight +1, add_in_flight -1, record "ok") against a throwaway local redis-server in; Redis round trips
+per request (counted on the calling thread) and latency per request (p50 / p99 / mean) out.
+
+Run: python bench/redis_store_bench.py [--requests 5000] [--store path/to/redis_store.py]
+(--store times another version of providers/redis_store.py, e.g. `git show HEAD:providers/redis_store.py`.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def load_store(path: str | None):
+    if path is None:
+        from providers.redis_store import RedisStore
+        return RedisStore
+    spec = importlib.util.spec_from_file_location("redis_store_under_test", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.RedisStore
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=5000)
+    ap.add_argument("--store", help="a redis_store.py to time instead of providers/redis_store.py")
+    args = ap.parse_args()
+    redis_bin = shutil.which("redis-server")
+    if redis_bin is None:
+        raise SystemExit("no redis-server binary")
+
+    import redis.connection
+
+    from engine.state import CircuitConfig
+
+    trips = [0]
+    main_thread = threading.current_thread()
+    send = redis.connection.Connection.send_packed_command
+
+    def counted(self, *a, **kw):  # one send per round trip (a pipeline sends all its commands at once)
+        if threading.current_thread() is main_thread:
+            trips[0] += 1
+        return send(self, *a, **kw)
+
+    redis.connection.Connection.send_packed_command = counted  # type: ignore[method-assign]
+    port = free_port()
+    proc = subprocess.Popen([redis_bin, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+                             "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+        store = load_store(args.store)(f"redis://127.0.0.1:{port}/0", prefix="bench:")
+        cfg = CircuitConfig()
+
+        def one() -> None:
+            store.unavailable()
+            store.latency_ms()
+            assert store.allow("m")
+            store.add_in_flight("m", 1)
+            store.add_in_flight("m", -1)
+            store.record("m", "p", "ok", cfg, latency_ms=12.0, input_tokens=10, output_tokens=5, cost=0.0001)
+
+        for _ in range(200):  # warm up (script loading, connections)
+            one()
+        trips[0] = 0
+        times = []
+        for _ in range(args.requests):
+            t0 = time.perf_counter()
+            one()
+            times.append(time.perf_counter() - t0)
+        n = args.requests
+        times.sort()
+        print(f"{args.store or 'providers/redis_store.py'}: {n} requests")
+        print(f"  round trips per request {trips[0] / n:.2f}")
+        print(f"  latency per request  p50 {times[n // 2] * 1e6:.0f}us  p99 {times[int(n * 0.99)] * 1e6:.0f}us  "
+              f"mean {statistics.fmean(times) * 1e6:.0f}us")
+        assert store.in_flight("m") == 0
+        store.close()
+    finally:
+        proc.kill()
+        proc.wait(5)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,362 @@
+"""Tests for providers/redis_store.py across replicas: several RedisStores on a real redis-server (injected wall
+and monotonic clocks, no background thread unless a test wants one) in; round trips per request, in-flight
+counts as other replicas see them (claims, deferred decrements, dead replicas reaped, counts republished) and
+budgets during an outage (each replica limited to its share) out. Skipped without redis-server / redis-py."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from engine.state import CircuitConfig
+from tests.test_redis_store import CFG, REDIS_BIN, Clock, RedisServer, clear_prefix
+
+pytestmark = pytest.mark.skipif(REDIS_BIN is None, reason="no redis-server binary (apt-get install redis-server)")
+redis = pytest.importorskip("redis", reason="redis-py not installed (pip install -e '.[test]')")
+
+
+class Mono:
+    """An injected monotonic clock."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def make(redis_server: RedisServer, request: pytest.FixtureRequest):
+    """RedisStores (replicas) sharing a fresh prefix and injected clocks; `make.wall` / `make.mono` drive them."""
+    from providers.redis_store import RedisStore
+
+    prefix = f"r{abs(hash(request.node.nodeid)) % 10**8}:"
+    wall, mono = Clock(), Mono()
+    made: list[RedisStore] = []
+    urls = {redis_server.url}
+
+    def build(url: str | None = None, **kw) -> RedisStore:
+        kw.setdefault("background", False)
+        kw.setdefault("refresh", 0.0)
+        store = RedisStore(url or redis_server.url, prefix=prefix, wall=wall, clock=mono, **kw)
+        urls.add(store.url)
+        made.append(store)
+        return store
+
+    build.wall, build.mono = wall, mono  # type: ignore[attr-defined]
+    yield build
+    for s in made:
+        s.close()
+    for url in urls:
+        clear_prefix(url, prefix)
+
+
+class OwnServer:
+    """A redis-server of the test's own, to kill and start again (empty: no persistence) on the same port."""
+
+    def __init__(self) -> None:
+        self.servers = [RedisServer().start()]
+        self.port, self.url = self.servers[0].port, self.servers[0].url
+
+    def kill(self) -> None:
+        self.servers[-1].kill()
+
+    def restart(self) -> None:
+        self.servers.append(RedisServer(self.port).start())
+
+
+@pytest.fixture
+def own_server() -> Iterator[OwnServer]:
+    server = OwnServer()
+    yield server
+    for s in server.servers:
+        s.kill()
+
+
+@pytest.fixture
+def trips(monkeypatch: pytest.MonkeyPatch):
+    """Counts Redis round trips made from this thread (a pipeline or script call is one)."""
+    counter = [0]
+    send = redis.connection.Connection.send_packed_command
+    me = threading.current_thread()
+
+    def counted(self, *a, **kw):
+        if threading.current_thread() is me:
+            counter[0] += 1
+        return send(self, *a, **kw)
+
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counted)
+    return counter
+
+
+def plain_request(store, model: str = "m", cfg: CircuitConfig = CFG) -> None:
+    """What providers/execute.py does for one call that succeeds."""
+    store.unavailable()
+    store.latency_ms()
+    assert store.allow(model)
+    store.add_in_flight(model, 1)
+    store.add_in_flight(model, -1)
+    store.record(model, "p", "ok", cfg, latency_ms=10, input_tokens=3, output_tokens=2, cost=0.001)
+
+
+# ---- round trips -------------------------------------------------------------------------------------------
+
+def test_a_plain_request_costs_two_round_trips(make, trips) -> None:
+    store = make(refresh=60.0)
+    plain_request(store)  # loads the scripts and the decide() snapshot
+    trips[0] = 0
+    for _ in range(10):
+        plain_request(store)
+    assert trips[0] == 20  # allow (with the in-flight claim) and record (with the deferred -1)
+    assert store.in_flight("m") == 0 and store.stats()["m"].calls == 11
+
+
+def test_allow_refreshes_the_snapshot_only_when_the_circuit_is_not_closed(make, trips) -> None:
+    a, b = make(refresh=60.0), make(refresh=60.0)
+    assert b.unavailable() == frozenset() and b.allow("m")
+    trips[0] = 0
+    assert b.unavailable() == frozenset() and trips[0] == 0  # a closed gate left the snapshot valid
+    assert [a.record("m", "p", "fail", CFG) for _ in range(3)][-1] == "opened"
+    assert b.unavailable() == frozenset()  # b's snapshot is up to 60 s old...
+    assert not b.allow("m")
+    assert b.unavailable() == {"m"}  # ...but a refusal reloads it
+    make.wall.t += 31  # cooldown over: b claims the half-open probe, a sees it at once
+    assert b.allow("m")
+    assert a.unavailable() == {"m"} and b.unavailable() == {"m"}
+    assert b.record("m", "p", "neutral", CFG) is None  # the probe ended without a verdict
+    assert b.unavailable() == frozenset() and b.circuit("m").state == "half_open"
+
+
+# ---- in-flight counts as other replicas see them -----------------------------------------------------------
+
+def test_a_running_call_is_visible_to_other_replicas_until_it_is_recorded(make, trips) -> None:
+    a, b = make(), make()
+    plain_request(a)
+    assert a.allow("m")
+    assert b.in_flight("m") == 1  # counted by allow() (a claim)...
+    trips[0] = 0
+    a.add_in_flight("m", 1)  # ...which the start of the call consumes without a round trip
+    assert trips[0] == 0 and b.in_flight("m") == 1
+    a.add_in_flight("m", -1)  # the end waits for the record() that follows
+    assert trips[0] == 1 and b.in_flight("m") == 1  # the one trip is b's read above
+    a.record("m", "p", "ok", CFG, latency_ms=5)
+    assert b.in_flight("m") == 0
+    a.add_in_flight("m", 1)  # a start without allow() is sent at once
+    assert b.in_flight("m") == 1
+
+
+def test_a_deferred_end_is_sent_by_the_next_call_or_flush(make) -> None:
+    a, b = make(), make()
+    a.add_in_flight("m", 1)
+    a.add_in_flight("m", -1)
+    assert b.in_flight("m") == 1
+    assert a.next_index("k") == 0  # any call to Redis takes it along
+    assert b.in_flight("m") == 0
+    a.add_in_flight("m", 1)
+    a.add_in_flight("m", -1)
+    a.flush()
+    assert b.in_flight("m") == 0
+    a.add_in_flight("m", 2)
+    a.add_in_flight("m", -3)  # never below zero
+    assert a.in_flight("m") == 0 and b.in_flight("m") == 0
+
+
+def test_the_background_thread_sends_a_deferred_end(make) -> None:
+    from providers.redis_store import RedisStore
+
+    b = make()
+    a = RedisStore(b.url, prefix=b._p, wall=make.wall, refresh=0.0)  # real monotonic clock, background thread
+    try:
+        a.add_in_flight("m", 1)
+        a.add_in_flight("m", -1)
+        deadline = time.monotonic() + 3
+        while b.in_flight("m") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert b.in_flight("m") == 0
+    finally:
+        a.close()
+
+
+def test_claims_nobody_consumes_expire_and_refused_calls_are_not_counted(make) -> None:
+    a, b = make(claim_ttl=2.0), make()
+    assert a.allow("m")
+    assert b.in_flight("m") == 1
+    make.mono.t += 1.0
+    a.flush()
+    assert b.in_flight("m") == 1  # still waiting for its add_in_flight(+1)
+    make.mono.t += 1.5
+    a.flush()
+    assert b.in_flight("m") == 0  # dropped
+    assert a.allow("m")
+    make.mono.t += 1.0
+    a.add_in_flight("m", 1)  # consumed in time: no longer a claim
+    make.mono.t += 5.0
+    a.flush()
+    assert b.in_flight("m") == 1
+    a.add_in_flight("m", -1)
+    a.flush()
+    assert [b.record("x", "p", "fail", CFG) for _ in range(3)][-1] == "opened"
+    assert not a.allow("x")
+    assert b.in_flight("x") == 0 and b.in_flight("m") == 0
+
+
+def test_dead_replicas_counts_are_reaped_and_a_live_one_republishes(make) -> None:
+    a, b = make(replica_ttl=30.0), make(replica_ttl=30.0)
+    a.add_in_flight("m", 1)
+    a.add_in_flight("m", 1)
+    b.add_in_flight("m", 1)
+    assert b.heartbeat() and b.in_flight("m") == 3 and b.replicas == 2
+    make.wall.t += 20  # a is silent (dead or not) but not for long enough
+    assert b.heartbeat() and b.in_flight("m") == 3
+    make.wall.t += 11  # 31 s since a was last heard from
+    assert b.heartbeat()
+    assert b.in_flight("m") == 1 and b.replicas == 1  # only b's own call is left
+    assert a.heartbeat()  # a was alive after all: its counts come back
+    assert b.in_flight("m") == 3 and a.replicas == 2
+    a.add_in_flight("m", -2)
+    a.flush()
+    assert b.in_flight("m") == 1
+
+
+def test_heartbeat_republishes_lost_counts_and_repairs_stale_totals(make) -> None:
+    a, b = make(), make()
+    a.add_in_flight("m", 2)
+    client = redis.Redis.from_url(a.url, decode_responses=True)
+    try:
+        clear_prefix(a.url, a._p)  # Redis lost everything (a restart without persistence)
+        client.hset(a._p + "inflight", "old", 5)  # a total no replica accounts for (older versions left these)
+        assert b.in_flight("m") == 0 and b.in_flight("old") == 5
+        assert a.heartbeat()
+        assert b.in_flight("m") == 2 and b.in_flight("old") == 0
+    finally:
+        client.close()
+
+
+def test_closing_a_replica_removes_its_counts(make) -> None:
+    a, b = make(), make()
+    a.add_in_flight("m", 1)
+    b.add_in_flight("m", 1)
+    assert b.in_flight("m") == 2
+    a.close()
+    assert b.in_flight("m") == 1
+    b.heartbeat()
+    assert b.replicas == 1
+
+
+def test_a_call_ending_during_an_outage_is_not_left_counted(make, own_server: OwnServer) -> None:
+    a = make(own_server.url)
+    a.add_in_flight("m", 1)
+    assert a.in_flight("m") == 1
+    own_server.kill()
+    a.add_in_flight("m", -1)  # the end of the call cannot reach Redis
+    a.add_in_flight("n", 1)  # a call starting during the outage
+    assert a.in_flight("m") == 0 and a.in_flight("n") == 1 and a.status.startswith("local")
+    own_server.restart()
+    assert a.ping() and a.status == "redis"
+    assert a.in_flight("m") == 0 and a.in_flight("n") == 1  # republished as this replica knows them
+
+
+# ---- budgets during an outage ------------------------------------------------------------------------------
+
+def _two_replicas(make, url: str):
+    a, b = make(url), make(url)
+    for s in (a, b, a):
+        assert s.heartbeat()
+    assert a.replicas == b.replicas == 2
+    return a, b
+
+
+def test_in_an_outage_each_replica_spends_at_most_its_share_of_what_is_left(make, own_server: OwnServer) -> None:
+    a, b = _two_replicas(make, own_server.url)
+    assert a.reserve("daily:d", 0.4, 1.0) == (True, 0.0)
+    assert a.settle("daily:d", 0.4, 0.4) == pytest.approx(0.4)
+    assert b.spent("daily:d") == (pytest.approx(0.4), 0.0)
+    own_server.kill()
+    # 0.6 was left and two replicas were alive: each may add 0.3
+    assert a.reserve("daily:d", 0.25, 1.0) == (True, pytest.approx(0.4))
+    assert a.reserve("daily:d", 0.1, 1.0) == (False, pytest.approx(0.65))
+    assert b.reserve("daily:d", 0.3, 1.0) == (True, pytest.approx(0.4))
+    assert b.reserve("daily:d", 0.05, 1.0)[0] is False
+    assert a.settle("daily:d", 0.25, 0.2) == pytest.approx(0.6)
+    assert a.reserve("daily:d", 0.1, 1.0)[0] is True  # the unspent 0.05 of a's share, and no more
+    assert a.reserve("daily:d", 0.01, 1.0)[0] is False
+    assert a.settle("daily:d", 0.1, 0.1) == pytest.approx(0.7)
+    assert b.settle("daily:d", 0.3, 0.3) == pytest.approx(0.7)
+    # a key neither replica saw before the outage: half the limit each
+    assert a.reserve("daily:new", 0.5, 1.0)[0] and not a.reserve("daily:new", 0.01, 1.0)[0]
+    own_server.restart()
+    assert a.ping() and b.ping()
+    # this Redis kept nothing (no persistence): it now holds exactly the outage's spend, and a's open hold
+    assert a.spent("daily:d") == (pytest.approx(0.6), pytest.approx(0.0))
+    assert a.spent("daily:new") == (pytest.approx(0.0), pytest.approx(0.5))
+    assert a.settle("daily:new", 0.5, 0.4) == pytest.approx(0.4)  # settled in Redis now
+    assert b.spent("daily:new") == (pytest.approx(0.4), pytest.approx(0.0))
+
+
+def test_heartbeats_keep_the_spend_figure_a_replica_falls_back_on_current(make, own_server: OwnServer) -> None:
+    a, b = _two_replicas(make, own_server.url)
+    assert b.reserve("daily:d", 0.1, 1.0)[0] and b.settle("daily:d", 0.1, 0.1) == pytest.approx(0.1)
+    assert a.reserve("daily:d", 0.5, 1.0)[0] and a.settle("daily:d", 0.5, 0.5) == pytest.approx(0.6)
+    assert b.heartbeat()  # b sees 0.6, not the 0.1 of its own last call
+    own_server.kill()
+    assert not b.reserve("daily:d", 0.25, 1.0)[0]  # 0.6 + 0.4 / 2 = 0.8 is b's ceiling
+    assert b.reserve("daily:d", 0.2, 1.0) == (True, pytest.approx(0.6))
+
+
+def test_a_reservation_held_in_redis_is_settled_once_in_an_outage(make, own_server: OwnServer) -> None:
+    a = make(own_server.url)
+    assert a.heartbeat() and a.replicas == 1
+    assert a.reserve("daily:d", 0.3, 1.0) == (True, 0.0)  # held in Redis
+    own_server.kill()
+    assert a.settle("daily:d", 0.3, 0.2) == pytest.approx(0.2)  # the hold is released, not counted twice
+    assert a.spent("daily:d") == (pytest.approx(0.2), pytest.approx(0.0))
+    assert a.reserve("daily:d", 0.8, 1.0) == (True, pytest.approx(0.2))
+    assert a.settle("daily:d", 0.8, 0.7) == pytest.approx(0.9)
+    own_server.restart()
+    assert a.ping()
+    assert a.spent("daily:d") == (pytest.approx(0.9), pytest.approx(0.0))
+
+
+def test_a_late_message_does_not_undo_a_newer_count(make) -> None:
+    a, b = make(), make()
+    a.add_in_flight("m", 1)
+    a.add_in_flight("m", 1)
+    assert b.in_flight("m") == 2
+    a._flush_script(keys=a._kf, args=[a.replica_id, "", 1, "m", 1, 1])  # the first +1's message, arriving late
+    assert b.in_flight("m") == 2
+
+
+def test_concurrent_requests_on_one_replica_leave_no_count_behind(make) -> None:
+    from providers.redis_store import RedisStore
+
+    b = make()
+    a = RedisStore(b.url, prefix=b._p, wall=make.wall, refresh=0.0)  # real clock and background thread
+    seen: list[int] = []
+    try:
+        def worker() -> None:
+            for i in range(150):
+                plain_request(a, model=f"m{i % 3}")
+
+        threads = [threading.Thread(target=worker) for _ in range(4)]
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads):
+            seen.append(b.in_flight("m0"))
+        for t in threads:
+            t.join()
+        a.flush()
+        assert all(0 <= n <= 4 for n in seen)
+        assert [b.in_flight(f"m{i}") for i in range(3)] == [0, 0, 0]
+        assert sum(s.calls for s in b.stats().values()) == 600
+    finally:
+        a.close()
