@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
+import socket
 import ssl
 import sys
 import time
@@ -30,6 +32,7 @@ import httpx
 MAX_HEAD = 64 * 1024  # bytes of status line plus headers; larger answers are a protocol error
 READ_SIZE = 64 * 1024
 DEFAULT_PORTS = {b"http": 80, b"https": 443}
+HEXDIGITS = b"0123456789abcdefABCDEF"
 
 if sys.version_info >= (3, 11):
     _deadline = asyncio.timeout
@@ -53,21 +56,41 @@ else:  # pragma: no cover - Python 3.10
             handle.cancel()
 
 
+def _readable(fd: int) -> bool:
+    """Whether the socket has something to read right now (for an idle connection: the server's FIN or RST)."""
+    try:
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            return bool(poller.poll(0))
+        return bool(select.select([fd], [], [], 0)[0])  # pragma: no cover - Windows
+    except (OSError, ValueError):
+        return True
+
+
 class _Conn:
     """One open connection to one origin."""
 
-    __slots__ = ("idle_since", "origin", "reader", "writer")
+    __slots__ = ("fd", "idle_since", "loop", "origin", "reader", "writer")
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, origin: tuple[Any, ...]) -> None:
-        self.reader, self.writer, self.origin = reader, writer, origin
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, origin: tuple[Any, ...],
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.reader, self.writer, self.origin, self.loop = reader, writer, origin, loop
         self.idle_since = 0.0
+        sock = writer.get_extra_info("socket")
+        self.fd = sock.fileno() if sock is not None else -1
 
     def usable(self, now: float, expiry: float) -> bool:
-        """Still fit to send a request on: open, nothing unread (the server said nothing unasked), not stale."""
+        """Still fit to send a request on: open, nothing unread (the server said nothing unasked), not stale.
+        The socket itself is polled too: a FIN or RST that arrived since the event loop last looked at it would
+        otherwise only show up as a failed request."""
         return (not self.writer.is_closing() and not self.reader.at_eof() and not self.reader._buffer  # type: ignore[attr-defined]
-                and now - self.idle_since < expiry)
+                and now - self.idle_since < expiry and (self.fd < 0 or not _readable(self.fd)))
 
     def close(self) -> None:
+        if self.loop.is_closed():  # the transport cannot close itself any more: at least tell the server
+            with contextlib.suppress(Exception):
+                self.writer.get_extra_info("socket").shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(Exception):
             self.writer.close()
 
@@ -103,21 +126,37 @@ class _Body(httpx.AsyncByteStream):
                 while True:
                     async with _deadline(timeout):
                         line = await reader.readuntil(b"\n")
-                    try:
-                        size = int(line.split(b";", 1)[0].strip(), 16)
-                    except ValueError:
-                        raise httpx.RemoteProtocolError(f"malformed chunk size line {line[:40]!r}") from None
+                    digits = line.split(b";", 1)[0].strip()
+                    if not digits or digits.lstrip(HEXDIGITS):  # int() alone would take "-5", "0x5", "1_0"
+                        raise httpx.RemoteProtocolError(f"malformed chunk size line {line[:40]!r}")
+                    size = int(digits, 16)
                     if size == 0:
                         async with _deadline(timeout):
                             while (await reader.readuntil(b"\n")).strip():  # trailer fields, then the blank line
                                 pass
                         break
-                    async with _deadline(timeout):
+                    if len(reader._buffer) >= size + 2:  # type: ignore[attr-defined]  # all here: one read, no timer
                         data = await reader.readexactly(size + 2)
-                    if not data.endswith(b"\r\n") and not data.endswith(b"\n"):
-                        raise httpx.RemoteProtocolError("chunk is not followed by CRLF")
-                    received += size
-                    yield data[:size]
+                        if data[size:] != b"\r\n":
+                            raise httpx.RemoteProtocolError("chunk data is not followed by CRLF")
+                        received += size
+                        yield data[:size]
+                        continue
+                    remaining = size  # a chunk still arriving: hand on what is here rather than wait for all of it
+                    while remaining:
+                        if len(reader._buffer) >= remaining:  # type: ignore[attr-defined]
+                            data = await reader.readexactly(remaining)
+                        else:
+                            async with _deadline(timeout):
+                                data = await reader.read(min(remaining, READ_SIZE))
+                            if not data:
+                                raise asyncio.IncompleteReadError(b"", remaining)
+                        remaining -= len(data)
+                        received += len(data)
+                        yield data
+                    async with _deadline(timeout):
+                        if await reader.readexactly(2) != b"\r\n":
+                            raise httpx.RemoteProtocolError("chunk data is not followed by CRLF")
             elif self._framing == "close":
                 while True:
                     async with _deadline(timeout):
@@ -148,7 +187,8 @@ def _timeouts(request: httpx.Request) -> tuple[float | None, float | None, float
 
 
 class LeanTransport(httpx.AsyncBaseTransport):
-    """HTTP/1.1 over pooled asyncio connections (see the module docstring). Bound to one event loop."""
+    """HTTP/1.1 over pooled asyncio connections (see the module docstring). Bound to one event loop at a time:
+    used from another (a second `asyncio.run()`), it forgets the first loop's connections and starts afresh."""
 
     def __init__(self, *, ssl_context: ssl.SSLContext | None = None, limits: httpx.Limits | None = None,
                  keepalive_expiry: float | None = None) -> None:
@@ -164,6 +204,18 @@ class LeanTransport(httpx.AsyncBaseTransport):
         self._open = 0  # connections open or being opened, idle ones included
         self._waiters: list[asyncio.Future[None]] = []
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Use `loop` from now on. Connections and waiters of an earlier loop cannot be used from this one (their
+        futures belong to it): idle ones are closed, and the rest no longer count towards the limits."""
+        for conns in self._idle.values():
+            for conn in conns:
+                conn.close()
+        self._idle.clear()
+        self._n_idle = self._open = 0
+        self._waiters.clear()
+        self._loop = loop
 
     # ---- the pool -------------------------------------------------------------------------------------
     async def _acquire(self, url: httpx.URL, origin: tuple[Any, ...], connect_t: float | None,
@@ -171,6 +223,8 @@ class LeanTransport(httpx.AsyncBaseTransport):
         """An idle connection to `origin`, else a new one; waits (up to the pool timeout) at the limit."""
         deadline = None if pool_t is None else time.monotonic() + pool_t
         while True:
+            if self._closed:
+                raise RuntimeError("the transport has been closed")
             conn = self._take_idle(origin)
             if conn is not None:
                 return conn
@@ -216,11 +270,11 @@ class LeanTransport(httpx.AsyncBaseTransport):
             self._open -= 1
             self._wake()
             if isinstance(exc, TimeoutError):
-                raise httpx.ConnectTimeout(f"timed out connecting to {url.host}:{port}") from None
+                raise httpx.ConnectTimeout(f"timed out connecting to {host}:{port}") from None
             if isinstance(exc, OSError):  # ssl.SSLError included
                 raise httpx.ConnectError(f"{type(exc).__name__}: {exc}") from None
             raise
-        return _Conn(reader, writer, origin)
+        return _Conn(reader, writer, origin, asyncio.get_running_loop())
 
     def _take_idle(self, origin: tuple[Any, ...]) -> _Conn | None:
         idle = self._idle.get(origin)
@@ -244,11 +298,13 @@ class LeanTransport(httpx.AsyncBaseTransport):
 
     def _drop(self, conn: _Conn) -> None:
         conn.close()
-        self._open -= 1
-        self._wake()
+        if conn.loop is self._loop:  # else a connection of an earlier event loop, already uncounted by _bind
+            self._open -= 1
+            self._wake()
 
     def _release(self, conn: _Conn, *, reuse: bool) -> None:
-        if not reuse or self._closed or self._n_idle >= self._max_idle or conn.writer.is_closing():
+        if (not reuse or self._closed or self._n_idle >= self._max_idle or conn.writer.is_closing()
+                or conn.loop is not self._loop):
             self._drop(conn)
             return
         conn.idle_since = time.monotonic()
@@ -260,15 +316,27 @@ class LeanTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self._closed:
             raise RuntimeError("the transport has been closed")
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._bind(loop)
         url = request.url
         scheme = url.raw_scheme
         if scheme not in DEFAULT_PORTS:
             raise httpx.UnsupportedProtocol(f"the lean transport speaks http and https, not {url.scheme!r}")
-        origin = (scheme, url.host, url.port or DEFAULT_PORTS[scheme])
+        origin = (scheme, url.raw_host.decode("ascii"), url.port or DEFAULT_PORTS[scheme])  # IDNA: xn--
         connect_t, read_t, write_t, pool_t = _timeouts(request)
-        body = request.content if isinstance(request.stream, httpx.ByteStream) else await request.aread()
         head = [b"%s %s HTTP/1.1\r\n" % (request.method.encode(), url.raw_path)]
         head += [b"%s: %s\r\n" % (k, v) for k, v in request.headers.raw]
+        try:
+            body = request.content if isinstance(request.stream, httpx.ByteStream) else None
+        except httpx.RequestNotRead:  # built with `stream=`
+            body = None
+        if body is None:
+            body = await request.aread()
+            if request.headers.get("transfer-encoding", "").lower() == "chunked":  # streamed content: say so
+                body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n"
+            elif body and "content-length" not in request.headers:
+                head.append(b"Content-Length: %d\r\n" % len(body))
         head.append(b"\r\n")
         payload = b"".join(head) + body
 
@@ -288,20 +356,24 @@ class LeanTransport(httpx.AsyncBaseTransport):
             self._drop(conn)  # an exchange cut anywhere (errors, cancellation) leaves the connection unusable
             raise
 
-        framing, length, keep = "close", 0, version == b"HTTP/1.1"
+        framing, length, keep, coded = "close", -1, version == b"HTTP/1.1", False
         for name, value in headers:
             lname = name.lower()
-            if lname == b"transfer-encoding" and b"chunked" in value.lower():
-                framing = "chunked"
-            elif lname == b"content-length" and framing != "chunked":
-                try:
-                    length = int(value)
-                except ValueError:
+            if lname == b"content-length":
+                if not value.isdigit() or (length >= 0 and int(value) != length):  # int() alone takes "-1", "+1"
                     self._drop(conn)
-                    raise httpx.RemoteProtocolError(f"malformed Content-Length {value[:40]!r}") from None
-                framing = "length"
+                    raise httpx.RemoteProtocolError(f"malformed Content-Length {value[:40]!r}")
+                length = int(value)
+            elif lname == b"transfer-encoding":  # chunked only as the final coding, else the body runs to close
+                coded = True
+                framing = "chunked" if value.lower().rsplit(b",", 1)[-1].strip() == b"chunked" else "close"
             elif lname == b"connection" and b"close" in value.lower():
                 keep = False
+        if coded:
+            if length >= 0:  # both: Transfer-Encoding wins, and the connection is not trusted again
+                keep = False
+        elif length >= 0:
+            framing = "length"
         if request.method == "HEAD" or status in (204, 304) or (framing == "length" and length == 0):
             framing = "none"
         if framing == "close":
@@ -329,7 +401,11 @@ class LeanTransport(httpx.AsyncBaseTransport):
                 raise httpx.ReadTimeout("timed out waiting for the response") from None
             except (ConnectionError, OSError) as exc:
                 raise httpx.ReadError(f"{type(exc).__name__}: {exc}") from None
-            lines = raw[:-4].split(b"\r\n")
+            raw = raw[:-4]
+            crlf = raw.count(b"\r\n")
+            if raw.count(b"\n") != crlf or raw.count(b"\r") != crlf:
+                raise httpx.RemoteProtocolError("malformed response head: a bare CR or LF")
+            lines = raw.split(b"\r\n")
             parts = lines[0].split(b" ", 2)
             if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not (len(parts[1]) == 3 and
                                                                              parts[1].isdigit()):
@@ -352,3 +428,6 @@ class LeanTransport(httpx.AsyncBaseTransport):
                 self._drop(conn)
         self._idle.clear()
         self._n_idle = 0
+        for waiter in self._waiters:  # requests queued for a connection fail now rather than connect again
+            if not waiter.done():
+                waiter.set_result(None)
