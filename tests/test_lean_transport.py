@@ -989,3 +989,51 @@ async def test_provider_client_uses_lean_transport(fake_server: FakeServer, monk
     assert fake_server.connections == 1
     assert [r.body["messages"] for r in fake_server.requests] == [[{"role": "user", "content": "Hello there"}]] * 3
     assert fake_server.requests[1].body["stream"] is True
+
+
+# ---- fetch(): the whole body at once, as ProviderClient.achat reads ----------------------------------------
+FETCH_CASES = {
+    "content-length": ok(b"hello"),
+    "content-length, large": ok(b"y" * 200_000),
+    "chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    "empty": b"HTTP/1.1 204 No Content\r\n\r\n",
+    "zero length": ok(b""),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FETCH_CASES))
+async def test_fetch_reads_the_whole_body_like_aread(case: str) -> None:
+    async with running(raw(FETCH_CASES[case])) as server, lean() as t:
+        streamed, expected = await fetch(t, "GET", server.url())
+        for _ in range(2):
+            whole = await t.fetch(request("GET", server.url()))
+            assert (whole.status_code, whole.content, whole.headers.raw) == (
+                streamed.status_code, expected, streamed.headers.raw)
+            assert whole.extensions["http_version"] == b"HTTP/1.1"
+        assert server.accepted == 1  # the connection went back to the pool each time
+
+
+async def test_fetch_of_a_body_ended_by_close_and_a_cut_body() -> None:
+    async def close_delimited(req: Req, conn: Conn) -> None:
+        await conn.send(b"HTTP/1.1 200 OK\r\n\r\nuntil the end")
+        await conn.close()
+
+    async with running(close_delimited) as server, lean() as t:
+        assert (await t.fetch(request("GET", server.url()))).content == b"until the end"
+
+    async def short(req: Req, conn: Conn) -> None:
+        await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        await conn.close()
+
+    async with running(short) as server, lean() as t:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await t.fetch(request("GET", server.url()))
+        assert t._open == 0  # the broken connection was dropped, not pooled
+
+
+async def test_fetch_decodes_a_gzip_body_like_httpx() -> None:
+    import gzip
+
+    packed = gzip.compress(b'{"ok": true}')
+    async with running(raw(ok(packed, b"Content-Encoding: gzip\r\n"))) as server, lean() as t:
+        assert (await t.fetch(request("GET", server.url()))).json() == {"ok": True}

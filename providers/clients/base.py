@@ -379,11 +379,7 @@ class ProviderClient:
         request = self._build_lean(model, req, False, timeout)
         started = time.perf_counter()
         try:
-            response = await lean.handle_async_request(request)
-            try:
-                await response.aread()
-            finally:
-                await response.aclose()
+            response = await lean.fetch(request)
         except Exception as exc:
             raise self._fail(exc, model) from exc
         return self._complete(response, model, started)

@@ -175,6 +175,17 @@ class _Body(httpx.AsyncByteStream):
         except (ConnectionError, OSError) as exc:
             raise httpx.ReadError(f"{type(exc).__name__}: {exc}") from None
 
+    async def read_all(self) -> bytes:
+        """The whole body (the stream is then exhausted)."""
+        if self._framing == "none":
+            return b""
+        reader = self._conn.reader
+        if self._framing == "length" and len(reader._buffer) >= self._length:  # type: ignore[attr-defined]
+            body = await reader.readexactly(self._length)
+            self._complete = True
+            return body
+        return b"".join([chunk async for chunk in self])
+
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
@@ -313,7 +324,8 @@ class LeanTransport(httpx.AsyncBaseTransport):
         self._wake()
 
     # ---- one exchange ---------------------------------------------------------------------------------
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    async def _exchange(self, request: httpx.Request) -> tuple[int, list[tuple[bytes, bytes]], dict[str, Any], _Body]:
+        """Send `request` and read the response head: status, headers, extensions and the body stream."""
         if self._closed:
             raise RuntimeError("the transport has been closed")
         loop = asyncio.get_running_loop()
@@ -383,8 +395,25 @@ class LeanTransport(httpx.AsyncBaseTransport):
         stream = _Body(self, conn, framing, length, keep, read_t)
         if framing == "none":
             await stream.aclose()
-        return httpx.Response(status, headers=headers, stream=stream, request=request,
-                              extensions={"http_version": version, "reason_phrase": reason})
+        return status, headers, {"http_version": version, "reason_phrase": reason}, stream
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        status, headers, extensions, stream = await self._exchange(request)
+        return httpx.Response(status, headers=headers, stream=stream, request=request, extensions=extensions)
+
+    async def fetch(self, request: httpx.Request) -> httpx.Response:
+        """`handle_async_request` with the whole body read: a Response holding its content, for calls that are
+        not streamed. A Content-Length body that has already arrived is taken in one read, without a timer or
+        the async-iterator machinery (about 40 us less per call here)."""
+        status, headers, extensions, stream = await self._exchange(request)
+        try:
+            body = await stream.read_all()
+        finally:
+            await stream.aclose()
+        response = httpx.Response(status, headers=headers, stream=httpx.ByteStream(body), request=request,
+                                  extensions=extensions)
+        response.read()  # decodes a Content-Encoding, as aread() would; adds no headers of its own
+        return response
 
     @staticmethod
     async def _read_head(reader: asyncio.StreamReader, read_t: float | None) -> tuple[int, bytes, bytes, list]:
