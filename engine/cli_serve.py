@@ -140,7 +140,10 @@ def serve(policy_args: tuple[str, ...], host: str, port: int, watch: bool, keys_
         click.echo(f"  model \"{name}\": policy {e.policy.entry} (version {e.version[:12]})", err=True)
     if keys is None and host not in ("127.0.0.1", "localhost", "::1"):
         click.echo("warning: listening beyond loopback without --keys: anyone who can connect can spend", err=True)
+    from engine.gateway_http import http_protocol
+
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log,
+                            http=http_protocol(),  # uvicorn's, with a response's head and body sent together
                             timeout_graceful_shutdown=graceful_timeout, lifespan="on",
                             server_header=False, proxy_headers=False)
     gc.collect()

@@ -27,6 +27,7 @@ import uvicorn  # noqa: E402
 
 from engine.gateway import create_app  # noqa: E402
 from engine.gateway_auth import GatewayKey, KeyRing, hash_key  # noqa: E402
+from engine.gateway_http import CoalescingTransport, http_protocol  # noqa: E402
 from tests.demo_fallback import CATALOG, KINDS, TEST_KEY, engine_for  # noqa: E402
 from tests.fakeserver import Call, FakeServer, Fault, Reply  # noqa: E402
 from tests.test_redis_store import REDIS_BIN, RedisServer, free_port  # noqa: E402
@@ -48,7 +49,7 @@ class ThreadServer:
     def __init__(self, app: Any):
         self.port = free_port()
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    lifespan="on"))
+                                                    lifespan="on", http=http_protocol()))  # as `serve` runs it
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property
@@ -494,3 +495,76 @@ otherwise use alpha-mini fallback beta-chat
             if s is not None:
                 s.stop()
         redis_server.kill()
+
+
+# ---- the coalescing HTTP protocol (engine/gateway_http.py) -------------------------------------------------
+class RecordingTransport:
+    """Stands in for a socket transport: records each write as the kernel would see it."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 1)}.get(name, default)
+
+
+def test_coalescing_transport_joins_writes_of_one_loop_turn() -> None:
+    async def go() -> None:
+        real = RecordingTransport()
+        t = CoalescingTransport(real, asyncio.get_running_loop())  # type: ignore[arg-type]
+        t.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+        t.write(b"")
+        t.write(b"hi")
+        assert real.writes == [] and t.get_write_buffer_size() == 40
+        await asyncio.sleep(0)
+        assert real.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi"]
+        t.write(b"chunk 1")  # a stream: each turn's writes leave in that turn
+        await asyncio.sleep(0)
+        t.write(b"chunk 2")
+        t.close()  # close sends what is queued first
+        assert real.writes[1:] == [b"chunk 1", b"chunk 2"] and real.closed
+        assert t.get_extra_info("peername") == ("127.0.0.1", 1)
+
+    asyncio.run(go())
+
+
+def test_a_json_answer_leaves_in_one_write(gw, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through real uvicorn: it writes a response's head and body separately; the socket gets one write."""
+    import engine.gateway_http as gh
+
+    sent: list[bytes] = []  # what reaches the socket transport
+    queued: list[bytes] = []  # what uvicorn wrote
+
+    class Recorder:
+        def __init__(self, transport: Any) -> None:
+            self._t = transport
+
+        def write(self, data: bytes) -> None:
+            sent.append(data)
+            self._t.write(data)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._t, name)
+
+    init, write = gh.CoalescingTransport.__init__, gh.CoalescingTransport.write
+    monkeypatch.setattr(gh.CoalescingTransport, "__init__", lambda self, t, loop: init(self, Recorder(t), loop))
+    monkeypatch.setattr(gh.CoalescingTransport, "write", lambda self, data: (queued.append(data), write(self, data)))
+    with httpx.Client() as client:  # a fresh connection, made after the patch
+        r = client.post(gw.url + "/v1/chat/completions", json={"model": "auto", "messages": MSG},
+                        headers={"authorization": f"Bearer {KEY}"})
+    assert r.status_code == 200 and r.json()["model"] == "alpha-mini"
+    assert len(queued) == 2 and queued[0].startswith(b"HTTP/1.1 200") and queued[1] == r.content
+    assert sent == [queued[0] + queued[1]]
