@@ -5,17 +5,34 @@ Round-robin positions are INCR counters; in-flight counts, circuits, health stat
 spend live in hashes; every read-modify-write (the circuit gate, recording a call, reserving and settling
 money) is one Lua script, so it is atomic across replicas. Times are wall-clock epoch seconds from `wall`
 (replicas must agree on the time, as NTP-synced hosts do). decide() reads `unavailable()` and `latency_ms()`
-from a snapshot refreshed at most every `refresh` seconds (and at once after this replica claims a half-open
-probe, is refused by a circuit or changes one); the circuit gate `allow()` always asks Redis, so a circuit
-opened by one replica stops calls in all of them.
+from a snapshot of the circuits and latencies, refreshed at most every `refresh` seconds (and at once after this
+replica claims a half-open probe, is refused by a circuit or changes one); the snapshot also knows which models'
+circuits are not plainly closed (open, half-open or probing).
 
-Round trips. A plain successful call costs two: `allow()` and `record()`. `allow()`, when it lets a call
-through, also counts the call in flight in the same script (a *claim*); the `add_in_flight(model, +1)` that
-follows consumes the claim without a round trip (a claim nobody consumes is dropped after `claim_ttl`
-seconds). An `add_in_flight(model, -1)` is not sent at once: it rides with the next call to Redis (normally
-the `record()` that follows it); a background thread sends anything still waiting after ~0.1 s and `flush()`
-sends it at once. An `add_in_flight(+1)` without a claim is sent at once: other replicas (least_busy) always see
-a call while it runs (from its allow() on, including a retry's back-off).
+Round trips. A plain successful call makes none on the calling thread. `allow()` for a model whose circuit the
+snapshot (current: at most `refresh` old) says is closed lets the call through locally and counts it in flight
+(a *claim*); `record()` of an "ok", "neutral" or "cancelled" outcome for such a model (none of which can change a
+closed circuit) is queued and returns None. Claims, other count changes and queued records are sent by a
+background sender thread, woken at once (a condition; it sleeps when idle), which takes everything pending and
+sends it in one pipelined round trip on its own connection; `flush()`, `close()` and any other call to Redis from
+this replica send (or wait for) what is pending first, so the replica reads its own writes. Everything else stays
+synchronous and atomic in Redis, as before: `allow()` when the snapshot is stale or says the circuit is open,
+half-open or probing (the scripted gate; half-open probe claims are atomic across replicas), every "fail" record
+and any record for a model not known to be closed (they open and close circuits, and the executor emits events
+from the answer), budgets (`reserve()` / `settle()`), `next_index()`, `in_flight()`, `circuit()`, `stats()`.
+The synchronous gate also claims the call in flight in its script. The `add_in_flight(model, +1)` that follows a
+claim consumes it without a round trip (a claim nobody consumes is dropped after `claim_ttl` seconds); an
+`add_in_flight(model, -1)` waits for the next send (normally with the `record()` that follows it; the background
+thread sends anything left after `flush_after` seconds). An `add_in_flight(+1)` without a claim is sent at once.
+
+The cost: bounded staleness. A circuit opened (or a half-open probe claimed) through replica A is honoured by
+replica B's `allow()` only once B's snapshot is refreshed, i.e. within `refresh` seconds (100 ms by default)
+instead of at once; in that window B may still send calls to the model. A's own calls stop at once (a change
+invalidates A's snapshot). An "ok" queued in that window reaches the script after the circuit changed: it is
+applied as a synchronous one would have been (it may end another replica's half-open probe, as any call that
+started before the circuit opened does), but its "closed" answer reaches no caller (the snapshot is reloaded).
+Other replicas see a claim and a queued record as soon as the sender's round trip lands (normally well under a
+millisecond, never waiting for the request to end).
 
 In-flight counts per replica. Each RedisStore is a replica with a random `replica_id`. It publishes its own
 count per model as an absolute value with a sequence number (`inflight_by`, applied only when newer, so
@@ -29,8 +46,10 @@ older version of this module, are dropped too). `close()` (also run at interpret
 its counts at once.
 
 When Redis is unreachable every call falls back to local state (one WARNING per outage; requests never fail
-because of Redis) and Redis is tried again after `retry` seconds; when it is back this replica's in-flight
-counts are republished and spend recorded during the outage is added to Redis. Budgets during an outage are
+because of Redis) and Redis is tried again after `retry` seconds; the fast paths are off during an outage, and
+records the sender could not deliver are applied to the local state as a synchronous record() in the outage
+would have been. When Redis is back this replica's in-flight counts are republished and spend recorded during
+the outage is added to Redis. Budgets during an outage are
 conservative: with N = the number of live replicas at the last heartbeat (1 if none was seen) and `used` = the
 spend plus reservations of the budget key as this replica last saw it in Redis (refreshed by every heartbeat
 for keys it used in the last hour; 0 for a key never seen), a replica may add at most (limit - used) / N to a
@@ -40,6 +59,7 @@ key during the outage, so N replicas together stay within the limit as long as t
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import math
 import threading
@@ -52,15 +72,15 @@ from typing import Any
 
 from engine.state import EWMA_ALPHA, CircuitConfig, CircuitInfo, MemoryStore, ModelStats, Outcome
 from providers import redis_lua as lua
+from providers.redis_sender import Signal, pack, run_sender
+from providers.redis_spend import SPEND_TTL, SpendMixin
 
 log = logging.getLogger("modelroute.state")
 
-SPEND_TTL = 40 * 86400  # budget buckets (hour / day / month) are dropped 40 days after their last use
 PROBE_LEASE = 60.0  # seconds a half-open probe blocks other calls if its replica never records it
 SEEN_REFRESH = 3600.0  # heartbeats refresh the spend figures of keys used this recently (seconds)...
 SEEN_REFRESH_MAX = 500  # ... at most this many, most recently used first
 SEEN_FORGET = 35 * 86400  # figures of keys unused this long are forgotten
-_TICK = 0.1  # background thread period (seconds)
 
 _open: weakref.WeakSet[RedisStore] = weakref.WeakSet()
 
@@ -81,19 +101,7 @@ def _parse(value: str | None) -> tuple[str, float, bool, float]:
     return state, float(until), probing == "1", float(lease)
 
 
-def _background(ref: weakref.ref[RedisStore], stop: threading.Event) -> None:
-    while not stop.wait(_TICK):
-        store = ref()
-        if store is None:
-            return
-        try:
-            store._tick()
-        except Exception:  # a bug here must not end the heartbeat
-            log.exception("redis state store: background tick failed")
-        del store
-
-
-class RedisStore:
+class RedisStore(SpendMixin):
     """A StateStore / ExecutionStore on Redis with MemoryStore semantics (see the module docstring).
 
     `url` like redis://127.0.0.1:6379/0 (or pass `client`, a redis.Redis); `prefix` namespaces the keys so
@@ -115,18 +123,24 @@ class RedisStore:
             url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0),
             decode_responses=True, health_check_interval=0)
         self._errors = (redis.exceptions.RedisError, OSError)
+        self._noscript = redis.exceptions.NoScriptError
+        self._response_error = redis.exceptions.ResponseError
+        self._conn: Any = None  # the sender's own connection (see _send_batch)
         self._p = prefix
         self._wall, self._clock = wall, clock
         self._refresh, self._retry = refresh, retry
         self._local = MemoryStore(clock=clock, wall=wall)
         self._lock = threading.Lock()
+        self._sending = threading.RLock()  # one _drain() at a time: flush() returns after a send in progress
         self._down_until = 0.0
         self._down = False
         self._closed = False
         self._snapshot_at = -math.inf
         self._valid_until = -math.inf
         self._unavailable: frozenset[str] = frozenset()
+        self._not_closed: frozenset[str] = frozenset()  # models whose circuit is open, half-open or probing
         self._latency: Mapping[str, float] = {}
+        self._queue: list[tuple[list[str], list[Any], Callable[[], Any]]] = []  # records for the sender
         # in flight (this replica): own counts, unconsumed claims (monotonic times), counts not yet sent
         self.replica_id = replica_id or uuid.uuid4().hex[:16]
         if "|" in self.replica_id:
@@ -158,11 +172,11 @@ class RedisStore:
         self._retire = r.register_script(lua.RETIRE)
         self._kc, self._kl = self._k("circuits"), self._k("latency")
         self._kf = [self._k("inflight"), self._k("inflight_by"), self._k("replicas")]
-        self._stop = threading.Event()
+        self._sig = Signal()
         self._thread: threading.Thread | None = None
         _open.add(self)
         if background:
-            self._thread = threading.Thread(target=_background, args=(weakref.ref(self), self._stop),
+            self._thread = threading.Thread(target=run_sender, args=(weakref.ref(self), self._sig),
                                             name="modelroute-redis-state", daemon=True)
             self._thread.start()
 
@@ -181,13 +195,16 @@ class RedisStore:
         return self._replicas
 
     def _do(self, remote: Callable[[], Any], local: Callable[[], Any], *, flush: bool = True) -> Any:
-        """remote() against Redis, or local() while Redis is unreachable. Unsent in-flight counts go first
-        (`flush=False` for the calls that carry them themselves)."""
+        """remote() against Redis, or local() while Redis is unreachable. What is pending for the sender goes
+        first, so this replica reads its own writes (`flush=False` for the calls that carry the counts themselves
+        or do not need them)."""
         if self._down and self._clock() < self._down_until:
             return local()
+        if flush:  # also waits for a send in progress
+            self._drain()
+            if self._down and self._clock() < self._down_until:
+                return local()
         try:
-            if flush and self._dirty:
-                self._send_dirty()
             result = remote()
         except self._errors as exc:
             self._mark_down(exc)
@@ -290,6 +307,94 @@ class RedisStore:
             args = self._take()
         self._flush_script(keys=self._kf, args=args)
 
+    def _wake(self) -> None:
+        """Wake the background sender (no-op without a background thread: flush() or the next call sends)."""
+        sig = self._sig
+        if self._thread is not None and not sig.pending:
+            with sig.cond:
+                sig.pending = True
+                sig.cond.notify()
+
+    def _drain(self) -> None:
+        """Send the pending in-flight counts and queued records in one pipeline (the background sender, flush(),
+        close() and any call to Redis run this). Errors are handled here: Redis is marked down and queued records
+        go to the local state instead, as a synchronous record() in the outage would (the counts are republished
+        by the heartbeat when Redis is back)."""
+        with self._sending:
+            self._drain_locked()
+
+    def _drain_locked(self) -> None:
+        if not self._dirty and not self._queue:
+            return
+        with self._lock:
+            if not self._dirty and not self._queue:
+                return
+            records, self._queue = self._queue, []
+            publish = None if self._down and self._clock() < self._down_until else self._take()
+        if publish is None:
+            for *_, local in records:
+                local()
+            return
+        cmds: list[tuple[Any, list[str], list[Any], Callable[[], Any] | None]] = []
+        block = publish
+        for keys, args, local in records:  # the first record carries the counts
+            cmds.append((self._record, keys, [*args, *block], local))
+            block = [self.replica_id, "", 0]
+        if block is publish:
+            cmds.append((self._flush_script, self._kf, publish, None))
+        try:
+            results = self._send_batch([("EVALSHA", script.sha, len(keys), *keys, *args)
+                                        for script, keys, args, _ in cmds])
+        except self._errors as exc:
+            self._mark_down(exc)
+            for *_, local in records:
+                local()
+            return
+        changed = False
+        for (script, keys, args, local), result in zip(cmds, results, strict=True):
+            if isinstance(result, self._noscript):  # scripts not loaded yet (or Redis restarted): load, resend
+                try:
+                    result = script(keys=keys, args=args)
+                except self._errors as exc:
+                    self._mark_down(exc)
+                    if local is not None:
+                        local()
+                    continue
+            if isinstance(result, Exception):
+                log.error("redis state store: background send failed: %s", result)
+            elif result in ("opened", "closed", b"opened", b"closed"):  # a stale snapshot: decide() must reload it
+                changed = True
+        if changed:
+            self._valid_until = -math.inf
+        if self._down:
+            self._mark_up()
+
+    def _send_batch(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """One round trip for `commands` on the sender's own connection (`_sending` held), packed here rather than
+        by redis-py's pipeline, which costs several times the Python work (and GIL) per batch. Error replies come
+        back as exception objects."""
+        conn = self._conn
+        if conn is None:
+            make = getattr(getattr(self._redis, "connection_pool", None), "make_connection", None)
+            if make is None:  # a client without a plain connection pool: its pipeline
+                pipe = self._redis.pipeline(transaction=False)
+                for command in commands:
+                    pipe.execute_command(*command)
+                return pipe.execute(raise_on_error=False)
+            conn = self._conn = make()
+        out = []
+        try:
+            conn.send_packed_command([b"".join(pack(command) for command in commands)], check_health=False)
+            for _ in commands:
+                try:
+                    out.append(conn.read_response())
+                except self._response_error as exc:
+                    out.append(exc)
+        except BaseException:
+            conn.disconnect()  # a half-read reply must not be read as the next batch's
+            raise
+        return out
+
     def _beat(self) -> None:
         """One heartbeat round trip (see the module docstring)."""
         with self._lock:
@@ -326,15 +431,15 @@ class RedisStore:
             return
         with self._lock:
             self._expire_claims()
-            due = bool(self._dirty) and now - self._dirty_since >= self._flush_after
+            due = bool(self._queue) or (bool(self._dirty) and now - self._dirty_since >= self._flush_after)
         if due:
-            self.flush()
+            self._drain()
 
     def flush(self) -> None:
-        """Send in-flight counts still waiting (and drop claims older than `claim_ttl`) now."""
+        """Send in-flight counts and records still waiting (and drop claims older than `claim_ttl`) now."""
         with self._lock:
             self._expire_claims()
-        self._do(self._send_dirty, lambda: None, flush=False)
+        self._drain()
 
     def heartbeat(self) -> bool:
         """Refresh this replica's liveness and counts, drop dead replicas' counts, refresh the replica count and
@@ -362,9 +467,11 @@ class RedisStore:
             pipe.hgetall(self._kl)
             circuits, latency = pipe.execute()
             now = self._wall()
-            blocked, expiries = set(), []
+            blocked, expiries, not_closed = set(), [], set()
             for model, value in circuits.items():
                 state, until, probing, lease = _parse(value)
+                if state != "closed" or probing:
+                    not_closed.add(model)
                 if state == "open" and now < until:
                     blocked.add(model)
                     expiries.append(until)
@@ -372,11 +479,12 @@ class RedisStore:
                     blocked.add(model)
                     expiries.append(lease)
             self._unavailable = frozenset(blocked) if blocked != self._unavailable else self._unavailable
+            self._not_closed = frozenset(not_closed) if not_closed != self._not_closed else self._not_closed
             self._latency = {m: float(v) for m, v in latency.items()}
             mono = self._clock()
             self._valid_until = min([mono + self._refresh, *(mono + (t - now) for t in expiries)])
 
-        self._do(remote, lambda: None)
+        self._do(remote, lambda: None, flush=False)  # the sender sends what is pending
 
     def unavailable(self) -> frozenset[str]:
         if self._clock() >= self._valid_until:
@@ -408,7 +516,18 @@ class RedisStore:
         if after > before:  # a call starts: other replicas see it now; an end waits for the next call
             self._do(self._send_dirty, lambda: None, flush=False)
 
+    def _closed_now(self, model: str) -> bool:
+        """True when the decide() snapshot is current and says `model`'s circuit is plainly closed."""
+        return not self._down and model not in self._not_closed and self._clock() < self._valid_until
+
     def allow(self, model: str) -> bool:
+        if self._closed_now(model):  # fast path: allowed locally, the claim goes out through the sender
+            with self._lock:
+                self._claims.setdefault(model, deque()).append(self._clock())
+                self._mark_dirty(model)
+            self._wake()
+            return True
+
         def remote() -> bool:
             with self._lock:  # count the call in flight if the gate lets it through (a claim)
                 self._claims.setdefault(model, deque()).append(self._clock())
@@ -430,16 +549,22 @@ class RedisStore:
     def record(self, model: str, provider: str, outcome: Outcome, cfg: CircuitConfig, *,
                latency_ms: float | None = None, input_tokens: int = 0, output_tokens: int = 0,
                cost: float = 0.0) -> str | None:
+        keys = [self._kc, self._k("fails", model), self._k("stats", model), self._kl, self._k("models"), *self._kf]
+        args = [model, provider, outcome, self._wall(), cfg.failures, cfg.window, cfg.cooldown, cfg.min_samples,
+                "" if latency_ms is None else latency_ms, int(input_tokens), int(output_tokens), float(cost),
+                EWMA_ALPHA, uuid.uuid4().hex if outcome == "fail" else ""]
+        if outcome != "fail" and self._closed_now(model):  # cannot change a closed circuit: the sender sends it
+            local = functools.partial(self._local.record, model, provider, outcome, cfg, latency_ms=latency_ms,
+                                      input_tokens=input_tokens, output_tokens=output_tokens, cost=cost)
+            with self._lock:
+                self._queue.append((keys, args, local))
+            self._wake()
+            return None
+
         def remote() -> str | None:
             with self._lock:
                 publish = self._take()
-            change = self._record(
-                keys=[self._kc, self._k("fails", model), self._k("stats", model), self._kl, self._k("models"),
-                      *self._kf],
-                args=[model, provider, outcome, self._wall(), cfg.failures, cfg.window, cfg.cooldown,
-                      cfg.min_samples, "" if latency_ms is None else latency_ms, int(input_tokens),
-                      int(output_tokens), float(cost), EWMA_ALPHA, uuid.uuid4().hex if outcome == "fail" else "",
-                      *publish])
+            change = self._record(keys=keys, args=[*args, *publish])
             if change:
                 self._valid_until = -math.inf
             return change if change in ("opened", "closed") else None
@@ -477,89 +602,6 @@ class RedisStore:
 
         return self._do(remote, self._local.stats)
 
-    # -- spend (budgets) -----------------------------------------------------------------------------
-    def _saw(self, key: str, used: float) -> None:
-        """Remember `key`'s shared spent + reserved (lock held)."""
-        self._seen[key] = [used, self._clock()]
-
-    def _seed(self, key: str) -> float:
-        """In an outage, before the first local figure for `key`: start from what Redis last showed (lock held).
-        Returns the used figure the outage started from."""
-        base = self._base.get(key)
-        if base is None:
-            seen = self._seen.get(key)
-            held_remote, held_local = self._held_remote.get(key, 0.0), self._held_local.get(key, 0.0)
-            used = max(seen[0] if seen else 0.0, held_remote)
-            self._outage.settle(key, 0.0, used - held_remote)
-            if held_remote + held_local > 0:  # this replica's holds stay reservations, released when settled
-                self._outage.reserve(key, held_remote + held_local, math.inf)
-            base = self._base[key] = used + held_local
-        return base
-
-    def reserve(self, key: str, amount: float, limit: float) -> tuple[bool, float]:
-        def remote() -> tuple[bool, float]:
-            done, before, after = self._reserve(keys=[self._k("spend", key)], args=[amount, limit, SPEND_TTL])
-            with self._lock:
-                if done:
-                    self._held_remote[key] = self._held_remote.get(key, 0.0) + amount
-                self._saw(key, float(after))
-            return bool(done), float(before)
-
-        def local() -> tuple[bool, float]:
-            with self._lock:  # this replica's share of what was left (module docstring)
-                base = self._seed(key)
-                done, used = self._outage.reserve(key, amount, base + max(0.0, limit - base) / self._replicas)
-                if done:
-                    self._held_local[key] = self._held_local.get(key, 0.0) + amount
-            return done, used
-
-        return self._do(remote, local)
-
-    def settle(self, key: str, reserved: float, actual: float) -> float:
-        # release the hold where it was made: in Redis or in local state during an outage
-        remote_hold = reserved if self._held_remote.get(key, 0.0) >= reserved - 1e-12 else 0.0
-        local_hold = reserved - remote_hold
-
-        def release() -> None:  # lock held
-            if remote_hold:
-                self._held_remote[key] = max(0.0, self._held_remote.get(key, 0.0) - remote_hold)
-            if local_hold:
-                self._held_local[key] = max(0.0, self._held_local.get(key, 0.0) - local_hold)
-
-        def remote() -> float:
-            total, reserved_after = self._settle(keys=[self._k("spend", key)],
-                                                 args=[remote_hold, actual, SPEND_TTL])
-            with self._lock:
-                release()
-                self._saw(key, float(total) + float(reserved_after))
-            return float(total)
-
-        def local() -> float:
-            with self._lock:
-                self._seed(key)
-                release()
-                pending = self._pending.setdefault(key, [0.0, 0.0])
-                pending[0] += remote_hold
-                pending[1] += actual
-                return self._outage.settle(key, reserved, actual)
-
-        return self._do(remote, local)
-
-    def spent(self, key: str) -> tuple[float, float]:
-        def remote() -> tuple[float, float]:
-            spent, reserved = self._redis.hmget(self._k("spend", key), "spent", "reserved")
-            out = float(spent or 0.0), float(reserved or 0.0)
-            with self._lock:
-                self._saw(key, out[0] + out[1])
-            return out
-
-        def local() -> tuple[float, float]:
-            with self._lock:
-                self._seed(key)
-                return self._outage.spent(key)
-
-        return self._do(remote, local)
-
     # -- housekeeping --------------------------------------------------------------------------------
     def ping(self) -> bool:
         """True when Redis answers now (also ends a degraded period early); a heartbeat."""
@@ -579,12 +621,17 @@ class RedisStore:
             return
         self._closed = True
         _open.discard(self)
-        self._stop.set()
+        with self._sig.cond:
+            self._sig.stop = True
+            self._sig.cond.notify()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=2)
+        self._drain()  # everything pending goes out before the replica's counts are removed
         if not (self._down and self._clock() < self._down_until):
             try:
                 self._retire(keys=self._kf, args=[self.replica_id])
             except self._errors:
                 pass
+        if self._conn is not None:
+            self._conn.disconnect()
         self._redis.close()

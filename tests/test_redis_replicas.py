@@ -1,7 +1,8 @@
 """Tests for providers/redis_store.py across replicas: several RedisStores on a real redis-server (injected wall
-and monotonic clocks, no background thread unless a test wants one) in; round trips per request, in-flight
-counts as other replicas see them (claims, deferred decrements, dead replicas reaped, counts republished) and
-budgets during an outage (each replica limited to its share) out. Skipped without redis-server / redis-py."""
+and monotonic clocks, no background thread unless a test wants one) in; blocking round trips per request (none
+on the happy path), what the background sender publishes and when, in-flight counts as other replicas see them
+(claims, deferred decrements, dead replicas reaped, counts republished) and budgets during an outage (each replica
+limited to its share) out. Skipped without redis-server / redis-py."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from engine.state import CircuitConfig
-from tests.test_redis_store import CFG, REDIS_BIN, Clock, RedisServer, clear_prefix
+from tests.test_redis_store import CFG, REDIS_BIN, Clock, RedisServer, clear_prefix, fail
 
 pytestmark = pytest.mark.skipif(REDIS_BIN is None, reason="no redis-server binary (apt-get install redis-server)")
 redis = pytest.importorskip("redis", reason="redis-py not installed (pip install -e '.[test]')")
@@ -111,30 +112,147 @@ def plain_request(store, model: str = "m", cfg: CircuitConfig = CFG) -> None:
 
 # ---- round trips -------------------------------------------------------------------------------------------
 
-def test_a_plain_request_costs_two_round_trips(make, trips) -> None:
+def test_a_plain_request_makes_no_blocking_round_trip(make, trips) -> None:
     store = make(refresh=60.0)
-    plain_request(store)  # loads the scripts and the decide() snapshot
+    plain_request(store)  # loads the decide() snapshot (and, through flush, the scripts)
+    store.flush()
     trips[0] = 0
     for _ in range(10):
         plain_request(store)
-    assert trips[0] == 20  # allow (with the in-flight claim) and record (with the deferred -1)
+    assert trips[0] == 0  # allow, its claim, the -1 and the "ok" record all wait for the sender
+    store.flush()
+    assert trips[0] == 1  # which sends them in one pipeline
     assert store.in_flight("m") == 0 and store.stats()["m"].calls == 11
 
 
-def test_allow_refreshes_the_snapshot_only_when_the_circuit_is_not_closed(make, trips) -> None:
-    a, b = make(refresh=60.0), make(refresh=60.0)
+def test_calls_that_can_change_a_circuit_stay_synchronous(make, trips) -> None:
+    store = make(refresh=60.0)
+    assert store.allow("x") and store.record("x", "p", "fail", CFG) is None  # synchronous: loads the scripts
+    store.unavailable()
+    trips[0] = 0
+    assert store.record("m", "p", "fail", CFG) is None and trips[0] == 1  # a failure may open the circuit
+    assert fail(store, n=2)[-1] == "opened" and trips[0] == 3
+    trips[0] = 0
+    assert not store.allow("m") and trips[0] == 1  # a change invalidates the snapshot: the gate asks Redis
+    store.unavailable()
+    make.wall.t += 31
+    trips[0] = 0
+    assert store.allow("m") and trips[0] == 1  # the half-open probe is claimed atomically in Redis
+    assert store.record("m", "p", "ok", CFG) == "closed" and trips[0] == 2  # a circuit not closed: synchronous
+    store.unavailable()  # closed again: the fast path is back
+    trips[0] = 0
+    plain_request(store)
+    assert trips[0] == 0
+
+
+def test_a_circuit_opened_elsewhere_is_honoured_within_the_refresh(make, trips) -> None:
+    a, b = make(refresh=0.1), make(refresh=0.1)
     assert b.unavailable() == frozenset() and b.allow("m")
     trips[0] = 0
-    assert b.unavailable() == frozenset() and trips[0] == 0  # a closed gate left the snapshot valid
-    assert [a.record("m", "p", "fail", CFG) for _ in range(3)][-1] == "opened"
-    assert b.unavailable() == frozenset()  # b's snapshot is up to 60 s old...
-    assert not b.allow("m")
-    assert b.unavailable() == {"m"}  # ...but a refusal reloads it
+    assert b.unavailable() == frozenset() and trips[0] == 0  # the snapshot is still current
+    assert fail(a, n=3)[-1] == "opened"
+    assert b.unavailable() == frozenset()  # b's snapshot is up to 0.1 s old...
+    assert b.allow("m")  # ...and says closed: allowed without asking Redis (the documented staleness)
+    make.mono.t += 0.1
+    assert b.unavailable() == {"m"} and not b.allow("m")  # refreshed: the synchronous gate refuses
     make.wall.t += 31  # cooldown over: b claims the half-open probe, a sees it at once
     assert b.allow("m")
     assert a.unavailable() == {"m"} and b.unavailable() == {"m"}
     assert b.record("m", "p", "neutral", CFG) is None  # the probe ended without a verdict
     assert b.unavailable() == frozenset() and b.circuit("m").state == "half_open"
+
+
+def _live(make, **kw):
+    """A replica with a real monotonic clock and a background sender, sharing the test's prefix."""
+    from providers.redis_store import RedisStore
+
+    other = make()
+    return other, RedisStore(other.url, prefix=other._p, wall=make.wall, **kw)
+
+
+def _poll(check, timeout: float = 1.0) -> float:
+    """Seconds until check() is true (fails after `timeout`)."""
+    t0 = time.monotonic()
+    while not check():
+        assert time.monotonic() - t0 < timeout, "not visible in time"
+        time.sleep(0.002)
+    return time.monotonic() - t0
+
+
+def test_the_sender_publishes_a_claim_and_a_record_promptly(make, trips) -> None:
+    b, a = _live(make, refresh=60.0, flush_after=60.0)  # the tick would not send these: only a wake does
+    try:
+        a.unavailable()
+        trips[0] = 0
+        assert a.allow("m")
+        assert trips[0] == 0
+        assert _poll(lambda: b.in_flight("m") == 1) < 1.0
+        trips[0] = 0
+        a.add_in_flight("m", 1)
+        a.add_in_flight("m", -1)
+        assert a.record("m", "p", "ok", CFG, latency_ms=7, input_tokens=3, output_tokens=2, cost=0.5) is None
+        assert trips[0] == 0
+        _poll(lambda: "m" in b.stats() and b.in_flight("m") == 0)
+        s = b.stats()["m"]
+        assert (s.calls, s.failures, s.input_tokens, s.output_tokens, s.latency_ms) == (1, 0, 3, 2, 7.0)
+        assert s.cost == pytest.approx(0.5)
+    finally:
+        a.close()
+
+
+def test_a_failure_opens_the_circuit_at_once_and_other_replicas_refuse_within_the_refresh(make) -> None:
+    a, b = _live(make, refresh=0.1)
+    try:
+        assert b.unavailable() == frozenset() and b.allow("m")
+        assert [a.record("m", "p", "fail", CFG) for _ in range(3)][-1] == "opened"  # synchronous
+        assert a.circuit("m").state == "open"
+
+        def refused() -> bool:  # what b's gateway does per request: decide(), then the gate
+            b.unavailable()
+            return not b.allow("m")
+
+        assert _poll(refused) < 0.1 + 0.1  # the refresh bound (plus slack for a busy machine)
+    finally:
+        b.close()
+
+
+def test_an_outage_during_background_sends_loses_nothing(make, own_server: OwnServer) -> None:
+    a, b = make(own_server.url, refresh=60.0), make(own_server.url)
+    a.unavailable()
+    for _ in range(3):
+        plain_request(a)
+    assert a.allow("m")  # a call still running when Redis goes
+    a.add_in_flight("m", 1)
+    own_server.kill()
+    a.flush()  # fails: the queued records go to the local state
+    assert a.status.startswith("local")
+    s = a.stats()["m"]
+    assert (s.calls, s.input_tokens, s.cost) == (3, 9, pytest.approx(0.003))
+    plain_request(a)  # during the outage: local, as any call
+    assert a.stats()["m"].calls == 4 and a.in_flight("m") == 1
+    a.add_in_flight("m", -1)
+    assert a.in_flight("m") == 0
+    assert a.reserve("daily:d", 0.1, 1.0)[0]  # budgets stay synchronous (here: local, seeded)
+    assert a.settle("daily:d", 0.1, 0.1) == pytest.approx(0.1)
+    own_server.restart()
+    assert a.ping() and a.status == "redis"
+    assert b.in_flight("m") == 0 and a.spent("daily:d")[0] == pytest.approx(0.1)
+
+
+def test_close_and_flush_send_everything_pending(make) -> None:
+    a, b = make(refresh=60.0), make()
+    a.unavailable()
+    plain_request(a)
+    assert a.allow("m")
+    a.add_in_flight("m", 1)
+    assert b.in_flight("m") == 0 and "m" not in b.stats()  # nothing sent yet (no background thread here)
+    a.flush()
+    assert b.in_flight("m") == 1 and b.stats()["m"].calls == 1
+    a.add_in_flight("m", -1)
+    a.record("m", "p", "ok", CFG)
+    plain_request(a, model="n")
+    a.close()
+    assert b.in_flight("m") == 0 and b.stats()["m"].calls == 2 and b.stats()["n"].calls == 1
 
 
 # ---- in-flight counts as other replicas see them -----------------------------------------------------------
@@ -336,11 +454,12 @@ def test_a_late_message_does_not_undo_a_newer_count(make) -> None:
     assert b.in_flight("m") == 2
 
 
-def test_concurrent_requests_on_one_replica_leave_no_count_behind(make) -> None:
+@pytest.mark.parametrize("refresh", [0.0, 0.1])  # every call synchronous / the fast paths and the sender
+def test_concurrent_requests_on_one_replica_leave_no_count_behind(make, refresh: float) -> None:
     from providers.redis_store import RedisStore
 
     b = make()
-    a = RedisStore(b.url, prefix=b._p, wall=make.wall, refresh=0.0)  # real clock and background thread
+    a = RedisStore(b.url, prefix=b._p, wall=make.wall, refresh=refresh)  # real clock and background thread
     seen: list[int] = []
     try:
         def worker() -> None:
