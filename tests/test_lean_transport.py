@@ -1037,3 +1037,53 @@ async def test_fetch_decodes_a_gzip_body_like_httpx() -> None:
     packed = gzip.compress(b'{"ok": true}')
     async with running(raw(ok(packed, b"Content-Encoding: gzip\r\n"))) as server, lean() as t:
         assert (await t.fetch(request("GET", server.url()))).json() == {"ok": True}
+
+
+# ---- post(): no httpx objects, as ProviderClient.achat sends -----------------------------------------------
+async def test_post_sends_host_length_and_headers_and_returns_raw_parts() -> None:
+    async with running(lambda req, conn: ok(b'{"a":1}', b"X-Answer: 42\r\n")) as server, lean() as t:
+        for _ in range(2):
+            status, headers, body = await t.post(httpx.URL(server.url("/v1/chat?x=1")),
+                                                 [(b"content-type", b"application/json")], b'{"q":2}', TIMEOUTS)
+            assert (status, body) == (200, b'{"a":1}') and (b"X-Answer", b"42") in headers
+        req = server.requests[0]
+        assert (req.method, req.target, req.body) == ("POST", "/v1/chat?x=1", b'{"q":2}')
+        assert req.headers["host"] == f"127.0.0.1:{server.port}" and req.headers["content-length"] == "7"
+        assert server.accepted == 1
+
+
+async def test_post_maps_faults_like_handle_async_request() -> None:
+    async def short(req: Req, conn: Conn) -> None:
+        await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        await conn.close()
+
+    async with running(short) as server, lean() as t:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await t.post(httpx.URL(server.url()), [], b"{}", TIMEOUTS)
+        assert t._open == 0
+
+
+@pytest.mark.parametrize("answer", ["gzip", "error"])
+async def test_provider_client_decodes_gzip_and_classifies_errors_on_the_post_path(answer: str) -> None:
+    import gzip
+    import json as jsonlib
+
+    from providers.errors import RateLimited
+
+    message = {"role": "assistant", "content": "zipped"}
+    reply = jsonlib.dumps({"choices": [{"message": message, "finish_reason": "stop"}],
+                           "usage": {"prompt_tokens": 3, "completion_tokens": 1}}).encode()
+    gzipped = ok(gzip.compress(reply), b"Content-Encoding: gzip\r\nContent-Type: application/json\r\n")
+    data = gzipped if answer == "gzip" else \
+        b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 7\r\nContent-Length: 2\r\n\r\n{}"
+    async with running(raw(data)) as server:
+        spec = ProviderSpec(name="p", kind="openai", api_key_env=None, timeout_s=5.0, base_url=server.url("/v1"))
+        model = ModelSpec(name="m", provider="p", id="m", context=1000, input_price=0, output_price=0, latency_ms=1)
+        async with client_for(spec, trust_env=False) as client:
+            req = ChatRequest(messages=[Message.user("hi")])
+            if answer == "gzip":
+                assert (await client.achat(model, req)).text == "zipped"
+            else:
+                with pytest.raises(RateLimited) as info:
+                    await client.achat(model, req)
+                assert info.value.retry_after == 7

@@ -128,6 +128,7 @@ class ProviderClient:
         self._lean: LeanTransport | None = None
         self._urls: dict[str, httpx.URL] = {}
         self._timeouts: dict[float | None, dict[str, float | None]] = {}
+        self._raw_headers: dict[str | None, list[tuple[bytes, bytes]]] = {}  # per API key (it may change)
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -254,25 +255,37 @@ class ProviderClient:
         log.debug("POST %s provider=%s model=%s stream=%s", url, self.spec.name, model.name, stream)
         return http.build_request("POST", url, json=body, headers=headers, timeout=self._timeout(timeout))
 
-    def _build_lean(self, model: ModelSpec, req: ChatRequest, stream: bool, timeout: TimeoutArg) -> httpx.Request:
-        """The request `_build` makes, without an httpx client (for the lean transport)."""
+    def _lean_parts(self, model: ModelSpec, req: ChatRequest, stream: bool, timeout: TimeoutArg
+                    ) -> tuple[httpx.URL, list[tuple[bytes, bytes]], bytes, dict[str, float | None]]:
+        """What `_build_lean` puts in an httpx.Request, as the lean transport's `post()` takes it."""
         key = self._require_key()
         body = self.build_body(model, req, stream=stream)
         body.update(req.extra)
-        headers = {"content-type": "application/json", "accept": "*/*", "user-agent": "modelroute",
-                   **self.spec.headers, **self.auth_headers(key)}
+        headers = self._raw_headers.get(key)
+        if headers is None:
+            merged = {"content-type": "application/json", "accept": "*/*", "user-agent": "modelroute",
+                      **self.spec.headers, **self.auth_headers(key)}
+            headers = self._raw_headers[key] = [(k.encode("ascii"), v.encode()) for k, v in merged.items()]
         url = self.url(model, stream=stream)
         parsed = self._urls.get(url)
         if parsed is None:
             parsed = self._urls[url] = httpx.URL(url)
         log.debug("POST %s provider=%s model=%s stream=%s", url, self.spec.name, model.name, stream)
         content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+        return parsed, headers, content, self._timeout_dict(timeout)
+
+    def _timeout_dict(self, timeout: TimeoutArg) -> dict[str, float | None]:
         timeouts = self._timeouts.get(timeout) if not isinstance(timeout, httpx.Timeout) else None
         if timeouts is None:
             timeouts = self._timeout(timeout).as_dict()
             if not isinstance(timeout, httpx.Timeout):
                 self._timeouts[timeout] = timeouts
-        return httpx.Request("POST", parsed, content=content, headers=headers, extensions={"timeout": timeouts})
+        return timeouts
+
+    def _build_lean(self, model: ModelSpec, req: ChatRequest, stream: bool, timeout: TimeoutArg) -> httpx.Request:
+        """The request `_build` makes, without an httpx client (for the lean transport's streams)."""
+        url, headers, content, timeouts = self._lean_parts(model, req, stream, timeout)
+        return httpx.Request("POST", url, content=content, headers=headers, extensions={"timeout": timeouts})
 
     def _fail(self, exc: BaseException, model: ModelSpec) -> ProviderError:
         error = classify_exception(exc, provider=self.spec.name, model=model.name, secret=self._secret())
@@ -376,13 +389,28 @@ class ProviderClient:
             except Exception as exc:
                 raise self._fail(exc, model) from exc
             return self._complete(response, model, started)
-        request = self._build_lean(model, req, False, timeout)
+        url, headers, content, timeouts = self._lean_parts(model, req, False, timeout)
         started = time.perf_counter()
         try:
-            response = await lean.fetch(request)
+            status, raw, body = await lean.post(url, headers, content, timeouts)
         except Exception as exc:
             raise self._fail(exc, model) from exc
-        return self._complete(response, model, started)
+        if status >= 400 or any(k.lower() == b"content-encoding" for k, _ in raw):  # errors, and decoding: httpx
+            response = httpx.Response(status, headers=raw, stream=httpx.ByteStream(body))
+            try:
+                response.read()
+            except Exception as exc:
+                raise self._fail(exc, model) from exc
+            return self._complete(response, model, started)
+        try:
+            data = json.loads(body)
+            reply = self.parse_reply(data)
+        except ProviderError as error:
+            error.model = error.model or model.name
+            raise
+        except Exception as exc:
+            raise self._fail(exc, model) from exc
+        return self._response(reply, model, started, data)
 
     def stream(self, model: ModelSpec, req: ChatRequest, *, timeout: TimeoutArg = None) -> Iterator[StreamEvent]:
         """Stream the answer: deltas and tool calls as they arrive, then `usage` and `done`."""

@@ -326,17 +326,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
     # ---- one exchange ---------------------------------------------------------------------------------
     async def _exchange(self, request: httpx.Request) -> tuple[int, list[tuple[bytes, bytes]], dict[str, Any], _Body]:
         """Send `request` and read the response head: status, headers, extensions and the body stream."""
-        if self._closed:
-            raise RuntimeError("the transport has been closed")
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop:
-            self._bind(loop)
         url = request.url
-        scheme = url.raw_scheme
-        if scheme not in DEFAULT_PORTS:
-            raise httpx.UnsupportedProtocol(f"the lean transport speaks http and https, not {url.scheme!r}")
-        origin = (scheme, url.raw_host.decode("ascii"), url.port or DEFAULT_PORTS[scheme])  # IDNA: xn--
-        connect_t, read_t, write_t, pool_t = _timeouts(request)
         head = [b"%s %s HTTP/1.1\r\n" % (request.method.encode(), url.raw_path)]
         head += [b"%s: %s\r\n" % (k, v) for k, v in request.headers.raw]
         try:
@@ -350,8 +340,41 @@ class LeanTransport(httpx.AsyncBaseTransport):
             elif body and "content-length" not in request.headers:
                 head.append(b"Content-Length: %d\r\n" % len(body))
         head.append(b"\r\n")
-        payload = b"".join(head) + body
+        close = request.headers.get("connection", "").lower() == "close"
+        return await self._send(request.method, url, b"".join(head) + body, _timeouts(request), close)
 
+    async def post(self, url: httpx.URL, headers: list[tuple[bytes, bytes]], body: bytes,
+                   timeouts: dict[str, float | None]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """POST `body` and read the whole answer as (status, raw headers, body bytes), with no httpx objects:
+        the provider clients' path for answers that are not streamed. `headers` must not hold Host or
+        Content-Length (added here). The body is returned as sent: a caller that finds a Content-Encoding
+        must decode it (ProviderClient then goes through httpx.Response)."""
+        head = [b"POST %s HTTP/1.1\r\nHost: %s\r\n" % (url.raw_path, url.netloc)]
+        head += [b"%s: %s\r\n" % kv for kv in headers]
+        head.append(b"Content-Length: %d\r\n\r\n" % len(body))
+        t = timeouts
+        status, raw, _, stream = await self._send(
+            "POST", url, b"".join(head) + body, (t.get("connect"), t.get("read"), t.get("write"), t.get("pool")),
+            False)
+        try:
+            return status, raw, await stream.read_all()
+        finally:
+            await stream.aclose()
+
+    async def _send(self, method: str, url: httpx.URL, payload: bytes,
+                    timeouts: tuple[float | None, float | None, float | None, float | None],
+                    client_close: bool) -> tuple[int, list[tuple[bytes, bytes]], dict[str, Any], _Body]:
+        """Write one request (`payload`: head and body) on a pooled connection and read the response head."""
+        if self._closed:
+            raise RuntimeError("the transport has been closed")
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._bind(loop)
+        scheme = url.raw_scheme
+        if scheme not in DEFAULT_PORTS:
+            raise httpx.UnsupportedProtocol(f"the lean transport speaks http and https, not {url.scheme!r}")
+        origin = (scheme, url.raw_host.decode("ascii"), url.port or DEFAULT_PORTS[scheme])  # IDNA: xn--
+        connect_t, read_t, write_t, pool_t = timeouts
         conn = await self._acquire(url, origin, connect_t, pool_t)
         try:
             try:
@@ -386,11 +409,11 @@ class LeanTransport(httpx.AsyncBaseTransport):
                 keep = False
         elif length >= 0:
             framing = "length"
-        if request.method == "HEAD" or status in (204, 304) or (framing == "length" and length == 0):
+        if method == "HEAD" or status in (204, 304) or (framing == "length" and length == 0):
             framing = "none"
         if framing == "close":
             keep = False
-        if request.headers.get("connection", "").lower() == "close":
+        if client_close:
             keep = False
         stream = _Body(self, conn, framing, length, keep, read_t)
         if framing == "none":
