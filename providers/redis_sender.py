@@ -29,17 +29,18 @@ def pack(command: tuple[Any, ...]) -> bytes:
 class Signal:
     """Wakes the background thread (shared with it: the thread must not keep its store alive)."""
 
-    __slots__ = ("cond", "pending", "stop")
+    __slots__ = ("cond", "linger", "pending", "stop")
 
-    def __init__(self) -> None:
+    def __init__(self, linger: float = 0.0) -> None:
         self.cond = threading.Condition(threading.Lock())
         self.pending = False  # the fast paths left something to send
         self.stop = False
+        self.linger = linger  # seconds to wait after a wake-up, so that what follows soon rides along
 
 
 def run_sender(ref: weakref.ref[RedisStore], sig: Signal) -> None:
-    """Sends what the fast paths leave pending as soon as it is woken (one pipeline for all of it) and runs
-    `_tick()` every `_TICK` seconds; sleeps on the condition in between (no polling)."""
+    """Sends what the fast paths leave pending once woken (after `sig.linger` seconds; one pipeline for all of
+    it) and runs `_tick()` every `_TICK` seconds; sleeps on the condition in between (no polling)."""
     tick = time.monotonic() + _TICK
     while True:
         with sig.cond:
@@ -51,6 +52,11 @@ def run_sender(ref: weakref.ref[RedisStore], sig: Signal) -> None:
             if sig.stop:
                 return
             send, sig.pending = sig.pending, False
+            if send and sig.linger > 0:  # a request's claim and its record usually leave together, after it
+                deadline = time.monotonic() + sig.linger
+                while not sig.stop and (left := deadline - time.monotonic()) > 0:
+                    sig.cond.wait(left)
+                sig.pending = False  # what came meanwhile goes in this batch
         store = ref()
         if store is None:
             return

@@ -13,8 +13,9 @@ Round trips. A plain successful call makes none on the calling thread. `allow()`
 snapshot (current: at most `refresh` old) says is closed lets the call through locally and counts it in flight
 (a *claim*); `record()` of an "ok", "neutral" or "cancelled" outcome for such a model (none of which can change a
 closed circuit) is queued and returns None. Claims, other count changes and queued records are sent by a
-background sender thread, woken at once (a condition; it sleeps when idle), which takes everything pending and
-sends it in one pipelined round trip on its own connection; `flush()`, `close()` and any other call to Redis from
+background sender thread, woken at once (a condition; it sleeps when idle), which lingers `linger` seconds (2 ms)
+so that a short call's claim and record go together, then takes everything pending and sends it in one
+pipelined round trip on its own connection; `flush()`, `close()` and any other call to Redis from
 this replica send (or wait for) what is pending first, so the replica reads its own writes. Everything else stays
 synchronous and atomic in Redis, as before: `allow()` when the snapshot is stale or says the circuit is open,
 half-open or probing (the scripted gate; half-open probe claims are atomic across replicas), every "fail" record
@@ -107,13 +108,15 @@ class RedisStore(SpendMixin):
     `url` like redis://127.0.0.1:6379/0 (or pass `client`, a redis.Redis); `prefix` namespaces the keys so
     several routers can share one Redis. `replica_ttl`: seconds without a heartbeat after which a replica counts
     as dead; `claim_ttl`: seconds an in-flight claim made by allow() waits for its add_in_flight(+1);
-    `background=False` runs no thread (call `flush()` / `heartbeat()` yourself, as tests do)."""
+    `linger`: seconds the background sender waits after it is woken, so that a short request's claim and record
+    leave in one round trip after its answer rather than in two during it; `background=False` runs no thread
+    (call `flush()` / `heartbeat()` yourself, as tests do)."""
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "modelroute:", client: Any = None,
                  refresh: float = 0.1, retry: float = 1.0, timeout: float = 0.5,
                  wall: Callable[[], float] = time.time, clock: Callable[[], float] = time.monotonic,
                  replica_ttl: float = 30.0, claim_ttl: float = 2.0, flush_after: float = 0.05,
-                 background: bool = True, replica_id: str | None = None):
+                 linger: float = 0.002, background: bool = True, replica_id: str | None = None):
         import redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
@@ -172,7 +175,7 @@ class RedisStore(SpendMixin):
         self._retire = r.register_script(lua.RETIRE)
         self._kc, self._kl = self._k("circuits"), self._k("latency")
         self._kf = [self._k("inflight"), self._k("inflight_by"), self._k("replicas")]
-        self._sig = Signal()
+        self._sig = Signal(linger)
         self._thread: threading.Thread | None = None
         _open.add(self)
         if background:

@@ -200,6 +200,30 @@ def test_the_sender_publishes_a_claim_and_a_record_promptly(make, trips) -> None
         a.close()
 
 
+def test_linger_sends_a_short_requests_claim_and_record_together(make, monkeypatch: pytest.MonkeyPatch) -> None:
+    sends = [0]  # round trips made by the background sender
+    send = redis.connection.Connection.send_packed_command
+    me = threading.current_thread()
+
+    def counted(self, *a, **kw):
+        if threading.current_thread() is not me:
+            sends[0] += 1
+        return send(self, *a, **kw)
+
+    b, a = _live(make, refresh=60.0, flush_after=60.0, linger=0.3, replica_ttl=600.0)  # heartbeat: every 100 s
+    try:
+        plain_request(a)  # the first: loads the snapshot and the sender's scripts, and beats
+        _poll(lambda: "m" in b.stats() and b.in_flight("m") == 0)
+        monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counted)
+        t0 = time.monotonic()
+        plain_request(a)  # well within the linger: the claim and the record leave in one round trip
+        assert time.monotonic() - t0 < 0.3
+        waited = _poll(lambda: b.stats()["m"].calls == 2 and b.in_flight("m") == 0)
+        assert waited >= 0.2 and sends[0] == 1  # (b's own reads run on this thread: not counted)
+    finally:
+        a.close()
+
+
 def test_a_failure_opens_the_circuit_at_once_and_other_replicas_refuse_within_the_refresh(make) -> None:
     a, b = _live(make, refresh=0.1)
     try:
