@@ -402,8 +402,8 @@ class RedisStore(SpendMixin):
         """One heartbeat round trip (see the module docstring)."""
         with self._lock:
             self._expire_claims()
+            models = set(self._own) | set(self._claims) | set(self._dirty)  # an expired claim's 0 must go out too
             self._dirty, self._dirty_since = {}, math.inf
-            models = set(self._own) | set(self._claims)
             for model in models:
                 self._mark_dirty(model)
             args = [self._ttl, *self._take(touch=True)]

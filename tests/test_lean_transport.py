@@ -1087,3 +1087,25 @@ async def test_provider_client_decodes_gzip_and_classifies_errors_on_the_post_pa
                 with pytest.raises(RateLimited) as info:
                     await client.achat(model, req)
                 assert info.value.retry_after == 7
+
+
+async def test_provider_headers_merge_case_insensitively_and_reject_line_breaks(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from providers.errors import ProviderUnavailable
+
+    reply = ok(b'{"choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}]}')
+    async with running(raw(reply)) as server:
+        spec = ProviderSpec(name="p", kind="openai", api_key_env="LEAN_TEST_KEY", timeout_s=5.0,
+                            base_url=server.url("/v1"), headers={"User-Agent": "mine/1", "Host": "api.example"})
+        model = ModelSpec(name="m", provider="p", id="m", context=1000, input_price=0, output_price=0, latency_ms=1)
+        req = ChatRequest(messages=[Message.user("hi")])
+        monkeypatch.setenv("LEAN_TEST_KEY", "sk-good")
+        async with client_for(spec, trust_env=False) as client:
+            assert (await client.achat(model, req)).text == "ok"
+            sent = server.requests[0]
+            assert sent.headers["user-agent"] == "mine/1" and sent.headers["host"] == "api.example"
+            assert sent.head.lower().count(b"user-agent:") == 1 and sent.head.lower().count(b"host:") == 1
+            monkeypatch.setenv("LEAN_TEST_KEY", "sk-with-newline\n")  # as read from a secret file
+            with pytest.raises(ProviderUnavailable, match="line break"):
+                await client.achat(model, req)
+        assert len(server.requests) == 1  # nothing went out with the broken header

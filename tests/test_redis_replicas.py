@@ -503,3 +503,12 @@ def test_concurrent_requests_on_one_replica_leave_no_count_behind(make, refresh:
         assert sum(s.calls for s in b.stats().values()) == 600
     finally:
         a.close()
+
+
+def test_an_expired_claim_is_published_by_a_heartbeat_too(make) -> None:
+    """A claim that expires just before a heartbeat (not a flush) must still leave its 0 in Redis."""
+    a, b = make(claim_ttl=2.0), make()
+    assert a.allow("n") and b.in_flight("n") == 1  # claimed, never started (no add_in_flight on this replica)
+    make.mono.t += 2.5
+    assert a.heartbeat()  # the expiry happens inside the heartbeat
+    assert b.in_flight("n") == 0

@@ -262,10 +262,17 @@ class ProviderClient:
         body = self.build_body(model, req, stream=stream)
         body.update(req.extra)
         headers = self._raw_headers.get(key)
-        if headers is None:
-            merged = {"content-type": "application/json", "accept": "*/*", "user-agent": "modelroute",
-                      **self.spec.headers, **self.auth_headers(key)}
-            headers = self._raw_headers[key] = [(k.encode("ascii"), v.encode()) for k, v in merged.items()]
+        if headers is None:  # checked once per key: names merge case-insensitively, values carry no CR/LF/NUL
+            merged = httpx.Headers({"content-type": "application/json", "accept": "*/*", "user-agent": "modelroute"})
+            merged.update(self.spec.headers)
+            merged.update(self.auth_headers(key))
+            headers = [(k, v) for k, v in merged.raw if k.lower() != b"content-length"]
+            bad = next((k for k, v in headers if any(c in v for c in (b"\r", b"\n", b"\0"))), None)
+            if bad is not None:
+                raise ProviderUnavailable(
+                    f"header {bad.decode(errors='replace')!r} holds a line break or NUL (an API key read with its "
+                    "trailing newline?)", provider=self.spec.name)
+            self._raw_headers[key] = headers
         url = self.url(model, stream=stream)
         parsed = self._urls.get(url)
         if parsed is None:

@@ -346,10 +346,12 @@ class LeanTransport(httpx.AsyncBaseTransport):
     async def post(self, url: httpx.URL, headers: list[tuple[bytes, bytes]], body: bytes,
                    timeouts: dict[str, float | None]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """POST `body` and read the whole answer as (status, raw headers, body bytes), with no httpx objects:
-        the provider clients' path for answers that are not streamed. `headers` must not hold Host or
-        Content-Length (added here). The body is returned as sent: a caller that finds a Content-Encoding
-        must decode it (ProviderClient then goes through httpx.Response)."""
-        head = [b"POST %s HTTP/1.1\r\nHost: %s\r\n" % (url.raw_path, url.netloc)]
+        the provider clients' path for answers that are not streamed. `headers` must not hold Content-Length
+        (added here); Host is added unless they hold one. The body is returned as sent: a caller that finds a
+        Content-Encoding must decode it (ProviderClient then goes through httpx.Response)."""
+        head = [b"POST %s HTTP/1.1\r\n" % url.raw_path]
+        if not any(k.lower() == b"host" for k, _ in headers):  # a Host the caller gives wins
+            head.append(b"Host: %s\r\n" % url.netloc)
         head += [b"%s: %s\r\n" % kv for kv in headers]
         head.append(b"Content-Length: %d\r\n\r\n" % len(body))
         t = timeouts
