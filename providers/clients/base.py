@@ -16,7 +16,7 @@ import ssl
 import threading
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -349,8 +349,12 @@ class ProviderClient:
     def _complete(self, response: httpx.Response, model: ModelSpec, started: float) -> ChatResponse:
         if response.status_code >= 400:
             raise self._http_error(response, model)
+        return self._answer(response.json, model, started)
+
+    def _answer(self, load: Callable[[], Any], model: ModelSpec, started: float) -> ChatResponse:
+        """The ChatResponse from a successful answer's JSON (`load()` parses it)."""
         try:
-            data = response.json()
+            data = load()
             reply = self.parse_reply(data)
         except ProviderError as error:
             error.model = error.model or model.name
@@ -409,15 +413,7 @@ class ProviderClient:
             except Exception as exc:
                 raise self._fail(exc, model) from exc
             return self._complete(response, model, started)
-        try:
-            data = json.loads(body)
-            reply = self.parse_reply(data)
-        except ProviderError as error:
-            error.model = error.model or model.name
-            raise
-        except Exception as exc:
-            raise self._fail(exc, model) from exc
-        return self._response(reply, model, started, data)
+        return self._answer(lambda: json.loads(body), model, started)
 
     def stream(self, model: ModelSpec, req: ChatRequest, *, timeout: TimeoutArg = None) -> Iterator[StreamEvent]:
         """Stream the answer: deltas and tool calls as they arrive, then `usage` and `done`."""
