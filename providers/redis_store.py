@@ -63,6 +63,7 @@ import atexit
 import functools
 import logging
 import math
+import os
 import threading
 import time
 import uuid
@@ -84,6 +85,18 @@ SEEN_REFRESH_MAX = 500  # ... at most this many, most recently used first
 SEEN_FORGET = 35 * 86400  # figures of keys unused this long are forgotten
 
 _open: weakref.WeakSet[RedisStore] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_open):
+        try:
+            store._after_fork()
+        except Exception:  # never break the child's start
+            log.exception("redis state store: setting up a forked child failed")
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @atexit.register
@@ -179,9 +192,29 @@ class RedisStore(SpendMixin):
         self._thread: threading.Thread | None = None
         _open.add(self)
         if background:
-            self._thread = threading.Thread(target=run_sender, args=(weakref.ref(self), self._sig),
-                                            name="modelroute-redis-state", daemon=True)
-            self._thread.start()
+            self._start_sender()
+
+    def _start_sender(self) -> None:
+        self._thread = threading.Thread(target=run_sender, args=(weakref.ref(self), self._sig),
+                                        name="modelroute-redis-state", daemon=True)
+        self._thread.start()
+
+    def _after_fork(self) -> None:
+        """In a forked child (e.g. a pre-loading worker server): a replica of its own. The parent's calls in
+        flight are the parent's; its locks, sender thread and the sender's socket do not survive the fork."""
+        self.replica_id = uuid.uuid4().hex[:16]
+        self._lock, self._sending = threading.Lock(), threading.RLock()
+        self._conn = None
+        self._redis.connection_pool.reset()  # redis-py would do this on first use (pid check); be explicit
+        self._own, self._claims, self._dirty, self._dirty_since = {}, {}, {}, math.inf
+        self._queue = []
+        self._held_remote, self._held_local = {}, {}  # the parent's holds are settled by the parent
+        self._next_beat = self._touched = -math.inf
+        self._valid_until = -math.inf
+        linger, had_thread = self._sig.linger, self._thread is not None
+        self._sig, self._thread = Signal(linger), None
+        if had_thread and not self._closed:
+            self._start_sender()
 
     def __repr__(self) -> str:
         return f"RedisStore(prefix={self._p!r}, replica={self.replica_id}, {self.status})"

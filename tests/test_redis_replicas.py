@@ -6,6 +6,7 @@ limited to its share) out. Skipped without redis-server / redis-py."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -512,3 +513,44 @@ def test_an_expired_claim_is_published_by_a_heartbeat_too(make) -> None:
     make.mono.t += 2.5
     assert a.heartbeat()  # the expiry happens inside the heartbeat
     assert b.in_flight("n") == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_is_a_replica_of_its_own(make) -> None:
+    """A store created before a fork (a pre-loading worker server): the child gets its own replica id, sender
+    thread and connections, and its calls in flight count apart from the parent's."""
+    from providers.redis_store import RedisStore
+
+    b = make()
+    a = RedisStore(b.url, prefix=b._p, wall=make.wall, refresh=60.0)  # with its background sender
+    try:
+        a.unavailable()
+        assert a.allow("f")
+        a.add_in_flight("f", 1)
+        a.flush()
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report its replica id and whether its own call landed, then leave at once
+            code = 1
+            try:
+                os.close(read)
+                a.unavailable()
+                assert a.allow("f") and a._thread is not None and a._thread.is_alive()
+                a.add_in_flight("f", 1)
+                a.flush()
+                os.write(write, a.replica_id.encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write)
+        child_id = os.read(read, 64).decode()
+        os.close(read)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert child_id and child_id != a.replica_id
+        assert b.in_flight("f") == 2  # the parent's call and the child's, counted apart
+        a.add_in_flight("f", -1)
+        a.flush()
+        assert b.in_flight("f") == 1  # the parent's decrement did not touch the child's count
+    finally:
+        a.close()
