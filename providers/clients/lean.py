@@ -5,9 +5,9 @@ It plugs into httpx's own transport seam (`httpx.AsyncBaseTransport`) and raises
 everything above it (error classification, SSE parsing, tests with `httpx.MockTransport`) is unchanged.
 ProviderClient's async path uses it by default, calling it directly rather than through `httpx.AsyncClient`:
 on this project's 2-core machine httpx's client layer plus its default transport (httpcore, h11, anyio) cost
-about 0.7 ms per call, this about 0.05 ms (`python bench/transport_bench.py`). That difference is most of
-the gateway's overhead budget. It is used only where it is enough: no proxy in the environment (proxies go
-through `httpx.AsyncClient`), HTTP/1.1, and request bodies that are bytes.
+about 0.6 ms per call above a bare asyncio request, this about 0.08-0.11 ms (`python bench/transport_bench.py`,
+bench/results/transport.txt). That difference is most of the gateway's overhead budget. It is used only where
+it is enough: no proxy in the environment (proxies go through `httpx.AsyncClient`) and HTTP/1.1.
 
 Framing follows RFC 9112 section 6: no body for HEAD, 1xx, 204 and 304; `Transfer-Encoding: chunked`; then
 `Content-Length`; else the body runs to the end of the connection. A connection returns to its pool only when
