@@ -42,8 +42,11 @@ def real_prompts() -> list[str]:
         with open(DATA / "self_instruct_seed_tasks.jsonl", encoding="utf-8") as f:
             out += [json.loads(line)["instruction"] for line in f]
     except OSError:
-        out = [f"Please help me with request number {i}: implement a parser, summarize a report, "
-               f"translate this to french, or write a poem about the sea." for i in range(200)]
+        out = [
+            f"Please help me with request number {i}: implement a parser, summarize a report, "
+            f"translate this to french, or write a poem about the sea."
+            for i in range(200)
+        ]
     return out
 
 
@@ -67,8 +70,9 @@ def per_call_us(fn: Callable[[], object], calls: int) -> float:
     return (time.perf_counter_ns() - start) / calls / 1000
 
 
-def compare(a: Callable[[str, dict], object], b: Callable[[str, dict], object], cases: list[tuple[str, dict]],
-            samples: int) -> tuple[float, float]:
+def compare(
+    a: Callable[[str, dict], object], b: Callable[[str, dict], object], cases: list[tuple[str, dict]], samples: int
+) -> tuple[float, float]:
     """Median microseconds per call over the cases for a and b, interleaved sample by sample."""
     size = len(cases[0][0])
     calls = max(1, min(200, 2_000_000 // max(size, 1)))
@@ -98,8 +102,7 @@ def bundled(samples: int, lines: list[str]) -> None:
         for p, at in cases:  # same job: both must pick the same model
             got, want = engine.decide(p, **at).model, hand.route(p, **at)
             assert got == want, f"disagree on {p[:60]!r} {at}: engine {got}, hand-written {want}"
-        ours, theirs = compare(lambda p, at: engine.decide(p, **at), lambda p, at: hand.route(p, **at),
-                               cases, samples)
+        ours, theirs = compare(lambda p, at: engine.decide(p, **at), lambda p, at: hand.route(p, **at), cases, samples)
         lines.append(f"{label:>8} {ours:>14.2f} {theirs:>16.2f} {theirs / ours:>8.1f}x")
 
 
@@ -110,7 +113,7 @@ def generated_policy(n: int) -> tuple[str, list[tuple[list[str], str | None, str
     for i in range(n - 1):
         model = models[i % len(models)]
         if i % 2 == 0:
-            src.append(f'when task ~ /\\bkeyword{i}\\b/ use {model}')
+            src.append(f"when task ~ /\\bkeyword{i}\\b/ use {model}")
             rules.append(([rf"\bkeyword{i}\b"], None, model))
         else:
             src.append(f'when tier == "t{i}" and task ~ /\\btopic{i}\\b/ use {model}')

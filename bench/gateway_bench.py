@@ -58,9 +58,24 @@ def wait_http(url: str, proc: subprocess.Popen, what: str) -> None:
 
 def start_gateway(policy_dir: Path, env: dict[str, str], *extra: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "-p", str(policy_dir), "--port", str(port),
-                             "--log-level", "error", *extra], env=env, stdout=subprocess.DEVNULL,
-                            stderr=None)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "serve",
+            "-p",
+            str(policy_dir),
+            "--port",
+            str(port),
+            "--log-level",
+            "error",
+            *extra,
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=None,
+    )
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/healthz", proc, "modelroute serve")
     return proc, url + "/v1/chat/completions"
@@ -71,6 +86,7 @@ async def measure(targets: dict[str, str], requests: int, concurrency: int, warm
     out: dict[str, list[float]] = {name: [] for name in targets}
     limits = httpx.Limits(max_connections=concurrency * len(targets), max_keepalive_connections=concurrency * 4)
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+
         async def one(url: str) -> float:
             t0 = time.perf_counter()
             r = await client.post(url, json=BODY)
@@ -111,13 +127,20 @@ def main() -> None:
     procs: list[subprocess.Popen] = []
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            upstream = subprocess.Popen([sys.executable, "-c", UPSTREAM], env=env, cwd=REPO, stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True)
+            upstream = subprocess.Popen(
+                [sys.executable, "-c", UPSTREAM],
+                env=env,
+                cwd=REPO,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             procs.append(upstream)
             base = upstream.stdout.readline().strip()  # type: ignore[union-attr]
             catalog = (REPO / "tests" / "fixtures" / "policies" / "catalog.yaml").read_text()
             Path(tmp, "catalog.yaml").write_text(
-                catalog + f'\nproviders:\n  acme: {{kind: openai, base_url: "{base}", api_key_env: BENCH_KEY}}\n')
+                catalog + f'\nproviders:\n  acme: {{kind: openai, base_url: "{base}", api_key_env: BENCH_KEY}}\n'
+            )
             Path(tmp, "main.route").write_text('catalog "catalog.yaml"\notherwise use alpha-mini\n')
             targets = {"direct": base + "/chat/completions"}
             gw, targets["gateway"] = start_gateway(Path(tmp), env)
@@ -125,11 +148,13 @@ def main() -> None:
             redis_bin = shutil.which("redis-server")
             if args.redis and redis_bin:
                 port = free_port()
-                procs.append(subprocess.Popen([redis_bin, "--port", str(port), "--save", "", "--appendonly", "no"],
-                                              stdout=subprocess.DEVNULL))
+                procs.append(
+                    subprocess.Popen(
+                        [redis_bin, "--port", str(port), "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL
+                    )
+                )
                 time.sleep(0.3)
-                gw2, targets["gateway+redis"] = start_gateway(Path(tmp), env, "--redis",
-                                                              f"redis://127.0.0.1:{port}/0")
+                gw2, targets["gateway+redis"] = start_gateway(Path(tmp), env, "--redis", f"redis://127.0.0.1:{port}/0")
                 procs.append(gw2)
             t0 = time.perf_counter()
             lat = asyncio.run(measure(targets, args.requests, args.concurrency, args.warmup))
@@ -142,24 +167,31 @@ def main() -> None:
                 except subprocess.TimeoutExpired:
                     p.kill()
 
-    lines = ["modelroute gateway overhead benchmark: python bench/gateway_bench.py "
-             f"--requests {args.requests} --concurrency {args.concurrency}" + (" --redis" if args.redis else ""),
-             f"python {platform.python_version()} on {sys.platform}, {os.cpu_count()} CPUs; fake OpenAI upstream, "
-             "gateway(s) and load generator are separate processes on loopback",
-             f"{args.requests} requests per target after {args.warmup} warm-up, {args.concurrency} in flight, "
-             f"targets interleaved round by round; {wall:.1f}s in all", "",
-             f"  {'target':<16}{'p50':>10}{'p99':>10}{'mean':>10}"]
+    lines = [
+        "modelroute gateway overhead benchmark: python bench/gateway_bench.py "
+        f"--requests {args.requests} --concurrency {args.concurrency}" + (" --redis" if args.redis else ""),
+        f"python {platform.python_version()} on {sys.platform}, {os.cpu_count()} CPUs; fake OpenAI upstream, "
+        "gateway(s) and load generator are separate processes on loopback",
+        f"{args.requests} requests per target after {args.warmup} warm-up, {args.concurrency} in flight, "
+        f"targets interleaved round by round; {wall:.1f}s in all",
+        "",
+        f"  {'target':<16}{'p50':>10}{'p99':>10}{'mean':>10}",
+    ]
     for name, values in lat.items():
-        lines.append(f"  {name:<16}{pct(values, 0.5):>8.3f}ms{pct(values, 0.99):>8.3f}ms"
-                     f"{statistics.fmean(values) * 1000:>8.3f}ms")
+        lines.append(
+            f"  {name:<16}{pct(values, 0.5):>8.3f}ms{pct(values, 0.99):>8.3f}ms"
+            f"{statistics.fmean(values) * 1000:>8.3f}ms"
+        )
     lines.append("")
     d = lat["direct"]
     for name in [n for n in lat if n != "direct"]:
         p50, p99 = pct(lat[name], 0.5) - pct(d, 0.5), pct(lat[name], 0.99) - pct(d, 0.99)
         paired = [g - x for g, x in zip(lat[name], d, strict=True)]  # same round: drift cancels
         verdict = "meets" if p50 < 1.0 else "MISSES"
-        lines.append(f"  overhead of {name:<14} p50 {p50:+.3f}ms   p99 {p99:+.3f}ms   "
-                     f"({verdict} the p50 < 1 ms target; median of paired differences {pct(paired, 0.5):+.3f}ms)")
+        lines.append(
+            f"  overhead of {name:<14} p50 {p50:+.3f}ms   p99 {p99:+.3f}ms   "
+            f"({verdict} the p50 < 1 ms target; median of paired differences {pct(paired, 0.5):+.3f}ms)"
+        )
     text = "\n".join(lines) + "\n"
     print(text, end="")
     if not args.no_save:

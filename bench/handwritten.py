@@ -21,23 +21,45 @@ def _phrase(words: str) -> str:
 
 
 TASKS: dict[str, list[re.Pattern[str]]] = {
-    "code": [re.compile(p, re.I) for p in (
-        r"(write|create|generate) (a |an |the |some )?(\w+ ){0,2}"
-        r"(code|function|class|script|program|tests?|method|query|component)",
-        r"implement", r"refactor",
-        _phrase("debug"), _phrase("stack trace"), _phrase("traceback"), r"```\w+", r"\bdef \w+\(",
-        r"\bfunction \w+\(")],
-    "summarize": [re.compile(_phrase(p), re.I) for p in
-                  ("summarize", "summarise", "summary", "tl;dr", "key points")],
-    "math": [re.compile(p, re.I) for p in
-             (_phrase("prove"), _phrase("theorem"), _phrase("integral"), _phrase("derivative"),
-              r"\bsolve\b.*\bequation")],
-    "translate": [re.compile(p, re.I) for p in
-                  (r"translate (this|the following|it|into|to)", _phrase("in french"), _phrase("in spanish"),
-                   _phrase("in german"))],
-    "creative": [re.compile(p, re.I) for p in
-                 (r"write (a |an )?(poem|story|song|haiku|limerick|novel)", _phrase("brainstorm"),
-                  _phrase("slogan"))],
+    "code": [
+        re.compile(p, re.I)
+        for p in (
+            r"(write|create|generate) (a |an |the |some )?(\w+ ){0,2}"
+            r"(code|function|class|script|program|tests?|method|query|component)",
+            r"implement",
+            r"refactor",
+            _phrase("debug"),
+            _phrase("stack trace"),
+            _phrase("traceback"),
+            r"```\w+",
+            r"\bdef \w+\(",
+            r"\bfunction \w+\(",
+        )
+    ],
+    "summarize": [re.compile(_phrase(p), re.I) for p in ("summarize", "summarise", "summary", "tl;dr", "key points")],
+    "math": [
+        re.compile(p, re.I)
+        for p in (
+            _phrase("prove"),
+            _phrase("theorem"),
+            _phrase("integral"),
+            _phrase("derivative"),
+            r"\bsolve\b.*\bequation",
+        )
+    ],
+    "translate": [
+        re.compile(p, re.I)
+        for p in (
+            r"translate (this|the following|it|into|to)",
+            _phrase("in french"),
+            _phrase("in spanish"),
+            _phrase("in german"),
+        )
+    ],
+    "creative": [
+        re.compile(p, re.I)
+        for p in (r"write (a |an )?(poem|story|song|haiku|limerick|novel)", _phrase("brainstorm"), _phrase("slogan"))
+    ],
     "legal": [re.compile(_phrase(p), re.I) for p in ("contract", "nda", "indemnif", "liability", "clause")],
 }
 
@@ -77,14 +99,16 @@ class HandwrittenRouter:
         if choice is None and tier in ("pro", "enterprise") and "legal" in tasks and fits(by_name["claude-opus-4-6"]):
             choice = "claude-opus-4-6"
         if choice is None and "code" in tasks and tokens > 30_000:
-            choice = best([m for m in current if fits(m) and m.context >= 200_000],
-                          lambda m: (-cap(m, "CODING"), cost(m)))
+            choice = best(
+                [m for m in current if fits(m) and m.context >= 200_000], lambda m: (-cap(m, "CODING"), cost(m))
+            )
         if choice is None and "code" in tasks:
             ok = [m for m in current if fits(m) and m.latency_ms <= 2000 and m.input_price <= 5e-6]
             choice = best(ok, lambda m: (-cap(m, "CODING"), cost(m)))
         if choice is None and "math" in tasks:
-            choice = best([m for m in current if fits(m) and m.input_price <= 20e-6],
-                          lambda m: (-cap(m, "REASONING"), cost(m)))
+            choice = best(
+                [m for m in current if fits(m) and m.input_price <= 20e-6], lambda m: (-cap(m, "REASONING"), cost(m))
+            )
         if choice is None and tier in ("free", "trial"):
             choice = best([m for m in current if fits(m)], lambda m: (cost(m), -cap(m, "REASONING")))
         if choice is None and "summarize" in tasks and not tools:
@@ -92,8 +116,9 @@ class HandwrittenRouter:
         if choice is None and "translate" in tasks:
             choice = best([m for m in current if fits(m) and cap(m, "CREATIVITY") >= 7], cost)
         if choice is None and "creative" in tasks:
-            choice = best([m for m in current if fits(m) and cost(m) <= 0.02],
-                          lambda m: (-cap(m, "CREATIVITY"), cost(m)))
+            choice = best(
+                [m for m in current if fits(m) and cost(m) <= 0.02], lambda m: (-cap(m, "CREATIVITY"), cost(m))
+            )
         if choice is None and fits(by_name["gpt-4o-mini"]):
             choice = "gpt-4o-mini"
         if choice is None:

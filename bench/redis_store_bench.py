@@ -33,6 +33,7 @@ def free_port() -> int:
 def load_store(path: str | None):
     if path is None:
         from providers.redis_store import RedisStore
+
         return RedisStore
     spec = importlib.util.spec_from_file_location("redis_store_under_test", path)
     assert spec is not None and spec.loader is not None
@@ -67,8 +68,11 @@ def main() -> None:
 
     redis.connection.Connection.send_packed_command = counted  # type: ignore[method-assign]
     port = free_port()
-    proc = subprocess.Popen([redis_bin, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-                             "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [redis_bin, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 10
         while True:
@@ -105,8 +109,10 @@ def main() -> None:
         times.sort()
         print(f"{args.store or 'providers/redis_store.py'}: {n} requests")
         print(f"  blocking round trips per request {blocking / n:.2f}  (background sender: {sent} round trips)")
-        print(f"  latency per request  p50 {times[n // 2] * 1e6:.0f}us  p99 {times[int(n * 0.99)] * 1e6:.0f}us  "
-              f"mean {statistics.fmean(times) * 1e6:.0f}us")
+        print(
+            f"  latency per request  p50 {times[n // 2] * 1e6:.0f}us  p99 {times[int(n * 0.99)] * 1e6:.0f}us  "
+            f"mean {statistics.fmean(times) * 1e6:.0f}us"
+        )
         assert store.in_flight("m") == 0 and store.stats()["m"].calls == n + 200
         store.close()
     finally:

@@ -81,13 +81,24 @@ def big_catalog(base: Catalog, total: int = BIG_CATALOG_SIZE) -> tuple[Catalog, 
             supports.add("vision")
         if v.get("supports_response_schema"):
             supports.add("json")
-        specs.append(ModelSpec(
-            name=name, provider=str(v.get("litellm_provider") or "unknown"), id=name, context=ctx,
-            input_price=ip, output_price=op, latency_ms=round(200 + 3000 * (1 - rank[i]) * jitter),
-            capabilities={"REASONING": round(score, 2), "CODING": round(min(10.0, score + jitter), 2),
-                          "CREATIVITY": round(1 + 9 * jitter, 2), "SPEED": round(10 - 9 * rank[i], 2)},
-            supports=frozenset(supports),
-        ))
+        specs.append(
+            ModelSpec(
+                name=name,
+                provider=str(v.get("litellm_provider") or "unknown"),
+                id=name,
+                context=ctx,
+                input_price=ip,
+                output_price=op,
+                latency_ms=round(200 + 3000 * (1 - rank[i]) * jitter),
+                capabilities={
+                    "REASONING": round(score, 2),
+                    "CODING": round(min(10.0, score + jitter), 2),
+                    "CREATIVITY": round(1 + 9 * jitter, 2),
+                    "SPEED": round(10 - 9 * rank[i], 2),
+                },
+                supports=frozenset(supports),
+            )
+        )
     return Catalog.from_models(specs), from_litellm
 
 
@@ -137,8 +148,9 @@ def median_us(fn: Callable[[str, dict], object], cases: list[tuple[str, dict]], 
     return statistics.median(out)
 
 
-def pair_us(a: Callable[[str, dict], object], b: Callable[[str, dict], object], cases: list[tuple[str, dict]],
-            samples: int) -> tuple[float, float]:
+def pair_us(
+    a: Callable[[str, dict], object], b: Callable[[str, dict], object], cases: list[tuple[str, dict]], samples: int
+) -> tuple[float, float]:
     """Medians of a and b, interleaved sample by sample so machine noise hits both alike."""
     sa, sb = [], []
     for s in range(samples):
@@ -181,8 +193,10 @@ def versus_scan(out: list[str], prompts: list[str], small: Catalog, samples: int
     out.append("   regex engine reading the prompt once for all of the policy's patterns; decide() adds the rest")
     out.append("   reference: one non-matching literal, re2.compile('(?i)zqxjkvw').search(prompt), the cheapest way")
     out.append("   to read every byte (a literal search is cheaper per byte than a multi-pattern set)")
-    out.append(f"  {'prompt':>7} {'kind':<11} {'decide us':>11} {'set scan us':>12} {'decide/set':>10}  target <= 1.5x"
-               f"  {'literal us':>11} {'decide/literal':>14}")
+    out.append(
+        f"  {'prompt':>7} {'kind':<11} {'decide us':>11} {'set scan us':>12} {'decide/set':>10}  target <= 1.5x"
+        f"  {'literal us':>11} {'decide/literal':>14}"
+    )
     rx = re2.compile("(?i)zqxjkvw")
     for label in ("4 KB", "100 KB", "1 MB"):
         size = SIZES[label]
@@ -194,12 +208,15 @@ def versus_scan(out: list[str], prompts: list[str], small: Catalog, samples: int
             ours2, scan = pair_us(decide_fn(engine), lambda p, at: rx.search(p), cases, samples)
             ratio = ours / sset
             flag = "" if label == "4 KB" else ("ok" if ratio <= 1.5 else "MISSED")
-            out.append(f"  {label:>7} {kind:<11} {ours:11.1f} {sset:12.1f} {ratio:9.2f}x  {flag:<6}        "
-                       f"{scan:11.1f} {ours2 / scan:13.2f}x")
+            out.append(
+                f"  {label:>7} {kind:<11} {ours:11.1f} {sset:12.1f} {ratio:9.2f}x  {flag:<6}        "
+                f"{scan:11.1f} {ours2 / scan:13.2f}x"
+            )
 
 
-def matrix(out: list[str], prompts: list[str], catalogs: dict[str, Catalog], samples: int,
-           quick: bool) -> dict[tuple[str, int, str, str], float]:
+def matrix(
+    out: list[str], prompts: list[str], catalogs: dict[str, Catalog], samples: int, quick: bool
+) -> dict[tuple[str, int, str, str], float]:
     out.append("")
     out.append("== decide() median us: prompt size x rules x catalog x action kind")
     results: dict[tuple[str, int, str, str], float] = {}
@@ -231,9 +248,11 @@ def matrix(out: list[str], prompts: list[str], catalogs: dict[str, Catalog], sam
             r = results[(kind, 1000, names[0], label)] / results[(kind, 10, names[0], label)]
             m = results[(kind, 10, names[1], label)] / results[(kind, 10, names[0], label)]
             both = results[(kind, 1000, names[1], label)] / results[(kind, 10, names[0], label)]
-            out.append(f"  {kind:<11} {label:>6}: rules 10 -> 1,000 {r:5.2f}x {'ok' if r <= 2 else 'MISSED':<6}"
-                       f" models {names[0]} -> {names[1]} {m:5.2f}x {'ok' if m <= 2 else 'MISSED':<6}"
-                       f" both {both:5.2f}x")
+            out.append(
+                f"  {kind:<11} {label:>6}: rules 10 -> 1,000 {r:5.2f}x {'ok' if r <= 2 else 'MISSED':<6}"
+                f" models {names[0]} -> {names[1]} {m:5.2f}x {'ok' if m <= 2 else 'MISSED':<6}"
+                f" both {both:5.2f}x"
+            )
     out.append("")
     out.append("== compile time of the generated policies (s)")
     for kind in KINDS:
@@ -260,8 +279,10 @@ def compile_and_memory(out: list[str], small: Catalog) -> None:
         Engine.from_source(text, catalog=small)
         times.append(time.perf_counter() - start)
     best = min(times)
-    out.append(f"  compile: {best:.3f} s best of 3, {statistics.median(times):.3f} s median "
-               f"(target < 1 s: {'ok' if best < 1 else 'MISSED'})")
+    out.append(
+        f"  compile: {best:.3f} s best of 3, {statistics.median(times):.3f} s median "
+        f"(target < 1 s: {'ok' if best < 1 else 'MISSED'})"
+    )
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
@@ -270,8 +291,10 @@ def compile_and_memory(out: list[str], small: Catalog) -> None:
     after = tracemalloc.take_snapshot()
     tracemalloc.stop()
     retained = sum(s.size_diff for s in after.compare_to(before, "filename"))
-    out.append(f"  memory: {retained / 1e6:.2f} MB retained by the compiled policy (Python heap, tracemalloc; "
-               f"RE2's C++ set is not counted), {retained / 1000 / 1000:.1f} KB per rule")
+    out.append(
+        f"  memory: {retained / 1e6:.2f} MB retained by the compiled policy (Python heap, tracemalloc; "
+        f"RE2's C++ set is not counted), {retained / 1000 / 1000:.1f} KB per rule"
+    )
     assert engine.decide("keyword0 please").rule.index == 0
 
 
@@ -280,8 +303,10 @@ def phases(out: list[str], prompts: list[str], small: Catalog, samples: int) -> 
     out.append("== per-phase breakdown of decide() (50-rule policy, prefer capability, bundled catalog)")
     out.append("   each phase timed on its own; 'walk' = evaluate.decide minus scan and ranking")
     engine = Engine.from_source(generated_policy(50, "capability"), catalog=small)
-    out.append(f"  {'prompt':>7} {'total':>9} {'request':>9} {'tokens':>9} {'scan':>9} {'walk':>9} "
-               f"{'ranking':>9} {'Decision':>9} {'sum':>9}   (us)")
+    out.append(
+        f"  {'prompt':>7} {'total':>9} {'request':>9} {'tokens':>9} {'scan':>9} {'walk':>9} "
+        f"{'ranking':>9} {'Decision':>9} {'sum':>9}   (us)"
+    )
     for label in ("200 B", "100 KB"):
         out.append(_phase_row(label, cases_for(prompts, SIZES[label], 50), engine, samples))
     out.append("  (request = building the Request, which includes the token estimate shown next to it)")
@@ -301,12 +326,15 @@ def _phase_row(label: str, cases: list[tuple[str, dict]], engine: Engine, sample
     scan = median_us(lambda p, at: policy.matcher.scan(p), cases, samples)
     evaluate = median_us(lambda p, at: ev.decide(policy, req_of[id(p)]), cases, samples)
     rank = median_us(lambda p, at: sel.pick(req_of[id(p)]), cases, samples)
-    build = median_us(lambda p, at: Decision(policy, rule, entry, fallbacks, req_of[id(p)], matched, scanned, 0),
-                      cases, samples)
+    build = median_us(
+        lambda p, at: Decision(policy, rule, entry, fallbacks, req_of[id(p)], matched, scanned, 0), cases, samples
+    )
     walk = max(0.0, evaluate - scan - rank)
     parts = request + walk + scan + rank + build
-    return (f"  {label:>7} {total:9.2f} {request:9.2f} {tokens:9.2f} {scan:9.2f} {walk:9.2f} "
-            f"{rank:9.2f} {build:9.2f} {parts:9.2f}")
+    return (
+        f"  {label:>7} {total:9.2f} {request:9.2f} {tokens:9.2f} {scan:9.2f} {walk:9.2f} "
+        f"{rank:9.2f} {build:9.2f} {parts:9.2f}"
+    )
 
 
 _LITELLM_SCRIPT = textwrap.dedent("""
@@ -347,19 +375,30 @@ def litellm(out: list[str], prompts: list[str], small: Catalog, samples: int) ->
 
             python = sys.executable
         except ImportError:
-            out.append("  litellm not installed: skipped. To run it: python -m venv /tmp/litellm-venv && "
-                       "/tmp/litellm-venv/bin/pip install litellm && MODELROUTE_LITELLM_PYTHON=/tmp/litellm-venv/"
-                       "bin/python python bench/speed_bench.py")
+            out.append(
+                "  litellm not installed: skipped. To run it: python -m venv /tmp/litellm-venv && "
+                "/tmp/litellm-venv/bin/pip install litellm && MODELROUTE_LITELLM_PYTHON=/tmp/litellm-venv/"
+                "bin/python python bench/speed_bench.py"
+            )
             return
     labels = ("200 B", "4 KB", "100 KB")
     texts = {label: cases_for(prompts, SIZES[label], 50)[0][0] for label in labels}
-    models = [f"{m.provider}/{m.id}" for m in small.models.values()
-              if m.provider in ("openai", "anthropic", "groq", "mistral", "deepseek")]
+    models = [
+        f"{m.provider}/{m.id}"
+        for m in small.models.values()
+        if m.provider in ("openai", "anthropic", "groq", "mistral", "deepseek")
+    ]
     spec = {"models": models, "prompts": texts, "samples": samples, "calls": 20}
     try:
         env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}  # no network fetch of the cost map
-        proc = subprocess.run([python, "-c", _LITELLM_SCRIPT], input=json.dumps(spec), capture_output=True,
-                              text=True, timeout=600, env=env)
+        proc = subprocess.run(
+            [python, "-c", _LITELLM_SCRIPT],
+            input=json.dumps(spec),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+        )
         theirs = json.loads(proc.stdout.strip().splitlines()[-1])
     except (OSError, ValueError, IndexError, subprocess.TimeoutExpired) as exc:
         err = proc.stderr.strip().splitlines()[-1:] if "proc" in locals() else []
@@ -367,8 +406,10 @@ def litellm(out: list[str], prompts: list[str], small: Catalog, samples: int) ->
         return
     engine = Engine.from_source(generated_policy(50, "cheapest"), catalog=small)
     out.append(f"  {len(models)} deployments; modelroute: 50-rule policy, prefer cheapest, bundled catalog")
-    out.append(f"  {'prompt':>7} {'modelroute us':>14} {'shuffle us':>11} {'cost-based us':>14} {'vs cost-based':>14}"
-               "  target >= 20x at 100 KB")
+    out.append(
+        f"  {'prompt':>7} {'modelroute us':>14} {'shuffle us':>11} {'cost-based us':>14} {'vs cost-based':>14}"
+        "  target >= 20x at 100 KB"
+    )
     for label in labels:
         ours = median_us(decide_fn(engine), [(texts[label], {})], samples)
         shuffle, cost = theirs[f"simple-shuffle|{label}"], theirs[f"cost-based-routing|{label}"]
@@ -383,10 +424,13 @@ def main() -> None:
     small = default_catalog()
     big, from_litellm = big_catalog(small)
     catalogs = {f"{len(small)}": small, f"{len(big)}": big}
-    out = [f"speed benchmark ({'quick' if quick else 'full'}), {samples} samples per cell, "
-           f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs",
-           f"catalogs: bundled {len(small)} models; big {len(big)} models = bundled + {from_litellm} LiteLLM chat "
-           f"models + {len(big) - len(small) - from_litellm} deterministic variants", ""]
+    out = [
+        f"speed benchmark ({'quick' if quick else 'full'}), {samples} samples per cell, "
+        f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs",
+        f"catalogs: bundled {len(small)} models; big {len(big)} models = bundled + {from_litellm} LiteLLM chat "
+        f"models + {len(big) - len(small) - from_litellm} deterministic variants",
+        "",
+    ]
     headline(out, prompts, small, samples)
     versus_scan(out, prompts, small, samples)
     matrix(out, prompts, catalogs, samples, quick)
@@ -394,8 +438,10 @@ def main() -> None:
     phases(out, prompts, small, samples)
     litellm(out, prompts, small, samples)
     out.append("")
-    out.append(f"total bench time {time.perf_counter() - started:.0f} s; command: python bench/speed_bench.py"
-               f"{' --quick' if quick else ''}")
+    out.append(
+        f"total bench time {time.perf_counter() - started:.0f} s; command: python bench/speed_bench.py"
+        f"{' --quick' if quick else ''}"
+    )
     text = "\n".join(out)
     print(text)
     dest = HERE / "results" / "speed.txt"

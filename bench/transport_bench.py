@@ -54,8 +54,15 @@ async def measure(base: str, calls: int, warmup: int) -> dict[str, list[float]]:
 
     url = base + "/chat/completions"
     spec = ProviderSpec(name="acme", kind="openai", base_url=base, api_key_env="BENCH_KEY")
-    model = ModelSpec(name="alpha-mini", provider="acme", id="alpha-mini", context=8000, latency_ms=300,
-                      input_price=0.15, output_price=0.6)
+    model = ModelSpec(
+        name="alpha-mini",
+        provider="acme",
+        id="alpha-mini",
+        context=8000,
+        latency_ms=300,
+        input_price=0.15,
+        output_price=0.6,
+    )
     req = ChatRequest(messages=[Message.user("Say hello in five words.")])
     plain = httpx.AsyncClient()
     lean = LeanTransport()
@@ -66,8 +73,10 @@ async def measure(base: str, calls: int, warmup: int) -> dict[str, list[float]]:
 
     host, port = lean_url.host, lean_url.port
     reader, writer = await asyncio.open_connection(host, port)
-    head = (f"POST {lean_url.raw_path.decode()} HTTP/1.1\r\nhost: {host}:{port}\r\ncontent-type: application/json\r\n"
-            f"authorization: Bearer sk-bench\r\ncontent-length: {len(BODY)}\r\n\r\n").encode()
+    head = (
+        f"POST {lean_url.raw_path.decode()} HTTP/1.1\r\nhost: {host}:{port}\r\ncontent-type: application/json\r\n"
+        f"authorization: Bearer sk-bench\r\ncontent-length: {len(BODY)}\r\n\r\n"
+    ).encode()
 
     async def floor() -> None:
         writer.write(head + BODY)
@@ -92,8 +101,14 @@ async def measure(base: str, calls: int, warmup: int) -> dict[str, list[float]]:
     async def lean_fetch() -> None:
         await lean.fetch(httpx.Request("POST", lean_url, content=BODY, headers=HEADERS))
 
-    variants = {"httpx.AsyncClient": httpx_post, "lean transport": lean_post, "lean fetch": lean_fetch,
-                "achat via httpx": achat_httpx, "achat via lean": achat_lean, "asyncio floor": floor}
+    variants = {
+        "httpx.AsyncClient": httpx_post,
+        "lean transport": lean_post,
+        "lean fetch": lean_fetch,
+        "achat via httpx": achat_httpx,
+        "achat via lean": achat_lean,
+        "asyncio floor": floor,
+    }
     out: dict[str, list[float]] = {name: [] for name in variants}
     for fn in variants.values():
         for _ in range(warmup):
@@ -119,8 +134,9 @@ def main() -> None:
     args = ap.parse_args()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     os.environ["BENCH_KEY"] = "sk-bench"
-    upstream = subprocess.Popen([sys.executable, "-c", UPSTREAM], env=env, cwd=REPO, stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, text=True)
+    upstream = subprocess.Popen(
+        [sys.executable, "-c", UPSTREAM], env=env, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         base = upstream.stdout.readline().strip()  # type: ignore[union-attr]
         t0 = time.perf_counter()
@@ -130,16 +146,23 @@ def main() -> None:
         upstream.terminate()
         upstream.wait(10)
     base50 = pct(lat["httpx.AsyncClient"], 0.5)
-    lines = [f"modelroute async transport benchmark: python bench/transport_bench.py --calls {args.calls}",
-             f"python {platform.python_version()} on {sys.platform}, {os.cpu_count()} CPUs; fake OpenAI upstream in "
-             f"its own process on loopback; variants alternate call by call; {wall:.1f}s in all", "",
-             f"  {'variant':<20}{'p50':>10}{'p99':>10}   p50 vs httpx.AsyncClient"]
+    lines = [
+        f"modelroute async transport benchmark: python bench/transport_bench.py --calls {args.calls}",
+        f"python {platform.python_version()} on {sys.platform}, {os.cpu_count()} CPUs; fake OpenAI upstream in "
+        f"its own process on loopback; variants alternate call by call; {wall:.1f}s in all",
+        "",
+        f"  {'variant':<20}{'p50':>10}{'p99':>10}   p50 vs httpx.AsyncClient",
+    ]
     for name, values in lat.items():
-        lines.append(f"  {name:<20}{pct(values, 0.5):>8.3f}ms{pct(values, 0.99):>8.3f}ms   "
-                     f"{pct(values, 0.5) / base50:.2f}x")
+        lines.append(
+            f"  {name:<20}{pct(values, 0.5):>8.3f}ms{pct(values, 0.99):>8.3f}ms   {pct(values, 0.5) / base50:.2f}x"
+        )
     floor = pct(lat["asyncio floor"], 0.5)
-    lines += ["", "  client cost above the asyncio floor (p50): "
-              + ", ".join(f"{name} +{pct(lat[name], 0.5) - floor:.3f}ms" for name in lat if name != "asyncio floor")]
+    lines += [
+        "",
+        "  client cost above the asyncio floor (p50): "
+        + ", ".join(f"{name} +{pct(lat[name], 0.5) - floor:.3f}ms" for name in lat if name != "asyncio floor"),
+    ]
     text = "\n".join(lines) + "\n"
     print(text, end="")
     if not args.no_save:

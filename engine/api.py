@@ -34,9 +34,16 @@ class Engine:
     """Routes requests with a compiled policy. Safe to share between threads: the policy is immutable and
     swapped as one reference."""
 
-    def __init__(self, policy: CompiledPolicy, *, token_estimator: TokenEstimator | None = None,
-                 path: str | Path | None = None, catalog: Any = None, state: StateStore | None = None,
-                 **execution: Any):
+    def __init__(
+        self,
+        policy: CompiledPolicy,
+        *,
+        token_estimator: TokenEstimator | None = None,
+        path: str | Path | None = None,
+        catalog: Any = None,
+        state: StateStore | None = None,
+        **execution: Any,
+    ):
         """`execution` configures complete()/stream() (see providers.execute.Executor): `providers`
         (provider name -> ProviderSpec, overriding the catalog's), `api_keys` (provider name -> key, instead of
         the environment), `transport` / `async_transport` (httpx transports), `limits` (httpx.Limits
@@ -53,23 +60,45 @@ class Engine:
         self._budgets: Any = None
 
     @classmethod
-    def load(cls, path: str | Path | None = None, *, catalog: Any = None,
-             token_estimator: TokenEstimator | None = None, watch: bool = False, poll: bool = False,
-             state: StateStore | None = None, **execution: Any) -> Engine:
+    def load(
+        cls,
+        path: str | Path | None = None,
+        *,
+        catalog: Any = None,
+        token_estimator: TokenEstimator | None = None,
+        watch: bool = False,
+        poll: bool = False,
+        state: StateStore | None = None,
+        **execution: Any,
+    ) -> Engine:
         """A .route file, or a directory with main.route; None loads the bundled default policy.
 
         With watch=True, every file the policy uses is watched and reloaded on change (see watch())."""
         path = path if path is not None else bundled_policy_dir()
-        engine = cls(compile_policy(path, catalog=catalog), token_estimator=token_estimator, path=path,
-                     catalog=catalog, state=state, **execution)
+        engine = cls(
+            compile_policy(path, catalog=catalog),
+            token_estimator=token_estimator,
+            path=path,
+            catalog=catalog,
+            state=state,
+            **execution,
+        )
         return engine.watch(poll=poll) if watch else engine
 
     @classmethod
-    def from_source(cls, text: str, *, file: str = "<string>", catalog: Any = None,
-                    token_estimator: TokenEstimator | None = None, state: StateStore | None = None,
-                    **execution: Any) -> Engine:
-        return cls(compile_source(text, file, catalog=catalog), token_estimator=token_estimator, state=state,
-                   **execution)
+    def from_source(
+        cls,
+        text: str,
+        *,
+        file: str = "<string>",
+        catalog: Any = None,
+        token_estimator: TokenEstimator | None = None,
+        state: StateStore | None = None,
+        **execution: Any,
+    ) -> Engine:
+        return cls(
+            compile_source(text, file, catalog=catalog), token_estimator=token_estimator, state=state, **execution
+        )
 
     @property
     def policy(self) -> CompiledPolicy:
@@ -130,8 +159,14 @@ class Engine:
     def version(self) -> str:
         return self._policy.version
 
-    def request(self, prompt: str | None = None, *, messages: list[Mapping[str, Any]] | None = None,
-                policy: CompiledPolicy | None = None, **attrs: Any) -> Request:
+    def request(
+        self,
+        prompt: str | None = None,
+        *,
+        messages: list[Mapping[str, Any]] | None = None,
+        policy: CompiledPolicy | None = None,
+        **attrs: Any,
+    ) -> Request:
         """The Request decide() evaluates (exposed for tools that trace without deciding).
 
         `tokens=N` overrides the estimate (for callers that count tokens exactly)."""
@@ -147,8 +182,17 @@ class Engine:
             tokens = self._estimate(text)
         state = self.state
         if not attrs and not policy.budgets:  # the common case, kept short: decide() is on the hot path
-            return Request(text, tokens, attrs, False, images_in_messages, _output_tokens(policy),
-                           state.unavailable(), state, state.latency_ms())
+            return Request(
+                text,
+                tokens,
+                attrs,
+                False,
+                images_in_messages,
+                _output_tokens(policy),
+                state.unavailable(),
+                state,
+                state.latency_ms(),
+            )
         if "tokens" in attrs:
             tokens = int(attrs.pop("tokens"))
         out = attrs.get("max_tokens")
@@ -158,11 +202,21 @@ class Engine:
             for name, value in self._budget_book().request_attrs(policy.budgets, attrs).items():
                 attrs.setdefault(name, value)
         # images found in the messages need a vision model even if the caller says images=False
-        return Request(text, tokens, attrs, bool(attrs.get("tools")), bool(attrs.get("images")) or images_in_messages,
-                       float(out), state.unavailable(), state, state.latency_ms())
+        return Request(
+            text,
+            tokens,
+            attrs,
+            bool(attrs.get("tools")),
+            bool(attrs.get("images")) or images_in_messages,
+            float(out),
+            state.unavailable(),
+            state,
+            state.latency_ms(),
+        )
 
-    def decide(self, prompt: str | None = None, *, messages: list[Mapping[str, Any]] | None = None,
-               **attrs: Any) -> Decision:
+    def decide(
+        self, prompt: str | None = None, *, messages: list[Mapping[str, Any]] | None = None, **attrs: Any
+    ) -> Decision:
         """Pick a model for a prompt (or OpenAI-format messages) and request attributes.
 
         Raises NoRouteError when no rule yields a viable model."""
@@ -171,8 +225,17 @@ class Engine:
         if messages is None and not attrs and not policy.budgets:  # the common case, without the detour
             text = prompt or ""
             state = self.state
-            req = Request(text, self._estimate(text), attrs, False, False, _output_tokens(policy),
-                          state.unavailable(), state, state.latency_ms())
+            req = Request(
+                text,
+                self._estimate(text),
+                attrs,
+                False,
+                False,
+                _output_tokens(policy),
+                state.unavailable(),
+                state,
+                state.latency_ms(),
+            )
         else:
             req = self.request(prompt, messages=messages, policy=policy, **attrs)
         result = _decide(policy, req)
@@ -196,59 +259,135 @@ class Engine:
             self._exec = Executor(self, **self._execution)
         return self._exec
 
-    def complete(self, prompt: str | None = None, *, messages: list[Any] | None = None, schema: Any = None,
-                 system: str | None = None, temperature: float | None = None, max_tokens: int | None = None,
-                 tools: list[dict[str, Any]] | None = None, tool_choice: str | None = None,
-                 stop: list[str] | None = None, timeout: float | None = None, extra: dict[str, Any] | None = None,
-                 **attrs: Any) -> Any:
+    def complete(
+        self,
+        prompt: str | None = None,
+        *,
+        messages: list[Any] | None = None,
+        schema: Any = None,
+        system: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: str | None = None,
+        stop: list[str] | None = None,
+        timeout: float | None = None,
+        extra: dict[str, Any] | None = None,
+        **attrs: Any,
+    ) -> Any:
         """Decide, then call the decided model(s) with retries and fallbacks; returns a Completion.
 
         `attrs` are the policy's request attributes. `schema` (a pydantic model) asks for JSON and validates
         it into `.parsed`. Raises NoRouteError, BudgetExceeded (before any call) or RoutingError (every
         attempt failed; `.attempts` says why)."""
         ex = self._executor()
-        options = {"system": system, "temperature": temperature, "max_tokens": max_tokens, "tools": tools,
-                   "tool_choice": tool_choice, "stop": stop, "timeout": timeout, "extra": extra}
+        options = {
+            "system": system,
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+            "tools": tools,
+            "tool_choice": tool_choice,
+            "stop": stop,
+            "timeout": timeout,
+            "extra": extra,
+        }
         run = ex.prepare(prompt, messages, schema, options, attrs)
         return ex.run_sync(ex.run(run))
 
-    async def acomplete(self, prompt: str | None = None, *, messages: list[Any] | None = None, schema: Any = None,
-                        system: str | None = None, temperature: float | None = None, max_tokens: int | None = None,
-                        tools: list[dict[str, Any]] | None = None, tool_choice: str | None = None,
-                        stop: list[str] | None = None, timeout: float | None = None,
-                        extra: dict[str, Any] | None = None, **attrs: Any) -> Any:
+    async def acomplete(
+        self,
+        prompt: str | None = None,
+        *,
+        messages: list[Any] | None = None,
+        schema: Any = None,
+        system: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: str | None = None,
+        stop: list[str] | None = None,
+        timeout: float | None = None,
+        extra: dict[str, Any] | None = None,
+        **attrs: Any,
+    ) -> Any:
         """The async complete()."""
         ex = self._executor()
-        options = {"system": system, "temperature": temperature, "max_tokens": max_tokens, "tools": tools,
-                   "tool_choice": tool_choice, "stop": stop, "timeout": timeout, "extra": extra}
+        options = {
+            "system": system,
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+            "tools": tools,
+            "tool_choice": tool_choice,
+            "stop": stop,
+            "timeout": timeout,
+            "extra": extra,
+        }
         return await ex.run(ex.prepare(prompt, messages, schema, options, attrs))
 
-    def stream(self, prompt: str | None = None, *, messages: list[Any] | None = None, schema: Any = None,
-               system: str | None = None, temperature: float | None = None, max_tokens: int | None = None,
-               tools: list[dict[str, Any]] | None = None, tool_choice: str | None = None,
-               stop: list[str] | None = None, timeout: float | None = None, extra: dict[str, Any] | None = None,
-               **attrs: Any) -> Any:
+    def stream(
+        self,
+        prompt: str | None = None,
+        *,
+        messages: list[Any] | None = None,
+        schema: Any = None,
+        system: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: str | None = None,
+        stop: list[str] | None = None,
+        timeout: float | None = None,
+        extra: dict[str, Any] | None = None,
+        **attrs: Any,
+    ) -> Any:
         """Decide now (raising NoRouteError / BudgetExceeded here), then iterate the returned CompletionStream
         for StreamEvents. A model that fails before its first token is retried / fallen back from; a failure
         after it raises StreamInterrupted (no text is repeated). `.completion` is set at the end."""
         from providers.streaming import CompletionStream
 
         ex = self._executor()
-        options = {"system": system, "temperature": temperature, "max_tokens": max_tokens, "tools": tools,
-                   "tool_choice": tool_choice, "stop": stop, "timeout": timeout, "extra": extra}
+        options = {
+            "system": system,
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+            "tools": tools,
+            "tool_choice": tool_choice,
+            "stop": stop,
+            "timeout": timeout,
+            "extra": extra,
+        }
         return CompletionStream(ex, ex.prepare(prompt, messages, schema, options, attrs))
 
-    def astream(self, prompt: str | None = None, *, messages: list[Any] | None = None, schema: Any = None,
-                system: str | None = None, temperature: float | None = None, max_tokens: int | None = None,
-                tools: list[dict[str, Any]] | None = None, tool_choice: str | None = None,
-                stop: list[str] | None = None, timeout: float | None = None, extra: dict[str, Any] | None = None,
-                **attrs: Any) -> Any:
+    def astream(
+        self,
+        prompt: str | None = None,
+        *,
+        messages: list[Any] | None = None,
+        schema: Any = None,
+        system: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: str | None = None,
+        stop: list[str] | None = None,
+        timeout: float | None = None,
+        extra: dict[str, Any] | None = None,
+        **attrs: Any,
+    ) -> Any:
         """The async stream(): `async for event in engine.astream(...)` (an AsyncCompletionStream)."""
         from providers.streaming import AsyncCompletionStream
 
         ex = self._executor()
-        options = {"system": system, "temperature": temperature, "max_tokens": max_tokens, "tools": tools,
-                   "tool_choice": tool_choice, "stop": stop, "timeout": timeout, "extra": extra}
+        options = {
+            "system": system,
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+            "tools": tools,
+            "tool_choice": tool_choice,
+            "stop": stop,
+            "timeout": timeout,
+            "extra": extra,
+        }
         return AsyncCompletionStream(ex, ex.prepare(prompt, messages, schema, options, attrs))
 
     def on_event(self, callback: Any) -> Any:

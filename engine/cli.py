@@ -89,7 +89,8 @@ class _Group(click.Group):
                 raise
             _console(stderr=True).print(
                 f"[bold red]internal error[/]: {escape(type(exc).__name__)}: {escape(str(exc))}\n"
-                "this is a bug in modelroute; rerun with MODELROUTE_DEBUG=1 for the traceback")
+                "this is a bug in modelroute; rerun with MODELROUTE_DEBUG=1 for the traceback"
+            )
             ctx.exit(3)
 
 
@@ -106,22 +107,52 @@ def main() -> None:
 
 
 @main.command()
-@click.option("-p", "--policy", "policy", type=click.Path(path_type=Path),
-              help="A .route file or a directory with main.route (default: ./policies, else the bundled one).")
+@click.option(
+    "-p",
+    "--policy",
+    "policy",
+    type=click.Path(path_type=Path),
+    help="A .route file or a directory with main.route (default: ./policies, else the bundled one).",
+)
 @click.argument("prompt", required=False)
-@click.option("-f", "--file", "prompt_file", type=click.Path(path_type=Path, dir_okay=False),
-              help="Read the prompt from a file.")
-@click.option("--messages", "messages_file", type=click.Path(path_type=Path, dir_okay=False),
-              help="Read OpenAI-format chat messages (a JSON list) from a file.")
-@click.option("-a", "--attr", "attrs", multiple=True, metavar="KEY=VALUE",
-              help="A request attribute; VALUE is parsed as JSON when it can be (true, 3, \"x\"). Repeatable.")
+@click.option(
+    "-f", "--file", "prompt_file", type=click.Path(path_type=Path, dir_okay=False), help="Read the prompt from a file."
+)
+@click.option(
+    "--messages",
+    "messages_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Read OpenAI-format chat messages (a JSON list) from a file.",
+)
+@click.option(
+    "-a",
+    "--attr",
+    "attrs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help='A request attribute; VALUE is parsed as JSON when it can be (true, 3, "x"). Repeatable.',
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the decision report as JSON (same as --format json).")
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown", "html"]), default="text",
-              help="Output format: text (default), json, markdown, or a self-contained html page.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "markdown", "html"]),
+    default="text",
+    help="Output format: text (default), json, markdown, or a self-contained html page.",
+)
 @click.option("--color/--no-color", default=None, help="Force colour on or off (default: on a terminal).")
 @click.option("--watch", is_flag=True, help="Explain again every time a policy file is saved.")
-def explain(policy: Path | None, prompt: str | None, prompt_file: Path | None, messages_file: Path | None,
-            attrs: tuple[str, ...], as_json: bool, fmt: str, color: bool | None, watch: bool) -> None:
+def explain(
+    policy: Path | None,
+    prompt: str | None,
+    prompt_file: Path | None,
+    messages_file: Path | None,
+    attrs: tuple[str, ...],
+    as_json: bool,
+    fmt: str,
+    color: bool | None,
+    watch: bool,
+) -> None:
     """Dry-run a decision and show why the model was chosen and why every other model lost.
 
     \b
@@ -224,8 +255,12 @@ def _read(path: Path) -> str:
 @click.argument("policy", required=False, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print diagnostics (errors and warnings) as JSON.")
 @click.option("--strict", is_flag=True, help="Treat lint warnings as errors: exit 1 when there are any.")
-@click.option("--today", type=click.DateTime(formats=["%Y-%m-%d"]), hidden=True,
-              help="The date the deprecation warning (W108) counts from (for tests).")
+@click.option(
+    "--today",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    hidden=True,
+    help="The date the deprecation warning (W108) counts from (for tests).",
+)
 @click.option("--watch", is_flag=True, help="Check again every time a policy file is saved.")
 def check(policy: Path | None, as_json: bool, strict: bool, today: Any, watch: bool) -> None:
     """Compile a policy, lint it, and report every diagnostic. Exit 0 when clean, 1 on errors.
@@ -261,9 +296,20 @@ def _report_check(p: Any, path: Path, as_json: bool, strict: bool, today: Any) -
         warnings = [dataclasses.replace(w, severity="error") for w in warnings]
     failed = strict and bool(warnings)
     if as_json:
-        click.echo(json.dumps({"ok": not failed, "policy": p.entry, "version": p.version, "rules": len(p.rules),
-                               "tasks": len(p.tasks), "models": len(p.models),
-                               "diagnostics": [w.to_dict() for w in warnings]}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "ok": not failed,
+                    "policy": p.entry,
+                    "version": p.version,
+                    "rules": len(p.rules),
+                    "tasks": len(p.tasks),
+                    "models": len(p.models),
+                    "diagnostics": [w.to_dict() for w in warnings],
+                },
+                indent=2,
+            )
+        )
         return EXIT_ERRORS if failed else EXIT_OK
     if warnings:
         console = _console(stderr=True)
@@ -273,13 +319,16 @@ def _report_check(p: Any, path: Path, as_json: bool, strict: bool, today: Any) -
             color = "red" if diag.is_error else "yellow"
             console.print(("\n" if i else "") + f"[bold {color}]{head}[/]" + (f"\n{rest}" if rest else ""))
         word = "error" if strict else "warning"
-        console.print(f"\n[bold {'red' if strict else 'yellow'}]{len(warnings)} {word}"
-                      f"{'s' if len(warnings) != 1 else ''}[/]")
+        console.print(
+            f"\n[bold {'red' if strict else 'yellow'}]{len(warnings)} {word}{'s' if len(warnings) != 1 else ''}[/]"
+        )
     if failed:
         return EXIT_ERRORS
     shown = display_name(resolve_entry(path))
-    click.echo(f"ok: {shown} ({len(p.rules)} rules, {len(p.tasks)} tasks, {len(p.models)} models, "
-               f"{len(p.files)} files, version {p.version})")
+    click.echo(
+        f"ok: {shown} ({len(p.rules)} rules, {len(p.tasks)} tasks, {len(p.models)} models, "
+        f"{len(p.files)} files, version {p.version})"
+    )
     return EXIT_OK
 
 

@@ -22,8 +22,9 @@ def _hash_key() -> None:
     if sys.stdin is not None and not sys.stdin.isatty():
         key = sys.stdin.read().strip()
         if not key:
-            raise click.UsageError("--hash-key: standard input is empty (pipe the key in, or run it on a terminal "
-                                   "to generate a new key)")
+            raise click.UsageError(
+                "--hash-key: standard input is empty (pipe the key in, or run it on a terminal to generate a new key)"
+            )
         click.echo(hash_key(key))
         return
     key = new_key()
@@ -45,39 +46,82 @@ def _policies(args: tuple[str, ...]) -> tuple[Path | None, dict[str, Path]]:
                 raise click.UsageError(f"two default policies ({default} and {arg}): name the others as NAME=POLICY")
             default = Path(arg)
         elif m.group(1) in named or m.group(1) == "auto":
-            raise click.UsageError(f"policy name {m.group(1)!r} is given twice (\"auto\" is the default policy)")
+            raise click.UsageError(f'policy name {m.group(1)!r} is given twice ("auto" is the default policy)')
         else:
             named[m.group(1)] = Path(m.group(2))
     return default, named
 
 
 @main.command()
-@click.option("-p", "--policy", "policy_args", multiple=True, metavar="[NAME=]POLICY",
-              help="A .route file or a directory with main.route (default: ./policies, else the bundled one); "
-                   "it answers model \"auto\". Repeat as NAME=POLICY for named policies that requests choose "
-                   "with model \"NAME\".")
+@click.option(
+    "-p",
+    "--policy",
+    "policy_args",
+    multiple=True,
+    metavar="[NAME=]POLICY",
+    help="A .route file or a directory with main.route (default: ./policies, else the bundled one); "
+    'it answers model "auto". Repeat as NAME=POLICY for named policies that requests choose '
+    'with model "NAME".',
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="TCP port.")
 @click.option("--watch", is_flag=True, help="Reload the policy when one of its files is saved.")
-@click.option("--keys", "keys_file", type=click.Path(path_type=Path, dir_okay=False),
-              help="Gateway keys file (YAML or JSON with sha256 digests); without it requests need no key.")
-@click.option("--redis", "redis_url", envvar="MODELROUTE_REDIS_URL", metavar="URL",
-              help="Share router state with other replicas through Redis (redis://host:port/db; env "
-                   "MODELROUTE_REDIS_URL). Default: in-process state.")
+@click.option(
+    "--keys",
+    "keys_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Gateway keys file (YAML or JSON with sha256 digests); without it requests need no key.",
+)
+@click.option(
+    "--redis",
+    "redis_url",
+    envvar="MODELROUTE_REDIS_URL",
+    metavar="URL",
+    help="Share router state with other replicas through Redis (redis://host:port/db; env "
+    "MODELROUTE_REDIS_URL). Default: in-process state.",
+)
 @click.option("--redis-prefix", default="modelroute:", show_default=True, help="Key prefix in Redis.")
-@click.option("--max-body", default=1 << 20, show_default=True, type=click.IntRange(1024),
-              help="Largest request body accepted, in bytes (larger ones get 413).")
-@click.option("--graceful-timeout", default=30.0, show_default=True, type=float,
-              help="Seconds to let in-flight requests and streams finish after SIGTERM / Ctrl-C.")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@click.option(
+    "--max-body",
+    default=1 << 20,
+    show_default=True,
+    type=click.IntRange(1024),
+    help="Largest request body accepted, in bytes (larger ones get 413).",
+)
+@click.option(
+    "--graceful-timeout",
+    default=30.0,
+    show_default=True,
+    type=float,
+    help="Seconds to let in-flight requests and streams finish after SIGTERM / Ctrl-C.",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+)
 @click.option("--access-log", is_flag=True, help="Log every request line (uvicorn's access log).")
-@click.option("--hash-key", "hash_only", is_flag=True,
-              help="Print the sha256 of a key read from standard input (or generate a new key) and exit.")
-def serve(policy_args: tuple[str, ...], host: str, port: int, watch: bool, keys_file: Path | None,
-          redis_url: str | None, redis_prefix: str, max_body: int, graceful_timeout: float, log_level: str,
-          access_log: bool,
-          hash_only: bool) -> None:
+@click.option(
+    "--hash-key",
+    "hash_only",
+    is_flag=True,
+    help="Print the sha256 of a key read from standard input (or generate a new key) and exit.",
+)
+def serve(
+    policy_args: tuple[str, ...],
+    host: str,
+    port: int,
+    watch: bool,
+    keys_file: Path | None,
+    redis_url: str | None,
+    redis_prefix: str,
+    max_body: int,
+    graceful_timeout: float,
+    log_level: str,
+    access_log: bool,
+    hash_only: bool,
+) -> None:
     """Run the OpenAI-compatible gateway: point OpenAI clients at http://HOST:PORT/v1 with model "auto".
 
     \b
@@ -134,18 +178,29 @@ def serve(policy_args: tuple[str, ...], host: str, port: int, watch: bool, keys_
         sys.exit(EXIT_USAGE)
     where = "redis" if redis_url else "in-process"
     auth = f"{len(keys)} gateway key(s)" if keys is not None else "NO authentication (no --keys)"
-    click.echo(f"modelroute gateway: http://{host}:{port}/v1  policy {engine.policy.entry} "
-               f"(version {engine.version[:12]}), {where} state, {auth}", err=True)
+    click.echo(
+        f"modelroute gateway: http://{host}:{port}/v1  policy {engine.policy.entry} "
+        f"(version {engine.version[:12]}), {where} state, {auth}",
+        err=True,
+    )
     for name, e in engines.items():
-        click.echo(f"  model \"{name}\": policy {e.policy.entry} (version {e.version[:12]})", err=True)
+        click.echo(f'  model "{name}": policy {e.policy.entry} (version {e.version[:12]})', err=True)
     if keys is None and host not in ("127.0.0.1", "localhost", "::1"):
         click.echo("warning: listening beyond loopback without --keys: anyone who can connect can spend", err=True)
     from engine.gateway_http import http_protocol
 
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log,
-                            http=http_protocol(),  # uvicorn's, with a response's head and body sent together
-                            timeout_graceful_shutdown=graceful_timeout, lifespan="on",
-                            server_header=False, proxy_headers=False)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=access_log,
+        http=http_protocol(),  # uvicorn's, with a response's head and body sent together
+        timeout_graceful_shutdown=graceful_timeout,
+        lifespan="on",
+        server_header=False,
+        proxy_headers=False,
+    )
     gc.collect()
     gc.freeze()  # the policy, catalog and modules loaded so far are long-lived: keep them out of every GC pass
     try:

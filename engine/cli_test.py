@@ -17,11 +17,19 @@ from engine.testing import CaseResult, Coverage, RunResult, compile_with_tests, 
 
 @main.command("test")
 @click.argument("policy", required=False, type=click.Path(path_type=Path))
-@click.option("--coverage", "show_coverage", is_flag=True,
-              help="Also list the rules no expect was decided by and the task patterns no prompt matched.")
+@click.option(
+    "--coverage",
+    "show_coverage",
+    is_flag=True,
+    help="Also list the rules no expect was decided by and the task patterns no prompt matched.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results (and coverage) as JSON.")
-@click.option("-k", "pattern", metavar="PATTERN",
-              help="Run only expects whose test name or prompt contains PATTERN (case-insensitive).")
+@click.option(
+    "-k",
+    "pattern",
+    metavar="PATTERN",
+    help="Run only expects whose test name or prompt contains PATTERN (case-insensitive).",
+)
 def test_command(policy: Path | None, show_coverage: bool, as_json: bool, pattern: str | None) -> None:
     """Run the policy's tests: `test` blocks in the policy and in *_test.route files beside it.
 
@@ -68,8 +76,10 @@ _also_register_on_script_main()
 def _print(result: RunResult, show_coverage: bool) -> None:
     console = _console()
     if not result.total:
-        console.print(f"no tests in {escape(result.policy.entry)}: write `test` blocks in the policy or in "
-                      "*_test.route files beside it (see docs/test.md)")
+        console.print(
+            f"no tests in {escape(result.policy.entry)}: write `test` blocks in the policy or in "
+            "*_test.route files beside it (see docs/test.md)"
+        )
     block = None
     for case in result.cases:
         if case.test != block:
@@ -98,18 +108,21 @@ def _case(c: CaseResult) -> str:
 def _coverage(cov: Coverage) -> str:
     rules_hit = cov.rules - len(cov.unused_rules)
     pats_hit = cov.patterns - len(cov.unused_patterns)
-    lines = [f"[bold]coverage[/]  {rules_hit}/{cov.rules} rules decided some expect, "
-             f"{pats_hit}/{cov.patterns} patterns matched some prompt"]
+    lines = [
+        f"[bold]coverage[/]  {rules_hit}/{cov.rules} rules decided some expect, "
+        f"{pats_hit}/{cov.patterns} patterns matched some prompt"
+    ]
     if cov.unused_rules:
         lines.append("  rules no expect exercised:")
         lines += [f"    [cyan]{escape(at)}[/]  rule {i + 1}  {escape(text)}" for i, at, text in cov.unused_rules]
     if cov.unused_patterns:
         lines.append("  patterns no prompt matched:")
-        lines += [f"    [cyan]{escape(at)}[/]  {escape(pat)}  [dim]({escape(where)})[/]"
-                  for pat, at, where in cov.unused_patterns]
+        lines += [
+            f"    [cyan]{escape(at)}[/]  {escape(pat)}  [dim]({escape(where)})[/]"
+            for pat, at, where in cov.unused_patterns
+        ]
     return "\n".join(lines)
 
 
 def _quote(name: str) -> str:
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
-

@@ -24,8 +24,11 @@ def _route_files(paths: tuple[Path, ...]) -> list[Path]:
     files: list[Path] = []
     for p in paths:
         if p.is_dir():
-            files.extend(sorted(f for f in p.rglob("*.route")
-                                if not any(part.startswith(".") for part in f.relative_to(p).parts)))
+            files.extend(
+                sorted(
+                    f for f in p.rglob("*.route") if not any(part.startswith(".") for part in f.relative_to(p).parts)
+                )
+            )
         elif p.is_file():
             files.append(p)
         else:
@@ -89,16 +92,24 @@ def fmt(paths: tuple[Path, ...], check: bool, show_diff: bool) -> None:
             continue
         changed.append(shown)
         if show_diff:
-            click.echo("".join(difflib.unified_diff(source.splitlines(True), out.splitlines(True),
-                                                    f"{shown} (original)", f"{shown} (formatted)")), nl=False)
+            click.echo(
+                "".join(
+                    difflib.unified_diff(
+                        source.splitlines(True), out.splitlines(True), f"{shown} (original)", f"{shown} (formatted)"
+                    )
+                ),
+                nl=False,
+            )
         elif check:
             click.echo(f"would reformat {shown}")
         else:
             path.write_text(out, encoding="utf-8")
             click.echo(f"formatted {shown}")
     verb = "would be reformatted" if (check or show_diff) else "reformatted"
-    err.print(f"{len(changed)} file{'s' if len(changed) != 1 else ''} {verb}, "
-              f"{len(files) - len(changed) - failed} unchanged" + (f", {failed} with errors" if failed else ""))
+    err.print(
+        f"{len(changed)} file{'s' if len(changed) != 1 else ''} {verb}, "
+        f"{len(files) - len(changed) - failed} unchanged" + (f", {failed} with errors" if failed else "")
+    )
     if failed or (check and changed):
         sys.exit(EXIT_ERRORS)
 
@@ -109,8 +120,13 @@ def fmt(paths: tuple[Path, ...], check: bool, show_diff: bool) -> None:
 @main.command("diff")
 @click.argument("old", type=click.Path(path_type=Path))
 @click.argument("new", type=click.Path(path_type=Path))
-@click.option("--prompts", "prompts", required=True, type=click.Path(path_type=Path, dir_okay=False),
-              help='JSONL: one request per line, {"prompt": "..."} or {"messages": [...]}, plus "attrs": {...}.')
+@click.option(
+    "--prompts",
+    "prompts",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help='JSONL: one request per line, {"prompt": "..."} or {"messages": [...]}, plus "attrs": {...}.',
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
 @click.option("--fail-on-change", is_flag=True, help="Exit 1 if any decision changed (for CI).")
 @click.option("--limit", default=20, show_default=True, help="Changed requests to list in the text report.")
@@ -168,8 +184,14 @@ def _load_pair(old: Path, new: Path) -> tuple[Engine, Engine]:
 
 @main.command()
 @click.argument("policy", required=False, type=click.Path(path_type=Path))
-@click.option("--format", "fmt_", type=click.Choice(["mermaid", "dot"]), default="mermaid", show_default=True,
-              help="Mermaid flowchart (renders in GitHub markdown) or Graphviz DOT.")
+@click.option(
+    "--format",
+    "fmt_",
+    type=click.Choice(["mermaid", "dot"]),
+    default="mermaid",
+    show_default=True,
+    help="Mermaid flowchart (renders in GitHub markdown) or Graphviz DOT.",
+)
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="Write to a file.")
 def graph(policy: Path | None, fmt_: str, output: Path | None) -> None:
     """Draw the compiled decision structure: rules in order, each condition -> selector -> model(s) and
@@ -213,13 +235,21 @@ def _model_rows(policy_path: Path) -> tuple[list[dict[str, Any]], Any]:
                 aliases.setdefault(spec.name, []).append(stmt.name)
     rows = []
     for spec in catalog:
-        rows.append({
-            "name": spec.name, "provider": spec.provider, "context": spec.context, "max_output": spec.max_output,
-            "input_per_1m": round(spec.input_price * 1e6, 6), "output_per_1m": round(spec.output_price * 1e6, 6),
-            "latency_ms": spec.latency_ms, "capabilities": dict(spec.capabilities),
-            "supports": sorted(spec.supports), "aliases": aliases.get(spec.name, []),
-            "deprecation_date": spec.deprecation_date.isoformat() if spec.deprecation_date else None,
-        })
+        rows.append(
+            {
+                "name": spec.name,
+                "provider": spec.provider,
+                "context": spec.context,
+                "max_output": spec.max_output,
+                "input_per_1m": round(spec.input_price * 1e6, 6),
+                "output_per_1m": round(spec.output_price * 1e6, 6),
+                "latency_ms": spec.latency_ms,
+                "capabilities": dict(spec.capabilities),
+                "supports": sorted(spec.supports),
+                "aliases": aliases.get(spec.name, []),
+                "deprecation_date": spec.deprecation_date.isoformat() if spec.deprecation_date else None,
+            }
+        )
     return rows, catalog
 
 
@@ -235,13 +265,25 @@ def _count(n: int) -> str:
 @click.argument("policy", required=False, type=click.Path(path_type=Path))
 @click.option("--provider", "providers", multiple=True, help="Only models of this provider (repeatable).")
 @click.option("--supports", "features", multiple=True, help="Only models that support this (tools, vision, json).")
-@click.option("--sort", "sort", default="name", show_default=True, metavar="price|context|latency|CAPABILITY",
-              help="Sort by input price (cheapest first), context (largest first), latency (fastest first) or "
-                   "a capability score (best first).")
+@click.option(
+    "--sort",
+    "sort",
+    default="name",
+    show_default=True,
+    metavar="price|context|latency|CAPABILITY",
+    help="Sort by input price (cheapest first), context (largest first), latency (fastest first) or "
+    "a capability score (best first).",
+)
 @click.option("--limit", type=int, help="Show at most this many models.")
 @click.option("--json", "as_json", is_flag=True, help="Print the models as JSON.")
-def catalog(policy: Path | None, providers: tuple[str, ...], features: tuple[str, ...], sort: str,
-            limit: int | None, as_json: bool) -> None:
+def catalog(
+    policy: Path | None,
+    providers: tuple[str, ...],
+    features: tuple[str, ...],
+    sort: str,
+    limit: int | None,
+    as_json: bool,
+) -> None:
     """List the effective model catalog of a policy (its `catalog` statements merged, aliases included).
 
     \b
@@ -263,7 +305,7 @@ def catalog(policy: Path | None, providers: tuple[str, ...], features: tuple[str
         rows = [r for r in rows if feature.lower() in r["supports"]]
     rows = _sorted(rows, sort, cat.capability_names())
     if limit is not None:
-        rows = rows[:max(limit, 0)]
+        rows = rows[: max(limit, 0)]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -284,16 +326,25 @@ def _sorted(rows: list[dict[str, Any]], sort: str, capabilities: frozenset[str])
     if cap not in capabilities:
         options = [*_SORTS, *sorted(capabilities)]
         hint = did_you_mean(sort, options) or "sort by " + ", ".join(options)
-        raise click.BadParameter(f"{sort!r} is not a sort key or a capability any model scores; {hint}",
-                                 param_hint="--sort")
+        raise click.BadParameter(
+            f"{sort!r} is not a sort key or a capability any model scores; {hint}", param_hint="--sort"
+        )
     return sorted(rows, key=lambda r: (-(r["capabilities"].get(cap) or 0), r["name"]))
 
 
 def _print_table(rows: list[dict[str, Any]], sort: str) -> None:
     table = Table(show_edge=False, header_style="bold", pad_edge=False)
-    for col, justify in (("name", "left"), ("provider", "left"), ("context", "right"), ("$ in/1M", "right"),
-                         ("$ out/1M", "right"), ("latency", "right"), ("capabilities", "left"),
-                         ("supports", "left"), ("aliases", "left")):
+    for col, justify in (
+        ("name", "left"),
+        ("provider", "left"),
+        ("context", "right"),
+        ("$ in/1M", "right"),
+        ("$ out/1M", "right"),
+        ("latency", "right"),
+        ("capabilities", "left"),
+        ("supports", "left"),
+        ("aliases", "left"),
+    ):
         table.add_column(col, justify=justify, no_wrap=col in ("name", "provider"))  # type: ignore[arg-type]
     first = sort.upper()
     deprecated = 0
@@ -303,10 +354,17 @@ def _print_table(rows: list[dict[str, Any]], sort: str) -> None:
         if r["deprecation_date"]:
             deprecated += 1
             name = f"[yellow]{name}[/]"
-        table.add_row(name, escape(r["provider"]), _count(r["context"]), f"{r['input_per_1m']:g}",
-                      f"{r['output_per_1m']:g}", f"{r['latency_ms']:g}ms",
-                      escape(" ".join(f"{k} {v:g}" for k, v in caps)),
-                      escape(", ".join(r["supports"])), escape(", ".join(r["aliases"])))
+        table.add_row(
+            name,
+            escape(r["provider"]),
+            _count(r["context"]),
+            f"{r['input_per_1m']:g}",
+            f"{r['output_per_1m']:g}",
+            f"{r['latency_ms']:g}ms",
+            escape(" ".join(f"{k} {v:g}" for k, v in caps)),
+            escape(", ".join(r["supports"])),
+            escape(", ".join(r["aliases"])),
+        )
     console = _console()
     console.print(table)
     note = f"; [yellow]yellow[/]: {deprecated} with a deprecation date (see --json)" if deprecated else ""

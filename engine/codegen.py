@@ -149,15 +149,21 @@ def _static_key(static: list[n.Constraint]) -> tuple:
     return tuple((c.metric, c.op, value(c.value), c.capability) for c in static)
 
 
-def build_selector(action: n.Action, entries: Mapping[str, Entry], resolve: Callable[[n.ModelRef], Entry],
-                   key: str = "", cache: dict | None = None) -> Selector:
+def build_selector(
+    action: n.Action,
+    entries: Mapping[str, Entry],
+    resolve: Callable[[n.ModelRef], Entry],
+    key: str = "",
+    cache: dict | None = None,
+) -> Selector:
     """`cache` (one per compile) shares the filtered and sorted catalog between rules with equal constraints
     and rankings: a 1,000-rule policy over a 4,000-model catalog then filters and sorts a handful of times."""
     cache = {} if cache is None else cache
     static = [c for c in action.where if c.metric != "cost"]
     costs = tuple(
         CostLimit(c.op, float(c.value.value), c.value.text)  # type: ignore[union-attr,arg-type]
-        for c in action.where if c.metric == "cost"
+        for c in action.where
+        if c.metric == "cost"
     )
     fallbacks = tuple(dict.fromkeys(resolve(f) for f in action.fallbacks))
     if action.kind == "use" and action.model:
@@ -193,23 +199,45 @@ def build_selector(action: n.Action, entries: Mapping[str, Entry], resolve: Call
     if action.members:
         given = (float(w.value) for w in action.weights)  # type: ignore[arg-type]
         weights = dict(zip((resolve(m) for m in action.members), given, strict=False))
-        return Selector(action.kind, None, tuple(pool), tuple(rejects), (), "static", costs, fallbacks,
-                        mode=str(action.mode.value) if action.mode else None,
-                        weights=tuple(weights.get(e, 0.0) for e in pool),
-                        judge=resolve(action.judge) if action.judge else None, key=key)
+        return Selector(
+            action.kind,
+            None,
+            tuple(pool),
+            tuple(rejects),
+            (),
+            "static",
+            costs,
+            fallbacks,
+            mode=str(action.mode.value) if action.mode else None,
+            weights=tuple(weights.get(e, 0.0) for e in pool),
+            judge=resolve(action.judge) if action.judge else None,
+            key=key,
+        )
     measured = any(r.kind == "fastest" for r in rankings)
     if all(r.kind not in ("cheapest", "least_busy") for r in rankings):
         if rkey not in cache:
             cache[rkey] = tuple(sorted(pool, key=lambda e: (*(r.key(e, None) for r in rankings), e.name)))
         pool = list(cache[rkey])
-        return Selector("prefer", None, tuple(pool), tuple(rejects), rankings, "static", costs, fallbacks,
-                        measured=measured)
+        return Selector(
+            "prefer", None, tuple(pool), tuple(rejects), rankings, "static", costs, fallbacks, measured=measured
+        )
     pool.sort(key=lambda e: e.name)
     if rankings[0].kind == "cheapest" and rkey in cache:
         by_input, by_output = cache[rkey]
-        return Selector("prefer", None, tuple(pool), tuple(rejects), rankings, "cheapest", costs, fallbacks,
-                        by_input, by_output, measured=measured,
-                        dynamic_rest=any(r.kind == "least_busy" for r in rankings[1:]))
+        return Selector(
+            "prefer",
+            None,
+            tuple(pool),
+            tuple(rejects),
+            rankings,
+            "cheapest",
+            costs,
+            fallbacks,
+            by_input,
+            by_output,
+            measured=measured,
+            dynamic_rest=any(r.kind == "least_busy" for r in rankings[1:]),
+        )
     if rankings[0].kind == "cheapest":
         rest = rankings[1:]
         groups: dict[tuple[float, float], list[Entry]] = {}
@@ -221,17 +249,34 @@ def build_selector(action: n.Action, entries: Mapping[str, Entry], resolve: Call
             return (*(r.key(e, None) for r in static_rest), e.name)
 
         price_groups = [PriceGroup(ip, op, tuple(sorted(members, key=by_rest))) for (ip, op), members in groups.items()]
-        cache[rkey] = (tuple(sorted(price_groups, key=lambda g: g.ip)),
-                       tuple(sorted(price_groups, key=lambda g: g.op)))
-        return Selector("prefer", None, tuple(pool), tuple(rejects), rankings, "cheapest", costs, fallbacks,
-                        *cache[rkey], measured=measured, dynamic_rest=any(r.kind == "least_busy" for r in rest))
-    return Selector("prefer", None, tuple(pool), tuple(rejects), rankings, "generic", costs, fallbacks,
-                    measured=measured)
+        cache[rkey] = (tuple(sorted(price_groups, key=lambda g: g.ip)), tuple(sorted(price_groups, key=lambda g: g.op)))
+        return Selector(
+            "prefer",
+            None,
+            tuple(pool),
+            tuple(rejects),
+            rankings,
+            "cheapest",
+            costs,
+            fallbacks,
+            *cache[rkey],
+            measured=measured,
+            dynamic_rest=any(r.kind == "least_busy" for r in rest),
+        )
+    return Selector(
+        "prefer", None, tuple(pool), tuple(rejects), rankings, "generic", costs, fallbacks, measured=measured
+    )
 
 
-def build_rule(index: int, rule: n.Rule, entries: Mapping[str, Entry], resolve: Callable[[n.ModelRef], Entry],
-               task_masks: Mapping[str, int], pattern_of: Mapping[int, int],
-               cache: dict | None = None) -> tuple[CompiledRule, Guard | None]:
+def build_rule(
+    index: int,
+    rule: n.Rule,
+    entries: Mapping[str, Entry],
+    resolve: Callable[[n.ModelRef], Entry],
+    task_masks: Mapping[str, int],
+    pattern_of: Mapping[int, int],
+    cache: dict | None = None,
+) -> tuple[CompiledRule, Guard | None]:
     gen = _Gen(task_masks, pattern_of)
     cond = atoms = None
     needs_scan = False

@@ -42,8 +42,15 @@ class Context:
     budgets: list[n.Budget] = field(default_factory=list)
     tests: list[n.TestBlock] = field(default_factory=list)
 
-    def error(self, code: str, message: str, span: n.Span | None, label: str = "",
-              hint: str | None = None, notes: tuple[str, ...] = ()) -> None:
+    def error(
+        self,
+        code: str,
+        message: str,
+        span: n.Span | None,
+        label: str = "",
+        hint: str | None = None,
+        notes: tuple[str, ...] = (),
+    ) -> None:
         self.diagnostics.append(Diagnostic(code, message, span, label, hint, notes))
 
     @property
@@ -58,8 +65,13 @@ class Context:
         if spec is not None:
             return spec.name
         names = [*self.catalog.names(), *self.aliases]
-        self.error("E300", f"unknown model `{ref.name}`", ref.span, "not in the catalog",
-                   did_you_mean(ref.name, names) or "run `modelroute catalog` to list the models")
+        self.error(
+            "E300",
+            f"unknown model `{ref.name}`",
+            ref.span,
+            "not in the catalog",
+            did_you_mean(ref.name, names) or "run `modelroute catalog` to list the models",
+        )
         return None
 
 
@@ -76,22 +88,33 @@ def pass_catalog(ctx: Context) -> None:
         try:
             loaded = _load_catalog_ref(ref)
             if loaded is None:
-                ctx.error("E202", f"unknown catalog format `{ref.format}`", ref.span, "not a format",
-                          "formats: litellm (LiteLLM's model_prices_and_context_window.json); "
-                          "leave it out for modelroute YAML")
+                ctx.error(
+                    "E202",
+                    f"unknown catalog format `{ref.format}`",
+                    ref.span,
+                    "not a format",
+                    "formats: litellm (LiteLLM's model_prices_and_context_window.json); "
+                    "leave it out for modelroute YAML",
+                )
                 continue
         except CatalogError as err:
             for issue in err.issues:
                 where = f" (at `{issue.key_path}`)" if issue.key_path else ""
                 if issue.line:
                     span = n.Span(issue.file, issue.line, issue.col, issue.line, issue.col + 1)
-                    ctx.error("E202", f"{issue.message}{where}", span, "", issue.hint,
-                              (f"catalog loaded by {ref.span}",))
+                    ctx.error(
+                        "E202", f"{issue.message}{where}", span, "", issue.hint, (f"catalog loaded by {ref.span}",)
+                    )
                 else:  # no position in the catalog (e.g. the file is missing): point at the `catalog` line
                     shown = display_name(Path(ref.path))
                     code = "E200" if not Path(issue.file or ref.path).exists() else "E202"
-                    ctx.error(code, f"{issue.message}{where} ({shown})", ref.span, "catalog loaded here",
-                              issue.hint or "catalog paths are relative to the policy file")
+                    ctx.error(
+                        code,
+                        f"{issue.message}{where} ({shown})",
+                        ref.span,
+                        "catalog loaded here",
+                        issue.hint or "catalog paths are relative to the policy file",
+                    )
             continue
         catalog = loaded if catalog is None else catalog.merged(loaded)
         for f in loaded.files:
@@ -126,22 +149,38 @@ def pass_declarations(ctx: Context) -> None:
         if isinstance(stmt, n.TaskDecl):
             first = ctx.tasks.get(stmt.name)
             if first is not None:
-                ctx.error("E303", f"task `{stmt.name}` is declared twice", stmt.name_span, "declared again here",
-                          "merge the patterns into one declaration", (f"first declared at {first.name_span}",))
+                ctx.error(
+                    "E303",
+                    f"task `{stmt.name}` is declared twice",
+                    stmt.name_span,
+                    "declared again here",
+                    "merge the patterns into one declaration",
+                    (f"first declared at {first.name_span}",),
+                )
             else:
                 ctx.tasks[stmt.name] = stmt
         elif isinstance(stmt, n.ModelAlias):
             if ctx.catalog is None:
                 continue
             if stmt.name in ctx.aliases:
-                ctx.error("E304", f"model alias `{stmt.name}` is declared twice", stmt.name_span,
-                          "declared again here", "keep one declaration")
+                ctx.error(
+                    "E304",
+                    f"model alias `{stmt.name}` is declared twice",
+                    stmt.name_span,
+                    "declared again here",
+                    "keep one declaration",
+                )
                 continue
             target = ctx.resolve_model(stmt.target)
             clash = ctx.catalog.resolve(stmt.name)
             if clash is not None and target is not None and clash.name != target:
-                ctx.error("E304", f"`{stmt.name}` already names catalog model `{clash.name}`", stmt.name_span,
-                          "name taken", "pick another alias name")
+                ctx.error(
+                    "E304",
+                    f"`{stmt.name}` already names catalog model `{clash.name}`",
+                    stmt.name_span,
+                    "name taken",
+                    "pick another alias name",
+                )
                 continue
             if target is not None:
                 ctx.aliases[stmt.name] = target
@@ -178,7 +217,7 @@ def pass_patterns(ctx: Context) -> None:
             hints = {
                 "E500": "see https://github.com/google/re2/wiki/Syntax for the supported syntax",
                 "E501": "a prompt is untrusted input, so policies only run linear-time (RE2) regexes; "
-                        "rewrite without it, or split it into several patterns",
+                "rewrite without it, or split it into several patterns",
                 "E502": "flags: " + ", ".join(f"{k} ({v})" for k, v in FLAGS.items()),
             }
             ctx.error(code, message, span, "here", hints[code])
@@ -204,16 +243,25 @@ def pass_names(ctx: Context) -> None:
 
     def cap(name: str | None, span: n.Span) -> None:
         if name is not None and name.upper() not in caps and name not in caps:
-            ctx.error("E302", f"unknown capability `{name}`", span, "no catalog model scores this",
-                      did_you_mean(name, caps) or "capabilities: " + ", ".join(sorted(caps)))
+            ctx.error(
+                "E302",
+                f"unknown capability `{name}`",
+                span,
+                "no catalog model scores this",
+                did_you_mean(name, caps) or "capabilities: " + ", ".join(sorted(caps)),
+            )
 
     for rule in ctx.rules:
         if rule.cond is not None:
             for node in n.walk_cond(rule.cond):
                 if isinstance(node, n.TaskIs) and node.name not in ctx.tasks:
-                    ctx.error("E301", f"unknown task `{node.name}`", node.name_span, "no such task declared",
-                              did_you_mean(node.name, ctx.tasks)
-                              or f'declare it first: task {node.name} = /.../, "phrase"')
+                    ctx.error(
+                        "E301",
+                        f"unknown task `{node.name}`",
+                        node.name_span,
+                        "no such task declared",
+                        did_you_mean(node.name, ctx.tasks) or f'declare it first: task {node.name} = /.../, "phrase"',
+                    )
         act = rule.action
         for ref in (act.model, act.judge, *act.members, *act.fallbacks):
             if ref is not None:
@@ -226,12 +274,21 @@ def pass_names(ctx: Context) -> None:
             elif c.metric == "provider" and isinstance(c.value, n.ListLit):
                 for item in c.value.items:
                     if str(item.value) not in providers:
-                        ctx.error("E305", f"unknown provider `{item.value}`", item.span, "no catalog model has it",
-                                  did_you_mean(str(item.value), providers)
-                                  or "providers: " + ", ".join(sorted(providers)))
+                        ctx.error(
+                            "E305",
+                            f"unknown provider `{item.value}`",
+                            item.span,
+                            "no catalog model has it",
+                            did_you_mean(str(item.value), providers) or "providers: " + ", ".join(sorted(providers)),
+                        )
             elif c.metric == "supports" and isinstance(c.value, n.Literal) and c.value.value not in features:
-                ctx.error("E306", f"unknown feature `{c.value.value}`", c.value.span, "not a feature",
-                          did_you_mean(str(c.value.value), features) or "features: " + ", ".join(sorted(features)))
+                ctx.error(
+                    "E306",
+                    f"unknown feature `{c.value.value}`",
+                    c.value.span,
+                    "not a feature",
+                    did_you_mean(str(c.value.value), features) or "features: " + ", ".join(sorted(features)),
+                )
 
 
 def pass_tests(ctx: Context) -> None:
@@ -246,8 +303,13 @@ def pass_tests(ctx: Context) -> None:
 
 def _unit_error(ctx: Context, what: str, want: str, lit: n.Value) -> None:
     got = "list" if isinstance(lit, n.ListLit) else lit.kind
-    ctx.error("E400", f"{what} compares with {KIND_NAMES[want]}, not {KIND_NAMES[got]}", lit.span,
-              f"this is {KIND_NAMES[got]}", f"write {EXAMPLES[want]}")
+    ctx.error(
+        "E400",
+        f"{what} compares with {KIND_NAMES[want]}, not {KIND_NAMES[got]}",
+        lit.span,
+        f"this is {KIND_NAMES[got]}",
+        f"write {EXAMPLES[want]}",
+    )
 
 
 def pass_types(ctx: Context) -> None:
@@ -256,8 +318,13 @@ def pass_types(ctx: Context) -> None:
             for node in n.walk_cond(rule.cond):
                 if isinstance(node, n.Compare):
                     if isinstance(node.right, n.ListLit):
-                        ctx.error("E400", f"`{node.op}` compares with one value, not a list", node.right.span,
-                                  "a list", f"to test membership write `{node.left.name} in [...]`")
+                        ctx.error(
+                            "E400",
+                            f"`{node.op}` compares with one value, not a list",
+                            node.right.span,
+                            "a list",
+                            f"to test membership write `{node.left.name} in [...]`",
+                        )
                     elif node.left.builtin and node.right.kind != "count":
                         _unit_error(ctx, "`tokens`", "count", node.right)
                 elif isinstance(node, n.InList) and node.left.builtin:
@@ -270,8 +337,13 @@ def pass_types(ctx: Context) -> None:
                 if not isinstance(c.value, n.Literal) or c.value.kind != want:
                     _unit_error(ctx, f"`{c.metric}`", want, c.value)
                 elif c.metric == "capability" and not 0 <= float(c.value.value) <= 10:
-                    ctx.error("E401", f"capability scores run from 1 to 10, not {c.value.text}", c.value.span,
-                              "out of range", "use a score between 1 and 10")
+                    ctx.error(
+                        "E401",
+                        f"capability scores run from 1 to 10, not {c.value.text}",
+                        c.value.span,
+                        "out of range",
+                        "use a score between 1 and 10",
+                    )
 
 
 BALANCE_MODES = ("round_robin", "random", "least_busy")
@@ -282,47 +354,87 @@ def pass_strategies(ctx: Context) -> None:
     for rule in ctx.rules:
         act = rule.action
         if act.kind == "balance" and act.mode is not None and act.mode.value not in BALANCE_MODES:
-            ctx.error("E307", f"unknown balance mode `{act.mode.value}`", act.mode.span, "not a mode",
-                      did_you_mean(str(act.mode.value), BALANCE_MODES) or "modes: " + ", ".join(BALANCE_MODES))
+            ctx.error(
+                "E307",
+                f"unknown balance mode `{act.mode.value}`",
+                act.mode.span,
+                "not a mode",
+                did_you_mean(str(act.mode.value), BALANCE_MODES) or "modes: " + ", ".join(BALANCE_MODES),
+            )
         if act.kind == "split":
             total = sum(float(w.value) for w in act.weights)
             if abs(total - 1.0) > 1e-9:
                 shown = ", ".join(w.text for w in act.weights)
-                ctx.error("E402", f"split weights add up to {total * 100:g}%, not 100%", act.span,
-                          f"{shown}", "make the percentages add up to 100%")
+                ctx.error(
+                    "E402",
+                    f"split weights add up to {total * 100:g}%, not 100%",
+                    act.span,
+                    f"{shown}",
+                    "make the percentages add up to 100%",
+                )
         if act.kind in ("race", "consensus", "best_of") and len(act.members) < 2:
-            ctx.error("E403", f"`{act.kind}` needs at least two models", act.span, "one model",
-                      f"list two or more models, or write `use {act.members[0].name}`" if act.members else None)
+            ctx.error(
+                "E403",
+                f"`{act.kind}` needs at least two models",
+                act.span,
+                "one model",
+                f"list two or more models, or write `use {act.members[0].name}`" if act.members else None,
+            )
     for setting in ctx.settings.values():
         spec = SETTINGS.get(setting.name)
         if spec is None:
-            ctx.error("E308", f"unknown setting `{setting.name}`", setting.name_span, "not a setting",
-                      did_you_mean(setting.name, SETTINGS) or "settings: " + ", ".join(SETTINGS))
+            ctx.error(
+                "E308",
+                f"unknown setting `{setting.name}`",
+                setting.name_span,
+                "not a setting",
+                did_you_mean(setting.name, SETTINGS) or "settings: " + ", ".join(SETTINGS),
+            )
             continue
         kind = spec[0]
         if not isinstance(setting.value, n.Literal) or setting.value.kind != kind:
             _unit_error(ctx, f"`{setting.name}`", kind, setting.value)
     for budget in ctx.budgets:
         if budget.period not in BUDGET_PERIODS:
-            ctx.error("E309", f"unknown budget period `{budget.period}`", budget.period_span, "not a period",
-                      did_you_mean(budget.period, BUDGET_PERIODS) or "periods: " + ", ".join(BUDGET_PERIODS))
+            ctx.error(
+                "E309",
+                f"unknown budget period `{budget.period}`",
+                budget.period_span,
+                "not a period",
+                did_you_mean(budget.period, BUDGET_PERIODS) or "periods: " + ", ".join(BUDGET_PERIODS),
+            )
         if budget.amount.kind != "money":
             _unit_error(ctx, "a budget", "money", budget.amount)
 
 
 def pass_rules(ctx: Context) -> None:
     if len(ctx.rules) > MAX_RULES:
-        ctx.error("E700", f"the policy has {len(ctx.rules):,} rules; the limit is {MAX_RULES:,}",
-                  ctx.rules[MAX_RULES].span, "over the limit", "split routing across several policies")
+        ctx.error(
+            "E700",
+            f"the policy has {len(ctx.rules):,} rules; the limit is {MAX_RULES:,}",
+            ctx.rules[MAX_RULES].span,
+            "over the limit",
+            "split routing across several policies",
+        )
     otherwise: n.Rule | None = None
     for rule in ctx.rules:
         if otherwise is not None:
             code = "E601" if rule.cond is None else "E600"
-            hint = ("`otherwise` must be the last rule: move this rule above it" if rule.cond else
-                    "a policy has one `otherwise`: remove this one or merge it into the first")
-            ctx.error(code, "rule after `otherwise` can never be reached" if rule.cond else
-                      "second `otherwise` can never be reached", rule.span, "unreachable", hint,
-                      (f"`otherwise` is at {otherwise.span}",))
+            hint = (
+                "`otherwise` must be the last rule: move this rule above it"
+                if rule.cond
+                else "a policy has one `otherwise`: remove this one or merge it into the first"
+            )
+            ctx.error(
+                code,
+                "rule after `otherwise` can never be reached"
+                if rule.cond
+                else "second `otherwise` can never be reached",
+                rule.span,
+                "unreachable",
+                hint,
+                (f"`otherwise` is at {otherwise.span}",),
+            )
         elif rule.cond is None:
             otherwise = rule
 
@@ -348,8 +460,9 @@ def compile_loaded(loaded: Loaded, catalog: Catalog | None = None) -> CompiledPo
         if ctx.catalog is None and ctx.ok:
             ctx.error("E202", "no catalog could be loaded", None)
         order = {f: i for i, f in enumerate(loaded.files)}
-        ctx.diagnostics.sort(key=lambda d: (order.get(d.span.file, len(order)), d.span.line, d.span.col)
-                             if d.span else (-1, 0, 0))
+        ctx.diagnostics.sort(
+            key=lambda d: (order.get(d.span.file, len(order)), d.span.line, d.span.col) if d.span else (-1, 0, 0)
+        )
         raise PolicyError(ctx.diagnostics, loaded.sources)
     return build(ctx)
 
@@ -391,11 +504,21 @@ def build(ctx: Context) -> CompiledPolicy:
     digest = ctx.loaded.digest()
     matcher = _matcher(tuple(ctx.pids), tuple(ctx.display)) if ctx.pids else None
     return CompiledPolicy(
-        entry=ctx.loaded.entry, version=digest.hexdigest()[:12], files=tuple(ctx.loaded.files),
-        rules=tuple(rules), models=MappingProxyType(entries), tasks=MappingProxyType(task_masks), matcher=matcher,
-        pattern_text=tuple(ctx.pattern_text), unguarded=unguarded, first_pattern_rule=first_pattern_rule,
-        pattern_rules=tuple(pattern_rules), attr_index=attr_index, catalog=ctx.catalog,
-        sources=ctx.loaded.sources, settings=_settings(ctx),
+        entry=ctx.loaded.entry,
+        version=digest.hexdigest()[:12],
+        files=tuple(ctx.loaded.files),
+        rules=tuple(rules),
+        models=MappingProxyType(entries),
+        tasks=MappingProxyType(task_masks),
+        matcher=matcher,
+        pattern_text=tuple(ctx.pattern_text),
+        unguarded=unguarded,
+        first_pattern_rule=first_pattern_rule,
+        pattern_rules=tuple(pattern_rules),
+        attr_index=attr_index,
+        catalog=ctx.catalog,
+        sources=ctx.loaded.sources,
+        settings=_settings(ctx),
         budgets=tuple(BudgetSpec(b.period, float(b.amount.value), b.per, b.span) for b in ctx.budgets),
         tests=tuple(ctx.tests),
     )
@@ -422,5 +545,14 @@ def _or(values) -> int:
 
 
 def _entry(spec) -> Entry:
-    return Entry(spec.name, spec.provider, spec.context, spec.input_price, spec.output_price, spec.latency_ms,
-                 "tools" in spec.supports, "vision" in spec.supports, spec)
+    return Entry(
+        spec.name,
+        spec.provider,
+        spec.context,
+        spec.input_price,
+        spec.output_price,
+        spec.latency_ms,
+        "tools" in spec.supports,
+        "vision" in spec.supports,
+        spec,
+    )

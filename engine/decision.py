@@ -12,11 +12,19 @@ from engine.report import Candidate, Report
 class Decision:
     """Which model answers a request, which rule chose it, the fallbacks, and (lazily) why."""
 
-    __slots__ = ("_entry", "_matched", "_report", "_rule", "_scanned", "elapsed_ns", "fallbacks", "policy",
-                 "request")
+    __slots__ = ("_entry", "_matched", "_report", "_rule", "_scanned", "elapsed_ns", "fallbacks", "policy", "request")
 
-    def __init__(self, policy: CompiledPolicy, rule: CompiledRule, entry: Entry, fallbacks: tuple[str, ...],
-                 request: Request, matched: int, scanned: bool, elapsed_ns: int):
+    def __init__(
+        self,
+        policy: CompiledPolicy,
+        rule: CompiledRule,
+        entry: Entry,
+        fallbacks: tuple[str, ...],
+        request: Request,
+        matched: int,
+        scanned: bool,
+        elapsed_ns: int,
+    ):
         self.policy = policy
         self._rule = rule
         self._entry = entry
@@ -115,8 +123,10 @@ class Decision:
         return json.dumps(self.model_dump(), indent=indent)
 
     def __repr__(self) -> str:
-        return (f"Decision(model={self.model!r}, provider={self.provider!r}, "
-                f"rule={self._rule.file}:{self._rule.line}, fallbacks={self.fallbacks!r})")
+        return (
+            f"Decision(model={self.model!r}, provider={self.provider!r}, "
+            f"rule={self._rule.file}:{self._rule.line}, fallbacks={self.fallbacks!r})"
+        )
 
 
 class NoRouteError(LookupError):

@@ -104,14 +104,17 @@ class DiffResult:
     def summary(self) -> dict[str, Any]:
         old, new = self.old_cost, self.new_cost
         return {
-            "old": self.old_policy, "new": self.new_policy, "requests": len(self.rows),
+            "old": self.old_policy,
+            "new": self.new_policy,
+            "requests": len(self.rows),
             "changed": len(self.changed),
             "rule_changed_same_model": sum(1 for r in self.rows if r.rule_changed),
             "fallbacks_changed_same_model": sum(1 for r in self.rows if r.fallbacks_changed),
-            "no_route": {"old": sum(1 for r in self.rows if r.old.model is None),
-                         "new": sum(1 for r in self.rows if r.new.model is None)},
-            "cost": {"old": old, "new": new, "delta": new - old,
-                     "delta_pct": (new - old) / old * 100 if old else None},
+            "no_route": {
+                "old": sum(1 for r in self.rows if r.old.model is None),
+                "new": sum(1 for r in self.rows if r.new.model is None),
+            },
+            "cost": {"old": old, "new": new, "delta": new - old, "delta_pct": (new - old) / old * 100 if old else None},
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -120,8 +123,13 @@ class DiffResult:
             "transitions": [{"from": a, "to": b, "count": c} for a, b, c in self.transitions()],
             "rule_transitions": [{"from": a, "to": b, "count": c} for a, b, c in self.rule_transitions()],
             "changes": [
-                {"line": r.request.line, "prompt": r.request.preview, "attrs": r.request.attrs,
-                 "old": _outcome_json(r.old), "new": _outcome_json(r.new)}
+                {
+                    "line": r.request.line,
+                    "prompt": r.request.preview,
+                    "attrs": r.request.attrs,
+                    "old": _outcome_json(r.old),
+                    "new": _outcome_json(r.new),
+                }
                 for r in self.changed
             ],
         }
@@ -152,18 +160,18 @@ def parse_corpus(lines: Iterable[str], name: str = "<prompts>") -> Iterator[Requ
         except ValueError as exc:
             raise CorpusError(f"{name}:{number}: not JSON: {exc}") from None
         if not isinstance(obj, dict):
-            raise CorpusError(f"{name}:{number}: expected a JSON object with \"prompt\" or \"messages\"")
+            raise CorpusError(f'{name}:{number}: expected a JSON object with "prompt" or "messages"')
         prompt, messages, attrs = obj.get("prompt"), obj.get("messages"), obj.get("attrs", {})
         if (prompt is None) == (messages is None):
-            raise CorpusError(f"{name}:{number}: give exactly one of \"prompt\" (a string) or \"messages\"")
+            raise CorpusError(f'{name}:{number}: give exactly one of "prompt" (a string) or "messages"')
         if prompt is not None and not isinstance(prompt, str):
-            raise CorpusError(f"{name}:{number}: \"prompt\" must be a string")
+            raise CorpusError(f'{name}:{number}: "prompt" must be a string')
         if messages is not None and not (isinstance(messages, list) and all(isinstance(m, dict) for m in messages)):
-            raise CorpusError(f"{name}:{number}: \"messages\" must be a list of {{role, content}} objects")
+            raise CorpusError(f'{name}:{number}: "messages" must be a list of {{role, content}} objects')
         if not isinstance(attrs, dict):
-            raise CorpusError(f"{name}:{number}: \"attrs\" must be an object")
+            raise CorpusError(f'{name}:{number}: "attrs" must be an object')
         if "prompt" in attrs or "messages" in attrs:
-            raise CorpusError(f"{name}:{number}: \"prompt\" and \"messages\" cannot be attributes")
+            raise CorpusError(f'{name}:{number}: "prompt" and "messages" cannot be attributes')
         yield Request(number, prompt, messages, attrs)
 
 
@@ -201,10 +209,15 @@ def _money(x: float) -> str:
 
 def render_text(result: DiffResult, limit: int = 20) -> str:
     s = result.summary()
-    lines = [f"{s['requests']} requests: {s['changed']} decisions changed"
-             + (f", {s['rule_changed_same_model']} same model by another rule" if s["rule_changed_same_model"] else "")
-             + (f", {s['fallbacks_changed_same_model']} same model with other fallbacks"
-                if s["fallbacks_changed_same_model"] else "")]
+    lines = [
+        f"{s['requests']} requests: {s['changed']} decisions changed"
+        + (f", {s['rule_changed_same_model']} same model by another rule" if s["rule_changed_same_model"] else "")
+        + (
+            f", {s['fallbacks_changed_same_model']} same model with other fallbacks"
+            if s["fallbacks_changed_same_model"]
+            else ""
+        )
+    ]
     if s["no_route"]["old"] or s["no_route"]["new"]:
         lines.append(f"no route: {s['no_route']['old']} before, {s['no_route']['new']} after")
     if result.changed:
@@ -220,10 +233,15 @@ def render_text(result: DiffResult, limit: int = 20) -> str:
         for r in result.changed[:limit]:
             attrs = " " + json.dumps(r.request.attrs, sort_keys=True) if r.request.attrs else ""
             lines.append(f"  line {r.request.line}: {json.dumps(r.request.preview)}{attrs}")
-            lines.append(f"      {r.old.model or NO_ROUTE} ({r.old.rule or '-'}) -> "
-                         f"{r.new.model or NO_ROUTE} ({r.new.rule or '-'})")
+            lines.append(
+                f"      {r.old.model or NO_ROUTE} ({r.old.rule or '-'}) -> "
+                f"{r.new.model or NO_ROUTE} ({r.new.rule or '-'})"
+            )
     cost = s["cost"]
     pct = f" ({cost['delta_pct']:+.1f}%)" if cost["delta_pct"] is not None else ""
-    lines += ["", f"projected cost for this corpus: {_money(cost['old'])} -> {_money(cost['new'])}, "
-                  f"{'+' if cost['delta'] >= 0 else '-'}{_money(abs(cost['delta']))}{pct}"]
+    lines += [
+        "",
+        f"projected cost for this corpus: {_money(cost['old'])} -> {_money(cost['new'])}, "
+        f"{'+' if cost['delta'] >= 0 else '-'}{_money(abs(cost['delta']))}{pct}",
+    ]
     return "\n".join(lines)

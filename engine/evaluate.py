@@ -77,8 +77,17 @@ def decide(policy: CompiledPolicy, req: Request) -> tuple[CompiledRule, Entry, t
 
 def promote_fallback(sel: Selector, req: Request) -> Entry | None:
     """When a rule's pick is only out because its circuit is open, its first viable fallback stands in."""
-    free = Request(req.text, req.tokens, req.attrs, req.need_tools, req.need_vision, req.out_tokens, frozenset(),
-                   req.state, req.latency)
+    free = Request(
+        req.text,
+        req.tokens,
+        req.attrs,
+        req.need_tools,
+        req.need_vision,
+        req.out_tokens,
+        frozenset(),
+        req.state,
+        req.latency,
+    )
     blocked = sel.pick(free) if not sel.stateful else next(iter(sel.rank(free)[0]), None)
     if blocked is None or blocked.name not in req.unavailable:
         return None
@@ -91,9 +100,17 @@ def promote_fallback(sel: Selector, req: Request) -> Entry | None:
 # ---- traced evaluation (explain) -------------------------------------------------------------------
 
 
-def _cond_value(rule: CompiledRule, node: n.Cond | None, matched: int, tokens: int, attrs: Any,
-                out: list[Atom] | None, depth: int, policy: CompiledPolicy | None = None,
-                text: str = "") -> bool:
+def _cond_value(
+    rule: CompiledRule,
+    node: n.Cond | None,
+    matched: int,
+    tokens: int,
+    attrs: Any,
+    out: list[Atom] | None,
+    depth: int,
+    policy: CompiledPolicy | None = None,
+    text: str = "",
+) -> bool:
     """Evaluate a condition atom by atom (every atom, for a complete trace); append Atoms to `out`."""
     if node is None:
         return True
@@ -123,8 +140,9 @@ def _cond_value(rule: CompiledRule, node: n.Cond | None, matched: int, tokens: i
     return value
 
 
-def _describe_atom(node: n.Cond, matched: int, tokens: int, attrs: Any, policy: CompiledPolicy | None,
-                   text: str) -> tuple[str, str | None]:
+def _describe_atom(
+    node: n.Cond, matched: int, tokens: int, attrs: Any, policy: CompiledPolicy | None, text: str
+) -> tuple[str, str | None]:
     if isinstance(node, n.TaskMatch):
         shown = f"task ~ {_pattern(node.pattern)}"
         hit = _first_hit(policy, node.pattern, text) if policy else None
@@ -150,8 +168,9 @@ def _describe_atom(node: n.Cond, matched: int, tokens: int, attrs: Any, policy: 
         else:
             items = ", ".join(fmt_value(i.kind, i.value) for i in node.right.items)
             shown = f"{operand.name} {shown_actual} in [{items}]"
-        return shown, (f"{operand.name} was not passed: every comparison with it is false"
-                       if actual is MISSING else None)
+        return shown, (
+            f"{operand.name} was not passed: every comparison with it is false" if actual is MISSING else None
+        )
     return str(node), None
 
 
@@ -185,22 +204,38 @@ def _candidates(rule: CompiledRule, req: Request, chosen: Entry | None, policy: 
     out = []
     for rank, e in enumerate(viable, 1):
         status = "chosen" if e is chosen else "eligible"
-        out.append(Candidate(model=e.name, provider=e.provider, status=status, rank=rank,
-                             scores=[r.shown(e, req) for r in sel.rankings]))
+        out.append(
+            Candidate(
+                model=e.name,
+                provider=e.provider,
+                status=status,
+                rank=rank,
+                scores=[r.shown(e, req) for r in sel.rankings],
+            )
+        )
     for e, why in [*rejected, *sel.static_rejects]:
-        out.append(Candidate(model=e.name, provider=e.provider, status="rejected", reason=why,
-                             scores=[r.shown(e, req) for r in sel.rankings]))
+        out.append(
+            Candidate(
+                model=e.name,
+                provider=e.provider,
+                status="rejected",
+                reason=why,
+                scores=[r.shown(e, req) for r in sel.rankings],
+            )
+        )
     if sel.kind == "use":
         named = sel.use.name if sel.use else ""
         for e in policy.models.values():
             if e.name != named:
-                out.append(Candidate(model=e.name, provider=e.provider, status="not named",
-                                     reason=f"the rule uses {named}"))
+                out.append(
+                    Candidate(model=e.name, provider=e.provider, status="not named", reason=f"the rule uses {named}")
+                )
     return out
 
 
-def trace(policy: CompiledPolicy, req: Request, elapsed_us: float | None = None,
-          chosen: tuple[int, str] | None = None) -> Report:
+def trace(
+    policy: CompiledPolicy, req: Request, elapsed_us: float | None = None, chosen: tuple[int, str] | None = None
+) -> Report:
     """Evaluate every rule in order, recording each condition atom and every model's fate.
 
     `chosen` is (rule index, model) of a decision already made: balance and split pick by state or chance,
@@ -231,15 +266,20 @@ def trace(policy: CompiledPolicy, req: Request, elapsed_us: float | None = None,
                 note = f"its pick is unavailable (circuit open): fallback {pick.name} stands in"
         cands = _candidates(rule, req, pick, policy)
         outcome = "decided" if pick is not None else "no viable model"
-        traces.append(RuleTrace(rule=ref, matched=True, outcome=outcome, conditions=atoms, candidates=cands,
-                                note=note))
+        traces.append(RuleTrace(rule=ref, matched=True, outcome=outcome, conditions=atoms, candidates=cands, note=note))
         if pick is not None:
             decided = (rule, pick)
             break
     report = Report(
-        policy=policy.entry, policy_version=policy.version, tokens=req.tokens, prompt_chars=len(req.text),
-        tasks=tasks, attrs={k: _jsonable(v) for k, v in req.attrs.items()}, rules=traces,
-        rules_not_reached=len(policy.rules) - len(traces), elapsed_us=elapsed_us,
+        policy=policy.entry,
+        policy_version=policy.version,
+        tokens=req.tokens,
+        prompt_chars=len(req.text),
+        tasks=tasks,
+        attrs={k: _jsonable(v) for k, v in req.attrs.items()},
+        rules=traces,
+        rules_not_reached=len(policy.rules) - len(traces),
+        elapsed_us=elapsed_us,
     )
     if decided is not None:
         rule, chosen = decided
@@ -255,8 +295,7 @@ def trace(policy: CompiledPolicy, req: Request, elapsed_us: float | None = None,
         report.fallbacks = list(sel.viable_fallbacks(req, chosen))
         for f in sel.fallbacks:
             why = "is the chosen model" if f is chosen else hard_reason(f, req)
-            report.fallback_checks.append(
-                FallbackCheck(model=f.name, status="skipped" if why else "kept", reason=why))
+            report.fallback_checks.append(FallbackCheck(model=f.name, status="skipped" if why else "kept", reason=why))
     return report
 
 

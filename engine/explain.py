@@ -84,8 +84,10 @@ def render_markup(r: Report) -> str:
         lines.append("[bold red]no route[/]: no rule matched with a viable model")
     else:
         assert r.rule is not None
-        lines.append(f"[bold]decision[/]   [bold green]{escape(r.model)}[/] ({escape(r.provider or '')}) "
-                     f"by rule [cyan]{escape(r.rule.file)}:{r.rule.line}[/]")
+        lines.append(
+            f"[bold]decision[/]   [bold green]{escape(r.model)}[/] ({escape(r.provider or '')}) "
+            f"by rule [cyan]{escape(r.rule.file)}:{r.rule.line}[/]"
+        )
         lines.extend(_candidate_lines(r.candidates, r.ranking, r.strategy))
         if r.group and len(r.group) > 1:
             calls = f"calls {', '.join(r.group)} together"
@@ -106,7 +108,14 @@ def render_markup(r: Report) -> str:
 
 def render_text(r: Report, color: bool = False, width: int = 160) -> str:
     buf = io.StringIO()
-    console = Console(file=buf, force_terminal=color, no_color=not color, width=width, highlight=False,
-                      soft_wrap=True, color_system="standard" if color else None)
+    console = Console(
+        file=buf,
+        force_terminal=color,
+        no_color=not color,
+        width=width,
+        highlight=False,
+        soft_wrap=True,
+        color_system="standard" if color else None,
+    )
     console.print(render_markup(r))
     return buf.getvalue().rstrip("\n")

@@ -43,9 +43,15 @@ _comments: list[Token] = []
 
 @functools.lru_cache(maxsize=1)
 def _parser() -> Lark:
-    return Lark(grammar_path().read_text(encoding="utf-8"), parser="lalr", lexer="contextual",
-                propagate_positions=True, maybe_placeholders=False, keep_all_tokens=True,
-                lexer_callbacks={"COMMENT": _comments.append})
+    return Lark(
+        grammar_path().read_text(encoding="utf-8"),
+        parser="lalr",
+        lexer="contextual",
+        propagate_positions=True,
+        maybe_placeholders=False,
+        keep_all_tokens=True,
+        lexer_callbacks={"COMMENT": _comments.append},
+    )
 
 
 def parse_with_comments(source: str) -> tuple[Tree, list[Token]]:
@@ -77,7 +83,7 @@ class _Item:
 
 def _is_trailing(source: str, tok: Token) -> bool:
     line_start = source.rfind("\n", 0, tok.start_pos) + 1
-    return bool(source[line_start:tok.start_pos].strip())
+    return bool(source[line_start : tok.start_pos].strip())
 
 
 def _has_blank(source: str, start: int, end: int) -> bool:
@@ -98,7 +104,7 @@ def _place(source: str, nodes: list[Tree], comments: list[Token], begin: int) ->
             inner.setdefault(id(owner), []).append(c)
             continue
         before = [node for node in nodes if node.meta.end_pos <= c.start_pos]
-        if _is_trailing(source, c) and before and not source[before[-1].meta.end_pos:c.start_pos].count("\n"):
+        if _is_trailing(source, c) and before and not source[before[-1].meta.end_pos : c.start_pos].count("\n"):
             by_node[id(before[-1])].trailing = str(c).rstrip()
             continue
         order.append((c.start_pos, 0, c))
@@ -161,7 +167,10 @@ def _join(tokens: list[tuple[str, bool]]) -> str:
     prev, prev_glued = "", False
     for text, glued in tokens:
         space = bool(out) and not (
-            glued or prev_glued or text in _NO_SPACE_BEFORE or prev in _NO_SPACE_AFTER
+            glued
+            or prev_glued
+            or text in _NO_SPACE_BEFORE
+            or prev in _NO_SPACE_AFTER
             or (text == "(" and prev == "capability")
         )
         out.append((" " if space else "") + text)
@@ -254,8 +263,7 @@ def _pads(items: list[_Item]) -> list[int]:
             i += 1
             continue
         j = i + 1
-        while (j < len(items) and _kind(items[j]) == kind and not items[j].blank_before
-               and not items[j].hoisted):
+        while j < len(items) and _kind(items[j]) == kind and not items[j].blank_before and not items[j].hoisted:
             j += 1
         width = max(len(str(items[k].node.children[1])) for k in range(i, j))  # type: ignore[union-attr]
         for k in range(i, j):
@@ -309,10 +317,16 @@ def format_source(source: str, file: str = "<string>") -> str:
 def strip_positions(value: object) -> object:
     """An AST value without spans (and without rule texts), for comparing two parses of a policy."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return (type(value).__name__, *(
-            strip_positions(getattr(value, f.name)) for f in dataclasses.fields(value)
-            if not (f.name == "span" or f.name.endswith("_span") or (isinstance(value, n.Rule) and f.name == "text"))
-        ))
+        return (
+            type(value).__name__,
+            *(
+                strip_positions(getattr(value, f.name))
+                for f in dataclasses.fields(value)
+                if not (
+                    f.name == "span" or f.name.endswith("_span") or (isinstance(value, n.Rule) and f.name == "text")
+                )
+            ),
+        )
     if isinstance(value, (tuple, list)):
         return tuple(strip_positions(v) for v in value)
     return value
@@ -333,7 +347,7 @@ def rule_texts(module: n.Module) -> list[str]:
             begin, end = starts[sp.line - 1] + sp.col - 1, starts[sp.end_line - 1] + sp.end_col - 1
             text = module.source[begin:end]
             for c in reversed([c for c in comments if begin <= c.start_pos < end]):
-                text = text[:c.start_pos - begin] + text[c.end_pos - begin:]
+                text = text[: c.start_pos - begin] + text[c.end_pos - begin :]
             out.append("".join(text.split()))
     return out
 

@@ -49,8 +49,14 @@ class Gateway:
     """One gateway process: the default Engine (`model: "auto"`), optional named Engines (`model: "<name>"`),
     optional gateway keys, limits and metrics."""
 
-    def __init__(self, engine: Any, *, keys: KeyRing | None = None, max_body: int = DEFAULT_MAX_BODY,
-                 policies: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        engine: Any,
+        *,
+        keys: KeyRing | None = None,
+        max_body: int = DEFAULT_MAX_BODY,
+        policies: Mapping[str, Any] | None = None,
+    ):
         self.engine, self.keys, self.max_body = engine, keys, max_body
         self.policies: dict[str, Any] = {name: engine for name in AUTO_MODELS}
         for name, named in (policies or {}).items():
@@ -58,8 +64,10 @@ class Gateway:
                 raise ValueError(f"policy name {name!r} is taken: {sorted(self.policies)} are already named")
             clash = resolve_model(engine.policy, name)
             if clash is not None:
-                raise ValueError(f"policy name {name!r} is also a catalog model ({clash}): a request naming it would "
-                                 "be ambiguous; pick another name")
+                raise ValueError(
+                    f"policy name {name!r} is also a catalog model ({clash}): a request naming it would "
+                    "be ambiguous; pick another name"
+                )
             self.policies[name] = named
         self.active = 0
         self.metrics = GatewayMetrics(self._circuits, lambda: self.active)
@@ -92,21 +100,29 @@ class Gateway:
         key = self.keys.check(bearer(request.headers.get("authorization")))
         if key is None:
             missing = not request.headers.get("authorization")
-            raise ApiError(401, "missing gateway key: send `Authorization: Bearer <key>`" if missing else
-                           "invalid gateway key", type="authentication_error", code="invalid_api_key")
+            raise ApiError(
+                401,
+                "missing gateway key: send `Authorization: Bearer <key>`" if missing else "invalid gateway key",
+                type="authentication_error",
+                code="invalid_api_key",
+            )
         return key
 
     async def _body(self, request: Request) -> Any:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
-            raise ApiError(413, f"request body of {declared} bytes is larger than the limit of {self.max_body} bytes",
-                           code="body_too_large")
+            raise ApiError(
+                413,
+                f"request body of {declared} bytes is larger than the limit of {self.max_body} bytes",
+                code="body_too_large",
+            )
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > self.max_body:
-                raise ApiError(413, f"request body is larger than the limit of {self.max_body} bytes",
-                               code="body_too_large")
+                raise ApiError(
+                    413, f"request body is larger than the limit of {self.max_body} bytes", code="body_too_large"
+                )
             chunks.append(chunk)
         try:
             return json.loads(b"".join(chunks))
@@ -162,8 +178,7 @@ class Gateway:
             except (NoRouteError, BudgetExceeded) as exc:
                 raise routing_error(exc) from None
             rule = run.decision.rule
-            self.metrics.decisions.inc("override" if rule.index < 0 else f"{rule.file}:{rule.line}",
-                                       run.decision.model)
+            self.metrics.decisions.inc("override" if rule.index < 0 else f"{rule.file}:{rule.line}", run.decision.model)
             hold = hold_key_budget(ex, key, run)
             if call.stream:
                 response = await self._stream(call, run, ex, hold, t0, policy_name)
@@ -177,16 +192,20 @@ class Gateway:
             finally:
                 release_key_budget(ex, hold, run)
             self._account(run, c.model, c.cost, c.usage)
-            return _json_response(completion_json(c, new_id(), int(time.time())), 200,
-                                  headers(run.decision, c.model, c.attempts, policy=policy_name))
+            return _json_response(
+                completion_json(c, new_id(), int(time.time())),
+                200,
+                headers(run.decision, c.model, c.attempts, policy=policy_name),
+            )
         except ApiError as err:
             status = err.status
             return self._error(err)
         except Exception:
             status = 500
             log.exception("internal error handling a chat completion")
-            return self._error(ApiError(500, "internal error in the gateway (logged)", type="server_error",
-                                        code="internal_error"))
+            return self._error(
+                ApiError(500, "internal error in the gateway (logged)", type="server_error", code="internal_error")
+            )
         finally:
             if not streaming:
                 self.active -= 1
@@ -215,8 +234,7 @@ class Gateway:
         else:
             model = run.decision.model if run.decision.strategy != "single" else streaming_model(run)
         calls = sum(a.outcome in ("ok", "error", "cancelled") for a in run.attempts)
-        hdrs = headers(run.decision, model, run.attempts, calls=calls + (stream.completion is None),
-                       policy=policy_name)
+        hdrs = headers(run.decision, model, run.attempts, calls=calls + (stream.completion is None), policy=policy_name)
         writer = ChunkWriter(model, call.include_usage)
 
         async def body() -> AsyncIterator[bytes]:
@@ -239,8 +257,14 @@ class Gateway:
             except (ProviderError, RoutingError) as exc:
                 status = 502
                 message = exc.message if isinstance(exc, ProviderError) else "every model failed"
-                yield ChunkWriter.error(ApiError(502, f"upstream stream failed: {type(exc).__name__}: {message}",
-                                                 type="upstream_error", code="stream_interrupted"))
+                yield ChunkWriter.error(
+                    ApiError(
+                        502,
+                        f"upstream stream failed: {type(exc).__name__}: {message}",
+                        type="upstream_error",
+                        code="stream_interrupted",
+                    )
+                )
             finally:
                 try:
                     await stream.aclose()  # a client that hung up cancels us here: the rest still runs
@@ -253,8 +277,11 @@ class Gateway:
                     self.active -= 1
                     self._done("chat", status, t0)
 
-        return StreamingResponse(body(), media_type="text/event-stream",
-                                 headers={**hdrs, "cache-control": "no-cache", "x-accel-buffering": "no"})
+        return StreamingResponse(
+            body(),
+            media_type="text/event-stream",
+            headers={**hdrs, "cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
 
     async def models(self, request: Request) -> Response:
         t0 = time.perf_counter()
@@ -265,8 +292,10 @@ class Gateway:
             return self._error(err)
         policy = self.engine.policy
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "modelroute"} for m in self.policies]
-        data += [{"id": name, "object": "model", "created": 0, "owned_by": entry.provider}
-                 for name, entry in policy.models.items()]
+        data += [
+            {"id": name, "object": "model", "created": 0, "owned_by": entry.provider}
+            for name, entry in policy.models.items()
+        ]
         self._done("models", 200, t0)
         return _json_response({"object": "list", "data": data})
 
@@ -300,18 +329,26 @@ class Gateway:
 
     async def healthz(self, request: Request) -> Response:
         state = self.engine.state
-        body: dict[str, Any] = {"status": "ok", "policy": self.engine.policy.entry,
-                                "policy_version": self.engine.version, "state": getattr(state, "status", "memory"),
-                                "in_flight": self.active}
+        body: dict[str, Any] = {
+            "status": "ok",
+            "policy": self.engine.policy.entry,
+            "policy_version": self.engine.version,
+            "state": getattr(state, "status", "memory"),
+            "in_flight": self.active,
+        }
         if self.engine.last_error is not None:
             body["last_reload_error"] = str(self.engine.last_error).splitlines()[0]
         if self.keys is not None:
             body.update(self.keys.status())  # keys count and version, and last_keys_error after a rejected edit
         if len(self.policies) > len(AUTO_MODELS):
-            body["policies"] = {name: {"policy": e.policy.entry, "policy_version": e.version,
-                                       **({"last_reload_error": str(e.last_error).splitlines()[0]}
-                                          if e.last_error is not None else {})}
-                                for name, e in self.policies.items()}
+            body["policies"] = {
+                name: {
+                    "policy": e.policy.entry,
+                    "policy_version": e.version,
+                    **({"last_reload_error": str(e.last_error).splitlines()[0]} if e.last_error is not None else {}),
+                }
+                for name, e in self.policies.items()
+            }
         return _json_response(body)
 
     async def metrics_text(self, request: Request) -> Response:
@@ -321,8 +358,10 @@ class Gateway:
     def app(self) -> Starlette:
         async def http_error(request: Request, exc: Exception) -> Response:
             code = getattr(exc, "status_code", 500)
-            text = {404: f"no such endpoint: {request.method} {request.url.path}",
-                    405: f"method {request.method} not allowed on {request.url.path}"}.get(code, "HTTP error")
+            text = {
+                404: f"no such endpoint: {request.method} {request.url.path}",
+                405: f"method {request.method} not allowed on {request.url.path}",
+            }.get(code, "HTTP error")
             return self._error(ApiError(code, text, code="not_found" if code == 404 else "method_not_allowed"))
 
         @contextlib.asynccontextmanager
@@ -332,11 +371,13 @@ class Gateway:
                 with contextlib.suppress(Exception):
                     await engine.aclose()
 
-        routes = [Route("/v1/chat/completions", self.chat, methods=["POST"]),
-                  Route("/v1/models", self.models, methods=["GET"]),
-                  Route("/v1/route/explain", self.explain, methods=["POST"]),
-                  Route("/healthz", self.healthz, methods=["GET"]),
-                  Route("/metrics", self.metrics_text, methods=["GET"])]
+        routes = [
+            Route("/v1/chat/completions", self.chat, methods=["POST"]),
+            Route("/v1/models", self.models, methods=["GET"]),
+            Route("/v1/route/explain", self.explain, methods=["POST"]),
+            Route("/healthz", self.healthz, methods=["GET"]),
+            Route("/metrics", self.metrics_text, methods=["GET"]),
+        ]
         app = Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
         app.state.gateway = self
         return app
@@ -358,8 +399,13 @@ class Gateway:
         return gateway
 
 
-def create_app(engine: Any, *, keys: KeyRing | None = None, max_body: int = DEFAULT_MAX_BODY,
-               policies: Mapping[str, Any] | None = None) -> Any:
+def create_app(
+    engine: Any,
+    *,
+    keys: KeyRing | None = None,
+    max_body: int = DEFAULT_MAX_BODY,
+    policies: Mapping[str, Any] | None = None,
+) -> Any:
     """The ASGI app for `engine` (routes, executes, reports). `keys=None` accepts requests without a key;
     `policies` maps names to further Engines that requests choose with `model: "<name>"`."""
     return Gateway(engine, keys=keys, max_body=max_body, policies=policies).asgi()

@@ -83,8 +83,9 @@ class _Lines:
             for node in items.value:
                 fields = {}
                 if isinstance(node, yaml.MappingNode):
-                    fields = {str(k.value): v.start_mark.line + 1 for k, v in node.value
-                              if isinstance(k, yaml.ScalarNode)}
+                    fields = {
+                        str(k.value): v.start_mark.line + 1 for k, v in node.value if isinstance(k, yaml.ScalarNode)
+                    }
                 self.items.append((node.start_mark.line + 1, fields))
 
     def item(self, i: int, name: str | None = None) -> int | None:
@@ -129,8 +130,11 @@ def _compose(text: str) -> tuple[Any, Any]:
 def _yaml_error(exc: Exception, where: str, text: str) -> KeysFileError:
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     position = getattr(exc, "position", None)
-    line = mark.line + 1 if mark is not None else (text.count("\n", 0, position) + 1
-                                                   if isinstance(position, int) else None)
+    line = (
+        mark.line + 1
+        if mark is not None
+        else (text.count("\n", 0, position) + 1 if isinstance(position, int) else None)
+    )
     problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or str(exc).splitlines()[0]
     context = getattr(exc, "context", None)
     at = f"{where}:{line}" if line else where
@@ -153,8 +157,9 @@ def _parse(raw: bytes, where: str, json_file: bool) -> list[GatewayKey]:
         except ValueError as exc:
             line = getattr(exc, "lineno", None)
             msg = getattr(exc, "msg", None) or str(exc).splitlines()[0]
-            raise KeysFileError(f"{where}:{line}: not valid JSON: {msg}" if line else
-                                f"{where}: not valid JSON: {msg}") from None
+            raise KeysFileError(
+                f"{where}:{line}: not valid JSON: {msg}" if line else f"{where}: not valid JSON: {msg}"
+            ) from None
         try:  # JSON is (nearly always) YAML too: compose it for line numbers and duplicate names, best effort
             root = _compose(text)[1]
         except yaml.YAMLError:
@@ -175,8 +180,9 @@ def _keys_from(data: Any, where: str, lines: _Lines | None = None) -> list[Gatew
     items = data.get("keys") if isinstance(data, Mapping) else data
     if not isinstance(items, list):
         line = lines.root if lines is not None else None
-        raise KeysFileError(f"{where}:{line or 1}: expected a `keys:` list" + (" (the file is empty)"
-                                                                                 if data is None else ""))
+        raise KeysFileError(
+            f"{where}:{line or 1}: expected a `keys:` list" + (" (the file is empty)" if data is None else "")
+        )
     keys: list[GatewayKey] = []
     digests: dict[str, int] = {}
     names: dict[str, int] = {}
@@ -184,8 +190,9 @@ def _keys_from(data: Any, where: str, lines: _Lines | None = None) -> list[Gatew
     def fail(i: int, item: Any, what: str, name: str | None = None) -> KeysFileError:
         line = lines.item(i, name) if lines is not None else None
         label = f" ({item.get('name')})" if isinstance(item, Mapping) and item.get("name") else ""
-        return KeysFileError(f"{where}:{line}: keys[{i}]{label}: {what}" if line else
-                             f"{where}: keys[{i}]{label}: {what}")
+        return KeysFileError(
+            f"{where}:{line}: keys[{i}]{label}: {what}" if line else f"{where}: keys[{i}]{label}: {what}"
+        )
 
     def first(j: int) -> str:
         line = lines.item(j) if lines is not None else None
@@ -253,10 +260,14 @@ def _read(path: str) -> tuple[bytes, os.stat_result, bool]:
 def _diff(old: Mapping[str, GatewayKey], new: Mapping[str, GatewayKey]) -> str:
     old_by = {k.name: k for k in old.values()}
     new_by = {k.name: k for k in new.values()}
-    parts = [(what, sorted(names)) for what, names in (
-        ("added", new_by.keys() - old_by.keys()),
-        ("removed", old_by.keys() - new_by.keys()),
-        ("changed", {n for n in old_by.keys() & new_by.keys() if old_by[n] != new_by[n]}))]
+    parts = [
+        (what, sorted(names))
+        for what, names in (
+            ("added", new_by.keys() - old_by.keys()),
+            ("removed", old_by.keys() - new_by.keys()),
+            ("changed", {n for n in old_by.keys() & new_by.keys() if old_by[n] != new_by[n]}),
+        )
+    ]
     return "; ".join(f"{what}: {', '.join(names)}" for what, names in parts if names) or "no key changed"
 
 
@@ -333,8 +344,11 @@ class KeyRing:
         try:
             self._refresh(force)
         except Exception:  # never fail a request over this: the keys in force stay
-            log.exception("checking the gateway keys file %s failed; the %d key(s) in force stay", self._where,
-                          len(self._by_digest))
+            log.exception(
+                "checking the gateway keys file %s failed; the %d key(s) in force stay",
+                self._where,
+                len(self._by_digest),
+            )
         finally:
             self._due = _monotonic() + max(0.0, self.poll_interval_s)
 
@@ -350,8 +364,7 @@ class KeyRing:
         self._fp, self._racy = _fingerprint(st), _racy(st)
         if not stable:  # still being written: try again at the next look
             self._fp = None
-            log.debug("gateway keys file %s changed while being read; reading it again at the next check",
-                      self._where)
+            log.debug("gateway keys file %s changed while being read; reading it again at the next check", self._where)
             return
         if not data.strip() and self._seen is not None and self._seen.strip():
             now = _monotonic()
@@ -366,8 +379,9 @@ class KeyRing:
         if data == self._seen:
             self.last_error = self._seen_error
             if back and self._seen_error is None:
-                log.info("gateway keys file %s is back, unchanged: %d key(s) in force", self._where,
-                         len(self._by_digest))
+                log.info(
+                    "gateway keys file %s is back, unchanged: %d key(s) in force", self._where, len(self._by_digest)
+                )
             elif back:
                 self._warn(self._seen_error)
             return
@@ -386,8 +400,11 @@ class KeyRing:
         log.info("gateway keys reloaded from %s: %d key(s) in force (%s)", self._where, len(new), changes)
 
     def _warn(self, error: str | None) -> None:
-        log.warning("gateway keys file rejected, the last good %d key(s) stay in force until it is fixed: %s",
-                    len(self._by_digest), error)
+        log.warning(
+            "gateway keys file rejected, the last good %d key(s) stay in force until it is fixed: %s",
+            len(self._by_digest),
+            error,
+        )
 
     def _gone(self, exc: OSError) -> None:
         error = f"{self._where}: cannot read keys file: {exc.strerror or exc}"

@@ -81,8 +81,9 @@ class Gauge(_Metric):
 class Histogram(_Metric):
     kind = "histogram"
 
-    def __init__(self, name: str, help: str, labels: tuple[str, ...] = (),
-                 buckets: tuple[float, ...] = LATENCY_BUCKETS):
+    def __init__(
+        self, name: str, help: str, labels: tuple[str, ...] = (), buckets: tuple[float, ...] = LATENCY_BUCKETS
+    ):
         super().__init__(name, help, labels)
         self.buckets = (*buckets, math.inf)
         self._series: dict[tuple[Any, ...], list[float]] = {}  # per-bucket counts, then sum, then count
@@ -122,31 +123,59 @@ class GatewayMetrics:
     """Every metric the gateway exports; `circuits` and `in_flight` are read at scrape time."""
 
     def __init__(self, circuits: Callable[[], Iterable[tuple[str, str]]], in_flight: Callable[[], int]):
-        self.requests = Counter("modelroute_requests_total", "HTTP requests by endpoint and status code",
-                                ("endpoint", "status"))
-        self.decisions = Counter("modelroute_decisions_total", "Routing decisions by deciding rule and model",
-                                 ("rule", "model"))
-        self.attempts = Counter("modelroute_attempts_total", "Model attempts by model and outcome "
-                                "(ok, error, skipped, cancelled)", ("model", "outcome"))
-        self.failures = Counter("modelroute_failures_total", "Failed or skipped attempts by model and error class",
-                                ("model", "error"))
-        self.fallbacks = Counter("modelroute_fallbacks_total", "Requests answered by a fallback, by answering model",
-                                 ("model",))
+        self.requests = Counter(
+            "modelroute_requests_total", "HTTP requests by endpoint and status code", ("endpoint", "status")
+        )
+        self.decisions = Counter(
+            "modelroute_decisions_total", "Routing decisions by deciding rule and model", ("rule", "model")
+        )
+        self.attempts = Counter(
+            "modelroute_attempts_total",
+            "Model attempts by model and outcome (ok, error, skipped, cancelled)",
+            ("model", "outcome"),
+        )
+        self.failures = Counter(
+            "modelroute_failures_total", "Failed or skipped attempts by model and error class", ("model", "error")
+        )
+        self.fallbacks = Counter(
+            "modelroute_fallbacks_total", "Requests answered by a fallback, by answering model", ("model",)
+        )
         self.spend = Counter("modelroute_spend_usd_total", "Upstream cost in USD by answering model", ("model",))
-        self.tokens = Counter("modelroute_tokens_total", "Tokens by model and direction (input, output)",
-                              ("model", "direction"))
-        self.duration = Histogram("modelroute_request_duration_seconds", "Gateway request duration (to the last "
-                                  "byte for streams)", ("endpoint",))
-        self.upstream = Histogram("modelroute_upstream_latency_seconds", "Latency of successful upstream calls",
-                                  ("model",))
-        self.circuit = Gauge("modelroute_circuit_state", "Circuit state per model (0 closed, 1 half-open, 2 open)",
-                             ("model",), lambda: ((m, CIRCUIT_VALUE.get(s, 0)) for m, s in circuits()))
-        self.in_flight = Gauge("modelroute_in_flight_requests", "Requests being handled by this process", (),
-                               lambda: [(in_flight(),)])
+        self.tokens = Counter(
+            "modelroute_tokens_total", "Tokens by model and direction (input, output)", ("model", "direction")
+        )
+        self.duration = Histogram(
+            "modelroute_request_duration_seconds",
+            "Gateway request duration (to the last byte for streams)",
+            ("endpoint",),
+        )
+        self.upstream = Histogram(
+            "modelroute_upstream_latency_seconds", "Latency of successful upstream calls", ("model",)
+        )
+        self.circuit = Gauge(
+            "modelroute_circuit_state",
+            "Circuit state per model (0 closed, 1 half-open, 2 open)",
+            ("model",),
+            lambda: ((m, CIRCUIT_VALUE.get(s, 0)) for m, s in circuits()),
+        )
+        self.in_flight = Gauge(
+            "modelroute_in_flight_requests", "Requests being handled by this process", (), lambda: [(in_flight(),)]
+        )
 
     def all(self) -> list[Any]:
-        return [self.requests, self.decisions, self.attempts, self.failures, self.fallbacks, self.spend, self.tokens,
-                self.duration, self.upstream, self.circuit, self.in_flight]
+        return [
+            self.requests,
+            self.decisions,
+            self.attempts,
+            self.failures,
+            self.fallbacks,
+            self.spend,
+            self.tokens,
+            self.duration,
+            self.upstream,
+            self.circuit,
+            self.in_flight,
+        ]
 
     def attempts_of(self, attempts: Iterable[Any]) -> None:
         """Count a request's attempts (from a Completion or a RoutingError)."""

@@ -12,13 +12,49 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-ACCEPTED = frozenset({"model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens",
-                      "temperature", "tools", "tool_choice", "stop", "user", "metadata", "n"})
+ACCEPTED = frozenset(
+    {
+        "model",
+        "messages",
+        "stream",
+        "stream_options",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "tools",
+        "tool_choice",
+        "stop",
+        "user",
+        "metadata",
+        "n",
+    }
+)
 # real OpenAI fields the gateway does not translate to every provider: refused rather than silently dropped
-UNSUPPORTED = frozenset({"top_p", "seed", "presence_penalty", "frequency_penalty", "logit_bias", "logprobs",
-                         "top_logprobs", "response_format", "parallel_tool_calls", "functions", "function_call",
-                         "service_tier", "store", "modalities", "audio", "prediction", "reasoning_effort",
-                         "web_search_options", "verbosity", "prompt_cache_key", "safety_identifier"})
+UNSUPPORTED = frozenset(
+    {
+        "top_p",
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "response_format",
+        "parallel_tool_calls",
+        "functions",
+        "function_call",
+        "service_tier",
+        "store",
+        "modalities",
+        "audio",
+        "prediction",
+        "reasoning_effort",
+        "web_search_options",
+        "verbosity",
+        "prompt_cache_key",
+        "safety_identifier",
+    }
+)
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 RESERVED_ATTRS = ("tokens", "key", "images", "spend.", "budget.")
 AUTO_MODELS = ("auto",)
@@ -28,8 +64,16 @@ _FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "cont
 class ApiError(Exception):
     """An OpenAI-style error: HTTP status plus {"error": {"message", "type", "code", "param"}}."""
 
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", code: str | None = None,
-                 param: str | None = None, headers: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.type, self.code, self.param = status, message, type, code, param
         self.headers = dict(headers or {})
@@ -67,8 +111,9 @@ def _attr_value(raw: str) -> Any:
 
 def _check_attr_name(name: str, where: str) -> str:
     if not name or any(name == r or (r.endswith(".") and name.startswith(r)) for r in RESERVED_ATTRS):
-        raise bad(f"{where}: attribute `{name}` is set by the gateway and cannot be given by a request",
-                  "reserved_attribute")
+        raise bad(
+            f"{where}: attribute `{name}` is set by the gateway and cannot be given by a request", "reserved_attribute"
+        )
     return name
 
 
@@ -95,9 +140,16 @@ def _messages(value: Any) -> list[dict[str, Any]]:
         elif content is not None and not isinstance(content, str):
             raise bad(f"{where}.content must be a string or an array of parts", param=f"{where}.content")
         calls = m.get("tool_calls")
-        if calls is not None and not (isinstance(calls, list) and all(
-                isinstance(c, dict) and isinstance(c.get("id"), str) and isinstance(c.get("function"), dict)
-                and isinstance(c["function"].get("name"), str) for c in calls)):
+        if calls is not None and not (
+            isinstance(calls, list)
+            and all(
+                isinstance(c, dict)
+                and isinstance(c.get("id"), str)
+                and isinstance(c.get("function"), dict)
+                and isinstance(c["function"].get("name"), str)
+                for c in calls
+            )
+        ):
             raise bad(f"{where}.tool_calls must be an array of function calls", param=f"{where}.tool_calls")
         if role == "tool" and not isinstance(m.get("tool_call_id"), str):
             raise bad(f"{where}: a tool message needs a tool_call_id", param=f"{where}.tool_call_id")
@@ -111,14 +163,17 @@ def parse_chat(body: Any, headers: Mapping[str, str]) -> ChatCall:
         raise bad("the request body must be a JSON object", "invalid_json")
     unsupported = sorted(set(body) & UNSUPPORTED)
     if unsupported:
-        raise bad(f"unsupported field `{unsupported[0]}`: the gateway does not translate it to every provider",
-                  "unsupported_field", unsupported[0])
+        raise bad(
+            f"unsupported field `{unsupported[0]}`: the gateway does not translate it to every provider",
+            "unsupported_field",
+            unsupported[0],
+        )
     unknown = sorted(set(body) - ACCEPTED)
     if unknown:
         raise bad(f"unknown field `{unknown[0]}`", "unknown_field", unknown[0])
     model = body.get("model", "auto")
     if not isinstance(model, str) or not model:
-        raise bad("`model` must be a string: \"auto\" or a catalog model name", param="model")
+        raise bad('`model` must be a string: "auto" or a catalog model name', param="model")
     call = ChatCall(model, _messages(body.get("messages")))
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
@@ -145,10 +200,13 @@ def parse_chat(body: Any, headers: Mapping[str, str]) -> ChatCall:
     tools = body.get("tools")
     if tools is not None:
         if not isinstance(tools, list) or not all(
-                isinstance(t, dict) and t.get("type", "function") == "function" and isinstance(t.get("function"), dict)
-                and isinstance(t["function"].get("name"), str) for t in tools):
-            raise bad("`tools` must be an array of {\"type\": \"function\", \"function\": {\"name\": ...}}",
-                      param="tools")
+            isinstance(t, dict)
+            and t.get("type", "function") == "function"
+            and isinstance(t.get("function"), dict)
+            and isinstance(t["function"].get("name"), str)
+            for t in tools
+        ):
+            raise bad('`tools` must be an array of {"type": "function", "function": {"name": ...}}', param="tools")
         if tools:
             opts["tools"] = tools
     choice = body.get("tool_choice")
@@ -194,8 +252,11 @@ def _tool_calls(calls: list[Any]) -> list[dict[str, Any]]:
 
 
 def usage_json(usage: Any) -> dict[str, int]:
-    return {"prompt_tokens": usage.input_tokens, "completion_tokens": usage.output_tokens,
-            "total_tokens": usage.input_tokens + usage.output_tokens}
+    return {
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.input_tokens + usage.output_tokens,
+    }
 
 
 def completion_json(c: Any, rid: str, created: int) -> dict[str, Any]:
@@ -203,9 +264,15 @@ def completion_json(c: Any, rid: str, created: int) -> dict[str, Any]:
     if c.tool_calls:
         message["tool_calls"] = _tool_calls(c.tool_calls)
     finish = "tool_calls" if c.tool_calls else _FINISH.get(c.finish_reason or "stop", "stop")
-    return {"id": rid, "object": "chat.completion", "created": created, "model": c.model,
-            "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
-            "usage": usage_json(c.usage), "system_fingerprint": None}
+    return {
+        "id": rid,
+        "object": "chat.completion",
+        "created": created,
+        "model": c.model,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
+        "usage": usage_json(c.usage),
+        "system_fingerprint": None,
+    }
 
 
 class ChunkWriter:
@@ -217,8 +284,15 @@ class ChunkWriter:
         self._tools = False
 
     def _line(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
-        obj = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-               "system_fingerprint": None, "choices": choices, **extra}
+        obj = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": None,
+            "choices": choices,
+            **extra,
+        }
         return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
     def delta(self, delta: dict[str, Any], finish: str | None = None) -> bytes:

@@ -34,10 +34,16 @@ class PinnedDecision(Decision):
     def report(self) -> Report:
         if self._report is None:
             r, req = self.rule, self.request
-            self._report = Report(model=self.model, provider=self.provider,
-                                  rule=RuleRef(index=-1, file=r.file, line=0, col=0, text=r.text),
-                                  tokens=req.tokens, prompt_chars=len(req.text), attrs=dict(req.attrs),
-                                  policy=self.policy.entry, policy_version=self.policy.version)
+            self._report = Report(
+                model=self.model,
+                provider=self.provider,
+                rule=RuleRef(index=-1, file=r.file, line=0, col=0, text=r.text),
+                tokens=req.tokens,
+                prompt_chars=len(req.text),
+                attrs=dict(req.attrs),
+                policy=self.policy.entry,
+                policy_version=self.policy.version,
+            )
         return self._report
 
 
@@ -54,22 +60,37 @@ def pinned_decision(engine: Any, call: ChatCall, attrs: dict[str, Any]) -> Decis
     policy = engine.policy
     name = resolve_model(policy, call.model)
     if name is None:
-        raise ApiError(404, f"model `{call.model}` is not in the catalog; use \"auto\" or one of GET /v1/models",
-                       code="model_not_found", param="model")
+        raise ApiError(
+            404,
+            f'model `{call.model}` is not in the catalog; use "auto" or one of GET /v1/models',
+            code="model_not_found",
+            param="model",
+        )
     settings = policy.settings
     if not (settings is not None and settings.get("overrides")):
-        raise ApiError(400, f"this gateway's policy does not allow naming a model (`{call.model}`): send "
-                       "model \"auto\", or add `set overrides = true` to the policy", code="model_override_disabled",
-                       param="model")
+        raise ApiError(
+            400,
+            f"this gateway's policy does not allow naming a model (`{call.model}`): send "
+            'model "auto", or add `set overrides = true` to the policy',
+            code="model_override_disabled",
+            param="model",
+        )
     start = time.perf_counter_ns()
     req = engine.request(None, messages=call.messages, policy=policy, **attrs)
     entry = policy.models[name]
     why = hard_reason(entry, req)
     if why is not None and not why.startswith(("circuit", "unavailable")):  # an open circuit is execution's call
-        raise ApiError(400, f"model `{name}` cannot serve this request: {why}", code="model_unsuitable",
-                       param="model")
-    return PinnedDecision(policy, _PinnedRule(name), entry, (), req, 0, True,  # type: ignore[arg-type]
-                          time.perf_counter_ns() - start)
+        raise ApiError(400, f"model `{name}` cannot serve this request: {why}", code="model_unsuitable", param="model")
+    return PinnedDecision(
+        policy,
+        _PinnedRule(name),
+        entry,
+        (),
+        req,
+        0,
+        True,  # type: ignore[arg-type]
+        time.perf_counter_ns() - start,
+    )
 
 
 def prepare(ex: Any, engine: Any, call: ChatCall, attrs: dict[str, Any]) -> Any:
@@ -92,9 +113,13 @@ def hold_key_budget(ex: Any, key: Any, run: Any) -> tuple[str, float] | None:
     ok, used = ex.engine.state.reserve(bkey, amount, key.daily_budget)
     if not ok:
         ex.settle(run)
-        raise ApiError(429, f"the daily budget of gateway key `{key.name}` (${key.daily_budget:.2f}) would be "
-                       f"exceeded: ${used:.4f} spent or held, this request may cost up to ${amount:.4f}",
-                       type="insufficient_quota", code="budget_exceeded")
+        raise ApiError(
+            429,
+            f"the daily budget of gateway key `{key.name}` (${key.daily_budget:.2f}) would be "
+            f"exceeded: ${used:.4f} spent or held, this request may cost up to ${amount:.4f}",
+            type="insufficient_quota",
+            code="budget_exceeded",
+        )
     return bkey, amount
 
 
@@ -124,14 +149,20 @@ def streaming_model(run: Any) -> str:
     return chain[i + 1] if i + 1 < len(chain) else last.model
 
 
-def headers(decision: Any, model: str, attempts: list[Any], calls: int | None = None,
-            policy: str = "auto") -> dict[str, str]:
+def headers(
+    decision: Any, model: str, attempts: list[Any], calls: int | None = None, policy: str = "auto"
+) -> dict[str, str]:
     rule = decision.rule
     where = "override" if rule.index < 0 else f"{rule.file.rsplit('/', 1)[-1]}:{rule.line}"
     tried = calls if calls is not None else sum(a.outcome in ("ok", "error", "cancelled") for a in attempts)
-    return {"x-modelroute-model": model, "x-modelroute-rule": where.encode("ascii", "replace").decode(),
-            "x-modelroute-policy": policy, "x-modelroute-policy-version": decision.policy_version,
-            "x-modelroute-attempts": str(tried), "x-modelroute-fallbacks": str(fallbacks_used(attempts, model))}
+    return {
+        "x-modelroute-model": model,
+        "x-modelroute-rule": where.encode("ascii", "replace").decode(),
+        "x-modelroute-policy": policy,
+        "x-modelroute-policy-version": decision.policy_version,
+        "x-modelroute-attempts": str(tried),
+        "x-modelroute-fallbacks": str(fallbacks_used(attempts, model)),
+    }
 
 
 def routing_error(exc: BaseException) -> ApiError:
@@ -145,8 +176,10 @@ def routing_error(exc: BaseException) -> ApiError:
         return ApiError(429, str(exc), type="insufficient_quota", code="budget_exceeded")
     if isinstance(exc, RoutingError):
         attempts = exc.attempts
-        summary = "; ".join(f"{a.model}: {a.error or a.outcome}{f' {a.status}' if a.status else ''}"
-                            for a in attempts) or "no model could be tried"
+        summary = (
+            "; ".join(f"{a.model}: {a.error or a.outcome}{f' {a.status}' if a.status else ''}" for a in attempts)
+            or "no model could be tried"
+        )
         if attempts and all(a.outcome == "skipped" for a in attempts):
             status, code = 503, "models_unavailable"
         elif attempts and all(a.error in ("BadRequest", "ContextTooLong") for a in attempts if a.outcome == "error"):

@@ -47,10 +47,15 @@ def _span_text(policy: CompiledPolicy, span) -> str:
     if not lines or span.line > len(lines):
         return ""
     if span.line == span.end_line:
-        chunk = lines[span.line - 1][span.col - 1:span.end_col - 1]
+        chunk = lines[span.line - 1][span.col - 1 : span.end_col - 1]
     else:
-        chunk = "\n".join([lines[span.line - 1][span.col - 1:], *lines[span.line:span.end_line - 1],
-                           lines[span.end_line - 1][:span.end_col - 1]])
+        chunk = "\n".join(
+            [
+                lines[span.line - 1][span.col - 1 :],
+                *lines[span.line : span.end_line - 1],
+                lines[span.end_line - 1][: span.end_col - 1],
+            ]
+        )
     return " ".join(chunk.split())
 
 
@@ -143,8 +148,14 @@ def _wrap(lines: list[str]) -> list[str]:
 
 # ---- Mermaid ----------------------------------------------------------------------------------------------
 
-_MERMAID_SHAPES = {"start": ('(["', '"])'), "cond": ('{"', '"}'), "otherwise": ('(["', '"])'),
-                   "action": ('["', '"]'), "model": ('("', '")'), "end": ('(["', '"])')}
+_MERMAID_SHAPES = {
+    "start": ('(["', '"])'),
+    "cond": ('{"', '"}'),
+    "otherwise": ('(["', '"])'),
+    "action": ('["', '"]'),
+    "model": ('("', '")'),
+    "end": ('(["', '"])'),
+}
 
 
 def _mermaid_escape(text: str) -> str:
@@ -164,8 +175,11 @@ def to_mermaid(policy: CompiledPolicy) -> str:
         label = f"|{_mermaid_escape(e.label)}|" if e.label else ""
         lines.append(f"    {e.src} {arrow}{label} {e.dst}")
     # class names avoid `end`, which Mermaid reserves
-    lines += ["    classDef condition fill:#fff8c5,stroke:#9a6700", "    classDef model fill:#dafbe1,stroke:#1a7f37",
-              "    classDef stop fill:#ffebe9,stroke:#cf222e"]
+    lines += [
+        "    classDef condition fill:#fff8c5,stroke:#9a6700",
+        "    classDef model fill:#dafbe1,stroke:#1a7f37",
+        "    classDef stop fill:#ffebe9,stroke:#cf222e",
+    ]
     for kind, css in (("cond", "condition"), ("model", "model"), ("end", "stop")):
         ids = [n.id for n in g.nodes if n.kind == kind]
         if ids:
@@ -175,8 +189,14 @@ def to_mermaid(policy: CompiledPolicy) -> str:
 
 # ---- DOT --------------------------------------------------------------------------------------------------
 
-_DOT_SHAPES = {"start": "oval", "cond": "diamond", "otherwise": "oval", "action": "box", "model": "ellipse",
-               "end": "octagon"}
+_DOT_SHAPES = {
+    "start": "oval",
+    "cond": "diamond",
+    "otherwise": "oval",
+    "action": "box",
+    "model": "ellipse",
+    "end": "octagon",
+}
 _DOT_FILL = {"cond": "#fff8c5", "model": "#dafbe1", "end": "#ffebe9"}
 
 
@@ -187,8 +207,12 @@ def _dot_escape(text: str) -> str:
 def to_dot(policy: CompiledPolicy) -> str:
     g = build(policy)
     name = re.sub(r"[^A-Za-z0-9_]", "_", display_name_of(policy.entry)) or "policy"
-    lines = [f'digraph "{_dot_escape(name)}" {{', "    rankdir=TB;",
-             '    node [fontname="Helvetica", fontsize=10];', '    edge [fontname="Helvetica", fontsize=9];']
+    lines = [
+        f'digraph "{_dot_escape(name)}" {{',
+        "    rankdir=TB;",
+        '    node [fontname="Helvetica", fontsize=10];',
+        '    edge [fontname="Helvetica", fontsize=9];',
+    ]
     for node in g.nodes:
         label = "\\n".join(_dot_escape(x) for x in _wrap(node.lines))
         style = f', style=filled, fillcolor="{_DOT_FILL[node.kind]}"' if node.kind in _DOT_FILL else ""

@@ -60,10 +60,20 @@ def _region(op: str, c: float, integer: bool) -> tuple[float, bool, float, bool]
     """The values v with `v op c` as (lo, lo_open, hi, hi_open); the integers, when `integer`, as closed bounds."""
     if integer:
         f, ce, inf = math.floor(c), math.ceil(c), math.inf
-        return {"<": (-inf, True, ce - 1, False), "<=": (-inf, True, f, False), ">": (f + 1, False, inf, True),
-                ">=": (ce, False, inf, True), "==": (c, False, c, False)}[op]
-    return {"<": (-math.inf, True, c, True), "<=": (-math.inf, True, c, False), ">": (c, True, math.inf, True),
-            ">=": (c, False, math.inf, True), "==": (c, False, c, False)}[op]
+        return {
+            "<": (-inf, True, ce - 1, False),
+            "<=": (-inf, True, f, False),
+            ">": (f + 1, False, inf, True),
+            ">=": (ce, False, inf, True),
+            "==": (c, False, c, False),
+        }[op]
+    return {
+        "<": (-math.inf, True, c, True),
+        "<=": (-math.inf, True, c, False),
+        ">": (c, True, math.inf, True),
+        ">=": (c, False, math.inf, True),
+        "==": (c, False, c, False),
+    }[op]
 
 
 def _num(v: Any) -> bool:
@@ -136,8 +146,11 @@ class Facts:
             if v.integer and v.hi - v.lo <= 64:
                 return [x for x in range(int(v.lo), int(v.hi) + 1) if x not in v.excluded]
             return None
-        vals = [x for x in v.allowed if x not in v.excluded
-                and (not v.numeric or (isinstance(x, (int, float)) and v.inside(x)))]
+        vals = [
+            x
+            for x in v.allowed
+            if x not in v.excluded and (not v.numeric or (isinstance(x, (int, float)) and v.inside(x)))
+        ]
         return vals if v.present else [*vals, None]
 
     def atom(self, node: n.Cond) -> bool | None:
@@ -170,8 +183,11 @@ class Facts:
 
     def empty(self) -> bool:
         """A contradiction was found (the conjunction can never hold)."""
-        return any((v.present or v.integer) and (v.lo > v.hi or (v.lo == v.hi and (v.lo_open or v.hi_open))
-                                                 or self.candidates(v) == []) for v in self.vars.values())
+        return any(
+            (v.present or v.integer)
+            and (v.lo > v.hi or (v.lo == v.hi and (v.lo_open or v.hi_open)) or self.candidates(v) == [])
+            for v in self.vars.values()
+        )
 
 
 def _atom(node: n.Cond) -> tuple[str, n.Operand, str, Any]:
@@ -250,9 +266,14 @@ class Linter:
             pool = rule.selector.pool
             for r in rule.node.action.rankings:  # W109
                 if r.kind == "capability" and pool and not any(r.capability in e.spec.capabilities for e in pool):
-                    self.warn("W109", f"no model rule {rule.index + 1} may pick scores {r.capability}: this ranking "
-                              "has no effect", r.span, "no scores", "rank by a capability these models score, or add "
-                              "scores to the catalog (an overlay can add them)")
+                    self.warn(
+                        "W109",
+                        f"no model rule {rule.index + 1} may pick scores {r.capability}: this ranking has no effect",
+                        r.span,
+                        "no scores",
+                        "rank by a capability these models score, or add "
+                        "scores to the catalog (an overlay can add them)",
+                    )
         self.unused()
         self.deprecated()
         order = {f: i for i, f in enumerate(self.p.files)}
@@ -280,10 +301,15 @@ class Linter:
                 first = always.index + 1
                 proved = terms is not None and self.always_viable(always, terms)
                 what = "can never decide" if proved else f"decides only when rule {first} has no viable model"
-                self.warn("W102", f"rule {i + 1} comes after rule {first}, whose condition always holds, so this "
-                          f"rule {what}", span, "after an unconditional rule", "make the earlier condition "
-                          "specific, or turn the catch-all into the final `otherwise`",
-                          f"rule {first} is at {always.span}", *((CIRCUIT_NOTE,) if proved else ()))
+                self.warn(
+                    "W102",
+                    f"rule {i + 1} comes after rule {first}, whose condition always holds, so this rule {what}",
+                    span,
+                    "after an unconditional rule",
+                    "make the earlier condition specific, or turn the catch-all into the final `otherwise`",
+                    f"rule {first} is at {always.span}",
+                    *((CIRCUIT_NOTE,) if proved else ()),
+                )
                 continue
             if rule.node.cond is None or not terms:
                 continue
@@ -295,13 +321,26 @@ class Linter:
                     continue
                 ref, note = f"rule {e.index + 1} ({e.span})", f"rule {e.index + 1}: {e.text}"
                 if self.always_viable(e, terms):
-                    self.warn("W100", f"rule {i + 1} can never decide: {ref} matches every request it matches and "
-                              "always has a viable model", span, "shadowed", f"move this rule above rule "
-                              f"{e.index + 1}, or remove it", note, CIRCUIT_NOTE)
+                    self.warn(
+                        "W100",
+                        f"rule {i + 1} can never decide: {ref} matches every request it matches and "
+                        "always has a viable model",
+                        span,
+                        "shadowed",
+                        f"move this rule above rule {e.index + 1}, or remove it",
+                        note,
+                        CIRCUIT_NOTE,
+                    )
                 else:
-                    self.warn("W101", f"rule {i + 1} decides only when {ref} has no viable model: that rule "
-                              "matches every request this one matches", span, "partly shadowed",
-                              f"if this rule is the more specific one, move it above rule {e.index + 1}", note)
+                    self.warn(
+                        "W101",
+                        f"rule {i + 1} decides only when {ref} has no viable model: that rule "
+                        "matches every request this one matches",
+                        span,
+                        "partly shadowed",
+                        f"if this rule is the more specific one, move it above rule {e.index + 1}",
+                        note,
+                    )
                 break
 
     def satisfiable(self, rule: CompiledRule, terms: list[Facts] | None) -> None:  # W103
@@ -309,15 +348,25 @@ class Linter:
         if not sel.pool:
             shown = [f"{e.name}: {why}" for e, why in sel.static_rejects[:4]]
             more = len(sel.static_rejects) - len(shown)
-            self.warn("W103", f"no catalog model meets the constraints of rule {rule.index + 1}: it can never "
-                      "decide", _where_span(act) or act.span, "no model passes", "relax the `where` constraints, "
-                      "or check the catalog", *shown, *((f"and {more} more",) if more > 0 else ()))
+            self.warn(
+                "W103",
+                f"no catalog model meets the constraints of rule {rule.index + 1}: it can never decide",
+                _where_span(act) or act.span,
+                "no model passes",
+                "relax the `where` constraints, or check the catalog",
+                *shown,
+                *((f"and {more} more",) if more > 0 else ()),
+            )
             return
         reasons = [why for f in terms or () if (why := _never_fits(sel.pool, f))]
         if terms and len(reasons) == len(terms):
-            self.warn("W103", f"no model rule {rule.index + 1} may pick can serve the requests it matches: "
-                      f"{reasons[0]}", act.span, "never viable", "a rule without a viable model does not decide; "
-                      "pick models that can serve these requests")
+            self.warn(
+                "W103",
+                f"no model rule {rule.index + 1} may pick can serve the requests it matches: {reasons[0]}",
+                act.span,
+                "never viable",
+                "a rule without a viable model does not decide; pick models that can serve these requests",
+            )
 
     def fallbacks(self, rule: CompiledRule, terms: list[Facts] | None) -> None:  # W104 W105
         act, sel = rule.node.action, rule.selector
@@ -328,9 +377,14 @@ class Linter:
                 continue
             why = next((r for c in static if (r := static_reason(e, c))), None)
             if why:
-                self.warn("W104", f"fallback `{ref.name}` does not meet the `where` constraints of rule "
-                          f"{rule.index + 1}: {why}", ref.span, "violates `where`", "fallbacks are only checked "
-                          "against hard constraints (context, tools, vision); pick one that meets the constraints")
+                self.warn(
+                    "W104",
+                    f"fallback `{ref.name}` does not meet the `where` constraints of rule {rule.index + 1}: {why}",
+                    ref.span,
+                    "violates `where`",
+                    "fallbacks are only checked "
+                    "against hard constraints (context, tools, vision); pick one that meets the constraints",
+                )
             never = None
             if sel.kind == "use" and sel.use is e:
                 never = "it is the model the rule uses, and the chosen model is never its own fallback"
@@ -338,19 +392,30 @@ class Linter:
                 reasons = [r for f in terms if (r := _never_fits((e,), f))]
                 never = reasons[0] if len(reasons) == len(terms) else None
             if never:
-                self.warn("W105", f"fallback `{ref.name}` can never be used: {never}", ref.span, "never used",
-                          "remove it, or pick a fallback that can serve the requests this rule matches")
+                self.warn(
+                    "W105",
+                    f"fallback `{ref.name}` can never be used: {never}",
+                    ref.span,
+                    "never used",
+                    "remove it, or pick a fallback that can serve the requests this rule matches",
+                )
 
     def unused(self) -> None:  # W106 W107
-        used_tasks = {x.name for r in self.p.rules if r.node.cond for x in n.walk_cond(r.node.cond)
-                      if isinstance(x, n.TaskIs)}
+        used_tasks = {
+            x.name for r in self.p.rules if r.node.cond for x in n.walk_cond(r.node.cond) if isinstance(x, n.TaskIs)
+        }
         used = {ref.name for r in self.p.rules for ref in _refs(r.node.action)}
         used |= {r.name for t in self.p.tests for e in t.expects for r in (e.model, *(e.fallbacks or ())) if r}
         used |= {s.target.name for s in self.stmts if isinstance(s, n.ModelAlias)}
         for s in self.stmts:
             if isinstance(s, n.TaskDecl) and s.name not in used_tasks:
-                self.warn("W106", f"task `{s.name}` is never used by a rule", s.name_span, "unused",
-                          f"use it (`when task is {s.name} ...`) or remove it; Decision.tasks still reports it")
+                self.warn(
+                    "W106",
+                    f"task `{s.name}` is never used by a rule",
+                    s.name_span,
+                    "unused",
+                    f"use it (`when task is {s.name} ...`) or remove it; Decision.tasks still reports it",
+                )
             elif isinstance(s, n.ModelAlias) and s.name not in used:
                 self.warn("W107", f"model alias `{s.name}` is never used", s.name_span, "unused", "use it or remove it")
 
@@ -363,11 +428,22 @@ class Linter:
                 continue
             seen.add(e.name)
             days = (date - self.today).days
-            when = f"is deprecated on {date} (in {days} day{'s' if days != 1 else ''})" if days > 0 else \
-                "is deprecated today" if days == 0 else f"was deprecated on {date}"
+            when = (
+                f"is deprecated on {date} (in {days} day{'s' if days != 1 else ''})"
+                if days > 0
+                else "is deprecated today"
+                if days == 0
+                else f"was deprecated on {date}"
+            )
             named = f"`{ref.name}`" + (f" ({e.name})" if ref.name != e.name else "")
-            self.warn("W108", f"model {named} {when}", ref.span, "deprecated", "move to a successor model before "
-                      "the provider stops serving it", f"deprecation_date comes from the catalog entry for {e.name}")
+            self.warn(
+                "W108",
+                f"model {named} {when}",
+                ref.span,
+                "deprecated",
+                "move to a successor model before the provider stops serving it",
+                f"deprecation_date comes from the catalog entry for {e.name}",
+            )
 
 
 def _tokens(f: Facts) -> tuple[float, float]:

@@ -74,8 +74,13 @@ def load_source(text: str, file: str = "<string>") -> Loaded:
     loaded = Loaded(entry=file)
     if len(text) > MAX_FILE_BYTES:
         loaded.diagnostics.append(
-            Diagnostic("E700", f"the policy text is larger than {MAX_FILE_BYTES:,} bytes", None, "",
-                       "split the policy into smaller files")
+            Diagnostic(
+                "E700",
+                f"the policy text is larger than {MAX_FILE_BYTES:,} bytes",
+                None,
+                "",
+                "split the policy into smaller files",
+            )
         )
         return loaded
     loaded.files.append(file)
@@ -90,21 +95,32 @@ def _load_file(path: Path, loaded: Loaded, stack: list[Path], at: n.Span | None)
     if real in stack:
         chain = " -> ".join(display_name(p) for p in [*stack, real])
         loaded.diagnostics.append(
-            Diagnostic("E201", f"include cycle: {chain}", at, "includes a file that is already being included",
-                       "remove one of the includes in the cycle")
+            Diagnostic(
+                "E201",
+                f"include cycle: {chain}",
+                at,
+                "includes a file that is already being included",
+                "remove one of the includes in the cycle",
+            )
         )
         return
     if len(stack) >= MAX_INCLUDE_DEPTH:
         loaded.diagnostics.append(
-            Diagnostic("E203", f"includes nested deeper than {MAX_INCLUDE_DEPTH}", at, "too deep",
-                       "flatten the include chain")
+            Diagnostic(
+                "E203", f"includes nested deeper than {MAX_INCLUDE_DEPTH}", at, "too deep", "flatten the include chain"
+            )
         )
         return
     try:
         if path.stat().st_size > MAX_FILE_BYTES:
             loaded.diagnostics.append(
-                Diagnostic("E700", f"{shown} is larger than {MAX_FILE_BYTES:,} bytes", at, "too large",
-                           "split the policy into smaller files")
+                Diagnostic(
+                    "E700",
+                    f"{shown} is larger than {MAX_FILE_BYTES:,} bytes",
+                    at,
+                    "too large",
+                    "split the policy into smaller files",
+                )
             )
             return
         text = path.read_text(encoding="utf-8")

@@ -10,8 +10,12 @@ import re2
 from engine import nodes as n
 
 #: Regex flags a policy may put after the closing slash.
-FLAGS = {"i": "case-insensitive (the default)", "c": "case-sensitive", "s": "`.` also matches newline",
-         "m": "`^` and `$` match at line breaks"}
+FLAGS = {
+    "i": "case-insensitive (the default)",
+    "c": "case-sensitive",
+    "s": "`.` also matches newline",
+    "m": "`^` and `$` match at line breaks",
+}
 
 #: RE2's memory budget for one compiled set (bytes); large policies need more than the 8 MiB default.
 SET_MAX_MEM = 256 << 20
@@ -62,8 +66,10 @@ def to_re2(pattern: n.Pattern, bounded: bool = True) -> str:
     return f"{prefix}{start}{body}{end}"
 
 
-_BOUNDARY = (r"[\x00-\x2f\x3a-\x40\x5b-\x5e\x60\x7b-\x7f\x{a0}-\x{bf}\x{d7}\x{f7}\x{2000}-\x{206f}"
-             r"\x{3000}-\x{303f}\x{ff01}-\x{ff0f}\x{ff1a}-\x{ff20}]")
+_BOUNDARY = (
+    r"[\x00-\x2f\x3a-\x40\x5b-\x5e\x60\x7b-\x7f\x{a0}-\x{bf}\x{d7}\x{f7}\x{2000}-\x{206f}"
+    r"\x{3000}-\x{303f}\x{ff01}-\x{ff0f}\x{ff1a}-\x{ff20}]"
+)
 
 
 def _is_word(ch: str) -> bool:
@@ -74,8 +80,12 @@ def check(pattern: n.Pattern, raw: str) -> tuple[str, str, int, int] | None:
     """Validate one pattern; return (code, message, offset into raw token, width) for a problem, else None."""
     bad_flags = [f for f in pattern.flags if f not in FLAGS]
     if bad_flags:
-        return ("E502", f"unknown regex flag `{bad_flags[0]}`",
-                raw.rfind("/") + 1 + pattern.flags.index(bad_flags[0]), 1)
+        return (
+            "E502",
+            f"unknown regex flag `{bad_flags[0]}`",
+            raw.rfind("/") + 1 + pattern.flags.index(bad_flags[0]),
+            1,
+        )
     if not pattern.is_regex:
         return None
     for rx, what in _UNSUPPORTED:
@@ -91,9 +101,14 @@ def check(pattern: n.Pattern, raw: str) -> tuple[str, str, int, int] | None:
         if isinstance(msg, bytes):
             msg = msg.decode("utf-8", "replace")
         if "too large" in msg or "bad repetition" in msg or "invalid repetition size" in msg:
-            return ("E500", "regex too large: RE2 limits a pattern to 1000 repetitions in all and "
-                    f"{PATTERN_MAX_MEM >> 20} MiB of program", 1, len(raw))
-        msg = msg.replace(source, pattern.source).replace(source[len(source) - len(pattern.source):], pattern.source)
+            return (
+                "E500",
+                "regex too large: RE2 limits a pattern to 1000 repetitions in all and "
+                f"{PATTERN_MAX_MEM >> 20} MiB of program",
+                1,
+                len(raw),
+            )
+        msg = msg.replace(source, pattern.source).replace(source[len(source) - len(pattern.source) :], pattern.source)
         msg = msg.replace("(?i)", "").replace("(?s)", "").replace("(?m)", "")
         return "E500", f"invalid regex: {msg}", 1, len(raw)
     return None

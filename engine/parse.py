@@ -15,11 +15,44 @@ from engine import nodes as n
 from engine.diagnostics import Diagnostic, PolicyError, Sources
 
 #: Names that cannot be used for tasks or model aliases.
-KEYWORDS = frozenset({
-    "when", "otherwise", "task", "model", "include", "catalog", "and", "or", "not", "is", "in", "use", "prefer",
-    "then", "where", "fallback", "true", "false", "tokens", "capability", "cheapest", "fastest", "set", "budget",
-    "test", "expect", "overlay", "balance", "split", "race", "consensus", "best_of", "judge", "least_busy",
-})
+KEYWORDS = frozenset(
+    {
+        "when",
+        "otherwise",
+        "task",
+        "model",
+        "include",
+        "catalog",
+        "and",
+        "or",
+        "not",
+        "is",
+        "in",
+        "use",
+        "prefer",
+        "then",
+        "where",
+        "fallback",
+        "true",
+        "false",
+        "tokens",
+        "capability",
+        "cheapest",
+        "fastest",
+        "set",
+        "budget",
+        "test",
+        "expect",
+        "overlay",
+        "balance",
+        "split",
+        "race",
+        "consensus",
+        "best_of",
+        "judge",
+        "least_busy",
+    }
+)
 
 MAX_ERRORS = 50
 
@@ -277,8 +310,7 @@ class _ToAST(Transformer):
         return (literal(children[0], self.file), self._ref(children[1]))
 
     def split(self, meta, children):
-        return ("split", None, (), {"members": tuple(c[1] for c in children),
-                                    "weights": tuple(c[0] for c in children)})
+        return ("split", None, (), {"members": tuple(c[1] for c in children), "weights": tuple(c[0] for c in children)})
 
     def race(self, meta, children):
         return ("race", None, (), {"members": children[0]})
@@ -299,8 +331,13 @@ class _ToAST(Transformer):
 
     def budget_stmt(self, meta, children):
         period, amount, *per = children
-        return n.Budget(str(period), literal(amount, self.file), str(per[0]) if per else None,
-                        _tok_span(period, self.file), self._span(meta))
+        return n.Budget(
+            str(period),
+            literal(amount, self.file),
+            str(per[0]) if per else None,
+            _tok_span(period, self.file),
+            self._span(meta),
+        )
 
     def test_stmt(self, meta, children):
         name, *expects = children
@@ -338,8 +375,9 @@ class _ToAST(Transformer):
         outcome = rest[-1]
         if len(rest) == 2:
             attrs = rest[0][1]
-        return n.Expect(unescape(prompt[1:-1]), attrs, outcome["model"], outcome["by"], outcome["fallbacks"],
-                        self._span(meta))
+        return n.Expect(
+            unescape(prompt[1:-1]), attrs, outcome["model"], outcome["by"], outcome["fallbacks"], self._span(meta)
+        )
 
     def rank_capability(self, meta, children):
         return n.Ranking("capability", str(children[0]), self._span(meta))
@@ -489,33 +527,52 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, file: str) -> tuple[Diag
         rest = line_text[col:]
         if ch == '"' and '"' not in rest:
             end = n.Span(file, line, col, line, len(line_text) + 1)
-            diag = Diagnostic("E101", "unterminated string", end, "this string never ends",
-                              'close it with `"` on the same line')
+            diag = Diagnostic(
+                "E101", "unterminated string", end, "this string never ends", 'close it with `"` on the same line'
+            )
         elif ch == "/" and "/" not in rest:
             end = n.Span(file, line, col, line, len(line_text) + 1)
-            diag = Diagnostic("E102", "unterminated regex", end, "this regex never ends",
-                              "close it with `/`; write a literal slash inside as `\\/`")
+            diag = Diagnostic(
+                "E102",
+                "unterminated regex",
+                end,
+                "this regex never ends",
+                "close it with `/`; write a literal slash inside as `\\/`",
+            )
         elif ch.isdigit() or ch == "$":
             word = re.match(r"[\w.$/%]+", text[exc.pos_in_stream :])
             bad = word.group(0) if word else ch
             span = n.Span(file, line, col, line, col + len(bad))
-            diag = Diagnostic("E105", f"bad literal `{bad}`", span, "not a number, duration or price",
-                              "numbers take k or M (30k, 1M), durations ms or s (800ms, 2s), "
-                              "money $0.05, prices $3/1M or $0.003/1k")
+            diag = Diagnostic(
+                "E105",
+                f"bad literal `{bad}`",
+                span,
+                "not a number, duration or price",
+                "numbers take k or M (30k, 1M), durations ms or s (800ms, 2s), money $0.05, prices $3/1M or $0.003/1k",
+            )
         else:
             hint = {
-                "&": "write `and`", "|": "write `or`", "!": "write `not` (or `!=` to compare)",
-                "'": 'strings use double quotes: "..."', "=": "compare with `==`",
+                "&": "write `and`",
+                "|": "write `or`",
+                "!": "write `not` (or `!=` to compare)",
+                "'": 'strings use double quotes: "..."',
+                "=": "compare with `==`",
             }.get(ch)
-            diag = Diagnostic("E104", f"unexpected character `{ch}`", span, "not valid here",
-                              hint or _expected(exc.allowed or ()))
+            diag = Diagnostic(
+                "E104", f"unexpected character `{ch}`", span, "not valid here", hint or _expected(exc.allowed or ())
+            )
         return diag, exc.pos_in_stream
     if isinstance(exc, UnexpectedToken):
         tok = exc.token
         if tok.type == "$END":
             span = n.Span(file, line, col, line, col + 1)
-            diag = Diagnostic("E100", "unexpected end of file", span, "the statement is not finished",
-                              _expected(getattr(exc, "accepts", None) or exc.expected))
+            diag = Diagnostic(
+                "E100",
+                "unexpected end of file",
+                span,
+                "the statement is not finished",
+                _expected(getattr(exc, "accepts", None) or exc.expected),
+            )
             return diag, len(text) - 1
         span = _tok_span(tok, file)
         expected = set(getattr(exc, "accepts", None) or exc.expected)
@@ -547,11 +604,15 @@ def _token_hint(tok: Token, expected: set[str], text: str = "") -> str | None:
     if tok.type == "NAME" and re.search(r'[,\s]"$', before) and "STRING" not in expected:
         return f'did a `"` close the string before `{value}` too early?'
     if expected & {"LATENCY", "PRICE", "COST", "CONTEXT", "PROVIDER", "SUPPORTS"}:
-        return ("constraints are latency, price, cost, context, capability(NAME), provider in [...], "
-                "supports tools|vision|json")
+        return (
+            "constraints are latency, price, cost, context, capability(NAME), provider in [...], "
+            "supports tools|vision|json"
+        )
     if "USE" in expected and "PREFER" in expected:
-        return ("a rule needs an action: `use MODEL`, `prefer RANKING` (capability(NAME), cheapest, fastest, "
-                "least_busy), `balance`, `split`, `race`, `consensus` or `best_of`")
+        return (
+            "a rule needs an action: `use MODEL`, `prefer RANKING` (capability(NAME), cheapest, fastest, "
+            "least_busy), `balance`, `split`, `race`, `consensus` or `best_of`"
+        )
     if expected & {"CAPABILITY", "CHEAPEST", "FASTEST"} and "NAME" not in expected:
         return f"`{value}` is not a ranking: use capability(NAME), cheapest, fastest or least_busy"
     if "NAME" in expected and value in KEYWORDS:

@@ -21,8 +21,12 @@ DEFAULT_OUTPUT_TOKENS = 500
 GROUPS = frozenset({"balance", "split", "race", "consensus", "best_of"})
 
 OPS: dict[str, Callable[[Any, Any], bool]] = {
-    "==": operator.eq, "!=": operator.ne, "<": operator.lt,
-    "<=": operator.le, ">": operator.gt, ">=": operator.ge,
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
 }
 NEGATED = {"==": "!=", "!=": "==", "<": ">=", "<=": ">", ">": "<=", ">=": "<"}
 
@@ -80,12 +84,30 @@ class Request:
 
     Treat as immutable (a plain slotted class rather than a frozen dataclass: it is built on every decide())."""
 
-    __slots__ = ("attrs", "latency", "need_tools", "need_vision", "out_tokens", "state", "text", "tokens",
-                 "unavailable")
+    __slots__ = (
+        "attrs",
+        "latency",
+        "need_tools",
+        "need_vision",
+        "out_tokens",
+        "state",
+        "text",
+        "tokens",
+        "unavailable",
+    )
 
-    def __init__(self, text: str, tokens: int, attrs: Mapping[str, Any], need_tools: bool, need_vision: bool,
-                 out_tokens: float, unavailable: frozenset[str] = frozenset(), state: Any = None,
-                 latency: Mapping[str, float] = _EMPTY):
+    def __init__(
+        self,
+        text: str,
+        tokens: int,
+        attrs: Mapping[str, Any],
+        need_tools: bool,
+        need_vision: bool,
+        out_tokens: float,
+        unavailable: frozenset[str] = frozenset(),
+        state: Any = None,
+        latency: Mapping[str, float] = _EMPTY,
+    ):
         self.text = text
         self.tokens = tokens
         self.attrs = attrs
@@ -333,9 +355,13 @@ class Selector:
 
     def viable_fallbacks(self, req: Request, chosen: Entry) -> tuple[str, ...]:
         return tuple(
-            f.name for f in self.fallbacks
-            if f is not chosen and req.tokens <= f.context and (not req.need_tools or f.tools)
-            and (not req.need_vision or f.vision) and f.name not in req.unavailable
+            f.name
+            for f in self.fallbacks
+            if f is not chosen
+            and req.tokens <= f.context
+            and (not req.need_tools or f.tools)
+            and (not req.need_vision or f.vision)
+            and f.name not in req.unavailable
         )
 
 

@@ -116,8 +116,9 @@ class _WatchSet(NamedTuple):
         so creating a missing include retries. String work only: events start with the resolved dir watched."""
         out = set()
         for _, p in changes:
-            if p in self.paths or (widen and os.path.dirname(p) in self.dirs
-                                   and not _EDITOR_TEMP.search(os.path.basename(p))):
+            if p in self.paths or (
+                widen and os.path.dirname(p) in self.dirs and not _EDITOR_TEMP.search(os.path.basename(p))
+            ):
                 out.add(p)
         return out
 
@@ -191,8 +192,9 @@ class Reloader:
                 self.engine._swap(new)
             self.last_error = err
             self._seen = texts
-            event = ReloadEvent(old.version, new.version, _changed(_texts(old), texts),
-                                time.perf_counter() - start, err)
+            event = ReloadEvent(
+                old.version, new.version, _changed(_texts(old), texts), time.perf_counter() - start, err
+            )
         self._log(event)
         for callback in list(self.callbacks):
             try:
@@ -227,12 +229,20 @@ class Reloader:
     def _log(self, ev: ReloadEvent) -> None:
         ms = ev.duration_s * 1000
         if ev.error is not None:
-            log.warning("policy reload rejected, version %s keeps serving (%s):\n%s", ev.old_version,
-                        ", ".join(ev.changed_files) or "no content change",
-                        render_all(ev.error.diagnostics, ev.error.sources))
+            log.warning(
+                "policy reload rejected, version %s keeps serving (%s):\n%s",
+                ev.old_version,
+                ", ".join(ev.changed_files) or "no content change",
+                render_all(ev.error.diagnostics, ev.error.sources),
+            )
         elif ev.changed:
-            log.info("policy reloaded: version %s -> %s in %.1f ms (changed: %s)", ev.old_version,
-                     ev.new_version, ms, ", ".join(ev.changed_files))
+            log.info(
+                "policy reloaded: version %s -> %s in %.1f ms (changed: %s)",
+                ev.old_version,
+                ev.new_version,
+                ms,
+                ", ".join(ev.changed_files),
+            )
         else:
             log.debug("policy reload: no change, version %s (%.1f ms)", ev.old_version, ms)
 
@@ -253,8 +263,9 @@ class Reloader:
             self._thread.join(timeout=1.0)
         self._thread_stop = stop = threading.Event()
         self._stops.add(stop)
-        self._thread = threading.Thread(target=self._run, args=(stop, poll, debounce_ms),
-                                        name="modelroute-reload", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(stop, poll, debounce_ms), name="modelroute-reload", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:
@@ -320,9 +331,18 @@ class Reloader:
             return
         step = max(1, min(debounce_ms, _STEP_MS))
         quiet_s = max(0, debounce_ms - step) / 1000
-        changes_iter = watchfiles.watch(*ws.dirs, watch_filter=None, debounce=max(200, debounce_ms), step=step,
-                                        stop_event=stop, rust_timeout=_WAKE_MS, yield_on_timeout=True,
-                                        recursive=False, raise_interrupt=False, ignore_permission_denied=True)
+        changes_iter = watchfiles.watch(
+            *ws.dirs,
+            watch_filter=None,
+            debounce=max(200, debounce_ms),
+            step=step,
+            stop_event=stop,
+            rust_timeout=_WAKE_MS,
+            yield_on_timeout=True,
+            recursive=False,
+            raise_interrupt=False,
+            ignore_permission_denied=True,
+        )
         pending, last, first_wake = False, 0.0, True
         try:
             for changes in changes_iter:
@@ -362,8 +382,14 @@ class Reloader:
 # ---- for tools: follow a policy path, good or broken -------------------------------------------------------
 
 
-def follow(path: str | Path, *, poll: bool = False, debounce_ms: int = 50, catalog: Any = None,
-           stop_event: threading.Event | None = None) -> Iterator[CompiledPolicy | PolicyError]:
+def follow(
+    path: str | Path,
+    *,
+    poll: bool = False,
+    debounce_ms: int = 50,
+    catalog: Any = None,
+    stop_event: threading.Event | None = None,
+) -> Iterator[CompiledPolicy | PolicyError]:
     """Yield the policy at `path` compiled (or its PolicyError) now and again after every change that alters
     the outcome, until `stop_event` is set or the generator is closed: the loop behind `--watch` in the CLI."""
     from engine.api import Engine
@@ -397,4 +423,3 @@ def follow(path: str | Path, *, poll: bool = False, debounce_ms: int = 50, catal
                     item = results.get(timeout=0.1)
     finally:
         reloader.stop()
-

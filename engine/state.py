@@ -51,8 +51,12 @@ class CircuitConfig:
     def from_settings(cls, settings: Mapping[str, object] | None) -> CircuitConfig:
         if settings is None:
             return cls()
-        return cls(int(settings["circuit.failures"]), float(settings["circuit.window"]),  # type: ignore[arg-type]
-                   float(settings["circuit.cooldown"]), int(settings["latency.min_samples"]))  # type: ignore[arg-type]
+        return cls(
+            int(settings["circuit.failures"]),
+            float(settings["circuit.window"]),  # type: ignore[arg-type]
+            float(settings["circuit.cooldown"]),
+            int(settings["latency.min_samples"]),
+        )  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -100,9 +104,18 @@ class ExecutionStore(StateStore, Protocol):
         """May a call go to `model` now? False while its circuit is open (or a half-open probe runs);
         True claims the half-open probe."""
 
-    def record(self, model: str, provider: str, outcome: Outcome, cfg: CircuitConfig, *,
-               latency_ms: float | None = None, input_tokens: int = 0, output_tokens: int = 0,
-               cost: float = 0.0) -> str | None:
+    def record(
+        self,
+        model: str,
+        provider: str,
+        outcome: Outcome,
+        cfg: CircuitConfig,
+        *,
+        latency_ms: float | None = None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cost: float = 0.0,
+    ) -> str | None:
         """Record one call; returns "opened" or "closed" when this call changed the model's circuit."""
 
     def circuit(self, model: str) -> CircuitInfo: ...
@@ -204,16 +217,34 @@ class MemoryStore:
             self._rebuild()
             return True
 
-    def record(self, model: str, provider: str, outcome: Outcome, cfg: CircuitConfig, *,
-               latency_ms: float | None = None, input_tokens: int = 0, output_tokens: int = 0,
-               cost: float = 0.0) -> str | None:
+    def record(
+        self,
+        model: str,
+        provider: str,
+        outcome: Outcome,
+        cfg: CircuitConfig,
+        *,
+        latency_ms: float | None = None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cost: float = 0.0,
+    ) -> str | None:
         with self._lock:
             if outcome != "cancelled":
                 self._count(model, provider, outcome, cfg, latency_ms, input_tokens, output_tokens, cost)
             return self._transition(model, outcome, cfg)
 
-    def _count(self, model: str, provider: str, outcome: Outcome, cfg: CircuitConfig, latency_ms: float | None,
-               input_tokens: int, output_tokens: int, cost: float) -> None:
+    def _count(
+        self,
+        model: str,
+        provider: str,
+        outcome: Outcome,
+        cfg: CircuitConfig,
+        latency_ms: float | None,
+        input_tokens: int,
+        output_tokens: int,
+        cost: float,
+    ) -> None:
         s = self._stats.get(model)
         if s is None:
             s = self._stats[model] = ModelStats(provider)
@@ -223,8 +254,9 @@ class MemoryStore:
         s.output_tokens += output_tokens
         s.cost += cost
         if outcome == "ok" and latency_ms is not None:
-            s.latency_ms = latency_ms if s.latency_ms is None else (
-                EWMA_ALPHA * latency_ms + (1 - EWMA_ALPHA) * s.latency_ms)
+            s.latency_ms = (
+                latency_ms if s.latency_ms is None else (EWMA_ALPHA * latency_ms + (1 - EWMA_ALPHA) * s.latency_ms)
+            )
             s.samples += 1
             if s.samples >= cfg.min_samples:
                 self._latency = {**self._latency, model: s.latency_ms}

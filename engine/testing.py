@@ -94,10 +94,16 @@ def load_with_tests(path: str | Path) -> tuple[Loaded, list[str]]:
                 loaded.body.append(stmt)
             else:
                 what = type(stmt).__name__.lower()
-                loaded.diagnostics.append(Diagnostic(
-                    "E800", "a test file holds only `test` blocks", stmt.span, f"a {what} statement",
-                    f"test files are compiled together with {display_name(entry)}: move this statement into "
-                    "the policy" + (" (no include is needed)" if isinstance(stmt, n.Include) else "")))
+                loaded.diagnostics.append(
+                    Diagnostic(
+                        "E800",
+                        "a test file holds only `test` blocks",
+                        stmt.span,
+                        f"a {what} statement",
+                        f"test files are compiled together with {display_name(entry)}: move this statement into "
+                        "the policy" + (" (no include is needed)" if isinstance(stmt, n.Include) else ""),
+                    )
+                )
     return loaded, added
 
 
@@ -138,11 +144,21 @@ class CaseResult:
     def to_dict(self) -> dict[str, Any]:
         e = self.expect
         return {
-            "test": self.test, "file": self.span.file, "line": self.span.line, "col": self.span.col,
-            "expect": self.source, "prompt": e.prompt, "attrs": _attrs(e), "passed": self.passed,
+            "test": self.test,
+            "file": self.span.file,
+            "line": self.span.line,
+            "col": self.span.col,
+            "expect": self.source,
+            "prompt": e.prompt,
+            "attrs": _attrs(e),
+            "passed": self.passed,
             "problems": list(self.problems),
-            "actual": {"model": self.model, "rule": None if self.rule is None else self.rule + 1,
-                       "at": self.rule_at, "fallbacks": list(self.fallbacks)},
+            "actual": {
+                "model": self.model,
+                "rule": None if self.rule is None else self.rule + 1,
+                "at": self.rule_at,
+                "fallbacks": list(self.fallbacks),
+            },
             "report": self.report.model_dump(mode="json") if self.report is not None else None,
         }
 
@@ -158,10 +174,16 @@ class Coverage:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "rules": {"total": self.rules, "exercised": self.rules - len(self.unused_rules),
-                      "unexercised": [{"rule": i + 1, "at": at, "text": t} for i, at, t in self.unused_rules]},
-            "patterns": {"total": self.patterns, "exercised": self.patterns - len(self.unused_patterns),
-                         "unexercised": [{"pattern": p, "at": at, "in": w} for p, at, w in self.unused_patterns]},
+            "rules": {
+                "total": self.rules,
+                "exercised": self.rules - len(self.unused_rules),
+                "unexercised": [{"rule": i + 1, "at": at, "text": t} for i, at, t in self.unused_rules],
+            },
+            "patterns": {
+                "total": self.patterns,
+                "exercised": self.patterns - len(self.unused_patterns),
+                "unexercised": [{"pattern": p, "at": at, "in": w} for p, at, w in self.unused_patterns],
+            },
         }
 
 
@@ -182,8 +204,14 @@ class RunResult:
         return len(self.cases) - self.passed
 
     def to_dict(self, coverage: bool = False) -> dict[str, Any]:
-        out = {"policy": self.policy.entry, "version": self.policy.version, "test_files": list(self.test_files),
-               "passed": self.passed, "failed": self.failed, "cases": [c.to_dict() for c in self.cases]}
+        out = {
+            "policy": self.policy.entry,
+            "version": self.policy.version,
+            "test_files": list(self.test_files),
+            "passed": self.passed,
+            "failed": self.failed,
+            "cases": [c.to_dict() for c in self.cases],
+        }
         if coverage:
             out["coverage"] = self.coverage.to_dict()
         return out
@@ -248,9 +276,18 @@ def run_case(policy: CompiledPolicy, names: dict[str, str], test: str, e: n.Expe
         report = (d.report() if d is not None else report).model_copy(update={"elapsed_us": None})  # type: ignore
     else:
         report = None
-    return CaseResult(test, e, _source(policy, e.span), not problems, tuple(problems), model,
-                      rule.index if rule is not None else None,
-                      f"{rule.span.file}:{rule.span.line}" if rule is not None else None, fallbacks, report)
+    return CaseResult(
+        test,
+        e,
+        _source(policy, e.span),
+        not problems,
+        tuple(problems),
+        model,
+        rule.index if rule is not None else None,
+        f"{rule.span.file}:{rule.span.line}" if rule is not None else None,
+        fallbacks,
+        report,
+    )
 
 
 def selected(block: n.TestBlock, e: n.Expect, pattern: str | None) -> bool:
@@ -286,6 +323,9 @@ def coverage(policy: CompiledPolicy, stmts: list[n.Stmt], cases: list[CaseResult
         for node in n.walk_cond(r.node.cond) if r.node.cond is not None else ():
             if isinstance(node, n.TaskMatch) and (pid := pid_of.get(to_re2(node.pattern))) is not None:
                 where.setdefault(pid, (f"{node.span.file}:{node.span.line}", f"rule {r.index + 1}"))
-    pats = tuple((policy.pattern_text[pid], *where.get(pid, ("?", "?"))) for pid in range(len(policy.pattern_text))
-                 if not matched >> pid & 1)
+    pats = tuple(
+        (policy.pattern_text[pid], *where.get(pid, ("?", "?")))
+        for pid in range(len(policy.pattern_text))
+        if not matched >> pid & 1
+    )
     return Coverage(len(policy.rules), len(policy.pattern_text), rules, pats)

@@ -38,7 +38,8 @@ class BudgetExceeded(Exception):
         where = f" ({budget.per}={key.rsplit('=', 1)[-1]})" if budget.per else ""
         super().__init__(
             f"{label(budget)}{where} would be exceeded: ${used:.4f} spent or reserved of ${self.limit:.2f}, this "
-            f"request may cost up to ${needed:.4f}; refused before any call (line {budget.span.line})")
+            f"request may cost up to ${needed:.4f}; refused before any call (line {budget.span.line})"
+        )
 
 
 @dataclass

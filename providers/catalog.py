@@ -58,7 +58,14 @@ __all__ = [
 ProviderKind = Literal["openai", "anthropic", "gemini"]
 PROVIDER_KINDS: tuple[str, ...] = ("openai", "anthropic", "gemini")
 STANDARD_CAPABILITIES: tuple[str, ...] = (
-    "REASONING", "CODING", "CREATIVITY", "SPEED", "CONTEXT", "COST", "VISION", "TOOLS",
+    "REASONING",
+    "CODING",
+    "CREATIVITY",
+    "SPEED",
+    "CONTEXT",
+    "COST",
+    "VISION",
+    "TOOLS",
 )
 KNOWN_FEATURES: tuple[str, ...] = ("tools", "vision", "json", "streaming")
 PER_MILLION = 1_000_000
@@ -137,8 +144,11 @@ def _render_issue(issue: CatalogIssue, lines: list[str] | None) -> str:
             text = lines[issue.line - 1].replace("\t", " ")
             gutter = " " * len(str(issue.line))
             start = max(issue.col - 1, 0)
-            out += [f" {gutter} |", f" {issue.line} | {text}",
-                    f" {gutter} | {' ' * start}{'^' * _token_width(text, start)}"]
+            out += [
+                f" {gutter} |",
+                f" {issue.line} | {text}",
+                f" {gutter} | {' ' * start}{'^' * _token_width(text, start)}",
+            ]
     if issue.hint:
         out.append(f"  = hint: {issue.hint}")
     return "\n".join(out)
@@ -181,8 +191,9 @@ class ProviderSpec(BaseModel):
     headers: dict[str, str] = {}
 
     def __hash__(self) -> int:
-        return hash((self.name, self.kind, self.base_url, self.api_key_env, self.timeout_s,
-                     tuple(sorted(self.headers.items()))))
+        return hash(
+            (self.name, self.kind, self.base_url, self.api_key_env, self.timeout_s, tuple(sorted(self.headers.items())))
+        )
 
     @classmethod
     def default_for(cls, name: str) -> "ProviderSpec":
@@ -237,16 +248,22 @@ class Catalog:
     aliases: Mapping[str, str]
     files: tuple[str, ...]
 
-    def __init__(self, models: Iterable[ModelSpec] = (),
-                 providers: Iterable[ProviderSpec] | Mapping[str, ProviderSpec] = (),
-                 files: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        models: Iterable[ModelSpec] = (),
+        providers: Iterable[ProviderSpec] | Mapping[str, ProviderSpec] = (),
+        files: Iterable[str] = (),
+    ) -> None:
         file_names = tuple(files)
         by_name: dict[str, ModelSpec] = {}
         issues: list[CatalogIssue] = []
         for spec in models:
             if spec.name in by_name:
-                issues.append(_spec_issue(spec, file_names, f"duplicate model name `{spec.name}`",
-                                          "each model name may be defined once"))
+                issues.append(
+                    _spec_issue(
+                        spec, file_names, f"duplicate model name `{spec.name}`", "each model name may be defined once"
+                    )
+                )
             else:
                 by_name[spec.name] = spec
         aliases: dict[str, str] = {}
@@ -254,13 +271,23 @@ class Catalog:
             for alias in spec.aliases:
                 owner = aliases.get(alias)
                 if alias in by_name:
-                    issues.append(_spec_issue(
-                        spec, file_names, f"alias `{alias}` of model `{spec.name}` is also a model name",
-                        "aliases must differ from every model name"))
+                    issues.append(
+                        _spec_issue(
+                            spec,
+                            file_names,
+                            f"alias `{alias}` of model `{spec.name}` is also a model name",
+                            "aliases must differ from every model name",
+                        )
+                    )
                 elif owner is not None and owner != spec.name:
-                    issues.append(_spec_issue(
-                        spec, file_names, f"alias `{alias}` is used by both `{owner}` and `{spec.name}`",
-                        "aliases must be unique"))
+                    issues.append(
+                        _spec_issue(
+                            spec,
+                            file_names,
+                            f"alias `{alias}` is used by both `{owner}` and `{spec.name}`",
+                            "aliases must be unique",
+                        )
+                    )
                 else:
                     aliases[alias] = spec.name
         if issues:
@@ -275,9 +302,12 @@ class Catalog:
         set_(self, "_capability_names", None)
 
     @classmethod
-    def from_models(cls, models: Iterable[ModelSpec],
-                    providers: Iterable[ProviderSpec] | Mapping[str, ProviderSpec] = (),
-                    files: Iterable[str] = ()) -> "Catalog":
+    def from_models(
+        cls,
+        models: Iterable[ModelSpec],
+        providers: Iterable[ProviderSpec] | Mapping[str, ProviderSpec] = (),
+        files: Iterable[str] = (),
+    ) -> "Catalog":
         """Build a catalog from specs made in Python (e.g. by an importer); raises CatalogError on clashes."""
         return cls(models, providers, files)
 
@@ -293,8 +323,11 @@ class Catalog:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Catalog):
             return NotImplemented
-        return (list(self.models.items()) == list(other.models.items())
-                and dict(self.providers) == dict(other.providers) and self.files == other.files)
+        return (
+            list(self.models.items()) == list(other.models.items())
+            and dict(self.providers) == dict(other.providers)
+            and self.files == other.files
+        )
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -360,8 +393,7 @@ class Catalog:
 
 def _spec_issue(spec: ModelSpec, files: tuple[str, ...], message: str, hint: str | None) -> CatalogIssue:
     if spec.source is not None:
-        return CatalogIssue(spec.source.file, spec.source.line, spec.source.col, f"models.{spec.name}",
-                            message, hint)
+        return CatalogIssue(spec.source.file, spec.source.line, spec.source.col, f"models.{spec.name}", message, hint)
     return CatalogIssue(files[0] if files else "<catalog>", 0, 0, f"models.{spec.name}", message, hint)
 
 
@@ -375,21 +407,34 @@ def load_catalog(path: str | Path) -> Catalog:
     try:
         raw = target.read_bytes()
     except FileNotFoundError:
-        raise CatalogError([CatalogIssue(file, 0, 0, "", "catalog file not found",
-                                         _missing_file_hint(target))]) from None
+        raise CatalogError(
+            [CatalogIssue(file, 0, 0, "", "catalog file not found", _missing_file_hint(target))]
+        ) from None
     except IsADirectoryError:
-        raise CatalogError([CatalogIssue(file, 0, 0, "", "expected a catalog file, got a directory",
-                                         _directory_hint(target))]) from None
+        raise CatalogError(
+            [CatalogIssue(file, 0, 0, "", "expected a catalog file, got a directory", _directory_hint(target))]
+        ) from None
     except OSError as exc:
-        raise CatalogError([CatalogIssue(file, 0, 0, "", f"cannot read the catalog: {exc.strerror or exc}",
-                                         None)]) from None
+        raise CatalogError(
+            [CatalogIssue(file, 0, 0, "", f"cannot read the catalog: {exc.strerror or exc}", None)]
+        ) from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise CatalogError([CatalogIssue(file, line, col, "", f"the catalog is not UTF-8 text (byte "
-                                         f"0x{raw[exc.start]:02x})", "save the file as UTF-8")]) from None
+        raise CatalogError(
+            [
+                CatalogIssue(
+                    file,
+                    line,
+                    col,
+                    "",
+                    f"the catalog is not UTF-8 text (byte 0x{raw[exc.start]:02x})",
+                    "save the file as UTF-8",
+                )
+            ]
+        ) from None
     from providers.catalog_yaml import read_catalog  # imports this module: load it on first use
 
     return read_catalog(file, text)

@@ -32,12 +32,17 @@ _COUNT_RE = re.compile(r"([+-]?\d+(?:\.\d+)?)\s*([kKM]?)")
 _SPACE_RE = re.compile(r"\s")
 _COUNT_EXAMPLES = "like 128000, 200k or 1M"
 
-_YAML_TERMS = {"flow mapping": "`{...}`", "flow sequence": "`[...]`", "block mapping": "mapping",
-               "block collection": "block", "quoted scalar": "quoted string", "simple key": "key"}
+_YAML_TERMS = {
+    "flow mapping": "`{...}`",
+    "flow sequence": "`[...]`",
+    "block mapping": "mapping",
+    "block collection": "block",
+    "quoted scalar": "quoted string",
+    "simple key": "key",
+}
 _SYNTAX_HINTS = (
     ("mapping values are not allowed", "a value containing `: ` must be quoted, or the line is mis-indented"),
-    ("could not find expected ':'", "a `key: value` line is missing its colon, or a quote or bracket is not "
-                                     "closed"),
+    ("could not find expected ':'", "a `key: value` line is missing its colon, or a quote or bracket is not closed"),
     ("did not find expected key", "check the indentation: fields of one mapping must line up"),
     ("expected <block end>", "check the indentation: fields of one mapping must line up"),
     ("did not find expected ',' or", "a `[...]` or `{...}` is not closed, or two items lack a comma"),
@@ -47,8 +52,9 @@ _SYNTAX_HINTS = (
 )
 
 
-def suggest(word: str, options: Iterable[str], synonyms: Mapping[str, str] | None = None,
-            cutoff: float = 0.6) -> str | None:
+def suggest(
+    word: str, options: Iterable[str], synonyms: Mapping[str, str] | None = None, cutoff: float = 0.6
+) -> str | None:
     """`did you mean ...?` for a misspelt or synonymous name, or None."""
     if synonyms and word.lower() in synonyms:
         return f"did you mean `{synonyms[word.lower()]}`?"
@@ -125,16 +131,20 @@ class NodeReader:
             hint += f" (the {what} starts at line {opened.line + 1}, column {opened.column + 1})"
         if mark is not None:
             lines = self.text.splitlines()
-            at = lines[mark.line][mark.column:mark.column + 1] if mark.line < len(lines) else ""
+            at = lines[mark.line][mark.column : mark.column + 1] if mark.line < len(lines) else ""
             if at == "\t" or "\t" in problem:
                 hint = "YAML does not allow tabs here; indent with spaces"
         message = f"invalid YAML: {problem}"
-        return CatalogError([CatalogIssue(self.file, line, col, "", message, hint)],
-                            sources={self.file: self.text})
+        return CatalogError([CatalogIssue(self.file, line, col, "", message, hint)], sources={self.file: self.text})
 
-    def pairs(self, node: MappingNode, path: str, entry: str,
-              duplicates: list[tuple[str, Node, Node]] | None = None,
-              merging: frozenset[int] = frozenset()) -> list[tuple[str, Node, Node]]:
+    def pairs(
+        self,
+        node: MappingNode,
+        path: str,
+        entry: str,
+        duplicates: list[tuple[str, Node, Node]] | None = None,
+        merging: frozenset[int] = frozenset(),
+    ) -> list[tuple[str, Node, Node]]:
         """A mapping's (key, key node, value node) in order, applying `<<` merge keys and reporting
         duplicate keys (`entry` names what a key is, e.g. "model"); the repeats go to `duplicates`."""
         explicit: dict[str, tuple[Node, Node]] = {}
@@ -145,8 +155,12 @@ class NodeReader:
                 sources = vnode.value if isinstance(vnode, SequenceNode) else [vnode]
                 for src in sources:
                     if isinstance(src, MappingNode) and id(src) in merging:
-                        self.issue(knode, path, "a mapping can't merge itself (`<<` makes a loop)",
-                                   "merge a separate anchored mapping instead")
+                        self.issue(
+                            knode,
+                            path,
+                            "a mapping can't merge itself (`<<` makes a loop)",
+                            "merge a separate anchored mapping instead",
+                        )
                     elif isinstance(src, MappingNode):
                         for key, kn, vn in self.pairs(src, path, entry, None, merging):
                             merged.setdefault(key, (kn, vn))
@@ -154,14 +168,17 @@ class NodeReader:
                         self.expected(src, path, "an anchored mapping to merge, like `<<: *defaults`")
                 continue
             if not isinstance(knode, ScalarNode):
-                self.issue(knode, path, f"expected a {entry} name, got {describe(knode)}",
-                           "keys must be plain names")
+                self.issue(knode, path, f"expected a {entry} name, got {describe(knode)}", "keys must be plain names")
                 continue
             key = knode.value
             first = explicit.get(key)
             if first is not None:
-                self.issue(knode, _join(path, key), f"duplicate {entry} `{key}`",
-                           f"it was first defined at line {first[0].start_mark.line + 1}; keep one of them")
+                self.issue(
+                    knode,
+                    _join(path, key),
+                    f"duplicate {entry} `{key}`",
+                    f"it was first defined at line {first[0].start_mark.line + 1}; keep one of them",
+                )
                 if duplicates is not None:
                     duplicates.append((key, knode, vnode))
                 continue
@@ -187,8 +204,7 @@ class NodeReader:
             self.expected(node, path, what)
             return None
         if _SPACE_RE.search(node.value):
-            self.issue(node, path, f"{what} can't contain spaces, got '{node.value}'",
-                       "use `-` or `_` between words")
+            self.issue(node, path, f"{what} can't contain spaces, got '{node.value}'", "use `-` or `_` between words")
             return None
         return node.value
 
@@ -252,8 +268,9 @@ class NodeReader:
             return None
         return result
 
-    def names_list(self, node: Node, path: str, what: str, plural: str, example: str
-                   ) -> list[tuple[str, Node, str]] | None:
+    def names_list(
+        self, node: Node, path: str, what: str, plural: str, example: str
+    ) -> list[tuple[str, Node, str]] | None:
         """(text, node, key path) of each usable item of a list of names."""
         if not isinstance(node, SequenceNode):
             hint = None
@@ -287,7 +304,8 @@ class NodeReader:
         self.expected(node, path, "a date like 2025-10-22", hint)
         return None
 
-    def unknown_field(self, knode: Node, path: str, key: str, where: str, fields: tuple[str, ...],
-                      synonyms: Mapping[str, str]) -> None:
+    def unknown_field(
+        self, knode: Node, path: str, key: str, where: str, fields: tuple[str, ...], synonyms: Mapping[str, str]
+    ) -> None:
         hint = suggest(key, fields, synonyms) or "known fields: " + ", ".join(fields)
         self.issue(knode, path, f"unknown field `{key}` in {where}", hint)

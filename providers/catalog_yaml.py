@@ -34,21 +34,58 @@ __all__ = ["CatalogReader", "read_catalog"]
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 _TOP_FIELDS = ("providers", "models")
-_MODEL_FIELDS = ("provider", "id", "aliases", "context", "max_output", "price", "latency_ms", "capabilities",
-                 "supports", "deprecation_date")
+_MODEL_FIELDS = (
+    "provider",
+    "id",
+    "aliases",
+    "context",
+    "max_output",
+    "price",
+    "latency_ms",
+    "capabilities",
+    "supports",
+    "deprecation_date",
+)
 _PROVIDER_FIELDS = ("kind", "base_url", "api_key_env", "timeout_s", "headers")
 _PRICE_FIELDS = ("input", "output")
 _SYNONYMS = {
-    "model": {"max_tokens": "max_output", "max_output_tokens": "max_output", "output_tokens": "max_output",
-              "context_window": "context", "context_length": "context", "max_context": "context",
-              "input_price": "price", "output_price": "price", "pricing": "price", "cost": "price",
-              "prices": "price", "latency": "latency_ms", "ttft_ms": "latency_ms", "alias": "aliases",
-              "model": "id", "model_id": "id", "capability": "capabilities", "scores": "capabilities",
-              "features": "supports", "support": "supports", "deprecated": "deprecation_date",
-              "deprecation": "deprecation_date", "sunset": "deprecation_date"},
-    "provider": {"type": "kind", "api": "kind", "url": "base_url", "endpoint": "base_url",
-                 "api_base": "base_url", "api_key": "api_key_env", "key_env": "api_key_env",
-                 "env": "api_key_env", "timeout": "timeout_s", "header": "headers"},
+    "model": {
+        "max_tokens": "max_output",
+        "max_output_tokens": "max_output",
+        "output_tokens": "max_output",
+        "context_window": "context",
+        "context_length": "context",
+        "max_context": "context",
+        "input_price": "price",
+        "output_price": "price",
+        "pricing": "price",
+        "cost": "price",
+        "prices": "price",
+        "latency": "latency_ms",
+        "ttft_ms": "latency_ms",
+        "alias": "aliases",
+        "model": "id",
+        "model_id": "id",
+        "capability": "capabilities",
+        "scores": "capabilities",
+        "features": "supports",
+        "support": "supports",
+        "deprecated": "deprecation_date",
+        "deprecation": "deprecation_date",
+        "sunset": "deprecation_date",
+    },
+    "provider": {
+        "type": "kind",
+        "api": "kind",
+        "url": "base_url",
+        "endpoint": "base_url",
+        "api_base": "base_url",
+        "api_key": "api_key_env",
+        "key_env": "api_key_env",
+        "env": "api_key_env",
+        "timeout": "timeout_s",
+        "header": "headers",
+    },
     "price": {"in": "input", "prompt": "input", "out": "output", "completion": "output"},
     "top": {"model": "models", "provider": "providers"},
 }
@@ -81,11 +118,15 @@ class CatalogReader(NodeReader):
             position = getattr(exc, "position", None)
             line, col = self.position(position) if isinstance(position, int) else (0, 0)
             reason = getattr(exc, "reason", None) or str(exc)
-            raise CatalogError([CatalogIssue(self.file, line, col, "", f"invalid YAML: {reason}", None)],
-                               sources={self.file: self.text}) from None
+            raise CatalogError(
+                [CatalogIssue(self.file, line, col, "", f"invalid YAML: {reason}", None)],
+                sources={self.file: self.text},
+            ) from None
         if root is None:
-            raise CatalogError([CatalogIssue(self.file, 1, 1, "", "the catalog file is empty",
-                                             "add a `models:` section")], sources={self.file: self.text})
+            raise CatalogError(
+                [CatalogIssue(self.file, 1, 1, "", "the catalog file is empty", "add a `models:` section")],
+                sources={self.file: self.text},
+            )
         models, providers = self.document(root)
         if self.issues:
             raise self.fail()
@@ -104,16 +145,24 @@ class CatalogReader(NodeReader):
                 sections[key] = vnode
             elif not key.startswith("x-"):
                 hint = suggest(key, _TOP_FIELDS, _SYNONYMS["top"])
-                if hint is None and isinstance(vnode, MappingNode) and any(
-                        isinstance(k, ScalarNode) and k.value == "provider" for k, _ in vnode.value):
+                if (
+                    hint is None
+                    and isinstance(vnode, MappingNode)
+                    and any(isinstance(k, ScalarNode) and k.value == "provider" for k, _ in vnode.value)
+                ):
                     hint = "this looks like a model; put it under `models:`"
-                self.issue(knode, key, f"unknown top-level section `{key}`",
-                           hint or "a catalog has `providers:` and `models:` sections")
+                self.issue(
+                    knode,
+                    key,
+                    f"unknown top-level section `{key}`",
+                    hint or "a catalog has `providers:` and `models:` sections",
+                )
         providers = self.providers(sections["providers"]) if "providers" in sections else []
         provider_names = {p.name for p in providers}
         if isinstance(sections.get("providers"), MappingNode):
-            provider_names.update(k.value for k, _ in sections["providers"].value
-                                  if isinstance(k, ScalarNode) and k.tag != MERGE_TAG)
+            provider_names.update(
+                k.value for k, _ in sections["providers"].value if isinstance(k, ScalarNode) and k.tag != MERGE_TAG
+            )
         models = self.models(sections["models"], provider_names) if "models" in sections else []
         return models, providers
 
@@ -123,9 +172,12 @@ class CatalogReader(NodeReader):
         if node.tag == NULL_TAG:
             return []
         if not isinstance(node, MappingNode):
-            self.expected(node, "providers", "a mapping from provider name to its settings",
-                          "e.g. `openai: {base_url: \"https://api.openai.com/v1\", "
-                          "api_key_env: OPENAI_API_KEY}`")
+            self.expected(
+                node,
+                "providers",
+                "a mapping from provider name to its settings",
+                'e.g. `openai: {base_url: "https://api.openai.com/v1", api_key_env: OPENAI_API_KEY}`',
+            )
             return []
         out = []
         for name, knode, vnode in self.pairs(node, "providers", "provider"):
@@ -142,8 +194,12 @@ class CatalogReader(NodeReader):
         if node.tag == NULL_TAG:
             return ProviderSpec(**fields)
         if not isinstance(node, MappingNode):
-            self.expected(node, path, f"the settings of provider `{name}` (a mapping)",
-                          "e.g. `{kind: openai, base_url: \"https://...\", api_key_env: MY_API_KEY}`")
+            self.expected(
+                node,
+                path,
+                f"the settings of provider `{name}` (a mapping)",
+                'e.g. `{kind: openai, base_url: "https://...", api_key_env: MY_API_KEY}`',
+            )
             return None
         before = len(self.issues)
         for key, knode, vnode in self.pairs(node, path, "field"):
@@ -151,16 +207,20 @@ class CatalogReader(NodeReader):
             if key == "kind":
                 kind = self.text_value(vnode, at, "a provider kind")
                 if kind is not None and kind not in PROVIDER_KINDS:
-                    self.issue(vnode, at, f"unknown provider kind `{kind}`",
-                               suggest(kind, PROVIDER_KINDS) or "kinds: openai (any OpenAI-compatible "
-                               "chat completions API), anthropic, gemini")
+                    self.issue(
+                        vnode,
+                        at,
+                        f"unknown provider kind `{kind}`",
+                        suggest(kind, PROVIDER_KINDS)
+                        or "kinds: openai (any OpenAI-compatible chat completions API), anthropic, gemini",
+                    )
                 elif kind is not None:
                     fields["kind"] = kind
             elif key == "base_url":
                 if vnode.tag != NULL_TAG:
                     url = vnode.value if isinstance(vnode, ScalarNode) else None
                     if url is None or not _URL_RE.fullmatch(url):
-                        self.expected(vnode, at, "an http(s) URL like \"https://api.openai.com/v1\"")
+                        self.expected(vnode, at, 'an http(s) URL like "https://api.openai.com/v1"')
                     else:
                         fields["base_url"] = url
             elif key == "api_key_env":
@@ -175,8 +235,7 @@ class CatalogReader(NodeReader):
             elif key == "headers":
                 fields["headers"] = self.headers(vnode, at)
             else:
-                self.unknown_field(knode, at, key, f"provider `{name}`", _PROVIDER_FIELDS,
-                                   _SYNONYMS["provider"])
+                self.unknown_field(knode, at, key, f"provider `{name}`", _PROVIDER_FIELDS, _SYNONYMS["provider"])
         if len(self.issues) > before:
             return None
         return ProviderSpec(**fields)
@@ -188,10 +247,14 @@ class CatalogReader(NodeReader):
             return
         if isinstance(value, str) and (value.startswith(("sk-", "gsk_", "AIza")) or len(value) >= 30):
             self.secrets.append(value)  # never echo what may be a secret
-            self.issue(node, path, "expected the name of an environment variable like OPENAI_API_KEY, "
-                       "got a value that looks like an API key",
-                       "`api_key_env` names the variable that holds the key; keep the key itself out of "
-                       "the catalog (and rotate it if this file was shared)")
+            self.issue(
+                node,
+                path,
+                "expected the name of an environment variable like OPENAI_API_KEY, "
+                "got a value that looks like an API key",
+                "`api_key_env` names the variable that holds the key; keep the key itself out of "
+                "the catalog (and rotate it if this file was shared)",
+            )
             return
         self.expected(node, path, "the name of an environment variable like OPENAI_API_KEY")
 
@@ -199,15 +262,17 @@ class CatalogReader(NodeReader):
         if node.tag == NULL_TAG:
             return {}
         if not isinstance(node, MappingNode):
-            self.expected(node, path, "a mapping of HTTP header names to values",
-                          "e.g. `{anthropic-version: \"2023-06-01\"}`")
+            self.expected(
+                node, path, "a mapping of HTTP header names to values", 'e.g. `{anthropic-version: "2023-06-01"}`'
+            )
             return {}
         out = {}
         for key, knode, vnode in self.pairs(node, path, "header"):
             at = f"{path}.{key}"
             if not _HEADER_RE.fullmatch(key):
-                self.issue(knode, at, f"`{key}` is not a valid HTTP header name",
-                           "header names are letters, digits and `-`")
+                self.issue(
+                    knode, at, f"`{key}` is not a valid HTTP header name", "header names are letters, digits and `-`"
+                )
             elif not isinstance(vnode, ScalarNode) or vnode.tag == NULL_TAG:
                 self.expected(vnode, at, "a header value (text)")
             else:
@@ -220,8 +285,12 @@ class CatalogReader(NodeReader):
         if node.tag == NULL_TAG:
             return []
         if not isinstance(node, MappingNode):
-            self.expected(node, "models", "a mapping from model name to its fields",
-                          "write each model as `name: {provider: ..., context: ..., price: ...}`")
+            self.expected(
+                node,
+                "models",
+                "a mapping from model name to its fields",
+                "write each model as `name: {provider: ..., context: ..., price: ...}`",
+            )
             return []
         entries: list[tuple[str, Node, dict[str, Any] | None]] = []
         repeats: list[tuple[str, Node, Node]] = []
@@ -244,16 +313,22 @@ class CatalogReader(NodeReader):
                     self.issue(knode, f"models.{name}." + ".".join(map(str, err["loc"])), err["msg"])
         return out
 
-    def model_fields(self, name: str, knode: Node, node: Node, defined_providers: set[str]
-                     ) -> dict[str, Any] | None:
+    def model_fields(self, name: str, knode: Node, node: Node, defined_providers: set[str]) -> dict[str, Any] | None:
         path = f"models.{name}"
         if not isinstance(node, MappingNode):
-            self.expected(node, path, f"the fields of model `{name}` (a mapping)",
-                          "e.g. `{provider: openai, context: 128k, price: {input: 2.5, output: 10}, "
-                          "latency_ms: 800}`")
+            self.expected(
+                node,
+                path,
+                f"the fields of model `{name}` (a mapping)",
+                "e.g. `{provider: openai, context: 128k, price: {input: 2.5, output: 10}, latency_ms: 800}`",
+            )
             return None
-        fields: dict[str, Any] = {"name": name, "id": name, "aliases": (), "source": SourceRef(
-            self.file, knode.start_mark.line + 1, knode.start_mark.column + 1)}
+        fields: dict[str, Any] = {
+            "name": name,
+            "id": name,
+            "aliases": (),
+            "source": SourceRef(self.file, knode.start_mark.line + 1, knode.start_mark.column + 1),
+        }
         alias_nodes: list[tuple[str, Node, str]] = []
         max_output_node: Node | None = None
         seen: set[str] = set()
@@ -296,14 +371,18 @@ class CatalogReader(NodeReader):
             if required not in seen:
                 if required == "provider" and defined_providers:
                     hint += "; providers in this file: " + ", ".join(sorted(defined_providers))
-                self.issue(knode, f"{path}.{required}", f"model `{name}` is missing the required field "
-                           f"`{required}`", hint)
+                self.issue(
+                    knode, f"{path}.{required}", f"model `{name}` is missing the required field `{required}`", hint
+                )
         context, max_output = fields.get("context"), fields.get("max_output")
         if isinstance(context, int) and isinstance(max_output, int) and max_output > context:
             assert max_output_node is not None
-            self.issue(max_output_node, f"{path}.max_output",
-                       f"max_output ({max_output:,} tokens) is larger than the context window "
-                       f"({context:,} tokens)", "the output has to fit in the context")
+            self.issue(
+                max_output_node,
+                f"{path}.max_output",
+                f"max_output ({max_output:,} tokens) is larger than the context window ({context:,} tokens)",
+                "the output has to fit in the context",
+            )
         fields["_alias_nodes"] = alias_nodes
         return fields
 
@@ -313,9 +392,13 @@ class CatalogReader(NodeReader):
             return
         close = difflib.get_close_matches(provider, sorted(defined | set(PROVIDER_KINDS)), n=1, cutoff=0.85)
         if close:
-            self.issue(node, path, f"provider `{provider}` looks like a misspelling of `{close[0]}`",
-                       f"did you mean `{close[0]}`? (if `{provider}` is another provider, give it an entry "
-                       "under `providers:`)")
+            self.issue(
+                node,
+                path,
+                f"provider `{provider}` looks like a misspelling of `{close[0]}`",
+                f"did you mean `{close[0]}`? (if `{provider}` is another provider, give it an entry "
+                "under `providers:`)",
+            )
 
     def price(self, node: Node, path: str, fields: dict[str, Any]) -> None:
         if not isinstance(node, MappingNode):
@@ -330,14 +413,17 @@ class CatalogReader(NodeReader):
             found.add(key)
             value = self.number(vnode, at, "a number of USD per 1M tokens")
             if value is not None and value < 0:
-                self.issue(vnode, at, f"a price can't be negative, got {vnode.value}",
-                           "use 0 for a free model")
+                self.issue(vnode, at, f"a price can't be negative, got {vnode.value}", "use 0 for a free model")
             elif value is not None:
                 fields[f"{key}_price"] = value / PER_MILLION
         for missing in _PRICE_FIELDS:
             if missing not in found:
-                self.issue(node, f"{path}.{missing}", f"price is missing `{missing}`",
-                           f"add `{missing}: <USD per 1M {missing} tokens>` (0 if free)")
+                self.issue(
+                    node,
+                    f"{path}.{missing}",
+                    f"price is missing `{missing}`",
+                    f"add `{missing}: <USD per 1M {missing} tokens>` (0 if free)",
+                )
 
     def capabilities(self, node: Node, path: str) -> dict[str, float]:
         if node.tag == NULL_TAG:
@@ -350,8 +436,9 @@ class CatalogReader(NodeReader):
             at = f"{path}.{key}"
             name = key.upper()
             if not _CAPABILITY_RE.fullmatch(key):
-                self.issue(knode, at, f"`{key}` is not a valid capability name",
-                           "use letters, digits and `_`, e.g. REASONING")
+                self.issue(
+                    knode, at, f"`{key}` is not a valid capability name", "use letters, digits and `_`, e.g. REASONING"
+                )
                 continue
             if name in out:
                 self.issue(knode, at, f"capability `{name}` is listed twice", "names are case-insensitive")
@@ -383,8 +470,7 @@ class CatalogReader(NodeReader):
             if feature not in KNOWN_FEATURES:
                 close = difflib.get_close_matches(feature, KNOWN_FEATURES, n=1, cutoff=0.75)
                 if close:
-                    self.issue(fnode, at, f"unknown feature `{feature}`",
-                               f"did you mean `{close[0]}`?")
+                    self.issue(fnode, at, f"unknown feature `{feature}`", f"did you mean `{close[0]}`?")
                     continue
             out.add(feature)
         return frozenset(out)
@@ -404,15 +490,20 @@ class CatalogReader(NodeReader):
                     self.issue(anode, at, f"alias `{alias}` is listed twice", "remove one")
                 elif alias in name_nodes:
                     line = name_nodes[alias].start_mark.line + 1
-                    self.issue(anode, at, f"alias `{alias}` of model `{name}` clashes with the model "
-                               f"`{alias}` (line {line})", "an alias must differ from every model name; "
-                               "rename or remove it")
+                    self.issue(
+                        anode,
+                        at,
+                        f"alias `{alias}` of model `{name}` clashes with the model `{alias}` (line {line})",
+                        "an alias must differ from every model name; rename or remove it",
+                    )
                 elif alias in owners and owners[alias][0] != name:
                     owner, onode = owners[alias]
-                    self.issue(anode, at, f"alias `{alias}` is already an alias of model `{owner}` "
-                               f"(line {onode.start_mark.line + 1})", "an alias can point to one model only")
+                    self.issue(
+                        anode,
+                        at,
+                        f"alias `{alias}` is already an alias of model `{owner}` (line {onode.start_mark.line + 1})",
+                        "an alias can point to one model only",
+                    )
                 else:
                     owners[alias] = (name, anode)
                 listed.add(alias)
-
-

@@ -20,10 +20,24 @@ from typing import Any
 log = logging.getLogger("modelroute.execute")
 log.addHandler(logging.NullHandler())
 
-KINDS = ("attempt_started", "attempt_failed", "attempt_succeeded", "retry", "fallback", "circuit_opened",
-         "circuit_closed", "budget_warning")
-_LEVELS = {"attempt_failed": logging.WARNING, "circuit_opened": logging.WARNING, "budget_warning": logging.WARNING,
-           "fallback": logging.INFO, "circuit_closed": logging.INFO, "retry": logging.INFO}
+KINDS = (
+    "attempt_started",
+    "attempt_failed",
+    "attempt_succeeded",
+    "retry",
+    "fallback",
+    "circuit_opened",
+    "circuit_closed",
+    "budget_warning",
+)
+_LEVELS = {
+    "attempt_failed": logging.WARNING,
+    "circuit_opened": logging.WARNING,
+    "budget_warning": logging.WARNING,
+    "fallback": logging.INFO,
+    "circuit_closed": logging.INFO,
+    "retry": logging.INFO,
+}
 
 
 @dataclass(frozen=True)
@@ -73,9 +87,15 @@ class EventBus:
 
 
 def _row(calls: int, failures: int, tin: int, tout: int, cost: float, latency: float | None) -> dict[str, Any]:
-    return {"calls": calls, "failures": failures, "success_rate": (calls - failures) / calls if calls else None,
-            "input_tokens": tin, "output_tokens": tout, "cost": cost,
-            "latency_ms": round(latency, 1) if latency is not None else None}
+    return {
+        "calls": calls,
+        "failures": failures,
+        "success_rate": (calls - failures) / calls if calls else None,
+        "input_tokens": tin,
+        "output_tokens": tout,
+        "cost": cost,
+        "latency_ms": round(latency, 1) if latency is not None else None,
+    }
 
 
 def usage_summary(store: Any) -> dict[str, dict[str, Any]]:
@@ -83,18 +103,30 @@ def usage_summary(store: Any) -> dict[str, dict[str, Any]]:
     success_rate, input_tokens, output_tokens, cost (USD) and latency_ms (EWMA of successful calls; for a
     provider, its models' EWMAs weighted by successful calls)."""
     stats = store.stats()
-    models = {m: _row(s.calls, s.failures, s.input_tokens, s.output_tokens, s.cost, s.latency_ms)
-              for m, s in sorted(stats.items())}
+    models = {
+        m: _row(s.calls, s.failures, s.input_tokens, s.output_tokens, s.cost, s.latency_ms)
+        for m, s in sorted(stats.items())
+    }
     providers: dict[str, dict[str, Any]] = {}
     for p in sorted({s.provider for s in stats.values()}):
         mine = [s for s in stats.values() if s.provider == p]
         ok = [(s.calls - s.failures, s.latency_ms) for s in mine if s.latency_ms is not None and s.calls > s.failures]
         weight = sum(w for w, _ in ok)
         latency = sum(w * lat for w, lat in ok) / weight if weight else None
-        providers[p] = _row(sum(s.calls for s in mine), sum(s.failures for s in mine),
-                            sum(s.input_tokens for s in mine), sum(s.output_tokens for s in mine),
-                            sum(s.cost for s in mine), latency)
-    total = _row(sum(s.calls for s in stats.values()), sum(s.failures for s in stats.values()),
-                 sum(s.input_tokens for s in stats.values()), sum(s.output_tokens for s in stats.values()),
-                 sum(s.cost for s in stats.values()), None)
+        providers[p] = _row(
+            sum(s.calls for s in mine),
+            sum(s.failures for s in mine),
+            sum(s.input_tokens for s in mine),
+            sum(s.output_tokens for s in mine),
+            sum(s.cost for s in mine),
+            latency,
+        )
+    total = _row(
+        sum(s.calls for s in stats.values()),
+        sum(s.failures for s in stats.values()),
+        sum(s.input_tokens for s in stats.values()),
+        sum(s.output_tokens for s in stats.values()),
+        sum(s.cost for s in stats.values()),
+        None,
+    )
     return {"models": models, "providers": providers, "total": total}

@@ -47,8 +47,16 @@ from providers.types import (
     Usage,
 )
 
-__all__ = ["AsyncCompletionStream", "Completion", "CompletionStream", "Executor", "Result", "Run", "to_messages",
-           "validate"]
+__all__ = [
+    "AsyncCompletionStream",
+    "Completion",
+    "CompletionStream",
+    "Executor",
+    "Result",
+    "Run",
+    "to_messages",
+    "validate",
+]
 
 
 @dataclass(frozen=True, repr=False)
@@ -80,9 +88,11 @@ class Completion:
 
     def __repr__(self) -> str:
         tried = ", ".join(f"{a.model}:{a.error or a.outcome}" for a in self.attempts)
-        return (f"Completion(model={self.model!r}, provider={self.provider!r}, strategy={self.strategy!r}, "
-                f"cost=${self.cost:.6f}, tokens={self.usage.input_tokens}/{self.usage.output_tokens}, "
-                f"attempts=[{tried}], text={self.text[:60]!r})")
+        return (
+            f"Completion(model={self.model!r}, provider={self.provider!r}, strategy={self.strategy!r}, "
+            f"cost=${self.cost:.6f}, tokens={self.usage.input_tokens}/{self.usage.output_tokens}, "
+            f"attempts=[{tried}], text={self.text[:60]!r})"
+        )
 
 
 @dataclass
@@ -141,13 +151,25 @@ def to_messages(prompt: str | None, messages: list[Any] | None) -> list[Message]
                 elif p.get("type") in ("image_url", "image", "input_image"):
                     url = p.get("image_url")
                     url = url.get("url") if isinstance(url, Mapping) else url
-                    parts.append(ImagePart(url=url or p.get("url"), data=p.get("data"),
-                                           mime_type=p.get("mime_type", "image/png")))
+                    parts.append(
+                        ImagePart(
+                            url=url or p.get("url"), data=p.get("data"), mime_type=p.get("mime_type", "image/png")
+                        )
+                    )
             content = parts
-        calls = [ToolCall(id=c["id"], name=c["function"]["name"], arguments=c["function"].get("arguments") or "{}")
-                 for c in m.get("tool_calls") or []]
-        out.append(Message(role=m["role"], content=content, tool_calls=calls, tool_call_id=m.get("tool_call_id"),
-                           name=m.get("name")))
+        calls = [
+            ToolCall(id=c["id"], name=c["function"]["name"], arguments=c["function"].get("arguments") or "{}")
+            for c in m.get("tool_calls") or []
+        ]
+        out.append(
+            Message(
+                role=m["role"],
+                content=content,
+                tool_calls=calls,
+                tool_call_id=m.get("tool_call_id"),
+                name=m.get("name"),
+            )
+        )
     return out
 
 
@@ -196,10 +218,18 @@ class _LoopThread:
 class Executor:
     """Executes requests for one Engine (created by Engine on first use; see engine/api.py)."""
 
-    def __init__(self, engine: Any, *, providers: Mapping[str, Any] | None = None,
-                 api_keys: Mapping[str, str] | None = None, transport: Any = None, async_transport: Any = None,
-                 limits: Any = None, sleep: Callable[[float], Awaitable[Any]] | None = None,
-                 wall: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        engine: Any,
+        *,
+        providers: Mapping[str, Any] | None = None,
+        api_keys: Mapping[str, str] | None = None,
+        transport: Any = None,
+        async_transport: Any = None,
+        limits: Any = None,
+        sleep: Callable[[float], Awaitable[Any]] | None = None,
+        wall: Callable[[], float] = time.time,
+    ):
         self.engine = engine
         self.events = EventBus()
         book = getattr(engine, "_budget_book", None)
@@ -226,8 +256,11 @@ class Executor:
         if provider in self._keys:
             return None
         if spec.api_key_env:
-            return None if os.environ.get(spec.api_key_env) else (
-                f"no API key: environment variable {spec.api_key_env} is not set")
+            return (
+                None
+                if os.environ.get(spec.api_key_env)
+                else (f"no API key: environment variable {spec.api_key_env} is not set")
+            )
         if not spec.base_url:
             return f"provider {provider} is not configured (no base_url or api_key_env under `providers:`)"
         return None
@@ -240,8 +273,13 @@ class Executor:
             c = clients.get(provider)
             if c is None:
                 spec = self.provider_spec(policy, provider)
-                c = clients[provider] = client_for(spec, api_key=self._keys.get(provider), transport=self._transport,
-                                                   async_transport=self._async_transport, limits=self._limits)
+                c = clients[provider] = client_for(
+                    spec,
+                    api_key=self._keys.get(provider),
+                    transport=self._transport,
+                    async_transport=self._async_transport,
+                    limits=self._limits,
+                )
             return c
 
     def _background(self) -> _LoopThread:
@@ -270,8 +308,16 @@ class Executor:
             self._bg = None
 
     # ---- preparing a request ------------------------------------------------------------------------
-    def prepare(self, prompt: str | None, messages: list[Any] | None, schema: Any, options: Mapping[str, Any],
-                attrs: dict[str, Any], *, decide: Callable[[dict[str, Any]], Any] | None = None) -> Run:
+    def prepare(
+        self,
+        prompt: str | None,
+        messages: list[Any] | None,
+        schema: Any,
+        options: Mapping[str, Any],
+        attrs: dict[str, Any],
+        *,
+        decide: Callable[[dict[str, Any]], Any] | None = None,
+    ) -> Run:
         """Decide, build the ChatRequest, and reserve budget (raises NoRouteError / BudgetExceeded).
 
         `decide`, when given, makes the Decision instead of `engine.decide()`: it gets the request attributes
@@ -296,18 +342,33 @@ class Executor:
             max_tokens = int(req.out_tokens)
         fmt = None
         if schema is not None:
-            fmt = ResponseFormat(type="json_schema", json_schema=schema.model_json_schema(), name=schema.__name__,
-                                 strict=False)
-        chat = ChatRequest(messages=to_messages(prompt, messages), system=options.get("system"),
-                           temperature=options.get("temperature"), max_tokens=max_tokens,
-                           tools=tools if isinstance(tools, list) else [], tool_choice=options.get("tool_choice"),
-                           response_format=fmt, stop=options.get("stop") or [], extra=options.get("extra") or {})
+            fmt = ResponseFormat(
+                type="json_schema", json_schema=schema.model_json_schema(), name=schema.__name__, strict=False
+            )
+        chat = ChatRequest(
+            messages=to_messages(prompt, messages),
+            system=options.get("system"),
+            temperature=options.get("temperature"),
+            max_tokens=max_tokens,
+            tools=tools if isinstance(tools, list) else [],
+            tool_choice=options.get("tool_choice"),
+            response_format=fmt,
+            stop=options.get("stop") or [],
+            extra=options.get("extra") or {},
+        )
         timeout = options.get("timeout")
         reservation = None
         if policy.budgets:  # last: nothing after this may fail and leave the money held
             reservation = self.budgets.reserve(policy.budgets, req.attrs, self.estimate(decision))
-        return Run(decision, chat, schema, timeout, CircuitConfig.from_settings(settings),
-                   RetryPolicy.from_settings(settings), reservation)
+        return Run(
+            decision,
+            chat,
+            schema,
+            timeout,
+            CircuitConfig.from_settings(settings),
+            RetryPolicy.from_settings(settings),
+            reservation,
+        )
 
     def estimate(self, decision: Any) -> float:
         """The most this request may cost: every group member (and judge) plus the dearest fallback, or the
@@ -328,9 +389,11 @@ class Executor:
         for spec, spent, limit in self.budgets.settle(run.reservation, run.cost, warn):
             from providers.budget import label
 
-            self.events.emit("budget_warning", f"{label(spec)}: ${spent:.4f} spent of ${limit:.2f} "
-                             f"({spent / limit:.0%}, warning at {warn:.0%})",
-                             data={"budget": label(spec), "spent": spent, "limit": limit})
+            self.events.emit(
+                "budget_warning",
+                f"{label(spec)}: ${spent:.4f} spent of ${limit:.2f} ({spent / limit:.0%}, warning at {warn:.0%})",
+                data={"budget": label(spec), "spent": spent, "limit": limit},
+            )
 
     # ---- one model ----------------------------------------------------------------------------------
     def gate(self, run: Run, name: str) -> Any:
@@ -351,12 +414,18 @@ class Executor:
 
     def started(self, run: Run, entry: Any, retry: int) -> float:
         self.engine.state.add_in_flight(entry.name, 1)
-        self.events.emit("attempt_started", f"{entry.name} ({entry.provider}) try {retry + 1}", model=entry.name,
-                         provider=entry.provider, data={"retry": retry})
+        self.events.emit(
+            "attempt_started",
+            f"{entry.name} ({entry.provider}) try {retry + 1}",
+            model=entry.name,
+            provider=entry.provider,
+            data={"retry": retry},
+        )
         return time.perf_counter()
 
-    def succeeded(self, run: Run, entry: Any, response: ChatResponse, t0: float, retry: int,
-                  schema: Any = None) -> Result:
+    def succeeded(
+        self, run: Run, entry: Any, response: ChatResponse, t0: float, retry: int, schema: Any = None
+    ) -> Result:
         """Account a successful HTTP answer; validates against the schema (raises InvalidOutput)."""
         latency = time.perf_counter() - t0
         state = self.engine.state
@@ -368,15 +437,37 @@ class Executor:
                 parsed = validate(schema, response.text)
         except InvalidOutput as error:
             error.provider, error.model = entry.provider, entry.name
-            state.record(entry.name, entry.provider, "neutral", run.cfg, input_tokens=response.usage.input_tokens,
-                         output_tokens=response.usage.output_tokens, cost=response.cost or 0.0)
+            state.record(
+                entry.name,
+                entry.provider,
+                "neutral",
+                run.cfg,
+                input_tokens=response.usage.input_tokens,
+                output_tokens=response.usage.output_tokens,
+                cost=response.cost or 0.0,
+            )
             raise
-        self._circuit(state.record(entry.name, entry.provider, "ok", run.cfg, latency_ms=latency * 1000,
-                                   input_tokens=response.usage.input_tokens,
-                                   output_tokens=response.usage.output_tokens, cost=response.cost or 0.0), entry)
+        self._circuit(
+            state.record(
+                entry.name,
+                entry.provider,
+                "ok",
+                run.cfg,
+                latency_ms=latency * 1000,
+                input_tokens=response.usage.input_tokens,
+                output_tokens=response.usage.output_tokens,
+                cost=response.cost or 0.0,
+            ),
+            entry,
+        )
         run.attempts.append(Attempt(entry.name, entry.provider, "ok", latency_s=latency, retry=retry))
-        self.events.emit("attempt_succeeded", f"{entry.name} answered in {latency * 1000:.0f}ms", model=entry.name,
-                         provider=entry.provider, data={"latency_s": latency, "cost": response.cost})
+        self.events.emit(
+            "attempt_succeeded",
+            f"{entry.name} answered in {latency * 1000:.0f}ms",
+            model=entry.name,
+            provider=entry.provider,
+            data={"latency_s": latency, "cost": response.cost},
+        )
         return Result(entry.name, entry.provider, response, parsed)
 
     def _spend(self, run: Run, response: ChatResponse | None) -> None:
@@ -385,8 +476,17 @@ class Executor:
             run.input_tokens += response.usage.input_tokens
             run.output_tokens += response.usage.output_tokens
 
-    def failed(self, run: Run, entry: Any, error: ProviderError, t0: float, retry: int, *, counted: bool = False,
-               may_retry: bool = True) -> float | None:
+    def failed(
+        self,
+        run: Run,
+        entry: Any,
+        error: ProviderError,
+        t0: float,
+        retry: int,
+        *,
+        counted: bool = False,
+        may_retry: bool = True,
+    ) -> float | None:
         """Account a failure; returns the seconds to wait before retrying the same model, or None."""
         latency = time.perf_counter() - t0
         state = self.engine.state
@@ -394,8 +494,10 @@ class Executor:
             state.add_in_flight(entry.name, -1)
             if isinstance(error, ContentFiltered):
                 self._spend(run, error.response)
-            self._circuit(state.record(entry.name, entry.provider, circuit_outcome(error), run.cfg,
-                                       latency_ms=latency * 1000), entry)
+            self._circuit(
+                state.record(entry.name, entry.provider, circuit_outcome(error), run.cfg, latency_ms=latency * 1000),
+                entry,
+            )
         wait = None
         if may_retry and run.retry.should_retry(error, retry) and state.allow(entry.name):
             wait = run.retry.delay(error, retry)
@@ -406,28 +508,57 @@ class Executor:
         run.skips.note(error, entry.provider, entry.name, entry.context)
         kind = "retry" if wait is not None else "attempt_failed"
         then = f"; retrying in {wait:.2f}s" if wait is not None else ""
-        self.events.emit(kind, f"{entry.name} failed: {type(error).__name__} {error.message}{then}", model=entry.name,
-                         provider=entry.provider, error=type(error).__name__,
-                         data={"status": error.status, "latency_s": latency, "wait_s": wait})
+        self.events.emit(
+            kind,
+            f"{entry.name} failed: {type(error).__name__} {error.message}{then}",
+            model=entry.name,
+            provider=entry.provider,
+            error=type(error).__name__,
+            data={"status": error.status, "latency_s": latency, "wait_s": wait},
+        )
         return wait
 
     def cancelled(self, run: Run, entry: Any, t0: float, retry: int) -> None:
         self.engine.state.add_in_flight(entry.name, -1)
         self.engine.state.record(entry.name, entry.provider, "cancelled", run.cfg)
-        run.attempts.append(Attempt(entry.name, entry.provider, "cancelled", latency_s=time.perf_counter() - t0,
-                                    retry=retry, message="another answer won"))
+        run.attempts.append(
+            Attempt(
+                entry.name,
+                entry.provider,
+                "cancelled",
+                latency_s=time.perf_counter() - t0,
+                retry=retry,
+                message="another answer won",
+            )
+        )
 
     def _circuit(self, change: str | None, entry: Any) -> None:
         if change == "opened":
             info = self.engine.state.circuit(entry.name)
-            self.events.emit("circuit_opened", f"circuit of {entry.name} opened until {_hms(info.until)}",
-                             model=entry.name, provider=entry.provider, data={"until": info.until})
+            self.events.emit(
+                "circuit_opened",
+                f"circuit of {entry.name} opened until {_hms(info.until)}",
+                model=entry.name,
+                provider=entry.provider,
+                data={"until": info.until},
+            )
         elif change == "closed":
-            self.events.emit("circuit_closed", f"circuit of {entry.name} closed (probe succeeded)",
-                             model=entry.name, provider=entry.provider)
+            self.events.emit(
+                "circuit_closed",
+                f"circuit of {entry.name} closed (probe succeeded)",
+                model=entry.name,
+                provider=entry.provider,
+            )
 
-    async def try_model(self, run: Run, name: str, *, chat: ChatRequest | None = None, retries: bool = True,
-                        validate_schema: bool = True) -> Result | None:
+    async def try_model(
+        self,
+        run: Run,
+        name: str,
+        *,
+        chat: ChatRequest | None = None,
+        retries: bool = True,
+        validate_schema: bool = True,
+    ) -> Result | None:
         """Call one model, retrying transient errors; None when it failed or was skipped (all recorded)."""
         entry = self.gate(run, name)
         if entry is None:
@@ -489,19 +620,35 @@ class Executor:
         previous = None
         for name in names:
             if previous is not None or run.attempts:
-                self.events.emit("fallback", f"falling back to {name}" + (f" after {previous}" if previous else ""),
-                                 model=name, data={"from": previous})
+                self.events.emit(
+                    "fallback",
+                    f"falling back to {name}" + (f" after {previous}" if previous else ""),
+                    model=name,
+                    data={"from": previous},
+                )
             result = await self.try_model(run, name)
             if result is not None:
                 return self.completion(run, result)
             previous = name
         return None
 
-    def completion(self, run: Run, result: Result, *, agreement: float | None = None,
-                   answers: dict[str, str] | None = None) -> Completion:
-        return Completion(result.response.text, result.parsed, run.usage, run.cost, result.model, result.provider,
-                          run.decision, list(run.attempts), run.decision.strategy, result.response, agreement,
-                          answers or {})
+    def completion(
+        self, run: Run, result: Result, *, agreement: float | None = None, answers: dict[str, str] | None = None
+    ) -> Completion:
+        return Completion(
+            result.response.text,
+            result.parsed,
+            run.usage,
+            run.cost,
+            result.model,
+            result.provider,
+            run.decision,
+            list(run.attempts),
+            run.decision.strategy,
+            result.response,
+            agreement,
+            answers or {},
+        )
 
     async def run_group_or_chain(self, run: Run) -> Completion:
         """The group, then the fallbacks, as one Completion (a streamed group answers as a whole)."""

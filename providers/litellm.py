@@ -40,8 +40,18 @@ __all__ = ["DEFAULT_LATENCY_MS", "ImportStats", "import_litellm", "load_litellm"
 #: Latency assumed for every imported model: LiteLLM's file has none. Set `latency_ms` in the overlay.
 DEFAULT_LATENCY_MS = 1000.0
 
-_OVERLAY_FIELDS = ("provider", "id", "aliases", "context", "max_output", "price", "latency_ms", "capabilities",
-                   "supports", "deprecation_date")
+_OVERLAY_FIELDS = (
+    "provider",
+    "id",
+    "aliases",
+    "context",
+    "max_output",
+    "price",
+    "latency_ms",
+    "capabilities",
+    "supports",
+    "deprecation_date",
+)
 _FIRST_KEY = re.compile(r'\A\s*\{[ \t]*\r?\n([ \t]+)"')
 
 
@@ -68,13 +78,33 @@ def import_litellm(path: str | Path, overlay: str | Path | None = None) -> tuple
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise CatalogError([CatalogIssue(file, exc.lineno, exc.colno, "", f"invalid JSON: {exc.msg}",
-                                         "LiteLLM's file is one JSON object keyed by model name")],
-                           sources={file: text}) from None
+        raise CatalogError(
+            [
+                CatalogIssue(
+                    file,
+                    exc.lineno,
+                    exc.colno,
+                    "",
+                    f"invalid JSON: {exc.msg}",
+                    "LiteLLM's file is one JSON object keyed by model name",
+                )
+            ],
+            sources={file: text},
+        ) from None
     if not isinstance(data, dict):
-        raise CatalogError([CatalogIssue(file, 1, 1, "", f"expected a JSON object, got {type(data).__name__}",
-                                         "LiteLLM's file is one JSON object keyed by model name")],
-                           sources={file: text})
+        raise CatalogError(
+            [
+                CatalogIssue(
+                    file,
+                    1,
+                    1,
+                    "",
+                    f"expected a JSON object, got {type(data).__name__}",
+                    "LiteLLM's file is one JSON object keyed by model name",
+                )
+            ],
+            sources={file: text},
+        )
     positions = _positions(text)
     stats = ImportStats(entries=len(data))
     specs: dict[str, dict[str, Any]] = {}
@@ -98,13 +128,15 @@ def _read(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
-        raise CatalogError([CatalogIssue(file, 0, 0, "", "catalog file not found",
-                                         "paths are relative to the policy file")]) from None
+        raise CatalogError(
+            [CatalogIssue(file, 0, 0, "", "catalog file not found", "paths are relative to the policy file")]
+        ) from None
     except UnicodeDecodeError as exc:
         raise CatalogError([CatalogIssue(file, 0, 0, "", f"not UTF-8 text: {exc.reason}", None)]) from None
     except OSError as exc:
-        raise CatalogError([CatalogIssue(file, 0, 0, "", f"cannot read the catalog: {exc.strerror or exc}",
-                                         None)]) from None
+        raise CatalogError(
+            [CatalogIssue(file, 0, 0, "", f"cannot read the catalog: {exc.strerror or exc}", None)]
+        ) from None
 
 
 def _positions(text: str) -> dict[str, tuple[int, int]]:
@@ -113,7 +145,7 @@ def _positions(text: str) -> dict[str, tuple[int, int]]:
     if first is None:
         return {}
     indent = first.group(1)
-    key_re = re.compile(r'\n' + re.escape(indent) + r'"((?:[^"\\\n]|\\.)*)"[ \t]*:[ \t]*\{')
+    key_re = re.compile(r"\n" + re.escape(indent) + r'"((?:[^"\\\n]|\\.)*)"[ \t]*:[ \t]*\{')
     out: dict[str, tuple[int, int]] = {}
     line, last = 1, 0
     for m in key_re.finditer(text, first.start() - 1 if first.start() else 0):
@@ -171,11 +203,18 @@ def _fields(name: str, entry: Any, stats: ImportStats) -> dict[str, Any] | None:
         except ValueError:
             deprecation = None
     return {
-        "name": name, "id": name, "aliases": (),
+        "name": name,
+        "id": name,
+        "aliases": (),
         "provider": provider if isinstance(provider, str) and provider.strip() else "unknown",
-        "context": context, "max_output": _tokens(entry.get("max_output_tokens")),
-        "input_price": ip, "output_price": op, "latency_ms": DEFAULT_LATENCY_MS,
-        "capabilities": {}, "supports": frozenset(supports), "deprecation_date": deprecation,
+        "context": context,
+        "max_output": _tokens(entry.get("max_output_tokens")),
+        "input_price": ip,
+        "output_price": op,
+        "latency_ms": DEFAULT_LATENCY_MS,
+        "capabilities": {},
+        "supports": frozenset(supports),
+        "deprecation_date": deprecation,
         "_trusted": True,  # every value above was checked here: skip pydantic validation (4,000 entries)
     }
 
@@ -200,8 +239,7 @@ class _OverlayReader(CatalogReader):
             if key == "models":
                 self.overlay_models(vnode, specs)
             elif not key.startswith("x-"):
-                self.issue(knode, key, f"unknown top-level section `{key}`",
-                           "an overlay has one `models:` section")
+                self.issue(knode, key, f"unknown top-level section `{key}`", "an overlay has one `models:` section")
         if self.issues:
             raise self.fail()
 
@@ -216,18 +254,27 @@ class _OverlayReader(CatalogReader):
             at = f"models.{name}"
             if name not in specs:
                 close = difflib.get_close_matches(name, specs, n=1, cutoff=0.6)
-                self.issue(knode, at, f"unknown model `{name}`: not in the LiteLLM file (or not a chat model "
-                           "with prices and a context window)",
-                           f"did you mean `{close[0]}`?" if close else "overlay keys are LiteLLM model names")
+                self.issue(
+                    knode,
+                    at,
+                    f"unknown model `{name}`: not in the LiteLLM file (or not a chat model "
+                    "with prices and a context window)",
+                    f"did you mean `{close[0]}`?" if close else "overlay keys are LiteLLM model names",
+                )
                 continue
             if not isinstance(vnode, MappingNode):
-                self.expected(vnode, at, f"the fields to merge onto `{name}` (a mapping)",
-                              "e.g. `{capabilities: {REASONING: 8}, latency_ms: 900}`")
+                self.expected(
+                    vnode,
+                    at,
+                    f"the fields to merge onto `{name}` (a mapping)",
+                    "e.g. `{capabilities: {REASONING: 8}, latency_ms: 900}`",
+                )
                 continue
             self.overlay_fields(name, vnode, specs, taken)
 
-    def overlay_fields(self, name: str, node: MappingNode, specs: dict[str, dict[str, Any]],
-                       taken: dict[str, str]) -> None:
+    def overlay_fields(
+        self, name: str, node: MappingNode, specs: dict[str, dict[str, Any]], taken: dict[str, str]
+    ) -> None:
         path = f"models.{name}"
         update: dict[str, Any] = {}
         before = len(self.issues)
@@ -240,11 +287,19 @@ class _OverlayReader(CatalogReader):
                 for alias, anode, aat in names:
                     owner = taken.get(alias)
                     if alias in specs:
-                        self.issue(anode, aat, f"alias `{alias}` is already a model name",
-                                   "an alias must differ from every model name")
+                        self.issue(
+                            anode,
+                            aat,
+                            f"alias `{alias}` is already a model name",
+                            "an alias must differ from every model name",
+                        )
                     elif owner is not None and owner != name:
-                        self.issue(anode, aat, f"alias `{alias}` is already an alias of `{owner}`",
-                                   "an alias can point to one model only")
+                        self.issue(
+                            anode,
+                            aat,
+                            f"alias `{alias}` is already an alias of `{owner}`",
+                            "an alias can point to one model only",
+                        )
                     else:
                         taken[alias] = name
                 update["aliases"] = tuple(dict.fromkeys(a for a, _, _ in names))

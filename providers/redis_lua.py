@@ -43,7 +43,10 @@ end
 # KEYS: circuits, inflight, inflight_by, replicas; ARGV: model, now, probe lease seconds, claim count, claim seq,
 # then the publish block. Returns 1 (allowed, circuit closed), 2 (allowed: this call is the half-open probe) or
 # 0 (refused). When allowed, this replica's count for the model becomes the claim count.
-ALLOW = PARSE + PUBLISH + """
+ALLOW = (
+    PARSE
+    + PUBLISH
+    + """
 publish(KEYS[2], KEYS[3], KEYS[4], 6)
 local function gate()
   local v = redis.call('HGET', KEYS[1], ARGV[1])
@@ -63,11 +66,15 @@ local r = gate()
 if r > 0 then set_count(KEYS[2], KEYS[3], ARGV[6], ARGV[1], ARGV[4], ARGV[5]) end
 return r
 """
+)
 # KEYS: circuits, fails zset, stats hash, latency hash, models set, inflight, inflight_by, replicas
 # ARGV: model, provider, outcome, now, failures, window, cooldown, min_samples, latency_ms|'', in, out, cost, alpha,
 #       nonce, then the publish block. Returns 'opened', 'closed', 'released' (a half-open probe ended without
 #       a verdict) or ''.
-RECORD = PARSE + PUBLISH + """
+RECORD = (
+    PARSE
+    + PUBLISH
+    + """
 publish(KEYS[6], KEYS[7], KEYS[8], 15)
 local model, outcome, now = ARGV[1], ARGV[3], tonumber(ARGV[4])
 if outcome ~= 'cancelled' then
@@ -114,16 +121,23 @@ if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[5]) then
 end
 return ''
 """
+)
 # KEYS: inflight, inflight_by, replicas; ARGV: the publish block.
-FLUSH = PUBLISH + """
+FLUSH = (
+    PUBLISH
+    + """
 publish(KEYS[1], KEYS[2], KEYS[3], 1)
 return 0
 """
+)
 # KEYS: inflight, inflight_by, replicas, then spend hashes to report; ARGV: replica ttl, then the publish block.
 # Publishes, forgets replicas not heard from for ttl seconds and every count not of a live replica, recomputes the
 # totals from the per-replica counts. Returns {live replicas, replicas dropped, in-flight calls dropped, then
 # spent and reserved of each spend hash}.
-HEARTBEAT = PARSE + PUBLISH + """
+HEARTBEAT = (
+    PARSE
+    + PUBLISH
+    + """
 publish(KEYS[1], KEYS[2], KEYS[3], 2)
 local dead = redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. fmt(tonumber(ARGV[3]) - tonumber(ARGV[1])))
 local live = {}
@@ -160,6 +174,7 @@ for j = 4, #KEYS do
 end
 return out
 """
+)
 # KEYS: inflight, inflight_by, replicas; ARGV: replica id. Removes the replica and its counts.
 RETIRE = """
 local pre = ARGV[1] .. '|'

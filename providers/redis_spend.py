@@ -77,8 +77,7 @@ class SpendMixin:
                 self._held_local[key] = max(0.0, self._held_local.get(key, 0.0) - local_hold)
 
         def remote() -> float:
-            total, reserved_after = self._settle(keys=[self._k("spend", key)],
-                                                 args=[remote_hold, actual, SPEND_TTL])
+            total, reserved_after = self._settle(keys=[self._k("spend", key)], args=[remote_hold, actual, SPEND_TTL])
             with self._lock:
                 release()
                 self._saw(key, float(total) + float(reserved_after))

@@ -125,19 +125,41 @@ class RedisStore(SpendMixin):
     leave in one round trip after its answer rather than in two during it; `background=False` runs no thread
     (call `flush()` / `heartbeat()` yourself, as tests do)."""
 
-    def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "modelroute:", client: Any = None,
-                 refresh: float = 0.1, retry: float = 1.0, timeout: float = 0.5,
-                 wall: Callable[[], float] = time.time, clock: Callable[[], float] = time.monotonic,
-                 replica_ttl: float = 30.0, claim_ttl: float = 2.0, flush_after: float = 0.05,
-                 linger: float = 0.002, background: bool = True, replica_id: str | None = None):
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = "modelroute:",
+        client: Any = None,
+        refresh: float = 0.1,
+        retry: float = 1.0,
+        timeout: float = 0.5,
+        wall: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+        replica_ttl: float = 30.0,
+        claim_ttl: float = 2.0,
+        flush_after: float = 0.05,
+        linger: float = 0.002,
+        background: bool = True,
+        replica_id: str | None = None,
+    ):
         import redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
         self.url = url
-        self._redis = client if client is not None else redis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0),
-            decode_responses=True, health_check_interval=0)
+        self._redis = (
+            client
+            if client is not None
+            else redis.Redis.from_url(
+                url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 0),
+                decode_responses=True,
+                health_check_interval=0,
+            )
+        )
         self._errors = (redis.exceptions.RedisError, OSError)
         self._noscript = redis.exceptions.NoScriptError
         self._response_error = redis.exceptions.ResponseError
@@ -195,8 +217,9 @@ class RedisStore(SpendMixin):
             self._start_sender()
 
     def _start_sender(self) -> None:
-        self._thread = threading.Thread(target=run_sender, args=(weakref.ref(self), self._sig),
-                                        name="modelroute-redis-state", daemon=True)
+        self._thread = threading.Thread(
+            target=run_sender, args=(weakref.ref(self), self._sig), name="modelroute-redis-state", daemon=True
+        )
         self._thread.start()
 
     def _after_fork(self) -> None:
@@ -222,7 +245,7 @@ class RedisStore(SpendMixin):
     # -- degradation ---------------------------------------------------------------------------------
     @property
     def status(self) -> str:
-        """"redis" when Redis answers, else "local (redis unreachable)"."""
+        """ "redis" when Redis answers, else "local (redis unreachable)"."""
         return "local (redis unreachable)" if self._down else "redis"
 
     @property
@@ -257,8 +280,12 @@ class RedisStore(SpendMixin):
                 self._outage = MemoryStore(clock=self._clock, wall=self._wall)
                 self._base = {}
         if first:
-            log.warning("redis state store unreachable (%s: %s): using local in-process state; retrying every %.1fs",
-                        type(exc).__name__, str(exc).split("\n")[0][:200], self._retry)
+            log.warning(
+                "redis state store unreachable (%s: %s): using local in-process state; retrying every %.1fs",
+                type(exc).__name__,
+                str(exc).split("\n")[0][:200],
+                self._retry,
+            )
 
     def _mark_up(self) -> None:
         with self._lock:
@@ -379,8 +406,9 @@ class RedisStore(SpendMixin):
         if block is publish:
             cmds.append((self._flush_script, self._kf, publish, None))
         try:
-            results = self._send_batch([("EVALSHA", script.sha, len(keys), *keys, *args)
-                                        for script, keys, args, _ in cmds])
+            results = self._send_batch(
+                [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args, _ in cmds]
+            )
         except self._errors as exc:
             self._mark_down(exc)
             for *_, local in records:
@@ -443,8 +471,9 @@ class RedisStore(SpendMixin):
             now = self._clock()
             for key in [k for k, (_, used) in self._seen.items() if used < now - SEEN_FORGET]:
                 del self._seen[key]
-            recent = sorted(((used, k) for k, (_, used) in self._seen.items() if used >= now - SEEN_REFRESH),
-                            reverse=True)[:SEEN_REFRESH_MAX]
+            recent = sorted(
+                ((used, k) for k, (_, used) in self._seen.items() if used >= now - SEEN_REFRESH), reverse=True
+            )[:SEEN_REFRESH_MAX]
             keys = [k for _, k in recent]
         self._next_beat = now + self._beat_every
         out = self._beat_script(keys=[*self._kf, *(self._k("spend", k) for k in keys)], args=args)
@@ -456,8 +485,7 @@ class RedisStore(SpendMixin):
                 if seen is not None:
                     seen[0] = float(out[3 + 2 * i]) + float(out[4 + 2 * i])
         if dead or dropped:
-            log.info("redis state store: dropped %d dead replica(s) and %d in-flight call(s) they held", dead,
-                     dropped)
+            log.info("redis state store: dropped %d dead replica(s) and %d in-flight call(s) they held", dead, dropped)
 
     def _tick(self) -> None:
         """The background thread's work: heartbeats, expired claims and counts left waiting."""
@@ -480,6 +508,7 @@ class RedisStore(SpendMixin):
     def heartbeat(self) -> bool:
         """Refresh this replica's liveness and counts, drop dead replicas' counts, refresh the replica count and
         spend figures budgets fall back on (see the module docstring). True when Redis answered."""
+
         def remote() -> bool:
             self._beat()
             return True
@@ -492,11 +521,11 @@ class RedisStore(SpendMixin):
         return self._do(lambda: int(self._redis.incr(self._k("rr", key))) - 1, lambda: self._local.next_index(key))
 
     def in_flight(self, model: str) -> int:
-        return self._do(lambda: max(0, int(self._redis.hget(self._kf[0], model) or 0)),
-                        lambda: self._own.get(model, 0))
+        return self._do(lambda: max(0, int(self._redis.hget(self._kf[0], model) or 0)), lambda: self._own.get(model, 0))
 
     def _load(self) -> None:
         """Refresh the circuit snapshot and the measured latencies (one round trip)."""
+
         def remote() -> None:
             pipe = self._redis.pipeline(transaction=False)
             pipe.hgetall(self._kc)
@@ -582,16 +611,47 @@ class RedisStore(SpendMixin):
 
         return self._do(remote, lambda: self._local.allow(model), flush=False)
 
-    def record(self, model: str, provider: str, outcome: Outcome, cfg: CircuitConfig, *,
-               latency_ms: float | None = None, input_tokens: int = 0, output_tokens: int = 0,
-               cost: float = 0.0) -> str | None:
+    def record(
+        self,
+        model: str,
+        provider: str,
+        outcome: Outcome,
+        cfg: CircuitConfig,
+        *,
+        latency_ms: float | None = None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cost: float = 0.0,
+    ) -> str | None:
         keys = [self._kc, self._k("fails", model), self._k("stats", model), self._kl, self._k("models"), *self._kf]
-        args = [model, provider, outcome, self._wall(), cfg.failures, cfg.window, cfg.cooldown, cfg.min_samples,
-                "" if latency_ms is None else latency_ms, int(input_tokens), int(output_tokens), float(cost),
-                EWMA_ALPHA, uuid.uuid4().hex if outcome == "fail" else ""]
+        args = [
+            model,
+            provider,
+            outcome,
+            self._wall(),
+            cfg.failures,
+            cfg.window,
+            cfg.cooldown,
+            cfg.min_samples,
+            "" if latency_ms is None else latency_ms,
+            int(input_tokens),
+            int(output_tokens),
+            float(cost),
+            EWMA_ALPHA,
+            uuid.uuid4().hex if outcome == "fail" else "",
+        ]
         if outcome != "fail" and self._closed_now(model):  # cannot change a closed circuit: the sender sends it
-            local = functools.partial(self._local.record, model, provider, outcome, cfg, latency_ms=latency_ms,
-                                      input_tokens=input_tokens, output_tokens=output_tokens, cost=cost)
+            local = functools.partial(
+                self._local.record,
+                model,
+                provider,
+                outcome,
+                cfg,
+                latency_ms=latency_ms,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                cost=cost,
+            )
             with self._lock:
                 self._queue.append((keys, args, local))
             self._wake()
@@ -605,9 +665,20 @@ class RedisStore(SpendMixin):
                 self._valid_until = -math.inf
             return change if change in ("opened", "closed") else None
 
-        return self._do(remote, lambda: self._local.record(
-            model, provider, outcome, cfg, latency_ms=latency_ms, input_tokens=input_tokens,
-            output_tokens=output_tokens, cost=cost), flush=False)
+        return self._do(
+            remote,
+            lambda: self._local.record(
+                model,
+                provider,
+                outcome,
+                cfg,
+                latency_ms=latency_ms,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                cost=cost,
+            ),
+            flush=False,
+        )
 
     def circuit(self, model: str) -> CircuitInfo:
         def remote() -> CircuitInfo:
@@ -630,10 +701,16 @@ class RedisStore(SpendMixin):
                 pipe.hgetall(self._k("stats", m))
             out = {}
             for m, h in zip(models, pipe.execute(), strict=True):
-                out[m] = ModelStats(h.get("provider", ""), int(h.get("calls", 0)), int(h.get("failures", 0)),
-                                    int(h.get("input_tokens", 0)), int(h.get("output_tokens", 0)),
-                                    float(h.get("cost", 0.0)),
-                                    float(h["latency_ms"]) if "latency_ms" in h else None, int(h.get("samples", 0)))
+                out[m] = ModelStats(
+                    h.get("provider", ""),
+                    int(h.get("calls", 0)),
+                    int(h.get("failures", 0)),
+                    int(h.get("input_tokens", 0)),
+                    int(h.get("output_tokens", 0)),
+                    float(h.get("cost", 0.0)),
+                    float(h["latency_ms"]) if "latency_ms" in h else None,
+                    int(h.get("samples", 0)),
+                )
             return out
 
         return self._do(remote, self._local.stats)

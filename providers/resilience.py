@@ -84,8 +84,9 @@ class RetryPolicy:
     def from_settings(cls, settings: Mapping[str, Any] | None) -> RetryPolicy:
         if settings is None:
             return cls()
-        return cls(int(settings["retry.attempts"]), float(settings["retry.backoff"]),
-                   float(settings["retry.max_backoff"]))
+        return cls(
+            int(settings["retry.attempts"]), float(settings["retry.backoff"]), float(settings["retry.max_backoff"])
+        )
 
     def delay(self, error: ProviderError, retry: int, rng: random.Random | None = None) -> float:
         """Seconds to wait before retry number `retry + 1` (Retry-After wins; always <= max_backoff)."""

@@ -27,8 +27,10 @@ if TYPE_CHECKING:
 
 _SPACE = re.compile(r"\s+")
 _NUMBER = re.compile(r"\d+")
-JUDGE_SYSTEM = ("You are judging answers to the same request. Reply with only the number of the best answer: "
-                "the most correct, complete and helpful one.")
+JUDGE_SYSTEM = (
+    "You are judging answers to the same request. Reply with only the number of the best answer: "
+    "the most correct, complete and helpful one."
+)
 
 
 async def run_group(ex: Executor, run: Run) -> Completion | None:
@@ -87,17 +89,22 @@ async def consensus(ex: Executor, run: Run) -> Completion | None:
     if not results:
         return None
     winner, agreement = vote(results)
-    ex.events.emit("attempt_succeeded", f"consensus: {winner.model} with {agreement:.0%} agreement of "
-                   f"{len(results)} answers", model=winner.model, provider=winner.provider,
-                   data={"agreement": agreement, "answers": len(results)})
+    ex.events.emit(
+        "attempt_succeeded",
+        f"consensus: {winner.model} with {agreement:.0%} agreement of {len(results)} answers",
+        model=winner.model,
+        provider=winner.provider,
+        data={"agreement": agreement, "answers": len(results)},
+    )
     return ex.completion(run, winner, agreement=agreement, answers={r.model: r.response.text for r in results})
 
 
 def judge_request(run: Run, results: list[Result]) -> ChatRequest:
     question = "\n\n".join(m.text() for m in run.chat.messages if m.role == "user")
     answers = "\n\n".join(f"Answer {i}:\n{r.response.text}" for i, r in enumerate(results, 1))
-    prompt = (f"Request:\n{question}\n\n{answers}\n\nWhich answer is best? Reply with its number (1-{len(results)}) "
-              "only.")
+    prompt = (
+        f"Request:\n{question}\n\n{answers}\n\nWhich answer is best? Reply with its number (1-{len(results)}) only."
+    )
     return ChatRequest(messages=[Message.user(prompt)], system=JUDGE_SYSTEM, temperature=0.0, max_tokens=16)
 
 
@@ -122,8 +129,12 @@ async def best_of(ex: Executor, run: Run) -> Completion | None:
         if index is not None:
             chosen = results[index]
         else:
-            why = "the judge failed" if verdict is None else f"the judge's reply {verdict.response.text[:40]!r} " \
-                                                              "names no answer"
-            ex.events.emit("attempt_failed", f"best_of: {why}; taking the first answer", model=judge,
-                           error="JudgeFailed")
+            why = (
+                "the judge failed"
+                if verdict is None
+                else f"the judge's reply {verdict.response.text[:40]!r} names no answer"
+            )
+            ex.events.emit(
+                "attempt_failed", f"best_of: {why}; taking the first answer", model=judge, error="JudgeFailed"
+            )
     return ex.completion(run, chosen, answers={r.model: r.response.text for r in results})

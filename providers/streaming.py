@@ -49,8 +49,7 @@ async def stream_events(executor: Executor, run: Run, sink: list[Completion]) ->
         executor.settle(run)
 
 
-async def _stream_model(executor: Executor, run: Run, entry: Any,
-                        sink: list[Completion]) -> AsyncIterator[StreamEvent]:
+async def _stream_model(executor: Executor, run: Run, entry: Any, sink: list[Completion]) -> AsyncIterator[StreamEvent]:
     """Stream one model, retrying failures before its first token; appends the Completion to `sink` on success
     and returns without one when the model failed (recorded in `run.attempts`)."""
     client = executor.client(run.policy, entry.provider)
@@ -70,14 +69,18 @@ async def _stream_model(executor: Executor, run: Run, entry: Any,
             return
         except InvalidOutput as error:
             executor.failed(run, entry, error, t0, retry, counted=True, may_retry=False)
-            raise StreamInterrupted(f"streamed answer is invalid: {error.message}", provider=entry.provider,
-                                    model=entry.name) from None
+            raise StreamInterrupted(
+                f"streamed answer is invalid: {error.message}", provider=entry.provider, model=entry.name
+            ) from None
         except ProviderError as error:
             wait = executor.failed(run, entry, error, t0, retry, may_retry=not first)
             if first:
-                raise StreamInterrupted(f"stream failed after its first token: {type(error).__name__} "
-                                        f"{error.message}", provider=entry.provider, model=entry.name,
-                                        status=error.status) from None
+                raise StreamInterrupted(
+                    f"stream failed after its first token: {type(error).__name__} {error.message}",
+                    provider=entry.provider,
+                    model=entry.name,
+                    status=error.status,
+                ) from None
         except (asyncio.CancelledError, GeneratorExit):
             if not accounted:
                 executor.cancelled(run, entry, t0, retry)
@@ -158,4 +161,3 @@ class CompletionStream:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-

@@ -115,9 +115,7 @@ class ResponseFormat(BaseModel, frozen=True):
     strict: bool = True
 
 
-def function_tool(
-    name: str, description: str = "", parameters: dict[str, Any] | None = None
-) -> dict[str, Any]:
+def function_tool(name: str, description: str = "", parameters: dict[str, Any] | None = None) -> dict[str, Any]:
     """An OpenAI-style function tool spec, the shape `ChatRequest.tools` expects."""
     return {
         "type": "function",
@@ -154,9 +152,7 @@ class ChatRequest(BaseModel):
         for tool in tools:
             fn = tool.get("function")
             if tool.get("type", "function") != "function" or not isinstance(fn, dict) or not fn.get("name"):
-                raise ValueError(
-                    "tools must be OpenAI-style function specs: {'type': 'function', 'function': {...}}"
-                )
+                raise ValueError("tools must be OpenAI-style function specs: {'type': 'function', 'function': {...}}")
         return tools
 
     @field_validator("stop", mode="before")

@@ -69,8 +69,11 @@ def write_policy(tmp_path: Path) -> Callable[..., Path]:
 
 
 def _env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("NO_COLOR", "FORCE_COLOR", "CLICOLOR_FORCE", "TTY_COMPATIBLE", "MODELROUTE_DEBUG")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("NO_COLOR", "FORCE_COLOR", "CLICOLOR_FORCE", "TTY_COMPATIBLE", "MODELROUTE_DEBUG")
+    }
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env["COLUMNS"] = "200"
     env.update(extra or {})
@@ -81,11 +84,21 @@ def _env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 def cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
     """Run `python -m engine.cli ARGS...` in a subprocess (default cwd: an empty temp dir)."""
 
-    def run(*args: str, cwd: Path | None = None, input: str | None = None,
-            env: Mapping[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    def run(
+        *args: str,
+        cwd: Path | None = None,
+        input: str | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float = 60,
+    ) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "engine.cli", *args], cwd=cwd or tmp_path, input=input, env=_env(env),
-            capture_output=True, text=True, timeout=timeout,
+            [sys.executable, "-m", "engine.cli", *args],
+            cwd=cwd or tmp_path,
+            input=input,
+            env=_env(env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     return run

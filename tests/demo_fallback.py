@@ -30,18 +30,33 @@ otherwise use alpha-mini fallback beta-chat, gamma-flash
 
 def provider_specs(server: FakeServer, **overrides: Any) -> dict[str, ProviderSpec]:
     """A ProviderSpec per fixture provider, pointing at `server` (keys from env TEST_<NAME>_KEY)."""
-    return {name: ProviderSpec(name=name, kind=kind, base_url=server.base_url(kind),  # type: ignore[arg-type]
-                               api_key_env=f"TEST_{name.upper()}_KEY", timeout_s=5.0, **overrides)
-            for name, kind in KINDS.items()}
+    return {
+        name: ProviderSpec(
+            name=name,
+            kind=kind,
+            base_url=server.base_url(kind),  # type: ignore[arg-type]
+            api_key_env=f"TEST_{name.upper()}_KEY",
+            timeout_s=5.0,
+            **overrides,
+        )
+        for name, kind in KINDS.items()
+    }
 
 
-def engine_for(server: FakeServer, policy: str = POLICY, *, api_keys: dict[str, str] | None = None,
-               specs: dict[str, ProviderSpec] | None = None, **kw: Any) -> Engine:
+def engine_for(
+    server: FakeServer,
+    policy: str = POLICY,
+    *,
+    api_keys: dict[str, str] | None = None,
+    specs: dict[str, ProviderSpec] | None = None,
+    **kw: Any,
+) -> Engine:
     """An Engine over the fixture catalog whose providers all call `server`. Every provider gets TEST_KEY
     unless `api_keys` says otherwise (a provider missing from an explicit `api_keys` has no key)."""
     keys = {name: TEST_KEY for name in KINDS} if api_keys is None else api_keys
-    return Engine.from_source(policy, catalog=load_catalog(CATALOG), providers=specs or provider_specs(server),
-                              api_keys=keys, **kw)
+    return Engine.from_source(
+        policy, catalog=load_catalog(CATALOG), providers=specs or provider_specs(server), api_keys=keys, **kw
+    )
 
 
 def main() -> None:
@@ -62,8 +77,10 @@ def main() -> None:
                 for name, row in usage[group].items():
                     latency = f"{row['latency_ms']:.0f}ms" if row["latency_ms"] is not None else "-"
                     tokens, cost = f"{row['input_tokens']}/{row['output_tokens']}", f"${row['cost']:.6f}"
-                    print(f"  {group[:-1] + ' ' + name:<22}{row['calls']:>6}{row['failures']:>9}"
-                          f"{row['success_rate']:>9.0%}{tokens:>15}{cost:>12}{latency:>9}")
+                    print(
+                        f"  {group[:-1] + ' ' + name:<22}{row['calls']:>6}{row['failures']:>9}"
+                        f"{row['success_rate']:>9.0%}{tokens:>15}{cost:>12}{latency:>9}"
+                    )
 
 
 if __name__ == "__main__":

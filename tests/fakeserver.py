@@ -197,9 +197,7 @@ def _render_json(ctx: Ctx, r: Reply) -> dict[str, Any]:
         }
     if ctx.kind == "anthropic":
         content = [{"type": "text", "text": r.text}] if r.text else []
-        content += [
-            {"type": "tool_use", "id": _call_id(i, c), "name": c.name, "input": c.args} for i, c in calls
-        ]
+        content += [{"type": "tool_use", "id": _call_id(i, c), "name": c.name, "input": c.args} for i, c in calls]
         return {
             "id": "msg_fake",
             "type": "message",
@@ -293,9 +291,7 @@ def _render_stream(ctx: Ctx, r: Reply, n_chunks: int | None = None) -> Iterator[
         if pieces:
             yield ev("content_block_start", index=0, content_block={"type": "text", "text": ""})
             yield ev("ping")
-            yield from (
-                ev("content_block_delta", index=0, delta={"type": "text_delta", "text": p}) for p in pieces
-            )
+            yield from (ev("content_block_delta", index=0, delta={"type": "text_delta", "text": p}) for p in pieces)
             yield ev("content_block_stop", index=0)
             index = 1
         for i, c in calls:
@@ -328,21 +324,15 @@ def _render_stream(ctx: Ctx, r: Reply, n_chunks: int | None = None) -> Iterator[
             if last:
                 parts += [{"functionCall": {"name": c.name, "args": c.args}} for _, c in calls]
                 candidate["finishReason"] = _finish("gemini", r)
-                usage.update(
-                    candidatesTokenCount=r.output_tokens, totalTokenCount=r.input_tokens + r.output_tokens
-                )
+                usage.update(candidatesTokenCount=r.output_tokens, totalTokenCount=r.input_tokens + r.output_tokens)
             yield _sse(ctx, {"candidates": [candidate], "usageMetadata": usage, "modelVersion": ctx.model})
 
 
 def _stream_error_event(ctx: Ctx) -> bytes:
     if ctx.kind == "anthropic":
-        return _sse(
-            ctx, {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}, "error"
-        )
+        return _sse(ctx, {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}, "error")
     if ctx.kind == "gemini":
-        return _sse(
-            ctx, {"error": {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}}
-        )
+        return _sse(ctx, {"error": {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}})
     return _sse(
         ctx,
         {
@@ -599,9 +589,7 @@ class Handler(BaseHTTPRequestHandler):
         behaviour.run(self, ctx)
 
     # ---- low-level writers -------------------------------------------------------------------------------
-    def send_bytes(
-        self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
-    ) -> None:
+    def send_bytes(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -670,9 +658,7 @@ class FakeServer:
         httpd = _Server(("127.0.0.1", 0), Handler)
         httpd.fake, httpd.stopping = self, threading.Event()
         self._httpd = httpd
-        self._thread = threading.Thread(
-            target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
-        )
+        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
         self._thread.start()
         return self
 

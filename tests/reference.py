@@ -250,7 +250,8 @@ class Policy:
         return None
 
 
-def reference_decide(body: Iterable[n.Stmt], catalog: Any, prompt: str,
-                     attrs: Mapping[str, Any] | None = None) -> tuple[str, int, list[str]] | None:
+def reference_decide(
+    body: Iterable[n.Stmt], catalog: Any, prompt: str, attrs: Mapping[str, Any] | None = None
+) -> tuple[str, int, list[str]] | None:
     """Decide with the reference semantics: (model, rule line, fallbacks) or None."""
     return Policy(body, catalog).decide(prompt, attrs or {})

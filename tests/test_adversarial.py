@@ -59,8 +59,7 @@ def test_catastrophic_regex_decides_in_linear_time(catalog, regex, prompt, match
     `(x+x+)+y` on 22 x's takes 0.42 s. modelroute scans the whole 1 MB prompt with RE2 in a few milliseconds
     (1.5-6 ms measured), and the bound below is generous.
     """
-    policy = (f"when task ~ {regex} prefer fastest where context >= 1M\n"
-              "otherwise use epsilon-long\n")
+    policy = f"when task ~ {regex} prefer fastest where context >= 1M\notherwise use epsilon-long\n"
     engine = Engine.from_source(policy, catalog=catalog)
     engine.decide("warm up")
     start = time.perf_counter()
@@ -73,8 +72,7 @@ def test_catastrophic_regex_decides_in_linear_time(catalog, regex, prompt, match
 
 def test_backtracking_contrast_small_input(catalog):
     """The contrast, measured live but on a tiny input: Python's re on 20 characters vs RE2 on 1 MB."""
-    engine = Engine.from_source("when task ~ /(a+)+$/ use epsilon-long\notherwise use epsilon-long\n",
-                                catalog=catalog)
+    engine = Engine.from_source("when task ~ /(a+)+$/ use epsilon-long\notherwise use epsilon-long\n", catalog=catalog)
     big = "a" * MB + "!"
     engine.decide(big)
     start = time.perf_counter()
@@ -126,8 +124,14 @@ def test_50mb_prompt(tmp_path):
     copy of the text and its DFA, and catches anything proportional to a multiple of the prompt size."""
     script = tmp_path / "big.py"
     script.write_text(_BIG_PROMPT_SCRIPT, encoding="utf-8")
-    proc = subprocess.run([sys.executable, str(script), str(CATALOG_PATH)], capture_output=True, text=True,
-                          timeout=120, cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    proc = subprocess.run(
+        [sys.executable, str(script), str(CATALOG_PATH)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     print(result)
@@ -168,7 +172,7 @@ def test_policy_text_over_limit(catalog):
 
 
 def test_too_many_rules(catalog):
-    text = "".join(f"when tier == \"t{i}\" use beta-mid\n" for i in range(10_001))
+    text = "".join(f'when tier == "t{i}" use beta-mid\n' for i in range(10_001))
     assert len(text.encode()) < MAX_FILE_BYTES  # the rule limit, not the size limit
     with pytest.raises(PolicyError) as info:
         compile_source(text, "many.route", catalog=catalog)
@@ -203,8 +207,7 @@ def test_include_cycle(tmp_path, catalog, shape):
     names = {"self": ["a"], "pair": ["a", "b"], "triangle": ["a", "b", "c"]}[shape]
     for i, name in enumerate(names):
         nxt = names[(i + 1) % len(names)]
-        (tmp_path / f"{name}.route").write_text(f'include "{nxt}.route"\notherwise use beta-mid\n',
-                                                encoding="utf-8")
+        (tmp_path / f"{name}.route").write_text(f'include "{nxt}.route"\notherwise use beta-mid\n', encoding="utf-8")
     with pytest.raises(PolicyError) as info:
         compile_policy(tmp_path / "a.route", catalog=catalog)
     assert "E201" in codes(info.value)

@@ -35,9 +35,17 @@ def fx() -> Engine:
 
 
 def test_all_is_pinned() -> None:
-    assert sorted(engine.__all__) == sorted([
-        "Decision", "Diagnostic", "Engine", "NoRouteError", "PolicyError", "compile_policy", "compile_source",
-    ])
+    assert sorted(engine.__all__) == sorted(
+        [
+            "Decision",
+            "Diagnostic",
+            "Engine",
+            "NoRouteError",
+            "PolicyError",
+            "compile_policy",
+            "compile_source",
+        ]
+    )
     for name in engine.__all__:
         assert getattr(engine, name) is not None
     assert issubclass(NoRouteError, Exception) and issubclass(PolicyError, Exception)
@@ -77,8 +85,10 @@ def test_decision_fields(fx: Engine) -> None:
     assert (d.model, d.provider, d.fallbacks) == ("beta-coder", "betacorp", ["alpha-mini"])
     assert Path(d.rule.file).name == "main.route"
     assert d.rule.line == 11
-    assert d.rule.text == ("when task is code prefer capability(CODING) where latency <= 1s and price <= $1/1M "
-                           "fallback gpt-4o-mini, delta-tiny")
+    assert d.rule.text == (
+        "when task is code prefer capability(CODING) where latency <= 1s and price <= $1/1M "
+        "fallback gpt-4o-mini, delta-tiny"
+    )
     assert (d.tasks, d.tokens) == (["code"], 13)
     assert d.policy_version == fx.version and len(d.policy_version) == 12
     statuses = {c.model: (c.status, c.rank, c.reason) for c in d.candidates}
@@ -162,7 +172,8 @@ def test_no_route_error(fixture_catalog) -> None:
     assert report.model is None and report.rule is None
     assert [(t.rule.line, t.outcome) for t in report.rules] == [(3, "no viable model"), (4, "no viable model")]
     assert [c.reason for c in report.rules[0].candidates if c.status == "rejected"] == [
-        "no tools support (request has tools)"]
+        "no tools support (request has tools)"
+    ]
     assert "no route" in err.explain()
 
 
@@ -232,16 +243,22 @@ def test_json_structure(fx: Engine) -> None:
         {"model": "delta-tiny", "status": "skipped", "reason": "no tools support (request has tools)"},
     ]
     assert [(c["model"], c["status"], c["rank"]) for c in data["candidates"] if c["status"] != "rejected"] == [
-        ("beta-coder", "chosen", 1), ("alpha-mini", "eligible", 2), ("gamma-flash", "eligible", 3)]
+        ("beta-coder", "chosen", 1),
+        ("alpha-mini", "eligible", 2),
+        ("gamma-flash", "eligible", 3),
+    ]
     rejected = {c["model"]: c["reason"] for c in data["candidates"] if c["status"] == "rejected"}
     assert rejected["alpha-large"] == "latency 3000ms > 1s"
     assert data["candidates"][0]["scores"] == ["CODING 10"]
     assert (data["tasks"], data["tokens"], data["prompt_chars"]) == (["code"], 13, 49)
     assert data["attrs"] == {"tier": "pro", "tools": True}
     assert [(r["rule"]["line"], r["matched"], r["outcome"]) for r in data["rules"]] == [
-        (8, False, "no match"), (9, False, "no match"), (10, False, "no match"), (11, True, "decided")]
-    assert data["rules"][0]["conditions"] == [
-        {"depth": 0, "text": "tokens 13 > 150000", "value": False, "note": None}]
+        (8, False, "no match"),
+        (9, False, "no match"),
+        (10, False, "no match"),
+        (11, True, "decided"),
+    ]
+    assert data["rules"][0]["conditions"] == [{"depth": 0, "text": "tokens 13 > 150000", "value": False, "note": None}]
     assert data["rules_not_reached"] == 6
     assert len(data["policy_version"]) == 12
     assert isinstance(data["elapsed_us"], float)
@@ -264,33 +281,55 @@ def test_json_records_a_rule_without_viable_model(fx: Engine) -> None:
     assert reasons["alpha-mini"] == "no vision support"  # the static `where supports vision`
     assert by_line[17]["outcome"] == "no viable model"
     assert [c["reason"] for c in by_line[17]["candidates"] if c["status"] == "rejected"] == [
-        "no vision support (request has images)"]
+        "no vision support (request has images)"
+    ]
     assert report["model"] is None and report["fallbacks"] == []
 
 
 def test_decision_after_a_rule_without_viable_model(fixture_catalog) -> None:
-    e = Engine.from_source("when tier == \"pro\" use beta-chat\notherwise use gamma-flash fallback beta-chat\n",
-                           catalog=fixture_catalog)
+    e = Engine.from_source(
+        'when tier == "pro" use beta-chat\notherwise use gamma-flash fallback beta-chat\n', catalog=fixture_catalog
+    )
     d = e.decide("hi", tier="pro", tools=True)
     assert (d.model, d.rule.line, d.fallbacks) == ("gamma-flash", 2, [])
     first = d.report().rules[0]
     assert (first.matched, first.outcome) == (True, "no viable model")
     assert [(c.model, c.reason) for c in first.candidates if c.status == "rejected"] == [
-        ("beta-chat", "no tools support (request has tools)")]
+        ("beta-chat", "no tools support (request has tools)")
+    ]
     assert [(f.model, f.status, f.reason) for f in d.report().fallback_checks] == [
-        ("beta-chat", "skipped", "no tools support (request has tools)")]
+        ("beta-chat", "skipped", "no tools support (request has tools)")
+    ]
     assert "matched, no viable model" in d.explain()
 
 
 # ---- thread-safety --------------------------------------------------------------------------------------
 
 PROMPTS = [
-    CODE_PROMPT, "please debug this", "Summarize the key points", "tl;dr", "review the NDA and contract",
-    "translate this into French", "hello", "", "```python\nprint(1)\n```", "write the script", "x" * 5000,
-    "debug " + "." * 130_000, "." * 610_000,
+    CODE_PROMPT,
+    "please debug this",
+    "Summarize the key points",
+    "tl;dr",
+    "review the NDA and contract",
+    "translate this into French",
+    "hello",
+    "",
+    "```python\nprint(1)\n```",
+    "write the script",
+    "x" * 5000,
+    "debug " + "." * 130_000,
+    "." * 610_000,
 ]
-ATTRS = [{}, {"tier": "pro"}, {"tier": "free"}, {"tools": True}, {"images": True}, {"env": "prod"},
-         {"spend": {"today": 80}}, {"tier": "enterprise", "tools": True}]
+ATTRS = [
+    {},
+    {"tier": "pro"},
+    {"tier": "free"},
+    {"tools": True},
+    {"images": True},
+    {"env": "prod"},
+    {"spend": {"today": 80}},
+    {"tier": "enterprise", "tools": True},
+]
 REQUESTS = [(p, a) for p in PROMPTS for a in ATTRS]
 
 
@@ -361,27 +400,48 @@ def test_import_and_decide_do_not_import_httpx(clean_env) -> None:
         "print(d.model, bad)\n"
         "sys.exit(1 if bad else 0)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=clean_env(),
-                          cwd=REPO, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=clean_env(), cwd=REPO, timeout=60
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip().endswith("[]")
 
 
 # ---- property: the fast path and the traced report agree ------------------------------------------------
 
-KEYWORDS = ["implement", "debug", "debugger", "write the code", "write a function", "summarize", "tl;dr",
-            "key points", "contract", "NDA", "liability", "translate", "```py", "Summarize", "DEBUG"]
+KEYWORDS = [
+    "implement",
+    "debug",
+    "debugger",
+    "write the code",
+    "write a function",
+    "summarize",
+    "tl;dr",
+    "key points",
+    "contract",
+    "NDA",
+    "liability",
+    "translate",
+    "```py",
+    "Summarize",
+    "DEBUG",
+]
 words = st.one_of(st.sampled_from(KEYWORDS), st.text(alphabet="abcdefghij ;.,\n`", max_size=12))
-prompts = st.builds(lambda parts, pad: " ".join(parts) + "." * pad,
-                    st.lists(words, max_size=6),
-                    st.sampled_from([0, 0, 0, 4 * 9_000, 4 * 31_000, 4 * 70_000, 4 * 160_000]))
-attrs = st.fixed_dictionaries({}, optional={
-    "tier": st.sampled_from(["pro", "enterprise", "free", "trial", "team", "", 3]),
-    "tools": st.booleans(),
-    "images": st.booleans(),
-    "env": st.sampled_from(["prod", "staging", "dev"]),
-    "spend": st.fixed_dictionaries({}, optional={"today": st.integers(0, 100) | st.floats(0, 100)}),
-})
+prompts = st.builds(
+    lambda parts, pad: " ".join(parts) + "." * pad,
+    st.lists(words, max_size=6),
+    st.sampled_from([0, 0, 0, 4 * 9_000, 4 * 31_000, 4 * 70_000, 4 * 160_000]),
+)
+attrs = st.fixed_dictionaries(
+    {},
+    optional={
+        "tier": st.sampled_from(["pro", "enterprise", "free", "trial", "team", "", 3]),
+        "tools": st.booleans(),
+        "images": st.booleans(),
+        "env": st.sampled_from(["prod", "staging", "dev"]),
+        "spend": st.fixed_dictionaries({}, optional={"today": st.integers(0, 100) | st.floats(0, 100)}),
+    },
+)
 
 
 @settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])

@@ -11,14 +11,18 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("args", [
-    ["check", "--strict", "policies"],
-    ["fmt", "--check", "policies"],
-    ["test", "policies"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["check", "--strict", "policies"],
+        ["fmt", "--check", "policies"],
+        ["test", "policies"],
+    ],
+)
 def test_bundled_policy_is_clean(args: list[str]) -> None:
-    out = subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=REPO, capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "engine.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "Traceback" not in out.stdout + out.stderr
 

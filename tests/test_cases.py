@@ -47,8 +47,20 @@ from engine import Engine, NoRouteError, PolicyError
 CASES_DIR = Path(__file__).parent / "cases"
 FIXTURE_CATALOG = Path(__file__).parent / "fixtures" / "policies" / "catalog.yaml"
 KNOWN_KEYS = {"name", "policy", "files", "prompt", "messages", "pad_tokens", "attrs", "expect", "xfail"}
-KNOWN_EXPECT = {"model", "provider", "rule", "file", "fallbacks", "tasks", "tokens", "ranked", "rejected",
-                "skipped", "no_route", "error"}
+KNOWN_EXPECT = {
+    "model",
+    "provider",
+    "rule",
+    "file",
+    "fallbacks",
+    "tasks",
+    "tokens",
+    "ranked",
+    "rejected",
+    "skipped",
+    "no_route",
+    "error",
+}
 
 
 def _load_cases() -> list[Any]:

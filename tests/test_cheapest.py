@@ -16,19 +16,33 @@ def catalogs(draw):
     n = draw(st.integers(1, 12))
     specs = []
     for i in range(n):
-        specs.append(ModelSpec(
-            name=f"m{i:02d}", provider="p", id=f"m{i:02d}", aliases=(), context=draw(st.sampled_from([1000, 10**6])),
-            max_output=None, input_price=draw(PRICES) / 1e6, output_price=draw(PRICES) / 1e6,
-            latency_ms=draw(st.sampled_from([100.0, 500.0])),
-            capabilities={"REASONING": draw(st.integers(1, 10))}, supports=frozenset(),
-            deprecation_date=None, source=None,
-        ))
+        specs.append(
+            ModelSpec(
+                name=f"m{i:02d}",
+                provider="p",
+                id=f"m{i:02d}",
+                aliases=(),
+                context=draw(st.sampled_from([1000, 10**6])),
+                max_output=None,
+                input_price=draw(PRICES) / 1e6,
+                output_price=draw(PRICES) / 1e6,
+                latency_ms=draw(st.sampled_from([100.0, 500.0])),
+                capabilities={"REASONING": draw(st.integers(1, 10))},
+                supports=frozenset(),
+                deprecation_date=None,
+                source=None,
+            )
+        )
     return Catalog.from_models(specs)
 
 
 @settings(max_examples=300, deadline=None)
-@given(catalogs(), st.integers(0, 5000), st.sampled_from([None, 1, 16, 500, 4000]),
-       st.sampled_from(["prefer cheapest", "prefer cheapest then capability(REASONING)"]))
+@given(
+    catalogs(),
+    st.integers(0, 5000),
+    st.sampled_from([None, 1, 16, 500, 4000]),
+    st.sampled_from(["prefer cheapest", "prefer cheapest then capability(REASONING)"]),
+)
 def test_cheapest_matches_brute_force(catalog: Catalog, tokens: int, max_tokens: int | None, action: str) -> None:
     engine = Engine.from_source(f"otherwise {action}\n", catalog=catalog)
     attrs = {"tokens": tokens} | ({"max_tokens": max_tokens} if max_tokens else {})

@@ -29,8 +29,7 @@ def no_traceback(proc: subprocess.CompletedProcess) -> None:
 
 
 def test_explain_prompt_argument_matches_golden(cli, golden, mask_explain) -> None:
-    proc = cli("explain", "-p", "main.route", CODE_PROMPT, "--attr", "tier=pro", "--attr", "tools=true",
-               cwd=FIXTURES)
+    proc = cli("explain", "-p", "main.route", CODE_PROMPT, "--attr", "tier=pro", "--attr", "tools=true", cwd=FIXTURES)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     assert "\x1b[" not in proc.stdout  # piped: plain text
@@ -74,8 +73,7 @@ def test_explain_large_prompt_from_stdin(cli) -> None:
 
 
 def test_explain_messages_file(cli, tmp_path: Path) -> None:
-    messages = [{"role": "system", "content": "You write code."},
-                {"role": "user", "content": "tl;dr of this please"}]
+    messages = [{"role": "system", "content": "You write code."}, {"role": "user", "content": "tl;dr of this please"}]
     path = tmp_path / "messages.json"
     path.write_text(json.dumps(messages), encoding="utf-8")
     proc = cli("explain", "-p", str(FIXTURES), "--messages", str(path), "--json")
@@ -84,14 +82,44 @@ def test_explain_messages_file(cli, tmp_path: Path) -> None:
 
 
 def test_explain_attr_values_are_json(cli) -> None:
-    proc = cli("explain", "-p", str(FIXTURES), "hello", "--json",
-               "--attr", 'spend={"today": 80}', "--attr", "n=3", "--attr", 'code="3"', "--attr", "tier=pro",
-               "--attr", "ratio=0.5", "--attr", "flag=false", "--attr", "none=null", "--attr", "tags=[1, 2]",
-               "--attr", "eq=a=b")
+    proc = cli(
+        "explain",
+        "-p",
+        str(FIXTURES),
+        "hello",
+        "--json",
+        "--attr",
+        'spend={"today": 80}',
+        "--attr",
+        "n=3",
+        "--attr",
+        'code="3"',
+        "--attr",
+        "tier=pro",
+        "--attr",
+        "ratio=0.5",
+        "--attr",
+        "flag=false",
+        "--attr",
+        "none=null",
+        "--attr",
+        "tags=[1, 2]",
+        "--attr",
+        "eq=a=b",
+    )
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
-    assert data["attrs"] == {"spend": {"today": 80}, "n": 3, "code": "3", "tier": "pro", "ratio": 0.5,
-                             "flag": False, "none": None, "tags": [1, 2], "eq": "a=b"}
+    assert data["attrs"] == {
+        "spend": {"today": 80},
+        "n": 3,
+        "code": "3",
+        "tier": "pro",
+        "ratio": 0.5,
+        "flag": False,
+        "none": None,
+        "tags": [1, 2],
+        "eq": "a=b",
+    }
     assert (data["model"], data["rule"]["line"]) == ("beta-chat", 12)  # spend.today >= $50 via the dict
 
 
@@ -149,7 +177,8 @@ def test_check_errors_json(cli) -> None:
     data = json.loads(proc.stdout)
     assert data["ok"] is False
     assert [(d["code"], d["file"], d["line"], d["col"], d["hint"]) for d in data["diagnostics"]] == [
-        ("E300", "E300_unknown_model.route", 2, 45, "did you mean gpt-4o-mini?")]
+        ("E300", "E300_unknown_model.route", 2, 45, "did you mean gpt-4o-mini?")
+    ]
 
 
 def test_explain_with_a_bad_policy_exits_1(cli) -> None:
@@ -244,8 +273,14 @@ def _run_on_tty(args: list[str], env: dict[str, str], cwd: Path) -> str:
     pty = pytest.importorskip("pty")
     master, slave = pty.openpty()
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "engine.cli", *args], stdin=subprocess.DEVNULL,
-                                stdout=slave, stderr=slave, env=env, cwd=cwd)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=slave,
+            stderr=slave,
+            env=env,
+            cwd=cwd,
+        )
         os.close(slave)
         chunks = []
         while True:

@@ -213,9 +213,7 @@ WEATHER = function_tool(
     "Weather for a city",
     {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
 )
-TOOL_REQ = ChatRequest(
-    messages=[Message.user("Weather in Paris?")], tools=[WEATHER], tool_choice="get_weather"
-)
+TOOL_REQ = ChatRequest(messages=[Message.user("Weather in Paris?")], tools=[WEATHER], tool_choice="get_weather")
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -243,21 +241,15 @@ def test_tool_calls(kind: str, client: ProviderClient, fake_server: FakeServer, 
         assert body["tools"] == [WEATHER]
         assert body["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
     elif kind == "anthropic":
-        assert body["tools"] == [
-            {"name": "get_weather", "description": "Weather for a city", "input_schema": params}
-        ]
+        assert body["tools"] == [{"name": "get_weather", "description": "Weather for a city", "input_schema": params}]
         assert body["tool_choice"] == {"type": "tool", "name": "get_weather"}
     else:
         decl = {"name": "get_weather", "description": "Weather for a city", "parameters": params}
         assert body["tools"] == [{"functionDeclarations": [decl]}]
-        assert body["toolConfig"] == {
-            "functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": ["get_weather"]}
-        }
+        assert body["toolConfig"] == {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": ["get_weather"]}}
 
 
-def test_tool_results_and_json_format_shapes(
-    kind: str, client: ProviderClient, fake_server: FakeServer
-) -> None:
+def test_tool_results_and_json_format_shapes(kind: str, client: ProviderClient, fake_server: FakeServer) -> None:
     schema = {"type": "object", "properties": {"temp": {"type": "number"}}}
     req = ChatRequest(
         messages=[
@@ -293,12 +285,8 @@ def test_tool_results_and_json_format_shapes(
     else:
         assert body["systemInstruction"] == {"parts": [{"text": "You are terse."}]}
         assert [c["role"] for c in body["contents"]] == ["user", "model", "user"]
-        assert body["contents"][1]["parts"] == [
-            {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}
-        ]
-        assert body["contents"][2]["parts"] == [
-            {"functionResponse": {"name": "get_weather", "response": {"temp": 21}}}
-        ]
+        assert body["contents"][1]["parts"] == [{"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}]
+        assert body["contents"][2]["parts"] == [{"functionResponse": {"name": "get_weather", "response": {"temp": 21}}}]
         config = body["generationConfig"]
         assert config["responseMimeType"] == "application/json" and config["responseJsonSchema"] == schema
         assert config["stopSequences"] == ["END"]
@@ -322,9 +310,7 @@ TRANSIENT = {RateLimited, ServerError, MalformedResponse, ConnectionFailed, Time
 
 @pytest.mark.parametrize("stream", [False, True], ids=["chat", "stream"])
 @pytest.mark.parametrize("fault", list(FAULTS))
-def test_fault_mapping(
-    kind: str, client: ProviderClient, fake_server: FakeServer, fault: str, stream: bool
-) -> None:
+def test_fault_mapping(kind: str, client: ProviderClient, fake_server: FakeServer, fault: str, stream: bool) -> None:
     behaviour, error_class, status = FAULTS[fault]
     if stream and fault == "malformed":
         behaviour = Fault.raw(200, b"data: {not json\n\n", "text/event-stream")
@@ -345,9 +331,7 @@ def test_fault_mapping(
 
 
 @pytest.mark.parametrize("header", ["ms", "date"])
-def test_retry_after_variants(
-    kind: str, client: ProviderClient, fake_server: FakeServer, header: str
-) -> None:
+def test_retry_after_variants(kind: str, client: ProviderClient, fake_server: FakeServer, header: str) -> None:
     if header == "ms":
         fault = Fault.status(429, retry_after_ms=1500)
     else:
@@ -374,9 +358,7 @@ def test_gemini_retry_info_and_status_names(fake_server: FakeServer, monkeypatch
     assert info.value.retry_after == 13.0 and info.value.code == "RESOURCE_EXHAUSTED"
 
 
-def test_openai_insufficient_quota_is_not_transient(
-    fake_server: FakeServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_openai_insufficient_quota_is_not_transient(fake_server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TEST_OPENAI_KEY", "k")
     fake_server.script(
         "gpt-test", Fault.status(429, message="You exceeded your quota", error_code="insufficient_quota")
@@ -387,9 +369,7 @@ def test_openai_insufficient_quota_is_not_transient(
 
 
 @pytest.mark.parametrize("mode", ["sync", "stream"])
-def test_timeout_is_honoured_quickly(
-    kind: str, client: ProviderClient, fake_server: FakeServer, mode: str
-) -> None:
+def test_timeout_is_honoured_quickly(kind: str, client: ProviderClient, fake_server: FakeServer, mode: str) -> None:
     fake_server.script(MODEL_IDS[kind], Fault.hang(10))
     started = time.monotonic()
     with pytest.raises(Timeout) as info:
@@ -418,9 +398,7 @@ async def test_async_faults(kind: str, aclient: ProviderClient, fake_server: Fak
 
 
 @pytest.mark.parametrize("abort", [True, False], ids=["rst", "clean-eof"])
-def test_stream_cut_midway_raises(
-    kind: str, client: ProviderClient, fake_server: FakeServer, abort: bool
-) -> None:
+def test_stream_cut_midway_raises(kind: str, client: ProviderClient, fake_server: FakeServer, abort: bool) -> None:
     fake_server.script(MODEL_IDS[kind], Fault.cut_stream(after=4, abort=abort))
     received: list[StreamEvent] = []
     with pytest.raises(ConnectionFailed if abort else MalformedResponse):
@@ -453,9 +431,7 @@ def test_slow_reply_within_timeout(kind: str, client: ProviderClient, fake_serve
 
 
 # ---- keys, pooling, transports -----------------------------------------------------------------------------
-def test_missing_key_raises_before_network(
-    kind: str, fake_server: FakeServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_missing_key_raises_before_network(kind: str, fake_server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(f"TEST_{kind.upper()}_KEY", raising=False)
     client = client_for(spec_for(kind, fake_server))
     for call in (lambda: client.chat(model_for(kind), REQ), lambda: client.stream(model_for(kind), REQ)):
@@ -523,13 +499,9 @@ def test_mock_transport_seam_uses_default_base_urls(kind: str, monkeypatch: pyte
 @pytest.mark.anyio
 async def test_async_transport_seam() -> None:
     async def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(
-            529, json={"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}
-        )
+        return httpx.Response(529, json={"type": "error", "error": {"type": "overloaded_error", "message": "busy"}})
 
-    client = AnthropicClient(
-        spec_for("anthropic", None), api_key="k", async_transport=httpx.MockTransport(handler)
-    )
+    client = AnthropicClient(spec_for("anthropic", None), api_key="k", async_transport=httpx.MockTransport(handler))
     async with client:
         with pytest.raises(ServerError) as info:
             await client.achat(model_for("anthropic"), REQ)

@@ -40,7 +40,7 @@ def _engine(tmp_path: Path, rules: str) -> Engine:
 
 
 def test_prefer_skips_models_past_their_deprecation_date(tmp_path: Path) -> None:
-    e = _engine(tmp_path, "when tier == \"a\" prefer cheapest\notherwise prefer capability(REASONING)\n")
+    e = _engine(tmp_path, 'when tier == "a" prefer cheapest\notherwise prefer capability(REASONING)\n')
     assert e.decide("hi", tier="a").model == "new-pricier"
     d = e.decide("hi")
     assert d.model == "new-pricier"

@@ -71,8 +71,31 @@ def test_golden(route: Path, monkeypatch, golden) -> None:
 
 #: the diagnostic codes of issue 2 (the language core); later features add codes with their own goldens
 ISSUE2_CODES = {
-    "E100", "E101", "E102", "E103", "E104", "E105", "E200", "E201", "E202", "E203", "E300", "E301", "E302",
-    "E303", "E304", "E305", "E306", "E400", "E401", "E500", "E501", "E502", "E600", "E601", "E700",
+    "E100",
+    "E101",
+    "E102",
+    "E103",
+    "E104",
+    "E105",
+    "E200",
+    "E201",
+    "E202",
+    "E203",
+    "E300",
+    "E301",
+    "E302",
+    "E303",
+    "E304",
+    "E305",
+    "E306",
+    "E400",
+    "E401",
+    "E500",
+    "E501",
+    "E502",
+    "E600",
+    "E601",
+    "E700",
 }
 
 
@@ -95,7 +118,10 @@ def test_codes_are_stable() -> None:
     """Codes are a public contract: never renumbered or renamed (new ones may be added)."""
     assert set(CODES) >= ISSUE2_CODES
     assert (CODES["E300"], CODES["E400"], CODES["E501"]) == (
-        "unknown model", "unit mismatch", "regex feature RE2 cannot run")
+        "unknown model",
+        "unit mismatch",
+        "regex feature RE2 cannot run",
+    )
 
 
 def test_E203_include_too_deep(tmp_path: Path, monkeypatch, golden) -> None:
@@ -205,11 +231,24 @@ def test_policy_error_json_and_fields() -> None:
     assert isinstance(d, Diagnostic)
     assert (d.code, d.severity, d.is_error) == ("E300", "error", True)
     data = json.loads(err.to_json())
-    assert data == {"ok": False, "diagnostics": [{
-        "code": "E300", "severity": "error", "message": "unknown model `gpt-4o-mni`",
-        "file": "policy.route", "line": 2, "col": 15, "end_line": 2, "end_col": 25,
-        "label": "not in the catalog", "hint": "did you mean gpt-4o-mini?", "notes": [],
-    }]}
+    assert data == {
+        "ok": False,
+        "diagnostics": [
+            {
+                "code": "E300",
+                "severity": "error",
+                "message": "unknown model `gpt-4o-mni`",
+                "file": "policy.route",
+                "line": 2,
+                "col": 15,
+                "end_line": 2,
+                "end_col": 25,
+                "label": "not in the catalog",
+                "hint": "did you mean gpt-4o-mini?",
+                "notes": [],
+            }
+        ],
+    }
     assert str(err) == err.render()
 
 

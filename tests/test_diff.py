@@ -27,12 +27,14 @@ when tier == "free" use delta-tiny
 when tier == "blocked" use delta-tiny where context >= 1M
 """
 CORPUS = [
-    {"prompt": "implement a parser"},                                   # beta-coder -> alpha-large
-    {"prompt": "implement a lexer", "attrs": {"tier": "free"}},         # beta-coder -> alpha-large
-    {"prompt": "hello", "attrs": {"tier": "free"}},                     # delta-tiny, rule moved a line
-    {"prompt": "hello"},                                                # alpha-mini -> no route
-    {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
-     "attrs": {"max_tokens": 100}},                                     # alpha-mini -> no route
+    {"prompt": "implement a parser"},  # beta-coder -> alpha-large
+    {"prompt": "implement a lexer", "attrs": {"tier": "free"}},  # beta-coder -> alpha-large
+    {"prompt": "hello", "attrs": {"tier": "free"}},  # delta-tiny, rule moved a line
+    {"prompt": "hello"},  # alpha-mini -> no route
+    {
+        "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+        "attrs": {"max_tokens": 100},
+    },  # alpha-mini -> no route
 ]
 
 
@@ -54,8 +56,10 @@ def test_transitions_rules_and_cost(pair) -> None:
     result = diff_policies(old_e, new_e, corpus)
     assert len(result.rows) == 5 and len(result.changed) == 4
     assert result.transitions() == [("alpha-mini", "(no route)", 2), ("beta-coder", "alpha-large", 2)]
-    assert any(a.endswith("old/main.route:3") and b.endswith("new/main.route:4") and c == 2
-               for a, b, c in result.rule_transitions())
+    assert any(
+        a.endswith("old/main.route:3") and b.endswith("new/main.route:4") and c == 2
+        for a, b, c in result.rule_transitions()
+    )
     s = result.summary()
     assert s["rule_changed_same_model"] == 1 and s["no_route"] == {"old": 0, "new": 2}
     # cost is the engine's estimate: tokens x input price + output tokens x output price
@@ -79,15 +83,18 @@ def test_transitions_rules_and_cost(pair) -> None:
     assert "projected cost for this corpus" in text
 
 
-@pytest.mark.parametrize("line,message", [
-    ("not json", "not JSON"),
-    ("[1]", "expected a JSON object"),
-    ('{"attrs": {}}', "exactly one of"),
-    ('{"prompt": "x", "messages": []}', "exactly one of"),
-    ('{"prompt": 3}', "must be a string"),
-    ('{"prompt": "x", "attrs": []}', "must be an object"),
-    ('{"prompt": "x", "attrs": {"prompt": "y"}}', "cannot be attributes"),
-])
+@pytest.mark.parametrize(
+    "line,message",
+    [
+        ("not json", "not JSON"),
+        ("[1]", "expected a JSON object"),
+        ('{"attrs": {}}', "exactly one of"),
+        ('{"prompt": "x", "messages": []}', "exactly one of"),
+        ('{"prompt": 3}', "must be a string"),
+        ('{"prompt": "x", "attrs": []}', "must be an object"),
+        ('{"prompt": "x", "attrs": {"prompt": "y"}}', "cannot be attributes"),
+    ],
+)
 def test_bad_corpus_lines(line: str, message: str) -> None:
     with pytest.raises(CorpusError, match=message):
         list(parse_corpus(['{"prompt": "ok"}', line], "p.jsonl"))

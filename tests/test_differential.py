@@ -30,32 +30,118 @@ LONG = os.environ.get("MODELROUTE_FUZZ") == "long"
 # ---- vocabulary --------------------------------------------------------------------------------------------
 
 REGEXES = [
-    "/alpha/", "/be+ta/", "/^gamma/m", "/delta$/", "/ALPHA/c", "/al.ha/s", "/al.ha/", "/(alpha|beta) gamma/",
-    r"/\bcode\b/", "/x{2,3}/", "/^beta/", "/points$/m", "/key\\s+points/", "/[0-9]+/", "/g.*a/", "/Gamma/ci",
+    "/alpha/",
+    "/be+ta/",
+    "/^gamma/m",
+    "/delta$/",
+    "/ALPHA/c",
+    "/al.ha/s",
+    "/al.ha/",
+    "/(alpha|beta) gamma/",
+    r"/\bcode\b/",
+    "/x{2,3}/",
+    "/^beta/",
+    "/points$/m",
+    "/key\\s+points/",
+    "/[0-9]+/",
+    "/g.*a/",
+    "/Gamma/ci",
 ]
 PHRASES = ['"alpha"', '"key points"', '"beta gamma"', '"tl;dr"', '"code"', '"x"', '"Delta"', '"points"']
 PATTERNS = REGEXES + PHRASES
 PROMPT_WORDS = [
-    "alpha", "ALPHA", "Alpha", "beta", "beeta", "gamma", "Gamma", "delta", "code", "codes", "key", "points",
-    "Key  Points", "tl;dr", "TL;DR", "xx", "xxx", "x", "al\nha", "alpha\n", "keypoints", "betagamma", "42",
-    "the", "please", "summary", "-",
+    "alpha",
+    "ALPHA",
+    "Alpha",
+    "beta",
+    "beeta",
+    "gamma",
+    "Gamma",
+    "delta",
+    "code",
+    "codes",
+    "key",
+    "points",
+    "Key  Points",
+    "tl;dr",
+    "TL;DR",
+    "xx",
+    "xxx",
+    "x",
+    "al\nha",
+    "alpha\n",
+    "keypoints",
+    "betagamma",
+    "42",
+    "the",
+    "please",
+    "summary",
+    "-",
 ]
 SEPARATORS = [" ", " ", "  ", "\n", "\t", ", ", "", "\r\n"]
-MODELS = ["alpha-small", "beta-mid", "gamma-pro", "delta-cheap", "epsilon-long", "zeta-fast",
-          "alpha", "gamma", "fast"]  # catalog names, catalog aliases and the policy alias `fast`
+MODELS = [
+    "alpha-small",
+    "beta-mid",
+    "gamma-pro",
+    "delta-cheap",
+    "epsilon-long",
+    "zeta-fast",
+    "alpha",
+    "gamma",
+    "fast",
+]  # catalog names, catalog aliases and the policy alias `fast`
 RANKINGS = ["capability(REASONING)", "capability(CODING)", "capability(CREATIVITY)", "cheapest", "fastest"]
 CONSTRAINTS = [
-    "latency <= 1s", "latency < 800ms", "latency > 500ms", "latency >= 2s", "price <= $1/1M", "price < $2/1M",
-    "price >= $0.5/1M", "price == $0.1/1M", "cost <= $0.001", "cost < $0.0005", "cost > $0.0003",
-    "context >= 10k", "context > 100", "context <= 8k", "capability(CODING) >= 6", "capability(CREATIVITY) > 5",
-    "capability(REASONING) == 6", "capability(CODING) < 7", "provider in [acme, globex]", "provider in [initech]",
-    "supports tools", "supports vision", "supports json",
+    "latency <= 1s",
+    "latency < 800ms",
+    "latency > 500ms",
+    "latency >= 2s",
+    "price <= $1/1M",
+    "price < $2/1M",
+    "price >= $0.5/1M",
+    "price == $0.1/1M",
+    "cost <= $0.001",
+    "cost < $0.0005",
+    "cost > $0.0003",
+    "context >= 10k",
+    "context > 100",
+    "context <= 8k",
+    "capability(CODING) >= 6",
+    "capability(CREATIVITY) > 5",
+    "capability(REASONING) == 6",
+    "capability(CODING) < 7",
+    "provider in [acme, globex]",
+    "provider in [initech]",
+    "supports tools",
+    "supports vision",
+    "supports json",
 ]
 ATTR_ATOMS = [
-    'tier == "free"', 'tier == "pro"', 'tier != "pro"', 'tier in ["pro", "enterprise"]', "tier", 'tier == ""',
-    "tools", "tools == true", "tools != false", "images", "n > 3", "n <= 2", "n == 5", "n in [1, 2, 3]",
-    'n == "5"', "tier > 5", "n >= 1k", "tokens > 20", "tokens <= 50", "tokens >= 100", "tokens in [1, 2, 3]",
-    "tokens", 'user.plan == "pro"', "user.plan", "max_tokens > 1000",
+    'tier == "free"',
+    'tier == "pro"',
+    'tier != "pro"',
+    'tier in ["pro", "enterprise"]',
+    "tier",
+    'tier == ""',
+    "tools",
+    "tools == true",
+    "tools != false",
+    "images",
+    "n > 3",
+    "n <= 2",
+    "n == 5",
+    "n in [1, 2, 3]",
+    'n == "5"',
+    "tier > 5",
+    "n >= 1k",
+    "tokens > 20",
+    "tokens <= 50",
+    "tokens >= 100",
+    "tokens in [1, 2, 3]",
+    "tokens",
+    'user.plan == "pro"',
+    "user.plan",
+    "max_tokens > 1000",
 ]
 
 
@@ -121,14 +207,16 @@ prompts = st.builds(
 )
 
 _UNSET = object()
-attr_dicts = st.fixed_dictionaries({
-    "tier": st.sampled_from([_UNSET, "free", "pro", "enterprise", "", 5]),
-    "tools": st.sampled_from([_UNSET, True, False]),
-    "images": st.sampled_from([_UNSET, True, False]),
-    "n": st.sampled_from([_UNSET, 0, 1, 2, 3, 5, 7, 1000, "5"]),
-    "max_tokens": st.sampled_from([_UNSET, 1, 800, 2000]),
-    "user": st.sampled_from([_UNSET, {"plan": "pro"}, {"plan": "free"}, {}]),
-}).map(lambda d: {k: v for k, v in d.items() if v is not _UNSET})
+attr_dicts = st.fixed_dictionaries(
+    {
+        "tier": st.sampled_from([_UNSET, "free", "pro", "enterprise", "", 5]),
+        "tools": st.sampled_from([_UNSET, True, False]),
+        "images": st.sampled_from([_UNSET, True, False]),
+        "n": st.sampled_from([_UNSET, 0, 1, 2, 3, 5, 7, 1000, "5"]),
+        "max_tokens": st.sampled_from([_UNSET, 1, 800, 2000]),
+        "user": st.sampled_from([_UNSET, {"plan": "pro"}, {"plan": "free"}, {}]),
+    }
+).map(lambda d: {k: v for k, v in d.items() if v is not _UNSET})
 
 
 @pytest.fixture(scope="module")
@@ -156,8 +244,11 @@ def check_agree(text: str, catalog, requests: list[tuple[str, dict]]) -> None:
             assert (report.model, report.rule.line) == got[:2]
 
 
-@settings(max_examples=5000 if LONG else 200, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=5000 if LONG else 200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(text=policy_sources(), requests=st.lists(st.tuples(prompts, attr_dicts), min_size=1, max_size=6))
 def test_engine_agrees_with_reference(catalog, text, requests):
     check_agree(text, catalog, requests)
@@ -169,12 +260,16 @@ FIXED = [
     # (policy, prompt, attrs, expected (model, line, fallbacks) or None)
     ('when task ~ "key points" use beta-mid\n', "the Key \n Points are", {}, ("beta-mid", 1, [])),
     ('when task ~ "key points" use beta-mid\n', "keypoints", {}, None),
-    ("when not tier == \"free\" use beta-mid\n", "hi", {}, ("beta-mid", 1, [])),  # missing: comparison false
+    ('when not tier == "free" use beta-mid\n', "hi", {}, ("beta-mid", 1, [])),  # missing: comparison false
     ("when tier > 5 use beta-mid\notherwise use gamma\n", "hi", {"tier": "pro"}, ("gamma-pro", 2, [])),
     ("when tokens > 20 prefer cheapest\n", "q" * 200, {}, ("delta-cheap", 1, [])),  # 50 tokens: alpha too small
     ("when tokens > 20 prefer cheapest then fastest\n", "q" * 100, {}, ("alpha-small", 1, [])),  # tie -> faster
-    ("otherwise prefer capability(CODING) where supports vision fallback alpha, delta-cheap, gamma\n", "hi",
-     {"images": True}, ("gamma-pro", 1, ["delta-cheap"])),
+    (
+        "otherwise prefer capability(CODING) where supports vision fallback alpha, delta-cheap, gamma\n",
+        "hi",
+        {"images": True},
+        ("gamma-pro", 1, ["delta-cheap"]),
+    ),
     ("otherwise use alpha-small\n", "q" * 200, {}, None),  # hard constraint: context 40 < 50 tokens
     ("when task ~ /delta$/ use beta-mid\n", "delta\n", {}, None),  # RE2 `$` without m: end of text only
     ("when task ~ /ALPHA/c use beta-mid\n", "alpha", {}, None),

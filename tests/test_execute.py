@@ -206,8 +206,11 @@ def test_stream_failing_before_first_token_falls_back(make, fake_server: FakeSer
     fake_server.always("beta-chat", Fault.cut_stream(after=0, abort=False))  # ends before any event
     stream = engine.stream("hello")
     assert stream.text() == "from gemini"
-    assert outcomes(stream) == [("alpha-mini", "ServerError"), ("beta-chat", "MalformedResponse"),
-                                ("gamma-flash", "ok")]
+    assert outcomes(stream) == [
+        ("alpha-mini", "ServerError"),
+        ("beta-chat", "MalformedResponse"),
+        ("gamma-flash", "ok"),
+    ]
 
 
 @pytest.mark.parametrize("fault", [lambda: Fault.cut_stream(after=3), lambda: Fault.stream_error(after=3)])
@@ -268,8 +271,15 @@ def test_events_and_logging(make, fake_server: FakeServer, caplog) -> None:
     with caplog.at_level(logging.INFO, logger="modelroute.execute"):
         engine.complete("hello")
     kinds = [e.kind for e in seen]
-    assert kinds == ["attempt_started", "retry", "attempt_started", "attempt_failed", "fallback", "attempt_started",
-                     "attempt_succeeded"]
+    assert kinds == [
+        "attempt_started",
+        "retry",
+        "attempt_started",
+        "attempt_failed",
+        "fallback",
+        "attempt_started",
+        "attempt_succeeded",
+    ]
     assert seen[1].error == "ServerError" and seen[1].data["status"] == 503 and seen[4].model == "beta-chat"
     assert "falling back to beta-chat" in caplog.text
     unsubscribe()
@@ -312,8 +322,18 @@ def test_secrets_canary(make, fake_server: FakeServer, monkeypatch, caplog, caps
         engine.complete("hello")
     assert fake_server.requests[0].headers["authorization"] == f"Bearer {CANARY}"  # it was really sent
     err = info.value
-    dumped = [str(err), repr(err), *map(repr, err.attempts), *map(repr, seen), caplog.text, repr(engine.usage()),
-              repr(engine._executor()), err.decision.explain(), repr(err.decision), capsys.readouterr().out]
+    dumped = [
+        str(err),
+        repr(err),
+        *map(repr, err.attempts),
+        *map(repr, seen),
+        caplog.text,
+        repr(engine.usage()),
+        repr(engine._executor()),
+        err.decision.explain(),
+        repr(err.decision),
+        capsys.readouterr().out,
+    ]
     assert [d for d in dumped if CANARY in d] == []
     assert "***" in str(err)
 

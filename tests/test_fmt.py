@@ -22,8 +22,15 @@ def _compiled_view(policy) -> tuple:
     for r in policy.rules:
         sel = dataclasses.replace(r.selector, key="")  # the state key is file:line
         rules.append((strip_positions(r.node), sel, r.needs_scan))  # texts: compared by compare_modules
-    return (tuple(rules), dict(policy.tasks), policy.pattern_text, policy.settings.values if policy.settings else None,
-            [(b.period, b.limit, b.per) for b in policy.budgets], policy.unguarded, policy.pattern_rules)
+    return (
+        tuple(rules),
+        dict(policy.tasks),
+        policy.pattern_text,
+        policy.settings.values if policy.settings else None,
+        [(b.period, b.limit, b.per) for b in policy.budgets],
+        policy.unguarded,
+        policy.pattern_rules,
+    )
 
 
 # ---- examples ------------------------------------------------------------------------------------------------
@@ -49,8 +56,11 @@ test "n" {   # header
  expect "q" -> no route }  # after
 otherwise use fast
 # end comment
-""".replace("{long_rule}", 'when (tier == "x" or not b) and task ~ /q/ prefer capability( CODING ) then cheapest '
-                     'where price <= $5/1M and supports tools fallback fast, "alpha-mini" # t')
+""".replace(
+    "{long_rule}",
+    'when (tier == "x" or not b) and task ~ /q/ prefer capability( CODING ) then cheapest '
+    'where price <= $5/1M and supports tools fallback fast, "alpha-mini" # t',
+)
 
 EXPECTED = """# leading comment
 
@@ -82,8 +92,20 @@ otherwise use fast
 def test_canonical_layout_keeps_every_comment() -> None:
     out = format_source(MESSY)
     assert out == EXPECTED
-    for comment in ("# leading comment", "# trailing on catalog", "# alias", "# inside", "# tr", "# t",
-                    "# own line inside", "# header", "# e1", "# before second", "# after", "# end comment"):
+    for comment in (
+        "# leading comment",
+        "# trailing on catalog",
+        "# alias",
+        "# inside",
+        "# tr",
+        "# t",
+        "# own line inside",
+        "# header",
+        "# e1",
+        "# before second",
+        "# after",
+        "# end comment",
+    ):
         assert out.count(comment + "\n") + out.count(comment + " ") >= 1, comment
 
 
@@ -95,8 +117,10 @@ def test_idempotent_on_examples() -> None:
 
 def test_long_rules_wrap_by_clause_then_condition() -> None:
     long_cond = " or ".join(f'tier == "plan-number-{i}"' for i in range(6))
-    src = (f"when {long_cond} prefer capability(CODING) then cheapest where latency <= 2s and price <= $5/1M "
-           "and context >= 100k fallback alpha-mini, beta-chat, gamma-flash\n")
+    src = (
+        f"when {long_cond} prefer capability(CODING) then cheapest where latency <= 2s and price <= $5/1M "
+        "and context >= 100k fallback alpha-mini, beta-chat, gamma-flash\n"
+    )
     out = format_source(src)
     lines = out.splitlines()
     assert lines[0].startswith('when tier == "plan-number-0"')
@@ -126,7 +150,7 @@ PATTERNS = ["/implement/", "/a\\/b/i", '"key points"']
 MODELS = ["alpha-large", "alpha-mini", "beta-coder", "beta-chat", "gamma-long", "gamma-flash", "delta-tiny"]
 CAPS = ["REASONING", "CODING", "CREATIVITY"]
 ws = st.sampled_from([" ", "  ", "\n  ", "\t", " \n\n "])
-comment = st.sampled_from(["# note", "#tight", "# a # b", "# when use \"x\""])
+comment = st.sampled_from(["# note", "#tight", "# a # b", '# when use "x"'])
 
 
 def _sp(draw) -> str:
@@ -165,12 +189,29 @@ def actions(draw) -> str:
     elif kind == "race":
         sel = "race [" + ", ".join(draw(st.lists(st.sampled_from(MODELS), min_size=2, max_size=3, unique=True))) + "]"
     else:
-        ranks = draw(st.lists(st.sampled_from([*(f"capability( {c} )" for c in CAPS), "cheapest", "fastest"]),
-                              min_size=1, max_size=3))
+        ranks = draw(
+            st.lists(
+                st.sampled_from([*(f"capability( {c} )" for c in CAPS), "cheapest", "fastest"]), min_size=1, max_size=3
+            )
+        )
         sel = "prefer " + f"{_sp(draw)}then{_sp(draw)}".join(ranks)
-    where = draw(st.lists(st.sampled_from(["latency <= 2s", "price <= $5/1M", "context >= 100k", "cost <= $0.05",
-                                           "capability(CODING) >= 5", "supports tools",
-                                           'provider in ["acme", "betacorp"]']), max_size=3, unique=True))
+    where = draw(
+        st.lists(
+            st.sampled_from(
+                [
+                    "latency <= 2s",
+                    "price <= $5/1M",
+                    "context >= 100k",
+                    "cost <= $0.05",
+                    "capability(CODING) >= 5",
+                    "supports tools",
+                    'provider in ["acme", "betacorp"]',
+                ]
+            ),
+            max_size=3,
+            unique=True,
+        )
+    )
     if where:
         sel += f"{_sp(draw)}where " + f"{_sp(draw)}and ".join(where)
     fallbacks = draw(st.lists(st.sampled_from(MODELS), max_size=3, unique=True))
@@ -185,7 +226,7 @@ def policies(draw) -> str:
     if draw(st.booleans()):
         out.append(draw(comment) + "\n")
     out.append('task code = /implement/, "debug"' + draw(st.sampled_from(["\n", " # tasks\n", "\n\n"])))
-    out.append(f"task summary{draw(ws)}={draw(ws)}\"summarize\",{_sp(draw)}/tl;dr/\n")
+    out.append(f'task summary{draw(ws)}={draw(ws)}"summarize",{_sp(draw)}/tl;dr/\n')
     if draw(st.booleans()):
         out.append('model fast = "gamma-flash"\n')
     for _ in range(draw(st.integers(0, 5))):
@@ -215,8 +256,13 @@ def test_property_idempotent_and_same_meaning(fixture_catalog, text: str) -> Non
     # the compiled decision structure is the same
     before, after = compile_source(text, catalog=fixture_catalog), compile_source(once, catalog=fixture_catalog)
     assert _compiled_view(before) == _compiled_view(after)
-    assert all(len(line) <= WIDTH for line in once.splitlines() if "where" not in line and "fallback" not in line
-               and not line.startswith(("when", "    or", "    and", "test", "  expect", "#")))
+    assert all(
+        len(line) <= WIDTH
+        for line in once.splitlines()
+        if "where" not in line
+        and "fallback" not in line
+        and not line.startswith(("when", "    or", "    and", "test", "  expect", "#"))
+    )
 
 
 def _comments(text: str) -> list[str]:

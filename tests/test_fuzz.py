@@ -38,8 +38,7 @@ def budget(n: int) -> int:
     return n * 25 if LONG else n
 
 
-FUZZ = settings(deadline=timedelta(seconds=3), suppress_health_check=[HealthCheck.too_slow,
-                                                                      HealthCheck.data_too_large])
+FUZZ = settings(deadline=timedelta(seconds=3), suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
 class Hang(Exception):
@@ -115,10 +114,65 @@ otherwise use alpha-small fallback "beta-mid", gamma-pro
 
 
 INTERESTING = [
-    '"', "/", "(", ")", "[", "]", ",", "$", "k", "M", "%", "=", "==", "~", "#", "\\", "\n", " ", "\t", ".", ":",
-    "-", "when", "otherwise", "and", "or", "not", "use", "prefer", "then", "where", "fallback", "task", "is",
-    "in", "model", "include", "catalog", "capability(", "cheapest", "$3/1M", "30k", "800ms", "1e5", "\u00e9",
-    "\x00", "\ufeff", "*", "+", "?", "{", "}", "(?=", "\\1", "/x", "/q", "1.5.5", "$0/0", "99999999999999999999",
+    '"',
+    "/",
+    "(",
+    ")",
+    "[",
+    "]",
+    ",",
+    "$",
+    "k",
+    "M",
+    "%",
+    "=",
+    "==",
+    "~",
+    "#",
+    "\\",
+    "\n",
+    " ",
+    "\t",
+    ".",
+    ":",
+    "-",
+    "when",
+    "otherwise",
+    "and",
+    "or",
+    "not",
+    "use",
+    "prefer",
+    "then",
+    "where",
+    "fallback",
+    "task",
+    "is",
+    "in",
+    "model",
+    "include",
+    "catalog",
+    "capability(",
+    "cheapest",
+    "$3/1M",
+    "30k",
+    "800ms",
+    "1e5",
+    "\u00e9",
+    "\x00",
+    "\ufeff",
+    "*",
+    "+",
+    "?",
+    "{",
+    "}",
+    "(?=",
+    "\\1",
+    "/x",
+    "/q",
+    "1.5.5",
+    "$0/0",
+    "99999999999999999999",
 ]
 
 
@@ -155,14 +209,18 @@ def mutate(text: str, ops: list[tuple[int, int, int, int]]) -> str:
     return text
 
 
-mutations = st.lists(st.tuples(st.integers(0, 5), st.integers(0, 10**6), st.integers(0, 10**6),
-                               st.integers(0, 10**6)), min_size=1, max_size=6)
+mutations = st.lists(
+    st.tuples(st.integers(0, 5), st.integers(0, 10**6), st.integers(0, 10**6), st.integers(0, 10**6)),
+    min_size=1,
+    max_size=6,
+)
 
 
 # ---- policy text ---------------------------------------------------------------------------------------
 
-GRAMMARISH = st.sampled_from(INTERESTING) | st.text(alphabet='abcdehknorstuwy_ ()[]"/\\$,.=<>!~#\n0123456789kMs%',
-                                                    min_size=1, max_size=6)
+GRAMMARISH = st.sampled_from(INTERESTING) | st.text(
+    alphabet='abcdehknorstuwy_ ()[]"/\\$,.=<>!~#\n0123456789kMs%', min_size=1, max_size=6
+)
 
 
 @settings(FUZZ, max_examples=budget(200))
@@ -218,8 +276,10 @@ def test_cli_on_mutated_files(tmp_path):
     seed = 'catalog "catalog.yaml"\n' + _seeds()[1]
     files = []
     for k in range(4):
-        ops = [(rng.randrange(6), rng.randrange(10**6), rng.randrange(10**6), rng.randrange(10**6))
-               for _ in range(rng.randrange(1, 5))]
+        ops = [
+            (rng.randrange(6), rng.randrange(10**6), rng.randrange(10**6), rng.randrange(10**6))
+            for _ in range(rng.randrange(1, 5))
+        ]
         text = seed if k == 0 else mutate(seed, ops)
         path = tmp_path / f"m{k}.route"
         path.write_text(text, encoding="utf-8", errors="surrogatepass")
@@ -228,8 +288,10 @@ def test_cli_on_mutated_files(tmp_path):
     files.append(tmp_path / "bad.route")
     codes = []
     for path in files:
-        for args in (["check", path.name, "--json"],
-                     ["explain", "-p", path.name, "please implement a debug function", "--attr", "tier=pro"]):
+        for args in (
+            ["check", path.name, "--json"],
+            ["explain", "-p", path.name, "please implement a debug function", "--attr", "tier=pro"],
+        ):
             proc = _cli(*args, cwd=tmp_path)
             out = proc.stdout + proc.stderr
             assert "Traceback" not in out, f"{args}:\n{out}"
@@ -241,8 +303,39 @@ def test_cli_on_mutated_files(tmp_path):
 # ---- the catalog loader --------------------------------------------------------------------------------
 
 CATALOG_TEXT = CATALOG_PATH.read_text(encoding="utf-8")
-YAML_BITS = [":", "-", " ", "\n", "  ", "{", "}", "[", "]", ",", "'", '"', "&a", "*a", "<<: *a", "!!python/object",
-             "~", "null", "1e999", "-5", "0", "200k", "1M", "x", "\t", "#", "?", "|", ">", "%YAML 1.1\n", "\x00"]
+YAML_BITS = [
+    ":",
+    "-",
+    " ",
+    "\n",
+    "  ",
+    "{",
+    "}",
+    "[",
+    "]",
+    ",",
+    "'",
+    '"',
+    "&a",
+    "*a",
+    "<<: *a",
+    "!!python/object",
+    "~",
+    "null",
+    "1e999",
+    "-5",
+    "0",
+    "200k",
+    "1M",
+    "x",
+    "\t",
+    "#",
+    "?",
+    "|",
+    ">",
+    "%YAML 1.1\n",
+    "\x00",
+]
 
 
 def yaml_mutate(text: str, ops: list[tuple[int, int, int, int]]) -> str:

@@ -48,8 +48,11 @@ class ThreadServer:
 
     def __init__(self, app: Any):
         self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    lifespan="on", http=http_protocol()))  # as `serve` runs it
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", http=http_protocol()
+            )
+        )  # as `serve` runs it
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property
@@ -70,8 +73,12 @@ class ThreadServer:
 
 
 def keyring() -> KeyRing:
-    return KeyRing([GatewayKey("team-a", hash_key(KEY)),
-                    GatewayKey("budgeted", hash_key(OTHER_KEY), {"tier": "free"}, daily_budget=0.0002)])
+    return KeyRing(
+        [
+            GatewayKey("team-a", hash_key(KEY)),
+            GatewayKey("budgeted", hash_key(OTHER_KEY), {"tier": "free"}, daily_budget=0.0002),
+        ]
+    )
 
 
 @pytest.fixture
@@ -137,7 +144,8 @@ def test_streaming_sdk_chunks_usage_and_done(gw, fake_server: FakeServer) -> Non
     fake_server.script("alpha-mini", [Fault.server_error(503), Fault.server_error(503)])
     fake_server.script("beta-chat", Reply(text="one two three four", chunks=4, output_tokens=4))
     with gw.client.chat.completions.with_streaming_response.create(
-            model="auto", messages=MSG, stream=True, stream_options={"include_usage": True}) as resp:
+        model="auto", messages=MSG, stream=True, stream_options={"include_usage": True}
+    ) as resp:
         assert resp.headers["x-modelroute-model"] == "beta-chat" and resp.headers["x-modelroute-fallbacks"] == "1"
         lines = [line for line in resp.iter_lines() if line]
     assert lines[-1] == "data: [DONE]"
@@ -154,8 +162,9 @@ def test_streaming_sdk_chunks_usage_and_done(gw, fake_server: FakeServer) -> Non
 
 
 def test_async_streaming_and_tool_calls(gw, fake_server: FakeServer) -> None:
-    fake_server.script("alpha-mini", [Reply(text="", tool_calls=[Call("get_weather", {"city": "Paris"})],
-                                            finish="tool_calls")] * 2)
+    fake_server.script(
+        "alpha-mini", [Reply(text="", tool_calls=[Call("get_weather", {"city": "Paris"})], finish="tool_calls")] * 2
+    )
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
 
     async def go() -> tuple[list[Any], Any]:
@@ -182,10 +191,13 @@ def test_concurrent_load_with_faults(gw, fake_server: FakeServer) -> None:
     async def go() -> list[Any]:
         sem = asyncio.Semaphore(16)
         async with openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key=KEY, max_retries=0) as client:
+
             async def one(i: int) -> Any:
                 async with sem:
                     return await client.chat.completions.with_raw_response.create(
-                        model="auto", messages=[{"role": "user", "content": f"request {i}"}])
+                        model="auto", messages=[{"role": "user", "content": f"request {i}"}]
+                    )
+
             return await asyncio.gather(*(one(i) for i in range(60)))
 
     results = asyncio.run(go())
@@ -204,13 +216,28 @@ def test_request_fields_and_headers_become_attributes(gw, fake_server: FakeServe
     assert r.status_code == 200 and r.headers["x-modelroute-model"] == "alpha-large"
     r = gw.post("/v1/chat/completions", {"model": "auto", "messages": MSG, "metadata": {"tier": "pro"}})
     assert r.headers["x-modelroute-model"] == "alpha-large"
-    image = [{"role": "user", "content": [{"type": "text", "text": "what is this"},
-                                          {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}}]}]
+    image = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "what is this"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}},
+            ],
+        }
+    ]
     r = gw.post("/v1/route/explain", {"model": "auto", "messages": image})
     assert r.status_code == 200 and r.json()["model"] == "gamma-flash"  # the cheapest vision model
-    r = gw.post("/v1/route/explain", {"model": "auto", "messages": MSG, "user": "u1", "max_tokens": 50,
-                                      "tools": [{"type": "function", "function": {"name": "f"}}]},
-                headers={"x-route-plan": '{"seats": 3}'})
+    r = gw.post(
+        "/v1/route/explain",
+        {
+            "model": "auto",
+            "messages": MSG,
+            "user": "u1",
+            "max_tokens": 50,
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+        },
+        headers={"x-route-plan": '{"seats": 3}'},
+    )
     report = r.json()
     assert report["attrs"]["user"] == "u1" and report["attrs"]["plan"] == {"seats": 3}
     assert report["attrs"]["tools"] is True and report["attrs"]["max_tokens"] == 50
@@ -230,8 +257,10 @@ def test_naming_a_model_needs_overrides(gw, fake_server: FakeServer) -> None:
     raw = gw.client.chat.completions.with_raw_response.create(model="beta-chat", messages=MSG)
     assert raw.parse().model == "beta-chat" and raw.headers["x-modelroute-rule"] == "override"
     assert gw.client.chat.completions.create(model="gpt-4o-mini", messages=MSG).model == "alpha-mini"  # an alias
-    r = gw.post("/v1/chat/completions", {"model": "beta-chat", "messages": MSG,
-                                         "tools": [{"type": "function", "function": {"name": "f"}}]})
+    r = gw.post(
+        "/v1/chat/completions",
+        {"model": "beta-chat", "messages": MSG, "tools": [{"type": "function", "function": {"name": "f"}}]},
+    )
     assert r.status_code == 400 and "no tools support" in r.json()["error"]["message"]
 
 
@@ -281,28 +310,35 @@ def test_authentication(gw) -> None:
     assert httpx.get(gw.url + "/healthz").json()["status"] == "ok"  # health and metrics need no key
 
 
-@pytest.mark.parametrize(("body", "status", "code"), [
-    (b"{not json", 400, "invalid_json"),
-    (b'["a list"]', 400, "invalid_json"),
-    (b'{"messages": [{"role": "user", "content": "x"}], "frobnicate": 1}', 400, "unknown_field"),
-    (b'{"messages": [{"role": "user", "content": "x"}], "top_p": 0.5}', 400, "unsupported_field"),
-    (b'{"messages": []}', 400, "invalid_value"),
-    (b'{"messages": [{"role": "wizard", "content": "x"}]}', 400, "invalid_value"),
-    (b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": -1}', 400, "invalid_value"),
-    (b'{"messages": [{"role": "user", "content": "x"}], "metadata": {"tokens": 1}}', 400, "reserved_attribute"),
-    (b'{"messages": [{"role": "user", "content": "' + b"x" * 5000 + b'"}]}', 413, "body_too_large"),
-])
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b"{not json", 400, "invalid_json"),
+        (b'["a list"]', 400, "invalid_json"),
+        (b'{"messages": [{"role": "user", "content": "x"}], "frobnicate": 1}', 400, "unknown_field"),
+        (b'{"messages": [{"role": "user", "content": "x"}], "top_p": 0.5}', 400, "unsupported_field"),
+        (b'{"messages": []}', 400, "invalid_value"),
+        (b'{"messages": [{"role": "wizard", "content": "x"}]}', 400, "invalid_value"),
+        (b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": -1}', 400, "invalid_value"),
+        (b'{"messages": [{"role": "user", "content": "x"}], "metadata": {"tokens": 1}}', 400, "reserved_attribute"),
+        (b'{"messages": [{"role": "user", "content": "' + b"x" * 5000 + b'"}]}', 413, "body_too_large"),
+    ],
+)
 def test_bad_requests_get_openai_style_errors(gw, body: bytes, status: int, code: str) -> None:
     gw.start(max_body=4096)
-    r = httpx.post(gw.url + "/v1/chat/completions", content=body,
-                   headers={"authorization": f"Bearer {KEY}", "content-type": "application/json"})
+    r = httpx.post(
+        gw.url + "/v1/chat/completions",
+        content=body,
+        headers={"authorization": f"Bearer {KEY}", "content-type": "application/json"},
+    )
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert err["code"] == code and err["type"] == "invalid_request_error" and err["message"]
 
 
-def test_every_model_failing_is_a_502_and_keys_never_leak(gw, fake_server: FakeServer,
-                                                          caplog: pytest.LogCaptureFixture) -> None:
+def test_every_model_failing_is_a_502_and_keys_never_leak(
+    gw, fake_server: FakeServer, caplog: pytest.LogCaptureFixture
+) -> None:
     fake_server.default = Fault.auth(echo_key=True)  # every provider answers 401 quoting the key it was sent
     with caplog.at_level(logging.DEBUG):
         r = gw.post("/v1/chat/completions", {"messages": MSG})
@@ -341,10 +377,13 @@ def test_models_explain_healthz_metrics(gw) -> None:
     metrics = httpx.get(gw.url + "/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
     text = metrics.text
-    for needle in ("# TYPE modelroute_request_duration_seconds histogram",
-                   'modelroute_circuit_state{model="alpha-mini"} 0',
-                   'modelroute_attempts_total{model="alpha-mini",outcome="ok"} 1', "modelroute_spend_usd_total",
-                   'modelroute_upstream_latency_seconds_bucket{model="alpha-mini",le="+Inf"} 1'):
+    for needle in (
+        "# TYPE modelroute_request_duration_seconds histogram",
+        'modelroute_circuit_state{model="alpha-mini"} 0',
+        'modelroute_attempts_total{model="alpha-mini",outcome="ok"} 1',
+        "modelroute_spend_usd_total",
+        'modelroute_upstream_latency_seconds_bucket{model="alpha-mini",le="+Inf"} 1',
+    ):
         assert needle in text
     assert httpx.get(gw.url + "/nope").json()["error"]["code"] == "not_found"
 
@@ -353,8 +392,9 @@ def test_keys_file_and_hash_key_command(tmp_path: Path, cli) -> None:
     out = cli("serve", "--hash-key", input="my-key\n")
     assert out.returncode == 0 and out.stdout.strip() == hash_key("my-key")
     path = tmp_path / "keys.yaml"
-    path.write_text(f"keys:\n  - name: a\n    sha256: {hash_key('my-key')}\n    attributes: {{tier: pro}}\n"
-                    "    daily_budget: $5\n")
+    path.write_text(
+        f"keys:\n  - name: a\n    sha256: {hash_key('my-key')}\n    attributes: {{tier: pro}}\n    daily_budget: $5\n"
+    )
     ring = KeyRing.load(path)
     found = ring.check("my-key")
     assert found is not None and found.attributes == {"tier": "pro"} and found.daily_budget == 5.0
@@ -366,8 +406,11 @@ def test_keys_file_and_hash_key_command(tmp_path: Path, cli) -> None:
 
 # ---- real `modelroute serve` processes: shutdown, shared Redis ---------------------------------------------
 def write_policy(tmp_path: Path, server: FakeServer, policy: str) -> Path:
-    providers = "".join(f"  {name}: {{kind: {kind}, base_url: \"{server.base_url(kind)}\", "
-                        f"api_key_env: TEST_{name.upper()}_KEY, timeout_s: 5}}\n" for name, kind in KINDS.items())
+    providers = "".join(
+        f'  {name}: {{kind: {kind}, base_url: "{server.base_url(kind)}", '
+        f"api_key_env: TEST_{name.upper()}_KEY, timeout_s: 5}}\n"
+        for name, kind in KINDS.items()
+    )
     (tmp_path / "catalog.yaml").write_text(CATALOG.read_text() + "\nproviders:\n" + providers)
     (tmp_path / "main.route").write_text('catalog "catalog.yaml"\n' + policy)
     return tmp_path
@@ -379,9 +422,25 @@ class Serve:
     def __init__(self, policy_dir: Path, *args: str):
         self.port = free_port()
         env = {**os.environ, "PYTHONPATH": str(REPO), **{f"TEST_{n.upper()}_KEY": TEST_KEY for n in KINDS}}
-        self.proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "-p", str(policy_dir),
-                                      "--port", str(self.port), "--log-level", "warning", *args],
-                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "engine.cli",
+                "serve",
+                "-p",
+                str(policy_dir),
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+                *args,
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
@@ -413,8 +472,12 @@ def test_sigterm_lets_a_slow_stream_finish(tmp_path: Path, fake_server: FakeServ
     fake_server.script("alpha-mini", Reply(text="a b c d e f g h", chunks=8, chunk_delay=0.15))
     serve = Serve(policy)
     try:
-        with httpx.stream("POST", serve.url + "/v1/chat/completions", timeout=20,
-                          json={"model": "auto", "messages": MSG, "stream": True}) as resp:
+        with httpx.stream(
+            "POST",
+            serve.url + "/v1/chat/completions",
+            timeout=20,
+            json={"model": "auto", "messages": MSG, "stream": True},
+        ) as resp:
             lines = resp.iter_lines()
             first = next(line for line in lines if line)
             serve.proc.send_signal(signal.SIGTERM)  # mid-stream
@@ -437,14 +500,18 @@ needs_redis = pytest.mark.skipif(REDIS_BIN is None, reason="no redis-server bina
 def test_two_gateways_share_circuits_and_budget_through_redis(tmp_path: Path, fake_server: FakeServer) -> None:
     pytest.importorskip("redis")
     redis_server = RedisServer().start()
-    policy = write_policy(tmp_path, fake_server, """
+    policy = write_policy(
+        tmp_path,
+        fake_server,
+        """
 set retry.attempts = 0
 set circuit.failures = 2
 set circuit.cooldown = 60s
 set output_tokens = 100
 budget daily $0.002
 otherwise use alpha-mini fallback beta-chat
-""")
+""",
+    )
     a = b = None
     try:
         a, b = (Serve(policy, "--redis", redis_server.url) for _ in range(2))
@@ -466,18 +533,24 @@ otherwise use alpha-mini fallback beta-chat
         async def load() -> list[httpx.Response]:
             sem = asyncio.Semaphore(24)
             async with httpx.AsyncClient(timeout=20) as client:
+
                 async def one(i: int) -> httpx.Response:
                     async with sem:
                         url = (a.url if i % 2 else b.url) + "/v1/chat/completions"
                         return await client.post(url, json={"messages": [{"role": "user", "content": "x" * 200}]})
+
                 return await asyncio.gather(*(one(i) for i in range(120)))
 
         results = asyncio.run(load())
         assert {r.status_code for r in results} <= {200, 429}
         import redis
 
-        spent = float(redis.Redis.from_url(redis_server.url).hget(
-            f"modelroute:spend:daily:{time.strftime('%Y-%m-%d', time.gmtime())}", "spent") or 0)
+        spent = float(
+            redis.Redis.from_url(redis_server.url).hget(
+                f"modelroute:spend:daily:{time.strftime('%Y-%m-%d', time.gmtime())}", "spent"
+            )
+            or 0
+        )
         assert 0 < spent <= 0.002 + 1e-12
         assert sum(r.status_code == 429 for r in results) > 0  # the budget was binding
 
@@ -563,8 +636,11 @@ def test_a_json_answer_leaves_in_one_write(gw, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(gh.CoalescingTransport, "__init__", lambda self, t, loop: init(self, Recorder(t), loop))
     monkeypatch.setattr(gh.CoalescingTransport, "write", lambda self, data: (queued.append(data), write(self, data)))
     with httpx.Client() as client:  # a fresh connection, made after the patch
-        r = client.post(gw.url + "/v1/chat/completions", json={"model": "auto", "messages": MSG},
-                        headers={"authorization": f"Bearer {KEY}"})
+        r = client.post(
+            gw.url + "/v1/chat/completions",
+            json={"model": "auto", "messages": MSG},
+            headers={"authorization": f"Bearer {KEY}"},
+        )
     assert r.status_code == 200 and r.json()["model"] == "alpha-mini"
     queued = [q for q in queued if q]  # uvicorn's h11 protocol also writes an empty end-of-body
     assert len(queued) == 2 and queued[0].startswith(b"HTTP/1.1 200") and queued[1] == r.content

@@ -113,19 +113,26 @@ def test_symlink_swaps(tmp_path: Path) -> None:
 BAD_DIGEST = "zz" + hash_key(B)[2:]
 
 
-@pytest.mark.parametrize(("content", "where", "what"), [
-    (text(("team-a", A)) + "  - name: team-b\n   sha256: x: y\n", "keys.yaml:5:", "not valid YAML"),
-    (text(("team-a", A)) + f"  - name: team-b\n    sha256: {BAD_DIGEST}\n", "keys.yaml:5:",
-     "keys[1] (team-b): sha256 must be 64 hex digits"),
-    (text(("team-a", A), ("team-a", B)), "keys.yaml:4:", "duplicate name 'team-a' (also keys[0], line 2)"),
-    (text(("team-a", A), ("team-b", A)), "keys.yaml:5:", "keys[1] (team-b): duplicate sha256"),
-    (text(("team-a", A)) + f"    sha256: {hash_key(B)}\n", "keys.yaml:4:", "`sha256` is given twice"),
-    (text(("team-a", A)) + "    budget: 5\n", "keys.yaml:4:", "unknown field(s) budget"),
-    (text(("team-a", A)) + "    daily_budget: lots\n", "keys.yaml:4:", "daily_budget must be a number of USD"),
-    ("keys:\n  team-a: 1\n", "keys.yaml:2:", "expected a `keys:` list"),
-])
-def test_a_broken_edit_keeps_the_last_good_keys_until_fixed(tmp_path: Path, caplog: pytest.LogCaptureFixture,
-                                                             content: str, where: str, what: str) -> None:
+@pytest.mark.parametrize(
+    ("content", "where", "what"),
+    [
+        (text(("team-a", A)) + "  - name: team-b\n   sha256: x: y\n", "keys.yaml:5:", "not valid YAML"),
+        (
+            text(("team-a", A)) + f"  - name: team-b\n    sha256: {BAD_DIGEST}\n",
+            "keys.yaml:5:",
+            "keys[1] (team-b): sha256 must be 64 hex digits",
+        ),
+        (text(("team-a", A), ("team-a", B)), "keys.yaml:4:", "duplicate name 'team-a' (also keys[0], line 2)"),
+        (text(("team-a", A), ("team-b", A)), "keys.yaml:5:", "keys[1] (team-b): duplicate sha256"),
+        (text(("team-a", A)) + f"    sha256: {hash_key(B)}\n", "keys.yaml:4:", "`sha256` is given twice"),
+        (text(("team-a", A)) + "    budget: 5\n", "keys.yaml:4:", "unknown field(s) budget"),
+        (text(("team-a", A)) + "    daily_budget: lots\n", "keys.yaml:4:", "daily_budget must be a number of USD"),
+        ("keys:\n  team-a: 1\n", "keys.yaml:2:", "expected a `keys:` list"),
+    ],
+)
+def test_a_broken_edit_keeps_the_last_good_keys_until_fixed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, content: str, where: str, what: str
+) -> None:
     path = tmp_path / "keys.yaml"
     write(path, text(("team-a", A), ("team-b", B)))
     ring = KeyRing.load(path, poll_interval_s=0)
@@ -151,7 +158,7 @@ def test_a_broken_edit_keeps_the_last_good_keys_until_fixed(tmp_path: Path, capl
 def test_broken_json_names_the_line(tmp_path: Path) -> None:
     path = tmp_path / "keys.json"
     a = '{"name": "a", "sha256": "' + hash_key(A) + '"}'
-    path.write_text('{"keys": [' + a + ']}')
+    path.write_text('{"keys": [' + a + "]}")
     ring = KeyRing.load(path, poll_interval_s=0)
     path.write_text('{"keys": [\n  ' + a + ',\n  {"name": "b" "sha256": 1}\n]}')
     assert names(ring, A) == ["a"] and ring.last_error == f"{path}:3: not valid JSON: Expecting ',' delimiter"
@@ -159,8 +166,9 @@ def test_broken_json_names_the_line(tmp_path: Path) -> None:
     assert names(ring, A) == ["a"] and ring.last_error.startswith(f"{path}:4: keys[1] (b): sha256 must be 64 hex")
 
 
-def test_an_emptied_file_is_waited_for_then_rejected(tmp_path: Path, caplog: pytest.LogCaptureFixture,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_emptied_file_is_waited_for_then_rejected(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "keys.yaml"
     write(path, text(("team-a", A)))
     ring = KeyRing.load(path, poll_interval_s=0)
@@ -216,8 +224,7 @@ def test_revocation_applies_within_the_documented_bound(tmp_path: Path, save: An
     assert took <= POLL_INTERVAL_S + 0.1 and ring.check(A).name == "team-a"
 
 
-def test_a_same_size_rewrite_within_one_timestamp_tick_is_seen(tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_same_size_rewrite_within_one_timestamp_tick_is_seen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A filesystem with coarse timestamps can leave (inode, size, mtime, ctime) unchanged by an in-place rewrite
     of the same size (a key's digest replaced by another): a recently modified file has its content compared."""
     path = tmp_path / "keys.yaml"
@@ -264,8 +271,9 @@ def test_concurrent_checks_during_swaps_see_one_whole_version(tmp_path: Path) ->
 
 def test_fixed_rings_and_startup_errors(tmp_path: Path) -> None:
     ring = KeyRing([GatewayKey("team-a", hash_key(A))])  # no file: never looks at the disk
-    assert names(ring, A, B) == ["team-a", None] and ring.refresh() and ring.status() == {"keys": 1,
-                                                                                         "keys_version": None}
+    assert (
+        names(ring, A, B) == ["team-a", None] and ring.refresh() and ring.status() == {"keys": 1, "keys_version": None}
+    )
     path = tmp_path / "keys.yaml"
     write(path, text(("team-a", A)))
     ring = KeyRing.load(path, poll_interval_s=None)  # loaded once, not followed
@@ -296,8 +304,10 @@ def test_the_hot_path_costs_well_under_a_microsecond(tmp_path: Path, monkeypatch
     monkeypatch.setattr(gateway_auth, "_racy", lambda st: False)
     followed.refresh()
     stat_us = per_call(lambda: followed.check(None))  # a look every call, the file not recent: one stat()
-    print(f"\ncheck(): fixed {fixed_us:.3f} us, followed {followed_us:.3f} us (+{followed_us - fixed_us:.3f}); "
-          f"check(None) followed {due_us:.3f} us; a look: {stat_us:.2f} us (stat), {read_us:.2f} us (re-read)")
+    print(
+        f"\ncheck(): fixed {fixed_us:.3f} us, followed {followed_us:.3f} us (+{followed_us - fixed_us:.3f}); "
+        f"check(None) followed {due_us:.3f} us; a look: {stat_us:.2f} us (stat), {read_us:.2f} us (re-read)"
+    )
     assert followed_us - fixed_us < 1.0 and due_us < 1.0 and stat_us < 50 and read_us < 200
 
 
@@ -322,9 +332,13 @@ def test_the_gateway_follows_its_keys_file(tmp_path: Path, fake_server: Any) -> 
     wait = 0.06  # > poll_interval_s: the next request looks at the file
 
     with TestClient(create_app(engine_for(fake_server, POLICY), keys=ring)) as client:
+
         def chat(key: str) -> Any:
-            return client.post("/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
-                               json={"model": "auto", "messages": [{"role": "user", "content": "Hi"}]})
+            return client.post(
+                "/v1/chat/completions",
+                headers={"authorization": f"Bearer {key}"},
+                json={"model": "auto", "messages": [{"role": "user", "content": "Hi"}]},
+            )
 
         def models(key: str) -> int:
             return client.get("/v1/models", headers={"authorization": f"Bearer {key}"}).status_code

@@ -82,8 +82,10 @@ def test_dot_is_well_formed(policy) -> None:
 
 
 def test_groups_and_split_weights(fixture_catalog) -> None:
-    eng = Engine.from_source('when tier == "a" split 30% alpha-mini, 70% beta-chat\n'
-                             "otherwise race [alpha-mini, gamma-flash]\n", catalog=fixture_catalog)
+    eng = Engine.from_source(
+        'when tier == "a" split 30% alpha-mini, 70% beta-chat\notherwise race [alpha-mini, gamma-flash]\n',
+        catalog=fixture_catalog,
+    )
     text = to_mermaid(eng.policy)
     assert "-->|30%|" in text and "-->|70%|" in text
     assert "noroute" in text

@@ -39,7 +39,7 @@ LITERALS = [
     ("$5/k", 0.005, 5),
     ("20%", 0.2, 20),
     ('"pro"', "pro", "Pro"),
-    ('"say \\"hi\\""', 'say "hi"', "say \\\"hi\\\""),
+    ('"say \\"hi\\""', 'say "hi"', 'say \\"hi\\"'),
     ("pro", "pro", "PRO"),
     ("true", True, "true"),
     ("false", False, "false"),
@@ -85,8 +85,9 @@ def test_precedence_truth_table(engine_for, cond: str, oracle) -> None:
 
 def test_missing_attributes_in_truth_table(engine_for) -> None:
     """A missing attribute is falsy as a bare name, and every comparison with it is false (also `!=`)."""
-    e = engine_for('when not a and b != "x" use delta-tiny\nwhen not b == "x" use beta-chat\n'
-                   "otherwise use alpha-mini\n")
+    e = engine_for(
+        'when not a and b != "x" use delta-tiny\nwhen not b == "x" use beta-chat\notherwise use alpha-mini\n'
+    )
     assert e.decide("x").model == "beta-chat"
     assert e.decide("x", b="y").model == "delta-tiny"
     assert e.decide("x", b="x").model == "alpha-mini"
@@ -153,7 +154,8 @@ def test_price_boundary_is_exact_across_units(tmp_path) -> None:
 
     (tmp_path / "c.yaml").write_text(
         "models:\n  m45:\n    provider: acme\n    context: 10k\n"
-        "    price: {input: 0.45, output: 1}\n    latency_ms: 100\n")
+        "    price: {input: 0.45, output: 1}\n    latency_ms: 100\n"
+    )
     cat = load_catalog(tmp_path / "c.yaml")
     e = Engine(compile_source("when x prefer cheapest where price <= $0.00045/1k\notherwise use m45\n", catalog=cat))
     assert e.decide("hi", x=True).rule.line == 1
@@ -195,8 +197,9 @@ def test_rule_text_is_the_rule_on_one_line(engine_for) -> None:
 
 
 def test_escaped_slash_in_regex_and_quote_in_phrase(engine_for) -> None:
-    e = engine_for('when task ~ /a\\/b/ use beta-chat\nwhen task ~ "say \\"hi\\"" use gamma-flash\n'
-                   "otherwise use alpha-mini\n")
+    e = engine_for(
+        'when task ~ /a\\/b/ use beta-chat\nwhen task ~ "say \\"hi\\"" use gamma-flash\notherwise use alpha-mini\n'
+    )
     assert e.decide("see a/b").model == "beta-chat"
     assert e.decide("see ab").model == "alpha-mini"
     assert e.decide('he said say "hi" loudly').model == "gamma-flash"
@@ -204,15 +207,17 @@ def test_escaped_slash_in_regex_and_quote_in_phrase(engine_for) -> None:
 
 
 def test_explicit_i_flag_is_the_default(engine_for) -> None:
-    e = engine_for("when task ~ /Hello/i use beta-chat\nwhen task ~ /Hello/c use gamma-flash\n"
-                   "otherwise use alpha-mini\n")
+    e = engine_for(
+        "when task ~ /Hello/i use beta-chat\nwhen task ~ /Hello/c use gamma-flash\notherwise use alpha-mini\n"
+    )
     assert e.decide("HELLO").model == "beta-chat"
     assert e.decide("Hello").model == "beta-chat"
 
 
 def test_case_sensitive_flag_applies_to_task_patterns(engine_for) -> None:
-    e = engine_for('task acronym = /\\bAPI\\b/c, "rest api"\nwhen task is acronym use beta-chat\n'
-                   "otherwise use alpha-mini\n")
+    e = engine_for(
+        'task acronym = /\\bAPI\\b/c, "rest api"\nwhen task is acronym use beta-chat\notherwise use alpha-mini\n'
+    )
     assert e.decide("call the API").tasks == ["acronym"]
     assert e.decide("call the api").tasks == []
     assert e.decide("a REST API").tasks == ["acronym"]  # the phrase stays case-insensitive
@@ -230,8 +235,9 @@ def test_unhashable_attribute_values_are_compared_not_crashed(engine_for) -> Non
 
 
 def test_names_may_contain_dots_dashes_and_colons(engine_for) -> None:
-    e = engine_for("model my-model.v1:fast = gamma-flash\nwhen org.tier == 1 use my-model.v1:fast\n"
-                   "otherwise use alpha-mini\n")
+    e = engine_for(
+        "model my-model.v1:fast = gamma-flash\nwhen org.tier == 1 use my-model.v1:fast\notherwise use alpha-mini\n"
+    )
     assert e.decide("x", org={"tier": 1}).model == "gamma-flash"
 
 
@@ -258,15 +264,18 @@ def test_token_estimator_is_pluggable(fixture_catalog, engine_for) -> None:
 
 
 def test_catalog_path_is_relative_to_the_file_that_names_it(write_policy) -> None:
-    root = write_policy('include "sub/models.route"\notherwise use delta-tiny\n',
-                        files={"sub/models.route": 'catalog "../catalog.yaml"\nmodel tiny = delta-tiny\n'})
+    root = write_policy(
+        'include "sub/models.route"\notherwise use delta-tiny\n',
+        files={"sub/models.route": 'catalog "../catalog.yaml"\nmodel tiny = delta-tiny\n'},
+    )
     d = Engine.load(root).decide("hi")
     assert (d.model, d.rule.line) == ("delta-tiny", 2)
 
 
 def test_crlf_line_endings(write_policy) -> None:
-    root = write_policy('catalog "catalog.yaml"\r\nwhen tier == "pro"\r\n  use beta-chat\r\n'
-                        "otherwise use alpha-mini\r\n")
+    root = write_policy(
+        'catalog "catalog.yaml"\r\nwhen tier == "pro"\r\n  use beta-chat\r\notherwise use alpha-mini\r\n'
+    )
     e = Engine.load(root)
     assert (e.decide("x", tier="pro").rule.line, e.decide("x").rule.line) == (2, 4)
 
@@ -276,5 +285,6 @@ def test_utf8_bom_is_accepted(tmp_path) -> None:
     from providers.catalog import default_catalog_path
 
     (tmp_path / "main.route").write_bytes(
-        b"\xef\xbb\xbf" + f'catalog "{default_catalog_path()}"\notherwise use gpt-4o-mini\n'.encode())
+        b"\xef\xbb\xbf" + f'catalog "{default_catalog_path()}"\notherwise use gpt-4o-mini\n'.encode()
+    )
     assert len(compile_policy(tmp_path).rules) == 1

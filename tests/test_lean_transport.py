@@ -149,8 +149,9 @@ class Server:
             self._tasks.discard(task)
 
 
-def serve_each(answer: Callable[[Req, Conn], Awaitable[bytes | None] | bytes | None],
-               server: list[Server] | None = None) -> Handler:
+def serve_each(
+    answer: Callable[[Req, Conn], Awaitable[bytes | None] | bytes | None], server: list[Server] | None = None
+) -> Handler:
     """A handler answering every request on a connection with `answer(req, conn)`'s bytes (None: stop)."""
 
     async def handler(conn: Conn) -> None:
@@ -194,8 +195,7 @@ async def lean(**kw: Any) -> AsyncIterator[LeanTransport]:
 
 
 def request(method: str, url: str, *, content: Any = None, headers: Any = None, **timeouts: float) -> httpx.Request:
-    return httpx.Request(method, url, content=content, headers=headers,
-                         extensions={"timeout": TIMEOUTS | timeouts})
+    return httpx.Request(method, url, content=content, headers=headers, extensions={"timeout": TIMEOUTS | timeouts})
 
 
 async def fetch(transport: LeanTransport, method: str, url: str, **kw: Any) -> tuple[httpx.Response, bytes]:
@@ -219,8 +219,9 @@ def raw(data: bytes) -> Callable[[Req, Conn], bytes]:
 # ---- framing -------------------------------------------------------------------------------------------
 async def test_content_length_body_and_request_bytes() -> None:
     async with running(lambda req, conn: ok(b"hello", b"X-Answer: 42\r\n")) as server, lean() as t:
-        response, body = await fetch(t, "POST", server.url("/v1/x?q=1&r=%20"), content=b'{"a":1}',
-                                     headers={"X-Custom": "v"})
+        response, body = await fetch(
+            t, "POST", server.url("/v1/x?q=1&r=%20"), content=b'{"a":1}', headers={"X-Custom": "v"}
+        )
         assert (response.status_code, body) == (200, b"hello")
         assert response.headers["x-answer"] == "42" and response.headers["content-length"] == "5"
         assert response.extensions["http_version"] == b"HTTP/1.1"
@@ -241,11 +242,13 @@ async def test_large_content_length_body_arrives_whole() -> None:
 
 
 async def test_chunked_body_with_extensions_and_trailers() -> None:
-    answer = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-              b"5;name=value\r\nhello\r\n"
-              b"6 ; quoted=\"a;b\"\r\n world\r\n"
-              b"A\r\n0123456789\r\n"
-              b"0;last\r\nX-Trailer: yes\r\nX-Other: 2\r\n\r\n")
+    answer = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5;name=value\r\nhello\r\n"
+        b'6 ; quoted="a;b"\r\n world\r\n'
+        b"A\r\n0123456789\r\n"
+        b"0;last\r\nX-Trailer: yes\r\nX-Other: 2\r\n\r\n"
+    )
     async with running(raw(answer)) as server, lean() as t:
         for _ in range(2):  # the second exchange on the same connection shows the trailers were consumed
             _, body = await fetch(t, "GET", server.url())
@@ -310,8 +313,13 @@ async def test_transfer_encoding_framing() -> None:
 
 async def test_request_built_with_a_stream_gets_a_content_length() -> None:
     async with running(lambda req, conn: ok(req.body)) as server, lean() as t:
-        req = httpx.Request("POST", server.url(), stream=httpx.ByteStream(b"raw stream"),
-                            headers={"Host": f"127.0.0.1:{server.port}"}, extensions={"timeout": TIMEOUTS})
+        req = httpx.Request(
+            "POST",
+            server.url(),
+            stream=httpx.ByteStream(b"raw stream"),
+            headers={"Host": f"127.0.0.1:{server.port}"},
+            extensions={"timeout": TIMEOUTS},
+        )
         response = await t.handle_async_request(req)
         assert await response.aread() == b"raw stream"
         assert server.requests[0].headers["content-length"] == "10"
@@ -329,17 +337,24 @@ async def test_no_body_for_head_204_304() -> None:
         return answers.get(req.method) or answers[req.target]
 
     async with running(answer) as server, lean() as t:
-        for method, path, status in [("HEAD", "/", 200), ("GET", "/204", 204), ("GET", "/304", 304),
-                                     ("GET", "/empty", 200), ("HEAD", "/", 200)]:
+        for method, path, status in [
+            ("HEAD", "/", 200),
+            ("GET", "/204", 204),
+            ("GET", "/304", 304),
+            ("GET", "/empty", 200),
+            ("HEAD", "/", 200),
+        ]:
             response, body = await fetch(t, method, server.url(path))
             assert (response.status_code, body) == (status, b"")
         assert server.accepted == 1
 
 
 async def test_interim_1xx_responses_are_skipped() -> None:
-    answer = (b"HTTP/1.1 100 Continue\r\n\r\n"
-              b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
-              b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\nX-Final: 1\r\n\r\nok")
+    answer = (
+        b"HTTP/1.1 100 Continue\r\n\r\n"
+        b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+        b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\nX-Final: 1\r\n\r\nok"
+    )
     async with running(raw(answer)) as server, lean() as t:
         for _ in range(2):
             response, body = await fetch(t, "POST", server.url(), content=b"data")
@@ -571,8 +586,11 @@ async def test_pool_timeout() -> None:
 
 async def test_idle_connection_to_another_origin_is_evicted_at_the_limit() -> None:
     limits = httpx.Limits(max_connections=1)
-    async with running(lambda req, conn: ok(b"a")) as a, running(lambda req, conn: ok(b"b")) as b, \
-            lean(limits=limits) as t:
+    async with (
+        running(lambda req, conn: ok(b"a")) as a,
+        running(lambda req, conn: ok(b"b")) as b,
+        lean(limits=limits) as t,
+    ):
         assert (await fetch(t, "GET", a.url()))[1] == b"a"
         assert (await fetch(t, "GET", b.url(), pool=0.5))[1] == b"b"
         assert (await fetch(t, "GET", a.url(), pool=0.5))[1] == b"a"
@@ -767,9 +785,12 @@ async def test_body_shorter_than_content_length() -> None:
 
 
 async def test_chunked_body_cut_short() -> None:
-    for answer in (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
-                   b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n",
-                   b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n0\r\n"):
+    for answer in (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n0\r\n",
+    ):
+
         async def close_after(req: Req, conn: Conn, answer: bytes = answer) -> None:
             await conn.send(answer)
             await conn.close()
@@ -779,39 +800,50 @@ async def test_chunked_body_cut_short() -> None:
                 await fetch(t, "GET", server.url())
 
 
-@pytest.mark.parametrize("answer", [
-    pytest.param(b"HTTP/1.1 OK\r\nContent-Length: 0\r\n\r\n", id="no-status-code"),
-    pytest.param(b"HTTP/1.1 2000 OK\r\n\r\n", id="four-digit-status"),
-    pytest.param(b"HTTP/1.1 +20 OK\r\n\r\n", id="signed-status"),
-    pytest.param(b"SPDY/3 200 OK\r\n\r\n", id="not-http"),
-    pytest.param(b"garbage\r\n\r\n", id="garbage"),
-    pytest.param(b"HTTP/1.1 200 OK\r\nNoColonHere\r\n\r\n", id="header-without-colon"),
-    pytest.param(b"HTTP/1.1 200 OK\r\n: empty-name\r\n\r\n", id="empty-header-name"),
-    pytest.param(b"HTTP/1.1 200 OK\r\nName : value\r\n\r\n", id="space-before-colon"),
-    pytest.param(b"HTTP/1.1 200 OK\r\n Folded: value\r\n\r\n", id="leading-whitespace"),
-    pytest.param(b"HTTP/1.1 200 OK\r\nX-A: 1\nX-B: 2\r\n\r\n", id="bare-lf-in-head"),
-    pytest.param(b"HTTP/1.1 200 OK\r\nX-A: 1\rX-B: 2\r\n\r\n", id="bare-cr-in-head"),
-    pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\n", id="content-length-not-a-number"),
-    pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", id="content-length-negative"),
-    pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello", id="content-length-signed"),
-    pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 1_0\r\n\r\n0123456789", id="content-length-underscore"),
-    pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
-                 id="content-length-conflicting"),
-    pytest.param(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", id="chunk-size-not-hex"),
-    pytest.param(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\nhello\r\n0\r\n\r\n",
-                 id="chunk-size-negative"),
-    pytest.param(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n",
-                 id="chunk-size-0x"),
-    pytest.param(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\r\n", id="chunk-size-empty"),
-    pytest.param(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXY0\r\n\r\n",
-                 id="chunk-without-crlf"),
-    pytest.param(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\n0\r\n\r\n",
-                 id="chunk-followed-by-junk-and-lf"),
-    pytest.param(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"1" * (MAX_HEAD + 10),
-                 id="chunk-size-line-too-long"),
-    pytest.param(b"HTTP/1.1 200 OK\r\n" + b"X-Big: %s\r\n" % (b"a" * MAX_HEAD) + b"\r\n", id="head-too-large"),
-    pytest.param(b"HTTP/1.1 200 OK\r\n" + b"X-Many: value\r\n" * 5000 + b"\r\n", id="many-headers-too-large"),
-])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        pytest.param(b"HTTP/1.1 OK\r\nContent-Length: 0\r\n\r\n", id="no-status-code"),
+        pytest.param(b"HTTP/1.1 2000 OK\r\n\r\n", id="four-digit-status"),
+        pytest.param(b"HTTP/1.1 +20 OK\r\n\r\n", id="signed-status"),
+        pytest.param(b"SPDY/3 200 OK\r\n\r\n", id="not-http"),
+        pytest.param(b"garbage\r\n\r\n", id="garbage"),
+        pytest.param(b"HTTP/1.1 200 OK\r\nNoColonHere\r\n\r\n", id="header-without-colon"),
+        pytest.param(b"HTTP/1.1 200 OK\r\n: empty-name\r\n\r\n", id="empty-header-name"),
+        pytest.param(b"HTTP/1.1 200 OK\r\nName : value\r\n\r\n", id="space-before-colon"),
+        pytest.param(b"HTTP/1.1 200 OK\r\n Folded: value\r\n\r\n", id="leading-whitespace"),
+        pytest.param(b"HTTP/1.1 200 OK\r\nX-A: 1\nX-B: 2\r\n\r\n", id="bare-lf-in-head"),
+        pytest.param(b"HTTP/1.1 200 OK\r\nX-A: 1\rX-B: 2\r\n\r\n", id="bare-cr-in-head"),
+        pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\n", id="content-length-not-a-number"),
+        pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", id="content-length-negative"),
+        pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello", id="content-length-signed"),
+        pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 1_0\r\n\r\n0123456789", id="content-length-underscore"),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", id="content-length-conflicting"
+        ),
+        pytest.param(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", id="chunk-size-not-hex"),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\nhello\r\n0\r\n\r\n", id="chunk-size-negative"
+        ),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n", id="chunk-size-0x"
+        ),
+        pytest.param(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\r\n", id="chunk-size-empty"),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXY0\r\n\r\n", id="chunk-without-crlf"
+        ),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\n0\r\n\r\n",
+            id="chunk-followed-by-junk-and-lf",
+        ),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"1" * (MAX_HEAD + 10),
+            id="chunk-size-line-too-long",
+        ),
+        pytest.param(b"HTTP/1.1 200 OK\r\n" + b"X-Big: %s\r\n" % (b"a" * MAX_HEAD) + b"\r\n", id="head-too-large"),
+        pytest.param(b"HTTP/1.1 200 OK\r\n" + b"X-Many: value\r\n" * 5000 + b"\r\n", id="many-headers-too-large"),
+    ],
+)
 async def test_malformed_answers_are_protocol_errors(answer: bytes) -> None:
     async with running(raw(answer)) as server, lean() as t:
         with pytest.raises(httpx.RemoteProtocolError):
@@ -909,9 +941,29 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("tls")
     cert, key = root / "cert.pem", root / "key.pem"
     if shutil.which("openssl"):
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                        "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-                        "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                "-keyout",
+                str(key),
+                "-out",
+                str(cert),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         return cert, key
     try:
         import datetime
@@ -927,14 +979,24 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = datetime.datetime.now(datetime.timezone.utc)
     alt = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")])
-    built = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(private.public_key())
-             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-             .not_valid_after(now + datetime.timedelta(days=1)).add_extension(alt, critical=False)
-             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-             .sign(private, hashes.SHA256()))
+    built = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(private.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(alt, critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(private, hashes.SHA256())
+    )
     cert.write_bytes(built.public_bytes(serialization.Encoding.PEM))
-    key.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
+    key.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     return cert, key
 
 
@@ -952,8 +1014,7 @@ async def test_tls_default_context_rejects_self_signed(tls_server_context: ssl.S
         assert t._open == 0
 
 
-async def test_tls_with_trusted_certificate(tls_server_context: ssl.SSLContext,
-                                            certificate: tuple[Path, Path]) -> None:
+async def test_tls_with_trusted_certificate(tls_server_context: ssl.SSLContext, certificate: tuple[Path, Path]) -> None:
     trusted = ssl.create_default_context(cafile=str(certificate[0]))
     closers: list[Conn] = []
 
@@ -976,10 +1037,19 @@ async def test_tls_with_trusted_certificate(tls_server_context: ssl.SSLContext,
 async def test_provider_client_uses_lean_transport(fake_server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
-    spec = ProviderSpec(name="openai-prov", kind="openai", api_key_env=None, timeout_s=5.0,
-                        base_url=fake_server.base_url("openai"))
-    model = ModelSpec(name="openai-model", provider="openai-prov", id="gpt-test", context=100_000,
-                      max_output=4096, input_price=1e-6, output_price=2e-6, latency_ms=100)
+    spec = ProviderSpec(
+        name="openai-prov", kind="openai", api_key_env=None, timeout_s=5.0, base_url=fake_server.base_url("openai")
+    )
+    model = ModelSpec(
+        name="openai-model",
+        provider="openai-prov",
+        id="gpt-test",
+        context=100_000,
+        max_output=4096,
+        input_price=1e-6,
+        output_price=2e-6,
+        latency_ms=100,
+    )
     req = ChatRequest(messages=[Message.user("Hello there")], max_tokens=50)
     fake_server.script("gpt-test", [Reply(text="Hi from the fake", input_tokens=12, output_tokens=7)] * 2)
     async with client_for(spec) as client:
@@ -1012,7 +1082,10 @@ async def test_fetch_reads_the_whole_body_like_aread(case: str) -> None:
         for _ in range(2):
             whole = await t.fetch(request("GET", server.url()))
             assert (whole.status_code, whole.content, whole.headers.raw) == (
-                streamed.status_code, expected, streamed.headers.raw)
+                streamed.status_code,
+                expected,
+                streamed.headers.raw,
+            )
             assert whole.extensions["http_version"] == b"HTTP/1.1"
         assert server.accepted == 1  # the connection went back to the pool each time
 
@@ -1024,7 +1097,6 @@ async def test_fetch_of_a_body_ended_by_close() -> None:
 
     async with running(close_delimited) as server, lean() as t:
         assert (await t.fetch(request("GET", server.url()))).content == b"until the end"
-
 
 
 async def test_fetch_decodes_a_gzip_body_like_httpx() -> None:
@@ -1039,8 +1111,9 @@ async def test_fetch_decodes_a_gzip_body_like_httpx() -> None:
 async def test_post_sends_host_length_and_headers_and_returns_raw_parts() -> None:
     async with running(lambda req, conn: ok(b'{"a":1}', b"X-Answer: 42\r\n")) as server, lean() as t:
         for _ in range(2):
-            status, headers, body = await t.post(httpx.URL(server.url("/v1/chat?x=1")),
-                                                 [(b"content-type", b"application/json")], b'{"q":2}', TIMEOUTS)
+            status, headers, body = await t.post(
+                httpx.URL(server.url("/v1/chat?x=1")), [(b"content-type", b"application/json")], b'{"q":2}', TIMEOUTS
+            )
             assert (status, body) == (200, b'{"a":1}') and (b"X-Answer", b"42") in headers
         req = server.requests[0]
         assert (req.method, req.target, req.body) == ("POST", "/v1/chat?x=1", b'{"q":2}')
@@ -1056,11 +1129,18 @@ async def test_provider_client_decodes_gzip_and_classifies_errors_on_the_post_pa
     from providers.errors import RateLimited
 
     message = {"role": "assistant", "content": "zipped"}
-    reply = jsonlib.dumps({"choices": [{"message": message, "finish_reason": "stop"}],
-                           "usage": {"prompt_tokens": 3, "completion_tokens": 1}}).encode()
+    reply = jsonlib.dumps(
+        {
+            "choices": [{"message": message, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1},
+        }
+    ).encode()
     gzipped = ok(gzip.compress(reply), b"Content-Encoding: gzip\r\nContent-Type: application/json\r\n")
-    data = gzipped if answer == "gzip" else \
-        b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 7\r\nContent-Length: 2\r\n\r\n{}"
+    data = (
+        gzipped
+        if answer == "gzip"
+        else b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 7\r\nContent-Length: 2\r\n\r\n{}"
+    )
     async with running(raw(data)) as server:
         spec = ProviderSpec(name="p", kind="openai", api_key_env=None, timeout_s=5.0, base_url=server.url("/v1"))
         model = ModelSpec(name="m", provider="p", id="m", context=1000, input_price=0, output_price=0, latency_ms=1)
@@ -1075,13 +1155,20 @@ async def test_provider_client_decodes_gzip_and_classifies_errors_on_the_post_pa
 
 
 async def test_provider_headers_merge_case_insensitively_and_reject_line_breaks(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from providers.errors import ProviderUnavailable
 
     reply = ok(b'{"choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}]}')
     async with running(raw(reply)) as server:
-        spec = ProviderSpec(name="p", kind="openai", api_key_env="LEAN_TEST_KEY", timeout_s=5.0,
-                            base_url=server.url("/v1"), headers={"User-Agent": "mine/1", "Host": "api.example"})
+        spec = ProviderSpec(
+            name="p",
+            kind="openai",
+            api_key_env="LEAN_TEST_KEY",
+            timeout_s=5.0,
+            base_url=server.url("/v1"),
+            headers={"User-Agent": "mine/1", "Host": "api.example"},
+        )
         model = ModelSpec(name="m", provider="p", id="m", context=1000, input_price=0, output_price=0, latency_ms=1)
         req = ChatRequest(messages=[Message.user("hi")])
         monkeypatch.setenv("LEAN_TEST_KEY", "sk-good")

@@ -70,13 +70,15 @@ def test_clean_policies_have_no_warnings(monkeypatch) -> None:
 
 # ---- individual checks --------------------------------------------------------------------------------------
 
-HEAD = "task code = /implement/\ntask legal = \"contract\"\n"
+HEAD = 'task code = /implement/\ntask legal = "contract"\n'
 
 
 def test_issue_example_is_reported_as_overflow_only() -> None:
     # `task is code` has no token bound, so a huge prompt can fall through it: W101, not W100
-    assert codes(HEAD + "when task is code prefer capability(CODING)\n"
-                 "when task is code and tokens > 30k prefer cheapest\notherwise use alpha-mini\n") == ["W101"]
+    assert codes(
+        HEAD + "when task is code prefer capability(CODING)\n"
+        "when task is code and tokens > 30k prefer cheapest\notherwise use alpha-mini\n"
+    ) == ["W101"]
 
 
 def test_shadowing_needs_a_proof_of_viability() -> None:
@@ -94,55 +96,65 @@ def test_shadowing_needs_a_proof_of_viability() -> None:
 
 
 def test_no_shadowing_between_unrelated_rules() -> None:
-    text = HEAD + ('when task is code prefer capability(CODING)\nwhen task is legal use alpha-large\n'
-                   'when tier == "free" prefer cheapest\nwhen tier == "pro" prefer cheapest\n'
-                   'when not tier == "free" use alpha-mini\nwhen budget > 10 use alpha-mini\n'
-                   'when budget > 5 use beta-coder\notherwise use alpha-mini\n')
+    text = HEAD + (
+        "when task is code prefer capability(CODING)\nwhen task is legal use alpha-large\n"
+        'when tier == "free" prefer cheapest\nwhen tier == "pro" prefer cheapest\n'
+        'when not tier == "free" use alpha-mini\nwhen budget > 10 use alpha-mini\n'
+        "when budget > 5 use beta-coder\notherwise use alpha-mini\n"
+    )
     assert not {"W100", "W101", "W102"} & set(codes(text))
 
 
-@pytest.mark.parametrize("earlier, later", [
-    ('tier in ["free", "trial"]', 'tier == "free"'),
-    ("budget > 5", "budget > 10"),
-    ("budget >= 5", "budget == 7"),
-    ("task is code or task is legal", "task is legal and tier"),
-    ("not tools", "not tools and tokens > 5"),
-    ('tier != "pro"', 'tier == "free"'),
-    ("tokens > 1000", "tokens > 2k"),
-    ("task ~ /implement/", "task is code"),
-    ('not tier == "pro"', 'tier != "pro"'),
-    ("tools", "tools == 1"),
-])
+@pytest.mark.parametrize(
+    "earlier, later",
+    [
+        ('tier in ["free", "trial"]', 'tier == "free"'),
+        ("budget > 5", "budget > 10"),
+        ("budget >= 5", "budget == 7"),
+        ("task is code or task is legal", "task is legal and tier"),
+        ("not tools", "not tools and tokens > 5"),
+        ('tier != "pro"', 'tier == "free"'),
+        ("tokens > 1000", "tokens > 2k"),
+        ("task ~ /implement/", "task is code"),
+        ('not tier == "pro"', 'tier != "pro"'),
+        ("tools", "tools == 1"),
+    ],
+)
 def test_implications_found(earlier: str, later: str) -> None:
     found = codes(HEAD + f"when {earlier} use alpha-mini\nwhen {later} use beta-coder\notherwise use alpha-mini\n")
     assert {"W100", "W101"} & set(found), found
 
 
-@pytest.mark.parametrize("earlier, later", [
-    ('tier == "free"', 'tier in ["free", "trial"]'),
-    ("budget > 10", "budget > 5"),
-    ('tier != "pro"', 'not tier == "pro"'),  # missing tier matches the later rule only
-    ("task is code", "task ~ /implement|debug/"),
-    ("tokens > 1000", "tokens >= 1000"),
-])
+@pytest.mark.parametrize(
+    "earlier, later",
+    [
+        ('tier == "free"', 'tier in ["free", "trial"]'),
+        ("budget > 10", "budget > 5"),
+        ('tier != "pro"', 'not tier == "pro"'),  # missing tier matches the later rule only
+        ("task is code", "task ~ /implement|debug/"),
+        ("tokens > 1000", "tokens >= 1000"),
+    ],
+)
 def test_non_implications_not_claimed(earlier: str, later: str) -> None:
     found = codes(HEAD + f"when {earlier} use alpha-mini\nwhen {later} use beta-coder\notherwise use alpha-mini\n")
     assert not {"W100", "W101"} & set(found), found
 
 
 def test_unconditional_rule() -> None:
-    found = warnings_of('when tokens >= 0 prefer cheapest\nwhen tier == "x" use alpha-mini\n'
-                        "otherwise use beta-chat\n")
+    found = warnings_of('when tokens >= 0 prefer cheapest\nwhen tier == "x" use alpha-mini\notherwise use beta-chat\n')
     assert [d.code for d in found] == ["W102", "W102"]
     assert "decides only when rule 1 has no viable model" in found[0].message
-    bounded = warnings_of("when not tokens < 0 use gamma-long\nwhen tokens < 100 use beta-chat\n"
-                          "otherwise use beta-chat\n")
+    bounded = warnings_of(
+        "when not tokens < 0 use gamma-long\nwhen tokens < 100 use beta-chat\notherwise use beta-chat\n"
+    )
     assert "can never decide" in bounded[0].message and bounded[0].code == "W102"
 
 
 def test_deprecation_window_is_relative_to_today() -> None:
-    text = (f'catalog "{CATALOG}" overlay "{LINT / "deprecations.yaml"}"\n'
-            'when tier == "x" use beta-chat\notherwise use alpha-mini\n')
+    text = (
+        f'catalog "{CATALOG}" overlay "{LINT / "deprecations.yaml"}"\n'
+        'when tier == "x" use beta-chat\notherwise use alpha-mini\n'
+    )
     dep = datetime.date(2026, 1, 20)
     p = compile_source(text, "p.route")
     assert [d.code for d in lint(p, today=dep - datetime.timedelta(days=31))] == []
@@ -152,39 +164,75 @@ def test_deprecation_window_is_relative_to_today() -> None:
 
 
 def test_fallback_checks() -> None:
-    found = codes("when tier == \"x\" prefer cheapest where supports vision fallback beta-chat\n"
-                  "when tools use alpha-mini fallback delta-tiny\notherwise use alpha-mini\n")
+    found = codes(
+        'when tier == "x" prefer cheapest where supports vision fallback beta-chat\n'
+        "when tools use alpha-mini fallback delta-tiny\notherwise use alpha-mini\n"
+    )
     assert found == ["W104", "W105"]
 
 
 # ---- soundness: every implication the linter claims holds on concrete requests ---------------------------------
 
-ATOMS = ['tier == "free"', 'tier == "pro"', 'tier != "free"', 'tier in ["free", "trial"]', "tools", "tokens > 100",
-         "tokens <= 100", "tokens >= 50", "tokens == 100", "budget > 5", "budget <= 5", "budget == 5", "task is code",
-         "task is legal", "task ~ /implement/", "tokens in [1, 100]", "budget", "tokens"]
+ATOMS = [
+    'tier == "free"',
+    'tier == "pro"',
+    'tier != "free"',
+    'tier in ["free", "trial"]',
+    "tools",
+    "tokens > 100",
+    "tokens <= 100",
+    "tokens >= 50",
+    "tokens == 100",
+    "budget > 5",
+    "budget <= 5",
+    "budget == 5",
+    "task is code",
+    "task is legal",
+    "task ~ /implement/",
+    "tokens in [1, 100]",
+    "budget",
+    "tokens",
+]
 
 
 def cond_strategy():
     atom = st.sampled_from(ATOMS)
-    return st.recursive(atom, lambda inner: st.one_of(
-        inner.map(lambda c: f"not ({c})"),
-        st.tuples(inner, inner).map(lambda t: f"({t[0]}) and ({t[1]})"),
-        st.tuples(inner, inner).map(lambda t: f"({t[0]}) or ({t[1]})"),
-    ), max_leaves=5)
+    return st.recursive(
+        atom,
+        lambda inner: st.one_of(
+            inner.map(lambda c: f"not ({c})"),
+            st.tuples(inner, inner).map(lambda t: f"({t[0]}) and ({t[1]})"),
+            st.tuples(inner, inner).map(lambda t: f"({t[0]}) or ({t[1]})"),
+        ),
+        max_leaves=5,
+    )
 
 
-REQUESTS = [(text, tokens, attrs)
-            for text in ("hi", "implement it", "a contract", "implement the contract")
-            for tokens in (0, 1, 49, 50, 100, 101, 5000)
-            for attrs in ({}, {"tier": "free"}, {"tier": "pro", "tools": True}, {"tier": "trial", "budget": 5},
-                          {"budget": 5.5}, {"budget": 0}, {"budget": "x"}, {"tools": 1, "budget": True})]
+REQUESTS = [
+    (text, tokens, attrs)
+    for text in ("hi", "implement it", "a contract", "implement the contract")
+    for tokens in (0, 1, 49, 50, 100, 101, 5000)
+    for attrs in (
+        {},
+        {"tier": "free"},
+        {"tier": "pro", "tools": True},
+        {"tier": "trial", "budget": 5},
+        {"budget": 5.5},
+        {"budget": 0},
+        {"budget": "x"},
+        {"tools": 1, "budget": True},
+    )
+]
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cond_strategy(), cond_strategy())
 def test_claimed_implications_hold(a: str, b: str) -> None:
-    p = compile_source(HEAD + f"when {a} use alpha-mini\nwhen {b} use beta-coder\notherwise use alpha-mini\n",
-                       "p.route", catalog=_catalog())
+    p = compile_source(
+        HEAD + f"when {a} use alpha-mini\nwhen {b} use beta-coder\notherwise use alpha-mini\n",
+        "p.route",
+        catalog=_catalog(),
+    )
     linter = Linter(p, TODAY)
     first, second = p.rules[:2]
     terms = linter.terms[1]
@@ -217,7 +265,7 @@ def _catalog():
 
 
 def test_dnf_gives_up_on_huge_conditions() -> None:
-    big = " and ".join(f"(tier == \"a{i}\" or tier == \"b{i}\")" for i in range(8))
+    big = " and ".join(f'(tier == "a{i}" or tier == "b{i}")' for i in range(8))
     p = compile_source(f"when {big} use alpha-mini\notherwise use alpha-mini\n", "p.route", catalog=_catalog())
     assert dnf(p.rules[0].node.cond) is None
     assert lint(p, today=TODAY) == []
@@ -227,9 +275,11 @@ def test_dnf_gives_up_on_huge_conditions() -> None:
 def test_lint_never_raises_on_random_valid_policies() -> None:
     rng = random.Random(5)
     for _ in range(200):
-        rules = [f"when {rng.choice(ATOMS)} {rng.choice(['and', 'or'])} {rng.choice(ATOMS)} "
-                 f"{rng.choice(['use alpha-mini', 'prefer cheapest', 'use delta-tiny fallback gamma-long'])}"
-                 for _ in range(rng.randrange(1, 6))]
+        rules = [
+            f"when {rng.choice(ATOMS)} {rng.choice(['and', 'or'])} {rng.choice(ATOMS)} "
+            f"{rng.choice(['use alpha-mini', 'prefer cheapest', 'use delta-tiny fallback gamma-long'])}"
+            for _ in range(rng.randrange(1, 6))
+        ]
         lint(compile_source(HEAD + "\n".join(rules) + "\notherwise use beta-chat\n", "p.route", catalog=_catalog()))
 
 
@@ -258,7 +308,9 @@ def test_check_json_includes_warnings(cli) -> None:
     data = json.loads(proc.stdout)
     assert proc.returncode == 0 and data["ok"] is True
     assert [(d["code"], d["severity"], d["line"]) for d in data["diagnostics"]] == [
-        ("W105", "warning", 2), ("W105", "warning", 3)]
+        ("W105", "warning", 2),
+        ("W105", "warning", 3),
+    ]
     strict = cli("check", "W105_fallback_never_used.route", "--json", "--strict", cwd=LINT)
     data = json.loads(strict.stdout)
     assert strict.returncode == 1 and data["ok"] is False

@@ -23,12 +23,24 @@ SNAPSHOT = HERE.parent.parent / "shared" / "data" / "litellm_model_prices.json"
 def test_imports_chat_models_only() -> None:
     catalog, stats = import_litellm(PRICES)
     assert set(catalog.models) == {
-        "gpt-4o", "gpt-4o-mini", "claude-sonnet-4-5", "claude-haiku-4-5", "deepseek-chat", "deepseek/deepseek-chat",
-        "gemini/gemini-2.5-flash", "ai21.jamba-1-5-mini-v1:0",
+        "gpt-4o",
+        "gpt-4o-mini",
+        "claude-sonnet-4-5",
+        "claude-haiku-4-5",
+        "deepseek-chat",
+        "deepseek/deepseek-chat",
+        "gemini/gemini-2.5-flash",
+        "ai21.jamba-1-5-mini-v1:0",
     }
     assert stats.entries == 15 and stats.imported == 8
-    assert stats.skipped == {"sample_spec": 1, "mode embedding": 1, "mode responses": 1, "mode image_generation": 1,
-                             "no token prices": 1, "no context window": 2}
+    assert stats.skipped == {
+        "sample_spec": 1,
+        "mode embedding": 1,
+        "mode responses": 1,
+        "mode image_generation": 1,
+        "no token prices": 1,
+        "no context window": 2,
+    }
 
 
 def test_field_mapping() -> None:
@@ -91,10 +103,12 @@ def test_bad_json_has_line_and_col(tmp_path: Path) -> None:
 
 
 def test_policy_uses_litellm_catalog_with_slash_names(write_policy) -> None:
-    root = write_policy('catalog litellm "prices.json" overlay "scores.yaml"\n'
-                        'task code = /implement/\n'
-                        'when task is code prefer capability(CODING) fallback "gemini/gemini-2.5-flash"\n'
-                        'otherwise use "deepseek/deepseek-chat"\n')
+    root = write_policy(
+        'catalog litellm "prices.json" overlay "scores.yaml"\n'
+        "task code = /implement/\n"
+        'when task is code prefer capability(CODING) fallback "gemini/gemini-2.5-flash"\n'
+        'otherwise use "deepseek/deepseek-chat"\n'
+    )
     shutil.copy(PRICES, root / "prices.json")
     shutil.copy(FIX / "scores.yaml", root / "scores.yaml")
     engine = Engine.load(root)

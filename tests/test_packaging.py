@@ -32,8 +32,7 @@ def _env() -> dict[str, str]:
 
 
 def _run(args: list, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([str(a) for a in args], cwd=cwd, env=_env(), capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run([str(a) for a in args], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +67,11 @@ def installed(tmp_path_factory) -> tuple[Path, Path]:
 
 def test_installed_package_is_used_not_the_checkout(installed, tmp_path: Path) -> None:
     bindir, site = installed
-    code = ("import engine, engine.parse, engine.load, providers.catalog as c; "
-            "print(engine.__file__); print(engine.parse.grammar_path()); print(engine.load.bundled_policy_dir()); "
-            "print(c.default_catalog_path())")
+    code = (
+        "import engine, engine.parse, engine.load, providers.catalog as c; "
+        "print(engine.__file__); print(engine.parse.grammar_path()); print(engine.load.bundled_policy_dir()); "
+        "print(c.default_catalog_path())"
+    )
     proc = _run([bindir / "python", "-c", code], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     module, grammar, policies, catalog = (Path(line) for line in proc.stdout.split())
@@ -93,8 +94,17 @@ def test_installed_explain_uses_bundled_policy_from_another_directory(installed,
     assert decision, proc.stdout
     assert decision.group(3).endswith("main.route")
 
-    as_json = _run([bindir / "modelroute", "explain", "Implement a function that merges two sorted lists",
-                    "--attr", "tier=pro", "--json"], cwd=tmp_path)
+    as_json = _run(
+        [
+            bindir / "modelroute",
+            "explain",
+            "Implement a function that merges two sorted lists",
+            "--attr",
+            "tier=pro",
+            "--json",
+        ],
+        cwd=tmp_path,
+    )
     assert as_json.returncode == 0, as_json.stderr
     data = json.loads(as_json.stdout)
     assert data["model"] and data["tasks"] == ["code"]
@@ -125,10 +135,13 @@ def test_grammar_is_found_from_the_checkout() -> None:
 def test_grammar_is_found_from_the_checkout_in_a_fresh_process(tmp_path: Path) -> None:
     env = _env()
     env["PYTHONPATH"] = str(REPO)
-    code = "from engine.parse import grammar_path; from engine import Engine; print(grammar_path()); " \
-           "print(Engine.load().decide('hello').model)"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=60)
+    code = (
+        "from engine.parse import grammar_path; from engine import Engine; print(grammar_path()); "
+        "print(Engine.load().decide('hello').model)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     grammar, model = proc.stdout.split()
     assert Path(grammar).resolve() == (REPO / "grammar" / "route.lark").resolve()

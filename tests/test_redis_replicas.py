@@ -113,6 +113,7 @@ def plain_request(store, model: str = "m", cfg: CircuitConfig = CFG) -> None:
 
 # ---- round trips -------------------------------------------------------------------------------------------
 
+
 def test_a_plain_request_makes_no_blocking_round_trip(make, trips) -> None:
     store = make(refresh=60.0)
     plain_request(store)  # loads the decide() snapshot (and, through flush, the scripts)
@@ -282,6 +283,7 @@ def test_close_and_flush_send_everything_pending(make) -> None:
 
 # ---- in-flight counts as other replicas see them -----------------------------------------------------------
 
+
 def test_a_running_call_is_visible_to_other_replicas_until_it_is_recorded(make, trips) -> None:
     a, b = make(), make()
     plain_request(a)
@@ -411,6 +413,7 @@ def test_a_call_ending_during_an_outage_is_not_left_counted(make, own_server: Ow
 
 # ---- budgets during an outage ------------------------------------------------------------------------------
 
+
 def _two_replicas(make, url: str):
     a, b = make(url), make(url)
     for s in (a, b, a):
@@ -487,6 +490,7 @@ def test_concurrent_requests_on_one_replica_leave_no_count_behind(make, refresh:
     a = RedisStore(b.url, prefix=b._p, wall=make.wall, refresh=refresh)  # real clock and background thread
     seen: list[int] = []
     try:
+
         def worker() -> None:
             for i in range(150):
                 plain_request(a, model=f"m{i % 3}")

@@ -165,8 +165,9 @@ def test_circuit_breaker_end_to_end(fake_server: FakeServer, clock: Clock, store
 
 
 def test_circuit_opening_after_decide_is_skipped_with_a_reason(fake_server: FakeServer, store: MemoryStore) -> None:
-    with engine_for(fake_server, "set retry.attempts = 0\notherwise use alpha-mini fallback beta-chat, gamma-flash",
-                    state=store) as engine:
+    with engine_for(
+        fake_server, "set retry.attempts = 0\notherwise use alpha-mini fallback beta-chat, gamma-flash", state=store
+    ) as engine:
         for _ in range(5):
             store.record("gamma-flash", "gammalabs", "fail", CircuitConfig())
         assert engine.decide("x").fallbacks == ["beta-chat"]  # decide() drops the open circuit

@@ -125,7 +125,10 @@ def test_race_skips_a_failed_leg_and_falls_back_when_all_fail(engine: Any, fake_
     c = engine.complete("hi", s="race")
     assert c.model == "gamma-flash"
     assert sorted((a.model, a.error or a.outcome) for a in c.attempts) == [
-        ("alpha-mini", "ServerError"), ("beta-chat", "AuthError"), ("gamma-flash", "ok")]
+        ("alpha-mini", "ServerError"),
+        ("beta-chat", "AuthError"),
+        ("gamma-flash", "ok"),
+    ]
 
 
 def test_consensus_majority_with_agreement(engine: Any, fake_server: FakeServer) -> None:

@@ -57,14 +57,17 @@ def test_tests_inside_the_policy_run_too(write_policy) -> None:
     assert result.passed == 7 and result.cases[0].test == "inline" and result.test_files == ()
 
 
-@pytest.mark.parametrize("expect, problem", [
-    ('"hello" -> beta-coder', "expected model beta-coder, got alpha-mini"),
-    ('"hello" -> gpt-4o-mini by rule 3', "expected rule 3, decided by rule 4"),
-    ('"hello" -> gpt-4o-mini by line 5', "expected the rule at line 5, decided by the rule at"),
-    ('"hello" -> gpt-4o-mini fallback delta-tiny', "expected fallbacks [delta-tiny], got [beta-chat]"),
-    ('"hello" -> no route', "expected no route, got alpha-mini"),
-    ('"hello" with tokens=3M -> alpha-mini', "expected alpha-mini, got no route"),
-])
+@pytest.mark.parametrize(
+    "expect, problem",
+    [
+        ('"hello" -> beta-coder', "expected model beta-coder, got alpha-mini"),
+        ('"hello" -> gpt-4o-mini by rule 3', "expected rule 3, decided by rule 4"),
+        ('"hello" -> gpt-4o-mini by line 5', "expected the rule at line 5, decided by the rule at"),
+        ('"hello" -> gpt-4o-mini fallback delta-tiny', "expected fallbacks [delta-tiny], got [beta-chat]"),
+        ('"hello" -> no route', "expected no route, got alpha-mini"),
+        ('"hello" with tokens=3M -> alpha-mini', "expected alpha-mini, got no route"),
+    ],
+)
 def test_failures_say_what_happened(write_policy, expect: str, problem: str) -> None:
     result = run(write_policy, files={"x_test.route": f'test "t" {{\n  expect {expect}\n}}\n'})
     (case,) = result.cases
@@ -76,8 +79,10 @@ def test_failures_say_what_happened(write_policy, expect: str, problem: str) -> 
 
 def test_fallbacks_dropped_by_hard_constraints_are_not_expected(write_policy) -> None:
     # the chosen model is never its own fallback; delta-tiny (8k) cannot hold 20k tokens, so decide() drops it
-    test = ('test "t" {\n  expect "implement" with tokens=5k -> beta-coder fallback delta-tiny\n'
-            '  expect "implement" with tokens=20k -> beta-coder\n}\n')
+    test = (
+        'test "t" {\n  expect "implement" with tokens=5k -> beta-coder fallback delta-tiny\n'
+        '  expect "implement" with tokens=20k -> beta-coder\n}\n'
+    )
     result = run(write_policy, files={"x_test.route": test})
     assert result.passed == 2 and result.cases[1].fallbacks == ()
 
@@ -99,11 +104,19 @@ def test_coverage(write_policy) -> None:
     cov = run(write_policy, files={"x_test.route": test}).coverage
     assert [i for i, _, _ in cov.unused_rules] == [0, 1]
     assert cov.unused_rules[0][1].endswith("main.route:5")
-    assert [(p, w) for p, _, w in cov.unused_patterns] == [('"debug"', "task code"), ('"contract"', "task legal"),
-                                                           ('"nda"', "task legal")]
-    assert cov.to_dict()["rules"] == {"total": 4, "exercised": 2, "unexercised": [
-        {"rule": 1, "at": cov.unused_rules[0][1], "text": cov.unused_rules[0][2]},
-        {"rule": 2, "at": cov.unused_rules[1][1], "text": cov.unused_rules[1][2]}]}
+    assert [(p, w) for p, _, w in cov.unused_patterns] == [
+        ('"debug"', "task code"),
+        ('"contract"', "task legal"),
+        ('"nda"', "task legal"),
+    ]
+    assert cov.to_dict()["rules"] == {
+        "total": 4,
+        "exercised": 2,
+        "unexercised": [
+            {"rule": 1, "at": cov.unused_rules[0][1], "text": cov.unused_rules[0][2]},
+            {"rule": 2, "at": cov.unused_rules[1][1], "text": cov.unused_rules[1][2]},
+        ],
+    }
 
 
 def test_test_file_statements_other_than_tests_are_errors(write_policy) -> None:

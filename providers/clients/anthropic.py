@@ -56,9 +56,7 @@ def _blocks(message: Message) -> list[dict[str, Any]]:
             else:
                 blocks.append({"type": "text", "text": part.text})
     for call in message.tool_calls:
-        blocks.append(
-            {"type": "tool_use", "id": call.id, "name": call.name, "input": call.parsed_arguments()}
-        )
+        blocks.append({"type": "tool_use", "id": call.id, "name": call.name, "input": call.parsed_arguments()})
     return blocks
 
 
@@ -134,9 +132,7 @@ class AnthropicStreamParser(StreamParser):
         elif kind == "content_block_stop" and data.get("index", 0) in self._tools:
             tool = self._tools.pop(data.get("index", 0))
             events.append(
-                self.tool_call(
-                    ToolCall(id=tool["id"], name=tool["name"], arguments="".join(tool["args"]) or "{}")
-                )
+                self.tool_call(ToolCall(id=tool["id"], name=tool["name"], arguments="".join(tool["args"]) or "{}"))
             )
         elif kind == "message_delta":
             stop = (data.get("delta") or {}).get("stop_reason")
@@ -209,17 +205,13 @@ class AnthropicClient(ProviderClient):
                 text.append(block.get("text") or "")
             elif block.get("type") == "tool_use":
                 calls.append(
-                    ToolCall(
-                        id=block["id"], name=block["name"], arguments=json.dumps(block.get("input") or {})
-                    )
+                    ToolCall(id=block["id"], name=block["name"], arguments=json.dumps(block.get("input") or {}))
                 )
         usage = data.get("usage") or {}
         return ParsedReply(
             text="".join(text),
             tool_calls=calls,
-            usage=Usage(
-                input_tokens=_input_tokens(usage), output_tokens=int(usage.get("output_tokens") or 0)
-            ),
+            usage=Usage(input_tokens=_input_tokens(usage), output_tokens=int(usage.get("output_tokens") or 0)),
             finish_reason=FINISH.get(data.get("stop_reason") or "", "other"),
             model_version=data.get("model"),
         )

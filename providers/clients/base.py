@@ -255,8 +255,9 @@ class ProviderClient:
         log.debug("POST %s provider=%s model=%s stream=%s", url, self.spec.name, model.name, stream)
         return http.build_request("POST", url, json=body, headers=headers, timeout=self._timeout(timeout))
 
-    def _lean_parts(self, model: ModelSpec, req: ChatRequest, stream: bool, timeout: TimeoutArg
-                    ) -> tuple[httpx.URL, list[tuple[bytes, bytes]], bytes, dict[str, float | None]]:
+    def _lean_parts(
+        self, model: ModelSpec, req: ChatRequest, stream: bool, timeout: TimeoutArg
+    ) -> tuple[httpx.URL, list[tuple[bytes, bytes]], bytes, dict[str, float | None]]:
         """What `_build_lean` puts in an httpx.Request, as the lean transport's `post()` takes it."""
         key = self._require_key()
         body = self.build_body(model, req, stream=stream)
@@ -271,7 +272,9 @@ class ProviderClient:
             if bad is not None:
                 raise ProviderUnavailable(
                     f"header {bad.decode(errors='replace')!r} holds a line break or NUL (an API key read with its "
-                    "trailing newline?)", provider=self.spec.name)
+                    "trailing newline?)",
+                    provider=self.spec.name,
+                )
             self._raw_headers[key] = headers
         url = self.url(model, stream=stream)
         parsed = self._urls.get(url)

@@ -193,9 +193,7 @@ class GeminiClient(ProviderClient):
     def parse_reply(self, data: Any) -> ParsedReply:
         usage = _usage(data.get("usageMetadata"))
         if _blocked(data):
-            return ParsedReply(
-                usage=usage, finish_reason="content_filter", model_version=data.get("modelVersion")
-            )
+            return ParsedReply(usage=usage, finish_reason="content_filter", model_version=data.get("modelVersion"))
         if not data.get("candidates"):
             raise ValueError("no candidates in the response")
         texts, calls, finish = _candidate_reply(data)

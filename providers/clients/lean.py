@@ -73,8 +73,13 @@ class _Conn:
 
     __slots__ = ("fd", "idle_since", "loop", "origin", "reader", "writer")
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, origin: tuple[Any, ...],
-                 loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        origin: tuple[Any, ...],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
         self.reader, self.writer, self.origin, self.loop = reader, writer, origin, loop
         self.idle_since = 0.0
         sock = writer.get_extra_info("socket")
@@ -84,8 +89,13 @@ class _Conn:
         """Still fit to send a request on: open, nothing unread (the server said nothing unasked), not stale.
         The socket itself is polled too: a FIN or RST that arrived since the event loop last looked at it would
         otherwise only show up as a failed request."""
-        return (not self.writer.is_closing() and not self.reader.at_eof() and not self.reader._buffer  # type: ignore[attr-defined]
-                and now - self.idle_since < expiry and (self.fd < 0 or not _readable(self.fd)))
+        return (
+            not self.writer.is_closing()
+            and not self.reader.at_eof()
+            and not self.reader._buffer  # type: ignore[attr-defined]
+            and now - self.idle_since < expiry
+            and (self.fd < 0 or not _readable(self.fd))
+        )
 
     def close(self) -> None:
         if self.loop.is_closed():  # the transport cannot close itself any more: at least tell the server
@@ -98,8 +108,9 @@ class _Conn:
 class _Body(httpx.AsyncByteStream):
     """A response body read from its connection as it arrives; closing it hands the connection back."""
 
-    def __init__(self, transport: LeanTransport, conn: _Conn, framing: str, length: int, keep: bool,
-                 read_timeout: float | None) -> None:
+    def __init__(
+        self, transport: LeanTransport, conn: _Conn, framing: str, length: int, keep: bool, read_timeout: float | None
+    ) -> None:
         self._transport, self._conn, self._framing, self._length = transport, conn, framing, length
         self._keep, self._timeout = keep, read_timeout
         self._complete = framing == "none"
@@ -119,7 +130,8 @@ class _Body(httpx.AsyncByteStream):
                     if not chunk:
                         raise httpx.RemoteProtocolError(
                             f"peer closed connection without sending complete message body: received "
-                            f"{self._length - remaining} bytes, expected {self._length}")
+                            f"{self._length - remaining} bytes, expected {self._length}"
+                        )
                     remaining -= len(chunk)
                     yield chunk
             elif self._framing == "chunked":
@@ -167,7 +179,8 @@ class _Body(httpx.AsyncByteStream):
             self._complete = True
         except asyncio.IncompleteReadError:
             raise httpx.RemoteProtocolError(
-                f"peer closed connection without sending complete message body (after {received} bytes)") from None
+                f"peer closed connection without sending complete message body (after {received} bytes)"
+            ) from None
         except asyncio.LimitOverrunError:
             raise httpx.RemoteProtocolError("chunk size line too long") from None
         except TimeoutError:
@@ -201,8 +214,13 @@ class LeanTransport(httpx.AsyncBaseTransport):
     """HTTP/1.1 over pooled asyncio connections (see the module docstring). Bound to one event loop at a time:
     used from another (a second `asyncio.run()`), it forgets the first loop's connections and starts afresh."""
 
-    def __init__(self, *, ssl_context: ssl.SSLContext | None = None, limits: httpx.Limits | None = None,
-                 keepalive_expiry: float | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        limits: httpx.Limits | None = None,
+        keepalive_expiry: float | None = None,
+    ) -> None:
         limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20)
         self._ssl = ssl_context
         self._max_open = limits.max_connections or 1 << 30
@@ -229,8 +247,9 @@ class LeanTransport(httpx.AsyncBaseTransport):
         self._loop = loop
 
     # ---- the pool -------------------------------------------------------------------------------------
-    async def _acquire(self, url: httpx.URL, origin: tuple[Any, ...], connect_t: float | None,
-                       pool_t: float | None) -> _Conn:
+    async def _acquire(
+        self, url: httpx.URL, origin: tuple[Any, ...], connect_t: float | None, pool_t: float | None
+    ) -> _Conn:
         """An idle connection to `origin`, else a new one; waits (up to the pool timeout) at the limit."""
         deadline = None if pool_t is None else time.monotonic() + pool_t
         while True:
@@ -275,8 +294,8 @@ class LeanTransport(httpx.AsyncBaseTransport):
         try:
             async with _deadline(connect_t):
                 reader, writer = await asyncio.open_connection(
-                    host, port, ssl=self._ssl if tls else None, server_hostname=host if tls else None,
-                    limit=MAX_HEAD)
+                    host, port, ssl=self._ssl if tls else None, server_hostname=host if tls else None, limit=MAX_HEAD
+                )
         except BaseException as exc:
             self._open -= 1
             self._wake()
@@ -314,8 +333,13 @@ class LeanTransport(httpx.AsyncBaseTransport):
             self._wake()
 
     def _release(self, conn: _Conn, *, reuse: bool) -> None:
-        if (not reuse or self._closed or self._n_idle >= self._max_idle or conn.writer.is_closing()
-                or conn.loop is not self._loop):
+        if (
+            not reuse
+            or self._closed
+            or self._n_idle >= self._max_idle
+            or conn.writer.is_closing()
+            or conn.loop is not self._loop
+        ):
             self._drop(conn)
             return
         conn.idle_since = time.monotonic()
@@ -343,8 +367,9 @@ class LeanTransport(httpx.AsyncBaseTransport):
         close = request.headers.get("connection", "").lower() == "close"
         return await self._send(request.method, url, b"".join(head) + body, _timeouts(request), close)
 
-    async def post(self, url: httpx.URL, headers: list[tuple[bytes, bytes]], body: bytes,
-                   timeouts: dict[str, float | None]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    async def post(
+        self, url: httpx.URL, headers: list[tuple[bytes, bytes]], body: bytes, timeouts: dict[str, float | None]
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """POST `body` and read the whole answer as (status, raw headers, body bytes), with no httpx objects:
         the provider clients' path for answers that are not streamed. `headers` must not hold Content-Length
         (added here); Host is added unless they hold one. The body is returned as sent: a caller that finds a
@@ -356,16 +381,21 @@ class LeanTransport(httpx.AsyncBaseTransport):
         head.append(b"Content-Length: %d\r\n\r\n" % len(body))
         t = timeouts
         status, raw, _, stream = await self._send(
-            "POST", url, b"".join(head) + body, (t.get("connect"), t.get("read"), t.get("write"), t.get("pool")),
-            False)
+            "POST", url, b"".join(head) + body, (t.get("connect"), t.get("read"), t.get("write"), t.get("pool")), False
+        )
         try:
             return status, raw, await stream.read_all()
         finally:
             await stream.aclose()
 
-    async def _send(self, method: str, url: httpx.URL, payload: bytes,
-                    timeouts: tuple[float | None, float | None, float | None, float | None],
-                    client_close: bool) -> tuple[int, list[tuple[bytes, bytes]], dict[str, Any], _Body]:
+    async def _send(
+        self,
+        method: str,
+        url: httpx.URL,
+        payload: bytes,
+        timeouts: tuple[float | None, float | None, float | None, float | None],
+        client_close: bool,
+    ) -> tuple[int, list[tuple[bytes, bytes]], dict[str, Any], _Body]:
         """Write one request (`payload`: head and body) on a pooled connection and read the response head."""
         if self._closed:
             raise RuntimeError("the transport has been closed")
@@ -435,8 +465,9 @@ class LeanTransport(httpx.AsyncBaseTransport):
             body = await stream.read_all()
         finally:
             await stream.aclose()
-        response = httpx.Response(status, headers=headers, stream=httpx.ByteStream(body), request=request,
-                                  extensions=extensions)
+        response = httpx.Response(
+            status, headers=headers, stream=httpx.ByteStream(body), request=request, extensions=extensions
+        )
         response.read()  # decodes a Content-Encoding, as aread() would; adds no headers of its own
         return response
 
@@ -461,8 +492,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
                 raise httpx.RemoteProtocolError("malformed response head: a bare CR or LF")
             lines = raw.split(b"\r\n")
             parts = lines[0].split(b" ", 2)
-            if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not (len(parts[1]) == 3 and
-                                                                             parts[1].isdigit()):
+            if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not (len(parts[1]) == 3 and parts[1].isdigit()):
                 raise httpx.RemoteProtocolError(f"malformed status line {lines[0][:60]!r}")
             status = int(parts[1])
             if 100 <= status < 200 and status != 101:

@@ -30,9 +30,7 @@ FINISH: dict[str, FinishReason] = {
 
 def _usage(data: Any) -> Usage:
     usage = data or {}
-    return Usage(
-        input_tokens=usage.get("prompt_tokens") or 0, output_tokens=usage.get("completion_tokens") or 0
-    )
+    return Usage(input_tokens=usage.get("prompt_tokens") or 0, output_tokens=usage.get("completion_tokens") or 0)
 
 
 def _content(message: Message) -> str | list[dict[str, Any]]:
@@ -104,8 +102,7 @@ class OpenAIStreamParser(StreamParser):
         calls = [self._calls[i] for i in sorted(self._calls)]
         self._calls.clear()
         return [
-            self.tool_call(ToolCall(id=c["id"], name=c["name"], arguments="".join(c["args"]) or "{}"))
-            for c in calls
+            self.tool_call(ToolCall(id=c["id"], name=c["name"], arguments="".join(c["args"]) or "{}")) for c in calls
         ]
 
 
@@ -116,9 +113,7 @@ class OpenAIClient(ProviderClient):
     default_base_url = "https://api.openai.com/v1"
     stream_parser = OpenAIStreamParser
 
-    def __init__(
-        self, spec: ProviderSpec, *, max_tokens_field: str = "max_completion_tokens", **kw: Any
-    ) -> None:
+    def __init__(self, spec: ProviderSpec, *, max_tokens_field: str = "max_completion_tokens", **kw: Any) -> None:
         super().__init__(spec, **kw)
         self.max_tokens_field = max_tokens_field
 
