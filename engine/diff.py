@@ -4,20 +4,28 @@ Each request is decided by both engines. A decision *changes* when the chosen mo
 finds a route and the other does not; a changed deciding rule (same model) and changed fallbacks are counted
 separately. Costs use the engine's own estimate: `tokens x input price + output tokens x output price`
 (Entry.cost with Request.out_tokens), summed over the corpus.
+
+Rules are matched across the two policies by RuleId: the file relative to the policy's root (the entry file's
+directory; the entry file itself matches the other entry file whatever their names), the rule's text (one line,
+comments dropped) and its index among the rules of that file with that text. The line number is only shown, so
+two copies of one policy in different folders compare equal, and comments, blank lines or moved lines change
+nothing.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engine.api import Engine
 from engine.decision import NoRouteError
+from engine.policy import CompiledPolicy
 
 NO_ROUTE = "(no route)"
 
@@ -30,7 +38,7 @@ class CorpusError(ValueError):
 class Request:
     line: int
     prompt: str | None
-    messages: list[dict[str, Any]] | None
+    messages: list[Mapping[str, Any]] | None
     attrs: dict[str, Any]
 
     @property
@@ -45,13 +53,51 @@ class Request:
 
 
 @dataclass(frozen=True)
+class RuleId:
+    """A rule's identity across two copies of a policy: equal for the same rule wherever the policy lives and
+    however comments, blank lines and other rules move it. `shown` (file:line) is for people and takes no part
+    in comparisons."""
+
+    file: str  # relative to the policy's root, "/"-separated; "" for the entry file
+    text: str  # the rule as written, on one line, without comments
+    index: int  # among the rules of `file` with this `text`, in policy order (0 for the first)
+    shown: str = field(compare=False)
+
+    def __str__(self) -> str:
+        return self.shown
+
+
+def rule_ids(policy: CompiledPolicy) -> dict[int, RuleId]:
+    """The RuleId of every rule of a compiled policy, by rule index."""
+    root = Path(policy.entry).resolve().parent
+    entry = Path(policy.entry).resolve()
+    names: dict[str, tuple[str, str]] = {}  # rule.file as loaded -> (file for identity, file for display)
+    seen: Counter[tuple[str, str]] = Counter()
+    ids: dict[int, RuleId] = {}
+    for rule in policy.rules:
+        if rule.file not in names:
+            real = Path(rule.file).resolve()
+            try:
+                relative = Path(os.path.relpath(real, root)).as_posix()
+            except ValueError:  # on another drive (Windows)
+                relative = real.as_posix()
+            names[rule.file] = ("" if real == entry else relative, relative)
+        file, shown = names[rule.file]
+        index = seen[(file, rule.text)]
+        seen[(file, rule.text)] += 1
+        ids[rule.index] = RuleId(file, rule.text, index, f"{shown}:{rule.line}")
+    return ids
+
+
+@dataclass(frozen=True)
 class Outcome:
     """One side's decision for one request."""
 
     model: str | None
-    rule: str | None  # file:line of the deciding rule
+    rule: str | None  # the deciding rule as shown: file (relative to the policy's root):line
     fallbacks: tuple[str, ...]
     cost: float  # estimated USD (0 when there is no route)
+    rule_id: RuleId | None = None  # what rule changes are judged by (None when there is no route)
 
 
 @dataclass
@@ -66,7 +112,7 @@ class RequestDiff:
 
     @property
     def rule_changed(self) -> bool:
-        return not self.model_changed and self.old.rule != self.new.rule
+        return not self.model_changed and self.old.rule_id != self.new.rule_id
 
     @property
     def fallbacks_changed(self) -> bool:
@@ -178,9 +224,11 @@ def parse_corpus(lines: Iterable[str], name: str = "<prompts>") -> Iterator[Requ
 # ---- deciding ---------------------------------------------------------------------------------------------
 
 
-def outcome(engine: Engine, req: Request, seed: int) -> Outcome:
+def outcome(engine: Engine, req: Request, seed: int, ids: Mapping[int, RuleId] | None = None) -> Outcome:
     """Decide one request. `seed` makes random strategies (balance random, split without a user) pick the
-    same arm on both sides of a diff."""
+    same arm on both sides of a diff; `ids` is rule_ids(engine.policy), computed when not given."""
+    if ids is None:
+        ids = rule_ids(engine.policy)
     random.seed(seed)
     try:
         d = engine.decide(req.prompt, messages=req.messages, **req.attrs)
@@ -190,13 +238,15 @@ def outcome(engine: Engine, req: Request, seed: int) -> Outcome:
         raise CorpusError(f"line {req.line}: {exc}") from None
     entry = engine.policy.models[d.model]
     cost = entry.cost(d.request.tokens, d.request.out_tokens)
-    return Outcome(d.model, f"{d.rule.file}:{d.rule.line}", tuple(d.fallbacks), cost)
+    rule = ids[d.rule.index]
+    return Outcome(d.model, rule.shown, tuple(d.fallbacks), cost, rule)
 
 
 def diff_policies(old: Engine, new: Engine, corpus: Iterable[Request]) -> DiffResult:
     result = DiffResult(old.policy.entry, new.policy.entry)
+    old_ids, new_ids = rule_ids(old.policy), rule_ids(new.policy)
     for i, req in enumerate(corpus):
-        result.rows.append(RequestDiff(req, outcome(old, req, i), outcome(new, req, i)))
+        result.rows.append(RequestDiff(req, outcome(old, req, i, old_ids), outcome(new, req, i, new_ids)))
     return result
 
 
