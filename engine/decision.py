@@ -3,10 +3,45 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Protocol
 
-from engine.policy import CompiledPolicy, CompiledRule, Entry, Request
+from engine.nodes import Span
+from engine.policy import CompiledPolicy, Entry, Request
 from engine.report import Candidate, Report
+
+
+class DecidingSelector(Protocol):
+    """What a Decision reads of its rule's action (engine.policy.Selector, or a gateway override's stand-in)."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def judge(self) -> Entry | None: ...
+
+    def group(self, req: Request) -> tuple[str, ...]: ...
+
+
+class DecidingRule(Protocol):
+    """What a Decision reads of its deciding rule (engine.policy.CompiledRule, or a gateway override's stand-in)."""
+
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def file(self) -> str: ...
+
+    @property
+    def line(self) -> int: ...
+
+    @property
+    def text(self) -> str: ...
+
+    @property
+    def span(self) -> Span: ...
+
+    @property
+    def selector(self) -> DecidingSelector: ...
 
 
 class Decision:
@@ -17,7 +52,7 @@ class Decision:
     def __init__(
         self,
         policy: CompiledPolicy,
-        rule: CompiledRule,
+        rule: DecidingRule,
         entry: Entry,
         fallbacks: tuple[str, ...],
         request: Request,
@@ -54,8 +89,8 @@ class Decision:
         return self._entry.spec
 
     @property
-    def rule(self) -> CompiledRule:
-        """The deciding rule: `.file`, `.line`, `.text`, `.index`."""
+    def rule(self) -> DecidingRule:
+        """The deciding rule: `.file`, `.line`, `.text`, `.index`, `.span`."""
         return self._rule
 
     @property

@@ -12,7 +12,7 @@ from typing import Any
 
 from engine import nodes as n
 from engine.policy import MISSING, CompiledPolicy, CompiledRule, Entry, Request, Selector, get_attr, hard_reason
-from engine.report import Atom, Candidate, FallbackCheck, Report, RuleRef, RuleTrace
+from engine.report import Atom, Candidate, CandidateStatus, FallbackCheck, Report, RuleOutcome, RuleRef, RuleTrace
 from engine.units import fmt_value
 
 
@@ -203,7 +203,7 @@ def _candidates(rule: CompiledRule, req: Request, chosen: Entry | None, policy: 
     viable, rejected = sel.rank(req)
     out = []
     for rank, e in enumerate(viable, 1):
-        status = "chosen" if e is chosen else "eligible"
+        status: CandidateStatus = "chosen" if e is chosen else "eligible"
         out.append(
             Candidate(
                 model=e.name,
@@ -265,7 +265,7 @@ def trace(
             if pick is not None:
                 note = f"its pick is unavailable (circuit open): fallback {pick.name} stands in"
         cands = _candidates(rule, req, pick, policy)
-        outcome = "decided" if pick is not None else "no viable model"
+        outcome: RuleOutcome = "decided" if pick is not None else "no viable model"
         traces.append(RuleTrace(rule=ref, matched=True, outcome=outcome, conditions=atoms, candidates=cands, note=note))
         if pick is not None:
             decided = (rule, pick)
@@ -282,9 +282,9 @@ def trace(
         elapsed_us=elapsed_us,
     )
     if decided is not None:
-        rule, chosen = decided
+        rule, winner = decided
         sel = rule.selector
-        report.model, report.provider = chosen.name, chosen.provider
+        report.model, report.provider = winner.name, winner.provider
         report.rule = traces[-1].rule
         report.ranking = [r.label for r in sel.rankings]
         report.strategy = sel.kind if sel.kind in ("race", "consensus", "best_of", "balance", "split") else None
@@ -292,9 +292,9 @@ def trace(
             report.group = list(sel.group(req))
             report.judge = sel.judge.name if sel.judge is not None else None
         report.candidates = traces[-1].candidates
-        report.fallbacks = list(sel.viable_fallbacks(req, chosen))
+        report.fallbacks = list(sel.viable_fallbacks(req, winner))
         for f in sel.fallbacks:
-            why = "is the chosen model" if f is chosen else hard_reason(f, req)
+            why = "is the chosen model" if f is winner else hard_reason(f, req)
             report.fallback_checks.append(FallbackCheck(model=f.name, status="skipped" if why else "kept", reason=why))
     return report
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from lark import Lark, Token, Tree
 
 from engine import nodes as n
-from engine.parse import grammar_path, parse
+from engine.parse import grammar_path, parse, token_offsets
 
 WIDTH = 100
 INDENT = "    "
@@ -99,22 +99,23 @@ def _place(source: str, nodes: list[Tree], comments: list[Token], begin: int) ->
     inner: dict[int, list[Token]] = {}
     order: list[tuple[int, int, object]] = [(node.meta.start_pos, 1, node) for node in nodes]
     for c in comments:
-        owner = next((node for node in nodes if node.meta.start_pos < c.start_pos < node.meta.end_pos), None)
+        start = token_offsets(c)[0]
+        owner = next((node for node in nodes if node.meta.start_pos < start < node.meta.end_pos), None)
         if owner is not None:
             inner.setdefault(id(owner), []).append(c)
             continue
-        before = [node for node in nodes if node.meta.end_pos <= c.start_pos]
-        if _is_trailing(source, c) and before and not source[before[-1].meta.end_pos : c.start_pos].count("\n"):
+        before = [node for node in nodes if node.meta.end_pos <= start]
+        if _is_trailing(source, c) and before and not source[before[-1].meta.end_pos : start].count("\n"):
             by_node[id(before[-1])].trailing = str(c).rstrip()
             continue
-        order.append((c.start_pos, 0, c))
+        order.append((start, 0, c))
     order.sort(key=lambda x: (x[0], x[1]))
     last_end = begin
     for pos, _, thing in order:
         blank = bool(items) and _has_blank(source, last_end, pos)
         if isinstance(thing, Token):
             items.append(_Item(None, comment=str(thing).rstrip(), blank_before=blank))
-            last_end = thing.end_pos
+            last_end = token_offsets(thing)[1]
         else:
             assert isinstance(thing, Tree)
             item = by_node[id(thing)]
@@ -134,16 +135,18 @@ def _inner(source: str, item: _Item, comments: list[Token]) -> None:
         return
     expects = [c for c in node.children if isinstance(c, Tree)]
     brace = next(t for t in node.children if isinstance(t, Token) and t.value == "{")
-    header_line_end = source.find("\n", brace.end_pos)
+    brace_end = token_offsets(brace)[1]
+    header_line_end = source.find("\n", brace_end)
     header_line_end = len(source) if header_line_end < 0 else header_line_end
     rest = []
     for c in comments:
         first = expects[0].meta.start_pos if expects else node.meta.end_pos
-        if c.start_pos < first and c.start_pos < header_line_end and _is_trailing(source, c):
+        start = token_offsets(c)[0]
+        if start < first and start < header_line_end and _is_trailing(source, c):
             item.header_trailing = str(c).rstrip()
         else:
             rest.append(c)
-    item.children = _place(source, expects, rest, brace.end_pos)
+    item.children = _place(source, expects, rest, brace_end)
 
 
 # ---- rendering --------------------------------------------------------------------------------------------
@@ -339,6 +342,7 @@ def _offsets(source: str) -> list[int]:
 def rule_texts(module: n.Module) -> list[str]:
     """Each rule's source text with comments and whitespace removed (all that formatting may change in it)."""
     _, comments = parse_with_comments(module.source)
+    spans = [token_offsets(c) for c in comments]
     starts = _offsets(module.source)
     out = []
     for stmt in module.body:
@@ -346,8 +350,8 @@ def rule_texts(module: n.Module) -> list[str]:
             sp = stmt.span
             begin, end = starts[sp.line - 1] + sp.col - 1, starts[sp.end_line - 1] + sp.end_col - 1
             text = module.source[begin:end]
-            for c in reversed([c for c in comments if begin <= c.start_pos < end]):
-                text = text[: c.start_pos - begin] + text[c.end_pos - begin :]
+            for start, stop in reversed([(s, e) for s, e in spans if begin <= s < end]):
+                text = text[: start - begin] + text[stop - begin :]
             out.append("".join(text.split()))
     return out
 
@@ -359,7 +363,7 @@ def compare_modules(a: n.Module, b: n.Module) -> str | None:
     for x, y in zip(a.body, b.body, strict=True):
         if strip_positions(x) != strip_positions(y):
             return f"the statement at {x.span} changed"
-    for i, (x, y) in enumerate(zip(rule_texts(a), rule_texts(b), strict=True)):
-        if x != y:
+    for i, (old_text, new_text) in enumerate(zip(rule_texts(a), rule_texts(b), strict=True)):
+        if old_text != new_text:
             return f"the text of rule {i + 1} changed"
     return None

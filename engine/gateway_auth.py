@@ -155,10 +155,10 @@ def _parse(raw: bytes, where: str, json_file: bool) -> list[GatewayKey]:
         try:
             data = json.loads(text)
         except ValueError as exc:
-            line = getattr(exc, "lineno", None)
+            json_line: int | None = getattr(exc, "lineno", None)
             msg = getattr(exc, "msg", None) or str(exc).splitlines()[0]
             raise KeysFileError(
-                f"{where}:{line}: not valid JSON: {msg}" if line else f"{where}: not valid JSON: {msg}"
+                f"{where}:{json_line}: not valid JSON: {msg}" if json_line else f"{where}: not valid JSON: {msg}"
             ) from None
         try:  # JSON is (nearly always) YAML too: compose it for line numbers and duplicate names, best effort
             root = _compose(text)[1]

@@ -9,7 +9,8 @@ from typing import Any
 
 from engine.decision import Decision, NoRouteError
 from engine.gateway_openai import ApiError, ChatCall
-from engine.policy import hard_reason
+from engine.nodes import Span
+from engine.policy import Request, hard_reason
 from engine.report import Report, RuleRef
 
 
@@ -17,11 +18,15 @@ class _PinnedSelector:
     kind = "use"
     judge = None
 
+    def group(self, req: Request) -> tuple[str, ...]:
+        return ()  # never asked: a pinned decision's strategy is "single"
+
 
 class _PinnedRule:
     """Stands in for a policy rule when the request named its model (overrides)."""
 
     index, file, line, col = -1, "<request>", 0, 0
+    span = Span("<request>", 0, 0, 0, 0)
     selector = _PinnedSelector()
 
     def __init__(self, model: str):
@@ -88,7 +93,7 @@ def pinned_decision(engine: Any, call: ChatCall, attrs: dict[str, Any]) -> Decis
         (),
         req,
         0,
-        True,  # type: ignore[arg-type]
+        True,
         time.perf_counter_ns() - start,
     )
 

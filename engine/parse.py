@@ -87,10 +87,22 @@ def grammar_path() -> Path:
 _comments: contextvars.ContextVar[list[tuple[int, int]]] = contextvars.ContextVar("route_comments")
 
 
+def known(pos: int | None) -> int:
+    """A position lark types as optional but always sets on what its lexer produces (tokens, UnexpectedCharacters)."""
+    if pos is None:
+        raise ValueError("lark gave no source position")
+    return pos
+
+
+def token_offsets(tok: Token) -> tuple[int, int]:
+    """A lexed token's start and end offsets in the text."""
+    return known(tok.start_pos), known(tok.end_pos)
+
+
 def _on_comment(tok: Token) -> Token:
     found = _comments.get(None)
     if found is not None:
-        found.append((tok.start_pos, tok.end_pos))
+        found.append(token_offsets(tok))
     return tok
 
 
@@ -175,7 +187,7 @@ class _LiteralError(Exception):
 
 
 def _tok_span(tok: Token, file: str) -> n.Span:
-    return n.Span(file, tok.line, tok.column, tok.end_line, tok.end_column)
+    return n.Span(file, known(tok.line), known(tok.column), known(tok.end_line), known(tok.end_column))
 
 
 # ---- tree -> AST ---------------------------------------------------------------------------------
@@ -279,8 +291,8 @@ class _ToAST(Transformer):
         return item if isinstance(item, n.ListLit) else literal(item, self.file)
 
     def list(self, meta, children):
-        span = self._span(meta) if not meta.empty else None
-        return n.ListLit(tuple(literal(c, self.file) for c in children), span)
+        # never empty: lark places the node by its `[` and `]` too, so `[]` has a span
+        return n.ListLit(tuple(literal(c, self.file) for c in children), self._span(meta))
 
     # actions
     def action(self, meta, children):
@@ -522,7 +534,8 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, file: str) -> tuple[Diag
     line, col = max(exc.line, 1), max(exc.column, 1)
     line_text = text.splitlines()[line - 1] if text.splitlines()[line - 1 : line] else ""
     if isinstance(exc, UnexpectedCharacters):
-        ch = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else ""
+        pos = known(exc.pos_in_stream)
+        ch = text[pos] if pos < len(text) else ""
         span = n.Span(file, line, col, line, col + 1)
         rest = line_text[col:]
         if ch == '"' and '"' not in rest:
@@ -540,7 +553,7 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, file: str) -> tuple[Diag
                 "close it with `/`; write a literal slash inside as `\\/`",
             )
         elif ch.isdigit() or ch == "$":
-            word = re.match(r"[\w.$/%]+", text[exc.pos_in_stream :])
+            word = re.match(r"[\w.$/%]+", text[pos:])
             bad = word.group(0) if word else ch
             span = n.Span(file, line, col, line, col + len(bad))
             diag = Diagnostic(
@@ -561,7 +574,7 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, file: str) -> tuple[Diag
             diag = Diagnostic(
                 "E104", f"unexpected character `{ch}`", span, "not valid here", hint or _expected(exc.allowed or ())
             )
-        return diag, exc.pos_in_stream
+        return diag, pos
     if isinstance(exc, UnexpectedToken):
         tok = exc.token
         if tok.type == "$END":

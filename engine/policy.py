@@ -291,6 +291,7 @@ class Selector:
         t, o = req.tokens, req.out_tokens
         dynamic = self.dynamic_rest or (self.measured and bool(req.latency))
         ok = self._ok
+        e: Entry | None  # a group's best viable model (None: none is viable)
         first = self.by_input[0] if self.by_input else None
         if first is not None and first is self.by_output[0] and t > 0 and o > 0 and not dynamic:
             # One price group is cheapest on both input and output (a free local model, say): with tokens > 0 and

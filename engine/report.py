@@ -6,6 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+CandidateStatus = Literal["chosen", "eligible", "rejected", "not named"]
+RuleOutcome = Literal["decided", "no match", "no viable model"]
+
 
 class RuleRef(BaseModel):
     index: int
@@ -27,7 +30,7 @@ class Atom(BaseModel):
 class Candidate(BaseModel):
     model: str
     provider: str
-    status: Literal["chosen", "eligible", "rejected", "not named"]
+    status: CandidateStatus
     rank: int | None = None
     reason: str | None = None
     scores: list[str] = Field(default_factory=list)
@@ -36,7 +39,7 @@ class Candidate(BaseModel):
 class RuleTrace(BaseModel):
     rule: RuleRef
     matched: bool
-    outcome: Literal["decided", "no match", "no viable model"]
+    outcome: RuleOutcome
     conditions: list[Atom] = Field(default_factory=list)
     candidates: list[Candidate] = Field(default_factory=list)
     note: str | None = None

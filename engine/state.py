@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 Outcome = Literal["ok", "fail", "neutral", "cancelled"]
 EWMA_ALPHA = 0.2  # weight of the newest latency sample
@@ -48,15 +48,15 @@ class CircuitConfig:
     min_samples: int = 20
 
     @classmethod
-    def from_settings(cls, settings: Mapping[str, object] | None) -> CircuitConfig:
+    def from_settings(cls, settings: Mapping[str, Any] | None) -> CircuitConfig:
         if settings is None:
             return cls()
         return cls(
             int(settings["circuit.failures"]),
-            float(settings["circuit.window"]),  # type: ignore[arg-type]
+            float(settings["circuit.window"]),
             float(settings["circuit.cooldown"]),
             int(settings["latency.min_samples"]),
-        )  # type: ignore[arg-type]
+        )
 
 
 @dataclass(frozen=True)

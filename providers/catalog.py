@@ -247,6 +247,7 @@ class Catalog:
     providers: Mapping[str, ProviderSpec]
     aliases: Mapping[str, str]
     files: tuple[str, ...]
+    _capability_names: frozenset[str] | None  # computed on first use
 
     def __init__(
         self,
@@ -359,7 +360,7 @@ class Catalog:
 
     def capability_names(self) -> frozenset[str]:
         """Every capability scored by at least one model."""
-        names: frozenset[str] | None = self._capability_names
+        names = self._capability_names
         if names is None:
             names = frozenset(c for spec in self.models.values() for c in spec.capabilities)
             object.__setattr__(self, "_capability_names", names)

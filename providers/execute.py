@@ -17,7 +17,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +39,7 @@ from providers.streaming import AsyncCompletionStream, CompletionStream
 from providers.types import (
     ChatRequest,
     ChatResponse,
+    FinishReason,
     ImagePart,
     Message,
     ResponseFormat,
@@ -83,7 +84,7 @@ class Completion:
         return self.response.tool_calls if self.response is not None else []
 
     @property
-    def finish_reason(self) -> str | None:
+    def finish_reason(self) -> FinishReason | None:
         return self.response.finish_reason if self.response is not None else None
 
     def __repr__(self) -> str:
@@ -181,7 +182,7 @@ def validate(schema: Any, text: str) -> Any:
     try:
         return schema.model_validate_json(body)
     except ValueError as exc:
-        errors = exc.errors() if hasattr(exc, "errors") else []  # type: ignore[attr-defined]
+        errors = exc.errors() if hasattr(exc, "errors") else []
         detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'answer'}: {e['msg']}" for e in errors[:3])
         raise InvalidOutput(f"answer does not match {schema.__name__}: {detail or exc}") from None
 
@@ -198,10 +199,10 @@ class _LoopThread:
         self.thread = threading.Thread(target=self.loop.run_forever, name="modelroute-execute", daemon=True)
         self.thread.start()
 
-    def run(self, coro: Awaitable[Any]) -> Any:
+    def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
         if threading.current_thread() is self.thread:
             raise RuntimeError("the sync API cannot be called from an event callback; use the async API")
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
             return future.result()
         except BaseException:
@@ -290,7 +291,7 @@ class Executor:
                 weakref.finalize(self, lambda: loop.is_closed() or loop.call_soon_threadsafe(loop.stop))
             return self._bg
 
-    def run_sync(self, coro: Awaitable[Any]) -> Any:
+    def run_sync(self, coro: Coroutine[Any, Any, Any]) -> Any:
         return self._background().run(coro)
 
     async def aclose(self) -> None:

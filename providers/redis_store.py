@@ -335,10 +335,9 @@ class RedisStore(SpendMixin):
         replica's liveness when `touch` or when it was last refreshed more than a second ago."""
         items, self._dirty, self._dirty_since = self._dirty, {}, math.inf
         mono = self._clock()
+        now: float | str = ""  # "" tells the script not to refresh liveness
         if touch or mono >= self._touched + 1.0:
             self._touched, now = mono, self._wall()
-        else:
-            now = ""
         out: list[Any] = [self.replica_id, now, len(items)]
         for model, (count, seq) in items.items():
             out += [model, count, seq]
@@ -415,14 +414,14 @@ class RedisStore(SpendMixin):
                 local()
             return
         changed = False
-        for (script, keys, args, local), result in zip(cmds, results, strict=True):
+        for (script, keys, args, cmd_local), result in zip(cmds, results, strict=True):
             if isinstance(result, self._noscript):  # scripts not loaded yet (or Redis restarted): load, resend
                 try:
                     result = script(keys=keys, args=args)
                 except self._errors as exc:
                     self._mark_down(exc)
-                    if local is not None:
-                        local()
+                    if cmd_local is not None:
+                        cmd_local()
                     continue
             if isinstance(result, Exception):
                 log.error("redis state store: background send failed: %s", result)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from providers.errors import ProviderError
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["AsyncCompletionStream", "CompletionStream", "stream_events"]
 
 
-async def stream_events(executor: Executor, run: Run, sink: list[Completion]) -> AsyncIterator[StreamEvent]:
+async def stream_events(executor: Executor, run: Run, sink: list[Completion]) -> AsyncGenerator[StreamEvent, None]:
     """Stream the first model of the chain that starts answering; appends the Completion to `sink`."""
     try:
         if run.decision.strategy != "single":  # a group answers as a whole: one delta with the result
@@ -49,7 +49,9 @@ async def stream_events(executor: Executor, run: Run, sink: list[Completion]) ->
         executor.settle(run)
 
 
-async def _stream_model(executor: Executor, run: Run, entry: Any, sink: list[Completion]) -> AsyncIterator[StreamEvent]:
+async def _stream_model(
+    executor: Executor, run: Run, entry: Any, sink: list[Completion]
+) -> AsyncGenerator[StreamEvent, None]:
     """Stream one model, retrying failures before its first token; appends the Completion to `sink` on success
     and returns without one when the model failed (recorded in `run.attempts`)."""
     client = executor.client(run.policy, entry.provider)
@@ -109,11 +111,11 @@ class AsyncCompletionStream:
     def completion(self) -> Completion | None:
         return self._sink[0] if self._sink else None
 
-    def __aiter__(self) -> AsyncIterator[StreamEvent]:
+    def __aiter__(self) -> AsyncGenerator[StreamEvent, None]:
         return self._events
 
     async def aclose(self) -> None:
-        await self._events.aclose()  # type: ignore[attr-defined]
+        await self._events.aclose()
         self._executor.settle(self._run)
 
     async def __aenter__(self) -> AsyncCompletionStream:

@@ -41,6 +41,7 @@ def _input_tokens(usage: dict[str, Any]) -> int:
 def _blocks(message: Message) -> list[dict[str, Any]]:
     if message.role == "tool":
         return [{"type": "tool_result", "tool_use_id": message.tool_call_id, "content": message.text()}]
+    blocks: list[dict[str, Any]]
     if isinstance(message.content, str):
         blocks = [{"type": "text", "text": message.content}] if message.content else []
     else:
