@@ -1,12 +1,17 @@
 """decide() benchmark: modelroute against a hand-written Python router doing the same job, in one run.
 
-Run: python bench/decide_bench.py [--quick]
+Run: python bench/decide_bench.py [--quick] [--synthetic]
 Prints medians (microseconds per decide) and ratios, and writes them to bench/results/decide.txt.
 Both sides are timed interleaved, sample by sample, so machine noise hits them alike.
+
+The prompts are real ones from the shared data folder (../shared/data, or $MODELROUTE_BENCH_DATA); without
+it the bench says so in one line and exits 2. `--synthetic` runs on generated prompts instead and saves
+nothing (its figures are not comparable with the recorded ones).
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import gc
 import gzip
@@ -23,31 +28,35 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 from handwritten import HandwrittenRouter, HandwrittenRuleLoop  # noqa: E402
+from needs import data_dir, require_data  # noqa: E402
 
 from engine import Engine  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data"
 SIZES = {"200 B": 200, "4 KB": 4_000, "100 KB": 100_000}
+PROMPT_FILES = ("awesome_chatgpt_prompts.csv", "HumanEval.jsonl.gz", "self_instruct_seed_tasks.jsonl")
 
 
 def real_prompts() -> list[str]:
-    """Real prompts from ../shared/data (awesome-chatgpt-prompts, HumanEval, Self-Instruct)."""
+    """Real prompts from the shared data folder (awesome-chatgpt-prompts, HumanEval, Self-Instruct)."""
+    data = data_dir()
     out: list[str] = []
     csv.field_size_limit(10**7)
-    try:
-        with open(DATA / "awesome_chatgpt_prompts.csv", newline="", encoding="utf-8") as f:
-            out += [row["prompt"] for row in csv.DictReader(f) if row.get("prompt")]
-        with gzip.open(DATA / "HumanEval.jsonl.gz", "rt", encoding="utf-8") as f:
-            out += [json.loads(line)["prompt"] for line in f]
-        with open(DATA / "self_instruct_seed_tasks.jsonl", encoding="utf-8") as f:
-            out += [json.loads(line)["instruction"] for line in f]
-    except OSError:
-        out = [
-            f"Please help me with request number {i}: implement a parser, summarize a report, "
-            f"translate this to french, or write a poem about the sea."
-            for i in range(200)
-        ]
+    with open(data / "awesome_chatgpt_prompts.csv", newline="", encoding="utf-8") as f:
+        out += [row["prompt"] for row in csv.DictReader(f) if row.get("prompt")]
+    with gzip.open(data / "HumanEval.jsonl.gz", "rt", encoding="utf-8") as f:
+        out += [json.loads(line)["prompt"] for line in f]
+    with open(data / "self_instruct_seed_tasks.jsonl", encoding="utf-8") as f:
+        out += [json.loads(line)["instruction"] for line in f]
     return out
+
+
+def synthetic_prompts() -> list[str]:
+    """Generated prompts, for `--synthetic` runs without the shared data."""
+    return [
+        f"Please help me with request number {i}: implement a parser, summarize a report, "
+        f"translate this to french, or write a poem about the sea."
+        for i in range(200)
+    ]
 
 
 def sized(prompts: list[str], size: int, count: int) -> list[str]:
@@ -91,10 +100,9 @@ def compare(
 ATTRS = [{}, {"tier": "pro"}, {"tier": "free"}, {"tier": "enterprise", "tools": True}]
 
 
-def bundled(samples: int, lines: list[str]) -> None:
+def bundled(samples: int, lines: list[str], prompts: list[str]) -> None:
     engine = Engine.load(ROOT / "policies")
     hand = HandwrittenRouter()
-    prompts = real_prompts()
     lines.append("== bundled policy (policies/main.route) vs hand-written router (bench/handwritten.py)")
     lines.append(f"{'prompt':>8} {'modelroute us':>14} {'hand-written us':>16} {'speed-up':>9}")
     for label, size in SIZES.items():
@@ -130,8 +138,7 @@ def hand_fn_of(hand: HandwrittenRuleLoop) -> Callable[[str, dict], object]:
     return lambda p, at: hand.route(p, **at)
 
 
-def scaling(samples: int, lines: list[str]) -> None:
-    prompts = real_prompts()
+def scaling(samples: int, lines: list[str], prompts: list[str]) -> None:
     lines.append("")
     lines.append("== generated policies: decide() by rule count (prompt hits the rule in the middle)")
     lines.append(f"{'rules':>6} {'prompt':>8} {'modelroute us':>14} {'hand-written loop us':>21} {'speed-up':>9}")
@@ -166,13 +173,22 @@ def scaling(samples: int, lines: list[str]) -> None:
 
 
 def main() -> None:
-    quick = "--quick" in sys.argv
-    samples = 9 if quick else 31
-    lines: list[str] = [f"decide() benchmark, {samples} samples per cell, Python {sys.version.split()[0]}"]
-    bundled(samples, lines)
-    scaling(samples, lines)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="9 samples per cell instead of 31")
+    ap.add_argument("--synthetic", action="store_true", help="generated prompts instead of the shared data")
+    args = ap.parse_args()
+    if not args.synthetic:
+        require_data("decide_bench.py", *PROMPT_FILES, alternative="; or pass --synthetic for generated prompts")
+    prompts = synthetic_prompts() if args.synthetic else real_prompts()
+    samples = 9 if args.quick else 31
+    source = "synthetic prompts (not saved)" if args.synthetic else "real prompts"
+    lines = [f"decide() benchmark, {samples} samples per cell, Python {sys.version.split()[0]}, {source}"]
+    bundled(samples, lines, prompts)
+    scaling(samples, lines, prompts)
     text = "\n".join(lines)
     print(text)
+    if args.synthetic:
+        return
     out = HERE / "results" / "decide.txt"
     out.parent.mkdir(exist_ok=True)
     out.write_text(text + "\n", encoding="utf-8")

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import httpx
+from needs import require_modules, require_programs  # beside this file
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "gateway.txt"
@@ -120,6 +121,11 @@ def main() -> None:
     ap.add_argument("--no-save", action="store_true")
     ap.add_argument("--append", action="store_true", help="add to bench/results/gateway.txt instead of replacing it")
     args = ap.parse_args()
+    # the gateway needs the serve extra; the fake upstream is tests/fakeserver.py, which imports pytest
+    require_modules("gateway_bench.py", "uvicorn", "starlette", "pytest")
+    if args.redis:
+        require_modules("gateway_bench.py", "redis")
+        require_programs("gateway_bench.py", "redis-server", install="e.g. apt-get install redis-server")
 
     import tempfile
 
@@ -146,7 +152,7 @@ def main() -> None:
             gw, targets["gateway"] = start_gateway(Path(tmp), env)
             procs.append(gw)
             redis_bin = shutil.which("redis-server")
-            if args.redis and redis_bin:
+            if args.redis and redis_bin is not None:
                 port = free_port()
                 procs.append(
                     subprocess.Popen(

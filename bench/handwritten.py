@@ -139,3 +139,7 @@ class HandwrittenRuleLoop:
             if (want_tier is None or tier == want_tier) and any(p.search(prompt) for p in pats):
                 return model
         return self.default
+
+
+if __name__ == "__main__":
+    print("bench/handwritten.py is the hand-written router that bench/decide_bench.py times; run that instead")

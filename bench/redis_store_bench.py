@@ -20,6 +20,8 @@ import threading
 import time
 from pathlib import Path
 
+from needs import require_modules, require_programs  # beside this file
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -47,9 +49,10 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=5000)
     ap.add_argument("--store", help="a redis_store.py to time instead of providers/redis_store.py")
     args = ap.parse_args()
+    require_modules("redis_store_bench.py", "redis")
+    require_programs("redis_store_bench.py", "redis-server", install="e.g. apt-get install redis-server")
     redis_bin = shutil.which("redis-server")
-    if redis_bin is None:
-        raise SystemExit("no redis-server binary")
+    assert redis_bin is not None
 
     import redis.connection
 

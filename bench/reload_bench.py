@@ -1,6 +1,6 @@
 """Hot-reload benchmark: a copy of the bundled policy edited on disk in, the write-to-answer latency (median,
 max) and decide() throughput with and without reloads every ~100 ms out, printed and saved to
-bench/results/reload.txt. Run: python bench/reload_bench.py [--writes 30] [--seconds 1.5] [--rounds 5]."""
+bench/results/reload.txt. Run: python bench/reload_bench.py [--writes 30] [--seconds 1.5] [--rounds 5] [--no-save]."""
 
 from __future__ import annotations
 
@@ -144,6 +144,7 @@ def main() -> None:
     ap.add_argument("--writes", type=int, default=30)
     ap.add_argument("--seconds", type=float, default=1.5, help="length of each throughput run")
     ap.add_argument("--rounds", type=int, default=5, help="alternating throughput runs of each kind")
+    ap.add_argument("--no-save", action="store_true", help="print only; leave bench/results/reload.txt alone")
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
     lines = [
@@ -161,6 +162,8 @@ def main() -> None:
         for root in (bundled, small):
             lines += run(root, args)
             print("\n".join(lines[-10:]), flush=True)
+    if args.no_save:
+        return
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text("\n".join(lines))
     print(f"written to {RESULTS}")

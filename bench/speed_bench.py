@@ -4,15 +4,17 @@ compile time, memory, a per-phase profile, and (when installed) LiteLLM's Router
 Run: python bench/speed_bench.py [--quick]
 Prints every figure with its target and ratio, and writes the same text to bench/results/speed.txt.
 
-Inputs: real prompts from ../shared/data (as in bench/decide_bench.py) cut to 200 B, 4 KB, 100 KB and 1 MB;
+Inputs: real prompts from the shared data folder (../shared/data, or $MODELROUTE_BENCH_DATA; as in
+bench/decide_bench.py; without it the bench says so in one line and exits 2) cut to 200 B, 4 KB, 100 KB and 1 MB;
 generated policies of 10, 100 and 1,000 rules whose actions are all `use`, all `prefer capability(CODING)`
 or all `prefer cheapest`; catalogs of the bundled models and of ~4,000 models built from the LiteLLM price
-snapshot (../shared/data/litellm_model_prices.json). LiteLLM itself is optional: set MODELROUTE_LITELLM_PYTHON
+snapshot (litellm_model_prices.json in the same folder). LiteLLM itself is optional: set MODELROUTE_LITELLM_PYTHON
 to a Python that has `litellm` installed (a separate venv) and the LiteLLM comparison runs there.
 """
 
 from __future__ import annotations
 
+import argparse
 import gc
 import hashlib
 import json
@@ -32,7 +34,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 import re2  # noqa: E402
-from decide_bench import real_prompts, sized  # noqa: E402
+from decide_bench import PROMPT_FILES, real_prompts, sized  # noqa: E402
+from needs import data_dir, require_data  # noqa: E402
 
 from engine import Engine  # noqa: E402
 from engine import evaluate as ev  # noqa: E402
@@ -40,7 +43,7 @@ from engine.decision import Decision  # noqa: E402
 from engine.tokens import estimate_tokens  # noqa: E402
 from providers.catalog import Catalog, ModelSpec, default_catalog  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data"
+LITELLM_PRICES = "litellm_model_prices.json"
 SIZES = {"200 B": 200, "4 KB": 4_000, "100 KB": 100_000, "1 MB": 1_000_000}
 KINDS = {"use": "use gemini-1.5-flash", "capability": "prefer capability(CODING)", "cheapest": "prefer cheapest"}
 BIG_CATALOG_SIZE = 4_000
@@ -52,7 +55,7 @@ BIG_CATALOG_SIZE = 4_000
 def big_catalog(base: Catalog, total: int = BIG_CATALOG_SIZE) -> tuple[Catalog, int]:
     """The bundled models plus every LiteLLM chat model with prices and a context window, padded with
     deterministic variants (name~2, prices +10%) to `total`. Capability scores come from the price rank."""
-    raw = json.loads((DATA / "litellm_model_prices.json").read_text(encoding="utf-8"))
+    raw = json.loads((data_dir() / LITELLM_PRICES).read_text(encoding="utf-8"))
     taken = set(base.models) | set(base.aliases)
     rows = []
     for name, v in raw.items():
@@ -417,7 +420,10 @@ def litellm(out: list[str], prompts: list[str], small: Catalog, samples: int) ->
 
 
 def main() -> None:
-    quick = "--quick" in sys.argv
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="7 samples per cell instead of 21, no 1 MB column")
+    quick = ap.parse_args().quick
+    require_data("speed_bench.py", *PROMPT_FILES, LITELLM_PRICES)
     samples = 7 if quick else 21
     started = time.perf_counter()
     prompts = real_prompts()

@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from needs import require_modules  # beside this file
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 RESULTS = REPO / "bench" / "results" / "transport.txt"
@@ -132,6 +134,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args()
+    require_modules("transport_bench.py", "pytest")  # the fake upstream is tests/fakeserver.py, which imports it
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     os.environ["BENCH_KEY"] = "sk-bench"
     upstream = subprocess.Popen(

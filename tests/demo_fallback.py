@@ -1,9 +1,8 @@
-"""A runnable fallback demo: starts the fake provider server, scripts a 503 on the first model, routes one
-request through a small policy with a fallback and prints the attempts and `engine.usage()`.
+"""Test helpers for the execution tests: `engine_for(server, policy)`, an Engine over the fixture catalog whose
+providers all point at a tests.fakeserver.FakeServer, and the provider settings it uses.
 
-    python -m tests.demo_fallback
-
-`engine_for(server, policy)` (an Engine whose providers all point at a FakeServer) is shared with the tests.
+The runnable fallback demo that used to live here is examples/fallback_demo.py (it needs neither pytest nor
+tests/). This module keeps its name because the execution and gateway tests import it.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from typing import Any
 
 from engine import Engine
 from providers.catalog import ProviderSpec, load_catalog
-from tests.fakeserver import FakeServer, Fault, Reply
+from tests.fakeserver import FakeServer
 
 CATALOG = Path(__file__).resolve().parent / "fixtures" / "policies" / "catalog.yaml"
 #: The fixture catalog's providers, each given one of the three wire formats so every format is exercised.
@@ -57,31 +56,3 @@ def engine_for(
     return Engine.from_source(
         policy, catalog=load_catalog(CATALOG), providers=specs or provider_specs(server), api_keys=keys, **kw
     )
-
-
-def main() -> None:
-    with FakeServer() as server:
-        server.script("alpha-mini", [Fault.server_error(503), Fault.server_error(503)])  # first try + one retry
-        server.script("beta-chat", Reply(text="Paris is the capital of France.", input_tokens=12, output_tokens=8))
-        with engine_for(server) as engine:
-            print("policy:", *POLICY.strip().splitlines(), sep="\n  ")
-            completion = engine.complete("What is the capital of France?")
-            print(f"\nanswer: {completion.text!r} from {completion.model} ({completion.provider})")
-            print("attempts:")
-            for i, attempt in enumerate(completion.attempts, 1):
-                print(f"  {i}. {attempt}")
-            print("\nengine.usage():")
-            usage = engine.usage()
-            print(f"  {'':<22}{'calls':>6}{'failures':>9}{'success':>9}{'tokens in/out':>15}{'cost':>12}{'latency':>9}")
-            for group in ("models", "providers"):
-                for name, row in usage[group].items():
-                    latency = f"{row['latency_ms']:.0f}ms" if row["latency_ms"] is not None else "-"
-                    tokens, cost = f"{row['input_tokens']}/{row['output_tokens']}", f"${row['cost']:.6f}"
-                    print(
-                        f"  {group[:-1] + ' ' + name:<22}{row['calls']:>6}{row['failures']:>9}"
-                        f"{row['success_rate']:>9.0%}{tokens:>15}{cost:>12}{latency:>9}"
-                    )
-
-
-if __name__ == "__main__":
-    main()
