@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,18 +17,39 @@ from engine.state import MemoryStore, StateStore
 from engine.tokens import TokenEstimator, estimate_tokens, from_messages, has_images
 
 
+class RequestError(ValueError):
+    """A request the engine cannot decide as given (e.g. `tokens="many"`); the message says what to change."""
+
+
+def _token_count(value: Any) -> int:
+    """The `tokens=N` override as an int; RequestError for anything but a finite number >= 0 (or its digits)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        raise RequestError(f"tokens must be a number of tokens (0 or more), not {value!r}")
+    return int(value)
+
+
 def _output_tokens(policy: CompiledPolicy) -> float:
     settings = policy.settings
     return float(settings.values["output_tokens"]) if settings is not None else float(DEFAULT_OUTPUT_TOKENS)
 
 
-def compile_policy(path: str | Path | None = None, *, catalog: Any = None) -> CompiledPolicy:
-    """Load and compile a policy file or directory (default: the bundled policy). Raises PolicyError."""
-    return compile_loaded(load(path if path is not None else bundled_policy_dir()), catalog)
+def compile_policy(
+    path: str | Path | None = None, *, catalog: Any = None, today: datetime.date | None = None
+) -> CompiledPolicy:
+    """Load and compile a policy file or directory (default: the bundled policy). Raises PolicyError.
+
+    `today` is the date deprecations count from (default: the date now): `prefer` never ranks a catalog model
+    whose deprecation_date is on or before it."""
+    return compile_loaded(load(path if path is not None else bundled_policy_dir()), catalog, today=today)
 
 
-def compile_source(text: str, file: str = "<string>", *, catalog: Any = None) -> CompiledPolicy:
-    return compile_loaded(load_source(text, file), catalog)
+def compile_source(
+    text: str, file: str = "<string>", *, catalog: Any = None, today: datetime.date | None = None
+) -> CompiledPolicy:
+    """Compile policy text (includes and catalog paths resolve from the working directory); see compile_policy."""
+    return compile_loaded(load_source(text, file), catalog, today=today)
 
 
 class Engine:
@@ -42,9 +64,11 @@ class Engine:
         path: str | Path | None = None,
         catalog: Any = None,
         state: StateStore | None = None,
+        today: datetime.date | None = None,
         **execution: Any,
     ):
-        """`execution` configures complete()/stream() (see providers.execute.Executor): `providers`
+        """`path`, `catalog` and `today` are what recompile() (reload) compiles with; `today=None` means the date
+        at each recompile. `execution` configures complete()/stream() (see providers.execute.Executor): `providers`
         (provider name -> ProviderSpec, overriding the catalog's), `api_keys` (provider name -> key, instead of
         the environment), `transport` / `async_transport` (httpx transports), `limits` (httpx.Limits
         per provider connection pool), `sleep` (async sleep for
@@ -53,6 +77,7 @@ class Engine:
         self._estimate = token_estimator or estimate_tokens
         self._path = path
         self._catalog = catalog
+        self._today = today
         self._reload: Any = None
         self.state: StateStore = state if state is not None else MemoryStore()
         self._execution = execution
@@ -69,18 +94,22 @@ class Engine:
         watch: bool = False,
         poll: bool = False,
         state: StateStore | None = None,
+        today: datetime.date | None = None,
         **execution: Any,
     ) -> Engine:
         """A .route file, or a directory with main.route; None loads the bundled default policy.
 
-        With watch=True, every file the policy uses is watched and reloaded on change (see watch())."""
+        With watch=True, every file the policy uses is watched and reloaded on change (see watch()).
+        `today` is the date deprecations count from; None (the default) means the date at each compile, reloads
+        included, so a long-running engine stops ranking a model at its first reload after the model's date."""
         path = path if path is not None else bundled_policy_dir()
         engine = cls(
-            compile_policy(path, catalog=catalog),
+            compile_policy(path, catalog=catalog, today=today),
             token_estimator=token_estimator,
             path=path,
             catalog=catalog,
             state=state,
+            today=today,
             **execution,
         )
         return engine.watch(poll=poll) if watch else engine
@@ -94,10 +123,15 @@ class Engine:
         catalog: Any = None,
         token_estimator: TokenEstimator | None = None,
         state: StateStore | None = None,
+        today: datetime.date | None = None,
         **execution: Any,
     ) -> Engine:
         return cls(
-            compile_source(text, file, catalog=catalog), token_estimator=token_estimator, state=state, **execution
+            compile_source(text, file, catalog=catalog, today=today),
+            token_estimator=token_estimator,
+            state=state,
+            today=today,
+            **execution,
         )
 
     @property
@@ -120,7 +154,7 @@ class Engine:
         """Compile the policy from its path again (raises PolicyError); does not install it."""
         if self._path is None:
             raise ValueError("this engine was built from source text, not a path: nothing to reload")
-        return compile_policy(self._path, catalog=self._catalog)
+        return compile_policy(self._path, catalog=self._catalog, today=self._today)
 
     def reload(self) -> bool:
         """Recompile now and swap in the result if it compiles; False (last good policy kept) if not."""
@@ -169,7 +203,8 @@ class Engine:
     ) -> Request:
         """The Request decide() evaluates (exposed for tools that trace without deciding).
 
-        `tokens=N` overrides the estimate (for callers that count tokens exactly)."""
+        `tokens=N` overrides the estimate (for callers that count tokens exactly); RequestError if it is not a
+        number of tokens."""
         policy = policy or self._policy
         images_in_messages = False
         if messages is not None:
@@ -194,7 +229,7 @@ class Engine:
                 state.latency_ms(),
             )
         if "tokens" in attrs:
-            tokens = int(attrs.pop("tokens"))
+            tokens = _token_count(attrs.pop("tokens"))
         out = attrs.get("max_tokens")
         if not (isinstance(out, (int, float)) and not isinstance(out, bool) and out > 0):
             out = _output_tokens(policy)
@@ -219,7 +254,7 @@ class Engine:
     ) -> Decision:
         """Pick a model for a prompt (or OpenAI-format messages) and request attributes.
 
-        Raises NoRouteError when no rule yields a viable model."""
+        Raises NoRouteError when no rule yields a viable model, RequestError for an unusable `tokens`."""
         start = time.perf_counter_ns()
         policy = self._policy  # one read: the whole decision uses one policy version
         if messages is None and not attrs and not policy.budgets:  # the common case, without the detour

@@ -1,7 +1,13 @@
-"""Command line: `modelroute explain` (dry-run a decision) and `modelroute check` (compile and report)."""
+"""Command line: `modelroute explain` (dry-run a decision) and `modelroute check` (compile and report), plus what
+every command shares: the default policy, the `--today` option, JSON input limits and the exit codes.
+
+Exit codes: 0 ok; 1 the input does not pass (a policy error, a failing check or test, no route, a changed
+decision with --fail-on-change, a gateway that cannot listen); 2 usage (bad options or option values, files
+given as options that cannot be read or parsed); 3 a bug in modelroute (an internal error); 130 Ctrl-C."""
 
 from __future__ import annotations
 
+import datetime
 import importlib
 import json
 import os
@@ -15,14 +21,18 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
-from engine.api import Engine
+from engine.api import Engine, RequestError
+from engine.compile import as_date
 from engine.decision import NoRouteError
 from engine.diagnostics import PolicyError, Sources, render
 from engine.explain import render_text
 from engine.load import bundled_policy_dir, display_name, resolve_entry
 from engine.report import Report
 
-EXIT_OK, EXIT_ERRORS, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_BUG = 0, 1, 2, 3
+
+#: JSON read from the command line (--attr, --messages) may nest this deep; deeper is refused as bad input.
+MAX_JSON_DEPTH = 64
 
 
 def _console(stderr: bool = False) -> Console:
@@ -30,8 +40,70 @@ def _console(stderr: bool = False) -> Console:
 
 
 def default_policy() -> Path:
-    local = Path("policies")
-    return local if (local / "main.route").is_file() else bundled_policy_dir()
+    """The policy a command uses when given none: ./main.route, else ./policies/main.route, else the bundled one."""
+    if Path("main.route").is_file():
+        return Path("main.route")
+    if (Path("policies") / "main.route").is_file():
+        return Path("policies")
+    return bundled_policy_dir()
+
+
+def policy_or_default(given: Path | None) -> Path:
+    """`given`, or the default policy, which every command finds this way and names in one line on stderr
+    (stdout stays clean for --json)."""
+    if given is not None:
+        return given
+    path = default_policy()
+    entry = resolve_entry(path)
+    shown = f"{entry} (bundled)" if entry.is_absolute() else f"./{entry.as_posix()}"
+    click.echo(f"using policy {shown}", err=True)
+    return path
+
+
+def _to_date(ctx: click.Context, param: click.Parameter, value: datetime.datetime | None) -> datetime.date | None:
+    return value.date() if value is not None else None
+
+
+#: `--today YYYY-MM-DD`, shared by every command that compiles a policy for an answer (check, explain, test, diff,
+#: graph): the date deprecations count from, instead of the date now.
+today_option = click.option(
+    "--today",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    metavar="YYYY-MM-DD",
+    callback=_to_date,
+    help="Compile as if it were this date (default: today): `prefer` skips models deprecated on or before it, "
+    "and check warns (W108) about those deprecated within 30 days of it.",
+)
+
+
+class TooDeepError(ValueError):
+    """JSON that nests deeper than MAX_JSON_DEPTH."""
+
+
+def _depth(value: Any) -> int:
+    """How deep lists and objects nest in a JSON value (a scalar is 0), without recursion."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, level = todo.pop()
+        if isinstance(item, (list, dict)):
+            deepest = max(deepest, level)
+            if level <= MAX_JSON_DEPTH:  # deeper is refused anyway: stop counting
+                todo.extend((x, level + 1) for x in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def load_json(text: str) -> Any:
+    """JSON from the command line or a file it names. Raises ValueError when it is not JSON, TooDeepError when it
+    nests deeper than MAX_JSON_DEPTH (deeper input would exhaust the stack further on)."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        value, deep = None, True
+    else:
+        deep = _depth(value) > MAX_JSON_DEPTH
+    if deep:
+        raise TooDeepError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    return value
 
 
 def parse_attr(item: str) -> tuple[str, Any]:
@@ -43,10 +115,28 @@ def parse_attr(item: str) -> tuple[str, Any]:
     if not key:
         raise click.BadParameter(f"empty attribute name in {item!r}", param_hint="--attr")
     try:
-        value = json.loads(raw)
+        value = load_json(raw)
+    except TooDeepError as exc:
+        raise click.BadParameter(f"the value of {key} is {exc}", param_hint="--attr") from None
     except ValueError:
         value = raw
     return key, value
+
+
+def check_messages(messages: Any) -> list[dict[str, Any]]:
+    """OpenAI-format chat messages as read from a file: a list of objects whose content is a string, a list of
+    parts (objects or strings), or null. Raises ValueError naming the first thing that is not."""
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise ValueError("expected a JSON list of {role, content} objects")
+    for i, m in enumerate(messages):
+        content = m.get("content")
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                if not isinstance(part, (dict, str)):
+                    raise ValueError(f"messages[{i}].content[{j}] must be a part object or a string, not {part!r}")
+        elif content is not None and not isinstance(content, str):
+            raise ValueError(f"messages[{i}].content must be a string or a list of parts, not {content!r}")
+    return messages
 
 
 def print_diagnostics(err: PolicyError, console: Console) -> None:
@@ -91,7 +181,7 @@ class _Group(click.Group):
                 f"[bold red]internal error[/]: {escape(type(exc).__name__)}: {escape(str(exc))}\n"
                 "this is a bug in modelroute; rerun with MODELROUTE_DEBUG=1 for the traceback"
             )
-            ctx.exit(3)
+            ctx.exit(EXIT_BUG)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -112,7 +202,7 @@ def main() -> None:
     "--policy",
     "policy",
     type=click.Path(path_type=Path),
-    help="A .route file or a directory with main.route (default: ./policies, else the bundled one).",
+    help="A .route file or a directory with main.route (default: ./main.route, else ./policies, else the bundled one).",
 )
 @click.argument("prompt", required=False)
 @click.option(
@@ -142,6 +232,7 @@ def main() -> None:
 )
 @click.option("--color/--no-color", default=None, help="Force colour on or off (default: on a terminal).")
 @click.option("--watch", is_flag=True, help="Explain again every time a policy file is saved.")
+@today_option
 def explain(
     policy: Path | None,
     prompt: str | None,
@@ -152,6 +243,7 @@ def explain(
     fmt: str,
     color: bool | None,
     watch: bool,
+    today: datetime.date | None,
 ) -> None:
     """Dry-run a decision and show why the model was chosen and why every other model lost.
 
@@ -172,15 +264,19 @@ def explain(
         prompt = _read(prompt_file)
     elif messages_file is not None:
         try:
-            messages = json.loads(_read(messages_file))
+            data = load_json(_read(messages_file))
+        except TooDeepError as exc:
+            raise click.BadParameter(f"{messages_file} is {exc}", param_hint="--messages") from None
         except ValueError as exc:
             raise click.BadParameter(f"{messages_file} is not JSON: {exc}", param_hint="--messages") from None
-        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-            raise click.BadParameter("expected a JSON list of {role, content} objects", param_hint="--messages")
+        try:
+            messages = check_messages(data)
+        except ValueError as exc:
+            raise click.BadParameter(f"{messages_file}: {exc}", param_hint="--messages") from None
     elif prompt is None:
         raise click.UsageError("no prompt: pass PROMPT, -f FILE, - (stdin) or --messages FILE")
     attributes = dict(parse_attr(a) for a in attrs)
-    path = policy or default_policy()
+    path = policy_or_default(policy)
     console = _console()
     fmt = "json" if as_json else fmt
 
@@ -190,23 +286,26 @@ def explain(
         except NoRouteError as err:
             click.echo(_render(err.report(), fmt, _use_color(console, color)), color=color)
             return False
+        except RequestError as exc:
+            raise click.BadParameter(str(exc), param_hint="--attr") from None
         click.echo(_render(decision.report(), fmt, _use_color(console, color)), color=color)
         return True
 
     if watch:
-        follow_policy(path, lambda compiled: show(Engine(compiled, path=path)), console)
+        follow_policy(path, lambda compiled: show(Engine(compiled, path=path, today=today)), console, today)
         return
-    if not show(Engine.load(path)):
+    if not show(Engine.load(path, today=today)):
         sys.exit(EXIT_ERRORS)
 
 
-def follow_policy(path: Path, show: Any, console: Console) -> None:
-    """Run `show(compiled_policy)` now and after every save (diagnostics instead while it does not compile)."""
+def follow_policy(path: Path, show: Any, console: Console, today: datetime.date | None = None) -> None:
+    """Run `show(compiled_policy)` now and after every save (diagnostics instead while it does not compile).
+    `today`: the date each compile counts deprecations from (None: the date of that compile)."""
     from engine.reload import follow
 
     shown = display_name(resolve_entry(path))
     try:
-        for result in follow(path):
+        for result in follow(path, today=today):
             console.rule(f"{time.strftime('%H:%M:%S')} {shown}", style="dim")
             if isinstance(result, PolicyError):
                 print_diagnostics(result, console)
@@ -230,7 +329,7 @@ def _render(report: Report, fmt: str, color: bool) -> str:
 def _timed_decide(engine: Engine, prompt: str | None, messages: Any, attrs: dict[str, Any]):
     """Decide once, then repeat for ~20 ms to report a steady median time rather than a cold first call."""
     decision = engine.decide(prompt, messages=messages, **attrs)
-    samples = []
+    samples: list[int] = []
     deadline = time.perf_counter() + 0.02
     while len(samples) < 1000 and (time.perf_counter() < deadline or len(samples) < 5):
         samples.append(engine.decide(prompt, messages=messages, **attrs).elapsed_ns)
@@ -255,14 +354,9 @@ def _read(path: Path) -> str:
 @click.argument("policy", required=False, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print diagnostics (errors and warnings) as JSON.")
 @click.option("--strict", is_flag=True, help="Treat lint warnings as errors: exit 1 when there are any.")
-@click.option(
-    "--today",
-    type=click.DateTime(formats=["%Y-%m-%d"]),
-    hidden=True,
-    help="The date the deprecation warning (W108) counts from (for tests).",
-)
+@today_option
 @click.option("--watch", is_flag=True, help="Check again every time a policy file is saved.")
-def check(policy: Path | None, as_json: bool, strict: bool, today: Any, watch: bool) -> None:
+def check(policy: Path | None, as_json: bool, strict: bool, today: datetime.date | None, watch: bool) -> None:
     """Compile a policy, lint it, and report every diagnostic. Exit 0 when clean, 1 on errors.
 
     Warnings (codes W100-W109, see docs/check.md) do not fail the check unless --strict is given.
@@ -274,24 +368,25 @@ def check(policy: Path | None, as_json: bool, strict: bool, today: Any, watch: b
       modelroute check --strict
       modelroute check --watch      (re-checks on every save)
     """
-    path = policy or default_policy()
-    if watch:
-        follow_policy(path, lambda compiled: _report_check(compiled, path, as_json, strict, today), _console())
+    path = policy_or_default(policy)
+    if watch:  # each compile, and the lint after it, count from `today` or else from the date of that compile
+        follow_policy(path, lambda compiled: _report_check(compiled, path, as_json, strict, today), _console(), today)
         return
+    day = as_date(today)  # one date for the compile and the lint
     try:
-        engine = Engine.load(path)
+        engine = Engine.load(path, today=day)
     except PolicyError as err:
         exit_on_policy_error(err, as_json)
-    sys.exit(_report_check(engine.policy, path, as_json, strict, today))
+    sys.exit(_report_check(engine.policy, path, as_json, strict, day))
 
 
-def _report_check(p: Any, path: Path, as_json: bool, strict: bool, today: Any) -> int:
+def _report_check(p: Any, path: Path, as_json: bool, strict: bool, today: datetime.date | None) -> int:
     """Lint a compiled policy and print the result; returns the exit code."""
     import dataclasses
 
     from engine.lint import lint
 
-    warnings = lint(p, today=today.date() if today is not None else None)
+    warnings = lint(p, today=today)
     if strict:
         warnings = [dataclasses.replace(w, severity="error") for w in warnings]
     failed = strict and bool(warnings)

@@ -8,12 +8,14 @@ import gc
 import logging
 import os
 import re
+import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-from engine.cli import EXIT_USAGE, default_policy, main
+from engine.cli import EXIT_ERRORS, EXIT_USAGE, main, policy_or_default
 
 
 def _hash_key() -> None:
@@ -52,6 +54,35 @@ def _policies(args: tuple[str, ...]) -> tuple[Path | None, dict[str, Path]]:
     return default, named
 
 
+def listen(host: str, port: int) -> list[socket.socket]:
+    """Bound sockets for every address `host` names (as asyncio's create_server binds them), for uvicorn to
+    serve on. Raises OSError (socket.gaierror for a host that does not resolve) with nothing left open."""
+    reuse = os.name == "posix" and sys.platform != "cygwin"
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    socks: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            socks.append(sock)
+            if reuse:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.set_inheritable(True)
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
+def _bound(socks: list[socket.socket], host: str) -> str:
+    """host:port as clients reach it (the port the system chose for --port 0)."""
+    port = socks[0].getsockname()[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 @main.command()
 @click.option(
     "-p",
@@ -59,7 +90,8 @@ def _policies(args: tuple[str, ...]) -> tuple[Path | None, dict[str, Path]]:
     "policy_args",
     multiple=True,
     metavar="[NAME=]POLICY",
-    help="A .route file or a directory with main.route (default: ./policies, else the bundled one); "
+    help="A .route file or a directory with main.route (default: ./main.route, else ./policies, else the "
+    "bundled one); "
     'it answers model "auto". Repeat as NAME=POLICY for named policies that requests choose '
     'with model "NAME".',
 )
@@ -139,8 +171,8 @@ def serve(
     if hash_only:
         _hash_key()
         return
-    try:
-        import uvicorn
+    try:  # uvicorn and starlette (the serve extra) are checked for before any work
+        import uvicorn  # noqa: F401
 
         from engine.gateway import create_app
     except ModuleNotFoundError as exc:
@@ -157,11 +189,14 @@ def serve(
         except KeysFileError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(EXIT_USAGE)
-    state = None
+    state: Any = None
     if redis_url:
         from providers.redis_store import RedisStore
 
-        state = RedisStore(redis_url, prefix=redis_prefix)
+        try:
+            state = RedisStore(redis_url, prefix=redis_prefix)
+        except ValueError as exc:  # redis-py's URL parser: a scheme, port or IPv6 address it cannot read
+            raise click.BadParameter(f"{redis_url!r} is not a Redis URL: {exc}", param_hint="--redis") from None
         if not state.ping():
             click.echo("warning: Redis is not reachable now; serving with local state until it is", err=True)
     policy, named = _policies(policy_args)
@@ -169,43 +204,24 @@ def serve(
         from engine.state import MemoryStore
 
         state = MemoryStore()  # one router: circuits, health and spend are shared by every policy
-    engine = Engine.load(policy or default_policy(), watch=watch, state=state)
+    engine = Engine.load(policy_or_default(policy), watch=watch, state=state)
     engines = {name: Engine.load(path, watch=watch, state=state) for name, path in named.items()}
     try:
         app = create_app(engine, keys=keys, max_body=max_body, policies=engines)
     except ValueError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
-    where = "redis" if redis_url else "in-process"
-    auth = f"{len(keys)} gateway key(s)" if keys is not None else "NO authentication (no --keys)"
-    click.echo(
-        f"modelroute gateway: http://{host}:{port}/v1  policy {engine.policy.entry} "
-        f"(version {engine.version[:12]}), {where} state, {auth}",
-        err=True,
-    )
-    for name, e in engines.items():
-        click.echo(f'  model "{name}": policy {e.policy.entry} (version {e.version[:12]})', err=True)
-    if keys is None and host not in ("127.0.0.1", "localhost", "::1"):
-        click.echo("warning: listening beyond loopback without --keys: anyone who can connect can spend", err=True)
-    from engine.gateway_http import http_protocol
-
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level=log_level,
-        access_log=access_log,
-        http=http_protocol(),  # uvicorn's, with a response's head and body sent together
-        timeout_graceful_shutdown=graceful_timeout,
-        lifespan="on",
-        server_header=False,
-        proxy_headers=False,
-    )
-    gc.collect()
-    gc.freeze()  # the policy, catalog and modules loaded so far are long-lived: keep them out of every GC pass
+    socks: list[socket.socket] = []
     try:
-        uvicorn.Server(config).run()
+        try:
+            socks = listen(host, port)
+        except OSError as exc:
+            click.echo(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)
+            sys.exit(EXIT_USAGE if isinstance(exc, socket.gaierror) else EXIT_ERRORS)
+        _run(app, socks, engine, engines, keys, host, redis_url, log_level, access_log, graceful_timeout)
     finally:
+        for sock in socks:
+            sock.close()
         for e in (engine, *engines.values()):
             e.stop()
         close = getattr(state, "close", None)
@@ -213,3 +229,56 @@ def serve(
             close()  # a Redis store removes this replica's in-flight counts at once
         if os.environ.get("MODELROUTE_DEBUG"):
             click.echo("gateway stopped", err=True)
+
+
+def _run(
+    app: Any,
+    socks: list[socket.socket],
+    engine: Any,
+    engines: dict[str, Any],
+    keys: Any,
+    host: str,
+    redis_url: str | None,
+    log_level: str,
+    access_log: bool,
+    graceful_timeout: float,
+) -> None:
+    """Say what is served where, then run uvicorn on the bound sockets until it is stopped."""
+    import uvicorn
+
+    from engine.gateway_http import http_protocol
+
+    where = "redis" if redis_url else "in-process"
+    auth = f"{len(keys)} gateway key(s)" if keys is not None else "NO authentication (no --keys)"
+    click.echo(
+        f"modelroute gateway: http://{_bound(socks, host)}/v1  policy {engine.policy.entry} "
+        f"(version {engine.version[:12]}), {where} state, {auth}",
+        err=True,
+    )
+    for name, e in engines.items():
+        click.echo(f'  model "{name}": policy {e.policy.entry} (version {e.version[:12]})', err=True)
+    if keys is None and host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo("warning: listening beyond loopback without --keys: anyone who can connect can spend", err=True)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=socks[0].getsockname()[1],
+        log_level=log_level,
+        access_log=access_log,
+        http=http_protocol(),  # uvicorn's, with a response's head and body sent together
+        # annotated int, but uvicorn hands it to asyncio.timeout(), which takes fractional seconds
+        timeout_graceful_shutdown=graceful_timeout,  # type: ignore[arg-type]
+        lifespan="on",
+        server_header=False,
+        proxy_headers=False,
+    )
+    gc.collect()
+    gc.freeze()  # the policy, catalog and modules loaded so far are long-lived: keep them out of every GC pass
+    server = uvicorn.Server(config)
+    try:
+        server.run(sockets=socks)
+    except SystemExit as exc:  # uvicorn exits 3 when it cannot start (it logged why): not a bug in modelroute
+        if server.started or exc.code in (None, 0):
+            raise
+        click.echo(f"error: the gateway did not start on {_bound(socks, host)} (see the log above)", err=True)
+        sys.exit(EXIT_ERRORS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from engine.cli import EXIT_ERRORS, EXIT_OK, _console, default_policy, exit_on_policy_error, main
+from engine.cli import EXIT_ERRORS, EXIT_OK, _console, exit_on_policy_error, main, policy_or_default, today_option
 from engine.diagnostics import PolicyError
 from engine.explain import render_markup
 from engine.testing import CaseResult, Coverage, RunResult, compile_with_tests, run_tests
@@ -30,7 +31,10 @@ from engine.testing import CaseResult, Coverage, RunResult, compile_with_tests, 
     metavar="PATTERN",
     help="Run only expects whose test name or prompt contains PATTERN (case-insensitive).",
 )
-def test_command(policy: Path | None, show_coverage: bool, as_json: bool, pattern: str | None) -> None:
+@today_option
+def test_command(
+    policy: Path | None, show_coverage: bool, as_json: bool, pattern: str | None, today: datetime.date | None
+) -> None:
     """Run the policy's tests: `test` blocks in the policy and in *_test.route files beside it.
 
     Each `expect` is one case. A failure shows the explain of what happened instead. The last line is
@@ -43,11 +47,11 @@ def test_command(policy: Path | None, show_coverage: bool, as_json: bool, patter
       modelroute test policies/main_test.route -k legal
       modelroute test --json
     """
-    path = policy or default_policy()
-    if policy is not None and not path.exists():
-        raise click.BadParameter(f"{path} does not exist", param_hint="POLICY")
+    if policy is not None and not policy.exists():
+        raise click.BadParameter(f"{policy} does not exist", param_hint="POLICY")
+    path = policy_or_default(policy)
     try:
-        compiled, files = compile_with_tests(path)
+        compiled, files = compile_with_tests(path, today=today)
     except PolicyError as err:
         exit_on_policy_error(err, as_json)
     result = run_tests(compiled, pattern, tuple(files))
@@ -99,8 +103,8 @@ def _case(c: CaseResult) -> str:
         return f"  [green]PASS[/]  [cyan]{escape(at)}[/]  {escape(c.source)}"
     lines = [f"  [bold red]FAIL[/]  [cyan]{escape(at)}[/]  {escape(c.source)}"]
     lines += [f"        [red]{escape(p)}[/]" for p in c.problems]
-    lines.append(f"        got {escape(c.actual())}; what happened:")
     if c.report is not None:
+        lines.append(f"        got {escape(c.actual())}; what happened:")
         lines += [f"          {line}" if line else "" for line in render_markup(c.report).splitlines()]
     return "\n".join(lines)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import json
 import sys
@@ -9,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.console import JustifyMethod
 from rich.markup import escape
 from rich.table import Table
 
 from engine.api import Engine
-from engine.cli import EXIT_ERRORS, _console, default_policy, main, print_diagnostics
+from engine.cli import EXIT_ERRORS, _console, main, policy_or_default, print_diagnostics, today_option
+from engine.compile import as_date
 from engine.diagnostics import PolicyError, did_you_mean
 from engine.load import display_name
 
@@ -130,7 +133,10 @@ def fmt(paths: tuple[Path, ...], check: bool, show_diff: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
 @click.option("--fail-on-change", is_flag=True, help="Exit 1 if any decision changed (for CI).")
 @click.option("--limit", default=20, show_default=True, help="Changed requests to list in the text report.")
-def diff_cmd(old: Path, new: Path, prompts: Path, as_json: bool, fail_on_change: bool, limit: int) -> None:
+@today_option
+def diff_cmd(
+    old: Path, new: Path, prompts: Path, as_json: bool, fail_on_change: bool, limit: int, today: datetime.date | None
+) -> None:
     """Compare the decisions of two policies on a corpus of requests.
 
     Reports which decisions change, from which model to which, by which rules (old file:line -> new
@@ -150,7 +156,7 @@ def diff_cmd(old: Path, new: Path, prompts: Path, as_json: bool, fail_on_change:
         corpus = read_corpus(prompts)
     except CorpusError as exc:
         raise click.BadParameter(str(exc), param_hint="--prompts") from None
-    old_engine, new_engine = _load_pair(old, new)
+    old_engine, new_engine = _load_pair(old, new, as_date(today))  # one date for both sides
     try:
         result = diff_policies(old_engine, new_engine, corpus)
     except CorpusError as exc:
@@ -163,14 +169,15 @@ def diff_cmd(old: Path, new: Path, prompts: Path, as_json: bool, fail_on_change:
         sys.exit(EXIT_ERRORS)
 
 
-def _load_pair(old: Path, new: Path) -> tuple[Engine, Engine]:
-    """Both engines, reporting the diagnostics of both policies before failing."""
-    engines, errors = [], []
+def _load_pair(old: Path, new: Path, today: datetime.date) -> tuple[Engine, Engine]:
+    """Both engines, compiled for one date, reporting the diagnostics of both policies before failing."""
+    engines: list[Engine] = []
+    errors: list[PolicyError] = []
     for path in (old, new):
         try:
-            engines.append(Engine.load(path))
-        except PolicyError as err:
-            errors.append(err)
+            engines.append(Engine.load(path, today=today))
+        except PolicyError as exc:
+            errors.append(exc)
     if errors:
         console = _console(stderr=True)
         for err in errors:
@@ -193,7 +200,8 @@ def _load_pair(old: Path, new: Path) -> tuple[Engine, Engine]:
     help="Mermaid flowchart (renders in GitHub markdown) or Graphviz DOT.",
 )
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="Write to a file.")
-def graph(policy: Path | None, fmt_: str, output: Path | None) -> None:
+@today_option
+def graph(policy: Path | None, fmt_: str, output: Path | None, today: datetime.date | None) -> None:
     """Draw the compiled decision structure: rules in order, each condition -> selector -> model(s) and
     fallbacks; `no` (or no viable model) goes on to the next rule, and after the last rule, no route.
 
@@ -205,7 +213,7 @@ def graph(policy: Path | None, fmt_: str, output: Path | None) -> None:
     """
     from engine.graph import to_dot, to_mermaid
 
-    compiled = Engine.load(policy or default_policy()).policy
+    compiled = Engine.load(policy_or_default(policy), today=today).policy
     text = to_dot(compiled) if fmt_ == "dot" else to_mermaid(compiled)
     if output is not None:
         output.write_text(text, encoding="utf-8")
@@ -293,7 +301,7 @@ def catalog(
       modelroute catalog --provider anthropic --sort CODING
       modelroute catalog --json | jq '.[].name'
     """
-    rows, cat = _model_rows(policy or default_policy())
+    rows, cat = _model_rows(policy_or_default(policy))
     if providers:
         known = {r["provider"] for r in rows}
         for p in providers:
@@ -334,7 +342,7 @@ def _sorted(rows: list[dict[str, Any]], sort: str, capabilities: frozenset[str])
 
 def _print_table(rows: list[dict[str, Any]], sort: str) -> None:
     table = Table(show_edge=False, header_style="bold", pad_edge=False)
-    for col, justify in (
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
         ("name", "left"),
         ("provider", "left"),
         ("context", "right"),
@@ -344,8 +352,9 @@ def _print_table(rows: list[dict[str, Any]], sort: str) -> None:
         ("capabilities", "left"),
         ("supports", "left"),
         ("aliases", "left"),
-    ):
-        table.add_column(col, justify=justify, no_wrap=col in ("name", "provider"))  # type: ignore[arg-type]
+    )
+    for col, justify in columns:
+        table.add_column(col, justify=justify, no_wrap=col in ("name", "provider"))
     first = sort.upper()
     deprecated = 0
     for r in rows:

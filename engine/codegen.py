@@ -24,6 +24,20 @@ from engine.units import fmt_count, fmt_ms, fmt_price, fmt_value
 Guard = tuple  # ("patterns", frozenset[int]) | ("attr", name, frozenset[value])
 
 
+def number(value: object) -> float:
+    """A numeric literal's value as a float (the checks before code generation let only numbers through)."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    raise TypeError(f"expected a number, got {value!r}")
+
+
+def literal(value: n.Value | None) -> n.Literal:
+    """The single value after a comparison or in a numeric constraint (pass_types refuses lists there)."""
+    if not isinstance(value, n.Literal):
+        raise TypeError(f"expected one value, got {value!r}")
+    return value
+
+
 class _Gen:
     def __init__(self, task_masks: Mapping[str, int], pattern_of: Mapping[int, int]):
         self.task_masks, self.pattern_of = task_masks, pattern_of
@@ -46,7 +60,7 @@ class _Gen:
         if isinstance(node, n.Truthy):
             return "(T > 0)" if node.operand.builtin else f"bool({self.attr(node.operand.name)})"
         if isinstance(node, n.Compare):
-            value = node.right.value  # type: ignore[union-attr]
+            value = literal(node.right).value
             if node.left.builtin:
                 return f"(T {node.op} {value!r})"
             self.tmp += 1
@@ -78,7 +92,7 @@ def guard(node: n.Cond | None, gen: _Gen) -> Guard | None:
         mask = gen.task_masks[node.name]
         return ("patterns", frozenset(i for i in range(mask.bit_length()) if mask >> i & 1))
     if isinstance(node, n.Compare) and node.op == "==" and not node.left.builtin:
-        return _attr_guard(node.left.name, (node.right.value,))  # type: ignore[union-attr]
+        return _attr_guard(node.left.name, (literal(node.right).value,))
     if isinstance(node, n.InList) and not node.left.builtin:
         return _attr_guard(node.left.name, tuple(i.value for i in node.right.items))
     if isinstance(node, n.And):
@@ -86,13 +100,14 @@ def guard(node: n.Cond | None, gen: _Gen) -> Guard | None:
         found.sort(key=lambda g: (g[0] != "patterns", len(g[-1])))
         return found[0] if found else None
     if isinstance(node, n.Or):
-        parts = [guard(x, gen) for x in node.operands]
-        if any(p is None for p in parts):
+        each = [guard(x, gen) for x in node.operands]
+        parts = [p for p in each if p is not None]
+        if len(parts) != len(each):
             return None
-        kinds = {p[:-1] for p in parts}  # type: ignore[index]
+        kinds = {p[:-1] for p in parts}
         if len(kinds) != 1:
             return None
-        return (*parts[0][:-1], frozenset().union(*(p[-1] for p in parts)))  # type: ignore[index]
+        return (*parts[0][:-1], frozenset().union(*(p[-1] for p in parts)))
     return None
 
 
@@ -116,7 +131,7 @@ def static_reason(e: Entry, c: n.Constraint) -> str | None:
     """Why a model fails a request-independent `where` constraint, or None when it passes."""
     value = c.value.value if isinstance(c.value, n.Literal) else None
     if c.metric == "provider":
-        names = [str(i.value) for i in c.value.items]  # type: ignore[union-attr]
+        names = [str(i.value) for i in c.value.items] if isinstance(c.value, n.ListLit) else []
         return None if e.provider in names else f"provider {e.provider} not in [{', '.join(names)}]"
     if c.metric == "supports":
         return None if value in e.spec.supports else f"no {value} support"
@@ -129,17 +144,22 @@ def static_reason(e: Entry, c: n.Constraint) -> str | None:
         actual, shown = e.latency_ms / 1000, f"latency {fmt_ms(e.latency_ms)}"
     elif c.metric == "price":  # compared in $/1M rounded to 1e-9: $0.45/1M and $0.00045/1k are the same price
         actual, shown = round(e.ip * 1e6, 9), f"price {fmt_price(e.ip)}"
-        value = round(float(value) * 1e6, 9)  # type: ignore[arg-type]
-        if OPS[c.op](actual, value):
+        per_million = round(number(value) * 1e6, 9)
+        if OPS[c.op](actual, per_million):
             return None
-        return f"{shown} {NEGATED[c.op]} {fmt_value('price', value / 1e6)}"
+        return f"{shown} {NEGATED[c.op]} {fmt_value('price', per_million / 1e6)}"
     elif c.metric == "context":
         actual, shown = e.context, f"context {fmt_count(e.context)}"
     else:
         return None
     if OPS[c.op](actual, value):
         return None
-    return f"{shown} {NEGATED[c.op]} {fmt_value(c.value.kind, value)}"  # type: ignore[union-attr]
+    return f"{shown} {NEGATED[c.op]} {fmt_value(literal(c.value).kind, value)}"
+
+
+def retired(spec: Any, today: datetime.date) -> bool:
+    """Whether a catalog model (a ModelSpec) is past its deprecation date on `today` (the date itself counts)."""
+    return spec.deprecation_date is not None and spec.deprecation_date <= today
 
 
 def _static_key(static: list[n.Constraint]) -> tuple:
@@ -155,13 +175,16 @@ def build_selector(
     resolve: Callable[[n.ModelRef], Entry],
     key: str = "",
     cache: dict | None = None,
+    *,
+    today: datetime.date,
 ) -> Selector:
     """`cache` (one per compile) shares the filtered and sorted catalog between rules with equal constraints
-    and rankings: a 1,000-rule policy over a 4,000-model catalog then filters and sorts a handful of times."""
+    and rankings: a 1,000-rule policy over a 4,000-model catalog then filters and sorts a handful of times.
+    `today` is the compile's date: a `prefer` over the catalog never ranks a model deprecated on or before it."""
     cache = {} if cache is None else cache
     static = [c for c in action.where if c.metric != "cost"]
     costs = tuple(
-        CostLimit(c.op, float(c.value.value), c.value.text)  # type: ignore[union-attr,arg-type]
+        CostLimit(c.op, number(literal(c.value).value), literal(c.value).text)
         for c in action.where
         if c.metric == "cost"
     )
@@ -178,12 +201,10 @@ def build_selector(
         pool, rejects = (list(x) for x in cache[skey])
     else:
         pool, rejects = [], []
-        today = datetime.date.today()
         for e in candidates:
-            retired = e.spec.deprecation_date
-            if whole_catalog and retired is not None and retired <= today:
+            if whole_catalog and retired(e.spec, today):
                 # `prefer` never ranks a model past its deprecation date; `use` and `fallback` still may (W108)
-                rejects.append((e, f"deprecated since {retired.isoformat()}"))
+                rejects.append((e, f"deprecated since {e.spec.deprecation_date}"))
                 continue
             why = next((r for c in static if (r := static_reason(e, c))), None)
             if why:
@@ -197,7 +218,7 @@ def build_selector(
     if action.kind == "use":
         return Selector("use", candidates[0], tuple(pool), tuple(rejects), (), "static", costs, fallbacks)
     if action.members:
-        given = (float(w.value) for w in action.weights)  # type: ignore[arg-type]
+        given = (number(w.value) for w in action.weights)
         weights = dict(zip((resolve(m) for m in action.members), given, strict=False))
         return Selector(
             action.kind,
@@ -249,7 +270,9 @@ def build_selector(
             return (*(r.key(e, None) for r in static_rest), e.name)
 
         price_groups = [PriceGroup(ip, op, tuple(sorted(members, key=by_rest))) for (ip, op), members in groups.items()]
-        cache[rkey] = (tuple(sorted(price_groups, key=lambda g: g.ip)), tuple(sorted(price_groups, key=lambda g: g.op)))
+        by_input = tuple(sorted(price_groups, key=lambda g: g.ip))
+        by_output = tuple(sorted(price_groups, key=lambda g: g.op))
+        cache[rkey] = (by_input, by_output)
         return Selector(
             "prefer",
             None,
@@ -259,7 +282,8 @@ def build_selector(
             "cheapest",
             costs,
             fallbacks,
-            *cache[rkey],
+            by_input,
+            by_output,
             measured=measured,
             dynamic_rest=any(r.kind == "least_busy" for r in rest),
         )
@@ -276,6 +300,8 @@ def build_rule(
     task_masks: Mapping[str, int],
     pattern_of: Mapping[int, int],
     cache: dict | None = None,
+    *,
+    today: datetime.date,
 ) -> tuple[CompiledRule, Guard | None]:
     gen = _Gen(task_masks, pattern_of)
     cond = atoms = None
@@ -284,6 +310,8 @@ def build_rule(
         cond = _function(gen.expr(rule.cond), f"rule_{index}")
         atoms = {id(a): _function(gen.expr(a), f"atom_{index}") for a in _atoms(rule.cond)}
         needs_scan = any(isinstance(a, (n.TaskMatch, n.TaskIs)) for a in _atoms(rule.cond))
-    selector = build_selector(rule.action, entries, resolve, key=f"{rule.span.file}:{rule.span.line}", cache=cache)
+    selector = build_selector(
+        rule.action, entries, resolve, key=f"{rule.span.file}:{rule.span.line}", cache=cache, today=today
+    )
     compiled = CompiledRule(index, rule.span, rule.text, rule, cond, atoms or {}, needs_scan, selector)
     return compiled, guard(rule.cond, gen)

@@ -1,7 +1,10 @@
-"""Compilation: loaded statements and a catalog in, a CompiledPolicy (or every diagnostic) out, in named passes."""
+"""Compilation: loaded statements, a catalog and a date in, a CompiledPolicy (or every diagnostic) out, in named
+passes. The date decides which models are past their deprecation date; `current_date()` is the one place the
+compiler reads the clock, and only when the caller gives no date."""
 
 from __future__ import annotations
 
+import datetime
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -10,17 +13,33 @@ from types import MappingProxyType
 from typing import Any
 
 from engine import nodes as n
-from engine.codegen import build_rule
+from engine.codegen import build_rule, literal, number, retired
 from engine.diagnostics import Diagnostic, PolicyError, did_you_mean
 from engine.load import Loaded, display_name
 from engine.matcher import FLAGS, Matcher, check, to_re2
 from engine.policy import BudgetSpec, CompiledPolicy, Entry
 from engine.settings import SETTINGS, Settings, coerce
 from engine.units import EXAMPLES, KIND_NAMES, METRIC_KIND
-from providers.catalog import Catalog, CatalogError, default_catalog, load_catalog
+from providers.catalog import Catalog, CatalogError, ModelSpec, default_catalog, load_catalog
 
 MAX_RULES = 10_000
 FEATURES = frozenset({"tools", "vision", "json", "streaming"})
+
+
+def current_date() -> datetime.date:
+    """Today's local date: what a compile (and lint) without an explicit `today` uses, read at each call."""
+    return datetime.date.today()
+
+
+def as_date(today: datetime.date | None) -> datetime.date:
+    """`today` as a plain date (a datetime counts by its date); None means current_date(). Raises TypeError."""
+    if today is None:
+        return current_date()
+    if isinstance(today, datetime.datetime):
+        return today.date()
+    if isinstance(today, datetime.date):
+        return today
+    raise TypeError(f"today must be a datetime.date, not {type(today).__name__}")
 
 
 @dataclass
@@ -28,6 +47,7 @@ class Context:
     """State shared by the passes; each pass reads it, adds to it and appends diagnostics."""
 
     loaded: Loaded
+    today: datetime.date = field(default_factory=current_date)  # models deprecated on or before it are not ranked
     catalog: Catalog | None = None
     given_catalog: Catalog | None = None
     diagnostics: list[Diagnostic] = field(default_factory=list)
@@ -332,11 +352,11 @@ def pass_types(ctx: Context) -> None:
                         if item.kind != "count":
                             _unit_error(ctx, "`tokens`", "count", item)
         for c in rule.action.where:
-            if c.metric in METRIC_KIND:
+            if c.metric in METRIC_KIND and c.value is not None:
                 want = METRIC_KIND[c.metric]
                 if not isinstance(c.value, n.Literal) or c.value.kind != want:
                     _unit_error(ctx, f"`{c.metric}`", want, c.value)
-                elif c.metric == "capability" and not 0 <= float(c.value.value) <= 10:
+                elif c.metric == "capability" and not 0 <= number(c.value.value) <= 10:
                     ctx.error(
                         "E401",
                         f"capability scores run from 1 to 10, not {c.value.text}",
@@ -362,7 +382,7 @@ def pass_strategies(ctx: Context) -> None:
                 did_you_mean(str(act.mode.value), BALANCE_MODES) or "modes: " + ", ".join(BALANCE_MODES),
             )
         if act.kind == "split":
-            total = sum(float(w.value) for w in act.weights)
+            total = sum(number(w.value) for w in act.weights)
             if abs(total - 1.0) > 1e-9:
                 shown = ", ".join(w.text for w in act.weights)
                 ctx.error(
@@ -451,9 +471,14 @@ PASSES: tuple[tuple[str, Callable[[Context], None]], ...] = (
 )
 
 
-def compile_loaded(loaded: Loaded, catalog: Catalog | None = None) -> CompiledPolicy:
-    """Run every pass; raise PolicyError with all diagnostics, or return the compiled policy."""
-    ctx = Context(loaded=loaded, given_catalog=catalog, diagnostics=list(loaded.diagnostics))
+def compile_loaded(
+    loaded: Loaded, catalog: Catalog | None = None, *, today: datetime.date | None = None
+) -> CompiledPolicy:
+    """Run every pass; raise PolicyError with all diagnostics, or return the compiled policy.
+
+    `today` (default: current_date() now) is the date deprecations count from: `prefer` over the catalog never
+    ranks a model whose deprecation_date is on or before it."""
+    ctx = Context(loaded=loaded, today=as_date(today), given_catalog=catalog, diagnostics=list(loaded.diagnostics))
     for _name, run in PASSES:
         run(ctx)
     if not ctx.ok or ctx.catalog is None:
@@ -477,11 +502,19 @@ def build(ctx: Context) -> CompiledPolicy:
         for p in task.patterns:
             mask |= 1 << ctx.pattern_of[id(p)]
         task_masks[name] = mask
-    resolve = lambda ref: entries[ctx.catalog.resolve(ctx.aliases.get(ref.name, ref.name)).name]  # noqa: E731
+    catalog = ctx.catalog
+
+    def resolve(ref: n.ModelRef) -> Entry:
+        spec = catalog.resolve(ctx.aliases.get(ref.name, ref.name))
+        assert spec is not None, f"{ref.name} passed pass_names but does not resolve"
+        return entries[spec.name]
+
     rules, guards = [], []
     selector_cache: dict = {}
     for i, rule in enumerate(ctx.rules):
-        compiled, guard = build_rule(i, rule, entries, resolve, task_masks, ctx.pattern_of, selector_cache)
+        compiled, guard = build_rule(
+            i, rule, entries, resolve, task_masks, ctx.pattern_of, selector_cache, today=ctx.today
+        )
         rules.append(compiled)
         guards.append(guard)
     npat = len(ctx.pids)
@@ -502,6 +535,9 @@ def build(ctx: Context) -> CompiledPolicy:
                 table[value] = table.get(value, 0) | bit
     attr_index = tuple((name, MappingProxyType(table), _or(table.values())) for name, table in attr_tables.items())
     digest = ctx.loaded.digest()
+    gone = sorted(e.name for e in entries.values() if retired(e.spec, ctx.today))
+    if gone:  # the same files decide differently once a model retires: that is a new version (and a reload swaps)
+        digest.update(b"retired\0" + "\0".join(gone).encode())
     matcher = _matcher(tuple(ctx.pids), tuple(ctx.display)) if ctx.pids else None
     return CompiledPolicy(
         entry=ctx.loaded.entry,
@@ -519,7 +555,7 @@ def build(ctx: Context) -> CompiledPolicy:
         catalog=ctx.catalog,
         sources=ctx.loaded.sources,
         settings=_settings(ctx),
-        budgets=tuple(BudgetSpec(b.period, float(b.amount.value), b.per, b.span) for b in ctx.budgets),
+        budgets=tuple(BudgetSpec(b.period, number(b.amount.value), b.per, b.span) for b in ctx.budgets),
         tests=tuple(ctx.tests),
     )
 
@@ -527,7 +563,7 @@ def build(ctx: Context) -> CompiledPolicy:
 def _settings(ctx: Context) -> Settings:
     values = dict(Settings.defaults().values)
     for name, setting in ctx.settings.items():
-        values[name] = coerce(name, setting.value.value)  # type: ignore[union-attr]
+        values[name] = coerce(name, literal(setting.value).value)
     return Settings(values)
 
 
@@ -544,7 +580,7 @@ def _or(values) -> int:
     return out
 
 
-def _entry(spec) -> Entry:
+def _entry(spec: ModelSpec) -> Entry:
     return Entry(
         spec.name,
         spec.provider,

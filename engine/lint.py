@@ -10,6 +10,7 @@ from typing import Any
 
 from engine import nodes as n
 from engine.codegen import static_reason
+from engine.compile import as_date
 from engine.diagnostics import Diagnostic
 from engine.matcher import to_re2
 from engine.policy import NEGATED, OPS, CompiledPolicy, CompiledRule, Entry
@@ -205,12 +206,13 @@ def dnf(node: n.Cond | None, positive: bool = True) -> list[list[tuple[n.Cond, b
         return [[]] if node is None else dnf(node.operand, not positive)
     if not isinstance(node, (n.And, n.Or)):
         return [[(node, positive)]]
-    parts = [dnf(x, positive) for x in node.operands]
-    if any(p is None for p in parts):
+    each = [dnf(x, positive) for x in node.operands]
+    parts = [p for p in each if p is not None]
+    if len(parts) != len(each):
         return None
-    terms: list = [t for p in parts for t in p] if isinstance(node, n.And) != positive else [[]]  # type: ignore
+    terms = [t for p in parts for t in p] if isinstance(node, n.And) != positive else [[]]
     for p in parts if isinstance(node, n.And) == positive else ():
-        terms = [a + b for a in terms for b in p] if len(terms) * len(p) <= MAX_TERMS else []  # type: ignore
+        terms = [a + b for a in terms for b in p] if len(terms) * len(p) <= MAX_TERMS else []
     return terms if 0 < len(terms) <= MAX_TERMS else None
 
 
@@ -233,7 +235,7 @@ def holds(facts: Facts, node: n.Cond | None) -> bool | None:
 
 class Linter:
     def __init__(self, policy: CompiledPolicy, today: datetime.date | None = None):
-        self.p, self.today = policy, today or datetime.date.today()
+        self.p, self.today = policy, as_date(today)
         self.stmts = statements(policy)
         self.aliases = aliases(policy, self.stmts)
         self.out: list[Diagnostic] = []
@@ -481,5 +483,6 @@ def _where_span(act: n.Action) -> n.Span | None:
 
 
 def lint(policy: CompiledPolicy, *, today: datetime.date | None = None) -> list[Diagnostic]:
-    """Every lint warning for a compiled policy, in file order. `today` anchors the deprecation window."""
+    """Every lint warning for a compiled policy, in file order. `today` anchors the deprecation window: pass the
+    date the policy was compiled with (None: the date now, as a compile without a date uses)."""
     return Linter(policy, today).run()

@@ -6,10 +6,14 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine import nodes as n
 from engine.diagnostics import Diagnostic, PolicyError, Sources
 from engine.parse import parse
+
+if TYPE_CHECKING:
+    from _hashlib import HASH
 
 MAX_INCLUDE_DEPTH = 16
 MAX_FILE_BYTES = 1_000_000
@@ -25,7 +29,7 @@ class Loaded:
     sources: Sources = field(default_factory=Sources)
     diagnostics: list[Diagnostic] = field(default_factory=list)
 
-    def digest(self) -> hashlib.sha256:
+    def digest(self) -> HASH:
         """A hash of every file's content and its path relative to the entry file: the same wherever it runs."""
         h = hashlib.sha256()
         root = Path(self.entry).resolve().parent

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import os
 import queue
@@ -65,7 +66,8 @@ def _norm(path: str) -> str:
 def _symlinks(path: str) -> list[tuple[str, str]]:
     """Every symlink met while resolving `path`, in order, with its target: e.g. the ConfigMap `..data` hop."""
     p = Path(os.path.abspath(path))
-    cur, todo, links = Path(p.anchor), list(reversed(p.parts[1:])), []
+    cur, todo = Path(p.anchor), list(reversed(p.parts[1:]))
+    links: list[tuple[str, str]] = []
     while todo and len(links) < 40:
         part = todo.pop()
         if part == "..":
@@ -293,7 +295,7 @@ class Reloader:
                 self._run(stop, poll, debounce_ms)
             finally:
                 if not loop.is_closed():
-                    loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+                    loop.call_soon_threadsafe(_resolve, done)
 
         thread = threading.Thread(target=run, name="modelroute-awatch", daemon=True)
         thread.start()
@@ -379,6 +381,11 @@ class Reloader:
             return  # re-arm: the files, the fingerprint and the error state may all have changed
 
 
+def _resolve(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_result(None)
+
+
 # ---- for tools: follow a policy path, good or broken -------------------------------------------------------
 
 
@@ -389,19 +396,22 @@ def follow(
     debounce_ms: int = 50,
     catalog: Any = None,
     stop_event: threading.Event | None = None,
+    today: datetime.date | None = None,
 ) -> Iterator[CompiledPolicy | PolicyError]:
     """Yield the policy at `path` compiled (or its PolicyError) now and again after every change that alters
-    the outcome, until `stop_event` is set or the generator is closed: the loop behind `--watch` in the CLI."""
+    the outcome, until `stop_event` is set or the generator is closed: the loop behind `--watch` in the CLI.
+    `today` is the date deprecations count from (None: the date at each compile)."""
     from engine.api import Engine
     from engine.load import load
 
     try:
-        engine = Engine.load(path, catalog=catalog)
+        engine = Engine.load(path, catalog=catalog, today=today)
         first: CompiledPolicy | PolicyError = engine.policy
     except PolicyError as err:  # follow it anyway: the files it could read, until it compiles
         loaded = load(path)
         stand_in = SimpleNamespace(version="", files=tuple(loaded.files) or (loaded.entry,), sources=err.sources)
-        engine, first = Engine(stand_in, path=path, catalog=catalog), err  # type: ignore[arg-type]
+        # the stand-in has what the Reloader reads of a policy until the first good compile replaces it
+        engine, first = Engine(stand_in, path=path, catalog=catalog, today=today), err  # type: ignore[arg-type]
     reloader = Reloader(engine)
     reloader.last_error = first if isinstance(first, PolicyError) else None  # widens the watch (_WatchSet.hits)
     results: queue.SimpleQueue[CompiledPolicy | PolicyError] = queue.SimpleQueue()
@@ -409,17 +419,17 @@ def follow(
     last: tuple[str, str] = ("", "")
     reloader.start(poll=poll, debounce_ms=debounce_ms)
     try:
-        item: CompiledPolicy | PolicyError | None = first
+        item: CompiledPolicy | PolicyError = first
         while True:
             key = (item.render(), "") if isinstance(item, PolicyError) else ("", item.version)
             if key != last:
                 last = key
                 yield item
-            item = None
-            while item is None:
+            while True:
                 if stop_event is not None and stop_event.is_set():
                     return
                 with contextlib.suppress(queue.Empty):
                     item = results.get(timeout=0.1)
+                    break
     finally:
         reloader.stop()

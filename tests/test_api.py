@@ -5,6 +5,7 @@ and the traced report always agree."""
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import subprocess
 import sys
@@ -71,7 +72,7 @@ def test_load_directory_without_main_route(tmp_path: Path) -> None:
 
 def test_readme_example_on_the_bundled_policy(monkeypatch) -> None:
     monkeypatch.chdir(REPO)
-    e = Engine.load("policies/")
+    e = Engine.load("policies/", today=datetime.date(2026, 6, 1))  # after every bundled deprecation date so far
     d = e.decide("Implement a function that merges two sorted lists", tier="pro")
     assert (d.model, d.provider) == ("claude-sonnet-4-6", "anthropic")
     assert d.fallbacks == ["gpt-5-mini"]

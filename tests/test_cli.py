@@ -1,7 +1,8 @@
 """The CLI end to end, through a subprocess (`python -m engine.cli ...`): explain (prompt argument, -f FILE,
 - for stdin, --messages, --attr JSON values, --json), check (exit 0 clean, 1 with diagnostics on stderr), usage
 errors (exit 2), no traceback for bad input, colour only on a terminal and never with NO_COLOR, and the
-default policy (./policies when present, else the bundled one)."""
+default policy every command uses (./main.route, else ./policies/main.route, else the bundled one, named on
+stderr)."""
 
 from __future__ import annotations
 
@@ -326,21 +327,38 @@ def test_default_policy_is_policies_in_cwd(cli, tmp_path: Path) -> None:
     proc = cli("explain", CODE_PROMPT, "--attr", "tier=pro", "--json", cwd=tmp_path)
     data = json.loads(proc.stdout)
     assert (data["policy"], data["model"]) == ("policies/main.route", "beta-coder")
+    assert proc.stderr == "using policy ./policies/main.route\n"
     check = cli("check", cwd=tmp_path)
     assert check.returncode == 0 and check.stdout.startswith("ok: policies/main.route (10 rules")
+
+
+def test_default_policy_is_main_route_in_cwd_before_policies(cli, tmp_path: Path) -> None:
+    """`modelroute check` in a folder holding main.route checks that file (it used to check the bundled policy)."""
+    shutil.copytree(FIXTURES, tmp_path, dirs_exist_ok=True)
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "main.route").write_text("this is not a policy\n")
+    check = cli("check", cwd=tmp_path)
+    assert check.returncode == 0, check.stderr
+    assert check.stdout.startswith("ok: main.route (10 rules")
+    assert check.stderr == "using policy ./main.route\n"
+    as_json = cli("check", "--json", cwd=tmp_path)
+    assert json.loads(as_json.stdout)["policy"] == "main.route"  # stdout stays pure JSON
+    assert as_json.stderr == "using policy ./main.route\n"
 
 
 def test_default_policy_is_bundled_without_policies_dir(cli, tmp_path: Path) -> None:
     from engine.load import bundled_policy_dir
 
-    proc = cli("explain", CODE_PROMPT, "--attr", "tier=pro", "--json", cwd=tmp_path)
+    bundled = bundled_policy_dir() / "main.route"
+    proc = cli("explain", CODE_PROMPT, "--attr", "tier=pro", "--json", "--today", "2026-06-01", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
-    assert Path(data["policy"]) == bundled_policy_dir() / "main.route"
+    assert Path(data["policy"]) == bundled
     assert data["model"] == "claude-sonnet-4-6"
+    assert proc.stderr == f"using policy {bundled} (bundled)\n"
     check = cli("check", cwd=tmp_path)
     assert check.returncode == 0
-    assert check.stdout.startswith(f"ok: {bundled_policy_dir() / 'main.route'} (")
+    assert check.stdout.startswith(f"ok: {bundled} (")
 
 
 def test_a_policies_dir_without_main_route_is_not_the_default(cli, tmp_path: Path) -> None:
@@ -351,3 +369,48 @@ def test_a_policies_dir_without_main_route_is_not_the_default(cli, tmp_path: Pat
     proc = cli("check", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"ok: {bundled_policy_dir() / 'main.route'} (")
+
+
+def test_default_policy_is_decided_in_one_place(tmp_path: Path, monkeypatch) -> None:
+    from engine.cli import default_policy
+    from engine.load import bundled_policy_dir
+
+    monkeypatch.chdir(tmp_path)
+    assert default_policy() == bundled_policy_dir()
+    (tmp_path / "main.route").mkdir()  # a directory named main.route is not a policy file
+    (tmp_path / "policies").mkdir()
+    assert default_policy() == bundled_policy_dir()
+    (tmp_path / "policies" / "main.route").write_text("otherwise use gpt-4o\n")
+    assert default_policy() == Path("policies")
+    (tmp_path / "main.route").rmdir()
+    (tmp_path / "main.route").write_text("otherwise use gpt-4o\n")
+    assert default_policy() == Path("main.route")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["explain", "hello", "--json"],
+        ["check", "--json"],
+        ["test", "--json"],
+        ["graph"],
+        ["catalog", "--json"],
+    ],
+    ids=lambda a: a[0],
+)
+def test_every_command_uses_and_names_the_default_policy(tmp_path: Path, monkeypatch, args: list[str]) -> None:
+    from click.testing import CliRunner
+
+    from engine.cli import main
+
+    shutil.copytree(FIXTURES, tmp_path, dirs_exist_ok=True)
+    shutil.copytree(FIXTURES, tmp_path / "policies")
+    (tmp_path / "policies" / "main.route").write_text('catalog "catalog.yaml"\notherwise use gamma-long\n')
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert result.stderr == "using policy ./main.route\n"
+    if "--json" in args:
+        json.loads(result.stdout)
+    if args[0] == "graph":  # the fixture's rules, not the decoy's single `use gamma-long`
+        assert "beta-coder" in result.stdout or "CODING" in result.stdout

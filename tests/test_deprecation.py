@@ -1,4 +1,5 @@
-"""Models past their deprecation date: `prefer` never ranks them, `use` still may (and `check` warns)."""
+"""Models past their deprecation date: `prefer` never ranks them, `use` still may (and `check` warns). Every
+compile here names its date (TODAY), so no result depends on the day the suite runs."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import datetime
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from engine import Engine
+from engine.decision import NoRouteError
 
 CATALOG = textwrap.dedent("""
     models:
@@ -33,10 +37,13 @@ CATALOG = textwrap.dedent("""
 """)
 
 
-def _engine(tmp_path: Path, rules: str) -> Engine:
+TODAY = datetime.date(2026, 1, 1)  # after old-cheap's date, long before future-retire's
+
+
+def _engine(tmp_path: Path, rules: str, today: datetime.date = TODAY) -> Engine:
     (tmp_path / "models.yaml").write_text(CATALOG)
     (tmp_path / "main.route").write_text('catalog "models.yaml"\n' + rules)
-    return Engine.load(tmp_path)
+    return Engine.load(tmp_path, today=today)
 
 
 def test_prefer_skips_models_past_their_deprecation_date(tmp_path: Path) -> None:
@@ -52,7 +59,10 @@ def test_prefer_skips_models_past_their_deprecation_date(tmp_path: Path) -> None
 def test_a_future_deprecation_date_does_not_exclude(tmp_path: Path) -> None:
     e = _engine(tmp_path, "otherwise prefer fastest where latency >= 800ms\n")
     assert e.decide("hi").model == "future-retire"
-    assert datetime.date(2999, 1, 1) > datetime.date.today()
+    retired = _engine(tmp_path, "otherwise prefer fastest where latency >= 800ms\n", datetime.date(2999, 1, 1))
+    with pytest.raises(NoRouteError) as info:  # on its date it is no longer a candidate: nothing else is that slow
+        retired.decide("hi")
+    assert "deprecated since 2999-01-01" in info.value.explain()
 
 
 def test_use_still_names_a_deprecated_model(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ TODAY = datetime.date(2026, 1, 1)
 def warnings_of(text: str, today: datetime.date = TODAY):
     from providers.catalog import load_catalog
 
-    return lint(compile_source(text, "p.route", catalog=load_catalog(CATALOG)), today=today)
+    return lint(compile_source(text, "p.route", catalog=load_catalog(CATALOG), today=today), today=today)
 
 
 def codes(text: str) -> list[str]:
@@ -44,7 +44,7 @@ def codes(text: str) -> list[str]:
 @pytest.mark.parametrize("route", ROUTES, ids=[p.stem for p in ROUTES])
 def test_golden(route: Path, golden, monkeypatch) -> None:
     monkeypatch.chdir(LINT)
-    policy = compile_policy(route.name)
+    policy = compile_policy(route.name, today=TODAY)
     found = lint(policy, today=TODAY)
     code = route.name[:4]
     assert found and {d.code for d in found} == {code}, [d.code for d in found]
@@ -62,9 +62,10 @@ def test_every_code_has_a_golden_file_and_a_title() -> None:
 
 def test_clean_policies_have_no_warnings(monkeypatch) -> None:
     monkeypatch.chdir(LINT)
-    assert lint(compile_policy("clean.route"), today=TODAY) == []
-    assert lint(compile_policy(CATALOG.parent), today=TODAY) == []
-    bundled = lint(compile_policy(Path(__file__).parent.parent / "policies"), today=datetime.date(2025, 1, 1))
+    assert lint(compile_policy("clean.route", today=TODAY), today=TODAY) == []
+    assert lint(compile_policy(CATALOG.parent, today=TODAY), today=TODAY) == []
+    before = datetime.date(2025, 1, 1)  # before every deprecation in the bundled catalog
+    bundled = lint(compile_policy(Path(__file__).parent.parent / "policies", today=before), today=before)
     assert bundled == []
 
 
@@ -156,7 +157,7 @@ def test_deprecation_window_is_relative_to_today() -> None:
         'when tier == "x" use beta-chat\notherwise use alpha-mini\n'
     )
     dep = datetime.date(2026, 1, 20)
-    p = compile_source(text, "p.route")
+    p = compile_source(text, "p.route", today=dep)  # the rules `use` the models: W108 only counts from lint's date
     assert [d.code for d in lint(p, today=dep - datetime.timedelta(days=31))] == []
     assert [d.code for d in lint(p, today=dep - datetime.timedelta(days=30))] == ["W108"]
     assert "is deprecated today" in lint(p, today=dep)[0].message
@@ -232,6 +233,7 @@ def test_claimed_implications_hold(a: str, b: str) -> None:
         HEAD + f"when {a} use alpha-mini\nwhen {b} use beta-coder\notherwise use alpha-mini\n",
         "p.route",
         catalog=_catalog(),
+        today=TODAY,
     )
     linter = Linter(p, TODAY)
     first, second = p.rules[:2]
@@ -266,7 +268,9 @@ def _catalog():
 
 def test_dnf_gives_up_on_huge_conditions() -> None:
     big = " and ".join(f'(tier == "a{i}" or tier == "b{i}")' for i in range(8))
-    p = compile_source(f"when {big} use alpha-mini\notherwise use alpha-mini\n", "p.route", catalog=_catalog())
+    p = compile_source(
+        f"when {big} use alpha-mini\notherwise use alpha-mini\n", "p.route", catalog=_catalog(), today=TODAY
+    )
     assert dnf(p.rules[0].node.cond) is None
     assert lint(p, today=TODAY) == []
     assert holds(Facts([], {}), None) is True
@@ -280,7 +284,8 @@ def test_lint_never_raises_on_random_valid_policies() -> None:
             f"{rng.choice(['use alpha-mini', 'prefer cheapest', 'use delta-tiny fallback gamma-long'])}"
             for _ in range(rng.randrange(1, 6))
         ]
-        lint(compile_source(HEAD + "\n".join(rules) + "\notherwise use beta-chat\n", "p.route", catalog=_catalog()))
+        text = HEAD + "\n".join(rules) + "\notherwise use beta-chat\n"
+        lint(compile_source(text, "p.route", catalog=_catalog(), today=TODAY), today=TODAY)
 
 
 # ---- modelroute check --------------------------------------------------------------------------------------
@@ -295,28 +300,28 @@ def test_check_prints_warnings_and_exits_0(cli) -> None:
 
 
 def test_check_strict_turns_warnings_into_errors(cli) -> None:
-    proc = cli("check", "W107_unused_alias.route", "--strict", cwd=LINT, env={"NO_COLOR": "1"})
+    proc = cli("check", "W107_unused_alias.route", "--strict", "--today", "2026-01-01", cwd=LINT, env={"NO_COLOR": "1"})
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.startswith("error[W107]: model alias `cheap` is never used")
     assert proc.stderr.strip().endswith("1 error")
-    clean = cli("check", "clean.route", "--strict", cwd=LINT)
+    clean = cli("check", "clean.route", "--strict", "--today", "2026-01-01", cwd=LINT)
     assert clean.returncode == 0 and clean.stderr == ""
 
 
 def test_check_json_includes_warnings(cli) -> None:
-    proc = cli("check", "W105_fallback_never_used.route", "--json", cwd=LINT)
+    proc = cli("check", "W105_fallback_never_used.route", "--json", "--today", "2026-01-01", cwd=LINT)
     data = json.loads(proc.stdout)
     assert proc.returncode == 0 and data["ok"] is True
     assert [(d["code"], d["severity"], d["line"]) for d in data["diagnostics"]] == [
         ("W105", "warning", 2),
         ("W105", "warning", 3),
     ]
-    strict = cli("check", "W105_fallback_never_used.route", "--json", "--strict", cwd=LINT)
+    strict = cli("check", "W105_fallback_never_used.route", "--json", "--strict", "--today", "2026-01-01", cwd=LINT)
     data = json.loads(strict.stdout)
     assert strict.returncode == 1 and data["ok"] is False
     assert {d["severity"] for d in data["diagnostics"]} == {"error"}
 
 
-def test_check_help_mentions_strict(cli) -> None:
+def test_check_help_mentions_strict_and_today(cli) -> None:
     proc = cli("check", "--help")
-    assert proc.returncode == 0 and "--strict" in proc.stdout and "--today" not in proc.stdout
+    assert proc.returncode == 0 and "--strict" in proc.stdout and "--today YYYY-MM-DD" in proc.stdout

@@ -18,6 +18,8 @@ HERE = Path(__file__).resolve().parent
 FIX = HERE / "fixtures" / "litellm"
 PRICES = FIX / "model_prices.json"
 SNAPSHOT = HERE.parent.parent / "shared" / "data" / "litellm_model_prices.json"
+#: The date policies here compile for: before every deprecation_date in the fixture (the earliest is 2026-07-24).
+TODAY = datetime.date(2026, 1, 1)
 
 
 def test_imports_chat_models_only() -> None:
@@ -103,6 +105,7 @@ def test_bad_json_has_line_and_col(tmp_path: Path) -> None:
 
 
 def test_policy_uses_litellm_catalog_with_slash_names(write_policy) -> None:
+    """claude-sonnet-4-5 (deprecated 2026-11-30 in the fixture) ranks first for CODING on TODAY, whatever the clock."""
     root = write_policy(
         'catalog litellm "prices.json" overlay "scores.yaml"\n'
         "task code = /implement/\n"
@@ -111,7 +114,7 @@ def test_policy_uses_litellm_catalog_with_slash_names(write_policy) -> None:
     )
     shutil.copy(PRICES, root / "prices.json")
     shutil.copy(FIX / "scores.yaml", root / "scores.yaml")
-    engine = Engine.load(root)
+    engine = Engine.load(root, today=TODAY)
     d = engine.decide("implement a parser")
     assert d.model == "claude-sonnet-4-5" and d.fallbacks == ["gemini/gemini-2.5-flash"]
     assert engine.decide("hello").model == "deepseek/deepseek-chat"
@@ -122,7 +125,7 @@ def test_policy_reports_overlay_errors_as_diagnostics(write_policy) -> None:
     shutil.copy(PRICES, root / "prices.json")
     (root / "scores.yaml").write_text("models:\n  gpt-4oo: {latency_ms: 3}\n")
     with pytest.raises(PolicyError) as info:
-        Engine.load(root)
+        Engine.load(root, today=TODAY)
     (diag,) = info.value.diagnostics
     assert diag.code == "E202" and diag.span.line == 2 and "did you mean `gpt-4o`" in (diag.hint or "")
 

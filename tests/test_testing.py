@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 from pathlib import Path
@@ -12,6 +13,8 @@ import pytest
 from engine.testing import compile_with_tests, find_test_files, run_tests
 
 REPO = Path(__file__).resolve().parent.parent
+#: The bundled policy's tests are run as of this date (after every bundled deprecation date so far).
+BUNDLED_TODAY = datetime.date(2026, 6, 1)
 
 POLICY = """catalog "catalog.yaml"
 task code = /implement/, "debug"
@@ -154,7 +157,7 @@ def test_round_robin_state_does_not_leak_between_expects(write_policy) -> None:
 
 
 def test_bundled_policy_tests_pass() -> None:
-    compiled, added = compile_with_tests(REPO / "policies")
+    compiled, added = compile_with_tests(REPO / "policies", today=BUNDLED_TODAY)
     result = run_tests(compiled, None, tuple(added))
     assert result.failed == 0 and result.passed >= 15
     assert result.coverage.unused_rules == ()
@@ -222,7 +225,7 @@ def test_cli_no_tests(cli, write_policy) -> None:
 
 
 def test_cli_bundled_policy_and_help(cli) -> None:
-    proc = cli("test", str(REPO / "policies"), "--coverage")
+    proc = cli("test", str(REPO / "policies"), "--coverage", "--today", BUNDLED_TODAY.isoformat())
     no_traceback(proc)
     assert proc.returncode == 0, proc.stdout
     assert re.search(r"^\d+ passed, 0 failed$", proc.stdout, re.M)
