@@ -32,7 +32,7 @@ def _token_count(value: Any) -> int:
 
 def _output_tokens(policy: CompiledPolicy) -> float:
     settings = policy.settings
-    return float(settings.values["output_tokens"]) if settings is not None else float(DEFAULT_OUTPUT_TOKENS)
+    return float(settings["output_tokens"]) if settings is not None else float(DEFAULT_OUTPUT_TOKENS)
 
 
 def compile_policy(

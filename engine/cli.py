@@ -26,13 +26,11 @@ from engine.compile import as_date
 from engine.decision import NoRouteError
 from engine.diagnostics import PolicyError, Sources, render
 from engine.explain import render_text
+from engine.jsoninput import TooDeepError, check_messages, load_json
 from engine.load import bundled_policy_dir, display_name, resolve_entry
 from engine.report import Report
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_BUG = 0, 1, 2, 3
-
-#: JSON read from the command line (--attr, --messages) may nest this deep; deeper is refused as bad input.
-MAX_JSON_DEPTH = 64
 
 
 def _console(stderr: bool = False) -> Console:
@@ -76,36 +74,6 @@ today_option = click.option(
 )
 
 
-class TooDeepError(ValueError):
-    """JSON that nests deeper than MAX_JSON_DEPTH."""
-
-
-def _depth(value: Any) -> int:
-    """How deep lists and objects nest in a JSON value (a scalar is 0), without recursion."""
-    deepest, todo = 0, [(value, 1)]
-    while todo:
-        item, level = todo.pop()
-        if isinstance(item, (list, dict)):
-            deepest = max(deepest, level)
-            if level <= MAX_JSON_DEPTH:  # deeper is refused anyway: stop counting
-                todo.extend((x, level + 1) for x in (item.values() if isinstance(item, dict) else item))
-    return deepest
-
-
-def load_json(text: str) -> Any:
-    """JSON from the command line or a file it names. Raises ValueError when it is not JSON, TooDeepError when it
-    nests deeper than MAX_JSON_DEPTH (deeper input would exhaust the stack further on)."""
-    try:
-        value = json.loads(text)
-    except RecursionError:
-        value, deep = None, True
-    else:
-        deep = _depth(value) > MAX_JSON_DEPTH
-    if deep:
-        raise TooDeepError(f"nested deeper than {MAX_JSON_DEPTH} levels")
-    return value
-
-
 def parse_attr(item: str) -> tuple[str, Any]:
     """`k=v` from the command line: v as JSON when it parses (true, 3, 0.5, ["a"]), else as a string."""
     if "=" not in item:
@@ -121,22 +89,6 @@ def parse_attr(item: str) -> tuple[str, Any]:
     except ValueError:
         value = raw
     return key, value
-
-
-def check_messages(messages: Any) -> list[dict[str, Any]]:
-    """OpenAI-format chat messages as read from a file: a list of objects whose content is a string, a list of
-    parts (objects or strings), or null. Raises ValueError naming the first thing that is not."""
-    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-        raise ValueError("expected a JSON list of {role, content} objects")
-    for i, m in enumerate(messages):
-        content = m.get("content")
-        if isinstance(content, list):
-            for j, part in enumerate(content):
-                if not isinstance(part, (dict, str)):
-                    raise ValueError(f"messages[{i}].content[{j}] must be a part object or a string, not {part!r}")
-        elif content is not None and not isinstance(content, str):
-            raise ValueError(f"messages[{i}].content must be a string or a list of parts, not {content!r}")
-    return messages
 
 
 def print_diagnostics(err: PolicyError, console: Console) -> None:
@@ -179,7 +131,7 @@ class _Group(click.Group):
                 raise
             _console(stderr=True).print(
                 f"[bold red]internal error[/]: {escape(type(exc).__name__)}: {escape(str(exc))}\n"
-                "this is a bug in modelroute; rerun with MODELROUTE_DEBUG=1 for the traceback"
+                "this is a bug in modelroute: please report it (rerun with MODELROUTE_DEBUG=1 for the traceback)"
             )
             ctx.exit(EXIT_BUG)
 

@@ -561,7 +561,7 @@ def build(ctx: Context) -> CompiledPolicy:
 
 
 def _settings(ctx: Context) -> Settings:
-    values = dict(Settings.defaults().values)
+    values = dict(Settings.defaults())
     for name, setting in ctx.settings.items():
         values[name] = coerce(name, literal(setting.value).value)
     return Settings(values)

@@ -25,6 +25,7 @@ from typing import Any
 
 from engine.api import Engine
 from engine.decision import NoRouteError
+from engine.jsoninput import TooDeepError, check_messages, load_json
 from engine.policy import CompiledPolicy
 
 NO_ROUTE = "(no route)"
@@ -202,7 +203,9 @@ def parse_corpus(lines: Iterable[str], name: str = "<prompts>") -> Iterator[Requ
         if not raw.strip():
             continue
         try:
-            obj = json.loads(raw)
+            obj = load_json(raw)
+        except TooDeepError as exc:
+            raise CorpusError(f"{name}:{number}: {exc}") from None
         except ValueError as exc:
             raise CorpusError(f"{name}:{number}: not JSON: {exc}") from None
         if not isinstance(obj, dict):
@@ -212,13 +215,17 @@ def parse_corpus(lines: Iterable[str], name: str = "<prompts>") -> Iterator[Requ
             raise CorpusError(f'{name}:{number}: give exactly one of "prompt" (a string) or "messages"')
         if prompt is not None and not isinstance(prompt, str):
             raise CorpusError(f'{name}:{number}: "prompt" must be a string')
-        if messages is not None and not (isinstance(messages, list) and all(isinstance(m, dict) for m in messages)):
-            raise CorpusError(f'{name}:{number}: "messages" must be a list of {{role, content}} objects')
+        checked: list[Mapping[str, Any]] | None = None
+        if messages is not None:
+            try:
+                checked = [*check_messages(messages)]
+            except ValueError as exc:
+                raise CorpusError(f'{name}:{number}: "messages": {exc}') from None
         if not isinstance(attrs, dict):
             raise CorpusError(f'{name}:{number}: "attrs" must be an object')
         if "prompt" in attrs or "messages" in attrs:
             raise CorpusError(f'{name}:{number}: "prompt" and "messages" cannot be attributes')
-        yield Request(number, prompt, messages, attrs)
+        yield Request(number, prompt, checked, attrs)
 
 
 # ---- deciding ---------------------------------------------------------------------------------------------

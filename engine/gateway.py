@@ -126,6 +126,8 @@ class Gateway:
             chunks.append(chunk)
         try:
             return json.loads(b"".join(chunks))
+        except RecursionError:
+            raise ApiError(400, "malformed JSON body: nested too deeply", code="invalid_json") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise ApiError(400, f"malformed JSON body: {exc}", code="invalid_json") from None
 

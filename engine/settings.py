@@ -26,20 +26,20 @@ SETTINGS: dict[str, tuple[str, Any, str]] = {
 class Settings(Mapping[str, Any]):
     """Every setting with its effective value; `settings["circuit.failures"]` or `settings.get(...)`."""
 
-    values: Mapping[str, Any]
+    by_name: Mapping[str, Any]  # not `values`: that is Mapping.values()
 
     @classmethod
     def defaults(cls) -> Settings:
         return cls({name: spec[1] for name, spec in SETTINGS.items()})
 
     def __getitem__(self, key: str) -> Any:
-        return self.values[key]
+        return self.by_name[key]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.values)
+        return iter(self.by_name)
 
     def __len__(self) -> int:
-        return len(self.values)
+        return len(self.by_name)
 
 
 def coerce(name: str, value: Any) -> Any:

@@ -465,3 +465,12 @@ def test_fast_path_agrees_with_trace(fx: Engine, prompt: str, attributes: dict) 
     decided = [t for t in report.rules if t.outcome == "decided"]
     assert len(decided) == 1 and decided[0].rule.line == d.rule.line
     assert all(t.outcome != "decided" for t in report.rules[:-1])
+
+
+def test_settings_is_a_full_mapping() -> None:
+    """Settings is a Mapping: values() and items() work (a field once named `values` shadowed the method)."""
+    from engine.settings import Settings
+
+    defaults = Settings.defaults()
+    assert dict(defaults.items()) == dict(defaults)
+    assert list(defaults.values()) == [defaults[k] for k in defaults]

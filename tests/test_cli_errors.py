@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from engine.cli import MAX_JSON_DEPTH
+from engine.jsoninput import MAX_JSON_DEPTH
 
 FIXTURES = Path(__file__).parent / "fixtures" / "policies"
 REPO = Path(__file__).resolve().parent.parent
@@ -174,3 +174,19 @@ def _stderr_until(proc: subprocess.Popen, marker: str, deadline: float) -> list[
                 raise AssertionError("serve exited: " + data.decode("utf-8", "replace"))
             data += chunk
     raise AssertionError(f"no {marker!r} line before the deadline: {data!r}")
+
+
+def test_diff_prompts_too_deep_or_malformed_is_bad_input(cli, tmp_path: Path) -> None:
+    """A --prompts corpus line nested 20,000 deep, or with non-string content, is one clear line, never exit 3."""
+    for line, expected in (
+        (
+            json.dumps({"prompt": "x", "attrs": {"a": 1}})[:-1] + ', "deep": ' + "[" * 20_000 + "]" * 20_000 + "}",
+            "nested deeper than",
+        ),
+        (json.dumps({"messages": [{"role": "user", "content": 5}]}), "messages[0].content"),
+    ):
+        corpus = tmp_path / "prompts.jsonl"
+        corpus.write_text(line + "\n")
+        proc = cli("diff", str(FIXTURES), str(FIXTURES), "--prompts", str(corpus))
+        assert proc.returncode in (1, 2), proc.stderr
+        assert expected in proc.stderr and "Traceback" not in proc.stderr

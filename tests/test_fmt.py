@@ -26,7 +26,7 @@ def _compiled_view(policy) -> tuple:
         tuple(rules),
         dict(policy.tasks),
         policy.pattern_text,
-        policy.settings.values if policy.settings else None,
+        dict(policy.settings) if policy.settings else None,
         [(b.period, b.limit, b.per) for b in policy.budgets],
         policy.unguarded,
         policy.pattern_rules,
