@@ -1,8 +1,12 @@
 """Shared fixtures for the decision-core tests (issue 2): paths, the fixture catalog, policy writers, a CLI
-runner and golden-file comparison.
+runner and golden-file comparison; also the suite's hypothesis profile.
 
 Golden files live in tests/golden/; regenerate them with `UPDATE_GOLDEN=1 python -m pytest tests/` and review
 the diff before committing.
+
+Hypothesis runs without its per-example deadline and without the too_slow health check: both fail a test when
+the machine is busy rather than when the code is wrong (tests that can hang have their own watchdog; speed is
+measured in bench/). Waiting for another thread or process: tests/waiting.py.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.fakeserver import fake_server  # noqa: F401  (the provider tests' fixture)
 
@@ -26,6 +31,9 @@ GOLDEN = TESTS / "golden"
 FIXTURE_CATALOG = FIXTURES / "catalog.yaml"
 
 UPDATE_GOLDEN = bool(os.environ.get("UPDATE_GOLDEN"))
+
+settings.register_profile("modelroute", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("modelroute")
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 

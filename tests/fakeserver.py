@@ -30,6 +30,8 @@ Behaviours:
     Fault.cut_stream(after, abort=True)  send `after` SSE events then RST (abort) or end the body cleanly
     Fault.stream_error(after)            send `after` SSE events then a provider-shaped in-stream error
     Fault.slow(delay, text)              a Reply that waits `delay` seconds first (race tests)
+    Fault.held(gate, then=Reply())       `then`, once the test sets the threading.Event `gate` (or the server
+                                         stops): a call that stays in flight exactly as long as the test needs
 Recorded headers keep real values (for auth assertions): never print them in tests about secrets.
 """
 
@@ -404,6 +406,19 @@ class _Hang(Behaviour):
 
 
 @dataclass
+class _Held(Behaviour):
+    gate: threading.Event
+    then: Behaviour
+
+    def run(self, h: Handler, ctx: Ctx) -> None:
+        while not self.gate.wait(0.01):
+            if h.server.stopping.is_set():
+                h.close_connection = True
+                return
+        self.then.run(h, ctx)
+
+
+@dataclass
 class _Drop(Behaviour):
     rst: bool
 
@@ -533,6 +548,10 @@ class Fault:
     @staticmethod
     def slow(delay: float, text: str = "slow answer") -> Behaviour:
         return Reply(text=text, delay=delay)
+
+    @staticmethod
+    def held(gate: threading.Event, then: Behaviour | None = None) -> Behaviour:
+        return _Held(gate, then if then is not None else Reply())
 
 
 class Handler(BaseHTTPRequestHandler):

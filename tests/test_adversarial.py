@@ -1,7 +1,7 @@
 """Adversarial prompts and limits (issue 6, hardening).
 
-* Regexes that backtrack catastrophically in Python's `re` decide in linear time on a 1 MB adversarial prompt
-  (RE2 has no backtracking).
+* Regexes that backtrack catastrophically in Python's `re` decide, and correctly, on a 1 MB adversarial prompt
+  (RE2 has no backtracking; a backtracking engine would never finish). How fast is a bench/ question.
 * A 50 MB prompt is decided without exhausting memory (measured in a clean subprocess).
 * Every limit gives a clear PolicyError diagnostic: policy file size (E700), rule count (E700), include depth
   (E203), include cycles (E201), regexes RE2 rejects (E500).
@@ -10,12 +10,13 @@
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import textwrap
-import time
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -26,6 +27,9 @@ from providers.catalog import load_catalog
 REPO = Path(__file__).resolve().parent.parent
 CATALOG_PATH = REPO / "tests" / "fixtures" / "hardening" / "catalog.yaml"
 MB = 1_000_000
+WATCHDOG_S = 60.0  # a hang guard, not a speed bound: RE2 needs milliseconds, backtracking would need ages
+
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +39,26 @@ def catalog():
 
 def codes(err: PolicyError) -> list[str]:
     return [d.code for d in err.diagnostics]
+
+
+def finishes(fn: Callable[[], T], what: str) -> T:
+    """fn()'s result, computed on a daemon thread so that a hang fails the test instead of the whole suite."""
+    out: list[T] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            out.append(fn())
+        except BaseException as exc:  # re-raised on the test's thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(WATCHDOG_S)
+    if errors:
+        raise errors[0]
+    assert out, f"{what}: no result after {WATCHDOG_S:g} s (catastrophic backtracking?)"
+    return out[0]
 
 
 # ---- catastrophic backtracking -----------------------------------------------------------------------------
@@ -56,32 +80,15 @@ def test_catastrophic_regex_decides_in_linear_time(catalog, regex, prompt, match
     Python's `re` (measured on a 2-core machine while writing this test; not run here):
     `re.search(r"(a+)+$", "a" * n + "!")` takes 0.08 s at n=20, 0.67 s at n=22, 1.4 s at n=23, 2.4 s at n=24,
     and roughly doubles per extra character, so 25 characters already take ~5 s and 1 MB would never finish;
-    `(x+x+)+y` on 22 x's takes 0.42 s. modelroute scans the whole 1 MB prompt with RE2 in a few milliseconds
-    (1.5-6 ms measured), and the bound below is generous.
+    `(x+x+)+y` on 22 x's takes 0.42 s. modelroute scans the whole 1 MB prompt with RE2 in a few milliseconds, so
+    a decision at all is the evidence; the watchdog only keeps a regression from hanging the suite.
     """
     policy = f"when task ~ {regex} prefer fastest where context >= 1M\notherwise use epsilon-long\n"
     engine = Engine.from_source(policy, catalog=catalog)
     engine.decide("warm up")
-    start = time.perf_counter()
-    d = engine.decide(prompt)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 2.0, f"{regex} took {elapsed:.2f}s on 1 MB"
+    d = finishes(lambda: engine.decide(prompt), f"{regex} on 1 MB")
     assert d.model == "epsilon-long"
     assert d.rule.line == (1 if matches else 2)
-
-
-def test_backtracking_contrast_small_input(catalog):
-    """The contrast, measured live but on a tiny input: Python's re on 20 characters vs RE2 on 1 MB."""
-    engine = Engine.from_source("when task ~ /(a+)+$/ use epsilon-long\notherwise use epsilon-long\n", catalog=catalog)
-    big = "a" * MB + "!"
-    engine.decide(big)
-    start = time.perf_counter()
-    engine.decide(big)
-    ours = time.perf_counter() - start
-    start = time.perf_counter()
-    re.search(r"(a+)+$", "a" * 20 + "!")
-    theirs = time.perf_counter() - start
-    assert ours < theirs, f"RE2 on 1 MB {ours * 1e3:.1f} ms, Python re on 21 chars {theirs * 1e3:.1f} ms"
 
 
 # ---- a 50 MB prompt ----------------------------------------------------------------------------------------
@@ -121,7 +128,8 @@ def test_50mb_prompt(tmp_path):
     """A 50 MB prompt decides, in a clean subprocess so the memory figure is this decision's alone.
 
     Peak RSS over the baseline includes the 50 MB prompt itself; the bound (600 MB) leaves room for RE2's
-    copy of the text and its DFA, and catches anything proportional to a multiple of the prompt size."""
+    copy of the text and its DFA, and catches anything proportional to a multiple of the prompt size. The
+    decision's time is printed (run with -s), not asserted: speed is a bench/ question."""
     script = tmp_path / "big.py"
     script.write_text(_BIG_PROMPT_SCRIPT, encoding="utf-8")
     proc = subprocess.run(
@@ -138,7 +146,6 @@ def test_50mb_prompt(tmp_path):
     assert result["model"] == "huge"
     assert result["line"] == 5  # `when task is evil and tokens > 1M`: 12.5M tokens, only `huge` holds them
     assert result["tokens"] == 12_500_003
-    assert result["seconds"] < 10, result
     assert result["rss_over_baseline_mb"] < 600, result
     assert result["traced_peak_mb"] < 600, result
 
@@ -235,25 +242,21 @@ def test_regex_nested_repetition_message(catalog):
 
 
 def test_regex_program_too_large(catalog):
-    start = time.perf_counter()
     with pytest.raises(PolicyError) as info:
         compile_source("when task ~ /\\pL{500}/ use beta-mid\n", "rx.route", catalog=catalog)
     assert codes(info.value) == ["E500"]
-    assert time.perf_counter() - start < 1.0
 
 
 # ---- ranking pathologies -------------------------------------------------------------------------------------
 
 
-def test_cheapest_with_many_ties_is_fast(catalog):
+def test_cheapest_with_many_ties_breaks_them_by_name(catalog):
+    """1000 models of one price (how fast that is, is a bench/ question)."""
     from providers.catalog import Catalog
 
     base = catalog.models["beta-mid"]
     models = [base.model_copy(update={"name": f"m{i:04d}", "aliases": ()}) for i in range(1000)]
     engine = Engine.from_source("otherwise prefer cheapest\n", catalog=Catalog.from_models(models))
     assert engine.decide("warm up").model == "m0000"
-    start = time.perf_counter()
     d = engine.decide("hello there")
-    elapsed = time.perf_counter() - start
     assert d.model == "m0000"  # ties break by name
-    assert elapsed < 0.005, f"{elapsed * 1e3:.0f} ms"

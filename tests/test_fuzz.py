@@ -2,7 +2,8 @@
 
 Every input either compiles or raises engine.PolicyError with at least one diagnostic, each with a stable
 code and, when it has a span, a span inside the file; never another exception, never a hang (a SIGALRM
-watchdog per example, on top of hypothesis' deadline). The catalog loader either loads or raises
+watchdog per example; no hypothesis deadline, which fails a busy machine rather than a slow compiler: compile
+speed is measured in bench/). The catalog loader either loads or raises
 CatalogError. Bounded by default; `MODELROUTE_FUZZ=long` multiplies the budget.
 """
 
@@ -15,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import sys
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -38,7 +38,7 @@ def budget(n: int) -> int:
     return n * 25 if LONG else n
 
 
-FUZZ = settings(deadline=timedelta(seconds=3), suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
 class Hang(Exception):

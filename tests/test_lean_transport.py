@@ -28,13 +28,16 @@ import pytest
 
 from providers.catalog import ModelSpec, ProviderSpec
 from providers.clients import client_for
+from providers.clients import lean as lean_module
 from providers.clients.lean import MAX_HEAD, LeanTransport
 from providers.types import ChatRequest, Message
 
 try:
     from tests.fakeserver import FakeServer, Reply
+    from tests.waiting import await_until
 except ModuleNotFoundError:  # plain `pytest` puts tests/, not the repo root, on sys.path
     from fakeserver import FakeServer, Reply  # type: ignore[no-redef]
+    from waiting import await_until  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.anyio
 
@@ -417,9 +420,9 @@ async def test_connection_closed_while_idle_is_not_reused(seen: bool) -> None:
         assert (await fetch(t, "GET", server.url("/close-after")))[1] == b"n1"
         await closed.wait()
         if seen:
-            await asyncio.sleep(0.01)
             idle = [c for conns in t._idle.values() for c in conns]
-            assert len(idle) == 1 and idle[0].reader.at_eof()
+            assert len(idle) == 1
+            await await_until(idle[0].reader.at_eof, "the event loop to process the FIN")
         assert (await fetch(t, "GET", server.url()))[1] == b"n2"  # no error: a fresh connection
         assert server.accepted == 2
 
@@ -486,12 +489,26 @@ async def test_close_not_yet_seen_by_the_event_loop_is_detected() -> None:
         server.stop()
 
 
-async def test_keepalive_expiry() -> None:
+class PoolClock:
+    """The pool's monotonic clock (`providers.clients.lean.time`), standing still until a test advances it."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def monotonic(self) -> float:
+        return self.t
+
+
+async def test_keepalive_expiry(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = PoolClock()  # idle time passes only when the test says so, however slow the machine is
+    monkeypatch.setattr(lean_module, "time", clock)
     async with running(lambda req, conn: ok(b"n%d" % conn.number)) as server:
         async with lean(keepalive_expiry=0.05) as t:
             assert [(await fetch(t, "GET", server.url()))[1] for _ in range(2)] == [b"n1", b"n1"]
-            await asyncio.sleep(0.06)
-            assert (await fetch(t, "GET", server.url()))[1] == b"n2"
+            clock.t += 0.04
+            assert (await fetch(t, "GET", server.url()))[1] == b"n1"  # idle 40 ms: reused
+            clock.t += 0.06
+            assert (await fetch(t, "GET", server.url()))[1] == b"n2"  # idle 60 ms: expired, a new connection
             assert server.accepted == 2
         async with lean(keepalive_expiry=0) as t:
             for _ in range(2):
@@ -518,8 +535,7 @@ async def test_max_keepalive_connections() -> None:
         limits = httpx.Limits(max_connections=10, max_keepalive_connections=1)
         async with lean(limits=limits) as t:
             tasks = [asyncio.create_task(fetch(t, "GET", server.url())) for _ in range(3)]
-            while server.accepted < 3:
-                await asyncio.sleep(0.001)
+            await await_until(lambda: server.accepted == 3, "three connections")
             gate.set()
             await asyncio.gather(*tasks)
             for _ in range(3):
@@ -549,12 +565,15 @@ def test_a_new_event_loop_starts_afresh(fake_server: FakeServer) -> None:
 # ---- the pool ------------------------------------------------------------------------------------------
 async def test_pool_limit_queues_requests() -> None:
     in_flight, peak = 0, 0
+    two = asyncio.Event()  # the first answers wait until both connections carry a request
 
     async def answer(req: Req, conn: Conn) -> bytes:
         nonlocal in_flight, peak
         in_flight += 1
         peak = max(peak, in_flight)
-        await asyncio.sleep(0.01)
+        if in_flight == 2:
+            two.set()
+        await asyncio.wait_for(two.wait(), 10)  # a pool that never opens a second connection fails here
         in_flight -= 1
         return ok(req.target.encode())
 
@@ -639,7 +658,7 @@ async def test_cancelled_requests_do_not_leak_slots() -> None:
                     tasks.append(asyncio.create_task(body_reader(t, server.url(target), first)))
                     await first.wait()
             queued = asyncio.create_task(fetch(t, "GET", server.url("/fast")))  # waits for a free connection
-            await asyncio.sleep(0.01)
+            await await_until(lambda: len(t._waiters) == 1, "the request to queue for the pool")
             assert not queued.done()
             queued.cancel()
             for task in tasks:
@@ -654,7 +673,7 @@ async def test_waiter_cancelled_after_being_woken_passes_the_turn_on() -> None:
         response = await t.handle_async_request(request("GET", server.url()))  # holds the only connection
         first = asyncio.create_task(fetch(t, "GET", server.url()))
         second = asyncio.create_task(fetch(t, "GET", server.url()))
-        await asyncio.sleep(0.01)  # both are queued for the pool now
+        await await_until(lambda: len(t._waiters) == 2, "both requests to queue for the pool")
         await response.aread()  # read to the end: the connection goes back to the pool and wakes `first` ...
         first.cancel()  # ... which is cancelled before it can run
         assert (await asyncio.wait_for(second, 2))[1] == b"hello"
@@ -709,15 +728,13 @@ async def test_connect_timeout() -> None:
 
 
 async def test_no_answer_is_read_timeout() -> None:
-    async def answer(req: Req, conn: Conn) -> None:
-        await asyncio.sleep(30)
+    async def answer(req: Req, conn: Conn) -> bytes:
+        await asyncio.sleep(1.0)  # an answer after 1 s, on this loop: the request's 0.1 s comes first, the
+        return ok()  # default 2 s (TIMEOUTS) would not, so only the request's own read timeout raises
 
     async with running(answer) as server, lean() as t:
-        loop = asyncio.get_running_loop()
-        began = loop.time()
         with pytest.raises(httpx.ReadTimeout):
             await fetch(t, "GET", server.url(), read=0.1)
-        assert loop.time() - began < 1.0
         assert t._open == 0
 
 
@@ -749,11 +766,13 @@ async def test_disconnect_without_answer() -> None:
 
 
 async def test_reset_mid_body() -> None:
+    got_first = {"/length": asyncio.Event(), "/chunked": asyncio.Event()}  # the client has read "abc"
+
     async def answer(req: Req, conn: Conn) -> None:
         framing = b"Content-Length: 1000" if req.target == "/length" else b"Transfer-Encoding: chunked"
         first = b"abc" if req.target == "/length" else b"3\r\nabc\r\n"
         await conn.send(b"HTTP/1.1 200 OK\r\n%s\r\n\r\n%s" % (framing, first))
-        await asyncio.sleep(0.01)
+        await got_first[req.target].wait()  # reset only then: a reset may discard data the client has not read
         conn.reset()
 
     async with running(answer) as server, lean() as t:
@@ -764,6 +783,7 @@ async def test_reset_mid_body() -> None:
                 try:
                     async for chunk in response.aiter_bytes():
                         received.append(chunk)
+                        got_first[path].set()
                 finally:
                     await response.aclose()
             assert b"".join(received) == b"abc"
@@ -873,7 +893,7 @@ async def test_aclose_fails_queued_requests() -> None:
         t = LeanTransport(limits=httpx.Limits(max_connections=1))
         response = await t.handle_async_request(request("GET", server.url()))  # holds the only connection
         queued = asyncio.create_task(fetch(t, "GET", server.url()))
-        await asyncio.sleep(0.01)
+        await await_until(lambda: len(t._waiters) == 1, "the request to queue for the pool")
         await t.aclose()
         with pytest.raises(RuntimeError, match="closed"):
             await asyncio.wait_for(queued, 2)

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
 
 from engine.state import CircuitConfig
 from tests.test_redis_store import CFG, REDIS_BIN, Clock, RedisServer, clear_prefix, fail
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(REDIS_BIN is None, reason="no redis-server binary (apt-get install redis-server)")
 redis = pytest.importorskip("redis", reason="redis-py not installed (pip install -e '.[test]')")
@@ -172,13 +172,15 @@ def _live(make, **kw):
     return other, RedisStore(other.url, prefix=other._p, wall=make.wall, **kw)
 
 
-def _poll(check, timeout: float = 1.0) -> float:
-    """Seconds until check() is true (fails after `timeout`)."""
-    t0 = time.monotonic()
-    while not check():
-        assert time.monotonic() - t0 < timeout, "not visible in time"
-        time.sleep(0.002)
-    return time.monotonic() - t0
+class SenderClock:
+    """The background sender's monotonic clock (`providers.redis_sender.time`), standing still until advanced:
+    its linger then lasts exactly as long as the test wants, however slow the machine."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def monotonic(self) -> float:
+        return self.t
 
 
 def test_the_sender_publishes_a_claim_and_a_record_promptly(make, trips) -> None:
@@ -188,13 +190,13 @@ def test_the_sender_publishes_a_claim_and_a_record_promptly(make, trips) -> None
         trips[0] = 0
         assert a.allow("m")
         assert trips[0] == 0
-        assert _poll(lambda: b.in_flight("m") == 1) < 1.0
+        wait_until(lambda: b.in_flight("m") == 1, "the claim to reach Redis")
         trips[0] = 0
         a.add_in_flight("m", 1)
         a.add_in_flight("m", -1)
         assert a.record("m", "p", "ok", CFG, latency_ms=7, input_tokens=3, output_tokens=2, cost=0.5) is None
         assert trips[0] == 0
-        _poll(lambda: "m" in b.stats() and b.in_flight("m") == 0)
+        wait_until(lambda: "m" in b.stats() and b.in_flight("m") == 0, "the record to reach Redis")
         s = b.stats()["m"]
         assert (s.calls, s.failures, s.input_tokens, s.output_tokens, s.latency_ms) == (1, 0, 3, 2, 7.0)
         assert s.cost == pytest.approx(0.5)
@@ -203,25 +205,34 @@ def test_the_sender_publishes_a_claim_and_a_record_promptly(make, trips) -> None
 
 
 def test_linger_sends_a_short_requests_claim_and_record_together(make, monkeypatch: pytest.MonkeyPatch) -> None:
-    sends = [0]  # round trips made by the background sender
-    send = redis.connection.Connection.send_packed_command
-    me = threading.current_thread()
+    from providers import redis_sender
 
-    def counted(self, *a, **kw):
-        if threading.current_thread() is not me:
-            sends[0] += 1
-        return send(self, *a, **kw)
+    clock = SenderClock()
+    monkeypatch.setattr(redis_sender, "time", clock)  # the sender's linger lasts until the test moves its clock
+    monkeypatch.setattr(redis_sender, "_TICK", 1e6)  # and no periodic tick, which would send a queued record
+    b, a = _live(make, refresh=60.0, flush_after=60.0, linger=0.05)
+    batches: list[list[tuple]] = []  # what the sender sends, one list per round trip
+    send_batch = a._send_batch
 
-    b, a = _live(make, refresh=60.0, flush_after=60.0, linger=0.3, replica_ttl=600.0)  # heartbeat: every 100 s
+    def recorded(commands: list[tuple]) -> list:
+        batches.append(commands)
+        return send_batch(commands)
+
+    monkeypatch.setattr(a, "_send_batch", recorded)
     try:
-        plain_request(a)  # the first: loads the snapshot and the sender's scripts, and beats
-        _poll(lambda: "m" in b.stats() and b.in_flight("m") == 0)
-        monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counted)
-        t0 = time.monotonic()
-        plain_request(a)  # well within the linger: the claim and the record leave in one round trip
-        assert time.monotonic() - t0 < 0.3
-        waited = _poll(lambda: b.stats()["m"].calls == 2 and b.in_flight("m") == 0)
-        assert waited >= 0.2 and sends[0] == 1  # (b's own reads run on this thread: not counted)
+        a.unavailable()  # loads the decide() snapshot (synchronously, not through the sender)
+        a.latency_ms()
+        assert a.allow("m")  # the claim wakes the sender...
+        wait_until(lambda: not a._sig.pending, "the sender to wake up")  # ...which lingers: its clock stands still
+        a.add_in_flight("m", 1)
+        a.add_in_flight("m", -1)
+        assert a.record("m", "p", "ok", CFG, latency_ms=10, input_tokens=3, output_tokens=2, cost=0.001) is None
+        assert batches == [] and b.in_flight("m") == 0 and "m" not in b.stats()  # nothing has left yet
+        clock.t += 0.05  # the linger is over: the request took less than it, however slow this machine is
+        wait_until(lambda: "m" in b.stats() and b.in_flight("m") == 0, "the lingered batch to land")
+        [batch] = batches  # one round trip for the claim and the record...
+        assert [command[1] for command in batch] == [a._record.sha]  # ...the record carrying the claim's count
+        assert b.stats()["m"].calls == 1
     finally:
         a.close()
 
@@ -237,7 +248,7 @@ def test_a_failure_opens_the_circuit_at_once_and_other_replicas_refuse_within_th
             b.unavailable()
             return not b.allow("m")
 
-        assert _poll(refused) < 0.1 + 0.1  # the refresh bound (plus slack for a busy machine)
+        wait_until(refused, "b to refuse the model")  # how soon (within `refresh`): the injected-clock test above
     finally:
         b.close()
 
@@ -323,11 +334,9 @@ def test_the_background_thread_sends_a_deferred_end(make) -> None:
     a = RedisStore(b.url, prefix=b._p, wall=make.wall, refresh=0.0)  # real monotonic clock, background thread
     try:
         a.add_in_flight("m", 1)
-        a.add_in_flight("m", -1)
-        deadline = time.monotonic() + 3
-        while b.in_flight("m") and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert b.in_flight("m") == 0
+        assert b.in_flight("m") == 1  # a start without a claim is sent at once
+        a.add_in_flight("m", -1)  # the end waits for a send: here the background tick's, after flush_after
+        wait_until(lambda: b.in_flight("m") == 0, "the background thread to send the deferred end")
     finally:
         a.close()
 
