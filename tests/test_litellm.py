@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -143,16 +142,10 @@ def test_catalog_command_on_litellm_policy(cli) -> None:
 
 
 @pytest.mark.skipif(not SNAPSHOT.is_file(), reason="the full LiteLLM snapshot (../shared/data) is not here")
-def test_full_snapshot_loads_under_one_second() -> None:
-    load_litellm(SNAPSHOT)  # warm the file cache and imports
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        _, stats = import_litellm(SNAPSHOT)
-        best = min(best, time.perf_counter() - start)
-    print(f"\nlitellm: {stats.entries} entries -> {stats.imported} models in {best * 1000:.0f} ms")
+def test_full_snapshot_loads() -> None:
+    """The whole real snapshot imports (how fast is bench/speed_bench.py's business, not a test's)."""
+    _, stats = import_litellm(SNAPSHOT)
     assert stats.imported > 2000
-    assert best < 1.0
 
 
 def test_catalog_command_default_policy_filters_and_errors(cli) -> None:
