@@ -8,7 +8,7 @@ import datetime
 import re
 from typing import Any
 
-from providers.catalog import default_catalog
+from providers.catalog.models import default_catalog
 
 OUT_TOKENS = 500  # the same output estimate the engine uses for cost
 

@@ -34,7 +34,7 @@ def free_port() -> int:
 
 def load_store(path: str | None):
     if path is None:
-        from providers.redis_store import RedisStore
+        from providers.state.redis_store import RedisStore
 
         return RedisStore
     spec = importlib.util.spec_from_file_location("redis_store_under_test", path)
@@ -56,7 +56,7 @@ def main() -> None:
 
     import redis.connection
 
-    from engine.state import CircuitConfig
+    from engine.runtime.state import CircuitConfig
 
     trips, background = [0], [0]
     main_thread = threading.current_thread()

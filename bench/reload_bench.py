@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine.api import Engine, compile_policy
-from engine.load import bundled_policy_dir
+from engine.language.load import bundled_policy_dir
 
 RESULTS = Path(__file__).resolve().parent / "results" / "reload.txt"
 PROMPT = "write a function that parses ISO dates and explain the edge cases"

@@ -38,10 +38,10 @@ from decide_bench import PROMPT_FILES, real_prompts, sized  # noqa: E402
 from needs import data_dir, require_data  # noqa: E402
 
 from engine import Engine  # noqa: E402
-from engine import evaluate as ev  # noqa: E402
-from engine.decision import Decision  # noqa: E402
-from engine.tokens import estimate_tokens  # noqa: E402
-from providers.catalog import Catalog, ModelSpec, default_catalog  # noqa: E402
+from engine.runtime import evaluate as ev  # noqa: E402
+from engine.runtime.decision import Decision  # noqa: E402
+from engine.runtime.tokens import estimate_tokens  # noqa: E402
+from providers.catalog.models import Catalog, ModelSpec, default_catalog  # noqa: E402
 
 LITELLM_PRICES = "litellm_model_prices.json"
 SIZES = {"200 B": 200, "4 KB": 4_000, "100 KB": 100_000, "1 MB": 1_000_000}

@@ -49,7 +49,7 @@ def pct(values: list[float], q: float) -> float:
 async def measure(base: str, calls: int, warmup: int) -> dict[str, list[float]]:
     import httpx
 
-    from providers.catalog import ModelSpec, ProviderSpec
+    from providers.catalog.models import ModelSpec, ProviderSpec
     from providers.clients import client_for
     from providers.clients.lean import LeanTransport
     from providers.types import ChatRequest, Message

@@ -3,7 +3,7 @@
 import logging
 
 from engine.api import Engine, compile_policy, compile_source
-from engine.decision import Decision, NoRouteError
+from engine.runtime.decision import Decision, NoRouteError
 from engine.diagnostics import Diagnostic, PolicyError
 
 # A library logs, the application decides where it goes (no stderr output unless logging is configured).

@@ -8,13 +8,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from engine.compile import compile_loaded
-from engine.decision import Decision, NoRouteError
-from engine.evaluate import decide as _decide
-from engine.load import bundled_policy_dir, load, load_source
-from engine.policy import DEFAULT_OUTPUT_TOKENS, CompiledPolicy, Request
-from engine.state import MemoryStore, StateStore
-from engine.tokens import TokenEstimator, estimate_tokens, from_messages, has_images
+from engine.compiler.passes import compile_loaded
+from engine.runtime.decision import Decision, NoRouteError
+from engine.runtime.evaluate import decide as _decide
+from engine.language.load import bundled_policy_dir, load, load_source
+from engine.runtime.policy import DEFAULT_OUTPUT_TOKENS, CompiledPolicy, Request
+from engine.runtime.state import MemoryStore, StateStore
+from engine.runtime.tokens import TokenEstimator, estimate_tokens, from_messages, has_images
 
 
 class RequestError(ValueError):
@@ -282,14 +282,14 @@ class Engine:
     # -- execution (providers/execute.py does the work; httpx is imported only here, on first use) ------------
     def _budget_book(self) -> Any:
         if self._budgets is None:
-            from providers.budget import Budgets
+            from providers.execution.budget import Budgets
 
             self._budgets = Budgets(self.state, self._execution.get("wall") or time.time)
         return self._budgets
 
     def _executor(self) -> Any:
         if self._exec is None:
-            from providers.execute import Executor
+            from providers.execution.executor import Executor
 
             self._exec = Executor(self, **self._execution)
         return self._exec
@@ -378,7 +378,7 @@ class Engine:
         """Decide now (raising NoRouteError / BudgetExceeded here), then iterate the returned CompletionStream
         for StreamEvents. A model that fails before its first token is retried / fallen back from; a failure
         after it raises StreamInterrupted (no text is repeated). `.completion` is set at the end."""
-        from providers.streaming import CompletionStream
+        from providers.execution.streaming import CompletionStream
 
         ex = self._executor()
         options = {
@@ -410,7 +410,7 @@ class Engine:
         **attrs: Any,
     ) -> Any:
         """The async stream(): `async for event in engine.astream(...)` (an AsyncCompletionStream)."""
-        from providers.streaming import AsyncCompletionStream
+        from providers.execution.streaming import AsyncCompletionStream
 
         ex = self._executor()
         options = {
@@ -432,7 +432,7 @@ class Engine:
 
     def usage(self) -> dict[str, Any]:
         """Calls, failures, success rate, tokens, cost and latency per model and per provider, plus totals."""
-        from providers.events import usage_summary
+        from providers.execution.events import usage_summary
 
         return usage_summary(self.state)
 

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.nodes import Span
+from engine.language.nodes import Span
 
 #: Stable diagnostic codes. Never renumber; add new ones at the end of their block.
 CODES: dict[str, str] = {

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import watchfiles
 
 from engine.diagnostics import PolicyError, render_all
-from engine.policy import CompiledPolicy
+from engine.runtime.policy import CompiledPolicy
 
 log = logging.getLogger("modelroute.reload")
 
@@ -402,7 +402,7 @@ def follow(
     the outcome, until `stop_event` is set or the generator is closed: the loop behind `--watch` in the CLI.
     `today` is the date deprecations count from (None: the date at each compile)."""
     from engine.api import Engine
-    from engine.load import load
+    from engine.language.load import load
 
     try:
         engine = Engine.load(path, catalog=catalog, today=today)

@@ -24,16 +24,16 @@ from .catalog import (
 )
 
 _LAZY = {
-    "Attempt": "providers.resilience",
-    "RoutingError": "providers.resilience",
-    "InvalidOutput": "providers.resilience",
-    "StreamInterrupted": "providers.resilience",
-    "BudgetExceeded": "providers.budget",
-    "Event": "providers.events",
-    "Executor": "providers.execute",
-    "Completion": "providers.execute",
-    "CompletionStream": "providers.streaming",
-    "AsyncCompletionStream": "providers.streaming",
+    "Attempt": "providers.execution.resilience",
+    "RoutingError": "providers.execution.resilience",
+    "InvalidOutput": "providers.execution.resilience",
+    "StreamInterrupted": "providers.execution.resilience",
+    "BudgetExceeded": "providers.execution.budget",
+    "Event": "providers.execution.events",
+    "Executor": "providers.execution.executor",
+    "Completion": "providers.execution.executor",
+    "CompletionStream": "providers.execution.streaming",
+    "AsyncCompletionStream": "providers.execution.streaming",
 }
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import Engine
-from providers.catalog import ProviderSpec, load_catalog
+from providers.catalog.models import ProviderSpec, load_catalog
 from tests.fakeserver import FakeServer
 
 CATALOG = Path(__file__).resolve().parent / "fixtures" / "policies" / "catalog.yaml"

@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from engine import nodes as n
+from engine.language import nodes as n
 
 DEFAULT_OUTPUT_TOKENS = 500  # README, "Cost": output tokens are max_tokens when given, else 500
 

@@ -21,8 +21,8 @@ from typing import TypeVar
 import pytest
 
 from engine import Engine, PolicyError, compile_policy, compile_source
-from engine.load import MAX_FILE_BYTES, MAX_INCLUDE_DEPTH
-from providers.catalog import load_catalog
+from engine.language.load import MAX_FILE_BYTES, MAX_INCLUDE_DEPTH
+from providers.catalog.models import load_catalog
 
 REPO = Path(__file__).resolve().parent.parent
 CATALOG_PATH = REPO / "tests" / "fixtures" / "hardening" / "catalog.yaml"
@@ -96,7 +96,7 @@ def test_catastrophic_regex_decides_in_linear_time(catalog, regex, prompt, match
 _BIG_PROMPT_SCRIPT = textwrap.dedent("""
     import json, resource, sys, time, tracemalloc
     from engine import Engine
-    from providers.catalog import Catalog, load_catalog
+    from providers.catalog.models import Catalog, load_catalog
 
     cat = load_catalog(sys.argv[1])
     huge = cat.models["epsilon-long"].model_copy(update={"name": "huge", "aliases": (), "context": 100_000_000})
@@ -252,7 +252,7 @@ def test_regex_program_too_large(catalog):
 
 def test_cheapest_with_many_ties_breaks_them_by_name(catalog):
     """1000 models of one price (how fast that is, is a bench/ question)."""
-    from providers.catalog import Catalog
+    from providers.catalog.models import Catalog
 
     base = catalog.models["beta-mid"]
     models = [base.model_copy(update={"name": f"m{i:04d}", "aliases": ()}) for i in range(1000)]

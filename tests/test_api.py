@@ -448,7 +448,7 @@ attrs = st.fixed_dictionaries(
 @settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(prompt=prompts, attributes=attrs)
 def test_fast_path_agrees_with_trace(fx: Engine, prompt: str, attributes: dict) -> None:
-    from engine.evaluate import trace
+    from engine.runtime.evaluate import trace
 
     req = fx.request(prompt, **attributes)
     report = trace(fx.policy, req)
@@ -469,7 +469,7 @@ def test_fast_path_agrees_with_trace(fx: Engine, prompt: str, attributes: dict) 
 
 def test_settings_is_a_full_mapping() -> None:
     """Settings is a Mapping: values() and items() work (a field once named `values` shadowed the method)."""
-    from engine.settings import Settings
+    from engine.runtime.settings import Settings
 
     defaults = Settings.defaults()
     assert dict(defaults.items()) == dict(defaults)

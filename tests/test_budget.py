@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from providers.budget import BudgetExceeded, Budgets, bucket
-from providers.events import Event
+from providers.execution.budget import BudgetExceeded, Budgets, bucket
+from providers.execution.events import Event
 from tests.demo_fallback import engine_for
 from tests.fakeserver import FakeServer, Reply
 
@@ -143,7 +143,7 @@ async def test_concurrent_requests_never_overspend(fake_server: FakeServer, wall
 
 
 def test_budgets_unit(wall: Wall) -> None:
-    from engine.state import MemoryStore
+    from engine.runtime.state import MemoryStore
 
     class Spec:
         def __init__(self, period: str, limit: float, per: str | None = None) -> None:

@@ -14,7 +14,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from providers.catalog import (
+from providers.catalog.models import (
     KNOWN_FEATURES,
     STANDARD_CAPABILITIES,
     Catalog,

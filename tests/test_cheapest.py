@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine import Engine
-from providers.catalog import Catalog, ModelSpec
+from providers.catalog.models import Catalog, ModelSpec
 
 PRICES = st.sampled_from([0.0, 0.0, 0.1, 0.5, 1.0, 1.0, 2.5, 10.0])
 

@@ -248,7 +248,7 @@ def test_usage_errors_exit_2(cli, tmp_path: Path, name: str) -> None:
 def test_usage_errors_exit_2_in_process(tmp_path: Path, monkeypatch, args: list[str]) -> None:
     from click.testing import CliRunner
 
-    from engine.cli import main
+    from engine.cli.app import main
 
     _usage_files(tmp_path)
     monkeypatch.chdir(tmp_path)
@@ -347,7 +347,7 @@ def test_default_policy_is_main_route_in_cwd_before_policies(cli, tmp_path: Path
 
 
 def test_default_policy_is_bundled_without_policies_dir(cli, tmp_path: Path) -> None:
-    from engine.load import bundled_policy_dir
+    from engine.language.load import bundled_policy_dir
 
     bundled = bundled_policy_dir() / "main.route"
     proc = cli("explain", CODE_PROMPT, "--attr", "tier=pro", "--json", "--today", "2026-06-01", cwd=tmp_path)
@@ -364,7 +364,7 @@ def test_default_policy_is_bundled_without_policies_dir(cli, tmp_path: Path) -> 
 def test_a_policies_dir_without_main_route_is_not_the_default(cli, tmp_path: Path) -> None:
     (tmp_path / "policies").mkdir()
     (tmp_path / "policies" / "notes.txt").write_text("not a policy")
-    from engine.load import bundled_policy_dir
+    from engine.language.load import bundled_policy_dir
 
     proc = cli("check", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -372,8 +372,8 @@ def test_a_policies_dir_without_main_route_is_not_the_default(cli, tmp_path: Pat
 
 
 def test_default_policy_is_decided_in_one_place(tmp_path: Path, monkeypatch) -> None:
-    from engine.cli import default_policy
-    from engine.load import bundled_policy_dir
+    from engine.cli.app import default_policy
+    from engine.language.load import bundled_policy_dir
 
     monkeypatch.chdir(tmp_path)
     assert default_policy() == bundled_policy_dir()
@@ -401,7 +401,7 @@ def test_default_policy_is_decided_in_one_place(tmp_path: Path, monkeypatch) -> 
 def test_every_command_uses_and_names_the_default_policy(tmp_path: Path, monkeypatch, args: list[str]) -> None:
     from click.testing import CliRunner
 
-    from engine.cli import main
+    from engine.cli.app import main
 
     shutil.copytree(FIXTURES, tmp_path, dirs_exist_ok=True)
     shutil.copytree(FIXTURES, tmp_path / "policies")

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from engine.jsoninput import MAX_JSON_DEPTH
+from engine.runtime.jsoninput import MAX_JSON_DEPTH
 
 FIXTURES = Path(__file__).parent / "fixtures" / "policies"
 REPO = Path(__file__).resolve().parent.parent

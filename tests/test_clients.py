@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import providers.errors as errors_module
-from providers.catalog import ModelSpec, ProviderSpec
+from providers.catalog.models import ModelSpec, ProviderSpec
 from providers.clients import AnthropicClient, GeminiClient, OpenAIClient, ProviderClient, client_for
 from providers.clients.sse import aiter_sse_bytes, aiter_sse_lines, iter_sse_bytes
 from providers.errors import (

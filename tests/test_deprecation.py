@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine import Engine
-from engine.decision import NoRouteError
+from engine.runtime.decision import NoRouteError
 
 CATALOG = textwrap.dedent("""
     models:

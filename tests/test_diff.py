@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from engine.api import Engine
-from engine.diff import CorpusError, diff_policies, parse_corpus, render_text, rule_ids
+from engine.tools.diff import CorpusError, diff_policies, parse_corpus, render_text, rule_ids
 
 CATALOG = Path(__file__).resolve().parent / "fixtures" / "policies" / "catalog.yaml"
 

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from reference import reference_decide
 
 from engine import Engine, NoRouteError
-from engine.load import load_source
-from providers.catalog import load_catalog
+from engine.language.load import load_source
+from providers.catalog.models import load_catalog
 
 HERE = Path(__file__).resolve().parent
 HARDENING = HERE / "fixtures" / "hardening"

@@ -46,11 +46,11 @@ import pytest
 import yaml
 
 from engine import Engine, PolicyError, compile_policy
-from engine.fmt import format_source
-from engine.lint import lint
-from engine.parse import parse
+from engine.language.fmt import format_source
+from engine.tools.lint import lint
+from engine.language.parse import parse
 from examples.fake_openai import FakeOpenAI
-from providers.catalog import load_catalog
+from providers.catalog.models import load_catalog
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]

@@ -12,8 +12,8 @@ import pytest
 from pydantic import BaseModel
 
 from providers.errors import ServerError
-from providers.events import Event
-from providers.resilience import RetryPolicy, RoutingError, StreamInterrupted
+from providers.execution.events import Event
+from providers.execution.resilience import RetryPolicy, RoutingError, StreamInterrupted
 from tests.demo_fallback import KINDS, engine_for
 from tests.fakeserver import FakeServer, Fault, Reply
 

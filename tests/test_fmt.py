@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.api import compile_source
-from engine.fmt import WIDTH, compare_modules, format_source, layout, rule_texts, strip_positions
-from engine.parse import parse
+from engine.language.fmt import WIDTH, compare_modules, format_source, layout, rule_texts, strip_positions
+from engine.language.parse import parse
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -266,7 +266,7 @@ def test_property_idempotent_and_same_meaning(fixture_catalog, text: str) -> Non
 
 
 def _comments(text: str) -> list[str]:
-    from engine.fmt import parse_with_comments
+    from engine.language.fmt import parse_with_comments
 
     return [str(c).rstrip() for c in parse_with_comments(text)[1]]
 

@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 from test_differential import CATALOG_PATH, policy_sources
 
 from engine import PolicyError, compile_source
-from engine.load import bundled_policy_dir
-from providers.catalog import Catalog, CatalogError, load_catalog
+from engine.language.load import bundled_policy_dir
+from providers.catalog.models import Catalog, CatalogError, load_catalog
 
 REPO = Path(__file__).resolve().parent.parent
 LONG = os.environ.get("MODELROUTE_FUZZ") == "long"

@@ -24,9 +24,9 @@ openai = pytest.importorskip("openai", reason="the openai SDK is not installed (
 import httpx  # noqa: E402
 import uvicorn  # noqa: E402
 
-from engine.gateway import create_app  # noqa: E402
-from engine.gateway_auth import GatewayKey, KeyRing, hash_key  # noqa: E402
-from engine.gateway_http import CoalescingTransport, http_protocol  # noqa: E402
+from providers.gateway.app import create_app  # noqa: E402
+from providers.gateway.keys import GatewayKey, KeyRing, hash_key  # noqa: E402
+from providers.gateway.protocol import CoalescingTransport, http_protocol  # noqa: E402
 from tests.demo_fallback import CATALOG, KINDS, TEST_KEY, engine_for  # noqa: E402
 from tests.fakeserver import Call, FakeServer, Fault, Reply  # noqa: E402
 from tests.test_redis_store import REDIS_BIN, RedisServer, free_port  # noqa: E402
@@ -613,7 +613,7 @@ def test_coalescing_transport_joins_writes_of_one_loop_turn() -> None:
 
 def test_a_json_answer_leaves_in_one_write(gw, monkeypatch: pytest.MonkeyPatch) -> None:
     """Through real uvicorn: it writes a response's head and body separately; the socket gets one write."""
-    import engine.gateway_http as gh
+    import providers.gateway.protocol as gh
 
     sent: list[bytes] = []  # what reaches the socket transport
     queued: list[bytes] = []  # what uvicorn wrote

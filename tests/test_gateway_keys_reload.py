@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from engine import gateway_auth
-from engine.gateway_auth import POLL_INTERVAL_S, GatewayKey, KeyRing, KeysFileError, hash_key
+from providers.gateway import keys as gateway_auth
+from providers.gateway.keys import POLL_INTERVAL_S, GatewayKey, KeyRing, KeysFileError, hash_key
 from tests.waiting import DEADLINE_S
 
 A, B, C = "mr-key-a", "mr-key-b", "mr-key-c"
@@ -359,7 +359,7 @@ def test_the_gateway_follows_its_keys_file(tmp_path: Path, fake_server: Any, clo
     pytest.importorskip("starlette", reason="gateway deps not installed (pip install -e '.[test]')")
     from starlette.testclient import TestClient
 
-    from engine.gateway import create_app
+    from providers.gateway.app import create_app
     from tests.demo_fallback import engine_for
 
     path = tmp_path / "keys.yaml"

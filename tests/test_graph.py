@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.api import Engine
-from engine.graph import build, to_dot, to_mermaid
+from engine.tools.graph import build, to_dot, to_mermaid
 
 POLICY = Path(__file__).resolve().parent / "fixtures" / "policies"
 NODE = re.compile(r'^    (\w+)(\(\["|\{"|\["|\(")(.*?)("\]\)|"\}|"\]|"\))$')

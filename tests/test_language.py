@@ -9,7 +9,7 @@ import itertools
 import pytest
 
 from engine import Engine, PolicyError, compile_source
-from engine.tokens import MESSAGE_OVERHEAD, estimate_tokens
+from engine.runtime.tokens import MESSAGE_OVERHEAD, estimate_tokens
 
 
 @pytest.fixture
@@ -150,7 +150,7 @@ def test_attributes_compare_with_any_literal_kind(fixture_catalog) -> None:
 
 
 def test_price_boundary_is_exact_across_units(tmp_path) -> None:
-    from providers.catalog import load_catalog
+    from providers.catalog.models import load_catalog
 
     (tmp_path / "c.yaml").write_text(
         "models:\n  m45:\n    provider: acme\n    context: 10k\n"
@@ -282,7 +282,7 @@ def test_crlf_line_endings(write_policy) -> None:
 
 def test_utf8_bom_is_accepted(tmp_path) -> None:
     from engine import compile_policy
-    from providers.catalog import default_catalog_path
+    from providers.catalog.models import default_catalog_path
 
     (tmp_path / "main.route").write_bytes(
         b"\xef\xbb\xbf" + f'catalog "{default_catalog_path()}"\notherwise use gpt-4o-mini\n'.encode()

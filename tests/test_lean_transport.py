@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
-from providers.catalog import ModelSpec, ProviderSpec
+from providers.catalog.models import ModelSpec, ProviderSpec
 from providers.clients import client_for
 from providers.clients import lean as lean_module
 from providers.clients.lean import MAX_HEAD, LeanTransport

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from engine import compile_policy, compile_source
 from engine.diagnostics import CODES, render_all
-from engine.lint import LINT_CODES, Facts, Linter, dnf, holds, lint
+from engine.tools.lint import LINT_CODES, Facts, Linter, dnf, holds, lint
 
 LINT = Path(__file__).parent / "golden" / "lint"
 CATALOG = Path(__file__).parent / "fixtures" / "policies" / "catalog.yaml"
@@ -28,7 +28,7 @@ TODAY = datetime.date(2026, 1, 1)
 
 
 def warnings_of(text: str, today: datetime.date = TODAY):
-    from providers.catalog import load_catalog
+    from providers.catalog.models import load_catalog
 
     return lint(compile_source(text, "p.route", catalog=load_catalog(CATALOG), today=today), today=today)
 
@@ -250,7 +250,7 @@ def _value(rule, m: int, tokens: int, attrs: dict) -> bool:
     try:
         return bool(rule.cond(m, tokens, attrs))
     except TypeError:
-        from engine.evaluate import _cond_value
+        from engine.runtime.evaluate import _cond_value
 
         return _cond_value(rule, rule.node.cond, m, tokens, attrs, None, 0)
 
@@ -260,7 +260,7 @@ _CAT: list = []
 
 def _catalog():
     if not _CAT:
-        from providers.catalog import load_catalog
+        from providers.catalog.models import load_catalog
 
         _CAT.append(load_catalog(CATALOG))
     return _CAT[0]

@@ -354,8 +354,8 @@ def test_serve_answers_the_openai_sdk(installed: Installed, outside: Path, fake:
 
 # ---- the checkout (no install): grammar and bundled policy found at the repo top ----------------------------
 def test_grammar_is_found_from_the_checkout() -> None:
-    from engine.load import bundled_policy_dir
-    from engine.parse import grammar_path
+    from engine.language.load import bundled_policy_dir
+    from engine.language.parse import grammar_path
 
     assert grammar_path().resolve() == (REPO / "grammar" / "route.lark").resolve()
     assert bundled_policy_dir().resolve() == (REPO / "policies").resolve()

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from engine.state import CircuitConfig
+from engine.runtime.state import CircuitConfig
 from tests.test_redis_store import CFG, REDIS_BIN, Clock, RedisServer, clear_prefix, fail
 from tests.waiting import wait_until
 
@@ -40,7 +40,7 @@ def redis_server() -> Iterator[RedisServer]:
 @pytest.fixture
 def make(redis_server: RedisServer, request: pytest.FixtureRequest):
     """RedisStores (replicas) sharing a fresh prefix and injected clocks; `make.wall` / `make.mono` drive them."""
-    from providers.redis_store import RedisStore
+    from providers.state.redis_store import RedisStore
 
     prefix = f"r{abs(hash(request.node.nodeid)) % 10**8}:"
     wall, mono = Clock(), Mono()
@@ -166,14 +166,14 @@ def test_a_circuit_opened_elsewhere_is_honoured_within_the_refresh(make, trips) 
 
 def _live(make, **kw):
     """A replica with a real monotonic clock and a background sender, sharing the test's prefix."""
-    from providers.redis_store import RedisStore
+    from providers.state.redis_store import RedisStore
 
     other = make()
     return other, RedisStore(other.url, prefix=other._p, wall=make.wall, **kw)
 
 
 class SenderClock:
-    """The background sender's monotonic clock (`providers.redis_sender.time`), standing still until advanced:
+    """The background sender's monotonic clock (`providers.state.sender.time`), standing still until advanced:
     its linger then lasts exactly as long as the test wants, however slow the machine."""
 
     def __init__(self) -> None:
@@ -205,7 +205,7 @@ def test_the_sender_publishes_a_claim_and_a_record_promptly(make, trips) -> None
 
 
 def test_linger_sends_a_short_requests_claim_and_record_together(make, monkeypatch: pytest.MonkeyPatch) -> None:
-    from providers import redis_sender
+    from providers.state import sender as redis_sender
 
     clock = SenderClock()
     monkeypatch.setattr(redis_sender, "time", clock)  # the sender's linger lasts until the test moves its clock
@@ -328,7 +328,7 @@ def test_a_deferred_end_is_sent_by_the_next_call_or_flush(make) -> None:
 
 
 def test_the_background_thread_sends_a_deferred_end(make) -> None:
-    from providers.redis_store import RedisStore
+    from providers.state.redis_store import RedisStore
 
     b = make()
     a = RedisStore(b.url, prefix=b._p, wall=make.wall, refresh=0.0)  # real monotonic clock, background thread
@@ -493,7 +493,7 @@ def test_a_late_message_does_not_undo_a_newer_count(make) -> None:
 
 @pytest.mark.parametrize("refresh", [0.0, 0.1])  # every call synchronous / the fast paths and the sender
 def test_concurrent_requests_on_one_replica_leave_no_count_behind(make, refresh: float) -> None:
-    from providers.redis_store import RedisStore
+    from providers.state.redis_store import RedisStore
 
     b = make()
     a = RedisStore(b.url, prefix=b._p, wall=make.wall, refresh=refresh)  # real clock and background thread
@@ -532,7 +532,7 @@ def test_an_expired_claim_is_published_by_a_heartbeat_too(make) -> None:
 def test_a_forked_child_is_a_replica_of_its_own(make) -> None:
     """A store created before a fork (a pre-loading worker server): the child gets its own replica id, sender
     thread and connections, and its calls in flight count apart from the parent's."""
-    from providers.redis_store import RedisStore
+    from providers.state.redis_store import RedisStore
 
     b = make()
     a = RedisStore(b.url, prefix=b._p, wall=make.wall, refresh=60.0)  # with its background sender

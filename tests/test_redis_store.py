@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from engine.state import CircuitConfig, ExecutionStore, MemoryStore, StateStore
+from engine.runtime.state import CircuitConfig, ExecutionStore, MemoryStore, StateStore
 from tests.waiting import wait_until
 
 REDIS_BIN = shutil.which("redis-server")
@@ -86,7 +86,7 @@ class Clock:
 @pytest.fixture
 def make_store(redis_server: RedisServer, request: pytest.FixtureRequest):
     """RedisStores sharing one fresh prefix (per test) and one injected wall clock."""
-    from providers.redis_store import RedisStore
+    from providers.state.redis_store import RedisStore
 
     prefix = f"t{abs(hash(request.node.nodeid)) % 10**8}:"
     clock = Clock()
@@ -216,7 +216,7 @@ def test_concurrent_reservations_never_exceed_the_limit(make_store) -> None:
 
 
 def test_losing_redis_degrades_to_local_state_then_recovers(caplog: pytest.LogCaptureFixture) -> None:
-    from providers.redis_store import RedisStore
+    from providers.state.redis_store import RedisStore
 
     server = RedisServer().start()
     try:

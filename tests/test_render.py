@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.api import Engine
-from engine.render import render_html, render_markdown
+from engine.tools.render import render_html, render_markdown
 
 REPO = Path(__file__).resolve().parent.parent
 POLICY = REPO / "tests" / "fixtures" / "policies"
@@ -71,7 +71,7 @@ def test_html_is_well_formed_self_contained_and_escaped(engine: Engine) -> None:
 
 def test_html_no_route_page(tmp_path: Path, fixture_catalog) -> None:
     eng = Engine.from_source('when tier == "x" use alpha-mini\n', catalog=fixture_catalog)
-    from engine.decision import NoRouteError
+    from engine.runtime.decision import NoRouteError
 
     with pytest.raises(NoRouteError) as info:
         eng.decide("hi")

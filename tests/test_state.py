@@ -7,9 +7,9 @@ import threading
 
 import pytest
 
-from engine.state import CircuitConfig, ExecutionStore, MemoryStore, StateStore
-from providers.events import Event
-from providers.resilience import RoutingError
+from engine.runtime.state import CircuitConfig, ExecutionStore, MemoryStore, StateStore
+from providers.execution.events import Event
+from providers.execution.resilience import RoutingError
 from tests.demo_fallback import engine_for
 from tests.fakeserver import FakeServer, Fault, Reply
 

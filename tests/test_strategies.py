@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from providers.resilience import RoutingError
-from providers.strategies import normalise, pick, vote
+from providers.execution.resilience import RoutingError
+from providers.execution.strategies import normalise, pick, vote
 from tests.demo_fallback import engine_for
 from tests.fakeserver import FakeServer, Fault, Reply
 from tests.waiting import await_until

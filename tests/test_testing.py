@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.testing import compile_with_tests, find_test_files, run_tests
+from engine.tools.testing import compile_with_tests, find_test_files, run_tests
 
 REPO = Path(__file__).resolve().parent.parent
 #: The bundled policy's tests are run as of this date (after every bundled deprecation date so far).

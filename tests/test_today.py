@@ -14,11 +14,11 @@ import click
 import pytest
 from click.testing import CliRunner
 
-import engine.compile
+import engine.compiler.passes
 from engine import Engine, compile_policy, compile_source
-from engine.cli import main
-from engine.decision import Decision
-from engine.lint import lint
+from engine.cli.app import main
+from engine.runtime.decision import Decision
+from engine.tools.lint import lint
 
 FIX = Path(__file__).parent / "fixtures" / "today"
 RETIRES = datetime.date(2030, 6, 30)  # sage-old's deprecation_date in FIX/catalog.yaml

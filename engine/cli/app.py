@@ -22,13 +22,13 @@ from rich.console import Console
 from rich.markup import escape
 
 from engine.api import Engine, RequestError
-from engine.compile import as_date
-from engine.decision import NoRouteError
+from engine.compiler.passes import as_date
+from engine.runtime.decision import NoRouteError
 from engine.diagnostics import PolicyError, Sources, render
-from engine.explain import render_text
-from engine.jsoninput import TooDeepError, check_messages, load_json
-from engine.load import bundled_policy_dir, display_name, resolve_entry
-from engine.report import Report
+from engine.tools.explain import render_text
+from engine.runtime.jsoninput import TooDeepError, check_messages, load_json
+from engine.language.load import bundled_policy_dir, display_name, resolve_entry
+from engine.runtime.report import Report
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_BUG = 0, 1, 2, 3
 
@@ -273,7 +273,7 @@ def _render(report: Report, fmt: str, color: bool) -> str:
         return report.model_dump_json(indent=2)
     if fmt == "text":
         return render_text(report, color=color)
-    from engine import render  # markdown and html (jinja2 templates)
+    from engine.tools import render  # markdown and html (jinja2 templates)
 
     return render.render_markdown(report) if fmt == "markdown" else render.render_html(report)
 
@@ -336,7 +336,7 @@ def _report_check(p: Any, path: Path, as_json: bool, strict: bool, today: dateti
     """Lint a compiled policy and print the result; returns the exit code."""
     import dataclasses
 
-    from engine.lint import lint
+    from engine.tools.lint import lint
 
     warnings = lint(p, today=today)
     if strict:
@@ -381,7 +381,7 @@ def _report_check(p: Any, path: Path, as_json: bool, strict: bool, today: dateti
 
 def _register_commands() -> None:
     """Commands that live in their own modules add themselves to `main` when imported."""
-    for module in ("engine.cli_test", "engine.cli_tools", "engine.cli_serve"):
+    for module in ("engine.cli.policy_tests", "engine.cli.tools", "engine.cli.serve"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:
@@ -393,6 +393,6 @@ _register_commands()
 
 if __name__ == "__main__":  # pragma: no cover
     # `python -m engine.cli` runs this file as __main__; commands register on the importable engine.cli.main
-    from engine.cli import main as _main
+    from engine.cli.app import main as _main
 
     _main()

@@ -10,10 +10,10 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from engine.cli import EXIT_ERRORS, EXIT_OK, _console, exit_on_policy_error, main, policy_or_default, today_option
+from engine.cli.app import EXIT_ERRORS, EXIT_OK, _console, exit_on_policy_error, main, policy_or_default, today_option
 from engine.diagnostics import PolicyError
-from engine.explain import render_markup
-from engine.testing import CaseResult, Coverage, RunResult, compile_with_tests, run_tests
+from engine.tools.explain import render_markup
+from engine.tools.testing import CaseResult, Coverage, RunResult, compile_with_tests, run_tests
 
 
 @main.command("test")

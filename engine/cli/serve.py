@@ -15,11 +15,11 @@ from typing import Any
 
 import click
 
-from engine.cli import EXIT_ERRORS, EXIT_USAGE, main, policy_or_default
+from engine.cli.app import EXIT_ERRORS, EXIT_USAGE, main, policy_or_default
 
 
 def _hash_key() -> None:
-    from engine.gateway_auth import hash_key, new_key
+    from providers.gateway.keys import hash_key, new_key
 
     if sys.stdin is not None and not sys.stdin.isatty():
         key = sys.stdin.read().strip()
@@ -174,12 +174,12 @@ def serve(
     try:  # uvicorn and starlette (the serve extra) are checked for before any work
         import uvicorn  # noqa: F401
 
-        from engine.gateway import create_app
+        from providers.gateway.app import create_app
     except ModuleNotFoundError as exc:
         click.echo(f"error: `modelroute serve` needs {exc.name}: pip install 'modelroute[serve]'", err=True)
         sys.exit(EXIT_USAGE)
     from engine.api import Engine
-    from engine.gateway_auth import KeyRing, KeysFileError
+    from providers.gateway.keys import KeyRing, KeysFileError
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     keys = None
@@ -191,7 +191,7 @@ def serve(
             sys.exit(EXIT_USAGE)
     state: Any = None
     if redis_url:
-        from providers.redis_store import RedisStore
+        from providers.state.redis_store import RedisStore
 
         try:
             state = RedisStore(redis_url, prefix=redis_prefix)
@@ -201,7 +201,7 @@ def serve(
             click.echo("warning: Redis is not reachable now; serving with local state until it is", err=True)
     policy, named = _policies(policy_args)
     if named and state is None:
-        from engine.state import MemoryStore
+        from engine.runtime.state import MemoryStore
 
         state = MemoryStore()  # one router: circuits, health and spend are shared by every policy
     engine = Engine.load(policy_or_default(policy), watch=watch, state=state)
@@ -246,7 +246,7 @@ def _run(
     """Say what is served where, then run uvicorn on the bound sockets until it is stopped."""
     import uvicorn
 
-    from engine.gateway_http import http_protocol
+    from providers.gateway.protocol import http_protocol
 
     where = "redis" if redis_url else "in-process"
     auth = f"{len(keys)} gateway key(s)" if keys is not None else "NO authentication (no --keys)"

@@ -15,10 +15,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from engine.api import Engine
-from engine.cli import EXIT_ERRORS, _console, main, policy_or_default, print_diagnostics, today_option
-from engine.compile import as_date
+from engine.cli.app import EXIT_ERRORS, _console, main, policy_or_default, print_diagnostics, today_option
+from engine.compiler.passes import as_date
 from engine.diagnostics import PolicyError, did_you_mean
-from engine.load import display_name
+from engine.language.load import display_name
 
 # ---- fmt --------------------------------------------------------------------------------------------------
 
@@ -57,7 +57,7 @@ def fmt(paths: tuple[Path, ...], check: bool, show_diff: bool) -> None:
       modelroute fmt --diff policies/main.route
       cat main.route | modelroute fmt -
     """
-    from engine.fmt import FmtError, format_source
+    from engine.language.fmt import FmtError, format_source
 
     err = _console(stderr=True)
     if paths == (Path("-"),):
@@ -150,7 +150,7 @@ def diff_cmd(
       modelroute diff old.route new.route --prompts traffic.jsonl --fail-on-change
       modelroute diff old.route new.route --prompts traffic.jsonl --json | jq .transitions
     """
-    from engine.diff import CorpusError, diff_policies, read_corpus, render_text
+    from engine.tools.diff import CorpusError, diff_policies, read_corpus, render_text
 
     try:
         corpus = read_corpus(prompts)
@@ -211,7 +211,7 @@ def graph(policy: Path | None, fmt_: str, output: Path | None, today: datetime.d
       modelroute graph policies/ --format dot | dot -Tsvg > policy.svg
       modelroute graph -o policy.mmd
     """
-    from engine.graph import to_dot, to_mermaid
+    from engine.tools.graph import to_dot, to_mermaid
 
     compiled = Engine.load(policy_or_default(policy), today=today).policy
     text = to_dot(compiled) if fmt_ == "dot" else to_mermaid(compiled)
@@ -228,8 +228,8 @@ _SORTS = ("name", "price", "context", "latency")
 
 
 def _model_rows(policy_path: Path) -> tuple[list[dict[str, Any]], Any]:
-    from engine.load import load
-    from engine.nodes import ModelAlias
+    from engine.language.load import load
+    from engine.language.nodes import ModelAlias
 
     engine = Engine.load(policy_path)
     catalog = engine.policy.catalog

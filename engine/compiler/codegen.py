@@ -6,8 +6,8 @@ import datetime
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from engine import nodes as n
-from engine.policy import (
+from engine.language import nodes as n
+from engine.runtime.policy import (
     MISSING,
     NEGATED,
     OPS,
@@ -19,7 +19,7 @@ from engine.policy import (
     Selector,
     get_attr,
 )
-from engine.units import fmt_count, fmt_ms, fmt_price, fmt_value
+from engine.runtime.units import fmt_count, fmt_ms, fmt_price, fmt_value
 
 Guard = tuple  # ("patterns", frozenset[int]) | ("attr", name, frozenset[value])
 

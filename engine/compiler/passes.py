@@ -12,15 +12,15 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from engine import nodes as n
-from engine.codegen import build_rule, literal, number, retired
+from engine.language import nodes as n
+from engine.compiler.codegen import build_rule, literal, number, retired
 from engine.diagnostics import Diagnostic, PolicyError, did_you_mean
-from engine.load import Loaded, display_name
-from engine.matcher import FLAGS, Matcher, check, to_re2
-from engine.policy import BudgetSpec, CompiledPolicy, Entry
-from engine.settings import SETTINGS, Settings, coerce
-from engine.units import EXAMPLES, KIND_NAMES, METRIC_KIND
-from providers.catalog import Catalog, CatalogError, ModelSpec, default_catalog, load_catalog
+from engine.language.load import Loaded, display_name
+from engine.runtime.matcher import FLAGS, Matcher, check, to_re2
+from engine.runtime.policy import BudgetSpec, CompiledPolicy, Entry
+from engine.runtime.settings import SETTINGS, Settings, coerce
+from engine.runtime.units import EXAMPLES, KIND_NAMES, METRIC_KIND
+from providers.catalog.models import Catalog, CatalogError, ModelSpec, default_catalog, load_catalog
 
 MAX_RULES = 10_000
 FEATURES = frozenset({"tools", "vision", "json", "streaming"})
@@ -158,7 +158,7 @@ def _load_catalog_ref(ref: n.CatalogRef) -> Catalog | None:
         catalog = load_catalog(ref.path)
         return catalog if ref.overlay is None else catalog.merged(load_catalog(ref.overlay))
     if ref.format == "litellm":
-        from providers.litellm import load_litellm
+        from providers.catalog.litellm import load_litellm
 
         return load_litellm(ref.path, overlay=ref.overlay)
     return None

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 
 from lark import Lark, Token, Tree
 
-from engine import nodes as n
-from engine.parse import grammar_path, parse, token_offsets
+from engine.language import nodes as n
+from engine.language.parse import grammar_path, parse, token_offsets
 
 WIDTH = 100
 INDENT = "    "

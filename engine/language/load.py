@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine import nodes as n
+from engine.language import nodes as n
 from engine.diagnostics import Diagnostic, PolicyError, Sources
-from engine.parse import parse
+from engine.language.parse import parse
 
 if TYPE_CHECKING:
     from _hashlib import HASH

@@ -11,7 +11,7 @@ from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 from lark.lexer import PatternStr
 
-from engine import nodes as n
+from engine.language import nodes as n
 from engine.diagnostics import Diagnostic, PolicyError, Sources
 
 #: Names that cannot be used for tasks or model aliases.

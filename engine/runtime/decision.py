@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol
 
-from engine.nodes import Span
-from engine.policy import CompiledPolicy, Entry, Request
-from engine.report import Candidate, Report
+from engine.language.nodes import Span
+from engine.runtime.policy import CompiledPolicy, Entry, Request
+from engine.runtime.report import Candidate, Report
 
 
 class DecidingSelector(Protocol):
@@ -137,7 +137,7 @@ class Decision:
     def report(self) -> Report:
         """The full traced evaluation (built on first use, then cached)."""
         if self._report is None:
-            from engine.evaluate import trace
+            from engine.runtime.evaluate import trace
 
             self._report = trace(self.policy, self.request, self.elapsed_ns / 1000, (self._rule.index, self.model))
         return self._report
@@ -147,7 +147,7 @@ class Decision:
         return self.report().candidates
 
     def explain(self, color: bool = False) -> str:
-        from engine.explain import render_text
+        from engine.tools.explain import render_text
 
         return render_text(self.report(), color=color)
 
@@ -177,12 +177,12 @@ class NoRouteError(LookupError):
 
     def report(self) -> Report:
         if self._report is None:
-            from engine.evaluate import trace
+            from engine.runtime.evaluate import trace
 
             self._report = trace(self.policy, self.request)
         return self._report
 
     def explain(self, color: bool = False) -> str:
-        from engine.explain import render_text
+        from engine.tools.explain import render_text
 
         return render_text(self.report(), color=color)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine import nodes as n
-from engine.policy import MISSING, CompiledPolicy, CompiledRule, Entry, Request, Selector, get_attr, hard_reason
-from engine.report import Atom, Candidate, CandidateStatus, FallbackCheck, Report, RuleOutcome, RuleRef, RuleTrace
-from engine.units import fmt_value
+from engine.language import nodes as n
+from engine.runtime.policy import MISSING, CompiledPolicy, CompiledRule, Entry, Request, Selector, get_attr, hard_reason
+from engine.runtime.report import Atom, Candidate, CandidateStatus, FallbackCheck, Report, RuleOutcome, RuleRef, RuleTrace
+from engine.runtime.units import fmt_value
 
 
 def pattern_bits(policy: CompiledPolicy, matched: int) -> int:

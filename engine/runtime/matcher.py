@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import re2
 
-from engine import nodes as n
+from engine.language import nodes as n
 
 #: Regex flags a policy may put after the closing slash.
 FLAGS = {

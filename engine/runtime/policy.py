@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from engine import nodes as n
-from engine.matcher import Matcher
-from engine.units import fmt_count, fmt_money
+from engine.language import nodes as n
+from engine.runtime.matcher import Matcher
+from engine.runtime.units import fmt_count, fmt_money
 
 #: Output tokens assumed for cost estimates when the request does not pass `max_tokens`.
 DEFAULT_OUTPUT_TOKENS = 500

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from engine.api import Engine
-from engine.decision import NoRouteError
-from engine.jsoninput import TooDeepError, check_messages, load_json
-from engine.policy import CompiledPolicy
+from engine.runtime.decision import NoRouteError
+from engine.runtime.jsoninput import TooDeepError, check_messages, load_json
+from engine.runtime.policy import CompiledPolicy
 
 NO_ROUTE = "(no route)"
 

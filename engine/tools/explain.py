@@ -8,7 +8,7 @@ import json
 from rich.console import Console
 from rich.markup import escape
 
-from engine.report import Candidate, Report, RuleTrace
+from engine.runtime.report import Candidate, Report, RuleTrace
 
 _OUTCOME = {
     "decided": "[bold green]decided[/]",

@@ -12,8 +12,8 @@ import re
 import textwrap
 from dataclasses import dataclass, field
 
-from engine.load import display_name
-from engine.policy import CompiledPolicy, CompiledRule, Selector
+from engine.language.load import display_name
+from engine.runtime.policy import CompiledPolicy, CompiledRule, Selector
 
 LABEL_WIDTH = 48
 POOL_SHOWN = 3

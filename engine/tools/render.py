@@ -8,7 +8,7 @@ from typing import Any
 
 import jinja2
 
-from engine.report import Report
+from engine.runtime.report import Report
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 

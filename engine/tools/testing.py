@@ -12,16 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine import nodes as n
+from engine.language import nodes as n
 from engine.api import Engine, RequestError
-from engine.compile import compile_loaded
-from engine.decision import NoRouteError
+from engine.compiler.passes import compile_loaded
+from engine.runtime.decision import NoRouteError
 from engine.diagnostics import Diagnostic, PolicyError
-from engine.load import Loaded, display_name, load, resolve_entry
-from engine.matcher import to_re2
-from engine.parse import parse
-from engine.policy import CompiledPolicy
-from engine.report import Report
+from engine.language.load import Loaded, display_name, load, resolve_entry
+from engine.runtime.matcher import to_re2
+from engine.language.parse import parse
+from engine.runtime.policy import CompiledPolicy
+from engine.runtime.report import Report
 
 #: Codes the test runner adds to the compiler's (engine.diagnostics.CODES).
 TEST_CODES: dict[str, str] = {"E800": "statement not allowed in a test file"}

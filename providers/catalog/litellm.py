@@ -32,8 +32,8 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node
 
-from providers.catalog import Catalog, CatalogError, CatalogIssue, ModelSpec, SourceRef
-from providers.catalog_yaml import CatalogReader
+from providers.catalog.models import Catalog, CatalogError, CatalogIssue, ModelSpec, SourceRef
+from providers.catalog.yaml_reader import CatalogReader
 
 __all__ = ["DEFAULT_LATENCY_MS", "ImportStats", "import_litellm", "load_litellm"]
 

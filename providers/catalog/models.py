@@ -21,7 +21,7 @@ The YAML format::
 Required model fields: provider, context, price, latency_ms. Capability names are case-insensitive and
 stored upper-case. Top-level keys starting with `x-` are ignored (a place for YAML anchors), and YAML merge
 keys (`<<: *defaults`) work. This module holds the types and the file handling; the YAML checks live in
-`providers.catalog_yaml` (sections and fields) and `providers.catalog_nodes` (node parsers). All three are
+`providers.catalog.yaml_reader` (sections and fields) and `providers.catalog.nodes` (node parsers). All three are
 pure: no network, no httpx.
 """
 
@@ -436,7 +436,7 @@ def load_catalog(path: str | Path) -> Catalog:
                 )
             ]
         ) from None
-    from providers.catalog_yaml import read_catalog  # imports this module: load it on first use
+    from providers.catalog.yaml_reader import read_catalog  # imports this module: load it on first use
 
     return read_catalog(file, text)
 

@@ -1,8 +1,8 @@
 """YAML node checks for catalog files: composed YAML nodes in, checked Python values out, with a `CatalogIssue`
 (line, column, key path, message, hint) recorded for every unusable value.
 
-`NodeReader` is the base of the catalog reader (`providers.catalog_yaml.CatalogReader`) and of the LiteLLM
-overlay reader (`providers.litellm`): issue reporting and the final `CatalogError`, YAML syntax errors, mapping
+`NodeReader` is the base of the catalog reader (`providers.catalog.yaml_reader.CatalogReader`) and of the LiteLLM
+overlay reader (`providers.catalog.litellm`): issue reporting and the final `CatalogError`, YAML syntax errors, mapping
 pairs with `<<` merge keys and duplicate-key detection, and parsers for names, numbers, token counts, lists of
 names and dates. Every parser returns None (after recording an issue) when the value is unusable.
 """
@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from providers.catalog import PER_MILLION, CatalogError, CatalogIssue
+from providers.catalog.models import PER_MILLION, CatalogError, CatalogIssue
 
 __all__ = ["MERGE_TAG", "NULL_TAG", "NodeReader", "describe", "suggest"]
 

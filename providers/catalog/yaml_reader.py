@@ -2,7 +2,7 @@
 every problem with its line, column, key path and hint.
 
 `CatalogReader` walks the `providers:` and `models:` sections on top of `NodeReader`'s node parsers
-(`providers.catalog_nodes`); the LiteLLM overlay reader extends it. The format itself is described in
+(`providers.catalog.nodes`); the LiteLLM overlay reader extends it. The format itself is described in
 `providers.catalog`, whose `load_catalog()` reads the file and calls `read_catalog()`.
 """
 
@@ -14,7 +14,7 @@ import yaml
 from pydantic import ValidationError
 from yaml.nodes import MappingNode, Node, ScalarNode
 
-from providers.catalog import (
+from providers.catalog.models import (
     KNOWN_FEATURES,
     PER_MILLION,
     PROVIDER_KINDS,
@@ -27,7 +27,7 @@ from providers.catalog import (
     SourceRef,
     default_provider_kind,
 )
-from providers.catalog_nodes import MERGE_TAG, NULL_TAG, NodeReader, suggest
+from providers.catalog.nodes import MERGE_TAG, NULL_TAG, NodeReader, suggest
 
 __all__ = ["CatalogReader", "read_catalog"]
 

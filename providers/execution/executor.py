@@ -21,12 +21,12 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.state import CircuitConfig
-from providers.budget import Budgets, Reservation
+from engine.runtime.state import CircuitConfig
+from providers.execution.budget import Budgets, Reservation
 from providers.clients import ProviderClient, client_for
 from providers.errors import ContentFiltered, ProviderError
-from providers.events import EventBus
-from providers.resilience import (
+from providers.execution.events import EventBus
+from providers.execution.resilience import (
     Attempt,
     InvalidOutput,
     RetryPolicy,
@@ -35,7 +35,7 @@ from providers.resilience import (
     circuit_outcome,
     failed,
 )
-from providers.streaming import AsyncCompletionStream, CompletionStream
+from providers.execution.streaming import AsyncCompletionStream, CompletionStream
 from providers.types import (
     ChatRequest,
     ChatResponse,
@@ -388,7 +388,7 @@ class Executor:
             return
         warn = float(run.policy.settings["budget.warn"]) if run.policy.settings is not None else 0.8
         for spec, spent, limit in self.budgets.settle(run.reservation, run.cost, warn):
-            from providers.budget import label
+            from providers.execution.budget import label
 
             self.events.emit(
                 "budget_warning",
@@ -599,7 +599,7 @@ class Executor:
     # ---- a whole request ----------------------------------------------------------------------------
     async def run(self, run: Run) -> Completion:
         """Execute a prepared request by its decision's strategy; settles the budget; raises RoutingError."""
-        from providers import strategies
+        from providers.execution import strategies
 
         try:
             decision = run.decision
@@ -653,7 +653,7 @@ class Executor:
 
     async def run_group_or_chain(self, run: Run) -> Completion:
         """The group, then the fallbacks, as one Completion (a streamed group answers as a whole)."""
-        from providers import strategies
+        from providers.execution import strategies
 
         done = await strategies.run_group(self, run)
         if done is None:

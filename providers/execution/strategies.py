@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from providers.types import ChatRequest, Message
 
 if TYPE_CHECKING:
-    from providers.execute import Completion, Executor, Result, Run
+    from providers.execution.executor import Completion, Executor, Result, Run
 
 _SPACE = re.compile(r"\s+")
 _NUMBER = re.compile(r"\d+")

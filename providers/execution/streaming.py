@@ -4,7 +4,7 @@
 A single-model rule streams the first model of the chain that starts answering: a model that fails before its
 first token is retried and fallen back from like a non-streamed call; a failure after it raises
 StreamInterrupted (no text is repeated). A group (race / consensus / best_of) answers as a whole, as one delta.
-`AsyncCompletionStream` and `CompletionStream` are also importable from `providers.execute`.
+`AsyncCompletionStream` and `CompletionStream` are also importable from `providers.execution.executor`.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from collections.abc import AsyncGenerator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from providers.errors import ProviderError
-from providers.resilience import Attempt, InvalidOutput, RoutingError, StreamInterrupted
+from providers.execution.resilience import Attempt, InvalidOutput, RoutingError, StreamInterrupted
 from providers.types import StreamEvent
 
 if TYPE_CHECKING:
-    from providers.execute import Completion, Executor, Run
+    from providers.execution.executor import Completion, Executor, Run
 
 __all__ = ["AsyncCompletionStream", "CompletionStream", "stream_events"]
 

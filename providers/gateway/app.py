@@ -21,11 +21,11 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from engine.decision import NoRouteError
-from engine.gateway_auth import GatewayKey, KeyRing, bearer
-from engine.gateway_metrics import GatewayMetrics
-from engine.gateway_openai import AUTO_MODELS, ApiError, ChunkWriter, completion_json, new_id, parse_chat
-from engine.gateway_run import (
+from engine.runtime.decision import NoRouteError
+from providers.gateway.keys import GatewayKey, KeyRing, bearer
+from providers.gateway.metrics import GatewayMetrics
+from providers.gateway.openai_wire import AUTO_MODELS, ApiError, ChunkWriter, completion_json, new_id, parse_chat
+from providers.gateway.run import (
     fallbacks_used,
     headers,
     hold_key_budget,
@@ -159,8 +159,8 @@ class Gateway:
 
     # ---- endpoints ------------------------------------------------------------------------------------
     async def chat(self, request: Request) -> Response:
-        from providers.budget import BudgetExceeded
-        from providers.resilience import RoutingError
+        from providers.execution.budget import BudgetExceeded
+        from providers.execution.resilience import RoutingError
 
         t0 = time.perf_counter()
         status = 200
@@ -215,8 +215,8 @@ class Gateway:
 
     async def _stream(self, call: Any, run: Any, ex: Any, hold: Any, t0: float, policy_name: str) -> Response:
         from providers.errors import ProviderError
-        from providers.resilience import RoutingError
-        from providers.streaming import AsyncCompletionStream
+        from providers.execution.resilience import RoutingError
+        from providers.execution.streaming import AsyncCompletionStream
 
         stream = AsyncCompletionStream(ex, run)
         events = stream.__aiter__()

@@ -7,11 +7,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from engine.decision import Decision, NoRouteError
-from engine.gateway_openai import ApiError, ChatCall
-from engine.nodes import Span
-from engine.policy import Request, hard_reason
-from engine.report import Report, RuleRef
+from engine.runtime.decision import Decision, NoRouteError
+from providers.gateway.openai_wire import ApiError, ChatCall
+from engine.language.nodes import Span
+from engine.runtime.policy import Request, hard_reason
+from engine.runtime.report import Report, RuleRef
 
 
 class _PinnedSelector:
@@ -172,8 +172,8 @@ def headers(
 
 def routing_error(exc: BaseException) -> ApiError:
     """The OpenAI-style error for a routing failure (no route, budget, every attempt failed)."""
-    from providers.budget import BudgetExceeded
-    from providers.resilience import RoutingError
+    from providers.execution.budget import BudgetExceeded
+    from providers.execution.resilience import RoutingError
 
     if isinstance(exc, NoRouteError):
         return ApiError(400, f"{exc} (POST /v1/route/explain shows the full trace)", code="no_route")

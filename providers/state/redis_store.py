@@ -72,10 +72,10 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from engine.state import EWMA_ALPHA, CircuitConfig, CircuitInfo, MemoryStore, ModelStats, Outcome
-from providers import redis_lua as lua
-from providers.redis_sender import Signal, pack, run_sender
-from providers.redis_spend import SPEND_TTL, SpendMixin
+from engine.runtime.state import EWMA_ALPHA, CircuitConfig, CircuitInfo, MemoryStore, ModelStats, Outcome
+from providers.state import lua
+from providers.state.sender import Signal, pack, run_sender
+from providers.state.spend import SPEND_TTL, SpendMixin
 
 log = logging.getLogger("modelroute.state")
 

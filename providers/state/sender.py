@@ -11,7 +11,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from providers.redis_store import RedisStore
+    from providers.state.redis_store import RedisStore
 
 log = logging.getLogger("modelroute.state")
 _TICK = 0.1  # background thread period (seconds)
