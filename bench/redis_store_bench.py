@@ -4,7 +4,7 @@ trips per request (counted on the calling thread), round trips the background se
 request path) and latency per request (p50 / p99 / mean) out.
 
 Run: python bench/redis_store_bench.py [--requests 5000] [--store path/to/redis_store.py]
-(--store times another version of providers/redis_store.py, e.g. `git show HEAD:providers/redis_store.py`.)
+(--store times another version of providers/state/redis_store.py, e.g. `git show HEAD:providers/state/redis_store.py`.)
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def load_store(path: str | None):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=5000)
-    ap.add_argument("--store", help="a redis_store.py to time instead of providers/redis_store.py")
+    ap.add_argument("--store", help="a redis_store.py to time instead of providers/state/redis_store.py")
     args = ap.parse_args()
     require_modules("redis_store_bench.py", "redis")
     require_programs("redis_store_bench.py", "redis-server", install="e.g. apt-get install redis-server")
@@ -110,7 +110,7 @@ def main() -> None:
         blocking, sent = trips[0], background[0]
         store.flush()  # what the sender still holds (not counted above)
         times.sort()
-        print(f"{args.store or 'providers/redis_store.py'}: {n} requests")
+        print(f"{args.store or 'providers/state/redis_store.py'}: {n} requests")
         print(f"  blocking round trips per request {blocking / n:.2f}  (background sender: {sent} round trips)")
         print(
             f"  latency per request  p50 {times[n // 2] * 1e6:.0f}us  p99 {times[int(n * 0.99)] * 1e6:.0f}us  "

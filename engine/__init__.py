@@ -3,8 +3,8 @@
 import logging
 
 from engine.api import Engine, compile_policy, compile_source
-from engine.runtime.decision import Decision, NoRouteError
 from engine.diagnostics import Diagnostic, PolicyError
+from engine.runtime.decision import Decision, NoRouteError
 
 # A library logs, the application decides where it goes (no stderr output unless logging is configured).
 logging.getLogger("modelroute").addHandler(logging.NullHandler())

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from engine.compiler.passes import compile_loaded
+from engine.language.load import bundled_policy_dir, load, load_source
 from engine.runtime.decision import Decision, NoRouteError
 from engine.runtime.evaluate import decide as _decide
-from engine.language.load import bundled_policy_dir, load, load_source
 from engine.runtime.policy import DEFAULT_OUTPUT_TOKENS, CompiledPolicy, Request
 from engine.runtime.state import MemoryStore, StateStore
 from engine.runtime.tokens import TokenEstimator, estimate_tokens, from_messages, has_images

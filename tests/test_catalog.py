@@ -184,7 +184,7 @@ def test_default_catalog_is_cached_and_path_is_package_data() -> None:
     assert default_catalog() is default_catalog()
     path = default_catalog_path()
     assert path.name == "catalog.yaml" and path.is_file()
-    assert path == Path(str(resources.files("providers").joinpath("catalog.yaml")))
+    assert path == Path(str(resources.files("providers.catalog").joinpath("catalog.yaml")))
     assert load_catalog(path) == default_catalog()
 
 
@@ -200,7 +200,7 @@ def test_bundled_catalog_ships_as_package_data(tmp_path: Path) -> None:
         check=True,
         capture_output=True,
     )
-    assert (lib / "providers" / "catalog.yaml").read_bytes() == default_catalog_path().read_bytes()
+    assert (lib / "providers" / "catalog" / "catalog.yaml").read_bytes() == default_catalog_path().read_bytes()
     shutil.make_archive(str(tmp_path / "lib"), "zip", lib, "providers")
     code = (
         "import sys; from providers.catalog import default_catalog, default_catalog_path; "
@@ -217,7 +217,7 @@ def test_bundled_catalog_ships_as_package_data(tmp_path: Path) -> None:
         ).stdout
         assert str(root) not in out
         if entry == lib:
-            assert out.strip() == str(lib / "providers" / "catalog.yaml")
+            assert out.strip() == str(lib / "providers" / "catalog" / "catalog.yaml")
 
 
 def test_catalog_module_does_not_import_httpx() -> None:

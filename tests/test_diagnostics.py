@@ -149,8 +149,8 @@ def test_E203_sixteen_levels_are_fine(tmp_path: Path) -> None:
 def test_E700_too_many_rules(tmp_path: Path, monkeypatch, golden) -> None:
     import engine.compiler.passes
 
-    assert engine.compile.MAX_RULES == 10_000
-    monkeypatch.setattr(engine.compile, "MAX_RULES", 100)  # the same check, without compiling 10,001 rules
+    assert engine.compiler.passes.MAX_RULES == 10_000
+    monkeypatch.setattr(engine.compiler.passes, "MAX_RULES", 100)  # the same check, without compiling 10,001 rules
     monkeypatch.chdir(tmp_path)
     (tmp_path / "catalog.yaml").write_bytes(CATALOG.read_bytes())
     rules = "".join(f"when n == {i} use alpha-mini\n" for i in range(101))

@@ -47,8 +47,8 @@ import yaml
 
 from engine import Engine, PolicyError, compile_policy
 from engine.language.fmt import format_source
-from engine.tools.lint import lint
 from engine.language.parse import parse
+from engine.tools.lint import lint
 from examples.fake_openai import FakeOpenAI
 from providers.catalog.models import load_catalog
 

@@ -177,11 +177,11 @@ def test_wheel_holds_every_package_of_the_source_tree(installed: Installed) -> N
 def test_wheel_holds_grammar_policies_templates_and_catalog(installed: Installed) -> None:
     data = {
         "engine/_grammar/route.lark": REPO / "grammar" / "route.lark",
-        "providers/catalog.yaml": REPO / "providers" / "catalog.yaml",
+        "providers/catalog/catalog.yaml": REPO / "providers" / "catalog" / "catalog.yaml",
         **{f"engine/_policies/{p.name}": p for p in (REPO / "policies").glob("*.route")},
-        **{f"engine/templates/{p.name}": p for p in (REPO / "engine" / "templates").glob("*.j2")},
+        **{f"engine/tools/templates/{p.name}": p for p in (REPO / "engine" / "tools" / "templates").glob("*.j2")},
     }
-    assert {"engine/_policies/main.route", "engine/templates/explain.html.j2"} <= data.keys()
+    assert {"engine/_policies/main.route", "engine/tools/templates/explain.html.j2"} <= data.keys()
     with zipfile.ZipFile(installed.wheel) as wheel:
         names = set(wheel.namelist())
         missing = sorted(name for name in data if name not in names)
@@ -193,9 +193,9 @@ def test_wheel_holds_grammar_policies_templates_and_catalog(installed: Installed
 # ---- the installed package, used from outside the checkout --------------------------------------------------
 def test_installed_package_is_used_not_the_checkout(installed: Installed, outside: Path) -> None:
     code = (
-        "import engine, engine.parse, engine.load, providers.catalog as c, providers.clients as pc; "
-        "print(engine.__file__); print(pc.__file__); print(engine.parse.grammar_path()); "
-        "print(engine.load.bundled_policy_dir()); print(c.default_catalog_path())"
+        "import engine, engine.language.parse, engine.language.load, providers.catalog as c, providers.clients as pc; "
+        "print(engine.__file__); print(pc.__file__); print(engine.language.parse.grammar_path()); "
+        "print(engine.language.load.bundled_policy_dir()); print(c.default_catalog_path())"
     )
     proc = _run([installed.python, "-c", code], cwd=outside)
     _must(proc, "importing the installed package")
@@ -363,7 +363,7 @@ def test_grammar_is_found_from_the_checkout() -> None:
 
 def test_grammar_is_found_from_the_checkout_in_a_fresh_process(tmp_path: Path) -> None:
     code = (
-        "from engine.parse import grammar_path; from engine import Engine; print(grammar_path()); "
+        "from engine.language.parse import grammar_path; from engine import Engine; print(grammar_path()); "
         "print(Engine.load().decide('hello').model)"
     )
     proc = subprocess.run(

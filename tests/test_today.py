@@ -1,7 +1,8 @@
 """The date a policy is compiled for (`today`): compile_policy / compile_source / Engine.load take it, `None` reads
 the date at each compile (reloads included), lint counts from the same source, and `--today YYYY-MM-DD` sets it on
-check, explain, test, diff and graph. Every test names its dates or moves the one clock (engine.compile.current_date),
-so none depends on the day it runs. Fixture: tests/fixtures/today (sage-old ranks first until 2030-06-30)."""
+check, explain, test, diff and graph. Every test names its dates or moves the one clock
+(engine.compiler.passes.current_date), so none depends on the day it runs. Fixture: tests/fixtures/today
+(sage-old ranks first until 2030-06-30)."""
 
 from __future__ import annotations
 
@@ -32,9 +33,9 @@ def ranked(d: Decision) -> dict[str, str | None]:
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Callable[[datetime.date], None]:
-    """Set the date a compile without `today` reads (the one clock: engine.compile.current_date)."""
+    """Set the date a compile without `today` reads (the one clock: engine.compiler.passes.current_date)."""
     now = [datetime.date(2000, 1, 1)]
-    monkeypatch.setattr(engine.compile, "current_date", lambda: now[0])
+    monkeypatch.setattr(engine.compiler.passes, "current_date", lambda: now[0])
 
     def set_date(day: datetime.date) -> None:
         now[0] = day

@@ -8,7 +8,6 @@ given as options that cannot be read or parsed); 3 a bug in modelroute (an inter
 from __future__ import annotations
 
 import datetime
-import importlib
 import json
 import os
 import statistics
@@ -23,12 +22,12 @@ from rich.markup import escape
 
 from engine.api import Engine, RequestError
 from engine.compiler.passes import as_date
-from engine.runtime.decision import NoRouteError
 from engine.diagnostics import PolicyError, Sources, render
-from engine.tools.explain import render_text
-from engine.runtime.jsoninput import TooDeepError, check_messages, load_json
 from engine.language.load import bundled_policy_dir, display_name, resolve_entry
+from engine.runtime.decision import NoRouteError
+from engine.runtime.jsoninput import TooDeepError, check_messages, load_json
 from engine.runtime.report import Report
+from engine.tools.explain import render_text
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_BUG = 0, 1, 2, 3
 
@@ -377,22 +376,3 @@ def _report_check(p: Any, path: Path, as_json: bool, strict: bool, today: dateti
         f"{len(p.files)} files, version {p.version})"
     )
     return EXIT_OK
-
-
-def _register_commands() -> None:
-    """Commands that live in their own modules add themselves to `main` when imported."""
-    for module in ("engine.cli.policy_tests", "engine.cli.tools", "engine.cli.serve"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-
-
-_register_commands()
-
-if __name__ == "__main__":  # pragma: no cover
-    # `python -m engine.cli` runs this file as __main__; commands register on the importable engine.cli.main
-    from engine.cli.app import main as _main
-
-    _main()

@@ -10,13 +10,13 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from engine.cli.app import EXIT_ERRORS, EXIT_OK, _console, exit_on_policy_error, main, policy_or_default, today_option
+from engine.cli.app import EXIT_ERRORS, EXIT_OK, _console, exit_on_policy_error, policy_or_default, today_option
 from engine.diagnostics import PolicyError
 from engine.tools.explain import render_markup
 from engine.tools.testing import CaseResult, Coverage, RunResult, compile_with_tests, run_tests
 
 
-@main.command("test")
+@click.command("test")
 @click.argument("policy", required=False, type=click.Path(path_type=Path))
 @click.option(
     "--coverage",
@@ -62,19 +62,6 @@ def test_command(
     else:
         _print(result, show_coverage)
     sys.exit(EXIT_ERRORS if result.failed else EXIT_OK)
-
-
-def _also_register_on_script_main() -> None:
-    """`python -m engine.cli` runs cli.py as `__main__`, a second module whose `main` group is not the one
-    imported above; add the command there too so `python -m engine.cli test` works like `modelroute test`."""
-    script = sys.modules.get("__main__")
-    if getattr(getattr(script, "__spec__", None), "name", None) == "engine.cli":
-        group = getattr(script, "main", None)
-        if isinstance(group, click.Group) and group is not main:
-            group.add_command(test_command)
-
-
-_also_register_on_script_main()
 
 
 def _print(result: RunResult, show_coverage: bool) -> None:

@@ -1,6 +1,6 @@
-"""The `modelroute serve` command: command-line options in, the OpenAI-compatible gateway (engine/gateway.py)
+"""The `modelroute serve` command: command-line options in, the OpenAI-compatible gateway (providers.gateway)
 running under uvicorn out; also `--hash-key`, which turns a gateway key into the sha256 line of a keys file.
-Registers itself on `engine.cli.main` when imported; starlette, uvicorn and redis are imported only when run."""
+starlette, uvicorn and redis are imported only when it runs."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from engine.cli.app import EXIT_ERRORS, EXIT_USAGE, main, policy_or_default
+from engine.cli.app import EXIT_ERRORS, EXIT_USAGE, policy_or_default
 
 
 def _hash_key() -> None:
@@ -83,7 +83,7 @@ def _bound(socks: list[socket.socket], host: str) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-@main.command()
+@click.command()
 @click.option(
     "-p",
     "--policy",

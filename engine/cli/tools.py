@@ -1,4 +1,4 @@
-"""Toolchain commands: registers `fmt`, `diff`, `graph` and `catalog` on `engine.cli.main` when imported."""
+"""Toolchain commands `fmt`, `diff`, `graph` and `catalog`: click commands that `engine.cli` adds to `modelroute`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from engine.api import Engine
-from engine.cli.app import EXIT_ERRORS, _console, main, policy_or_default, print_diagnostics, today_option
+from engine.cli.app import EXIT_ERRORS, _console, policy_or_default, print_diagnostics, today_option
 from engine.compiler.passes import as_date
 from engine.diagnostics import PolicyError, did_you_mean
 from engine.language.load import display_name
@@ -39,7 +39,7 @@ def _route_files(paths: tuple[Path, ...]) -> list[Path]:
     return list(dict.fromkeys(files))
 
 
-@main.command()
+@click.command()
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--check", is_flag=True, help="Write nothing; exit 1 if any file is not formatted.")
 @click.option("--diff", "show_diff", is_flag=True, help="Write nothing; print a unified diff of the changes.")
@@ -120,7 +120,7 @@ def fmt(paths: tuple[Path, ...], check: bool, show_diff: bool) -> None:
 # ---- diff -------------------------------------------------------------------------------------------------
 
 
-@main.command("diff")
+@click.command("diff")
 @click.argument("old", type=click.Path(path_type=Path))
 @click.argument("new", type=click.Path(path_type=Path))
 @click.option(
@@ -189,7 +189,7 @@ def _load_pair(old: Path, new: Path, today: datetime.date) -> tuple[Engine, Engi
 # ---- graph ------------------------------------------------------------------------------------------------
 
 
-@main.command()
+@click.command()
 @click.argument("policy", required=False, type=click.Path(path_type=Path))
 @click.option(
     "--format",
@@ -269,7 +269,7 @@ def _count(n: int) -> str:
     return str(n)
 
 
-@main.command()
+@click.command()
 @click.argument("policy", required=False, type=click.Path(path_type=Path))
 @click.option("--provider", "providers", multiple=True, help="Only models of this provider (repeatable).")
 @click.option("--supports", "features", multiple=True, help="Only models that support this (tools, vision, json).")
@@ -378,17 +378,3 @@ def _print_table(rows: list[dict[str, Any]], sort: str) -> None:
     console.print(table)
     note = f"; [yellow]yellow[/]: {deprecated} with a deprecation date (see --json)" if deprecated else ""
     console.print(f"[dim]{len(rows)} model{'s' if len(rows) != 1 else ''}, sorted by {escape(sort)}[/]{note}")
-
-
-def _also_register_on_script_main() -> None:
-    """`python -m engine.cli` runs cli.py as `__main__`, a second module with its own `main` group: add the
-    commands there too, so `python -m engine.cli fmt` works like `modelroute fmt`."""
-    script = sys.modules.get("__main__")
-    if getattr(getattr(script, "__spec__", None), "name", None) == "engine.cli":
-        group = getattr(script, "main", None)
-        if isinstance(group, click.Group) and group is not main:
-            for command in (fmt, diff_cmd, graph, catalog):
-                group.add_command(command)
-
-
-_also_register_on_script_main()

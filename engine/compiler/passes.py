@@ -12,9 +12,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from engine.language import nodes as n
 from engine.compiler.codegen import build_rule, literal, number, retired
 from engine.diagnostics import Diagnostic, PolicyError, did_you_mean
+from engine.language import nodes as n
 from engine.language.load import Loaded, display_name
 from engine.runtime.matcher import FLAGS, Matcher, check, to_re2
 from engine.runtime.policy import BudgetSpec, CompiledPolicy, Entry

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.language import nodes as n
 from engine.diagnostics import Diagnostic, PolicyError, Sources
+from engine.language import nodes as n
 from engine.language.parse import parse
 
 if TYPE_CHECKING:
@@ -47,9 +47,9 @@ class Loaded:
 
 def bundled_policy_dir() -> Path:
     """The default policy shipped with modelroute (policies/ in a checkout)."""
-    here = Path(__file__).resolve().parent
-    packaged = here / "_policies"  # where pyproject.toml installs policies/
-    return packaged if (packaged / "main.route").is_file() else here.parent / "policies"
+    engine_dir = Path(__file__).resolve().parent.parent
+    packaged = engine_dir / "_policies"  # where pyproject.toml installs policies/
+    return packaged if (packaged / "main.route").is_file() else engine_dir.parent / "policies"
 
 
 def resolve_entry(path: str | Path) -> Path:

@@ -11,8 +11,8 @@ from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 from lark.lexer import PatternStr
 
-from engine.language import nodes as n
 from engine.diagnostics import Diagnostic, PolicyError, Sources
+from engine.language import nodes as n
 
 #: Names that cannot be used for tasks or model aliases.
 KEYWORDS = frozenset(
@@ -77,8 +77,8 @@ _FRIENDLY = {
 
 def grammar_path() -> Path:
     """The one grammar: shipped inside the package when installed, at the repo top in a checkout."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "_grammar" / "route.lark", here.parent / "grammar" / "route.lark"):
+    engine_dir = Path(__file__).resolve().parent.parent
+    for candidate in (engine_dir / "_grammar" / "route.lark", engine_dir.parent / "grammar" / "route.lark"):
         if candidate.is_file():
             return candidate
     raise FileNotFoundError("grammar/route.lark not found: modelroute is not installed correctly")

@@ -12,7 +12,16 @@ from typing import Any
 
 from engine.language import nodes as n
 from engine.runtime.policy import MISSING, CompiledPolicy, CompiledRule, Entry, Request, Selector, get_attr, hard_reason
-from engine.runtime.report import Atom, Candidate, CandidateStatus, FallbackCheck, Report, RuleOutcome, RuleRef, RuleTrace
+from engine.runtime.report import (
+    Atom,
+    Candidate,
+    CandidateStatus,
+    FallbackCheck,
+    Report,
+    RuleOutcome,
+    RuleRef,
+    RuleTrace,
+)
 from engine.runtime.units import fmt_value
 
 

@@ -8,14 +8,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.language import nodes as n
 from engine.compiler.codegen import static_reason
 from engine.compiler.passes import as_date
 from engine.diagnostics import Diagnostic
+from engine.language import nodes as n
 from engine.runtime.matcher import to_re2
 from engine.runtime.policy import NEGATED, OPS, CompiledPolicy, CompiledRule, Entry
-from engine.tools.testing import aliases, statements
 from engine.runtime.units import fmt_count
+from engine.tools.testing import aliases, statements
 
 #: Stable lint codes. Never renumber; add new ones at the end.
 LINT_CODES: dict[str, str] = {

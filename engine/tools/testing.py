@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.language import nodes as n
 from engine.api import Engine, RequestError
 from engine.compiler.passes import compile_loaded
-from engine.runtime.decision import NoRouteError
 from engine.diagnostics import Diagnostic, PolicyError
+from engine.language import nodes as n
 from engine.language.load import Loaded, display_name, load, resolve_entry
-from engine.runtime.matcher import to_re2
 from engine.language.parse import parse
+from engine.runtime.decision import NoRouteError
+from engine.runtime.matcher import to_re2
 from engine.runtime.policy import CompiledPolicy
 from engine.runtime.report import Report
 

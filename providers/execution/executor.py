@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.runtime.state import CircuitConfig
-from providers.execution.budget import Budgets, Reservation
 from providers.clients import ProviderClient, client_for
 from providers.errors import ContentFiltered, ProviderError
+from providers.execution.budget import Budgets, Reservation
 from providers.execution.events import EventBus
 from providers.execution.resilience import (
     Attempt,

@@ -7,11 +7,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from engine.runtime.decision import Decision, NoRouteError
-from providers.gateway.openai_wire import ApiError, ChatCall
 from engine.language.nodes import Span
+from engine.runtime.decision import Decision, NoRouteError
 from engine.runtime.policy import Request, hard_reason
 from engine.runtime.report import Report, RuleRef
+from providers.gateway.openai_wire import ApiError, ChatCall
 
 
 class _PinnedSelector:

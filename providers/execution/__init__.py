@@ -1,0 +1,1 @@
+"""Execution: a Decision's plan in, provider calls with retries, failover, budgets and events out."""

@@ -1,0 +1,1 @@
+"""The gateway: OpenAI-compatible HTTP requests in, routed and executed completions out (starlette, uvicorn)."""
