@@ -366,3 +366,20 @@ def test_fallback_demo_runs_outside_the_checkout(tmp_path: Path) -> None:
     attempts = [line for line in out.splitlines() if re.match(r"\s+\d\. ", line)]
     assert len(attempts) == 3 and "503" in attempts[0] and "503" in attempts[1], out
     assert "alpha-mini" in attempts[0] and "beta-chat" in attempts[2], out
+
+
+def test_readme_code_map_matches_the_tree() -> None:
+    """Every package under engine/ and providers/ has a row in README's code map, and every row names a real path."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Code map", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
+    named = {p.strip().strip("`").rstrip("/") for row in rows for p in row.split(",")}
+    for path in named:
+        assert (REPO / path).exists(), f"README code map names {path}, which is not in the tree"
+    packages = {
+        p.parent.relative_to(REPO).as_posix()
+        for top in ("engine", "providers")
+        for p in (REPO / top).glob("*/__init__.py")
+        if not p.parent.name.startswith("_")
+    }
+    assert packages - named == set(), "packages missing from README's code map"
