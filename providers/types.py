@@ -8,9 +8,13 @@ gateway never see a provider's JSON.  Tools are described OpenAI-style (`{"type"
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal, Protocol
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+if TYPE_CHECKING:
+    from engine.runtime.messages import ChatMessage
 
 Role = Literal["system", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "other"]
@@ -88,6 +92,39 @@ class Message(BaseModel):
         if isinstance(self.content, str):
             return self.content
         return "".join(p.text for p in self.content if isinstance(p, TextPart))
+
+    @classmethod
+    def from_openai(cls, message: Mapping[str, Any] | Message, *, lenient: bool = True) -> Message:
+        """An OpenAI-format message dict (read by `engine.runtime.messages`) as a Message; a Message as itself."""
+        if isinstance(message, Message):
+            return message
+        from engine.runtime.messages import read_message
+
+        return cls.from_chat(read_message(message, lenient=lenient))
+
+    @classmethod
+    def from_chat(cls, message: ChatMessage) -> Message:
+        """A message read by `engine.runtime.messages.read_message` as a Message."""
+        from engine.runtime.messages import ImageContent
+
+        content: str | list[Part]
+        if isinstance(message.content, str):
+            content = message.content
+        else:
+            content = [
+                ImagePart(url=p.url, data=p.data, mime_type=p.mime_type)
+                if isinstance(p, ImageContent)
+                else TextPart(text=p.text)
+                for p in message.content
+            ]
+        calls = [ToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in message.tool_calls]
+        return cls(
+            role=message.role,
+            content=content,
+            tool_calls=calls,
+            tool_call_id=message.tool_call_id,
+            name=message.name,
+        )
 
     @classmethod
     def system(cls, text: str) -> Message:

@@ -97,6 +97,7 @@ class RecordedRequest:
     stream: bool
     connection: int  # server-side connection number (1, 2, ...): equal numbers = reused connection
     at: float = field(default_factory=time.monotonic)
+    header_lines: list[tuple[str, str]] = field(default_factory=list)  # as sent: order, casing, repeats
 
 
 @dataclass
@@ -600,6 +601,7 @@ class Handler(BaseHTTPRequestHandler):
                 model,
                 stream,
                 self.conn_id,
+                header_lines=list(self.headers.items()),
             )
         )
         behaviour = fake._next(model)

@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import providers.errors as errors_module
-from providers.catalog.models import ModelSpec, ProviderSpec
+from providers.catalog.models import PROVIDER_KINDS, ModelSpec, ProviderSpec
 from providers.clients import AnthropicClient, GeminiClient, OpenAIClient, ProviderClient, client_for
 from providers.clients.sse import aiter_sse_bytes, aiter_sse_lines, iter_sse_bytes
 from providers.errors import (
@@ -48,7 +48,7 @@ try:
 except ModuleNotFoundError:  # plain `pytest` puts tests/, not the repo root, on sys.path
     from fakeserver import Call, FakeServer, Fault, Reply, fake_server  # type: ignore[no-redef]  # noqa: F401
 
-KINDS = ["openai", "anthropic", "gemini"]
+KINDS = list(PROVIDER_KINDS)
 MODEL_IDS = {"openai": "gpt-test", "anthropic": "claude-test", "gemini": "gemini-test"}
 AUTH_HEADER = {"openai": "authorization", "anthropic": "x-api-key", "gemini": "x-goog-api-key"}
 CANARY = "sk-CANARY-123"

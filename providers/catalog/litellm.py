@@ -33,6 +33,7 @@ import yaml
 from yaml.nodes import MappingNode, Node
 
 from providers.catalog.models import Catalog, CatalogError, CatalogIssue, ModelSpec, SourceRef
+from providers.catalog.nodes import compose
 from providers.catalog.yaml_reader import CatalogReader
 
 __all__ = ["DEFAULT_LATENCY_MS", "ImportStats", "import_litellm", "load_litellm"]
@@ -227,7 +228,7 @@ class _OverlayReader(CatalogReader):
 
     def read_overlay(self, specs: dict[str, dict[str, Any]]) -> None:
         try:
-            root = yaml.compose(self.text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+            root = compose(self.text)
         except yaml.MarkedYAMLError as exc:
             raise self.fail_syntax(exc) from None
         if root is None:

@@ -35,7 +35,7 @@ from contextlib import ExitStack
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -46,7 +46,9 @@ __all__ = [
     "Catalog",
     "CatalogError",
     "CatalogIssue",
+    "Feature",
     "ModelSpec",
+    "ProviderKind",
     "ProviderSpec",
     "SourceRef",
     "default_catalog",
@@ -55,8 +57,12 @@ __all__ = [
     "load_catalog",
 ]
 
+# the wire formats a provider can speak (each has its client in providers.clients) and the features a model can
+# list in `supports`: defined here once, everything else imports them
 ProviderKind = Literal["openai", "anthropic", "gemini"]
-PROVIDER_KINDS: tuple[str, ...] = ("openai", "anthropic", "gemini")
+PROVIDER_KINDS: tuple[ProviderKind, ...] = get_args(ProviderKind)
+Feature = Literal["tools", "vision", "json", "streaming"]
+KNOWN_FEATURES: tuple[Feature, ...] = get_args(Feature)
 STANDARD_CAPABILITIES: tuple[str, ...] = (
     "REASONING",
     "CODING",
@@ -67,7 +73,6 @@ STANDARD_CAPABILITIES: tuple[str, ...] = (
     "VISION",
     "TOOLS",
 )
-KNOWN_FEATURES: tuple[str, ...] = ("tools", "vision", "json", "streaming")
 PER_MILLION = 1_000_000
 _MAX_RENDERED = 50  # str(CatalogError) shows at most this many issues; .issues has them all
 
@@ -171,11 +176,7 @@ def _token_width(line: str, start: int) -> int:
 
 def default_provider_kind(name: str) -> ProviderKind:
     """The API kind of a provider without an explicit `kind`: its own name if that is a kind, else openai."""
-    if name == "anthropic":
-        return "anthropic"
-    if name == "gemini":
-        return "gemini"
-    return "openai"
+    return next((kind for kind in PROVIDER_KINDS if kind == name), "openai")
 
 
 class ProviderSpec(BaseModel):

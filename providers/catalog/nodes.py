@@ -1,5 +1,8 @@
-"""YAML node checks for catalog files: composed YAML nodes in, checked Python values out, with a `CatalogIssue`
-(line, column, key path, message, hint) recorded for every unusable value.
+"""The YAML reader with positions: YAML text in, composed nodes (each with its line and column) and checked
+Python values out, with a `CatalogIssue` (line, column, key path, message, hint) for every unusable value.
+
+`compose`, `compose_data`, `duplicate_key` and `error_line` are the one YAML parsing entry point of the project
+(catalog files, the LiteLLM overlay, gateway keys files).
 
 `NodeReader` is the base of the catalog reader (`providers.catalog.yaml_reader.CatalogReader`) and of the LiteLLM
 overlay reader (`providers.catalog.litellm`): issue reporting and the final `CatalogError`, YAML syntax errors, mapping
@@ -20,12 +23,25 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from providers.catalog.models import PER_MILLION, CatalogError, CatalogIssue
 
-__all__ = ["MERGE_TAG", "NULL_TAG", "NodeReader", "describe", "suggest"]
+__all__ = [
+    "LOADER",
+    "MERGE_TAG",
+    "NULL_TAG",
+    "NodeReader",
+    "compose",
+    "compose_data",
+    "describe",
+    "duplicate_key",
+    "error_line",
+    "suggest",
+]
 
 MERGE_TAG = "tag:yaml.org,2002:merge"
 NULL_TAG = "tag:yaml.org,2002:null"
 _BOOL_TAG = "tag:yaml.org,2002:bool"
 _NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+
+LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C parser when PyYAML has it: same nodes, faster
 
 _NUMBER_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _COUNT_RE = re.compile(r"([+-]?\d+(?:\.\d+)?)\s*([kKM]?)")
@@ -81,6 +97,51 @@ def describe(node: Node) -> str:
         return "an empty string"
     shown = value if len(value) <= 60 else value[:57] + "..."
     return shown if node.tag in _NUMBER_TAGS else f"'{shown}'"
+
+
+# ---- the YAML reader with positions: text in, nodes (each with its line and column) and values out -----------
+
+
+def compose(text: str) -> Node | None:
+    """The root node of a one-document YAML text (None when empty); raises yaml.YAMLError."""
+    return yaml.compose(text, Loader=LOADER)
+
+
+def compose_data(text: str) -> tuple[Any, Node | None]:
+    """(data, root node) of a one-document YAML text, parsed once; raises yaml.YAMLError."""
+    loader = LOADER(text)
+    try:
+        root = loader.get_single_node()
+        return (loader.construct_document(root) if root is not None else None), root
+    finally:
+        loader.dispose()
+
+
+def duplicate_key(root: Node | None) -> tuple[int, str] | None:
+    """(line, key) of the first mapping key written twice anywhere under `root` (YAML would keep the last)."""
+    todo = [root] if root is not None else []
+    while todo:
+        n = todo.pop()
+        if isinstance(n, MappingNode):
+            seen: set[str] = set()
+            for k, v in n.value:
+                if isinstance(k, ScalarNode) and k.tag != MERGE_TAG:
+                    if k.value in seen:
+                        return k.start_mark.line + 1, k.value
+                    seen.add(k.value)
+                todo += (k, v)
+        elif isinstance(n, SequenceNode):
+            todo += n.value
+    return None
+
+
+def error_line(exc: yaml.YAMLError, text: str) -> int | None:
+    """The 1-based line a YAML error points at (its mark, or the character position of a reader error)."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    if mark is not None:
+        return int(mark.line) + 1
+    position = getattr(exc, "position", None)
+    return text.count("\n", 0, position) + 1 if isinstance(position, int) else None
 
 
 def _join(path: str, key: str) -> str:

@@ -27,11 +27,10 @@ from providers.catalog.models import (
     SourceRef,
     default_provider_kind,
 )
-from providers.catalog.nodes import MERGE_TAG, NULL_TAG, NodeReader, suggest
+from providers.catalog.nodes import MERGE_TAG, NULL_TAG, NodeReader, compose, suggest
 
 __all__ = ["CatalogReader", "read_catalog"]
 
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 _TOP_FIELDS = ("providers", "models")
 _MODEL_FIELDS = (
@@ -111,7 +110,7 @@ class CatalogReader(NodeReader):
 
     def read(self) -> Catalog:
         try:
-            root = yaml.compose(self.text, Loader=_LOADER)
+            root = compose(self.text)
         except yaml.MarkedYAMLError as exc:
             raise self.fail_syntax(exc) from None
         except yaml.YAMLError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from providers.catalog.models import PROVIDER_KINDS
 from providers.clients.anthropic import AnthropicClient
 from providers.clients.base import ParsedReply, ProviderClient, StreamParser
 from providers.clients.gemini import GeminiClient
@@ -17,11 +18,9 @@ from providers.clients.openai import OpenAIClient
 if TYPE_CHECKING:
     from providers.types import ProviderSpecLike as ProviderSpec
 
-CLIENTS: dict[str, type[ProviderClient]] = {
-    "openai": OpenAIClient,
-    "anthropic": AnthropicClient,
-    "gemini": GeminiClient,
-}
+CLIENTS: dict[str, type[ProviderClient]] = {cls.kind: cls for cls in (OpenAIClient, AnthropicClient, GeminiClient)}
+if set(CLIENTS) != set(PROVIDER_KINDS):  # a kind without a client (or the reverse) fails at import
+    raise ImportError(f"provider kinds {sorted(PROVIDER_KINDS)} and clients {sorted(CLIENTS)} differ")
 
 
 def client_for(spec: ProviderSpec, **kw: Any) -> ProviderClient:

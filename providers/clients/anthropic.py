@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from providers.clients.base import ParsedReply, ProviderClient, StreamParser
 from providers.clients.sse import SSEEvent
@@ -19,6 +19,7 @@ from providers.errors import classify_stream_error
 from providers.types import ChatRequest, FinishReason, ImagePart, Message, StreamEvent, ToolCall, Usage
 
 if TYPE_CHECKING:
+    from providers.catalog.models import ProviderKind
     from providers.types import ModelSpecLike as ModelSpec
 
 API_VERSION = "2023-06-01"
@@ -151,7 +152,7 @@ class AnthropicStreamParser(StreamParser):
 class AnthropicClient(ProviderClient):
     """Anthropic Messages API (`x-api-key`, `anthropic-version: 2023-06-01`)."""
 
-    kind = "anthropic"
+    kind: ClassVar[ProviderKind] = "anthropic"
     default_base_url = "https://api.anthropic.com"
     stream_parser = AnthropicStreamParser
 

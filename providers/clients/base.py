@@ -18,7 +18,7 @@ import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import httpx
 from pydantic import SecretStr
@@ -54,13 +54,45 @@ TimeoutArg = float | httpx.Timeout | None
 
 @functools.cache
 def _shared_ssl_context() -> ssl.SSLContext:
-    """httpx's default verifying context, built once: building one per client costs ~20 ms."""
+    """httpx's default verifying context, built once and shared by every client (building one is slow)."""
     return httpx.create_ssl_context()
 
 
 def _environment_proxied() -> bool:
     """Whether the environment names an HTTP proxy (then the async path goes through httpx.AsyncClient)."""
     return any(k in ("http", "https", "all") for k in urllib.request.getproxies_environment())
+
+
+# headers every request carries unless the catalog or the wire format sets them
+DEFAULT_HEADERS = {"content-type": "application/json", "accept": "*/*", "user-agent": "modelroute"}
+
+
+class RequestParts(NamedTuple):
+    """One built request: what every transport path sends."""
+
+    url: httpx.URL
+    headers: list[tuple[bytes, bytes]]
+    content: bytes
+    timeouts: dict[str, float | None]
+
+
+class _HeaderCache:
+    """The built headers for the current API key (the key may change); its repr shows neither."""
+
+    __slots__ = ("_entry",)
+
+    def __init__(self) -> None:
+        self._entry: tuple[str | None, list[tuple[bytes, bytes]]] | None = None
+
+    def get(self, key: str | None) -> list[tuple[bytes, bytes]] | None:
+        entry = self._entry  # one read: the key and its headers always belong together
+        return entry[1] if entry is not None and entry[0] == key else None
+
+    def set(self, key: str | None, headers: list[tuple[bytes, bytes]]) -> None:
+        self._entry = (key, headers)
+
+    def __repr__(self) -> str:
+        return "_HeaderCache(...)"
 
 
 @dataclass
@@ -128,7 +160,7 @@ class ProviderClient:
         self._lean: LeanTransport | None = None
         self._urls: dict[str, httpx.URL] = {}
         self._timeouts: dict[float | None, dict[str, float | None]] = {}
-        self._raw_headers: dict[str | None, list[tuple[bytes, bytes]]] = {}  # per API key (it may change)
+        self._headers = _HeaderCache()
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -239,32 +271,18 @@ class ProviderClient:
         await self.aclose()
 
     # ---- shared request/response plumbing ---------------------------------------------------------------
-    def _build(
-        self,
-        http: httpx.Client | httpx.AsyncClient,
-        model: ModelSpec,
-        req: ChatRequest,
-        stream: bool,
-        timeout: TimeoutArg,
-    ) -> httpx.Request:
-        key = self._require_key()  # before anything touches the network
-        body = self.build_body(model, req, stream=stream)
-        body.update(req.extra)
-        headers = {"content-type": "application/json", **self.spec.headers, **self.auth_headers(key)}
-        url = self.url(model, stream=stream)
-        log.debug("POST %s provider=%s model=%s stream=%s", url, self.spec.name, model.name, stream)
-        return http.build_request("POST", url, json=body, headers=headers, timeout=self._timeout(timeout))
+    def request_parts(self, model: ModelSpec, req: ChatRequest, stream: bool, timeout: TimeoutArg) -> RequestParts:
+        """The one request builder every transport path sends: URL, headers, JSON body bytes and timeouts.
 
-    def _lean_parts(
-        self, model: ModelSpec, req: ChatRequest, stream: bool, timeout: TimeoutArg
-    ) -> tuple[httpx.URL, list[tuple[bytes, bytes]], bytes, dict[str, float | None]]:
-        """What `_build_lean` puts in an httpx.Request, as the lean transport's `post()` takes it."""
+        Raises ProviderUnavailable (before anything touches the network) when the API key is missing or a
+        header value holds a line break or NUL. Header names merge case-insensitively, so a catalog
+        `headers: {Authorization: ...}` is sent once, overridden by the wire format's auth headers."""
         key = self._require_key()
         body = self.build_body(model, req, stream=stream)
         body.update(req.extra)
-        headers = self._raw_headers.get(key)
-        if headers is None:  # checked once per key: names merge case-insensitively, values carry no CR/LF/NUL
-            merged = httpx.Headers({"content-type": "application/json", "accept": "*/*", "user-agent": "modelroute"})
+        headers = self._headers.get(key)
+        if headers is None:  # checked once per key
+            merged = httpx.Headers(DEFAULT_HEADERS)
             merged.update(self.spec.headers)
             merged.update(self.auth_headers(key))
             headers = [(k, v) for k, v in merged.raw if k.lower() != b"content-length"]
@@ -275,14 +293,28 @@ class ProviderClient:
                     "trailing newline?)",
                     provider=self.spec.name,
                 )
-            self._raw_headers[key] = headers
+            self._headers.set(key, headers)
         url = self.url(model, stream=stream)
         parsed = self._urls.get(url)
         if parsed is None:
             parsed = self._urls[url] = httpx.URL(url)
         log.debug("POST %s provider=%s model=%s stream=%s", url, self.spec.name, model.name, stream)
         content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
-        return parsed, headers, content, self._timeout_dict(timeout)
+        return RequestParts(parsed, headers, content, self._timeout_dict(timeout))
+
+    def _build(
+        self,
+        http: httpx.Client | httpx.AsyncClient,
+        model: ModelSpec,
+        req: ChatRequest,
+        stream: bool,
+        timeout: TimeoutArg,
+    ) -> httpx.Request:
+        """`request_parts` as a request of an httpx client (which adds its transport headers)."""
+        parts = self.request_parts(model, req, stream, timeout)
+        return http.build_request(
+            "POST", parts.url, content=parts.content, headers=parts.headers, timeout=self._timeout(timeout)
+        )
 
     def _timeout_dict(self, timeout: TimeoutArg) -> dict[str, float | None]:
         timeouts = self._timeouts.get(timeout) if not isinstance(timeout, httpx.Timeout) else None
@@ -293,9 +325,11 @@ class ProviderClient:
         return timeouts
 
     def _build_lean(self, model: ModelSpec, req: ChatRequest, stream: bool, timeout: TimeoutArg) -> httpx.Request:
-        """The request `_build` makes, without an httpx client (for the lean transport's streams)."""
-        url, headers, content, timeouts = self._lean_parts(model, req, stream, timeout)
-        return httpx.Request("POST", url, content=content, headers=headers, extensions={"timeout": timeouts})
+        """`request_parts` as a bare httpx.Request (for the lean transport's streams)."""
+        parts = self.request_parts(model, req, stream, timeout)
+        return httpx.Request(
+            "POST", parts.url, content=parts.content, headers=parts.headers, extensions={"timeout": parts.timeouts}
+        )
 
     def _fail(self, exc: BaseException, model: ModelSpec) -> ProviderError:
         error = classify_exception(exc, provider=self.spec.name, model=model.name, secret=self._secret())
@@ -403,10 +437,10 @@ class ProviderClient:
             except Exception as exc:
                 raise self._fail(exc, model) from exc
             return self._complete(response, model, started)
-        url, headers, content, timeouts = self._lean_parts(model, req, False, timeout)
+        parts = self.request_parts(model, req, False, timeout)
         started = time.perf_counter()
         try:
-            status, raw, body = await lean.post(url, headers, content, timeouts)
+            status, raw, body = await lean.post(parts.url, parts.headers, parts.content, parts.timeouts)
         except Exception as exc:
             raise self._fail(exc, model) from exc
         if status >= 400 or any(k.lower() == b"content-encoding" for k, _ in raw):  # errors, and decoding: httpx

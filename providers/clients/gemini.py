@@ -14,13 +14,14 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from providers.clients.base import ParsedReply, ProviderClient, StreamParser
 from providers.clients.sse import SSEEvent
 from providers.types import ChatRequest, FinishReason, ImagePart, Message, StreamEvent, ToolCall, Usage
 
 if TYPE_CHECKING:
+    from providers.catalog.models import ProviderKind
     from providers.types import ModelSpecLike as ModelSpec
 
 FINISH: dict[str, FinishReason] = {
@@ -142,7 +143,7 @@ class GeminiStreamParser(StreamParser):
 class GeminiClient(ProviderClient):
     """Gemini API (generativelanguage) with the `x-goog-api-key` header."""
 
-    kind = "gemini"
+    kind: ClassVar[ProviderKind] = "gemini"
     default_base_url = "https://generativelanguage.googleapis.com"
     stream_parser = GeminiStreamParser
 

@@ -3,11 +3,9 @@ pooled keep-alive asyncio connections (plain TCP or TLS).
 
 It plugs into httpx's own transport seam (`httpx.AsyncBaseTransport`) and raises httpx's exception classes, so
 everything above it (error classification, SSE parsing, tests with `httpx.MockTransport`) is unchanged.
-ProviderClient's async path uses it by default, calling it directly rather than through `httpx.AsyncClient`:
-on this project's 2-core machine httpx's client layer plus its default transport (httpcore, h11, anyio) cost
-about 0.6 ms per call above a bare asyncio request, this about 0.08-0.11 ms (`python bench/transport_bench.py`,
-bench/results/transport.txt). That difference is most of the gateway's overhead budget. It is used only where
-it is enough: no proxy in the environment (proxies go through `httpx.AsyncClient`) and HTTP/1.1.
+ProviderClient's async path uses it by default, calling it directly rather than through `httpx.AsyncClient`,
+whose client layer and default transport cost several times more per call (docs/performance.md). It is used
+only where it is enough: no proxy in the environment (proxies go through `httpx.AsyncClient`) and HTTP/1.1.
 
 Framing follows RFC 9112 section 6: no body for HEAD, 1xx, 204 and 304; `Transfer-Encoding: chunked`; then
 `Content-Length`; else the body runs to the end of the connection. A connection returns to its pool only when
@@ -459,7 +457,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
     async def fetch(self, request: httpx.Request) -> httpx.Response:
         """`handle_async_request` with the whole body read: a Response holding its content, for calls that are
         not streamed. A Content-Length body that has already arrived is taken in one read, without a timer or
-        the async-iterator machinery (about 40 us less per call here)."""
+        the async-iterator machinery."""
         status, headers, extensions, stream = await self._exchange(request)
         try:
             body = await stream.read_all()

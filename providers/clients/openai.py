@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from providers.clients.base import ParsedReply, ProviderClient, StreamParser
 from providers.clients.sse import SSEEvent
 from providers.types import ChatRequest, FinishReason, ImagePart, Message, StreamEvent, ToolCall, Usage
 
 if TYPE_CHECKING:
+    from providers.catalog.models import ProviderKind
     from providers.types import ModelSpecLike as ModelSpec
     from providers.types import ProviderSpecLike as ProviderSpec
 
@@ -109,7 +110,7 @@ class OpenAIStreamParser(StreamParser):
 class OpenAIClient(ProviderClient):
     """OpenAI Chat Completions (`Authorization: Bearer`); `max_tokens_field` names the output limit field."""
 
-    kind = "openai"
+    kind: ClassVar[ProviderKind] = "openai"
     default_base_url = "https://api.openai.com/v1"
     stream_parser = OpenAIStreamParser
 

@@ -29,6 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+from yaml.nodes import MappingNode, ScalarNode, SequenceNode
+
+from providers.catalog.nodes import compose_data, duplicate_key, error_line
+
 log = logging.getLogger("modelroute.gateway.keys")
 
 #: Seconds between two looks at the keys file (one stat(); a read only when it changed). The bound on how long a
@@ -72,20 +77,16 @@ class _Lines:
     """Line numbers (1-based) of the parts of a composed YAML document, for error messages; None where unknown."""
 
     def __init__(self, root: Any):
-        import yaml
-
         items = root
-        if isinstance(root, yaml.MappingNode):
-            items = next((v for k, v in root.value if isinstance(k, yaml.ScalarNode) and k.value == "keys"), root)
+        if isinstance(root, MappingNode):
+            items = next((v for k, v in root.value if isinstance(k, ScalarNode) and k.value == "keys"), root)
         self.root = items.start_mark.line + 1 if items is not None else None  # where the `keys:` list should be
         self.items: list[tuple[int, dict[str, int]]] = []
-        if isinstance(items, yaml.SequenceNode):
+        if isinstance(items, SequenceNode):
             for node in items.value:
                 fields = {}
-                if isinstance(node, yaml.MappingNode):
-                    fields = {
-                        str(k.value): v.start_mark.line + 1 for k, v in node.value if isinstance(k, yaml.ScalarNode)
-                    }
+                if isinstance(node, MappingNode):
+                    fields = {str(k.value): v.start_mark.line + 1 for k, v in node.value if isinstance(k, ScalarNode)}
                 self.items.append((node.start_mark.line + 1, fields))
 
     def item(self, i: int, name: str | None = None) -> int | None:
@@ -95,46 +96,8 @@ class _Lines:
         return fields.get(name, line) if name else line
 
 
-def _duplicate_key(node: Any) -> tuple[int, str] | None:
-    """The first mapping key written twice anywhere in the document (YAML would silently keep the last)."""
-    import yaml
-
-    todo = [node]
-    while todo:
-        n = todo.pop()
-        if isinstance(n, yaml.MappingNode):
-            seen: set[str] = set()
-            for k, v in n.value:
-                if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
-                    if k.value in seen:
-                        return k.start_mark.line + 1, k.value
-                    seen.add(k.value)
-                todo += (k, v)
-        elif isinstance(n, yaml.SequenceNode):
-            todo += n.value
-    return None
-
-
-def _compose(text: str) -> tuple[Any, Any]:
-    """(data, root node) of a YAML text, parsed once; raises yaml.YAMLError."""
-    import yaml
-
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
-    try:
-        root = loader.get_single_node()
-        return (loader.construct_document(root) if root is not None else None), root
-    finally:
-        loader.dispose()
-
-
-def _yaml_error(exc: Exception, where: str, text: str) -> KeysFileError:
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    position = getattr(exc, "position", None)
-    line = (
-        mark.line + 1
-        if mark is not None
-        else (text.count("\n", 0, position) + 1 if isinstance(position, int) else None)
-    )
+def _yaml_error(exc: yaml.YAMLError, where: str, text: str) -> KeysFileError:
+    line = error_line(exc, text)
     problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or str(exc).splitlines()[0]
     context = getattr(exc, "context", None)
     at = f"{where}:{line}" if line else where
@@ -143,8 +106,6 @@ def _yaml_error(exc: Exception, where: str, text: str) -> KeysFileError:
 
 def _parse(raw: bytes, where: str, json_file: bool) -> list[GatewayKey]:
     """The keys of a keys file's bytes, checked; raises KeysFileError naming `where:line` and the problem."""
-    import yaml
-
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -161,16 +122,16 @@ def _parse(raw: bytes, where: str, json_file: bool) -> list[GatewayKey]:
                 f"{where}:{json_line}: not valid JSON: {msg}" if json_line else f"{where}: not valid JSON: {msg}"
             ) from None
         try:  # JSON is (nearly always) YAML too: compose it for line numbers and duplicate names, best effort
-            root = _compose(text)[1]
+            root = compose_data(text)[1]
         except yaml.YAMLError:
             root = None
     else:
         try:
-            data, root = _compose(text)
+            data, root = compose_data(text)
         except yaml.YAMLError as exc:
             raise _yaml_error(exc, where, text) from None
     if root is not None:
-        dup = _duplicate_key(root)
+        dup = duplicate_key(root)
         if dup is not None:
             raise KeysFileError(f"{where}:{dup[0]}: `{dup[1]}` is given twice in the same mapping")
     return _keys_from(data, where, _Lines(root))

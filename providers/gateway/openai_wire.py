@@ -10,7 +10,11 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from engine.runtime.messages import MessageError, read_messages
 
 ACCEPTED = frozenset(
     {
@@ -55,7 +59,6 @@ UNSUPPORTED = frozenset(
         "safety_identifier",
     }
 )
-ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 RESERVED_ATTRS = ("tokens", "key", "images", "spend.", "budget.")
 AUTO_MODELS = ("auto",)
 _FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "content_filter": "content_filter"}
@@ -117,44 +120,103 @@ def _check_attr_name(name: str, where: str) -> str:
     return name
 
 
-def _messages(value: Any) -> list[dict[str, Any]]:
-    if not isinstance(value, list) or not value:
-        raise bad("`messages` must be a non-empty array of message objects", param="messages")
-    out = []
-    for i, m in enumerate(value):
-        where = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise bad(f"{where} must be an object", param=where)
-        role = ROLES.get(m.get("role"))  # type: ignore[arg-type]
-        if role is None:
-            raise bad(f"{where}.role must be one of {', '.join(ROLES)}", param=f"{where}.role")
-        content = m.get("content")
-        if isinstance(content, list):
-            for j, part in enumerate(content):
-                kind = part.get("type") if isinstance(part, dict) else None
-                if kind == "text" and isinstance(part.get("text"), str):
-                    continue
-                if kind == "image_url" and isinstance(part.get("image_url"), (dict, str)):
-                    continue
-                raise bad(f"{where}.content[{j}] must be a text or image_url part", param=f"{where}.content")
-        elif content is not None and not isinstance(content, str):
-            raise bad(f"{where}.content must be a string or an array of parts", param=f"{where}.content")
-        calls = m.get("tool_calls")
-        if calls is not None and not (
-            isinstance(calls, list)
-            and all(
-                isinstance(c, dict)
-                and isinstance(c.get("id"), str)
-                and isinstance(c.get("function"), dict)
-                and isinstance(c["function"].get("name"), str)
-                for c in calls
-            )
-        ):
-            raise bad(f"{where}.tool_calls must be an array of function calls", param=f"{where}.tool_calls")
-        if role == "tool" and not isinstance(m.get("tool_call_id"), str):
-            raise bad(f"{where}: a tool message needs a tool_call_id", param=f"{where}.tool_call_id")
-        out.append({**m, "role": role})
+_FIELD_MESSAGES = {
+    "model": '`model` must be a string: "auto" or a catalog model name',
+    "messages": "`messages` must be a non-empty array of message objects",
+    "stream": "`stream` must be a boolean",
+    "stream_options": "`stream_options` may only hold include_usage",
+    "n": "`n` must be 1",
+    "max_tokens": "`max_tokens` must be a positive integer",
+    "max_completion_tokens": "`max_completion_tokens` must be a positive integer",
+    "temperature": "`temperature` must be a number from 0 to 2",
+    "tools": '`tools` must be an array of {"type": "function", "function": {"name": ...}}',
+    "tool_choice": "`tool_choice` must be auto, none, required or a function",
+    "stop": "`stop` must be a string or an array of strings",
+    "user": "`user` must be a string",
+    "metadata": "`metadata` must be an object",
+}
+
+
+class _StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: Any = None
+
+
+class _FunctionSpec(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    name: str
+
+
+class _Tool(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    type: Literal["function"] = "function"
+    function: _FunctionSpec
+
+
+class _NamedChoice(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    function: _FunctionSpec
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("not a number")
+    return value
+
+
+class ChatBody(BaseModel):
+    """The accepted fields of a chat-completions body, checked by type; unknown fields are refused earlier."""
+
+    model_config = ConfigDict(strict=True)
+
+    model: Annotated[str, Field(min_length=1)] = "auto"
+    messages: Annotated[list[Any], Field(min_length=1)]
+    stream: bool = False
+    stream_options: _StreamOptions | None = None
+    n: Any = 1
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: Annotated[float, BeforeValidator(_number), Field(ge=0, le=2, strict=False)] | None = None
+    tools: list[_Tool] | None = None
+    tool_choice: str | _NamedChoice | None = None
+    stop: str | list[str] | None = None
+    user: str | None = None
+    metadata: dict[str, Any] | None = None
+
+    @field_validator("n", mode="after")
+    @classmethod
+    def _one_choice(cls, n: Any) -> Any:
+        if n != 1:
+            raise ValueError("n must be 1")
+        return n
+
+
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
+
+
+def _param(loc: tuple[int | str, ...]) -> str:
+    """OpenAI's `param` for a pydantic error location: the field, then list indexes as `[i]`."""
+    out = str(loc[0])
+    for step in loc[1:]:
+        if isinstance(step, int):
+            out += f"[{step}]"
+        elif step.isidentifier() and step.islower() and step not in _TYPE_TAGS:
+            out += f".{step}"  # a nested field; union member tags (`str`, `_NamedChoice`, `list[str]`) are skipped
     return out
+
+
+def _read_body(body: dict[str, Any]) -> ChatBody:
+    try:
+        return ChatBody.model_validate(body)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field_name = str(first["loc"][0]) if first["loc"] else "messages"
+        message = _FIELD_MESSAGES.get(field_name, first["msg"])
+        raise bad(message, param=_param(first["loc"]) if first["loc"] else field_name) from None
 
 
 def parse_chat(body: Any, headers: Mapping[str, str]) -> ChatCall:
@@ -171,75 +233,43 @@ def parse_chat(body: Any, headers: Mapping[str, str]) -> ChatCall:
     unknown = sorted(set(body) - ACCEPTED)
     if unknown:
         raise bad(f"unknown field `{unknown[0]}`", "unknown_field", unknown[0])
-    model = body.get("model", "auto")
-    if not isinstance(model, str) or not model:
-        raise bad('`model` must be a string: "auto" or a catalog model name', param="model")
-    call = ChatCall(model, _messages(body.get("messages")))
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise bad("`stream` must be a boolean", param="stream")
-    call.stream = stream
-    so = body.get("stream_options")
-    if so is not None:
-        if not isinstance(so, dict) or set(so) - {"include_usage"}:
-            raise bad("`stream_options` may only hold include_usage", param="stream_options")
-        call.include_usage = bool(so.get("include_usage"))
-    if body.get("n", 1) != 1:
-        raise bad("`n` must be 1", param="n")
-    opts = call.options
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    checked = _read_body(body)
+    try:
+        read = read_messages(checked.messages)
+    except MessageError as err:
+        raise bad(str(err), param=err.param) from None
+    messages = [{**m, "role": r.role} for m, r in zip(checked.messages, read, strict=True)]
+    call = ChatCall(checked.model, messages, stream=checked.stream)
+    if checked.stream_options is not None:
+        call.include_usage = bool(checked.stream_options.include_usage)
+    max_tokens = checked.max_completion_tokens if "max_completion_tokens" in body else checked.max_tokens
     if max_tokens is not None:
-        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-            raise bad("`max_tokens` must be a positive integer", param="max_tokens")
-        opts["max_tokens"] = max_tokens
-    temperature = body.get("temperature")
-    if temperature is not None:
-        if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not 0 <= temperature <= 2:
-            raise bad("`temperature` must be a number from 0 to 2", param="temperature")
-        opts["temperature"] = float(temperature)
-    tools = body.get("tools")
-    if tools is not None:
-        if not isinstance(tools, list) or not all(
-            isinstance(t, dict)
-            and t.get("type", "function") == "function"
-            and isinstance(t.get("function"), dict)
-            and isinstance(t["function"].get("name"), str)
-            for t in tools
-        ):
-            raise bad('`tools` must be an array of {"type": "function", "function": {"name": ...}}', param="tools")
-        if tools:
-            opts["tools"] = tools
-    choice = body.get("tool_choice")
+        call.options["max_tokens"] = max_tokens
+    if checked.temperature is not None:
+        call.options["temperature"] = float(checked.temperature)
+    if body.get("tools"):
+        call.options["tools"] = body["tools"]
+    choice = checked.tool_choice
     if choice is not None:
-        if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
-            choice = choice["function"].get("name")
-        if not isinstance(choice, str):
-            raise bad("`tool_choice` must be auto, none, required or a function", param="tool_choice")
-        opts["tool_choice"] = choice
-    stop = body.get("stop")
-    if stop is not None:
-        stop = [stop] if isinstance(stop, str) else stop
-        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-            raise bad("`stop` must be a string or an array of strings", param="stop")
-        opts["stop"] = stop
-    attrs = call.attrs
-    user = body.get("user")
-    if user is not None:
-        if not isinstance(user, str):
-            raise bad("`user` must be a string", param="user")
-        attrs["user"] = user
-    metadata = body.get("metadata")
-    if metadata is not None:
-        if not isinstance(metadata, dict):
-            raise bad("`metadata` must be an object", param="metadata")
-        for name, value in metadata.items():
+        call.options["tool_choice"] = choice if isinstance(choice, str) else choice.function.name
+    if checked.stop is not None:
+        call.options["stop"] = [checked.stop] if isinstance(checked.stop, str) else checked.stop
+    _request_attrs(call.attrs, checked, headers)
+    return call
+
+
+def _request_attrs(attrs: dict[str, Any], checked: ChatBody, headers: Mapping[str, str]) -> None:
+    """The request attributes: `user`, `metadata` (each key also an attribute) and the x-route-* headers."""
+    if checked.user is not None:
+        attrs["user"] = checked.user
+    if checked.metadata is not None:
+        for name, value in checked.metadata.items():
             attrs[_check_attr_name(str(name), "metadata")] = value
-        attrs["metadata"] = dict(metadata)
+        attrs["metadata"] = dict(checked.metadata)
     for name, value in headers.items():
         if name.lower().startswith("x-route-"):
             attr = name.lower()[8:].replace("-", "_")
             attrs[_check_attr_name(attr, name)] = _attr_value(value)
-    return call
 
 
 # ---- responses -------------------------------------------------------------------------------------------

@@ -1,0 +1,182 @@
+"""The OpenAI message reader: OpenAI-format chat message dicts in, typed `ChatMessage`s (and their text) out.
+
+The gateway, the executor and token counting all read messages through `read_message`, so a role alias, an
+image part shape or a text rule is decided here once. The reader is lenient about shapes the wire allows
+(string parts, `image_url` as a string or an object, `developer` for `system`) and raises `MessageError`,
+carrying OpenAI's `param` path, for anything it cannot read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Role = Literal["system", "user", "assistant", "tool"]
+# OpenAI role names accepted on the wire and the role each one means
+ROLES: dict[str, Role] = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "tool": "tool",
+}
+IMAGE_PART_TYPES = ("image_url", "image", "input_image")
+
+
+class MessageError(ValueError):
+    """A message the reader cannot read; `param` is OpenAI's path to the offending field (`messages[0].role`)."""
+
+    def __init__(self, message: str, param: str):
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(frozen=True)
+class TextContent:
+    text: str
+
+
+@dataclass(frozen=True)
+class ImageContent:
+    """An image given by URL or by base64 `data` (with its `mime_type`)."""
+
+    url: str | None = None
+    data: str | None = field(default=None, repr=False)
+    mime_type: str = "image/png"
+
+
+@dataclass(frozen=True)
+class FunctionCall:
+    """A tool call written by an assistant turn; `arguments` is the JSON text as given."""
+
+    id: str
+    name: str
+    arguments: str = "{}"
+
+
+ContentPart = TextContent | ImageContent
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One read message: `content` is a string or a tuple of text and image parts."""
+
+    role: Role
+    content: str | tuple[ContentPart, ...] = ""
+    tool_calls: tuple[FunctionCall, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        """The text of the content, text parts joined by newlines (image parts are skipped)."""
+        if isinstance(self.content, str):
+            return self.content
+        return "\n".join(p.text for p in self.content if isinstance(p, TextContent))
+
+    @property
+    def has_images(self) -> bool:
+        return not isinstance(self.content, str) and any(isinstance(p, ImageContent) for p in self.content)
+
+
+def read_part(part: Any, where: str, *, lenient: bool = False) -> ContentPart | None:
+    """One content part: `{"type": "text", "text": ...}` or `{"type": "image_url", "image_url": ...}`; `lenient`
+    also reads bare strings, the `image`/`input_image` shapes and a missing text, and gives None for a part of
+    another type (the caller skips it)."""
+    if isinstance(part, str) and lenient:
+        return TextContent(part)
+    kind = part.get("type") if isinstance(part, Mapping) else None
+    text = part.get("text", "" if lenient else None) if isinstance(part, Mapping) else None
+    if kind == "text" and isinstance(text, str):
+        return TextContent(text)
+    if kind == "image_url" or (lenient and kind in IMAGE_PART_TYPES):
+        raw = part.get("image_url")
+        url = raw.get("url") if isinstance(raw, Mapping) else raw
+        url = url or part.get("url") if lenient else url
+        if (isinstance(raw, (Mapping, str)) or lenient) and (url is None or isinstance(url, str)):
+            return ImageContent(url=url, data=part.get("data"), mime_type=part.get("mime_type", "image/png"))
+    if lenient and isinstance(part, Mapping) and kind not in ("text", *IMAGE_PART_TYPES):
+        return None
+    raise MessageError(f"{where} must be a text or image_url part", where.rpartition("[")[0])
+
+
+def read_content(content: Any, where: str, *, lenient: bool = False) -> str | tuple[ContentPart, ...]:
+    """A message content: None (empty), a string, or a list of parts; `lenient` skips parts of unknown types."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for j, p in enumerate(content):
+            part = read_part(p, f"{where}[{j}]", lenient=lenient)
+            if part is not None:
+                parts.append(part)
+        return tuple(parts)
+    raise MessageError(f"{where} must be a string or an array of parts", where)
+
+
+def read_tool_calls(calls: Any, where: str) -> tuple[FunctionCall, ...]:
+    if calls is None:
+        return ()
+    out = []
+    for c in calls if isinstance(calls, list) else [None]:
+        fn = c.get("function") if isinstance(c, Mapping) else None
+        if not (isinstance(c, Mapping) and isinstance(c.get("id"), str) and isinstance(fn, Mapping)):
+            raise MessageError(f"{where} must be an array of function calls", where)
+        if not isinstance(fn.get("name"), str):
+            raise MessageError(f"{where} must be an array of function calls", where)
+        out.append(FunctionCall(id=c["id"], name=fn["name"], arguments=fn.get("arguments") or "{}"))
+    return tuple(out)
+
+
+def read_message(message: Mapping[str, Any], where: str = "messages[0]", *, lenient: bool = False) -> ChatMessage:
+    """One OpenAI-format message dict as a ChatMessage; raises MessageError naming the field at fault.
+    `lenient` (the executor's reading of caller-built messages) skips content parts of unknown types."""
+    if not isinstance(message, Mapping):
+        raise MessageError(f"{where} must be an object", where)
+    role = ROLES.get(message.get("role"))  # type: ignore[arg-type]
+    if role is None:
+        raise MessageError(f"{where}.role must be one of {', '.join(ROLES)}", f"{where}.role")
+    content = read_content(message.get("content"), f"{where}.content", lenient=lenient)
+    calls = read_tool_calls(message.get("tool_calls"), f"{where}.tool_calls")
+    call_id = message.get("tool_call_id")
+    if role == "tool" and not lenient and not isinstance(call_id, str):
+        raise MessageError(f"{where}: a tool message needs a tool_call_id", f"{where}.tool_call_id")
+    name = message.get("name")
+    return ChatMessage(
+        role=role,
+        content=content,
+        tool_calls=calls,
+        tool_call_id=call_id if isinstance(call_id, str) else None,
+        name=name if isinstance(name, str) else None,
+    )
+
+
+def read_messages(messages: Iterable[Mapping[str, Any]], *, lenient: bool = False) -> list[ChatMessage]:
+    """Every message of a list, each error naming its index (`messages[2].content`)."""
+    return [read_message(m, f"messages[{i}]", lenient=lenient) for i, m in enumerate(messages)]
+
+
+def content_text(content: Any) -> str:
+    """The text of an OpenAI-format content (string or parts) for token counting; unreadable parts count as empty."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    texts = []
+    for part in content if isinstance(content, (list, tuple)) else []:
+        if isinstance(part, str):
+            texts.append(part)
+        elif isinstance(part, Mapping) and part.get("type") == "text":
+            texts.append(str(part.get("text", "")))
+    return "\n".join(texts)
+
+
+def has_images(messages: Iterable[Mapping[str, Any]]) -> bool:
+    """Whether any message holds an image part (any of the OpenAI image part shapes)."""
+    for msg in messages:
+        content = msg.get("content")
+        if isinstance(content, list) and any(
+            isinstance(p, Mapping) and p.get("type") in IMAGE_PART_TYPES for p in content
+        ):
+            return True
+    return False
