@@ -1,6 +1,6 @@
 """A deliberately simple reference interpreter of the .route language, for the differential test.
 
-It is written from the language reference (README.md, "A policy" and "Language tour") and issue 2, not from
+It is written from the language reference (README.md, "A policy" and "Language tour"), not from
 engine/evaluate.py: no rule index, no RE2 set, no compile-time filtering, no threshold search. It re-reads
 the parsed statements on every call and does everything the slow, obvious way:
 

@@ -1,4 +1,4 @@
-"""Adversarial prompts and limits (issue 6, hardening).
+"""Adversarial prompts and limits (hardening).
 
 * Regexes that backtrack catastrophically in Python's `re` decide, and correctly, on a 1 MB adversarial prompt
   (RE2 has no backtracking; a backtracking engine would never finish). How fast is a bench/ question.

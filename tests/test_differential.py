@@ -1,4 +1,4 @@
-"""Differential test (issue 6): for generated valid policies and requests, the compiled engine and the simple
+"""Differential test: for generated valid policies and requests, the compiled engine and the simple
 reference interpreter in tests/reference.py agree on every decision: the model, the deciding rule's line, the
 fallbacks, and NoRouteError (engine) vs None (reference).
 

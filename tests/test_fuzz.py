@@ -1,4 +1,4 @@
-"""Parser, compiler, CLI and catalog-loader fuzzing (issue 6, hardening).
+"""Parser, compiler, CLI and catalog-loader fuzzing (hardening).
 
 Every input either compiles or raises engine.PolicyError with at least one diagnostic, each with a stable
 code and, when it has a span, a span inside the file; never another exception, never a hang (a SIGALRM

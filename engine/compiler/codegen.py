@@ -4,38 +4,29 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from engine.compiler.actions import build_selector, literal, number, retired
 from engine.language import nodes as n
-from engine.runtime.policy import (
-    MISSING,
-    NEGATED,
-    OPS,
-    CompiledRule,
-    CostLimit,
-    Entry,
-    PriceGroup,
-    RankKey,
-    Selector,
-    get_attr,
-)
-from engine.runtime.units import fmt_count, fmt_ms, fmt_price, fmt_value
+from engine.runtime.policy import MISSING, CompiledRule, Entry, get_attr
 
-Guard = tuple  # ("patterns", frozenset[int]) | ("attr", name, frozenset[value])
+__all__ = ["Guard", "build_rule", "build_selector", "guard", "literal", "number", "retired"]
 
 
-def number(value: object) -> float:
-    """A numeric literal's value as a float (the checks before code generation let only numbers through)."""
-    if isinstance(value, (int, float)):
-        return float(value)
-    raise TypeError(f"expected a number, got {value!r}")
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """A necessary condition for a rule that the rule index can look up: one of `patterns` matched (kind
+    "patterns"), or the request attribute `attr` has one of `values` (kind "attr")."""
 
+    kind: str  # "patterns" | "attr"
+    values: frozenset  # pattern ids, or attribute values
+    attr: str = ""
 
-def literal(value: n.Value | None) -> n.Literal:
-    """The single value after a comparison or in a numeric constraint (pass_types refuses lists there)."""
-    if not isinstance(value, n.Literal):
-        raise TypeError(f"expected one value, got {value!r}")
-    return value
+    @property
+    def family(self) -> tuple[str, str]:
+        """Guards of one family can be merged by a union of their values (an `or` of them)."""
+        return self.kind, self.attr
 
 
 class _Gen:
@@ -46,34 +37,52 @@ class _Gen:
     def attr(self, name: str) -> str:
         return f"A.get({name!r}, _M)" if "." not in name else f"_g(A, {name!r})"
 
+    def fresh(self) -> str:
+        self.tmp += 1
+        return f"_v{self.tmp}"
+
     def expr(self, node: n.Cond) -> str:
-        if isinstance(node, n.And):
-            return "(" + " and ".join(self.expr(x) for x in node.operands) + ")"
-        if isinstance(node, n.Or):
-            return "(" + " or ".join(self.expr(x) for x in node.operands) + ")"
-        if isinstance(node, n.Not):
-            return f"(not {self.expr(node.operand)})"
-        if isinstance(node, n.TaskMatch):
-            return f"((M >> {self.pattern_of[id(node.pattern)]}) & 1)"
-        if isinstance(node, n.TaskIs):
-            return f"((M & {self.task_masks[node.name]}) != 0)"
-        if isinstance(node, n.Truthy):
-            return "(T > 0)" if node.operand.builtin else f"bool({self.attr(node.operand.name)})"
-        if isinstance(node, n.Compare):
-            value = literal(node.right).value
-            if node.left.builtin:
-                return f"(T {node.op} {value!r})"
-            self.tmp += 1
-            v = f"_v{self.tmp}"
-            return f"(({v} := {self.attr(node.left.name)}) is not _M and {v} {node.op} {value!r})"
-        if isinstance(node, n.InList):
-            values = tuple(item.value for item in node.right.items)
-            if node.left.builtin:
-                return f"(T in {values!r})"
-            self.tmp += 1
-            v = f"_v{self.tmp}"
-            return f"(({v} := {self.attr(node.left.name)}) is not _M and {v} in {values!r})"
-        raise TypeError(f"not a condition node: {node!r}")
+        return _EXPR[type(node)](self, node)
+
+
+def _and(gen: _Gen, node: Any) -> str:
+    return "(" + " and ".join(gen.expr(x) for x in node.operands) + ")"
+
+
+def _or(gen: _Gen, node: Any) -> str:
+    return "(" + " or ".join(gen.expr(x) for x in node.operands) + ")"
+
+
+def _compare(gen: _Gen, node: Any) -> str:
+    value = literal(node.right).value
+    if node.left.builtin:
+        return f"(T {node.op} {value!r})"
+    v = gen.fresh()
+    return f"(({v} := {gen.attr(node.left.name)}) is not _M and {v} {node.op} {value!r})"
+
+
+def _in_list(gen: _Gen, node: Any) -> str:
+    values = tuple(item.value for item in node.right.items)
+    if node.left.builtin:
+        return f"(T in {values!r})"
+    v = gen.fresh()
+    return f"(({v} := {gen.attr(node.left.name)}) is not _M and {v} in {values!r})"
+
+
+#: Python source for each condition kind, over M (matched-pattern mask), T (tokens) and A (attributes).
+_EXPR: Mapping[type, Callable[[_Gen, Any], str]] = n.exhaustive(
+    {
+        n.And: _and,
+        n.Or: _or,
+        n.Not: lambda gen, node: f"(not {gen.expr(node.operand)})",
+        n.TaskMatch: lambda gen, node: f"((M >> {gen.pattern_of[id(node.pattern)]}) & 1)",
+        n.TaskIs: lambda gen, node: f"((M & {gen.task_masks[node.name]}) != 0)",
+        n.Truthy: lambda gen, node: "(T > 0)" if node.operand.builtin else f"bool({gen.attr(node.operand.name)})",
+        n.Compare: _compare,
+        n.InList: _in_list,
+    },
+    "code generation",
+)
 
 
 def _function(body: str, name: str) -> Callable[..., Any]:
@@ -84,212 +93,65 @@ def _function(body: str, name: str) -> Callable[..., Any]:
 
 def guard(node: n.Cond | None, gen: _Gen) -> Guard | None:
     """A necessary condition for `node` that the rule index can look up, or None (always try the rule)."""
-    if node is None:
+    return None if node is None else _GUARD[type(node)](node, gen)
+
+
+def _guard_and(node: Any, gen: _Gen) -> Guard | None:
+    found = [g for g in (guard(x, gen) for x in node.operands) if g is not None]
+    found.sort(key=lambda g: (g.kind != "patterns", len(g.values)))
+    return found[0] if found else None
+
+
+def _guard_or(node: Any, gen: _Gen) -> Guard | None:
+    each = [guard(x, gen) for x in node.operands]
+    parts = [p for p in each if p is not None]
+    if len(parts) != len(each) or len({p.family for p in parts}) != 1:
         return None
-    if isinstance(node, n.TaskMatch):
-        return ("patterns", frozenset({gen.pattern_of[id(node.pattern)]}))
-    if isinstance(node, n.TaskIs):
-        mask = gen.task_masks[node.name]
-        return ("patterns", frozenset(i for i in range(mask.bit_length()) if mask >> i & 1))
-    if isinstance(node, n.Compare) and node.op == "==" and not node.left.builtin:
-        return _attr_guard(node.left.name, (literal(node.right).value,))
-    if isinstance(node, n.InList) and not node.left.builtin:
-        return _attr_guard(node.left.name, tuple(i.value for i in node.right.items))
-    if isinstance(node, n.And):
-        found = [g for g in (guard(x, gen) for x in node.operands) if g is not None]
-        found.sort(key=lambda g: (g[0] != "patterns", len(g[-1])))
-        return found[0] if found else None
-    if isinstance(node, n.Or):
-        each = [guard(x, gen) for x in node.operands]
-        parts = [p for p in each if p is not None]
-        if len(parts) != len(each):
-            return None
-        kinds = {p[:-1] for p in parts}
-        if len(kinds) != 1:
-            return None
-        return (*parts[0][:-1], frozenset().union(*(p[-1] for p in parts)))
-    return None
+    return Guard(parts[0].kind, frozenset().union(*(p.values for p in parts)), parts[0].attr)
+
+
+def _guard_task_is(node: Any, gen: _Gen) -> Guard:
+    mask = gen.task_masks[node.name]
+    return Guard("patterns", frozenset(i for i in range(mask.bit_length()) if mask >> i & 1))
+
+
+def _guard_compare(node: Any, gen: _Gen) -> Guard | None:
+    if node.op != "==" or node.left.builtin:
+        return None
+    return _attr_guard(node.left.name, (literal(node.right).value,))
+
+
+def _guard_in_list(node: Any, gen: _Gen) -> Guard | None:
+    return None if node.left.builtin else _attr_guard(node.left.name, tuple(i.value for i in node.right.items))
 
 
 def _attr_guard(name: str, values: tuple) -> Guard | None:
     try:
-        return ("attr", name, frozenset(values))
+        return Guard("attr", frozenset(values), name)
     except TypeError:
         return None
+
+
+#: The index guard each condition kind gives (None: the rule must always be tried).
+_GUARD: Mapping[type, Callable[[Any, _Gen], Guard | None]] = n.exhaustive(
+    {
+        n.And: _guard_and,
+        n.Or: _guard_or,
+        n.Not: lambda node, gen: None,
+        n.TaskMatch: lambda node, gen: Guard("patterns", frozenset({gen.pattern_of[id(node.pattern)]})),
+        n.TaskIs: _guard_task_is,
+        n.Truthy: lambda node, gen: None,
+        n.Compare: _guard_compare,
+        n.InList: _guard_in_list,
+    },
+    "the rule index",
+)
 
 
 def _atoms(node: n.Cond):
     for x in n.walk_cond(node):
         if isinstance(x, n.ATOMS):
             yield x
-
-
-# ---- selectors ------------------------------------------------------------------------------------
-
-
-def static_reason(e: Entry, c: n.Constraint) -> str | None:
-    """Why a model fails a request-independent `where` constraint, or None when it passes."""
-    value = c.value.value if isinstance(c.value, n.Literal) else None
-    if c.metric == "provider":
-        names = [str(i.value) for i in c.value.items] if isinstance(c.value, n.ListLit) else []
-        return None if e.provider in names else f"provider {e.provider} not in [{', '.join(names)}]"
-    if c.metric == "supports":
-        return None if value in e.spec.supports else f"no {value} support"
-    if c.metric == "capability":
-        score = e.spec.capability(c.capability)
-        if score is None:
-            return f"no {c.capability} score"
-        actual, shown = score, f"capability({c.capability}) {score:g}"
-    elif c.metric == "latency":
-        actual, shown = e.latency_ms / 1000, f"latency {fmt_ms(e.latency_ms)}"
-    elif c.metric == "price":  # compared in $/1M rounded to 1e-9: $0.45/1M and $0.00045/1k are the same price
-        actual, shown = round(e.ip * 1e6, 9), f"price {fmt_price(e.ip)}"
-        per_million = round(number(value) * 1e6, 9)
-        if OPS[c.op](actual, per_million):
-            return None
-        return f"{shown} {NEGATED[c.op]} {fmt_value('price', per_million / 1e6)}"
-    elif c.metric == "context":
-        actual, shown = e.context, f"context {fmt_count(e.context)}"
-    else:
-        return None
-    if OPS[c.op](actual, value):
-        return None
-    return f"{shown} {NEGATED[c.op]} {fmt_value(literal(c.value).kind, value)}"
-
-
-def retired(spec: Any, today: datetime.date) -> bool:
-    """Whether a catalog model (a ModelSpec) is past its deprecation date on `today` (the date itself counts)."""
-    return spec.deprecation_date is not None and spec.deprecation_date <= today
-
-
-def _static_key(static: list[n.Constraint]) -> tuple:
-    def value(v: n.Value | None) -> object:
-        return tuple(str(i.value) for i in v.items) if isinstance(v, n.ListLit) else (v.value if v else None)
-
-    return tuple((c.metric, c.op, value(c.value), c.capability) for c in static)
-
-
-def build_selector(
-    action: n.Action,
-    entries: Mapping[str, Entry],
-    resolve: Callable[[n.ModelRef], Entry],
-    key: str = "",
-    cache: dict | None = None,
-    *,
-    today: datetime.date,
-) -> Selector:
-    """`cache` (one per compile) shares the filtered and sorted catalog between rules with equal constraints
-    and rankings: a 1,000-rule policy over a 4,000-model catalog then filters and sorts a handful of times.
-    `today` is the compile's date: a `prefer` over the catalog never ranks a model deprecated on or before it."""
-    cache = {} if cache is None else cache
-    static = [c for c in action.where if c.metric != "cost"]
-    costs = tuple(
-        CostLimit(c.op, number(literal(c.value).value), literal(c.value).text)
-        for c in action.where
-        if c.metric == "cost"
-    )
-    fallbacks = tuple(dict.fromkeys(resolve(f) for f in action.fallbacks))
-    if action.kind == "use" and action.model:
-        candidates = [resolve(action.model)]
-    elif action.members:
-        candidates = list(dict.fromkeys(resolve(m) for m in action.members))
-    else:
-        candidates = list(entries.values())
-    whole_catalog = not (action.kind == "use" or action.members)
-    skey = ("filter", _static_key(static))
-    if whole_catalog and skey in cache:
-        pool, rejects = (list(x) for x in cache[skey])
-    else:
-        pool, rejects = [], []
-        for e in candidates:
-            if whole_catalog and retired(e.spec, today):
-                # `prefer` never ranks a model past its deprecation date; `use` and `fallback` still may (W108)
-                rejects.append((e, f"deprecated since {e.spec.deprecation_date}"))
-                continue
-            why = next((r for c in static if (r := static_reason(e, c))), None)
-            if why:
-                rejects.append((e, why))
-            else:
-                pool.append(e)
-        if whole_catalog:
-            cache[skey] = (tuple(pool), tuple(rejects))
-    rankings = tuple(RankKey(r.kind, r.capability.upper() if r.capability else None) for r in action.rankings)
-    rkey = ("order", skey, rankings)
-    if action.kind == "use":
-        return Selector("use", candidates[0], tuple(pool), tuple(rejects), (), "static", costs, fallbacks)
-    if action.members:
-        given = (number(w.value) for w in action.weights)
-        weights = dict(zip((resolve(m) for m in action.members), given, strict=False))
-        return Selector(
-            action.kind,
-            None,
-            tuple(pool),
-            tuple(rejects),
-            (),
-            "static",
-            costs,
-            fallbacks,
-            mode=str(action.mode.value) if action.mode else None,
-            weights=tuple(weights.get(e, 0.0) for e in pool),
-            judge=resolve(action.judge) if action.judge else None,
-            key=key,
-        )
-    measured = any(r.kind == "fastest" for r in rankings)
-    if all(r.kind not in ("cheapest", "least_busy") for r in rankings):
-        if rkey not in cache:
-            cache[rkey] = tuple(sorted(pool, key=lambda e: (*(r.key(e, None) for r in rankings), e.name)))
-        pool = list(cache[rkey])
-        return Selector(
-            "prefer", None, tuple(pool), tuple(rejects), rankings, "static", costs, fallbacks, measured=measured
-        )
-    pool.sort(key=lambda e: e.name)
-    if rankings[0].kind == "cheapest" and rkey in cache:
-        by_input, by_output = cache[rkey]
-        return Selector(
-            "prefer",
-            None,
-            tuple(pool),
-            tuple(rejects),
-            rankings,
-            "cheapest",
-            costs,
-            fallbacks,
-            by_input,
-            by_output,
-            measured=measured,
-            dynamic_rest=any(r.kind == "least_busy" for r in rankings[1:]),
-        )
-    if rankings[0].kind == "cheapest":
-        rest = rankings[1:]
-        groups: dict[tuple[float, float], list[Entry]] = {}
-        for e in pool:
-            groups.setdefault((e.ip, e.op), []).append(e)
-        static_rest = [r for r in rest if r.kind not in ("least_busy", "cheapest")]
-
-        def by_rest(e: Entry) -> tuple:
-            return (*(r.key(e, None) for r in static_rest), e.name)
-
-        price_groups = [PriceGroup(ip, op, tuple(sorted(members, key=by_rest))) for (ip, op), members in groups.items()]
-        by_input = tuple(sorted(price_groups, key=lambda g: g.ip))
-        by_output = tuple(sorted(price_groups, key=lambda g: g.op))
-        cache[rkey] = (by_input, by_output)
-        return Selector(
-            "prefer",
-            None,
-            tuple(pool),
-            tuple(rejects),
-            rankings,
-            "cheapest",
-            costs,
-            fallbacks,
-            by_input,
-            by_output,
-            measured=measured,
-            dynamic_rest=any(r.kind == "least_busy" for r in rest),
-        )
-    return Selector(
-        "prefer", None, tuple(pool), tuple(rejects), rankings, "generic", costs, fallbacks, measured=measured
-    )
 
 
 def build_rule(

@@ -149,9 +149,6 @@ def pass_catalog(ctx: Context) -> None:
     ctx.catalog = catalog
 
 
-CATALOG_FORMATS = ("litellm",)
-
-
 def _load_catalog_ref(ref: n.CatalogRef) -> Catalog | None:
     """Load one `catalog` statement's catalog (and overlay); None for an unknown format."""
     if ref.format is None:
@@ -525,13 +522,13 @@ def build(ctx: Context) -> CompiledPolicy:
         bit = 1 << i
         if guard is None:
             unguarded |= bit
-        elif guard[0] == "patterns":
+        elif guard.kind == "patterns":
             first_pattern_rule = min(first_pattern_rule, i)
-            for pid in guard[1]:
+            for pid in guard.values:
                 pattern_rules[pid] |= bit
         else:
-            table = attr_tables.setdefault(guard[1], {})
-            for value in guard[2]:
+            table = attr_tables.setdefault(guard.attr, {})
+            for value in guard.values:
                 table[value] = table.get(value, 0) | bit
     attr_index = tuple((name, MappingProxyType(table), _or(table.values())) for name, table in attr_tables.items())
     digest = ctx.loaded.digest()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,11 +23,10 @@ class Span:
 
 # ---- values ------------------------------------------------------------------------------------
 
-#: Literal kinds. Their normalised Python values:
-#: count -> float (k/M applied), duration -> float seconds, money -> float USD,
-#: price -> float USD per token, percent -> float fraction (20% -> 0.2), string -> str,
-#: name -> str (a bare word), bool -> bool.
-LITERAL_KINDS = ("count", "duration", "money", "price", "percent", "string", "name", "bool")
+# Literal kinds and their normalised Python values:
+# count -> float (k/M applied), duration -> float seconds, money -> float USD,
+# price -> float USD per token, percent -> float fraction (20% -> 0.2), string -> str,
+# name -> str (a bare word), bool -> bool.
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +129,19 @@ class Or:
 
 Cond = TaskMatch | TaskIs | Compare | InList | Truthy | Not | And | Or
 ATOMS = (TaskMatch, TaskIs, Compare, InList, Truthy)
+#: Every condition kind: each stage that handles conditions dispatches through a table checked by `exhaustive`.
+CONDITIONS: tuple[type, ...] = (*ATOMS, Not, And, Or)
+
+_T = TypeVar("_T")
+
+
+def exhaustive(table: Mapping[type, _T], stage: str, kinds: tuple[type, ...] | None = None) -> Mapping[type, _T]:
+    """`table` (node class -> handler), checked at import: raises TypeError when a kind (by default every
+    condition kind, CONDITIONS) has no case."""
+    missing = [k.__name__ for k in (CONDITIONS if kinds is None else kinds) if k not in table]
+    if missing:
+        raise TypeError(f"{stage} has no case for: {', '.join(missing)}")
+    return table
 
 
 # ---- actions -----------------------------------------------------------------------------------
@@ -160,8 +174,12 @@ class Constraint:
     metric_span: Span
 
 
-#: Action kinds whose model comes from a listed group rather than the whole catalog.
-GROUP_ACTIONS = ("balance", "split", "race", "consensus", "best_of")
+#: Group actions whose pick is one member, chosen by state or chance (execution calls only that one).
+PICK_GROUPS = frozenset({"balance", "split"})
+#: Group actions execution calls together (race, consensus, best_of).
+FANOUT_GROUPS = frozenset({"race", "consensus", "best_of"})
+#: Action kinds whose model comes from a listed group rather than the whole catalog: the one list of group kinds.
+GROUP_ACTIONS = PICK_GROUPS | FANOUT_GROUPS
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from engine.language.nodes import Span
+from engine.language.nodes import FANOUT_GROUPS, Span
 from engine.runtime.policy import CompiledPolicy, Entry, Request
 from engine.runtime.report import Candidate, Report
 
@@ -42,6 +43,22 @@ class DecidingRule(Protocol):
 
     @property
     def selector(self) -> DecidingSelector: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSource:
+    """The rule that decided, as written: `file`, `line`, `col`, `text`, `span` (its whole extent) and `index`
+    (its position in the policy's rule list, -1 for a model the request named)."""
+
+    index: int
+    file: str
+    line: int
+    col: int
+    text: str
+    span: Span
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
 
 
 class Decision:
@@ -89,9 +106,10 @@ class Decision:
         return self._entry.spec
 
     @property
-    def rule(self) -> DecidingRule:
-        """The deciding rule: `.file`, `.line`, `.text`, `.index`, `.span`."""
-        return self._rule
+    def rule(self) -> RuleSource:
+        """The deciding rule, as written: `.file`, `.line`, `.col`, `.text`, `.span`, `.index`."""
+        r = self._rule
+        return RuleSource(r.index, r.file, r.line, r.span.col, r.text, r.span)
 
     @property
     def tokens(self) -> int:
@@ -113,7 +131,7 @@ class Decision:
         """How execution uses the decision: "single" (chain of model then fallbacks), "race", "consensus"
         or "best_of" (the whole group is called)."""
         kind = self._rule.selector.kind
-        return kind if kind in ("race", "consensus", "best_of") else "single"
+        return kind if kind in FANOUT_GROUPS else "single"
 
     @property
     def group(self) -> list[str]:
@@ -147,14 +165,20 @@ class Decision:
         return self.report().candidates
 
     def explain(self, color: bool = False) -> str:
-        from engine.tools.explain import render_text
+        from engine.runtime.explain import render_text
 
         return render_text(self.report(), color=color)
 
     def model_dump(self) -> dict[str, Any]:
+        """The full explain report (engine.runtime.report.Report) as JSON-ready data: the decision (`model`,
+        `provider`, `rule`, `ranking`, `strategy`, `group`, `judge`, `fallbacks`, `fallback_checks`, `candidates`),
+        the request (`tasks`, `tokens`, `prompt_chars`, `attrs`), every rule tried (`rules`, `rules_not_reached`)
+        and `policy`, `policy_version`, `elapsed_us`. It runs the traced evaluation on first use (then cached);
+        `modelroute explain --json` prints the same data. docs/explain.md describes every field."""
         return self.report().model_dump(mode="json")
 
     def to_json(self, indent: int | None = 2) -> str:
+        """model_dump() as a JSON string."""
         return json.dumps(self.model_dump(), indent=indent)
 
     def __repr__(self) -> str:
@@ -183,6 +207,6 @@ class NoRouteError(LookupError):
         return self._report
 
     def explain(self, color: bool = False) -> str:
-        from engine.tools.explain import render_text
+        from engine.runtime.explain import render_text
 
         return render_text(self.report(), color=color)

@@ -8,10 +8,12 @@ records why each model won or lost; tests check that both always agree.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from engine.language import nodes as n
-from engine.runtime.policy import MISSING, CompiledPolicy, CompiledRule, Entry, Request, Selector, get_attr, hard_reason
+from engine.runtime.constraints import check, violation
+from engine.runtime.policy import MISSING, CompiledPolicy, CompiledRule, Entry, Request, get_attr
 from engine.runtime.report import (
     Atom,
     Candidate,
@@ -23,6 +25,9 @@ from engine.runtime.report import (
     RuleTrace,
 )
 from engine.runtime.units import fmt_value
+
+if TYPE_CHECKING:
+    from engine.runtime.selectors import Selector
 
 
 def pattern_bits(policy: CompiledPolicy, matched: int) -> int:
@@ -101,7 +106,7 @@ def promote_fallback(sel: Selector, req: Request) -> Entry | None:
     if blocked is None or blocked.name not in req.unavailable:
         return None
     for f in sel.fallbacks:
-        if hard_reason(f, req) is None:
+        if violation(f, req) is None:
             return f
     return None
 
@@ -123,18 +128,14 @@ def _cond_value(
     """Evaluate a condition atom by atom (every atom, for a complete trace); append Atoms to `out`."""
     if node is None:
         return True
-    if isinstance(node, (n.And, n.Or, n.Not)):
+    combine = _COMBINE.get(type(node))
+    if combine is not None:
         slot = len(out) if out is not None else 0
         if out is not None:
             out.append(Atom(depth=depth, text="", value=False))
-        parts = node.operands if not isinstance(node, n.Not) else (node.operand,)
-        values = [_cond_value(rule, p, matched, tokens, attrs, out, depth + 1, policy, text) for p in parts]
-        if isinstance(node, n.And):
-            value, word = all(values), "all of"
-        elif isinstance(node, n.Or):
-            value, word = any(values), "any of"
-        else:
-            value, word = not values[0], "not"
+        parts = (node.operand,) if isinstance(node, n.Not) else node.operands  # type: ignore[union-attr]
+        word, fold = combine
+        value = fold([_cond_value(rule, p, matched, tokens, attrs, out, depth + 1, policy, text) for p in parts])
         if out is not None:
             out[slot] = Atom(depth=depth, text=word, value=value)
         return value
@@ -144,43 +145,77 @@ def _cond_value(
     except TypeError:
         value, note = False, "type mismatch: the comparison is false"
     if out is not None:
-        shown, extra = _describe_atom(node, matched, tokens, attrs, policy, text)
+        shown, extra = _DESCRIBE[type(node)](node, _Seen(matched, tokens, attrs, policy, text))
         out.append(Atom(depth=depth, text=shown, value=value, note=note or extra))
     return value
 
 
-def _describe_atom(
-    node: n.Cond, matched: int, tokens: int, attrs: Any, policy: CompiledPolicy | None, text: str
-) -> tuple[str, str | None]:
-    if isinstance(node, n.TaskMatch):
-        shown = f"task ~ {_pattern(node.pattern)}"
-        hit = _first_hit(policy, node.pattern, text) if policy else None
-        return shown, (f'matched "{hit}"' if hit is not None else None)
-    if isinstance(node, n.TaskIs):
-        note = None
-        if policy is not None:
-            mask = policy.tasks[node.name] & matched
-            if mask:
-                pid = (mask & -mask).bit_length() - 1
-                hit = policy.matcher.first_match(pid, text) if policy.matcher else None
-                note = f'{policy.pattern_text[pid]} matched "{hit}"'
-        return f"task is {node.name}", note
-    if isinstance(node, (n.Compare, n.InList, n.Truthy)):
-        operand = node.operand if isinstance(node, n.Truthy) else node.left
-        actual: Any = tokens if operand.builtin else get_attr(attrs, operand.name)
-        shown_actual = "missing" if actual is MISSING else _show(actual)
-        if isinstance(node, n.Truthy):
-            return f"{operand.name} {shown_actual}", (f"{operand.name} was not passed" if actual is MISSING else None)
-        if isinstance(node, n.Compare):
-            right = fmt_value(node.right.kind, node.right.value) if not operand.builtin else f"{node.right.value:g}"  # type: ignore[union-attr]
-            shown = f"{operand.name} {shown_actual} {node.op} {right}"
-        else:
-            items = ", ".join(fmt_value(i.kind, i.value) for i in node.right.items)
-            shown = f"{operand.name} {shown_actual} in [{items}]"
-        return shown, (
-            f"{operand.name} was not passed: every comparison with it is false" if actual is MISSING else None
-        )
-    return str(node), None
+class _Seen(NamedTuple):
+    """What describing an atom may look at: the matched-pattern mask, the request and the policy."""
+
+    matched: int
+    tokens: int
+    attrs: Any
+    policy: CompiledPolicy | None
+    text: str
+
+
+def _task_match(node: Any, seen: _Seen) -> tuple[str, str | None]:
+    hit = _first_hit(seen.policy, node.pattern, seen.text) if seen.policy else None
+    return f"task ~ {_pattern(node.pattern)}", (f'matched "{hit}"' if hit is not None else None)
+
+
+def _task_is(node: Any, seen: _Seen) -> tuple[str, str | None]:
+    note, policy = None, seen.policy
+    if policy is not None:
+        mask = policy.tasks[node.name] & seen.matched
+        if mask:
+            pid = (mask & -mask).bit_length() - 1
+            hit = policy.matcher.first_match(pid, seen.text) if policy.matcher else None
+            note = f'{policy.pattern_text[pid]} matched "{hit}"'
+    return f"task is {node.name}", note
+
+
+def _actual(operand: n.Operand, seen: _Seen) -> tuple[Any, str]:
+    actual: Any = seen.tokens if operand.builtin else get_attr(seen.attrs, operand.name)
+    return actual, "missing" if actual is MISSING else _show(actual)
+
+
+def _not_passed(operand: n.Operand, actual: Any) -> str | None:
+    return f"{operand.name} was not passed: every comparison with it is false" if actual is MISSING else None
+
+
+def _truthy(node: Any, seen: _Seen) -> tuple[str, str | None]:
+    actual, shown = _actual(node.operand, seen)
+    return f"{node.operand.name} {shown}", (f"{node.operand.name} was not passed" if actual is MISSING else None)
+
+
+def _compare(node: Any, seen: _Seen) -> tuple[str, str | None]:
+    actual, shown = _actual(node.left, seen)
+    right = fmt_value(node.right.kind, node.right.value) if not node.left.builtin else f"{node.right.value:g}"
+    return f"{node.left.name} {shown} {node.op} {right}", _not_passed(node.left, actual)
+
+
+def _in_list(node: Any, seen: _Seen) -> tuple[str, str | None]:
+    actual, shown = _actual(node.left, seen)
+    items = ", ".join(fmt_value(i.kind, i.value) for i in node.right.items)
+    return f"{node.left.name} {shown} in [{items}]", _not_passed(node.left, actual)
+
+
+#: How explain shows each condition atom, and how it folds each combinator's operands.
+_DESCRIBE: dict[type, Callable[[Any, _Seen], tuple[str, str | None]]] = {
+    n.TaskMatch: _task_match,
+    n.TaskIs: _task_is,
+    n.Truthy: _truthy,
+    n.Compare: _compare,
+    n.InList: _in_list,
+}
+_COMBINE: dict[type, tuple[str, Callable[[list[bool]], bool]]] = {
+    n.And: ("all of", all),
+    n.Or: ("any of", any),
+    n.Not: ("not", lambda values: not values[0]),
+}
+n.exhaustive({**_DESCRIBE, **_COMBINE}, "explain")
 
 
 def _first_hit(policy: CompiledPolicy, pattern: n.Pattern, text: str) -> str | None:
@@ -228,7 +263,8 @@ def _candidates(rule: CompiledRule, req: Request, chosen: Entry | None, policy: 
                 model=e.name,
                 provider=e.provider,
                 status="rejected",
-                reason=why,
+                reason=why.text,
+                code=why.code.value,
                 scores=[r.shown(e, req) for r in sel.rankings],
             )
         )
@@ -296,14 +332,15 @@ def trace(
         report.model, report.provider = winner.name, winner.provider
         report.rule = traces[-1].rule
         report.ranking = [r.label for r in sel.rankings]
-        report.strategy = sel.kind if sel.kind in ("race", "consensus", "best_of", "balance", "split") else None
-        if sel.kind in ("race", "consensus", "best_of"):
+        report.strategy = sel.kind if sel.grouped else None
+        if sel.kind in n.FANOUT_GROUPS:
             report.group = list(sel.group(req))
             report.judge = sel.judge.name if sel.judge is not None else None
         report.candidates = traces[-1].candidates
         report.fallbacks = list(sel.viable_fallbacks(req, winner))
         for f in sel.fallbacks:
-            why = "is the chosen model" if f is winner else hard_reason(f, req)
+            out = check(f, req)
+            why = "is the chosen model" if f is winner else (out.text if out is not None else None)
             report.fallback_checks.append(FallbackCheck(model=f.name, status="skipped" if why else "kept", reason=why))
     return report
 

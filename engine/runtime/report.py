@@ -33,6 +33,7 @@ class Candidate(BaseModel):
     status: CandidateStatus
     rank: int | None = None
     reason: str | None = None
+    code: str | None = None  # the reason's stable code (engine.runtime.constraints.Code), for programs
     scores: list[str] = Field(default_factory=list)
 
 

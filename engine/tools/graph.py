@@ -13,7 +13,8 @@ import textwrap
 from dataclasses import dataclass, field
 
 from engine.language.load import display_name
-from engine.runtime.policy import CompiledPolicy, CompiledRule, Selector
+from engine.runtime.policy import CompiledPolicy, CompiledRule
+from engine.runtime.selectors import Selector
 
 LABEL_WIDTH = 48
 POOL_SHOWN = 3
@@ -76,7 +77,7 @@ def _selector_lines(policy: CompiledPolicy, rule: CompiledRule) -> list[str]:
         if count == 0:
             lines.append("no candidate passes `where`")
         else:
-            shown = [e.name for e in sel.pool[:POOL_SHOWN]] if sel.order == "static" else []
+            shown = [e.name for e in sel.pool[:POOL_SHOWN]] if sel.ordered else []
             more = f" (+{count - len(shown)} more)" if shown and count > len(shown) else ""
             word = "candidate" if count == 1 else "candidates"
             lines.append(f"{count} {word}" + (": " + ", ".join(shown) + more if shown else ""))

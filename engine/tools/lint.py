@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.compiler.codegen import static_reason
+from engine.compiler.actions import static_reason
 from engine.compiler.passes import as_date
 from engine.diagnostics import Diagnostic
 from engine.language import nodes as n
@@ -377,7 +377,7 @@ class Linter:
             e = self.entry(ref)
             if e is None:
                 continue
-            why = next((r for c in static if (r := static_reason(e, c))), None)
+            why = next((bad for c in static if (bad := static_reason(e, c))), None)
             if why:
                 self.warn(
                     "W104",

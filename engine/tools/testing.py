@@ -23,8 +23,6 @@ from engine.runtime.matcher import to_re2
 from engine.runtime.policy import CompiledPolicy
 from engine.runtime.report import Report
 
-#: Codes the test runner adds to the compiler's (engine.diagnostics.CODES).
-TEST_CODES: dict[str, str] = {"E800": "statement not allowed in a test file"}
 TEST_FILE_SUFFIX = "_test.route"
 
 
@@ -286,7 +284,7 @@ def run_case(policy: CompiledPolicy, names: dict[str, str], test: str, e: n.Expe
         tuple(problems),
         model,
         rule.index if rule is not None else None,
-        f"{rule.span.file}:{rule.span.line}" if rule is not None else None,
+        f"{rule.file}:{rule.line}" if rule is not None else None,
         fallbacks,
         report,
     )

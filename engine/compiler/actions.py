@@ -1,0 +1,233 @@
+"""Action code generation: one checked AST action and the catalog entries in, its runtime Selector out.
+
+One builder per action kind (`use`, `prefer`, and the groups), chosen from a table that names every kind.
+Request-independent `where` constraints are applied here, once, and their rejections kept for explain.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from engine.language import nodes as n
+from engine.runtime.constraints import NEGATED, OPS, Code, CostLimit, Reason
+from engine.runtime.policy import Entry, PriceGroup, RankKey
+from engine.runtime.selectors import (
+    BalanceSelector,
+    BestOfSelector,
+    CheapestPrefer,
+    ConsensusSelector,
+    GenericPrefer,
+    RaceSelector,
+    Selector,
+    SplitSelector,
+    StaticPrefer,
+    UseSelector,
+)
+from engine.runtime.units import fmt_count, fmt_ms, fmt_price, fmt_value
+
+__all__ = ["build_selector", "literal", "number", "retired", "static_reason"]
+
+
+def number(value: object) -> float:
+    """A numeric literal's value as a float (the checks before code generation let only numbers through)."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    raise TypeError(f"expected a number, got {value!r}")
+
+
+def literal(value: n.Value | None) -> n.Literal:
+    """The single value after a comparison or in a numeric constraint (pass_types refuses lists there)."""
+    if not isinstance(value, n.Literal):
+        raise TypeError(f"expected one value, got {value!r}")
+    return value
+
+
+def retired(spec: Any, today: datetime.date) -> bool:
+    """Whether a catalog model (a ModelSpec) is past its deprecation date on `today` (the date itself counts)."""
+    return spec.deprecation_date is not None and spec.deprecation_date <= today
+
+
+def static_reason(e: Entry, c: n.Constraint) -> Reason | None:
+    """Why a model fails a request-independent `where` constraint, or None when it passes."""
+    value = c.value.value if isinstance(c.value, n.Literal) else None
+    if c.metric == "provider":
+        names = [str(i.value) for i in c.value.items] if isinstance(c.value, n.ListLit) else []
+        return (
+            None if e.provider in names else Reason(Code.PROVIDER, f"provider {e.provider} not in [{', '.join(names)}]")
+        )
+    if c.metric == "supports":
+        return None if value in e.spec.supports else Reason(Code.SUPPORTS, f"no {value} support")
+    code: Code
+    if c.metric == "capability":
+        score = e.spec.capability(c.capability)
+        if score is None:
+            return Reason(Code.CAPABILITY, f"no {c.capability} score")
+        code, actual, shown = Code.CAPABILITY, score, f"capability({c.capability}) {score:g}"
+    elif c.metric == "latency":
+        code, actual, shown = Code.LATENCY, e.latency_ms / 1000, f"latency {fmt_ms(e.latency_ms)}"
+    elif c.metric == "price":  # compared in $/1M rounded to 1e-9: $0.45/1M and $0.00045/1k are the same price
+        actual, shown = round(e.ip * 1e6, 9), f"price {fmt_price(e.ip)}"
+        per_million = round(number(value) * 1e6, 9)
+        if OPS[c.op](actual, per_million):
+            return None
+        return Reason(Code.PRICE, f"{shown} {NEGATED[c.op]} {fmt_value('price', per_million / 1e6)}")
+    elif c.metric == "context":
+        code, actual, shown = Code.CONTEXT, e.context, f"context {fmt_count(e.context)}"
+    else:
+        return None
+    if OPS[c.op](actual, value):
+        return None
+    return Reason(code, f"{shown} {NEGATED[c.op]} {fmt_value(literal(c.value).kind, value)}")
+
+
+def _static_key(static: list[n.Constraint]) -> tuple:
+    def value(v: n.Value | None) -> object:
+        return tuple(str(i.value) for i in v.items) if isinstance(v, n.ListLit) else (v.value if v else None)
+
+    return tuple((c.metric, c.op, value(c.value), c.capability) for c in static)
+
+
+@dataclass
+class _Parts:
+    """What every action kind shares, computed once per rule before its kind's builder runs."""
+
+    action: n.Action
+    resolve: Callable[[n.ModelRef], Entry]
+    pool: list[Entry]
+    rejects: list[tuple[Entry, Reason]]
+    skey: tuple
+    costs: tuple[CostLimit, ...]
+    fallbacks: tuple[Entry, ...]
+    key: str
+    cache: dict
+
+    def common(self) -> dict[str, Any]:
+        return {
+            "pool": tuple(self.pool),
+            "static_rejects": tuple(self.rejects),
+            "cost_limits": self.costs,
+            "fallbacks": self.fallbacks,
+        }
+
+
+def _use(p: _Parts) -> Selector:
+    assert p.action.model is not None
+    return UseSelector(use=p.resolve(p.action.model), **p.common())
+
+
+def _prefer(p: _Parts) -> Selector:
+    rankings = tuple(RankKey(r.kind, r.capability.upper() if r.capability else None) for r in p.action.rankings)
+    rkey = ("order", p.skey, rankings)
+    measured = any(r.kind == "fastest" for r in rankings)
+    cache = p.cache
+    if all(r.kind not in ("cheapest", "least_busy") for r in rankings):
+        if rkey not in cache:
+            cache[rkey] = tuple(sorted(p.pool, key=lambda e: (*(r.key(e, None) for r in rankings), e.name)))
+        p.pool = list(cache[rkey])
+        return StaticPrefer(rankings=rankings, measured=measured, **p.common())
+    p.pool.sort(key=lambda e: e.name)
+    if rankings[0].kind != "cheapest":
+        return GenericPrefer(rankings=rankings, measured=measured, **p.common())
+    rest = rankings[1:]
+    if rkey not in cache:
+        groups: dict[tuple[float, float], list[Entry]] = {}
+        for e in p.pool:
+            groups.setdefault((e.ip, e.op), []).append(e)
+        static_rest = [r for r in rest if r.kind not in ("least_busy", "cheapest")]
+
+        def by_rest(e: Entry) -> tuple:
+            return (*(r.key(e, None) for r in static_rest), e.name)
+
+        price_groups = [PriceGroup(ip, op, tuple(sorted(members, key=by_rest))) for (ip, op), members in groups.items()]
+        cache[rkey] = (tuple(sorted(price_groups, key=lambda g: g.ip)), tuple(sorted(price_groups, key=lambda g: g.op)))
+    by_input, by_output = cache[rkey]
+    return CheapestPrefer(
+        rankings=rankings,
+        measured=measured,
+        by_input=by_input,
+        by_output=by_output,
+        dynamic_rest=any(r.kind == "least_busy" for r in rest),
+        **p.common(),
+    )
+
+
+def _balance(p: _Parts) -> Selector:
+    mode = str(p.action.mode.value) if p.action.mode else None
+    return BalanceSelector(mode=mode, key=p.key, **p.common())
+
+
+def _split(p: _Parts) -> Selector:
+    given = (number(w.value) for w in p.action.weights)
+    weights = dict(zip((p.resolve(m) for m in p.action.members), given, strict=False))
+    return SplitSelector(weights=tuple(weights.get(e, 0.0) for e in p.pool), key=p.key, **p.common())
+
+
+def _best_of(p: _Parts) -> Selector:
+    judge = p.resolve(p.action.judge) if p.action.judge else None
+    return BestOfSelector(judge=judge, key=p.key, **p.common())
+
+
+#: The builder for each action kind (the grammar's action keywords).
+BUILDERS: Mapping[str, Callable[[_Parts], Selector]] = {
+    "use": _use,
+    "prefer": _prefer,
+    "balance": _balance,
+    "split": _split,
+    "race": lambda p: RaceSelector(key=p.key, **p.common()),
+    "consensus": lambda p: ConsensusSelector(key=p.key, **p.common()),
+    "best_of": _best_of,
+}
+if set(BUILDERS) != {"use", "prefer"} | n.GROUP_ACTIONS:
+    raise TypeError(f"action builders do not match the action kinds: {sorted(BUILDERS)}")
+
+
+def build_selector(
+    action: n.Action,
+    entries: Mapping[str, Entry],
+    resolve: Callable[[n.ModelRef], Entry],
+    key: str = "",
+    cache: dict | None = None,
+    *,
+    today: datetime.date,
+) -> Selector:
+    """`cache` (one per compile) shares the filtered and sorted catalog between rules with equal constraints
+    and rankings: a 1,000-rule policy over a 4,000-model catalog then filters and sorts a handful of times.
+    `today` is the compile's date: a `prefer` over the catalog never ranks a model deprecated on or before it."""
+    cache = {} if cache is None else cache
+    static = [c for c in action.where if c.metric != "cost"]
+    costs = tuple(
+        CostLimit(c.op, number(literal(c.value).value), literal(c.value).text)
+        for c in action.where
+        if c.metric == "cost"
+    )
+    fallbacks = tuple(dict.fromkeys(resolve(f) for f in action.fallbacks))
+    if action.kind == "use" and action.model:
+        candidates = [resolve(action.model)]
+    elif action.members:
+        candidates = list(dict.fromkeys(resolve(m) for m in action.members))
+    else:
+        candidates = list(entries.values())
+    whole_catalog = not (action.kind == "use" or action.members)
+    skey = ("filter", _static_key(static))
+    pool: list[Entry] = []
+    rejects: list[tuple[Entry, Reason]] = []
+    if whole_catalog and skey in cache:
+        pool, rejects = (list(x) for x in cache[skey])
+    else:
+        for e in candidates:
+            if whole_catalog and retired(e.spec, today):
+                # `prefer` never ranks a model past its deprecation date; `use` and `fallback` still may (W108)
+                rejects.append((e, Reason(Code.DEPRECATED, f"deprecated since {e.spec.deprecation_date}")))
+                continue
+            why = next((r for c in static if (r := static_reason(e, c))), None)
+            if why:
+                rejects.append((e, why))
+            else:
+                pool.append(e)
+        if whole_catalog:
+            cache[skey] = (tuple(pool), tuple(rejects))
+    parts = _Parts(action, resolve, pool, rejects, skey, costs, fallbacks, key, cache)
+    return BUILDERS[action.kind](parts)

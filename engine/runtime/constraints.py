@@ -1,0 +1,123 @@
+"""Hard constraints: a catalog model and a Request in, whether the model can serve it at all (and why not) out.
+
+This is the one place that says when a model is out for a request regardless of the rule's ranking: its
+context window is too small, the request needs tools or vision it lacks, its circuit is open, or a rule's
+`where cost ...` limit excludes it. Selection (`violation`, the fast check), explain and execution (`check`,
+a `Reason` with a stable code and its text) all use it, so their answers cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import operator
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+from engine.runtime.units import fmt_count, fmt_money
+
+if TYPE_CHECKING:
+    from engine.runtime.policy import Entry, Request
+
+__all__ = ["NEGATED", "OPS", "Code", "CostLimit", "Reason", "check", "violation"]
+
+OPS: dict[str, Callable[[Any, Any], bool]] = {
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+NEGATED = {"==": "!=", "!=": "==", "<": ">=", "<=": ">", ">": "<=", ">=": "<"}
+
+
+class Code(str, Enum):
+    """Why a model was left out: stable identifiers to branch on (the reason's text is for people)."""
+
+    CONTEXT = "context"  # the prompt does not fit the context window
+    TOOLS = "tools"  # the request has tools, the model does not support them
+    VISION = "vision"  # the request has images, the model does not support them
+    UNAVAILABLE = "unavailable"  # the model's circuit is open
+    COST = "cost"  # a rule's `where cost ...` limit
+    # request-independent `where` constraints and the catalog, decided at compile time
+    PROVIDER = "provider"
+    SUPPORTS = "supports"
+    CAPABILITY = "capability"
+    LATENCY = "latency"
+    PRICE = "price"
+    DEPRECATED = "deprecated"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """Why a model cannot serve a request: a stable `code` and the human-readable `text` explain shows."""
+
+    code: Code
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True, slots=True)
+class CostLimit:
+    """A rule's `where cost <op> <money>`: the request's estimated cost on a model must satisfy it."""
+
+    op: str
+    value: float
+    text: str
+
+    def allows(self, e: Entry, req: Request) -> bool:
+        return OPS[self.op](e.cost(req.tokens, req.out_tokens), self.value)
+
+    def reason(self, e: Entry, req: Request) -> str | None:
+        """The text of the violation, or None when the model's cost satisfies the limit."""
+        cost = e.cost(req.tokens, req.out_tokens)
+        if OPS[self.op](cost, self.value):
+            return None
+        return f"cost {fmt_money(cost)} {NEGATED[self.op]} {self.text}"
+
+
+def violation(e: Entry, req: Request, limits: tuple[CostLimit, ...] = ()) -> Code | None:
+    """The first hard constraint `e` breaks for `req` (checked in a fixed order), or None when it can serve it.
+
+    The fast check selection runs for every candidate: it allocates nothing."""
+    if req.tokens > e.context:
+        return Code.CONTEXT
+    if req.need_tools and not e.tools:
+        return Code.TOOLS
+    if req.need_vision and not e.vision:
+        return Code.VISION
+    if req.unavailable and e.name in req.unavailable:
+        return Code.UNAVAILABLE
+    for c in limits:
+        if not c.allows(e, req):
+            return Code.COST
+    return None
+
+
+def check(e: Entry, req: Request, limits: tuple[CostLimit, ...] = ()) -> Reason | None:
+    """Why `e` cannot serve `req` (the same verdict as `violation`, with its text), or None."""
+    code = violation(e, req, limits)
+    return None if code is None else Reason(code, _text(code, e, req, limits))
+
+
+def _text(code: Code, e: Entry, req: Request, limits: tuple[CostLimit, ...]) -> str:
+    if code is Code.CONTEXT:
+        return f"context {fmt_count(e.context)} < {fmt_count(req.tokens)} tokens"
+    if code is Code.TOOLS:
+        return "no tools support (request has tools)"
+    if code is Code.VISION:
+        return "no vision support (request has images)"
+    if code is Code.UNAVAILABLE:
+        circuit = getattr(req.state, "circuit", None)
+        until = getattr(circuit(e.name), "until", None) if circuit is not None else None
+        if until:
+            return f"circuit open until {time.strftime('%H:%M:%S', time.localtime(until))}"
+        return "unavailable (circuit open)"
+    return next(r for c in limits if (r := c.reason(e, req)))
