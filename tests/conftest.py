@@ -1,4 +1,4 @@
-"""Shared fixtures for the decision-core tests (issue 2): paths, the fixture catalog, policy writers, a CLI
+"""Shared fixtures for the decision-core tests: paths, the fixture catalog, policy writers, a CLI
 runner and golden-file comparison; also the suite's hypothesis profile.
 
 Golden files live in tests/golden/; regenerate them with `UPDATE_GOLDEN=1 python -m pytest tests/` and review

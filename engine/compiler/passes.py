@@ -20,10 +20,10 @@ from engine.runtime.matcher import FLAGS, Matcher, check, to_re2
 from engine.runtime.policy import BudgetSpec, CompiledPolicy, Entry
 from engine.runtime.settings import SETTINGS, Settings, coerce
 from engine.runtime.units import EXAMPLES, KIND_NAMES, METRIC_KIND
-from providers.catalog.models import Catalog, CatalogError, ModelSpec, default_catalog, load_catalog
+from providers.catalog.models import KNOWN_FEATURES, Catalog, CatalogError, ModelSpec, default_catalog, load_catalog
 
 MAX_RULES = 10_000
-FEATURES = frozenset({"tools", "vision", "json", "streaming"})
+FEATURES = frozenset(KNOWN_FEATURES)
 
 
 def current_date() -> datetime.date:

@@ -8,8 +8,12 @@ decide() must not spend more time counting than deciding. Plug in a real tokeniz
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
+
+from engine.runtime.messages import content_text, has_images
+
+__all__ = ["MESSAGE_OVERHEAD", "TokenEstimator", "estimate_tokens", "from_messages", "has_images", "message_text"]
 
 TokenEstimator = Callable[[str], int]
 MESSAGE_OVERHEAD = 4
@@ -19,29 +23,9 @@ def estimate_tokens(text: str) -> int:
     return (len(text) + 3) // 4
 
 
-def message_text(content: Any) -> str:
-    """The text of an OpenAI-format message content: a string, or the text parts of a list of parts."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    parts = []
-    for part in content:
-        if isinstance(part, Mapping) and part.get("type") == "text":
-            parts.append(str(part.get("text", "")))
-        elif isinstance(part, str):
-            parts.append(part)
-    return "\n".join(parts)
-
-
-def has_images(messages: Iterable[Mapping[str, Any]]) -> bool:
-    for msg in messages:
-        content = msg.get("content")
-        if isinstance(content, list):
-            for part in content:
-                if isinstance(part, Mapping) and part.get("type") in ("image_url", "image", "input_image"):
-                    return True
-    return False
+#: The text of one message's content (a string, or the text parts of a list): the message reader's, so token
+#: counting reads messages exactly as the gateway and execution do.
+message_text = content_text
 
 
 def from_messages(messages: list[Mapping[str, Any]], estimator: TokenEstimator) -> tuple[str, int]:
