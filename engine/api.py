@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import datetime
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, cast
 
 from engine.compiler.passes import compile_loaded
 from engine.language.load import bundled_policy_dir, load, load_source
+from engine.runtime.budget import BudgetBook
 from engine.runtime.decision import Decision, NoRouteError
 from engine.runtime.evaluate import decide as _decide
+from engine.runtime.pinned import pinned_decision, resolve_model
 from engine.runtime.policy import DEFAULT_OUTPUT_TOKENS, CompiledPolicy, Request
-from engine.runtime.state import MemoryStore, StateStore
+from engine.runtime.state import ExecutionStore, MemoryStore, StateStore
 from engine.runtime.tokens import TokenEstimator, estimate_tokens, from_messages, has_images
+
+if TYPE_CHECKING:
+    from engine.diagnostics import PolicyError
+    from engine.reload import Reloader, ReloadEvent
+    from providers.execution import AsyncCompletionStream, Completion, CompletionStream, Event, Executor
 
 
 class RequestError(ValueError):
@@ -68,7 +76,7 @@ class Engine:
         **execution: Any,
     ):
         """`path`, `catalog` and `today` are what recompile() (reload) compiles with; `today=None` means the date
-        at each recompile. `execution` configures complete()/stream() (see providers.execute.Executor): `providers`
+        at each recompile. `execution` configures complete()/stream() (see providers.execution.Executor): `providers`
         (provider name -> ProviderSpec, overriding the catalog's), `api_keys` (provider name -> key, instead of
         the environment), `transport` / `async_transport` (httpx transports), `limits` (httpx.Limits
         per provider connection pool), `sleep` (async sleep for
@@ -78,11 +86,11 @@ class Engine:
         self._path = path
         self._catalog = catalog
         self._today = today
-        self._reload: Any = None
+        self._reload: Reloader | None = None
         self.state: StateStore = state if state is not None else MemoryStore()
         self._execution = execution
-        self._exec: Any = None
-        self._budgets: Any = None
+        self._exec: Executor | None = None
+        self._budgets: BudgetBook | None = None
 
     @classmethod
     def load(
@@ -138,16 +146,28 @@ class Engine:
     def policy(self) -> CompiledPolicy:
         return self._policy
 
+    @property
+    def path(self) -> str | Path | None:
+        """The policy file or directory recompile() reads; None for an engine built from source text."""
+        return self._path
+
     # -- hot reload (engine/reload.py does the work) --------------------------------------------------
-    def _reloader(self):
+    @property
+    def reloader(self) -> Reloader:
+        """This engine's Reloader (created on first use): reload(), watchers, callbacks, `poll_interval_s`."""
         if self._reload is None:
             from engine.reload import Reloader
 
             self._reload = Reloader(self)
         return self._reload
 
-    def _swap(self, policy: CompiledPolicy) -> None:
-        """Install a new compiled policy: one reference assignment, so each decide() sees one version."""
+    def _reloader(self) -> Reloader:
+        """The `reloader` property, for callers of the older private spelling."""
+        return self.reloader
+
+    def swap(self, policy: CompiledPolicy) -> None:
+        """Install a compiled policy: one reference assignment, so each decide() sees one version. The reloader
+        calls it with each policy that compiled; callers may too (e.g. to install a policy compiled elsewhere)."""
         self._policy = policy
 
     def recompile(self) -> CompiledPolicy:
@@ -158,27 +178,27 @@ class Engine:
 
     def reload(self) -> bool:
         """Recompile now and swap in the result if it compiles; False (last good policy kept) if not."""
-        return self._reloader().reload()
+        return self.reloader.reload()
 
     def watch(self, *, poll: bool = False, debounce_ms: int = 50) -> Engine:
         """Watch every file the policy uses and reload on change, in a background thread."""
-        self._reloader().start(poll=poll, debounce_ms=debounce_ms)
+        self.reloader.start(poll=poll, debounce_ms=debounce_ms)
         return self
 
     async def awatch(self, *, poll: bool = False, debounce_ms: int = 50) -> None:
         """The asyncio form of watch(): runs until cancelled."""
-        await self._reloader().awatch(poll=poll, debounce_ms=debounce_ms)
+        await self.reloader.awatch(poll=poll, debounce_ms=debounce_ms)
 
     def stop(self) -> None:
         if self._reload is not None:
             self._reload.stop()
 
-    def on_reload(self, callback) -> None:
+    def on_reload(self, callback: Callable[[ReloadEvent], None]) -> None:
         """Call `callback(event)` after every reload attempt (success or rejection)."""
-        self._reloader().callbacks.append(callback)
+        self.reloader.callbacks.append(callback)
 
     @property
-    def last_error(self):
+    def last_error(self) -> PolicyError | None:
         """The PolicyError of the last rejected reload, or None after a good one."""
         return self._reload.last_error if self._reload is not None else None
 
@@ -197,7 +217,7 @@ class Engine:
         self,
         prompt: str | None = None,
         *,
-        messages: list[Mapping[str, Any]] | None = None,
+        messages: Sequence[Mapping[str, Any]] | None = None,
         policy: CompiledPolicy | None = None,
         **attrs: Any,
     ) -> Request:
@@ -208,7 +228,7 @@ class Engine:
         policy = policy or self._policy
         images_in_messages = False
         if messages is not None:
-            text, tokens = from_messages(messages, self._estimate)
+            text, tokens = from_messages(messages if isinstance(messages, list) else list(messages), self._estimate)
             images_in_messages = has_images(messages)
             if images_in_messages and "images" not in attrs:
                 attrs["images"] = True
@@ -234,7 +254,7 @@ class Engine:
         if not (isinstance(out, (int, float)) and not isinstance(out, bool) and out > 0):
             out = _output_tokens(policy)
         if policy.budgets:
-            for name, value in self._budget_book().request_attrs(policy.budgets, attrs).items():
+            for name, value in self.budget_book.request_attrs(policy.budgets, attrs).items():
                 attrs.setdefault(name, value)
         # images found in the messages need a vision model even if the caller says images=False
         return Request(
@@ -250,7 +270,7 @@ class Engine:
         )
 
     def decide(
-        self, prompt: str | None = None, *, messages: list[Mapping[str, Any]] | None = None, **attrs: Any
+        self, prompt: str | None = None, *, messages: Sequence[Mapping[str, Any]] | None = None, **attrs: Any
     ) -> Decision:
         """Pick a model for a prompt (or OpenAI-format messages) and request attributes.
 
@@ -279,19 +299,47 @@ class Engine:
         rule, entry, fallbacks, matched, scanned = result
         return Decision(policy, rule, entry, fallbacks, req, matched, scanned, time.perf_counter_ns() - start)
 
-    # -- execution (providers/execute.py does the work; httpx is imported only here, on first use) ------------
-    def _budget_book(self) -> Any:
-        if self._budgets is None:
-            from providers.execution.budget import Budgets
+    def pin(
+        self,
+        model: str,
+        prompt: str | None = None,
+        *,
+        messages: Sequence[Mapping[str, Any]] | None = None,
+        **attrs: Any,
+    ) -> Decision:
+        """A Decision for a model the caller names instead of the policy's rules (no fallbacks; its report says
+        so). Raises PinError (`.code`: model_not_found, model_override_disabled, model_unsuitable) when the
+        policy does not know the model, does not `set overrides = true`, or the model cannot serve the request.
+        An open circuit is not a refusal here: execution skips the model and says why."""
+        start = time.perf_counter_ns()
+        policy = self._policy
+        return pinned_decision(
+            policy,
+            model,
+            lambda: self.request(prompt, messages=messages, policy=policy, **attrs),
+            start,
+        )
 
-            self._budgets = Budgets(self.state, self._execution.get("wall") or time.time)
+    def resolve_model(self, name: str) -> str | None:
+        """The policy's canonical name for a model name or catalog alias, or None when it has no such model."""
+        return resolve_model(self._policy, name)
+
+    @property
+    def budget_book(self) -> BudgetBook:
+        """Which budgets apply to a request and what is left of them, in this engine's state store; the executor
+        reserves and settles against the same book."""
+        if self._budgets is None:
+            # budgets read spend (ExecutionStore.spent): a policy with budgets needs a store that keeps it
+            store = cast(ExecutionStore, self.state)
+            self._budgets = BudgetBook(store, self._execution.get("wall") or time.time)
         return self._budgets
 
-    def _executor(self) -> Any:
+    # -- execution (providers.execution does the work; httpx is imported only there, on first use) ---------
+    @property
+    def executor(self) -> Executor:
+        """The executor complete()/stream() and the gateway run requests on (created on first use)."""
         if self._exec is None:
-            from providers.execution.executor import Executor
-
-            self._exec = Executor(self, **self._execution)
+            self._exec = _execution().Executor(self, budgets=self.budget_book, **self._execution)
         return self._exec
 
     def complete(
@@ -309,23 +357,14 @@ class Engine:
         timeout: float | None = None,
         extra: dict[str, Any] | None = None,
         **attrs: Any,
-    ) -> Any:
+    ) -> Completion:
         """Decide, then call the decided model(s) with retries and fallbacks; returns a Completion.
 
         `attrs` are the policy's request attributes. `schema` (a pydantic model) asks for JSON and validates
         it into `.parsed`. Raises NoRouteError, BudgetExceeded (before any call) or RoutingError (every
         attempt failed; `.attempts` says why)."""
-        ex = self._executor()
-        options = {
-            "system": system,
-            "temperature": temperature,
-            "max_tokens": max_tokens,
-            "tools": tools,
-            "tool_choice": tool_choice,
-            "stop": stop,
-            "timeout": timeout,
-            "extra": extra,
-        }
+        ex = self.executor
+        options = _options(system, temperature, max_tokens, tools, tool_choice, stop, timeout, extra)
         run = ex.prepare(prompt, messages, schema, options, attrs)
         return ex.run_sync(ex.run(run))
 
@@ -344,19 +383,10 @@ class Engine:
         timeout: float | None = None,
         extra: dict[str, Any] | None = None,
         **attrs: Any,
-    ) -> Any:
+    ) -> Completion:
         """The async complete()."""
-        ex = self._executor()
-        options = {
-            "system": system,
-            "temperature": temperature,
-            "max_tokens": max_tokens,
-            "tools": tools,
-            "tool_choice": tool_choice,
-            "stop": stop,
-            "timeout": timeout,
-            "extra": extra,
-        }
+        ex = self.executor
+        options = _options(system, temperature, max_tokens, tools, tool_choice, stop, timeout, extra)
         return await ex.run(ex.prepare(prompt, messages, schema, options, attrs))
 
     def stream(
@@ -374,24 +404,13 @@ class Engine:
         timeout: float | None = None,
         extra: dict[str, Any] | None = None,
         **attrs: Any,
-    ) -> Any:
+    ) -> CompletionStream:
         """Decide now (raising NoRouteError / BudgetExceeded here), then iterate the returned CompletionStream
         for StreamEvents. A model that fails before its first token is retried / fallen back from; a failure
         after it raises StreamInterrupted (no text is repeated). `.completion` is set at the end."""
-        from providers.execution.streaming import CompletionStream
-
-        ex = self._executor()
-        options = {
-            "system": system,
-            "temperature": temperature,
-            "max_tokens": max_tokens,
-            "tools": tools,
-            "tool_choice": tool_choice,
-            "stop": stop,
-            "timeout": timeout,
-            "extra": extra,
-        }
-        return CompletionStream(ex, ex.prepare(prompt, messages, schema, options, attrs))
+        ex = self.executor
+        options = _options(system, temperature, max_tokens, tools, tool_choice, stop, timeout, extra)
+        return _execution().CompletionStream(ex, ex.prepare(prompt, messages, schema, options, attrs))
 
     def astream(
         self,
@@ -408,33 +427,20 @@ class Engine:
         timeout: float | None = None,
         extra: dict[str, Any] | None = None,
         **attrs: Any,
-    ) -> Any:
+    ) -> AsyncCompletionStream:
         """The async stream(): `async for event in engine.astream(...)` (an AsyncCompletionStream)."""
-        from providers.execution.streaming import AsyncCompletionStream
+        ex = self.executor
+        options = _options(system, temperature, max_tokens, tools, tool_choice, stop, timeout, extra)
+        return _execution().AsyncCompletionStream(ex, ex.prepare(prompt, messages, schema, options, attrs))
 
-        ex = self._executor()
-        options = {
-            "system": system,
-            "temperature": temperature,
-            "max_tokens": max_tokens,
-            "tools": tools,
-            "tool_choice": tool_choice,
-            "stop": stop,
-            "timeout": timeout,
-            "extra": extra,
-        }
-        return AsyncCompletionStream(ex, ex.prepare(prompt, messages, schema, options, attrs))
-
-    def on_event(self, callback: Any) -> Any:
-        """Call `callback(event)` for every execution event (providers.events.Event); returns an unsubscribe
+    def on_event(self, callback: Callable[[Event], None]) -> Callable[[], None]:
+        """Call `callback(event)` for every execution event (providers.execution.Event); returns an unsubscribe
         function. Events are also logged to the "modelroute.execute" logger."""
-        return self._executor().events.subscribe(callback)
+        return self.executor.events.subscribe(callback)
 
     def usage(self) -> dict[str, Any]:
         """Calls, failures, success rate, tokens, cost and latency per model and per provider, plus totals."""
-        from providers.execution.events import usage_summary
-
-        return usage_summary(self.state)
+        return _execution().usage_summary(self.state)
 
     def close(self) -> None:
         """Close the HTTP clients (and the sync API's background loop)."""
@@ -445,3 +451,34 @@ class Engine:
         """Close the HTTP clients of the running event loop."""
         if self._exec is not None:
             await self._exec.aclose()
+
+
+def _options(
+    system: str | None,
+    temperature: float | None,
+    max_tokens: int | None,
+    tools: list[dict[str, Any]] | None,
+    tool_choice: str | None,
+    stop: list[str] | None,
+    timeout: float | None,
+    extra: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The request options of complete()/stream() as the executor's prepare() takes them."""
+    return {
+        "system": system,
+        "temperature": temperature,
+        "max_tokens": max_tokens,
+        "tools": tools,
+        "tool_choice": tool_choice,
+        "stop": stop,
+        "timeout": timeout,
+        "extra": extra,
+    }
+
+
+def _execution() -> ModuleType:
+    """providers.execution, imported on first use: the engine's one edge into execution (httpx and the clients
+    load only when a request is executed, never for decide())."""
+    import providers.execution
+
+    return providers.execution

@@ -16,12 +16,15 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import watchfiles
 
 from engine.diagnostics import PolicyError, render_all
 from engine.runtime.policy import CompiledPolicy
+
+if TYPE_CHECKING:
+    from engine.api import Engine
 
 log = logging.getLogger("modelroute.reload")
 
@@ -155,7 +158,7 @@ def _changed(old: Mapping[str, str], new: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(sorted(f for f in old.keys() | new.keys() if old.get(f) != new.get(f)))
 
 
-def _texts(policy: Any) -> dict[str, str]:
+def _texts(policy: CompiledPolicy) -> dict[str, str]:
     texts = policy.sources.texts
     return {f: texts[f] for f in policy.files if f in texts}
 
@@ -166,7 +169,7 @@ def _texts(policy: Any) -> dict[str, str]:
 class Reloader:
     """Reloads an Engine's policy on request (reload()) or on file changes (start() / awatch())."""
 
-    def __init__(self, engine: Any):
+    def __init__(self, engine: Engine):
         self.engine = engine
         self.callbacks: list[Callable[[ReloadEvent], None]] = []
         self.last_error: PolicyError | None = None
@@ -191,7 +194,7 @@ class Reloader:
             else:
                 new, err, texts = self._compile(old)
             if err is None and new.version != old.version:
-                self.engine._swap(new)
+                self.engine.swap(new)
             self.last_error = err
             self._seen = texts
             event = ReloadEvent(
@@ -205,7 +208,7 @@ class Reloader:
                 log.exception("reload callback %r raised; the watcher carries on", callback)
         return event.ok
 
-    def _compile(self, old: Any) -> tuple[Any, PolicyError | None, dict[str, str]]:
+    def _compile(self, old: CompiledPolicy) -> tuple[CompiledPolicy, PolicyError | None, dict[str, str]]:
         """(policy, None, texts read) or (old, error, texts read). An in-place save truncates, then writes: a
         compile in between sees half a file, or an empty one (which compiles, to a policy with no rules). So
         compile again if a file changed meanwhile, and give a file that just became empty time to fill."""
@@ -214,7 +217,7 @@ class Reloader:
         for tries in range(1, 100):
             try:
                 new = self.engine.recompile()
-                result: tuple[Any, PolicyError | None, dict[str, str]] = (new, None, _texts(new))
+                result: tuple[CompiledPolicy, PolicyError | None, dict[str, str]] = (new, None, _texts(new))
             except PolicyError as exc:
                 result = (old, exc, dict(exc.sources.texts))
             emptied = {f: t for f, t in result[2].items() if not t and before.get(f)}
@@ -258,7 +261,7 @@ class Reloader:
     # -- watching -------------------------------------------------------------------------------------------
     def start(self, poll: bool = False, debounce_ms: int = 50) -> None:
         """Watch in a daemon thread (restarting any watcher already running)."""
-        if getattr(self.engine, "_path", "") is None:
+        if self.engine.path is None:
             raise ValueError("this engine was built from source text, not a path: nothing to watch")
         self._thread_stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():

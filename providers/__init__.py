@@ -5,7 +5,7 @@ depend on it and stay pure. The execution names (`Executor`, `Completion`, `Rout
 `Attempt`, `Event`, ...) are loaded on first access.
 """
 
-from typing import Any
+import typing
 
 from .catalog import (
     KNOWN_FEATURES,
@@ -23,21 +23,35 @@ from .catalog import (
     load_catalog,
 )
 
+if typing.TYPE_CHECKING:  # what the lazy names are, for type checkers
+    from providers.execution import (
+        AsyncCompletionStream,
+        Attempt,
+        BudgetExceeded,
+        Completion,
+        CompletionStream,
+        Event,
+        Executor,
+        InvalidOutput,
+        RoutingError,
+        StreamInterrupted,
+    )
+
 _LAZY = {
-    "Attempt": "providers.execution.resilience",
-    "RoutingError": "providers.execution.resilience",
-    "InvalidOutput": "providers.execution.resilience",
-    "StreamInterrupted": "providers.execution.resilience",
-    "BudgetExceeded": "providers.execution.budget",
-    "Event": "providers.execution.events",
-    "Executor": "providers.execution.executor",
-    "Completion": "providers.execution.executor",
-    "CompletionStream": "providers.execution.streaming",
-    "AsyncCompletionStream": "providers.execution.streaming",
+    "Attempt": "providers.execution",
+    "RoutingError": "providers.execution",
+    "InvalidOutput": "providers.execution",
+    "StreamInterrupted": "providers.execution",
+    "BudgetExceeded": "providers.execution",
+    "Event": "providers.execution",
+    "Executor": "providers.execution",
+    "Completion": "providers.execution",
+    "CompletionStream": "providers.execution",
+    "AsyncCompletionStream": "providers.execution",
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'providers' has no attribute {name!r}")
@@ -50,15 +64,24 @@ __all__ = [
     "KNOWN_FEATURES",
     "PROVIDER_KINDS",
     "STANDARD_CAPABILITIES",
+    "AsyncCompletionStream",
+    "Attempt",
+    "BudgetExceeded",
     "Catalog",
     "CatalogError",
     "CatalogIssue",
+    "Completion",
+    "CompletionStream",
+    "Event",
+    "Executor",
+    "InvalidOutput",
     "ModelSpec",
     "ProviderSpec",
+    "RoutingError",
     "SourceRef",
+    "StreamInterrupted",
     "default_catalog",
     "default_catalog_path",
     "default_provider_kind",
     "load_catalog",
-    *_LAZY,
 ]

@@ -38,10 +38,12 @@ def fx() -> Engine:
 def test_all_is_pinned() -> None:
     assert sorted(engine.__all__) == sorted(
         [
+            "BudgetBook",
             "Decision",
             "Diagnostic",
             "Engine",
             "NoRouteError",
+            "PinError",
             "PolicyError",
             "compile_policy",
             "compile_source",
@@ -406,6 +408,95 @@ def test_import_and_decide_do_not_import_httpx(clean_env) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip().endswith("[]")
+
+
+def test_decide_with_budgets_imports_nothing_from_providers_but_the_catalog(clean_env) -> None:
+    code = (
+        "import sys\n"
+        "import engine\n"
+        "e = engine.Engine.from_source('budget daily $50 per user\\nwhen budget.left < 20% use gpt-4o-mini\\n"
+        "otherwise use gpt-4o\\n')\n"
+        "d = e.decide('hello', user='alice')\n"
+        "assert d.request.attrs['budget.left'] == 1.0, d.request.attrs\n"
+        "bad = sorted(m for m in sys.modules if m.startswith('providers.') and not m.startswith('providers.catalog'))\n"
+        "print(d.model, bad)\n"
+        "sys.exit(1 if bad else 0)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=clean_env(), cwd=REPO, timeout=60
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip() == "gpt-4o []"
+
+
+# ---- the seams execution, the gateway and the reloader use ----------------------------------------------
+
+
+def test_swap_installs_a_policy_and_path_says_what_recompile_reads() -> None:
+    e = Engine.load(FIXTURES)
+    assert e.path == FIXTURES and e.reloader is e.reloader
+    other = engine.compile_source("otherwise use gpt-4o-mini\n")
+    e.swap(other)
+    assert e.policy is other and e.version == other.version
+    assert e.decide(CODE_PROMPT).model == "gpt-4o-mini"
+    assert e.reload() and e.policy.version != other.version  # recompiled from e.path
+    source = Engine.from_source("otherwise use gpt-4o\n")
+    assert source.path is None
+    with pytest.raises(ValueError, match="nothing to watch"):
+        source.watch()
+
+
+def test_the_executor_reserves_against_the_engines_budget_book() -> None:
+    e = Engine.from_source("budget daily $1\notherwise use gpt-4o-mini\n", wall=lambda: 86_400.0 * 365)
+    ex = e.executor
+    assert ex is e.executor and ex.engine is e
+    book = e.budget_book
+    assert ex.budgets.store is book.store is e.state and ex.budgets.wall is book.wall
+    held = ex.budgets.reserve(e.policy.budgets, {}, 0.75)
+    assert book.request_attrs(e.policy.budgets, {})["budget.left"] == pytest.approx(0.25)
+    assert e.request("hi", user="x").attrs["budget.left"] == pytest.approx(0.25)
+    ex.budgets.settle(held, 0.5, 0.8)
+    assert e.state.spent(book.day_key()) == (0.5, 0.0)  # type: ignore[attr-defined]
+
+
+OVERRIDES = "set overrides = true\notherwise use gpt-4o-mini\n"
+
+
+def test_pin_builds_a_decision_for_a_named_model() -> None:
+    e = Engine.from_source(OVERRIDES)
+    d = e.pin("gpt-4o", "hello", tier="pro")
+    assert isinstance(d, Decision)
+    assert (d.model, d.fallbacks, d.chain, d.strategy) == ("gpt-4o", [], ["gpt-4o"], "single")
+    assert d.rule.index == -1 and d.request.attrs == {"tier": "pro"}
+    report = d.report()
+    assert report.rule.index == -1 and "named by the request" in report.rule.text
+    assert json.loads(d.to_json())["model"] == "gpt-4o"
+
+
+def test_pin_refusals_carry_a_code() -> None:
+    with pytest.raises(engine.PinError) as not_found:
+        Engine.from_source(OVERRIDES).pin("no-such-model", "hi")
+    assert not_found.value.code == "model_not_found" and not_found.value.model == "no-such-model"
+    with pytest.raises(engine.PinError) as disabled:
+        Engine.from_source("otherwise use gpt-4o-mini\n").pin("gpt-4o", "hi")
+    assert disabled.value.code == "model_override_disabled"
+    with pytest.raises(engine.PinError) as unsuitable:
+        Engine.from_source(OVERRIDES).pin("gpt-4o", "hi", tokens=100_000_000)
+    assert unsuitable.value.code == "model_unsuitable" and "context" in (unsuitable.value.reason or "")
+
+
+def test_pin_leaves_an_open_circuit_to_execution() -> None:
+    from engine.runtime.state import MemoryStore
+
+    class Down(MemoryStore):
+        def unavailable(self) -> frozenset[str]:
+            return frozenset({"gpt-4o"})
+
+    e = Engine.from_source(OVERRIDES, state=Down())
+    assert e.pin("gpt-4o", "hi").model == "gpt-4o"  # not refused: the executor skips it and says why
+    with pytest.raises(engine.PinError) as too_long:  # a hard constraint still refuses it
+        e.pin("gpt-4o", "hi", tokens=100_000_000)
+    assert too_long.value.code == "model_unsuitable" and "circuit" not in str(too_long.value)
 
 
 # ---- property: the fast path and the traced report agree ------------------------------------------------

@@ -1,5 +1,6 @@
-"""Tests for budgets (providers/budget.py and Engine.request's budget attributes): policies with `budget`
-statements and requests in, refusals before any call, recorded spend, warnings and degrade rules out."""
+"""Tests for budgets (engine/runtime/budget.py, providers/execution/budget.py and Engine.request's budget
+attributes): policies with `budget` statements and requests in, refusals before any call, recorded spend,
+warnings and degrade rules out."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from providers.execution.budget import BudgetExceeded, Budgets, bucket
+from engine.runtime.budget import bucket
+from providers.execution.budget import BudgetExceeded, Budgets
 from providers.execution.events import Event
-from tests.demo_fallback import engine_for
+from tests.engines import engine_for
 from tests.fakeserver import FakeServer, Reply
 
 # alpha-mini: $0.50 / $1.50 per 1M. A 1-token prompt with 100 output tokens costs 0.5e-6 + 150e-6 = $0.0001505.

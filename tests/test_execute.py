@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from providers.errors import ServerError
 from providers.execution.events import Event
 from providers.execution.resilience import RetryPolicy, RoutingError, StreamInterrupted
-from tests.demo_fallback import KINDS, engine_for
+from tests.engines import KINDS, engine_for
 from tests.fakeserver import FakeServer, Fault, Reply
 
 CHAIN = """
@@ -333,7 +333,7 @@ def test_secrets_canary(make, fake_server: FakeServer, monkeypatch, caplog, caps
         *map(repr, seen),
         caplog.text,
         repr(engine.usage()),
-        repr(engine._executor()),
+        repr(engine.executor),
         err.decision.explain(),
         repr(err.decision),
         capsys.readouterr().out,

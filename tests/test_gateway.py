@@ -1,4 +1,4 @@
-"""Tests for the gateway (engine/gateway*.py, engine/cli_serve.py): the official `openai` SDK and raw httpx
+"""Tests for the gateway (providers/gateway/, engine/cli/serve.py): the official `openai` SDK and raw httpx
 requests in, against real uvicorn servers (in a thread, or `modelroute serve` subprocesses) whose upstreams are
 the FakeServer; OpenAI-shaped answers, headers, errors, metrics, shared Redis state and graceful shutdown out."""
 
@@ -27,13 +27,14 @@ import uvicorn  # noqa: E402
 from providers.gateway.app import create_app  # noqa: E402
 from providers.gateway.keys import GatewayKey, KeyRing, hash_key  # noqa: E402
 from providers.gateway.protocol import CoalescingTransport, http_protocol  # noqa: E402
-from tests.demo_fallback import CATALOG, KINDS, TEST_KEY, engine_for  # noqa: E402
+from tests.engines import CATALOG, KINDS, TEST_KEY, engine_for  # noqa: E402
 from tests.fakeserver import Call, FakeServer, Fault, Reply  # noqa: E402
 from tests.test_redis_store import REDIS_BIN, RedisServer, free_port  # noqa: E402
 from tests.waiting import wait_until  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 KEY, OTHER_KEY = "mr-test-gateway-key", "mr-budgeted-key"
+FIXTURE_POLICY = Path(__file__).parent / "fixtures" / "policies"
 POLICY = """
 set retry.attempts = 1
 set retry.backoff = 5ms
@@ -567,7 +568,7 @@ otherwise use alpha-mini fallback beta-chat
         redis_server.kill()
 
 
-# ---- the coalescing HTTP protocol (engine/gateway_http.py) -------------------------------------------------
+# ---- the coalescing HTTP protocol (providers/gateway/protocol.py) -------------------------------------------------
 class RecordingTransport:
     """Stands in for a socket transport: records each write as the kernel would see it."""
 
@@ -642,3 +643,34 @@ def test_a_json_answer_leaves_in_one_write(gw, monkeypatch: pytest.MonkeyPatch) 
     queued = [q for q in queued if q]  # uvicorn's h11 protocol also writes an empty end-of-body
     assert len(queued) == 2 and queued[0].startswith(b"HTTP/1.1 200") and queued[1] == r.content
     assert sent == [queued[0] + queued[1]]
+
+
+# ---- run_server: what `modelroute serve` calls after parsing its options ---------------------------------------
+
+
+def test_run_server_refuses_a_bad_keys_file_before_binding(tmp_path: Path) -> None:
+    from providers.gateway.server import ServeError, ServeOptions, run_server
+
+    bad = tmp_path / "keys.yaml"
+    bad.write_text("keys: [oops\n")
+    lines: list[str] = []
+    with pytest.raises(ServeError) as err:
+        run_server(ServeOptions(policy=FIXTURE_POLICY, named={}, port=0, keys_file=bad), lines.append)
+    assert err.value.kind == "usage" and err.value.param is None and "keys.yaml" in str(err.value)
+    assert lines == []  # nothing was served, so no banner
+
+
+def test_run_server_names_the_option_of_a_bad_redis_url() -> None:
+    from providers.gateway.server import ServeError, ServeOptions, run_server
+
+    with pytest.raises(ServeError) as err:
+        run_server(ServeOptions(policy=FIXTURE_POLICY, named={}, port=0, redis_url="notaurl"), print)
+    assert err.value.param == "--redis" and "not a Redis URL" in str(err.value)
+
+
+def test_run_server_reports_an_unresolvable_host_as_a_usage_error() -> None:
+    from providers.gateway.server import ServeError, ServeOptions, run_server
+
+    with pytest.raises(ServeError) as err:
+        run_server(ServeOptions(policy=FIXTURE_POLICY, named={}, host="no-such-host.invalid", port=0), print)
+    assert err.value.kind == "usage" and "cannot listen on no-such-host.invalid:0" in str(err.value)

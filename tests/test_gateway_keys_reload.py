@@ -360,7 +360,7 @@ def test_the_gateway_follows_its_keys_file(tmp_path: Path, fake_server: Any, clo
     from starlette.testclient import TestClient
 
     from providers.gateway.app import create_app
-    from tests.demo_fallback import engine_for
+    from tests.engines import engine_for
 
     path = tmp_path / "keys.yaml"
     replace(path, text(("team-a", A)))

@@ -277,7 +277,7 @@ def test_callback_that_raises_does_not_kill_the_watcher(tmp_path: Path, watched,
 def test_stop_is_quick_and_context_manager_stops(tmp_path: Path) -> None:
     (tmp_path / "main.route").write_text("otherwise use gpt-4o\n")
     with Engine.load(tmp_path / "main.route", watch=True) as engine:
-        reloader = engine._reloader()
+        reloader = engine.reloader
         assert reloader.running
     assert not reloader.running
     engine.watch(poll=True)

@@ -10,7 +10,7 @@ import pytest
 from engine.runtime.state import CircuitConfig, ExecutionStore, MemoryStore, StateStore
 from providers.execution.events import Event
 from providers.execution.resilience import RoutingError
-from tests.demo_fallback import engine_for
+from tests.engines import engine_for
 from tests.fakeserver import FakeServer, Fault, Reply
 
 CFG = CircuitConfig(failures=3, window=10.0, cooldown=30.0, min_samples=3)

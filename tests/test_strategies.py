@@ -12,7 +12,7 @@ import pytest
 
 from providers.execution.resilience import RoutingError
 from providers.execution.strategies import normalise, pick, vote
-from tests.demo_fallback import engine_for
+from tests.engines import engine_for
 from tests.fakeserver import FakeServer, Fault, Reply
 from tests.waiting import await_until
 

@@ -1,7 +1,7 @@
 """Router state: the one small store behind round-robin positions, in-flight counts, circuits, latency and spend.
 
 decide() only reads it through the first group of methods below (`StateStore`); execution
-(providers/execute.py) writes it through the second (`ExecutionStore`). The in-memory store is the default; a
+(providers.execution) writes it through the second (`ExecutionStore`). The in-memory store is the default; a
 shared store (e.g. Redis, for several replicas) implements the same methods. Every method must be safe to
 call from many threads. Policy settings (circuit thresholds, latency.min_samples) are passed in by the
 caller as a `CircuitConfig`, so one store serves every policy version.
@@ -174,18 +174,6 @@ class MemoryStore:
     def add_in_flight(self, model: str, delta: int) -> None:
         with self._lock:
             self._in_flight[model] = max(0, self._in_flight.get(model, 0) + delta)
-
-    def set_unavailable(self, models: frozenset[str]) -> None:
-        self._unavailable = frozenset(models)
-
-    def set_latency(self, model: str, ms: float | None) -> None:
-        with self._lock:
-            latency = dict(self._latency)
-            if ms is None:
-                latency.pop(model, None)
-            else:
-                latency[model] = ms
-            self._latency = latency  # replaced whole: readers never see a dict being changed
 
     # -- circuits (call with the lock held) --
     def _expire(self) -> None:

@@ -1,1 +1,28 @@
-"""Execution: a Decision's plan in, provider calls with retries, failover, budgets and events out."""
+"""Execution: an Engine's Decision and the request in, provider calls with retries, failover, budget holds and
+events out; the package exports what the engine and the gateway use."""
+
+from providers.execution.budget import BudgetExceeded, Budgets, Reservation
+from providers.execution.events import Event, EventBus, usage_summary
+from providers.execution.executor import Executor
+from providers.execution.outcome import Completion, Result, Run
+from providers.execution.resilience import Attempt, InvalidOutput, RoutingError, StreamInterrupted
+from providers.execution.streaming import AsyncCompletionStream, CompletionStream
+
+__all__ = [
+    "AsyncCompletionStream",
+    "Attempt",
+    "BudgetExceeded",
+    "Budgets",
+    "Completion",
+    "CompletionStream",
+    "Event",
+    "EventBus",
+    "Executor",
+    "InvalidOutput",
+    "Reservation",
+    "Result",
+    "RoutingError",
+    "Run",
+    "StreamInterrupted",
+    "usage_summary",
+]

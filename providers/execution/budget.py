@@ -1,38 +1,32 @@
-"""Budgets: a policy's `budget` statements plus request attributes in, spend keys, reservations, the
-`spend.today` / `budget.left` request attributes and `BudgetExceeded` refusals out.
+"""Budget holds: an engine's budget book, a policy's budgets and a request's attributes in, reservations
+before any call, settled spend after it, and `BudgetExceeded` refusals out.
 
-A budget's spend lives in the state store under a key made of its period bucket (UTC hour, day or month) and,
-for `per ATTR` budgets, the attribute's value: `daily:2025-01-31` or `daily:2025-01-31:user=alice`. Two
-budgets with the same key share one spend figure (the tighter limit applies). A `per ATTR` budget does not
-apply to a request without that attribute. Requests reserve their estimated cost before any call and settle
-the real cost afterwards, so concurrent requests cannot overspend by more than one request's cost.
-Pure (no httpx): engine/api.py imports it to build request attributes.
+Which budgets apply and under which spend keys is the engine's rule (engine.BudgetBook); this module holds
+money against those keys. Requests reserve their estimated cost before any call and settle the real cost
+afterwards, so concurrent requests cannot overspend by more than one request's cost.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-_FORMATS = {"hourly": "%Y-%m-%dT%H", "daily": "%Y-%m-%d", "monthly": "%Y-%m"}
+from engine import BudgetBook
 
+if TYPE_CHECKING:
+    from engine.runtime.budget import Applicable
+    from engine.runtime.policy import BudgetSpec
 
-def label(spec: Any) -> str:
-    """`budget daily $50 per user`, as written."""
-    per = f" per {spec.per}" if spec.per else ""
-    return f"budget {spec.period} ${spec.limit:,.2f}{per}"
+label = BudgetBook.label
 
-
-def bucket(period: str, now: float) -> str:
-    return time.strftime(_FORMATS[period], time.gmtime(now))
+__all__ = ["BudgetExceeded", "Budgets", "Reservation", "label"]
 
 
 class BudgetExceeded(Exception):
     """A request was refused before any call because it could push a hard budget over its limit."""
 
-    def __init__(self, budget: Any, key: str, used: float, needed: float):
+    def __init__(self, budget: BudgetSpec, key: str, used: float, needed: float):
         self.budget, self.key, self.used, self.needed = budget, key, used, needed
         self.limit = float(budget.limit)
         where = f" ({budget.per}={key.rsplit('=', 1)[-1]})" if budget.per else ""
@@ -43,59 +37,26 @@ class BudgetExceeded(Exception):
 
 
 @dataclass
-class _Applicable:
-    key: str
-    limit: float
-    spec: Any
-
-
-@dataclass
 class Reservation:
     """Money held for one request on each applicable budget key; settle() exactly once."""
 
     amount: float
-    items: list[_Applicable] = field(default_factory=list)
+    items: list[Applicable] = field(default_factory=list)
     day_key: str = ""
     settled: bool = False
 
 
-class Budgets:
-    """Reserve / settle / report spend against a policy's budgets in a state store (see the module docstring)."""
+class Budgets(BudgetBook):
+    """The budget book plus reserve / settle against its keys in its state store."""
 
-    def __init__(self, store: Any, wall: Callable[[], float] = time.time):
-        self.store, self.wall = store, wall
+    @classmethod
+    def of(cls, book: BudgetBook) -> Budgets:
+        """Reserve and settle against the same store and clock as `book` (the engine's)."""
+        return book if isinstance(book, Budgets) else cls(book.store, book.wall)
 
-    def applicable(self, budgets: tuple[Any, ...], attrs: Mapping[str, Any]) -> list[_Applicable]:
-        now = self.wall()
-        by_key: dict[str, _Applicable] = {}
-        for spec in budgets:
-            key = f"{spec.period}:{bucket(spec.period, now)}"
-            if spec.per:
-                value = attrs.get(spec.per)
-                if value is None:
-                    continue
-                key += f":{spec.per}={value}"
-            seen = by_key.get(key)
-            if seen is None or spec.limit < seen.limit:
-                by_key[key] = _Applicable(key, float(spec.limit), spec)
-        return list(by_key.values())
-
-    def request_attrs(self, budgets: tuple[Any, ...], attrs: Mapping[str, Any]) -> dict[str, float]:
-        """`spend.today` (USD spent today, all requests) and `budget.left` (the fraction left of the tightest
-        applicable budget, 0..1; absent when none applies)."""
-        out = {"spend.today": self.store.spent(f"daily:{bucket('daily', self.wall())}")[0]}
-        left = None
-        for a in self.applicable(budgets, attrs):
-            spent, reserved = self.store.spent(a.key)
-            frac = max(0.0, min(1.0, (a.limit - spent - reserved) / a.limit)) if a.limit > 0 else 0.0
-            left = frac if left is None else min(left, frac)
-        if left is not None:
-            out["budget.left"] = left
-        return out
-
-    def reserve(self, budgets: tuple[Any, ...], attrs: Mapping[str, Any], amount: float) -> Reservation:
+    def reserve(self, budgets: tuple[BudgetSpec, ...], attrs: Mapping[str, Any], amount: float) -> Reservation:
         """Hold `amount` on every applicable budget, or raise BudgetExceeded (holding nothing)."""
-        res = Reservation(amount, day_key=f"daily:{bucket('daily', self.wall())}")
+        res = Reservation(amount, day_key=self.day_key())
         for a in self.applicable(budgets, attrs):
             ok, used = self.store.reserve(a.key, amount, a.limit)
             if not ok:
@@ -105,7 +66,7 @@ class Budgets:
             res.items.append(a)
         return res
 
-    def settle(self, res: Reservation, actual: float, warn: float) -> list[tuple[Any, float, float]]:
+    def settle(self, res: Reservation, actual: float, warn: float) -> list[tuple[BudgetSpec, float, float]]:
         """Record the real cost; returns (budget, spent, limit) for each budget this spend pushed past `warn`."""
         if res.settled:
             return []

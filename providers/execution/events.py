@@ -15,7 +15,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engine.runtime.state import ExecutionStore
 
 log = logging.getLogger("modelroute.execute")
 log.addHandler(logging.NullHandler())
@@ -98,7 +101,7 @@ def _row(calls: int, failures: int, tin: int, tout: int, cost: float, latency: f
     }
 
 
-def usage_summary(store: Any) -> dict[str, dict[str, Any]]:
+def usage_summary(store: ExecutionStore) -> dict[str, dict[str, Any]]:
     """{"models": {name: row}, "providers": {name: row}, "total": row}; a row has calls, failures,
     success_rate, input_tokens, output_tokens, cost (USD) and latency_ms (EWMA of successful calls; for a
     provider, its models' EWMAs weighted by successful calls)."""

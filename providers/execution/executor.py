@@ -6,8 +6,9 @@ One async core does the work; the sync API (`complete`, `stream`) runs it on a p
 so sync and async callers share one behaviour. Async clients are kept per event loop (an httpx AsyncClient
 belongs to the loop that created it) and per provider, and reused (connection pooling). Attempts follow the
 decision: `decision.chain` for single-model rules, `decision.group` then the fallbacks for race / consensus /
-best_of (providers/strategies.py). Streaming (`CompletionStream`, `AsyncCompletionStream`, re-exported here)
-lives in providers/streaming.py. See docs/execution.md.
+best_of (providers/execution/strategies.py). Streaming (`CompletionStream`, `AsyncCompletionStream`, re-exported here)
+lives in providers/execution/streaming.py; `Run`, `Completion` and `Result` in providers/execution/outcome.py.
+See docs/execution.md.
 """
 
 from __future__ import annotations
@@ -18,20 +19,19 @@ import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
-from engine.runtime.state import CircuitConfig
+from engine.runtime.state import CircuitConfig, ExecutionStore
 from providers.clients import ProviderClient, client_for
 from providers.errors import ContentFiltered, ProviderError
-from providers.execution.budget import Budgets, Reservation
+from providers.execution.budget import Budgets, label
 from providers.execution.events import EventBus
+from providers.execution.outcome import Completion, Result, Run, to_messages, validate
 from providers.execution.resilience import (
     Attempt,
     InvalidOutput,
     RetryPolicy,
     RoutingError,
-    Skips,
     circuit_outcome,
     failed,
 )
@@ -39,14 +39,13 @@ from providers.execution.streaming import AsyncCompletionStream, CompletionStrea
 from providers.types import (
     ChatRequest,
     ChatResponse,
-    FinishReason,
-    ImagePart,
     Message,
     ResponseFormat,
-    TextPart,
-    ToolCall,
-    Usage,
 )
+
+if TYPE_CHECKING:
+    from engine import BudgetBook, Decision, Engine
+    from engine.runtime.policy import CompiledPolicy, Entry
 
 __all__ = [
     "AsyncCompletionStream",
@@ -58,133 +57,6 @@ __all__ = [
     "to_messages",
     "validate",
 ]
-
-
-@dataclass(frozen=True, repr=False)
-class Completion:
-    """The answer to one request, with how it was obtained. `usage` and `cost` sum every call the request
-    made (all race/consensus/best_of legs that answered, the judge, invalid answers); `answers` holds each
-    group member's text for consensus and best_of; `agreement` is the consensus vote share."""
-
-    text: str
-    parsed: Any
-    usage: Usage
-    cost: float
-    model: str
-    provider: str
-    decision: Any
-    attempts: list[Attempt]
-    strategy: str = "single"
-    response: ChatResponse | None = None
-    agreement: float | None = None
-    answers: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def tool_calls(self) -> list[ToolCall]:
-        return self.response.tool_calls if self.response is not None else []
-
-    @property
-    def finish_reason(self) -> FinishReason | None:
-        return self.response.finish_reason if self.response is not None else None
-
-    def __repr__(self) -> str:
-        tried = ", ".join(f"{a.model}:{a.error or a.outcome}" for a in self.attempts)
-        return (
-            f"Completion(model={self.model!r}, provider={self.provider!r}, strategy={self.strategy!r}, "
-            f"cost=${self.cost:.6f}, tokens={self.usage.input_tokens}/{self.usage.output_tokens}, "
-            f"attempts=[{tried}], text={self.text[:60]!r})"
-        )
-
-
-@dataclass
-class Result:
-    """One model's successful answer inside a request."""
-
-    model: str
-    provider: str
-    response: ChatResponse
-    parsed: Any = None
-
-
-@dataclass
-class Run:
-    """Everything one request carries through its attempts."""
-
-    decision: Any
-    chat: ChatRequest
-    schema: Any
-    timeout: float | None
-    cfg: CircuitConfig
-    retry: RetryPolicy
-    reservation: Reservation | None
-    attempts: list[Attempt] = field(default_factory=list)
-    skips: Skips = field(default_factory=Skips)
-    cost: float = 0.0
-    input_tokens: int = 0
-    output_tokens: int = 0
-
-    @property
-    def policy(self) -> Any:
-        return self.decision.policy
-
-    @property
-    def usage(self) -> Usage:
-        return Usage(input_tokens=self.input_tokens, output_tokens=self.output_tokens)
-
-
-def to_messages(prompt: str | None, messages: list[Any] | None) -> list[Message]:
-    """OpenAI-format message dicts (or Message objects) as providers.types Messages."""
-    if messages is None:
-        return [Message.user(prompt or "")]
-    out = []
-    for m in messages:
-        if isinstance(m, Message):
-            out.append(m)
-            continue
-        content = m.get("content") or ""
-        if isinstance(content, list):
-            parts: list[Any] = []
-            for p in content:
-                if isinstance(p, str):
-                    parts.append(TextPart(text=p))
-                elif p.get("type") == "text":
-                    parts.append(TextPart(text=p.get("text", "")))
-                elif p.get("type") in ("image_url", "image", "input_image"):
-                    url = p.get("image_url")
-                    url = url.get("url") if isinstance(url, Mapping) else url
-                    parts.append(
-                        ImagePart(
-                            url=url or p.get("url"), data=p.get("data"), mime_type=p.get("mime_type", "image/png")
-                        )
-                    )
-            content = parts
-        calls = [
-            ToolCall(id=c["id"], name=c["function"]["name"], arguments=c["function"].get("arguments") or "{}")
-            for c in m.get("tool_calls") or []
-        ]
-        out.append(
-            Message(
-                role=m["role"],
-                content=content,
-                tool_calls=calls,
-                tool_call_id=m.get("tool_call_id"),
-                name=m.get("name"),
-            )
-        )
-    return out
-
-
-def validate(schema: Any, text: str) -> Any:
-    """The answer parsed with a pydantic model (tolerating a ```json fence); raises InvalidOutput."""
-    body = text.strip()
-    if body.startswith("```"):
-        body = body.split("\n", 1)[-1].rsplit("```", 1)[0]
-    try:
-        return schema.model_validate_json(body)
-    except ValueError as exc:
-        errors = exc.errors() if hasattr(exc, "errors") else []
-        detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'answer'}: {e['msg']}" for e in errors[:3])
-        raise InvalidOutput(f"answer does not match {schema.__name__}: {detail or exc}") from None
 
 
 def _hms(epoch: float | None) -> str:
@@ -221,7 +93,7 @@ class Executor:
 
     def __init__(
         self,
-        engine: Any,
+        engine: Engine,
         *,
         providers: Mapping[str, Any] | None = None,
         api_keys: Mapping[str, str] | None = None,
@@ -230,11 +102,14 @@ class Executor:
         limits: Any = None,
         sleep: Callable[[float], Awaitable[Any]] | None = None,
         wall: Callable[[], float] = time.time,
+        budgets: BudgetBook | None = None,
     ):
+        """`budgets` is the engine's budget book (Engine.executor hands it over): reservations go against the
+        same keys decide() reads `budget.left` from. Without it, a book on the engine's state and `wall`."""
         self.engine = engine
+        self.state = cast(ExecutionStore, engine.state)
         self.events = EventBus()
-        book = getattr(engine, "_budget_book", None)
-        self.budgets = book() if book is not None else Budgets(engine.state, wall)
+        self.budgets = Budgets.of(budgets) if budgets is not None else Budgets(self.state, wall)
         self._providers = dict(providers or {})
         self._keys = dict(api_keys or {})
         self._transport, self._async_transport, self._limits = transport, async_transport, limits
@@ -247,11 +122,11 @@ class Executor:
         return f"Executor(providers={sorted(self._providers)}, api_keys={sorted(self._keys)} (values hidden))"
 
     # ---- providers and clients ----------------------------------------------------------------------
-    def provider_spec(self, policy: Any, provider: str) -> Any:
+    def provider_spec(self, policy: CompiledPolicy, provider: str) -> Any:
         spec = self._providers.get(provider)
         return spec if spec is not None else policy.catalog.provider_spec(provider)
 
-    def unconfigured(self, policy: Any, provider: str) -> str | None:
+    def unconfigured(self, policy: CompiledPolicy, provider: str) -> str | None:
         """Why `provider` cannot be called (no API key / no settings), or None."""
         spec = self.provider_spec(policy, provider)
         if provider in self._keys:
@@ -266,7 +141,7 @@ class Executor:
             return f"provider {provider} is not configured (no base_url or api_key_env under `providers:`)"
         return None
 
-    def client(self, policy: Any, provider: str) -> ProviderClient:
+    def client(self, policy: CompiledPolicy, provider: str) -> ProviderClient:
         """The pooled client for `provider` on the running event loop."""
         loop = asyncio.get_running_loop()
         with self._lock:
@@ -317,7 +192,7 @@ class Executor:
         options: Mapping[str, Any],
         attrs: dict[str, Any],
         *,
-        decide: Callable[[dict[str, Any]], Any] | None = None,
+        decide: Callable[[dict[str, Any]], Decision] | None = None,
     ) -> Run:
         """Decide, build the ChatRequest, and reserve budget (raises NoRouteError / BudgetExceeded).
 
@@ -371,7 +246,7 @@ class Executor:
             reservation,
         )
 
-    def estimate(self, decision: Any) -> float:
+    def estimate(self, decision: Decision) -> float:
         """The most this request may cost: every group member (and judge) plus the dearest fallback, or the
         dearest model of the chain."""
         req, models = decision.request, decision.policy.models
@@ -388,8 +263,6 @@ class Executor:
             return
         warn = float(run.policy.settings["budget.warn"]) if run.policy.settings is not None else 0.8
         for spec, spent, limit in self.budgets.settle(run.reservation, run.cost, warn):
-            from providers.execution.budget import label
-
             self.events.emit(
                 "budget_warning",
                 f"{label(spec)}: ${spent:.4f} spent of ${limit:.2f} ({spent / limit:.0%}, warning at {warn:.0%})",
@@ -397,15 +270,15 @@ class Executor:
             )
 
     # ---- one model ----------------------------------------------------------------------------------
-    def gate(self, run: Run, name: str) -> Any:
+    def gate(self, run: Run, name: str) -> Entry | None:
         """The model's Entry if it may be tried now; else records a skipped Attempt and returns None."""
         entry = run.policy.models[name]
         provider = entry.provider
         why, error = run.skips.reason(provider, entry.context), "Skipped"
         if why is None and (why := self.unconfigured(run.policy, provider)) is not None:
             error = "ProviderUnavailable"
-        if why is None and not self.engine.state.allow(name):
-            info = self.engine.state.circuit(name)
+        if why is None and not self.state.allow(name):
+            info = self.state.circuit(name)
             why, error = f"circuit open until {_hms(info.until)}", "CircuitOpen"
         if why is not None:
             run.attempts.append(Attempt(name, provider, "skipped", error, message=why))
@@ -413,8 +286,8 @@ class Executor:
             return None
         return entry
 
-    def started(self, run: Run, entry: Any, retry: int) -> float:
-        self.engine.state.add_in_flight(entry.name, 1)
+    def started(self, run: Run, entry: Entry, retry: int) -> float:
+        self.state.add_in_flight(entry.name, 1)
         self.events.emit(
             "attempt_started",
             f"{entry.name} ({entry.provider}) try {retry + 1}",
@@ -425,11 +298,11 @@ class Executor:
         return time.perf_counter()
 
     def succeeded(
-        self, run: Run, entry: Any, response: ChatResponse, t0: float, retry: int, schema: Any = None
+        self, run: Run, entry: Entry, response: ChatResponse, t0: float, retry: int, schema: Any = None
     ) -> Result:
         """Account a successful HTTP answer; validates against the schema (raises InvalidOutput)."""
         latency = time.perf_counter() - t0
-        state = self.engine.state
+        state = self.state
         state.add_in_flight(entry.name, -1)
         self._spend(run, response)
         parsed = None
@@ -480,7 +353,7 @@ class Executor:
     def failed(
         self,
         run: Run,
-        entry: Any,
+        entry: Entry,
         error: ProviderError,
         t0: float,
         retry: int,
@@ -490,7 +363,7 @@ class Executor:
     ) -> float | None:
         """Account a failure; returns the seconds to wait before retrying the same model, or None."""
         latency = time.perf_counter() - t0
-        state = self.engine.state
+        state = self.state
         if not counted:  # InvalidOutput was already recorded (and its in-flight released) by succeeded()
             state.add_in_flight(entry.name, -1)
             if isinstance(error, ContentFiltered):
@@ -519,9 +392,9 @@ class Executor:
         )
         return wait
 
-    def cancelled(self, run: Run, entry: Any, t0: float, retry: int) -> None:
-        self.engine.state.add_in_flight(entry.name, -1)
-        self.engine.state.record(entry.name, entry.provider, "cancelled", run.cfg)
+    def cancelled(self, run: Run, entry: Entry, t0: float, retry: int) -> None:
+        self.state.add_in_flight(entry.name, -1)
+        self.state.record(entry.name, entry.provider, "cancelled", run.cfg)
         run.attempts.append(
             Attempt(
                 entry.name,
@@ -533,9 +406,9 @@ class Executor:
             )
         )
 
-    def _circuit(self, change: str | None, entry: Any) -> None:
+    def _circuit(self, change: str | None, entry: Entry) -> None:
         if change == "opened":
-            info = self.engine.state.circuit(entry.name)
+            info = self.state.circuit(entry.name)
             self.events.emit(
                 "circuit_opened",
                 f"circuit of {entry.name} opened until {_hms(info.until)}",
@@ -582,14 +455,14 @@ class Executor:
                 raise
             except Exception:  # a bug, not a provider failure: release the in-flight slot and surface it
                 if not counted:
-                    self.engine.state.add_in_flight(entry.name, -1)
+                    self.state.add_in_flight(entry.name, -1)
                 raise
             if wait is None:
                 return None
             await self.sleep(wait)
             retry += 1
 
-    def timeout(self, policy: Any, provider: str) -> float | None:
+    def timeout(self, policy: CompiledPolicy, provider: str) -> float | None:
         """The provider's own timeout_s when its catalog entry sets one, else the policy's `timeout`."""
         spec = self.provider_spec(policy, provider)
         if "timeout_s" in getattr(spec, "model_fields_set", ()) or policy.settings is None:

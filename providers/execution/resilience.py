@@ -14,9 +14,12 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from providers.errors import AuthError, BadRequest, ContextTooLong, ProviderError
+
+if TYPE_CHECKING:
+    from engine import Decision
 
 NO_RETRY_PROVIDER = (AuthError, BadRequest)
 
@@ -61,7 +64,7 @@ def failed(model: str, provider: str, error: ProviderError, latency_s: float, re
 class RoutingError(RuntimeError):
     """Every model of the decision's chain failed or was skipped; `.attempts` lists each, in order."""
 
-    def __init__(self, attempts: list[Attempt], decision: Any = None, message: str | None = None):
+    def __init__(self, attempts: list[Attempt], decision: Decision | None = None, message: str | None = None):
         self.attempts, self.decision = list(attempts), decision
         lines = "\n".join(f"  {i}. {a}" for i, a in enumerate(self.attempts, 1)) or "  (no model was tried)"
         head = message or f"every model failed ({len(self.attempts)} attempts)"
@@ -99,7 +102,7 @@ class RetryPolicy:
         return error.transient and retry < self.attempts
 
 
-def circuit_outcome(error: ProviderError) -> str:
+def circuit_outcome(error: ProviderError) -> Literal["fail", "neutral"]:
     """How a failure counts for the circuit breaker: "fail" (transient) or "neutral" (a request problem)."""
     return "fail" if error.transient else "neutral"
 

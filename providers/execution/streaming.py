@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import AsyncGenerator, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from providers.errors import ProviderError
 from providers.execution.resilience import Attempt, InvalidOutput, RoutingError, StreamInterrupted
 from providers.types import StreamEvent
 
 if TYPE_CHECKING:
+    from engine.runtime.policy import Entry
     from providers.execution.executor import Completion, Executor, Run
 
 __all__ = ["AsyncCompletionStream", "CompletionStream", "stream_events"]
@@ -50,7 +51,7 @@ async def stream_events(executor: Executor, run: Run, sink: list[Completion]) ->
 
 
 async def _stream_model(
-    executor: Executor, run: Run, entry: Any, sink: list[Completion]
+    executor: Executor, run: Run, entry: Entry, sink: list[Completion]
 ) -> AsyncGenerator[StreamEvent, None]:
     """Stream one model, retrying failures before its first token; appends the Completion to `sink` on success
     and returns without one when the model failed (recorded in `run.attempts`)."""

@@ -2,8 +2,8 @@
 execution through providers/, and OpenAI-shaped JSON / SSE responses with `x-modelroute-*` headers out.
 
 Endpoints: POST /v1/chat/completions, GET /v1/models, POST /v1/route/explain, GET /healthz, GET /metrics.
-`create_app(engine, keys=KeyRing.load(path))` builds the app; `modelroute serve` (engine/cli_serve.py) runs it
-under uvicorn. Not imported by `import engine` (it needs starlette and httpx). See docs/gateway.md.
+`create_app(engine, keys=KeyRing.load(path))` builds the app; `modelroute serve` runs it under uvicorn
+(providers/gateway/server.py). Not imported by `import engine` (it needs starlette and httpx). See docs/gateway.md.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from engine.runtime.decision import NoRouteError
+from engine import Engine, NoRouteError
 from providers.gateway.keys import GatewayKey, KeyRing, bearer
 from providers.gateway.metrics import GatewayMetrics
 from providers.gateway.openai_wire import AUTO_MODELS, ApiError, ChunkWriter, completion_json, new_id, parse_chat
@@ -32,10 +32,15 @@ from providers.gateway.run import (
     pinned_decision,
     prepare,
     release_key_budget,
-    resolve_model,
     routing_error,
     streaming_model,
 )
+
+if TYPE_CHECKING:
+    from engine.runtime.state import ExecutionStore
+    from providers.execution import Executor, Run
+    from providers.gateway.openai_wire import ChatCall
+    from providers.types import Usage
 
 log = logging.getLogger("modelroute.gateway")
 DEFAULT_MAX_BODY = 1 << 20  # 1 MiB
@@ -51,18 +56,18 @@ class Gateway:
 
     def __init__(
         self,
-        engine: Any,
+        engine: Engine,
         *,
         keys: KeyRing | None = None,
         max_body: int = DEFAULT_MAX_BODY,
-        policies: Mapping[str, Any] | None = None,
+        policies: Mapping[str, Engine] | None = None,
     ):
         self.engine, self.keys, self.max_body = engine, keys, max_body
-        self.policies: dict[str, Any] = {name: engine for name in AUTO_MODELS}
+        self.policies: dict[str, Engine] = {name: engine for name in AUTO_MODELS}
         for name, named in (policies or {}).items():
             if name in self.policies:
                 raise ValueError(f"policy name {name!r} is taken: {sorted(self.policies)} are already named")
-            clash = resolve_model(engine.policy, name)
+            clash = engine.resolve_model(name)
             if clash is not None:
                 raise ValueError(
                     f"policy name {name!r} is also a catalog model ({clash}): a request naming it would "
@@ -72,20 +77,20 @@ class Gateway:
         self.active = 0
         self.metrics = GatewayMetrics(self._circuits, lambda: self.active)
 
-    def engines(self) -> list[Any]:
+    def engines(self) -> list[Engine]:
         """Every Engine this gateway serves, the default first, each once."""
         return list({id(e): e for e in self.policies.values()}.values())
 
     def _circuits(self) -> list[tuple[str, str]]:
         out: dict[str, str] = {}  # every model of every policy: a circuit may have been opened by another replica
         for engine in self.engines():
-            state = engine.state
+            state = cast("ExecutionStore", engine.state)
             for m in engine.policy.models:
                 if m not in out:
                     out[m] = state.circuit(m).state
         return sorted(out.items())
 
-    def _route(self, call: Any) -> tuple[Any, str]:
+    def _route(self, call: ChatCall) -> tuple[Engine, str]:
         """The Engine for a request and the name of its policy; a named policy routes like "auto"."""
         engine = self.policies.get(call.model)
         if engine is None:
@@ -132,7 +137,7 @@ class Gateway:
             raise ApiError(400, f"malformed JSON body: {exc}", code="invalid_json") from None
 
     @staticmethod
-    def _attrs(call: Any, key: GatewayKey | None) -> dict[str, Any]:
+    def _attrs(call: ChatCall, key: GatewayKey | None) -> dict[str, Any]:
         attrs = dict(call.attrs)
         if key is not None:
             attrs.update(key.attributes)  # bound attributes win over anything the request says
@@ -146,7 +151,7 @@ class Gateway:
         self.metrics.requests.inc(endpoint, status)
         self.metrics.duration.observe(time.perf_counter() - t0, endpoint)
 
-    def _account(self, run: Any, answered: str | None, cost: float, usage: Any = None) -> None:
+    def _account(self, run: Run, answered: str | None, cost: float, usage: Usage | None = None) -> None:
         attempts = run.attempts
         self.metrics.attempts_of(attempts)
         if answered is not None:
@@ -171,7 +176,7 @@ class Gateway:
             call = parse_chat(await self._body(request), request.headers)
             attrs = self._attrs(call, key)
             engine, policy_name = self._route(call)
-            ex = engine._executor()
+            ex = engine.executor
             if key is not None and key.daily_budget is not None and "max_tokens" not in call.options:
                 settings = engine.policy.settings  # bound the real cost by what the key budget holds
                 call.options["max_tokens"] = int(settings["output_tokens"]) if settings is not None else 500
@@ -213,7 +218,9 @@ class Gateway:
                 self.active -= 1
                 self._done("chat", status, t0)
 
-    async def _stream(self, call: Any, run: Any, ex: Any, hold: Any, t0: float, policy_name: str) -> Response:
+    async def _stream(
+        self, call: ChatCall, run: Run, ex: Executor, hold: tuple[str, float] | None, t0: float, policy_name: str
+    ) -> Response:
         from providers.errors import ProviderError
         from providers.execution.resilience import RoutingError
         from providers.execution.streaming import AsyncCompletionStream
@@ -402,11 +409,11 @@ class Gateway:
 
 
 def create_app(
-    engine: Any,
+    engine: Engine,
     *,
     keys: KeyRing | None = None,
     max_body: int = DEFAULT_MAX_BODY,
-    policies: Mapping[str, Any] | None = None,
+    policies: Mapping[str, Engine] | None = None,
 ) -> Any:
     """The ASGI app for `engine` (routes, executes, reports). `keys=None` accepts requests without a key;
     `policies` maps names to further Engines that requests choose with `model: "<name>"`."""

@@ -1,14 +1,5 @@
 """The gateway's HTTP/1.1 protocol for uvicorn: uvicorn's own protocol class in, the same class with its socket
-writes coalesced out (every write made in one event-loop turn leaves as one send).
-
-uvicorn writes a response's status line and headers, then its body, as two separate socket writes: two send
-system calls, two TCP segments (the socket has TCP_NODELAY) and two wake-ups of the client, for every JSON
-answer. On this project's 2-core machine that second round costs about 0.1 ms per request, a tenth of the
-gateway's overhead budget. The ASGI app sends both messages without yielding to the event loop, so queueing
-writes until the end of the current turn joins them. Streams are unaffected in substance: each chunk still
-leaves in the turn it was written. `modelroute serve` uses `coalescing(AutoHTTPProtocol)`; any asyncio
-protocol class works.
-"""
+writes coalesced out (every write made in one event-loop turn leaves as one send; see docs/performance.md)."""
 
 from __future__ import annotations
 

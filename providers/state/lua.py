@@ -1,4 +1,4 @@
-"""The Lua scripts of providers/redis_store.py: each one read-modify-write of the shared router state, run
+"""The Lua scripts of providers/state/redis_store.py: each one read-modify-write of the shared router state, run
 atomically inside Redis (KEYS and ARGV are listed above each script; RedisStore registers and calls them)."""
 
 from __future__ import annotations

@@ -1,61 +1,5 @@
-"""Shared router state on Redis: the StateStore / ExecutionStore calls of engine/state.py in, the same answers as
-MemoryStore out, kept in one Redis so several gateway replicas behave as one router.
-
-Round-robin positions are INCR counters; in-flight counts, circuits, health stats, measured latency and budget
-spend live in hashes; every read-modify-write (the circuit gate, recording a call, reserving and settling
-money) is one Lua script, so it is atomic across replicas. Times are wall-clock epoch seconds from `wall`
-(replicas must agree on the time, as NTP-synced hosts do). decide() reads `unavailable()` and `latency_ms()`
-from a snapshot of the circuits and latencies, refreshed at most every `refresh` seconds (and at once after this
-replica claims a half-open probe, is refused by a circuit or changes one); the snapshot also knows which models'
-circuits are not plainly closed (open, half-open or probing).
-
-Round trips. A plain successful call makes none on the calling thread. `allow()` for a model whose circuit the
-snapshot (current: at most `refresh` old) says is closed lets the call through locally and counts it in flight
-(a *claim*); `record()` of an "ok", "neutral" or "cancelled" outcome for such a model (none of which can change a
-closed circuit) is queued and returns None. Claims, other count changes and queued records are sent by a
-background sender thread, woken at once (a condition; it sleeps when idle), which lingers `linger` seconds (2 ms)
-so that a short call's claim and record go together, then takes everything pending and sends it in one
-pipelined round trip on its own connection; `flush()`, `close()` and any other call to Redis from
-this replica send (or wait for) what is pending first, so the replica reads its own writes. Everything else stays
-synchronous and atomic in Redis, as before: `allow()` when the snapshot is stale or says the circuit is open,
-half-open or probing (the scripted gate; half-open probe claims are atomic across replicas), every "fail" record
-and any record for a model not known to be closed (they open and close circuits, and the executor emits events
-from the answer), budgets (`reserve()` / `settle()`), `next_index()`, `in_flight()`, `circuit()`, `stats()`.
-The synchronous gate also claims the call in flight in its script. The `add_in_flight(model, +1)` that follows a
-claim consumes it without a round trip (a claim nobody consumes is dropped after `claim_ttl` seconds); an
-`add_in_flight(model, -1)` waits for the next send (normally with the `record()` that follows it; the background
-thread sends anything left after `flush_after` seconds). An `add_in_flight(+1)` without a claim is sent at once.
-
-The cost: bounded staleness. A circuit opened (or a half-open probe claimed) through replica A is honoured by
-replica B's `allow()` only once B's snapshot is refreshed, i.e. within `refresh` seconds (100 ms by default)
-instead of at once; in that window B may still send calls to the model. A's own calls stop at once (a change
-invalidates A's snapshot). An "ok" queued in that window reaches the script after the circuit changed: it is
-applied as a synchronous one would have been (it may end another replica's half-open probe, as any call that
-started before the circuit opened does), but its "closed" answer reaches no caller (the snapshot is reloaded).
-Other replicas see a claim and a queued record as soon as the sender's round trip lands (normally well under a
-millisecond, never waiting for the request to end).
-
-In-flight counts per replica. Each RedisStore is a replica with a random `replica_id`. It publishes its own
-count per model as an absolute value with a sequence number (`inflight_by`, applied only when newer, so
-messages from several threads may arrive in any order), and a script keeps the total (`inflight`, what
-`in_flight()` reads) equal to the sum. Publishes (at most once a second) and a heartbeat (every `replica_ttl / 6`
-seconds from the background thread, on `ping()` and when Redis is back) refresh the replica's liveness
-(`replicas`: id -> last wall time); the heartbeat also republishes all of this replica's counts (repairing
-anything lost), drops the counts of replicas not heard from for `replica_ttl` seconds (a replica that died
-mid-request) and recomputes the totals from what is left (so totals no replica accounts for, e.g. written by an
-older version of this module, are dropped too). `close()` (also run at interpreter exit) removes the replica and
-its counts at once.
-
-When Redis is unreachable every call falls back to local state (one WARNING per outage; requests never fail
-because of Redis) and Redis is tried again after `retry` seconds; the fast paths are off during an outage, and
-records the sender could not deliver are applied to the local state as a synchronous record() in the outage
-would have been. When Redis is back this replica's in-flight counts are republished and spend recorded during
-the outage is added to Redis. Budgets during an outage are
-conservative: with N = the number of live replicas at the last heartbeat (1 if none was seen) and `used` = the
-spend plus reservations of the budget key as this replica last saw it in Redis (refreshed by every heartbeat
-for keys it used in the last hour; 0 for a key never seen), a replica may add at most (limit - used) / N to a
-key during the outage, so N replicas together stay within the limit as long as the figure they saw was current.
-"""
+"""Shared router state on Redis: the StateStore / ExecutionStore calls of engine.runtime.state in, the same answers
+as MemoryStore out, kept in one Redis so several gateway replicas behave as one router (see docs/state.md)."""
 
 from __future__ import annotations
 
@@ -173,7 +117,6 @@ class RedisStore(SpendMixin):
         self._down_until = 0.0
         self._down = False
         self._closed = False
-        self._snapshot_at = -math.inf
         self._valid_until = -math.inf
         self._unavailable: frozenset[str] = frozenset()
         self._not_closed: frozenset[str] = frozenset()  # models whose circuit is open, half-open or probing

@@ -1,5 +1,5 @@
 """Budget spend on Redis: RedisStore's reserve / settle / spent, with this replica's share of what is left
-during a Redis outage (the rule is in providers/redis_store.py's docstring). A mixin: it works on RedisStore's
+during a Redis outage (the rule is in docs/state.md). A mixin: it works on RedisStore's
 state (`_do`, `_lock`, the scripts, the outage MemoryStore)."""
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
-"""Test helpers for the execution tests: `engine_for(server, policy)`, an Engine over the fixture catalog whose
-providers all point at a tests.fakeserver.FakeServer, and the provider settings it uses.
-
-The runnable fallback demo that used to live here is examples/fallback_demo.py (it needs neither pytest nor
-tests/). This module keeps its name because the execution and gateway tests import it.
-"""
+"""Test helpers for the execution and gateway tests: a FakeServer and a policy in, `engine_for(server, policy)`,
+an Engine over the fixture catalog whose providers all point at that tests.fakeserver.FakeServer, out (with the
+provider settings it uses). Helpers only: no tests here."""
 
 from __future__ import annotations
 

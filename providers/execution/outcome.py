@@ -1,0 +1,156 @@
+"""What one request carries and gives back: a Decision and the caller's prompt, messages and schema in, the
+`Run` an executor works on and the `Completion` (or per-model `Result`) it returns out; also the message
+conversion and the schema validation they use."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from engine.runtime.state import CircuitConfig
+from providers.execution.budget import Reservation
+from providers.execution.resilience import Attempt, InvalidOutput, RetryPolicy, Skips
+from providers.types import (
+    ChatRequest,
+    ChatResponse,
+    FinishReason,
+    ImagePart,
+    Message,
+    TextPart,
+    ToolCall,
+    Usage,
+)
+
+if TYPE_CHECKING:
+    from engine import Decision
+    from engine.runtime.policy import CompiledPolicy
+
+__all__ = ["Completion", "Result", "Run", "to_messages", "validate"]
+
+
+@dataclass(frozen=True, repr=False)
+class Completion:
+    """The answer to one request, with how it was obtained. `usage` and `cost` sum every call the request
+    made (all race/consensus/best_of legs that answered, the judge, invalid answers); `answers` holds each
+    group member's text for consensus and best_of; `agreement` is the consensus vote share."""
+
+    text: str
+    parsed: Any
+    usage: Usage
+    cost: float
+    model: str
+    provider: str
+    decision: Decision
+    attempts: list[Attempt]
+    strategy: str = "single"
+    response: ChatResponse | None = None
+    agreement: float | None = None
+    answers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        return self.response.tool_calls if self.response is not None else []
+
+    @property
+    def finish_reason(self) -> FinishReason | None:
+        return self.response.finish_reason if self.response is not None else None
+
+    def __repr__(self) -> str:
+        tried = ", ".join(f"{a.model}:{a.error or a.outcome}" for a in self.attempts)
+        return (
+            f"Completion(model={self.model!r}, provider={self.provider!r}, strategy={self.strategy!r}, "
+            f"cost=${self.cost:.6f}, tokens={self.usage.input_tokens}/{self.usage.output_tokens}, "
+            f"attempts=[{tried}], text={self.text[:60]!r})"
+        )
+
+
+@dataclass
+class Result:
+    """One model's successful answer inside a request."""
+
+    model: str
+    provider: str
+    response: ChatResponse
+    parsed: Any = None
+
+
+@dataclass
+class Run:
+    """Everything one request carries through its attempts."""
+
+    decision: Decision
+    chat: ChatRequest
+    schema: Any
+    timeout: float | None
+    cfg: CircuitConfig
+    retry: RetryPolicy
+    reservation: Reservation | None
+    attempts: list[Attempt] = field(default_factory=list)
+    skips: Skips = field(default_factory=Skips)
+    cost: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    @property
+    def policy(self) -> CompiledPolicy:
+        return self.decision.policy
+
+    @property
+    def usage(self) -> Usage:
+        return Usage(input_tokens=self.input_tokens, output_tokens=self.output_tokens)
+
+
+def to_messages(prompt: str | None, messages: list[Any] | None) -> list[Message]:
+    """OpenAI-format message dicts (or Message objects) as providers.types Messages."""
+    if messages is None:
+        return [Message.user(prompt or "")]
+    out = []
+    for m in messages:
+        if isinstance(m, Message):
+            out.append(m)
+            continue
+        content = m.get("content") or ""
+        if isinstance(content, list):
+            parts: list[Any] = []
+            for p in content:
+                if isinstance(p, str):
+                    parts.append(TextPart(text=p))
+                elif p.get("type") == "text":
+                    parts.append(TextPart(text=p.get("text", "")))
+                elif p.get("type") in ("image_url", "image", "input_image"):
+                    url = p.get("image_url")
+                    url = url.get("url") if isinstance(url, Mapping) else url
+                    parts.append(
+                        ImagePart(
+                            url=url or p.get("url"), data=p.get("data"), mime_type=p.get("mime_type", "image/png")
+                        )
+                    )
+            content = parts
+        calls = [
+            ToolCall(id=c["id"], name=c["function"]["name"], arguments=c["function"].get("arguments") or "{}")
+            for c in m.get("tool_calls") or []
+        ]
+        out.append(
+            Message(
+                role=m["role"],
+                content=content,
+                tool_calls=calls,
+                tool_call_id=m.get("tool_call_id"),
+                name=m.get("name"),
+            )
+        )
+    return out
+
+
+def validate(schema: Any, text: str) -> Any:
+    """The answer parsed with a pydantic model (tolerating a ```json fence); raises InvalidOutput."""
+    body = text.strip()
+    if body.startswith("```"):
+        body = body.split("\n", 1)[-1].rsplit("```", 1)[0]
+    try:
+        return schema.model_validate_json(body)
+    except ValueError as exc:
+        errors = exc.errors() if hasattr(exc, "errors") else []
+        detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'answer'}: {e['msg']}" for e in errors[:3])
+        raise InvalidOutput(f"answer does not match {schema.__name__}: {detail or exc}") from None
