@@ -84,7 +84,7 @@ def with_reloads(engine: Engine, main: Path, base: str, seconds: float) -> tuple
     finally:
         stop.set()
         t.join()
-    engine._reloader().callbacks.clear()
+    engine.reloader.callbacks.clear()
     return rate, len(reloads)
 
 

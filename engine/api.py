@@ -161,10 +161,6 @@ class Engine:
             self._reload = Reloader(self)
         return self._reload
 
-    def _reloader(self) -> Reloader:
-        """The `reloader` property, for callers of the older private spelling."""
-        return self.reloader
-
     def swap(self, policy: CompiledPolicy) -> None:
         """Install a compiled policy: one reference assignment, so each decide() sees one version. The reloader
         calls it with each policy that compiled; callers may too (e.g. to install a policy compiled elsewhere)."""

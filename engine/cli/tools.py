@@ -162,7 +162,7 @@ def diff_cmd(
     except CorpusError as exc:
         raise click.BadParameter(str(exc), param_hint="--prompts") from None
     if as_json:
-        click.echo(json.dumps(result.to_json(), indent=2))
+        click.echo(result.to_json())
     else:
         click.echo(render_text(result, limit=limit))
     if fail_on_change and result.changed:

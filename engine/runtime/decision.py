@@ -12,7 +12,7 @@ from engine.runtime.report import Candidate, Report
 
 
 class DecidingSelector(Protocol):
-    """What a Decision reads of its rule's action (engine.policy.Selector, or a gateway override's stand-in)."""
+    """What a Decision reads of its rule's action (an engine.runtime.selectors class, or a pinned one)."""
 
     @property
     def kind(self) -> str: ...
@@ -24,7 +24,7 @@ class DecidingSelector(Protocol):
 
 
 class DecidingRule(Protocol):
-    """What a Decision reads of its deciding rule (engine.policy.CompiledRule, or a gateway override's stand-in)."""
+    """What a Decision reads of its deciding rule (a policy's CompiledRule, or runtime.pinned's PinnedRule)."""
 
     @property
     def index(self) -> int: ...

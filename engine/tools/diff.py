@@ -164,7 +164,12 @@ class DiffResult:
             "cost": {"old": old, "new": new, "delta": new - old, "delta_pct": (new - old) / old * 100 if old else None},
         }
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, indent: int | None = 2) -> str:
+        """The result as a JSON document (what `modelroute diff --json` prints)."""
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result as JSON-ready data: the summary, the transitions and every changed request."""
         return {
             **self.summary(),
             "transitions": [{"from": a, "to": b, "count": c} for a, b, c in self.transitions()],

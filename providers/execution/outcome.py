@@ -4,7 +4,6 @@ conversion and the schema validation they use."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -15,9 +14,7 @@ from providers.types import (
     ChatRequest,
     ChatResponse,
     FinishReason,
-    ImagePart,
     Message,
-    TextPart,
     ToolCall,
     Usage,
 )
@@ -102,45 +99,11 @@ class Run:
 
 
 def to_messages(prompt: str | None, messages: list[Any] | None) -> list[Message]:
-    """OpenAI-format message dicts (or Message objects) as providers.types Messages."""
+    """OpenAI-format message dicts (or Message objects) as providers.types Messages, read by the one message reader
+    (`engine.runtime.messages`, lenient: bare string parts, `image`/`input_image` parts, unknown parts skipped)."""
     if messages is None:
         return [Message.user(prompt or "")]
-    out = []
-    for m in messages:
-        if isinstance(m, Message):
-            out.append(m)
-            continue
-        content = m.get("content") or ""
-        if isinstance(content, list):
-            parts: list[Any] = []
-            for p in content:
-                if isinstance(p, str):
-                    parts.append(TextPart(text=p))
-                elif p.get("type") == "text":
-                    parts.append(TextPart(text=p.get("text", "")))
-                elif p.get("type") in ("image_url", "image", "input_image"):
-                    url = p.get("image_url")
-                    url = url.get("url") if isinstance(url, Mapping) else url
-                    parts.append(
-                        ImagePart(
-                            url=url or p.get("url"), data=p.get("data"), mime_type=p.get("mime_type", "image/png")
-                        )
-                    )
-            content = parts
-        calls = [
-            ToolCall(id=c["id"], name=c["function"]["name"], arguments=c["function"].get("arguments") or "{}")
-            for c in m.get("tool_calls") or []
-        ]
-        out.append(
-            Message(
-                role=m["role"],
-                content=content,
-                tool_calls=calls,
-                tool_call_id=m.get("tool_call_id"),
-                name=m.get("name"),
-            )
-        )
-    return out
+    return [Message.from_openai(m) for m in messages]
 
 
 def validate(schema: Any, text: str) -> Any:
