@@ -1,4 +1,4 @@
-"""Speed benchmark for issue 6: decide() against the regex engine alone, scaling in rules and models,
+"""Speed benchmark: decide() against the regex engine alone, scaling in rules and models,
 compile time, memory, a per-phase profile, and (when installed) LiteLLM's Router deployment selection.
 
 Run: python bench/speed_bench.py [--quick]
