@@ -22,6 +22,7 @@ import watchfiles
 
 from engine.diagnostics import PolicyError, render_all
 from engine.runtime.policy import CompiledPolicy
+from providers.catalog.files import StatIdentity, stat_identity
 
 if TYPE_CHECKING:
     from engine.api import Engine
@@ -128,14 +129,13 @@ class _WatchSet(NamedTuple):
         return out
 
 
-def _stat(path: str) -> tuple[int, int, int, int] | None:
+def _stat(path: str) -> StatIdentity | None:
     with contextlib.suppress(OSError):
-        s = os.stat(path)
-        return (s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns)
+        return stat_identity(os.stat(path))
     return None
 
 
-def _fingerprint(files: Sequence[str], widen: bool) -> tuple[Any, ...]:
+def _snapshot(files: Sequence[str], widen: bool) -> tuple[Any, ...]:
     """What polling compares: each file's symlink chain (link -> target) and the stat of what it resolves to."""
     out: list[Any] = [(f, tuple(_symlinks(f)), _stat(f)) for f in files]
     if widen:  # a new file in a policy directory changes the directory's mtime
@@ -367,16 +367,16 @@ class Reloader:
     def _poll_once(self, stop: threading.Event, debounce_ms: int) -> None:
         """stat() every file, its symlink chain and target each poll_interval_s; reload once it settles."""
         files, widen = self._files(), self.last_error is not None
-        seen = _fingerprint(files, widen)
+        seen = _snapshot(files, widen)
         if self._stale():
             self._reload_safely()
             return
         while not stop.wait(self.poll_interval_s):
-            now = _fingerprint(files, widen)
+            now = _snapshot(files, widen)
             if now == seen:
                 continue
             while not stop.wait(debounce_ms / 1000):  # debounce: wait until a round shows no new change
-                seen, now = now, _fingerprint(files, widen)
+                seen, now = now, _snapshot(files, widen)
                 if now == seen:
                     break
             if not stop.is_set():

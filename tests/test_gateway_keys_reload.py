@@ -250,7 +250,7 @@ def test_a_same_size_rewrite_within_one_timestamp_tick_is_seen(tmp_path: Path, m
     of the same size (a key's digest replaced by another): a recently modified file has its content compared."""
     path = tmp_path / "keys.yaml"
     write(path, text(("team-a", A)))
-    monkeypatch.setattr(gateway_auth, "_fingerprint", lambda st: (1, 2, 3, 4, 5))  # stat() never shows a change
+    monkeypatch.setattr(gateway_auth, "stat_identity", lambda st: (1, 2, 3, 4, 5))  # stat() never shows a change
     ring = KeyRing.load(path, poll_interval_s=0)
     write(path, text(("team-c", C)))  # same size
     assert names(ring, A, C) == [None, "team-c"]

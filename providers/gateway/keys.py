@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
+from providers.catalog.files import stat_identity
 from providers.catalog.nodes import compose_data, duplicate_key, error_line
 
 log = logging.getLogger("modelroute.gateway.keys")
@@ -194,12 +195,6 @@ def _keys_from(data: Any, where: str, lines: _Lines | None = None) -> list[Gatew
 # ---- following the file on disk -------------------------------------------------------------------------------
 
 
-def _fingerprint(st: os.stat_result) -> tuple[int, int, int, int, int]:
-    """What a stat() compares: which file (device, inode: a rename-over or a re-pointed symlink changes it), its
-    size and its modification and change times."""
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
 def _racy(st: os.stat_result) -> bool:
     """Whether the file was modified so recently that another write within the same timestamp tick, keeping the
     size, would leave its fingerprint unchanged (git's "racy clean" problem): then compare contents next time too."""
@@ -213,7 +208,7 @@ def _read(path: str) -> tuple[bytes, os.stat_result, bool]:
             before = os.fstat(f.fileno())
             data = f.read()
             after = os.fstat(f.fileno())
-        if _fingerprint(before) == _fingerprint(after) and len(data) == after.st_size:
+        if stat_identity(before) == stat_identity(after) and len(data) == after.st_size:
             return data, after, True
     return data, after, False
 
@@ -315,14 +310,14 @@ class KeyRing:
 
     def _refresh(self, force: bool) -> None:
         try:
-            fp = _fingerprint(os.stat(self._file))
+            fp = stat_identity(os.stat(self._file))
             if fp == self._fp and not self._racy and not force:
                 return  # the common case: one stat(), nothing changed
             data, st, stable = _read(self._file)
         except OSError as exc:
             self._gone(exc)
             return
-        self._fp, self._racy = _fingerprint(st), _racy(st)
+        self._fp, self._racy = stat_identity(st), _racy(st)
         if not stable:  # still being written: try again at the next look
             self._fp = None
             log.debug("gateway keys file %s changed while being read; reading it again at the next check", self._where)
@@ -392,7 +387,7 @@ class KeyRing:
         ring.path, ring._where, ring._file, ring._json = Path(path), where, file, json_file
         ring.poll_interval_s = poll_interval_s
         ring._seen = data
-        ring._fp = _fingerprint(st) if stable else None
+        ring._fp = stat_identity(st) if stable else None
         ring._racy = _racy(st)
         ring._due = _monotonic() + poll_interval_s
         return ring
