@@ -34,25 +34,13 @@ from yaml.nodes import MappingNode, Node
 
 from providers.catalog.models import Catalog, CatalogError, CatalogIssue, ModelSpec, SourceRef
 from providers.catalog.nodes import compose
-from providers.catalog.yaml_reader import CatalogReader
+from providers.catalog.yaml_reader import MODEL_FIELDS, CatalogReader
 
 __all__ = ["DEFAULT_LATENCY_MS", "ImportStats", "import_litellm", "load_litellm"]
 
 #: Latency assumed for every imported model: LiteLLM's file has none. Set `latency_ms` in the overlay.
 DEFAULT_LATENCY_MS = 1000.0
 
-_OVERLAY_FIELDS = (
-    "provider",
-    "id",
-    "aliases",
-    "context",
-    "max_output",
-    "price",
-    "latency_ms",
-    "capabilities",
-    "supports",
-    "deprecation_date",
-)
 _FIRST_KEY = re.compile(r'\A\s*\{[ \t]*\r?\n([ \t]+)"')
 
 
@@ -325,7 +313,7 @@ class _OverlayReader(CatalogReader):
             elif key == "deprecation_date":
                 update["deprecation_date"] = self.date(vnode, at)
             else:
-                self.unknown_field(fnode, at, key, f"model `{name}`", _OVERLAY_FIELDS, {})
+                self.unknown_field(fnode, at, key, f"model `{name}`", MODEL_FIELDS, {})
         if len(self.issues) == before:
             fields = specs[name]
             fields.update({k: v for k, v in update.items() if v is not None})

@@ -33,7 +33,8 @@ __all__ = ["CatalogReader", "read_catalog"]
 
 
 _TOP_FIELDS = ("providers", "models")
-_MODEL_FIELDS = (
+#: The fields of a model entry (catalog files and LiteLLM overlays alike).
+MODEL_FIELDS = (
     "provider",
     "id",
     "aliases",
@@ -365,7 +366,7 @@ class CatalogReader(NodeReader):
             elif key == "deprecation_date":
                 fields["deprecation_date"] = self.date(vnode, at)
             else:
-                self.unknown_field(fnode, at, key, f"model `{name}`", _MODEL_FIELDS, _SYNONYMS["model"])
+                self.unknown_field(fnode, at, key, f"model `{name}`", MODEL_FIELDS, _SYNONYMS["model"])
         for required, hint in _REQUIRED_HINTS.items():
             if required not in seen:
                 if required == "provider" and defined_providers:
