@@ -52,6 +52,38 @@ def _error(body: Any) -> ApiError:
         ({"messages": [U], "user": 3}, "invalid_value", "user"),
         ({"messages": [U], "metadata": []}, "invalid_value", "metadata"),
         ({"messages": [U], "metadata": {"tokens": 1}}, "reserved_attribute", None),
+        # found by attacking the gateway: each of these once reached a provider call and became a 500
+        ({"messages": [{"role": ["user"], "content": "x"}]}, "invalid_value", "messages[0].role"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "u", "data": 5}]}]},
+            "invalid_value",
+            "messages[0].content",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "u", "mime_type": None}]}]},
+            "invalid_value",
+            "messages[0].content",
+        ),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "assistant",
+                        "tool_calls": [
+                            {"id": "c", "type": "function", "function": {"name": "f", "arguments": {"a": 1}}}
+                        ],
+                    }
+                ]
+            },
+            "invalid_value",
+            "messages[0].tool_calls",
+        ),
+        (
+            {"messages": [U], "tools": [{"type": "function", "function": {"name": ""}}]},
+            "invalid_value",
+            "tools[0].function.name",
+        ),
+        ({"messages": [U], "max_tokens": 10**400}, "invalid_value", "max_tokens"),
     ],
 )
 def test_refused_requests_name_the_field(body: Any, code: str, param: str | None) -> None:
@@ -91,3 +123,10 @@ def test_an_accepted_request_is_read_into_a_call() -> None:
 def test_defaults_and_empty_options() -> None:
     call = parse_chat({"messages": [U], "tools": [], "max_completion_tokens": None, "max_tokens": 5}, {})
     assert call.model == "auto" and not call.stream and call.options == {} and call.attrs == {}
+
+
+def test_a_deeply_nested_route_header_is_taken_as_text() -> None:
+    """`x-route-*` values are JSON when they parse; one nested too deeply to parse is the raw string, not a 500."""
+    deep = "[" * 50_000 + "]" * 50_000
+    call = parse_chat({"messages": [U]}, {"x-route-tier": deep})
+    assert call.attrs["tier"] == deep

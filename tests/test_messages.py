@@ -88,3 +88,15 @@ def test_provider_messages_come_from_the_reader() -> None:
     assert message.tool_calls == [ToolCall(id="c1", name="f", arguments='{"x": 1}')]
     same = Message.user("hi")
     assert Message.from_openai(same) is same
+
+
+def test_lenient_reading_keeps_what_the_executor_always_accepted() -> None:
+    """Falsy content and tool_calls read as empty (as the executor did before the one reader); an empty list of
+    parts is empty text in both modes."""
+    from engine.runtime.messages import read_message
+
+    for content in (None, "", [], 0, False, {}):
+        assert read_message({"role": "user", "content": content}, lenient=True).content == ""
+    for calls in (None, [], {}, "", False):
+        assert read_message({"role": "assistant", "tool_calls": calls}, lenient=True).tool_calls == ()
+    assert read_message({"role": "user", "content": []}).content == ""

@@ -101,10 +101,10 @@ def test_a_catalog_authorization_header_is_sent_once(fake_server: FakeServer, pa
 
 
 @pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("bad", ["sk-good\n", "sk-good\r\n", "sk\0x"])
+@pytest.mark.parametrize("bad", ["sk-good\n", "sk-good\r\n", "sk\0x", "sk-good ", "sk\tx", "sk-\u00e9"])
 def test_a_key_with_a_line_break_is_refused_before_sending(fake_server: FakeServer, path: str, bad: str) -> None:
     before = len(fake_server.requests)
-    with pytest.raises(ProviderUnavailable, match="line break or NUL"):
+    with pytest.raises(ProviderUnavailable, match=r"not a valid value|not ASCII"):
         _run(_client(fake_server, path, key=bad), path)
     assert len(fake_server.requests) == before  # refused here, not a retried connection failure
 

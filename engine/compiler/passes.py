@@ -389,7 +389,7 @@ def pass_strategies(ctx: Context) -> None:
                     f"{shown}",
                     "make the percentages add up to 100%",
                 )
-        if act.kind in ("race", "consensus", "best_of") and len(act.members) < 2:
+        if act.kind in n.FANOUT_GROUPS and len(act.members) < 2:
             ctx.error(
                 "E403",
                 f"`{act.kind}` needs at least two models",

@@ -93,16 +93,23 @@ def read_part(part: Any, where: str, *, lenient: bool = False) -> ContentPart | 
         raw = part.get("image_url")
         url = raw.get("url") if isinstance(raw, Mapping) else raw
         url = url or part.get("url") if lenient else url
-        if (isinstance(raw, (Mapping, str)) or lenient) and (url is None or isinstance(url, str)):
-            return ImageContent(url=url, data=part.get("data"), mime_type=part.get("mime_type", "image/png"))
+        data, mime = part.get("data"), part.get("mime_type", "image/png")
+        if (
+            (isinstance(raw, (Mapping, str)) or lenient)
+            and (url is None or isinstance(url, str))
+            and (data is None or isinstance(data, str))
+            and isinstance(mime, str)
+        ):
+            return ImageContent(url=url, data=data, mime_type=mime)
     if lenient and isinstance(part, Mapping) and kind not in ("text", *IMAGE_PART_TYPES):
         return None
     raise MessageError(f"{where} must be a text or image_url part", where.rpartition("[")[0])
 
 
 def read_content(content: Any, where: str, *, lenient: bool = False) -> str | tuple[ContentPart, ...]:
-    """A message content: None (empty), a string, or a list of parts; `lenient` skips parts of unknown types."""
-    if content is None:
+    """A message content: None or an empty list (empty), a string, or a list of parts; `lenient` skips parts of
+    unknown types and reads any other falsy value as empty."""
+    if content is None or (isinstance(content, list) and not content) or (lenient and not content):
         return ""
     if isinstance(content, str):
         return content
@@ -116,16 +123,17 @@ def read_content(content: Any, where: str, *, lenient: bool = False) -> str | tu
     raise MessageError(f"{where} must be a string or an array of parts", where)
 
 
-def read_tool_calls(calls: Any, where: str) -> tuple[FunctionCall, ...]:
-    if calls is None:
+def read_tool_calls(calls: Any, where: str, *, lenient: bool = False) -> tuple[FunctionCall, ...]:
+    """The `tool_calls` of an assistant message; `lenient` reads any falsy value as none."""
+    if calls is None or (lenient and not calls):
         return ()
     out = []
     for c in calls if isinstance(calls, list) else [None]:
         fn = c.get("function") if isinstance(c, Mapping) else None
         if not (isinstance(c, Mapping) and isinstance(c.get("id"), str) and isinstance(fn, Mapping)):
             raise MessageError(f"{where} must be an array of function calls", where)
-        if not isinstance(fn.get("name"), str):
-            raise MessageError(f"{where} must be an array of function calls", where)
+        if not isinstance(fn.get("name"), str) or not isinstance(fn.get("arguments"), (str, type(None))):
+            raise MessageError(f"{where} must be an array of function calls (name and arguments strings)", where)
         out.append(FunctionCall(id=c["id"], name=fn["name"], arguments=fn.get("arguments") or "{}"))
     return tuple(out)
 
@@ -135,11 +143,12 @@ def read_message(message: Mapping[str, Any], where: str = "messages[0]", *, leni
     `lenient` (the executor's reading of caller-built messages) skips content parts of unknown types."""
     if not isinstance(message, Mapping):
         raise MessageError(f"{where} must be an object", where)
-    role = ROLES.get(message.get("role"))  # type: ignore[arg-type]
+    raw_role = message.get("role")
+    role = ROLES.get(raw_role) if isinstance(raw_role, str) else None
     if role is None:
         raise MessageError(f"{where}.role must be one of {', '.join(ROLES)}", f"{where}.role")
     content = read_content(message.get("content"), f"{where}.content", lenient=lenient)
-    calls = read_tool_calls(message.get("tool_calls"), f"{where}.tool_calls")
+    calls = read_tool_calls(message.get("tool_calls"), f"{where}.tool_calls", lenient=lenient)
     call_id = message.get("tool_call_id")
     if role == "tool" and not lenient and not isinstance(call_id, str):
         raise MessageError(f"{where}: a tool message needs a tool_call_id", f"{where}.tool_call_id")

@@ -56,7 +56,8 @@ class Selector:
 
     def group(self, req: Request) -> tuple[str, ...]:
         """For race, consensus and best_of: every viable member, in the order listed."""
-        return tuple(e.name for e in self.pool if self.viable(e, req))
+        limits = self.cost_limits
+        return tuple(e.name for e in self.pool if violation(e, req, limits) is None)
 
     def full_key(self, e: Entry, req: Request) -> tuple:
         return (*(r.key(e, req) for r in self.rankings), e.name)
@@ -103,8 +104,9 @@ class StaticPrefer(Selector):
     def pick(self, req: Request) -> Entry | None:
         if self.measured and req.latency:
             return _best(self, req)
+        limits = self.cost_limits
         for e in self.pool:
-            if self.viable(e, req):
+            if violation(e, req, limits) is None:
                 return e
         return None
 
@@ -186,7 +188,8 @@ class CheapestPrefer(Selector):
 
     def _group_best(self, g: PriceGroup, req: Request) -> Entry | None:
         """The best viable model of a price group when a later ranking depends on the request."""
-        viable = [e for e in g.members if self.viable(e, req)]
+        limits = self.cost_limits
+        viable = [e for e in g.members if violation(e, req, limits) is None]
         return min(viable, key=lambda e: self.full_key(e, req)) if viable else None
 
 
@@ -198,7 +201,8 @@ class BalanceSelector(Selector):
     mode: str | None = None  # type: ignore[misc]  # round_robin | random | least_busy
 
     def pick(self, req: Request) -> Entry | None:
-        viable = [e for e in self.pool if self.viable(e, req)]
+        limits = self.cost_limits
+        viable = [e for e in self.pool if violation(e, req, limits) is None]
         if not viable:
             return None
         if self.mode == "round_robin":
@@ -219,7 +223,8 @@ class SplitSelector(Selector):
     weights: tuple[float, ...] = ()  # type: ignore[misc]  # one weight per pool model (same order)
 
     def pick(self, req: Request) -> Entry | None:
-        pairs = [(e, w) for e, w in zip(self.pool, self.weights, strict=False) if self.viable(e, req)]
+        limits = self.cost_limits
+        pairs = [(e, w) for e, w in zip(self.pool, self.weights, strict=False) if violation(e, req, limits) is None]
         if not pairs:
             return None
         user = req.attrs.get("user")
@@ -240,8 +245,9 @@ class FanoutSelector(Selector):
     """race / consensus / best_of: execution calls every viable member; the first one stands for the group."""
 
     def pick(self, req: Request) -> Entry | None:
+        limits = self.cost_limits
         for e in self.pool:
-            if self.viable(e, req):
+            if violation(e, req, limits) is None:
                 return e
         return None
 

@@ -120,8 +120,12 @@ def compose_data(text: str) -> tuple[Any, Node | None]:
 def duplicate_key(root: Node | None) -> tuple[int, str] | None:
     """(line, key) of the first mapping key written twice anywhere under `root` (YAML would keep the last)."""
     todo = [root] if root is not None else []
+    done: set[int] = set()  # an alias is the same node object again: visit each node once (cycles, alias bombs)
     while todo:
         n = todo.pop()
+        if id(n) in done:
+            continue
+        done.add(id(n))
         if isinstance(n, MappingNode):
             seen: set[str] = set()
             for k, v in n.value:

@@ -132,6 +132,11 @@ class StreamParser:
         return classify_stream_error(c.kind, payload, provider=c.spec.name, model=self.model.name, secret=c._secret())
 
 
+def _valid_header_value(value: bytes) -> bool:
+    """A header value that every transport sends unchanged: no control characters, no surrounding whitespace."""
+    return value == value.strip() and not any(c < 0x20 or c == 0x7F for c in value)
+
+
 class ProviderClient:
     """Base client for one provider; see the module docstring.  Use `client_for(spec)` to get a subclass."""
 
@@ -275,22 +280,29 @@ class ProviderClient:
         """The one request builder every transport path sends: URL, headers, JSON body bytes and timeouts.
 
         Raises ProviderUnavailable (before anything touches the network) when the API key is missing or a
-        header value holds a line break or NUL. Header names merge case-insensitively, so a catalog
-        `headers: {Authorization: ...}` is sent once, overridden by the wire format's auth headers."""
+        header value holds a control character, surrounding spaces or non-ASCII text. Header names merge
+        case-insensitively, so a catalog `headers: {Authorization: ...}` is sent once, overridden by the wire
+        format's auth headers."""
         key = self._require_key()
         body = self.build_body(model, req, stream=stream)
         body.update(req.extra)
         headers = self._headers.get(key)
         if headers is None:  # checked once per key
             merged = httpx.Headers(DEFAULT_HEADERS)
-            merged.update(self.spec.headers)
-            merged.update(self.auth_headers(key))
+            try:
+                merged.update(self.spec.headers)
+                merged.update(self.auth_headers(key))
+            except UnicodeEncodeError:
+                raise ProviderUnavailable(
+                    "a header value (the API key or a catalog header) is not ASCII text", provider=self.spec.name
+                ) from None
             headers = [(k, v) for k, v in merged.raw if k.lower() != b"content-length"]
-            bad = next((k for k, v in headers if any(c in v for c in (b"\r", b"\n", b"\0"))), None)
+            bad = next((k for k, v in headers if not _valid_header_value(v)), None)
             if bad is not None:
                 raise ProviderUnavailable(
-                    f"header {bad.decode(errors='replace')!r} holds a line break or NUL (an API key read with its "
-                    "trailing newline?)",
+                    f"header {bad.decode(errors='replace')!r} is not a valid value: it holds a line break, NUL or "
+                    "other control character, or starts or ends with a space (an API key read with its trailing "
+                    "newline?)",
                     provider=self.spec.name,
                 )
             self._headers.set(key, headers)

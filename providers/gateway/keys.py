@@ -116,6 +116,8 @@ def _parse(raw: bytes, where: str, json_file: bool) -> list[GatewayKey]:
     if json_file:
         try:
             data = json.loads(text)
+        except RecursionError:
+            raise KeysFileError(f"{where}: not valid JSON: nested too deeply") from None
         except ValueError as exc:
             json_line: int | None = getattr(exc, "lineno", None)
             msg = getattr(exc, "msg", None) or str(exc).splitlines()[0]

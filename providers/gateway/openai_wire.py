@@ -108,7 +108,7 @@ class ChatCall:
 def _attr_value(raw: str) -> Any:
     try:
         return json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deeply to be a value: the raw string
         return raw
 
 
@@ -120,14 +120,17 @@ def _check_attr_name(name: str, where: str) -> str:
     return name
 
 
+#: The largest `max_tokens` accepted: far above any model's output limit, small enough to stay an exact float.
+MAX_TOKENS_LIMIT = 2**31 - 1
+
 _FIELD_MESSAGES = {
     "model": '`model` must be a string: "auto" or a catalog model name',
     "messages": "`messages` must be a non-empty array of message objects",
     "stream": "`stream` must be a boolean",
     "stream_options": "`stream_options` may only hold include_usage",
     "n": "`n` must be 1",
-    "max_tokens": "`max_tokens` must be a positive integer",
-    "max_completion_tokens": "`max_completion_tokens` must be a positive integer",
+    "max_tokens": "`max_tokens` must be a positive integer (at most 2147483647)",
+    "max_completion_tokens": "`max_completion_tokens` must be a positive integer (at most 2147483647)",
     "temperature": "`temperature` must be a number from 0 to 2",
     "tools": '`tools` must be an array of {"type": "function", "function": {"name": ...}}',
     "tool_choice": "`tool_choice` must be auto, none, required or a function",
@@ -146,7 +149,7 @@ class _StreamOptions(BaseModel):
 class _FunctionSpec(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
-    name: str
+    name: Annotated[str, Field(min_length=1)]
 
 
 class _Tool(BaseModel):
@@ -178,8 +181,8 @@ class ChatBody(BaseModel):
     stream: bool = False
     stream_options: _StreamOptions | None = None
     n: Any = 1
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS_LIMIT)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS_LIMIT)] | None = None
     temperature: Annotated[float, BeforeValidator(_number), Field(ge=0, le=2, strict=False)] | None = None
     tools: list[_Tool] | None = None
     tool_choice: str | _NamedChoice | None = None
