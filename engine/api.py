@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from providers.execution import AsyncCompletionStream, Completion, CompletionStream, Event, Executor
 
 
+#: decide()'s own arguments: a request's prompt or messages, never one of its attributes.
+DECIDE_ARGUMENTS = ("prompt", "messages")
+
+
 class RequestError(ValueError):
     """A request the engine cannot decide as given (e.g. `tokens="many"`); the message says what to change."""
 

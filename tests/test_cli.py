@@ -414,3 +414,8 @@ def test_every_command_uses_and_names_the_default_policy(tmp_path: Path, monkeyp
         json.loads(result.stdout)
     if args[0] == "graph":  # the fixture's rules, not the decoy's single `use gamma-long`
         assert "beta-coder" in result.stdout or "CODING" in result.stdout
+
+
+def test_catalog_supports_an_unknown_feature_is_usage(cli) -> None:
+    proc = cli("catalog", "--supports", "teleport")
+    assert proc.returncode == 2 and "no model supports 'teleport'" in proc.stderr

@@ -190,3 +190,24 @@ def test_diff_prompts_too_deep_or_malformed_is_bad_input(cli, tmp_path: Path) ->
         proc = cli("diff", str(FIXTURES), str(FIXTURES), "--prompts", str(corpus))
         assert proc.returncode in (1, 2), proc.stderr
         assert expected in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("key", ["prompt", "messages"])
+def test_attr_named_like_the_request_is_usage(cli, key: str) -> None:
+    """`--attr prompt=...` would collide with decide()'s own argument: a usage error, never exit 3."""
+    proc = cli("explain", "-p", str(FIXTURES), "hi", "--attr", f"{key}=7")
+    assert proc.returncode == 2 and "is the request itself" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("attr", ['prompt="x"', "messages=5"])
+def test_expect_with_a_request_argument_fails_the_case(cli, tmp_path: Path, attr: str) -> None:
+    policy = tmp_path / "t.route"
+    policy.write_text(f'otherwise use gpt-4o-mini\ntest "t" {{ expect "hi" with {attr} -> gpt-4o-mini }}\n')
+    proc = cli("test", str(policy))
+    assert proc.returncode == 1 and "is the request itself" in proc.stdout + proc.stderr, proc.stderr
+
+
+def test_test_on_a_missing_policy_is_a_policy_error(cli, tmp_path: Path) -> None:
+    """Like check and explain: a policy that is not there is E200 and exit 1."""
+    proc = cli("test", str(tmp_path / "nope.route"))
+    assert proc.returncode == 1 and "E200" in proc.stderr

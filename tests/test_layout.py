@@ -63,8 +63,10 @@ def edges_of(module: str, path: Path) -> Iterator[Edge]:
             lazy_lines.update(id(n) for n in ast.walk(fn) if isinstance(n, (ast.Import, ast.ImportFrom)))
     type_checking: set[int] = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            type_checking.update(id(n) for n in ast.walk(node) if isinstance(n, (ast.Import, ast.ImportFrom)))
+        # only the body of `if TYPE_CHECKING:` is types only; an else branch or `if not TYPE_CHECKING:` runs
+        if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+            for stmt in node.body:
+                type_checking.update(id(n) for n in ast.walk(stmt) if isinstance(n, (ast.Import, ast.ImportFrom)))
     for node in ast.walk(tree):
         if id(node) in type_checking:
             continue  # types only: no edge at run time
@@ -107,8 +109,13 @@ def test_language_compiler_runtime_use_only_the_catalog_from_providers() -> None
             return ""
         if within(e.target, "providers") and not within(e.target, "providers.catalog"):
             return "only providers.catalog"
-        if within(e.target, "engine.api", "engine.reload", "engine.tools", "engine.cli"):
-            return "a lower stage imports a higher one"
+        if e.target == "engine" or within(e.target, "engine.api", "engine.reload", "engine.tools", "engine.cli"):
+            return "a lower stage imports a higher one (the `engine` package is the API)"
+        # within the core: language <- runtime <- compiler (the compiler builds the runtime's structures)
+        if within(e.importer, "engine.language") and within(e.target, "engine.runtime", "engine.compiler"):
+            return "the language stage imports nothing of runtime or compiler"
+        if within(e.importer, "engine.runtime") and within(e.target, "engine.compiler"):
+            return "the runtime imports nothing of the compiler"
         return ""
 
     assert violations(rule) == []
@@ -273,3 +280,17 @@ def test_public_api_is_exactly_all(package: str) -> None:
     public = {n for n in vars(mod) if not n.startswith("_") and not isinstance(vars(mod)[n], type(importlib))}
     lazy = set(getattr(mod, "_LAZY", {}))
     assert set(mod.__all__) == public | lazy, "the public names are exactly __all__"
+
+
+def test_the_checker_sees_imports_that_run(tmp_path: Path) -> None:
+    """Only the body of `if TYPE_CHECKING:` is skipped: its else branch and `if not TYPE_CHECKING:` run."""
+    src = tmp_path / "m.py"
+    src.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    import starlette\nelse:\n    import httpx\n"
+        "if not TYPE_CHECKING:\n    import redis\n"
+        "def f():\n    import uvicorn\n"
+    )
+    found = {(e.target, e.lazy) for e in edges_of("engine.runtime.m", src)}
+    assert {("httpx", False), ("redis", False), ("uvicorn", True)} <= found
+    assert not any(t == "starlette" for t, _ in found)

@@ -208,7 +208,7 @@ def test_cli_exit_codes(cli, write_policy, tmp_path: Path) -> None:
     root = write_policy(POLICY, {"main_test.route": PASSING})
     usage = cli("test", str(root), "-k", "nothing-matches")
     assert usage.returncode == 2 and "matched none of the 7 expects" in usage.stderr
-    assert cli("test", str(tmp_path / "missing")).returncode == 2
+    assert cli("test", str(tmp_path / "missing")).returncode == 1  # E200, as for check and explain
     assert cli("test", "--bogus").returncode == 2
     bad = write_policy(POLICY, {"main_test.route": 'test "t" {\n  expect "x" -> nope\n}\n'})
     proc = cli("test", str(bad))

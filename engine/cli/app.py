@@ -20,7 +20,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
-from engine.api import Engine, RequestError
+from engine.api import DECIDE_ARGUMENTS, Engine, RequestError
 from engine.compiler.passes import as_date
 from engine.diagnostics import PolicyError, Sources, render
 from engine.language.load import bundled_policy_dir, display_name, resolve_entry
@@ -81,6 +81,11 @@ def parse_attr(item: str) -> tuple[str, Any]:
     key = key.strip()
     if not key:
         raise click.BadParameter(f"empty attribute name in {item!r}", param_hint="--attr")
+    if key in DECIDE_ARGUMENTS:
+        raise click.BadParameter(
+            f"`{key}` is the request itself, not an attribute: give the prompt as an argument, -f or --messages",
+            param_hint="--attr",
+        )
     try:
         value = load_json(raw)
     except TooDeepError as exc:

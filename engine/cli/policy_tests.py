@@ -47,8 +47,6 @@ def test_command(
       modelroute test policies/main_test.route -k legal
       modelroute test --json
     """
-    if policy is not None and not policy.exists():
-        raise click.BadParameter(f"{policy} does not exist", param_hint="POLICY")
     path = policy_or_default(policy)
     try:
         compiled, files = compile_with_tests(path, today=today)

@@ -19,6 +19,7 @@ from engine.cli.app import EXIT_ERRORS, _console, policy_or_default, print_diagn
 from engine.compiler.passes import as_date
 from engine.diagnostics import PolicyError, did_you_mean
 from engine.language.load import display_name
+from providers.catalog import KNOWN_FEATURES
 
 # ---- fmt --------------------------------------------------------------------------------------------------
 
@@ -310,6 +311,10 @@ def catalog(
                 raise click.BadParameter(f"no model has provider {p!r}; {hint}", param_hint="--provider")
         rows = [r for r in rows if r["provider"] in providers]
     for feature in features:
+        known_features = {f for r in rows for f in r["supports"]} | set(KNOWN_FEATURES)
+        if feature.lower() not in known_features:
+            hint = did_you_mean(feature.lower(), known_features) or "features: " + ", ".join(sorted(known_features))
+            raise click.BadParameter(f"no model supports {feature!r}; {hint}", param_hint="--supports")
         rows = [r for r in rows if feature.lower() in r["supports"]]
     rows = _sorted(rows, sort, cat.capability_names())
     if limit is not None:

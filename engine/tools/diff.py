@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.api import Engine
+from engine.api import DECIDE_ARGUMENTS, Engine
 from engine.runtime.decision import NoRouteError
 from engine.runtime.jsoninput import TooDeepError, check_messages, load_json
 from engine.runtime.policy import CompiledPolicy
@@ -228,7 +228,7 @@ def parse_corpus(lines: Iterable[str], name: str = "<prompts>") -> Iterator[Requ
                 raise CorpusError(f'{name}:{number}: "messages": {exc}') from None
         if not isinstance(attrs, dict):
             raise CorpusError(f'{name}:{number}: "attrs" must be an object')
-        if "prompt" in attrs or "messages" in attrs:
+        if any(k in attrs for k in DECIDE_ARGUMENTS):
             raise CorpusError(f'{name}:{number}: "prompt" and "messages" cannot be attributes')
         yield Request(number, prompt, checked, attrs)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.api import Engine, RequestError
+from engine.api import DECIDE_ARGUMENTS, Engine, RequestError
 from engine.compiler.passes import compile_loaded
 from engine.diagnostics import Diagnostic, PolicyError
 from engine.language import nodes as n
@@ -244,8 +244,12 @@ def run_case(policy: CompiledPolicy, names: dict[str, str], test: str, e: n.Expe
     resolve = lambda ref: policy.catalog.resolve(names.get(ref.name, ref.name)).name  # noqa: E731
     engine = Engine(policy)
     report: Report | None = None
+    attrs = _attrs(e)
+    if reserved := [k for k in DECIDE_ARGUMENTS if k in attrs]:
+        why = f"`{reserved[0]}` is the request itself, not an attribute: write the prompt after `expect`"
+        return CaseResult(test, e, _source(policy, e.span), False, (why,), None, None, None, (), None)
     try:
-        d = engine.decide(e.prompt, **_attrs(e))
+        d = engine.decide(e.prompt, **attrs)
         model, rule, fallbacks = d.model, d.rule, tuple(d.fallbacks)
     except NoRouteError as err:
         d, model, rule, fallbacks, report = None, None, None, (), err.report()
