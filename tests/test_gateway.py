@@ -674,3 +674,12 @@ def test_run_server_reports_an_unresolvable_host_as_a_usage_error() -> None:
     with pytest.raises(ServeError) as err:
         run_server(ServeOptions(policy=FIXTURE_POLICY, named={}, host="no-such-host.invalid", port=0), print)
     assert err.value.kind == "usage" and "cannot listen on no-such-host.invalid:0" in str(err.value)
+
+
+def test_explain_with_metadata_nested_too_deeply_is_a_400(gw) -> None:
+    """A client's deep metadata reaches explain's trace: it is the client's mistake, answered as OpenAI JSON."""
+    deep: object = "x"
+    for _ in range(900):  # deep enough to exhaust the trace's recursion, shallow enough to send as JSON
+        deep = [deep]
+    r = gw.post("/v1/route/explain", {"messages": MSG, "metadata": {"plan": deep}})
+    assert r.status_code == 400 and "nested too deeply" in r.json()["error"]["message"]

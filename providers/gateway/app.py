@@ -330,9 +330,18 @@ class Gateway:
             except NoRouteError as exc:
                 report = exc.report().model_dump(mode="json")
             return _json_response(report)
+        except RecursionError:  # attributes nested deeper than explain's trace can walk: the client's mistake
+            status = 400
+            return self._error(ApiError(400, "request attributes are nested too deeply", code="invalid_value"))
         except ApiError as err:
             status = err.status
             return self._error(err)
+        except Exception:
+            status = 500
+            log.exception("internal error explaining a request")
+            return self._error(
+                ApiError(500, "internal error in the gateway (logged)", type="server_error", code="internal_error")
+            )
         finally:
             self._done("explain", status, t0)
 
