@@ -1,4 +1,4 @@
-"""Tests for following the gateway keys file (engine/gateway_auth.py): real files changed in every way a deploy
+"""Tests for following the gateway keys file (providers/gateway/keys.py): real files changed in every way a deploy
 does (in place, rename over, symlink swaps, broken edits, deletion) in; the keys `KeyRing.check()` accepts, the
 `last_error` it reports and its log records out, directly and through the gateway's ASGI app. The ring's
 clock (`gateway_auth._monotonic`) is a fake the tests advance wherever a poll interval or a wait must pass."""
@@ -399,3 +399,19 @@ def test_the_gateway_follows_its_keys_file(tmp_path: Path, fake_server: Any, clo
         clock.advance(wait)
         assert models(C) == 200 and models(B) == 401 and "last_keys_error" not in ring.status()
         assert client.get("/healthz").status_code == 200  # needs no key
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "error"),
+    [
+        ("cycle.yaml", "keys:\n  - &x [*x]\n", r"keys\[0\]"),  # an alias that contains itself
+        ("bomb.yaml", "a: &a [x, x]\nb: &b [*a, *a]\nc: &c [*b, *b]\nd: &d [*c, *c]\nkeys: [*d]\n", "keys"),
+        ("deep.json", '{"keys": ' + "[" * 5000 + "]" * 5000 + "}", "nested too deeply"),
+    ],
+)
+def test_hostile_keys_files_fail_with_one_line(tmp_path: Path, name: str, text: str, error: str) -> None:
+    """Alias cycles, alias bombs and deep JSON are refused promptly with a KeysFileError, never a hang or crash."""
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(gateway_auth.KeysFileError, match=error):
+        gateway_auth.KeyRing.load(path)
