@@ -15,6 +15,7 @@ import pytest
 
 import engine.compiler.codegen as codegen
 import engine.runtime.evaluate as evaluate
+import engine.tools.lint as lint
 from engine import Engine
 from engine.compiler.actions import BUILDERS
 from engine.language import nodes as n
@@ -149,7 +150,7 @@ def test_every_stage_has_a_case_for_every_condition_kind() -> None:
         n.exhaustive({k: None for k in n.CONDITIONS if k is not n.Or}, "stage x")
 
 
-@pytest.mark.parametrize("module", [codegen, evaluate])
+@pytest.mark.parametrize("module", [codegen, evaluate, lint])
 def test_a_new_condition_kind_without_a_case_fails_at_import(monkeypatch: pytest.MonkeyPatch, module: object) -> None:
     @dataclass(frozen=True)
     class Regexish:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -191,13 +191,32 @@ class Facts:
         )
 
 
-def _atom(node: n.Cond) -> tuple[str, n.Operand, str, Any]:
-    if isinstance(node, n.Truthy):
-        return "truthy", node.operand, "", None
-    if isinstance(node, n.InList):
-        return "in", node.left, "", [i.value for i in node.right.items]
-    assert isinstance(node, n.Compare) and isinstance(node.right, n.Literal)
+def _compare_form(node: n.Compare) -> tuple[str, n.Operand, str, Any]:
+    assert isinstance(node.right, n.Literal)  # the compiler refuses a list on the right (E400)
     return "cmp", node.left, node.op, node.right.value
+
+
+# How lint reads each condition kind: an attribute test as (kind, operand, op, value); pattern atoms are
+# decided from the pattern facts (None here); not/and/or are walked by dnf() and holds(). Checked at import.
+_FORMS: Mapping[type, Callable[[Any], tuple[str, n.Operand, str, Any]] | None] = n.exhaustive(
+    {
+        n.TaskMatch: None,
+        n.TaskIs: None,
+        n.Truthy: lambda c: ("truthy", c.operand, "", None),
+        n.InList: lambda c: ("in", c.left, "", [i.value for i in c.right.items]),
+        n.Compare: _compare_form,
+        n.Not: None,
+        n.And: None,
+        n.Or: None,
+    },
+    "lint",
+)
+
+
+def _atom(node: n.Cond) -> tuple[str, n.Operand, str, Any]:
+    form = _FORMS[type(node)]
+    assert form is not None, f"{type(node).__name__} is not an attribute test"
+    return form(node)
 
 
 def dnf(node: n.Cond | None, positive: bool = True) -> list[list[tuple[n.Cond, bool]]] | None:
