@@ -75,7 +75,7 @@ def static_reason(e: Entry, c: n.Constraint) -> Reason | None:
             return None
         return Reason(Code.PRICE, f"{shown} {NEGATED[c.op]} {fmt_value('price', per_million / 1e6)}")
     elif c.metric == "context":
-        code, actual, shown = Code.CONTEXT, e.context, f"context {fmt_count(e.context)}"
+        code, actual, shown = Code.CONTEXT_LIMIT, e.context, f"context {fmt_count(e.context)}"
     else:
         return None
     if OPS[c.op](actual, value):

@@ -43,6 +43,7 @@ class Code(str, Enum):
     COST = "cost"  # a rule's `where cost ...` limit
     # request-independent `where` constraints and the catalog, decided at compile time
     PROVIDER = "provider"
+    CONTEXT_LIMIT = "context_limit"  # a rule's `where context ...` (the model's window, whatever the prompt)
     SUPPORTS = "supports"
     CAPABILITY = "capability"
     LATENCY = "latency"
