@@ -45,9 +45,9 @@ def nested(depth: int) -> str:
 @pytest.mark.parametrize(
     ("content", "error"),
     [
-        (5, "messages[0].content must be a string or a list of parts, not 5"),
-        ({"text": "hi"}, "messages[0].content must be a string or a list of parts"),
-        (["ok", 7], "messages[0].content[1] must be a part object or a string, not 7"),
+        (5, "messages[0].content must be a string or an array of parts"),
+        ({"text": "hi"}, "messages[0].content must be a string or an array of parts"),
+        (["ok", 7], "messages[0].content[1] must be a text or image_url part"),
     ],
 )
 def test_messages_content_that_is_not_text(cli, tmp_path: Path, content: object, error: str) -> None:

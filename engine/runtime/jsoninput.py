@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from engine.runtime.messages import read_messages
+
 #: JSON read from the command line or a file (--attr, --messages, --prompts) may nest this deep; deeper is
 #: refused as bad input.
 MAX_JSON_DEPTH = 64
@@ -42,16 +44,9 @@ def load_json(text: str) -> Any:
 
 
 def check_messages(messages: Any) -> list[dict[str, Any]]:
-    """OpenAI-format chat messages as read from a file: a list of objects whose content is a string, a list of
-    parts (objects or strings), or null. Raises ValueError naming the first thing that is not."""
+    """OpenAI-format chat messages as read from a file, checked by the one message reader (read as the executor
+    reads them: leniently). Raises ValueError (a MessageError) naming the first field that cannot be read."""
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         raise ValueError("expected a JSON list of {role, content} objects")
-    for i, m in enumerate(messages):
-        content = m.get("content")
-        if isinstance(content, list):
-            for j, part in enumerate(content):
-                if not isinstance(part, (dict, str)):
-                    raise ValueError(f"messages[{i}].content[{j}] must be a part object or a string, not {part!r}")
-        elif content is not None and not isinstance(content, str):
-            raise ValueError(f"messages[{i}].content must be a string or a list of parts, not {content!r}")
+    read_messages(messages, lenient=True)
     return messages
