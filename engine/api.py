@@ -15,6 +15,7 @@ from engine.runtime.budget import BudgetBook
 from engine.runtime.decision import Decision, NoRouteError
 from engine.runtime.evaluate import decide as _decide
 from engine.runtime.pinned import pinned_decision, resolve_model
+from engine.runtime.plan import decide_all_open
 from engine.runtime.policy import DEFAULT_OUTPUT_TOKENS, CompiledPolicy, Request
 from engine.runtime.state import ExecutionStore, MemoryStore, StateStore
 from engine.runtime.tokens import TokenEstimator, estimate_tokens, from_messages, has_images
@@ -295,9 +296,11 @@ class Engine:
             req = self.request(prompt, messages=messages, policy=policy, **attrs)
         result = _decide(policy, req)
         if result is None:
+            if req.unavailable:  # open circuits may be all that stands in the way: probe or fail (plan.py)
+                return decide_all_open(policy, req, start)
             raise NoRouteError(policy, req)
-        rule, entry, fallbacks, matched, scanned = result
-        return Decision(policy, rule, entry, fallbacks, req, matched, scanned, time.perf_counter_ns() - start)
+        rule, entry, fallbacks, matched, scanned, stood_in = result
+        return Decision(policy, rule, entry, fallbacks, req, matched, scanned, time.perf_counter_ns() - start, stood_in)
 
     def pin(
         self,

@@ -49,6 +49,8 @@ FIXTURE_CATALOG = Path(__file__).parent / "fixtures" / "policies" / "catalog.yam
 KNOWN_KEYS = {"name", "policy", "files", "prompt", "messages", "pad_tokens", "attrs", "expect", "xfail"}
 KNOWN_EXPECT = {
     "model",
+    "plan",
+    "note",
     "provider",
     "rule",
     "file",
@@ -160,8 +162,14 @@ def test_case(stem: str, doc: dict, case: dict, engines) -> None:
     report = d.report()
     assert (report.model, report.rule.line, report.rule.file) == (d.model, d.rule.line, d.rule.file)
     assert report.fallbacks == d.fallbacks
+    assert report.plan == d.plan and d.chain == [step.model for step in d.plan] and d.chain[0] == d.model
     ranked = [c for c in report.candidates if c.rank is not None]
-    assert ranked and ranked[0].model == d.model and ranked[0].status == "chosen"
+    if report.note is None:  # the rule's own pick (not a fallback standing in for it)
+        assert ranked and ranked[0].model == d.model and ranked[0].status == "chosen"
+    if "plan" in expect:
+        assert d.chain == expect["plan"], d.plan
+    if "note" in expect:
+        assert report.note == expect["note"]
     if "ranked" in expect:
         assert [c.model for c in ranked] == expect["ranked"]
     if "rejected" in expect:

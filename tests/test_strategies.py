@@ -47,12 +47,18 @@ def called(server: FakeServer) -> list[str]:
     return [r.model for r in server.requests]
 
 
-def test_round_robin_rotates_and_falls_back(engine: Any, fake_server: FakeServer) -> None:
+def test_round_robin_rotates_and_a_failing_member_fails_over_to_the_next(engine: Any, fake_server: FakeServer) -> None:
     models = [engine.complete("hi", s="rr").model for _ in range(6)]
     assert models == ["alpha-mini", "beta-chat", "gamma-flash"] * 2
     fake_server.script("alpha-mini", Fault.server_error(500))
     c = engine.complete("hi", s="rr")
-    assert [a.model for a in c.attempts] == ["alpha-mini", "delta-tiny"]
+    assert c.decision.chain == ["alpha-mini", "beta-chat", "gamma-flash", "delta-tiny"]
+    assert [a.model for a in c.attempts] == ["alpha-mini", "beta-chat"]
+    fake_server.always("beta-chat", Fault.server_error(500))
+    fake_server.always("gamma-flash", Fault.server_error(500))
+    fake_server.script("alpha-mini", Fault.server_error(500))
+    c = engine.complete("hi", s="rr")  # the rotation is at beta-chat now: then gamma-flash, alpha-mini, delta-tiny
+    assert [a.model for a in c.attempts] == ["beta-chat", "gamma-flash", "alpha-mini", "delta-tiny"]
 
 
 def test_random_uses_both(engine: Any) -> None:

@@ -177,7 +177,11 @@ BUILDERS: Mapping[str, Callable[[_Parts], Selector]] = {
     "balance": _balance,
     "split": _split,
     "race": lambda p: RaceSelector(key=p.key, **p.common()),
-    "consensus": lambda p: ConsensusSelector(key=p.key, **p.common()),
+    "consensus": lambda p: ConsensusSelector(
+        min_agreement=int(number(p.action.min_agreement.value)) if p.action.min_agreement else 1,
+        key=p.key,
+        **p.common(),
+    ),
     "best_of": _best_of,
 }
 if set(BUILDERS) != {"use", "prefer"} | n.GROUP_ACTIONS:

@@ -389,6 +389,18 @@ def pass_strategies(ctx: Context) -> None:
                     f"{shown}",
                     "make the percentages add up to 100%",
                 )
+        if act.min_agreement is not None:
+            need = act.min_agreement
+            if need.kind != "count":
+                _unit_error(ctx, "`min_agreement`", "count", need)
+            elif not 1 <= number(need.value) <= len(act.members) or number(need.value) != int(number(need.value)):
+                ctx.error(
+                    "E404",
+                    f"`min_agreement {need.text}` asks for more agreeing answers than the group can give",
+                    need.span,
+                    f"the group has {len(act.members)} models",
+                    f"write a whole number from 1 to {len(act.members)}",
+                )
         if act.kind in n.FANOUT_GROUPS and len(act.members) < 2:
             ctx.error(
                 "E403",
@@ -408,9 +420,16 @@ def pass_strategies(ctx: Context) -> None:
                 did_you_mean(setting.name, SETTINGS) or "settings: " + ", ".join(SETTINGS),
             )
             continue
-        kind = spec[0]
-        if not isinstance(setting.value, n.Literal) or setting.value.kind != kind:
-            _unit_error(ctx, f"`{setting.name}`", kind, setting.value)
+        if not isinstance(setting.value, n.Literal) or setting.value.kind != spec.kind:
+            _unit_error(ctx, f"`{setting.name}`", spec.kind, setting.value)
+        elif spec.choices and setting.value.value not in spec.choices:
+            ctx.error(
+                "E310",
+                f"`{setting.name}` is one of {', '.join(spec.choices)}, not `{setting.value.value}`",
+                setting.value.span,
+                "not a choice",
+                did_you_mean(str(setting.value.value), spec.choices) or f"write one of {', '.join(spec.choices)}",
+            )
     for budget in ctx.budgets:
         if budget.period not in BUDGET_PERIODS:
             ctx.error(

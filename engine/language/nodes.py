@@ -194,6 +194,7 @@ class Action:
     weights: tuple[Literal, ...] = ()  # split: one percentage per member
     mode: Literal | None = None  # balance: round_robin | random | least_busy
     judge: ModelRef | None = None  # best_of
+    min_agreement: Literal | None = None  # consensus: agreeing answers needed (None: 1)
 
 
 # ---- statements --------------------------------------------------------------------------------
@@ -271,7 +272,8 @@ class Assign:
 
 @dataclass(frozen=True, slots=True)
 class Expect:
-    """`expect "prompt" [with k=v, ...] -> MODEL [by rule N | by line N] [fallback A, B]` or `-> no route`."""
+    """`expect "prompt" [with k=v, ...] -> MODEL [by rule N | by line N] [fallback A, B] [plan A, B, C]` or
+    `-> no route`."""
 
     prompt: str
     attrs: tuple[Assign, ...]
@@ -279,6 +281,7 @@ class Expect:
     by: tuple[str, int] | None  # ("rule", ordinal) or ("line", line)
     fallbacks: tuple[ModelRef, ...] | None
     span: Span
+    plan: tuple[ModelRef, ...] | None = None  # the whole failover plan, chosen model first
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,8 @@ KEYWORDS = frozenset(
         "best_of",
         "judge",
         "least_busy",
+        "min_agreement",
+        "plan",
     }
 )
 
@@ -328,7 +330,8 @@ class _ToAST(Transformer):
         return ("race", None, (), {"members": children[0]})
 
     def consensus(self, meta, children):
-        return ("consensus", None, (), {"members": children[0]})
+        extra = {"min_agreement": literal(children[1], self.file)} if len(children) > 1 else {}
+        return ("consensus", None, (), {"members": children[0], **extra})
 
     def best_of(self, meta, children):
         return ("best_of", None, (), {"members": children[0], "judge": self._ref(children[1])})
@@ -371,15 +374,18 @@ class _ToAST(Transformer):
     def expect_fallbacks(self, meta, children):
         return ("fallbacks", tuple(self._ref(c) for c in children))
 
+    def expect_plan(self, meta, children):
+        return ("plan", tuple(self._ref(c) for c in children))
+
     def expect_model(self, meta, children):
         model, *rest = children
-        out = {"model": self._ref(model), "by": None, "fallbacks": None}
+        out = {"model": self._ref(model), "by": None, "fallbacks": None, "plan": None}
         for kind, value in rest:
             out[kind] = value
         return out
 
     def expect_no_route(self, meta, children):
-        return {"model": None, "by": None, "fallbacks": None}
+        return {"model": None, "by": None, "fallbacks": None, "plan": None}
 
     def expect(self, meta, children):
         prompt, *rest = children
@@ -388,7 +394,13 @@ class _ToAST(Transformer):
         if len(rest) == 2:
             attrs = rest[0][1]
         return n.Expect(
-            unescape(prompt[1:-1]), attrs, outcome["model"], outcome["by"], outcome["fallbacks"], self._span(meta)
+            unescape(prompt[1:-1]),
+            attrs,
+            outcome["model"],
+            outcome["by"],
+            outcome["fallbacks"],
+            self._span(meta),
+            outcome["plan"],
         )
 
     def rank_capability(self, meta, children):

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 from engine.language.nodes import FANOUT_GROUPS, Span
 from engine.runtime.policy import CompiledPolicy, Entry, Request
-from engine.runtime.report import Candidate, Report
+from engine.runtime.report import Candidate, PlanStep, Report
 
 
 class DecidingSelector(Protocol):
@@ -21,6 +21,8 @@ class DecidingSelector(Protocol):
     def judge(self) -> Entry | None: ...
 
     def group(self, req: Request) -> tuple[str, ...]: ...
+
+    def plan(self, chosen: Entry, req: Request, settings: Any, stand_in: str | None) -> list[PlanStep]: ...
 
 
 class DecidingRule(Protocol):
@@ -64,7 +66,20 @@ class RuleSource:
 class Decision:
     """Which model answers a request, which rule chose it, the fallbacks, and (lazily) why."""
 
-    __slots__ = ("_entry", "_matched", "_report", "_rule", "_scanned", "elapsed_ns", "fallbacks", "policy", "request")
+    __slots__ = (
+        "_entry",
+        "_matched",
+        "_plan",
+        "_report",
+        "_rule",
+        "_scanned",
+        "_stood_in",
+        "elapsed_ns",
+        "fallbacks",
+        "policy",
+        "probe",
+        "request",
+    )
 
     def __init__(
         self,
@@ -76,6 +91,7 @@ class Decision:
         matched: int,
         scanned: bool,
         elapsed_ns: int,
+        stood_in: bool = False,
     ):
         self.policy = policy
         self._rule = rule
@@ -85,7 +101,12 @@ class Decision:
         self._matched = matched
         self._scanned = scanned
         self.elapsed_ns = elapsed_ns
+        self._stood_in = stood_in
         self._report: Report | None = None
+        self._plan: list[PlanStep] | None = None
+        #: The model tried as a half-open probe because every circuit of the plan is open
+        #: (`set circuit.when_all_open = probe`); None for an ordinary decision.
+        self.probe: str | None = None
 
     # -- the answer ------------------------------------------------------------------------------
     @property
@@ -147,9 +168,28 @@ class Decision:
         return judge.name if judge is not None else None
 
     @property
+    def min_agreement(self) -> int:
+        """Agreeing answers a consensus needs (`consensus [...] min_agreement N`; 1 otherwise)."""
+        return int(getattr(self._rule.selector, "min_agreement", 1))
+
+    @property
+    def plan(self) -> list[PlanStep]:
+        """The failover plan: the models execution tries, in order, each with its `role` and `reason` (the
+        chosen model; the next ones of the rule's ranking or group, up to `set failover.depth`; the fallbacks).
+        Built on first use (engine/runtime/plan.py), then cached."""
+        if self._plan is None:
+            stand_in = None
+            if self._stood_in:
+                from engine.runtime.evaluate import stand_in_reason
+
+                stand_in = stand_in_reason(self._rule.selector, self.request, self._entry)  # type: ignore[arg-type]
+            self._plan = self._rule.selector.plan(self._entry, self.request, self.policy.settings, stand_in)
+        return self._plan
+
+    @property
     def chain(self) -> list[str]:
-        """The attempt order for execution: the chosen model, then the fallbacks."""
-        return [self.model, *self.fallbacks]
+        """The attempt order for execution: the models of the plan (`[step.model for step in plan]`)."""
+        return [step.model for step in self.plan]
 
     # -- the reasons -----------------------------------------------------------------------------
     def report(self) -> Report:
@@ -157,7 +197,14 @@ class Decision:
         if self._report is None:
             from engine.runtime.evaluate import trace
 
-            self._report = trace(self.policy, self.request, self.elapsed_ns / 1000, (self._rule.index, self.model))
+            report = trace(self.policy, self.request, self.elapsed_ns / 1000, (self._rule.index, self.model))
+            report.plan = list(self.plan)
+            if self.probe is not None:
+                report.model, report.provider = self.model, self.provider
+                report.note = self.plan[0].reason
+            elif self._stood_in:
+                report.note = self.plan[0].reason
+            self._report = report
         return self._report
 
     @property
@@ -189,15 +236,35 @@ class Decision:
 
 
 class NoRouteError(LookupError):
-    """No rule produced a viable model for the request; `.report()` / `.explain()` say why."""
+    """No rule produced a viable model for the request; `.report()` / `.explain()` say why.
 
-    def __init__(self, policy: CompiledPolicy, request: Request):
+    `unavailable` names the models whose open circuits alone stopped a rule from deciding (empty when circuits
+    are not the reason): with `set circuit.when_all_open = fail`, or when no probe could be chosen. `retry_after`
+    is then the seconds until the first of those circuits half-opens (None when unknown)."""
+
+    def __init__(
+        self,
+        policy: CompiledPolicy,
+        request: Request,
+        *,
+        unavailable: frozenset[str] = frozenset(),
+        retry_after: float | None = None,
+    ):
         self.policy, self.request = policy, request
+        self.unavailable, self.retry_after = unavailable, retry_after
         self._report: Report | None = None
-        super().__init__(
-            f"no route: none of the {len(policy.rules)} rules of {policy.entry} matched with a viable model "
-            f"(prompt of {request.tokens} tokens); call .explain() to see why"
-        )
+        if unavailable:
+            wait = f"; the first half-opens in {retry_after:.0f}s" if retry_after is not None else ""
+            text = (
+                f"no route: every model that could serve the request has an open circuit "
+                f"({', '.join(sorted(unavailable))}){wait}; call .explain() to see why"
+            )
+        else:
+            text = (
+                f"no route: none of the {len(policy.rules)} rules of {policy.entry} matched with a viable model "
+                f"(prompt of {request.tokens} tokens); call .explain() to see why"
+            )
+        super().__init__(text)
 
     def report(self) -> Report:
         if self._report is None:

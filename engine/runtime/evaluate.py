@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from engine.language import nodes as n
-from engine.runtime.constraints import check, violation
+from engine.runtime.constraints import check
 from engine.runtime.policy import MISSING, CompiledPolicy, CompiledRule, Entry, Request, get_attr
 from engine.runtime.report import (
     Atom,
@@ -39,8 +39,12 @@ def pattern_bits(policy: CompiledPolicy, matched: int) -> int:
     return bits
 
 
-def decide(policy: CompiledPolicy, req: Request) -> tuple[CompiledRule, Entry, tuple[str, ...], int, bool] | None:
-    """Fast path: (rule, model, fallbacks, matched-pattern mask, scanned) or None when nothing routes."""
+Decided = tuple[CompiledRule, Entry, tuple[str, ...], int, bool, bool]
+
+
+def decide(policy: CompiledPolicy, req: Request) -> Decided | None:
+    """Fast path: (rule, model, fallbacks, matched-pattern mask, scanned, stood in) or None when nothing routes.
+    `stood in` says the model is a fallback standing in for a rule pick the request rules out (Selector.stand_in)."""
     rules = policy.rules
     attrs, tokens = req.attrs, req.tokens
     m = policy.unguarded
@@ -82,33 +86,26 @@ def decide(policy: CompiledPolicy, req: Request) -> tuple[CompiledRule, Entry, t
                     continue
         sel = rule.selector
         chosen = sel.pick(req)
-        if chosen is None and req.unavailable and sel.fallbacks:
-            chosen = promote_fallback(sel, req)
+        stood_in = False
+        if chosen is None and sel.fallbacks:
+            chosen = sel.stand_in(req)
+            stood_in = chosen is not None
         if chosen is not None:
             fallbacks = sel.viable_fallbacks(req, chosen) if sel.fallbacks else ()
-            return rule, chosen, fallbacks, matched, scanned
+            return rule, chosen, fallbacks, matched, scanned, stood_in
 
 
-def promote_fallback(sel: Selector, req: Request) -> Entry | None:
-    """When a rule's pick is only out because its circuit is open, its first viable fallback stands in."""
-    free = Request(
-        req.text,
-        req.tokens,
-        req.attrs,
-        req.need_tools,
-        req.need_vision,
-        req.out_tokens,
-        frozenset(),
-        req.state,
-        req.latency,
-    )
-    blocked = sel.pick(free) if not sel.stateful else next(iter(sel.rank(free)[0]), None)
-    if blocked is None or blocked.name not in req.unavailable:
-        return None
-    for f in sel.fallbacks:
-        if violation(f, req) is None:
-            return f
-    return None
+def stand_in_reason(sel: Selector, req: Request, chosen: Entry) -> str:
+    """Why fallback `chosen` stands in for the rule's pick: what keeps the rule's first model (within its `where`
+    limits) from serving the request."""
+    limits = sel.cost_limits
+    blocked = next((e for e in sel.pool if all(c.allows(e, req) for c in limits)), None)
+    why = check(blocked, req) if blocked is not None else None
+    if blocked is None or why is None:
+        return f"fallback {chosen.name} stands in: no model of the rule can serve the request"
+    if sel.kind == "use":
+        return f"fallback {chosen.name} stands in for {blocked.name}: {why.text}"
+    return f"fallback {chosen.name} stands in: no model of the rule can serve the request ({blocked.name}: {why.text})"
 
 
 # ---- traced evaluation (explain) -------------------------------------------------------------------
@@ -305,10 +302,10 @@ def trace(
         else:
             pick = sel.pick(req)
         note = None
-        if pick is None and req.unavailable and sel.fallbacks:
-            pick = promote_fallback(sel, req)
+        if pick is None and sel.fallbacks:
+            pick = sel.stand_in(req)
             if pick is not None:
-                note = f"its pick is unavailable (circuit open): fallback {pick.name} stands in"
+                note = stand_in_reason(sel, req, pick)
         cands = _candidates(rule, req, pick, policy)
         outcome: RuleOutcome = "decided" if pick is not None else "no viable model"
         traces.append(RuleTrace(rule=ref, matched=True, outcome=outcome, conditions=atoms, candidates=cands, note=note))

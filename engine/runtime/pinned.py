@@ -6,13 +6,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from engine.language.nodes import Span
 from engine.runtime.constraints import Code, check
 from engine.runtime.decision import Decision
 from engine.runtime.policy import CompiledPolicy, Entry, Request
-from engine.runtime.report import Report, RuleRef
+from engine.runtime.report import PlanStep, Report, RuleRef
 
 _REQUEST = Span("<request>", 0, 0, 0, 0)
 
@@ -39,6 +39,9 @@ class PinnedSelector:
 
     def group(self, req: Request) -> tuple[str, ...]:
         return ()
+
+    def plan(self, chosen: Entry, req: Request, settings: Any, stand_in: str | None) -> list[PlanStep]:
+        return [PlanStep(model=chosen.name, provider=chosen.provider, role="chosen", reason="named by the request")]
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class PinnedDecision(Decision):
                 attrs=dict(req.attrs),
                 policy=self.policy.entry,
                 policy_version=self.policy.version,
+                plan=list(self.plan),
             )
         return self._report
 

@@ -7,6 +7,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 CandidateStatus = Literal["chosen", "eligible", "rejected", "not named"]
+#: Why a model is in a decision's failover plan: the rule's pick, the next models of its ranking or group, the
+#: members a race / consensus / best_of calls together, a listed fallback, or the half-open probe of an all-open plan.
+PlanRole = Literal["chosen", "ranked", "member", "group", "fallback", "probe"]
 RuleOutcome = Literal["decided", "no match", "no viable model"]
 
 
@@ -52,6 +55,15 @@ class FallbackCheck(BaseModel):
     reason: str | None = None
 
 
+class PlanStep(BaseModel, frozen=True):
+    """One entry of a decision's failover plan: execution tries the entries in order (engine/runtime/plan.py)."""
+
+    model: str
+    provider: str
+    role: PlanRole
+    reason: str
+
+
 class Report(BaseModel):
     """Everything explain shows; `modelroute explain --json` prints exactly this."""
 
@@ -64,6 +76,8 @@ class Report(BaseModel):
     judge: str | None = None
     fallbacks: list[str] = Field(default_factory=list)
     fallback_checks: list[FallbackCheck] = Field(default_factory=list)
+    plan: list[PlanStep] = Field(default_factory=list)  # the models execution tries, in order, each with why
+    note: str | None = None  # how the decision was reached when not by its rule's own pick (stand-in, probe)
     candidates: list[Candidate] = Field(default_factory=list)
     tasks: list[str] = Field(default_factory=list)
     tokens: int

@@ -8,14 +8,18 @@ Every class decides viability with the one hard-constraint check, engine.runtime
 
 from __future__ import annotations
 
+import heapq
 import random
 import zlib
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from engine.language.nodes import FANOUT_GROUPS, PICK_GROUPS
 from engine.runtime.constraints import CostLimit, Reason, check, violation
 from engine.runtime.policy import Entry, PriceGroup, RankKey, Request
+
+if TYPE_CHECKING:
+    from engine.runtime.report import PlanStep
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,6 +84,43 @@ class Selector:
         """The fallbacks that can serve the request (the rule's cost limits do not apply to them)."""
         return tuple(f.name for f in self.fallbacks if f is not chosen and violation(f, req) is None)
 
+    def plan(self, chosen: Entry, req: Request, settings: Any, stand_in: str | None) -> list[PlanStep]:
+        """The failover plan of a decision by this rule (engine/runtime/plan.py)."""
+        from engine.runtime.plan import build_plan
+
+        return build_plan(self, chosen, req, settings, stand_in)
+
+    def stand_in(self, req: Request) -> Entry | None:
+        """When no model of the rule can serve the request only because of the request itself (its size, tools,
+        images, or an open circuit) while the rule's `where` limits leave some model, the first viable fallback
+        stands in. None when there is none, or when the `where` limits leave no model at all."""
+        if not self.fallbacks:
+            return None
+        limits = self.cost_limits
+        if not any(all(c.allows(e, req) for c in limits) for e in self.pool):
+            return None
+        for f in self.fallbacks:
+            if violation(f, req) is None:
+                return f
+        return None
+
+    def alternatives(self, req: Request, chosen: Entry, depth: int) -> list[tuple[Entry, str]]:
+        """Up to `depth` viable models that follow `chosen` in this action's order of preference, each with why
+        it is there: the ranked or group entries of the failover plan (engine/runtime/plan.py). None for `use`
+        (one model) and for race / consensus / best_of (the whole group is called together)."""
+        return []
+
+    def _ranked(self, req: Request, chosen: Entry, depth: int, top: list[Entry]) -> list[tuple[Entry, str]]:
+        """`top` (viable models best first) as plan entries after `chosen`, each labelled with its rank."""
+        labels = " then ".join(r.label for r in self.rankings)
+        return [(e, f"rank {i} by {labels}") for i, e in enumerate(top, 1) if e is not chosen][:depth]
+
+    def _top(self, req: Request, k: int) -> list[Entry]:
+        """The `k` best viable pool models by the full ranking key (a heap: no full sort of a big catalog)."""
+        limits = self.cost_limits
+        viable = (e for e in self.pool if violation(e, req, limits) is None)
+        return heapq.nsmallest(k, viable, key=lambda e: self.full_key(e, req))
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UseSelector(Selector):
@@ -110,6 +151,20 @@ class StaticPrefer(Selector):
                 return e
         return None
 
+    def alternatives(self, req: Request, chosen: Entry, depth: int) -> list[tuple[Entry, str]]:
+        if depth <= 0:
+            return []
+        if self.measured and req.latency:
+            return self._ranked(req, chosen, depth, self._top(req, depth + 1))
+        top: list[Entry] = []
+        limits = self.cost_limits
+        for e in self.pool:  # already in rank order: the first viable ones are the best
+            if violation(e, req, limits) is None:
+                top.append(e)
+                if len(top) > depth:
+                    break
+        return self._ranked(req, chosen, depth, top)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GenericPrefer(Selector):
@@ -120,6 +175,9 @@ class GenericPrefer(Selector):
 
     def pick(self, req: Request) -> Entry | None:
         return _best(self, req)
+
+    def alternatives(self, req: Request, chosen: Entry, depth: int) -> list[tuple[Entry, str]]:
+        return self._ranked(req, chosen, depth, self._top(req, depth + 1)) if depth > 0 else []
 
 
 def _best(sel: Selector, req: Request) -> Entry | None:
@@ -186,6 +244,39 @@ class CheapestPrefer(Selector):
             return ties[0]
         return min(ties, key=lambda e: self.full_key(e, req))
 
+    def alternatives(self, req: Request, chosen: Entry, depth: int) -> list[tuple[Entry, str]]:
+        return self._ranked(req, chosen, depth, self._cheapest(req, depth + 1)) if depth > 0 else []
+
+    def _cheapest(self, req: Request, k: int) -> list[Entry]:
+        """The `k` best viable models: pick()'s walk over price groups, stopped once no unseen group can beat the
+        k-th best cost found (an unseen group costs at least tokens*A[i].ip + out*B[i].op)."""
+        t, o = req.tokens, req.out_tokens
+        dynamic = self.dynamic_rest or (self.measured and bool(req.latency))
+        limits = self.cost_limits
+        found: list[tuple[tuple, Entry]] = []
+        seen: set[int] = set()
+        kth = float("inf")
+        for ga, gb in zip(self.by_input, self.by_output, strict=True):
+            if t * ga.ip + o * gb.op > kth:
+                break
+            for g in (ga, gb):
+                if id(g) in seen or t * g.ip + o * g.op > kth:
+                    continue
+                seen.add(id(g))
+                taken = 0
+                for e in g.members:  # sorted by the later rankings unless they depend on the request
+                    if violation(e, req, limits) is None:
+                        found.append((self.full_key(e, req), e))
+                        taken += 1
+                        if taken == k and not dynamic:
+                            break
+                if len(found) >= k:
+                    found.sort(key=lambda p: p[0])
+                    del found[k:]
+                    kth = found[-1][0][0]
+        found.sort(key=lambda p: p[0])
+        return [e for _, e in found[:k]]
+
     def _group_best(self, g: PriceGroup, req: Request) -> Entry | None:
         """The best viable model of a price group when a later ranking depends on the request."""
         limits = self.cost_limits
@@ -214,6 +305,19 @@ class BalanceSelector(Selector):
             return viable[0]
         return min(viable, key=lambda e: req.state.in_flight(e.name))  # least_busy; ties: list order
 
+    def alternatives(self, req: Request, chosen: Entry, depth: int) -> list[tuple[Entry, str]]:
+        limits = self.cost_limits
+        viable = [e for e in self.pool if violation(e, req, limits) is None]
+        if depth <= 0 or not viable:
+            return []
+        if self.mode == "least_busy" and req.state is not None:
+            state = req.state
+            rest = sorted((e for e in viable if e is not chosen), key=lambda e: state.in_flight(e.name))
+            return [(e, f"next least busy ({state.in_flight(e.name)} in flight)") for e in rest[:depth]]
+        at = viable.index(chosen) if chosen in viable else -1  # the members after the chosen one, in rotation
+        rest = [e for e in viable[at + 1 :] + viable[: max(at, 0)] if e is not chosen]
+        return [(e, f"next in rotation (balance {self.mode})") for e in rest[:depth]]
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SplitSelector(Selector):
@@ -239,6 +343,12 @@ class SplitSelector(Selector):
                 return e
         return pairs[-1][0]
 
+    def alternatives(self, req: Request, chosen: Entry, depth: int) -> list[tuple[Entry, str]]:
+        limits = self.cost_limits
+        pairs = [(e, w) for e, w in zip(self.pool, self.weights, strict=False) if violation(e, req, limits) is None]
+        rest = sorted((p for p in pairs if p[0] is not chosen), key=lambda p: -p[1])  # stable: ties as listed
+        return [(e, f"next by weight (split {w * 100:g}%)") for e, w in rest[:depth]] if depth > 0 else []
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FanoutSelector(Selector):
@@ -260,6 +370,7 @@ class RaceSelector(FanoutSelector):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ConsensusSelector(FanoutSelector):
     kind: ClassVar[str] = "consensus"
+    min_agreement: int = 1  # agreeing answers needed (`consensus [...] min_agreement N`)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -4,21 +4,55 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
-#: name -> (literal kind, default, what it does). Durations are seconds, percentages fractions.
-SETTINGS: dict[str, tuple[str, Any, str]] = {
-    "retry.attempts": ("count", 2, "retries of a transient failure on the same model before falling back"),
-    "retry.backoff": ("duration", 0.2, "first retry delay; doubles each retry, with jitter"),
-    "retry.max_backoff": ("duration", 5.0, "upper bound of a retry delay (also caps a Retry-After wait)"),
-    "timeout": ("duration", 60.0, "per-attempt timeout when the provider sets none"),
-    "circuit.failures": ("count", 5, "failures within circuit.window that open a model's circuit"),
-    "circuit.window": ("duration", 60.0, "the window in which failures are counted"),
-    "circuit.cooldown": ("duration", 30.0, "how long a circuit stays open before a half-open probe"),
-    "latency.min_samples": ("count", 20, "measured calls before `fastest` trusts measured over catalog latency"),
-    "output_tokens": ("count", 500, "output tokens assumed for cost when a request has no max_tokens"),
-    "budget.warn": ("percent", 0.8, "share of a budget spent that raises a budget warning event"),
-    "overrides": ("bool", False, "whether a request may name a concrete catalog model (gateway)"),
+#: The judge prompt of `best_of` (`set judge.prompt` replaces it): `{question}` is the user's messages, `{answers}`
+#: the numbered answers, `{count}` how many there are. The judge replies with JSON; a reply that is not JSON is
+#: read for the number of the best answer (providers/execution/strategies.py).
+JUDGE_PROMPT = (
+    "You are judging answers to the same request.\n\nRequest:\n{question}\n\n{answers}\n\n"
+    "Score every answer from 0 to 10 for correctness, completeness and helpfulness. Reply with JSON only, "
+    'in this form: {{"scores": [<one number per answer, in order>], "reasoning": "<why the best answer is best>"}}'
+)
+
+
+class Spec(NamedTuple):
+    """One setting: its literal kind, default (None: unset), what it does, and the words it accepts (kind name)."""
+
+    kind: str
+    default: Any
+    doc: str
+    choices: tuple[str, ...] = ()
+
+
+#: name -> Spec. Durations are seconds, percentages fractions. The one list of settings: the compiler checks
+#: `set` statements against it, docs/execution.md describes it, and Settings.defaults() comes from it.
+SETTINGS: dict[str, Spec] = {
+    "retry.attempts": Spec("count", 2, "retries of a transient failure on the same model before falling back"),
+    "retry.backoff": Spec("duration", 0.2, "first retry delay; doubles each retry, with jitter"),
+    "retry.max_backoff": Spec("duration", 5.0, "upper bound of a retry delay (also caps a Retry-After wait)"),
+    "timeout": Spec("duration", 60.0, "bound of one non-streamed attempt, connect to last byte (provider's if set)"),
+    "stream.first_token_timeout": Spec("duration", None, "a stream's bound until its first chunk (unset: timeout)"),
+    "stream.idle_timeout": Spec("duration", None, "the longest gap between a stream's chunks (unset: timeout)"),
+    "deadline": Spec("duration", None, "bound of a whole request across retries and fallbacks (unset: none)"),
+    "failover.depth": Spec("count", 2, "ranked or group models the plan keeps after the chosen one (0: none)"),
+    "circuit.failures": Spec("count", 5, "failures within circuit.window that open a model's circuit"),
+    "circuit.window": Spec("duration", 60.0, "the window in which failures are counted"),
+    "circuit.cooldown": Spec("duration", 30.0, "how long a circuit stays open before a half-open probe"),
+    "circuit.when_all_open": Spec(
+        "name", "probe", "every circuit of the plan open: probe the one opened longest ago, or fail", ("probe", "fail")
+    ),
+    "latency.min_samples": Spec("count", 20, "measured calls before `fastest` trusts measured over catalog latency"),
+    "output_tokens": Spec("count", 500, "output tokens assumed for cost when a request has no max_tokens"),
+    "budget.warn": Spec("percent", 0.8, "share of a budget spent that raises a budget warning event"),
+    "overrides": Spec("bool", False, "whether a request may name a concrete catalog model (gateway)"),
+    "consensus.compare": Spec(
+        "name",
+        "normalised",
+        "how consensus compares answers: normalised (case, spaces, punctuation) or exact",
+        ("normalised", "exact"),
+    ),
+    "judge.prompt": Spec("string", JUDGE_PROMPT, "the best_of judge prompt: a template with {question}, {answers}"),
 }
 
 
@@ -30,7 +64,7 @@ class Settings(Mapping[str, Any]):
 
     @classmethod
     def defaults(cls) -> Settings:
-        return cls({name: spec[1] for name, spec in SETTINGS.items()})
+        return cls({name: spec.default for name, spec in SETTINGS.items()})
 
     def __getitem__(self, key: str) -> Any:
         return self.by_name[key]
@@ -42,9 +76,17 @@ class Settings(Mapping[str, Any]):
         return len(self.by_name)
 
 
+def setting(settings: Mapping[str, Any] | None, name: str) -> Any:
+    """A setting's effective value, or its default when there are no settings (a policy built by hand)."""
+    if settings is None:
+        return SETTINGS[name].default
+    value = settings.get(name, SETTINGS[name].default)
+    return value
+
+
 def coerce(name: str, value: Any) -> Any:
     """The Python value of a setting (counts as int where the setting counts things)."""
-    kind = SETTINGS[name][0]
+    kind = SETTINGS[name].kind
     if kind == "count":
         return int(value)
     if kind in ("duration", "percent"):

@@ -37,6 +37,9 @@ class StateStore(Protocol):
     def latency_ms(self) -> Mapping[str, float]:
         """Measured latency (EWMA, ms) of models with enough samples (for `fastest`)."""
 
+    def circuit(self, model: str) -> CircuitInfo:
+        """A model's circuit (read by decide() only when open circuits leave no route: which to probe)."""
+
 
 @dataclass(frozen=True)
 class CircuitConfig:
@@ -117,8 +120,6 @@ class ExecutionStore(StateStore, Protocol):
         cost: float = 0.0,
     ) -> str | None:
         """Record one call; returns "opened" or "closed" when this call changed the model's circuit."""
-
-    def circuit(self, model: str) -> CircuitInfo: ...
 
     def stats(self) -> Mapping[str, ModelStats]: ...
 
