@@ -107,6 +107,11 @@ class ExecutionStore(StateStore, Protocol):
         """May a call go to `model` now? False while its circuit is open (or a half-open probe runs);
         True claims the half-open probe."""
 
+    def probe(self, model: str) -> bool:
+        """Claim the half-open probe of `model` now, even before its cooldown ends (every circuit of a plan is
+        open and the policy says `set circuit.when_all_open = probe`). False when a probe of it already runs.
+        The probe's recorded outcome closes the circuit (ok) or opens it for a new cooldown (fail)."""
+
     def record(
         self,
         model: str,
@@ -203,6 +208,17 @@ class MemoryStore:
             if c.probing:
                 return False
             c.probing = True  # this caller is the half-open probe
+            self._rebuild()
+            return True
+
+    def probe(self, model: str) -> bool:
+        with self._lock:
+            c = self._circuits.get(model)
+            if c is None or c.state == "closed":
+                return True
+            if c.state == "half_open" and c.probing:
+                return False
+            c.state, c.probing = "half_open", True  # this caller is the probe, cooldown or not
             self._rebuild()
             return True
 

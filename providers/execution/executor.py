@@ -26,7 +26,7 @@ from providers.clients import ProviderClient, client_for
 from providers.errors import ContentFiltered, ProviderError
 from providers.execution.budget import Budgets, label
 from providers.execution.events import EventBus
-from providers.execution.outcome import Completion, Result, Run, to_messages, validate
+from providers.execution.outcome import Completion, Result, Run, Verdict, to_messages, validate
 from providers.execution.resilience import (
     Attempt,
     InvalidOutput,
@@ -507,7 +507,13 @@ class Executor:
         return None
 
     def completion(
-        self, run: Run, result: Result, *, agreement: float | None = None, answers: dict[str, str] | None = None
+        self,
+        run: Run,
+        result: Result,
+        *,
+        agreement: float | None = None,
+        answers: dict[str, str] | None = None,
+        judge: Verdict | None = None,
     ) -> Completion:
         return Completion(
             result.response.text,
@@ -522,6 +528,7 @@ class Executor:
             result.response,
             agreement,
             answers or {},
+            judge,
         )
 
     async def run_group_or_chain(self, run: Run) -> Completion:

@@ -23,14 +23,27 @@ if TYPE_CHECKING:
     from engine import Decision
     from engine.runtime.policy import CompiledPolicy
 
-__all__ = ["Completion", "Result", "Run", "to_messages", "validate"]
+__all__ = ["Completion", "Result", "Run", "Verdict", "to_messages", "validate"]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The best_of judge's verdict: the judge `model`, its `scores` (one per answer, in the order of
+    Completion.answers; empty when it named a number only), its `reasoning` ("" when it gave none) and the
+    `winner` (the model whose answer was chosen)."""
+
+    model: str
+    scores: list[float]
+    reasoning: str
+    winner: str
 
 
 @dataclass(frozen=True, repr=False)
 class Completion:
     """The answer to one request, with how it was obtained. `usage` and `cost` sum every call the request
     made (all race/consensus/best_of legs that answered, the judge, invalid answers); `answers` holds each
-    group member's text for consensus and best_of; `agreement` is the consensus vote share."""
+    group member's text for consensus and best_of; `agreement` is the consensus vote share; `judge` is the best_of
+    judge's Verdict."""
 
     text: str
     parsed: Any
@@ -44,6 +57,7 @@ class Completion:
     response: ChatResponse | None = None
     agreement: float | None = None
     answers: dict[str, str] = field(default_factory=dict)
+    judge: Verdict | None = None
 
     @property
     def tool_calls(self) -> list[ToolCall]:
