@@ -35,11 +35,13 @@ CODES: dict[str, str] = {
     "E307": "unknown balance mode",
     "E308": "unknown setting",
     "E309": "unknown budget period",
+    "E310": "setting value is not one of its choices",
     # types and units
     "E400": "unit mismatch",
     "E401": "value out of range",
     "E402": "split weights do not add up to 100%",
     "E403": "model group too small",
+    "E404": "min_agreement out of range",
     # patterns
     "E500": "bad regex",
     "E501": "regex feature RE2 cannot run",

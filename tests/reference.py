@@ -211,7 +211,10 @@ class Policy:
         self.tasks: dict[str, n.TaskDecl] = {}
         self.aliases: dict[str, str] = {}
         self.rules: list[n.Rule] = []
+        self.depth = 2  # README, "Failover plan": `set failover.depth`, default 2
         for stmt in body:
+            if isinstance(stmt, n.Setting) and stmt.name == "failover.depth":
+                self.depth = int(stmt.value.value)  # type: ignore[union-attr, call-overload]
             if isinstance(stmt, n.TaskDecl):
                 self.tasks.setdefault(stmt.name, stmt)
             elif isinstance(stmt, n.ModelAlias):
@@ -226,8 +229,13 @@ class Policy:
             spec = self.catalog.models[self.catalog.aliases[name]]
         return spec
 
-    def decide(self, prompt: str, attrs: Mapping[str, Any]) -> tuple[str, int, list[str]] | None:
-        """(model, line of the deciding rule, fallbacks) or None when no rule yields a viable model."""
+    def decide(self, prompt: str, attrs: Mapping[str, Any]) -> tuple[str, int, list[str], list[str]] | None:
+        """(model, line of the deciding rule, fallbacks, plan) or None when no rule yields a viable model.
+
+        README, "Failover plan": the plan is the chosen model, then the next `failover.depth` models of the same
+        ranking that pass every constraint, then the fallbacks that can serve the request, each model once. When
+        the request rules out every model the rule's `where` leaves (too long, tools, images), the first
+        fallback that can serve it stands in (and the plan has no ranked models)."""
         req = Request(prompt, attrs, self.tasks)
         for rule in self.rules:
             if not req.holds(rule.cond):
@@ -237,21 +245,28 @@ class Policy:
                 candidates = [self.model(action.model.name)]  # type: ignore[union-attr]
             else:
                 candidates = list(self.catalog.models.values())
-            viable = [s for s in candidates if req.hard_ok(s) and all(passes(s, c, req) for c in action.where)]
-            if not viable:
-                continue  # a matching rule with no viable model does not decide
-            chosen = sorted(viable, key=lambda s: rank_key(s, action.rankings, req))[0]
+            allowed = [s for s in candidates if all(passes(s, c, req) for c in action.where)]
+            viable = [s for s in allowed if req.hard_ok(s)]
+            listed = [self.model(ref.name) for ref in action.fallbacks]
+            if viable:
+                ranked = sorted(viable, key=lambda s: rank_key(s, action.rankings, req))
+                chosen, following = ranked[0], ranked[1 : 1 + self.depth] if action.kind == "prefer" else []
+            else:
+                stand_in = next((f for f in listed if req.hard_ok(f)), None) if allowed else None
+                if stand_in is None:
+                    continue  # a matching rule with no viable model (and no fallback to stand in) does not decide
+                chosen, following = stand_in, []
             fallbacks: list[str] = []
-            for ref in action.fallbacks:
-                spec = self.model(ref.name)
+            for spec in listed:
                 if spec.name != chosen.name and spec.name not in fallbacks and req.hard_ok(spec):
                     fallbacks.append(spec.name)
-            return chosen.name, rule.span.line, fallbacks
+            plan = list(dict.fromkeys([chosen.name, *(s.name for s in following), *fallbacks]))
+            return chosen.name, rule.span.line, fallbacks, plan
         return None
 
 
 def reference_decide(
     body: Iterable[n.Stmt], catalog: Any, prompt: str, attrs: Mapping[str, Any] | None = None
-) -> tuple[str, int, list[str]] | None:
-    """Decide with the reference semantics: (model, rule line, fallbacks) or None."""
+) -> tuple[str, int, list[str], list[str]] | None:
+    """Decide with the reference semantics: (model, rule line, fallbacks, plan) or None."""
     return Policy(body, catalog).decide(prompt, attrs or {})

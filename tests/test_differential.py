@@ -184,6 +184,8 @@ def actions(draw: st.DrawFn) -> str:
 def policy_sources(draw: st.DrawFn) -> str:
     """A valid policy over the hardening catalog: tasks, an alias, 1-6 rules, maybe `otherwise`."""
     lines = ["# generated", 'model fast = "zeta-fast"']
+    if draw(st.integers(0, 3)) == 0:
+        lines.append(f"set failover.depth = {draw(st.integers(0, 4))}")
     ntasks = draw(st.integers(0, 3))
     names = [f"t{i}" for i in range(ntasks)]
     for name in names:
@@ -224,12 +226,12 @@ def catalog():
     return load_catalog(CATALOG_PATH)
 
 
-def engine_result(engine: Engine, prompt: str, attrs: dict) -> tuple[str, int, list[str]] | None:
+def engine_result(engine: Engine, prompt: str, attrs: dict) -> tuple[str, int, list[str], list[str]] | None:
     try:
         d = engine.decide(prompt, **attrs)
     except NoRouteError:
         return None
-    return d.model, d.rule.line, list(d.fallbacks)
+    return d.model, d.rule.line, list(d.fallbacks), d.chain
 
 
 def check_agree(text: str, catalog, requests: list[tuple[str, dict]]) -> None:
@@ -239,9 +241,10 @@ def check_agree(text: str, catalog, requests: list[tuple[str, dict]]) -> None:
         want = reference_decide(body, catalog, prompt, attrs)
         got = engine_result(engine, prompt, attrs)
         assert got == want, f"engine {got} != reference {want}\npolicy:\n{text}\nprompt={prompt!r}\nattrs={attrs}"
-        if got is not None:  # the traced evaluation (explain) must name the same model and rule
+        if got is not None:  # the traced evaluation (explain) must name the same model, rule and plan
             report = engine.decide(prompt, **attrs).report()
             assert (report.model, report.rule.line) == got[:2]
+            assert [step.model for step in report.plan] == got[3]
 
 
 @settings(
@@ -257,19 +260,48 @@ def test_engine_agrees_with_reference(catalog, text, requests):
 # ---- a few fixed cases that pin the reference itself to the README -------------------------------------------
 
 FIXED = [
-    # (policy, prompt, attrs, expected (model, line, fallbacks) or None)
-    ('when task ~ "key points" use beta-mid\n', "the Key \n Points are", {}, ("beta-mid", 1, [])),
+    # (policy, prompt, attrs, expected (model, line, fallbacks, plan) or None)
+    ('when task ~ "key points" use beta-mid\n', "the Key \n Points are", {}, ("beta-mid", 1, [], ["beta-mid"])),
     ('when task ~ "key points" use beta-mid\n', "keypoints", {}, None),
-    ('when not tier == "free" use beta-mid\n', "hi", {}, ("beta-mid", 1, [])),  # missing: comparison false
-    ("when tier > 5 use beta-mid\notherwise use gamma\n", "hi", {"tier": "pro"}, ("gamma-pro", 2, [])),
-    ("when tokens > 20 prefer cheapest\n", "q" * 200, {}, ("delta-cheap", 1, [])),  # 50 tokens: alpha too small
-    ("when tokens > 20 prefer cheapest then fastest\n", "q" * 100, {}, ("alpha-small", 1, [])),  # tie -> faster
+    (
+        'when not tier == "free" use beta-mid\n',
+        "hi",
+        {},
+        ("beta-mid", 1, [], ["beta-mid"]),
+    ),  # missing: comparison false
+    ("when tier > 5 use beta-mid\notherwise use gamma\n", "hi", {"tier": "pro"}, ("gamma-pro", 2, [], ["gamma-pro"])),
+    (
+        "when tokens > 20 prefer cheapest\n",
+        "q" * 200,
+        {},
+        ("delta-cheap", 1, [], ["delta-cheap", "epsilon-long", "beta-mid"]),
+    ),  # 50 tokens: alpha too small
+    (
+        "when tokens > 20 prefer cheapest then fastest\n",
+        "q" * 100,
+        {},
+        ("alpha-small", 1, [], ["alpha-small", "delta-cheap", "epsilon-long"]),
+    ),  # tie -> faster
     (
         "otherwise prefer capability(CODING) where supports vision fallback alpha, delta-cheap, gamma\n",
         "hi",
         {"images": True},
-        ("gamma-pro", 1, ["delta-cheap"]),
+        ("gamma-pro", 1, ["delta-cheap"], ["gamma-pro", "zeta-fast", "delta-cheap"]),  # a ranked model is once
     ),
+    (  # failover.depth 0: the chosen model, then only the listed fallbacks
+        "set failover.depth = 0\nwhen tokens > 20 prefer cheapest fallback gamma\n",
+        "q" * 200,
+        {},
+        ("delta-cheap", 2, ["gamma-pro"], ["delta-cheap", "gamma-pro"]),
+    ),
+    (  # the request rules beta-mid out (images): the first fallback that can serve it stands in
+        "otherwise use beta-mid fallback alpha, delta-cheap, gamma\n",
+        "hi",
+        {"images": True},
+        ("delta-cheap", 1, ["gamma-pro"], ["delta-cheap", "gamma-pro"]),
+    ),
+    # the rule's `where` leaves no model at all: no fallback stands in
+    ("otherwise use beta-mid where supports vision fallback gamma\n", "hi", {"images": True}, None),
     ("otherwise use alpha-small\n", "q" * 200, {}, None),  # hard constraint: context 40 < 50 tokens
     ("when task ~ /delta$/ use beta-mid\n", "delta\n", {}, None),  # RE2 `$` without m: end of text only
     ("when task ~ /ALPHA/c use beta-mid\n", "alpha", {}, None),

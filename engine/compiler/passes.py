@@ -313,7 +313,7 @@ def pass_tests(ctx: Context) -> None:
         return
     for block in ctx.tests:
         for exp in block.expects:
-            for ref in (exp.model, *(exp.fallbacks or ())):
+            for ref in (exp.model, *(exp.fallbacks or ()), *(exp.plan or ())):
                 if ref is not None:
                     ctx.resolve_model(ref)
 
@@ -394,9 +394,17 @@ def pass_strategies(ctx: Context) -> None:
             if need.kind != "count":
                 _unit_error(ctx, "`min_agreement`", "count", need)
             elif not 1 <= number(need.value) <= len(act.members) or number(need.value) != int(number(need.value)):
+                value = number(need.value)
+                why = (
+                    "is not a whole number"
+                    if value != int(value)
+                    else "needs at least one agreeing answer"
+                    if value < 1
+                    else "asks for more agreeing answers than the group can give"
+                )
                 ctx.error(
                     "E404",
-                    f"`min_agreement {need.text}` asks for more agreeing answers than the group can give",
+                    f"`min_agreement {need.text}` {why}",
                     need.span,
                     f"the group has {len(act.members)} models",
                     f"write a whole number from 1 to {len(act.members)}",

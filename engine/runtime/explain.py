@@ -67,6 +67,17 @@ def _candidate_lines(cands: list[Candidate], ranking: list[str], strategy: str |
     return out
 
 
+def _plan_lines(r: Report) -> list[str]:
+    """The failover plan: the models execution tries, in order, each with why it is there."""
+    if not r.plan:
+        return []
+    width = max(len(step.model) for step in r.plan) + 2
+    out = ["[bold]plan[/]       [dim](execution tries these in order)[/]"]
+    for i, step in enumerate(r.plan, 1):
+        out.append(f"  {i:>3}. {escape(step.model).ljust(width)} [dim]{escape(step.reason)}[/]")
+    return out
+
+
 def render_markup(r: Report) -> str:
     """The explain text with rich markup (colour tags)."""
     lines = [
@@ -97,6 +108,8 @@ def render_markup(r: Report) -> str:
         if r.group and len(r.group) > 1:
             calls = f"calls {', '.join(r.group)} together"
             lines.append(f"[bold]{r.strategy}[/]  {escape(calls)}" + (f"; judge {escape(r.judge)}" if r.judge else ""))
+        if r.note:
+            lines.append(f"[bold]note[/]       [yellow]{escape(r.note)}[/]")
         if r.fallback_checks:
             lines.append("[bold]fallbacks[/]")
             for f in r.fallback_checks:
@@ -106,6 +119,7 @@ def render_markup(r: Report) -> str:
                     lines.append(f"       [dim]{escape(f.model)}: skipped, {escape(f.reason or '')}[/]")
         else:
             lines.append("[bold]fallbacks[/]  [dim](none)[/]")
+        lines.extend(_plan_lines(r))
     if r.elapsed_us is not None:
         lines.append(f"[bold]time[/]       {r.elapsed_us:.1f} µs (decide)")
     return "\n".join(lines)

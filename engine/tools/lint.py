@@ -426,7 +426,13 @@ class Linter:
             x.name for r in self.p.rules if r.node.cond for x in n.walk_cond(r.node.cond) if isinstance(x, n.TaskIs)
         }
         used = {ref.name for r in self.p.rules for ref in _refs(r.node.action)}
-        used |= {r.name for t in self.p.tests for e in t.expects for r in (e.model, *(e.fallbacks or ())) if r}
+        used |= {
+            r.name
+            for t in self.p.tests
+            for e in t.expects
+            for r in (e.model, *(e.fallbacks or ()), *(e.plan or ()))
+            if r
+        }
         used |= {s.target.name for s in self.stmts if isinstance(s, n.ModelAlias)}
         for s in self.stmts:
             if isinstance(s, n.TaskDecl) and s.name not in used_tasks:

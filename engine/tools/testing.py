@@ -275,6 +275,10 @@ def run_case(policy: CompiledPolicy, names: dict[str, str], test: str, e: n.Expe
             want_fb = [resolve(f) for f in e.fallbacks]
             if list(fallbacks) != want_fb:
                 problems.append(f"expected fallbacks [{', '.join(want_fb)}], got [{', '.join(fallbacks)}]")
+        if e.plan is not None and d is not None:
+            want_plan, chain = [resolve(f) for f in e.plan], d.chain
+            if chain != want_plan:
+                problems.append(f"expected plan [{', '.join(want_plan)}], got [{', '.join(chain)}]")
     if problems:  # what happened instead, without the decide time (it differs run to run)
         shown = d.report() if d is not None else report
         report = shown.model_copy(update={"elapsed_us": None}) if shown is not None else None
