@@ -126,16 +126,21 @@ def decide_all_open(policy: CompiledPolicy, req: Request, start_ns: int) -> Deci
     rule, entry, fallbacks, matched, scanned, stood_in = result
     decision = Decision(policy, rule, entry, fallbacks, free, matched, scanned, 0, stood_in)
     state = req.state
-    until: dict[str, float] = {}
+    until: dict[str, float] = {}  # model -> wall-clock end of its open state (0: unknown, e.g. a probe runs)
+    waits: list[float] = []  # seconds until each open circuit half-opens
     for step in decision.plan:
         if step.model in req.unavailable:
             info = state.circuit(step.model) if state is not None else None
             until[step.model] = float(getattr(info, "until", None) or 0.0)
+            left = getattr(info, "half_open_in", None)
+            if left is None and until[step.model]:
+                left = max(0.0, until[step.model] - time.time())
+            if left is not None:
+                waits.append(left)
     steps, probe = probe_first(decision.plan, until)
     mode = setting(policy.settings, "circuit.when_all_open")
     if probe is None or mode != "probe":
-        known = [u for u in until.values() if u]
-        wait = max(0.0, min(known) - time.time()) if known else None
+        wait = min(waits) if waits else None
         raise NoRouteError(policy, req, unavailable=frozenset(until) or req.unavailable, retry_after=wait)
     decision._entry = policy.models[probe]
     decision._plan = steps

@@ -70,6 +70,7 @@ class CircuitInfo:
     state: str
     failures: int
     until: float | None = None
+    half_open_in: float | None = None  # seconds until an open circuit half-opens (None: not open, or unknown)
 
 
 @dataclass
@@ -305,8 +306,10 @@ class MemoryStore:
             c = self._circuits.get(model)
             if c is None:
                 return CircuitInfo(model, "closed", 0)
-            until = self._wall() + (c.open_until - self._clock()) if c.state == "open" else None
-            return CircuitInfo(model, c.state, len(c.fails), until)
+            if c.state != "open":
+                return CircuitInfo(model, c.state, len(c.fails))
+            left = max(0.0, c.open_until - self._clock())
+            return CircuitInfo(model, c.state, len(c.fails), self._wall() + left, left)
 
     def stats(self) -> Mapping[str, ModelStats]:
         with self._lock:
