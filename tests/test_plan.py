@@ -55,7 +55,10 @@ def test_failover_depth_bounds_the_ranked_entries(write_policy, depth: int, expe
 
 
 def test_balance_plan_follows_the_rotation(write_policy) -> None:
-    src = 'catalog "catalog.yaml"\notherwise balance round_robin [alpha-mini, beta-chat, gamma-flash] fallback delta-tiny\n'
+    src = (
+        'catalog "catalog.yaml"\n'
+        "otherwise balance round_robin [alpha-mini, beta-chat, gamma-flash] fallback delta-tiny\n"
+    )
     engine = Engine.load(write_policy(src))
     chains = [engine.decide("hi").chain for _ in range(3)]
     assert chains == [
