@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from engine.runtime.state import CircuitConfig, ExecutionStore, MemoryStore, StateStore
+from engine.runtime.state import CircuitConfig, CircuitInfo, ExecutionStore, MemoryStore, StateStore
 from tests.waiting import wait_until
 
 REDIS_BIN = shutil.which("redis-server")
@@ -154,6 +154,76 @@ def test_circuit_lifecycle_matches_memory_store(make_store) -> None:
         assert s.circuit("m").state == "closed" and s.unavailable() == frozenset()
 
 
+def test_a_forced_probe_is_shared_by_the_replicas_and_closes_on_ok(make_store) -> None:
+    clock = make_store.clock
+    a, b = make_store(), make_store()
+    assert a.probe("m") and a.circuit("m") == CircuitInfo("m", "closed", 0)  # a closed circuit: nothing to claim
+    assert fail(a, n=3)[-1] == "opened"
+    for s in (a, b):  # circuit() reports the wall-clock end of the open state, as MemoryStore does
+        info = s.circuit("m")
+        assert info.state == "open" and info.until == pytest.approx(clock.t + 30)
+    clock.t += 5  # well before the cooldown ends
+    assert not b.allow("m")
+    assert a.probe("m")  # forced: a holds the half-open probe
+    for s in (a, b):  # decide() on either replica sees it at once (refresh=0 here; a's own snapshot was dropped)
+        assert s.circuit("m").state == "half_open" and s.unavailable() == {"m"} and not s.allow("m")
+    assert not a.probe("m") and not b.probe("m")  # one probe at a time, across replicas
+    assert a.record("m", "p", "ok", CFG, latency_ms=5) == "closed"
+    for s in (a, b):
+        assert s.circuit("m") == CircuitInfo("m", "closed", 0) and s.unavailable() == frozenset() and s.allow("m")
+
+
+def test_a_failed_forced_probe_reopens_the_circuit_for_a_new_cooldown(make_store) -> None:
+    clock = make_store.clock
+    a, b = make_store(), make_store()
+    fail(a, n=3)
+    clock.t += 5
+    assert b.probe("m")
+    clock.t += 2
+    assert b.record("m", "p", "fail", CFG) == "opened"
+    for s in (a, b):
+        info = s.circuit("m")
+        assert info.state == "open" and info.until == pytest.approx(clock.t + 30)
+        assert s.unavailable() == {"m"} and not s.allow("m")
+    assert a.probe("m") and not b.probe("m")  # the next forced probe may be claimed at once
+
+
+def test_a_forced_probe_of_a_dead_replica_is_claimable_after_its_lease(make_store) -> None:
+    from providers.state.redis_store import PROBE_LEASE
+
+    clock = make_store.clock
+    slow = CircuitConfig(failures=3, window=10.0, cooldown=10 * PROBE_LEASE, min_samples=3)
+    a, b = make_store(), make_store()
+    for _ in range(3):
+        a.record("m", "p", "fail", slow)
+    assert a.probe("m")  # a dies mid-probe: it never records
+    clock.t += PROBE_LEASE - 1
+    assert not b.probe("m") and b.unavailable() == {"m"}
+    clock.t += 2  # the lease ran out (the cooldown has not)
+    assert b.unavailable() == frozenset() and b.probe("m") and not a.probe("m")
+    assert b.record("m", "p", "neutral", slow) is None  # a probe without a verdict releases it ...
+    assert a.probe("m")  # ... so it is claimable again at once
+    assert a.record("m", "p", "ok", slow) == "closed" and b.circuit("m").state == "closed"
+
+
+def test_concurrent_forced_probes_claim_one(make_store) -> None:
+    stores = [make_store() for _ in range(4)]
+    fail(stores[0], n=3)
+    claimed: list[bool] = []
+    start = threading.Barrier(len(stores) * 2)
+
+    def worker(store) -> None:
+        start.wait()
+        claimed.append(store.probe("m"))
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in stores * 2]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(claimed) == [False] * 7 + [True]
+
+
 def test_neutral_and_cancelled_do_not_open(make_store) -> None:
     store = make_store()
     for _ in range(5):
@@ -228,6 +298,7 @@ def test_losing_redis_degrades_to_local_state_then_recovers(caplog: pytest.LogCa
         with caplog.at_level(logging.WARNING, logger="modelroute.state"):
             assert store.next_index("k") == 0  # answered locally, no exception
             assert fail(store, n=3)[-1] == "opened" and store.unavailable() == {"m"}
+            assert store.probe("m") and not store.probe("m")  # the local circuit's forced probe
             ok, used = store.reserve("daily:d", 0.5, 1.0)  # seeded with the last shared spend
             assert ok and used == pytest.approx(0.25)
             assert store.settle("daily:d", 0.5, 0.4) == pytest.approx(0.65)

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from engine.runtime.state import CircuitConfig, ExecutionStore, MemoryStore, StateStore
+from engine.runtime.state import CircuitConfig, CircuitInfo, ExecutionStore, MemoryStore, StateStore
 from providers.execution.events import Event
 from providers.execution.resilience import RoutingError
 from tests.engines import engine_for
@@ -76,6 +76,39 @@ def test_half_open_probe_failure_reopens(store: MemoryStore, clock: Clock) -> No
     assert store.allow("m")
     assert fail(store) == ["opened"]
     assert store.circuit("m").until == pytest.approx(1_700_000_000.0 + clock.t + 30)
+
+
+def test_forced_probe_before_the_cooldown_then_closed(store: MemoryStore, clock: Clock) -> None:
+    assert store.probe("m") and store.circuit("m") == CircuitInfo("m", "closed", 0)  # closed: nothing to claim
+    fail(store, n=3)
+    clock.t += 5  # the cooldown still runs
+    assert not store.allow("m")
+    assert store.probe("m")  # forced: this caller is the half-open probe
+    assert store.circuit("m").state == "half_open" and store.unavailable() == {"m"} and not store.allow("m")
+    assert not store.probe("m")  # one probe at a time
+    assert store.record("m", "p", "ok", CFG, latency_ms=5) == "closed"
+    assert store.circuit("m") == CircuitInfo("m", "closed", 0) and store.unavailable() == frozenset()
+
+
+def test_forced_probe_failure_reopens_for_a_new_cooldown(store: MemoryStore, clock: Clock) -> None:
+    fail(store, n=3)
+    clock.t += 5
+    assert store.probe("m")
+    clock.t += 2
+    assert fail(store) == ["opened"]
+    info = store.circuit("m")
+    assert info.state == "open" and info.until == pytest.approx(1_700_000_000.0 + clock.t + 30)
+    assert store.unavailable() == {"m"} and not store.allow("m")
+    assert store.probe("m") and not store.probe("m")  # the next forced probe may be claimed at once
+
+
+def test_forced_probe_without_a_verdict_is_released(store: MemoryStore, clock: Clock) -> None:
+    fail(store, n=3)
+    assert store.probe("m")
+    assert store.record("m", "p", "neutral", CFG) is None  # no verdict: the probe is released, still half-open
+    assert store.circuit("m").state == "half_open" and store.probe("m") and not store.probe("m")
+    assert store.record("m", "p", "cancelled", CFG) is None
+    assert store.probe("m")
 
 
 def test_neutral_and_cancelled_release_the_probe(store: MemoryStore, clock: Clock) -> None:

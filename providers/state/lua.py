@@ -40,14 +40,16 @@ local function publish(kg, kb, kr, i)
   end
 end
 """
-# KEYS: circuits, inflight, inflight_by, replicas; ARGV: model, now, probe lease seconds, claim count, claim seq,
-# then the publish block. Returns 1 (allowed, circuit closed), 2 (allowed: this call is the half-open probe) or
-# 0 (refused). When allowed, this replica's count for the model becomes the claim count.
+# KEYS: circuits, inflight, inflight_by, replicas; ARGV: model, now, probe lease seconds, force, claim count,
+# claim seq, then the publish block. Returns 1 (allowed, circuit closed), 2 (allowed: this call is the half-open
+# probe, holding it for the lease) or 0 (refused: open, or an unexpired probe lease is held by any replica).
+# force '1' (probe()) claims the half-open probe of an open circuit before its cooldown ends; '0' (allow()) waits
+# for the cooldown. When allowed, this replica's count for the model becomes the claim count.
 ALLOW = (
     PARSE
     + PUBLISH
     + """
-publish(KEYS[2], KEYS[3], KEYS[4], 6)
+publish(KEYS[2], KEYS[3], KEYS[4], 7)
 local function gate()
   local v = redis.call('HGET', KEYS[1], ARGV[1])
   if not v then return 1 end
@@ -55,7 +57,7 @@ local function gate()
   local now = tonumber(ARGV[2])
   if s == 'closed' then return 1 end
   if s == 'open' then
-    if now < u then return 0 end
+    if now < u and ARGV[4] ~= '1' then return 0 end
     p = '0'
   end
   if p == '1' and now < l then return 0 end
@@ -63,7 +65,7 @@ local function gate()
   return 2
 end
 local r = gate()
-if r > 0 then set_count(KEYS[2], KEYS[3], ARGV[6], ARGV[1], ARGV[4], ARGV[5]) end
+if r > 0 then set_count(KEYS[2], KEYS[3], ARGV[7], ARGV[1], ARGV[5], ARGV[6]) end
 return r
 """
 )

@@ -534,24 +534,29 @@ class RedisStore(SpendMixin):
                 self._mark_dirty(model)
             self._wake()
             return True
+        return self._do(lambda: self._gate(model, force=False), lambda: self._local.allow(model), flush=False)
 
-        def remote() -> bool:
-            with self._lock:  # count the call in flight if the gate lets it through (a claim)
-                self._claims.setdefault(model, deque()).append(self._clock())
-                self._seq += 1
-                args = [model, self._wall(), PROBE_LEASE, self._value(model), self._seq, *self._take()]
-            try:
-                code = int(self._allow(keys=[self._kc, *self._kf], args=args))
-            except BaseException:
-                self._unclaim(model)
-                raise
-            if code == 0:
-                self._unclaim(model)
-            if code != 1:  # a claimed probe or a closed gate: decide() must see the circuit now
-                self._valid_until = -math.inf
-            return code > 0
+    def probe(self, model: str) -> bool:
+        """Claim the half-open probe of `model` now, before its cooldown ends (see ExecutionStore.probe): the
+        scripted gate, forced, holding the probe for PROBE_LEASE seconds; False while any replica holds it."""
+        return self._do(lambda: self._gate(model, force=True), lambda: self._local.probe(model), flush=False)
 
-        return self._do(remote, lambda: self._local.allow(model), flush=False)
+    def _gate(self, model: str, *, force: bool) -> bool:
+        """The scripted gate of allow() / probe() (one round trip); True counts the call in flight (a claim)."""
+        with self._lock:  # count the call in flight if the gate lets it through (a claim)
+            self._claims.setdefault(model, deque()).append(self._clock())
+            self._seq += 1
+            args = [model, self._wall(), PROBE_LEASE, int(force), self._value(model), self._seq, *self._take()]
+        try:
+            code = int(self._allow(keys=[self._kc, *self._kf], args=args))
+        except BaseException:
+            self._unclaim(model)
+            raise
+        if code == 0:
+            self._unclaim(model)
+        if code != 1:  # a claimed probe or a closed gate: decide() must see the circuit now
+            self._valid_until = -math.inf
+        return code > 0
 
     def record(
         self,
@@ -629,9 +634,12 @@ class RedisStore(SpendMixin):
             pipe.zcard(self._k("fails", model))
             value, fails = pipe.execute()
             state, until, _, _ = _parse(value)
-            if state == "open" and self._wall() >= until:
+            now = self._wall()
+            if state == "open" and now >= until:
                 state = "half_open"
-            return CircuitInfo(model, state, int(fails), until if state == "open" else None)
+            if state != "open":
+                return CircuitInfo(model, state, int(fails))
+            return CircuitInfo(model, state, int(fails), until, until - now)
 
         return self._do(remote, lambda: self._local.circuit(model))
 
