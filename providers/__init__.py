@@ -2,7 +2,7 @@
 
 Importing this package loads only the catalog (pydantic + PyYAML), never httpx, so the decision core can
 depend on it and stay pure. The execution names (`Executor`, `Completion`, `RoutingError`, `BudgetExceeded`,
-`Attempt`, `Event`, ...) are loaded on first access.
+`NoConsensus`, `Attempt`, `Verdict`, `Event`, ...) are loaded on first access.
 """
 
 import typing
@@ -33,13 +33,16 @@ if typing.TYPE_CHECKING:  # what the lazy names are, for type checkers
         Event,
         Executor,
         InvalidOutput,
+        NoConsensus,
         RoutingError,
         StreamInterrupted,
+        Verdict,
     )
 
 _LAZY = {
     "Attempt": "providers.execution",
     "RoutingError": "providers.execution",
+    "NoConsensus": "providers.execution",
     "InvalidOutput": "providers.execution",
     "StreamInterrupted": "providers.execution",
     "BudgetExceeded": "providers.execution",
@@ -48,6 +51,7 @@ _LAZY = {
     "Completion": "providers.execution",
     "CompletionStream": "providers.execution",
     "AsyncCompletionStream": "providers.execution",
+    "Verdict": "providers.execution",
 }
 
 
@@ -76,10 +80,12 @@ __all__ = [
     "Executor",
     "InvalidOutput",
     "ModelSpec",
+    "NoConsensus",
     "ProviderSpec",
     "RoutingError",
     "SourceRef",
     "StreamInterrupted",
+    "Verdict",
     "default_catalog",
     "default_catalog_path",
     "default_provider_kind",

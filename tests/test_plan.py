@@ -4,6 +4,7 @@ Execution walking the plan against a real loopback server is tested in tests/tes
 
 from __future__ import annotations
 
+import datetime
 import json
 
 import pytest
@@ -234,3 +235,17 @@ def test_ranked_plan_matches_brute_force(catalog: Catalog, tokens: int, tools: b
     order = [keys[r] for r in action.removeprefix("prefer ").split(" then ")]
     ranked = sorted(viable, key=lambda m: (*(k(m) for k in order), m.name))
     assert engine.decide("", tokens=tokens, tools=tools).chain == [m.name for m in ranked[: depth + 1]]
+
+
+def test_decide_does_not_read_provider_keys(monkeypatch) -> None:
+    """A provider without a key is skipped at execution, never at decide(): `modelroute test` gives the same
+    answers on every machine."""
+    engine = Engine.load(today=datetime.date(2026, 12, 6))
+    keys = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "GROQ_API_KEY", "DEEPSEEK_API_KEY")
+    prompts = ["hi", "write a python function that parses dates", "translate this to French: bonjour"]
+    for key in keys:
+        monkeypatch.setenv(key, "sk-test")
+    with_keys = [engine.decide(p).chain for p in prompts]
+    for key in keys:
+        monkeypatch.delenv(key)
+    assert [engine.decide(p).chain for p in prompts] == with_keys

@@ -1,17 +1,20 @@
-"""Tests for the policy strategies at run time (providers/strategies.py and the stateful selectors): policies
-with balance / split / least_busy / fastest / race / consensus / best_of in, the models actually called on the
-FakeServer and the Completion out."""
+"""Tests for the policy strategies at run time (providers/execution/strategies.py and judging.py, and the
+stateful selectors): policies with balance / split / least_busy / fastest / race / consensus / best_of in, the
+models actually called on the FakeServer and the Completion (or NoConsensus) out."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import Counter
 from typing import Any
 
 import pytest
 
+from providers.execution import NoConsensus, Verdict
+from providers.execution.judging import pick, read_scores, render
 from providers.execution.resilience import RoutingError
-from providers.execution.strategies import normalise, pick, vote
+from providers.execution.strategies import normalise, vote
 from tests.engines import engine_for
 from tests.fakeserver import FakeServer, Fault, Reply
 from tests.waiting import await_until
@@ -25,10 +28,19 @@ when s == "busy" balance least_busy [alpha-mini, beta-chat]
 when s == "split" split 70% alpha-mini, 30% beta-chat
 when s == "race" race [alpha-mini, beta-chat] fallback gamma-flash
 when s == "consensus" consensus [alpha-mini, beta-chat, gamma-flash] fallback delta-tiny
+when s == "two" consensus [alpha-mini, beta-chat, gamma-flash] min_agreement 2 fallback delta-tiny
+when s == "all" consensus [alpha-mini, beta-chat, gamma-flash] min_agreement 3
 when s == "best" best_of [alpha-mini, beta-chat] judge alpha-large
 when s == "fastest" prefer fastest where provider in [deltaio, betacorp]
 when s == "warm" use beta-chat
 otherwise use alpha-mini
+"""
+
+
+EXACT = """
+set retry.attempts = 0
+set consensus.compare = exact
+otherwise consensus [alpha-mini, beta-chat, gamma-flash]
 """
 
 
@@ -188,6 +200,167 @@ def test_best_of_without_a_usable_verdict_takes_the_first(engine: Any, fake_serv
     assert c.text == "only B" and "alpha-large" not in [a.model for a in c.attempts]  # one answer: no judge
 
 
+def test_consensus_below_min_agreement_raises_no_consensus(engine: Any, fake_server: FakeServer) -> None:
+    fake_server.script("alpha-mini", Reply(text="Paris"))
+    fake_server.script("beta-chat", Reply(text="paris."))
+    fake_server.script("gamma-flash", Reply(text="Lyon"))
+    with pytest.raises(NoConsensus) as caught:
+        engine.complete("Capital of France?", s="all")
+    error = caught.value
+    assert isinstance(error, RoutingError)
+    assert str(error).startswith("no consensus: the best answer had 2 of 3 votes, min_agreement is 3")
+    assert error.answers == {"alpha-mini": "Paris", "beta-chat": "paris.", "gamma-flash": "Lyon"}
+    assert (error.votes, error.min_agreement, error.agreement) == (2, 3, pytest.approx(2 / 3))
+    assert sorted((a.model, a.outcome) for a in error.attempts) == [
+        ("alpha-mini", "ok"),
+        ("beta-chat", "ok"),
+        ("gamma-flash", "ok"),
+    ]
+    for model in ("alpha-mini", "beta-chat", "gamma-flash"):  # unanimous: reached
+        fake_server.script(model, Reply(text="Paris"))
+    c = engine.complete("Capital of France?", s="all")
+    assert c.text == "Paris" and c.agreement == 1.0
+
+
+def test_failed_members_cast_no_vote_and_no_consensus_never_falls_back(engine: Any, fake_server: FakeServer) -> None:
+    fake_server.script("alpha-mini", Fault.server_error(500))
+    fake_server.script("beta-chat", Fault.auth())
+    fake_server.script("gamma-flash", Reply(text="Lyon"))
+    with pytest.raises(NoConsensus) as caught:  # one answer of three: not "agreement 1.0"
+        engine.complete("hi", s="two")
+    error = caught.value
+    assert str(error).startswith("no consensus: the best answer had 1 of 3 votes, min_agreement is 2")
+    assert error.answers == {"gamma-flash": "Lyon"} and error.agreement == 1.0  # 1 vote / 1 answer received
+    assert "delta-tiny" not in called(fake_server)  # the fallback cannot form a consensus
+    for model in ("alpha-mini", "beta-chat", "gamma-flash"):  # no answer at all: still no consensus
+        fake_server.script(model, Fault.server_error(503))
+    with pytest.raises(NoConsensus, match="had 0 of 3 votes") as caught:
+        engine.complete("hi", s="two")
+    assert caught.value.answers == {} and caught.value.agreement == 0.0
+    assert "delta-tiny" not in called(fake_server)
+    fake_server.script("alpha-mini", Fault.server_error(500))  # two of three agree: reached
+    fake_server.script("beta-chat", Reply(text="Lyon"))
+    fake_server.script("gamma-flash", Reply(text="lyon!"))
+    c = engine.complete("hi", s="two")
+    assert (c.text, c.agreement, sorted(c.answers)) == ("Lyon", 1.0, ["beta-chat", "gamma-flash"])
+
+
+def test_no_consensus_settles_the_budget(fake_server: FakeServer) -> None:
+    from engine.runtime.budget import bucket
+
+    now = 1_750_000_000.0
+    policy = "set retry.attempts = 0\nbudget daily $5\notherwise consensus [alpha-mini, beta-chat] min_agreement 2\n"
+    e: Any
+    with engine_for(fake_server, policy, wall=lambda: now) as e:
+        fake_server.script("alpha-mini", Reply(text="yes"))
+        fake_server.script("beta-chat", Reply(text="no"))
+        with pytest.raises(NoConsensus):
+            e.complete("hi")
+        spent, reserved = e.state.spent(f"daily:{bucket('daily', now)}")
+        assert spent > 0 and reserved == 0  # both answers are paid for; nothing is left held
+
+
+def test_consensus_compare_exact_takes_the_raw_text(fake_server: FakeServer) -> None:
+    policy = EXACT
+    with engine_for(fake_server, policy) as e:
+        fake_server.script("alpha-mini", Reply(text="Paris."))
+        fake_server.script("beta-chat", Reply(text="paris"))
+        fake_server.script("gamma-flash", Reply(text="paris"))
+        c = e.complete("Capital of France?")
+        assert (c.text, c.model, c.agreement) == ("paris", "beta-chat", pytest.approx(2 / 3))
+        for model in ("alpha-mini", "beta-chat", "gamma-flash"):
+            fake_server.script(model, Reply(text=" Paris" if model == "alpha-mini" else "Paris"))
+        assert e.complete("Capital of France?").model == "beta-chat"  # surrounding space counts too
+    with engine_for(fake_server, policy.replace("exact", "normalised")) as e:
+        for model in ("alpha-mini", "beta-chat", "gamma-flash"):
+            fake_server.script(model, Reply(text={"alpha-mini": "Paris.", "beta-chat": "paris"}.get(model, "Lyon")))
+        c = e.complete("Capital of France?")
+        assert (c.model, c.agreement) == ("alpha-mini", pytest.approx(2 / 3))
+
+
+def test_consensus_with_a_schema_compares_parsed_values_either_way(fake_server: FakeServer) -> None:
+    from pydantic import BaseModel
+
+    class City(BaseModel):
+        name: str
+        country: str
+
+    policy = EXACT
+    with engine_for(fake_server, policy) as e:
+        fake_server.script("alpha-mini", Reply(text='{"name": "Lyon", "country": "FR"}'))
+        fake_server.script("beta-chat", Reply(text='{"country":"FR","name":"Paris"}'))
+        fake_server.script("gamma-flash", Reply(text='```json\n{"name": "Paris", "country": "FR"}\n```'))
+        c = e.complete("Capital of France?", schema=City)
+        assert (c.parsed.name, c.model, c.agreement) == ("Paris", "beta-chat", pytest.approx(2 / 3))
+
+
+def test_best_of_judge_scores_and_reasoning(engine: Any, fake_server: FakeServer) -> None:
+    fake_server.script("alpha-mini", Reply(text="answer A"))
+    fake_server.script("beta-chat", Reply(text="answer B"))
+    reply = 'Sure.\n```json\n{"scores": [4, 9], "reasoning": "B is complete"}\n```'
+    fake_server.script("alpha-large-2025-01", Reply(text=reply))
+    c = engine.complete("Explain X", s="best")
+    assert (c.text, c.model) == ("answer B", "beta-chat")
+    assert c.judge == Verdict(model="alpha-large", scores=[4.0, 9.0], reasoning="B is complete", winner="beta-chat")
+    body = fake_server.requests[-1].body
+    assert body["temperature"] == 0 and body["max_completion_tokens"] == 1024
+    prompt = body["messages"][-1]["content"]
+    assert "Score each of the 2 answers" in prompt and '{"scores": [' in prompt and "{{" not in prompt
+    fake_server.script("alpha-mini", Reply(text="answer A"))
+    fake_server.script("beta-chat", Reply(text="answer B"))
+    fake_server.script("alpha-large-2025-01", Reply(text='{"scores": [7, 7], "reasoning": "tie"}'))
+    c = engine.complete("Explain X", s="best")
+    assert c.model == "alpha-mini" and c.judge is not None and c.judge.winner == "alpha-mini"  # tie: listed first
+
+
+def test_best_of_judge_reply_that_is_not_json_falls_back_to_the_number(engine: Any, fake_server: FakeServer) -> None:
+    fake_server.script("alpha-mini", Reply(text="answer A"))
+    fake_server.script("beta-chat", Reply(text="answer B"))
+    fake_server.script("alpha-large-2025-01", Reply(text='2 is best. {"scores": [9]}'))  # one score for two
+    c = engine.complete("Explain X", s="best")
+    assert c.model == "beta-chat"
+    assert c.judge == Verdict("alpha-large", [], '2 is best. {"scores": [9]}', "beta-chat")
+
+
+def test_best_of_custom_judge_prompt_reaches_the_judge(fake_server: FakeServer) -> None:
+    template = 'Pick the best of {count} for: {question}\\n{answers}\\nReply {\\"scores\\": [...]} {unknown}'
+    policy = f'set judge.prompt = "{template}"\notherwise best_of [alpha-mini, beta-chat] judge alpha-large\n'
+    with engine_for(fake_server, policy) as e:
+        fake_server.script("alpha-mini", Reply(text="answer A"))
+        fake_server.script("beta-chat", Reply(text="answer {count}"))
+        fake_server.script("alpha-large-2025-01", Reply(text=json.dumps({"scores": [8, 2], "reasoning": "A"})))
+        c = e.complete("Explain X")
+    assert c.model == "alpha-mini" and c.judge is not None and c.judge.scores == [8.0, 2.0]
+    judge = fake_server.requests[-1]
+    assert judge.model == "alpha-large-2025-01"
+    assert judge.body["messages"] == [
+        {
+            "role": "user",
+            "content": "Pick the best of 2 for: Explain X\nAnswer 1:\nanswer A\n\nAnswer 2:\nanswer {count}\n"
+            'Reply {"scores": [...]} {unknown}',
+        }
+    ]
+
+
+def test_best_of_judge_failure_takes_the_first_answer(engine: Any, fake_server: FakeServer) -> None:
+    events: list[Any] = []
+    engine.on_event(events.append)
+    fake_server.script("alpha-mini", Reply(text="answer A"))
+    fake_server.script("beta-chat", Reply(text="answer B"))
+    fake_server.script("alpha-large-2025-01", Fault.server_error(500))
+    c = engine.complete("Explain X", s="best")
+    assert (c.text, c.judge) == ("answer A", None)
+    assert ("alpha-large", "ServerError") in [(a.model, a.error) for a in c.attempts]
+    judged = [e for e in events if e.error == "JudgeFailed"]
+    assert len(judged) == 1 and "the judge failed" in judged[0].message
+    fake_server.script("alpha-mini", Reply(text="answer A"))
+    fake_server.script("beta-chat", Reply(text="answer B"))
+    fake_server.script("alpha-large-2025-01", Reply(text='{"scores": "high", "reasoning": "no numbers"}'))
+    c = engine.complete("Explain X", s="best")
+    assert (c.text, c.judge) == ("answer A", None)
+    assert "names no answer" in [e for e in events if e.error == "JudgeFailed"][-1].message
+
+
 def test_group_strategy_with_all_failures_raises_routing_error(engine: Any, fake_server: FakeServer) -> None:
     fake_server.script("alpha-mini", Fault.server_error(500))
     fake_server.script("beta-chat", Fault.server_error(500))
@@ -211,5 +384,32 @@ def test_helpers() -> None:
             self.parsed, self.response = None, type("Resp", (), {"text": text})()
 
     assert normalise(R('  "The  Answer!" ')) == "the answer"  # type: ignore[arg-type]
-    winner, share = vote([R("a"), R("b"), R("B."), R("a")])  # type: ignore[list-item]
-    assert winner.response.text == "a" and share == 0.5  # tie: the one listed first
+    assert normalise(R('`"Paris".`')) == normalise(R("'PARIS!'")) == "paris"  # type: ignore[arg-type]
+    assert normalise(R(" Paris. "), "exact") == " Paris. "  # type: ignore[arg-type]
+    winner, votes = vote([R("a"), R("b"), R("B."), R("a")])  # type: ignore[list-item]
+    assert winner.response.text == "a" and votes == 2  # tie: the one listed first
+    winner, votes = vote([R("b"), R("a"), R("B."), R("a")], "exact")  # type: ignore[list-item]
+    assert winner.response.text == "a" and votes == 2
+
+
+def test_judge_prompt_rendering_replaces_only_the_three_placeholders() -> None:
+    template = 'Q: {question} | {answers} | {count} | {"scores": []} {other} {{question}}'
+    out = render(template, question="is {answers} here?", answers="A1", count=2)
+    assert out == 'Q: is {answers} here? | A1 | 2 | {"scores": []} {other} {is {answers} here?}'
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ('{"scores": [3, 9.5], "reasoning": "B cites sources"}', ([3.0, 9.5], "B cites sources")),
+        ('```json\n{"scores": [1, 2]}\n```', ([1.0, 2.0], "")),
+        ('Here you go: {"note": {"x": 1}} then {"scores": [0, 1], "reasoning": 7} done', ([0.0, 1.0], "")),
+        ('{"scores": [1, 2, 3], "reasoning": "three"}', None),  # not one per answer
+        ('{"scores": [true, 2]}', None),  # booleans are not scores
+        ('{"scores": ["8", 2]}', None),
+        ("Answer 2 is best", None),
+        ('{"scores": [1, 2]', None),  # unterminated
+    ],
+)
+def test_read_scores(reply: str, expected: tuple[list[float], str] | None) -> None:
+    assert read_scores(reply, 2) == expected

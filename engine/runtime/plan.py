@@ -69,6 +69,8 @@ def build_plan(
         role: PlanRole = "ranked" if sel.kind == "prefer" else "member"
         for e, why in sel.alternatives(req, chosen, depth):
             add(e, role, why)
+    if getattr(sel, "min_agreement", 1) > 1:
+        return steps  # a consensus that needs agreeing answers cannot be served by one fallback model
     fallbacks = {f.name: f for f in sel.fallbacks}
     for i, name in enumerate(sel.viable_fallbacks(req, chosen), 1):
         add(fallbacks[name], "fallback", f"fallback {i} (listed by the rule)")

@@ -7,12 +7,14 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 #: The judge prompt of `best_of` (`set judge.prompt` replaces it): `{question}` is the user's messages, `{answers}`
-#: the numbered answers, `{count}` how many there are. The judge replies with JSON; a reply that is not JSON is
-#: read for the number of the best answer (providers/execution/strategies.py).
+#: the numbered answers ("Answer 1:\n..."), `{count}` how many there are. Only these three placeholders are
+#: replaced (no str.format: other braces are sent as written, so none are doubled here). The judge replies with
+#: JSON; a reply that is not JSON is read for the number of the best answer (providers/execution/judging.py).
 JUDGE_PROMPT = (
     "You are judging answers to the same request.\n\nRequest:\n{question}\n\n{answers}\n\n"
-    "Score every answer from 0 to 10 for correctness, completeness and helpfulness. Reply with JSON only, "
-    'in this form: {{"scores": [<one number per answer, in order>], "reasoning": "<why the best answer is best>"}}'
+    "Score each of the {count} answers from 0 to 10 for correctness, completeness and helpfulness. Reply with "
+    'JSON only, in this form: {"scores": [<one number per answer, in order>], "reasoning": "<why the best answer '
+    'is best>"}'
 )
 
 
@@ -52,7 +54,9 @@ SETTINGS: dict[str, Spec] = {
         "how consensus compares answers: normalised (case, spaces, punctuation) or exact",
         ("normalised", "exact"),
     ),
-    "judge.prompt": Spec("string", JUDGE_PROMPT, "the best_of judge prompt: a template with {question}, {answers}"),
+    "judge.prompt": Spec(
+        "string", JUDGE_PROMPT, "the best_of judge prompt: a template with {question}, {answers}, {count}"
+    ),
 }
 
 

@@ -4,8 +4,9 @@ events out; the package exports what the engine and the gateway use."""
 from providers.execution.budget import BudgetExceeded, Budgets, Reservation
 from providers.execution.events import Event, EventBus, usage_summary
 from providers.execution.executor import Executor
-from providers.execution.outcome import Completion, Result, Run
+from providers.execution.outcome import Completion, Result, Run, Verdict
 from providers.execution.resilience import Attempt, InvalidOutput, RoutingError, StreamInterrupted
+from providers.execution.strategies import NoConsensus
 from providers.execution.streaming import AsyncCompletionStream, CompletionStream
 
 __all__ = [
@@ -19,10 +20,12 @@ __all__ = [
     "EventBus",
     "Executor",
     "InvalidOutput",
+    "NoConsensus",
     "Reservation",
     "Result",
     "RoutingError",
     "Run",
     "StreamInterrupted",
+    "Verdict",
     "usage_summary",
 ]
