@@ -249,3 +249,14 @@ def test_decide_does_not_read_provider_keys(monkeypatch) -> None:
     for key in keys:
         monkeypatch.delenv(key)
     assert [engine.decide(p).chain for p in prompts] == with_keys
+
+
+def test_consensus_that_needs_agreement_has_no_fallbacks_in_its_plan(write_policy) -> None:
+    src = (
+        'catalog "catalog.yaml"\n'
+        "otherwise consensus [alpha-mini, beta-chat, gamma-flash] min_agreement 2 fallback delta-tiny\n"
+    )
+    d = Engine.load(write_policy(src)).decide("hi")
+    assert d.min_agreement == 2
+    assert d.chain == ["alpha-mini", "beta-chat", "gamma-flash"]
+    assert d.fallbacks == ["delta-tiny"]  # listed, as written; the plan says what execution will try

@@ -85,6 +85,8 @@ def _selector_lines(policy: CompiledPolicy, rule: CompiledRule) -> list[str]:
         lines.append("never viable: `where` excludes it")
     if sel.judge is not None:
         lines.append(f"judge {sel.judge.name}")
+    if getattr(sel, "min_agreement", 1) > 1:
+        lines.append(f"min_agreement {sel.min_agreement}")  # type: ignore[attr-defined]
     return lines
 
 
