@@ -13,7 +13,7 @@ PRICES = st.sampled_from([0.0, 0.0, 0.1, 0.5, 1.0, 1.0, 2.5, 10.0])
 
 @st.composite
 def catalogs(draw):
-    n = draw(st.integers(1, 12))
+    n = draw(st.integers(1, 14))
     specs = []
     for i in range(n):
         specs.append(
@@ -28,7 +28,7 @@ def catalogs(draw):
                 output_price=draw(PRICES) / 1e6,
                 latency_ms=draw(st.sampled_from([100.0, 500.0])),
                 capabilities={"REASONING": draw(st.integers(1, 10))},
-                supports=frozenset(),
+                supports=frozenset(draw(st.sets(st.just("tools")))),  # tests/test_plan.py filters on tools
                 deprecation_date=None,
                 source=None,
             )

@@ -10,10 +10,11 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_cheapest import catalogs
 
 from engine import Engine, NoRouteError
 from engine.runtime.state import CircuitConfig, MemoryStore
-from providers.catalog.models import Catalog, ModelSpec
+from providers.catalog.models import Catalog
 
 OPEN_AFTER_ONE = CircuitConfig(failures=1, window=60.0, cooldown=30.0)
 
@@ -180,31 +181,6 @@ def test_explain_json_carries_the_plan(write_policy) -> None:
 
 
 # ---- the ranked part of a plan agrees with brute force --------------------------------------------------
-
-PRICES = st.sampled_from([0.0, 0.1, 0.1, 0.5, 1.0, 2.5, 10.0])
-
-
-@st.composite
-def catalogs(draw: st.DrawFn) -> Catalog:
-    specs = [
-        ModelSpec(
-            name=f"m{i:02d}",
-            provider="p",
-            id=f"m{i:02d}",
-            aliases=(),
-            context=draw(st.sampled_from([1000, 10**6])),
-            max_output=None,
-            input_price=draw(PRICES) / 1e6,
-            output_price=draw(PRICES) / 1e6,
-            latency_ms=draw(st.sampled_from([100.0, 500.0])),
-            capabilities={"REASONING": draw(st.integers(1, 10))},
-            supports=frozenset(draw(st.sets(st.sampled_from(["tools"])))),
-            deprecation_date=None,
-            source=None,
-        )
-        for i in range(draw(st.integers(1, 14)))
-    ]
-    return Catalog.from_models(specs)
 
 
 @settings(max_examples=300, deadline=None)
