@@ -8,6 +8,7 @@ Endpoints: POST /v1/chat/completions, GET /v1/models, POST /v1/route/explain, GE
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -18,13 +19,14 @@ from typing import TYPE_CHECKING, Any, cast
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from engine import Engine, NoRouteError
+from providers.gateway.hangup import ClientGone, HangUp
 from providers.gateway.keys import GatewayKey, KeyRing, bearer
 from providers.gateway.metrics import GatewayMetrics
-from providers.gateway.openai_wire import AUTO_MODELS, ApiError, ChunkWriter, completion_json, new_id, parse_chat
+from providers.gateway.openai_wire import AUTO_MODELS, ApiError, completion_json, new_id, parse_chat
 from providers.gateway.run import (
     fallbacks_used,
     headers,
@@ -33,12 +35,12 @@ from providers.gateway.run import (
     prepare,
     release_key_budget,
     routing_error,
-    streaming_model,
 )
+from providers.gateway.streamed import CLIENT_CLOSED, stream_response
 
 if TYPE_CHECKING:
     from engine.runtime.state import ExecutionStore
-    from providers.execution import Executor, Run
+    from providers.execution import Run
     from providers.gateway.openai_wire import ChatCall
     from providers.types import Usage
 
@@ -147,15 +149,21 @@ class Gateway:
     def _error(self, err: ApiError) -> Response:
         return _json_response(err.body(), err.status, err.headers or None)
 
-    def _done(self, endpoint: str, status: int, t0: float) -> None:
+    def done(self, endpoint: str, status: int, t0: float) -> None:
         self.metrics.requests.inc(endpoint, status)
         self.metrics.duration.observe(time.perf_counter() - t0, endpoint)
 
-    def _account(self, run: Run, answered: str | None, cost: float, usage: Usage | None = None) -> None:
+    def account(
+        self, run: Run, answered: str | None, cost: float, usage: Usage | None = None, fallbacks: int | None = None
+    ) -> None:
+        """Count a request's attempts, and for an answer its fallback (as `x-modelroute-fallbacks` counts them),
+        spend and tokens."""
         attempts = run.attempts
         self.metrics.attempts_of(attempts)
         if answered is not None:
-            if fallbacks_used(attempts, answered):
+            if fallbacks is None:
+                fallbacks = fallbacks_used(run.decision, answered, attempts)
+            if fallbacks:
                 self.metrics.fallbacks.inc(answered)
             self.metrics.spend.inc(answered, by=cost)
             if usage is not None:
@@ -183,30 +191,42 @@ class Gateway:
             try:
                 run = prepare(ex, engine, call, attrs)
             except (NoRouteError, BudgetExceeded) as exc:
-                raise routing_error(exc) from None
+                raise routing_error(exc, ex.state) from None
             rule = run.decision.rule
             self.metrics.decisions.inc("override" if rule.index < 0 else f"{rule.file}:{rule.line}", run.decision.model)
             hold = hold_key_budget(ex, key, run)
             if call.stream:
-                response = await self._stream(call, run, ex, hold, t0, policy_name)
+                response = await stream_response(self, request, call, run, ex, hold, t0, policy_name)
                 streaming = True
                 return response
+            hangup = HangUp(request.receive)  # a client that hangs up cancels the upstream call
             try:
-                c = await ex.run(run)
+                with hangup:
+                    c = await ex.run(run)
             except RoutingError as exc:
-                self._account(run, None, 0.0)
-                raise routing_error(exc) from None
+                self.account(run, None, 0.0)
+                raise routing_error(exc, ex.state) from None
+            except asyncio.CancelledError:
+                if not hangup.happened:
+                    raise
             finally:
                 release_key_budget(ex, hold, run)
-            self._account(run, c.model, c.cost, c.usage)
+            if hangup.happened:
+                self.account(run, None, 0.0)
+                raise ClientGone
+            fallbacks = fallbacks_used(run.decision, c.model, c.attempts)
+            self.account(run, c.model, c.cost, c.usage, fallbacks)
             return _json_response(
                 completion_json(c, new_id(), int(time.time())),
                 200,
-                headers(run.decision, c.model, c.attempts, policy=policy_name),
+                headers(run.decision, c.model, c.attempts, policy=policy_name, fallbacks=fallbacks),
             )
         except ApiError as err:
             status = err.status
             return self._error(err)
+        except ClientGone:  # nobody is listening: nothing is sent; counted as nginx's 499 "client closed request"
+            status = CLIENT_CLOSED
+            return Response(status_code=CLIENT_CLOSED)
         except Exception:
             status = 500
             log.exception("internal error handling a chat completion")
@@ -216,88 +236,14 @@ class Gateway:
         finally:
             if not streaming:
                 self.active -= 1
-                self._done("chat", status, t0)
-
-    async def _stream(
-        self, call: ChatCall, run: Run, ex: Executor, hold: tuple[str, float] | None, t0: float, policy_name: str
-    ) -> Response:
-        from providers.errors import ProviderError
-        from providers.execution.resilience import RoutingError
-        from providers.execution.streaming import AsyncCompletionStream
-
-        stream = AsyncCompletionStream(ex, run)
-        events = stream.__aiter__()
-        try:
-            first = await events.__anext__()
-        except StopAsyncIteration:
-            first = None
-        except BaseException as exc:
-            release_key_budget(ex, hold, run)
-            await stream.aclose()
-            if isinstance(exc, RoutingError):
-                self._account(run, None, 0.0)
-                raise routing_error(exc) from None
-            raise
-        if stream.completion is not None:
-            model = stream.completion.model
-        else:
-            model = run.decision.model if run.decision.strategy != "single" else streaming_model(run)
-        calls = sum(a.outcome in ("ok", "error", "cancelled") for a in run.attempts)
-        hdrs = headers(run.decision, model, run.attempts, calls=calls + (stream.completion is None), policy=policy_name)
-        writer = ChunkWriter(model, call.include_usage)
-
-        async def body() -> AsyncIterator[bytes]:
-            status = 200
-            try:
-                yield writer.start()
-                event = first
-                while event is not None:
-                    chunk = writer.event(event)
-                    if chunk is not None:
-                        yield chunk
-                    try:
-                        event = await events.__anext__()
-                    except StopAsyncIteration:
-                        event = None
-                done = stream.completion
-                if call.include_usage and done is not None:
-                    yield writer.usage(done.usage)
-                yield ChunkWriter.DONE
-            except (ProviderError, RoutingError) as exc:
-                status = 502
-                message = exc.message if isinstance(exc, ProviderError) else "every model failed"
-                yield ChunkWriter.error(
-                    ApiError(
-                        502,
-                        f"upstream stream failed: {type(exc).__name__}: {message}",
-                        type="upstream_error",
-                        code="stream_interrupted",
-                    )
-                )
-            finally:
-                try:
-                    await stream.aclose()  # a client that hung up cancels us here: the rest still runs
-                except Exception:
-                    log.debug("closing an upstream stream failed", exc_info=True)
-                finally:
-                    release_key_budget(ex, hold, run)
-                    done = stream.completion
-                    self._account(run, done.model if done else None, run.cost, done.usage if done else None)
-                    self.active -= 1
-                    self._done("chat", status, t0)
-
-        return StreamingResponse(
-            body(),
-            media_type="text/event-stream",
-            headers={**hdrs, "cache-control": "no-cache", "x-accel-buffering": "no"},
-        )
+                self.done("chat", status, t0)
 
     async def models(self, request: Request) -> Response:
         t0 = time.perf_counter()
         try:
             self._auth(request)
         except ApiError as err:
-            self._done("models", err.status, t0)
+            self.done("models", err.status, t0)
             return self._error(err)
         policy = self.engine.policy
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "modelroute"} for m in self.policies]
@@ -305,7 +251,7 @@ class Gateway:
             {"id": name, "object": "model", "created": 0, "owned_by": entry.provider}
             for name, entry in policy.models.items()
         ]
-        self._done("models", 200, t0)
+        self.done("models", 200, t0)
         return _json_response({"object": "list", "data": data})
 
     async def explain(self, request: Request) -> Response:
@@ -343,7 +289,7 @@ class Gateway:
                 ApiError(500, "internal error in the gateway (logged)", type="server_error", code="internal_error")
             )
         finally:
-            self._done("explain", status, t0)
+            self.done("explain", status, t0)
 
     async def healthz(self, request: Request) -> Response:
         state = self.engine.state

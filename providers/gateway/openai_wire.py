@@ -6,7 +6,9 @@ response JSON and `chat.completion.chunk` SSE lines out. Every client mistake ra
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -60,6 +62,8 @@ UNSUPPORTED = frozenset(
     }
 )
 RESERVED_ATTRS = ("tokens", "key", "images", "spend.", "budget.")
+DEADLINE_HEADER = "x-modelroute-deadline"
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s)?", re.ASCII)
 AUTO_MODELS = ("auto",)
 _FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "content_filter": "content_filter"}
 
@@ -110,6 +114,20 @@ def _attr_value(raw: str) -> Any:
         return json.loads(raw)
     except (ValueError, RecursionError):  # not JSON, or nested too deeply to be a value: the raw string
         return raw
+
+
+def parse_deadline(raw: str) -> float:
+    """The `x-modelroute-deadline` header in seconds: `800ms`, `30s` or bare seconds (`2.5`), more than 0."""
+    match = _DURATION.fullmatch(raw.strip())
+    seconds = float(match[1]) / (1000 if match[2] == "ms" else 1) if match else 0.0
+    if not 0 < seconds < math.inf:
+        raise bad(
+            f"header `{DEADLINE_HEADER}` must be a positive duration: milliseconds (`800ms`), seconds (`30s`) "
+            f"or bare seconds (`2.5`); got {raw[:40]!r}",
+            "invalid_header",
+            DEADLINE_HEADER,
+        )
+    return seconds
 
 
 def _check_attr_name(name: str, where: str) -> str:
@@ -223,7 +241,8 @@ def _read_body(body: dict[str, Any]) -> ChatBody:
 
 
 def parse_chat(body: Any, headers: Mapping[str, str]) -> ChatCall:
-    """Check a chat-completions body (and the x-route-* headers); raises ApiError (400) on any mistake."""
+    """Check a chat-completions body (and the x-route-* and x-modelroute-deadline headers); raises ApiError (400)
+    on any mistake."""
     if not isinstance(body, dict):
         raise bad("the request body must be a JSON object", "invalid_json")
     unsupported = sorted(set(body) & UNSUPPORTED)
@@ -257,12 +276,15 @@ def parse_chat(body: Any, headers: Mapping[str, str]) -> ChatCall:
         call.options["tool_choice"] = choice if isinstance(choice, str) else choice.function.name
     if checked.stop is not None:
         call.options["stop"] = [checked.stop] if isinstance(checked.stop, str) else checked.stop
-    _request_attrs(call.attrs, checked, headers)
+    _request_attrs(call.attrs, call.options, checked, headers)
     return call
 
 
-def _request_attrs(attrs: dict[str, Any], checked: ChatBody, headers: Mapping[str, str]) -> None:
-    """The request attributes: `user`, `metadata` (each key also an attribute) and the x-route-* headers."""
+def _request_attrs(
+    attrs: dict[str, Any], options: dict[str, Any], checked: ChatBody, headers: Mapping[str, str]
+) -> None:
+    """The request attributes: `user`, `metadata` (each key also an attribute) and the x-route-* headers; and the
+    `x-modelroute-deadline` header, as `options["deadline"]` in seconds."""
     if checked.user is not None:
         attrs["user"] = checked.user
     if checked.metadata is not None:
@@ -270,9 +292,12 @@ def _request_attrs(attrs: dict[str, Any], checked: ChatBody, headers: Mapping[st
             attrs[_check_attr_name(str(name), "metadata")] = value
         attrs["metadata"] = dict(checked.metadata)
     for name, value in headers.items():
-        if name.lower().startswith("x-route-"):
-            attr = name.lower()[8:].replace("-", "_")
+        lower = name.lower()
+        if lower.startswith("x-route-"):
+            attr = lower[8:].replace("-", "_")
             attrs[_check_attr_name(attr, name)] = _attr_value(value)
+        elif lower == DEADLINE_HEADER:
+            options["deadline"] = parse_deadline(value)
 
 
 # ---- responses -------------------------------------------------------------------------------------------

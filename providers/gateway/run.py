@@ -4,13 +4,16 @@ hold, the `x-modelroute-*` response headers and OpenAI-style errors for routing 
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from engine import Decision, Engine, NoRouteError, PinError
 from providers.gateway.openai_wire import ApiError, ChatCall
 
 if TYPE_CHECKING:
+    from engine.runtime.state import ExecutionStore
     from providers.execution import Attempt, Executor, Run
     from providers.gateway.keys import GatewayKey
 
@@ -74,12 +77,40 @@ def release_key_budget(ex: Executor, hold: tuple[str, float] | None, run: Run) -
         ex.state.settle(hold[0], hold[1], run.cost)
 
 
-def fallbacks_used(attempts: list[Attempt], answered: str | None) -> int:
-    """How many models were tried (or skipped) before the one that answered."""
-    models = list(dict.fromkeys(a.model for a in attempts))
-    if answered in models:
-        return models.index(answered)
-    return len(models)
+def fallbacks_used(decision: Decision, answered: str | None, attempts: list[Attempt]) -> int:
+    """How many entries of the failover plan were tried (or skipped) before the one that answered: the answering
+    model's index in `decision.chain`, where the members of a race / consensus / best_of group (called together)
+    are one entry, so a group member's answer is 0 and the first fallback after the group is 1. Without an answer,
+    the index of the last entry reached (0 when only the first was)."""
+    plan = decision.plan
+    if answered is not None and plan and plan[0].model == answered and plan[0].role != "group":
+        return 0  # the common case, without walking the plan
+    entries: dict[str, int] = {}
+    index, grouped = -1, False
+    for step in plan:
+        if not (grouped and step.role == "group"):
+            index += 1
+        grouped = step.role == "group"
+        entries[step.model] = index
+    if answered is not None:
+        found = entries.get(answered)
+        if found is not None:
+            return found
+        models = list(dict.fromkeys(a.model for a in attempts))  # not in the plan: count the models before it
+        return models.index(answered) if answered in models else len(models)
+    return max((entries.get(a.model, 0) for a in attempts), default=0)
+
+
+def retry_after(state: ExecutionStore, models: Iterable[str], now: float | None = None) -> int | None:
+    """Whole seconds until the first open circuit among `models` half-opens (at least 1); None when none of
+    them has an open circuit (skipped for another reason: no API key, a half-open probe already running)."""
+    now = time.time() if now is None else now
+    waits = []
+    for model in set(models):
+        info = state.circuit(model)
+        if info.state == "open" and info.until is not None:
+            waits.append(info.until - now)
+    return max(1, math.ceil(min(waits))) if waits else None
 
 
 def streaming_model(run: Run) -> str:
@@ -96,43 +127,81 @@ def streaming_model(run: Run) -> str:
 
 
 def headers(
-    decision: Decision, model: str, attempts: list[Attempt], calls: int | None = None, policy: str = "auto"
+    decision: Decision,
+    model: str,
+    attempts: list[Attempt],
+    calls: int | None = None,
+    policy: str = "auto",
+    fallbacks: int | None = None,
 ) -> dict[str, str]:
     rule = decision.rule
     where = "override" if rule.index < 0 else f"{rule.file.rsplit('/', 1)[-1]}:{rule.line}"
     tried = calls if calls is not None else sum(a.outcome in ("ok", "error", "cancelled") for a in attempts)
+    if fallbacks is None:
+        fallbacks = fallbacks_used(decision, model, attempts)
     return {
         "x-modelroute-model": model,
         "x-modelroute-rule": where.encode("ascii", "replace").decode(),
         "x-modelroute-policy": policy,
         "x-modelroute-policy-version": decision.policy_version,
         "x-modelroute-attempts": str(tried),
-        "x-modelroute-fallbacks": str(fallbacks_used(attempts, model)),
+        "x-modelroute-fallbacks": str(fallbacks),
     }
 
 
-def routing_error(exc: BaseException) -> ApiError:
-    """The OpenAI-style error for a routing failure (no route, budget, every attempt failed)."""
+def _summary(attempts: list[Attempt]) -> str:
+    return (
+        "; ".join(f"{a.model}: {a.error or a.outcome}{f' {a.status}' if a.status else ''}" for a in attempts)
+        or "no model could be tried"
+    )
+
+
+def routing_error(exc: BaseException, state: ExecutionStore | None = None, now: float | None = None) -> ApiError:
+    """The OpenAI-style error for a routing failure: no route (400), open circuits in the way (503
+    models_unavailable with Retry-After), a budget (429), the request's deadline (504 deadline_exceeded), every
+    model skipped (503) or failed (502, or 400 when every provider refused the request itself). `state` gives the
+    circuits a RoutingError's Retry-After is read from (at wall-clock time `now`, default the current time)."""
     from providers.execution.budget import BudgetExceeded
     from providers.execution.resilience import RoutingError
 
     if isinstance(exc, NoRouteError):
-        return ApiError(400, f"{exc} (POST /v1/route/explain shows the full trace)", code="no_route")
+        if not exc.unavailable:
+            return ApiError(400, f"{exc} (POST /v1/route/explain shows the full trace)", code="no_route")
+        err = ApiError(
+            503,
+            f"every model that could serve the request is unavailable: {', '.join(sorted(exc.unavailable))} "
+            "(open circuits)",
+            type="upstream_error",
+            code="models_unavailable",
+        )
+        if exc.retry_after is not None:
+            err.headers["retry-after"] = str(max(1, math.ceil(exc.retry_after)))
+        return err
     if isinstance(exc, BudgetExceeded):
         return ApiError(429, str(exc), type="insufficient_quota", code="budget_exceeded")
     if isinstance(exc, RoutingError):
         attempts = exc.attempts
-        summary = (
-            "; ".join(f"{a.model}: {a.error or a.outcome}{f' {a.status}' if a.status else ''}" for a in attempts)
-            or "no model could be tried"
-        )
-        if attempts and all(a.outcome == "skipped" for a in attempts):
+        wait = None
+        if exc.deadline_passed:
+            status, code = 504, "deadline_exceeded"
+            message = f"the request's deadline passed before a model answered: {_summary(attempts)}"
+        elif attempts and all(a.outcome == "skipped" for a in attempts):
             status, code = 503, "models_unavailable"
+            message = f"no model could be called: {_summary(attempts)}"
+            if state is not None:
+                wait = retry_after(state, (a.model for a in attempts), now)
         elif attempts and all(a.error in ("BadRequest", "ContextTooLong") for a in attempts if a.outcome == "error"):
             status, code = 400, "upstream_rejected_request"
+            message = f"every model failed: {_summary(attempts)}"
         else:
             status, code = 502, "upstream_failed"
-        err = ApiError(status, f"every model failed: {summary}", type="upstream_error", code=code)
-        err.headers = headers(exc.decision, exc.decision.model, attempts) if exc.decision is not None else {}
+            message = f"every model failed: {_summary(attempts)}"
+        err = ApiError(status, message, type="upstream_error", code=code)
+        if exc.decision is not None:
+            err.headers = headers(
+                exc.decision, exc.decision.model, attempts, fallbacks=fallbacks_used(exc.decision, None, attempts)
+            )
+        if wait is not None:
+            err.headers["retry-after"] = str(wait)
         return err
     raise exc

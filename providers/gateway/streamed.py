@@ -1,0 +1,118 @@
+"""Streamed chat completions for the gateway: a prepared Run in; an SSE response of `chat.completion.chunk` lines
+(then `data: [DONE]`, or one `stream_interrupted` error event) out, whose headers are known once the first event
+came (the model streaming then). A client that hangs up before the first event cancels the upstream call
+(providers/gateway/hangup.py); after it, Starlette's StreamingResponse notices the disconnect and closes the
+stream. Either way the request is counted with status 499."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from starlette.responses import Response, StreamingResponse
+
+from providers.gateway.hangup import ClientGone, HangUp
+from providers.gateway.openai_wire import ApiError, ChunkWriter
+from providers.gateway.run import headers, release_key_budget, routing_error, streaming_model
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+
+    from providers.execution import Executor, Run
+    from providers.gateway.app import Gateway
+    from providers.gateway.openai_wire import ChatCall
+
+log = logging.getLogger("modelroute.gateway")
+CLIENT_CLOSED = 499  # nginx's "client closed request": the status counted for a client that hung up
+
+
+async def stream_response(
+    gw: Gateway,
+    request: Request,
+    call: ChatCall,
+    run: Run,
+    ex: Executor,
+    hold: tuple[str, float] | None,
+    t0: float,
+    policy_name: str,
+) -> Response:
+    """The SSE response of a streamed request. Once it is returned, its body accounts the request (metrics,
+    key budget, `gw.active`) when it ends; before that (an error, a hang-up) the caller does."""
+    from providers.errors import ProviderError
+    from providers.execution.resilience import RoutingError
+    from providers.execution.streaming import AsyncCompletionStream
+
+    stream = AsyncCompletionStream(ex, run)
+    events = stream.__aiter__()
+    hangup = HangUp(request.receive)
+    try:
+        with hangup:
+            first = await events.__anext__()
+    except StopAsyncIteration:
+        first = None
+    except BaseException as exc:
+        release_key_budget(ex, hold, run)
+        await stream.aclose()
+        if isinstance(exc, RoutingError):
+            gw.account(run, None, 0.0)
+            raise routing_error(exc, ex.state) from None
+        if hangup.happened and isinstance(exc, asyncio.CancelledError):
+            gw.account(run, None, 0.0)
+            raise ClientGone from None
+        raise
+    if stream.completion is not None:
+        model = stream.completion.model
+    else:
+        model = run.decision.model if run.decision.strategy != "single" else streaming_model(run)
+    calls = sum(a.outcome in ("ok", "error", "cancelled") for a in run.attempts)
+    hdrs = headers(run.decision, model, run.attempts, calls=calls + (stream.completion is None), policy=policy_name)
+    writer = ChunkWriter(model, call.include_usage)
+
+    async def body() -> AsyncIterator[bytes]:
+        status = CLIENT_CLOSED  # unless the stream reaches its end (or its error event)
+        try:
+            yield writer.start()
+            event = first
+            while event is not None:
+                chunk = writer.event(event)
+                if chunk is not None:
+                    yield chunk
+                try:
+                    event = await events.__anext__()
+                except StopAsyncIteration:
+                    event = None
+            done = stream.completion
+            if call.include_usage and done is not None:
+                yield writer.usage(done.usage)
+            status = 200
+            yield ChunkWriter.DONE
+        except (ProviderError, RoutingError) as exc:
+            status = 502
+            message = exc.message if isinstance(exc, ProviderError) else "every model failed"
+            yield ChunkWriter.error(
+                ApiError(
+                    502,
+                    f"upstream stream failed: {type(exc).__name__}: {message}",
+                    type="upstream_error",
+                    code="stream_interrupted",
+                )
+            )
+        finally:
+            try:
+                await stream.aclose()  # a client that hung up cancels us here: the rest still runs
+            except Exception:
+                log.debug("closing an upstream stream failed", exc_info=True)
+            finally:
+                release_key_budget(ex, hold, run)
+                done = stream.completion
+                gw.account(run, done.model if done else None, run.cost, done.usage if done else None)
+                gw.active -= 1
+                gw.done("chat", status, t0)
+
+    return StreamingResponse(
+        body(),
+        media_type="text/event-stream",
+        headers={**hdrs, "cache-control": "no-cache", "x-accel-buffering": "no"},
+    )
