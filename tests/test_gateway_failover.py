@@ -198,6 +198,20 @@ def test_routing_error_maps_to_503_504_and_reads_retry_after_from_circuits() -> 
     assert (err.status, err.code) == (502, "upstream_failed")
 
 
+def test_answers_that_do_not_agree_are_502_no_consensus(start, fake_server: FakeServer) -> None:
+    gw = start("set retry.attempts = 0\notherwise consensus [alpha-mini, beta-chat, gamma-flash] min_agreement 2\n")
+    for model, text in (("alpha-mini", "Paris"), ("beta-chat", "Lyon"), ("gamma-flash", "Nice")):
+        fake_server.always(model, Reply(text=text))
+    r = gw.post()
+    assert r.status_code == 502, r.text
+    error = r.json()["error"]
+    assert error["code"] == "no_consensus"
+    assert "1 of 3 votes, min_agreement is 2" in error["message"]
+    for model, text in (("beta-chat", "paris."), ("gamma-flash", "Nice")):
+        fake_server.always(model, Reply(text=text))
+    assert gw.post().status_code == 200  # two of three agree after normalisation
+
+
 # ---- x-modelroute-deadline -------------------------------------------------------------------------------------
 # These need the executor to read options["deadline"] and set RoutingError.deadline_passed.
 def test_deadline_header_ends_a_hanging_request_with_504(start, fake_server: FakeServer) -> None:

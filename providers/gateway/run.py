@@ -159,10 +159,12 @@ def _summary(attempts: list[Attempt]) -> str:
 def routing_error(exc: BaseException, state: ExecutionStore | None = None, now: float | None = None) -> ApiError:
     """The OpenAI-style error for a routing failure: no route (400), open circuits in the way (503
     models_unavailable with Retry-After), a budget (429), the request's deadline (504 deadline_exceeded), every
-    model skipped (503) or failed (502, or 400 when every provider refused the request itself). `state` gives the
+    model skipped (503) or failed (502, or 400 when every provider refused the request itself), answers that did not
+    reach `min_agreement` (502 no_consensus). `state` gives the
     circuits a RoutingError's Retry-After is read from (at wall-clock time `now`, default the current time)."""
     from providers.execution.budget import BudgetExceeded
     from providers.execution.resilience import RoutingError
+    from providers.execution.strategies import NoConsensus
 
     if isinstance(exc, NoRouteError):
         if not exc.unavailable:
@@ -190,7 +192,12 @@ def routing_error(exc: BaseException, state: ExecutionStore | None = None, now: 
             message = f"no model could be called: {_summary(attempts)}"
             if state is not None:
                 wait = retry_after(state, (a.model for a in attempts), now)
-        elif attempts and all(a.error in ("BadRequest", "ContextTooLong") for a in attempts if a.outcome == "error"):
+        elif isinstance(exc, NoConsensus):
+            status, code = 502, "no_consensus"
+            message = str(exc).splitlines()[0].rstrip(":")
+        elif (errors := [a for a in attempts if a.outcome == "error"]) and all(
+            a.error in ("BadRequest", "ContextTooLong") for a in errors
+        ):
             status, code = 400, "upstream_rejected_request"
             message = f"every model failed: {_summary(attempts)}"
         else:
