@@ -358,16 +358,19 @@ class Engine:
         tool_choice: str | None = None,
         stop: list[str] | None = None,
         timeout: float | None = None,
+        deadline: float | None = None,
         extra: dict[str, Any] | None = None,
         **attrs: Any,
     ) -> Completion:
         """Decide, then call the decided model(s) with retries and fallbacks; returns a Completion.
 
         `attrs` are the policy's request attributes. `schema` (a pydantic model) asks for JSON and validates
-        it into `.parsed`. Raises NoRouteError, BudgetExceeded (before any call) or RoutingError (every
-        attempt failed; `.attempts` says why)."""
+        it into `.parsed`. `timeout` bounds each attempt (connect to last byte), `deadline` the whole request in
+        seconds (it can shorten the policy's `set deadline`, never lengthen it; ValueError when not > 0). Raises
+        NoRouteError, BudgetExceeded (before any call) or RoutingError (every attempt failed or the deadline
+        passed; `.attempts` says why)."""
         ex = self.executor
-        options = _options(system, temperature, max_tokens, tools, tool_choice, stop, timeout, extra)
+        options = _options(locals())
         run = ex.prepare(prompt, messages, schema, options, attrs)
         return ex.run_sync(ex.run(run))
 
@@ -384,12 +387,13 @@ class Engine:
         tool_choice: str | None = None,
         stop: list[str] | None = None,
         timeout: float | None = None,
+        deadline: float | None = None,
         extra: dict[str, Any] | None = None,
         **attrs: Any,
     ) -> Completion:
         """The async complete()."""
         ex = self.executor
-        options = _options(system, temperature, max_tokens, tools, tool_choice, stop, timeout, extra)
+        options = _options(locals())
         return await ex.run(ex.prepare(prompt, messages, schema, options, attrs))
 
     def stream(
@@ -405,6 +409,7 @@ class Engine:
         tool_choice: str | None = None,
         stop: list[str] | None = None,
         timeout: float | None = None,
+        deadline: float | None = None,
         extra: dict[str, Any] | None = None,
         **attrs: Any,
     ) -> CompletionStream:
@@ -412,7 +417,7 @@ class Engine:
         for StreamEvents. A model that fails before its first token is retried / fallen back from; a failure
         after it raises StreamInterrupted (no text is repeated). `.completion` is set at the end."""
         ex = self.executor
-        options = _options(system, temperature, max_tokens, tools, tool_choice, stop, timeout, extra)
+        options = _options(locals())
         return _execution().CompletionStream(ex, ex.prepare(prompt, messages, schema, options, attrs))
 
     def astream(
@@ -428,12 +433,13 @@ class Engine:
         tool_choice: str | None = None,
         stop: list[str] | None = None,
         timeout: float | None = None,
+        deadline: float | None = None,
         extra: dict[str, Any] | None = None,
         **attrs: Any,
     ) -> AsyncCompletionStream:
         """The async stream(): `async for event in engine.astream(...)` (an AsyncCompletionStream)."""
         ex = self.executor
-        options = _options(system, temperature, max_tokens, tools, tool_choice, stop, timeout, extra)
+        options = _options(locals())
         return _execution().AsyncCompletionStream(ex, ex.prepare(prompt, messages, schema, options, attrs))
 
     def on_event(self, callback: Callable[[Event], None]) -> Callable[[], None]:
@@ -456,27 +462,14 @@ class Engine:
             await self._exec.aclose()
 
 
-def _options(
-    system: str | None,
-    temperature: float | None,
-    max_tokens: int | None,
-    tools: list[dict[str, Any]] | None,
-    tool_choice: str | None,
-    stop: list[str] | None,
-    timeout: float | None,
-    extra: dict[str, Any] | None,
-) -> dict[str, Any]:
-    """The request options of complete()/stream() as the executor's prepare() takes them."""
-    return {
-        "system": system,
-        "temperature": temperature,
-        "max_tokens": max_tokens,
-        "tools": tools,
-        "tool_choice": tool_choice,
-        "stop": stop,
-        "timeout": timeout,
-        "extra": extra,
-    }
+#: The request options of complete()/acomplete()/stream()/astream() (every other keyword is a request attribute).
+OPTIONS = ("system", "temperature", "max_tokens", "tools", "tool_choice", "stop", "timeout", "deadline", "extra")
+
+
+def _options(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """The request options among a complete()/stream() call's arguments (its `locals()`), as the executor's
+    prepare() takes them."""
+    return {name: arguments[name] for name in OPTIONS}
 
 
 def _execution() -> ModuleType:

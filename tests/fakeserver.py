@@ -30,6 +30,11 @@ Behaviours:
     Fault.cut_stream(after, abort=True)  send `after` SSE events then RST (abort) or end the body cleanly
     Fault.stream_error(after)            send `after` SSE events then a provider-shaped in-stream error
     Fault.slow(delay, text)              a Reply that waits `delay` seconds first (race tests)
+    Fault.trickle(interval, reply=Reply())  the head at once, then the answer (JSON, or a stream's bytes one per
+                                         chunk) one byte every `interval` seconds: no read ever waits long,
+                                         yet the whole answer takes len(body) * interval (deadline tests)
+    Fault.stall_stream(after, gap, reply=Reply())  a stream that sends `after` SSE events, then nothing for
+                                         `gap` seconds, then the rest (first-token and idle timeouts)
     Fault.held(gate, then=Reply())       `then`, once the test sets the threading.Event `gate` (or the server
                                          stops): a call that stays in flight exactly as long as the test needs
 Recorded headers keep real values (for auth assertions): never print them in tests about secrets.
@@ -475,6 +480,56 @@ class _StreamFault(Behaviour):
             h.end_stream()
 
 
+@dataclass
+class _Trickle(Behaviour):
+    interval: float
+    reply: Reply
+
+    def run(self, h: Handler, ctx: Ctx) -> None:
+        if ctx.stream:
+            h.start_stream()
+            data = b"".join(_render_stream(ctx, self.reply))
+        else:
+            data = json.dumps(_render_json(ctx, self.reply)).encode()
+            h.send_response(200)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", str(len(data)))
+            h.end_headers()
+        for i in range(len(data)):  # a client that gives up makes a write fail (OSError: ignored by the server)
+            if h.server.stopping.wait(self.interval):
+                h.close_connection = True
+                return
+            if ctx.stream:
+                h.write_chunk(data[i : i + 1])
+            else:
+                h.wfile.write(data[i : i + 1])
+                h.wfile.flush()
+        if ctx.stream:
+            h.end_stream()
+
+
+@dataclass
+class _Stall(Behaviour):
+    after: int
+    gap: float
+    reply: Reply
+
+    def run(self, h: Handler, ctx: Ctx) -> None:
+        if not ctx.stream:  # not a stream request: the whole answer after the gap
+            Reply(**{**vars(self.reply), "delay": self.gap}).run(h, ctx)
+            return
+        h.start_stream()
+        events = list(_render_stream(ctx, self.reply))
+        for event in events[: self.after]:
+            h.write_chunk(event)
+        if h.server.stopping.wait(self.gap):
+            h.close_connection = True
+            return
+        for event in events[self.after :]:
+            h.write_chunk(event)
+        h.end_stream()
+
+
 class Fault:
     """Constructors for scripted failures (see the module docstring)."""
 
@@ -549,6 +604,14 @@ class Fault:
     @staticmethod
     def slow(delay: float, text: str = "slow answer") -> Behaviour:
         return Reply(text=text, delay=delay)
+
+    @staticmethod
+    def trickle(interval: float = 0.2, reply: Reply | None = None) -> Behaviour:
+        return _Trickle(interval, reply if reply is not None else Reply())
+
+    @staticmethod
+    def stall_stream(after: int = 0, gap: float = 30.0, reply: Reply | None = None) -> Behaviour:
+        return _Stall(after, gap, reply if reply is not None else Reply(text="partial answer text", chunks=6))
 
     @staticmethod
     def held(gate: threading.Event, then: Behaviour | None = None) -> Behaviour:

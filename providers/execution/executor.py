@@ -5,9 +5,11 @@ budgets and the policy's strategy.
 One async core does the work; the sync API (`complete`, `stream`) runs it on a private background event loop,
 so sync and async callers share one behaviour. Async clients are kept per event loop (an httpx AsyncClient
 belongs to the loop that created it) and per provider, and reused (connection pooling). Attempts follow the
-decision: `decision.chain` for single-model rules, `decision.group` then the fallbacks for race / consensus /
-best_of (providers/execution/strategies.py). Streaming (`CompletionStream`, `AsyncCompletionStream`, re-exported here)
-lives in providers/execution/streaming.py; `Run`, `Completion` and `Result` in providers/execution/outcome.py.
+decision's failover plan: `decision.chain` (the plan's models) for single-model rules; for race / consensus /
+best_of the group (providers/execution/strategies.py), then the plan's other models. Every attempt and the
+whole request are bounded in time (providers/execution/deadlines.py). Streaming (`CompletionStream`,
+`AsyncCompletionStream`, re-exported here) lives in providers/execution/streaming.py; `Run`, `Completion` and
+`Result` in providers/execution/outcome.py.
 See docs/execution.md.
 """
 
@@ -19,19 +21,27 @@ import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from engine.runtime.state import CircuitConfig, ExecutionStore
 from providers.clients import ProviderClient, client_for
 from providers.errors import ContentFiltered, ProviderError
 from providers.execution.budget import Budgets, label
+from providers.execution.deadlines import (
+    attempt_timeout,
+    call_within,
+    caller_deadline,
+    fits,
+    out_of_time,
+    request_deadline,
+    routing_error,
+)
 from providers.execution.events import EventBus
 from providers.execution.outcome import Completion, Result, Run, Verdict, to_messages, validate
 from providers.execution.resilience import (
     Attempt,
     InvalidOutput,
     RetryPolicy,
-    RoutingError,
     circuit_outcome,
     failed,
 )
@@ -197,7 +207,11 @@ class Executor:
         """Decide, build the ChatRequest, and reserve budget (raises NoRouteError / BudgetExceeded).
 
         `decide`, when given, makes the Decision instead of `engine.decide()`: it gets the request attributes
-        completed from the options (`tools`, `max_tokens`); the gateway uses it to pin a model the request names."""
+        completed from the options (`tools`, `max_tokens`); the gateway uses it to pin a model the request names.
+        `options["deadline"]` (seconds) shortens the policy's `set deadline`; ValueError, before anything else,
+        when it is not a number of seconds > 0."""
+        started = time.monotonic()
+        caller = caller_deadline(options)
         tools = options.get("tools")
         if tools:
             attrs.setdefault("tools", True)
@@ -232,7 +246,7 @@ class Executor:
             stop=options.get("stop") or [],
             extra=options.get("extra") or {},
         )
-        timeout = options.get("timeout")
+        timeout, deadline_s = options.get("timeout"), request_deadline(settings, caller)
         reservation = None
         if policy.budgets:  # last: nothing after this may fail and leave the money held
             reservation = self.budgets.reserve(policy.budgets, req.attrs, self.estimate(decision))
@@ -244,11 +258,13 @@ class Executor:
             CircuitConfig.from_settings(settings),
             RetryPolicy.from_settings(settings),
             reservation,
+            deadline=None if deadline_s is None else started + deadline_s,
+            deadline_s=deadline_s,
         )
 
     def estimate(self, decision: Decision) -> float:
-        """The most this request may cost: every group member (and judge) plus the dearest fallback, or the
-        dearest model of the chain."""
+        """The most this request may cost, over every model its plan may call: the dearest model of the plan, or
+        for a group every member (and the judge) plus the dearest of the plan's other models."""
         req, models = decision.request, decision.policy.models
         cost = {name: models[name].cost(req.tokens, req.out_tokens) for name in decision.chain if name in models}
         if decision.strategy == "single":
@@ -256,7 +272,7 @@ class Executor:
         total = sum(models[m].cost(req.tokens, req.out_tokens) for m in decision.group)
         if decision.judge:
             total += models[decision.judge].cost(req.tokens + len(decision.group) * req.out_tokens, req.out_tokens)
-        return total + max((cost[f] for f in decision.fallbacks if f in cost), default=0.0)
+        return total + max((cost[m] for m in after_group(decision) if m in cost), default=0.0)
 
     def settle(self, run: Run) -> None:
         if run.reservation is None:
@@ -277,7 +293,10 @@ class Executor:
         why, error = run.skips.reason(provider, entry.context), "Skipped"
         if why is None and (why := self.unconfigured(run.policy, provider)) is not None:
             error = "ProviderUnavailable"
-        if why is None and not self.state.allow(name):
+        if why is None and run.decision.probe == name:  # every circuit of the plan is open: probe this one
+            if not self.state.probe(name):
+                why, error = f"a half-open probe of {name} is already running", "CircuitOpen"
+        elif why is None and not self.state.allow(name):
             info = self.state.circuit(name)
             why, error = f"circuit open until {_hms(info.until)}", "CircuitOpen"
         if why is not None:
@@ -302,38 +321,30 @@ class Executor:
     ) -> Result:
         """Account a successful HTTP answer; validates against the schema (raises InvalidOutput)."""
         latency = time.perf_counter() - t0
-        state = self.state
+        state, used, cost = self.state, response.usage, response.cost or 0.0
         state.add_in_flight(entry.name, -1)
         self._spend(run, response)
         parsed = None
+        outcome: Literal["ok", "neutral"] = "neutral"  # an invalid answer is the request's problem, not the model's
         try:
             if schema is not None:
                 parsed = validate(schema, response.text)
+            outcome = "ok"
         except InvalidOutput as error:
             error.provider, error.model = entry.provider, entry.name
-            state.record(
-                entry.name,
-                entry.provider,
-                "neutral",
-                run.cfg,
-                input_tokens=response.usage.input_tokens,
-                output_tokens=response.usage.output_tokens,
-                cost=response.cost or 0.0,
-            )
             raise
-        self._circuit(
-            state.record(
+        finally:
+            change = state.record(
                 entry.name,
                 entry.provider,
-                "ok",
+                outcome,
                 run.cfg,
-                latency_ms=latency * 1000,
-                input_tokens=response.usage.input_tokens,
-                output_tokens=response.usage.output_tokens,
-                cost=response.cost or 0.0,
-            ),
-            entry,
-        )
+                latency_ms=latency * 1000 if outcome == "ok" else None,
+                input_tokens=used.input_tokens,
+                output_tokens=used.output_tokens,
+                cost=cost,
+            )
+        self._circuit(change, entry)
         run.attempts.append(Attempt(entry.name, entry.provider, "ok", latency_s=latency, retry=retry))
         self.events.emit(
             "attempt_succeeded",
@@ -361,7 +372,8 @@ class Executor:
         counted: bool = False,
         may_retry: bool = True,
     ) -> float | None:
-        """Account a failure; returns the seconds to wait before retrying the same model, or None."""
+        """Account a failure; returns the seconds to wait before retrying the same model, or None (also when
+        the wait would leave no time before the request's deadline: the next model is tried at once)."""
         latency = time.perf_counter() - t0
         state = self.state
         if not counted:  # InvalidOutput was already recorded (and its in-flight released) by succeeded()
@@ -375,6 +387,8 @@ class Executor:
         wait = None
         if may_retry and run.retry.should_retry(error, retry) and state.allow(entry.name):
             wait = run.retry.delay(error, retry)
+            if not fits(run, wait):
+                wait = None
         attempt = failed(entry.name, entry.provider, error, latency, retry)
         if wait is not None:
             attempt = Attempt(**{**vars(attempt), "wait_s": wait})
@@ -433,18 +447,22 @@ class Executor:
         retries: bool = True,
         validate_schema: bool = True,
     ) -> Result | None:
-        """Call one model, retrying transient errors; None when it failed or was skipped (all recorded)."""
+        """Call one model, retrying transient errors; None when it failed or was skipped (all recorded), or when
+        the request's deadline left no time to start. Each try is bounded from connect to last byte."""
+        if out_of_time(run):
+            return None
         entry = self.gate(run, name)
         if entry is None:
             return None
         client = self.client(run.policy, entry.provider)
-        timeout = run.timeout if run.timeout is not None else self.timeout(run.policy, entry.provider)
+        timeout = attempt_timeout(run, self.provider_spec(run.policy, entry.provider))
         retry = 0
         while True:
             t0 = self.started(run, entry, retry)
             counted = False
             try:
-                response = await client.achat(entry.spec, chat or run.chat, timeout=timeout)
+                call = client.achat(entry.spec, chat or run.chat, timeout=timeout)
+                response = await call_within(run, entry, call, timeout)
                 counted = True
                 return self.succeeded(run, entry, response, t0, retry, run.schema if validate_schema else None)
             except ProviderError as error:
@@ -460,32 +478,20 @@ class Executor:
             if wait is None:
                 return None
             await self.sleep(wait)
+            if out_of_time(run):
+                return None
             retry += 1
-
-    def timeout(self, policy: CompiledPolicy, provider: str) -> float | None:
-        """The provider's own timeout_s when its catalog entry sets one, else the policy's `timeout`."""
-        spec = self.provider_spec(policy, provider)
-        if "timeout_s" in getattr(spec, "model_fields_set", ()) or policy.settings is None:
-            return None
-        return float(policy.settings["timeout"])
 
     # ---- a whole request ----------------------------------------------------------------------------
     async def run(self, run: Run) -> Completion:
-        """Execute a prepared request by its decision's strategy; settles the budget; raises RoutingError."""
-        from providers.execution import strategies
-
+        """Execute a prepared request by its decision's strategy; settles the budget; raises RoutingError (with
+        `deadline_passed` when the request's deadline passed first)."""
         try:
-            decision = run.decision
-            done: Completion | None = None
-            if decision.strategy != "single":
-                done = await strategies.run_group(self, run)
-                rest = decision.fallbacks
-            else:
-                rest = decision.chain
+            if run.decision.strategy != "single":
+                return await self.run_group_or_chain(run)
+            done = await self._chain(run, run.decision.chain)
             if done is None:
-                done = await self._chain(run, rest)
-            if done is None:
-                raise RoutingError(run.attempts, decision)
+                raise routing_error(run)
             return done
         finally:
             self.settle(run)
@@ -493,6 +499,8 @@ class Executor:
     async def _chain(self, run: Run, names: list[str]) -> Completion | None:
         previous = None
         for name in names:
+            if out_of_time(run):  # the request's deadline passed: no further model starts
+                return None
             if previous is not None or run.attempts:
                 self.events.emit(
                     "fallback",
@@ -532,12 +540,19 @@ class Executor:
         )
 
     async def run_group_or_chain(self, run: Run) -> Completion:
-        """The group, then the fallbacks, as one Completion (a streamed group answers as a whole)."""
+        """The group, then the plan's other models, as one Completion (a streamed group answers as a whole)."""
         from providers.execution import strategies
 
         done = await strategies.run_group(self, run)
         if done is None:
-            done = await self._chain(run, run.decision.fallbacks)
+            done = await self._chain(run, after_group(run.decision))
         if done is None:
-            raise RoutingError(run.attempts, run.decision)
+            raise routing_error(run)
         return done
+
+
+def after_group(decision: Decision) -> list[str]:
+    """What a race / consensus / best_of tries once its group has not answered: the plan's models that are not
+    group members (its fallbacks, and a half-open probe that is not a member), in plan order."""
+    group = set(decision.group)
+    return [step.model for step in decision.plan if step.model not in group]

@@ -88,7 +88,9 @@ class Result:
 
 @dataclass
 class Run:
-    """Everything one request carries through its attempts."""
+    """Everything one request carries through its attempts. `timeout` is the caller's per-attempt bound (None:
+    the provider's or the policy's); `deadline` is the monotonic time (time.monotonic()) by which the whole
+    request must be done and `deadline_s` its length in seconds (both None: no overall bound)."""
 
     decision: Decision
     chat: ChatRequest
@@ -97,6 +99,8 @@ class Run:
     cfg: CircuitConfig
     retry: RetryPolicy
     reservation: Reservation | None
+    deadline: float | None = None
+    deadline_s: float | None = None
     attempts: list[Attempt] = field(default_factory=list)
     skips: Skips = field(default_factory=Skips)
     cost: float = 0.0

@@ -62,10 +62,18 @@ def failed(model: str, provider: str, error: ProviderError, latency_s: float, re
 
 
 class RoutingError(RuntimeError):
-    """Every model of the decision's chain failed or was skipped; `.attempts` lists each, in order."""
+    """Every model of the decision's plan failed or was skipped, or the request's deadline passed first
+    (`deadline_passed`); `.attempts` lists each try, in order."""
 
-    def __init__(self, attempts: list[Attempt], decision: Decision | None = None, message: str | None = None):
-        self.attempts, self.decision = list(attempts), decision
+    def __init__(
+        self,
+        attempts: list[Attempt],
+        decision: Decision | None = None,
+        message: str | None = None,
+        *,
+        deadline_passed: bool = False,
+    ):
+        self.attempts, self.decision, self.deadline_passed = list(attempts), decision, deadline_passed
         lines = "\n".join(f"  {i}. {a}" for i, a in enumerate(self.attempts, 1)) or "  (no model was tried)"
         head = message or f"every model failed ({len(self.attempts)} attempts)"
         super().__init__(f"{head}:\n{lines}")

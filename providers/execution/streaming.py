@@ -1,9 +1,11 @@
 """Streaming execution: a prepared Run and its Executor in, an async (or sync) iterator of StreamEvents out
 (delta / tool_call / usage / done), with the request's Completion available once the stream is done.
 
-A single-model rule streams the first model of the chain that starts answering: a model that fails before its
+A single-model rule streams the first model of the plan that starts answering: a model that fails before its
 first token is retried and fallen back from like a non-streamed call; a failure after it raises
-StreamInterrupted (no text is repeated). A group (race / consensus / best_of) answers as a whole, as one delta.
+StreamInterrupted (no text is repeated). Waits are bounded (providers/execution/deadlines.py): the first token
+by `stream.first_token_timeout`, every later chunk by `stream.idle_timeout`, everything by the request's
+deadline. A group (race / consensus / best_of) answers as a whole, as one delta.
 `AsyncCompletionStream` and `CompletionStream` are also importable from `providers.execution.executor`.
 """
 
@@ -15,7 +17,8 @@ from collections.abc import AsyncGenerator, Iterator
 from typing import TYPE_CHECKING
 
 from providers.errors import ProviderError
-from providers.execution.resilience import Attempt, InvalidOutput, RoutingError, StreamInterrupted
+from providers.execution.deadlines import attempt_timeout, bounded_events, out_of_time, routing_error, stream_bounds
+from providers.execution.resilience import Attempt, InvalidOutput, StreamInterrupted
 from providers.types import StreamEvent
 
 if TYPE_CHECKING:
@@ -26,7 +29,7 @@ __all__ = ["AsyncCompletionStream", "CompletionStream", "stream_events"]
 
 
 async def stream_events(executor: Executor, run: Run, sink: list[Completion]) -> AsyncGenerator[StreamEvent, None]:
-    """Stream the first model of the chain that starts answering; appends the Completion to `sink`."""
+    """Stream the first model of the plan that starts answering; appends the Completion to `sink`."""
     try:
         if run.decision.strategy != "single":  # a group answers as a whole: one delta with the result
             done = await executor.run_group_or_chain(run)
@@ -36,6 +39,8 @@ async def stream_events(executor: Executor, run: Run, sink: list[Completion]) ->
             yield StreamEvent(kind="done", finish_reason=done.finish_reason, response=done.response)
             return
         for i, name in enumerate(run.decision.chain):
+            if out_of_time(run):  # the request's deadline passed: no further model starts
+                break
             if i:
                 executor.events.emit("fallback", f"falling back to {name}", model=name)
             entry = executor.gate(run, name)
@@ -45,7 +50,7 @@ async def stream_events(executor: Executor, run: Run, sink: list[Completion]) ->
                 yield event
             if sink:
                 return
-        raise RoutingError(run.attempts, run.decision)
+        raise routing_error(run)
     finally:
         executor.settle(run)
 
@@ -56,13 +61,18 @@ async def _stream_model(
     """Stream one model, retrying failures before its first token; appends the Completion to `sink` on success
     and returns without one when the model failed (recorded in `run.attempts`)."""
     client = executor.client(run.policy, entry.provider)
-    timeout = run.timeout if run.timeout is not None else executor.timeout(run.policy, entry.provider)
+    timeout = attempt_timeout(run, executor.provider_spec(run.policy, entry.provider))
+    first_s, idle_s = stream_bounds(run, timeout)
+    # the client's own per-read timeouts must not cut a wait these bounds allow
+    wire = None if timeout is None else max(timeout, first_s or 0.0, idle_s or 0.0)
     retry = 0
     while True:
         t0 = executor.started(run, entry, retry)
         first = accounted = False
+        events = None
         try:
-            async for event in client.astream(entry.spec, run.chat, timeout=timeout):
+            events = bounded_events(run, entry, client.astream(entry.spec, run.chat, timeout=wire), first_s, idle_s)
+            async for event in events:
                 if event.kind == "done" and event.response is not None:
                     accounted = True
                     result = executor.succeeded(run, entry, event.response, t0, retry, run.schema)
@@ -88,7 +98,10 @@ async def _stream_model(
             if not accounted:
                 executor.cancelled(run, entry, t0, retry)
             raise
-        if wait is None:
+        finally:
+            if events is not None:
+                await events.aclose()  # drops the upstream connection of a stream cut short
+        if wait is None or out_of_time(run):
             return
         await executor.sleep(wait)
         retry += 1
