@@ -13,7 +13,12 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 HTTP_STACK = ("httpx", "starlette", "uvicorn", "redis")
 # The runtime's public names that execution and state may use besides `engine`'s own public API.
-RUNTIME_PUBLIC = {"engine.runtime.state", "engine.runtime.constraints", "engine.runtime.messages"}
+RUNTIME_PUBLIC = {
+    "engine.runtime.state",
+    "engine.runtime.constraints",
+    "engine.runtime.messages",
+    "engine.runtime.settings",
+}
 
 
 @dataclass(frozen=True)

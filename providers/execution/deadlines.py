@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from engine.runtime.settings import setting
 from providers.errors import Timeout
 from providers.execution.resilience import RoutingError
 
@@ -57,11 +58,6 @@ else:  # pragma: no cover - Python 3.10
 
     async def _within(aw: Awaitable[T], seconds: float) -> T:
         return await asyncio.wait_for(aw, seconds)
-
-
-def setting(settings: Mapping[str, Any] | None, name: str) -> Any:
-    """A policy setting's value (None when unset, or for a policy built without settings)."""
-    return None if settings is None else settings.get(name)
 
 
 def secs(seconds: float | None) -> str:

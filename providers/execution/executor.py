@@ -23,6 +23,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Literal, cast
 
+from engine.runtime.settings import setting
 from engine.runtime.state import CircuitConfig, ExecutionStore
 from providers.clients import ProviderClient, client_for
 from providers.errors import ContentFiltered, ProviderError
@@ -37,6 +38,7 @@ from providers.execution.deadlines import (
     routing_error,
 )
 from providers.execution.events import EventBus
+from providers.execution.judging import JUDGE_MAX_TOKENS
 from providers.execution.outcome import Completion, Result, Run, Verdict, to_messages, validate
 from providers.execution.resilience import (
     Attempt,
@@ -271,13 +273,14 @@ class Executor:
             return max(cost.values(), default=0.0)
         total = sum(models[m].cost(req.tokens, req.out_tokens) for m in decision.group)
         if decision.judge:
-            total += models[decision.judge].cost(req.tokens + len(decision.group) * req.out_tokens, req.out_tokens)
+            prompt = req.tokens + len(decision.group) * req.out_tokens  # the question and every answer
+            total += models[decision.judge].cost(prompt, JUDGE_MAX_TOKENS)
         return total + max((cost[m] for m in after_group(decision) if m in cost), default=0.0)
 
     def settle(self, run: Run) -> None:
         if run.reservation is None:
             return
-        warn = float(run.policy.settings["budget.warn"]) if run.policy.settings is not None else 0.8
+        warn = float(setting(run.policy.settings, "budget.warn"))
         for spec, spent, limit in self.budgets.settle(run.reservation, run.cost, warn):
             self.events.emit(
                 "budget_warning",

@@ -20,6 +20,7 @@ import math
 import re
 from typing import TYPE_CHECKING, Any
 
+from engine.runtime.settings import setting
 from providers.execution.outcome import Verdict
 from providers.types import ChatRequest, Message
 
@@ -33,7 +34,6 @@ _PLACEHOLDER = re.compile(r"\{(question|answers|count)\}")
 _NUMBER = re.compile(r"\d+")
 _DECODER = json.JSONDecoder()
 #: The prompt of a policy without settings (the compiler always fills them in: then `judge.prompt` is used).
-_BARE_PROMPT = "Request:\n{question}\n\n{answers}\n\nWhich answer is best? Reply with its number (1-{count}) only."
 
 
 def render(template: str, *, question: str, answers: str, count: int) -> str:
@@ -45,8 +45,7 @@ def render(template: str, *, question: str, answers: str, count: int) -> str:
 def judge_request(run: Run, results: list[Result]) -> ChatRequest:
     question = "\n\n".join(m.text() for m in run.chat.messages if m.role == "user")
     answers = "\n\n".join(f"Answer {i}:\n{r.response.text}" for i, r in enumerate(results, 1))
-    settings = run.policy.settings  # read directly: execution may not import engine.runtime.settings
-    template = str(settings["judge.prompt"]) if settings is not None else _BARE_PROMPT
+    template = str(setting(run.policy.settings, "judge.prompt"))
     prompt = render(template, question=question, answers=answers, count=len(results))
     return ChatRequest(messages=[Message.user(prompt)], temperature=0.0, max_tokens=JUDGE_MAX_TOKENS)
 

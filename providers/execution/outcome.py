@@ -29,8 +29,8 @@ __all__ = ["Completion", "Result", "Run", "Verdict", "to_messages", "validate"]
 @dataclass(frozen=True)
 class Verdict:
     """The best_of judge's verdict: the judge `model`, its `scores` (one per answer, in the order of
-    Completion.answers; empty when it named a number only), its `reasoning` ("" when it gave none) and the
-    `winner` (the model whose answer was chosen)."""
+    Completion.answers; empty when it named a number only), its `reasoning` (the whole reply when it named a
+    number instead of answering in JSON) and the `winner` (the model whose answer was chosen)."""
 
     model: str
     scores: list[float]

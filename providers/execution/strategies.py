@@ -32,6 +32,7 @@ import re
 from collections import Counter
 from typing import TYPE_CHECKING
 
+from engine.runtime.settings import setting
 from providers.execution.judging import judge_request, verdict
 from providers.execution.resilience import RoutingError
 
@@ -132,8 +133,7 @@ async def consensus(ex: Executor, run: Run) -> Completion | None:
     answers = {r.model: r.response.text for r in results}
     if not results and need <= 1:
         return None  # min_agreement 1: a single fallback answer is as good as any member's
-    settings = run.policy.settings
-    compare = str(settings["consensus.compare"]) if settings is not None else "normalised"
+    compare = str(setting(run.policy.settings, "consensus.compare"))
     winner: Result | None = None
     votes = 0
     if results:
