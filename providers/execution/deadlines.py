@@ -37,7 +37,6 @@ __all__ = [
     "out_of_time",
     "request_deadline",
     "routing_error",
-    "setting",
     "stream_bounds",
     "time_left",
 ]
