@@ -19,6 +19,7 @@ CODES: dict[str, str] = {
     "E103": "keyword used as a name",
     "E104": "unexpected character",
     "E105": "bad literal",
+    "E106": "invalid character (lone surrogate)",
     # files
     "E200": "missing file",
     "E201": "include cycle",

@@ -17,13 +17,18 @@ import pytest
 
 from engine import Diagnostic, PolicyError, compile_policy, compile_source
 from engine.diagnostics import CODES
+from providers.catalog.models import load_catalog
 
 DIAG = Path(__file__).parent / "golden" / "diagnostics"
 CATALOG = Path(__file__).parent / "fixtures" / "policies" / "catalog.yaml"
 GOLDEN_ROUTES = sorted(DIAG.glob("*.route"))
 CODE_FILE = re.compile(r"^(E\d{3})_")
 #: codes whose golden input is built by a test instead of a .route file
-PROGRAMMATIC = {"E203": "E203_include_too_deep", "E700": "E700_too_many_rules"}
+PROGRAMMATIC = {
+    "E106": "E106_lone_surrogate",
+    "E203": "E203_include_too_deep",
+    "E700": "E700_too_many_rules",
+}
 
 
 def compile_error(path: str | Path) -> PolicyError:
@@ -135,6 +140,18 @@ def test_E203_include_too_deep(tmp_path: Path, monkeypatch, golden) -> None:
     assert err.codes == ["E203"]
     assert_well_formed(err)
     golden(DIAG / "E203_include_too_deep.txt", err.render())
+
+
+def test_E106_lone_surrogate(golden) -> None:
+    """Text given as a str (Engine.from_source, compile_source) may hold lone surrogates: each is a positioned
+    error, every one in one run, and the rendered report prints (no UnicodeEncodeError)."""
+    text = 'task x = "caf\udce9"\nwhen tier == "\ud800" use alpha-mini # \udfff\notherwise use alpha-mini\n'
+    err = source_error(text, catalog=load_catalog(CATALOG))
+    assert err.codes == ["E106", "E106", "E106"]
+    assert [(d.span.line, d.span.col) for d in err.diagnostics] == [(1, 14), (2, 15), (2, 35)]
+    assert_well_formed(err)
+    err.render().encode("utf-8")
+    golden(DIAG / "E106_lone_surrogate.txt", err.render())
 
 
 def test_E203_sixteen_levels_are_fine(tmp_path: Path) -> None:

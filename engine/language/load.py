@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -88,9 +89,33 @@ def load_source(text: str, file: str = "<string>") -> Loaded:
         )
         return loaded
     loaded.files.append(file)
+    text = _without_surrogates(text, file, loaded)
     loaded.sources.add(file, text)
     _splice(text, file, Path.cwd() / "__string__", loaded, stack=[])
     return loaded
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _without_surrogates(text: str, file: str, loaded: Loaded) -> str:
+    """Policy text given as a str may hold lone surrogates (no file read as UTF-8 can): each is an E106 at its
+    position, and is replaced by U+FFFD so the rest still parses and every diagnostic can be printed."""
+    if _SURROGATE.search(text) is None:
+        return text
+    for line_no, line in enumerate(text.split("\n"), 1):
+        for m in _SURROGATE.finditer(line):
+            col = m.start() + 1
+            loaded.diagnostics.append(
+                Diagnostic(
+                    "E106",
+                    f"character U+{ord(m.group()):04X} is a lone surrogate, not valid Unicode",
+                    n.Span(file, line_no, col, line_no, col + 1),
+                    "here",
+                    "write the character itself (encoded as UTF-8), or remove it",
+                )
+            )
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def _load_file(path: Path, loaded: Loaded, stack: list[Path], at: n.Span | None) -> None:
