@@ -189,12 +189,6 @@ def test_a_consensus_does_not_wait_for_a_trickling_member_past_the_deadline(make
     assert ("gamma-flash", "Timeout") in outcomes(c) and idle(engine)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a consensus with min_agreement > 1 whose members were all cut by the request's deadline raises "
-    "NoConsensus with deadline_passed=False (strategies.consensus), so the gateway answers 502 no_consensus "
-    "instead of 504 deadline_exceeded",
-)
 def test_a_consensus_with_no_answer_before_the_deadline_says_the_deadline_passed(make, fake_server) -> None:
     rule = "otherwise consensus [alpha-mini, beta-chat, gamma-flash] min_agreement 2"
     engine = make(policy("set timeout = 30s", "set deadline = 1s", rule=rule))
@@ -330,11 +324,6 @@ def test_a_huge_float_deadline_changes_nothing(make, fake_server: FakeServer) ->
     assert engine.stream("hello", deadline=1e300).text() == "ok"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: deadlines.caller_deadline() calls float() on an int too large for a float and raises "
-    "OverflowError, neither accepting the (huge) deadline nor refusing it with the documented ValueError",
-)
 def test_a_huge_integer_deadline_is_accepted_or_refused_with_value_error(make, fake_server: FakeServer) -> None:
     engine = make(policy())
     try:
@@ -410,12 +399,6 @@ async def test_a_task_cancelled_mid_astream_releases_its_slot_and_hold(make, fak
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: `async for e in engine.astream(...)` drops the AsyncCompletionStream (only its generator is "
-    "referenced), whose weakref.finalize settles the run at once: the budget hold is released before the first "
-    "call and the stream's real cost is never recorded (Reservation.settled is already True)",
-)
 async def test_async_for_over_astream_holds_the_budget_and_records_the_spend(make, fake_server: FakeServer) -> None:
     engine = make(policy("budget daily $100"))
     big = Reply(text="a b c", chunks=3, chunk_delay=0.1, input_tokens=100_000, output_tokens=100_000)
@@ -616,12 +599,6 @@ def test_two_engines_on_one_store_claim_the_probe_once(fake_server: FakeServer) 
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: MemoryStore._transition() takes the outcome of any call that ends while a half-open probe is "
-    "claimed as the probe's own: a call started before the circuit opened that fails meanwhile reopens the "
-    "circuit and clears the claim, and the real probe's success is then ignored (the circuit stays open)",
-)
 async def test_only_the_probe_decides_a_half_open_circuit(make, fake_server: FakeServer) -> None:
     engine = make(PROBE + PROBE_RULE)
     stale, probe = threading.Event(), threading.Event()
@@ -658,12 +635,6 @@ def test_when_all_open_fail_refuses_streams_and_groups_before_any_call(make, fak
     assert fake_server.requests == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: plan.decide_all_open() computes NoRouteError.retry_after (the gateway's Retry-After) and "
-    ".unavailable over the plan's models only, so a pool model beyond failover.depth whose circuit half-opens "
-    "sooner (and then serves the request) is ignored: Retry-After says 40 s where 5 s is right",
-)
 def test_retry_after_counts_a_pool_model_beyond_the_plan_that_half_opens_first(make) -> None:
     now = [1000.0]
     store = MemoryStore(clock=lambda: now[0], wall=lambda: now[0])

@@ -244,11 +244,6 @@ def test_a_one_millisecond_deadline_header_is_a_quick_504(start, fake_server: Fa
     assert holds(gw) == [0.0, 0.0] and gw.gateway.active == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a consensus with min_agreement > 1 whose members were all cut by the deadline raises NoConsensus "
-    "without deadline_passed (strategies.consensus), so run.routing_error() answers 502 no_consensus, not 504",
-)
 def test_a_deadline_that_leaves_a_consensus_without_answers_is_a_504(start, fake_server: FakeServer) -> None:
     gw = start("set retry.attempts = 0\notherwise consensus [alpha-mini, beta-chat, gamma-flash] min_agreement 2\n")
     fake_server.default = Fault.hang(30)

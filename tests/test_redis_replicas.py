@@ -140,7 +140,9 @@ def test_calls_that_can_change_a_circuit_stay_synchronous(make, trips) -> None:
     make.wall.t += 31
     trips[0] = 0
     assert store.allow("m") and trips[0] == 1  # the half-open probe is claimed atomically in Redis
-    assert store.record("m", "p", "ok", CFG) == "closed" and trips[0] == 2  # a circuit not closed: synchronous
+    assert (
+        store.record("m", "p", "ok", CFG, probe=True) == "closed" and trips[0] == 2
+    )  # a circuit not closed: synchronous
     store.unavailable()  # closed again: the fast path is back
     trips[0] = 0
     plain_request(store)
@@ -160,7 +162,7 @@ def test_a_circuit_opened_elsewhere_is_honoured_within_the_refresh(make, trips) 
     make.wall.t += 31  # cooldown over: b claims the half-open probe, a sees it at once
     assert b.allow("m")
     assert a.unavailable() == {"m"} and b.unavailable() == {"m"}
-    assert b.record("m", "p", "neutral", CFG) is None  # the probe ended without a verdict
+    assert b.record("m", "p", "neutral", CFG, probe=True) is None  # the probe ended without a verdict
     assert b.unavailable() == frozenset() and b.circuit("m").state == "half_open"
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from engine.runtime.state import CircuitConfig, CircuitInfo, ExecutionStore, MemoryStore, StateStore
+from engine.runtime.state import PROBE, CircuitConfig, CircuitInfo, ExecutionStore, MemoryStore, StateStore
 from tests.waiting import wait_until
 
 REDIS_BIN = shutil.which("redis-server")
@@ -146,11 +146,11 @@ def test_circuit_lifecycle_matches_memory_store(make_store) -> None:
         assert s.unavailable() == frozenset() and s.circuit("m").state == "half_open"
         assert s.allow("m") and not s.allow("m")
         assert s.unavailable() == {"m"}  # the probe is running
-        assert s.record("m", "p", "fail", CFG) == "opened"
+        assert s.record("m", "p", "fail", CFG, probe=True) == "opened"
     clock.t += 31
     for s in (store, memory):
         assert s.allow("m")
-        assert s.record("m", "p", "ok", CFG, latency_ms=10) == "closed"
+        assert s.record("m", "p", "ok", CFG, latency_ms=10, probe=True) == "closed"
         assert s.circuit("m").state == "closed" and s.unavailable() == frozenset()
 
 
@@ -168,7 +168,7 @@ def test_a_forced_probe_is_shared_by_the_replicas_and_closes_on_ok(make_store) -
     for s in (a, b):  # decide() on either replica sees it at once (refresh=0 here; a's own snapshot was dropped)
         assert s.circuit("m").state == "half_open" and s.unavailable() == {"m"} and not s.allow("m")
     assert not a.probe("m") and not b.probe("m")  # one probe at a time, across replicas
-    assert a.record("m", "p", "ok", CFG, latency_ms=5) == "closed"
+    assert a.record("m", "p", "ok", CFG, latency_ms=5, probe=True) == "closed"
     for s in (a, b):
         assert s.circuit("m") == CircuitInfo("m", "closed", 0) and s.unavailable() == frozenset() and s.allow("m")
 
@@ -180,7 +180,7 @@ def test_a_failed_forced_probe_reopens_the_circuit_for_a_new_cooldown(make_store
     clock.t += 5
     assert b.probe("m")
     clock.t += 2
-    assert b.record("m", "p", "fail", CFG) == "opened"
+    assert b.record("m", "p", "fail", CFG, probe=True) == "opened"
     for s in (a, b):
         info = s.circuit("m")
         assert info.state == "open" and info.until == pytest.approx(clock.t + 30)
@@ -201,15 +201,26 @@ def test_a_forced_probe_of_a_dead_replica_is_claimable_after_its_lease(make_stor
     assert not b.probe("m") and b.unavailable() == {"m"}
     clock.t += 2  # the lease ran out (the cooldown has not)
     assert b.unavailable() == frozenset() and b.probe("m") and not a.probe("m")
-    assert b.record("m", "p", "neutral", slow) is None  # a probe without a verdict releases it ...
+    assert b.record("m", "p", "neutral", slow, probe=True) is None  # a probe without a verdict releases it ...
     assert a.probe("m")  # ... so it is claimable again at once
-    assert a.record("m", "p", "ok", slow) == "closed" and b.circuit("m").state == "closed"
+    assert a.record("m", "p", "ok", slow, probe=True) == "closed" and b.circuit("m").state == "closed"
+
+
+def test_only_the_probe_decides_a_half_open_circuit_on_every_replica(make_store) -> None:
+    clock = make_store.clock
+    a, b = make_store(), make_store()
+    fail(a, n=3)
+    clock.t += 31
+    assert a.allow("m") == PROBE
+    assert b.record("m", "p", "fail", CFG) is None and b.record("m", "p", "ok", CFG) is None  # not the probe
+    assert b.circuit("m").state == "half_open" and not b.allow("m")
+    assert a.record("m", "p", "ok", CFG, probe=True) == "closed" and b.circuit("m").state == "closed"
 
 
 def test_concurrent_forced_probes_claim_one(make_store) -> None:
     stores = [make_store() for _ in range(4)]
     fail(stores[0], n=3)
-    claimed: list[bool] = []
+    claimed: list[object] = []
     start = threading.Barrier(len(stores) * 2)
 
     def worker(store) -> None:
@@ -221,7 +232,7 @@ def test_concurrent_forced_probes_claim_one(make_store) -> None:
         t.start()
     for t in threads:
         t.join()
-    assert sorted(claimed) == [False] * 7 + [True]
+    assert claimed.count(PROBE) == 1 and claimed.count(False) == 7
 
 
 def test_neutral_and_cancelled_do_not_open(make_store) -> None:

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from engine.runtime.state import CircuitConfig, CircuitInfo, ExecutionStore, MemoryStore, StateStore
+from engine.runtime.state import PROBE, CircuitConfig, CircuitInfo, ExecutionStore, MemoryStore, StateStore
 from providers.execution.events import Event
 from providers.execution.resilience import RoutingError
 from tests.engines import engine_for
@@ -34,8 +34,8 @@ def store(clock: Clock) -> MemoryStore:
     return MemoryStore(clock=clock, wall=lambda: 1_700_000_000.0 + clock.t)
 
 
-def fail(store: MemoryStore, model: str = "m", n: int = 1) -> list[str | None]:
-    return [store.record(model, "p", "fail", CFG, latency_ms=5) for _ in range(n)]
+def fail(store: MemoryStore, model: str = "m", n: int = 1, probe: bool = False) -> list[str | None]:
+    return [store.record(model, "p", "fail", CFG, latency_ms=5, probe=probe) for _ in range(n)]
 
 
 def test_store_implements_both_interfaces(store: MemoryStore) -> None:
@@ -66,7 +66,7 @@ def test_half_open_probe_then_closed(store: MemoryStore, clock: Clock) -> None:
     assert store.circuit("m").state == "half_open"
     assert store.allow("m")  # this caller is the probe
     assert not store.allow("m") and store.unavailable() == {"m"}  # one probe at a time
-    assert store.record("m", "p", "ok", CFG, latency_ms=5) == "closed"
+    assert store.record("m", "p", "ok", CFG, latency_ms=5, probe=True) == "closed"
     assert store.unavailable() == frozenset() and store.allow("m") and store.circuit("m").failures == 0
 
 
@@ -74,7 +74,7 @@ def test_half_open_probe_failure_reopens(store: MemoryStore, clock: Clock) -> No
     fail(store, n=3)
     clock.t += 31
     assert store.allow("m")
-    assert fail(store) == ["opened"]
+    assert fail(store, probe=True) == ["opened"]
     assert store.circuit("m").until == pytest.approx(1_700_000_000.0 + clock.t + 30)
 
 
@@ -86,7 +86,7 @@ def test_forced_probe_before_the_cooldown_then_closed(store: MemoryStore, clock:
     assert store.probe("m")  # forced: this caller is the half-open probe
     assert store.circuit("m").state == "half_open" and store.unavailable() == {"m"} and not store.allow("m")
     assert not store.probe("m")  # one probe at a time
-    assert store.record("m", "p", "ok", CFG, latency_ms=5) == "closed"
+    assert store.record("m", "p", "ok", CFG, latency_ms=5, probe=True) == "closed"
     assert store.circuit("m") == CircuitInfo("m", "closed", 0) and store.unavailable() == frozenset()
 
 
@@ -95,7 +95,7 @@ def test_forced_probe_failure_reopens_for_a_new_cooldown(store: MemoryStore, clo
     clock.t += 5
     assert store.probe("m")
     clock.t += 2
-    assert fail(store) == ["opened"]
+    assert fail(store, probe=True) == ["opened"]
     info = store.circuit("m")
     assert info.state == "open" and info.until == pytest.approx(1_700_000_000.0 + clock.t + 30)
     assert store.unavailable() == {"m"} and not store.allow("m")
@@ -105,9 +105,11 @@ def test_forced_probe_failure_reopens_for_a_new_cooldown(store: MemoryStore, clo
 def test_forced_probe_without_a_verdict_is_released(store: MemoryStore, clock: Clock) -> None:
     fail(store, n=3)
     assert store.probe("m")
-    assert store.record("m", "p", "neutral", CFG) is None  # no verdict: the probe is released, still half-open
+    assert (
+        store.record("m", "p", "neutral", CFG, probe=True) is None
+    )  # no verdict: the probe is released, still half-open
     assert store.circuit("m").state == "half_open" and store.probe("m") and not store.probe("m")
-    assert store.record("m", "p", "cancelled", CFG) is None
+    assert store.record("m", "p", "cancelled", CFG, probe=True) is None
     assert store.probe("m")
 
 
@@ -115,10 +117,21 @@ def test_neutral_and_cancelled_release_the_probe(store: MemoryStore, clock: Cloc
     fail(store, n=3)
     clock.t += 31
     assert store.allow("m")
-    assert store.record("m", "p", "neutral", CFG) is None
+    assert store.record("m", "p", "neutral", CFG, probe=True) is None
     assert store.allow("m")
-    assert store.record("m", "p", "cancelled", CFG) is None
+    assert store.record("m", "p", "cancelled", CFG, probe=True) is None
     assert store.circuit("m").state == "half_open" and store.allow("m")
+
+
+def test_only_the_probe_decides_a_half_open_circuit(store: MemoryStore, clock: Clock) -> None:
+    """A call that started before the circuit opened ends while the probe runs: its outcome changes nothing."""
+    fail(store, n=3)
+    clock.t += 31
+    assert store.allow("m") == PROBE
+    assert fail(store) == [None] and store.record("m", "p", "ok", CFG) is None  # not the probe
+    assert store.circuit("m").state == "half_open" and not store.allow("m")  # the probe still runs
+    assert store.record("m", "p", "ok", CFG, probe=True) == "closed"
+    assert store.allow("m") is True  # closed: no probe to claim
 
 
 def test_neutral_failures_do_not_open_the_circuit(store: MemoryStore) -> None:

@@ -113,6 +113,17 @@ def unblocked(req: Request) -> Request:
     )
 
 
+def _could_serve(sel: Selector, free: Request, plan: list[str]) -> list[str]:
+    """Every model the deciding rule could route this request to with its circuit closed: the plan first, then
+    the rest of the rule's pool and its fallbacks (beyond `failover.depth`, one may half-open sooner)."""
+    from engine.runtime.constraints import violation
+
+    limits = sel.cost_limits
+    rest = [e.name for e in sel.pool if violation(e, free, limits) is None]
+    rest += [f.name for f in sel.fallbacks if violation(f, free) is None]
+    return list(dict.fromkeys([*plan, *rest]))
+
+
 def decide_all_open(policy: CompiledPolicy, req: Request, start_ns: int) -> Decision:
     """No rule decided while some circuits are open: decide as if every circuit were closed; if that routes, the
     open circuits alone were in the way. Then `set circuit.when_all_open = probe` (the default) returns a Decision
@@ -130,16 +141,16 @@ def decide_all_open(policy: CompiledPolicy, req: Request, start_ns: int) -> Deci
     state = req.state
     until: dict[str, float] = {}  # model -> wall-clock end of its open state (0: unknown, e.g. a probe runs)
     waits: list[float] = []  # seconds until each open circuit half-opens
-    for step in decision.plan:
-        if step.model in req.unavailable:
-            info = state.circuit(step.model) if state is not None else None
-            until[step.model] = float(getattr(info, "until", None) or 0.0)
+    for name in _could_serve(rule.selector, free, decision.chain):
+        if name in req.unavailable:
+            info = state.circuit(name) if state is not None else None
+            until[name] = float(getattr(info, "until", None) or 0.0)
             left = getattr(info, "half_open_in", None)
-            if left is None and until[step.model]:
-                left = max(0.0, until[step.model] - time.time())
+            if left is None and until[name]:
+                left = max(0.0, until[name] - time.time())
             if left is not None:
                 waits.append(left)
-    steps, probe = probe_first(decision.plan, until)
+    steps, probe = probe_first(decision.plan, until)  # the probe is a plan model; `until` may name more
     mode = setting(policy.settings, "circuit.when_all_open")
     if probe is None or mode != "probe":
         wait = min(waits) if waits else None

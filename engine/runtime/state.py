@@ -19,6 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 Outcome = Literal["ok", "fail", "neutral", "cancelled"]
+#: What allow() / probe() answer: False (refused), True (allowed, the circuit is closed) or PROBE (allowed: this
+#: call is the half-open probe, and only its recorded outcome, `record(..., probe=True)`, decides the circuit).
+Claim = bool | Literal["probe"]
+PROBE: Literal["probe"] = "probe"
 EWMA_ALPHA = 0.2  # weight of the newest latency sample
 
 
@@ -104,14 +108,15 @@ class ExecutionStore(StateStore, Protocol):
 
     def add_in_flight(self, model: str, delta: int) -> None: ...
 
-    def allow(self, model: str) -> bool:
-        """May a call go to `model` now? False while its circuit is open (or a half-open probe runs);
-        True claims the half-open probe."""
+    def allow(self, model: str) -> Claim:
+        """May a call go to `model` now? False while its circuit is open (or a half-open probe runs); True when
+        it is closed; PROBE when this call claims the half-open probe."""
 
-    def probe(self, model: str) -> bool:
+    def probe(self, model: str) -> Claim:
         """Claim the half-open probe of `model` now, even before its cooldown ends (every circuit of a plan is
-        open and the policy says `set circuit.when_all_open = probe`). False when a probe of it already runs.
-        The probe's recorded outcome closes the circuit (ok) or opens it for a new cooldown (fail)."""
+        open and the policy says `set circuit.when_all_open = probe`): PROBE; True when the circuit is closed;
+        False when a probe of it already runs. The probe's outcome, recorded with `probe=True`, closes the
+        circuit (ok) or opens it for a new cooldown (fail)."""
 
     def record(
         self,
@@ -124,8 +129,11 @@ class ExecutionStore(StateStore, Protocol):
         input_tokens: int = 0,
         output_tokens: int = 0,
         cost: float = 0.0,
+        probe: bool = False,
     ) -> str | None:
-        """Record one call; returns "opened" or "closed" when this call changed the model's circuit."""
+        """Record one call; returns "opened" or "closed" when this call changed the model's circuit. `probe`
+        says the call held the half-open probe (allow() or probe() answered PROBE): in a half-open circuit only
+        the probe's outcome counts, never that of a call that started before the circuit opened."""
 
     def stats(self) -> Mapping[str, ModelStats]: ...
 
@@ -197,7 +205,7 @@ class MemoryStore:
         self._next_expiry = min(expiries) if expiries else math.inf
         self._unavailable = frozenset(blocked)
 
-    def allow(self, model: str) -> bool:
+    def allow(self, model: str) -> Claim:
         with self._lock:
             c = self._circuits.get(model)
             if c is None or c.state == "closed":
@@ -210,9 +218,9 @@ class MemoryStore:
                 return False
             c.probing = True  # this caller is the half-open probe
             self._rebuild()
-            return True
+            return PROBE
 
-    def probe(self, model: str) -> bool:
+    def probe(self, model: str) -> Claim:
         with self._lock:
             c = self._circuits.get(model)
             if c is None or c.state == "closed":
@@ -221,7 +229,7 @@ class MemoryStore:
                 return False
             c.state, c.probing = "half_open", True  # this caller is the probe, cooldown or not
             self._rebuild()
-            return True
+            return PROBE
 
     def record(
         self,
@@ -234,11 +242,12 @@ class MemoryStore:
         input_tokens: int = 0,
         output_tokens: int = 0,
         cost: float = 0.0,
+        probe: bool = False,
     ) -> str | None:
         with self._lock:
             if outcome != "cancelled":
                 self._count(model, provider, outcome, cfg, latency_ms, input_tokens, output_tokens, cost)
-            return self._transition(model, outcome, cfg)
+            return self._transition(model, outcome, cfg, probe)
 
     def _count(
         self,
@@ -267,7 +276,7 @@ class MemoryStore:
             if s.samples >= cfg.min_samples:
                 self._latency = {**self._latency, model: s.latency_ms}
 
-    def _transition(self, model: str, outcome: Outcome, cfg: CircuitConfig) -> str | None:
+    def _transition(self, model: str, outcome: Outcome, cfg: CircuitConfig, probe: bool) -> str | None:
         c = self._circuits.get(model)
         if c is None:
             if outcome != "fail":
@@ -275,8 +284,8 @@ class MemoryStore:
             c = self._circuits[model] = _Circuit()
         now = self._clock()
         if c.state == "half_open":
-            if not c.probing:
-                return None  # a call started before the circuit opened; the probe decides
+            if not c.probing or not probe:
+                return None  # a call started before the circuit opened: only the probe decides
             c.probing = False
             if outcome == "ok":
                 c.state = "closed"

@@ -78,8 +78,11 @@ def caller_deadline(options: Mapping[str, Any]) -> float | None:
             number = float(value.strip())
         except ValueError:
             number = None
-    if isinstance(number, bool) or not isinstance(number, (int, float)) or not 0 < number < math.inf:
-        raise ValueError(f"deadline must be a number of seconds greater than 0, not {value!r}")
+    try:
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not 0 < float(number) < math.inf:
+            raise ValueError
+    except (ValueError, OverflowError):  # OverflowError: an int too large for a float (10**400)
+        raise ValueError(f"deadline must be a finite number of seconds greater than 0, not {value!r}") from None
     return float(number)
 
 

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from engine.runtime.settings import setting
-from engine.runtime.state import CircuitConfig, ExecutionStore
+from engine.runtime.state import PROBE, CircuitConfig, Claim, ExecutionStore
 from providers.clients import ProviderClient, client_for
 from providers.errors import ContentFiltered, ProviderError
 from providers.execution.budget import Budgets, label
@@ -297,9 +297,9 @@ class Executor:
         if why is None and (why := self.unconfigured(run.policy, provider)) is not None:
             error = "ProviderUnavailable"
         if why is None and run.decision.probe == name:  # every circuit of the plan is open: probe this one
-            if not self.state.probe(name):
+            if not self._claim(run, name, self.state.probe(name)):
                 why, error = f"a half-open probe of {name} is already running", "CircuitOpen"
-        elif why is None and not self.state.allow(name):
+        elif why is None and not self._claim(run, name, self.state.allow(name)):
             info = self.state.circuit(name)
             why, error = f"circuit open until {_hms(info.until)}", "CircuitOpen"
         if why is not None:
@@ -307,6 +307,21 @@ class Executor:
             self.events.emit("attempt_failed", f"{name} skipped: {why}", model=name, provider=provider, error=error)
             return None
         return entry
+
+    @staticmethod
+    def _claim(run: Run, name: str, claim: Claim) -> bool:
+        """Whether the gate let the call through; notes a claimed half-open probe (only its outcome counts)."""
+        if claim == PROBE:
+            run.probing.add(name)
+        return bool(claim)
+
+    @staticmethod
+    def _probe(run: Run, name: str) -> bool:
+        """Whether this call held `name`'s half-open probe (its recorded outcome ends the probe)."""
+        if name in run.probing:
+            run.probing.discard(name)
+            return True
+        return False
 
     def started(self, run: Run, entry: Entry, retry: int) -> float:
         self.state.add_in_flight(entry.name, 1)
@@ -346,6 +361,7 @@ class Executor:
                 input_tokens=used.input_tokens,
                 output_tokens=used.output_tokens,
                 cost=cost,
+                probe=self._probe(run, entry.name),
             )
         self._circuit(change, entry)
         run.attempts.append(Attempt(entry.name, entry.provider, "ok", latency_s=latency, retry=retry))
@@ -383,15 +399,16 @@ class Executor:
             state.add_in_flight(entry.name, -1)
             if isinstance(error, ContentFiltered):
                 self._spend(run, error.response)
+            outcome, probe = circuit_outcome(error), self._probe(run, entry.name)
             self._circuit(
-                state.record(entry.name, entry.provider, circuit_outcome(error), run.cfg, latency_ms=latency * 1000),
+                state.record(entry.name, entry.provider, outcome, run.cfg, latency_ms=latency * 1000, probe=probe),
                 entry,
             )
         wait = None
-        if may_retry and run.retry.should_retry(error, retry) and state.allow(entry.name):
-            wait = run.retry.delay(error, retry)
-            if not fits(run, wait):
-                wait = None
+        if may_retry and run.retry.should_retry(error, retry):
+            delay = run.retry.delay(error, retry)
+            if fits(run, delay) and self._claim(run, entry.name, state.allow(entry.name)):
+                wait = delay
         attempt = failed(entry.name, entry.provider, error, latency, retry)
         if wait is not None:
             attempt = Attempt(**{**vars(attempt), "wait_s": wait})
@@ -411,7 +428,7 @@ class Executor:
 
     def cancelled(self, run: Run, entry: Entry, t0: float, retry: int) -> None:
         self.state.add_in_flight(entry.name, -1)
-        self.state.record(entry.name, entry.provider, "cancelled", run.cfg)
+        self.state.record(entry.name, entry.provider, "cancelled", run.cfg, probe=self._probe(run, entry.name))
         run.attempts.append(
             Attempt(
                 entry.name,
@@ -457,6 +474,20 @@ class Executor:
         entry = self.gate(run, name)
         if entry is None:
             return None
+        try:
+            return await self._tries(run, entry, chat, retries, validate_schema)
+        finally:
+            self.release_probe(run, entry)
+
+    def release_probe(self, run: Run, entry: Entry) -> None:
+        """A half-open probe this request claimed but never recorded (a deadline or a cancellation between
+        tries, a bug) is released, so the next request can probe: it must never stay claimed."""
+        if entry.name in run.probing:
+            self.state.record(entry.name, entry.provider, "cancelled", run.cfg, probe=self._probe(run, entry.name))
+
+    async def _tries(
+        self, run: Run, entry: Entry, chat: ChatRequest | None, retries: bool, validate_schema: bool
+    ) -> Result | None:
         client = self.client(run.policy, entry.provider)
         timeout = attempt_timeout(run, self.provider_spec(run.policy, entry.provider))
         retry = 0

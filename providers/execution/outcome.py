@@ -103,6 +103,7 @@ class Run:
     deadline_s: float | None = None
     attempts: list[Attempt] = field(default_factory=list)
     skips: Skips = field(default_factory=Skips)
+    probing: set[str] = field(default_factory=set)  # models whose half-open probe this request holds
     cost: float = 0.0
     input_tokens: int = 0
     output_tokens: int = 0

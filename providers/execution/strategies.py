@@ -33,6 +33,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from engine.runtime.settings import setting
+from providers.execution.deadlines import out_of_time
 from providers.execution.judging import judge_request, verdict
 from providers.execution.resilience import RoutingError
 
@@ -140,6 +141,7 @@ async def consensus(ex: Executor, run: Run) -> Completion | None:
         winner, votes = vote(results, compare)
     if winner is None or votes < need:
         error = NoConsensus(run.attempts, decision, answers=answers, votes=votes, min_agreement=need)
+        error.deadline_passed = out_of_time(run)  # members cut by the request's deadline: that is what happened
         ex.events.emit(
             "attempt_failed",
             error.summary,

@@ -46,8 +46,11 @@ async def stream_events(executor: Executor, run: Run, sink: list[Completion]) ->
             entry = executor.gate(run, name)
             if entry is None:
                 continue
-            async for event in _stream_model(executor, run, entry, sink):
-                yield event
+            try:
+                async for event in _stream_model(executor, run, entry, sink):
+                    yield event
+            finally:
+                executor.release_probe(run, entry)
             if sink:
                 return
         raise routing_error(run)
@@ -125,8 +128,11 @@ class AsyncCompletionStream:
     def completion(self) -> Completion | None:
         return self._sink[0] if self._sink else None
 
-    def __aiter__(self) -> AsyncGenerator[StreamEvent, None]:
-        return self._events
+    def __aiter__(self) -> AsyncCompletionStream:
+        return self  # not the inner generator: `async for` must keep this object (and its budget hold) alive
+
+    async def __anext__(self) -> StreamEvent:
+        return await self._events.__anext__()
 
     async def aclose(self) -> None:
         await self._events.aclose()

@@ -71,13 +71,14 @@ return r
 )
 # KEYS: circuits, fails zset, stats hash, latency hash, models set, inflight, inflight_by, replicas
 # ARGV: model, provider, outcome, now, failures, window, cooldown, min_samples, latency_ms|'', in, out, cost, alpha,
-#       nonce, then the publish block. Returns 'opened', 'closed', 'released' (a half-open probe ended without
-#       a verdict) or ''.
+#       nonce, probe ('1': this call held the half-open probe; only its outcome counts in a half-open circuit),
+#       then the publish block. Returns 'opened', 'closed', 'released' (a half-open probe ended without a
+#       verdict) or ''.
 RECORD = (
     PARSE
     + PUBLISH
     + """
-publish(KEYS[6], KEYS[7], KEYS[8], 15)
+publish(KEYS[6], KEYS[7], KEYS[8], 16)
 local model, outcome, now = ARGV[1], ARGV[3], tonumber(ARGV[4])
 if outcome ~= 'cancelled' then
   redis.call('SADD', KEYS[5], model)
@@ -100,7 +101,7 @@ local v = redis.call('HGET', KEYS[1], model)
 if not v and outcome ~= 'fail' then return '' end
 local s, u, p, l = parse(v)
 if s == 'half_open' then
-  if p ~= '1' then return '' end
+  if p ~= '1' or ARGV[15] ~= '1' then return '' end
   if outcome == 'ok' then
     redis.call('HSET', KEYS[1], model, 'closed|0|0|0')
     redis.call('DEL', KEYS[2])

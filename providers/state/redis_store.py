@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from engine.runtime.state import EWMA_ALPHA, CircuitConfig, CircuitInfo, MemoryStore, ModelStats, Outcome
+from engine.runtime.state import EWMA_ALPHA, PROBE, CircuitConfig, CircuitInfo, Claim, MemoryStore, ModelStats, Outcome
 from providers.state import lua
 from providers.state.sender import Signal, pack, run_sender
 from providers.state.spend import SPEND_TTL, SpendMixin
@@ -527,7 +527,7 @@ class RedisStore(SpendMixin):
         """True when the decide() snapshot is current and says `model`'s circuit is plainly closed."""
         return not self._down and model not in self._not_closed and self._clock() < self._valid_until
 
-    def allow(self, model: str) -> bool:
+    def allow(self, model: str) -> Claim:
         if self._closed_now(model):  # fast path: allowed locally, the claim goes out through the sender
             with self._lock:
                 self._claims.setdefault(model, deque()).append(self._clock())
@@ -536,13 +536,14 @@ class RedisStore(SpendMixin):
             return True
         return self._do(lambda: self._gate(model, force=False), lambda: self._local.allow(model), flush=False)
 
-    def probe(self, model: str) -> bool:
+    def probe(self, model: str) -> Claim:
         """Claim the half-open probe of `model` now, before its cooldown ends (see ExecutionStore.probe): the
         scripted gate, forced, holding the probe for PROBE_LEASE seconds; False while any replica holds it."""
         return self._do(lambda: self._gate(model, force=True), lambda: self._local.probe(model), flush=False)
 
-    def _gate(self, model: str, *, force: bool) -> bool:
-        """The scripted gate of allow() / probe() (one round trip); True counts the call in flight (a claim)."""
+    def _gate(self, model: str, *, force: bool) -> Claim:
+        """The scripted gate of allow() / probe() (one round trip): True (closed) or PROBE count the call in
+        flight (a claim)."""
         with self._lock:  # count the call in flight if the gate lets it through (a claim)
             self._claims.setdefault(model, deque()).append(self._clock())
             self._seq += 1
@@ -556,7 +557,7 @@ class RedisStore(SpendMixin):
             self._unclaim(model)
         if code != 1:  # a claimed probe or a closed gate: decide() must see the circuit now
             self._valid_until = -math.inf
-        return code > 0
+        return PROBE if code == 2 else code == 1
 
     def record(
         self,
@@ -569,6 +570,7 @@ class RedisStore(SpendMixin):
         input_tokens: int = 0,
         output_tokens: int = 0,
         cost: float = 0.0,
+        probe: bool = False,
     ) -> str | None:
         keys = [self._kc, self._k("fails", model), self._k("stats", model), self._kl, self._k("models"), *self._kf]
         args = [
@@ -586,6 +588,7 @@ class RedisStore(SpendMixin):
             float(cost),
             EWMA_ALPHA,
             uuid.uuid4().hex if outcome == "fail" else "",
+            int(probe),
         ]
         if outcome != "fail" and self._closed_now(model):  # cannot change a closed circuit: the sender sends it
             local = functools.partial(
@@ -598,6 +601,7 @@ class RedisStore(SpendMixin):
                 input_tokens=input_tokens,
                 output_tokens=output_tokens,
                 cost=cost,
+                probe=probe,
             )
             with self._lock:
                 self._queue.append((keys, args, local))
@@ -623,6 +627,7 @@ class RedisStore(SpendMixin):
                 input_tokens=input_tokens,
                 output_tokens=output_tokens,
                 cost=cost,
+                probe=probe,
             ),
             flush=False,
         )
