@@ -3,20 +3,26 @@ exceptions into them.
 
 Every error carries `provider`, `model`, `status` (HTTP status or None), `retry_after` (seconds or None),
 `transient` (worth retrying the same model) and `code` (the provider's error code/type, when given).
-Messages are built only from provider error text and never from request headers; callers pass the API key
-as `secret` so that an error body echoing it is redacted too.
+Messages are built only from provider error text and never from request headers, cut to MAX_MESSAGE characters
+and redacted: every API key the process knows (`register_secret`; the clients register theirs) and the one a
+caller passes as `secret` is removed, and so is any piece of 8 or more characters of one, in any letter case,
+forwards or reversed (`redact`). `RedactingFilter` applies the same to log records.
 """
 
 from __future__ import annotations
 
 import email.utils
 import json
+import logging
 import re
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
 
 REDACTED = "***"
+MIN_PIECE = 8  # a run of this many characters of a key (or of its reverse), in any case, is redacted
+MAX_MESSAGE = 2000  # provider error text kept in an error's message, in characters (cut before redaction)
 _GEMINI_DELAY = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
 _CONTEXT_HINTS = (
     "maximum context length",
@@ -136,11 +142,117 @@ class ProviderUnavailable(ProviderError):
     """The provider cannot be used at all (e.g. no API key configured); raised before any network call."""
 
 
-def redact(text: str, secret: str | None) -> str:
-    """`text` with every occurrence of `secret` replaced by `***`."""
-    if secret and len(secret) >= 4:
-        text = text.replace(secret, REDACTED)
-    return text
+class ResponseTooLarge(ProviderError):
+    """The provider's answer (a whole body, or a stream in total) was larger than the client's
+    `max_response_bytes`; the connection was dropped. Not retried on the same model: the next plan entry is tried."""
+
+
+# ---- redaction -----------------------------------------------------------------------------------------------
+_secrets: frozenset[str] = frozenset()  # replaced, never changed in place: readers need no lock
+_secrets_lock = threading.Lock()
+_Pieces = tuple[frozenset[str], frozenset[str]]  # (8-character pieces, whole short keys), lower case
+_compiled: dict[frozenset[str], _Pieces] = {}
+
+
+def register_secret(secret: str | None) -> None:
+    """Remember an API key so that `redact` removes it (and its pieces) from every text, whoever passes it."""
+    global _secrets
+    if secret and len(secret) >= 4 and secret not in _secrets:
+        with _secrets_lock:
+            _secrets = _secrets | {secret}
+
+
+def _pieces(secrets: frozenset[str]) -> _Pieces:
+    found = _compiled.get(secrets)
+    if found is None:
+        grams: set[str] = set()
+        short: set[str] = set()
+        for secret in secrets:
+            for text in (secret.lower(), secret[::-1].lower()):
+                if len(text) < MIN_PIECE:
+                    short.add(text)
+                else:
+                    grams.update(text[i : i + MIN_PIECE] for i in range(len(text) - MIN_PIECE + 1))
+        found = (frozenset(grams), frozenset(short))
+        if len(_compiled) > 64:
+            _compiled.clear()
+        _compiled[secrets] = found
+    return found
+
+
+def _lower(text: str) -> str:
+    """`text` in lower case, character for character (indexes stay aligned)."""
+    low = text.lower()
+    if len(low) != len(text):  # a few characters lower-case to two ("İ"): keep those as they are
+        low = "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
+    return low
+
+
+def redact(text: str, secret: str | None = None) -> str:
+    """`text` without any registered key or `secret`: every run of MIN_PIECE or more characters of one (or of
+    one reversed), in any letter case, becomes `***` (a key shorter than MIN_PIECE, of 4 characters or more, is
+    removed whole)."""
+    secrets = _secrets
+    if secret and len(secret) >= 4 and secret not in secrets:
+        secrets |= {secret}
+    if not secrets or not text:
+        return text
+    grams, short = _pieces(secrets)
+    low = _lower(text)
+    spans: list[tuple[int, int]] = []
+    if grams:
+        for i in range(len(low) - MIN_PIECE + 1):
+            if low[i : i + MIN_PIECE] in grams:
+                spans.append((i, i + MIN_PIECE))
+    for piece in short:
+        start = low.find(piece)
+        while start >= 0:
+            spans.append((start, start + len(piece)))
+            start = low.find(piece, start + 1)
+    if not spans:
+        return text
+    spans.sort()
+    out: list[str] = []
+    end = 0
+    cut_start, cut_end = spans[0]
+    for s, e in spans[1:]:
+        if s <= cut_end:
+            cut_end = max(cut_end, e)
+            continue
+        out += [text[end:cut_start], REDACTED]
+        end = cut_end
+        cut_start, cut_end = s, e
+    out += [text[end:cut_start], REDACTED, text[cut_end:]]
+    return "".join(out)
+
+
+def provider_text(message: str, secret: str | None = None) -> str:
+    """Provider error text as kept in a ProviderError: cut to MAX_MESSAGE characters, then redacted."""
+    if len(message) > MAX_MESSAGE:
+        message = message[:MAX_MESSAGE] + "..."
+    return redact(message, secret)
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter (for handlers) that redacts every registered key from a record's message and traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _secrets:
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # a record whose arguments do not format: let the handler report it
+            return True
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
 
 
 def parse_retry_after(headers: Mapping[str, str], body: Any = None, *, now: float | None = None) -> float | None:
@@ -244,7 +356,7 @@ def classify_http(
     return error_for(
         status,
         code=code,
-        message=redact(message, secret),
+        message=provider_text(message, secret),
         retry_after=parse_retry_after(headers, body),
         provider=provider,
         model=model,
@@ -269,7 +381,7 @@ def classify_stream_error(
         status = err["code"]
     elif kind == "gemini":
         status = GEMINI_STATUS_CODES.get(code or "")
-    error = error_for(status, code=code, message=redact(message, secret), provider=provider, model=model)
+    error = error_for(status, code=code, message=provider_text(message, secret), provider=provider, model=model)
     if status is None and type(error) is BadRequest:  # unknown mid-stream failure: treat as a server glitch
         error = ServerError(error.message, provider=provider, model=model, code=code)
     return error
@@ -283,7 +395,7 @@ def classify_exception(
 
     if isinstance(exc, ProviderError):
         return exc
-    detail = redact(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, secret)
+    detail = provider_text(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, secret)
     kw: dict[str, Any] = {"provider": provider, "model": model}
     if isinstance(exc, httpx.TimeoutException):
         return Timeout(f"request timed out ({detail})", **kw)

@@ -101,6 +101,36 @@ def _policies(args: tuple[str, ...]) -> tuple[Path | None, dict[str, Path]]:
 )
 @click.option("--access-log", is_flag=True, help="Log every request line (uvicorn's access log).")
 @click.option(
+    "--header-timeout",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    help="Seconds a client has to send a whole request head (from connecting, or from the head's first byte on a "
+    "kept-alive connection); slower connections are closed.",
+)
+@click.option(
+    "--timeout-keep-alive",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    help="Seconds an idle kept-alive connection stays open after a response.",
+)
+@click.option(
+    "--limit-concurrency",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Most requests in progress at once (a stream counts until it ends); more get 503 server_busy.",
+)
+@click.option(
+    "--max-response-bytes",
+    default=32 << 20,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Largest upstream answer accepted, in bytes (a stream counts in total), for providers whose catalog entry "
+    "sets no max_response_bytes; a larger one fails that model and the next one of the plan is tried.",
+)
+@click.option(
     "--hash-key",
     "hash_only",
     is_flag=True,
@@ -118,6 +148,10 @@ def serve(
     graceful_timeout: float,
     log_level: str,
     access_log: bool,
+    header_timeout: float,
+    timeout_keep_alive: float,
+    limit_concurrency: int,
+    max_response_bytes: int,
     hash_only: bool,
 ) -> None:
     """Run the OpenAI-compatible gateway: point OpenAI clients at http://HOST:PORT/v1 with model "auto".
@@ -155,6 +189,10 @@ def serve(
         graceful_timeout=graceful_timeout,
         log_level=log_level,
         access_log=access_log,
+        header_timeout=header_timeout,
+        timeout_keep_alive=timeout_keep_alive,
+        limit_concurrency=limit_concurrency,
+        max_response_bytes=max_response_bytes,
     )
     try:
         run_server(options, lambda line: click.echo(line, err=True))

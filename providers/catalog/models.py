@@ -190,10 +190,21 @@ class ProviderSpec(BaseModel):
     api_key_env: str | None = None
     timeout_s: float = Field(default=60.0, gt=0)
     headers: dict[str, str] = {}
+    # the largest answer (a body, or a stream in total) accepted from this provider, in bytes; None: the process
+    # default (32 MiB, `modelroute serve --max-response-bytes`). Past it: ResponseTooLarge, the next model is tried
+    max_response_bytes: int | None = Field(default=None, gt=0)
 
     def __hash__(self) -> int:
         return hash(
-            (self.name, self.kind, self.base_url, self.api_key_env, self.timeout_s, tuple(sorted(self.headers.items())))
+            (
+                self.name,
+                self.kind,
+                self.base_url,
+                self.api_key_env,
+                self.timeout_s,
+                tuple(sorted(self.headers.items())),
+                self.max_response_bytes,
+            )
         )
 
     @classmethod

@@ -3,7 +3,13 @@
 `ProviderClient` owns one pooled `httpx.Client` and one `httpx.AsyncClient` (both created lazily), resolves
 the API key, sends requests, times them, maps failures to `providers.errors` classes and drives SSE streams.
 Subclasses only describe their wire format: URL, auth headers, JSON body, response parsing and a
-`StreamParser` for their SSE events.  API keys live in a `SecretStr` and are never logged or shown.
+`StreamParser` for their SSE events.  API keys live in a `SecretStr` and are never logged or shown; each is
+registered for redaction (providers.errors.register_secret) when the client first holds it.
+
+Answers are capped: a body (or a stream, in total) larger than `max_response_bytes` raises ResponseTooLarge and
+drops its connection. The cap is the provider spec's `max_response_bytes`, else the client's own (constructor),
+else the process default (`set_default_max_response_bytes`, 32 MiB unless changed; `modelroute serve
+--max-response-bytes` changes it).
 """
 
 from __future__ import annotations
@@ -23,16 +29,19 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 import httpx
 from pydantic import SecretStr
 
-from providers.clients.lean import LeanTransport
+from providers.clients.lean import LeanTransport, too_large
 from providers.clients.sse import SSEEvent, aiter_sse_bytes, iter_sse_bytes
 from providers.errors import (
+    BadRequest,
     ContentFiltered,
     MalformedResponse,
     ProviderError,
     ProviderUnavailable,
+    ResponseTooLarge,
     classify_exception,
     classify_http,
     classify_stream_error,
+    register_secret,
 )
 from providers.types import (
     ChatRequest,
@@ -50,6 +59,24 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("modelroute.providers")
 TimeoutArg = float | httpx.Timeout | None
+
+DEFAULT_MAX_RESPONSE_BYTES = 32 << 20  # 33554432: the cap on an answer when nothing else sets one
+_max_response_bytes = [DEFAULT_MAX_RESPONSE_BYTES]
+
+
+def default_max_response_bytes() -> int:
+    """The process-wide cap on a provider answer's size, in bytes, for providers whose spec sets none."""
+    return _max_response_bytes[0]
+
+
+def set_default_max_response_bytes(limit: int | None) -> int:
+    """Set the process-wide cap (None: back to DEFAULT_MAX_RESPONSE_BYTES); returns the previous one. Applies to
+    clients already created too (each call reads it)."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"max_response_bytes must be at least 1, got {limit}")
+    previous = _max_response_bytes[0]
+    _max_response_bytes[0] = DEFAULT_MAX_RESPONSE_BYTES if limit is None else int(limit)
+    return previous
 
 
 @functools.cache
@@ -115,13 +142,21 @@ class StreamParser:
         self.reply = ParsedReply(finish_reason="other")
         self.finished = False
         self.raw: Any = None
+        self.pieces: list[str] = []  # the deltas' text, joined into `reply.text` at the end (`+=` is quadratic)
 
     def feed(self, event: SSEEvent) -> Iterable[StreamEvent]:
         raise NotImplementedError
 
     def delta(self, text: str) -> StreamEvent:
-        self.reply.text += text
+        self.pieces.append(text)
         return StreamEvent(kind="delta", text=text)
+
+    def text(self) -> str:
+        """The text streamed so far (into `reply.text`)."""
+        if self.pieces:
+            self.reply.text += "".join(self.pieces)
+            self.pieces.clear()
+        return self.reply.text
 
     def tool_call(self, call: ToolCall) -> StreamEvent:
         self.reply.tool_calls.append(call)
@@ -130,6 +165,19 @@ class StreamParser:
     def stream_error(self, payload: Any) -> ProviderError:
         c = self.client
         return classify_stream_error(c.kind, payload, provider=c.spec.name, model=self.model.name, secret=c._secret())
+
+
+class _Slices(httpx.SyncByteStream):
+    """A body already in memory, handed to httpx's decoders in slices, so that a compressed answer is counted
+    against the cap as it expands rather than after all of it has."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    def __iter__(self) -> Iterator[bytes]:
+        view = memoryview(self._body)
+        for i in range(0, len(view), 16384):
+            yield bytes(view[i : i + 16384])
 
 
 def _valid_header_value(value: bytes) -> bool:
@@ -153,9 +201,12 @@ class ProviderClient:
         async_transport: httpx.AsyncBaseTransport | None = None,
         limits: httpx.Limits | None = None,
         trust_env: bool = True,
+        max_response_bytes: int | None = None,
     ) -> None:
         self.spec = spec
         self._api_key = SecretStr(api_key) if api_key else None
+        register_secret(api_key)
+        self._max_response = max_response_bytes
         self._transport = transport
         self._async_transport = async_transport
         self._limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20)
@@ -177,11 +228,19 @@ class ProviderClient:
     def base_url(self) -> str:
         return (self.spec.base_url or self.default_base_url).rstrip("/")
 
+    @property
+    def max_response_bytes(self) -> int:
+        """The cap on one answer's size in bytes: the spec's, else this client's, else the process default."""
+        return getattr(self.spec, "max_response_bytes", None) or self._max_response or _max_response_bytes[0]
+
     def _secret(self) -> str | None:
         if self._api_key is not None:
             return self._api_key.get_secret_value()
         env = self.spec.api_key_env
-        return (os.environ.get(env) or None) if env else None
+        key = (os.environ.get(env) or None) if env else None
+        if key is not None:
+            register_secret(key)  # a set lookup once known
+        return key
 
     def _require_key(self) -> str | None:
         key = self._secret()
@@ -284,8 +343,11 @@ class ProviderClient:
         case-insensitively, so a catalog `headers: {Authorization: ...}` is sent once, overridden by the wire
         format's auth headers."""
         key = self._require_key()
-        body = self.build_body(model, req, stream=stream)
-        body.update(req.extra)
+        try:
+            body = self.build_body(model, req, stream=stream)
+            body.update(req.extra)
+        except (ValueError, TypeError, RecursionError) as exc:
+            raise self._unsendable(exc, model) from None
         headers = self._headers.get(key)
         if headers is None:  # checked once per key
             merged = httpx.Headers(DEFAULT_HEADERS)
@@ -311,8 +373,21 @@ class ProviderClient:
         if parsed is None:
             parsed = self._urls[url] = httpx.URL(url)
         log.debug("POST %s provider=%s model=%s stream=%s", url, self.spec.name, model.name, stream)
-        content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+        try:
+            content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+        except (ValueError, TypeError, RecursionError) as exc:  # NaN, a lone surrogate, a non-JSON value
+            raise self._unsendable(exc, model) from None
         return RequestParts(parsed, headers, content, self._timeout_dict(timeout))
+
+    def _unsendable(self, exc: BaseException, model: ModelSpec) -> BadRequest:
+        """A request this wire format cannot serialise: the request's fault, raised before any network call
+        (BadRequest: not retried, not counted against the circuit)."""
+        return BadRequest(
+            f"the request cannot be serialised for {self.kind}: {type(exc).__name__}: {str(exc)[:200]}",
+            provider=self.spec.name,
+            model=model.name,
+            code="unserialisable_request",
+        )
 
     def _build(
         self,
@@ -345,21 +420,73 @@ class ProviderClient:
 
     def _fail(self, exc: BaseException, model: ModelSpec) -> ProviderError:
         error = classify_exception(exc, provider=self.spec.name, model=model.name, secret=self._secret())
+        if error is exc:  # raised below the client (the size cap): say whose answer it was
+            error.provider = error.provider or self.spec.name
+            error.model = error.model or model.name
         log.info("provider call failed: %s (%s)", error, type(error).__name__)
         return error
 
-    def _http_error(self, response: httpx.Response, model: ModelSpec) -> ProviderError:
+    def _http_error(self, response: httpx.Response, model: ModelSpec, body: bytes | None = None) -> ProviderError:
         error = classify_http(
             self.kind,
             response.status_code,
             response.headers,
-            response.content,
+            response.content if body is None else body,
             provider=self.spec.name,
             model=model.name,
             secret=self._secret(),
         )
         log.info("provider call failed: %s (%s)", error, type(error).__name__)
         return error
+
+    # ---- reading answers within max_response_bytes ---------------------------------------------------------
+    def _declared_too_large(self, response: httpx.Response, cap: int) -> ResponseTooLarge | None:
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > cap:
+            return too_large(cap, f"Content-Length {int(declared):,}")
+        return None
+
+    def _read(self, response: httpx.Response) -> bytes:
+        """A streamed httpx response's whole (decoded) body, closing it; ResponseTooLarge past the cap (the
+        connection is then closed, not pooled)."""
+        cap = self.max_response_bytes
+        try:
+            error = self._declared_too_large(response, cap)
+            if error is not None:
+                raise error
+            chunks, size = [], 0
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > cap:
+                    raise too_large(cap, f"more than {cap:,} bytes")
+                chunks.append(chunk)
+        finally:
+            response.close()
+        return b"".join(chunks)
+
+    async def _aread(self, response: httpx.Response) -> bytes:
+        """Async `_read`."""
+        cap = self.max_response_bytes
+        try:
+            error = self._declared_too_large(response, cap)
+            if error is not None:
+                raise error
+            chunks, size = [], 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > cap:
+                    raise too_large(cap, f"more than {cap:,} bytes")
+                chunks.append(chunk)
+        finally:
+            await response.aclose()
+        return b"".join(chunks)
+
+    def _owned(self, error: ProviderError, model: ModelSpec) -> None:
+        """Fill in this provider and `model` on an error raised where they are not known (the size cap)."""
+        if error.provider is None:
+            error.provider = self.spec.name
+            error.model = error.model or model.name
+            log.info("provider call failed: %s (%s)", error, type(error).__name__)
 
     def _response(
         self,
@@ -395,10 +522,11 @@ class ProviderClient:
             raise error
         return response
 
-    def _complete(self, response: httpx.Response, model: ModelSpec, started: float) -> ChatResponse:
+    def _complete(self, response: httpx.Response, body: bytes, model: ModelSpec, started: float) -> ChatResponse:
+        """The ChatResponse (or the classified error) from a response and its whole `body`, as `_read` gives it."""
         if response.status_code >= 400:
-            raise self._http_error(response, model)
-        return self._answer(response.json, model, started)
+            raise self._http_error(response, model, body)
+        return self._answer(lambda: json.loads(body), model, started)
 
     def _answer(self, load: Callable[[], Any], model: ModelSpec, started: float) -> ChatResponse:
         """The ChatResponse from a successful answer's JSON (`load()` parses it)."""
@@ -421,6 +549,7 @@ class ProviderClient:
                 provider=self.spec.name,
                 model=model.name,
             )
+        parser.text()
         response = self._response(parser.reply, model, started, parser.raw, first)
         yield StreamEvent(kind="usage", usage=response.usage)
         yield StreamEvent(kind="done", finish_reason=response.finish_reason, response=response)
@@ -432,10 +561,11 @@ class ProviderClient:
         request = self._build(http, model, req, False, timeout)
         started = time.perf_counter()
         try:
-            response = http.send(request)
+            response = http.send(request, stream=True)
+            body = self._read(response)
         except Exception as exc:
             raise self._fail(exc, model) from exc
-        return self._complete(response, model, started)
+        return self._complete(response, body, model, started)
 
     async def achat(self, model: ModelSpec, req: ChatRequest, *, timeout: TimeoutArg = None) -> ChatResponse:
         """Async `chat`."""
@@ -445,23 +575,26 @@ class ProviderClient:
             request = self._build(http, model, req, False, timeout)
             started = time.perf_counter()
             try:
-                response = await http.send(request)
+                response = await http.send(request, stream=True)
+                body = await self._aread(response)
             except Exception as exc:
                 raise self._fail(exc, model) from exc
-            return self._complete(response, model, started)
+            return self._complete(response, body, model, started)
         parts = self.request_parts(model, req, False, timeout)
         started = time.perf_counter()
         try:
-            status, raw, body = await lean.post(parts.url, parts.headers, parts.content, parts.timeouts)
+            status, raw, body = await lean.post(
+                parts.url, parts.headers, parts.content, parts.timeouts, self.max_response_bytes
+            )
         except Exception as exc:
             raise self._fail(exc, model) from exc
         if status >= 400 or any(k.lower() == b"content-encoding" for k, _ in raw):  # errors, and decoding: httpx
-            response = httpx.Response(status, headers=raw, stream=httpx.ByteStream(body))
+            response = httpx.Response(status, headers=raw, stream=_Slices(body))
             try:
-                response.read()
+                body = self._read(response)  # the decoded size counts too
             except Exception as exc:
                 raise self._fail(exc, model) from exc
-            return self._complete(response, model, started)
+            return self._complete(response, body, model, started)
         return self._answer(lambda: json.loads(body), model, started)
 
     def stream(self, model: ModelSpec, req: ChatRequest, *, timeout: TimeoutArg = None) -> Iterator[StreamEvent]:
@@ -477,16 +610,16 @@ class ProviderClient:
             response = http.send(request, stream=True)
             try:
                 if response.status_code >= 400:
-                    response.read()
-                    raise self._http_error(response, model)
-                for sse in iter_sse_bytes(response.iter_bytes()):
+                    raise self._http_error(response, model, self._read(response))
+                for sse in iter_sse_bytes(response.iter_bytes(), self.max_response_bytes):
                     for event in parser.feed(sse):
                         if first is None and event.kind in ("delta", "tool_call"):
                             first = time.perf_counter() - started
                         yield event
             finally:
                 response.close()
-        except ProviderError:
+        except ProviderError as error:
+            self._owned(error, model)
             raise
         except Exception as exc:
             raise self._fail(exc, model) from exc
@@ -513,16 +646,16 @@ class ProviderClient:
                 response = await http.send(request, stream=True)
             try:
                 if response.status_code >= 400:
-                    await response.aread()
-                    raise self._http_error(response, model)
-                async for sse in aiter_sse_bytes(response.aiter_bytes()):
+                    raise self._http_error(response, model, await self._aread(response))
+                async for sse in aiter_sse_bytes(response.aiter_bytes(), self.max_response_bytes):
                     for event in parser.feed(sse):
                         if first is None and event.kind in ("delta", "tool_call"):
                             first = time.perf_counter() - started
                         yield event
             finally:
                 await response.aclose()
-        except ProviderError:
+        except ProviderError as error:
+            self._owned(error, model)
             raise
         except Exception as exc:
             raise self._fail(exc, model) from exc

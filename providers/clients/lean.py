@@ -10,7 +10,9 @@ only where it is enough: no proxy in the environment (proxies go through `httpx.
 Framing follows RFC 9112 section 6: no body for HEAD, 1xx, 204 and 304; `Transfer-Encoding: chunked`; then
 `Content-Length`; else the body runs to the end of the connection. A connection returns to its pool only when
 its response body was read to the end and neither side said `Connection: close`; a connection that was idle
-past `keepalive_expiry`, or that the server has closed meanwhile, is dropped instead of reused.
+past `keepalive_expiry`, or that the server has closed meanwhile, is dropped instead of reused. The whole-body
+readers (`post`, `fetch`) take a `max_bytes` cap: a larger body raises providers.errors.ResponseTooLarge (at once
+when its Content-Length says so, else as soon as the count passes the cap) and its connection is dropped.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+
+from providers.errors import ResponseTooLarge
 
 MAX_HEAD = 64 * 1024  # bytes of status line plus headers; larger answers are a protocol error
 READ_SIZE = 64 * 1024
@@ -186,21 +190,44 @@ class _Body(httpx.AsyncByteStream):
         except (ConnectionError, OSError) as exc:
             raise httpx.ReadError(f"{type(exc).__name__}: {exc}") from None
 
-    async def read_all(self) -> bytes:
-        """The whole body (the stream is then exhausted)."""
+    async def read_all(self, max_bytes: int | None = None) -> bytes:
+        """The whole body (the stream is then exhausted). Raises ResponseTooLarge, leaving the body unfinished (so
+        closing it drops the connection), when it is larger than `max_bytes`."""
         if self._framing == "none":
             return b""
         reader = self._conn.reader
-        if self._framing == "length" and len(reader._buffer) >= self._length:  # type: ignore[attr-defined]
-            body = await reader.readexactly(self._length)
-            self._complete = True
-            return body
-        return b"".join([chunk async for chunk in self])
+        if self._framing == "length":
+            if max_bytes is not None and self._length > max_bytes:
+                raise too_large(max_bytes, f"Content-Length {self._length:,}")
+            if len(reader._buffer) >= self._length:  # type: ignore[attr-defined]
+                body = await reader.readexactly(self._length)
+                self._complete = True
+                return body
+            max_bytes = None  # the length was checked: no count needed
+        chunks: list[bytes] = []
+        size = 0
+        body_iter = self.__aiter__()
+        try:
+            async for chunk in body_iter:
+                size += len(chunk)
+                if max_bytes is not None and size > max_bytes:
+                    raise too_large(max_bytes, f"more than {max_bytes:,} bytes")
+                chunks.append(chunk)
+        finally:
+            await body_iter.aclose()  # type: ignore[attr-defined]
+        return b"".join(chunks)
 
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
             self._transport._release(self._conn, reuse=self._complete and self._keep)
+
+
+def too_large(max_bytes: int, got: str) -> ResponseTooLarge:
+    """The error for a body over the cap (`got`: what was seen, e.g. "Content-Length 314,572,800")."""
+    return ResponseTooLarge(
+        f"response body larger than max_response_bytes ({max_bytes:,} bytes; {got}): connection dropped"
+    )
 
 
 def _timeouts(request: httpx.Request) -> tuple[float | None, float | None, float | None, float | None]:
@@ -366,12 +393,18 @@ class LeanTransport(httpx.AsyncBaseTransport):
         return await self._send(request.method, url, b"".join(head) + body, _timeouts(request), close)
 
     async def post(
-        self, url: httpx.URL, headers: list[tuple[bytes, bytes]], body: bytes, timeouts: dict[str, float | None]
+        self,
+        url: httpx.URL,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        timeouts: dict[str, float | None],
+        max_bytes: int | None = None,
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """POST `body` and read the whole answer as (status, raw headers, body bytes), with no httpx objects:
         the provider clients' path for answers that are not streamed. `headers` must not hold Content-Length
         (added here); Host is added unless they hold one. The body is returned as sent: a caller that finds a
-        Content-Encoding must decode it (ProviderClient then goes through httpx.Response)."""
+        Content-Encoding must decode it (ProviderClient then goes through httpx.Response). A body larger than
+        `max_bytes` raises ResponseTooLarge and drops the connection."""
         head = [b"POST %s HTTP/1.1\r\n" % url.raw_path]
         if not any(k.lower() == b"host" for k, _ in headers):  # a Host the caller gives wins
             head.append(b"Host: %s\r\n" % url.netloc)
@@ -382,7 +415,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
             "POST", url, b"".join(head) + body, (t.get("connect"), t.get("read"), t.get("write"), t.get("pool")), False
         )
         try:
-            return status, raw, await stream.read_all()
+            return status, raw, await stream.read_all(max_bytes)
         finally:
             await stream.aclose()
 
@@ -454,13 +487,14 @@ class LeanTransport(httpx.AsyncBaseTransport):
         status, headers, extensions, stream = await self._exchange(request)
         return httpx.Response(status, headers=headers, stream=stream, request=request, extensions=extensions)
 
-    async def fetch(self, request: httpx.Request) -> httpx.Response:
+    async def fetch(self, request: httpx.Request, max_bytes: int | None = None) -> httpx.Response:
         """`handle_async_request` with the whole body read: a Response holding its content, for calls that are
         not streamed. A Content-Length body that has already arrived is taken in one read, without a timer or
-        the async-iterator machinery."""
+        the async-iterator machinery. A body larger than `max_bytes` (as sent, before any Content-Encoding is
+        decoded) raises ResponseTooLarge and drops the connection."""
         status, headers, extensions, stream = await self._exchange(request)
         try:
-            body = await stream.read_all()
+            body = await stream.read_all(max_bytes)
         finally:
             await stream.aclose()
         response = httpx.Response(

@@ -4,7 +4,8 @@ Follows the WHATWG event-stream rules that matter for LLM APIs: LF, CR and CRLF 
 chunks), `event:`/`data:`/`id:`/`retry:` fields, multi-line `data:` joined by newlines, `:` comment lines,
 and a blank line dispatching the event.  An event still pending when the input ends is dispatched too (a
 lenient choice: a terminal `data: [DONE]` without its blank line is not lost); callers detect streams cut
-short by the absence of their wire format's terminal event.
+short by the absence of their wire format's terminal event. The byte readers take a `max_bytes` cap on the
+stream's total size: past it they raise providers.errors.ResponseTooLarge (one counter per chunk).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import codecs
 import re
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
+
+from providers.errors import ResponseTooLarge
 
 _LINE_END = re.compile(r"\r\n|\r|\n")
 
@@ -30,7 +33,7 @@ class LineSplitter:
 
     def __init__(self) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._buffer = ""
+        self._buffer: list[str] = []  # the pieces of an unfinished line (joined once it ends: a long line is linear)
         self._skip_lf = False  # the previous chunk ended in CR: a leading LF belongs to that line end
 
     def feed(self, chunk: bytes | str) -> list[str]:
@@ -40,13 +43,21 @@ class LineSplitter:
         if self._skip_lf and text.startswith("\n"):
             text = text[1:]
         self._skip_lf = text.endswith("\r")
-        parts = _LINE_END.split(self._buffer + text)
-        self._buffer = parts.pop()
+        if "\n" not in text and "\r" not in text:
+            if text:
+                self._buffer.append(text)
+            return []
+        parts = _LINE_END.split(text)
+        if self._buffer:
+            self._buffer.append(parts[0])
+            parts[0] = "".join(self._buffer)
+        tail = parts.pop()
+        self._buffer = [tail] if tail else []
         return parts
 
     def flush(self) -> list[str]:
-        tail = self._buffer + self._decoder.decode(b"", final=True)
-        self._buffer = ""
+        tail = "".join(self._buffer) + self._decoder.decode(b"", final=True)
+        self._buffer = []
         return [tail] if tail else []
 
 
@@ -102,12 +113,23 @@ def iter_sse_lines(lines: Iterable[str]) -> Iterator[SSEEvent]:
         yield event
 
 
-def iter_sse_bytes(chunks: Iterable[bytes]) -> Iterator[SSEEvent]:
-    """Events from raw byte chunks split anywhere (mid-line, mid-CRLF, mid-UTF-8 character)."""
+def stream_too_large(max_bytes: int) -> ResponseTooLarge:
+    return ResponseTooLarge(f"stream larger than max_response_bytes ({max_bytes:,} bytes in all): connection dropped")
+
+
+def iter_sse_bytes(chunks: Iterable[bytes], max_bytes: int | None = None) -> Iterator[SSEEvent]:
+    """Events from raw byte chunks split anywhere (mid-line, mid-CRLF, mid-UTF-8 character); ResponseTooLarge once
+    more than `max_bytes` have come."""
     splitter = LineSplitter()
+    left = max_bytes if max_bytes is not None else -1
 
     def lines() -> Iterator[str]:
+        nonlocal left
         for chunk in chunks:
+            if left >= 0:
+                left -= len(chunk)
+                if left < 0:
+                    raise stream_too_large(max_bytes or 0)
             yield from splitter.feed(chunk)
         yield from splitter.flush()
 
@@ -126,11 +148,16 @@ async def aiter_sse_lines(lines: AsyncIterable[str]) -> AsyncIterator[SSEEvent]:
         yield event
 
 
-async def aiter_sse_bytes(chunks: AsyncIterable[bytes]) -> AsyncIterator[SSEEvent]:
+async def aiter_sse_bytes(chunks: AsyncIterable[bytes], max_bytes: int | None = None) -> AsyncIterator[SSEEvent]:
     """Async `iter_sse_bytes`."""
     splitter = LineSplitter()
     decoder = SSEDecoder()
+    left = max_bytes if max_bytes is not None else -1
     async for chunk in chunks:
+        if left >= 0:
+            left -= len(chunk)
+            if left < 0:
+                raise stream_too_large(max_bytes or 0)
         for line in splitter.feed(chunk):
             event = decoder.feed_line(line)
             if event is not None:

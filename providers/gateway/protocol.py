@@ -1,9 +1,21 @@
-"""The gateway's HTTP/1.1 protocol for uvicorn: uvicorn's own protocol class in, the same class with its socket
-writes coalesced out (every write made in one event-loop turn leaves as one send; see docs/performance.md)."""
+"""The gateway's HTTP/1.1 protocol for uvicorn: uvicorn's own protocol class in, the same class out with its socket
+writes coalesced (every write made in one event-loop turn leaves as one send; see docs/performance.md) and, with
+`guarded`, its connections bounded:
+
+* a **header timeout**: a request head must arrive whole within `header_timeout` seconds of the connection opening,
+  or of its first byte on a kept-alive connection; otherwise the connection is closed (with a 408 JSON answer when
+  part of a head came). uvicorn has no such timer (its keep-alive timer stops at the first byte), so a client that
+  sends one header byte a second would hold its connection forever;
+* a **connection cap**: past `max_connections` open connections, a new one makes room by closing the connection
+  idle longest (no request in progress: between requests, or still sending a head), else it is closed itself, so
+  idle sockets cannot use up the file descriptors that requests and upstream calls need.
+
+The keep-alive timeout after a response is uvicorn's own (`timeout_keep_alive`)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 
@@ -67,9 +79,104 @@ def coalescing(protocol: type[asyncio.Protocol]) -> type[asyncio.Protocol]:
     return Coalescing
 
 
-def http_protocol() -> type[asyncio.Protocol]:
-    """uvicorn's default HTTP/1.1 protocol class (httptools when installed, else h11), coalescing."""
+def _timeout_answer(seconds: float) -> bytes:
+    body = json.dumps(
+        {
+            "error": {
+                "message": f"the request head did not arrive within {seconds:g} seconds",
+                "type": "invalid_request_error",
+                "code": "request_timeout",
+                "param": None,
+            }
+        },
+        separators=(",", ":"),
+    ).encode()
+    head = (
+        b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+    )
+    return head + body
+
+
+def guarded(
+    protocol: type[asyncio.Protocol], *, header_timeout: float | None = None, max_connections: int | None = None
+) -> type[asyncio.Protocol]:
+    """A subclass of uvicorn's HTTP protocol class `protocol` (httptools or h11) with the header timeout and the
+    connection cap of the module docstring; None turns either off. It relies on what both of uvicorn's protocols
+    have: `cycle` (a new one per request head parsed, `response_complete` once answered), `transport` and the
+    server-wide `connections` set."""
+    answer_408 = _timeout_answer(header_timeout) if header_timeout else b""
+
+    class Guarded(protocol):  # type: ignore[valid-type, misc]
+        _head_timer: asyncio.TimerHandle | None = None
+        _partial = False  # bytes of a request head arrived, the head is not complete
+        _active_at = 0.0  # loop time of the last bytes received (or of the connection)
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            loop = asyncio.get_running_loop()
+            self._active_at = loop.time()
+            if header_timeout:  # a new connection has header_timeout to send its first head
+                self._head_timer = loop.call_later(header_timeout, self._head_timed_out)
+            if max_connections is not None and len(self.connections) > max_connections:
+                self._make_room()
+
+        def data_received(self, data: bytes) -> None:
+            before = self.cycle
+            super().data_received(data)
+            cycle = self.cycle
+            if cycle is not before:  # a head was parsed: its request is under way
+                self._partial = False
+                if self._head_timer is not None:
+                    self._head_timer.cancel()
+                    self._head_timer = None
+            elif cycle is None or cycle.response_complete:  # the first bytes of the next head (or more of it)
+                self._partial = True
+                if self._head_timer is None and header_timeout and not self.transport.is_closing():
+                    self._head_timer = asyncio.get_running_loop().call_later(header_timeout, self._head_timed_out)
+            if max_connections is not None:
+                self._active_at = asyncio.get_running_loop().time()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+            super().connection_lost(exc)
+
+        def _between_requests(self) -> bool:
+            cycle = self.cycle
+            return (cycle is None or cycle.response_complete) and not self.transport.is_closing()
+
+        def _head_timed_out(self) -> None:
+            self._head_timer = None
+            if not self._between_requests():  # a request is under way (or the connection is closing)
+                return
+            if self._partial:
+                self.transport.write(answer_408)
+            self.transport.close()
+
+        def _make_room(self) -> None:
+            """Close the connection idle longest (fully idle before one sending a head), else this new one."""
+            victim, best = None, None
+            for other in self.connections:
+                if other is self or not isinstance(other, Guarded) or not other._between_requests():
+                    continue
+                rank = (other._partial, other._active_at)
+                if best is None or rank < best:
+                    victim, best = other, rank
+            (victim or self).transport.close()
+
+    Guarded.__name__ = Guarded.__qualname__ = f"Guarded{protocol.__name__}"
+    return Guarded
+
+
+def http_protocol(*, header_timeout: float | None = None, max_connections: int | None = None) -> type[asyncio.Protocol]:
+    """uvicorn's default HTTP/1.1 protocol class (httptools when installed, else h11), coalescing; with
+    `header_timeout` / `max_connections`, guarded as well (see `guarded`)."""
     from uvicorn.config import HTTP_PROTOCOLS
     from uvicorn.importer import import_from_string
 
-    return coalescing(import_from_string(HTTP_PROTOCOLS["auto"]))
+    protocol = coalescing(import_from_string(HTTP_PROTOCOLS["auto"]))
+    if header_timeout is None and max_connections is None:
+        return protocol
+    return guarded(protocol, header_timeout=header_timeout, max_connections=max_connections)

@@ -149,11 +149,35 @@ def headers(
     }
 
 
+REFUSED_CREDENTIALS = "the provider refused the gateway's credentials"
+UPSTREAM_TEXT_MAX = 500  # characters of a provider's own error message a client may see
+_REQUEST_FAULTS = (400, 413, 422)  # statuses with which a provider says the request itself is wrong
+
+
+def upstream_text(a: Attempt) -> str:
+    """What a client may read about a failed attempt beyond its error class and status: the provider's own message
+    only for a 4xx the request itself caused (bad parameters, context too long), redacted and cut to
+    UPSTREAM_TEXT_MAX characters; a fixed sentence when the provider refused the gateway's credentials (401/403);
+    nothing for anything else (5xx, rate limits, timeouts, broken or oversized answers, interrupted streams)."""
+    from providers.errors import redact
+
+    if a.outcome != "error":
+        return ""
+    if a.error == "AuthError" or a.status in (401, 403):
+        return REFUSED_CREDENTIALS
+    if a.message and (a.error == "ContextTooLong" or (a.error == "BadRequest" and a.status in _REQUEST_FAULTS)):
+        text = " ".join(redact(a.message).split())  # one line
+        return text if len(text) <= UPSTREAM_TEXT_MAX else text[: UPSTREAM_TEXT_MAX - 3] + "..."
+    return ""
+
+
 def _summary(attempts: list[Attempt]) -> str:
-    return (
-        "; ".join(f"{a.model}: {a.error or a.outcome}{f' {a.status}' if a.status else ''}" for a in attempts)
-        or "no model could be tried"
-    )
+    parts = []
+    for a in attempts:
+        text = upstream_text(a)
+        status = f" {a.status}" if a.status else ""
+        parts.append(f"{a.model}: {a.error or a.outcome}{status}{f' ({text})' if text else ''}")
+    return "; ".join(parts) or "no model could be tried"
 
 
 def routing_error(exc: BaseException, state: ExecutionStore | None = None, now: float | None = None) -> ApiError:

@@ -1,5 +1,8 @@
 """Running the gateway: policy paths and the `modelroute serve` options in, the gateway serving under uvicorn
-on bound sockets (until stopped) out, with its keys, its state store (in-process or Redis) and its Engines.
+on bound sockets (until stopped) out, with its keys, its state store (in-process or Redis) and its Engines, and
+bounds on what clients and upstreams may take: the header and keep-alive timeouts and the connection cap (the
+HTTP protocol, providers/gateway/protocol.py), the limit on requests in progress (`bounded`: past it, 503
+`server_busy` as OpenAI-shaped JSON) and the cap on upstream answers (`--max-response-bytes`).
 
 starlette, uvicorn and redis are imported only by `run_server` (and only redis when `--redis` is given), so
 `--hash-key` works without the serve extra."""
@@ -7,9 +10,12 @@ starlette, uvicorn and redis are imported only by `run_server` (and only redis w
 from __future__ import annotations
 
 import gc
+import json
+import logging
 import os
 import socket
 import sys
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +62,83 @@ class ServeOptions:
     graceful_timeout: float = 30.0
     log_level: str = "info"
     access_log: bool = False
+    header_timeout: float = 10.0
+    timeout_keep_alive: float = 5.0
+    limit_concurrency: int = 1000
+    max_response_bytes: int = 32 << 20
+
+
+BUSY_EXEMPT = ("/healthz", "/metrics")  # probes and scrapes are never refused: they are cheap and say what is wrong
+_ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/models": "models", "/v1/route/explain": "explain"}
+log = logging.getLogger("modelroute.gateway")
+
+
+def bounded(app: Any, limit: int, gateway: Any = None) -> Any:
+    """The ASGI app `app` with at most `limit` HTTP requests in progress (a stream counts until it ends); one more
+    gets `503 server_busy` (OpenAI-shaped JSON, `Retry-After: 1`, the connection closed) without reaching `app`.
+    GET /healthz and /metrics are always served. `gateway` (a providers.gateway.app.Gateway) counts refusals in
+    `modelroute_requests_total` with status 503."""
+    message = f"the gateway is at its limit of {limit} requests in progress; retry shortly"
+    body = json.dumps(
+        {"error": {"message": message, "type": "server_error", "code": "server_busy", "param": None}},
+        separators=(",", ":"),
+    ).encode()
+    start = {
+        "type": "http.response.start",
+        "status": 503,
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"retry-after", b"1"),
+            (b"connection", b"close"),
+        ],
+    }
+    active = 0
+    warned = [0.0, 0]  # when the last warning was logged, refusals since
+
+    async def entry(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal active
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        if active >= limit and scope["path"] not in BUSY_EXEMPT:
+            _refused(scope["path"])
+            await send(start)
+            await send({"type": "http.response.body", "body": body})
+            return
+        active += 1
+        try:
+            await app(scope, receive, send)
+        finally:
+            active -= 1
+
+    def _refused(path: str) -> None:
+        endpoint = _ENDPOINTS.get(path)
+        if gateway is not None and endpoint is not None:
+            gateway.metrics.requests.inc(endpoint, 503)
+        warned[1] += 1
+        now = time.monotonic()
+        if now - warned[0] >= 10.0:
+            log.warning("refusing requests (503 server_busy): %d in progress, the limit (%d refused)", limit, warned[1])
+            warned[0], warned[1] = now, 0
+
+    entry.state = getattr(app, "state", None)  # type: ignore[attr-defined]
+    return entry
+
+
+def max_connections(reserve: int = 100) -> int | None:
+    """How many client connections may be open at once: what the file-descriptor limit leaves after `reserve`
+    (or a fifth of it, whichever is more) for upstream connections, files and the listening sockets. None when
+    the limit cannot be read or is unlimited."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):  # pragma: no cover - not POSIX
+        return None
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return None
+    return max(16, soft - max(reserve, soft // 5))
 
 
 def listen(host: str, port: int) -> list[socket.socket]:
@@ -127,6 +210,9 @@ def run_server(opts: ServeOptions, echo: Echo) -> None:
     engine = Engine.load(opts.policy, watch=opts.watch, state=state)
     engines = {name: Engine.load(path, watch=opts.watch, state=state) for name, path in opts.named.items()}
     socks: list[socket.socket] = []
+    from providers.clients.base import set_default_max_response_bytes
+
+    previous_cap = set_default_max_response_bytes(opts.max_response_bytes)
     try:
         try:
             app = create_app(engine, keys=keys, max_body=opts.max_body, policies=engines)
@@ -139,6 +225,7 @@ def run_server(opts: ServeOptions, echo: Echo) -> None:
             raise ServeError(f"cannot listen on {opts.host}:{opts.port}: {exc.strerror or exc}", kind) from None
         _serve(app, socks, engine, engines, keys, opts, echo)
     finally:
+        set_default_max_response_bytes(previous_cap)
         for sock in socks:
             sock.close()
         for e in (engine, *engines.values()):
@@ -162,6 +249,7 @@ def _serve(
     """Say what is served where, then run uvicorn on the bound sockets until it is stopped."""
     import uvicorn
 
+    from providers.errors import RedactingFilter, register_secret
     from providers.gateway.protocol import http_protocol
 
     host = opts.host
@@ -175,19 +263,38 @@ def _serve(
         echo(f'  model "{name}": policy {e.policy.entry} (version {e.version[:12]})')
     if keys is None and host not in ("127.0.0.1", "localhost", "::1"):
         echo("warning: listening beyond loopback without --keys: anyone who can connect can spend")
+    every = (engine, *engines.values())
+    if not opts.redis_url and (
+        any(e.policy.budgets for e in every) or (keys is not None and any(k.daily_budget for k in keys.keys))
+    ):
+        echo(
+            "note: without --redis, budget spend is kept in this process only: it starts at $0 on every restart "
+            "and is not shared with other replicas"
+        )
+    for e in every:  # provider keys the catalogs name are redacted from answers and logs, whoever echoes them
+        for spec in e.policy.catalog.providers.values():
+            register_secret(os.environ.get(spec.api_key_env) if spec.api_key_env else None)
+    limit = max_connections()
     config = uvicorn.Config(
-        app,
+        bounded(app, opts.limit_concurrency, getattr(getattr(app, "state", None), "gateway", None)),
         host=host,
         port=socks[0].getsockname()[1],
         log_level=opts.log_level,
         access_log=opts.access_log,
-        http=http_protocol(),  # uvicorn's, with a response's head and body sent together
-        # annotated int, but uvicorn hands it to asyncio.timeout(), which takes fractional seconds
+        # uvicorn's, with a response's head and body sent together, a header timeout and a connection cap
+        http=http_protocol(header_timeout=opts.header_timeout, max_connections=limit),
+        # annotated int, but uvicorn hands these to asyncio, which takes fractional seconds
         timeout_graceful_shutdown=opts.graceful_timeout,  # type: ignore[arg-type]
+        timeout_keep_alive=opts.timeout_keep_alive,  # type: ignore[arg-type]
         lifespan="on",
         server_header=False,
         proxy_headers=False,
     )
+    redacting = RedactingFilter()  # uvicorn has configured its loggers by now; ours go to the root's handlers
+    for name in ("", "uvicorn", "uvicorn.error", "uvicorn.access"):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+                handler.addFilter(redacting)
     gc.collect()
     gc.freeze()  # the policy, catalog and modules loaded so far are long-lived: keep them out of every GC pass
     server = uvicorn.Server(config)

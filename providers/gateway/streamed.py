@@ -28,6 +28,19 @@ log = logging.getLogger("modelroute.gateway")
 CLIENT_CLOSED = 499  # nginx's "client closed request": the status counted for a client that hung up
 
 
+def interrupted(exc: BaseException, run: Run) -> str:
+    """The client's message for a stream that failed after it began: the failure's class and status, never the
+    provider's own text (it may quote anything, keys included)."""
+    from providers.execution.resilience import RoutingError
+
+    failed = next((a for a in reversed(run.attempts) if a.outcome == "error"), None)
+    if failed is not None and failed.error:
+        what = f"{failed.model}: {failed.error}{f' {failed.status}' if failed.status else ''}"
+    else:
+        what = "every model failed" if isinstance(exc, RoutingError) else type(exc).__name__
+    return f"upstream stream failed after it began ({what}); the text already sent is all there is"
+
+
 async def stream_response(
     gw: Gateway,
     request: Request,
@@ -90,14 +103,8 @@ async def stream_response(
             yield ChunkWriter.DONE
         except (ProviderError, RoutingError) as exc:
             status = 502
-            message = exc.message if isinstance(exc, ProviderError) else "every model failed"
             yield ChunkWriter.error(
-                ApiError(
-                    502,
-                    f"upstream stream failed: {type(exc).__name__}: {message}",
-                    type="upstream_error",
-                    code="stream_interrupted",
-                )
+                ApiError(502, interrupted(exc, run), type="upstream_error", code="stream_interrupted")
             )
         finally:
             try:
