@@ -307,3 +307,16 @@ def test_serve_default_cap_bounds_gateway_memory_and_falls_back(tmp_path: Path, 
     grew_mib = (after - before) / 1024
     assert grew_mib < 150, f"peak RSS grew by {grew_mib:.0f} MiB for a 300 MiB answer capped at 32 MiB"
     _cut(huge)
+
+
+def test_the_catalog_reads_max_response_bytes(tmp_path) -> None:
+    from providers.catalog.models import CatalogError, load_catalog
+
+    path = tmp_path / "c.yaml"
+    body = "providers:\n  p1: {{kind: openai, base_url: 'http://x', max_response_bytes: {}}}\nmodels:\n"
+    body += "  m: {{provider: p1, context: 1000, latency_ms: 100, price: {{input: 1, output: 1}}}}\n"
+    path.write_text(body.format(1000))
+    assert load_catalog(path).provider_spec("p1").max_response_bytes == 1000
+    path.write_text(body.format(-5))
+    with pytest.raises(CatalogError, match="max_response_bytes must be a whole number of bytes greater than 0"):
+        load_catalog(path)

@@ -46,7 +46,7 @@ MODEL_FIELDS = (
     "supports",
     "deprecation_date",
 )
-_PROVIDER_FIELDS = ("kind", "base_url", "api_key_env", "timeout_s", "headers")
+_PROVIDER_FIELDS = ("kind", "base_url", "api_key_env", "timeout_s", "max_response_bytes", "headers")
 _PRICE_FIELDS = ("input", "output")
 _SYNONYMS = {
     "model": {
@@ -226,6 +226,16 @@ class CatalogReader(NodeReader):
             elif key == "api_key_env":
                 if vnode.tag != NULL_TAG:
                     self.key_env(vnode, at, fields)
+            elif key == "max_response_bytes":
+                size = self.number(vnode, at, "a size in bytes", "e.g. `max_response_bytes: 33554432`")
+                if size is not None and (size <= 0 or size != int(size)):
+                    self.issue(
+                        vnode,
+                        at,
+                        f"max_response_bytes must be a whole number of bytes greater than 0, got {vnode.value}",
+                    )
+                elif size is not None:
+                    fields["max_response_bytes"] = int(size)
             elif key == "timeout_s":
                 timeout = self.number(vnode, at, "a timeout in seconds", "e.g. `timeout_s: 60`")
                 if timeout is not None and timeout <= 0:
