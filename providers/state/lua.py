@@ -3,14 +3,20 @@ atomically inside Redis (KEYS and ARGV are listed above each script; RedisStore 
 
 from __future__ import annotations
 
-PARSE = """
+FMT = """
+local function fmt(x) return string.format('%.17g', x) end
+local function num(x) return tonumber(x or '0') or 0 end
+"""
+PARSE = (
+    FMT
+    + """
 local function parse(v)
   if not v then return 'closed', 0, '0', 0 end
   local s, u, p, l = string.match(v, '([^|]*)|([^|]*)|([^|]*)|([^|]*)')
   return s, tonumber(u), p, tonumber(l)
 end
-local function fmt(x) return string.format('%.17g', x) end
 """
+)
 # In-flight publishing, shared by the scripts below. kg: model -> total; kb: 'replica|model' -> 'count|seq';
 # kr: replica -> wall time last heard from. set_count stores replica `rid`'s absolute count for `model` when
 # `seq` is newer than the stored one and moves the total by the difference. publish reads, from ARGV[i]:
@@ -133,16 +139,85 @@ publish(KEYS[1], KEYS[2], KEYS[3], 1)
 return 0
 """
 )
-# KEYS: inflight, inflight_by, replicas, then spend hashes to report; ARGV: replica ttl, then the publish block.
-# Publishes, forgets replicas not heard from for ttl seconds and every count not of a live replica, recomputes the
-# totals from the per-replica counts. Returns {live replicas, replicas dropped, in-flight calls dropped, then
-# spent and reserved of each spend hash}.
-HEARTBEAT = (
-    PARSE
-    + PUBLISH
+# Budget spend, shared by the scripts below. A spend hash (`pfx .. key`, pfx = the store's prefix .. 'spend:')
+# holds spent, reserved (the sum of the key's holds), and after a Redis reset pre (the part of the spend and holds
+# re-published by the replicas that Redis had before the reset) and floor (the largest spent + reserved a replica
+# saw before it): the key's spent figure is spent + max(0, floor - pre), i.e. it also counts what replicas that
+# have not re-published yet (or died) had, as far as the freshest figure seen tells. kh (holds): 'replica|key' ->
+# amount held; kl (leases): replica -> wall time its holds' lease ends. Spend hashes are named inside the scripts
+# (a standalone Redis, not a cluster).
+HOLDS = (
+    FMT
     + """
-publish(KEYS[1], KEYS[2], KEYS[3], 2)
-local dead = redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. fmt(tonumber(ARGV[3]) - tonumber(ARGV[1])))
+local function figures(k)
+  local v = redis.call('HMGET', k, 'spent', 'reserved', 'pre', 'floor')
+  local s, top = num(v[1]), num(v[4]) - num(v[3])
+  if top > 0 then s = s + top end
+  return s, num(v[2])
+end
+local function set_hold(kh, pfx, ttl, rid, key, amount)
+  local f = rid .. '|' .. key
+  local old = num(redis.call('HGET', kh, f))
+  if amount < 1e-12 then amount = 0 end
+  if amount == old then return end
+  if amount > 0 then redis.call('HSET', kh, f, fmt(amount)) else redis.call('HDEL', kh, f) end
+  local k = pfx .. key
+  local r = num(redis.call('HGET', k, 'reserved')) + amount - old
+  if r < 1e-12 then r = 0 end
+  redis.call('HSET', k, 'reserved', fmt(r))
+  redis.call('EXPIRE', k, ttl)
+end
+local function reap(kl, kh, pfx, ttl, now)
+  local gone = redis.call('ZRANGEBYSCORE', kl, '-inf', '(' .. fmt(now))
+  if #gone == 0 then return 0 end
+  local dead, n = {}, 0
+  for _, r in ipairs(gone) do dead[r] = true end
+  redis.call('ZREMRANGEBYSCORE', kl, '-inf', '(' .. fmt(now))
+  local all = redis.call('HGETALL', kh)
+  for j = 1, #all, 2 do
+    local bar = string.find(all[j], '|', 1, true)
+    if bar and dead[string.sub(all[j], 1, bar - 1)] then
+      set_hold(kh, pfx, ttl, string.sub(all[j], 1, bar - 1), string.sub(all[j], bar + 1), 0)
+      n = n + 1
+    end
+  end
+  return n
+end
+local function epoch_ok(ke, mine) return mine ~= '' and redis.call('GET', ke) == mine end
+"""
+)
+# KEYS: inflight, inflight_by, replicas, leases, holds, epoch.
+# ARGV: replica ttl, now, the epoch this replica knows ('' = none yet), a new epoch (set when none is), this
+# replica's lease end, pfx, spend ttl, republish ('1': the ledger section is to be re-published if the epoch is not
+# this replica's), then four sections, each a count then its entries: this replica's holds (key, amount), spend it
+# settled during an outage (key, amount), its ledger (key, spent, pushed, floor), keys to report (key); then the
+# publish block.
+# In-flight: publishes, forgets replicas not heard from for ttl seconds and every count not of a live replica,
+# recomputes the totals from the per-replica counts. Holds: releases those whose lease ended (or with no lease),
+# sets this replica's to exactly the listed ones and renews their lease, recomputes the reported keys' reserved
+# from the holds. Spend: when the epoch is this replica's, adds the outage spend; when it is missing or another
+# (a Redis reset) and republish is '1', sets it if missing and adds the ledger (spent to spent, pushed to pre, floor
+# raises floor); otherwise leaves both to the next call. Returns {live replicas, replicas dropped, in-flight calls
+# dropped, holds released, status ('ok', 'adopted': the ledger was re-published, 'reset': it needs to be), the
+# epoch, then spent and reserved of each reported key}.
+HEARTBEAT = (
+    PUBLISH
+    + HOLDS
+    + """
+local now, pfx, ttl = tonumber(ARGV[2]), ARGV[6], ARGV[7]
+local i = 9
+local function section(width)
+  local at, n = i + 1, tonumber(ARGV[i])
+  i = i + 1 + n * width
+  return at, n
+end
+local hs, hn = section(2)
+local ps, pn = section(2)
+local ls, ln = section(4)
+local ks, kn = section(1)
+local rid = ARGV[i]
+publish(KEYS[1], KEYS[2], KEYS[3], i)
+local dead = redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. fmt(now - tonumber(ARGV[1])))
 local live = {}
 for _, r in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do live[r] = true end
 local sums, dropped = {}, 0
@@ -169,17 +244,80 @@ end
 for model, c in pairs(sums) do
   if c > 0 then redis.call('HSET', KEYS[1], model, string.format('%d', c)) end
 end
-local out = {redis.call('ZCARD', KEYS[3]), dead, dropped}
-for j = 4, #KEYS do
-  local h = redis.call('HMGET', KEYS[j], 'spent', 'reserved')
-  out[#out + 1] = h[1] or '0'
-  out[#out + 1] = h[2] or '0'
+local released = reap(KEYS[4], KEYS[5], pfx, ttl, now)
+redis.call('ZADD', KEYS[4], ARGV[5], rid)
+local leased, own = {}, {}
+for _, r in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do leased[r] = true end
+for j = 0, hn - 1 do own[ARGV[hs + 2 * j]] = tonumber(ARGV[hs + 2 * j + 1]) end
+all = redis.call('HGETALL', KEYS[5])
+for j = 1, #all, 2 do
+  local bar = string.find(all[j], '|', 1, true)
+  local r = bar and string.sub(all[j], 1, bar - 1)
+  if not bar then
+    redis.call('HDEL', KEYS[5], all[j])
+  elseif r == rid then
+    if not own[string.sub(all[j], bar + 1)] then set_hold(KEYS[5], pfx, ttl, rid, string.sub(all[j], bar + 1), 0) end
+  elseif not leased[r] then
+    set_hold(KEYS[5], pfx, ttl, r, string.sub(all[j], bar + 1), 0)
+    released = released + 1
+  end
+end
+for key, amount in pairs(own) do set_hold(KEYS[5], pfx, ttl, rid, key, amount) end
+local epoch, status = redis.call('GET', KEYS[6]), 'ok'
+if epoch and epoch == ARGV[3] then
+  for j = 0, pn - 1 do
+    local k, amount = pfx .. ARGV[ps + 2 * j], ARGV[ps + 2 * j + 1]
+    if tonumber(amount) ~= 0 then
+      redis.call('HINCRBYFLOAT', k, 'spent', amount)
+      redis.call('EXPIRE', k, ttl)
+    end
+  end
+elseif ARGV[8] == '1' then
+  if not epoch then
+    epoch = ARGV[4]
+    redis.call('SET', KEYS[6], epoch)
+  end
+  for j = 0, ln - 1 do
+    local at = ls + 4 * j
+    local k = pfx .. ARGV[at]
+    if tonumber(ARGV[at + 1]) ~= 0 then redis.call('HINCRBYFLOAT', k, 'spent', ARGV[at + 1]) end
+    if tonumber(ARGV[at + 2]) ~= 0 then redis.call('HINCRBYFLOAT', k, 'pre', ARGV[at + 2]) end
+    local floor = tonumber(ARGV[at + 3])
+    if floor > num(redis.call('HGET', k, 'floor')) then redis.call('HSET', k, 'floor', fmt(floor)) end
+    if redis.call('EXISTS', k) == 1 then redis.call('EXPIRE', k, ttl) end
+  end
+  status = 'adopted'
+else
+  status = 'reset'
+end
+local out = {redis.call('ZCARD', KEYS[3]), dead, dropped, released, status, epoch or ''}
+if kn > 0 then
+  local held = {}
+  all = redis.call('HGETALL', KEYS[5])
+  for j = 1, #all, 2 do
+    local key = string.sub(all[j], string.find(all[j], '|', 1, true) + 1)
+    held[key] = (held[key] or 0) + num(all[j + 1])
+  end
+  for j = 0, kn - 1 do
+    local k = pfx .. ARGV[ks + j]
+    local s, r = figures(k)
+    local want = held[ARGV[ks + j]] or 0
+    if math.abs(r - want) > 1e-9 then
+      redis.call('HSET', k, 'reserved', fmt(want))
+      r = want
+    end
+    out[#out + 1] = fmt(s)
+    out[#out + 1] = fmt(r)
+  end
 end
 return out
 """
 )
-# KEYS: inflight, inflight_by, replicas; ARGV: replica id. Removes the replica and its counts.
-RETIRE = """
+# KEYS: inflight, inflight_by, replicas, leases, holds; ARGV: replica id, pfx, spend ttl. Removes the replica, its
+# counts and its holds.
+RETIRE = (
+    HOLDS
+    + """
 local pre = ARGV[1] .. '|'
 local all = redis.call('HGETALL', KEYS[2])
 for j = 1, #all, 2 do
@@ -193,26 +331,64 @@ for j = 1, #all, 2 do
   end
 end
 redis.call('ZREM', KEYS[3], ARGV[1])
+all = redis.call('HGETALL', KEYS[5])
+for j = 1, #all, 2 do
+  if string.sub(all[j], 1, #pre) == pre then
+    set_hold(KEYS[5], ARGV[2], ARGV[3], ARGV[1], string.sub(all[j], #pre + 1), 0)
+  end
+end
+redis.call('ZREM', KEYS[4], ARGV[1])
 return 0
 """
-# KEYS: spend hash; ARGV: amount, limit, ttl. Returns {1|0, used before, used after} (used = spent + reserved).
-RESERVE = """
-local spent = tonumber(redis.call('HGET', KEYS[1], 'spent') or '0')
-local reserved = tonumber(redis.call('HGET', KEYS[1], 'reserved') or '0')
-local used = spent + reserved
-if used + tonumber(ARGV[1]) > tonumber(ARGV[2]) + 1e-12 then
-  return {0, string.format('%.17g', used), string.format('%.17g', used)}
+)
+# KEYS: spend hash, holds, leases, epoch; ARGV: epoch, replica id, key, amount, limit, spend ttl, now, lease end,
+# pfx. Releases expired holds, then holds `amount` for the replica if spent + reserved + amount <= limit (and renews
+# its lease). Returns {1|0, spent + reserved before, spent, reserved after}, or {-1} when the epoch is not the
+# replica's (a Redis reset: nothing done).
+RESERVE = (
+    HOLDS
+    + """
+if not epoch_ok(KEYS[4], ARGV[1]) then return {-1, '0', '0', '0'} end
+reap(KEYS[3], KEYS[2], ARGV[9], ARGV[6], tonumber(ARGV[7]))
+local s, r = figures(KEYS[1])
+local used, amount = s + r, tonumber(ARGV[4])
+if used + amount > tonumber(ARGV[5]) + 1e-12 then return {0, fmt(used), fmt(s), fmt(r)} end
+local f = ARGV[2] .. '|' .. ARGV[3]
+redis.call('HSET', KEYS[2], f, fmt(num(redis.call('HGET', KEYS[2], f)) + amount))
+redis.call('HSET', KEYS[1], 'reserved', fmt(r + amount))
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+redis.call('ZADD', KEYS[3], ARGV[8], ARGV[2])
+return {1, fmt(used), fmt(s), fmt(r + amount)}
+"""
+)
+# KEYS: spend hash, holds, leases, epoch; ARGV: epoch, replica id, key, release, actual, spend ttl, lease end, pfx.
+# Releases up to `release` of the replica's own hold (never more than it holds: a hold released after its lease
+# ended is not released twice) and adds `actual` to spent. Returns {1, spent after, reserved after}, or {-1}.
+SETTLE = (
+    HOLDS
+    + """
+if not epoch_ok(KEYS[4], ARGV[1]) then return {-1, '0', '0'} end
+local old = num(redis.call('HGET', KEYS[2], ARGV[2] .. '|' .. ARGV[3]))
+local release = tonumber(ARGV[4])
+if release > old then release = old end
+if release > 0 then set_hold(KEYS[2], ARGV[8], ARGV[6], ARGV[2], ARGV[3], old - release) end
+if old - release >= 1e-12 then redis.call('ZADD', KEYS[3], ARGV[7], ARGV[2]) end
+if tonumber(ARGV[5]) ~= 0 then
+  redis.call('HINCRBYFLOAT', KEYS[1], 'spent', ARGV[5])
+  redis.call('EXPIRE', KEYS[1], ARGV[6])
 end
-redis.call('HSET', KEYS[1], 'reserved', string.format('%.17g', reserved + tonumber(ARGV[1])))
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return {1, string.format('%.17g', used), string.format('%.17g', used + tonumber(ARGV[1]))}
+local s, r = figures(KEYS[1])
+return {1, fmt(s), fmt(r)}
 """
-# KEYS: spend hash; ARGV: reserved, actual, ttl. Returns {spent after, reserved after}.
-SETTLE = """
-local reserved = tonumber(redis.call('HGET', KEYS[1], 'reserved') or '0') - tonumber(ARGV[1])
-if reserved < 0 then reserved = 0 end
-redis.call('HSET', KEYS[1], 'reserved', string.format('%.17g', reserved))
-local total = redis.call('HINCRBYFLOAT', KEYS[1], 'spent', ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return {total, string.format('%.17g', reserved)}
+)
+# KEYS: spend hash, holds, leases, epoch; ARGV: epoch, now, pfx, spend ttl. Releases expired holds; returns
+# {1, spent, reserved}, or {-1}.
+SPENT = (
+    HOLDS
+    + """
+if not epoch_ok(KEYS[4], ARGV[1]) then return {-1, '0', '0'} end
+reap(KEYS[3], KEYS[2], ARGV[3], ARGV[4], tonumber(ARGV[2]))
+local s, r = figures(KEYS[1])
+return {1, fmt(s), fmt(r)}
 """
+)

@@ -18,15 +18,13 @@ from typing import Any
 
 from engine.runtime.state import EWMA_ALPHA, PROBE, CircuitConfig, CircuitInfo, Claim, MemoryStore, ModelStats, Outcome
 from providers.state import lua
-from providers.state.sender import Signal, pack, run_sender
-from providers.state.spend import SPEND_TTL, SpendMixin
+from providers.state.heartbeat import HeartbeatMixin
+from providers.state.sender import SenderMixin, Signal, run_sender
+from providers.state.spend import SPEND_TTL, Gate, SpendMixin
 
 log = logging.getLogger("modelroute.state")
 
 PROBE_LEASE = 60.0  # seconds a half-open probe blocks other calls if its replica never records it
-SEEN_REFRESH = 3600.0  # heartbeats refresh the spend figures of keys used this recently (seconds)...
-SEEN_REFRESH_MAX = 500  # ... at most this many, most recently used first
-SEEN_FORGET = 35 * 86400  # figures of keys unused this long are forgotten
 
 _open: weakref.WeakSet[RedisStore] = weakref.WeakSet()
 
@@ -59,15 +57,16 @@ def _parse(value: str | None) -> tuple[str, float, bool, float]:
     return state, float(until), probing == "1", float(lease)
 
 
-class RedisStore(SpendMixin):
+class RedisStore(SpendMixin, HeartbeatMixin, SenderMixin):
     """A StateStore / ExecutionStore on Redis with MemoryStore semantics (see the module docstring).
 
     `url` like redis://127.0.0.1:6379/0 (or pass `client`, a redis.Redis); `prefix` namespaces the keys so
     several routers can share one Redis. `replica_ttl`: seconds without a heartbeat after which a replica counts
-    as dead; `claim_ttl`: seconds an in-flight claim made by allow() waits for its add_in_flight(+1);
-    `linger`: seconds the background sender waits after it is woken, so that a short request's claim and record
-    leave in one round trip after its answer rather than in two during it; `background=False` runs no thread
-    (call `flush()` / `heartbeat()` yourself, as tests do)."""
+    as dead; `hold_lease`: seconds after this replica's last heartbeat (or reservation) at which any replica
+    releases its budget holds (it died mid-request); `claim_ttl`: seconds an in-flight claim made by allow() waits
+    for its add_in_flight(+1); `linger`: seconds the background sender waits after it is woken, so that a short
+    request's claim and record leave in one round trip after its answer rather than in two during it;
+    `background=False` runs no thread (call `flush()` / `heartbeat()` yourself, as tests do)."""
 
     def __init__(
         self,
@@ -81,6 +80,7 @@ class RedisStore(SpendMixin):
         wall: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
         replica_ttl: float = 30.0,
+        hold_lease: float = 30.0,
         claim_ttl: float = 2.0,
         flush_after: float = 0.05,
         linger: float = 0.002,
@@ -126,8 +126,11 @@ class RedisStore(SpendMixin):
         self.replica_id = replica_id or uuid.uuid4().hex[:16]
         if "|" in self.replica_id:
             raise ValueError("replica_id must not contain '|'")
+        if not hold_lease > 0:
+            raise ValueError("hold_lease must be a positive number of seconds")
         self._ttl, self._claim_ttl, self._flush_after = replica_ttl, claim_ttl, flush_after
-        self._beat_every = replica_ttl / 6
+        self._lease = hold_lease
+        self._beat_every = min(replica_ttl, hold_lease) / 6  # renews liveness and the holds' lease
         self._next_beat = -math.inf
         self._touched = -math.inf  # monotonic time this replica's liveness was last refreshed
         self._own: dict[str, int] = {}
@@ -139,8 +142,12 @@ class RedisStore(SpendMixin):
         # budgets
         self._held_remote: dict[str, float] = {}  # money this replica holds in Redis reservations, per key
         self._held_local: dict[str, float] = {}  # ... and in local reservations made during an outage
-        self._pending: dict[str, list[float]] = {}  # key -> [reserved to release, spend to add] once Redis is back
-        self._seen: dict[str, list[float]] = {}  # key -> [spent + reserved last seen in Redis, monotonic time used]
+        self._pending: dict[str, float] = {}  # key -> spend settled during an outage, added once Redis is back
+        self._released: dict[str, float] = {}  # key -> holds in Redis released during an outage (until it is back)
+        self._seen: dict[str, list[float]] = {}  # key -> [spent, reserved last seen in Redis, monotonic time used]
+        self._ledger: dict[str, list[float]] = {}  # key -> [this replica's spend since start, monotonic time used]
+        self._epoch: str | None = None  # the Redis epoch this replica's figures belong to (None: not seen yet)
+        self._budget_gate = Gate()  # budget calls share it, the heartbeat takes it alone
         self._outage = MemoryStore(clock=clock, wall=wall)  # budget figures of the current outage
         self._base: dict[str, float] = {}  # key -> used figure the outage started from (seeded keys)
         r = self._redis
@@ -148,11 +155,14 @@ class RedisStore(SpendMixin):
         self._record = r.register_script(lua.RECORD)
         self._reserve = r.register_script(lua.RESERVE)
         self._settle = r.register_script(lua.SETTLE)
+        self._spent = r.register_script(lua.SPENT)
         self._flush_script = r.register_script(lua.FLUSH)
         self._beat_script = r.register_script(lua.HEARTBEAT)
         self._retire = r.register_script(lua.RETIRE)
         self._kc, self._kl = self._k("circuits"), self._k("latency")
         self._kf = [self._k("inflight"), self._k("inflight_by"), self._k("replicas")]
+        self._kh = [self._k("holds"), self._k("leases"), self._k("epoch")]  # with a spend hash: the budget scripts'
+        self._kb = [*self._kf, self._k("leases"), self._k("holds"), self._k("epoch")]  # the heartbeat's
         self._sig = Signal(linger)
         self._thread: threading.Thread | None = None
         _open.add(self)
@@ -174,7 +184,9 @@ class RedisStore(SpendMixin):
         self._redis.connection_pool.reset()  # redis-py would do this on first use (pid check); be explicit
         self._own, self._claims, self._dirty, self._dirty_since = {}, {}, {}, math.inf
         self._queue = []
-        self._held_remote, self._held_local = {}, {}  # the parent's holds are settled by the parent
+        self._held_remote, self._held_local = {}, {}  # the parent's holds are settled by the parent...
+        self._pending, self._released, self._ledger, self._epoch = {}, {}, {}, None  # ... and its spend too
+        self._budget_gate = Gate()
         self._next_beat = self._touched = -math.inf
         self._valid_until = -math.inf
         linger, had_thread = self._sig.linger, self._thread is not None
@@ -231,30 +243,27 @@ class RedisStore(SpendMixin):
             )
 
     def _mark_up(self) -> None:
-        with self._lock:
-            if not self._down:
-                return
-            self._down = False
-            pending, self._pending = self._pending, {}
-            for key, hold in self._held_local.items():  # local reservations still open become shared ones
-                if hold > 0:
-                    pending.setdefault(key, [0.0, 0.0])[0] -= hold
+        failed = None
+        with self._budget_gate.exclusive():
+            with self._lock:
+                if not self._down:
+                    return
+                self._down = False
+                unpushed = {k: hold for k, hold in self._held_local.items() if hold > 0}
+                for key, hold in unpushed.items():  # local reservations still open become shared ones
                     self._held_remote[key] = self._held_remote.get(key, 0.0) + hold
-            self._held_local = {}
-        log.warning("redis state store reachable again: shared state restored")
-        try:
-            while pending:  # spend made during the outage joins the shared figure
-                key, (release, spend) = next(iter(pending.items()))
-                self._settle(keys=[self._k("spend", key)], args=[release, spend, SPEND_TTL])
-                del pending[key]
-            self._beat()  # republish this replica's in-flight counts
-        except self._errors as exc:
-            with self._lock:  # what was not pushed waits for the next recovery
-                for key, (release, spend) in pending.items():
-                    left = self._pending.setdefault(key, [0.0, 0.0])
-                    left[0] += release
-                    left[1] += spend
-            self._mark_down(exc)
+                self._held_local = {}
+            log.warning("redis state store reachable again: shared state restored")
+            try:  # republishes this replica's in-flight counts and holds, adds the outage's spend to Redis
+                self._beat_locked(unpushed=unpushed)
+            except self._errors as exc:  # what was not pushed waits for the next recovery
+                failed = exc
+                with self._lock:  # the holds made during the outage are still only local
+                    for key, hold in unpushed.items():
+                        self._held_remote[key] = max(0.0, self._held_remote.get(key, 0.0) - hold)
+                    self._held_local = unpushed
+        if failed is not None:
+            self._mark_down(failed)
             return
         self._valid_until = -math.inf
 
@@ -312,123 +321,6 @@ class RedisStore(SpendMixin):
             args = self._take()
         self._flush_script(keys=self._kf, args=args)
 
-    def _wake(self) -> None:
-        """Wake the background sender (no-op without a background thread: flush() or the next call sends)."""
-        sig = self._sig
-        if self._thread is not None and not sig.pending:
-            with sig.cond:
-                sig.pending = True
-                sig.cond.notify()
-
-    def _drain(self) -> None:
-        """Send the pending in-flight counts and queued records in one pipeline (the background sender, flush(),
-        close() and any call to Redis run this). Errors are handled here: Redis is marked down and queued records
-        go to the local state instead, as a synchronous record() in the outage would (the counts are republished
-        by the heartbeat when Redis is back)."""
-        with self._sending:
-            self._drain_locked()
-
-    def _drain_locked(self) -> None:
-        if not self._dirty and not self._queue:
-            return
-        with self._lock:
-            if not self._dirty and not self._queue:
-                return
-            records, self._queue = self._queue, []
-            publish = None if self._down and self._clock() < self._down_until else self._take()
-        if publish is None:
-            for *_, local in records:
-                local()
-            return
-        cmds: list[tuple[Any, list[str], list[Any], Callable[[], Any] | None]] = []
-        block = publish
-        for keys, args, local in records:  # the first record carries the counts
-            cmds.append((self._record, keys, [*args, *block], local))
-            block = [self.replica_id, "", 0]
-        if block is publish:
-            cmds.append((self._flush_script, self._kf, publish, None))
-        try:
-            results = self._send_batch(
-                [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args, _ in cmds]
-            )
-        except self._errors as exc:
-            self._mark_down(exc)
-            for *_, local in records:
-                local()
-            return
-        changed = False
-        for (script, keys, args, cmd_local), result in zip(cmds, results, strict=True):
-            if isinstance(result, self._noscript):  # scripts not loaded yet (or Redis restarted): load, resend
-                try:
-                    result = script(keys=keys, args=args)
-                except self._errors as exc:
-                    self._mark_down(exc)
-                    if cmd_local is not None:
-                        cmd_local()
-                    continue
-            if isinstance(result, Exception):
-                log.error("redis state store: background send failed: %s", result)
-            elif result in ("opened", "closed", b"opened", b"closed"):  # a stale snapshot: decide() must reload it
-                changed = True
-        if changed:
-            self._valid_until = -math.inf
-        if self._down:
-            self._mark_up()
-
-    def _send_batch(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """One round trip for `commands` on the sender's own connection (`_sending` held), packed here rather than
-        by redis-py's pipeline, which costs several times the Python work (and GIL) per batch. Error replies come
-        back as exception objects."""
-        conn = self._conn
-        if conn is None:
-            make = getattr(getattr(self._redis, "connection_pool", None), "make_connection", None)
-            if make is None:  # a client without a plain connection pool: its pipeline
-                pipe = self._redis.pipeline(transaction=False)
-                for command in commands:
-                    pipe.execute_command(*command)
-                return pipe.execute(raise_on_error=False)
-            conn = self._conn = make()
-        out = []
-        try:
-            conn.send_packed_command([b"".join(pack(command) for command in commands)], check_health=False)
-            for _ in commands:
-                try:
-                    out.append(conn.read_response())
-                except self._response_error as exc:
-                    out.append(exc)
-        except BaseException:
-            conn.disconnect()  # a half-read reply must not be read as the next batch's
-            raise
-        return out
-
-    def _beat(self) -> None:
-        """One heartbeat round trip (see the module docstring)."""
-        with self._lock:
-            self._expire_claims()
-            models = set(self._own) | set(self._claims) | set(self._dirty)  # an expired claim's 0 must go out too
-            self._dirty, self._dirty_since = {}, math.inf
-            for model in models:
-                self._mark_dirty(model)
-            args = [self._ttl, *self._take(touch=True)]
-            now = self._clock()
-            for key in [k for k, (_, used) in self._seen.items() if used < now - SEEN_FORGET]:
-                del self._seen[key]
-            recent = sorted(
-                ((used, k) for k, (_, used) in self._seen.items() if used >= now - SEEN_REFRESH), reverse=True
-            )[:SEEN_REFRESH_MAX]
-            keys = [k for _, k in recent]
-        self._next_beat = now + self._beat_every
-        out = self._beat_script(keys=[*self._kf, *(self._k("spend", k) for k in keys)], args=args)
-        live, dead, dropped = (int(x) for x in out[:3])
-        with self._lock:
-            self._replicas = max(1, live)
-            for i, key in enumerate(keys):
-                seen = self._seen.get(key)
-                if seen is not None:
-                    seen[0] = float(out[3 + 2 * i]) + float(out[4 + 2 * i])
-        if dead or dropped:
-            log.info("redis state store: dropped %d dead replica(s) and %d in-flight call(s) they held", dead, dropped)
-
     def _tick(self) -> None:
         """The background thread's work: heartbeats, expired claims and counts left waiting."""
         now = self._clock()
@@ -446,17 +338,6 @@ class RedisStore(SpendMixin):
         with self._lock:
             self._expire_claims()
         self._drain()
-
-    def heartbeat(self) -> bool:
-        """Refresh this replica's liveness and counts, drop dead replicas' counts, refresh the replica count and
-        spend figures budgets fall back on (see the module docstring). True when Redis answered."""
-
-        def remote() -> bool:
-            self._beat()
-            return True
-
-        self._next_beat = self._clock() + self._beat_every
-        return bool(self._do(remote, lambda: False, flush=False))
 
     # -- read by decide() ----------------------------------------------------------------------------
     def next_index(self, key: str) -> int:
@@ -677,10 +558,15 @@ class RedisStore(SpendMixin):
         return self.heartbeat()
 
     def clear(self) -> None:
-        """Delete every key under this store's prefix (tests, resets)."""
-        keys = list(self._redis.scan_iter(match=self._p + "*", count=500))
-        if keys:
-            self._redis.delete(*keys)
+        """Delete every key under this store's prefix (tests, resets) and forget this replica's spend and holds
+        (other replicas see a Redis reset and re-publish theirs)."""
+        with self._budget_gate.exclusive():
+            keys = list(self._redis.scan_iter(match=self._p + "*", count=500))
+            if keys:
+                self._redis.delete(*keys)
+            with self._lock:
+                self._epoch, self._ledger, self._seen, self._held_remote = None, {}, {}, {}
+                self._pending, self._released = {}, {}
         self._valid_until = -math.inf
 
     def close(self) -> None:
@@ -697,7 +583,10 @@ class RedisStore(SpendMixin):
         self._drain()  # everything pending goes out before the replica's counts are removed
         if not (self._down and self._clock() < self._down_until):
             try:
-                self._retire(keys=self._kf, args=[self.replica_id])
+                self._retire(
+                    keys=[*self._kf, self._k("leases"), self._k("holds")],
+                    args=[self.replica_id, self._k("spend", ""), SPEND_TTL],
+                )
             except self._errors:
                 pass
         if self._conn is not None:

@@ -1,36 +1,122 @@
-"""Budget spend on Redis: RedisStore's reserve / settle / spent, with this replica's share of what is left
-during a Redis outage (the rule is in docs/state.md). A mixin: it works on RedisStore's
-state (`_do`, `_lock`, the scripts, the outage MemoryStore)."""
+"""Budget spend on Redis: RedisStore's reserve / settle / spent calls in, atomic holds owned by this replica (under
+a lease) and spend figures out; this replica's share of what is left during a Redis outage; and its ledger of its
+own spend, which it re-publishes after a Redis reset (the rules are in docs/state.md). A mixin: it works on
+RedisStore's state (`_do`, `_lock`, the scripts, the outage MemoryStore)."""
 
 from __future__ import annotations
 
 import math
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 SPEND_TTL = 40 * 86400  # budget buckets (hour / day / month) are dropped 40 days after their last use
+SEEN_FORGET = 35 * 86400  # figures (and ledger entries) of keys unused this long, whose bucket cannot be read, go
+RESET = object()  # what a script call answers when the Redis epoch is not this replica's (a reset)
+# the engine's spend keys (engine/runtime/budget.py): period:bucket[:attr=value], the bucket in UTC
+_BUCKETS = {
+    "hourly": (re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}"), "%Y-%m-%dT%H"),
+    "daily": (re.compile(r"\d{4}-\d{2}-\d{2}"), "%Y-%m-%d"),
+    "monthly": (re.compile(r"\d{4}-\d{2}"), "%Y-%m"),
+}
+
+
+def bucket_open(key: str, now: float) -> bool:
+    """Whether the budget bucket of spend key `key` (`daily:2025-01-31[:user=x]`) is the current one at epoch time
+    `now`; True for a key whose bucket cannot be read (kept until unused for SEEN_FORGET)."""
+    period, _, rest = key.partition(":")
+    form = _BUCKETS.get(period)
+    stamp = rest.split(":", 1)[0]
+    if form is None or not form[0].fullmatch(stamp):
+        return True
+    return stamp == time.strftime(form[1], time.gmtime(now))
+
+
+class Gate:
+    """Budget calls share it; the heartbeat (which republishes this replica's holds as absolute figures, and its
+    ledger after a reset) takes it alone, so it never publishes a figure a call in progress is changing. A waiting
+    exclusive holder goes first. Never wait for it holding the store's `_lock` or from inside a shared section."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._shared = 0
+        self._exclusive = False
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive:
+                self._cond.wait()
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                if not self._shared:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive:
+                self._cond.wait()
+            self._exclusive = True
+            while self._shared:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
 
 
 class SpendMixin:
     """reserve / settle / spent for RedisStore."""
 
-    _seen: dict[str, list[float]]
+    replica_id: str
+    _seen: dict[str, list[float]]  # key -> [spent, reserved, monotonic time used]
     _base: dict[str, float]
     _held_remote: dict[str, float]
     _held_local: dict[str, float]
-    _pending: dict[str, list[float]]
+    _pending: dict[str, float]
+    _released: dict[str, float]
+    _ledger: dict[str, list[float]]  # key -> [own spend since start, monotonic time used]
+    _epoch: str | None
+    _budget_gate: Gate
+    _lease: float
     _replicas: int
     _outage: Any
     _lock: Any
     _redis: Any
     _reserve: Any
     _settle: Any
+    _spent: Any
     _clock: Any
+    _wall: Any
     _do: Any
     _k: Any
+    _kh: list[str]
+    _reset: Any
 
-    def _saw(self, key: str, used: float) -> None:
-        """Remember `key`'s shared spent + reserved (lock held)."""
-        self._seen[key] = [used, self._clock()]
+    def _saw(self, key: str, spent: float, reserved: float) -> None:
+        """Remember `key`'s shared figures (lock held)."""
+        self._seen[key] = [spent, reserved, self._clock()]
+
+    def _spent_by_me(self, key: str, actual: float) -> None:
+        """Add to this replica's ledger (lock held)."""
+        if not actual:
+            return
+        entry = self._ledger.get(key)
+        if entry is None:
+            self._ledger[key] = [actual, self._clock()]
+        else:
+            entry[0] += actual
+            entry[1] = self._clock()
 
     def _seed(self, key: str) -> float:
         """In an outage, before the first local figure for `key`: start from what Redis last showed (lock held).
@@ -39,72 +125,107 @@ class SpendMixin:
         if base is None:
             seen = self._seen.get(key)
             held_remote, held_local = self._held_remote.get(key, 0.0), self._held_local.get(key, 0.0)
-            used = max(seen[0] if seen else 0.0, held_remote)
+            used = max(seen[0] + seen[1] if seen else 0.0, held_remote)
             self._outage.settle(key, 0.0, used - held_remote)
             if held_remote + held_local > 0:  # this replica's holds stay reservations, released when settled
                 self._outage.reserve(key, held_remote + held_local, math.inf)
             base = self._base[key] = used + held_local
         return base
 
+    def _spend_call(self, run: Callable[[str], Any]) -> Any:
+        """run(epoch) (a script call and what follows it locally) alongside other budget calls; when Redis answers
+        that its epoch is not this replica's (a reset, or this replica's first call), re-publish and run again."""
+        for _ in range(3):
+            with self._budget_gate.shared():
+                epoch = self._epoch
+                out = RESET if epoch is None else run(epoch)
+            if out is not RESET:
+                return out
+            self._reset(epoch)
+        import redis
+
+        raise redis.exceptions.RedisError("the Redis epoch changed three times in one call")
+
+    def _keys(self, key: str) -> list[str]:
+        return [self._k("spend", key), *self._kh]
+
     def reserve(self, key: str, amount: float, limit: float) -> tuple[bool, float]:
-        def remote() -> tuple[bool, float]:
-            done, before, after = self._reserve(keys=[self._k("spend", key)], args=[amount, limit, SPEND_TTL])
+        def run(epoch: str) -> Any:
+            now = self._wall()
+            args = [epoch, self.replica_id, key, amount, limit, SPEND_TTL, now, now + self._lease, self._k("spend", "")]
+            done, before, spent, reserved = self._reserve(keys=self._keys(key), args=args)
+            if int(done) < 0:
+                return RESET
             with self._lock:
                 if done:
                     self._held_remote[key] = self._held_remote.get(key, 0.0) + amount
-                self._saw(key, float(after))
+                self._saw(key, float(spent), float(reserved))
             return bool(done), float(before)
 
         def local() -> tuple[bool, float]:
-            with self._lock:  # this replica's share of what was left (module docstring)
+            with self._budget_gate.shared(), self._lock:  # this replica's share of what was left (docs/state.md)
                 base = self._seed(key)
                 done, used = self._outage.reserve(key, amount, base + max(0.0, limit - base) / self._replicas)
                 if done:
                     self._held_local[key] = self._held_local.get(key, 0.0) + amount
             return done, used
 
-        return self._do(remote, local)
+        return self._do(lambda: self._spend_call(run), local)
 
     def settle(self, key: str, reserved: float, actual: float) -> float:
-        # release the hold where it was made: in Redis or in local state during an outage
-        remote_hold = reserved if self._held_remote.get(key, 0.0) >= reserved - 1e-12 else 0.0
-        local_hold = reserved - remote_hold
+        def split() -> tuple[float, float]:  # lock held: the hold was made in Redis, or locally during an outage
+            remote = reserved if self._held_remote.get(key, 0.0) >= reserved - 1e-12 else 0.0
+            return remote, reserved - remote
 
-        def release() -> None:  # lock held
+        def release(remote_hold: float, local_hold: float) -> None:  # lock held
             if remote_hold:
-                self._held_remote[key] = max(0.0, self._held_remote.get(key, 0.0) - remote_hold)
+                left = self._held_remote.get(key, 0.0) - remote_hold
+                if left < 1e-12:
+                    self._held_remote.pop(key, None)
+                else:
+                    self._held_remote[key] = left
             if local_hold:
                 self._held_local[key] = max(0.0, self._held_local.get(key, 0.0) - local_hold)
+            self._spent_by_me(key, actual)
 
-        def remote() -> float:
-            total, reserved_after = self._settle(keys=[self._k("spend", key)], args=[remote_hold, actual, SPEND_TTL])
+        def run(epoch: str) -> Any:
             with self._lock:
-                release()
-                self._saw(key, float(total) + float(reserved_after))
+                remote_hold, local_hold = split()
+            args = [epoch, self.replica_id, key, remote_hold, actual, SPEND_TTL, self._wall() + self._lease]
+            code, total, reserved_after = self._settle(keys=self._keys(key), args=[*args, self._k("spend", "")])
+            if int(code) < 0:
+                return RESET
+            with self._lock:
+                release(remote_hold, local_hold)
+                self._saw(key, float(total), float(reserved_after))
             return float(total)
 
         def local() -> float:
-            with self._lock:
+            with self._budget_gate.shared(), self._lock:
+                remote_hold, local_hold = split()
                 self._seed(key)
-                release()
-                pending = self._pending.setdefault(key, [0.0, 0.0])
-                pending[0] += remote_hold
-                pending[1] += actual
+                release(remote_hold, local_hold)
+                self._pending[key] = self._pending.get(key, 0.0) + actual
+                if remote_hold:  # the heartbeat republishes the holds; this says what Redis had (after a reset)
+                    self._released[key] = self._released.get(key, 0.0) + remote_hold
                 return self._outage.settle(key, reserved, actual)
 
-        return self._do(remote, local)
+        return self._do(lambda: self._spend_call(run), local)
 
     def spent(self, key: str) -> tuple[float, float]:
-        def remote() -> tuple[float, float]:
-            spent, reserved = self._redis.hmget(self._k("spend", key), "spent", "reserved")
-            out = float(spent or 0.0), float(reserved or 0.0)
+        def run(epoch: str) -> Any:
+            args = [epoch, self._wall(), self._k("spend", ""), SPEND_TTL]
+            code, spent, reserved = self._spent(keys=self._keys(key), args=args)
+            if int(code) < 0:
+                return RESET
+            out = float(spent), float(reserved)
             with self._lock:
-                self._saw(key, out[0] + out[1])
+                self._saw(key, *out)
             return out
 
         def local() -> tuple[float, float]:
-            with self._lock:
+            with self._budget_gate.shared(), self._lock:
                 self._seed(key)
                 return self._outage.spent(key)
 
-        return self._do(remote, local)
+        return self._do(lambda: self._spend_call(run), local)
