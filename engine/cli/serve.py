@@ -80,6 +80,14 @@ def _policies(args: tuple[str, ...]) -> tuple[Path | None, dict[str, Path]]:
 )
 @click.option("--redis-prefix", default="modelroute:", show_default=True, help="Key prefix in Redis.")
 @click.option(
+    "--hold-lease",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(1.0),
+    help="With --redis: seconds a replica's budget holds outlive its last heartbeat (a killed replica's holds are "
+    "released within this time).",
+)
+@click.option(
     "--max-body",
     default=1 << 20,
     show_default=True,
@@ -144,6 +152,7 @@ def serve(
     keys_file: Path | None,
     redis_url: str | None,
     redis_prefix: str,
+    hold_lease: float,
     max_body: int,
     graceful_timeout: float,
     log_level: str,
@@ -185,6 +194,7 @@ def serve(
         keys_file=keys_file,
         redis_url=redis_url,
         redis_prefix=redis_prefix,
+        hold_lease=hold_lease,
         max_body=max_body,
         graceful_timeout=graceful_timeout,
         log_level=log_level,

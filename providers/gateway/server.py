@@ -58,6 +58,7 @@ class ServeOptions:
     keys_file: Path | None = None
     redis_url: str | None = None
     redis_prefix: str = "modelroute:"
+    hold_lease: float = 30.0  # seconds a replica's budget holds outlive its last heartbeat (with --redis)
     max_body: int = 1 << 20
     graceful_timeout: float = 30.0
     log_level: str = "info"
@@ -176,7 +177,7 @@ def _state(opts: ServeOptions, echo: Echo) -> StateStore | None:
         from providers.state.redis_store import RedisStore
 
         try:
-            store = RedisStore(opts.redis_url, prefix=opts.redis_prefix)
+            store = RedisStore(opts.redis_url, prefix=opts.redis_prefix, hold_lease=opts.hold_lease)
         except ValueError as exc:  # redis-py's URL parser: a scheme, port or IPv6 address it cannot read
             raise ServeError(f"{opts.redis_url!r} is not a Redis URL: {exc}", param="--redis") from None
         if not store.ping():
