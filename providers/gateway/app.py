@@ -48,6 +48,11 @@ log = logging.getLogger("modelroute.gateway")
 DEFAULT_MAX_BODY = 1 << 20  # 1 MiB
 
 
+def _cut(text: str, limit: int = 80) -> str:
+    """A client-given text for an error message: at most `limit` characters."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(json.dumps(obj, separators=(",", ":")), status, headers, "application/json")
 
@@ -76,6 +81,15 @@ class Gateway:
                     "be ambiguous; pick another name"
                 )
             self.policies[name] = named
+        for k in keys.keys if keys is not None else ():
+            unknown = sorted((k.policies or frozenset()) - self.policies.keys())
+            if unknown:
+                log.warning(
+                    "gateway key %s may use policies this gateway does not serve: %s (it serves: %s)",
+                    k.name,
+                    ", ".join(unknown),
+                    ", ".join(self.policies),
+                )
         self.active = 0
         self.metrics = GatewayMetrics(self._circuits, lambda: self.active)
 
@@ -92,12 +106,25 @@ class Gateway:
                     out[m] = state.circuit(m).state
         return sorted(out.items())
 
-    def _route(self, call: ChatCall) -> tuple[Engine, str]:
-        """The Engine for a request and the name of its policy; a named policy routes like "auto"."""
+    def _route(self, call: ChatCall, key: GatewayKey | None) -> tuple[Engine, str]:
+        """The Engine for a request and the name of its policy; a named policy routes like "auto", a concrete model
+        name is pinned through "auto". Raises ApiError 403 when the key may not use that policy."""
         engine = self.policies.get(call.model)
+        pinned = engine is None
         if engine is None:
-            return self.engine, AUTO_MODELS[0]
-        name, call.model = call.model, AUTO_MODELS[0]
+            engine, name = self.engine, AUTO_MODELS[0]
+        else:
+            name, call.model = call.model, AUTO_MODELS[0]
+        if key is not None and key.policies is not None and name not in key.policies:
+            raise ApiError(
+                403,
+                f"gateway key `{key.name}` may not use policy `{name}`"
+                + (f" (a named model is routed through `{name}`)" if pinned else "")
+                + f"; it may use: {', '.join(sorted(key.policies))}",
+                type="permission_error",
+                code="policy_not_allowed",
+                param="model",
+            )
         return engine, name
 
     # ---- request plumbing -----------------------------------------------------------------------------
@@ -115,12 +142,14 @@ class Gateway:
             )
         return key
 
-    async def _body(self, request: Request) -> Any:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+    async def _body(self, request: Request) -> bytes:
+        """The request body's bytes, at most `max_body` of them (413 otherwise); parse_chat reads the JSON."""
+        declared = request.headers.get("content-length", "")
+        # ASCII digits only (`²` is a digit to isdigit(), not to int()); a length of 19 digits or more is too large
+        if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > self.max_body):
             raise ApiError(
                 413,
-                f"request body of {declared} bytes is larger than the limit of {self.max_body} bytes",
+                f"request body of {_cut(declared)} bytes is larger than the limit of {self.max_body} bytes",
                 code="body_too_large",
             )
         chunks, size = [], 0
@@ -131,12 +160,7 @@ class Gateway:
                     413, f"request body is larger than the limit of {self.max_body} bytes", code="body_too_large"
                 )
             chunks.append(chunk)
-        try:
-            return json.loads(b"".join(chunks))
-        except RecursionError:
-            raise ApiError(400, "malformed JSON body: nested too deeply", code="invalid_json") from None
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(400, f"malformed JSON body: {exc}", code="invalid_json") from None
+        return b"".join(chunks)
 
     @staticmethod
     def _attrs(call: ChatCall, key: GatewayKey | None) -> dict[str, Any]:
@@ -173,6 +197,7 @@ class Gateway:
     # ---- endpoints ------------------------------------------------------------------------------------
     async def chat(self, request: Request) -> Response:
         from providers.execution.budget import BudgetExceeded
+        from providers.execution.holds import UnsendableRequest
         from providers.execution.resilience import RoutingError
 
         t0 = time.perf_counter()
@@ -183,7 +208,7 @@ class Gateway:
             key = self._auth(request)
             call = parse_chat(await self._body(request), request.headers)
             attrs = self._attrs(call, key)
-            engine, policy_name = self._route(call)
+            engine, policy_name = self._route(call, key)
             ex = engine.executor
             if key is not None and key.daily_budget is not None and "max_tokens" not in call.options:
                 settings = engine.policy.settings  # bound the real cost by what the key budget holds
@@ -192,6 +217,8 @@ class Gateway:
                 run = prepare(ex, engine, call, attrs)
             except (NoRouteError, BudgetExceeded) as exc:
                 raise routing_error(exc, ex.state) from None
+            except UnsendableRequest as exc:  # parse_chat refuses these first; the executor checks again
+                raise ApiError(400, str(exc), code="invalid_value") from None
             rule = run.decision.rule
             self.metrics.decisions.inc("override" if rule.index < 0 else f"{rule.file}:{rule.line}", run.decision.model)
             hold = hold_key_budget(ex, key, run)
@@ -241,16 +268,18 @@ class Gateway:
     async def models(self, request: Request) -> Response:
         t0 = time.perf_counter()
         try:
-            self._auth(request)
+            key = self._auth(request)
         except ApiError as err:
             self.done("models", err.status, t0)
             return self._error(err)
-        policy = self.engine.policy
-        data = [{"id": m, "object": "model", "created": 0, "owned_by": "modelroute"} for m in self.policies]
-        data += [
-            {"id": name, "object": "model", "created": 0, "owned_by": entry.provider}
-            for name, entry in policy.models.items()
-        ]
+        allowed = None if key is None else key.policies  # a key limited to some policies sees only those
+        names = [m for m in self.policies if allowed is None or m in allowed]
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "modelroute"} for m in names]
+        if allowed is None or AUTO_MODELS[0] in allowed:  # catalog models are pinned through "auto"
+            data += [
+                {"id": name, "object": "model", "created": 0, "owned_by": entry.provider}
+                for name, entry in self.engine.policy.models.items()
+            ]
         self.done("models", 200, t0)
         return _json_response({"object": "list", "data": data})
 
@@ -261,7 +290,7 @@ class Gateway:
             key = self._auth(request)
             call = parse_chat(await self._body(request), request.headers)
             attrs = self._attrs(call, key)
-            engine, _ = self._route(call)
+            engine, _ = self._route(call, key)
             opts = call.options
             if opts.get("tools"):
                 attrs.setdefault("tools", True)
@@ -322,9 +351,10 @@ class Gateway:
     def app(self) -> Starlette:
         async def http_error(request: Request, exc: Exception) -> Response:
             code = getattr(exc, "status_code", 500)
+            path = _cut(request.url.path)
             text = {
-                404: f"no such endpoint: {request.method} {request.url.path}",
-                405: f"method {request.method} not allowed on {request.url.path}",
+                404: f"no such endpoint: {_cut(request.method)} {path}",
+                405: f"method {_cut(request.method)} not allowed on {path}",
             }.get(code, "HTTP error")
             return self._error(ApiError(code, text, code="not_found" if code == 404 else "method_not_allowed"))
 

@@ -6,11 +6,15 @@ bound request attributes, daily budget) or None out. Keys are stored as sha256 h
         sha256: 9f86d081884c7d659a2f...     # `modelroute serve --hash-key` prints one
         attributes: {tier: pro, team: a}   # bound: they override whatever the request says
         daily_budget: 5.00                 # USD per UTC day for this key (optional)
+        policies: [auto, cheap]            # the policies (`model: "<name>"`) it may use (optional: all)
 
 A ring loaded from a file follows it: `check()` stat()s the file at most every `poll_interval_s` (0.25 s) and
 re-reads it when its identity, size or timestamps changed, so adding, editing or revoking a key applies to the
 next request after that, with no restart and no file-notification support needed. A broken edit or a deleted
-file keeps the last good keys in force (one WARNING, and `last_error` until fixed). See docs/gateway.md.
+file keeps the last good keys in force (one WARNING, and `last_error` until fixed; `status()`, which the
+unauthenticated /healthz shows, says only that the file is broken, never what it holds). Only a regular file is
+read, opened without blocking: a FIFO, a directory or a device at the path is refused like an unreadable file.
+See docs/gateway.md.
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import os
 import re
 import secrets
+import stat
 import threading
 import time
 from collections.abc import Mapping
@@ -34,6 +40,7 @@ from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 from providers.catalog.files import stat_identity
 from providers.catalog.nodes import compose_data, duplicate_key, error_line
+from providers.gateway.openai_wire import RESERVED_ATTRS, reserved
 
 log = logging.getLogger("modelroute.gateway.keys")
 
@@ -45,12 +52,27 @@ _READ_TRIES = 3  # reads when the file changes while being read
 _EMPTIED_WAIT_S = 1.0  # how long a file that became empty (an in-place save under way?) may stay so unreported
 
 _HEX = re.compile(r"^[0-9a-f]{64}$")
-_FIELDS = ("name", "sha256", "attributes", "daily_budget")
+_FIELDS = ("name", "sha256", "attributes", "daily_budget", "policies")
+#: What the unauthenticated /healthz says about a keys file that does not parse or check: that it is broken, never
+#: its text (a key pasted into the file by mistake would be in the parser's message).
+REJECTED = "the keys file was rejected: the last good keys stay in force (the gateway log names the line and problem)"
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
 _monotonic = time.monotonic
 
 
 class KeysFileError(ValueError):
     """The keys file is missing, unreadable or malformed (the message says where: `file:line: ...`)."""
+
+
+class NotRegularFile(OSError):
+    """The keys path is not a regular file (a FIFO, a directory, a device): refused before it is read."""
 
 
 def hash_key(key: str) -> str:
@@ -69,6 +91,7 @@ class GatewayKey:
     digest: str = field(repr=False)
     attributes: Mapping[str, Any] = field(default_factory=dict)
     daily_budget: float | None = None
+    policies: frozenset[str] | None = None  # the policies it may use (`auto` and named ones); None: all of them
 
 
 # ---- reading a keys file: text in, keys or a KeysFileError naming file:line out -----------------------------
@@ -182,6 +205,25 @@ def _keys_from(data: Any, where: str, lines: _Lines | None = None) -> list[Gatew
         attrs = item.get("attributes") or {}
         if not isinstance(attrs, Mapping):
             raise fail(i, item, "attributes must be a mapping", "attributes")
+        for attr in attrs:
+            if not isinstance(attr, str) or reserved(attr):
+                raise fail(
+                    i,
+                    item,
+                    f"attributes: `{attr}` cannot be bound to a key (reserved: {', '.join(RESERVED_ATTRS)} and "
+                    "names under them)",
+                    "attributes",
+                )
+        odd = _not_json(attrs)
+        if odd is not None:
+            raise fail(i, item, f"attributes: {odd}", "attributes")
+        policies = item.get("policies")
+        if policies is not None:
+            if not (
+                isinstance(policies, list) and policies and all(isinstance(p, str) and p.strip() for p in policies)
+            ):
+                raise fail(i, item, "policies must be a non-empty list of policy names, like [auto, cheap]", "policies")
+            policies = frozenset(p.strip() for p in policies)
         budget = item.get("daily_budget")
         if budget is not None:
             try:
@@ -190,8 +232,35 @@ def _keys_from(data: Any, where: str, lines: _Lines | None = None) -> list[Gatew
                 raise fail(i, item, "daily_budget must be a number of USD", "daily_budget") from None
             if not budget >= 0:
                 raise fail(i, item, "daily_budget must not be negative", "daily_budget")
-        keys.append(GatewayKey(name, digest, dict(attrs), budget))
+        keys.append(GatewayKey(name, digest, dict(attrs), budget, policies))
     return keys
+
+
+def _not_json(value: Any) -> str | None:
+    """Why a bound attribute value is not plain JSON data (a YAML date, a set, NaN, a key that is not a string),
+    or None. Each distinct object once: YAML aliases share objects (and may form cycles)."""
+    seen: set[int] = set()
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (str, bool, int, type(None))):
+            continue
+        if isinstance(node, float):
+            if not math.isfinite(node):
+                return "NaN and infinite numbers are not allowed"
+            continue
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, Mapping):
+            if not all(isinstance(k, str) for k in node):
+                return "mapping keys must be strings"
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+        else:
+            return f"{type(node).__name__} values are not allowed (quote a date to make it a string)"
+    return None
 
 
 # ---- following the file on disk -------------------------------------------------------------------------------
@@ -203,13 +272,26 @@ def _racy(st: os.stat_result) -> bool:
     return time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < _RACY_NS
 
 
+def _regular(st: os.stat_result) -> os.stat_result:
+    """`st` if it is a regular file's; raises NotRegularFile naming what it is otherwise."""
+    if not stat.S_ISREG(st.st_mode):
+        what = _KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
+        raise NotRegularFile(0, f"not a regular file ({what})")
+    return st
+
+
 def _read(path: str) -> tuple[bytes, os.stat_result, bool]:
-    """(content, stat of what was read, stable): stable unless the file kept changing while it was read."""
+    """(content, stat of what was read, stable): stable unless the file kept changing while it was read. Only a
+    regular file is read (NotRegularFile otherwise): its type is checked before opening, and it is opened
+    non-blocking and checked again, so a FIFO or device swapped in between never blocks the caller (the event
+    loop, for the gateway)."""
+    _regular(os.stat(path))
     for _ in range(_READ_TRIES):
-        with open(path, "rb") as f:
-            before = os.fstat(f.fileno())
+        fd = os.open(path, os.O_RDONLY | _NONBLOCK)
+        with open(fd, "rb") as f:
+            before = _regular(os.fstat(fd))
             data = f.read()
-            after = os.fstat(f.fileno())
+            after = os.fstat(fd)
         if stat_identity(before) == stat_identity(after) and len(data) == after.st_size:
             return data, after, True
     return data, after, False
@@ -250,6 +332,7 @@ class KeyRing:
         self._seen: bytes | None = None  # the content last read, good or bad
         self._seen_error: str | None = None  # its error, if it was bad
         self._gone_error: str | None = None  # set while the file cannot be read
+        self._gone_reason = ""  # and why, in the system's words (no file content)
         self._emptied_at: float | None = None
 
     def __len__(self) -> int:
@@ -273,13 +356,20 @@ class KeyRing:
         return found if found is not None and hmac.compare_digest(found.digest, digest) else None
 
     def status(self) -> dict[str, Any]:
-        """For /healthz: `keys` (how many are in force), `keys_version`, and `last_keys_error` while the file on
-        disk is not the one in force (broken, unreadable or deleted). Looks at the file first when due."""
+        """For /healthz (which needs no key): `keys` (how many are in force), `keys_version`, and
+        `last_keys_error` while the file on disk is not the one in force. That says only whether the file was
+        rejected or cannot be read (and the system's reason, like "No such file or directory"), never the
+        parser's message: it quotes the file, and a key may have been pasted into it. `last_error` has the details
+        (and the WARNING in the log). Looks at the file first when due."""
         if _monotonic() >= self._due:
             self._poll()
         out: dict[str, Any] = {"keys": len(self._by_digest), "keys_version": self.version}
         if self.last_error is not None:
-            out["last_keys_error"] = self.last_error
+            out["last_keys_error"] = (
+                REJECTED
+                if self._gone_error is None
+                else f"the keys file cannot be read ({self._gone_reason}): the last good keys stay in force"
+            )
         return out
 
     def refresh(self, force: bool = True) -> bool:
@@ -312,7 +402,7 @@ class KeyRing:
 
     def _refresh(self, force: bool) -> None:
         try:
-            fp = stat_identity(os.stat(self._file))
+            fp = stat_identity(_regular(os.stat(self._file)))
             if fp == self._fp and not self._racy and not force:
                 return  # the common case: one stat(), nothing changed
             data, st, stable = _read(self._file)
@@ -366,6 +456,7 @@ class KeyRing:
 
     def _gone(self, exc: OSError) -> None:
         error = f"{self._where}: cannot read keys file: {exc.strerror or exc}"
+        self._gone_reason = exc.strerror or type(exc).__name__
         self._fp, self.last_error = None, error
         if self._gone_error != error:
             self._gone_error = error

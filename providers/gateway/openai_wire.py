@@ -61,7 +61,15 @@ UNSUPPORTED = frozenset(
         "safety_identifier",
     }
 )
-RESERVED_ATTRS = ("tokens", "key", "images", "spend.", "budget.")
+# The attributes a request may not set, each with every dotted name under it (`budget` covers `budget.left` and a
+# nested `{"budget": {"left": 1}}`). One fact with engine/runtime/reserved.py (a test checks they are equal): the
+# gateway may import only engine's public names, and that module is not one of them yet.
+RESERVED_ATTRS = ("tokens", "images", "max_tokens", "spend", "budget", "key", "self", "prompt", "messages", "model")
+_RESERVED = frozenset(RESERVED_ATTRS)
+_RESERVED_LIST = ", ".join(RESERVED_ATTRS)
+#: How deeply a request body may nest (the body object is level 1): far beyond any real tool schema, shallow
+#: enough that no recursive reader (pydantic, json.dumps upstream, explain's trace) runs out of stack.
+MAX_DEPTH = 64
 DEADLINE_HEADER = "x-modelroute-deadline"
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s)?", re.ASCII)
 AUTO_MODELS = ("auto",)
@@ -109,11 +117,138 @@ class ChatCall:
         return self.model in AUTO_MODELS
 
 
-def _attr_value(raw: str) -> Any:
+# ---- reading JSON that can be sent on ---------------------------------------------------------------------
+class _NotFinite(Exception):
+    """NaN, Infinity, or a number too large for a double (`1e999`), met while decoding (not a ValueError, so the
+    decoder's own errors stay apart)."""
+
+
+def _no_constant(name: str) -> Any:
+    raise _NotFinite(name)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise _NotFinite(text)
+    return value
+
+
+# Python's json reads NaN / Infinity and turns 1e999 into inf; none of them can be written as JSON again
+_DECODER = json.JSONDecoder(parse_float=_finite_float, parse_constant=_no_constant)
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # how a surrogate is written in JSON text
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _short(text: str, limit: int = 40) -> str:
+    """A client-given name for an error message: at most `limit` characters, unprintable ones escaped."""
+    shown = text if len(text) <= limit else text[:limit] + "..."
+    return shown if shown.isprintable() else repr(shown)[1:-1]
+
+
+def _not_finite(err: _NotFinite) -> ApiError:
+    text = _short(str(err))
+    if text.lstrip("-") in ("NaN", "Infinity"):
+        return bad(f"malformed JSON body: `{text}` is not JSON (no NaN or Infinity)", "invalid_json")
+    return bad(f"number `{text}` is out of range (larger than a double)", "invalid_value")
+
+
+def _depth_over(value: Any, limit: int) -> bool:
+    """Whether the container `value` nests more than `limit` levels (`[]` is 1, `[[]]` 2): level by level, no
+    recursion, each value looked at once."""
+    level, depth = [value], 0
+    while level:
+        if depth >= limit:
+            return True
+        depth += 1
+        below: list[Any] = []
+        add = below.append
+        for node in level:
+            for child in node.values() if type(node) is dict else node:
+                kind = type(child)
+                if kind is dict or kind is list:
+                    add(child)
+        level = below
+    return False
+
+
+def _check_depth(body: dict[str, Any]) -> None:
+    for name, value in body.items():
+        if isinstance(value, (dict, list)) and _depth_over(value, MAX_DEPTH - 1):
+            raise bad(f"`{_short(name)}` is nested too deeply (over {MAX_DEPTH} levels)", param=name[:64])
+
+
+def _unsendable(value: Any, where: str) -> tuple[str, str] | None:
+    """The first value under `value` that JSON sent upstream cannot carry, as (what, path): a string or key with
+    a lone surrogate, a NaN or infinite float, a key that is not a string. Iterative, any depth."""
+    stack = [(value, where)]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, str):
+            if _SURROGATE.search(node):
+                return "a lone surrogate (\\ud800-\\udfff)", path
+        elif isinstance(node, float):
+            if not math.isfinite(node):
+                return "NaN or Infinity", path
+        elif isinstance(node, dict):
+            for key, child in node.items():
+                sub = f"{path}.{key}" if path else str(key)
+                if not isinstance(key, str):
+                    return "a key that is not a string", sub
+                if _SURROGATE.search(key):
+                    return "a lone surrogate (\\ud800-\\udfff)", sub
+                stack.append((child, sub))
+        elif isinstance(node, (list, tuple)):
+            stack.extend((child, f"{path}[{i}]") for i, child in enumerate(node))
+    return None
+
+
+def _check_sendable(body: Any) -> None:
+    found = _unsendable(body, "")
+    if found is not None:
+        what, path = found
+        raise bad(f"`{_short(path, 60)}` holds {what}: JSON sent upstream cannot carry it", param=path[:64] or None)
+
+
+def read_json(raw: bytes) -> Any:
+    """A request body's bytes as JSON that can be sent on as it is; raises ApiError (400) for bytes that are not
+    UTF-8 JSON, for NaN / Infinity / numbers beyond a double, for lone surrogates (escaped `\\ud800`) in any
+    string, and for nesting deeper than MAX_DEPTH. Cheap on ordinary bodies: the values are searched for
+    surrogates only when the text has a surrogate escape (`\\udXXX`; a raw encoded surrogate is not UTF-8), and
+    the depth is walked (a step per value, not per character) only for a text over 1 KiB or with more than
+    MAX_DEPTH brackets."""
     try:
-        return json.loads(raw)
-    except (ValueError, RecursionError):  # not JSON, or nested too deeply to be a value: the raw string
+        text = raw.decode(json.detect_encoding(raw))  # strict: a UTF-8-encoded surrogate is not UTF-8
+    except UnicodeDecodeError as exc:
+        raise bad(f"malformed JSON body: not UTF-8 text (byte {exc.start})", "invalid_json") from None
+    try:
+        body = _DECODER.decode(text)
+    except _NotFinite as exc:
+        raise _not_finite(exc) from None
+    except RecursionError:
+        raise bad("malformed JSON body: nested too deeply", "invalid_json") from None
+    except json.JSONDecodeError as exc:
+        raise bad(f"malformed JSON body: {_short(str(exc), 120)}", "invalid_json") from None
+    except ValueError:  # Python's limit on the digits of an int (4300 by default)
+        raise bad("malformed JSON body: a number has too many digits", "invalid_json") from None
+    if "\\" in text and _SURROGATE_ESCAPE.search(text):
+        _check_sendable(body)
+    if isinstance(body, dict) and (len(text) > 1024 or text.count("[") + text.count("{") > MAX_DEPTH):
+        _check_depth(body)
+    return body
+
+
+def _attr_value(raw: str) -> Any:
+    """An `x-route-*` header's value: JSON when it is a JSON value a body could carry, else the raw string."""
+    try:
+        value = _DECODER.decode(raw)
+    except (ValueError, RecursionError, _NotFinite):  # not JSON, or nested too deeply to be a value
         return raw
+    if ("\\" in raw and _unsendable(value, "") is not None) or (
+        isinstance(value, (dict, list)) and _depth_over(value, MAX_DEPTH)
+    ):
+        return raw
+    return value
 
 
 def parse_deadline(raw: str) -> float:
@@ -130,10 +265,17 @@ def parse_deadline(raw: str) -> float:
     return seconds
 
 
+def reserved(name: str) -> bool:
+    """Whether a request may not set the attribute `name`: a reserved name or a dotted name under one (see
+    RESERVED_ATTRS), or the empty name."""
+    return not name or name.partition(".")[0] in _RESERVED
+
+
 def _check_attr_name(name: str, where: str) -> str:
-    if not name or any(name == r or (r.endswith(".") and name.startswith(r)) for r in RESERVED_ATTRS):
+    if reserved(name):
         raise bad(
-            f"{where}: attribute `{name}` is set by the gateway and cannot be given by a request", "reserved_attribute"
+            f"{where}: `{_short(name)}` is a reserved attribute name ({_RESERVED_LIST} and names under them)",
+            "reserved_attribute",
         )
     return name
 
@@ -145,29 +287,34 @@ _FIELD_MESSAGES = {
     "model": '`model` must be a string: "auto" or a catalog model name',
     "messages": "`messages` must be a non-empty array of message objects",
     "stream": "`stream` must be a boolean",
-    "stream_options": "`stream_options` may only hold include_usage",
+    "stream_options": "`stream_options` may only hold include_usage, a boolean",
     "n": "`n` must be 1",
     "max_tokens": "`max_tokens` must be a positive integer (at most 2147483647)",
     "max_completion_tokens": "`max_completion_tokens` must be a positive integer (at most 2147483647)",
     "temperature": "`temperature` must be a number from 0 to 2",
     "tools": '`tools` must be an array of {"type": "function", "function": {"name": ...}}',
-    "tool_choice": "`tool_choice` must be auto, none, required or a function",
+    "tool_choice": '`tool_choice` must be auto, none, required or {"type": "function", "function": {"name": ...}}',
     "stop": "`stop` must be a string or an array of strings",
     "user": "`user` must be a string",
     "metadata": "`metadata` must be an object",
 }
+# the parts of a tool's `function` the gateway checks beyond its name, and what each must be
+_FUNCTION_FIELDS = {"description": "a string", "parameters": "a JSON Schema object", "strict": "a boolean"}
 
 
 class _StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    include_usage: Any = None
+    include_usage: bool | None = None
 
 
 class _FunctionSpec(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
     name: Annotated[str, Field(min_length=1)]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
 
 
 class _Tool(BaseModel):
@@ -177,10 +324,17 @@ class _Tool(BaseModel):
     function: _FunctionSpec
 
 
+class _ChoiceName(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    name: Annotated[str, Field(min_length=1)]
+
+
 class _NamedChoice(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
-    function: _FunctionSpec
+    type: Literal["function"] = "function"
+    function: _ChoiceName
 
 
 def _number(value: Any) -> Any:
@@ -203,7 +357,7 @@ class ChatBody(BaseModel):
     max_completion_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS_LIMIT)] | None = None
     temperature: Annotated[float, BeforeValidator(_number), Field(ge=0, le=2, strict=False)] | None = None
     tools: list[_Tool] | None = None
-    tool_choice: str | _NamedChoice | None = None
+    tool_choice: Literal["auto", "none", "required"] | _NamedChoice | None = None
     stop: str | list[str] | None = None
     user: str | None = None
     metadata: dict[str, Any] | None = None
@@ -211,7 +365,7 @@ class ChatBody(BaseModel):
     @field_validator("n", mode="after")
     @classmethod
     def _one_choice(cls, n: Any) -> Any:
-        if n != 1:
+        if type(n) is not int or n != 1:
             raise ValueError("n must be 1")
         return n
 
@@ -236,13 +390,51 @@ def _read_body(body: dict[str, Any]) -> ChatBody:
     except ValidationError as err:
         first = err.errors()[0]
         field_name = str(first["loc"][0]) if first["loc"] else "messages"
-        message = _FIELD_MESSAGES.get(field_name, first["msg"])
-        raise bad(message, param=_param(first["loc"]) if first["loc"] else field_name) from None
+        param = _param(first["loc"]) if first["loc"] else field_name
+        message = _FIELD_MESSAGES.get(field_name, "`" + field_name + "` is not valid")
+        if field_name == "tools" and first["loc"][-1] in _FUNCTION_FIELDS:
+            message = f"`{param}` must be {_FUNCTION_FIELDS[str(first['loc'][-1])]}"
+        raise bad(message, param=param) from None
+
+
+def _check_messages(messages: list[Any]) -> None:
+    """What the message reader lets by but the wire must not carry: a `name` or `tool_call_id` that is not a
+    string, a tool call whose `type` is not "function" (the reader has checked everything else)."""
+    for i, m in enumerate(messages):
+        for name in ("name", "tool_call_id"):
+            value = m.get(name)
+            if value is not None and not isinstance(value, str):
+                raise bad(f"`messages[{i}].{name}` must be a string", param=f"messages[{i}].{name}")
+        for j, c in enumerate(m.get("tool_calls") or ()):
+            if c.get("type", "function") != "function":
+                where = f"messages[{i}].tool_calls[{j}].type"
+                raise bad(f'`{where}` must be "function"', param=where)
+
+
+def _tool_choice(checked: ChatBody) -> str | None:
+    choice = checked.tool_choice
+    if choice is None:
+        return None
+    names = {t.function.name for t in checked.tools or ()}
+    if isinstance(choice, str):
+        if choice == "required" and not names:
+            raise bad("`tool_choice` is required but `tools` is empty", param="tool_choice")
+        return choice
+    name = choice.function.name
+    if name not in names:
+        raise bad(f"`tool_choice` names function `{_short(name)}`, which is not in `tools`", param="tool_choice")
+    return name
 
 
 def parse_chat(body: Any, headers: Mapping[str, str]) -> ChatCall:
     """Check a chat-completions body (and the x-route-* and x-modelroute-deadline headers); raises ApiError (400)
-    on any mistake."""
+    on any mistake. `body` is the request's bytes (read by `read_json`) or its already parsed JSON (then walked
+    whole for what JSON sent upstream cannot carry): either way nothing that cannot be sent on gets through."""
+    if isinstance(body, (bytes, bytearray)):
+        body = read_json(bytes(body))
+    elif isinstance(body, dict):
+        _check_sendable(body)
+        _check_depth(body)
     if not isinstance(body, dict):
         raise bad("the request body must be a JSON object", "invalid_json")
     unsupported = sorted(set(body) & UNSUPPORTED)
@@ -252,14 +444,15 @@ def parse_chat(body: Any, headers: Mapping[str, str]) -> ChatCall:
             "unsupported_field",
             unsupported[0],
         )
-    unknown = sorted(set(body) - ACCEPTED)
+    unknown = sorted(map(str, set(body) - ACCEPTED))
     if unknown:
-        raise bad(f"unknown field `{unknown[0]}`", "unknown_field", unknown[0])
+        raise bad(f"unknown field `{_short(unknown[0])}`", "unknown_field", unknown[0][:64])
     checked = _read_body(body)
     try:
         read = read_messages(checked.messages)
     except MessageError as err:
         raise bad(str(err), param=err.param) from None
+    _check_messages(checked.messages)
     messages = [{**m, "role": r.role} for m, r in zip(checked.messages, read, strict=True)]
     call = ChatCall(checked.model, messages, stream=checked.stream)
     if checked.stream_options is not None:
@@ -271,9 +464,9 @@ def parse_chat(body: Any, headers: Mapping[str, str]) -> ChatCall:
         call.options["temperature"] = float(checked.temperature)
     if body.get("tools"):
         call.options["tools"] = body["tools"]
-    choice = checked.tool_choice
+    choice = _tool_choice(checked)
     if choice is not None:
-        call.options["tool_choice"] = choice if isinstance(choice, str) else choice.function.name
+        call.options["tool_choice"] = choice
     if checked.stop is not None:
         call.options["stop"] = [checked.stop] if isinstance(checked.stop, str) else checked.stop
     _request_attrs(call.attrs, call.options, checked, headers)
@@ -284,7 +477,8 @@ def _request_attrs(
     attrs: dict[str, Any], options: dict[str, Any], checked: ChatBody, headers: Mapping[str, str]
 ) -> None:
     """The request attributes: `user`, `metadata` (each key also an attribute) and the x-route-* headers; and the
-    `x-modelroute-deadline` header, as `options["deadline"]` in seconds."""
+    `x-modelroute-deadline` header, as `options["deadline"]` in seconds. A reserved name (RESERVED_ATTRS) is
+    refused wherever it comes from."""
     if checked.user is not None:
         attrs["user"] = checked.user
     if checked.metadata is not None:
@@ -295,7 +489,7 @@ def _request_attrs(
         lower = name.lower()
         if lower.startswith("x-route-"):
             attr = lower[8:].replace("-", "_")
-            attrs[_check_attr_name(attr, name)] = _attr_value(value)
+            attrs[_check_attr_name(attr, _short(name))] = _attr_value(value)
         elif lower == DEADLINE_HEADER:
             options["deadline"] = parse_deadline(value)
 

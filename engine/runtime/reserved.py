@@ -1,0 +1,37 @@
+"""Reserved request attributes: the names a request from outside (the gateway's body, `metadata` and `x-route-*`
+headers) may not set, in one place for the engine and the gateway.
+
+Each name is reserved together with every dotted name under it: `budget` covers `budget.left`, and so does a
+nested `{"budget": {"left": 1}}`, which a policy's `budget.left` would otherwise read when no budget applies.
+
+* `tokens`, `images`, `max_tokens`: derived from what is sent upstream (the messages, the image parts, the
+  body's `max_tokens` / `max_completion_tokens`); budget holds are computed from them.
+* `spend`, `budget`: `spend.today` and `budget.left`, set from the budget book.
+* `key`: the gateway key's name.
+* `self`, `prompt`, `messages`, `model`: the parameters of `Engine.decide()` / `Engine.pin()`, which take the
+  attributes as keyword arguments.
+"""
+
+from __future__ import annotations
+
+__all__ = ["RESERVED_ATTRS", "reserved"]
+
+RESERVED_ATTRS: tuple[str, ...] = (
+    "tokens",
+    "images",
+    "max_tokens",
+    "spend",
+    "budget",
+    "key",
+    "self",
+    "prompt",
+    "messages",
+    "model",
+)
+_RESERVED = frozenset(RESERVED_ATTRS)
+
+
+def reserved(name: str) -> bool:
+    """Whether a request may not set the attribute `name` (a reserved name, or a dotted name under one); the
+    empty name is reserved too."""
+    return not name or name.partition(".")[0] in _RESERVED
