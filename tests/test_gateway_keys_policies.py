@@ -22,12 +22,9 @@ import httpx
 import uvicorn
 from starlette.testclient import TestClient
 
-from engine.runtime.reserved import RESERVED_ATTRS as ENGINE_RESERVED
-from engine.runtime.reserved import reserved as engine_reserved
 from providers.gateway import keys as gateway_keys
 from providers.gateway.app import Gateway
 from providers.gateway.keys import KeyRing, KeysFileError, hash_key
-from providers.gateway.openai_wire import RESERVED_ATTRS, reserved
 from tests.engines import engine_for
 from tests.fakeserver import FakeServer, Reply
 from tests.waiting import wait_until
@@ -278,9 +275,3 @@ def test_a_fifo_swapped_in_while_serving_does_not_block_the_gateway(tmp_path: Pa
 
 
 # ---- the reserved names: one fact -----------------------------------------------------------------------------------
-def test_the_gateway_and_the_engine_reserve_the_same_names() -> None:
-    assert RESERVED_ATTRS == ENGINE_RESERVED
-    for name in ("max_tokens", "budget", "budget.left", "spend.today", "key", "messages", "", "images.x"):
-        assert reserved(name) and engine_reserved(name), name
-    for name in ("tier", "user", "budgets", "spender", "metadata", "tools"):
-        assert not reserved(name) and not engine_reserved(name), name

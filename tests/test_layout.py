@@ -18,6 +18,7 @@ RUNTIME_PUBLIC = {
     "engine.runtime.constraints",
     "engine.runtime.messages",
     "engine.runtime.settings",
+    "engine.runtime.reserved",
 }
 
 

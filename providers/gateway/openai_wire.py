@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from engine.runtime.messages import MessageError, read_messages
+from engine.runtime.reserved import RESERVED_ATTRS, reserved
 
 ACCEPTED = frozenset(
     {
@@ -62,10 +63,7 @@ UNSUPPORTED = frozenset(
     }
 )
 # The attributes a request may not set, each with every dotted name under it (`budget` covers `budget.left` and a
-# nested `{"budget": {"left": 1}}`). One fact with engine/runtime/reserved.py (a test checks they are equal): the
-# gateway may import only engine's public names, and that module is not one of them yet.
-RESERVED_ATTRS = ("tokens", "images", "max_tokens", "spend", "budget", "key", "self", "prompt", "messages", "model")
-_RESERVED = frozenset(RESERVED_ATTRS)
+# nested `{"budget": {"left": 1}}`): the engine's one list, engine/runtime/reserved.py.
 _RESERVED_LIST = ", ".join(RESERVED_ATTRS)
 #: How deeply a request body may nest (the body object is level 1): far beyond any real tool schema, shallow
 #: enough that no recursive reader (pydantic, json.dumps upstream, explain's trace) runs out of stack.
@@ -263,12 +261,6 @@ def parse_deadline(raw: str) -> float:
             DEADLINE_HEADER,
         )
     return seconds
-
-
-def reserved(name: str) -> bool:
-    """Whether a request may not set the attribute `name`: a reserved name or a dotted name under one (see
-    RESERVED_ATTRS), or the empty name."""
-    return not name or name.partition(".")[0] in _RESERVED
 
 
 def _check_attr_name(name: str, where: str) -> str:
