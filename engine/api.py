@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import inspect
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -18,7 +19,7 @@ from engine.runtime.pinned import pinned_decision, resolve_model
 from engine.runtime.plan import decide_all_open
 from engine.runtime.policy import DEFAULT_OUTPUT_TOKENS, CompiledPolicy, Request
 from engine.runtime.state import ExecutionStore, MemoryStore, StateStore
-from engine.runtime.tokens import TokenEstimator, estimate_tokens, from_messages, has_images
+from engine.runtime.tokens import TokenCount, TokenEstimator, count_request, estimate_tokens, from_messages, has_images
 
 if TYPE_CHECKING:
     from engine.diagnostics import PolicyError
@@ -214,6 +215,27 @@ class Engine:
     def version(self) -> str:
         return self._policy.version
 
+    @property
+    def token_estimator(self) -> TokenEstimator:
+        """The text estimator `fn(text) -> int` every count of this engine uses (`token_estimator=` or the default
+        one token per four characters)."""
+        return self._estimate
+
+    def count_tokens(
+        self,
+        prompt: str | None = None,
+        *,
+        messages: Sequence[Any] | None = None,
+        system: str | None = None,
+        tools: Any = None,
+        response_format: Any = None,
+    ) -> TokenCount:
+        """The one token counter (engine/runtime/tokens.py) on a request as it is sent: every message part (a
+        prompt is one user message), the system text, the tools and the response-format schema (JSON text, or
+        already serialised), images per provider kind. `.for_kind("openai")`, `.worst`."""
+        msgs = messages if messages is not None else [{"role": "user", "content": prompt or ""}]
+        return count_request(msgs, self._estimate, system=system, tools=tools, response_format=response_format)
+
     def request(
         self,
         prompt: str | None = None,
@@ -372,7 +394,13 @@ class Engine:
         ex = self.executor
         options = _options(locals())
         run = ex.prepare(prompt, messages, schema, options, attrs)
-        return ex.run_sync(ex.run(run))
+        work = ex.run(run)
+        try:
+            return ex.run_sync(work)
+        finally:
+            if inspect.getcoroutinestate(work) == inspect.CORO_CREATED:  # never started: release its hold here
+                work.close()
+                ex.settle(run)
 
     async def acomplete(
         self,
@@ -448,8 +476,11 @@ class Engine:
         return self.executor.events.subscribe(callback)
 
     def usage(self) -> dict[str, Any]:
-        """Calls, failures, success rate, tokens, cost and latency per model and per provider, plus totals."""
-        return _execution().usage_summary(self.state)
+        """Calls, failures, success rate, tokens, cost and latency per model and per provider, plus totals; and
+        `estimated_calls` / `estimated_cost`: calls settled from an estimate because the upstream reported no
+        usage (counted by this process)."""
+        estimated = self._exec.estimated if self._exec is not None else None
+        return _execution().usage_summary(self.state, estimated)
 
     def close(self) -> None:
         """Close the HTTP clients (and the sync API's background loop)."""

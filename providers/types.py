@@ -209,8 +209,12 @@ class ChatRequest(BaseModel):
 
 
 class Usage(BaseModel, frozen=True):
+    """Tokens of one call (or a whole request). `estimated` is True when the upstream did not report them and
+    execution estimated them from what was sent and received (providers/execution/metering.py)."""
+
     input_tokens: int = 0
     output_tokens: int = 0
+    estimated: bool = False
 
     @property
     def total_tokens(self) -> int:

@@ -37,12 +37,23 @@ Behaviours:
                                          `gap` seconds, then the rest (first-token and idle timeouts)
     Fault.held(gate, then=Reply())       `then`, once the test sets the threading.Event `gate` (or the server
                                          stops): a call that stays in flight exactly as long as the test needs
+Billing (`server.billing = Billing()`): every Reply's usage is computed from the body the server received, as a
+provider bills it (input: 4 tokens per message plus a quarter token per character of every text part, name, tool
+call and argument, tool result, the tools' and the response schema's compact JSON, Anthropic's 530-token tool
+prompt, images by each provider's published rule with the size read from a `data:` PNG, else its worst case;
+output: min(the body's max_tokens / max_completion_tokens / maxOutputTokens, the Reply's output_tokens) times `n`
+/ `candidateCount`); the answer's text then holds 4 characters per output token. `server.bills` lists a Bill per
+answered request. `Billing(omit_usage=True)` bills the same but sends no usage at all (JSON and streams), like
+OpenAI-compatible servers that ignore `stream_options`.
 Recorded headers keep real values (for auth assertions): never print them in tests about secrets.
 """
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import json
+import math
 import re
 import socket
 import struct
@@ -58,7 +69,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-__all__ = ["Call", "FakeServer", "Fault", "RecordedRequest", "Reply", "fake_server"]
+__all__ = ["Bill", "Billing", "Call", "FakeServer", "Fault", "RecordedRequest", "Reply", "fake_server"]
 
 _CONTEXT_TOO_LONG = "__context_too_long__"
 _ANTHROPIC_TYPES = {
@@ -111,6 +122,7 @@ class Ctx:
     model: str
     stream: bool
     api_key: str | None
+    omit_usage: bool = False
 
 
 @dataclass
@@ -195,7 +207,7 @@ def _render_json(ctx: Ctx, r: Reply) -> dict[str, Any]:
             "completion_tokens": r.output_tokens,
             "total_tokens": r.input_tokens + r.output_tokens,
         }
-        return {
+        out: dict[str, Any] = {
             "id": "chatcmpl-fake",
             "object": "chat.completion",
             "created": 0,
@@ -203,10 +215,11 @@ def _render_json(ctx: Ctx, r: Reply) -> dict[str, Any]:
             "choices": [{"index": 0, "message": message, "finish_reason": _finish("openai", r)}],
             "usage": usage,
         }
+        return _without_usage(out, "usage") if ctx.omit_usage else out
     if ctx.kind == "anthropic":
-        content = [{"type": "text", "text": r.text}] if r.text else []
+        content: list[dict[str, Any]] = [{"type": "text", "text": r.text}] if r.text else []
         content += [{"type": "tool_use", "id": _call_id(i, c), "name": c.name, "input": c.args} for i, c in calls]
-        return {
+        answer: dict[str, Any] = {
             "id": "msg_fake",
             "type": "message",
             "role": "assistant",
@@ -216,9 +229,10 @@ def _render_json(ctx: Ctx, r: Reply) -> dict[str, Any]:
             "stop_sequence": None,
             "usage": {"input_tokens": r.input_tokens, "output_tokens": r.output_tokens},
         }
+        return _without_usage(answer, "usage") if ctx.omit_usage else answer
     parts: list[dict[str, Any]] = [{"text": r.text}] if r.text else []
     parts += [{"functionCall": {"name": c.name, "args": c.args}} for _, c in calls]
-    return {
+    reply: dict[str, Any] = {
         "candidates": [
             {"content": {"role": "model", "parts": parts}, "finishReason": _finish("gemini", r), "index": 0}
         ],
@@ -229,6 +243,11 @@ def _render_json(ctx: Ctx, r: Reply) -> dict[str, Any]:
         },
         "modelVersion": ctx.model,
     }
+    return _without_usage(reply, "usageMetadata") if ctx.omit_usage else reply
+
+
+def _without_usage(obj: dict[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in obj.items() if k != key}
 
 
 def _sse(ctx: Ctx, obj: Any, event: str | None = None) -> bytes:
@@ -269,18 +288,23 @@ def _render_stream(ctx: Ctx, r: Reply, n_chunks: int | None = None) -> Iterator[
             for half in (args[: len(args) // 2], args[len(args) // 2 :]):
                 yield chunk({"tool_calls": [{"index": i, "function": {"arguments": half}}]})
         yield chunk({}, _finish("openai", r))
-        yield _sse(
-            ctx,
-            {
-                **base,
-                "choices": [],
-                "usage": {"prompt_tokens": r.input_tokens, "completion_tokens": r.output_tokens},
-            },
-        )
+        if not ctx.omit_usage:
+            yield _sse(
+                ctx,
+                {
+                    **base,
+                    "choices": [],
+                    "usage": {"prompt_tokens": r.input_tokens, "completion_tokens": r.output_tokens},
+                },
+            )
         yield b"data: [DONE]\n\n"
     elif ctx.kind == "anthropic":
 
         def ev(kind: str, **data: Any) -> bytes:
+            if ctx.omit_usage:
+                data.pop("usage", None)
+                if isinstance(data.get("message"), dict):
+                    data["message"] = _without_usage(data["message"], "usage")
             return _sse(ctx, {"type": kind, **data}, kind)
 
         yield ev(
@@ -333,7 +357,8 @@ def _render_stream(ctx: Ctx, r: Reply, n_chunks: int | None = None) -> Iterator[
                 parts += [{"functionCall": {"name": c.name, "args": c.args}} for _, c in calls]
                 candidate["finishReason"] = _finish("gemini", r)
                 usage.update(candidatesTokenCount=r.output_tokens, totalTokenCount=r.input_tokens + r.output_tokens)
-            yield _sse(ctx, {"candidates": [candidate], "usageMetadata": usage, "modelVersion": ctx.model})
+            piece: dict[str, Any] = {"candidates": [candidate], "usageMetadata": usage, "modelVersion": ctx.model}
+            yield _sse(ctx, _without_usage(piece, "usageMetadata") if ctx.omit_usage else piece)
 
 
 def _stream_error_event(ctx: Ctx) -> bytes:
@@ -352,6 +377,144 @@ def _stream_error_event(ctx: Ctx) -> bytes:
             }
         },
     )
+
+
+# ---- billing: usage from what a request carries ----------------------------------------------------------
+@dataclass
+class Billing:
+    """Bill every Reply from the request body (see the module docstring); `omit_usage` sends no usage."""
+
+    omit_usage: bool = False
+
+
+@dataclass(frozen=True)
+class Bill:
+    """What one answered request was billed, in tokens."""
+
+    model: str
+    kind: str
+    input_tokens: int
+    output_tokens: int
+
+
+_IMAGE_WORST = {"openai": 85 + 8 * 170, "anthropic": 1600, "gemini": 1120}
+_TOOL_PROMPT = {"anthropic": 530}
+
+
+def _tt(text: Any) -> int:
+    return -(-len(text) // 4) if isinstance(text, str) else 0
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _png_size(source: Any) -> tuple[int, int] | None:
+    if not isinstance(source, str):
+        return None
+    payload = source.split(",", 1)[1] if source.startswith("data:") else source
+    try:
+        raw = base64.b64decode(payload[:64])
+    except ValueError:
+        return None
+    if raw[:8] != b"\x89PNG\r\n\x1a\n" or len(raw) < 24:
+        return None
+    return int.from_bytes(raw[16:20], "big"), int.from_bytes(raw[20:24], "big")
+
+
+def _image_bill(kind: str, source: Any) -> int:
+    """An image's tokens by the provider's published rule; its worst case when the size is not in the request."""
+    size = _png_size(source)
+    if size is None:
+        return _IMAGE_WORST[kind]
+    w, h = size
+    if kind == "openai":
+        fit = min(1.0, 2048 / max(w, h))
+        scale = fit * min(1.0, 768 / (min(w, h) * fit))
+        return 85 + 170 * math.ceil(w * scale / 512) * math.ceil(h * scale / 512)
+    if kind == "anthropic":
+        scale = min(1.0, 1568 / max(w, h))
+        return min(1600, math.ceil(w * h * scale * scale / 750))
+    tiles = 1 if w <= 384 and h <= 384 else math.ceil(w / 768) * math.ceil(h / 768)
+    return max(1120, 258 * tiles)
+
+
+def _bill_openai(body: dict[str, Any]) -> tuple[int, Any, Any]:
+    tokens = 0
+    for m in body.get("messages") or []:
+        tokens += 4 + _tt(m.get("name")) + _tt(m.get("tool_call_id"))
+        content = m.get("content")
+        for part in content if isinstance(content, list) else [{"type": "text", "text": content}]:
+            if part.get("type") == "image_url":
+                tokens += _image_bill("openai", (part.get("image_url") or {}).get("url"))
+            else:
+                tokens += _tt(part.get("text"))
+        for call in m.get("tool_calls") or []:
+            tokens += _tt(call["function"]["name"]) + _tt(call["function"].get("arguments"))
+    if body.get("tools"):
+        tokens += _tt(_compact(body["tools"]))
+    fmt = body.get("response_format") or {}
+    if fmt.get("json_schema"):
+        tokens += _tt(_compact(fmt["json_schema"].get("schema")))
+    return tokens, body.get("max_completion_tokens") or body.get("max_tokens"), body.get("n")
+
+
+def _bill_anthropic(body: dict[str, Any]) -> tuple[int, Any, Any]:
+    tokens = 4 + _tt(body["system"]) if body.get("system") else 0
+    for m in body.get("messages") or []:
+        tokens += 4
+        content = m.get("content")
+        for block in content if isinstance(content, list) else [{"type": "text", "text": content}]:
+            kind = block.get("type")
+            if kind == "image":
+                source = block.get("source") or {}
+                tokens += _image_bill("anthropic", source.get("url") or source.get("data"))
+            elif kind == "tool_use":
+                tokens += _tt(block.get("name")) + _tt(_compact(block.get("input")))
+            elif kind == "tool_result":
+                result = block.get("content")
+                tokens += _tt(result if isinstance(result, str) else _compact(result))
+            else:
+                tokens += _tt(block.get("text"))
+    if body.get("tools"):
+        tokens += _tt(_compact(body["tools"])) + _TOOL_PROMPT["anthropic"]
+    return tokens, body.get("max_tokens"), 1
+
+
+def _bill_gemini(body: dict[str, Any]) -> tuple[int, Any, Any]:
+    system = body.get("systemInstruction")
+    tokens = 4 + sum(_tt(p.get("text")) for p in system["parts"]) if system else 0
+    for content in body.get("contents") or []:
+        tokens += 4
+        for part in content.get("parts") or []:
+            if "inlineData" in part:
+                tokens += _image_bill("gemini", part["inlineData"].get("data"))
+            elif "fileData" in part:
+                tokens += _image_bill("gemini", part["fileData"].get("fileUri"))
+            elif "functionCall" in part:
+                tokens += _tt(part["functionCall"].get("name")) + _tt(_compact(part["functionCall"].get("args")))
+            elif "functionResponse" in part:
+                call = part["functionResponse"]
+                tokens += _tt(call.get("name")) + _tt(_compact(call.get("response")))
+            else:
+                tokens += _tt(part.get("text"))
+    if body.get("tools"):
+        tokens += _tt(_compact(body["tools"]))
+    config = body.get("generationConfig") or {}
+    if config.get("responseJsonSchema"):
+        tokens += _tt(_compact(config["responseJsonSchema"]))
+    return tokens, config.get("maxOutputTokens"), config.get("candidateCount")
+
+
+def _billed(kind: str, body: Any, reply: Reply) -> tuple[Reply, Bill]:
+    """The Reply with the usage a provider of `kind` would bill for `body`, and its Bill."""
+    bill = {"openai": _bill_openai, "anthropic": _bill_anthropic, "gemini": _bill_gemini}[kind]
+    tokens, limit, n = bill(body if isinstance(body, dict) else {})
+    per_choice = min(limit, reply.output_tokens) if isinstance(limit, int) and limit > 0 else reply.output_tokens
+    choices = n if isinstance(n, int) and n > 0 else 1
+    text = ("lorem ipsum " * (per_choice // 3 + 1))[: 4 * per_choice]
+    answer = dataclasses.replace(reply, text=text, input_tokens=tokens, output_tokens=per_choice * choices)
+    return answer, Bill("", kind, tokens, per_choice * choices)
 
 
 # ---- behaviours ------------------------------------------------------------------------------------------
@@ -670,6 +833,11 @@ class Handler(BaseHTTPRequestHandler):
         behaviour = fake._next(model)
         if fake.api_key is not None and ctx.api_key != fake.api_key:
             behaviour = _Status(401, "invalid x-api-key" if kind == "anthropic" else "API key not valid")
+        billing = fake.billing
+        if billing is not None and isinstance(behaviour, Reply):
+            behaviour, bill = _billed(kind, body, behaviour)
+            fake._bill(dataclasses.replace(bill, model=model))
+            ctx.omit_usage = billing.omit_usage
         behaviour.run(self, ctx)
 
     # ---- low-level writers -------------------------------------------------------------------------------
@@ -727,6 +895,8 @@ class FakeServer:
 
     def __init__(self, api_key: str | None = None) -> None:
         self.api_key = api_key
+        self.billing: Billing | None = None  # bill every Reply from the request it answers (see Billing)
+        self._bills: list[Bill] = []
         self.default: Behaviour = Reply()
         self._scripts: dict[str, deque[Behaviour]] = {}
         self._always: dict[str, Behaviour] = {}
@@ -810,6 +980,16 @@ class FakeServer:
     def _disconnected(self, sock: socket.socket) -> None:
         with self._lock:
             self._open.discard(sock)
+
+    def _bill(self, bill: Bill) -> None:
+        with self._lock:
+            self._bills.append(bill)
+
+    @property
+    def bills(self) -> list[Bill]:
+        """A Bill per request answered in billing mode, in arrival order."""
+        with self._lock:
+            return list(self._bills)
 
     @property
     def requests(self) -> list[RecordedRequest]:

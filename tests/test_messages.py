@@ -100,3 +100,109 @@ def test_lenient_reading_keeps_what_the_executor_always_accepted() -> None:
     for calls in (None, [], {}, "", False):
         assert read_message({"role": "assistant", "tool_calls": calls}, lenient=True).tool_calls == ()
     assert read_message({"role": "user", "content": []}).content == ""
+
+
+# ---- the one token counter (engine/runtime/tokens.py, engine/runtime/images.py) -----------------------------------
+def _png(width: int, height: int) -> str:
+    import base64
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    raw = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    return "data:image/png;base64," + base64.b64encode(raw).decode()
+
+
+def _b64(raw: bytes) -> str:
+    import base64
+
+    return base64.b64encode(raw).decode()
+
+
+def test_image_sizes_are_read_from_the_bytes_never_fetched(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+    import struct
+
+    from engine.runtime.images import image_size
+
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("fetched a URL"))
+    jpeg = b"\xff\xd8" + b"\xff\xe0" + struct.pack(">H", 16) + b"JFIF\x00" + b"\x00" * 9
+    jpeg += b"\xff\xe1" + struct.pack(">H", 4002) + b"x" * 4000  # an EXIF segment before the frame
+    jpeg += b"\xff\xc0" + struct.pack(">HBHHB", 17, 8, 1080, 1920, 3) + b"\x00" * 9
+    gif = b"GIF89a" + struct.pack("<HH", 640, 480) + b"\x00" * 8
+    vp8x = b"RIFF" + struct.pack("<I", 30) + b"WEBPVP8X" + struct.pack("<I", 10) + b"\x00" * 4
+    vp8x += (799).to_bytes(3, "little") + (599).to_bytes(3, "little")
+    vp8l = b"RIFF" + struct.pack("<I", 30) + b"WEBPVP8L" + struct.pack("<I", 10) + b"\x2f"
+    vp8l += ((1023) | (767 << 14)).to_bytes(4, "little") + b"\x00" * 8
+    assert image_size(_png(4000, 3000)) == (4000, 3000)
+    assert image_size(data=_b64(jpeg)) == (1920, 1080)
+    assert image_size(f"data:image/gif;base64,{_b64(gif)}") == (640, 480)
+    assert image_size(data=_b64(vp8x)) == (800, 600) and image_size(data=_b64(vp8l)) == (1024, 768)
+    assert image_size("https://example.invalid/cat.png") is None  # a remote image: its size is not known
+    assert image_size("data:image/png;base64,not base64!!") is None and image_size(data="") is None
+
+
+@pytest.mark.parametrize(
+    ("size", "kind", "tokens"),
+    [
+        ((1024, 1024), "openai", 765),  # OpenAI's own examples: 85 + 170 x 4 tiles
+        ((2048, 4096), "openai", 1105),  # 768x1536 after scaling: 6 tiles
+        ((300, 200), "openai", 255),
+        (None, "openai", 1445),
+        ((1000, 1000), "anthropic", 1334),  # Anthropic's table: 1000x1000 is ~1334 tokens
+        ((1092, 1092), "anthropic", 1590),
+        ((8000, 8000), "anthropic", 1600),
+        (None, "anthropic", 1600),
+        ((384, 384), "gemini", 1120),  # 258 for Gemini 2, at least 1120 (Gemini 3's default resolution)
+        ((3000, 3000), "gemini", 258 * 16),
+        (None, "gemini", 1120),
+        (None, None, 1600),  # unknown kind: the largest
+    ],
+)
+def test_image_tokens_per_provider_kind(size: tuple[int, int] | None, kind: str | None, tokens: int) -> None:
+    from engine.runtime.images import image_tokens
+
+    assert image_tokens(size, kind) == tokens
+
+
+def test_the_counter_counts_every_part_the_tools_the_schema_and_images() -> None:
+    from engine.runtime.tokens import MESSAGE_OVERHEAD, SCHEMA_FRAMING, TOOL_PROMPT, count_request, from_messages
+
+    args = '{"city": "Paris"}'
+    messages = [
+        {"role": "system", "content": "x" * 40},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "y" * 40}, {"type": "image_url", "image_url": _png(1024, 1024)}],
+        },
+        {"role": "assistant", "tool_calls": [{"id": "c1", "function": {"name": "weather", "arguments": args}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "z" * 400},
+    ]
+    text = 4 * MESSAGE_OVERHEAD + 10 + 10 + (2 + 5) + (1 + 100)  # "weather" 2, the arguments 5, "c1" 1
+    assert from_messages(messages, lambda t: (len(t) + 3) // 4) == ("y" * 40, text + 1399)  # worst: anthropic
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    count = count_request(messages, tools=tools, response_format={"type": "object"}, system="s" * 8)
+    tools_tokens = (len('[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}]') + 3) // 4
+    base = text + MESSAGE_OVERHEAD + 2 + tools_tokens + SCHEMA_FRAMING + 5
+    assert count.for_kind("openai") == base + 765
+    assert count.for_kind("anthropic") == base + TOOL_PROMPT["anthropic"] + 1399
+    assert count.for_kind("gemini") == base + 1120 and count.worst == count.for_kind("anthropic")
+    # read messages (the executor's) count like their dicts
+    read = [Message.from_openai(m) for m in messages]
+    assert count_request(read).for_kind("openai") == count_request(messages).for_kind("openai")
+
+
+def test_decide_counts_tool_calls_and_a_custom_estimator_applies_to_text(fixture_catalog: Any) -> None:
+    from engine import Engine
+
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "tool_calls": [{"id": "c1", "function": {"name": "f", "arguments": "a" * 400}}]},
+    ]
+    engine = Engine.from_source("otherwise use alpha-mini", catalog=fixture_catalog)
+    assert engine.decide(messages=messages).tokens == (4 + 1) + (4 + 1 + 100)
+    counting = Engine.from_source("otherwise use alpha-mini", catalog=fixture_catalog, token_estimator=lambda t: 7)
+    assert counting.decide(messages=messages).tokens == (4 + 7) + (4 + 7 + 7)
+    assert counting.count_tokens("hello", tools=[{"x": 1}]).text == 4 + 7 + 7

@@ -47,6 +47,12 @@ SETTINGS: dict[str, Spec] = {
     "latency.min_samples": Spec("count", 20, "measured calls before `fastest` trusts measured over catalog latency"),
     "output_tokens": Spec("count", 500, "output tokens assumed for cost when a request has no max_tokens"),
     "budget.warn": Spec("percent", 0.8, "share of a budget spent that raises a budget warning event"),
+    "budget.max_output_tokens": Spec(
+        "count", 4096, "max_tokens sent when a budget applies and the request sets none (bounds the hold)"
+    ),
+    "budget.unknown_price_hold": Spec(
+        "money", None, "held per call of a model without a known price under a budget (unset: refuse the request)"
+    ),
     "overrides": Spec("bool", False, "whether a request may name a concrete catalog model (gateway)"),
     "consensus.compare": Spec(
         "name",
@@ -93,6 +99,6 @@ def coerce(name: str, value: Any) -> Any:
     kind = SETTINGS[name].kind
     if kind == "count":
         return int(value)
-    if kind in ("duration", "percent"):
+    if kind in ("duration", "percent", "money"):
         return float(value)
     return value

@@ -1,22 +1,46 @@
-"""Token estimation: prompt text or chat messages in, an estimated input token count out.
+"""Token counting, the one token counter of the project: a prompt, chat messages, tools and a response schema in,
+an estimated input token count out (per provider kind, since images cost differently on each).
 
-The default estimator counts one token per four characters (rounded up), the usual rule of thumb for
-English text with BPE tokenizers, plus four tokens of framing per chat message. It is deliberately cheap:
-decide() must not spend more time counting than deciding. Plug in a real tokenizer with
-`Engine.load(..., token_estimator=fn)` where `fn(text: str) -> int`.
+Text is counted by an estimator `fn(text) -> int`: by default one token per four characters, rounded up (the
+usual rule of thumb for English with BPE tokenizers), deliberately cheap since decide() must not spend more time
+counting than deciding. `Engine.load(..., token_estimator=fn)` plugs in a real tokenizer; it is applied to every
+piece of text counted here. A chat message costs MESSAGE_OVERHEAD tokens of framing plus the text of every part:
+its content (a string or text parts), its name, the name and arguments of each tool call it makes, and the
+tool call id a tool result answers. Images cost what engine.runtime.images says for their provider kind. Tools
+and a response-format schema are counted as their JSON text, plus what providers wrap them in (TOOL_PROMPT,
+SCHEMA_FRAMING). Execution counts what it sends upstream with
+`count_request`; decide() counts messages with `from_messages` (images at the worst kind).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import json
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from engine.runtime.messages import content_text, has_images
+from engine.runtime.images import IMAGE_KINDS, image_size, image_tokens
+from engine.runtime.messages import IMAGE_PART_TYPES, content_text, has_images
 
-__all__ = ["MESSAGE_OVERHEAD", "TokenEstimator", "estimate_tokens", "from_messages", "has_images", "message_text"]
+__all__ = [
+    "MESSAGE_OVERHEAD",
+    "SCHEMA_FRAMING",
+    "TOOL_PROMPT",
+    "TokenCount",
+    "TokenEstimator",
+    "count_request",
+    "count_text",
+    "estimate_tokens",
+    "from_messages",
+    "has_images",
+    "json_text",
+    "message_text",
+]
 
 TokenEstimator = Callable[[str], int]
 MESSAGE_OVERHEAD = 4
+Size = tuple[int, int] | None
 
 
 def estimate_tokens(text: str) -> int:
@@ -28,13 +52,155 @@ def estimate_tokens(text: str) -> int:
 message_text = content_text
 
 
-def from_messages(messages: list[Mapping[str, Any]], estimator: TokenEstimator) -> tuple[str, int]:
-    """(task text, tokens): the task text is the last user message; tokens count every message."""
-    task = ""
-    total = 0
+#: Tokens a provider adds to a request with tools, per kind: Anthropic's tool-use system prompt, at most 530
+#: tokens (its "tool use pricing" page: Claude 3 Opus with tool_choice auto; 159-395 for other models).
+TOOL_PROMPT = {"anthropic": 530}
+#: Tokens of the framing around a response-format schema (Anthropic gets it as a ~25-token instruction).
+SCHEMA_FRAMING = 32
+
+
+@dataclass(frozen=True)
+class TokenCount:
+    """Input tokens of a request: `text` (every piece of text and the framing), the `images`' sizes (None for
+    one whose size could not be read) and whether it has `tools` (some providers add a prompt for them)."""
+
+    text: int
+    images: tuple[Size, ...] = ()
+    tools: bool = False
+
+    def for_kind(self, kind: str | None) -> int:
+        """The tokens a provider of `kind` bills for this input (None: the largest over every kind)."""
+        if kind not in IMAGE_KINDS:
+            return self.worst
+        extra = TOOL_PROMPT.get(kind, 0) if self.tools else 0
+        return self.text + extra + sum(image_tokens(size, kind) for size in self.images)
+
+    @property
+    def worst(self) -> int:
+        """The largest count over every provider kind."""
+        if not self.images and not self.tools:
+            return self.text
+        return max(self.for_kind(kind) for kind in IMAGE_KINDS)
+
+
+def json_text(value: Any) -> str:
+    """`value` as JSON text for counting ("" when it cannot be serialised at all: such a request is refused
+    before it is sent, so it costs nothing)."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    except (ValueError, TypeError, RecursionError):
+        return ""
+
+
+def count_text(text: str, estimator: TokenEstimator = estimate_tokens) -> int:
+    """The estimator's count of `text`, as a whole number of tokens >= 0."""
+    if not text:
+        return 0
+    n = estimator(text)
+    return n if n.__class__ is int else max(0, math.ceil(float(n)))
+
+
+def _image_size_of(part: Any) -> Size:
+    """The size of an image part: an OpenAI-format dict or an object with `url` / `data`."""
+    if isinstance(part, Mapping):
+        raw = part.get("image_url")
+        url = raw.get("url") if isinstance(raw, Mapping) else raw
+        url = url if isinstance(url, str) else part.get("url")
+        data = part.get("data")
+        return image_size(url if isinstance(url, str) else None, data if isinstance(data, str) else None)
+    url, data = getattr(part, "url", None), getattr(part, "data", None)
+    return image_size(url if isinstance(url, str) else None, data if isinstance(data, str) else None)
+
+
+def _dict_message(msg: Mapping[str, Any], count: TokenEstimator, images: list[Size]) -> tuple[str, int]:
+    """(content text, tokens) of an OpenAI-format message dict; its images' sizes are appended to `images`."""
+    content = msg.get("content")
+    if isinstance(content, str):
+        text = content
+    elif isinstance(content, list):
+        text = content_text(content)
+        images.extend(
+            _image_size_of(p) for p in content if isinstance(p, Mapping) and p.get("type") in IMAGE_PART_TYPES
+        )
+    else:
+        text = ""
+    tokens = MESSAGE_OVERHEAD + count_text(text, count)
+    if len(msg) == 2 and "content" in msg:  # role and content only: the common case, kept short
+        return text, tokens
+    for key in ("name", "tool_call_id"):
+        value = msg.get(key)
+        if isinstance(value, str):
+            tokens += count_text(value, count)
+    calls = msg.get("tool_calls")
+    if isinstance(calls, list):
+        for call in calls:
+            fn = call.get("function") if isinstance(call, Mapping) else None
+            if isinstance(fn, Mapping):
+                tokens += count_text(json_text(fn.get("name")), count)
+                tokens += count_text(json_text(fn.get("arguments")), count)
+    return text, tokens
+
+
+def _object_message(msg: Any, count: TokenEstimator, images: list[Size]) -> tuple[str, int]:
+    """(content text, tokens) of a read message (engine.runtime.messages.ChatMessage or providers.types.Message)."""
+    content = getattr(msg, "content", "")
+    if isinstance(content, str):
+        text = content
+    else:
+        text = "\n".join(p.text for p in content if isinstance(getattr(p, "text", None), str))
+        images.extend(_image_size_of(p) for p in content if not isinstance(getattr(p, "text", None), str))
+    tokens = MESSAGE_OVERHEAD + count_text(text, count)
+    for value in (getattr(msg, "name", None), getattr(msg, "tool_call_id", None)):
+        if isinstance(value, str):
+            tokens += count_text(value, count)
+    for call in getattr(msg, "tool_calls", ()) or ():
+        tokens += count_text(str(call.name), count) + count_text(str(call.arguments), count)
+    return text, tokens
+
+
+def _messages(messages: Iterable[Any], count: TokenEstimator, images: list[Size]) -> tuple[str, int]:
+    """(task text: the last user message's, tokens of every message)."""
+    task, total = "", 0
     for msg in messages:
-        text = message_text(msg.get("content"))
-        total += estimator(text) + MESSAGE_OVERHEAD
-        if msg.get("role") == "user":
+        if isinstance(msg, (dict, Mapping)):  # dict first: the ABC check is slower
+            text, tokens = _dict_message(msg, count, images)
+            role = msg.get("role")
+        else:
+            text, tokens = _object_message(msg, count, images)
+            role = getattr(msg, "role", None)
+        total += tokens
+        if role == "user":
             task = text
     return task, total
+
+
+def from_messages(messages: Iterable[Any], estimator: TokenEstimator) -> tuple[str, int]:
+    """(task text, tokens): the task text is the last user message; tokens count every message, images at the
+    largest cost over every provider kind (decide() does not know the provider yet)."""
+    images: list[Size] = []
+    task, total = _messages(messages, estimator, images)
+    return task, TokenCount(total, tuple(images)).worst if images else total
+
+
+def count_request(
+    messages: Iterable[Any],
+    estimator: TokenEstimator = estimate_tokens,
+    *,
+    system: str | None = None,
+    tools: Any = None,
+    response_format: Any = None,
+) -> TokenCount:
+    """The input tokens of a request as sent: every message (OpenAI-format dicts or read messages), the `system`
+    text (one more message), the tools and the response-format schema (as JSON text)."""
+    images: list[Size] = []
+    _, total = _messages(messages, estimator, images)
+    if system:
+        total += MESSAGE_OVERHEAD + count_text(system, estimator)
+    total += count_text(json_text(tools or None), estimator)
+    if response_format:
+        total += SCHEMA_FRAMING + count_text(json_text(response_format), estimator)
+    return TokenCount(total, tuple(images), bool(tools))

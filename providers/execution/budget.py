@@ -2,15 +2,20 @@
 before any call, settled spend after it, and `BudgetExceeded` refusals out.
 
 Which budgets apply and under which spend keys is the engine's rule (engine.BudgetBook); this module holds
-money against those keys. Requests reserve their estimated cost before any call and settle the real cost
-afterwards, so concurrent requests cannot overspend by more than one request's cost.
+money against those keys. Requests reserve the most they may cost before any call (providers/execution/holds.py
+computes it) and settle the real cost afterwards, so concurrent requests cannot overspend by more than one
+request's cost. Neither a failed reservation nor a failed settlement leaves money held: a reservation that fails
+part-way releases what it held, and a settlement settles every key even when one fails (each store call is
+tried twice).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from engine import BudgetBook
 
@@ -19,6 +24,7 @@ if TYPE_CHECKING:
     from engine.runtime.policy import BudgetSpec
 
 label = BudgetBook.label
+T = TypeVar("T")
 
 __all__ = ["BudgetExceeded", "Budgets", "Reservation", "label"]
 
@@ -38,12 +44,22 @@ class BudgetExceeded(Exception):
 
 @dataclass
 class Reservation:
-    """Money held for one request on each applicable budget key; settle() exactly once."""
+    """Money held for one request on each applicable budget key; settle() exactly once (thread-safe)."""
 
     amount: float
     items: list[Applicable] = field(default_factory=list)
     day_key: str = ""
     settled: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+
+def _retried(call: Callable[[], T]) -> T:
+    """`call()`, tried once more when it raises (a store that failed once, e.g. a dropped connection); a store
+    must apply a reserve or settle whole or not at all."""
+    try:
+        return call()
+    except Exception:
+        return call()
 
 
 class Budgets(BudgetBook):
@@ -56,28 +72,49 @@ class Budgets(BudgetBook):
 
     def reserve(self, budgets: tuple[BudgetSpec, ...], attrs: Mapping[str, Any], amount: float) -> Reservation:
         """Hold `amount` on every applicable budget, or raise BudgetExceeded (holding nothing)."""
+        return self.reserve_on(self.applicable(budgets, attrs), amount)
+
+    def reserve_on(self, items: list[Applicable], amount: float) -> Reservation:
+        """Hold `amount` on each of `items` (from applicable()), or raise BudgetExceeded, or whatever the store
+        raised, holding nothing: what was held before the failure is released."""
         res = Reservation(amount, day_key=self.day_key())
-        for a in self.applicable(budgets, attrs):
-            ok, used = self.store.reserve(a.key, amount, a.limit)
-            if not ok:
-                for held in res.items:
-                    self.store.settle(held.key, amount, 0.0)
-                raise BudgetExceeded(a.spec, a.key, used, amount)
-            res.items.append(a)
+        try:
+            for a in items:
+                ok, used = self.store.reserve(a.key, amount, a.limit)
+                if not ok:
+                    raise BudgetExceeded(a.spec, a.key, used, amount)
+                res.items.append(a)
+        except BaseException:
+            for held in res.items:
+                _retried(partial(self.store.settle, held.key, amount, 0.0))
+            res.items.clear()
+            raise
         return res
 
     def settle(self, res: Reservation, actual: float, warn: float) -> list[tuple[BudgetSpec, float, float]]:
-        """Record the real cost; returns (budget, spent, limit) for each budget this spend pushed past `warn`."""
-        if res.settled:
-            return []
-        res.settled = True
+        """Record the real cost; returns (budget, spent, limit) for each budget this spend pushed past `warn`.
+        Every key is settled even when one of them fails (its error is raised after the others are done)."""
+        with res.lock:
+            if res.settled:
+                return []
+            res.settled = True
         crossed = []
         keys = set()
+        failure: Exception | None = None
         for a in res.items:
             keys.add(a.key)
-            total = self.store.settle(a.key, res.amount, actual)
+            try:
+                total = _retried(partial(self.store.settle, a.key, res.amount, actual))
+            except Exception as exc:
+                failure = failure or exc
+                continue
             if a.limit > 0 and total - actual < warn * a.limit <= total:
                 crossed.append((a.spec, total, a.limit))
         if res.day_key not in keys:
-            self.store.settle(res.day_key, 0.0, actual)
+            try:
+                _retried(partial(self.store.settle, res.day_key, 0.0, actual))
+            except Exception as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
         return crossed

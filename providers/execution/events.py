@@ -3,7 +3,10 @@ callbacks and to the standard logger "modelroute.execute" out; and the state sto
 `engine.usage()` summary per model and provider out.
 
 Kinds: attempt_started, attempt_failed, attempt_succeeded, retry, fallback, circuit_opened, circuit_closed,
-budget_warning. Event messages are built from redacted provider error text only, never from request headers
+budget_warning, usage_estimated (an upstream reported no usage: the call was settled from an estimate; data has
+input_tokens, output_tokens and cost).
+
+Event messages are built from redacted provider error text only, never from request headers
 or API keys. Callbacks run on the thread (or event loop) that executes the request; an exception in a
 callback is logged and never breaks the request.
 """
@@ -17,8 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from providers.execution.metering import Tally
+
 if TYPE_CHECKING:
     from engine.runtime.state import ExecutionStore
+    from providers.execution.metering import EstimatedSpend
 
 log = logging.getLogger("modelroute.execute")
 log.addHandler(logging.NullHandler())
@@ -32,6 +38,7 @@ KINDS = (
     "circuit_opened",
     "circuit_closed",
     "budget_warning",
+    "usage_estimated",
 )
 _LEVELS = {
     "attempt_failed": logging.WARNING,
@@ -40,6 +47,7 @@ _LEVELS = {
     "fallback": logging.INFO,
     "circuit_closed": logging.INFO,
     "retry": logging.INFO,
+    "usage_estimated": logging.INFO,
 }
 
 
@@ -89,7 +97,9 @@ class EventBus:
         return event
 
 
-def _row(calls: int, failures: int, tin: int, tout: int, cost: float, latency: float | None) -> dict[str, Any]:
+def _row(
+    calls: int, failures: int, tin: int, tout: int, cost: float, latency: float | None, estimated: Tally | None = None
+) -> dict[str, Any]:
     return {
         "calls": calls,
         "failures": failures,
@@ -98,16 +108,25 @@ def _row(calls: int, failures: int, tin: int, tout: int, cost: float, latency: f
         "output_tokens": tout,
         "cost": cost,
         "latency_ms": round(latency, 1) if latency is not None else None,
+        "estimated_calls": estimated.calls if estimated is not None else 0,
+        "estimated_cost": estimated.cost if estimated is not None else 0.0,
     }
 
 
-def usage_summary(store: ExecutionStore) -> dict[str, dict[str, Any]]:
+def _sum(tallies: list[Tally]) -> Tally:
+    return Tally("", sum(t.calls for t in tallies), sum(t.cost for t in tallies))
+
+
+def usage_summary(store: ExecutionStore, estimated: EstimatedSpend | None = None) -> dict[str, dict[str, Any]]:
     """{"models": {name: row}, "providers": {name: row}, "total": row}; a row has calls, failures,
-    success_rate, input_tokens, output_tokens, cost (USD) and latency_ms (EWMA of successful calls; for a
-    provider, its models' EWMAs weighted by successful calls)."""
+    success_rate, input_tokens, output_tokens, cost (USD), latency_ms (EWMA of successful calls; for a
+    provider, its models' EWMAs weighted by successful calls), and estimated_calls / estimated_cost: the calls
+    (and their part of `cost`) settled from an estimate because the upstream reported no usage, as counted by
+    `estimated` (this process's executor)."""
     stats = store.stats()
+    guessed = estimated.snapshot() if estimated is not None else {}
     models = {
-        m: _row(s.calls, s.failures, s.input_tokens, s.output_tokens, s.cost, s.latency_ms)
+        m: _row(s.calls, s.failures, s.input_tokens, s.output_tokens, s.cost, s.latency_ms, guessed.get(m))
         for m, s in sorted(stats.items())
     }
     providers: dict[str, dict[str, Any]] = {}
@@ -123,6 +142,7 @@ def usage_summary(store: ExecutionStore) -> dict[str, dict[str, Any]]:
             sum(s.output_tokens for s in mine),
             sum(s.cost for s in mine),
             latency,
+            _sum([t for m, t in guessed.items() if m in stats and stats[m].provider == p]),
         )
     total = _row(
         sum(s.calls for s in stats.values()),
@@ -131,5 +151,6 @@ def usage_summary(store: ExecutionStore) -> dict[str, dict[str, Any]]:
         sum(s.output_tokens for s in stats.values()),
         sum(s.cost for s in stats.values()),
         None,
+        _sum(list(guessed.values())),
     )
     return {"models": models, "providers": providers, "total": total}

@@ -22,6 +22,7 @@ from providers.types import (
 if TYPE_CHECKING:
     from engine import Decision
     from engine.runtime.policy import CompiledPolicy
+    from providers.execution.holds import Bound
 
 __all__ = ["Completion", "Result", "Run", "Verdict", "to_messages", "validate"]
 
@@ -58,6 +59,7 @@ class Completion:
     agreement: float | None = None
     answers: dict[str, str] = field(default_factory=dict)
     judge: Verdict | None = None
+    estimated_cost: float = 0.0  # the part of `cost` estimated because an upstream reported no usage
 
     @property
     def tool_calls(self) -> list[ToolCall]:
@@ -107,6 +109,10 @@ class Run:
     cost: float = 0.0
     input_tokens: int = 0
     output_tokens: int = 0
+    bound: Bound | None = None  # what the request sends that its cost depends on (providers/execution/holds.py)
+    max_cost: float | None = None  # the hold: the most this request may cost (set when a budget applies)
+    estimated_cost: float = 0.0  # spend settled from estimates (an upstream reported no usage)
+    estimated_calls: int = 0
 
     @property
     def policy(self) -> CompiledPolicy:
@@ -114,7 +120,8 @@ class Run:
 
     @property
     def usage(self) -> Usage:
-        return Usage(input_tokens=self.input_tokens, output_tokens=self.output_tokens)
+        estimated = self.estimated_calls > 0
+        return Usage(input_tokens=self.input_tokens, output_tokens=self.output_tokens, estimated=estimated)
 
 
 def to_messages(prompt: str | None, messages: list[Any] | None) -> list[Message]:

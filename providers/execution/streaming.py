@@ -5,7 +5,10 @@ A single-model rule streams the first model of the plan that starts answering: a
 first token is retried and fallen back from like a non-streamed call; a failure after it raises
 StreamInterrupted (no text is repeated). Waits are bounded (providers/execution/deadlines.py): the first token
 by `stream.first_token_timeout`, every later chunk by `stream.idle_timeout`, everything by the request's
-deadline. A group (race / consensus / best_of) answers as a whole, as one delta.
+deadline. A group (race / consensus / best_of) answers as a whole, as one delta. The `usage` event comes just
+before `done`, with the answer's usage as accounted (estimated, and marked so, when the upstream sent none).
+Whatever ends a try (an answer, a failure, a cancellation, an exception anywhere), its in-flight count is
+released.
 `AsyncCompletionStream` and `CompletionStream` are also importable from `providers.execution.executor`.
 """
 
@@ -70,26 +73,35 @@ async def _stream_model(
     wire = None if timeout is None else max(timeout, first_s or 0.0, idle_s or 0.0)
     retry = 0
     while True:
-        t0 = executor.started(run, entry, retry)
+        flight = executor.started(run, entry, retry)
         first = accounted = False
         events = None
+        usage: StreamEvent | None = None
         try:
             events = bounded_events(run, entry, client.astream(entry.spec, run.chat, timeout=wire), first_s, idle_s)
             async for event in events:
+                if event.kind == "usage":  # held back: the answer's usage is known (or estimated) at `done`
+                    usage = event
+                    continue
                 if event.kind == "done" and event.response is not None:
                     accounted = True
-                    result = executor.succeeded(run, entry, event.response, t0, retry, run.schema)
+                    result = executor.succeeded(run, entry, event.response, flight, retry, run.schema)
                     sink.append(executor.completion(run, result))
+                    yield StreamEvent(kind="usage", usage=result.response.usage)
+                    event = event.model_copy(update={"response": result.response})
+                elif usage is not None:
+                    yield usage
+                    usage = None
                 first = first or event.kind in ("delta", "tool_call")
                 yield event
             return
         except InvalidOutput as error:
-            executor.failed(run, entry, error, t0, retry, counted=True, may_retry=False)
+            executor.failed(run, entry, error, flight, retry, counted=True, may_retry=False)
             raise StreamInterrupted(
                 f"streamed answer is invalid: {error.message}", provider=entry.provider, model=entry.name
             ) from None
         except ProviderError as error:
-            wait = executor.failed(run, entry, error, t0, retry, may_retry=not first)
+            wait = executor.failed(run, entry, error, flight, retry, may_retry=not first)
             if first:
                 raise StreamInterrupted(
                     f"stream failed after its first token: {type(error).__name__} {error.message}",
@@ -99,9 +111,10 @@ async def _stream_model(
                 ) from None
         except (asyncio.CancelledError, GeneratorExit):
             if not accounted:
-                executor.cancelled(run, entry, t0, retry)
+                executor.cancelled(run, entry, flight, retry)
             raise
         finally:
+            flight.release()  # whatever raised where (serialising the request, a store, a callback)
             if events is not None:
                 await events.aclose()  # drops the upstream connection of a stream cut short
         if wait is None or out_of_time(run):
