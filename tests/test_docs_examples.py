@@ -293,6 +293,12 @@ def test_bench_without_shared_data_says_what_it_needs(script: str, tmp_path: Pat
     assert "MODELROUTE_BENCH_DATA" in line and str(tmp_path / "absent") in line, line
 
 
+@pytest.mark.parametrize("script", ["failover_bench.py", "scaling_bench.py"])
+def test_bench_explains_itself(script: str) -> None:
+    proc = _run([str(BENCH / script), "--help"])
+    assert proc.returncode == 0 and "--quick" in proc.stdout, proc.stdout + proc.stderr
+
+
 def test_decide_bench_names_the_synthetic_option(tmp_path: Path) -> None:
     proc = _run([str(BENCH / "decide_bench.py")], env={"MODELROUTE_BENCH_DATA": str(tmp_path)})
     assert "--synthetic" in _one_clean_line(proc)
@@ -302,6 +308,7 @@ def test_every_bench_script_is_covered() -> None:
     """A new bench script must get a line in this file's bench tests (so fresh clones keep working)."""
     covered = {"speed_bench.py", "decide_bench.py", "gateway_bench.py", "transport_bench.py"}
     covered |= {"redis_store_bench.py", "reload_bench.py", "handwritten.py", "needs.py"}
+    covered |= {"failover_bench.py", "scaling_bench.py"}
     assert {p.name for p in BENCH.glob("*.py")} == covered
 
 

@@ -506,6 +506,7 @@ set retry.attempts = 0
 set circuit.failures = 2
 set circuit.cooldown = 60s
 set output_tokens = 100
+set budget.max_output_tokens = 100
 budget daily $0.002
 otherwise use alpha-mini fallback beta-chat
 """,

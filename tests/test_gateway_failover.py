@@ -334,3 +334,17 @@ def test_a_client_that_waits_is_answered_on_the_same_raw_connection(start, fake_
     finally:
         sock.close()
     assert gw.metric('modelroute_requests_total{endpoint="chat",status="200"} 1')
+
+
+def test_spend_settled_without_usage_is_estimated_and_counted_as_such(start, fake_server: FakeServer) -> None:
+    from tests.fakeserver import Billing
+
+    gw = start("set retry.attempts = 0\notherwise use alpha-mini\n")
+    fake_server.billing = Billing(omit_usage=True)
+    r = gw.post()
+    assert r.status_code == 200, r.text
+    metrics = httpx.get(gw.url + "/metrics").text
+    line = next(
+        x for x in metrics.splitlines() if x.startswith('modelroute_spend_estimated_usd_total{model="alpha-mini"}')
+    )
+    assert float(line.rsplit(" ", 1)[1]) > 0  # never $0: estimated from what was sent and received

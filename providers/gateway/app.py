@@ -190,6 +190,8 @@ class Gateway:
             if fallbacks:
                 self.metrics.fallbacks.inc(answered)
             self.metrics.spend.inc(answered, by=cost)
+            if run.estimated_cost:
+                self.metrics.spend_estimated.inc(answered, by=run.estimated_cost)
             if usage is not None:
                 self.metrics.tokens.inc(answered, "input", by=usage.input_tokens)
                 self.metrics.tokens.inc(answered, "output", by=usage.output_tokens)
@@ -210,9 +212,8 @@ class Gateway:
             attrs = self._attrs(call, key)
             engine, policy_name = self._route(call, key)
             ex = engine.executor
-            if key is not None and key.daily_budget is not None and "max_tokens" not in call.options:
-                settings = engine.policy.settings  # bound the real cost by what the key budget holds
-                call.options["max_tokens"] = int(settings["output_tokens"]) if settings is not None else 500
+            if key is not None and key.daily_budget is not None:
+                call.options["budgeted"] = True  # a bounded output (budget.max_output_tokens) and a true hold
             try:
                 run = prepare(ex, engine, call, attrs)
             except (NoRouteError, BudgetExceeded) as exc:
@@ -294,8 +295,11 @@ class Gateway:
             opts = call.options
             if opts.get("tools"):
                 attrs.setdefault("tools", True)
+            attrs.pop("max_tokens", None)  # derived from the body, as the chat path does (providers/execution)
             if opts.get("max_tokens") is not None:
-                attrs.setdefault("max_tokens", opts["max_tokens"])
+                attrs["max_tokens"] = opts["max_tokens"]
+            counted = engine.count_tokens(messages=call.messages, tools=opts.get("tools"))
+            attrs.setdefault("tokens", counted.worst)
             try:
                 if call.auto:
                     decision = engine.decide(messages=call.messages, **attrs)

@@ -141,6 +141,11 @@ class GatewayMetrics:
             "modelroute_fallbacks_total", "Requests answered by a fallback, by answering model", ("model",)
         )
         self.spend = Counter("modelroute_spend_usd_total", "Upstream cost in USD by answering model", ("model",))
+        self.spend_estimated = Counter(
+            "modelroute_spend_estimated_usd_total",
+            "The part of modelroute_spend_usd_total estimated because an upstream reported no usage",
+            ("model",),
+        )
         self.tokens = Counter(
             "modelroute_tokens_total", "Tokens by model and direction (input, output)", ("model", "direction")
         )
@@ -170,6 +175,7 @@ class GatewayMetrics:
             self.failures,
             self.fallbacks,
             self.spend,
+            self.spend_estimated,
             self.tokens,
             self.duration,
             self.upstream,

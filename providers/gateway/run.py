@@ -58,7 +58,7 @@ def hold_key_budget(ex: Executor, key: GatewayKey | None, run: Run) -> tuple[str
     if key is None or key.daily_budget is None:
         return None
     bkey = key_budget_key(key.name, time.time())
-    amount = ex.estimate(run.decision)
+    amount = run.max_cost if run.max_cost is not None else ex.estimate(run.decision)
     ok, used = ex.state.reserve(bkey, amount, key.daily_budget)
     if not ok:
         ex.settle(run)
