@@ -320,3 +320,20 @@ def test_the_catalog_reads_max_response_bytes(tmp_path) -> None:
     path.write_text(body.format(-5))
     with pytest.raises(CatalogError, match="max_response_bytes must be a whole number of bytes greater than 0"):
         load_catalog(path)
+
+
+def test_an_engine_caps_its_own_answers_and_redacts_its_keys_at_once(fake_server) -> None:
+    from providers.errors import redact
+    from tests.engines import engine_for
+    from tests.fakeserver import Reply
+
+    fake_server.always("alpha-mini", Reply(text="x" * 20_000))
+    fake_server.always("beta-chat", Reply(text="short"))
+    with engine_for(fake_server, "otherwise use alpha-mini fallback beta-chat\n", max_response_bytes=4096) as engine:
+        done = engine.complete("hi")
+        assert done.model == "beta-chat"
+        assert done.attempts[0].error == "ResponseTooLarge"
+    secret = "sk-engine-only-key-0123456789"
+    with engine_for(fake_server, api_keys={"acme": secret}) as engine:
+        assert engine.executor is not None  # created on first use, before any provider is called
+        assert secret[3:15] not in redact(f"upstream said: {secret[3:15]}")

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, cast
 from engine.runtime.settings import setting
 from engine.runtime.state import ExecutionStore
 from providers.clients import ProviderClient, client_for
-from providers.errors import ProviderError
+from providers.errors import ProviderError, register_secret
 from providers.execution import prepare as preparing
 from providers.execution.attempts import Accounting, Flight
 from providers.execution.budget import Budgets, label
@@ -95,9 +95,12 @@ class Executor(Accounting):
         sleep: Callable[[float], Awaitable[Any]] | None = None,
         wall: Callable[[], float] = time.time,
         budgets: BudgetBook | None = None,
+        max_response_bytes: int | None = None,
     ):
         """`budgets` is the engine's budget book (Engine.executor hands it over): reservations go against the
-        same keys decide() reads `budget.left` from. Without it, a book on the engine's state and `wall`."""
+        same keys decide() reads `budget.left` from. Without it, a book on the engine's state and `wall`.
+        `max_response_bytes` caps every answer of this engine's providers whose catalog entry sets none (default:
+        the process default, 32 MiB). Every key in `api_keys` is redacted from error text and logs at once."""
         self.engine = engine
         self.state = cast(ExecutionStore, engine.state)
         self.events = EventBus()
@@ -105,6 +108,9 @@ class Executor(Accounting):
         self.estimated = EstimatedSpend()  # calls settled from estimates (no usage reported), per model
         self._providers = dict(providers or {})
         self._keys = dict(api_keys or {})
+        for secret in self._keys.values():
+            register_secret(secret)
+        self._max_response_bytes = max_response_bytes
         self._transport, self._async_transport, self._limits = transport, async_transport, limits
         self.sleep = sleep or asyncio.sleep
         self._clients: weakref.WeakKeyDictionary[Any, dict[str, ProviderClient]] = weakref.WeakKeyDictionary()
@@ -148,6 +154,7 @@ class Executor(Accounting):
                     transport=self._transport,
                     async_transport=self._async_transport,
                     limits=self._limits,
+                    max_response_bytes=self._max_response_bytes,
                 )
             return c
 
