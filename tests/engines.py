@@ -24,15 +24,17 @@ otherwise use alpha-mini fallback beta-chat, gamma-flash
 """
 
 
-def provider_specs(server: FakeServer, **overrides: Any) -> dict[str, ProviderSpec]:
-    """A ProviderSpec per fixture provider, pointing at `server` (keys from env TEST_<NAME>_KEY)."""
+def provider_specs(server: FakeServer, *, timeout_s: float | None = 5.0, **overrides: Any) -> dict[str, ProviderSpec]:
+    """A ProviderSpec per fixture provider, pointing at `server` (keys from env TEST_<NAME>_KEY). `timeout_s=None`
+    leaves the providers' timeout unset, so the policy's `set timeout` applies."""
+    if timeout_s is not None:
+        overrides["timeout_s"] = timeout_s
     return {
         name: ProviderSpec(
             name=name,
-            kind=kind,
-            base_url=server.base_url(kind),  # type: ignore[arg-type]
+            kind=kind,  # type: ignore[arg-type]
+            base_url=server.base_url(kind),
             api_key_env=f"TEST_{name.upper()}_KEY",
-            timeout_s=5.0,
             **overrides,
         )
         for name, kind in KINDS.items()

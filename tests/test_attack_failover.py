@@ -26,7 +26,7 @@ from engine import NoRouteError
 from engine.runtime.state import CircuitConfig, MemoryStore
 from providers.catalog.models import ProviderSpec
 from providers.execution.resilience import RoutingError, StreamInterrupted
-from tests.engines import KINDS, engine_for
+from tests.engines import engine_for, provider_specs
 from tests.fakeserver import Behaviour, Ctx, FakeServer, Fault, Handler, Reply, _render_json, _render_stream
 from tests.waiting import await_until, wait_until
 
@@ -91,15 +91,7 @@ def anyio_backend() -> str:
 
 def specs(server: FakeServer) -> dict[str, ProviderSpec]:
     """Provider specs on `server` without timeout_s, so the policy's `set timeout` applies."""
-    return {
-        name: ProviderSpec(
-            name=name,
-            kind=kind,  # type: ignore[arg-type]
-            base_url=server.base_url(kind),
-            api_key_env=f"TEST_{name.upper()}_KEY",
-        )
-        for name, kind in KINDS.items()
-    }
+    return provider_specs(server, timeout_s=None)
 
 
 @pytest.fixture

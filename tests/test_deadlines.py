@@ -22,7 +22,7 @@ import pytest
 
 from providers.catalog.models import ProviderSpec
 from providers.execution.resilience import RoutingError, StreamInterrupted
-from tests.engines import KINDS, engine_for
+from tests.engines import engine_for, provider_specs
 from tests.fakeserver import FakeServer, Fault, Reply
 from tests.waiting import await_until
 
@@ -37,16 +37,8 @@ def anyio_backend() -> str:
 
 
 def specs(server: FakeServer) -> dict[str, ProviderSpec]:
-    """Provider specs on `server` that set no timeout_s, so the policy's `set timeout` applies."""
-    return {
-        name: ProviderSpec(
-            name=name,
-            kind=kind,  # type: ignore[arg-type]
-            base_url=server.base_url(kind),
-            api_key_env=f"TEST_{name.upper()}_KEY",
-        )
-        for name, kind in KINDS.items()
-    }
+    """Provider specs on `server` without timeout_s, so the policy's `set timeout` applies."""
+    return provider_specs(server, timeout_s=None)
 
 
 @pytest.fixture
