@@ -91,9 +91,15 @@ class Sources:
     """Source text by file name, so diagnostics can show the offending line."""
 
     texts: dict[str, str] = field(default_factory=dict)
+    # file -> (the text it was split from, its lines): one split per file, not one per lookup
+    _lines: dict[str, tuple[str, list[str]]] = field(default_factory=dict, repr=False, compare=False)
 
     def add(self, file: str, text: str) -> None:
         self.texts[file] = text
+
+    def forget_lines(self) -> None:
+        """Drop the split lines (kept while a compile looks many up); line() splits again when asked."""
+        self._lines.clear()
 
     def line(self, file: str, line: int) -> str | None:
         text = self.texts.get(file)
@@ -103,7 +109,10 @@ class Sources:
             except OSError:
                 return None
             self.texts[file] = text
-        lines = text.splitlines()
+        cached = self._lines.get(file)
+        if cached is None or cached[0] is not text:  # first lookup, or the text was replaced
+            cached = self._lines[file] = (text, text.splitlines())
+        lines = cached[1]
         if 1 <= line <= len(lines):
             return lines[line - 1]
         return "" if line == len(lines) + 1 else None

@@ -126,20 +126,25 @@ def test_compiled_selectors_have_the_right_class(write_policy: Callable[..., Pat
     ]
 
 
-def test_index_guards_are_dataclasses_and_or_merges_one_family() -> None:
+def test_index_guards_cover_or_across_attributes_and_negations() -> None:
+    """Every condition shape gets a guard (issue 15): `or` is the union of its operands' keys, `and` the most
+    selective operand's, `not` an exclusion; tests/test_index.py and the differential test check decisions."""
+    from engine.runtime.index_keys import Eq, Guard, NotIn
+
     span = n.Span("f", 1, 1, 1, 1)
 
     def eq(name: str, value: str) -> n.Compare:
         return n.Compare(n.Operand(name, False, span), "==", n.Literal("string", value, f'"{value}"', span), span)
 
     gen = codegen._Gen({}, {})
-    merged = codegen.guard(n.Or((eq("tier", "a"), eq("tier", "b")), span), gen)
-    assert merged == codegen.Guard("attr", frozenset({"a", "b"}), "tier")
-    assert codegen.guard(n.Or((eq("tier", "a"), eq("plan", "b")), span), gen) is None
-    assert codegen.guard(n.And((eq("tier", "a"), eq("plan", "b")), span), gen) == codegen.Guard(
-        "attr", frozenset({"a"}), "tier"
+    assert codegen.guard(n.Or((eq("tier", "a"), eq("tier", "b")), span), gen) == Guard(
+        frozenset({Eq("tier", "a"), Eq("tier", "b")})
     )
-    assert codegen.guard(n.Not(eq("tier", "a"), span), gen) is None
+    assert codegen.guard(n.Or((eq("tier", "a"), eq("plan", "b")), span), gen) == Guard(
+        frozenset({Eq("tier", "a"), Eq("plan", "b")})
+    )
+    assert codegen.guard(n.And((eq("tier", "a"), eq("plan", "b")), span), gen) == Guard(frozenset({Eq("tier", "a")}))
+    assert codegen.guard(n.Not(eq("tier", "a"), span), gen) == Guard(frozenset({NotIn("tier", frozenset({"a"}))}))
 
 
 def test_every_stage_has_a_case_for_every_condition_kind() -> None:

@@ -10,6 +10,7 @@ model with no CODING score.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -142,6 +143,25 @@ ATTR_ATOMS = [
     'user.plan == "pro"',
     "user.plan",
     "max_tokens > 1000",
+    # thresholds of every kind on tokens and attributes (the index sorts them), negated forms via `not`
+    "score >= 3",
+    "score < 7.5",
+    "score > 2",
+    "score <= 3",
+    "tokens < 30",
+    "tokens > 100",
+    "tokens != 50",
+    "tokens == 25",
+    "n != 3",
+    'tier != "free"',
+    'tier > "m"',
+    'tier <= "free"',
+    'user.plan in ["pro", "team"]',
+    'user.plan != "free"',
+    "user.n > 2",
+    "user.n <= 1",
+    "max_tokens <= 800",
+    "max_tokens >= 2000",
 ]
 
 
@@ -182,7 +202,7 @@ def actions(draw: st.DrawFn) -> str:
 
 @st.composite
 def policy_sources(draw: st.DrawFn) -> str:
-    """A valid policy over the hardening catalog: tasks, an alias, 1-6 rules, maybe `otherwise`."""
+    """A valid policy over the hardening catalog: tasks, an alias, 1-8 rules, maybe `otherwise`."""
     lines = ["# generated", 'model fast = "zeta-fast"']
     if draw(st.integers(0, 3)) == 0:
         lines.append(f"set failover.depth = {draw(st.integers(0, 4))}")
@@ -191,7 +211,7 @@ def policy_sources(draw: st.DrawFn) -> str:
     for name in names:
         pats = draw(st.lists(st.sampled_from(PATTERNS), min_size=1, max_size=3))
         lines.append(f"task {name} = " + ", ".join(pats))
-    for _ in range(draw(st.integers(1, 6))):
+    for _ in range(draw(st.integers(1, 8))):
         rule = f"when {draw(conditions(names))} {draw(actions())}"
         if draw(st.integers(0, 9)) == 0:  # now and then a rule spread over lines
             rule = rule.replace(" prefer ", "\n    prefer ").replace(" use ", "\n    use ")
@@ -214,9 +234,12 @@ attr_dicts = st.fixed_dictionaries(
         "tier": st.sampled_from([_UNSET, "free", "pro", "enterprise", "", 5]),
         "tools": st.sampled_from([_UNSET, True, False]),
         "images": st.sampled_from([_UNSET, True, False]),
-        "n": st.sampled_from([_UNSET, 0, 1, 2, 3, 5, 7, 1000, "5"]),
+        "n": st.sampled_from([_UNSET, 0, 1, 2, 3, 5, 7, 1000, "5", 2.5, math.nan]),
         "max_tokens": st.sampled_from([_UNSET, 1, 800, 2000]),
-        "user": st.sampled_from([_UNSET, {"plan": "pro"}, {"plan": "free"}, {}]),
+        "user": st.sampled_from(
+            [_UNSET, {"plan": "pro"}, {"plan": "free"}, {}, {"plan": "team", "n": 3}, {"n": 1}, {"n": "x"}]
+        ),
+        "score": st.sampled_from([_UNSET, 0, 3, 7.5, 10, "3", math.nan, True]),
     }
 ).map(lambda d: {k: v for k, v in d.items() if v is not _UNSET})
 

@@ -7,7 +7,7 @@ Request-independent `where` constraints are applied here, once, and their reject
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,7 @@ from engine.runtime.selectors import (
     Selector,
     SplitSelector,
     StaticPrefer,
+    TieredPrefer,
     UseSelector,
 )
 from engine.runtime.units import fmt_count, fmt_ms, fmt_price, fmt_value
@@ -96,8 +97,8 @@ class _Parts:
 
     action: n.Action
     resolve: Callable[[n.ModelRef], Entry]
-    pool: list[Entry]
-    rejects: list[tuple[Entry, Reason]]
+    pool: tuple[Entry, ...]  # shared with every rule of the same static constraints (the cache's own tuple)
+    rejects: tuple[tuple[Entry, Reason], ...]
     skey: tuple
     costs: tuple[CostLimit, ...]
     fallbacks: tuple[Entry, ...]
@@ -106,8 +107,8 @@ class _Parts:
 
     def common(self) -> dict[str, Any]:
         return {
-            "pool": tuple(self.pool),
-            "static_rejects": tuple(self.rejects),
+            "pool": self.pool,
+            "static_rejects": self.rejects,
             "cost_limits": self.costs,
             "fallbacks": self.fallbacks,
         }
@@ -118,40 +119,77 @@ def _use(p: _Parts) -> Selector:
     return UseSelector(use=p.resolve(p.action.model), **p.common())
 
 
+_PIVOTS = ("cheapest", "least_busy")  # rankings that depend on the request
+
+
 def _prefer(p: _Parts) -> Selector:
     rankings = tuple(RankKey(r.kind, r.capability.upper() if r.capability else None) for r in p.action.rankings)
     rkey = ("order", p.skey, rankings)
     measured = any(r.kind == "fastest" for r in rankings)
     cache = p.cache
-    if all(r.kind not in ("cheapest", "least_busy") for r in rankings):
+    if all(r.kind not in _PIVOTS for r in rankings):
         if rkey not in cache:
             cache[rkey] = tuple(sorted(p.pool, key=lambda e: (*(r.key(e, None) for r in rankings), e.name)))
-        p.pool = list(cache[rkey])
+        p.pool = cache[rkey]
         return StaticPrefer(rankings=rankings, measured=measured, **p.common())
-    p.pool.sort(key=lambda e: e.name)
-    if rankings[0].kind != "cheapest":
-        return GenericPrefer(rankings=rankings, measured=measured, **p.common())
-    rest = rankings[1:]
+    nkey = ("by name", p.skey)
+    if nkey not in cache:
+        cache[nkey] = tuple(sorted(p.pool, key=lambda e: e.name))
+    p.pool = cache[nkey]
+    at = next(i for i, r in enumerate(rankings) if r.kind in _PIVOTS)
+    prefix, pivot, rest = rankings[:at], rankings[at], rankings[at + 1 :]
+    if pivot.kind == "least_busy" and any(r.kind == "cheapest" for r in rest):
+        return GenericPrefer(rankings=rankings, measured=measured, **p.common())  # no order to walk: rank them all
     if rkey not in cache:
-        groups: dict[tuple[float, float], list[Entry]] = {}
-        for e in p.pool:
-            groups.setdefault((e.ip, e.op), []).append(e)
-        static_rest = [r for r in rest if r.kind not in ("least_busy", "cheapest")]
-
-        def by_rest(e: Entry) -> tuple:
-            return (*(r.key(e, None) for r in static_rest), e.name)
-
-        price_groups = [PriceGroup(ip, op, tuple(sorted(members, key=by_rest))) for (ip, op), members in groups.items()]
-        cache[rkey] = (tuple(sorted(price_groups, key=lambda g: g.ip)), tuple(sorted(price_groups, key=lambda g: g.op)))
-    by_input, by_output = cache[rkey]
-    return CheapestPrefer(
+        cache[rkey] = tuple(_tier(pivot.kind, members, rest) for members in _tiers(p.pool, prefix))
+    tiers = cache[rkey]
+    if not prefix and pivot.kind == "cheapest":
+        by_input, by_output = tiers[0] if tiers else ((), ())
+        return CheapestPrefer(
+            rankings=rankings,
+            measured=measured,
+            by_input=by_input,
+            by_output=by_output,
+            dynamic_rest=any(r.kind == "least_busy" for r in rest),
+            **p.common(),
+        )
+    return TieredPrefer(
         rankings=rankings,
         measured=measured,
-        by_input=by_input,
-        by_output=by_output,
-        dynamic_rest=any(r.kind == "least_busy" for r in rest),
+        pivot_kind=pivot.kind,
+        tiers=tiers,
+        dynamic_rest=any(r.kind in _PIVOTS for r in rest),
+        # measured latency reorders a `fastest` before the pivot, or after least_busy (whose members are walked
+        # in a fixed order): then the pick ranks the pool in full
+        static_prefix=not any(r.kind == "fastest" for r in (prefix if pivot.kind == "cheapest" else rankings)),
         **p.common(),
     )
+
+
+def _tiers(pool: Sequence[Entry], prefix: tuple[RankKey, ...]) -> list[list[Entry]]:
+    """The pool split by equal keys of the request-independent rankings before the pivot, best tier first."""
+    tiers: dict[tuple, list[Entry]] = {}
+    for e in pool:
+        tiers.setdefault(tuple(r.key(e, None) for r in prefix), []).append(e)
+    return [tiers[key] for key in sorted(tiers)]
+
+
+def _tier(pivot: str, members: list[Entry], rest: tuple[RankKey, ...]) -> tuple:
+    """One tier, ready for its pivot: `cheapest` -> price groups in input and in output price order (each
+    group's members sorted by the later request-independent rankings, then name); `least_busy` -> the members
+    sorted by the later rankings, then name."""
+    static_rest = [r for r in rest if r.kind not in _PIVOTS]
+
+    def by_rest(e: Entry) -> tuple:
+        return (*(r.key(e, None) for r in static_rest), e.name)
+
+    if pivot == "least_busy":
+        return tuple(sorted(members, key=by_rest))
+    groups: dict[tuple[float, float], list[Entry]] = {}
+    for e in members:
+        groups.setdefault((e.ip, e.op), []).append(e)
+    price_groups = [PriceGroup(ip, op, tuple(sorted(ms, key=by_rest))) for (ip, op), ms in groups.items()]
+    return tuple(sorted(price_groups, key=lambda g: g.ip)), tuple(sorted(price_groups, key=lambda g: g.op))
 
 
 def _balance(p: _Parts) -> Selector:
@@ -216,10 +254,18 @@ def build_selector(
         candidates = list(entries.values())
     whole_catalog = not (action.kind == "use" or action.members)
     skey = ("filter", _static_key(static))
+    # a `use` or `prefer` selector depends only on what this says (no state key): rules that say the same share it
+    sig = None
+    if action.kind in ("use", "prefer"):
+        model = resolve(action.model).name if action.model else None
+        ranks = tuple((r.kind, r.capability) for r in action.rankings)
+        sig = ("selector", action.kind, model, ranks, skey, costs, tuple(f.name for f in fallbacks))
+        if sig in cache:
+            return cache[sig]
     pool: list[Entry] = []
     rejects: list[tuple[Entry, Reason]] = []
     if whole_catalog and skey in cache:
-        pool, rejects = (list(x) for x in cache[skey])
+        shared_pool, shared_rejects = cache[skey]
     else:
         for e in candidates:
             if whole_catalog and retired(e.spec, today):
@@ -231,7 +277,11 @@ def build_selector(
                 rejects.append((e, why))
             else:
                 pool.append(e)
+        shared_pool, shared_rejects = tuple(pool), tuple(rejects)
         if whole_catalog:
-            cache[skey] = (tuple(pool), tuple(rejects))
-    parts = _Parts(action, resolve, pool, rejects, skey, costs, fallbacks, key, cache)
-    return BUILDERS[action.kind](parts)
+            cache[skey] = (shared_pool, shared_rejects)
+    parts = _Parts(action, resolve, shared_pool, shared_rejects, skey, costs, fallbacks, key, cache)
+    selector = BUILDERS[action.kind](parts)
+    if sig is not None:
+        cache[sig] = selector
+    return selector

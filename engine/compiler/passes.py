@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import datetime
 import functools
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from engine.compiler.codegen import build_rule, literal, number, retired
+from engine.compiler.codegen import build_rules, literal, number, retired
 from engine.diagnostics import Diagnostic, PolicyError, did_you_mean
 from engine.language import nodes as n
 from engine.language.load import Loaded, display_name
+from engine.language.parse import gc_paused
+from engine.runtime.index import build_index
 from engine.runtime.matcher import FLAGS, Matcher, check, to_re2
 from engine.runtime.policy import BudgetSpec, CompiledPolicy, Entry
 from engine.runtime.settings import SETTINGS, Settings, coerce
@@ -503,8 +506,9 @@ def compile_loaded(
     `today` (default: current_date() now) is the date deprecations count from: `prefer` over the catalog never
     ranks a model whose deprecation_date is on or before it."""
     ctx = Context(loaded=loaded, today=as_date(today), given_catalog=catalog, diagnostics=list(loaded.diagnostics))
-    for _name, run in PASSES:
-        run(ctx)
+    with gc_paused():  # a big policy allocates many objects, none of them garbage: see gc_paused
+        for _name, run in PASSES:
+            run(ctx)
     if not ctx.ok or ctx.catalog is None:
         if ctx.catalog is None and ctx.ok:
             ctx.error("E202", "no catalog could be loaded", None)
@@ -513,7 +517,12 @@ def compile_loaded(
             key=lambda d: (order.get(d.span.file, len(order)), d.span.line, d.span.col) if d.span else (-1, 0, 0)
         )
         raise PolicyError(ctx.diagnostics, loaded.sources)
-    return build(ctx)
+    with gc_paused():
+        policy = build(ctx)
+    loaded.sources.forget_lines()  # the compiled policy keeps the sources, not their line table
+    if len(ctx.rules) >= TRIM_RULES:
+        _give_back_memory()
+    return policy
 
 
 def build(ctx: Context) -> CompiledPolicy:
@@ -533,31 +542,11 @@ def build(ctx: Context) -> CompiledPolicy:
         assert spec is not None, f"{ref.name} passed pass_names but does not resolve"
         return entries[spec.name]
 
-    rules, guards = [], []
     selector_cache: dict = {}
-    for i, rule in enumerate(ctx.rules):
-        compiled, guard = build_rule(
-            i, rule, entries, resolve, task_masks, ctx.pattern_of, selector_cache, today=ctx.today
-        )
-        rules.append(compiled)
-        guards.append(guard)
-    npat = len(ctx.pids)
-    unguarded, pattern_rules = 0, [0] * npat
-    attr_tables: dict[str, dict[Any, int]] = {}
-    first_pattern_rule = len(rules)
-    for i, guard in enumerate(guards):
-        bit = 1 << i
-        if guard is None:
-            unguarded |= bit
-        elif guard.kind == "patterns":
-            first_pattern_rule = min(first_pattern_rule, i)
-            for pid in guard.values:
-                pattern_rules[pid] |= bit
-        else:
-            table = attr_tables.setdefault(guard.attr, {})
-            for value in guard.values:
-                table[value] = table.get(value, 0) | bit
-    attr_index = tuple((name, MappingProxyType(table), _or(table.values())) for name, table in attr_tables.items())
+    rules, guards = build_rules(
+        ctx.rules, entries, resolve, task_masks, ctx.pattern_of, selector_cache, today=ctx.today
+    )
+    index = build_index(guards, len(ctx.pids))
     digest = ctx.loaded.digest()
     gone = sorted(e.name for e in entries.values() if retired(e.spec, ctx.today))
     if gone:  # the same files decide differently once a model retires: that is a new version (and a reload swaps)
@@ -572,16 +561,41 @@ def build(ctx: Context) -> CompiledPolicy:
         tasks=MappingProxyType(task_masks),
         matcher=matcher,
         pattern_text=tuple(ctx.pattern_text),
-        unguarded=unguarded,
-        first_pattern_rule=first_pattern_rule,
-        pattern_rules=tuple(pattern_rules),
-        attr_index=attr_index,
+        index=index,
         catalog=ctx.catalog,
         sources=ctx.loaded.sources,
         settings=_settings(ctx),
         budgets=tuple(BudgetSpec(b.period, number(b.amount.value), b.per, b.span) for b in ctx.budgets),
         tests=tuple(ctx.tests),
     )
+
+
+#: Policies with this many rules hand freed memory back to the operating system after compiling (see below).
+TRIM_RULES = 1_000
+
+
+def _give_back_memory() -> None:
+    """Return freed heap memory to the operating system (glibc's malloc_trim; nothing elsewhere).
+
+    Compiling a big policy frees a lot: lark's parse trees, RE2's parsed patterns (a 10,000-rule policy frees
+    tens of MB while RE2 builds its set). glibc keeps freed memory in the process for reuse, so without this
+    the process's resident memory stays as high as at the peak of the compile."""
+    try:
+        libc = _libc()
+    except OSError:
+        return
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> Any:
+    if sys.platform != "linux":
+        return None
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    return libc if hasattr(libc, "malloc_trim") else None
 
 
 def _settings(ctx: Context) -> Settings:
@@ -595,13 +609,6 @@ def _settings(ctx: Context) -> Settings:
 def _matcher(sources: tuple[str, ...], display: tuple[str, ...]) -> Matcher:
     """Compiled RE2 sets are immutable: a reload whose patterns did not change reuses the last one."""
     return Matcher(sources, display)
-
-
-def _or(values) -> int:
-    out = 0
-    for v in values:
-        out |= v
-    return out
 
 
 def _entry(spec: ModelSpec) -> Entry:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from engine.diagnostics import Diagnostic, PolicyError, Sources
 from engine.language import nodes as n
-from engine.language.parse import parse
+from engine.language.parse import gc_paused, parse
 
 if TYPE_CHECKING:
     from _hashlib import HASH
@@ -71,7 +71,8 @@ def load(path: str | Path) -> Loaded:
     """Read and parse the entry file and every include. Never raises for bad input: see .diagnostics."""
     entry = resolve_entry(path)
     loaded = Loaded(entry=display_name(entry))
-    _load_file(entry, loaded, stack=[], at=None)
+    with gc_paused():
+        _load_file(entry, loaded, stack=[], at=None)
     return loaded
 
 
@@ -91,7 +92,8 @@ def load_source(text: str, file: str = "<string>") -> Loaded:
     loaded.files.append(file)
     text = _without_surrogates(text, file, loaded)
     loaded.sources.add(file, text)
-    _splice(text, file, Path.cwd() / "__string__", loaded, stack=[])
+    with gc_paused():
+        _splice(text, file, Path.cwd() / "__string__", loaded, stack=[])
     return loaded
 
 

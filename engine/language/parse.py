@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
+import gc
+import itertools
 import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
-from lark import Lark, Token, Transformer, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+from lark import Lark, Token, Tree
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 from lark.lexer import PatternStr
 
 from engine.diagnostics import Diagnostic, PolicyError, Sources
 from engine.language import nodes as n
+from engine.language.fastparse import STMT_START, literal_of, parse_fast, unescape
 
 #: Names that cannot be used for tasks or model aliases.
 KEYWORDS = frozenset(
@@ -58,10 +64,7 @@ KEYWORDS = frozenset(
 
 MAX_ERRORS = 50
 
-_STMT_START = re.compile(
-    r"^[ \t]*(?:when|otherwise|model|catalog|include|set|budget|test|task[ \t]+[A-Za-z_][\w.:\-]*[ \t]*=)(?![\w.:\-])",
-    re.M,
-)
+_STMT_START = STMT_START
 
 _FRIENDLY = {
     "NAME": "a name",
@@ -134,53 +137,12 @@ def _terminal_names() -> dict[str, str]:
 
 # ---- literal conversion --------------------------------------------------------------------------
 
-_SCALE = {"": 1.0, "k": 1e3, "M": 1e6}
-
-
-def _count(text: str) -> float:
-    if text[-1] in "kM":
-        return float(text[:-1]) * _SCALE[text[-1]]
-    return float(text)
-
-
-def unescape(body: str) -> str:
-    out, i = [], 0
-    while i < len(body):
-        ch = body[i]
-        if ch == "\\" and i + 1 < len(body):
-            nxt = body[i + 1]
-            out.append({"n": "\n", "t": "\t", '"': '"', "\\": "\\"}.get(nxt, "\\" + nxt))
-            i += 2
-        else:
-            out.append(ch)
-            i += 1
-    return "".join(out)
-
 
 def literal(tok: Token, file: str) -> n.Literal:
-    span = _tok_span(tok, file)
-    text = str(tok)
-    kind = tok.type
-    if kind == "NUMBER":
-        return n.Literal("count", _count(text), text, span)
-    if kind == "DURATION":
-        value = float(text[:-2]) / 1000 if text.endswith("ms") else float(text[:-1])
-        return n.Literal("duration", value, text, span)
-    if kind == "MONEY":
-        return n.Literal("money", float(text[1:]), text, span)
-    if kind == "PRICE":
-        amount, per = text[1:].split("/")
-        per_tokens = _count(per) if per[0].isdigit() else _SCALE[per]
-        if per_tokens == 0:
-            raise _LiteralError(tok, "a price must be per a positive number of tokens, e.g. $3/1M")
-        return n.Literal("price", float(amount) / per_tokens, text, span)
-    if kind == "PERCENT":
-        return n.Literal("percent", float(text[:-1]) / 100, text, span)
-    if kind == "STRING":
-        return n.Literal("string", unescape(text[1:-1]), text, span)
-    if text in ("true", "false"):
-        return n.Literal("bool", text == "true", text, span)
-    return n.Literal("name", text, text, span)
+    try:
+        return literal_of(tok.type, str(tok), _tok_span(tok, file))
+    except ValueError as exc:
+        raise _LiteralError(tok, str(exc)) from None
 
 
 class _LiteralError(Exception):
@@ -195,12 +157,23 @@ def _tok_span(tok: Token, file: str) -> n.Span:
 # ---- tree -> AST ---------------------------------------------------------------------------------
 
 
-@v_args(meta=True)
-class _ToAST(Transformer):
+class _ToAST:
+    """Lark's parse tree in, our AST out: one method per grammar rule, called with the rule's position (meta)
+    and its converted children. `transform` walks the tree itself: lark's Transformer wraps every call to a
+    `v_args(meta=True)` method anew, which cost more than the conversion on big files."""
+
     def __init__(self, file: str, source: str, comments: list[tuple[int, int]] | None = None):
-        super().__init__()
         self.file, self.source = file, source
-        self.comments = comments or []
+        self.comments = comments if comments is not None else []
+
+    def transform(self, tree: Tree) -> Any:
+        """Convert a parse tree bottom-up; raises _LiteralError for a literal that lexed but cannot be converted."""
+        table = _METHODS
+        children = [self.transform(c) if type(c) is Tree else c for c in tree.children]
+        method = table.get(tree.data)
+        if method is None:  # a rule with no conversion (none in the grammar today): keep lark's node
+            return Tree(tree.data, children, tree.meta)
+        return method(self, tree.meta, children)
 
     def _span(self, meta) -> n.Span:
         return n.Span(self.file, meta.line, meta.column, meta.end_line, meta.end_column)
@@ -447,26 +420,56 @@ class _ToAST(Transformer):
         return ("capability", str(children[0]), self._span(meta))
 
 
+#: Grammar rule name -> the _ToAST method that converts it (every public method but transform).
+_METHODS: dict[str, Callable[..., Any]] = {
+    name: f for name, f in vars(_ToAST).items() if callable(f) and not name.startswith("_") and name != "transform"
+}
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector: building a big policy allocates hundreds of thousands of objects
+    and none of them is garbage yet, so collections would only walk them again and again (about a third of
+    the time of parsing a 10,000-rule file). Nests; leaves the collector as it found it."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 # ---- entry point -----------------------------------------------------------------------------------
 
 
-def parse(source: str, file: str = "<string>") -> n.Module:
-    """Parse one file. Raises PolicyError with every syntax diagnostic in the file, in order."""
+def parse(source: str, file: str = "<string>", *, fast: bool = True) -> n.Module:
+    """Parse one file. Raises PolicyError with every syntax diagnostic in the file, in order.
+
+    The common statement forms are read by engine/language/fastparse.py, which gives the same statements;
+    anything else (and every file with a problem) by the lark grammar. `fast=False` always uses lark."""
     if source.startswith("\ufeff"):  # a UTF-8 byte order mark some editors write: invisible, so ignore it
         source = " " + source[1:]
+    if fast:
+        with gc_paused():
+            quick = parse_fast(source, file)
+        if quick is not None and not _check_names(quick):
+            return n.Module(file, source, quick)
+    if len(source) > 2 * CHUNK_CHARS:
+        chunked = _parse_chunked(source, file)
+        if chunked is not None:
+            return n.Module(file, source, chunked)
     text = source
     diags: list[Diagnostic] = []
     while True:
         comments: list[tuple[int, int]] = []
         token = _comments.set(comments)
         try:
-            tree = _parser().parse(text)
-            body = _ToAST(file, source, comments).transform(tree)
-        except VisitError as exc:  # a literal that lexed but cannot be converted
+            with gc_paused():
+                tree = _parser().parse(text)
+                body = _ToAST(file, source, comments).transform(tree)
+        except _LiteralError as err:  # a literal that lexed but cannot be converted
             _comments.reset(token)
-            if not isinstance(exc.orig_exc, _LiteralError):
-                raise
-            err = exc.orig_exc
             span = _tok_span(err.tok, file)
             diags.append(Diagnostic("E105", f"bad literal `{err.tok}`", span, "here", err.message))
             text = _blank_statement(text, _offset(text, span.line, span.col))
@@ -492,6 +495,45 @@ def parse(source: str, file: str = "<string>") -> n.Module:
     sources = Sources()
     sources.add(file, source)
     raise PolicyError(diags, sources)
+
+
+#: Big files are parsed this many characters at a time (cut at statement starts): lark's parse tree of a whole
+#: 1 MB file is ~60 MB, freed right after, but the process keeps that memory; a chunk's tree is small and reused.
+CHUNK_CHARS = 32_000
+
+
+def _parse_chunked(source: str, file: str) -> tuple[n.Stmt, ...] | None:
+    """A big file's statements, parsed chunk by chunk; None when any chunk has a problem (then parse() parses the
+    whole file again, which finds and reports every problem exactly as for a small file).
+
+    Every statement starts with a keyword that can appear nowhere else, so cutting before a line that starts with
+    one cuts between statements; a cut anywhere else makes a chunk fail to parse, and the whole file is parsed
+    instead. Each chunk is preceded by as many newlines as the lines before it, so lines and columns are the
+    file's own; character offsets, which _ToAST uses to cut out a rule's text and its comments, are the chunk's."""
+    starts = [m.start() for m in _STMT_START.finditer(source)]
+    cuts = [0]
+    for pos in starts:
+        if pos - cuts[-1] >= CHUNK_CHARS:
+            cuts.append(pos)
+    cuts.append(len(source))
+    body: list[n.Stmt] = []
+    lines_before = 0
+    for begin, end in itertools.pairwise(cuts):
+        chunk = "\n" * lines_before + source[begin:end]
+        comments: list[tuple[int, int]] = []
+        token = _comments.set(comments)
+        try:
+            with gc_paused():
+                tree = _parser().parse(chunk)
+                part = _ToAST(file, chunk, comments).transform(tree)
+        except (UnexpectedInput, _LiteralError):
+            return None
+        finally:
+            _comments.reset(token)
+        body.extend(part)
+        lines_before += source.count("\n", begin, end)
+    out = tuple(body)
+    return None if _check_names(out) else out
 
 
 def _check_names(body: tuple[n.Stmt, ...]) -> list[Diagnostic]:

@@ -13,6 +13,7 @@ from engine.runtime.matcher import Matcher
 from engine.runtime.units import fmt_money
 
 if TYPE_CHECKING:
+    from engine.runtime.index import RuleIndex
     from engine.runtime.selectors import Selector
 
 __all__ = [
@@ -139,8 +140,8 @@ class RankKey:
         if self.kind == "fastest":
             return req.latency.get(e.name, e.latency_ms) if req is not None and req.latency else e.latency_ms
         assert req is not None
-        if self.kind == "least_busy":
-            return float(req.state.in_flight(e.name)) if req.state is not None else 0.0
+        if self.kind == "least_busy":  # counts below zero count as zero (selectors.py stops at an idle model)
+            return max(0.0, float(req.state.in_flight(e.name))) if req.state is not None else 0.0
         return e.cost(req.tokens, req.out_tokens)
 
     def shown(self, e: Entry, req: Request) -> str:
@@ -196,16 +197,22 @@ class CompiledPolicy:
     tasks: Mapping[str, int]  # task name -> bitmask of its pattern ids
     matcher: Matcher | None
     pattern_text: tuple[str, ...]  # pid -> pattern as written in the policy
-    # rule index (see engine/evaluate.py)
-    unguarded: int  # bitmask of rules always tried
-    first_pattern_rule: int  # lowest rule index guarded by a pattern (len(rules) if none)
-    pattern_rules: tuple[int, ...]  # pid -> bitmask of rules guarded by that pattern
-    attr_index: tuple[tuple[str, Mapping[Any, int], int], ...]  # (attr name, value -> rule bits, all bits)
+    index: RuleIndex  # which rules a request can reach (engine/runtime/index.py)
     catalog: Any  # providers.catalog.Catalog
     sources: Any  # engine.diagnostics.Sources
     settings: Any = None  # engine.settings.Settings
     budgets: tuple[BudgetSpec, ...] = ()
     tests: tuple[Any, ...] = ()  # engine.nodes.TestBlock, for `modelroute test`
+
+    @property
+    def unguarded(self) -> tuple[int, ...]:
+        """The rules tried on every request (no index guard), ascending."""
+        return self.index.unguarded
+
+    @property
+    def pattern_rules(self) -> tuple[tuple[int, ...], ...]:
+        """Pattern id -> the rules a match of that pattern makes candidates, ascending."""
+        return self.index.pattern_rules
 
 
 @dataclass(frozen=True, slots=True)

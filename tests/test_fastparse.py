@@ -1,0 +1,149 @@
+"""The fast parser (engine/language/fastparse.py) agrees with the lark grammar: whenever it returns statements, the
+lark parser accepts the same text and gives equal statements (nodes, spans, values, rule texts). It may give up
+on anything; it must never disagree. Checked over generated policies with comments and odd whitespace, mutated
+policies, random token soup, and every .route file in the repository."""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from lark.lexer import PatternStr
+from test_differential import LONG, policy_sources
+from test_fuzz import GRAMMARISH, _seeds, mutate, mutations
+
+from engine.diagnostics import PolicyError
+from engine.language.fastparse import GRAMMAR_WORDS, parse_fast
+from engine.language.parse import _parser, parse
+
+REPO = Path(__file__).resolve().parent.parent
+FUZZ = settings(
+    max_examples=3000 if LONG else 300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+def agree(text: str) -> bool:
+    """Assert that the fast parser, when it reads `text`, gives what lark gives; True when it read it."""
+    quick = parse_fast(text, "f.route")
+    if quick is None:
+        return False
+    try:
+        lark = parse(text, "f.route", fast=False).body
+    except PolicyError as err:
+        raise AssertionError(f"the fast parser read text lark rejects ({err.codes}):\n{text}") from None
+    assert quick == lark, f"fast parser and lark disagree on:\n{text}"
+    return True
+
+
+def test_grammar_words_are_the_grammars_keywords() -> None:
+    name = re.compile(r"[A-Za-z_][A-Za-z0-9_]*([.:\-][A-Za-z0-9_]+)*\Z")
+    words = {t.pattern.value for t in _parser().terminals if isinstance(t.pattern, PatternStr)}
+    assert {w for w in words if name.match(w)} == GRAMMAR_WORDS
+
+
+SEPARATORS = [" ", "  ", "\n", "\n\n", "\t", " # a comment\n", "\r\n", "\n    ", " # and ( or ) when\n  "]
+
+
+@st.composite
+def spaced(draw: st.DrawFn) -> str:
+    """A generated policy (tests/test_differential.py) with its spaces and line breaks replaced by other
+    whitespace and comments (outside strings and regexes)."""
+    text = draw(policy_sources())
+    parts = re.split(r'("(?:[^"\\\n]|\\.)*"|/(?:[^/\\\n]|\\.)+/[a-z]*|[ \n]+)', text)
+    out = []
+    for part in parts:
+        if (part and part.strip() == "" and " " in part) or part == "\n":
+            out.append(draw(st.sampled_from(SEPARATORS)))
+        else:
+            out.append(part)
+    return "".join(out)
+
+
+@FUZZ
+@given(text=spaced())
+def test_generated_policies_with_comments(text: str) -> None:
+    agree(text)
+
+
+@FUZZ
+@given(text=policy_sources(), ops=mutations)
+def test_mutated_generated_policies(text: str, ops) -> None:
+    agree(mutate(text, ops))
+
+
+@FUZZ
+@given(seed=st.sampled_from(_seeds()), ops=mutations)
+def test_mutated_seed_policies(seed: str, ops) -> None:
+    agree(mutate(seed, ops))
+
+
+@FUZZ
+@given(parts=st.lists(GRAMMARISH, max_size=40))
+def test_token_soup(parts: list[str]) -> None:
+    agree(" ".join(parts))
+
+
+@pytest.mark.parametrize("path", sorted(REPO.glob("**/*.route")), ids=lambda p: str(p.relative_to(REPO)))
+def test_every_policy_file(path: Path) -> None:
+    agree(path.read_text(encoding="utf-8").lstrip("\ufeff"))
+
+
+def test_it_reads_most_generated_policies() -> None:
+    """The fast path is the one taken: it reads the usual statement forms (else the checks above prove little)."""
+    rng = random.Random(5)
+    shapes = [
+        'task ~ "kw{i}"',
+        'tier == "x{i}" or task ~ /k{i}\\b/',
+        'not (tokens > {i}k and user.plan in [a, "b", 3]) or score <= 2.5',
+        "tools and max_tokens < {i}",
+        "task is t0",
+    ]
+    actions = [
+        "use gpt-4o-mini",
+        'prefer capability(CODING) then cheapest where latency <= 2s and price < $3/1M fallback a, "b"',
+        "prefer least_busy where provider in [openai] and supports tools and cost <= $0.05",
+        "prefer fastest where capability(REASONING) >= 6 and context >= 1M",
+    ]
+    read = 0
+    for _ in range(200):
+        lines = ['task t0 = "x", /y/i', 'model m = "gpt-4o"']
+        for i in range(rng.randint(1, 8)):
+            lines.append(f"when {rng.choice(shapes).format(i=i)} {rng.choice(actions)}  # rule {i}")
+        lines.append("otherwise use m")
+        read += agree("\n".join(lines) + "\n")
+    assert read == 200
+
+
+def test_spans_and_texts_of_a_rule_spread_over_lines() -> None:
+    text = 'when (tier == "a" # c\n  or not (task ~ /x/))\n    and tokens > 3k\n  use m  # end\notherwise use m\n'
+    assert agree(text)
+    assert parse(text).body[0].text == 'when (tier == "a" or not (task ~ /x/)) and tokens > 3k use m'
+
+
+def big_policy() -> str:
+    """More than two chunks' worth (both parsers cut big files at statement starts), with comments and rules
+    spread over lines."""
+    rules = []
+    for i in range(3000):
+        cond = f'tier == "t{i}" # rule {i}\n    and not (task ~ "k{i}" or tokens > {i}k)'
+        rules.append(f"when {cond}\n  use m{i % 3}  # end")
+    return 'model m0 = "a"\nmodel m1 = "b"\nmodel m2 = "c"\n' + "\n".join(rules) + "\notherwise use m0\n"
+
+
+def test_big_files_read_in_pieces_agree_with_one_piece(monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.language import fastparse
+    from engine.language import parse as parse_module
+
+    text = big_policy()
+    assert len(text) > 2 * fastparse.CHUNK_CHARS
+    pieces = parse(text, "f.route").body  # the fast parser, in pieces
+    lark_pieces = parse(text, "f.route", fast=False).body  # lark, in pieces
+    monkeypatch.setattr(fastparse, "CHUNK_CHARS", 10**9)
+    monkeypatch.setattr(parse_module, "CHUNK_CHARS", 10**9)
+    assert pieces == lark_pieces == parse(text, "f.route", fast=False).body == parse(text, "f.route").body
