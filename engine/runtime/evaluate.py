@@ -88,21 +88,30 @@ def decide(policy: CompiledPolicy, req: Request) -> Decided | None:
                     matched = matcher.mask(hits)  # type: ignore[union-attr]
             continue
         m ^= low
-        cond = rule.cond
-        try:
-            holds = cond is None or cond(matched, tokens, attrs)
-        except TypeError:  # a comparison between mismatched types: that comparison is false
-            holds = _cond_value(rule, rule.node.cond, matched, tokens, attrs, None, 0)
-        if holds:
-            sel = rule.selector
-            chosen = sel.pick(req)
-            stood_in = False
-            if chosen is None and sel.fallbacks:
-                chosen = sel.stand_in(req)
-                stood_in = chosen is not None
-            if chosen is not None:
-                fallbacks = sel.viable_fallbacks(req, chosen) if sel.fallbacks else ()
-                return rule, chosen, fallbacks, matched, scanned, stood_in
+        decided = _try(rule, req, matched, scanned)
+        if decided is not None:
+            return decided
+
+
+def _try(rule: CompiledRule, req: Request, matched: int, scanned: bool) -> Decided | None:
+    """One candidate rule: its condition, then its pick, or a fallback standing in (Selector.stand_in)."""
+    cond = rule.cond
+    try:
+        holds = cond is None or cond(matched, req.tokens, req.attrs)
+    except TypeError:  # a comparison between mismatched types: that comparison is false
+        holds = _cond_value(rule, rule.node.cond, matched, req.tokens, req.attrs, None, 0)
+    if not holds:
+        return None
+    sel = rule.selector
+    chosen = sel.pick(req)
+    stood_in = False
+    if chosen is None and sel.fallbacks:
+        chosen = sel.stand_in(req)
+        stood_in = chosen is not None
+    if chosen is None:
+        return None
+    fallbacks = sel.viable_fallbacks(req, chosen) if sel.fallbacks else ()
+    return rule, chosen, fallbacks, matched, scanned, stood_in
 
 
 def _decide_streams(policy: CompiledPolicy, req: Request) -> Decided | None:
@@ -166,21 +175,9 @@ def _decide_streams(policy: CompiledPolicy, req: Request) -> Decided | None:
         if i == BIG:
             return None
         rule = rules[i]
-        cond = rule.cond
-        try:
-            holds = cond is None or cond(matched, tokens, attrs)
-        except TypeError:  # a comparison between mismatched types: that comparison is false
-            holds = _cond_value(rule, rule.node.cond, matched, tokens, attrs, None, 0)
-        if holds:
-            sel = rule.selector
-            chosen = sel.pick(req)
-            stood_in = False
-            if chosen is None and sel.fallbacks:
-                chosen = sel.stand_in(req)
-                stood_in = chosen is not None
-            if chosen is not None:
-                fallbacks = sel.viable_fallbacks(req, chosen) if sel.fallbacks else ()
-                return rule, chosen, fallbacks, matched, scanned, stood_in
+        decided = _try(rule, req, matched, scanned)
+        if decided is not None:
+            return decided
         for k, h in enumerate(heads):  # rule i did not decide: every stream at it moves on past it
             if h == i:
                 s = streams[k]
