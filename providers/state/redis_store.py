@@ -471,19 +471,19 @@ class RedisStore(SpendMixin, HeartbeatMixin, SenderMixin):
             uuid.uuid4().hex if outcome == "fail" else "",
             int(probe),
         ]
+        local = functools.partial(  # the same call on the local store: queued, or the fallback in an outage
+            self._local.record,
+            model,
+            provider,
+            outcome,
+            cfg,
+            latency_ms=latency_ms,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cost=cost,
+            probe=probe,
+        )
         if outcome != "fail" and self._closed_now(model):  # cannot change a closed circuit: the sender sends it
-            local = functools.partial(
-                self._local.record,
-                model,
-                provider,
-                outcome,
-                cfg,
-                latency_ms=latency_ms,
-                input_tokens=input_tokens,
-                output_tokens=output_tokens,
-                cost=cost,
-                probe=probe,
-            )
             with self._lock:
                 self._queue.append((keys, args, local))
             self._wake()
@@ -497,21 +497,7 @@ class RedisStore(SpendMixin, HeartbeatMixin, SenderMixin):
                 self._valid_until = -math.inf
             return change if change in ("opened", "closed") else None
 
-        return self._do(
-            remote,
-            lambda: self._local.record(
-                model,
-                provider,
-                outcome,
-                cfg,
-                latency_ms=latency_ms,
-                input_tokens=input_tokens,
-                output_tokens=output_tokens,
-                cost=cost,
-                probe=probe,
-            ),
-            flush=False,
-        )
+        return self._do(remote, local, flush=False)
 
     def circuit(self, model: str) -> CircuitInfo:
         def remote() -> CircuitInfo:
