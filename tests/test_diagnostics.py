@@ -362,3 +362,11 @@ def test_keyword_names_are_rejected_for_every_keyword(fixture_catalog) -> None:
         err = source_error(f'task {word} = "x"\notherwise use alpha-mini\n', catalog=fixture_catalog)
         assert err.codes == ["E103"], (word, err.render())
         assert f"`{word}` is a keyword" in err.diagnostics[0].message
+
+
+@pytest.mark.parametrize("name", ["timeout", "deadline", "stream.first_token_timeout", "stream.idle_timeout"])
+def test_a_time_bound_of_zero_is_refused_with_its_position(name: str) -> None:
+    err = source_error(f"set {name} = 0s\notherwise use alpha-mini\n", catalog=load_catalog(CATALOG))
+    assert err.codes == ["E401"] and err.diagnostics[0].span.line == 1
+    assert f"set {name} = 30s" in (err.diagnostics[0].hint or "")
+    assert_well_formed(err)

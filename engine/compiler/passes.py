@@ -433,6 +433,14 @@ def pass_strategies(ctx: Context) -> None:
             continue
         if not isinstance(setting.value, n.Literal) or setting.value.kind != spec.kind:
             _unit_error(ctx, f"`{setting.name}`", spec.kind, setting.value)
+        elif spec.positive and not number(setting.value.value) > 0:
+            ctx.error(
+                "E401",
+                f"`{setting.name}` must be longer than 0",
+                setting.value.span,
+                "0 would end every request at once",
+                f"write a duration such as `set {setting.name} = 30s`, or leave the setting out",
+            )
         elif spec.choices and setting.value.value not in spec.choices:
             ctx.error(
                 "E310",

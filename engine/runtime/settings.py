@@ -25,6 +25,7 @@ class Spec(NamedTuple):
     default: Any
     doc: str
     choices: tuple[str, ...] = ()
+    positive: bool = False  # a time bound: 0 would refuse every request, so the compiler asks for more than 0
 
 
 #: name -> Spec. Durations are seconds, percentages fractions. The one list of settings: the compiler checks
@@ -33,10 +34,18 @@ SETTINGS: dict[str, Spec] = {
     "retry.attempts": Spec("count", 2, "retries of a transient failure on the same model before falling back"),
     "retry.backoff": Spec("duration", 0.2, "first retry delay; doubles each retry, with jitter"),
     "retry.max_backoff": Spec("duration", 5.0, "upper bound of a retry delay (also caps a Retry-After wait)"),
-    "timeout": Spec("duration", 60.0, "bound of one non-streamed attempt, connect to last byte (provider's if set)"),
-    "stream.first_token_timeout": Spec("duration", None, "a stream's bound until its first chunk (unset: timeout)"),
-    "stream.idle_timeout": Spec("duration", None, "the longest gap between a stream's chunks (unset: timeout)"),
-    "deadline": Spec("duration", None, "bound of a whole request across retries and fallbacks (unset: none)"),
+    "timeout": Spec(
+        "duration", 60.0, "bound of one non-streamed attempt, connect to last byte (provider's if set)", positive=True
+    ),
+    "stream.first_token_timeout": Spec(
+        "duration", None, "a stream's bound until its first chunk (unset: timeout)", positive=True
+    ),
+    "stream.idle_timeout": Spec(
+        "duration", None, "the longest gap between a stream's chunks (unset: timeout)", positive=True
+    ),
+    "deadline": Spec(
+        "duration", None, "bound of a whole request across retries and fallbacks (unset: none)", positive=True
+    ),
     "failover.depth": Spec("count", 2, "ranked or group models the plan keeps after the chosen one (0: none)"),
     "circuit.failures": Spec("count", 5, "failures within circuit.window that open a model's circuit"),
     "circuit.window": Spec("duration", 60.0, "the window in which failures are counted"),
