@@ -371,3 +371,65 @@ def test_header_timeout_and_keep_alive_over_both_uvicorn_protocols(impl: str) ->
         conns.close()
         server.should_exit = True
         thread.join(10)
+
+
+@pytest.mark.parametrize("impl", ["httptools", "h11"])
+def test_a_body_that_trickles_in_after_its_head_is_cut_at_the_body_timeout(impl: str) -> None:
+    """A client that sends a whole head and then one body byte at a time holds a connection and a request slot; the
+    body timeout closes it with a 408 while a request whose body arrives at once on another connection is served."""
+    import uvicorn
+    from uvicorn.config import HTTP_PROTOCOLS
+    from uvicorn.importer import import_from_string
+
+    from providers.gateway.protocol import coalescing, guarded
+
+    if impl == "httptools":
+        pytest.importorskip("httptools")
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        answer = b"got %d" % len(body)
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(answer))]}
+        )
+        await send({"type": "http.response.body", "body": answer})
+
+    protocol = guarded(coalescing(import_from_string(HTTP_PROTOCOLS[impl])), header_timeout=5.0, body_timeout=1.0)
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off", http=protocol)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started, "uvicorn to start")
+    conns = Conns(port, 2)
+    slow, quick = conns.socks
+    try:
+        slow.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+        opened = time.monotonic()
+        deadline = opened + 20
+        while slow not in conns.closed and time.monotonic() < deadline:
+            try:
+                slow.send(b"a")  # a byte every 0.3 s: the head timer alone would never fire
+            except OSError:
+                pass  # closed by the server meanwhile; pump() notes it
+            conns.pump(0.3)
+        assert slow in conns.closed and time.monotonic() - opened >= 0.9
+        assert conns.received[slow].startswith(b"HTTP/1.1 408 "), conns.received[slow]
+        assert b"request body did not arrive within 1 seconds" in conns.received[slow]
+        quick.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+        while not conns.received[quick].endswith(b"got 5") and time.monotonic() < deadline:
+            conns.pump(0.3)
+        assert conns.received[quick].startswith(b"HTTP/1.1 200 ") and conns.received[quick].endswith(b"got 5")
+    finally:
+        conns.close()
+        server.should_exit = True
+        thread.join(10)

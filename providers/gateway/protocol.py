@@ -6,6 +6,9 @@ writes coalesced (every write made in one event-loop turn leaves as one send; se
   or of its first byte on a kept-alive connection; otherwise the connection is closed (with a 408 JSON answer when
   part of a head came). uvicorn has no such timer (its keep-alive timer stops at the first byte), so a client that
   sends one header byte a second would hold its connection forever;
+* a **body timeout**: once a head is parsed, the request's body must arrive whole within `body_timeout` seconds, or
+  the connection is closed (with a 408 JSON answer when no response has started); otherwise a client that sends its
+  head and then one body byte a second would hold a connection and a request slot forever;
 * a **connection cap**: past `max_connections` open connections, a new one makes room by closing the connection
   idle longest (no request in progress: between requests, or still sending a head), else it is closed itself, so
   idle sockets cannot use up the file descriptors that requests and upstream calls need.
@@ -79,11 +82,11 @@ def coalescing(protocol: type[asyncio.Protocol]) -> type[asyncio.Protocol]:
     return Coalescing
 
 
-def _timeout_answer(seconds: float) -> bytes:
+def _timeout_answer(seconds: float, part: str = "head") -> bytes:
     body = json.dumps(
         {
             "error": {
-                "message": f"the request head did not arrive within {seconds:g} seconds",
+                "message": f"the request {part} did not arrive within {seconds:g} seconds",
                 "type": "invalid_request_error",
                 "code": "request_timeout",
                 "param": None,
@@ -99,16 +102,22 @@ def _timeout_answer(seconds: float) -> bytes:
 
 
 def guarded(
-    protocol: type[asyncio.Protocol], *, header_timeout: float | None = None, max_connections: int | None = None
+    protocol: type[asyncio.Protocol],
+    *,
+    header_timeout: float | None = None,
+    max_connections: int | None = None,
+    body_timeout: float | None = None,
 ) -> type[asyncio.Protocol]:
-    """A subclass of uvicorn's HTTP protocol class `protocol` (httptools or h11) with the header timeout and the
-    connection cap of the module docstring; None turns either off. It relies on what both of uvicorn's protocols
-    have: `cycle` (a new one per request head parsed, `response_complete` once answered), `transport` and the
-    server-wide `connections` set."""
+    """A subclass of uvicorn's HTTP protocol class `protocol` (httptools or h11) with the header timeout, the body
+    timeout and the connection cap of the module docstring; None turns each off. It relies on what both of uvicorn's
+    protocols have: `cycle` (a new one per request head parsed, `more_body` until its body is complete,
+    `response_started`, `response_complete`), `transport` and the server-wide `connections` set."""
     answer_408 = _timeout_answer(header_timeout) if header_timeout else b""
+    body_408 = _timeout_answer(body_timeout, "body") if body_timeout else b""
 
     class Guarded(protocol):  # type: ignore[valid-type, misc]
         _head_timer: asyncio.TimerHandle | None = None
+        _body_timer: asyncio.TimerHandle | None = None
         _partial = False  # bytes of a request head arrived, the head is not complete
         _active_at = 0.0  # loop time of the last bytes received (or of the connection)
 
@@ -130,6 +139,9 @@ def guarded(
                 if self._head_timer is not None:
                     self._head_timer.cancel()
                     self._head_timer = None
+                self._cancel_body_timer()
+                if body_timeout and cycle is not None and cycle.more_body and not self.transport.is_closing():
+                    self._body_timer = asyncio.get_running_loop().call_later(body_timeout, self._body_timed_out, cycle)
             elif cycle is None or cycle.response_complete:  # the first bytes of the next head (or more of it)
                 self._partial = True
                 if self._head_timer is None and header_timeout and not self.transport.is_closing():
@@ -141,7 +153,21 @@ def guarded(
             if self._head_timer is not None:
                 self._head_timer.cancel()
                 self._head_timer = None
+            self._cancel_body_timer()
             super().connection_lost(exc)
+
+        def _cancel_body_timer(self) -> None:
+            if self._body_timer is not None:
+                self._body_timer.cancel()
+                self._body_timer = None
+
+        def _body_timed_out(self, cycle: Any) -> None:
+            self._body_timer = None
+            if cycle is not self.cycle or not cycle.more_body or self.transport.is_closing():
+                return  # the body arrived (or a later request is under way, or the connection is closing)
+            if not cycle.response_started:
+                self.transport.write(body_408)
+            self.transport.close()
 
         def _between_requests(self) -> bool:
             cycle = self.cycle
@@ -170,13 +196,15 @@ def guarded(
     return Guarded
 
 
-def http_protocol(*, header_timeout: float | None = None, max_connections: int | None = None) -> type[asyncio.Protocol]:
+def http_protocol(
+    *, header_timeout: float | None = None, max_connections: int | None = None, body_timeout: float | None = None
+) -> type[asyncio.Protocol]:
     """uvicorn's default HTTP/1.1 protocol class (httptools when installed, else h11), coalescing; with
-    `header_timeout` / `max_connections`, guarded as well (see `guarded`)."""
+    `header_timeout` / `max_connections` / `body_timeout`, guarded as well (see `guarded`)."""
     from uvicorn.config import HTTP_PROTOCOLS
     from uvicorn.importer import import_from_string
 
     protocol = coalescing(import_from_string(HTTP_PROTOCOLS["auto"]))
-    if header_timeout is None and max_connections is None:
+    if header_timeout is None and max_connections is None and body_timeout is None:
         return protocol
-    return guarded(protocol, header_timeout=header_timeout, max_connections=max_connections)
+    return guarded(protocol, header_timeout=header_timeout, max_connections=max_connections, body_timeout=body_timeout)

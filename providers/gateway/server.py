@@ -64,6 +64,7 @@ class ServeOptions:
     log_level: str = "info"
     access_log: bool = False
     header_timeout: float = 10.0
+    body_timeout: float = 30.0  # seconds a request body has to arrive whole once its head is in
     timeout_keep_alive: float = 5.0
     limit_concurrency: int = 1000
     max_response_bytes: int = 32 << 20
@@ -282,8 +283,8 @@ def _serve(
         port=socks[0].getsockname()[1],
         log_level=opts.log_level,
         access_log=opts.access_log,
-        # uvicorn's, with a response's head and body sent together, a header timeout and a connection cap
-        http=http_protocol(header_timeout=opts.header_timeout, max_connections=limit),
+        # uvicorn's, with a response's head and body sent together, header and body timeouts and a connection cap
+        http=http_protocol(header_timeout=opts.header_timeout, max_connections=limit, body_timeout=opts.body_timeout),
         # annotated int, but uvicorn hands these to asyncio, which takes fractional seconds
         timeout_graceful_shutdown=opts.graceful_timeout,  # type: ignore[arg-type]
         timeout_keep_alive=opts.timeout_keep_alive,  # type: ignore[arg-type]
