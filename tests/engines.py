@@ -55,3 +55,44 @@ def engine_for(
     return Engine.from_source(
         policy, catalog=load_catalog(CATALOG), providers=specs or provider_specs(server), api_keys=keys, **kw
     )
+
+
+class Engines:
+    """A factory for `make` fixtures: `engine_for(server, policy)` with `policy` defaulting to `default`, and with
+    provider specs without timeout_s when `provider_timeouts` is False (so a policy's `set timeout` applies);
+    `close()` closes every engine made."""
+
+    def __init__(self, server: FakeServer, *, default: Any = POLICY, provider_timeouts: bool = True) -> None:
+        self.server, self.default, self.made = server, default, list[Engine]()
+        self.specs = None if provider_timeouts else provider_specs(server, timeout_s=None)
+
+    def __call__(self, policy: Any = None, **kw: Any) -> Engine:
+        if self.specs is not None:
+            kw.setdefault("specs", self.specs)
+        engine = engine_for(self.server, self.default if policy is None else policy, **kw)
+        self.made.append(engine)
+        return engine
+
+    def close(self) -> None:
+        for engine in self.made:
+            engine.close()
+
+
+def outcomes(completion_or_error: Any) -> list[tuple[str, str]]:
+    """(model, error or outcome) of each attempt of a Completion or a RoutingError."""
+    return [(a.model, a.error or a.outcome) for a in completion_or_error.attempts]
+
+
+def called(server: FakeServer) -> list[str]:
+    """The model of each request `server` received, in order."""
+    return [r.model for r in server.requests]
+
+
+def idle(engine: Any) -> bool:
+    """Whether no model of the engine's policy has a request in flight."""
+    return all(engine.state.in_flight(m) == 0 for m in engine.policy.models)
+
+
+def settled(engine: Any) -> tuple[float, float]:
+    """(spent, still reserved) today: the reservation is released once a request ends, however it ends."""
+    return engine.state.spent(engine.budget_book.day_key())

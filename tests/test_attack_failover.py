@@ -16,6 +16,7 @@ import asyncio
 import json
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,9 +25,8 @@ import pytest
 
 from engine import NoRouteError
 from engine.runtime.state import CircuitConfig, MemoryStore
-from providers.catalog.models import ProviderSpec
 from providers.execution.resilience import RoutingError, StreamInterrupted
-from tests.engines import engine_for, provider_specs
+from tests.engines import Engines, called, engine_for, idle, outcomes, provider_specs
 from tests.fakeserver import Behaviour, Ctx, FakeServer, Fault, Handler, Reply, _render_json, _render_stream
 from tests.waiting import await_until, wait_until
 
@@ -89,41 +89,16 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def specs(server: FakeServer) -> dict[str, ProviderSpec]:
-    """Provider specs on `server` without timeout_s, so the policy's `set timeout` applies."""
-    return provider_specs(server, timeout_s=None)
-
-
 @pytest.fixture
-def make(fake_server: FakeServer):
+def make(fake_server: FakeServer) -> Iterator[Engines]:
     """engine_for() on the test's server without provider timeouts; closes every engine made."""
-    made = []
-
-    def build(policy: str, **kw: Any):
-        kw.setdefault("specs", specs(fake_server))
-        engine = engine_for(fake_server, policy, **kw)
-        made.append(engine)
-        return engine
-
-    yield build
-    for engine in made:
-        engine.close()
+    engines = Engines(fake_server, provider_timeouts=False)
+    yield engines
+    engines.close()
 
 
 def policy(*settings: str, rule: str = "otherwise use alpha-mini fallback beta-chat, gamma-flash") -> str:
     return "\n".join(["set retry.attempts = 0", "set retry.backoff = 10ms", *settings, rule]) + "\n"
-
-
-def outcomes(completion_or_error: Any) -> list[tuple[str, str]]:
-    return [(a.model, a.error or a.outcome) for a in completion_or_error.attempts]
-
-
-def called(server: FakeServer) -> list[str]:
-    return [r.model for r in server.requests]
-
-
-def idle(engine: Any) -> bool:
-    return all(engine.state.in_flight(m) == 0 for m in engine.policy.models)
 
 
 def held(engine: Any) -> float:
@@ -555,7 +530,10 @@ def test_a_probe_cut_by_the_deadline_does_not_stick_as_already_running(make, fak
 
 def test_two_engines_on_one_store_claim_the_probe_once(fake_server: FakeServer) -> None:
     store = MemoryStore()
-    engines = [engine_for(fake_server, PROBE + PROBE_RULE, specs=specs(fake_server), state=store) for _ in range(2)]
+    engines = [
+        engine_for(fake_server, PROBE + PROBE_RULE, specs=provider_specs(fake_server, timeout_s=None), state=store)
+        for _ in range(2)
+    ]
     try:
         open_circuits(store, "alpha-mini", "beta-chat")
         gate = threading.Event()

@@ -15,6 +15,7 @@ import json
 import math
 import re
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -22,7 +23,7 @@ import pytest
 
 from providers.catalog.models import ProviderSpec
 from providers.execution.resilience import RoutingError, StreamInterrupted
-from tests.engines import engine_for, provider_specs
+from tests.engines import Engines, called, engine_for, idle, outcomes, provider_specs, settled
 from tests.fakeserver import FakeServer, Fault, Reply
 from tests.waiting import await_until
 
@@ -36,45 +37,16 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def specs(server: FakeServer) -> dict[str, ProviderSpec]:
-    """Provider specs on `server` without timeout_s, so the policy's `set timeout` applies."""
-    return provider_specs(server, timeout_s=None)
-
-
 @pytest.fixture
-def make(fake_server: FakeServer):
+def make(fake_server: FakeServer) -> Iterator[Engines]:
     """engine_for() on the test's server without provider timeouts; closes every engine made."""
-    made = []
-
-    def build(policy: str, **kw: Any):
-        engine = engine_for(fake_server, policy, specs=specs(fake_server), **kw)
-        made.append(engine)
-        return engine
-
-    yield build
-    for engine in made:
-        engine.close()
+    engines = Engines(fake_server, provider_timeouts=False)
+    yield engines
+    engines.close()
 
 
 def policy(*settings: str, rule: str = "otherwise use alpha-mini fallback beta-chat, gamma-flash") -> str:
     return "\n".join(["set retry.attempts = 0", "set retry.backoff = 10ms", *settings, rule]) + "\n"
-
-
-def outcomes(completion_or_error: Any) -> list[tuple[str, str]]:
-    return [(a.model, a.error or a.outcome) for a in completion_or_error.attempts]
-
-
-def called(server: FakeServer) -> list[str]:
-    return [r.model for r in server.requests]
-
-
-def idle(engine: Any) -> bool:
-    return all(engine.state.in_flight(m) == 0 for m in engine.policy.models)
-
-
-def settled(engine: Any) -> tuple[float, float]:
-    """(spent, still reserved) today: the reservation is released once a request ends, however it ends."""
-    return engine.state.spent(engine.budget_book.day_key())
 
 
 # ---- a whole non-streamed attempt is bounded, connect to last byte ----------------------------------------------
@@ -103,7 +75,10 @@ def test_each_retry_is_cut_too_and_the_calls_timeout_wins(make, fake_server: Fak
 
 
 def test_a_providers_own_timeout_s_bounds_the_whole_attempt(fake_server: FakeServer) -> None:
-    own = {n: ProviderSpec(**{**s.model_dump(), "timeout_s": 0.5}) for n, s in specs(fake_server).items()}
+    own = {
+        n: ProviderSpec(**{**s.model_dump(), "timeout_s": 0.5})
+        for n, s in provider_specs(fake_server, timeout_s=None).items()
+    }
     engine = engine_for(fake_server, policy("set timeout = 60s"), specs=own)
     try:
         fake_server.always("alpha-mini", Fault.trickle(TRICKLE))
@@ -154,7 +129,7 @@ def test_a_mock_transport_that_never_answers_is_cut_too(fake_server: FakeServer)
     engine = engine_for(
         fake_server,
         policy("set timeout = 500ms", rule="otherwise use alpha-mini fallback delta-tiny"),
-        specs=specs(fake_server),
+        specs=provider_specs(fake_server, timeout_s=None),
         async_transport=httpx.MockTransport(handler),
     )
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from pydantic import BaseModel
 from providers.errors import ServerError
 from providers.execution.events import Event
 from providers.execution.resilience import RetryPolicy, RoutingError, StreamInterrupted
-from tests.engines import KINDS, engine_for
+from tests.engines import KINDS, Engines, outcomes
 from tests.fakeserver import FakeServer, Fault, Reply
 
 CHAIN = """
@@ -31,22 +32,11 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-def make(fake_server: FakeServer):
+def make(fake_server: FakeServer) -> Iterator[Engines]:
     """engine_for() on the test's server; closes every engine made."""
-    made = []
-
-    def build(policy: str = CHAIN, **kw: Any):
-        engine = engine_for(fake_server, policy, **kw)
-        made.append(engine)
-        return engine
-
-    yield build
-    for engine in made:
-        engine.close()
-
-
-def outcomes(completion_or_error: Any) -> list[tuple[str, str]]:
-    return [(a.model, a.error or a.outcome) for a in completion_or_error.attempts]
+    engines = Engines(fake_server, default=CHAIN)
+    yield engines
+    engines.close()
 
 
 # ---- success on each wire format ---------------------------------------------------------------------------

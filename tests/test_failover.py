@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from engine import NoRouteError
 from providers.execution.judging import JUDGE_MAX_TOKENS
 from providers.execution.resilience import RoutingError
-from tests.engines import engine_for
+from tests.engines import Engines, called, idle, outcomes
 from tests.fakeserver import FakeServer, Fault, Reply
 from tests.waiting import await_until
 
@@ -32,30 +33,11 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-def make(fake_server: FakeServer):
+def make(fake_server: FakeServer) -> Iterator[Engines]:
     """engine_for() on the test's server; closes every engine made."""
-    made = []
-
-    def build(policy: str, **kw: Any):
-        engine = engine_for(fake_server, policy, **kw)
-        made.append(engine)
-        return engine
-
-    yield build
-    for engine in made:
-        engine.close()
-
-
-def outcomes(completion_or_error: Any) -> list[tuple[str, str]]:
-    return [(a.model, a.error or a.outcome) for a in completion_or_error.attempts]
-
-
-def called(server: FakeServer) -> list[str]:
-    return [r.model for r in server.requests]
-
-
-def idle(engine: Any) -> bool:
-    return all(engine.state.in_flight(m) == 0 for m in engine.policy.models)
+    engines = Engines(fake_server)
+    yield engines
+    engines.close()
 
 
 # ---- ranked and member alternatives ------------------------------------------------------------------------

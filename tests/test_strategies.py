@@ -15,7 +15,7 @@ from providers.execution import NoConsensus, Verdict
 from providers.execution.judging import pick, read_scores, render
 from providers.execution.resilience import RoutingError
 from providers.execution.strategies import normalise, vote
-from tests.engines import engine_for
+from tests.engines import called, engine_for
 from tests.fakeserver import FakeServer, Fault, Reply
 from tests.waiting import await_until
 
@@ -53,10 +53,6 @@ def anyio_backend() -> str:
 def engine(fake_server: FakeServer):
     with engine_for(fake_server, POLICY) as e:
         yield e
-
-
-def called(server: FakeServer) -> list[str]:
-    return [r.model for r in server.requests]
 
 
 def test_round_robin_rotates_and_a_failing_member_fails_over_to_the_next(engine: Any, fake_server: FakeServer) -> None:
