@@ -6,6 +6,7 @@ redis-server / redis-py."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -289,7 +290,7 @@ def test_twenty_threads_on_two_replicas_never_exceed_the_limit(make) -> None:
     assert len(granted) < 300  # the limit was binding
 
 
-def test_after_a_reset_what_a_replica_had_not_seen_can_be_overspent_once(make) -> None:
+def test_after_a_reset_each_replica_gets_one_hold_per_key_until_every_replica_has_republished(make) -> None:
     a, b = make(), make()
     _spend(a, 0.1, 0.1)
     assert b.reserve(KEY, 0.2, 1.0)[0]  # b's request in flight
@@ -297,16 +298,108 @@ def test_after_a_reset_what_a_replica_had_not_seen_can_be_overspent_once(make) -
     assert b.settle(KEY, 0.2, 0.2) == pytest.approx(0.3)
     assert b.reserve(KEY, 0.1, 1.0)[0]  # b's next request: 0.5 used, a has not seen this one
     flushall(a.url)
-    # a's next request: a re-publishes its 0.1 spent and 0.1 held; the 0.4 it saw stands for the rest, which
-    # misses b's newest 0.1, so a request that fits in what a sees is granted past the limit, once
+    # a's next request: a re-publishes its 0.1 spent and 0.1 held; the 0.4 it saw stands for the rest, which misses
+    # b's newest 0.1, so a request that fits in what a sees is granted past the limit: a's one hold of the grace
     assert a.reserve(KEY, 0.6, 1.0) == (True, pytest.approx(0.4))
-    assert b.settle(KEY, 0.1, 0.1) == pytest.approx(0.4)  # b's next call re-publishes its 0.2 spent and 0.1 held
-    assert a.spent(KEY) == (pytest.approx(0.4), pytest.approx(0.7))  # the true figure again: 1.1 used
-    assert not a.reserve(KEY, 0.01, 1.0)[0] and not b.reserve(KEY, 0.01, 1.0)[0]
+    grace_end = make.wall.t + a._grace
+    assert a._grace == pytest.approx(1.5 * 5.0 + 0.5)  # 1.5 heartbeat intervals (30 s lease: every 5 s) + 0.5 s
+
+    async def on_a_loop() -> tuple[bool, float]:  # never blocks an event loop: refused at once instead
+        return a.reserve(KEY, 0.0, 5.0)
+
+    assert asyncio.run(on_a_loop()) == (False, pytest.approx(1.0))
+    assert a.grace_left() == pytest.approx(grace_end - make.wall.t)
+    # b's next call re-publishes its 0.2 spent and 0.1 held: the true figure again, 1.1 used
+    assert b.settle(KEY, 0.1, 0.1) == pytest.approx(0.4)
+    assert a.spent(KEY) == (pytest.approx(0.4), pytest.approx(0.7))
+    assert not b.reserve(KEY, 0.01, 1.0)[0]  # what does not fit is refused at once, grace or not
+    # a thread asking a for a second hold on the key waits until the grace ends, then goes on as usual
+    got: list[tuple[tuple[bool, float], float]] = []
+    waiter = threading.Thread(target=lambda: got.append((a.reserve(KEY, 0.1, 5.0), make.wall.t)))
+    waiter.start()
+    make.wall.t = grace_end - 0.01
+    waiter.join(0.2)
+    assert waiter.is_alive() and not got
+    make.wall.t = grace_end
+    waiter.join(10)
+    assert got == [((True, pytest.approx(1.1)), grace_end)]
+    assert a.grace_left() == 0.0
+    assert a.reserve(KEY, 0.1, 5.0) == (True, pytest.approx(1.2))  # after the grace: any number of holds
+
+
+def test_a_grace_gives_each_replica_one_hold_per_key_others_and_other_keys_go_on(make) -> None:
+    a, b, c = make(), make(), make()
+    other = KEY + ":user=bob"
+    for s in (a, b, c):
+        _spend(s, 0.1, 0.1)
+    flushall(a.url)
+    for s in (a, b, c):  # each re-publishes at its first call, and gets its one hold of the grace on KEY
+        assert s.reserve(KEY, 0.1, 1.0)[0]
+    assert a.spent(KEY) == (pytest.approx(0.3), pytest.approx(0.3))
+    assert a.reserve(other, 0.1, 1.0)[0] and b.reserve(other, 0.1, 1.0)[0]  # one per key: other keys go on
+
+    async def on_a_loop(store) -> bool:
+        return store.reserve(KEY, 0.1, 1.0)[0]
+
+    assert not any(asyncio.run(on_a_loop(s)) for s in (a, b, c))  # the second hold on KEY: each waits
+    make.wall.t += a._grace
+    assert all(asyncio.run(on_a_loop(s)) for s in (a, b, c))  # the grace is over
+
+
+@pytest.mark.parametrize("reset", ["flushall", "restart"])
+def test_a_reset_under_load_overspends_at_most_one_request_per_replica(make, reset: str) -> None:
+    """Three replicas, 21 threads, a Redis reset mid-load (FLUSHALL, or a restart without persistence, with the
+    outage it brings): the true spend ends within the limit plus one request per replica."""
+    server = RedisServer().start()  # this test's own, to flush or restart
+    try:
+        lease = 1.2  # heartbeats every 0.2 s: a grace of 0.8 s
+        replicas = [make(server.url, real=True, hold_lease=lease, retry=0.05) for _ in range(3)]
+        key = f"daily:{bucket('daily', time.time())}"  # an open bucket on the real clock (replicas re-publish those)
+        limit, cost, threads_n, attempts = 1.0, 0.01, 21, 15
+        # the outage a restart brings gives each replica its share of what is left: the replicas know each other
+        wait_until(lambda: all(s.replicas == 3 for s in replicas), "the replicas to see each other's heartbeats")
+        granted: list[float] = []
+        refused: list[int] = []
+        lock = threading.Lock()
+
+        def worker(store) -> None:
+            for _ in range(attempts):
+                if not store.reserve(key, cost, limit)[0]:
+                    refused.append(1)
+                    continue
+                with lock:
+                    granted.append(cost)
+                time.sleep(0.01)  # the request runs: holds are in flight when Redis is reset
+                store.settle(key, cost, cost)
+
+        threads = [threading.Thread(target=worker, args=(replicas[i % 3],)) for i in range(threads_n)]
+        for t in threads:
+            t.start()
+        wait_until(lambda: len(granted) >= 40, "the load to spend 40% of the limit", interval=0.001)
+        before = len(granted)
+        if reset == "flushall":
+            flushall(server.url)
+        else:
+            port = server.port
+            server.kill()
+            server = RedisServer(port).start()  # empty
+        for t in threads:
+            t.join(60)
+        assert not any(t.is_alive() for t in threads)
+        wait_until(lambda: all(s.ping() for s in replicas), "the replicas to reach Redis again")
+        spent, reserved = replicas[0].spent(key)
+        assert reserved == pytest.approx(0.0, abs=1e-9)
+        assert sum(granted) <= limit + len(replicas) * cost + 1e-9, (len(granted), sum(granted))
+        assert spent >= sum(granted) - 1e-9  # no spend forgotten
+        assert before < len(granted) and refused  # reset mid-load; the limit was binding
+        if reset == "flushall":  # each replica had requests wait in the grace (a restart's outage shares what is left)
+            assert all(s._grace_until > time.time() - 60 for s in replicas)
+    finally:
+        server.kill()
 
 
 def test_a_flushall_under_load_forgets_no_spend_and_counts_none_twice(make, redis_server: RedisServer) -> None:
-    replicas = [make(real=True), make(real=True)]
+    replicas = [make(real=True, hold_lease=1.2), make(real=True, hold_lease=1.2)]  # a grace of 0.8 s
     key = f"daily:{bucket('daily', time.time())}"  # an open bucket on the real clock (replicas re-publish those)
     limit, hold, cost, threads_n = 2.0, 0.07, 0.05, 20
     granted: list[float] = []

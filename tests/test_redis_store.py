@@ -129,6 +129,24 @@ def test_implements_both_interfaces(make_store) -> None:
     assert all(hasattr(store, name) for name in ExecutionStore.__dict__ if not name.startswith("_"))
 
 
+def test_success_rates_are_shared_by_replicas_and_follow_the_window(make_store) -> None:
+    clock = make_store.clock
+    a, b = make_store(), make_store()
+    many = CircuitConfig(failures=100, window=10.0, cooldown=30.0, min_samples=3)  # no circuit opens here
+    for _ in range(3):
+        a.record("m", "p", "ok", many, latency_ms=5)
+    b.record("m", "p", "fail", many, latency_ms=5)
+    b.record("n", "p", "cancelled", many)  # a cancelled call is no evidence either way
+    a.flush()
+    b.flush()
+    assert a.success_rates(300.0) == b.success_rates(300.0) == {"m": pytest.approx(0.75)}
+    clock.t += 400  # every call so far is older than the window ...
+    b.record("m", "p", "ok", many, latency_ms=5)
+    b.flush()
+    assert a.success_rates(300.0) == {"m": 1.0}  # ... and only the new one counts
+    assert a.success_rates(3600.0) == {"m": pytest.approx(0.8)}
+
+
 def test_circuit_lifecycle_matches_memory_store(make_store) -> None:
     clock = make_store.clock
     store = make_store()

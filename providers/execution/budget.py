@@ -32,12 +32,19 @@ __all__ = ["BudgetExceeded", "Budgets", "Reservation", "label"]
 class BudgetExceeded(Exception):
     """A request was refused before any call because it could push a hard budget over its limit."""
 
-    def __init__(self, budget: BudgetSpec, key: str, used: float, needed: float):
+    def __init__(self, budget: BudgetSpec, key: str, used: float, needed: float, wait: float = 0.0):
         self.budget, self.key, self.used, self.needed = budget, key, used, needed
         self.limit = float(budget.limit)
+        self.wait = wait  # seconds a shared store rebuilding its figures after a reset asks to wait (else 0)
         where = f" ({budget.per}={key.rsplit('=', 1)[-1]})" if budget.per else ""
+        why = (
+            f"the shared budget figures are being rebuilt after a Redis reset (each replica takes one request per "
+            f"budget until all have re-published their spend, {wait:.1f}s more)"
+            if wait > 0
+            else f"{label(budget)}{where} would be exceeded"
+        )
         super().__init__(
-            f"{label(budget)}{where} would be exceeded: ${used:.4f} spent or reserved of ${self.limit:.2f}, this "
+            f"{why}: ${used:.4f} spent or reserved of ${self.limit:.2f}, this "
             f"request may cost up to ${needed:.4f}; refused before any call (line {budget.span.line})"
         )
 
@@ -62,6 +69,13 @@ def _retried(call: Callable[[], T]) -> T:
         return call()
 
 
+def _grace_left(store: Any, wanted: float, limit: float) -> float:
+    """Seconds left of a shared store's grace after a Redis reset (RedisStore.grace_left), when that and not the
+    limit refused a reservation that would fit; else 0."""
+    left = getattr(store, "grace_left", None)
+    return float(left()) if callable(left) and wanted <= limit + 1e-12 else 0.0
+
+
 class Budgets(BudgetBook):
     """The budget book plus reserve / settle against its keys in its state store."""
 
@@ -82,7 +96,7 @@ class Budgets(BudgetBook):
             for a in items:
                 ok, used = self.store.reserve(a.key, amount, a.limit)
                 if not ok:
-                    raise BudgetExceeded(a.spec, a.key, used, amount)
+                    raise BudgetExceeded(a.spec, a.key, used, amount, _grace_left(self.store, used + amount, a.limit))
                 res.items.append(a)
         except BaseException:
             for held in res.items:

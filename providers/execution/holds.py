@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from engine.runtime.constraints import price_known
 from providers.execution.budget import BudgetExceeded, label
 
 if TYPE_CHECKING:
@@ -38,7 +39,6 @@ __all__ = [
     "model_cost",
     "output_of",
     "plan_cost",
-    "price_known",
     "sendable",
 ]
 
@@ -134,11 +134,6 @@ class Bound:
     def of(cls, count: TokenCount, output: float | None, choices: int, floor: int = 0, judge: int = 0) -> Bound:
         """A bound from a token count; `floor` (the caller's own `tokens=` count) can only raise the input."""
         return cls(lambda kind: max(floor, count.for_kind(kind)), output, choices, judge)
-
-
-def price_known(entry: Entry) -> bool:
-    """Whether the catalog knows both of the model's prices (a price of 0 is known: the model is free)."""
-    return all(isinstance(p, (int, float)) and math.isfinite(p) and p >= 0 for p in (entry.ip, entry.op))
 
 
 def model_cost(

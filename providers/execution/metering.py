@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from providers.execution.holds import price_known
+from engine.runtime.constraints import price_known
 from providers.types import Usage
 
 if TYPE_CHECKING:

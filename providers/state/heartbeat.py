@@ -1,7 +1,8 @@
 """RedisStore's heartbeat: this replica's in-flight counts, holds, spend not yet in Redis and (after a Redis reset)
 its ledger in; one script call out that renews the replica's liveness and its holds' lease, reaps dead replicas'
-counts and expired holds, adds the spend, re-publishes the ledger when the Redis epoch is not the replica's, and
-refreshes the figures budgets fall back on in an outage (docs/state.md). A mixin on RedisStore's state."""
+counts and expired holds, adds the spend, re-publishes the ledger when the Redis epoch is not the replica's (and
+then starts the grace after a reset), and refreshes the figures budgets fall back on in an outage (docs/state.md).
+A mixin on RedisStore's state."""
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ class HeartbeatMixin:
     _replicas: int
     _next_beat: float
     _beat_every: float
+    _grace: float
     _own: dict[str, int]
     _claims: dict[str, Any]
     _dirty: dict[str, tuple[int, int]]
@@ -90,7 +92,9 @@ class HeartbeatMixin:
             republish = True
         live, dead, dropped, released = (int(x) for x in out[:4])
         with self._lock:
-            self._replicas = max(1, live)
+            # right after a reset the replica set is being rebuilt (one heartbeat each): keep the count known before
+            reset = _text(out[4]) == "adopted" and known is not None
+            self._replicas = max(1, live, self._replicas if reset else 1)
             self._epoch = _text(out[5])
             self._pending, self._released = {}, {}  # in Redis now, or (after a reset) part of what was re-published
             for i, key in enumerate(keys):
@@ -155,6 +159,7 @@ class HeartbeatMixin:
             self._k("spend", ""),
             SPEND_TTL,
             int(republish),
+            self._grace,
         ]
         for section in (holds, pending, ledger):
             args.append(len(section))

@@ -75,13 +75,17 @@ if r > 0 then set_count(KEYS[2], KEYS[3], ARGV[7], ARGV[1], ARGV[5], ARGV[6]) en
 return r
 """
 )
-# KEYS: circuits, fails zset, stats hash, latency hash, models set, inflight, inflight_by, replicas
+# KEYS: circuits, fails zset, stats hash, latency hash, models set, inflight, inflight_by, replicas, health hash
+#       (calls and ok calls per HEALTH_BUCKET_S bucket, `<bucket>:n` / `<bucket>:ok`, kept HEALTH_HORIZON_S)
 # ARGV: model, provider, outcome, now, failures, window, cooldown, min_samples, latency_ms|'', in, out, cost, alpha,
 #       nonce, probe ('1': this call held the half-open probe; only its outcome counts in a half-open circuit),
 #       then the publish block. Returns 'opened', 'closed', 'released' (a half-open probe ended without a
 #       verdict) or ''.
+HEALTH_BUCKET_S = 10  # success rates in Redis are counted per 10-second bucket ...
+HEALTH_HORIZON_S = 3600  # ... for an hour: a longer health.window is measured over the last hour
 RECORD = (
-    PARSE
+    f"local HEALTH_BUCKET_S, HEALTH_HORIZON_S = {HEALTH_BUCKET_S}, {HEALTH_HORIZON_S}\n"
+    + PARSE
     + PUBLISH
     + """
 publish(KEYS[6], KEYS[7], KEYS[8], 16)
@@ -91,6 +95,18 @@ if outcome ~= 'cancelled' then
   redis.call('HSET', KEYS[3], 'provider', ARGV[2])
   redis.call('HINCRBY', KEYS[3], 'calls', 1)
   if outcome ~= 'ok' then redis.call('HINCRBY', KEYS[3], 'failures', 1) end
+  if outcome == 'ok' or outcome == 'fail' then
+    local b = math.floor(now / HEALTH_BUCKET_S)
+    redis.call('HINCRBY', KEYS[9], b .. ':n', 1)
+    if outcome == 'ok' then redis.call('HINCRBY', KEYS[9], b .. ':ok', 1) end
+    if redis.call('HLEN', KEYS[9]) > 2 * (HEALTH_HORIZON_S / HEALTH_BUCKET_S) + 8 then
+      local first = b - HEALTH_HORIZON_S / HEALTH_BUCKET_S
+      for _, f in ipairs(redis.call('HKEYS', KEYS[9])) do
+        if tonumber(string.match(f, '^(-?%d+):')) < first then redis.call('HDEL', KEYS[9], f) end
+      end
+    end
+    redis.call('EXPIRE', KEYS[9], HEALTH_HORIZON_S + 60)
+  end
   if ARGV[10] ~= '0' then redis.call('HINCRBY', KEYS[3], 'input_tokens', ARGV[10]) end
   if ARGV[11] ~= '0' then redis.call('HINCRBY', KEYS[3], 'output_tokens', ARGV[11]) end
   if tonumber(ARGV[12]) ~= 0 then redis.call('HINCRBYFLOAT', KEYS[3], 'cost', ARGV[12]) end
@@ -184,12 +200,19 @@ local function reap(kl, kh, pfx, ttl, now)
   return n
 end
 local function epoch_ok(ke, mine) return mine ~= '' and redis.call('GET', ke) == mine end
+local function start_grace(kg, now, seconds)
+  local ends = num(redis.call('HGET', kg, 'until'))
+  if ends <= now then redis.call('DEL', kg) end
+  if now + seconds > ends then redis.call('HSET', kg, 'until', fmt(now + seconds)) end
+  redis.call('EXPIRE', kg, math.ceil(seconds) + 3600)
+end
 """
 )
-# KEYS: inflight, inflight_by, replicas, leases, holds, epoch.
+# KEYS: inflight, inflight_by, replicas, leases, holds, epoch, grace.
 # ARGV: replica ttl, now, the epoch this replica knows ('' = none yet), a new epoch (set when none is), this
 # replica's lease end, pfx, spend ttl, republish ('1': the ledger section is to be re-published if the epoch is not
-# this replica's), then four sections, each a count then its entries: this replica's holds (key, amount), spend it
+# this replica's), grace seconds (a replica that knew another epoch and re-publishes starts a grace of this length),
+# then four sections, each a count then its entries: this replica's holds (key, amount), spend it
 # settled during an outage (key, amount), its ledger (key, spent, pushed, floor), keys to report (key); then the
 # publish block.
 # In-flight: publishes, forgets replicas not heard from for ttl seconds and every count not of a live replica,
@@ -205,7 +228,7 @@ HEARTBEAT = (
     + HOLDS
     + """
 local now, pfx, ttl = tonumber(ARGV[2]), ARGV[6], ARGV[7]
-local i = 9
+local i = 10
 local function section(width)
   local at, n = i + 1, tonumber(ARGV[i])
   i = i + 1 + n * width
@@ -287,6 +310,7 @@ elseif ARGV[8] == '1' then
     if redis.call('EXISTS', k) == 1 then redis.call('EXPIRE', k, ttl) end
   end
   status = 'adopted'
+  if ARGV[3] ~= '' then start_grace(KEYS[7], now, tonumber(ARGV[9])) end
 else
   status = 'reset'
 end
@@ -341,19 +365,27 @@ redis.call('ZREM', KEYS[4], ARGV[1])
 return 0
 """
 )
-# KEYS: spend hash, holds, leases, epoch; ARGV: epoch, replica id, key, amount, limit, spend ttl, now, lease end,
-# pfx. Releases expired holds, then holds `amount` for the replica if spent + reserved + amount <= limit (and renews
-# its lease). Returns {1|0, spent + reserved before, spent, reserved after}, or {-1} when the epoch is not the
-# replica's (a Redis reset: nothing done).
+# KEYS: spend hash, holds, leases, epoch, grace; ARGV: epoch, replica id, key, amount, limit, spend ttl, now, lease
+# end, pfx. Releases expired holds, then holds `amount` for the replica if spent + reserved + amount <= limit (and
+# renews its lease). During the grace after a Redis reset (now < grace's `until`) a replica gets one hold per key:
+# the grace hash records it ('replica|key'). Returns {1|0, spent + reserved before, spent, reserved after}, {-1}
+# when the epoch is not the replica's (a Redis reset: nothing done), or {-2, spent + reserved, spent, until} when
+# the replica already had its hold of the grace on this key and the amount would fit (nothing done: wait until
+# `until`; a request that would not fit is refused at once).
 RESERVE = (
     HOLDS
     + """
 if not epoch_ok(KEYS[4], ARGV[1]) then return {-1, '0', '0', '0'} end
-reap(KEYS[3], KEYS[2], ARGV[9], ARGV[6], tonumber(ARGV[7]))
+local now = tonumber(ARGV[7])
+reap(KEYS[3], KEYS[2], ARGV[9], ARGV[6], now)
 local s, r = figures(KEYS[1])
 local used, amount = s + r, tonumber(ARGV[4])
-if used + amount > tonumber(ARGV[5]) + 1e-12 then return {0, fmt(used), fmt(s), fmt(r)} end
 local f = ARGV[2] .. '|' .. ARGV[3]
+if used + amount > tonumber(ARGV[5]) + 1e-12 then return {0, fmt(used), fmt(s), fmt(r)} end
+local ends = num(redis.call('HGET', KEYS[5], 'until'))
+local grace = now < ends
+if grace and redis.call('HEXISTS', KEYS[5], f) == 1 then return {-2, fmt(used), fmt(s), fmt(ends)} end
+if grace then redis.call('HSET', KEYS[5], f, '1') end
 redis.call('HSET', KEYS[2], f, fmt(num(redis.call('HGET', KEYS[2], f)) + amount))
 redis.call('HSET', KEYS[1], 'reserved', fmt(r + amount))
 redis.call('EXPIRE', KEYS[1], ARGV[6])
@@ -361,9 +393,10 @@ redis.call('ZADD', KEYS[3], ARGV[8], ARGV[2])
 return {1, fmt(used), fmt(s), fmt(r + amount)}
 """
 )
-# KEYS: spend hash, holds, leases, epoch; ARGV: epoch, replica id, key, release, actual, spend ttl, lease end, pfx.
-# Releases up to `release` of the replica's own hold (never more than it holds: a hold released after its lease
-# ended is not released twice) and adds `actual` to spent. Returns {1, spent after, reserved after}, or {-1}.
+# KEYS: spend hash, holds, leases, epoch (grace unused); ARGV: epoch, replica id, key, release, actual, spend ttl,
+# lease end, pfx. Releases up to `release` of the replica's own hold (never more than it holds: a hold released
+# after its lease ended is not released twice) and adds `actual` to spent. Returns {1, spent after, reserved
+# after}, or {-1}.
 SETTLE = (
     HOLDS
     + """
@@ -381,8 +414,8 @@ local s, r = figures(KEYS[1])
 return {1, fmt(s), fmt(r)}
 """
 )
-# KEYS: spend hash, holds, leases, epoch; ARGV: epoch, now, pfx, spend ttl. Releases expired holds; returns
-# {1, spent, reserved}, or {-1}.
+# KEYS: spend hash, holds, leases, epoch (grace unused); ARGV: epoch, now, pfx, spend ttl. Releases expired holds;
+# returns {1, spent, reserved}, or {-1}.
 SPENT = (
     HOLDS
     + """

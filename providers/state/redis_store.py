@@ -20,7 +20,7 @@ from engine.runtime.state import EWMA_ALPHA, PROBE, CircuitConfig, CircuitInfo, 
 from providers.state import lua
 from providers.state.heartbeat import HeartbeatMixin
 from providers.state.sender import SenderMixin, Signal, run_sender
-from providers.state.spend import SPEND_TTL, Gate, SpendMixin
+from providers.state.spend import SPEND_TTL, Gate, SpendMixin, grace_after_reset
 
 log = logging.getLogger("modelroute.state")
 
@@ -121,6 +121,7 @@ class RedisStore(SpendMixin, HeartbeatMixin, SenderMixin):
         self._unavailable: frozenset[str] = frozenset()
         self._not_closed: frozenset[str] = frozenset()  # models whose circuit is open, half-open or probing
         self._latency: Mapping[str, float] = {}
+        self._rates: dict[float, tuple[float, Mapping[str, float]]] = {}  # window -> (valid until, success rates)
         self._queue: list[tuple[list[str], list[Any], Callable[[], Any]]] = []  # records for the sender
         # in flight (this replica): own counts, unconsumed claims (monotonic times), counts not yet sent
         self.replica_id = replica_id or uuid.uuid4().hex[:16]
@@ -131,6 +132,8 @@ class RedisStore(SpendMixin, HeartbeatMixin, SenderMixin):
         self._ttl, self._claim_ttl, self._flush_after = replica_ttl, claim_ttl, flush_after
         self._lease = hold_lease
         self._beat_every = min(replica_ttl, hold_lease) / 6  # renews liveness and the holds' lease
+        self._grace = grace_after_reset(self._beat_every)
+        self._grace_until = -math.inf  # wall time the last grace this replica was told of ends
         self._next_beat = -math.inf
         self._touched = -math.inf  # monotonic time this replica's liveness was last refreshed
         self._own: dict[str, int] = {}
@@ -161,8 +164,9 @@ class RedisStore(SpendMixin, HeartbeatMixin, SenderMixin):
         self._retire = r.register_script(lua.RETIRE)
         self._kc, self._kl = self._k("circuits"), self._k("latency")
         self._kf = [self._k("inflight"), self._k("inflight_by"), self._k("replicas")]
-        self._kh = [self._k("holds"), self._k("leases"), self._k("epoch")]  # with a spend hash: the budget scripts'
-        self._kb = [*self._kf, self._k("leases"), self._k("holds"), self._k("epoch")]  # the heartbeat's
+        kg = self._k("grace")  # the grace after a Redis reset (one hold per replica and key)
+        self._kh = [self._k("holds"), self._k("leases"), self._k("epoch"), kg]  # with a spend hash: budget scripts'
+        self._kb = [*self._kf, self._k("leases"), self._k("holds"), self._k("epoch"), kg]  # the heartbeat's
         self._sig = Signal(linger)
         self._thread: threading.Thread | None = None
         _open.add(self)
@@ -384,6 +388,38 @@ class RedisStore(SpendMixin, HeartbeatMixin, SenderMixin):
             self._load()
         return self._local.latency_ms() if self._down else self._latency
 
+    def success_rates(self, window: float) -> Mapping[str, float]:
+        """Success rates over the last `window` seconds (at most lua.HEALTH_HORIZON_S), counted in Redis by every
+        replica in lua.HEALTH_BUCKET_S buckets, so a window is measured to within one bucket; read once per refresh
+        interval (two round trips), this replica's own records while Redis is down."""
+        mono = self._clock()
+        cached = self._rates.get(window)
+        if cached is not None and mono < cached[0]:
+            return cached[1]
+
+        def remote() -> Mapping[str, float]:
+            models = sorted(self._redis.smembers(self._k("models")))
+            pipe = self._redis.pipeline(transaction=False)
+            for m in models:
+                pipe.hgetall(self._k("health", m))
+            first = math.floor((self._wall() - min(window, lua.HEALTH_HORIZON_S)) / lua.HEALTH_BUCKET_S)
+            rates: dict[str, float] = {}
+            for m, counts in zip(models, pipe.execute(), strict=True):
+                n = ok = 0
+                for field, value in counts.items():
+                    bucket, _, kind = field.partition(":")
+                    if int(bucket) >= first:
+                        if kind == "n":
+                            n += int(value)
+                        else:
+                            ok += int(value)
+                if n:
+                    rates[m] = ok / n
+            self._rates[window] = (mono + self._refresh, rates)
+            return rates
+
+        return self._do(remote, lambda: self._local.success_rates(window), flush=False)
+
     # -- written by execution ------------------------------------------------------------------------
     def add_in_flight(self, model: str, delta: int) -> None:
         if not delta:
@@ -453,7 +489,15 @@ class RedisStore(SpendMixin, HeartbeatMixin, SenderMixin):
         cost: float = 0.0,
         probe: bool = False,
     ) -> str | None:
-        keys = [self._kc, self._k("fails", model), self._k("stats", model), self._kl, self._k("models"), *self._kf]
+        keys = [
+            self._kc,
+            self._k("fails", model),
+            self._k("stats", model),
+            self._kl,
+            self._k("models"),
+            *self._kf,
+            self._k("health", model),
+        ]
         args = [
             model,
             provider,

@@ -1,17 +1,19 @@
 """Budget spend on Redis: RedisStore's reserve / settle / spent calls in, atomic holds owned by this replica (under
 a lease) and spend figures out; this replica's share of what is left during a Redis outage; and its ledger of its
-own spend, which it re-publishes after a Redis reset (the rules are in docs/state.md). A mixin: it works on
-RedisStore's state (`_do`, `_lock`, the scripts, the outage MemoryStore)."""
+own spend, which it re-publishes after a Redis reset, followed by a grace of one hold per replica and key (the rules
+are in docs/state.md). A mixin: it works on RedisStore's state (`_do`, `_lock`, the scripts, the outage
+MemoryStore)."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 SPEND_TTL = 40 * 86400  # budget buckets (hour / day / month) are dropped 40 days after their last use
 SEEN_FORGET = 35 * 86400  # figures (and ledger entries) of keys unused this long, whose bucket cannot be read, go
@@ -22,6 +24,27 @@ _BUCKETS = {
     "daily": (re.compile(r"\d{4}-\d{2}-\d{2}"), "%Y-%m-%d"),
     "monthly": (re.compile(r"\d{4}-\d{2}"), "%Y-%m"),
 }
+
+
+class Wait(NamedTuple):
+    """What reserve()'s script answers when this replica already had its one hold of a reset's grace on the key."""
+
+    used: float  # spent + reserved
+    until: float  # wall time the grace ends
+
+
+def grace_after_reset(beat_every: float) -> float:
+    """Seconds of the grace after a Redis reset (docs/state.md): every live replica heartbeats, and so re-publishes
+    its spend, at least every `beat_every` seconds; half an interval and half a second more cover a late one."""
+    return 1.5 * beat_every + 0.5
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def bucket_open(key: str, now: float) -> bool:
@@ -90,6 +113,7 @@ class SpendMixin:
     _budget_gate: Gate
     _lease: float
     _replicas: int
+    _grace_until: float
     _outage: Any
     _lock: Any
     _redis: Any
@@ -154,6 +178,10 @@ class SpendMixin:
             now = self._wall()
             args = [epoch, self.replica_id, key, amount, limit, SPEND_TTL, now, now + self._lease, self._k("spend", "")]
             done, before, spent, reserved = self._reserve(keys=self._keys(key), args=args)
+            if int(done) == -2:  # this replica's one hold of a reset's grace on this key is taken (docs/state.md)
+                with self._lock:
+                    self._grace_until = float(reserved)
+                return Wait(float(before), float(reserved))
             if int(done) < 0:
                 return RESET
             with self._lock:
@@ -170,7 +198,18 @@ class SpendMixin:
                     self._held_local[key] = self._held_local.get(key, 0.0) + amount
             return done, used
 
-        return self._do(lambda: self._spend_call(run), local)
+        while True:
+            out = self._do(lambda: self._spend_call(run), local)
+            if not isinstance(out, Wait):
+                return out
+            if _on_event_loop():  # never block an event loop: refused, as when the money is not there
+                return False, out.used
+            time.sleep(min(0.05, max(0.001, out.until - self._wall())))  # until the grace ends (bounded by it)
+
+    def grace_left(self) -> float:
+        """Seconds left of the grace after a Redis reset during which this replica gets one hold per budget key
+        (0 when none is known to run): what a refused request may wait before it is tried again."""
+        return max(0.0, self._grace_until - self._wall())
 
     def settle(self, key: str, reserved: float, actual: float) -> float:
         def split() -> tuple[float, float]:  # lock held: the hold was made in Redis, or locally during an outage
