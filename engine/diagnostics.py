@@ -37,12 +37,15 @@ CODES: dict[str, str] = {
     "E308": "unknown setting",
     "E309": "unknown budget period",
     "E310": "setting value is not one of its choices",
+    "E311": "unknown score term",
+    "E312": "model not configured for its provider",
     # types and units
     "E400": "unit mismatch",
     "E401": "value out of range",
     "E402": "split weights do not add up to 100%",
     "E403": "model group too small",
     "E404": "min_agreement out of range",
+    "E405": "empty experiment name",
     # patterns
     "E500": "bad regex",
     "E501": "regex feature RE2 cannot run",

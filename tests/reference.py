@@ -109,7 +109,9 @@ def _compare(left: Any, op: str, right: Any) -> bool:
 class Request:
     def __init__(self, prompt: str, attrs: Mapping[str, Any], tasks: Mapping[str, n.TaskDecl]):
         self.prompt = prompt
-        self.attrs = attrs
+        # README, "Request counts": a prompt is one message, one turn; words are runs of non-space characters.
+        # They are derived from the request, never taken from the caller.
+        self.attrs = {**attrs, "messages": 1, "turns": 1, "words": len(prompt.split())}
         self.tasks = tasks
         self.tokens = estimate_tokens(prompt)
         out = attrs.get("max_tokens")
@@ -163,6 +165,50 @@ class Request:
 
 # ---- actions ---------------------------------------------------------------------------------------------
 
+# README, "Limits from the request": a bare name on the right of a `where` constraint is a request attribute. A
+# number is in the metric's unit (latency ms, cost USD, price USD per 1M input tokens, context tokens, capability
+# points); text is written with its unit like a policy literal. Converted here to the literals' own units
+# (latency seconds, price USD per token).
+_TEXT_UNITS = {
+    "latency": (r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)", {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}),
+    "cost": (r"\$([0-9]+(?:\.[0-9]+)?)()", {"": 1.0}),
+    "price": (r"\$([0-9]+(?:\.[0-9]+)?)/([0-9]+(?:\.[0-9]+)?[kM]?|[kM])", None),
+    "context": (r"([0-9]+(?:\.[0-9]+)?)([kM]?)", {"": 1.0, "k": 1e3, "M": 1e6}),
+    "capability": (r"([0-9]+(?:\.[0-9]+)?)([kM]?)", {"": 1.0, "k": 1e3, "M": 1e6}),
+}
+_PLAIN_UNIT = {"latency": 0.001, "cost": 1.0, "price": 1e-6, "context": 1.0, "capability": 1.0}
+
+
+def _per_tokens(text: str) -> float:
+    scale = {"k": 1e3, "M": 1e6}
+    if text in scale:
+        return scale[text]
+    if text[-1:] in scale:
+        return float(text[:-1]) * scale[text[-1]]
+    return float(text)
+
+
+def request_limit(metric: str, value: Any) -> float | None:
+    """A request attribute as a limit on `metric`, or None when it is missing or of the wrong kind."""
+    if value is _MISSING or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value * _PLAIN_UNIT[metric] if math.isfinite(value) else None
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if metric != "context" and metric != "capability" and re.fullmatch(r"[0-9]+(\.[0-9]+)?", text):
+        return float(text) * _PLAIN_UNIT[metric]
+    pattern, units = _TEXT_UNITS[metric]
+    m = re.fullmatch(pattern, text)
+    if m is None:
+        return None
+    if metric == "price":
+        per = _per_tokens(m.group(2))
+        return float(m.group(1)) / per if per else None
+    assert units is not None
+    return float(m.group(1)) * units[m.group(2)]
+
 
 def passes(spec: Any, c: n.Constraint, req: Request) -> bool:
     """One `where` constraint."""
@@ -170,7 +216,14 @@ def passes(spec: Any, c: n.Constraint, req: Request) -> bool:
         return spec.provider in [str(i.value) for i in c.value.items]  # type: ignore[union-attr]
     if c.metric == "supports":
         return c.value.value in spec.supports  # type: ignore[union-attr]
-    want = c.value.value  # type: ignore[union-attr]
+    if c.value.kind == "name":  # type: ignore[union-attr]
+        want = request_limit(c.metric, lookup(req.attrs, c.value.value))  # type: ignore[union-attr, arg-type]
+        if want is None:
+            return True  # the constraint does not apply
+        if c.metric == "price":
+            return _compare(round(spec.input_price * 1e6, 9), c.op, round(want * 1e6, 9))
+    else:
+        want = c.value.value  # type: ignore[union-attr, assignment]
     if c.metric == "latency":
         have = spec.latency_ms / 1000  # the literal is in seconds
     elif c.metric == "price":
@@ -188,10 +241,41 @@ def passes(spec: Any, c: n.Constraint, req: Request) -> bool:
     return _compare(have, c.op, want)
 
 
+def score(spec: Any, terms: Iterable[n.ScoreTerm], req: Request) -> float:
+    """README, "Scores": the sum of coefficient x term; a model with no score for a capability has 0 points there,
+    a request attribute that is not a finite number adds 0."""
+    total = 0.0
+    for t in terms:
+        if t.factor == "capability":
+            value = spec.capabilities.get(t.name.upper(), 0)  # type: ignore[union-attr]
+        elif t.factor == "cost":
+            value = req.cost(spec)
+        elif t.factor == "price":
+            value = spec.input_price * 1e6  # USD per 1M input tokens
+        elif t.factor == "latency":
+            value = spec.latency_ms
+        elif t.factor == "context":
+            value = spec.context
+        elif t.factor == "tokens":
+            value = req.tokens
+        else:
+            got = lookup(req.attrs, t.name or "")
+            ok = isinstance(got, (int, float)) and not isinstance(got, bool) and math.isfinite(got)
+            value = got if ok else 0  # missing, not a number, or not a finite one: adds 0
+        total += t.coef * value
+    return total
+
+
 def rank_key(spec: Any, rankings: Iterable[n.Ranking], req: Request) -> tuple:
     key: list[Any] = []
     for r in rankings:
-        if r.kind == "capability":
+        if r.kind == "score":
+            key.append(-round(score(spec, r.terms, req), 9))  # higher is better; equal to 9 decimal places
+        elif r.kind == "healthiest":
+            # README, "Health": success rate in the window (no call yet: healthy), then latency; these requests
+            # run on a fresh engine, with nothing measured
+            key.append((-1.0, spec.latency_ms))
+        elif r.kind == "capability":
             key.append(-spec.capabilities.get(r.capability, 0))  # higher is better; unscored ranks last
         elif r.kind == "cheapest":
             key.append(req.cost(spec))
@@ -214,7 +298,7 @@ class Policy:
         self.depth = 2  # README, "Failover plan": `set failover.depth`, default 2
         for stmt in body:
             if isinstance(stmt, n.Setting) and stmt.name == "failover.depth":
-                self.depth = int(stmt.value.value)  # type: ignore[union-attr, call-overload]
+                self.depth = int(stmt.value.value)  # type: ignore[union-attr, arg-type]
             if isinstance(stmt, n.TaskDecl):
                 self.tasks.setdefault(stmt.name, stmt)
             elif isinstance(stmt, n.ModelAlias):
@@ -243,6 +327,8 @@ class Policy:
             action = rule.action
             if action.kind == "use":
                 candidates = [self.model(action.model.name)]  # type: ignore[union-attr]
+            elif action.among:  # README, "Ranking a list": only the listed models, each once
+                candidates = list({id(s): s for s in (self.model(ref.name) for ref in action.among)}.values())
             else:
                 candidates = list(self.catalog.models.values())
             allowed = [s for s in candidates if all(passes(s, c, req) for c in action.where)]

@@ -91,7 +91,30 @@ MODELS = [
     "gamma",
     "fast",
 ]  # catalog names, catalog aliases and the policy alias `fast`
-RANKINGS = ["capability(REASONING)", "capability(CODING)", "capability(CREATIVITY)", "cheapest", "fastest"]
+RANKINGS = [
+    "capability(REASONING)",
+    "capability(CODING)",
+    "capability(CREATIVITY)",
+    "cheapest",
+    "fastest",
+    "healthiest",
+    # linear scores: capability points, cost (per request), price, latency, context, tokens, request attributes
+    "score(capability(REASONING))",
+    "score(3 * capability(REASONING) + 2 * capability(CODING) - 100 * cost)",
+    "score(-1 * cost)",
+    "score(capability(CREATIVITY) - 0.001 * latency)",
+    "score(0.5 * capability(CODING) - price + 0.000001 * context)",
+    "score(capability(CODING) - 1000 * cost + n + 2 * tokens)",
+    "score(score * 2 - latency * 0.01)",
+]
+#: `prefer ... among [...]`: only the listed models (names, aliases, repeats)
+AMONG = [
+    "[alpha-small, beta-mid]",
+    "[gamma, delta-cheap, fast]",
+    "[epsilon-long]",
+    "[beta-mid, beta-mid, zeta-fast, alpha]",
+    '["gamma-pro", epsilon-long, delta-cheap]',
+]
 CONSTRAINTS = [
     "latency <= 1s",
     "latency < 800ms",
@@ -116,6 +139,15 @@ CONSTRAINTS = [
     "supports tools",
     "supports vision",
     "supports json",
+    # limits the request sets: a bare name on the right is a request attribute, read in the metric's unit
+    "latency <= max_latency",
+    "latency > max_latency",
+    "cost <= max_cost",
+    "price < max_price",
+    "price == max_price",
+    "context >= min_context",
+    "capability(CODING) >= min_coding",
+    "capability(REASONING) < n",
 ]
 ATTR_ATOMS = [
     'tier == "free"',
@@ -165,6 +197,22 @@ ATTR_ATOMS = [
 ]
 
 
+def _counts_wired() -> bool:
+    """Whether decide() derives the request counts (messages, turns, words) a policy reads (engine/api.py builds
+    the Request): the generated conditions use them once it does."""
+    engine = Engine.from_source(
+        "when words == 2 use beta-mid\n", file="probe.route", catalog=load_catalog(CATALOG_PATH)
+    )
+    try:
+        return engine.decide("two words").model == "beta-mid"
+    except NoRouteError:
+        return False
+
+
+if _counts_wired():
+    ATTR_ATOMS += ["words > 3", "words <= 10", "words == 0", "messages == 1", "turns >= 2", "not turns", "words"]
+
+
 def _compound(children: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
     def wrap(c: str) -> str:
         return f"({c})" if (" and " in c or " or " in c) else c
@@ -191,6 +239,8 @@ def actions(draw: st.DrawFn) -> str:
     else:
         ranks = draw(st.lists(st.sampled_from(RANKINGS), min_size=1, max_size=3))
         text = "prefer " + " then ".join(ranks)
+        if draw(st.integers(0, 3)) == 0:
+            text += " among " + draw(st.sampled_from(AMONG))
     where = draw(st.lists(st.sampled_from(CONSTRAINTS), max_size=3))
     if where:
         text += " where " + " and ".join(where)
@@ -240,6 +290,11 @@ attr_dicts = st.fixed_dictionaries(
             [_UNSET, {"plan": "pro"}, {"plan": "free"}, {}, {"plan": "team", "n": 3}, {"n": 1}, {"n": "x"}]
         ),
         "score": st.sampled_from([_UNSET, 0, 3, 7.5, 10, "3", math.nan, True]),
+        "max_latency": st.sampled_from([_UNSET, 500, 800, "1s", "1.5s", "0.01m", "2000", "fast", True, None]),
+        "max_cost": st.sampled_from([_UNSET, 0.0001, 0.001, "$0.0005", "$1", "0.00003", "cheap", -1]),
+        "max_price": st.sampled_from([_UNSET, 0.1, 1, "$1/1M", "$0.0005/1k", "$2/M", "2", [1], math.inf]),
+        "min_context": st.sampled_from([_UNSET, 100, "8k", "1M", "16000", "big", 40.0]),
+        "min_coding": st.sampled_from([_UNSET, 6, 7, "7", 9.5, "high", False]),
     }
 ).map(lambda d: {k: v for k, v in d.items() if v is not _UNSET})
 
@@ -266,6 +321,7 @@ def check_agree(text: str, catalog, requests: list[tuple[str, dict]]) -> None:
         assert got == want, f"engine {got} != reference {want}\npolicy:\n{text}\nprompt={prompt!r}\nattrs={attrs}"
         if got is not None:  # the traced evaluation (explain) must name the same model, rule and plan
             report = engine.decide(prompt, **attrs).report()
+            assert report.rule is not None
             assert (report.model, report.rule.line) == got[:2]
             assert [step.model for step in report.plan] == got[3]
 

@@ -7,13 +7,16 @@ Request-independent `where` constraints are applied here, once, and their reject
 from __future__ import annotations
 
 import datetime
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from engine.language import nodes as n
-from engine.runtime.constraints import NEGATED, OPS, Code, CostLimit, Reason
+from engine.runtime.constraints import NEGATED, OPS, Code, CostLimit, Limit, Reason, price_known
+from engine.runtime.limits import AttrLimit
 from engine.runtime.policy import Entry, PriceGroup, RankKey
+from engine.runtime.scores import HealthRank, ScoreRank, Term
 from engine.runtime.selectors import (
     BalanceSelector,
     BestOfSelector,
@@ -27,9 +30,21 @@ from engine.runtime.selectors import (
     TieredPrefer,
     UseSelector,
 )
+from engine.runtime.settings import setting
 from engine.runtime.units import fmt_count, fmt_ms, fmt_price, fmt_value
 
-__all__ = ["build_selector", "literal", "number", "retired", "static_reason"]
+__all__ = ["ADHOC_KEY", "SETTINGS_KEY", "build_selector", "literal", "number", "on_request", "retired", "static_reason"]
+
+#: The key under which the compile's Settings travel in build_selector's `cache` (health window and weights).
+SETTINGS_KEY = "settings"
+#: The key under which the names of the compile's ad-hoc models (`provider:model`, not in the catalog) travel.
+ADHOC_KEY = "adhoc"
+
+
+def on_request(c: n.Constraint) -> bool:
+    """Whether a `where` constraint compares with a request attribute (a bare name on the right): checked per
+    request, like a `where cost` limit."""
+    return isinstance(c.value, n.Literal) and c.value.kind == "name" and c.metric not in ("provider", "supports")
 
 
 def number(value: object) -> float:
@@ -52,8 +67,13 @@ def retired(spec: Any, today: datetime.date) -> bool:
 
 
 def static_reason(e: Entry, c: n.Constraint) -> Reason | None:
-    """Why a model fails a request-independent `where` constraint, or None when it passes."""
+    """Why a model fails a request-independent `where` constraint, or None when it passes (and for a constraint
+    on a request attribute, which only a request can decide)."""
+    if on_request(c):
+        return None
     value = c.value.value if isinstance(c.value, n.Literal) else None
+    if c.metric in ("price", "latency") and not math.isfinite(e.ip if c.metric == "price" else e.latency_ms):
+        return Reason(Code.PRICE if c.metric == "price" else Code.LATENCY, f"{c.metric} unknown (not in the catalog)")
     if c.metric == "provider":
         names = [str(i.value) for i in c.value.items] if isinstance(c.value, n.ListLit) else []
         return (
@@ -84,6 +104,29 @@ def static_reason(e: Entry, c: n.Constraint) -> Reason | None:
     return Reason(code, f"{shown} {NEGATED[c.op]} {fmt_value(literal(c.value).kind, value)}")
 
 
+def _unknown_numbers(
+    rankings: tuple[RankKey, ...], limits: tuple[Limit, ...]
+) -> Callable[[Entry], Reason | None] | None:
+    """For a rule that ranks or limits by cost, price or latency: why a model whose number is unknown (an ad-hoc
+    `provider:model`) is skipped; None when nothing the rule does needs those numbers."""
+    by_cost = any(r.kind == "cheapest" for r in rankings) or any(lim.code is Code.COST for lim in limits)
+    by_latency = any(r.kind == "fastest" for r in rankings) or any(lim.code is Code.LATENCY for lim in limits)
+    for r in rankings:
+        if isinstance(r, ScoreRank):
+            by_cost |= any(t.factor in ("cost", "price") for t in r.terms)
+            by_latency |= any(t.factor == "latency" for t in r.terms)
+    by_cost |= any(lim.code is Code.PRICE for lim in limits)
+
+    def unknown(e: Entry) -> Reason | None:
+        if by_cost and not price_known(e):
+            return Reason(Code.PRICE, "price unknown (not in the catalog): cost-ranked choices skip it")
+        if by_latency and not math.isfinite(e.latency_ms):
+            return Reason(Code.LATENCY, "latency unknown (not in the catalog): latency-ranked choices skip it")
+        return None
+
+    return unknown if (by_cost or by_latency) else None
+
+
 def _static_key(static: list[n.Constraint]) -> tuple:
     def value(v: n.Value | None) -> object:
         return tuple(str(i.value) for i in v.items) if isinstance(v, n.ListLit) else (v.value if v else None)
@@ -100,10 +143,11 @@ class _Parts:
     pool: tuple[Entry, ...]  # shared with every rule of the same static constraints (the cache's own tuple)
     rejects: tuple[tuple[Entry, Reason], ...]
     skey: tuple
-    costs: tuple[CostLimit, ...]
+    costs: tuple[Limit, ...]
     fallbacks: tuple[Entry, ...]
     key: str
     cache: dict
+    rankings: tuple[RankKey, ...] = ()
 
     def common(self) -> dict[str, Any]:
         return {
@@ -122,11 +166,39 @@ def _use(p: _Parts) -> Selector:
 _PIVOTS = ("cheapest", "least_busy")  # rankings that depend on the request
 
 
+def _per_request(r: RankKey) -> bool:
+    """A ranking whose order is computed per request and cannot be walked in a precomputed order: healthiest
+    (state), a score with a cost term."""
+    return r.kind == "healthiest" or (isinstance(r, ScoreRank) and r.dynamic)
+
+
+def rank_key(r: n.Ranking, entries: Mapping[str, Entry], cache: dict) -> RankKey:
+    """One `prefer` ranking as the runtime's rank key (a score's per-model sums are computed once per compile)."""
+    settings = cache.get(SETTINGS_KEY)
+    if r.kind == "score":
+        terms = tuple(
+            Term(t.coef, t.factor, t.name.upper() if t.factor == "capability" and t.name else t.name) for t in r.terms
+        )
+        key = ("score", terms)
+        if key not in cache:
+            cache[key] = ScoreRank.build(terms, entries.values())
+        return cache[key]
+    if r.kind == "healthiest":
+        return HealthRank("healthiest", None, float(setting(settings, "health.window")))
+    return RankKey(r.kind, r.capability.upper() if r.capability else None)
+
+
 def _prefer(p: _Parts) -> Selector:
-    rankings = tuple(RankKey(r.kind, r.capability.upper() if r.capability else None) for r in p.action.rankings)
+    rankings = p.rankings
     rkey = ("order", p.skey, rankings)
     measured = any(r.kind == "fastest" for r in rankings)
     cache = p.cache
+    if any(_per_request(r) for r in rankings):
+        nkey = ("by name", p.skey)
+        if nkey not in cache:
+            cache[nkey] = tuple(sorted(p.pool, key=lambda e: e.name))
+        p.pool = cache[nkey]
+        return GenericPrefer(rankings=rankings, measured=measured, **p.common())
     if all(r.kind not in _PIVOTS for r in rankings):
         if rkey not in cache:
             cache[rkey] = tuple(sorted(p.pool, key=lambda e: (*(r.key(e, None) for r in rankings), e.name)))
@@ -194,13 +266,25 @@ def _tier(pivot: str, members: list[Entry], rest: tuple[RankKey, ...]) -> tuple:
 
 def _balance(p: _Parts) -> Selector:
     mode = str(p.action.mode.value) if p.action.mode else None
-    return BalanceSelector(mode=mode, key=p.key, **p.common())
+    settings = p.cache.get(SETTINGS_KEY)
+    health = (
+        float(setting(settings, "health.window")),
+        float(setting(settings, "health.success_weight")),
+        float(setting(settings, "health.latency_weight")),
+    )
+    return BalanceSelector(mode=mode, key=p.key, health=health, **p.common())
 
 
 def _split(p: _Parts) -> Selector:
     given = (number(w.value) for w in p.action.weights)
     weights = dict(zip((p.resolve(m) for m in p.action.members), given, strict=False))
-    return SplitSelector(weights=tuple(weights.get(e, 0.0) for e in p.pool), key=p.key, **p.common())
+    name = p.action.experiment
+    return SplitSelector(
+        weights=tuple(weights.get(e, 0.0) for e in p.pool),
+        key=p.key,
+        experiment=str(name.value) if name is not None else None,
+        **p.common(),
+    )
 
 
 def _best_of(p: _Parts) -> Selector:
@@ -239,31 +323,39 @@ def build_selector(
     and rankings: a 1,000-rule policy over a 4,000-model catalog then filters and sorts a handful of times.
     `today` is the compile's date: a `prefer` over the catalog never ranks a model deprecated on or before it."""
     cache = {} if cache is None else cache
-    static = [c for c in action.where if c.metric != "cost"]
-    costs = tuple(
-        CostLimit(c.op, number(literal(c.value).value), literal(c.value).text)
+    static = [c for c in action.where if c.metric != "cost" and not on_request(c)]
+    costs: tuple[Limit, ...] = tuple(
+        AttrLimit(c.metric, c.op, str(literal(c.value).value), c.capability.upper() if c.capability else None)
+        if on_request(c)
+        else CostLimit(c.op, number(literal(c.value).value), literal(c.value).text)
         for c in action.where
-        if c.metric == "cost"
+        if c.metric == "cost" or on_request(c)
     )
     fallbacks = tuple(dict.fromkeys(resolve(f) for f in action.fallbacks))
+    listed = action.members or action.among
     if action.kind == "use" and action.model:
         candidates = [resolve(action.model)]
-    elif action.members:
-        candidates = list(dict.fromkeys(resolve(m) for m in action.members))
+    elif listed:
+        candidates = list(dict.fromkeys(resolve(m) for m in listed))
     else:
         candidates = list(entries.values())
-    whole_catalog = not (action.kind == "use" or action.members)
-    skey = ("filter", _static_key(static))
+    whole_catalog = not (action.kind == "use" or listed)
+    among = tuple(e.name for e in candidates) if action.among else None
+    skey = ("filter", _static_key(static), among)
+    rankings = tuple(rank_key(r, entries, cache) for r in action.rankings)
     # a `use` or `prefer` selector depends only on what this says (no state key): rules that say the same share it
     sig = None
     if action.kind in ("use", "prefer"):
         model = resolve(action.model).name if action.model else None
-        ranks = tuple((r.kind, r.capability) for r in action.rankings)
-        sig = ("selector", action.kind, model, ranks, skey, costs, tuple(f.name for f in fallbacks))
+        sig = ("selector", action.kind, model, rankings, skey, costs, tuple(f.name for f in fallbacks))
         if sig in cache:
             return cache[sig]
     pool: list[Entry] = []
     rejects: list[tuple[Entry, Reason]] = []
+    adhoc = cache.get(ADHOC_KEY) or frozenset()
+    if whole_catalog and adhoc:  # a model the catalog does not list is ranked only where a rule names it
+        candidates = [e for e in candidates if e.name not in adhoc]
+    unknown = _unknown_numbers(rankings, costs)
     if whole_catalog and skey in cache:
         shared_pool, shared_rejects = cache[skey]
     else:
@@ -272,7 +364,9 @@ def build_selector(
                 # `prefer` never ranks a model past its deprecation date; `use` and `fallback` still may (W108)
                 rejects.append((e, Reason(Code.DEPRECATED, f"deprecated since {e.spec.deprecation_date}")))
                 continue
-            why = next((r for c in static if (r := static_reason(e, c))), None)
+            why = next((r for c in static if (r := static_reason(e, c))), None) or (
+                unknown(e) if unknown is not None else None
+            )
             if why:
                 rejects.append((e, why))
             else:
@@ -280,7 +374,7 @@ def build_selector(
         shared_pool, shared_rejects = tuple(pool), tuple(rejects)
         if whole_catalog:
             cache[skey] = (shared_pool, shared_rejects)
-    parts = _Parts(action, resolve, shared_pool, shared_rejects, skey, costs, fallbacks, key, cache)
+    parts = _Parts(action, resolve, shared_pool, shared_rejects, skey, costs, fallbacks, key, cache, rankings)
     selector = BUILDERS[action.kind](parts)
     if sig is not None:
         cache[sig] = selector

@@ -13,6 +13,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from engine.compiler.actions import ADHOC_KEY, SETTINGS_KEY, on_request
 from engine.compiler.codegen import build_rules, literal, number, retired
 from engine.diagnostics import Diagnostic, PolicyError, did_you_mean
 from engine.language import nodes as n
@@ -21,6 +22,7 @@ from engine.language.parse import gc_paused
 from engine.runtime.index import build_index
 from engine.runtime.matcher import FLAGS, Matcher, check, to_re2
 from engine.runtime.policy import BudgetSpec, CompiledPolicy, Entry
+from engine.runtime.qualified import adhoc_spec, known_providers, resolve_qualified, split_name
 from engine.runtime.settings import SETTINGS, Settings, coerce
 from engine.runtime.units import EXAMPLES, KIND_NAMES, METRIC_KIND
 from providers.catalog.models import KNOWN_FEATURES, Catalog, CatalogError, ModelSpec, default_catalog, load_catalog
@@ -64,6 +66,26 @@ class Context:
     settings: dict[str, n.Setting] = field(default_factory=dict)
     budgets: list[n.Budget] = field(default_factory=list)
     tests: list[n.TestBlock] = field(default_factory=list)
+    adhoc: dict[str, ModelSpec] = field(default_factory=dict)  # `provider:model` names the catalog does not list
+
+    @functools.cached_property
+    def adhoc_allowed(self) -> bool:
+        """`set adhoc_models = true` anywhere in the policy (the last `set` wins, as for every setting)."""
+        value = False
+        for stmt in self.loaded.body:
+            if isinstance(stmt, n.Setting) and stmt.name == "adhoc_models" and isinstance(stmt.value, n.Literal):
+                value = stmt.value.value is True
+        return value
+
+    def lookup(self, name: str) -> ModelSpec | None:
+        """The model a reference names: a policy alias, a catalog name or alias, `provider:model`, or an ad-hoc
+        model already allowed."""
+        assert self.catalog is not None
+        name = self.aliases.get(name, name)
+        spec = self.catalog.resolve(name)
+        if spec is None and ":" in name:
+            spec = resolve_qualified(self.catalog, name) or self.adhoc.get(name)
+        return spec
 
     def error(
         self,
@@ -81,12 +103,15 @@ class Context:
         return not any(d.is_error for d in self.diagnostics)
 
     def resolve_model(self, ref: n.ModelRef) -> str | None:
-        """The canonical catalog name for a model reference; reports E300 when unknown."""
+        """The canonical catalog name for a model reference; reports E300 when unknown (E305 / E312 for a
+        `provider:model` name whose provider is unknown, or whose model the catalog does not list)."""
         assert self.catalog is not None
-        name = self.aliases.get(ref.name, ref.name)
-        spec = self.catalog.resolve(name)
+        spec = self.lookup(ref.name)
         if spec is not None:
             return spec.name
+        parts = split_name(self.aliases.get(ref.name, ref.name))
+        if parts is not None:
+            return self._qualified(ref, *parts)
         names = [*self.catalog.names(), *self.aliases]
         self.error(
             "E300",
@@ -94,6 +119,33 @@ class Context:
             ref.span,
             "not in the catalog",
             did_you_mean(ref.name, names) or "run `modelroute catalog` to list the models",
+        )
+        return None
+
+    def _qualified(self, ref: n.ModelRef, provider: str, model: str) -> str | None:
+        """A `provider:model` name the catalog does not list: an ad-hoc model when the policy allows them."""
+        assert self.catalog is not None
+        providers = known_providers(self.catalog)
+        if provider not in providers:
+            self.error(
+                "E305",
+                f"unknown provider `{provider}` in `{ref.name}`",
+                ref.span,
+                "no such provider",
+                did_you_mean(provider, providers) or "providers: " + ", ".join(sorted(providers)),
+            )
+            return None
+        if self.adhoc_allowed:
+            spec = self.adhoc[f"{provider}:{model}"] = adhoc_spec(provider, model)
+            return spec.name
+        listed = [f"{provider}:{m.name}" for m in self.catalog.models.values() if m.provider == provider]
+        self.error(
+            "E312",
+            f"`{ref.name}`: the catalog lists no {provider} model `{model}`",
+            ref.span,
+            f"no such {provider} model",
+            did_you_mean(ref.name, listed)
+            or f"`set adhoc_models = true` sends it to {provider} as model id `{model}` (its price is unknown)",
         )
         return None
 
@@ -283,11 +335,16 @@ def pass_names(ctx: Context) -> None:
                         did_you_mean(node.name, ctx.tasks) or f'declare it first: task {node.name} = /.../, "phrase"',
                     )
         act = rule.action
-        for ref in (act.model, act.judge, *act.members, *act.fallbacks):
+        for ref in (act.model, act.judge, *act.members, *act.among, *act.fallbacks):
             if ref is not None:
                 ctx.resolve_model(ref)
         for r in act.rankings:
             cap(r.capability, r.span)
+            for term in r.terms:
+                if term.factor == "capability":
+                    cap(term.name, term.span)
+                elif term.factor == "attr":
+                    _score_attr(ctx, term)
         for c in act.where:
             if c.metric == "capability":
                 cap(c.capability, c.metric_span)
@@ -311,6 +368,32 @@ def pass_names(ctx: Context) -> None:
                 )
 
 
+#: Words that read as a request attribute inside `score(...)` but are surely meant as something else.
+_NOT_SCORE_TERMS = frozenset({"cheapest", "fastest", "least_busy", "healthiest", "provider"})
+#: Every term `score(...)` knows besides a request attribute, as written.
+SCORE_TERMS = ("capability(NAME)", *n.SCORE_FACTORS[1:])
+
+
+def _score_attr(ctx: Context, term: n.ScoreTerm) -> None:
+    """A bare name in `score(...)` is a request attribute, unless it is a ranking word or a misspelt factor
+    (`costs`, `latncy`): then E311 with what it may have meant."""
+    name = str(term.name)
+    factors = n.SCORE_FACTORS[1:]
+    close = did_you_mean(name, factors) if name.lower() not in factors else f"write `{name.lower()}`"
+    if name not in _NOT_SCORE_TERMS and (close is None or "." in name):
+        return
+    hint = close or (
+        "for speed write `- latency`, for price `- cost` or `- price`" if name in ("fastest", "cheapest") else None
+    )
+    ctx.error(
+        "E311",
+        f"unknown score term `{name}`",
+        term.span,
+        "not a score term",
+        hint or "score terms: " + ", ".join(SCORE_TERMS) + ", or a request attribute",
+    )
+
+
 def pass_tests(ctx: Context) -> None:
     if ctx.catalog is None:
         return
@@ -321,14 +404,14 @@ def pass_tests(ctx: Context) -> None:
                     ctx.resolve_model(ref)
 
 
-def _unit_error(ctx: Context, what: str, want: str, lit: n.Value) -> None:
+def _unit_error(ctx: Context, what: str, want: str, lit: n.Value, more: str = "") -> None:
     got = "list" if isinstance(lit, n.ListLit) else lit.kind
     ctx.error(
         "E400",
         f"{what} compares with {KIND_NAMES[want]}, not {KIND_NAMES[got]}",
         lit.span,
         f"this is {KIND_NAMES[got]}",
-        f"write {EXAMPLES[want]}",
+        f"write {EXAMPLES[want]}{more}",
     )
 
 
@@ -354,8 +437,12 @@ def pass_types(ctx: Context) -> None:
         for c in rule.action.where:
             if c.metric in METRIC_KIND and c.value is not None:
                 want = METRIC_KIND[c.metric]
+                if on_request(c):
+                    continue  # a request attribute: read in the metric's unit when the request arrives
                 if not isinstance(c.value, n.Literal) or c.value.kind != want:
-                    _unit_error(ctx, f"`{c.metric}`", want, c.value)
+                    attr = f"max_{c.metric}" if c.op.startswith("<") else f"min_{c.metric}"
+                    more = f", or a request attribute's name (`{c.metric} {c.op} {attr}`)"
+                    _unit_error(ctx, f"`{c.metric}`", want, c.value, more)
                 elif c.metric == "capability" and not 0 <= number(c.value.value) <= 10:
                     ctx.error(
                         "E401",
@@ -366,7 +453,7 @@ def pass_types(ctx: Context) -> None:
                     )
 
 
-BALANCE_MODES = ("round_robin", "random", "least_busy")
+BALANCE_MODES = ("round_robin", "random", "least_busy", "weighted")
 BUDGET_PERIODS = ("hourly", "daily", "monthly")
 
 
@@ -380,6 +467,14 @@ def pass_strategies(ctx: Context) -> None:
                 act.mode.span,
                 "not a mode",
                 did_you_mean(str(act.mode.value), BALANCE_MODES) or "modes: " + ", ".join(BALANCE_MODES),
+            )
+        if act.experiment is not None and not str(act.experiment.value).strip():
+            ctx.error(
+                "E405",
+                "the experiment has no name",
+                act.experiment.span,
+                "empty",
+                'name it, e.g. `as "prompt-v2"`: usage and metrics report each experiment by its name',
             )
         if act.kind == "split":
             total = sum(number(w.value) for w in act.weights)
@@ -525,6 +620,8 @@ def compile_loaded(
             key=lambda d: (order.get(d.span.file, len(order)), d.span.line, d.span.col) if d.span else (-1, 0, 0)
         )
         raise PolicyError(ctx.diagnostics, loaded.sources)
+    if ctx.adhoc:  # the models `provider:model` names that the catalog does not list join the policy's catalog
+        ctx.catalog = ctx.catalog.merged(Catalog(ctx.adhoc.values()))
     with gc_paused():
         policy = build(ctx)
     loaded.sources.forget_lines()  # the compiled policy keeps the sources, not their line table
@@ -543,14 +640,15 @@ def build(ctx: Context) -> CompiledPolicy:
         for p in task.patterns:
             mask |= 1 << ctx.pattern_of[id(p)]
         task_masks[name] = mask
-    catalog = ctx.catalog
 
     def resolve(ref: n.ModelRef) -> Entry:
-        spec = catalog.resolve(ctx.aliases.get(ref.name, ref.name))
+        spec = ctx.lookup(ref.name)
         assert spec is not None, f"{ref.name} passed pass_names but does not resolve"
         return entries[spec.name]
 
-    selector_cache: dict = {}
+    settings = _settings(ctx)
+    # the health settings and the ad-hoc models reach the selectors through the cache
+    selector_cache: dict = {SETTINGS_KEY: settings, ADHOC_KEY: frozenset(ctx.adhoc)}
     rules, guards = build_rules(
         ctx.rules, entries, resolve, task_masks, ctx.pattern_of, selector_cache, today=ctx.today
     )
@@ -572,7 +670,7 @@ def build(ctx: Context) -> CompiledPolicy:
         index=index,
         catalog=ctx.catalog,
         sources=ctx.loaded.sources,
-        settings=_settings(ctx),
+        settings=settings,
         budgets=tuple(BudgetSpec(b.period, number(b.amount.value), b.per, b.span) for b in ctx.budgets),
         tests=tuple(ctx.tests),
     )

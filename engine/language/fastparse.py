@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from engine.language import nodes as n
+from engine.language.literals import count_value, literal_value
 
 __all__ = ["GRAMMAR_WORDS", "literal_of", "parse_fast", "unescape"]
 
@@ -30,7 +31,9 @@ __all__ = ["GRAMMAR_WORDS", "literal_of", "parse_fast", "unescape"]
 #: name belongs and one of these appears, lark's contextual lexer may read it either way, so this parser gives up.
 GRAMMAR_WORDS = frozenset(
     [
+        "among",
         "and",
+        "as",
         "balance",
         "best_of",
         "budget",
@@ -44,6 +47,7 @@ GRAMMAR_WORDS = frozenset(
         "expect",
         "fallback",
         "fastest",
+        "healthiest",
         "in",
         "include",
         "is",
@@ -66,6 +70,7 @@ GRAMMAR_WORDS = frozenset(
         "race",
         "route",
         "rule",
+        "score",
         "set",
         "split",
         "supports",
@@ -80,6 +85,11 @@ GRAMMAR_WORDS = frozenset(
     ]
 )
 
+#: Grammar words that are keywords only inside an action (after `prefer`, a ranking or a split), so that where a
+#: condition's operand or a value belongs lark's contextual lexer always reads them as names (`score >= 3`).
+ACTION_ONLY_WORDS = frozenset(["among", "as", "healthiest", "score"])
+_VALUE_WORDS = GRAMMAR_WORDS - ACTION_ONLY_WORDS
+
 # The grammar's terminals (grammar/route.lark), highest priority first where two can match the same text.
 _TOKEN = re.compile(
     r"""
@@ -87,20 +97,22 @@ _TOKEN = re.compile(
     |(?P<comment>\#[^\n]*)
     |(?P<PRICE>\$[0-9]+(?:\.[0-9]+)?/(?:[0-9]+(?:\.[0-9]+)?[kM]?|[kM])(?![A-Za-z0-9_]))
     |(?P<MONEY>\$[0-9]+(?:\.[0-9]+)?(?![A-Za-z0-9_./]))
-    |(?P<DURATION>[0-9]+(?:\.[0-9]+)?(?:ms|s)(?![A-Za-z0-9_]))
+    |(?P<DURATION>[0-9]+(?:\.[0-9]+)?(?:ms|s|m|h)(?![A-Za-z0-9_]))
     |(?P<PERCENT>[0-9]+(?:\.[0-9]+)?%)
     |(?P<NUMBER>[0-9]+(?:\.[0-9]+)?[kM]?(?![A-Za-z0-9_]))
     |(?P<NAME>[A-Za-z_][A-Za-z0-9_]*(?:[.:\-][A-Za-z0-9_]+)*)
     |(?P<STRING>"(?:[^"\\\n]|\\.)*")
     |(?P<REGEX>/(?:[^/\\\n]|\\.)+/[a-z]*)
     |(?P<COMPARE>==|!=|<=|>=|<|>)
-    |(?P<PUNCT>[()\[\],=~])
+    |(?P<SIGN>[+\-])
+    |(?P<PUNCT>[()\[\],=~*])
     """,
     re.X,
 )
+_UNIT_KINDS = {"DURATION": "duration", "MONEY": "money", "PRICE": "price", "PERCENT": "percent"}
 _SCALARS = frozenset({"NUMBER", "DURATION", "PRICE", "MONEY", "PERCENT", "STRING", "NAME"})
-_SCALE = {"": 1.0, "k": 1e3, "M": 1e6}
 _METRICS = frozenset({"latency", "price", "cost", "context"})
+_SCORE_WORDS = frozenset(n.SCORE_FACTORS) - {"capability"}
 
 Tok = tuple[str, str, int, int, int]  # (kind, text, start offset, line, column)
 
@@ -123,30 +135,13 @@ def unescape(body: str) -> str:
     return "".join(out)
 
 
-def _count(text: str) -> float:
-    if text[-1] in "kM":
-        return float(text[:-1]) * _SCALE[text[-1]]
-    return float(text)
-
-
 def literal_of(kind: str, text: str, span: n.Span) -> n.Literal:
     """A literal token (lark terminal `kind`) as a Literal, its value normalised; ValueError for a price per
     zero tokens."""
     if kind == "NUMBER":
-        return n.Literal("count", _count(text), text, span)
-    if kind == "DURATION":
-        value = float(text[:-2]) / 1000 if text.endswith("ms") else float(text[:-1])
-        return n.Literal("duration", value, text, span)
-    if kind == "MONEY":
-        return n.Literal("money", float(text[1:]), text, span)
-    if kind == "PRICE":
-        amount, per = text[1:].split("/")
-        per_tokens = _count(per) if per[0].isdigit() else _SCALE[per]
-        if per_tokens == 0:
-            raise ValueError("a price must be per a positive number of tokens, e.g. $3/1M")
-        return n.Literal("price", float(amount) / per_tokens, text, span)
-    if kind == "PERCENT":
-        return n.Literal("percent", float(text[:-1]) / 100, text, span)
+        return n.Literal("count", count_value(text), text, span)
+    if kind in _UNIT_KINDS:
+        return n.Literal(_UNIT_KINDS[kind], literal_value(_UNIT_KINDS[kind], text), text, span)
     if kind == "STRING":
         return n.Literal("string", unescape(text[1:-1]), text, span)
     if text in ("true", "false"):
@@ -330,7 +325,9 @@ class _Parser:
             self.i += 1
             operand = n.Operand("tokens", True, self.tok_span(first))
         else:
-            at = self.name()
+            at = self.take("NAME")
+            if self.toks[at][1] in _VALUE_WORDS:
+                raise _GiveUp
             operand = n.Operand(self.toks[at][1], False, self.tok_span(at))
         t = self.peek()
         if t is not None and t[0] == "COMPARE":
@@ -352,7 +349,7 @@ class _Parser:
 
     def scalar(self) -> n.Literal:
         t = self.peek()
-        if t is None or t[0] not in _SCALARS or (t[0] == "NAME" and t[1] in GRAMMAR_WORDS):
+        if t is None or t[0] not in _SCALARS or (t[0] == "NAME" and t[1] in _VALUE_WORDS):
             raise _GiveUp
         self.i += 1
         try:
@@ -395,6 +392,7 @@ class _Parser:
         first = self.i
         model: n.ModelRef | None = None
         rankings: list[n.Ranking] = []
+        among: tuple[n.ModelRef, ...] = ()
         if self.word("use"):
             self.i += 1
             model, last = self.ref()
@@ -406,6 +404,10 @@ class _Parser:
                 self.i += 1
                 rankings.append(self.ranking())
             kind, last = "prefer", self.i - 1
+            if self.word("among"):
+                self.i += 1
+                among = self.refs_list()
+                last = self.i - 1
         else:
             raise _GiveUp  # balance, split, race, consensus, best_of: lark
         where: list[n.Constraint] = []
@@ -425,7 +427,17 @@ class _Parser:
                 fallbacks.append(self.ref()[0])
             last = self.i - 1
         span = self.span(first, last)
-        return n.Action(kind, model, tuple(rankings), tuple(where), tuple(fallbacks), span), last
+        return n.Action(kind, model, tuple(rankings), tuple(where), tuple(fallbacks), span, among=among), last
+
+    def refs_list(self) -> tuple[n.ModelRef, ...]:
+        """`[a, b, c]`: one model reference or more."""
+        self.take("PUNCT", "[")
+        refs = [self.ref()[0]]
+        while self.peek() is not None and self.peek()[1] == ",":  # type: ignore[index]
+            self.i += 1
+            refs.append(self.ref()[0])
+        self.take("PUNCT", "]")
+        return tuple(refs)
 
     def ranking(self) -> n.Ranking:
         first = self.i
@@ -436,9 +448,58 @@ class _Parser:
             name = self.name()
             last = self.take("PUNCT", ")")
             return n.Ranking("capability", self.toks[name][1], self.span(first, last))
-        if word in ("cheapest", "fastest", "least_busy"):
+        if word in ("cheapest", "fastest", "least_busy", "healthiest"):
             return n.Ranking(word, None, self.tok_span(first))
+        if word == "score":
+            self.take("PUNCT", "(")
+            terms = []
+            sign = 1.0
+            tok = self.peek()
+            if tok is not None and tok[0] == "SIGN":
+                sign = -1.0 if tok[1] == "-" else 1.0
+                self.i += 1
+            while True:
+                terms.append(self.score_term(sign))
+                tok = self.peek()
+                if tok is None or tok[0] != "SIGN":
+                    break
+                sign = -1.0 if tok[1] == "-" else 1.0
+                self.i += 1
+            last = self.take("PUNCT", ")")
+            return n.Ranking("score", None, self.span(first, last), tuple(terms))
         raise _GiveUp
+
+    def score_term(self, sign: float) -> n.ScoreTerm:
+        """`NUMBER * factor`, `factor * NUMBER` or `factor`, its coefficient times `sign`."""
+        first = self.i
+        t = self.peek()
+        coef = 1.0
+        if t is not None and t[0] == "NUMBER":
+            self.i += 1
+            coef = count_value(t[1])
+            self.take("PUNCT", "*")
+            factor, name = self.score_factor()
+        else:
+            factor, name = self.score_factor()
+            t = self.peek()
+            if t is not None and t[0] == "PUNCT" and t[1] == "*":
+                self.i += 1
+                coef = count_value(self.toks[self.take("NUMBER")][1])
+        return n.ScoreTerm(sign * coef, factor, name, self.span(first, self.i - 1))
+
+    def score_factor(self) -> tuple[str, str | None]:
+        at = self.take("NAME")
+        word = self.toks[at][1]
+        if word == "capability":
+            self.take("PUNCT", "(")
+            name = self.toks[self.name()][1]
+            self.take("PUNCT", ")")
+            return "capability", name
+        if word in _SCORE_WORDS:
+            return word, None
+        if word in GRAMMAR_WORDS:
+            raise _GiveUp
+        return "attr", word
 
     def constraint(self) -> n.Constraint:
         first = self.i

@@ -29,6 +29,8 @@ WIDTH = 100
 INDENT = "    "
 _NO_SPACE_BEFORE = frozenset({",", ")", "]"})
 _NO_SPACE_AFTER = frozenset({"(", "["})
+_CALLS = frozenset({"capability", "score"})  # words written with their `(` attached
+_SIGNS = frozenset({"+", "-"})
 
 
 class FmtError(Exception):
@@ -167,17 +169,18 @@ def _tokens(node: Tree | Token) -> list[tuple[str, bool]]:
 
 def _join(tokens: list[tuple[str, bool]]) -> str:
     out: list[str] = []
-    prev, prev_glued = "", False
+    prev, prev_glued, before = "", False, ""
     for text, glued in tokens:
         space = bool(out) and not (
             glued
             or prev_glued
             or text in _NO_SPACE_BEFORE
             or prev in _NO_SPACE_AFTER
-            or (text == "(" and prev == "capability")
+            or (text == "(" and prev in _CALLS)
+            or (prev in _SIGNS and before == "(")  # a leading sign in score(...): `score(-100 * cost)`
         )
         out.append((" " if space else "") + text)
-        prev, prev_glued = text, glued
+        prev, prev_glued, before = text, glued, prev
     return "".join(out)
 
 

@@ -154,12 +154,28 @@ class ModelRef:
 
 
 @dataclass(frozen=True, slots=True)
+class ScoreTerm:
+    """One term of `score(...)`: `coef * factor`, where factor is capability (with its name), cost, price,
+    latency, context, tokens or attr (a request attribute, its name in `name`)."""
+
+    coef: float
+    factor: str
+    name: str | None
+    span: Span
+
+
+#: The factors a `score(...)` term may name (besides a request attribute, factor "attr").
+SCORE_FACTORS = ("capability", "cost", "price", "latency", "context", "tokens")
+
+
+@dataclass(frozen=True, slots=True)
 class Ranking:
-    """`capability(NAME)`, `cheapest` or `fastest`."""
+    """`capability(NAME)`, `cheapest`, `fastest`, `least_busy`, `healthiest` or `score(...)` (its terms)."""
 
     kind: str
     capability: str | None
     span: Span
+    terms: tuple[ScoreTerm, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +211,8 @@ class Action:
     mode: Literal | None = None  # balance: round_robin | random | least_busy
     judge: ModelRef | None = None  # best_of
     min_agreement: Literal | None = None  # consensus: agreeing answers needed (None: 1)
+    among: tuple[ModelRef, ...] = ()  # prefer ... among [...]: the only models ranked (empty: the catalog)
+    experiment: Literal | None = None  # split ... as "name": the experiment the split's picks report
 
 
 # ---- statements --------------------------------------------------------------------------------

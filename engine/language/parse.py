@@ -59,6 +59,10 @@ KEYWORDS = frozenset(
         "least_busy",
         "min_agreement",
         "plan",
+        "among",
+        "healthiest",
+        "score",
+        "as",
     }
 )
 
@@ -71,7 +75,7 @@ _FRIENDLY = {
     "STRING": 'a string "..."',
     "REGEX": "a regex /.../",
     "NUMBER": "a number",
-    "DURATION": "a duration (800ms, 2s)",
+    "DURATION": "a duration (800ms, 2s, 5m, 1h)",
     "MONEY": "an amount ($0.05)",
     "PRICE": "a price ($3/1M)",
     "PERCENT": "a percentage",
@@ -284,7 +288,12 @@ class _ToAST:
         return ("use", self._ref(children[0]), (), {})
 
     def prefer(self, meta, children):
-        return ("prefer", None, tuple(children), {})
+        rankings = tuple(c for c in children if isinstance(c, n.Ranking))
+        among = next((c[1] for c in children if isinstance(c, tuple) and c[0] == "among"), ())
+        return ("prefer", None, rankings, {"among": among} if among else {})
+
+    def among_clause(self, meta, children):
+        return ("among", children[0])
 
     def model_list(self, meta, children):
         return tuple(self._ref(c) for c in children)
@@ -297,7 +306,12 @@ class _ToAST:
         return (literal(children[0], self.file), self._ref(children[1]))
 
     def split(self, meta, children):
-        return ("split", None, (), {"members": tuple(c[1] for c in children), "weights": tuple(c[0] for c in children)})
+        items = [c for c in children if isinstance(c, tuple)]
+        extra: dict[str, Any] = {"members": tuple(c[1] for c in items), "weights": tuple(c[0] for c in items)}
+        named = [c for c in children if isinstance(c, Token)]
+        if named:
+            extra["experiment"] = literal(named[0], self.file)
+        return ("split", None, (), extra)
 
     def race(self, meta, children):
         return ("race", None, (), {"members": children[0]})
@@ -311,6 +325,56 @@ class _ToAST:
 
     def rank_least_busy(self, meta, children):
         return n.Ranking("least_busy", None, self._span(meta))
+
+    def rank_healthiest(self, meta, children):
+        return n.Ranking("healthiest", None, self._span(meta))
+
+    def rank_score(self, meta, children):
+        return n.Ranking("score", None, self._span(meta), children[0])
+
+    def score_sum(self, meta, children):
+        terms: list[n.ScoreTerm] = []
+        sign = 1.0
+        for c in children:
+            if isinstance(c, Token):
+                sign = -1.0 if str(c) == "-" else 1.0
+            else:
+                terms.append(n.ScoreTerm(sign * c.coef, c.factor, c.name, c.span))
+                sign = 1.0
+        return tuple(terms)
+
+    def term_scaled(self, meta, children):
+        coef, (factor, name) = children
+        return n.ScoreTerm(literal(coef, self.file).value, factor, name, self._span(meta))  # type: ignore[arg-type]
+
+    def term_scaled_after(self, meta, children):
+        (factor, name), coef = children
+        return n.ScoreTerm(literal(coef, self.file).value, factor, name, self._span(meta))  # type: ignore[arg-type]
+
+    def term_plain(self, meta, children):
+        factor, name = children[0]
+        return n.ScoreTerm(1.0, factor, name, self._span(meta))
+
+    def factor_capability(self, meta, children):
+        return ("capability", str(children[0]))
+
+    def factor_cost(self, meta, children):
+        return ("cost", None)
+
+    def factor_price(self, meta, children):
+        return ("price", None)
+
+    def factor_latency(self, meta, children):
+        return ("latency", None)
+
+    def factor_context(self, meta, children):
+        return ("context", None)
+
+    def factor_tokens(self, meta, children):
+        return ("tokens", None)
+
+    def factor_attr(self, meta, children):
+        return ("attr", str(children[0]))
 
     # settings, budgets, tests
     def set_stmt(self, meta, children):
@@ -615,7 +679,8 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, file: str) -> tuple[Diag
                 f"bad literal `{bad}`",
                 span,
                 "not a number, duration or price",
-                "numbers take k or M (30k, 1M), durations ms or s (800ms, 2s), money $0.05, prices $3/1M or $0.003/1k",
+                "numbers take k or M (30k, 1M), durations ms, s, m or h (800ms, 2s, 5m, 1h), money $0.05, "
+                "prices $3/1M or $0.003/1k",
             )
         else:
             hint = {
@@ -678,10 +743,12 @@ def _token_hint(tok: Token, expected: set[str], text: str = "") -> str | None:
     if "USE" in expected and "PREFER" in expected:
         return (
             "a rule needs an action: `use MODEL`, `prefer RANKING` (capability(NAME), cheapest, fastest, "
-            "least_busy), `balance`, `split`, `race`, `consensus` or `best_of`"
+            "least_busy, healthiest, score(...)), `balance`, `split`, `race`, `consensus` or `best_of`"
         )
     if expected & {"CAPABILITY", "CHEAPEST", "FASTEST"} and "NAME" not in expected:
-        return f"`{value}` is not a ranking: use capability(NAME), cheapest, fastest or least_busy"
+        return (
+            f"`{value}` is not a ranking: use capability(NAME), cheapest, fastest, least_busy, healthiest or score(...)"
+        )
     if "NAME" in expected and value in KEYWORDS:
         return f"`{value}` is a keyword; pick another name"
     return None

@@ -8,19 +8,27 @@ a `Reason` with a stable code and its text) all use it, so their answers cannot 
 
 from __future__ import annotations
 
+import math
 import operator
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from engine.runtime.units import fmt_count, fmt_money
 
 if TYPE_CHECKING:
     from engine.runtime.policy import Entry, Request
 
-__all__ = ["NEGATED", "OPS", "Code", "CostLimit", "Reason", "check", "violation"]
+__all__ = ["NEGATED", "OPS", "Code", "CostLimit", "Limit", "Reason", "check", "price_known", "violation"]
+
+
+def price_known(entry: Any) -> bool:
+    """Whether the catalog knows both of a model's prices (an Entry's `ip` and `op`, USD per token): finite and not
+    negative. A price of 0 is known (the model is free); an ad-hoc model (`set adhoc_models`) has none."""
+    return all(isinstance(p, (int, float)) and math.isfinite(p) and p >= 0 for p in (entry.ip, entry.op))
+
 
 OPS: dict[str, Callable[[Any, Any], bool]] = {
     "==": operator.eq,
@@ -65,10 +73,23 @@ class Reason:
         return self.text
 
 
+class Limit(Protocol):
+    """A `where` limit checked per request (CostLimit; engine.runtime.limits.AttrLimit): `code` names what it
+    limits, `allows` is the fast check, `reason` its text when it does not allow the model."""
+
+    @property
+    def code(self) -> Code: ...
+
+    def allows(self, e: Entry, req: Request) -> bool: ...
+
+    def reason(self, e: Entry, req: Request) -> str | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class CostLimit:
     """A rule's `where cost <op> <money>`: the request's estimated cost on a model must satisfy it."""
 
+    code: ClassVar[Code] = Code.COST
     op: str
     value: float
     text: str
@@ -86,10 +107,10 @@ class CostLimit:
 
 # Module-level aliases: a global read is about half the cost of an Enum member lookup, and violation() runs
 # once per candidate on decide()'s hot path.
-_CONTEXT, _TOOLS, _VISION, _UNAVAILABLE, _COST = Code.CONTEXT, Code.TOOLS, Code.VISION, Code.UNAVAILABLE, Code.COST
+_CONTEXT, _TOOLS, _VISION, _UNAVAILABLE = Code.CONTEXT, Code.TOOLS, Code.VISION, Code.UNAVAILABLE
 
 
-def violation(e: Entry, req: Request, limits: tuple[CostLimit, ...] = ()) -> Code | None:
+def violation(e: Entry, req: Request, limits: tuple[Limit, ...] = ()) -> Code | None:
     """The first hard constraint `e` breaks for `req` (checked in a fixed order), or None when it can serve it.
 
     The fast check selection runs for every candidate: it allocates nothing."""
@@ -103,17 +124,17 @@ def violation(e: Entry, req: Request, limits: tuple[CostLimit, ...] = ()) -> Cod
         return _UNAVAILABLE
     for c in limits:
         if not c.allows(e, req):
-            return _COST
+            return c.code
     return None
 
 
-def check(e: Entry, req: Request, limits: tuple[CostLimit, ...] = ()) -> Reason | None:
+def check(e: Entry, req: Request, limits: tuple[Limit, ...] = ()) -> Reason | None:
     """Why `e` cannot serve `req` (the same verdict as `violation`, with its text), or None."""
     code = violation(e, req, limits)
     return None if code is None else Reason(code, _text(code, e, req, limits))
 
 
-def _text(code: Code, e: Entry, req: Request, limits: tuple[CostLimit, ...]) -> str:
+def _text(code: Code, e: Entry, req: Request, limits: tuple[Limit, ...]) -> str:
     if code is Code.CONTEXT:
         return f"context {fmt_count(e.context)} < {fmt_count(req.tokens)} tokens"
     if code is Code.TOOLS:

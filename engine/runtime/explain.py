@@ -108,6 +108,9 @@ def render_markup(r: Report) -> str:
         if r.group and len(r.group) > 1:
             calls = f"calls {', '.join(r.group)} together"
             lines.append(f"[bold]{r.strategy}[/]  {escape(calls)}" + (f"; judge {escape(r.judge)}" if r.judge else ""))
+        if r.experiment is not None:
+            shown = f'"{r.experiment.name}", variant {r.experiment.variant}'
+            lines.append(f"[bold]experiment[/] {escape(shown)}")
         if r.note:
             lines.append(f"[bold]note[/]       [yellow]{escape(r.note)}[/]")
         if r.fallback_checks:

@@ -1,4 +1,5 @@
-"""The OpenAI message reader: OpenAI-format chat message dicts in, typed `ChatMessage`s (and their text) out.
+"""The OpenAI message reader: OpenAI-format chat message dicts in, typed `ChatMessage`s (and their text, and the
+request counts policies read: messages, turns, words) out.
 
 The gateway, the executor and token counting all read messages through `read_message`, so a role alias, an
 image part shape or a text rule is decided here once. The reader is lenient about shapes the wire allows
@@ -8,7 +9,8 @@ carrying OpenAI's `param` path, for anything it cannot read.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -189,3 +191,67 @@ def has_images(messages: Iterable[Mapping[str, Any]]) -> bool:
         ):
             return True
     return False
+
+
+# ---- request counts --------------------------------------------------------------------------------------
+
+#: Request attributes derived from the request itself (reserved: a caller cannot set them): `messages` (how many
+#: messages), `turns` (how many of them are user messages), `words` (words in the task text, the last user
+#: message). A prompt is one user message.
+REQUEST_COUNTS = ("messages", "turns", "words")
+
+
+def request_counts(
+    text: str, messages: Sequence[Any] | None = None, wanted: Iterable[str] = REQUEST_COUNTS
+) -> dict[str, int]:
+    """The `wanted` counts of a request whose task text is `text`, sent as `messages` (OpenAI-format dicts or read
+    ChatMessages; None: a prompt, one user message). Words are runs of non-space characters."""
+    out: dict[str, int] = {}
+    for name in wanted:
+        if name == "messages":
+            out[name] = len(messages) if messages is not None else 1
+        elif name == "turns":
+            out[name] = sum(1 for m in messages if _role(m) == "user") if messages is not None else 1
+        elif name == "words":
+            out[name] = len(text.split())
+    return out
+
+
+def _role(message: Any) -> str | None:
+    role = message.get("role") if isinstance(message, Mapping) else getattr(message, "role", None)
+    return ROLES.get(role) if isinstance(role, str) else None
+
+
+_READS: dict[int, frozenset[str]] = {}
+
+
+def counts_read(policy: Any) -> frozenset[str]:
+    """The request counts (REQUEST_COUNTS) a compiled policy reads anywhere: in a condition, a `where` limit or a
+    score. The request builder derives only these (`words` reads the whole text). Computed once per policy."""
+    settings = policy.settings
+    key = id(settings)
+    found = _READS.get(key) if settings is not None else None
+    if found is None:
+        found = frozenset(_names_read(policy.rules)) & frozenset(REQUEST_COUNTS)
+        if settings is not None:
+            _READS[key] = found
+            weakref.finalize(settings, _READS.pop, key, None)
+    return found
+
+
+def _names_read(rules: Iterable[Any]) -> Iterable[str]:
+    """Every request attribute name a policy's rules (CompiledRules) read."""
+    from engine.language import nodes as n
+
+    for rule in rules:
+        node = rule.node
+        if node.cond is not None:
+            for atom in n.walk_cond(node.cond):
+                operand = getattr(atom, "left", None) or getattr(atom, "operand", None)
+                if isinstance(operand, n.Operand) and not operand.builtin:
+                    yield operand.name
+        for c in node.action.where:
+            if isinstance(c.value, n.Literal) and c.value.kind == "name":
+                yield str(c.value.value)
+        for r in node.action.rankings:
+            yield from (str(t.name) for t in r.terms if t.factor == "attr")

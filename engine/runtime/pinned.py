@@ -12,6 +12,7 @@ from engine.language.nodes import Span
 from engine.runtime.constraints import Code, check
 from engine.runtime.decision import Decision
 from engine.runtime.policy import CompiledPolicy, Entry, Request
+from engine.runtime.qualified import resolve_qualified
 from engine.runtime.report import PlanStep, Report, RuleRef
 
 _REQUEST = Span("<request>", 0, 0, 0, 0)
@@ -84,10 +85,16 @@ class PinnedDecision(Decision):
 
 
 def resolve_model(policy: CompiledPolicy, name: str) -> str | None:
-    """The canonical catalog name for a model name or catalog alias, or None."""
+    """The canonical catalog name for a model name, a catalog alias or a `provider:model` name, or None."""
     if name in policy.models:
         return name
-    alias = policy.catalog.aliases.get(name) if policy.catalog is not None else None
+    catalog = policy.catalog
+    if catalog is None:
+        return None
+    alias = catalog.aliases.get(name)
+    if alias is None and ":" in name:
+        spec = resolve_qualified(catalog, name)
+        alias = spec.name if spec is not None else None
     return alias if alias in policy.models else None
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from engine.language.nodes import FANOUT_GROUPS
+from engine.runtime.constraints import price_known
 from engine.runtime.report import PlanRole, PlanStep
 from engine.runtime.settings import setting
 
@@ -26,17 +27,38 @@ __all__ = ["build_plan", "chosen_reason", "decide_all_open", "probe_first", "unb
 
 
 def chosen_reason(sel: Selector, chosen: Entry, req: Request) -> str:
-    """Why the rule's own pick is first in the plan."""
+    """Why the rule's own pick is first in the plan (and, after `;`, each `where` limit on a request attribute
+    that does not apply to this request)."""
+    unknown = [] if price_known(chosen) else ["price unknown (not in the catalog)"]
+    return "; ".join([_pick_reason(sel, chosen, req), *unknown, *sel.notes(req)])
+
+
+def _pick_reason(sel: Selector, chosen: Entry, req: Request) -> str:
     kind = sel.kind
     if kind == "use":
         return "named by the rule"
     if kind == "prefer":
         return "rank 1 by " + " then ".join(r.label for r in sel.rankings)
+    if kind == "balance" and sel.mode == "weighted":
+        from engine.runtime.constraints import violation
+
+        limits = sel.cost_limits
+        viable = [e for e in sel.pool if violation(e, req, limits) is None]
+        weights = sel.weights_for(viable, req)  # type: ignore[attr-defined]
+        total = sum(w for w, _, _ in weights) or 1.0
+        for e, (w, rate, speed) in zip(viable, weights, strict=True):
+            if e is chosen:
+                return (
+                    f"picked by balance weighted (chance {w / total * 100:.0f}%: success {rate * 100:.0f}%, "
+                    f"latency score {speed:.2f})"
+                )
     if kind == "balance":
         return f"picked by balance {sel.mode}"
     if kind == "split":
         weight = dict(zip(sel.pool, sel.weights, strict=False)).get(chosen, 0.0)
-        return f"picked by split ({weight * 100:g}%)"
+        experiment = sel.experiment_for(chosen)
+        named = f', experiment "{experiment.name}" variant {experiment.variant}' if experiment is not None else ""
+        return f"picked by split ({weight * 100:g}%{named})"
     return f"{kind} member (the group is called together)"
 
 

@@ -10,6 +10,9 @@ nested `{"budget": {"left": 1}}`, which a policy's `budget.left` would otherwise
 * `key`: the gateway key's name.
 * `self`, `prompt`, `messages`, `model`: the parameters of `Engine.decide()` / `Engine.pin()`, which take the
   attributes as keyword arguments.
+* `messages`, `turns`, `words`: also counts derived from the request itself (the number of messages, of user
+  messages, of words in the task text; engine/runtime/messages.py `request_counts`), set for a policy that
+  reads them, over anything a caller passes.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ RESERVED_ATTRS: tuple[str, ...] = (
     "prompt",
     "messages",
     "model",
+    "turns",
+    "words",
 )
 _RESERVED = frozenset(RESERVED_ATTRS)
 

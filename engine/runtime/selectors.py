@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from engine.language.nodes import FANOUT_GROUPS, PICK_GROUPS
-from engine.runtime.constraints import CostLimit, Reason, check, violation
+from engine.runtime.constraints import Limit, Reason, check, violation
 from engine.runtime.policy import Entry, PriceGroup, RankKey, Request
+from engine.runtime.report import Experiment
+from engine.runtime.scores import health_weights
 
 if TYPE_CHECKING:
     from engine.runtime.report import PlanStep
@@ -30,7 +32,7 @@ class Selector:
     pool: tuple[Entry, ...]  # models that pass every static `where` constraint
     static_rejects: tuple[tuple[Entry, Reason], ...] = ()  # models a static constraint excludes, with the reason
     rankings: tuple[RankKey, ...] = ()
-    cost_limits: tuple[CostLimit, ...] = ()
+    cost_limits: tuple[Limit, ...] = ()  # limits checked per request: `where cost`, `where METRIC op attribute`
     fallbacks: tuple[Entry, ...] = ()
     key: str = ""  # state key (round-robin position, split stickiness) for this rule
 
@@ -58,6 +60,20 @@ class Selector:
     def pivot(self) -> int:
         """The position of the request-dependent ranking a walk is ordered by (see TieredPrefer)."""
         return 0
+
+    def notes(self, req: Request) -> list[str]:
+        """What explain should know about how this rule read the request: each `where` limit on a request
+        attribute that does not apply (the attribute is missing or of the wrong kind)."""
+        out = []
+        for c in self.cost_limits:
+            not_applied = getattr(c, "not_applied", None)
+            if not_applied is not None and (why := not_applied(req)) is not None:
+                out.append(why)
+        return out
+
+    def experiment_for(self, chosen: Entry) -> Experiment | None:
+        """The experiment a decision by this rule belongs to (`split ... as "name"`), its variant the chosen model."""
+        return None
 
     def pick(self, req: Request) -> Entry | None:
         """The best viable model for this request, or None. Must agree with rank()[0]."""
@@ -410,13 +426,24 @@ class BalanceSelector(Selector):
     """`balance <mode> [...]`: spread requests over the viable members."""
 
     kind: ClassVar[str] = "balance"
-    mode: str | None = None  # type: ignore[misc]  # round_robin | random | least_busy
+    mode: str | None = None  # type: ignore[misc]  # round_robin | random | least_busy | weighted
+    health: tuple[float, float, float] = (300.0, 0.7, 0.3)  # weighted: window (s), success and latency weights
+
+    def weights_for(self, viable: list[Entry], req: Request) -> list[tuple[float, float, float]]:
+        """`balance weighted`: each viable member's (weight, success rate, latency score)."""
+        window, success_weight, latency_weight = self.health
+        return health_weights(viable, req, window, success_weight, latency_weight)
 
     def pick(self, req: Request) -> Entry | None:
         limits = self.cost_limits
         viable = [e for e in self.pool if violation(e, req, limits) is None]
         if not viable:
             return None
+        if self.mode == "weighted":
+            weights = [w for w, _, _ in self.weights_for(viable, req)]
+            if sum(weights) <= 0:
+                return random.choice(viable)
+            return random.choices(viable, weights)[0]
         if self.mode == "round_robin":
             i = req.state.next_index(self.key) if req.state is not None else 0
             return viable[i % len(viable)]
@@ -431,6 +458,10 @@ class BalanceSelector(Selector):
         viable = [e for e in self.pool if violation(e, req, limits) is None]
         if depth <= 0 or not viable:
             return []
+        if self.mode == "weighted":
+            weighed = [(e, w) for e, (w, _, _) in zip(viable, self.weights_for(viable, req), strict=True)]
+            rest_w = sorted((p for p in weighed if p[0] is not chosen), key=lambda p: -p[1])  # stable: ties as listed
+            return [(e, f"next by health weight {w:.2f} (balance weighted)") for e, w in rest_w[:depth]]
         if self.mode == "least_busy" and req.state is not None:
             state = req.state
             rest = sorted((e for e in viable if e is not chosen), key=lambda e: state.in_flight(e.name))
@@ -446,6 +477,10 @@ class SplitSelector(Selector):
 
     kind: ClassVar[str] = "split"
     weights: tuple[float, ...] = ()  # type: ignore[misc]  # one weight per pool model (same order)
+    experiment: str | None = None  # `split ... as "name"`
+
+    def experiment_for(self, chosen: Entry) -> Experiment | None:
+        return Experiment(self.experiment, chosen.name) if self.experiment is not None else None
 
     def pick(self, req: Request) -> Entry | None:
         limits = self.cost_limits

@@ -26,6 +26,7 @@ class Spec(NamedTuple):
     doc: str
     choices: tuple[str, ...] = ()
     positive: bool = False  # a time bound: 0 would refuse every request, so the compiler asks for more than 0
+    real: bool = False  # a count that may have a fraction (a weight): kept as a float, not made whole
 
 
 #: name -> Spec. Durations are seconds, percentages fractions. The one list of settings: the compiler checks
@@ -63,6 +64,21 @@ SETTINGS: dict[str, Spec] = {
         "money", None, "held per call of a model without a known price under a budget (unset: refuse the request)"
     ),
     "overrides": Spec("bool", False, "whether a request may name a concrete catalog model (gateway)"),
+    "adhoc_models": Spec(
+        "bool", False, "whether `provider:model` may name a model the catalog does not list, for a configured provider"
+    ),
+    "health.window": Spec(
+        "duration", 300.0, "the window success rates are measured over (healthiest, balance weighted)", positive=True
+    ),
+    "health.interval": Spec(
+        "duration",
+        None,
+        "active health checks: probe each model the policy uses this often (unset: no checks)",
+        positive=True,
+    ),
+    "health.concurrency": Spec("count", 4, "active health checks: probes in flight at once"),
+    "health.success_weight": Spec("count", 0.7, "balance weighted: weight of a member's success rate", real=True),
+    "health.latency_weight": Spec("count", 0.3, "balance weighted: weight of a member's latency score", real=True),
     "consensus.compare": Spec(
         "name",
         "normalised",
@@ -105,9 +121,10 @@ def setting(settings: Mapping[str, Any] | None, name: str) -> Any:
 
 def coerce(name: str, value: Any) -> Any:
     """The Python value of a setting (counts as int where the setting counts things)."""
-    kind = SETTINGS[name].kind
+    spec = SETTINGS[name]
+    kind = spec.kind
     if kind == "count":
-        return int(value)
+        return float(value) if spec.real else int(value)
     if kind in ("duration", "percent", "money"):
         return float(value)
     return value

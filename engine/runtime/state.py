@@ -24,6 +24,10 @@ Outcome = Literal["ok", "fail", "neutral", "cancelled"]
 Claim = bool | Literal["probe"]
 PROBE: Literal["probe"] = "probe"
 EWMA_ALPHA = 0.2  # weight of the newest latency sample
+#: Completed calls per model MemoryStore keeps for success rates (the newest; older ones age out of any window).
+HEALTH_SAMPLES = 1024
+#: How long MemoryStore reuses computed success rates while no call completes (seconds).
+HEALTH_CACHE_S = 1.0
 
 
 @runtime_checkable
@@ -43,6 +47,12 @@ class StateStore(Protocol):
 
     def circuit(self, model: str) -> CircuitInfo:
         """A model's circuit (read by decide() only when open circuits leave no route: which to probe)."""
+
+    def success_rates(self, window: float) -> Mapping[str, float]:
+        """Success rate (0 to 1: ok calls over completed calls) of each model over the calls that completed in the
+        last `window` seconds, for `prefer healthiest` and `balance weighted`. A model with no completed call in
+        the window is absent (unknown: selection counts it as healthy). Cancelled calls do not count; "neutral"
+        outcomes (the caller's own mistakes) count as neither. Read on decide()'s path: must be cheap."""
 
 
 @dataclass(frozen=True)
@@ -164,6 +174,8 @@ class MemoryStore:
         self._stats: dict[str, ModelStats] = {}
         self._spent: dict[str, float] = {}
         self._reserved: dict[str, float] = {}
+        self._outcomes: dict[str, deque[tuple[float, bool]]] = {}  # model -> (monotonic time, ok) of recent calls
+        self._rates: dict[float, tuple[float, Mapping[str, float]]] = {}  # window -> (computed at, rates)
 
     # -- read by decide() --
     def next_index(self, key: str) -> int:
@@ -184,6 +196,20 @@ class MemoryStore:
 
     def latency_ms(self) -> Mapping[str, float]:
         return self._latency
+
+    def success_rates(self, window: float) -> Mapping[str, float]:
+        now = self._clock()
+        cached = self._rates.get(window)
+        if cached is not None and now - cached[0] < HEALTH_CACHE_S:
+            return cached[1]
+        with self._lock:
+            rates: dict[str, float] = {}
+            for model, calls in self._outcomes.items():
+                recent = [ok for t, ok in calls if t > now - window]
+                if recent:
+                    rates[model] = sum(recent) / len(recent)
+            self._rates[window] = (now, rates)
+        return rates
 
     # -- written by execution --
     def add_in_flight(self, model: str, delta: int) -> None:
@@ -260,6 +286,12 @@ class MemoryStore:
         output_tokens: int,
         cost: float,
     ) -> None:
+        if outcome in ("ok", "fail"):
+            calls = self._outcomes.get(model)
+            if calls is None:
+                calls = self._outcomes[model] = deque(maxlen=HEALTH_SAMPLES)
+            calls.append((self._clock(), outcome == "ok"))
+            self._rates = {}
         s = self._stats.get(model)
         if s is None:
             s = self._stats[model] = ModelStats(provider)

@@ -1,6 +1,12 @@
-"""Units: which literal kind each metric takes, and how numbers of each kind are shown back to people."""
+"""Units: literal text in, its kind and normalised value out (in the policy and in request attributes); which
+kind each metric takes, and how numbers of each kind are shown back to people."""
 
 from __future__ import annotations
+
+import math
+import re
+
+from engine.language.literals import LITERAL_PATTERNS, literal_value
 
 #: metric -> the literal kind it compares with.
 METRIC_KIND = {
@@ -15,7 +21,7 @@ METRIC_KIND = {
 #: How to write a value of each kind, for hints.
 EXAMPLES = {
     "count": "a plain number such as 6, 30k or 1M",
-    "duration": "a duration such as 800ms or 2s",
+    "duration": "a duration such as 800ms, 2s, 5m or 1h",
     "price": "a price per token such as $15/1M or $0.003/1k",
     "money": "an amount in dollars such as $0.05",
     "percent": "a percentage such as 20%",
@@ -46,6 +52,10 @@ def fmt_count(x: float) -> str:
 
 
 def fmt_seconds(s: float) -> str:
+    if s >= 3600 and s % 3600 == 0:
+        return f"{s / 3600:g}h"
+    if s >= 60 and s % 60 == 0:
+        return f"{s / 60:g}m"
     return f"{s:g}s" if s >= 1 and (s * 10) % 1 == 0 else f"{s * 1000:g}ms"
 
 
@@ -81,3 +91,40 @@ def fmt_value(kind: str, value: object) -> str:
     if kind == "bool":
         return "true" if value else "false"
     return str(value)
+
+
+# ---- reading request values ----------------------------------------------------------------------------
+
+#: The unit a request attribute's plain number is read in, per metric kind: latency in ms (as seconds), cost in
+#: USD, price in USD per 1M input tokens (as USD per token), context and capability as plain numbers.
+_PLAIN_SCALE = {"duration": 0.001, "money": 1.0, "price": 1e-6, "count": 1.0}
+#: The metric kinds a request attribute may carry as text with its unit (context also as 200k; capability only
+#: as a number).
+_WHOLE = {kind: re.compile(pattern) for kind, pattern in LITERAL_PATTERNS.items()}
+_TEXT_KINDS = {"duration": ("duration",), "money": ("money",), "price": ("price",), "count": ("count",)}
+
+
+def request_value(kind: str, value: object) -> float | None:
+    """A request attribute's value read as a metric of `kind` (METRIC_KIND's value: duration, money, price,
+    count), normalised like a literal of that kind (seconds, USD, USD per token, number); None when it is the
+    wrong kind: a bool, a non-finite number, text that is not a number or a literal of that kind, or anything else.
+
+    A number is in the metric's unit: latency ms, cost USD, price USD per 1M input tokens, context tokens,
+    capability points. Text is a literal as a policy writes it ("2s", "$0.01", "$3/1M", "200k"), or a number."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        number = float(value)
+        return number * _PLAIN_SCALE[kind] if math.isfinite(number) else None
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if _WHOLE["count"].fullmatch(text) and kind != "count" and text[-1] not in "kM":
+        return float(text) * _PLAIN_SCALE[kind]  # a plain number sent as text ("800")
+    for want in _TEXT_KINDS.get(kind, ()):
+        if _WHOLE[want].fullmatch(text):
+            try:
+                return literal_value(want, text)
+            except ValueError:
+                return None
+    return None

@@ -14,6 +14,7 @@ from engine.diagnostics import Diagnostic
 from engine.language import nodes as n
 from engine.runtime.matcher import to_re2
 from engine.runtime.policy import NEGATED, OPS, CompiledPolicy, CompiledRule, Entry
+from engine.runtime.qualified import resolve_qualified
 from engine.runtime.units import fmt_count
 from engine.tools.testing import aliases, statements
 
@@ -276,7 +277,8 @@ class Linter:
         self.out.append(Diagnostic(code, message, span, label, hint, notes, severity="warning"))
 
     def entry(self, ref: n.ModelRef) -> Entry | None:
-        spec = self.p.catalog.resolve(self.aliases.get(ref.name, ref.name))
+        name = self.aliases.get(ref.name, ref.name)
+        spec = self.p.catalog.resolve(name) or resolve_qualified(self.p.catalog, name)
         return self.p.models.get(spec.name) if spec is not None else None
 
     def run(self) -> list[Diagnostic]:
@@ -499,7 +501,7 @@ def _never_fits(pool: tuple[Entry, ...], f: Facts) -> str | None:
 
 
 def _refs(act: n.Action) -> Iterator[n.ModelRef]:
-    yield from (ref for ref in (act.model, *act.members, act.judge, *act.fallbacks) if ref is not None)
+    yield from (ref for ref in (act.model, *act.members, *act.among, act.judge, *act.fallbacks) if ref is not None)
 
 
 def _where_span(act: n.Action) -> n.Span | None:

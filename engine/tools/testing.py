@@ -21,6 +21,7 @@ from engine.language.parse import parse
 from engine.runtime.decision import NoRouteError
 from engine.runtime.matcher import to_re2
 from engine.runtime.policy import CompiledPolicy
+from engine.runtime.qualified import resolve_qualified
 from engine.runtime.report import Report
 
 TEST_FILE_SUFFIX = "_test.route"
@@ -241,7 +242,12 @@ def _source(policy: CompiledPolicy, span: n.Span) -> str:
 
 def run_case(policy: CompiledPolicy, names: dict[str, str], test: str, e: n.Expect) -> CaseResult:
     """Decide one expect's prompt with a fresh engine (so round-robin state starts over) and compare."""
-    resolve = lambda ref: policy.catalog.resolve(names.get(ref.name, ref.name)).name  # noqa: E731
+
+    def resolve(ref: n.ModelRef) -> str:
+        name = names.get(ref.name, ref.name)
+        spec = policy.catalog.resolve(name) or resolve_qualified(policy.catalog, name)
+        return spec.name if spec is not None else name
+
     engine = Engine(policy)
     report: Report | None = None
     attrs = _attrs(e)

@@ -1,0 +1,68 @@
+"""Provider-qualified model names: `provider:model` and a catalog in, the catalog model it names (or, when the
+policy allows ad-hoc models, a model the catalog does not list) out.
+
+`P:X` names the catalog model whose provider is P and whose name, alias or provider id is X, in that order: a
+name wins over an alias, an alias over an id. With `set adhoc_models = true`, an X the catalog does not list is
+allowed for a provider P the catalog knows (a `providers:` entry or a model of P): it is sent to P as model id
+X, its prices and latency are unknown (NaN), so cost- and latency-ranked choices skip it and a budget refuses it
+unless `budget.unknown_price_hold` is set, and it has no capability scores.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from providers.catalog.models import KNOWN_FEATURES, ModelSpec
+
+__all__ = ["UNKNOWN_CONTEXT", "adhoc_spec", "known_providers", "resolve_qualified", "split_name"]
+
+#: The context window assumed for an ad-hoc model (unknown: no request is too long for it here; the provider
+#: answers if it is).
+UNKNOWN_CONTEXT = 1_000_000_000
+
+
+def split_name(name: str) -> tuple[str, str] | None:
+    """`openai:gpt-4o` -> ("openai", "gpt-4o"); None for a name without a provider part."""
+    provider, sep, model = name.partition(":")
+    return (provider, model) if sep and provider and model else None
+
+
+def known_providers(catalog: Any) -> set[str]:
+    """Every provider the catalog knows: its `providers:` entries and the providers of its models."""
+    return {*catalog.providers, *(m.provider for m in catalog.models.values())}
+
+
+def resolve_qualified(catalog: Any, name: str) -> ModelSpec | None:
+    """The catalog model `provider:model` names (see the module docstring), or None."""
+    parts = split_name(name)
+    if parts is None:
+        return None
+    provider, model = parts
+    mine = [m for m in catalog.models.values() if m.provider == provider]
+    for test in (lambda m: m.name == model, lambda m: model in m.aliases, lambda m: m.id == model):
+        found = next((m for m in mine if test(m)), None)
+        if found is not None:
+            return found
+    return None
+
+
+def adhoc_spec(provider: str, model: str) -> ModelSpec:
+    """A model the catalog does not list, named `provider:model`, sent to the provider as id `model`: unknown
+    prices and latency (NaN), no capability scores, every known feature (the provider refuses what it lacks)."""
+    nan = math.nan
+    return ModelSpec.model_construct(
+        name=f"{provider}:{model}",
+        provider=provider,
+        id=model,
+        aliases=(),
+        context=UNKNOWN_CONTEXT,
+        max_output=None,
+        input_price=nan,
+        output_price=nan,
+        latency_ms=nan,
+        capabilities={},
+        supports=frozenset(KNOWN_FEATURES),
+        deprecation_date=None,
+        source=None,
+    )
