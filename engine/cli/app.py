@@ -381,3 +381,45 @@ def _report_check(p: Any, path: Path, as_json: bool, strict: bool, today: dateti
         f"{len(p.files)} files, version {p.version})"
     )
     return EXIT_OK
+
+
+@main.command()
+@click.option(
+    "-p",
+    "--policy",
+    "policy",
+    type=click.Path(path_type=Path),
+    help="A .route file or a directory with main.route (default: ./main.route, else ./policies, else the bundled one).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def warmup(policy: Path | None, as_json: bool) -> None:
+    """Probe each model the policy uses once with a one-token request and print how each answered.
+
+    A model whose provider has no API key (or whose circuit is open) is skipped. Exit 0 when no probe failed,
+    1 when one did. `modelroute serve --warmup` does the same before serving and logs it.
+
+    \b
+    Examples:
+      modelroute warmup -p policies/
+      modelroute warmup --json
+    """
+    engine = Engine.load(policy_or_default(policy))
+    try:
+        results = engine.warmup()
+    finally:
+        engine.close()
+    if as_json:
+        click.echo(json.dumps([vars(r) | {"ok": r.ok} for r in results], indent=2))
+    else:
+        from rich.table import Table
+
+        table = Table("model", "provider", "status", "latency", "detail", box=None, pad_edge=False)
+        colors = {"ok": "green", "failed": "red", "skipped": "yellow"}
+        for r in results:
+            latency = f"{r.latency_ms:.0f} ms" if r.latency_ms is not None else ""
+            detail = " ".join(x for x in (r.error if r.status == "failed" else None, r.detail) if x)
+            table.add_row(r.model, r.provider, f"[{colors[r.status]}]{r.status}[/]", latency, escape(detail))
+        _console().print(table)
+        count = {status: sum(r.status == status for r in results) for status in colors}
+        click.echo(f"{len(results)} models: {count['ok']} ok, {count['failed']} failed, {count['skipped']} skipped")
+    sys.exit(EXIT_ERRORS if any(r.status == "failed" for r in results) else EXIT_OK)

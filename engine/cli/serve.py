@@ -117,6 +117,13 @@ def _policies(args: tuple[str, ...]) -> tuple[Path | None, dict[str, Path]]:
     "kept-alive connection); slower connections are closed.",
 )
 @click.option(
+    "--body-timeout",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    help="Seconds a request body has to arrive whole once its head is in; slower ones get 408 and are closed.",
+)
+@click.option(
     "--timeout-keep-alive",
     default=5.0,
     show_default=True,
@@ -139,6 +146,13 @@ def _policies(args: tuple[str, ...]) -> tuple[Path | None, dict[str, Path]]:
     "sets no max_response_bytes; a larger one fails that model and the next one of the plan is tried.",
 )
 @click.option(
+    "--warmup",
+    is_flag=True,
+    envvar="MODELROUTE_WARMUP",
+    help="Before serving, probe each model the policies use with a one-token request and log the result per model "
+    "(env MODELROUTE_WARMUP=1).",
+)
+@click.option(
     "--hash-key",
     "hash_only",
     is_flag=True,
@@ -158,9 +172,11 @@ def serve(
     log_level: str,
     access_log: bool,
     header_timeout: float,
+    body_timeout: float,
     timeout_keep_alive: float,
     limit_concurrency: int,
     max_response_bytes: int,
+    warmup: bool,
     hash_only: bool,
 ) -> None:
     """Run the OpenAI-compatible gateway: point OpenAI clients at http://HOST:PORT/v1 with model "auto".
@@ -174,6 +190,7 @@ def serve(
     Examples:
       modelroute serve -p policies/ --keys keys.yaml
       modelroute serve --port 9000 --redis redis://127.0.0.1:6379/0 --watch
+      modelroute serve --warmup                        # probe every model once before serving
       modelroute serve --hash-key                      # a new key and the line for the keys file
       printf %s "$KEY" | modelroute serve --hash-key   # the sha256 of an existing key
     """
@@ -200,9 +217,11 @@ def serve(
         log_level=log_level,
         access_log=access_log,
         header_timeout=header_timeout,
+        body_timeout=body_timeout,
         timeout_keep_alive=timeout_keep_alive,
         limit_concurrency=limit_concurrency,
         max_response_bytes=max_response_bytes,
+        warmup=warmup,
     )
     try:
         run_server(options, lambda line: click.echo(line, err=True))

@@ -24,6 +24,8 @@ from providers.execution.metering import Tally
 
 if TYPE_CHECKING:
     from engine.runtime.state import ExecutionStore
+    from providers.execution.experiments import ExperimentTally
+    from providers.execution.health import HealthTally
     from providers.execution.metering import EstimatedSpend
 
 log = logging.getLogger("modelroute.execute")
@@ -98,7 +100,14 @@ class EventBus:
 
 
 def _row(
-    calls: int, failures: int, tin: int, tout: int, cost: float, latency: float | None, estimated: Tally | None = None
+    calls: int,
+    failures: int,
+    tin: int,
+    tout: int,
+    cost: float,
+    latency: float | None,
+    estimated: Tally | None = None,
+    mean: float | None = None,
 ) -> dict[str, Any]:
     return {
         "calls": calls,
@@ -108,6 +117,7 @@ def _row(
         "output_tokens": tout,
         "cost": cost,
         "latency_ms": round(latency, 1) if latency is not None else None,
+        "mean_latency_ms": round(mean, 1) if mean is not None else None,
         "estimated_calls": estimated.calls if estimated is not None else 0,
         "estimated_cost": estimated.cost if estimated is not None else 0.0,
     }
@@ -117,16 +127,32 @@ def _sum(tallies: list[Tally]) -> Tally:
     return Tally("", sum(t.calls for t in tallies), sum(t.cost for t in tallies))
 
 
-def usage_summary(store: ExecutionStore, estimated: EstimatedSpend | None = None) -> dict[str, dict[str, Any]]:
-    """{"models": {name: row}, "providers": {name: row}, "total": row}; a row has calls, failures,
-    success_rate, input_tokens, output_tokens, cost (USD), latency_ms (EWMA of successful calls; for a
-    provider, its models' EWMAs weighted by successful calls), and estimated_calls / estimated_cost: the calls
-    (and their part of `cost`) settled from an estimate because the upstream reported no usage, as counted by
-    `estimated` (this process's executor)."""
+def usage_summary(
+    store: ExecutionStore,
+    estimated: EstimatedSpend | None = None,
+    health: HealthTally | None = None,
+    experiments: ExperimentTally | None = None,
+) -> dict[str, dict[str, Any]]:
+    """{"models": {name: row}, "providers": {name: row}, "total": row, "experiments": {...}}; a row has calls,
+    failures, success_rate, input_tokens, output_tokens, cost (USD), latency_ms (EWMA of successful calls; for a
+    provider, its models' EWMAs weighted by successful calls), mean_latency_ms (a model's mean over its successful
+    calls, counted by `health`, this process's executor; None for providers and the total), and estimated_calls /
+    estimated_cost: the calls (and their part of `cost`) settled from an estimate because the upstream reported no
+    usage, as counted by `estimated`. "experiments" is {experiment: {variant: {requests, errors, error_rate,
+    latency_ms, cost}}} (providers/execution/experiments.py; requests of this process)."""
     stats = store.stats()
     guessed = estimated.snapshot() if estimated is not None else {}
     models = {
-        m: _row(s.calls, s.failures, s.input_tokens, s.output_tokens, s.cost, s.latency_ms, guessed.get(m))
+        m: _row(
+            s.calls,
+            s.failures,
+            s.input_tokens,
+            s.output_tokens,
+            s.cost,
+            s.latency_ms,
+            guessed.get(m),
+            health.mean_latency_ms(m) if health is not None else None,
+        )
         for m, s in sorted(stats.items())
     }
     providers: dict[str, dict[str, Any]] = {}
@@ -153,4 +179,9 @@ def usage_summary(store: ExecutionStore, estimated: EstimatedSpend | None = None
         None,
         _sum(list(guessed.values())),
     )
-    return {"models": models, "providers": providers, "total": total}
+    return {
+        "models": models,
+        "providers": providers,
+        "total": total,
+        "experiments": experiments.summary() if experiments is not None else {},
+    }

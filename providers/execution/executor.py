@@ -32,7 +32,10 @@ from providers.execution.attempts import Accounting, Flight
 from providers.execution.budget import Budgets, label
 from providers.execution.deadlines import attempt_timeout, call_within, out_of_time, routing_error
 from providers.execution.events import EventBus
+from providers.execution.experiments import ExperimentTally
+from providers.execution.health import HealthMonitor, HealthTally
 from providers.execution.metering import EstimatedSpend
+from providers.execution.middleware import Middlewares
 from providers.execution.outcome import Completion, Result, Run, Verdict, to_messages, validate
 from providers.execution.streaming import AsyncCompletionStream, CompletionStream
 from providers.types import ChatRequest
@@ -106,6 +109,12 @@ class Executor(Accounting):
         self.events = EventBus()
         self.budgets = Budgets.of(budgets) if budgets is not None else Budgets(self.state, wall)
         self.estimated = EstimatedSpend()  # calls settled from estimates (no usage reported), per model
+        self.tally = HealthTally()  # recent outcomes and mean latency per model (providers/execution/health.py)
+        self.events.subscribe(self.tally.observe)
+        self.health = HealthMonitor(self)  # the background checks of `set health.interval`
+        self.experiments = ExperimentTally()  # requests, errors, latency, cost per experiment and variant
+        self.middleware = Middlewares()  # engine.use(): run around every request (providers/execution/middleware.py)
+        self._watched: dict[int, list[Completion]] = {}
         self._providers = dict(providers or {})
         self._keys = dict(api_keys or {})
         for secret in self._keys.values():
@@ -176,7 +185,12 @@ class Executor(Accounting):
         for c in clients.values():
             await c.aclose()
 
+    def background_loop(self) -> asyncio.AbstractEventLoop:
+        """The private event loop the sync API runs on (started on first use)."""
+        return self._background().loop
+
     def close(self) -> None:
+        self.health.stop()
         bg = self._bg
         if bg is not None:
             bg.run(self.aclose())
@@ -204,7 +218,9 @@ class Executor(Accounting):
         gateway uses it to pin a model the request names. `options["deadline"]` (seconds) shortens the policy's
         `set deadline`. `options["budgeted"]` says a budget outside the policy applies (a gateway key's): an
         output bound is sent and `run.max_cost` is computed, as under the policy's own budgets."""
-        return preparing.prepare(self, prompt, messages, schema, options, attrs, decide)
+        run = preparing.prepare(self, prompt, messages, schema, options, attrs, decide)
+        self.experiments.start(id(run), run.decision)
+        return run
 
     def estimate(self, decision: Decision) -> float:
         """The most a request may cost judged from its decision (`tokens`, and `max_tokens` else `output_tokens`),
@@ -214,7 +230,9 @@ class Executor(Accounting):
         return preparing.estimate(self, decision)
 
     def settle(self, run: Run) -> None:
-        """Replace the request's hold by what it spent (once; later calls do nothing)."""
+        """Replace the request's hold by what it spent (once; later calls do nothing). The request has ended: it
+        is counted for its experiment, if any."""
+        self.experiments.finish(id(run), run.cost)
         if run.reservation is None:
             return
         warn = float(setting(run.policy.settings, "budget.warn"))
@@ -318,7 +336,7 @@ class Executor(Accounting):
         answers: dict[str, str] | None = None,
         judge: Verdict | None = None,
     ) -> Completion:
-        return Completion(
+        done = Completion(
             result.response.text,
             result.parsed,
             run.usage,
@@ -334,6 +352,23 @@ class Executor(Accounting):
             judge,
             run.estimated_cost,
         )
+        self.experiments.answered(id(run))
+        sink = self._watched.get(id(run)) if self._watched else None
+        if sink is not None:
+            sink.append(done)
+        return done
+
+    def watch(self, run: Run) -> list[Completion]:
+        """A list that receives the Completion of `run` when it is made (the gateway's streams: middleware sees the
+        assembled answer at the end); call unwatch(run) when done."""
+        return self._watched.setdefault(id(run), [])
+
+    def unwatch(self, run: Run) -> None:
+        self._watched.pop(id(run), None)
+
+    def circuit_changed(self, change: str | None, entry: Entry) -> None:
+        """Announce a circuit that a recorded call opened or closed (circuit_opened / circuit_closed events)."""
+        self._circuit(change, entry)
 
     async def run_group_or_chain(self, run: Run) -> Completion:
         """The group, then the plan's other models, as one Completion (a streamed group answers as a whole)."""

@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 from starlette.applications import Starlette
@@ -26,6 +27,7 @@ from engine import Engine, NoRouteError
 from providers.gateway.hangup import ClientGone, HangUp
 from providers.gateway.keys import GatewayKey, KeyRing, bearer
 from providers.gateway.metrics import GatewayMetrics
+from providers.gateway.middleware import after_stream, answered_headers, answered_stream, before
 from providers.gateway.openai_wire import AUTO_MODELS, ApiError, completion_json, new_id, parse_chat
 from providers.gateway.run import (
     fallbacks_used,
@@ -53,6 +55,11 @@ def _cut(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def _ensure_health(ex: Any, loop: asyncio.AbstractEventLoop, event: Any) -> None:
+    """After a reload: start the health checks when the new policy sets `health.interval` (a no-op otherwise)."""
+    ex.health.ensure(loop)
+
+
 def _json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(json.dumps(obj, separators=(",", ":")), status, headers, "application/json")
 
@@ -68,8 +75,9 @@ class Gateway:
         keys: KeyRing | None = None,
         max_body: int = DEFAULT_MAX_BODY,
         policies: Mapping[str, Engine] | None = None,
+        warmup: bool = False,
     ):
-        self.engine, self.keys, self.max_body = engine, keys, max_body
+        self.engine, self.keys, self.max_body, self.warmup = engine, keys, max_body, warmup
         self.policies: dict[str, Engine] = {name: engine for name in AUTO_MODELS}
         for name, named in (policies or {}).items():
             if name in self.policies:
@@ -91,7 +99,7 @@ class Gateway:
                     ", ".join(self.policies),
                 )
         self.active = 0
-        self.metrics = GatewayMetrics(self._circuits, lambda: self.active)
+        self.metrics = GatewayMetrics(self._circuits, lambda: self.active, self._experiments)
 
     def engines(self) -> list[Engine]:
         """Every Engine this gateway serves, the default first, each once."""
@@ -105,6 +113,13 @@ class Gateway:
                 if m not in out:
                     out[m] = state.circuit(m).state
         return sorted(out.items())
+
+    def _experiments(self) -> list[tuple[str, str, Any]]:
+        """(experiment, variant, totals) of every engine's requests (engines made no executor yet have none)."""
+        rows: list[tuple[str, str, Any]] = []
+        for engine in self.engines():
+            rows += engine.executor.experiments.rows()
+        return rows
 
     def _route(self, call: ChatCall, key: GatewayKey | None) -> tuple[Engine, str]:
         """The Engine for a request and the name of its policy; a named policy routes like "auto", a concrete model
@@ -212,6 +227,17 @@ class Gateway:
             attrs = self._attrs(call, key)
             engine, policy_name = self._route(call, key)
             ex = engine.executor
+            mreq = None
+            if ex.middleware:  # the operator's middleware: may rewrite the request, or answer it
+                mreq, answered = await before(ex, call, attrs)
+                attrs = dict(mreq.attributes)
+                if answered is not None:
+                    answered = await ex.middleware.aafter(mreq, answered)
+                    self.metrics.decisions.inc("middleware", answered.model)
+                    if call.stream:
+                        return answered_stream(call, answered, policy_name)
+                    body = completion_json(answered, new_id(), int(time.time()))
+                    return _json_response(body, 200, answered_headers(answered, policy_name))
             if key is not None and key.daily_budget is not None:
                 call.options["budgeted"] = True  # a bounded output (budget.max_output_tokens) and a true hold
             try:
@@ -224,7 +250,14 @@ class Gateway:
             self.metrics.decisions.inc("override" if rule.index < 0 else f"{rule.file}:{rule.line}", run.decision.model)
             hold = hold_key_budget(ex, key, run)
             if call.stream:
-                response = await stream_response(self, request, call, run, ex, hold, t0, policy_name)
+                sink = ex.watch(run) if mreq is not None else None
+                try:
+                    response = await stream_response(self, request, call, run, ex, hold, t0, policy_name)
+                except BaseException:
+                    ex.unwatch(run)
+                    raise
+                if mreq is not None and sink is not None:
+                    after_stream(response, ex, run, mreq, sink)
                 streaming = True
                 return response
             hangup = HangUp(request.receive)  # a client that hangs up cancels the upstream call
@@ -244,11 +277,10 @@ class Gateway:
                 raise ClientGone
             fallbacks = fallbacks_used(run.decision, c.model, c.attempts)
             self.account(run, c.model, c.cost, c.usage, fallbacks)
-            return _json_response(
-                completion_json(c, new_id(), int(time.time())),
-                200,
-                headers(run.decision, c.model, c.attempts, policy=policy_name, fallbacks=fallbacks),
-            )
+            hdrs = headers(run.decision, c.model, c.attempts, policy=policy_name, fallbacks=fallbacks)
+            if mreq is not None:
+                c = await ex.middleware.aafter(mreq, c)
+            return _json_response(completion_json(c, new_id(), int(time.time())), 200, hdrs)
         except ApiError as err:
             status = err.status
             return self._error(err)
@@ -324,6 +356,22 @@ class Gateway:
         finally:
             self.done("explain", status, t0)
 
+    async def start(self) -> None:
+        """Before serving: the warm-up (`warmup`: each engine probes the models its policy uses once, logged per
+        model) and the background health checks of the policies that `set health.interval` (started again when
+        a reload sets it)."""
+        loop = asyncio.get_running_loop()
+        for name, engine in {id(e): (n, e) for n, e in reversed(list(self.policies.items()))}.values():
+            ex = engine.executor
+            if self.warmup:
+                results = await engine.awarmup()
+                ok = sum(r.ok for r in results)
+                log.info("warm-up of policy %s: %d of %d models answered", name, ok, len(results))
+                for r in results:
+                    log.log(logging.INFO if r.status != "failed" else logging.WARNING, "warm-up: %s", r.line())
+            ex.health.ensure(loop)
+            engine.on_reload(partial(_ensure_health, ex, loop))
+
     async def healthz(self, request: Request) -> Response:
         state = self.engine.state
         body: dict[str, Any] = {
@@ -364,8 +412,10 @@ class Gateway:
 
         @contextlib.asynccontextmanager
         async def lifespan(app: Starlette) -> AsyncIterator[None]:
+            await self.start()
             yield
             for engine in self.engines():
+                engine.executor.health.stop()
                 with contextlib.suppress(Exception):
                     await engine.aclose()
 
@@ -403,7 +453,9 @@ def create_app(
     keys: KeyRing | None = None,
     max_body: int = DEFAULT_MAX_BODY,
     policies: Mapping[str, Engine] | None = None,
+    warmup: bool = False,
 ) -> Any:
     """The ASGI app for `engine` (routes, executes, reports). `keys=None` accepts requests without a key;
-    `policies` maps names to further Engines that requests choose with `model: "<name>"`."""
-    return Gateway(engine, keys=keys, max_body=max_body, policies=policies).asgi()
+    `policies` maps names to further Engines that requests choose with `model: "<name>"`. `warmup` probes each
+    model once before serving (`modelroute serve --warmup`)."""
+    return Gateway(engine, keys=keys, max_body=max_body, policies=policies, warmup=warmup).asgi()

@@ -78,6 +78,29 @@ class Gauge(_Metric):
         return rows
 
 
+class Collected(_Metric):
+    """A counter (or summary) whose samples come from a callback at scrape time: `collect()` yields (suffix,
+    label values, value) rows, e.g. ("_sum", ("prompt-v2", "alpha-mini"), 1.5) for a summary."""
+
+    def __init__(
+        self,
+        name: str,
+        help: str,
+        labels: tuple[str, ...],
+        collect: Callable[[], Iterable[tuple[str, tuple[Any, ...], float]]],
+        kind: str = "counter",
+    ):
+        super().__init__(name, help, labels)
+        self.kind = kind
+        self._collect = collect
+
+    def render(self) -> list[str]:
+        rows = [*self.header()]
+        for suffix, labels, value in self._collect():
+            rows.append(f"{self.name}{suffix}{_labels(self.labels, labels)} {_num(value)}")
+        return rows
+
+
 class Histogram(_Metric):
     kind = "histogram"
 
@@ -122,7 +145,14 @@ class Histogram(_Metric):
 class GatewayMetrics:
     """Every metric the gateway exports; `circuits` and `in_flight` are read at scrape time."""
 
-    def __init__(self, circuits: Callable[[], Iterable[tuple[str, str]]], in_flight: Callable[[], int]):
+    def __init__(
+        self,
+        circuits: Callable[[], Iterable[tuple[str, str]]],
+        in_flight: Callable[[], int],
+        experiments: Callable[[], Iterable[tuple[str, str, Any]]] = lambda: (),
+    ):
+        """`experiments` yields (experiment, variant, totals) with `requests`, `errors`, `latency_s` and `cost`
+        (providers.execution.experiments.VariantRow), read at scrape time."""
         self.requests = Counter(
             "modelroute_requests_total", "HTTP requests by endpoint and status code", ("endpoint", "status")
         )
@@ -166,6 +196,33 @@ class GatewayMetrics:
         self.in_flight = Gauge(
             "modelroute_in_flight_requests", "Requests being handled by this process", (), lambda: [(in_flight(),)]
         )
+        variant = ("experiment", "variant")
+
+        def rows(field: str, suffix: str = "") -> Callable[[], list[tuple[str, tuple[Any, ...], float]]]:
+            return lambda: [(suffix, (e, v), getattr(r, field)) for e, v, r in experiments()]
+
+        self.experiment_requests = Collected(
+            "modelroute_experiment_requests_total", "Requests by experiment and variant", variant, rows("requests")
+        )
+        self.experiment_errors = Collected(
+            "modelroute_experiment_errors_total",
+            "Requests without an answer by experiment and variant",
+            variant,
+            rows("errors"),
+        )
+        self.experiment_cost = Collected(
+            "modelroute_experiment_cost_usd_total",
+            "Upstream cost in USD by experiment and variant",
+            variant,
+            rows("cost"),
+        )
+        self.experiment_latency = Collected(
+            "modelroute_experiment_latency_seconds",
+            "Request latency by experiment and variant (to the end of the answer)",
+            variant,
+            lambda: [*rows("latency_s", "_sum")(), *rows("requests", "_count")()],
+            kind="summary",
+        )
 
     def all(self) -> list[Any]:
         return [
@@ -181,6 +238,10 @@ class GatewayMetrics:
             self.upstream,
             self.circuit,
             self.in_flight,
+            self.experiment_requests,
+            self.experiment_errors,
+            self.experiment_cost,
+            self.experiment_latency,
         ]
 
     def attempts_of(self, attempts: Iterable[Any]) -> None:

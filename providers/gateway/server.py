@@ -68,6 +68,7 @@ class ServeOptions:
     timeout_keep_alive: float = 5.0
     limit_concurrency: int = 1000
     max_response_bytes: int = 32 << 20
+    warmup: bool = False  # probe each model the policies use once before serving, logged per model
 
 
 BUSY_EXEMPT = ("/healthz", "/metrics")  # probes and scrapes are never refused: they are cheap and say what is wrong
@@ -217,7 +218,7 @@ def run_server(opts: ServeOptions, echo: Echo) -> None:
     previous_cap = set_default_max_response_bytes(opts.max_response_bytes)
     try:
         try:
-            app = create_app(engine, keys=keys, max_body=opts.max_body, policies=engines)
+            app = create_app(engine, keys=keys, max_body=opts.max_body, policies=engines, warmup=opts.warmup)
         except ValueError as exc:
             raise ServeError(str(exc)) from None
         try:

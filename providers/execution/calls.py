@@ -1,0 +1,264 @@
+"""The Python API's calls: an Executor, the engine's middleware, a pin (model=, fallback=) and one call's prompt or
+messages, schema, options and attributes in; a Completion (complete / acomplete) or a stream (stream / astream)
+out, with the middleware run around the decision and the execution (providers/execution/middleware.py).
+
+A stream's `after` hooks run once it has ended, with the assembled Completion: they cannot change the events
+already delivered; what they return becomes `stream.completion`. A `before` hook's answer is streamed as one
+delta, its usage and `done`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+from providers.execution.middleware import MiddlewareRequest, Middlewares
+from providers.execution.outcome import Completion, Run
+from providers.execution.streaming import AsyncCompletionStream, CompletionStream
+from providers.types import Message, StreamEvent
+
+if TYPE_CHECKING:
+    from engine import Decision
+    from providers.execution.executor import Executor
+
+__all__ = ["AsyncMiddlewareStream", "MiddlewareStream", "Pin", "acomplete", "astream", "complete", "stream"]
+
+#: A caller's pin: (model, fallbacks), or None to let the policy decide.
+Pin = tuple[str, Sequence[str]] | None
+
+
+def plain_messages(messages: list[Any] | None) -> list[Any] | None:
+    """Messages as decide() reads them: providers.types Messages as {role, content text}, dicts as they are."""
+    if messages is None:
+        return None
+    return [{"role": m.role, "content": m.text()} if isinstance(m, Message) else m for m in messages]
+
+
+def _decider(ex: Executor, pin: Pin, prompt: str | None, messages: list[Any] | None) -> Any:
+    """The `decide` callback of Executor.prepare for a pinned call (None: the policy decides)."""
+    if pin is None:
+        return None
+    model, fallback = pin
+    plain = plain_messages(messages)
+
+    def decide(attrs: dict[str, Any]) -> Decision:
+        return ex.engine.pin_model(model, prompt, messages=plain, fallback=fallback, **attrs)
+
+    return decide
+
+
+def _prepare(
+    ex: Executor,
+    pin: Pin,
+    prompt: str | None,
+    messages: list[Any] | None,
+    schema: Any,
+    options: Mapping[str, Any],
+    attrs: dict[str, Any],
+) -> Run:
+    return ex.prepare(prompt, messages, schema, options, attrs, decide=_decider(ex, pin, prompt, messages))
+
+
+def _unpack(req: MiddlewareRequest) -> tuple[str | None, list[Any] | None, dict[str, Any], dict[str, Any]]:
+    prompt, messages = req.call()
+    return prompt, messages, dict(req.attributes), dict(req.options)
+
+
+def complete(
+    ex: Executor,
+    mws: Middlewares,
+    pin: Pin,
+    prompt: str | None,
+    messages: list[Any] | None,
+    schema: Any,
+    options: Mapping[str, Any],
+    attrs: dict[str, Any],
+) -> Completion:
+    """Engine.complete(): the `before` hooks on the calling thread, decide and execute, the `after` hooks."""
+    req = None
+    if mws:
+        req, answered = mws.before(MiddlewareRequest.of(prompt, messages, attrs, options, stream=False), ex.run_sync)
+        if answered is not None:
+            return mws.after(req, answered, ex.run_sync)
+        prompt, messages, attrs, options = _unpack(req)
+    run = _prepare(ex, pin, prompt, messages, schema, options, attrs)
+    work = ex.run(run)
+    try:
+        done = cast(Completion, ex.run_sync(work))
+    finally:
+        if inspect.getcoroutinestate(work) == inspect.CORO_CREATED:  # never started: release its hold here
+            work.close()
+            ex.settle(run)
+    return mws.after(req, done, ex.run_sync) if req is not None else done
+
+
+async def acomplete(
+    ex: Executor,
+    mws: Middlewares,
+    pin: Pin,
+    prompt: str | None,
+    messages: list[Any] | None,
+    schema: Any,
+    options: Mapping[str, Any],
+    attrs: dict[str, Any],
+) -> Completion:
+    """Engine.acomplete(): as complete(), with plain hooks in a worker thread."""
+    req = None
+    if mws:
+        req, answered = await mws.abefore(MiddlewareRequest.of(prompt, messages, attrs, options, stream=False))
+        if answered is not None:
+            return await mws.aafter(req, answered)
+        prompt, messages, attrs, options = _unpack(req)
+    done = await ex.run(_prepare(ex, pin, prompt, messages, schema, options, attrs))
+    return await mws.aafter(req, done) if req is not None else done
+
+
+def stream(
+    ex: Executor,
+    mws: Middlewares,
+    pin: Pin,
+    prompt: str | None,
+    messages: list[Any] | None,
+    schema: Any,
+    options: Mapping[str, Any],
+    attrs: dict[str, Any],
+) -> CompletionStream:
+    """Engine.stream(): decides now (raising here); a MiddlewareStream when middleware is registered."""
+    if not mws:
+        return CompletionStream(ex, _prepare(ex, pin, prompt, messages, schema, options, attrs))
+    req, answered = mws.before(MiddlewareRequest.of(prompt, messages, attrs, options, stream=True), ex.run_sync)
+    if answered is not None:
+        return MiddlewareStream(ex, mws, req, None, answered)
+    prompt, messages, attrs, options = _unpack(req)
+    return MiddlewareStream(ex, mws, req, _prepare(ex, pin, prompt, messages, schema, options, attrs), None)
+
+
+def astream(
+    ex: Executor,
+    mws: Middlewares,
+    pin: Pin,
+    prompt: str | None,
+    messages: list[Any] | None,
+    schema: Any,
+    options: Mapping[str, Any],
+    attrs: dict[str, Any],
+) -> AsyncCompletionStream:
+    """Engine.astream(): decides now (raising here) without middleware; with middleware, the `before` hooks (which
+    need the event loop), the decision and its errors come with the first event."""
+    if not mws:
+        return AsyncCompletionStream(ex, _prepare(ex, pin, prompt, messages, schema, options, attrs))
+
+    async def begin() -> tuple[MiddlewareRequest, Run | None, Completion | None]:
+        req, answered = await mws.abefore(MiddlewareRequest.of(prompt, messages, attrs, options, stream=True))
+        if answered is not None:
+            return req, None, answered
+        p, m, a, o = _unpack(req)
+        return req, _prepare(ex, pin, p, m, schema, o, a), None
+
+    return AsyncMiddlewareStream(ex, mws, begin)
+
+
+def answer_events(c: Completion) -> list[StreamEvent]:
+    """A whole answer as stream events: one delta, its usage, done."""
+    return [
+        StreamEvent(kind="delta", text=c.text),
+        StreamEvent(kind="usage", usage=c.usage),
+        StreamEvent(kind="done", finish_reason=c.finish_reason or "stop", response=c.response),
+    ]
+
+
+class MiddlewareStream(CompletionStream):
+    """A CompletionStream whose middleware's `after` hooks run when it ends (`.completion` is then what they
+    returned); or the stream of a `before` hook's answer (`run` None: `.decision` is None, no attempts)."""
+
+    def __init__(self, ex: Executor, mws: Middlewares, req: MiddlewareRequest, run: Run | None, answered: Any):
+        self._mws, self._req, self._answered = mws, req, cast("Completion | None", answered)
+        self._final: Completion | None = None
+        self._ran = run is not None
+        if run is not None:
+            super().__init__(ex, run)
+        else:
+            self._executor = ex
+            self.decision = cast("Decision", None)
+
+    @property
+    def attempts(self) -> list[Any]:
+        return super().attempts if self._ran else []
+
+    @property
+    def completion(self) -> Completion | None:
+        if self._final is not None:
+            return self._final
+        return super().completion if self._ran else self._answered
+
+    def __iter__(self) -> Iterator[StreamEvent]:
+        if self._ran:
+            yield from super().__iter__()
+        elif self._answered is not None:
+            yield from answer_events(self._answered)
+        done = self.completion
+        if done is not None and self._final is None:
+            self._final = self._mws.after(self._req, done, self._executor.run_sync)
+
+    def close(self) -> None:
+        if self._ran:
+            super().close()
+
+
+class AsyncMiddlewareStream(AsyncCompletionStream):
+    """The async MiddlewareStream: `begin()` runs the `before` hooks and decides, on the first `__anext__` (so
+    `.decision` is None until then, and NoRouteError / BudgetExceeded come from the first event)."""
+
+    def __init__(
+        self,
+        ex: Executor,
+        mws: Middlewares,
+        begin: Callable[[], Awaitable[tuple[MiddlewareRequest, Run | None, Completion | None]]],
+    ):
+        self._executor, self._mws, self._begin = ex, mws, begin
+        self.decision = cast("Decision", None)
+        self._req: MiddlewareRequest | None = None
+        self._inner: AsyncCompletionStream | None = None
+        self._answered: Completion | None = None
+        self._final: Completion | None = None
+        self._pending: list[StreamEvent] = []
+        self._started = False
+
+    @property
+    def attempts(self) -> list[Any]:
+        return self._inner.attempts if self._inner is not None else []
+
+    @property
+    def completion(self) -> Completion | None:
+        if self._final is not None:
+            return self._final
+        return self._inner.completion if self._inner is not None else self._answered
+
+    def __aiter__(self) -> AsyncMiddlewareStream:
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        if not self._started:
+            self._started = True
+            self._req, run, self._answered = await self._begin()
+            if run is not None:
+                self._inner = AsyncCompletionStream(self._executor, run)
+                self.decision = run.decision
+            elif self._answered is not None:
+                self._pending = answer_events(self._answered)
+        try:
+            if self._inner is None:
+                if not self._pending:
+                    raise StopAsyncIteration
+                return self._pending.pop(0)
+            return await self._inner.__anext__()
+        except StopAsyncIteration:
+            done = self.completion
+            if done is not None and self._final is None and self._req is not None:
+                self._final = await self._mws.aafter(self._req, done)
+            raise
+
+    async def aclose(self) -> None:
+        if self._inner is not None:
+            await self._inner.aclose()
