@@ -3,28 +3,30 @@
 from __future__ import annotations
 
 import datetime
-import inspect
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, cast
 
+from engine.calling import ExecutionMethods
 from engine.compiler.passes import compile_loaded
 from engine.language.load import bundled_policy_dir, load, load_source
+from engine.options import check_execution_options, extension_functions
 from engine.runtime.budget import BudgetBook
+from engine.runtime.caller_pin import caller_pinned_decision
 from engine.runtime.decision import Decision, NoRouteError
 from engine.runtime.evaluate import decide as _decide
 from engine.runtime.pinned import pinned_decision, resolve_model
 from engine.runtime.plan import decide_all_open
-from engine.runtime.policy import DEFAULT_OUTPUT_TOKENS, CompiledPolicy, Request
+from engine.runtime.policy import CompiledPolicy, Request
 from engine.runtime.state import ExecutionStore, MemoryStore, StateStore
 from engine.runtime.tokens import TokenCount, TokenEstimator, count_request, estimate_tokens, from_messages, has_images
 
 if TYPE_CHECKING:
     from engine.diagnostics import PolicyError
     from engine.reload import Reloader, ReloadEvent
-    from providers.execution import AsyncCompletionStream, Completion, CompletionStream, Event, Executor
+    from providers.execution import Executor
 
 
 #: decide()'s own arguments: a request's prompt or messages, never one of its attributes.
@@ -44,11 +46,6 @@ def _token_count(value: Any) -> int:
     return int(value)
 
 
-def _output_tokens(policy: CompiledPolicy) -> float:
-    settings = policy.settings
-    return float(settings["output_tokens"]) if settings is not None else float(DEFAULT_OUTPUT_TOKENS)
-
-
 def compile_policy(
     path: str | Path | None = None, *, catalog: Any = None, today: datetime.date | None = None
 ) -> CompiledPolicy:
@@ -66,7 +63,7 @@ def compile_source(
     return compile_loaded(load_source(text, file), catalog, today=today)
 
 
-class Engine:
+class Engine(ExecutionMethods):
     """Routes requests with a compiled policy. Safe to share between threads: the policy is immutable and
     swapped as one reference."""
 
@@ -79,6 +76,8 @@ class Engine:
         catalog: Any = None,
         state: StateStore | None = None,
         today: datetime.date | None = None,
+        functions: Mapping[str, Callable[..., Any]] | None = None,
+        rankers: Mapping[str, Callable[..., Any]] | None = None,
         **execution: Any,
     ):
         """`path`, `catalog` and `today` are what recompile() (reload) compiles with; `today=None` means the date
@@ -86,7 +85,11 @@ class Engine:
         (provider name -> ProviderSpec, overriding the catalog's), `api_keys` (provider name -> key, instead of
         the environment), `transport` / `async_transport` (httpx transports), `limits` (httpx.Limits
         per provider connection pool), `sleep` (async sleep for
-        retries), `wall` (epoch clock for budget periods)."""
+        retries), `wall` (epoch clock for budget periods), `max_response_bytes`. Any other keyword is a TypeError
+        that names the valid ones. `functions` / `rankers`: see the properties of those names."""
+        check_execution_options("Engine()", execution, ENGINE_OPTIONS)
+        self._functions = extension_functions("functions", functions)
+        self._rankers = extension_functions("rankers", rankers)
         self._policy = policy
         self._estimate = token_estimator or estimate_tokens
         self._path = path
@@ -97,6 +100,7 @@ class Engine:
         self._execution = execution
         self._exec: Executor | None = None
         self._budgets: BudgetBook | None = None
+        self._health_watch = False
 
     @classmethod
     def load(
@@ -109,13 +113,18 @@ class Engine:
         poll: bool = False,
         state: StateStore | None = None,
         today: datetime.date | None = None,
+        functions: Mapping[str, Callable[..., Any]] | None = None,
+        rankers: Mapping[str, Callable[..., Any]] | None = None,
         **execution: Any,
     ) -> Engine:
         """A .route file, or a directory with main.route; None loads the bundled default policy.
 
         With watch=True, every file the policy uses is watched and reloaded on change (see watch()).
         `today` is the date deprecations count from; None (the default) means the date at each compile, reloads
-        included, so a long-running engine stops ranking a model at its first reload after the model's date."""
+        included, so a long-running engine stops ranking a model at its first reload after the model's date.
+        The other keywords are Engine()'s; an unknown one is a TypeError naming the valid ones (before any
+        compile)."""
+        check_execution_options("Engine.load()", execution, LOAD_OPTIONS)
         path = path if path is not None else bundled_policy_dir()
         engine = cls(
             compile_policy(path, catalog=catalog, today=today),
@@ -124,6 +133,8 @@ class Engine:
             catalog=catalog,
             state=state,
             today=today,
+            functions=functions,
+            rankers=rankers,
             **execution,
         )
         return engine.watch(poll=poll) if watch else engine
@@ -138,19 +149,38 @@ class Engine:
         token_estimator: TokenEstimator | None = None,
         state: StateStore | None = None,
         today: datetime.date | None = None,
+        functions: Mapping[str, Callable[..., Any]] | None = None,
+        rankers: Mapping[str, Callable[..., Any]] | None = None,
         **execution: Any,
     ) -> Engine:
+        """An Engine for policy text (see Engine.load; an unknown keyword is a TypeError naming the valid ones)."""
+        check_execution_options("Engine.from_source()", execution, SOURCE_OPTIONS)
         return cls(
             compile_source(text, file, catalog=catalog, today=today),
             token_estimator=token_estimator,
             state=state,
             today=today,
+            functions=functions,
+            rankers=rankers,
             **execution,
         )
 
     @property
     def policy(self) -> CompiledPolicy:
         return self._policy
+
+    @property
+    def functions(self) -> Mapping[str, Callable[..., Any]]:
+        """The `functions=` given at load (read-only): name -> plain function `fn(request)` returning a bool or a
+        number. Reserved for the policy language's function calls (`when complexity() > 50`, `score(...)`);
+        checked at load (names, callables, no async functions) and kept across reloads."""
+        return self._functions
+
+    @property
+    def rankers(self) -> Mapping[str, Callable[..., Any]]:
+        """The `rankers=` given at load (read-only): name -> plain function `fn(request, model) -> float`.
+        Reserved for `prefer custom(NAME)`; checked at load and kept across reloads."""
+        return self._rankers
 
     @property
     def path(self) -> str | Path | None:
@@ -183,17 +213,32 @@ class Engine:
         return self.reloader.reload()
 
     def watch(self, *, poll: bool = False, debounce_ms: int = 50) -> Engine:
-        """Watch every file the policy uses and reload on change, in a background thread."""
+        """Watch every file the policy uses and reload on change, in a background thread. A policy that sets
+        `health.interval` (now or after a reload) also gets its background health checks (see health())."""
         self.reloader.start(poll=poll, debounce_ms=debounce_ms)
+        if not self._health_watch:
+            self._health_watch = True
+            self.on_reload(lambda event: self._watch_health())
+        self._watch_health()
         return self
+
+    def _watch_health(self) -> None:
+        """Start the background health checks on the sync API's loop when the policy sets `health.interval`."""
+        settings = self._policy.settings
+        if settings is not None and settings.get("health.interval"):
+            ex = self.executor
+            ex.health.ensure(ex.background_loop())
 
     async def awatch(self, *, poll: bool = False, debounce_ms: int = 50) -> None:
         """The asyncio form of watch(): runs until cancelled."""
         await self.reloader.awatch(poll=poll, debounce_ms=debounce_ms)
 
     def stop(self) -> None:
+        """Stop watching (files and health checks)."""
         if self._reload is not None:
             self._reload.stop()
+        if self._exec is not None:
+            self._exec.health.stop()
 
     def on_reload(self, callback: Callable[[ReloadEvent], None]) -> None:
         """Call `callback(event)` after every reload attempt (success or rejection)."""
@@ -266,7 +311,7 @@ class Engine:
                 attrs,
                 False,
                 images_in_messages,
-                _output_tokens(policy),
+                policy.out_tokens,
                 state.unavailable(),
                 state,
                 state.latency_ms(),
@@ -275,7 +320,7 @@ class Engine:
             tokens = _token_count(attrs.pop("tokens"))
         out = attrs.get("max_tokens")
         if not (isinstance(out, (int, float)) and not isinstance(out, bool) and out > 0):
-            out = _output_tokens(policy)
+            out = policy.out_tokens
         if policy.budgets:
             for name, value in self.budget_book.request_attrs(policy.budgets, attrs).items():
                 attrs.setdefault(name, value)
@@ -309,14 +354,14 @@ class Engine:
                 attrs,
                 False,
                 False,
-                _output_tokens(policy),
+                policy.out_tokens,
                 state.unavailable(),
                 state,
                 state.latency_ms(),
             )
         else:
             req = self.request(prompt, messages=messages, policy=policy, **attrs)
-        result = _decide(policy, req)
+        result = _decide(policy, req, True)
         if result is None:
             if req.unavailable:  # open circuits may be all that stands in the way: probe or fail (plan.py)
                 return decide_all_open(policy, req, start)
@@ -345,6 +390,26 @@ class Engine:
             start,
         )
 
+    def pin_model(
+        self,
+        model: str,
+        prompt: str | None = None,
+        *,
+        messages: Sequence[Mapping[str, Any]] | None = None,
+        fallback: Sequence[str] = (),
+        **attrs: Any,
+    ) -> Decision:
+        """A Decision for a model the Python caller names (complete(model=...) uses it): no `set overrides`
+        needed, the hard constraints still apply. The first of `model`, then `fallback`, that can serve the request
+        answers and the others that can follow it. Raises PinError (a ValueError): model_not_found, with a
+        did-you-mean hint, for a name the policy does not know; model_unsuitable when none of them can serve the
+        request. An open circuit is not a refusal here: execution skips the model and says why."""
+        start = time.perf_counter_ns()
+        policy = self._policy
+        return caller_pinned_decision(
+            policy, model, fallback, lambda: self.request(prompt, messages=messages, policy=policy, **attrs), start
+        )
+
     def resolve_model(self, name: str) -> str | None:
         """The policy's canonical name for a model name or catalog alias, or None when it has no such model."""
         return resolve_model(self._policy, name)
@@ -367,121 +432,6 @@ class Engine:
             self._exec = _execution().Executor(self, budgets=self.budget_book, **self._execution)
         return self._exec
 
-    def complete(
-        self,
-        prompt: str | None = None,
-        *,
-        messages: list[Any] | None = None,
-        schema: Any = None,
-        system: str | None = None,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
-        tools: list[dict[str, Any]] | None = None,
-        tool_choice: str | None = None,
-        stop: list[str] | None = None,
-        timeout: float | None = None,
-        deadline: float | None = None,
-        extra: dict[str, Any] | None = None,
-        **attrs: Any,
-    ) -> Completion:
-        """Decide, then call the decided model(s) with retries and fallbacks; returns a Completion.
-
-        `attrs` are the policy's request attributes. `schema` (a pydantic model) asks for JSON and validates
-        it into `.parsed`. `timeout` bounds each attempt (connect to last byte), `deadline` the whole request in
-        seconds (it can shorten the policy's `set deadline`, never lengthen it; ValueError when not > 0). Raises
-        NoRouteError, BudgetExceeded (before any call) or RoutingError (every attempt failed or the deadline
-        passed; `.attempts` says why)."""
-        ex = self.executor
-        options = _options(locals())
-        run = ex.prepare(prompt, messages, schema, options, attrs)
-        work = ex.run(run)
-        try:
-            return ex.run_sync(work)
-        finally:
-            if inspect.getcoroutinestate(work) == inspect.CORO_CREATED:  # never started: release its hold here
-                work.close()
-                ex.settle(run)
-
-    async def acomplete(
-        self,
-        prompt: str | None = None,
-        *,
-        messages: list[Any] | None = None,
-        schema: Any = None,
-        system: str | None = None,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
-        tools: list[dict[str, Any]] | None = None,
-        tool_choice: str | None = None,
-        stop: list[str] | None = None,
-        timeout: float | None = None,
-        deadline: float | None = None,
-        extra: dict[str, Any] | None = None,
-        **attrs: Any,
-    ) -> Completion:
-        """The async complete()."""
-        ex = self.executor
-        options = _options(locals())
-        return await ex.run(ex.prepare(prompt, messages, schema, options, attrs))
-
-    def stream(
-        self,
-        prompt: str | None = None,
-        *,
-        messages: list[Any] | None = None,
-        schema: Any = None,
-        system: str | None = None,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
-        tools: list[dict[str, Any]] | None = None,
-        tool_choice: str | None = None,
-        stop: list[str] | None = None,
-        timeout: float | None = None,
-        deadline: float | None = None,
-        extra: dict[str, Any] | None = None,
-        **attrs: Any,
-    ) -> CompletionStream:
-        """Decide now (raising NoRouteError / BudgetExceeded here), then iterate the returned CompletionStream
-        for StreamEvents. A model that fails before its first token is retried / fallen back from; a failure
-        after it raises StreamInterrupted (no text is repeated). `.completion` is set at the end."""
-        ex = self.executor
-        options = _options(locals())
-        return _execution().CompletionStream(ex, ex.prepare(prompt, messages, schema, options, attrs))
-
-    def astream(
-        self,
-        prompt: str | None = None,
-        *,
-        messages: list[Any] | None = None,
-        schema: Any = None,
-        system: str | None = None,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
-        tools: list[dict[str, Any]] | None = None,
-        tool_choice: str | None = None,
-        stop: list[str] | None = None,
-        timeout: float | None = None,
-        deadline: float | None = None,
-        extra: dict[str, Any] | None = None,
-        **attrs: Any,
-    ) -> AsyncCompletionStream:
-        """The async stream(): `async for event in engine.astream(...)` (an AsyncCompletionStream)."""
-        ex = self.executor
-        options = _options(locals())
-        return _execution().AsyncCompletionStream(ex, ex.prepare(prompt, messages, schema, options, attrs))
-
-    def on_event(self, callback: Callable[[Event], None]) -> Callable[[], None]:
-        """Call `callback(event)` for every execution event (providers.execution.Event); returns an unsubscribe
-        function. Events are also logged to the "modelroute.execute" logger."""
-        return self.executor.events.subscribe(callback)
-
-    def usage(self) -> dict[str, Any]:
-        """Calls, failures, success rate, tokens, cost and latency per model and per provider, plus totals; and
-        `estimated_calls` / `estimated_cost`: calls settled from an estimate because the upstream reported no
-        usage (counted by this process)."""
-        estimated = self._exec.estimated if self._exec is not None else None
-        return _execution().usage_summary(self.state, estimated)
-
     def close(self) -> None:
         """Close the HTTP clients (and the sync API's background loop)."""
         if self._exec is not None:
@@ -493,14 +443,10 @@ class Engine:
             await self._exec.aclose()
 
 
-#: The request options of complete()/acomplete()/stream()/astream() (every other keyword is a request attribute).
-OPTIONS = ("system", "temperature", "max_tokens", "tools", "tool_choice", "stop", "timeout", "deadline", "extra")
-
-
-def _options(arguments: Mapping[str, Any]) -> dict[str, Any]:
-    """The request options among a complete()/stream() call's arguments (its `locals()`), as the executor's
-    prepare() takes them."""
-    return {name: arguments[name] for name in OPTIONS}
+#: The keyword arguments of Engine(), Engine.load() and Engine.from_source() besides the execution options.
+ENGINE_OPTIONS = ("token_estimator", "path", "catalog", "state", "today", "functions", "rankers")
+LOAD_OPTIONS = ("catalog", "token_estimator", "watch", "poll", "state", "today", "functions", "rankers")
+SOURCE_OPTIONS = ("file", "catalog", "token_estimator", "state", "today", "functions", "rankers")
 
 
 def _execution() -> ModuleType:

@@ -31,8 +31,8 @@ log = logging.getLogger("modelroute.reload")
 
 #: Seconds between stat() rounds in polling mode.
 POLL_INTERVAL_S = 0.1
-_STEP_MS = 50  # watchfiles' quiet-period step and stop_event check interval
-_WAKE_MS = 100  # watchfiles yields at least this often, so debounce deadlines and stop() are honoured
+_STEP_MS = 10  # watchfiles' tick: changes are yielded once a tick brings no new one; stop_event is checked
+_WAKE_MS = 100  # watchfiles yields at least this often when no debounce deadline is near, so stop() is honoured
 _SETTLE_TRIES = 3  # compiles when a file changed while it was being compiled
 _EMPTIED_WAIT_S = 1.0  # how long a file that became empty (mid-save?) may stay so before it is believed
 _EDITOR_TEMP = re.compile(r"(\.sw.|~|\.tmp|\.bak|^4913|^\.#.*)$")  # ignored in error state (see _WatchSet)
@@ -334,15 +334,21 @@ class Reloader:
             if not stop.wait(1.0) and self._stale():
                 self._reload_safely()
             return
+        # watchfiles yields a change one tick (`step`) after the last one it saw; the rest of the debounce is
+        # waited out here, and watchfiles wakes this loop (an empty yield) about when that wait ends, halfway
+        # between ticks so that a late tick does not wake it too early. A debounce of 50 ms goes live 50-60 ms
+        # after the last change plus the compile (it was 50-100 ms with one 50 ms tick).
         step = max(1, min(debounce_ms, _STEP_MS))
-        quiet_s = max(0, debounce_ms - step) / 1000
+        quiet_ms = max(0, debounce_ms - step)
+        quiet_s = quiet_ms / 1000
+        wake = min(_WAKE_MS, max(1, quiet_ms - step // 2)) if quiet_ms else _WAKE_MS
         changes_iter = watchfiles.watch(
             *ws.dirs,
             watch_filter=None,
             debounce=max(200, debounce_ms),
             step=step,
             stop_event=stop,
-            rust_timeout=_WAKE_MS,
+            rust_timeout=wake,
             yield_on_timeout=True,
             recursive=False,
             raise_interrupt=False,

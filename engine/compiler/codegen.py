@@ -6,7 +6,7 @@ import builtins
 import datetime
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import CodeType, FunctionType
-from typing import Any
+from typing import Any, overload
 
 from engine.compiler.actions import build_selector, literal, number, retired
 from engine.compiler.guards import GUARDS, both
@@ -90,16 +90,16 @@ _TEMPLATES_MAX = 20_000
 CHUNK = 32
 _GLOBALS: dict[str, Any] = {"_M": MISSING, "_g": get_attr, "__builtins__": builtins}
 
-Item = tuple[str, str, tuple[Any, ...]]  # (function name, template, constants)
+Item = tuple[str, tuple[Any, ...]]  # (template, constants)
 
 
-def _functions(items: list[Item]) -> dict[str, Callable[..., Any]]:
-    """Functions `name(M, T, A) -> expression` for `(name, template, constants)`: each distinct template is
+def _functions(items: list[Item]) -> list[Callable[..., Any]]:
+    """Functions `(M, T, A) -> expression` for `(template, constants)`, in order: each distinct template is
     compiled once (its constants `_k0`, `_k1`... are parameters with defaults), and each function binds its own
     constants as those defaults."""
     if len(_TEMPLATES) > _TEMPLATES_MAX:
         _TEMPLATES.clear()
-    todo = list(dict.fromkeys(key for _, body, consts in items if (key := (body, len(consts))) not in _TEMPLATES))
+    todo = list(dict.fromkeys(key for body, consts in items if (key := (body, len(consts))) not in _TEMPLATES))
     for start in range(0, len(todo), CHUNK):
         chunk = todo[start : start + CHUNK]
         source = "".join(
@@ -110,46 +110,34 @@ def _functions(items: list[Item]) -> dict[str, Callable[..., Any]]:
         exec(compile(source, "<rule conditions>", "exec"), dict(_GLOBALS), namespace)
         for j, key in enumerate(chunk):
             _TEMPLATES[key] = namespace[f"_t{j}"].__code__
-    return {
-        name: FunctionType(_TEMPLATES[(body, len(consts))], _GLOBALS, name, consts or None)
-        for name, body, consts in items
-    }
+    # each function takes its name from its template's code object (`_t0`...): a name of its own per rule would
+    # be one more string per rule kept for the policy's lifetime
+    return [FunctionType(_TEMPLATES[(body, len(consts))], _GLOBALS, None, consts or None) for body, consts in items]
 
 
-def _compiled(name: str, node: n.Cond, task_masks: Mapping[str, int], pattern_of: Mapping[int, int]) -> Item:
+def _compiled(node: n.Cond, task_masks: Mapping[str, int], pattern_of: Mapping[int, int]) -> Item:
     gen = _Gen(task_masks, pattern_of)
-    return name, gen.expr(node), tuple(gen.consts)
+    return gen.expr(node), tuple(gen.consts)
 
 
-class _LazyAtoms(Mapping[int, Callable[..., Any]]):
-    """id(atom node) -> its function, for traced evaluation (explain) and the mismatched-types fallback of
-    decide(): compiled on first use, since most rules are never traced."""
+class AtomBook:
+    """For every rule of one policy: id(atom node) -> its function, for traced evaluation (explain) and the
+    mismatched-types fallback of decide(). A rule's table is compiled on first use, since most rules are never
+    traced; one book serves the whole policy, so a rule carries no lazy table of its own."""
 
-    __slots__ = ("_cond", "_index", "_pattern_of", "_table", "_task_masks")
+    __slots__ = ("_pattern_of", "_tables", "_task_masks")
 
-    def __init__(self, cond: n.Cond, index: int, task_masks: Mapping[str, int], pattern_of: Mapping[int, int]):
-        self._cond, self._index, self._task_masks, self._pattern_of = cond, index, task_masks, pattern_of
-        self._table: dict[int, Callable[..., Any]] | None = None
+    def __init__(self, task_masks: Mapping[str, int], pattern_of: Mapping[int, int]):
+        self._task_masks, self._pattern_of = task_masks, pattern_of
+        self._tables: dict[int, dict[int, Callable[..., Any]]] = {}
 
-    def _load(self) -> dict[int, Callable[..., Any]]:
-        table = self._table
+    def of(self, index: int, cond: n.Cond | None) -> Mapping[int, Callable[..., Any]]:
+        table = self._tables.get(index)
         if table is None:  # two threads may both compile: the same functions, and either result is kept
-            atoms = list(_atoms(self._cond))
-            names = [f"atom_{self._index}_{k}" for k in range(len(atoms))]
-            made = _functions(
-                [_compiled(name, a, self._task_masks, self._pattern_of) for name, a in zip(names, atoms, strict=True)]
-            )
-            table = self._table = {id(a): made[name] for name, a in zip(names, atoms, strict=True)}
+            atoms = list(_atoms(cond)) if cond is not None else []
+            made = _functions([_compiled(a, self._task_masks, self._pattern_of) for a in atoms])
+            table = self._tables[index] = {id(a): f for a, f in zip(atoms, made, strict=True)}
         return table
-
-    def __getitem__(self, key: int) -> Callable[..., Any]:
-        return self._load()[key]
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._load())
-
-    def __len__(self) -> int:
-        return len(self._load())
 
 
 def guard(node: n.Cond | None, gen: _Gen) -> Guard | None:
@@ -177,18 +165,44 @@ def build_rules(
     cache: dict | None = None,
     *,
     today: datetime.date,
-) -> tuple[list[CompiledRule], list[Guard | None]]:
+) -> tuple[list[CompiledRule], Guards]:
     """Every rule compiled (its condition a Python function, its action a Selector), and each rule's index
     guard. `cache` (one per compile) lets rules with equal actions share their filtered, sorted pools."""
-    conds = _functions([_compiled(f"rule_{i}", r.cond, task_masks, pattern_of) for i, r in enumerate(rules) if r.cond])
-    gen = _Gen(task_masks, pattern_of)
-    compiled, guards = [], []
+    made = iter(_functions([_compiled(r.cond, task_masks, pattern_of) for r in rules if r.cond]))
+    compiled = []
+    book = AtomBook(task_masks, pattern_of)
     for i, rule in enumerate(rules):
         needs_scan = rule.cond is not None and any(isinstance(a, (n.TaskMatch, n.TaskIs)) for a in _atoms(rule.cond))
-        atoms = _LazyAtoms(rule.cond, i, task_masks, pattern_of) if rule.cond is not None else {}
         key = f"{rule.span.file}:{rule.span.line}"
         selector = build_selector(rule.action, entries, resolve, key=key, cache=cache, today=today)
-        cond = conds.get(f"rule_{i}")
-        compiled.append(CompiledRule(i, rule.span, rule.text, rule, cond, atoms, needs_scan, selector))
-        guards.append(guard(rule.cond, gen))
-    return compiled, guards
+        cond = next(made) if rule.cond is not None else None
+        compiled.append(CompiledRule(i, rule, cond, book, needs_scan, selector))
+    return compiled, Guards(rules, _Gen(task_masks, pattern_of))
+
+
+class Guards(Sequence["Guard | None"]):
+    """Each rule's index guard, worked out when read. build_index reads each one once, so the guards of a big
+    policy are never all alive at once: built up front, 10,000 rules' guards took 4 MB, interleaved with the
+    compiled rules, and their freed memory stayed behind in the process as a fragmented heap."""
+
+    __slots__ = ("_gen", "_rules")
+
+    def __init__(self, rules: Sequence[n.Rule], gen: _Gen):
+        self._rules, self._gen = rules, gen
+
+    def __len__(self) -> int:
+        return len(self._rules)
+
+    @overload
+    def __getitem__(self, i: int) -> Guard | None: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Guard | None]: ...
+    def __getitem__(self, i: int | slice) -> Guard | list[Guard | None] | None:
+        if isinstance(i, slice):
+            return [guard(r.cond, self._gen) for r in self._rules[i]]
+        return guard(self._rules[i].cond, self._gen)
+
+    def __iter__(self) -> Iterator[Guard | None]:
+        gen = self._gen
+        for rule in self._rules:
+            yield guard(rule.cond, gen)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -68,6 +69,7 @@ class Decision:
 
     __slots__ = (
         "_entry",
+        "_fallbacks",
         "_matched",
         "_plan",
         "_report",
@@ -75,7 +77,6 @@ class Decision:
         "_scanned",
         "_stood_in",
         "elapsed_ns",
-        "fallbacks",
         "policy",
         "probe",
         "request",
@@ -86,7 +87,7 @@ class Decision:
         policy: CompiledPolicy,
         rule: DecidingRule,
         entry: Entry,
-        fallbacks: tuple[str, ...],
+        fallbacks: Sequence[str] | None,
         request: Request,
         matched: int,
         scanned: bool,
@@ -96,7 +97,7 @@ class Decision:
         self.policy = policy
         self._rule = rule
         self._entry = entry
-        self.fallbacks = list(fallbacks)
+        self._fallbacks = fallbacks  # made a list on first read (None: worked out then)
         self.request = request
         self._matched = matched
         self._scanned = scanned
@@ -109,6 +110,22 @@ class Decision:
         self.probe: str | None = None
 
     # -- the answer ------------------------------------------------------------------------------
+    @property
+    def fallbacks(self) -> list[str]:
+        """The rule's fallbacks that can serve the request, in the order listed (without the chosen model).
+        Engine.decide() leaves them to be worked out here, on first read, from the same request."""
+        fallbacks = self._fallbacks
+        if type(fallbacks) is not list:
+            if fallbacks is None:
+                sel: Any = self._rule.selector  # only a policy rule's selector is ever left to work them out
+                fallbacks = sel.viable_fallbacks(self.request, self._entry)
+            fallbacks = self._fallbacks = list(fallbacks)
+        return fallbacks
+
+    @fallbacks.setter
+    def fallbacks(self, value: list[str]) -> None:
+        self._fallbacks = value
+
     @property
     def model(self) -> str:
         return self._entry.name

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, overload
 
 from engine.language import nodes as n
 from engine.runtime.constraints import check
@@ -34,22 +34,30 @@ if TYPE_CHECKING:
 
 
 Decided = tuple[CompiledRule, Entry, tuple[str, ...], int, bool, bool]
+#: Decided, but the fallbacks may be None: not computed (Decision works them out when first read).
+Found = tuple[CompiledRule, Entry, tuple[str, ...] | None, int, bool, bool]
 
 
-def decide(policy: CompiledPolicy, req: Request) -> Decided | None:
+@overload
+def decide(policy: CompiledPolicy, req: Request, lazy: Literal[False] = False) -> Decided | None: ...
+@overload
+def decide(policy: CompiledPolicy, req: Request, lazy: bool) -> Found | None: ...
+def decide(policy: CompiledPolicy, req: Request, lazy: bool = False) -> Found | None:
     """Fast path: (rule, model, fallbacks, matched-pattern mask, scanned, stood in) or None when nothing routes.
     `stood in` says the model is a fallback standing in for a rule pick the request rules out (Selector.stand_in).
+    `lazy`: leave the viable fallbacks None when the rule lists some (Engine.decide: Decision finds them on first
+    read, from the same request, so they come out the same).
 
     A small policy (index.SmallIndex) is walked here, its candidates one int, bit i for rule i, from the lowest
     bit; any other over the index's streams (_decide_streams). Both give the same answers (tests/test_index.py)."""
     small = policy.index.small
     tokens = req.tokens
     if small is None or type(tokens) is not int:
-        return _decide_streams(policy, req)
+        return _decide_streams(policy, req, lazy)
     rules = policy.rules
     attrs = req.attrs
     m = small.unguarded
-    for name, dotted, table in small.equalities:
+    for name, dotted, table in small.equalities if attrs else ():  # no attributes: no equality holds
         v = get_attr(attrs, name) if dotted else attrs.get(name, MISSING)
         if v is not MISSING:
             bits = table.get(v) if type(v) in PLAIN else table[ALL]
@@ -88,12 +96,12 @@ def decide(policy: CompiledPolicy, req: Request) -> Decided | None:
                     matched = matcher.mask(hits)  # type: ignore[union-attr]
             continue
         m ^= low
-        decided = _try(rule, req, matched, scanned)
+        decided = _try(rule, req, matched, scanned, lazy)
         if decided is not None:
             return decided
 
 
-def _try(rule: CompiledRule, req: Request, matched: int, scanned: bool) -> Decided | None:
+def _try(rule: CompiledRule, req: Request, matched: int, scanned: bool, lazy: bool) -> Found | None:
     """One candidate rule: its condition, then its pick, or a fallback standing in (Selector.stand_in)."""
     cond = rule.cond
     try:
@@ -110,11 +118,11 @@ def _try(rule: CompiledRule, req: Request, matched: int, scanned: bool) -> Decid
         stood_in = chosen is not None
     if chosen is None:
         return None
-    fallbacks = sel.viable_fallbacks(req, chosen) if sel.fallbacks else ()
+    fallbacks = (None if lazy else sel.viable_fallbacks(req, chosen)) if sel.fallbacks else ()
     return rule, chosen, fallbacks, matched, scanned, stood_in
 
 
-def _decide_streams(policy: CompiledPolicy, req: Request) -> Decided | None:
+def _decide_streams(policy: CompiledPolicy, req: Request, lazy: bool = False) -> Found | None:
     """decide() over the index's streams (engine/runtime/index.py), merged in rule order: `heads` holds each
     stream's next rule, the smallest is tried next, and every stream at it moves on past it."""
     rules = policy.rules
@@ -175,7 +183,7 @@ def _decide_streams(policy: CompiledPolicy, req: Request) -> Decided | None:
         if i == BIG:
             return None
         rule = rules[i]
-        decided = _try(rule, req, matched, scanned)
+        decided = _try(rule, req, matched, scanned, lazy)
         if decided is not None:
             return decided
         for k, h in enumerate(heads):  # rule i did not decide: every stream at it moves on past it

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.language import nodes as n
 from engine.runtime.constraints import NEGATED, OPS, CostLimit
@@ -165,16 +165,33 @@ class PriceGroup:
     members: tuple[Entry, ...]
 
 
+class AtomSource(Protocol):
+    """The compiler's book of atom functions (engine/compiler/codegen.py: AtomBook), one per policy."""
+
+    def of(self, index: int, cond: n.Cond | None) -> Mapping[int, Callable[..., Any]]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledRule:
     index: int
-    span: n.Span
-    text: str
     node: n.Rule
     cond: Callable[..., Any] | None  # fast (M, T, A) -> truthy; None for `otherwise`
-    atoms: Mapping[int, Callable[..., Any]]  # id(atom node) -> (M, T, A) -> truthy, for traced evaluation
+    book: AtomSource  # the atoms' functions (see `atoms`), shared by every rule of the policy
     needs_scan: bool
     selector: Selector
+
+    @property
+    def span(self) -> n.Span:
+        return self.node.span
+
+    @property
+    def text(self) -> str:
+        return self.node.text
+
+    @property
+    def atoms(self) -> Mapping[int, Callable[..., Any]]:
+        """id(atom node) -> (M, T, A) -> truthy, for traced evaluation (compiled on first use)."""
+        return self.book.of(self.index, self.node.cond)
 
     @property
     def file(self) -> str:
@@ -203,6 +220,12 @@ class CompiledPolicy:
     settings: Any = None  # engine.settings.Settings
     budgets: tuple[BudgetSpec, ...] = ()
     tests: tuple[Any, ...] = ()  # engine.nodes.TestBlock, for `modelroute test`
+    #: Output tokens a request counts on when it does not say (`set output_tokens`, else DEFAULT_OUTPUT_TOKENS).
+    out_tokens: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        out = self.settings["output_tokens"] if self.settings is not None else DEFAULT_OUTPUT_TOKENS
+        object.__setattr__(self, "out_tokens", float(out))
 
     @property
     def unguarded(self) -> tuple[int, ...]:

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_serializer
+
+
+class Experiment(NamedTuple):
+    """The experiment a decision belongs to (`split 50% a, 50% b as "prompt-v2"`): its name and the variant, the
+    model the split picked."""
+
+    name: str
+    variant: str
+
 
 CandidateStatus = Literal["chosen", "eligible", "rejected", "not named"]
 #: Why a model is in a decision's failover plan: the rule's pick, the next models of its ranking or group, the
@@ -78,6 +87,7 @@ class Report(BaseModel):
     fallback_checks: list[FallbackCheck] = Field(default_factory=list)
     plan: list[PlanStep] = Field(default_factory=list)  # the models execution tries, in order, each with why
     note: str | None = None  # how the decision was reached when not by its rule's own pick (stand-in, probe)
+    experiment: Experiment | None = None  # `split ... as "name"`: the experiment and variant the decision is in
     candidates: list[Candidate] = Field(default_factory=list)
     tasks: list[str] = Field(default_factory=list)
     tokens: int
@@ -88,3 +98,7 @@ class Report(BaseModel):
     policy: str
     policy_version: str
     elapsed_us: float | None = None
+
+    @field_serializer("experiment")
+    def _experiment(self, value: Experiment | None) -> dict[str, str] | None:
+        return {"name": value.name, "variant": value.variant} if value is not None else None

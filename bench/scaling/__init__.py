@@ -1,0 +1,1 @@
+"""Sections of bench/scaling_bench.py that measure the bundled policy and hot reload (run through that script)."""
