@@ -17,6 +17,7 @@ from engine.runtime.budget import BudgetBook
 from engine.runtime.caller_pin import caller_pinned_decision
 from engine.runtime.decision import Decision, NoRouteError
 from engine.runtime.evaluate import decide as _decide
+from engine.runtime.messages import request_counts
 from engine.runtime.pinned import pinned_decision, resolve_model
 from engine.runtime.plan import decide_all_open
 from engine.runtime.policy import CompiledPolicy, Request
@@ -303,6 +304,8 @@ class Engine(ExecutionMethods):
         else:
             text = prompt or ""
             tokens = self._estimate(text)
+        if policy.counts:  # messages / turns / words: derived here, never taken from the caller (reserved)
+            attrs.update(request_counts(text, messages, policy.counts))
         state = self.state
         if not attrs and not policy.budgets:  # the common case, kept short: decide() is on the hot path
             return Request(
@@ -345,7 +348,7 @@ class Engine(ExecutionMethods):
         Raises NoRouteError when no rule yields a viable model, RequestError for an unusable `tokens`."""
         start = time.perf_counter_ns()
         policy = self._policy  # one read: the whole decision uses one policy version
-        if messages is None and not attrs and not policy.budgets:  # the common case, without the detour
+        if messages is None and not attrs and not policy.budgets and not policy.counts:  # the common case
             text = prompt or ""
             state = self.state
             req = Request(

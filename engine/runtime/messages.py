@@ -9,7 +9,6 @@ carrying OpenAI's `param` path, for anything it cannot read.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -222,21 +221,11 @@ def _role(message: Any) -> str | None:
     return ROLES.get(role) if isinstance(role, str) else None
 
 
-_READS: dict[int, frozenset[str]] = {}
-
-
-def counts_read(policy: Any) -> frozenset[str]:
-    """The request counts (REQUEST_COUNTS) a compiled policy reads anywhere: in a condition, a `where` limit or a
-    score. The request builder derives only these (`words` reads the whole text). Computed once per policy."""
-    settings = policy.settings
-    key = id(settings)
-    found = _READS.get(key) if settings is not None else None
-    if found is None:
-        found = frozenset(_names_read(policy.rules)) & frozenset(REQUEST_COUNTS)
-        if settings is not None:
-            _READS[key] = found
-            weakref.finalize(settings, _READS.pop, key, None)
-    return found
+def counts_read(rules: Iterable[Any]) -> frozenset[str]:
+    """The request counts (REQUEST_COUNTS) a policy's rules (CompiledRules) read anywhere: in a condition, a `where`
+    limit or a score. The request builder derives only these (`words` reads the whole text); CompiledPolicy keeps
+    them as `counts`."""
+    return frozenset(_names_read(rules)) & frozenset(REQUEST_COUNTS)
 
 
 def _names_read(rules: Iterable[Any]) -> Iterable[str]:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from engine.language import nodes as n
 from engine.runtime.constraints import NEGATED, OPS, CostLimit
 from engine.runtime.matcher import Matcher
+from engine.runtime.messages import counts_read
 from engine.runtime.units import fmt_money
 
 if TYPE_CHECKING:
@@ -222,10 +223,13 @@ class CompiledPolicy:
     tests: tuple[Any, ...] = ()  # engine.nodes.TestBlock, for `modelroute test`
     #: Output tokens a request counts on when it does not say (`set output_tokens`, else DEFAULT_OUTPUT_TOKENS).
     out_tokens: float = field(init=False, repr=False, compare=False)
+    #: The request counts (`messages`, `turns`, `words`) the rules read: the request builder derives only these.
+    counts: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         out = self.settings["output_tokens"] if self.settings is not None else DEFAULT_OUTPUT_TOKENS
         object.__setattr__(self, "out_tokens", float(out))
+        object.__setattr__(self, "counts", counts_read(self.rules))
 
     @property
     def unguarded(self) -> tuple[int, ...]:

@@ -62,7 +62,7 @@ def adhoc_spec(provider: str, model: str) -> ModelSpec:
         output_price=nan,
         latency_ms=nan,
         capabilities={},
-        supports=frozenset(KNOWN_FEATURES),
+        supports=frozenset(KNOWN_FEATURES) - {"embeddings"},  # a chat model, its features unknown: not held against it
         deprecation_date=None,
         source=None,
     )
