@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from engine import Decision, Engine
+from engine import Engine
 from engine.runtime.settings import SETTINGS, Settings
 from engine.runtime.state import MemoryStore
 from providers.execution import RoutingError
@@ -209,18 +209,17 @@ def test_experiment_tally_with_a_fake_decision() -> None:
     assert row["latency_ms"] is not None and len(tally.rows()) == 1
 
 
-@pytest.fixture
-def experiment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every Decision belongs to experiment "prompt-v2", its variant the chosen model (as `split ... as` does)."""
+#: POLICY with each rule an experiment's arm, as `split ... as` makes it: its variant is the model chosen.
+EXPERIMENT = """
+set retry.attempts = 0
+set circuit.failures = 1
+when tier == "pro" split 100% alpha-large as "prompt-v2" fallback beta-coder
+otherwise split 100% alpha-mini as "prompt-v2" fallback beta-chat
+"""
 
-    def of(decision: Decision) -> Any:
-        return SimpleNamespace(name="prompt-v2", variant=decision.model)
 
-    monkeypatch.setattr(Decision, "experiment", property(of), raising=False)
-
-
-def test_usage_reports_each_experiment_and_variant(make, fake_server: FakeServer, experiment: None) -> None:
-    engine = make()
+def test_usage_reports_each_experiment_and_variant(make, fake_server: FakeServer) -> None:
+    engine = make(EXPERIMENT)
     engine.complete("hello")
     engine.complete("hello", tier="pro")
     assert "".join(e.text for e in engine.stream("hello") if e.kind == "delta") == "ok"
@@ -235,14 +234,14 @@ def test_usage_reports_each_experiment_and_variant(make, fake_server: FakeServer
 
 
 # ---- the gateway and the CLI -----------------------------------------------------------------------------------
-def test_metrics_report_experiments(make, fake_server: FakeServer, experiment: None) -> None:
+def test_metrics_report_experiments(make, fake_server: FakeServer) -> None:
     pytest.importorskip("uvicorn")
     import httpx
 
     from providers.gateway.app import create_app
     from tests.test_gateway import ThreadServer
 
-    engine = make()
+    engine = make(EXPERIMENT)
     with ThreadServer(create_app(engine)) as server:
         for attrs in ({}, {"tier": "pro"}):
             body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}], "metadata": attrs}

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from engine.language.nodes import FANOUT_GROUPS, Span
 from engine.runtime.policy import CompiledPolicy, Entry, Request
-from engine.runtime.report import Candidate, PlanStep, Report
+from engine.runtime.report import Candidate, Experiment, PlanStep, Report
 
 
 class DecidingSelector(Protocol):
@@ -204,6 +204,13 @@ class Decision:
         return self._plan
 
     @property
+    def experiment(self) -> Experiment | None:
+        """The experiment this decision belongs to (`split 50% a, 50% b as "name"`), its variant the chosen model;
+        None for every other rule."""
+        experiment_for = getattr(self._rule.selector, "experiment_for", None)
+        return experiment_for(self._entry) if experiment_for is not None else None
+
+    @property
     def chain(self) -> list[str]:
         """The attempt order for execution: the models of the plan (`[step.model for step in plan]`)."""
         return [step.model for step in self.plan]
@@ -216,6 +223,7 @@ class Decision:
 
             report = trace(self.policy, self.request, self.elapsed_ns / 1000, (self._rule.index, self.model))
             report.plan = list(self.plan)
+            report.experiment = self.experiment
             if self.probe is not None:
                 report.model, report.provider = self.model, self.provider
                 report.note = self.plan[0].reason
