@@ -72,12 +72,10 @@ class ExecutionMethods:
         policy's `set deadline`, never lengthen it; ValueError when not > 0). Middleware (use()) runs around it.
         Raises NoRouteError, BudgetExceeded (before any call) or RoutingError (every attempt failed or the deadline
         passed; `.attempts` says why)."""
-        ex = self.executor
+        ex, calls = self.executor, _execution().calls
         return cast(
             "Completion",
-            _execution().calls.complete(
-                ex, ex.middleware, _pin(model, fallback), prompt, messages, schema, _options(locals()), attrs
-            ),
+            calls.complete(ex, calls.Call(_pin(model, fallback), prompt, messages, schema, _options(locals()), attrs)),
         )
 
     async def acomplete(
@@ -100,11 +98,11 @@ class ExecutionMethods:
         **attrs: Any,
     ) -> Completion:
         """The async complete() (plain middleware hooks run in a worker thread)."""
-        ex = self.executor
+        ex, calls = self.executor, _execution().calls
         pin, options = _pin(model, fallback), _options(locals())
         return cast(
             "Completion",
-            await _execution().calls.acomplete(ex, ex.middleware, pin, prompt, messages, schema, options, attrs),
+            await calls.acomplete(ex, calls.Call(pin, prompt, messages, schema, options, attrs)),
         )
 
     def stream(
@@ -131,11 +129,11 @@ class ExecutionMethods:
         after it raises StreamInterrupted (no text is repeated). `.completion` is set at the end. `model` and
         `fallback` pin as in complete(); middleware's `after` hooks see the assembled answer once the stream ends
         (docs/middleware.md)."""
-        ex = self.executor
+        ex, calls = self.executor, _execution().calls
         pin, options = _pin(model, fallback), _options(locals())
         return cast(
             "CompletionStream",
-            _execution().calls.stream(ex, ex.middleware, pin, prompt, messages, schema, options, attrs),
+            calls.stream(ex, calls.Call(pin, prompt, messages, schema, options, attrs)),
         )
 
     def astream(
@@ -159,11 +157,11 @@ class ExecutionMethods:
     ) -> AsyncCompletionStream:
         """The async stream(): `async for event in engine.astream(...)` (an AsyncCompletionStream). With
         middleware registered, the decision (and its errors) comes with the first event."""
-        ex = self.executor
+        ex, calls = self.executor, _execution().calls
         pin, options = _pin(model, fallback), _options(locals())
         return cast(
             "AsyncCompletionStream",
-            _execution().calls.astream(ex, ex.middleware, pin, prompt, messages, schema, options, attrs),
+            calls.astream(ex, calls.Call(pin, prompt, messages, schema, options, attrs)),
         )
 
     def use(self, middleware: Any) -> Callable[[], None]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, cast
 
 from providers.execution.middleware import MiddlewareRequest, Middlewares
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from engine import Decision
     from providers.execution.executor import Executor
 
-__all__ = ["AsyncMiddlewareStream", "MiddlewareStream", "Pin", "acomplete", "astream", "complete", "stream"]
+__all__ = ["AsyncMiddlewareStream", "Call", "MiddlewareStream", "Pin", "acomplete", "astream", "complete", "stream"]
 
 #: A caller's pin: (model, fallbacks), or None to let the policy decide.
 Pin = tuple[str, Sequence[str]] | None
@@ -35,54 +36,49 @@ def plain_messages(messages: list[Any] | None) -> list[Any] | None:
     return [{"role": m.role, "content": m.text()} if isinstance(m, Message) else m for m in messages]
 
 
-def _decider(ex: Executor, pin: Pin, prompt: str | None, messages: list[Any] | None) -> Any:
-    """The `decide` callback of Executor.prepare for a pinned call (None: the policy decides)."""
-    if pin is None:
-        return None
-    model, fallback = pin
-    plain = plain_messages(messages)
+@dataclass(frozen=True)
+class Call:
+    """One Python API call as the caller made it: its pin, prompt or messages, schema, options and attributes."""
 
-    def decide(attrs: dict[str, Any]) -> Decision:
-        return ex.engine.pin_model(model, prompt, messages=plain, fallback=fallback, **attrs)
+    pin: Pin
+    prompt: str | None
+    messages: list[Any] | None
+    schema: Any
+    options: Mapping[str, Any]
+    attrs: dict[str, Any]
 
-    return decide
+    def request(self, stream: bool) -> MiddlewareRequest:
+        """What the middleware's `before` hooks see."""
+        return MiddlewareRequest.of(self.prompt, self.messages, self.attrs, self.options, stream=stream)
+
+    def rewritten(self, req: MiddlewareRequest) -> Call:
+        """This call with what the `before` hooks left in `req` (messages, attributes, options)."""
+        prompt, messages = req.call()
+        return replace(self, prompt=prompt, messages=messages, attrs=dict(req.attributes), options=dict(req.options))
+
+    def prepare(self, ex: Executor) -> Run:
+        """Decide (by the policy, or by the pin) and hold the budgets: the Run execution carries out."""
+        decide = None
+        if self.pin is not None:
+            model, fallback = self.pin
+            plain = plain_messages(self.messages)
+            prompt = self.prompt
+
+            def decide(attrs: dict[str, Any]) -> Decision:
+                return ex.engine.pin_model(model, prompt, messages=plain, fallback=fallback, **attrs)
+
+        return ex.prepare(self.prompt, self.messages, self.schema, self.options, self.attrs, decide=decide)
 
 
-def _prepare(
-    ex: Executor,
-    pin: Pin,
-    prompt: str | None,
-    messages: list[Any] | None,
-    schema: Any,
-    options: Mapping[str, Any],
-    attrs: dict[str, Any],
-) -> Run:
-    return ex.prepare(prompt, messages, schema, options, attrs, decide=_decider(ex, pin, prompt, messages))
-
-
-def _unpack(req: MiddlewareRequest) -> tuple[str | None, list[Any] | None, dict[str, Any], dict[str, Any]]:
-    prompt, messages = req.call()
-    return prompt, messages, dict(req.attributes), dict(req.options)
-
-
-def complete(
-    ex: Executor,
-    mws: Middlewares,
-    pin: Pin,
-    prompt: str | None,
-    messages: list[Any] | None,
-    schema: Any,
-    options: Mapping[str, Any],
-    attrs: dict[str, Any],
-) -> Completion:
+def complete(ex: Executor, call: Call) -> Completion:
     """Engine.complete(): the `before` hooks on the calling thread, decide and execute, the `after` hooks."""
-    req = None
+    mws, req = ex.middleware, None
     if mws:
-        req, answered = mws.before(MiddlewareRequest.of(prompt, messages, attrs, options, stream=False), ex.run_sync)
+        req, answered = mws.before(call.request(stream=False), ex.run_sync)
         if answered is not None:
             return mws.after(req, answered, ex.run_sync)
-        prompt, messages, attrs, options = _unpack(req)
-    run = _prepare(ex, pin, prompt, messages, schema, options, attrs)
+        call = call.rewritten(req)
+    run = call.prepare(ex)
     work = ex.run(run)
     try:
         done = cast(Completion, ex.run_sync(work))
@@ -93,68 +89,41 @@ def complete(
     return mws.after(req, done, ex.run_sync) if req is not None else done
 
 
-async def acomplete(
-    ex: Executor,
-    mws: Middlewares,
-    pin: Pin,
-    prompt: str | None,
-    messages: list[Any] | None,
-    schema: Any,
-    options: Mapping[str, Any],
-    attrs: dict[str, Any],
-) -> Completion:
+async def acomplete(ex: Executor, call: Call) -> Completion:
     """Engine.acomplete(): as complete(), with plain hooks in a worker thread."""
-    req = None
+    mws, req = ex.middleware, None
     if mws:
-        req, answered = await mws.abefore(MiddlewareRequest.of(prompt, messages, attrs, options, stream=False))
+        req, answered = await mws.abefore(call.request(stream=False))
         if answered is not None:
             return await mws.aafter(req, answered)
-        prompt, messages, attrs, options = _unpack(req)
-    done = await ex.run(_prepare(ex, pin, prompt, messages, schema, options, attrs))
+        call = call.rewritten(req)
+    done = await ex.run(call.prepare(ex))
     return await mws.aafter(req, done) if req is not None else done
 
 
-def stream(
-    ex: Executor,
-    mws: Middlewares,
-    pin: Pin,
-    prompt: str | None,
-    messages: list[Any] | None,
-    schema: Any,
-    options: Mapping[str, Any],
-    attrs: dict[str, Any],
-) -> CompletionStream:
+def stream(ex: Executor, call: Call) -> CompletionStream:
     """Engine.stream(): decides now (raising here); a MiddlewareStream when middleware is registered."""
+    mws = ex.middleware
     if not mws:
-        return CompletionStream(ex, _prepare(ex, pin, prompt, messages, schema, options, attrs))
-    req, answered = mws.before(MiddlewareRequest.of(prompt, messages, attrs, options, stream=True), ex.run_sync)
+        return CompletionStream(ex, call.prepare(ex))
+    req, answered = mws.before(call.request(stream=True), ex.run_sync)
     if answered is not None:
         return MiddlewareStream(ex, mws, req, None, answered)
-    prompt, messages, attrs, options = _unpack(req)
-    return MiddlewareStream(ex, mws, req, _prepare(ex, pin, prompt, messages, schema, options, attrs), None)
+    return MiddlewareStream(ex, mws, req, call.rewritten(req).prepare(ex), None)
 
 
-def astream(
-    ex: Executor,
-    mws: Middlewares,
-    pin: Pin,
-    prompt: str | None,
-    messages: list[Any] | None,
-    schema: Any,
-    options: Mapping[str, Any],
-    attrs: dict[str, Any],
-) -> AsyncCompletionStream:
+def astream(ex: Executor, call: Call) -> AsyncCompletionStream:
     """Engine.astream(): decides now (raising here) without middleware; with middleware, the `before` hooks (which
     need the event loop), the decision and its errors come with the first event."""
+    mws = ex.middleware
     if not mws:
-        return AsyncCompletionStream(ex, _prepare(ex, pin, prompt, messages, schema, options, attrs))
+        return AsyncCompletionStream(ex, call.prepare(ex))
 
     async def begin() -> tuple[MiddlewareRequest, Run | None, Completion | None]:
-        req, answered = await mws.abefore(MiddlewareRequest.of(prompt, messages, attrs, options, stream=True))
+        req, answered = await mws.abefore(call.request(stream=True))
         if answered is not None:
             return req, None, answered
-        p, m, a, o = _unpack(req)
-        return req, _prepare(ex, pin, p, m, schema, o, a), None
+        return req, call.rewritten(req).prepare(ex), None
 
     return AsyncMiddlewareStream(ex, mws, begin)
 
