@@ -169,6 +169,9 @@ class ChatRequest(BaseModel):
 
     `system` is prepended to any system messages.  `tool_choice` is "auto", "none", "required" or the name
     of one tool.  `extra` is merged verbatim into the provider's JSON body (provider-specific options).
+    `params` holds the OpenAI chat-completions fields beyond these (`top_p`, `seed`, `n`, `reasoning_effort`,
+    `response_format` as sent, ...; providers/clients/params.py): sent as they are to an OpenAI-kind provider,
+    translated or dropped for the others.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -182,6 +185,7 @@ class ChatRequest(BaseModel):
     response_format: ResponseFormat | None = None
     stop: list[str] = Field(default_factory=list)
     extra: dict[str, Any] = Field(default_factory=dict, repr=False)
+    params: dict[str, Any] = Field(default_factory=dict, repr=False)
 
     @field_validator("tools")
     @classmethod
@@ -221,9 +225,19 @@ class Usage(BaseModel, frozen=True):
         return self.input_tokens + self.output_tokens
 
 
+class Choice(BaseModel, frozen=True):
+    """One more answer of a call that asked for several (`n`): its text, tool calls, finish reason, logprobs."""
+
+    text: str = ""
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    finish_reason: FinishReason = "stop"
+    logprobs: Any = None
+
+
 class ChatResponse(BaseModel):
     """A completed answer.  `cost` is USD from the ModelSpec prices; `raw` is the provider JSON (last chunk
-    for streams).  `model` is the catalog model name, `model_version` whatever the provider reported."""
+    for streams).  `model` is the catalog model name, `model_version` whatever the provider reported. `choices`
+    holds the further answers of a request with `n` > 1 (usage and cost cover them all)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -238,6 +252,9 @@ class ChatResponse(BaseModel):
     first_token_s: float | None = None
     cost: float | None = None
     raw: Any = Field(default=None, repr=False)
+    choices: list[Choice] = Field(default_factory=list)  # the answers after the first, when `n` > 1
+    logprobs: Any = None  # OpenAI-shaped `logprobs` of the first answer, when asked for and given
+    service_tier: str | None = None  # the OpenAI service tier the answer was billed at (its price multiplier)
 
 
 class StreamEvent(BaseModel):
@@ -257,11 +274,19 @@ class StreamEvent(BaseModel):
     response: ChatResponse | None = None
 
 
-def cost_of(model: ModelSpecLike | None, usage: Usage) -> float | None:
-    """USD cost of `usage` at the model's per-token prices (None without a model or prices)."""
+def tier_factor(model: Any, tier: str | None) -> float:
+    """The price multiplier of `tier` for a model (its catalog `service_tiers`; 1 for a model without them)."""
+    factor = getattr(model, "tier_factor", None)
+    return float(factor(tier)) if callable(factor) else 1.0
+
+
+def cost_of(model: ModelSpecLike | None, usage: Usage, tier: str | None = None) -> float | None:
+    """USD cost of `usage` at the model's per-token prices, times the price multiplier of the OpenAI service
+    `tier` it was served at (None without a model or prices)."""
     if model is None:
         return None
     try:
-        return usage.input_tokens * float(model.input_price) + usage.output_tokens * float(model.output_price)
+        cost = usage.input_tokens * float(model.input_price) + usage.output_tokens * float(model.output_price)
     except (AttributeError, TypeError, ValueError):
         return None
+    return cost * tier_factor(model, tier)

@@ -21,6 +21,7 @@ API:
 
 Behaviours:
     Reply(text, tool_calls=[Call(name, args)], input_tokens, output_tokens, finish, delay, chunk_delay)
+                          a JSON answer has `n` (OpenAI) / `candidateCount` (Gemini) copies of its choice
     Fault.status(code, retry_after=, retry_after_ms=, message=, error_code=)  provider-shaped error
     Fault.rate_limited(retry_after) / server_error(code) / overloaded() (529) / auth(echo_key=)
     Fault.context_too_long() / content_filtered()     each provider's real error or blocked-answer format
@@ -123,6 +124,7 @@ class Ctx:
     stream: bool
     api_key: str | None
     omit_usage: bool = False
+    choices: int = 1  # answers asked for: OpenAI `n`, Gemini `generationConfig.candidateCount` (JSON answers)
 
 
 @dataclass
@@ -142,6 +144,14 @@ def _route(path: str, body: Any) -> tuple[str, str, bool] | None:
         return kind, str(body.get("model", "")), bool(body.get("stream"))
     match = re.fullmatch(r"/v1beta/models/([^/:]+):(generateContent|streamGenerateContent)", path)
     return ("gemini", match[1], match[2] == "streamGenerateContent") if match else None
+
+
+def _choices(kind: str, body: Any) -> int:
+    """How many answers a request asks for (OpenAI `n`, Gemini `candidateCount`; Anthropic has no such field)."""
+    body = body if isinstance(body, dict) else {}
+    config = body.get("generationConfig") if kind == "gemini" else None
+    n = config.get("candidateCount") if isinstance(config, dict) else body.get("n") if kind == "openai" else None
+    return n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 16 else 1
 
 
 def _api_key(kind: str, headers: dict[str, str]) -> str | None:
@@ -212,7 +222,9 @@ def _render_json(ctx: Ctx, r: Reply) -> dict[str, Any]:
             "object": "chat.completion",
             "created": 0,
             "model": ctx.model,
-            "choices": [{"index": 0, "message": message, "finish_reason": _finish("openai", r)}],
+            "choices": [
+                {"index": i, "message": message, "finish_reason": _finish("openai", r)} for i in range(ctx.choices)
+            ],
             "usage": usage,
         }
         return _without_usage(out, "usage") if ctx.omit_usage else out
@@ -234,7 +246,8 @@ def _render_json(ctx: Ctx, r: Reply) -> dict[str, Any]:
     parts += [{"functionCall": {"name": c.name, "args": c.args}} for _, c in calls]
     reply: dict[str, Any] = {
         "candidates": [
-            {"content": {"role": "model", "parts": parts}, "finishReason": _finish("gemini", r), "index": 0}
+            {"content": {"role": "model", "parts": parts}, "finishReason": _finish("gemini", r), "index": i}
+            for i in range(ctx.choices)
         ],
         "usageMetadata": {
             "promptTokenCount": r.input_tokens,
@@ -813,7 +826,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         kind, model, stream = route
         headers = {k.lower(): v for k, v in self.headers.items()}
-        ctx = Ctx(kind, model, stream, _api_key(kind, headers))
+        ctx = Ctx(kind, model, stream, _api_key(kind, headers), choices=_choices(kind, body))
         fake = self.server.fake
         fake._record(
             RecordedRequest(

@@ -75,7 +75,7 @@ ATTACKS = {
     "image-data-urls": Attack({"messages": IMAGES, "max_tokens": 100}, model="alpha-large"),
     "no-usage": Attack({"messages": MSG, "max_tokens": 300}, omit_usage=True),
     "no-usage-streamed": Attack({"messages": MSG, "max_tokens": 300, "stream": True}, omit_usage=True),
-    "n-answers": Attack({"messages": MSG, "max_tokens": 300, "n": 3}, refused="invalid_value"),
+    "n-answers": Attack({"messages": MSG, "max_tokens": 300, "n": 3}),
     "key-daily-budget": Attack({"messages": MSG, "tools": TOOLS[:10], "max_tokens": 1000}, budget="key"),
     "per-user-rotating": Attack({"messages": MSG, "max_tokens": 1000}, budget="user", rotate_user=True),
 }

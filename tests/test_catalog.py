@@ -760,7 +760,7 @@ def test_structure_errors(tmp_path: Path, yaml_text: str, key_path: str, message
             "models.m.colour",
             "unknown field `colour` in model `m`",
             "known fields: provider, id, aliases, context, max_output, price, latency_ms, capabilities, supports, "
-            "deprecation_date",
+            "service_tiers, deprecation_date",
         ),
     ],
 )

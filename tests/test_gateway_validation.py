@@ -31,8 +31,8 @@ def _error(body: Any) -> ApiError:
     ("body", "code", "param"),
     [
         (["a list"], "invalid_json", None),
-        ({"messages": [U], "top_p": 1}, "unsupported_field", "top_p"),
-        ({"messages": [U], "frobnicate": 1}, "unknown_field", "frobnicate"),
+        ({"messages": [U], "top_p": 2}, "invalid_value", "top_p"),
+        ({"messages": [U], "response_format": {"type": "xml"}}, "invalid_value", "response_format.type"),
         ({}, "invalid_value", "messages"),
         ({"messages": []}, "invalid_value", "messages"),
         ({"messages": [U], "model": ""}, "invalid_value", "model"),
@@ -45,7 +45,8 @@ def _error(body: Any) -> ApiError:
         ({"messages": [U], "stream": 1}, "invalid_value", "stream"),
         ({"messages": [U], "stream_options": []}, "invalid_value", "stream_options"),
         ({"messages": [U], "stream_options": {"x": 1}}, "invalid_value", "stream_options.x"),
-        ({"messages": [U], "n": 2}, "invalid_value", "n"),
+        ({"messages": [U], "n": 0}, "invalid_value", "n"),
+        ({"messages": [U], "n": 2, "stream": True}, "invalid_value", "n"),
         ({"messages": [U], "max_tokens": 0}, "invalid_value", "max_tokens"),
         ({"messages": [U], "max_tokens": True}, "invalid_value", "max_tokens"),
         ({"messages": [U], "max_completion_tokens": 1.5}, "invalid_value", "max_completion_tokens"),
@@ -119,7 +120,7 @@ def _error(body: Any) -> ApiError:
         ({"messages": [U], "tool_choice": {"type": "function", "function": {"name": "g"}}}, "invalid_value", ANY),
         ({"messages": [U], "stream_options": {"include_usage": "yes"}}, "invalid_value", ANY),
         ({"messages": [U], "n": True}, "invalid_value", "n"),
-        ({"messages": [U], "x" * 5000: 1}, "unknown_field", "x" * 64),
+        ({"messages": [U], "seed": 1.5}, "invalid_value", "seed"),
         # reserved attributes, nested shadows of them, and decide()'s own arguments
         ({"messages": [U], "metadata": {"max_tokens": 1}}, "reserved_attribute", None),
         ({"messages": [U], "metadata": {"budget": {"left": 1}}}, "reserved_attribute", None),
@@ -212,6 +213,7 @@ def test_an_accepted_request_is_read_into_a_call() -> None:
         "tools": body["tools"],
         "tool_choice": "f",
         "stop": ["END"],
+        "params": {"user": "u1", "metadata": {"team": "a"}, "n": 1},
     }
     assert call.attrs == {"user": "u1", "team": "a", "metadata": {"team": "a"}, "tier": 2}
 

@@ -1,7 +1,10 @@
 """Hard constraints: a catalog model and a Request in, whether the model can serve it at all (and why not) out.
 
 This is the one place that says when a model is out for a request regardless of the rule's ranking: its
-context window is too small, the request needs tools or vision it lacks, its circuit is open, or a rule's
+context window is too small, the request needs tools or vision it lacks, it is an embedding model and the
+request is not an embedding request or the reverse (the reserved attribute `endpoint`), it asks for structured
+output (the request attribute `response_format`: `json_schema` or `json`, set by the gateway from the body's
+response_format) the model's catalog entry does not list in `supports`, its circuit is open, or a rule's
 `where cost ...` limit excludes it. Selection (`violation`, the fast check), explain and execution (`check`,
 a `Reason` with a stable code and its text) all use it, so their answers cannot drift apart.
 """
@@ -21,7 +24,21 @@ from engine.runtime.units import fmt_count, fmt_money
 if TYPE_CHECKING:
     from engine.runtime.policy import Entry, Request
 
-__all__ = ["NEGATED", "OPS", "Code", "CostLimit", "Limit", "Reason", "check", "price_known", "violation"]
+__all__ = [
+    "EMBEDDINGS",
+    "FORMAT_ATTR",
+    "FORMAT_FEATURES",
+    "NEGATED",
+    "OPS",
+    "Code",
+    "CostLimit",
+    "Limit",
+    "Reason",
+    "check",
+    "embedding_request",
+    "price_known",
+    "violation",
+]
 
 
 def price_known(entry: Any) -> bool:
@@ -47,6 +64,8 @@ class Code(str, Enum):
     CONTEXT = "context"  # the prompt does not fit the context window
     TOOLS = "tools"  # the request has tools, the model does not support them
     VISION = "vision"  # the request has images, the model does not support them
+    ENDPOINT = "endpoint"  # an embedding request and a chat model, or a chat request and an embedding model
+    FORMAT = "response_format"  # the request asks for JSON (json_schema / json) the model does not support
     UNAVAILABLE = "unavailable"  # the model's circuit is open
     COST = "cost"  # a rule's `where cost ...` limit
     # request-independent `where` constraints and the catalog, decided at compile time
@@ -108,6 +127,23 @@ class CostLimit:
 # Module-level aliases: a global read is about half the cost of an Enum member lookup, and violation() runs
 # once per candidate on decide()'s hot path.
 _CONTEXT, _TOOLS, _VISION, _UNAVAILABLE = Code.CONTEXT, Code.TOOLS, Code.VISION, Code.UNAVAILABLE
+_ENDPOINT = Code.ENDPOINT
+EMBEDDINGS = "embeddings"  # the `endpoint` of an embedding request, and the catalog feature of embedding models
+_FORMAT = Code.FORMAT
+#: The request attribute that asks for structured output, and the catalog feature each of its values needs.
+FORMAT_ATTR = "response_format"
+FORMAT_FEATURES = {"json_schema": "json_schema", "json": "json"}
+
+
+def _lacks_format(e: Entry, req: Request) -> bool:
+    value = req.attrs.get(FORMAT_ATTR)
+    feature = FORMAT_FEATURES.get(value) if isinstance(value, str) else None
+    return feature is not None and feature not in getattr(e.spec, "supports", ())
+
+
+def embedding_request(req: Request) -> bool:
+    """Whether `req` asks for embeddings (the gateway's POST /v1/embeddings sets `endpoint`)."""
+    return req.attrs.get("endpoint") == EMBEDDINGS
 
 
 def violation(e: Entry, req: Request, limits: tuple[Limit, ...] = ()) -> Code | None:
@@ -120,6 +156,10 @@ def violation(e: Entry, req: Request, limits: tuple[Limit, ...] = ()) -> Code | 
         return _TOOLS
     if req.need_vision and not e.vision:
         return _VISION
+    if (req.attrs.get("endpoint") == EMBEDDINGS) is not (EMBEDDINGS in getattr(e.spec, "supports", ())):
+        return _ENDPOINT
+    if FORMAT_ATTR in req.attrs and _lacks_format(e, req):
+        return _FORMAT
     if req.unavailable and e.name in req.unavailable:
         return _UNAVAILABLE
     for c in limits:
@@ -141,6 +181,13 @@ def _text(code: Code, e: Entry, req: Request, limits: tuple[Limit, ...]) -> str:
         return "no tools support (request has tools)"
     if code is Code.VISION:
         return "no vision support (request has images)"
+    if code is Code.ENDPOINT:
+        if embedding_request(req):
+            return "not an embedding model (request is for embeddings)"
+        return "an embedding model (request is not for embeddings)"
+    if code is Code.FORMAT:
+        fmt = req.attrs[FORMAT_ATTR]
+        return f"no {FORMAT_FEATURES[fmt]} support (request has response_format {fmt})"
     if code is Code.UNAVAILABLE:
         circuit = getattr(req.state, "circuit", None)
         until = getattr(circuit(e.name), "until", None) if circuit is not None else None

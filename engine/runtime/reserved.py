@@ -8,6 +8,8 @@ nested `{"budget": {"left": 1}}`, which a policy's `budget.left` would otherwise
   body's `max_tokens` / `max_completion_tokens`); budget holds are computed from them.
 * `spend`, `budget`: `spend.today` and `budget.left`, set from the budget book.
 * `key`: the gateway key's name.
+* `endpoint`: the API the request came through: `chat`, `completions`, `messages`, `responses` or `embeddings`
+  (set by the gateway per endpoint; a Python caller's requests are `chat`), so a policy can route by it.
 * `self`, `prompt`, `messages`, `model`: the parameters of `Engine.decide()` / `Engine.pin()`, which take the
   attributes as keyword arguments.
 * `messages`, `turns`, `words`: also counts derived from the request itself (the number of messages, of user
@@ -17,7 +19,7 @@ nested `{"budget": {"left": 1}}`, which a policy's `budget.left` would otherwise
 
 from __future__ import annotations
 
-__all__ = ["RESERVED_ATTRS", "reserved"]
+__all__ = ["ENDPOINTS", "RESERVED_ATTRS", "reserved"]
 
 RESERVED_ATTRS: tuple[str, ...] = (
     "tokens",
@@ -26,6 +28,7 @@ RESERVED_ATTRS: tuple[str, ...] = (
     "spend",
     "budget",
     "key",
+    "endpoint",
     "self",
     "prompt",
     "messages",
@@ -34,6 +37,8 @@ RESERVED_ATTRS: tuple[str, ...] = (
     "words",
 )
 _RESERVED = frozenset(RESERVED_ATTRS)
+#: The values of the reserved attribute `endpoint`, one per API the gateway serves.
+ENDPOINTS: tuple[str, ...] = ("chat", "completions", "messages", "responses", "embeddings")
 
 
 def reserved(name: str) -> bool:

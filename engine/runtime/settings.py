@@ -79,6 +79,16 @@ SETTINGS: dict[str, Spec] = {
     "health.concurrency": Spec("count", 4, "active health checks: probes in flight at once"),
     "health.success_weight": Spec("count", 0.7, "balance weighted: weight of a member's success rate", real=True),
     "health.latency_weight": Spec("count", 0.3, "balance weighted: weight of a member's latency score", real=True),
+    "params.unsupported": Spec(
+        "name",
+        "drop",
+        "a request field the chosen provider has no counterpart for: drop it (named in the "
+        "x-modelroute-dropped-params header) or reject the request (400)",
+        ("drop", "reject"),
+    ),
+    "n.fanout": Spec(
+        "bool", True, "`n` > 1 on a provider without it (anthropic): n separate calls, or refuse the request (400)"
+    ),
     "consensus.compare": Spec(
         "name",
         "normalised",

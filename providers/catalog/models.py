@@ -5,6 +5,8 @@ The YAML format::
 
     providers:                  # optional; settings for the HTTP clients
       anthropic: {kind: anthropic, base_url: "https://api.anthropic.com", api_key_env: ANTHROPIC_API_KEY}
+      azure: {kind: azure, base_url: "https://RESOURCE.openai.azure.com", api_key_env: AZURE_API_KEY,
+              api_version: "2024-10-21"}     # a model's `id` is its deployment name
     models:
       claude-3-5-sonnet:
         provider: anthropic
@@ -15,7 +17,8 @@ The YAML format::
         price: {input: 3.00, output: 15.00}    # USD per 1M tokens (stored per token)
         latency_ms: 1500
         capabilities: {REASONING: 9, CODING: 10}   # open set of names, scores 1-10
-        supports: [tools, vision, json]        # known: tools, vision, json, streaming
+        supports: [tools, vision, json]        # known: tools, vision, json, json_schema, streaming, embeddings
+        service_tiers: {flex: 0.5, priority: 2.0}   # optional: price multiplier per OpenAI service_tier
         deprecation_date: 2025-10-22           # optional
 
 Required model fields: provider, context, price, latency_ms. Capability names are case-insensitive and
@@ -59,9 +62,9 @@ __all__ = [
 
 # the wire formats a provider can speak (each has its client in providers.clients) and the features a model can
 # list in `supports`: defined here once, everything else imports them
-ProviderKind = Literal["openai", "anthropic", "gemini"]
+ProviderKind = Literal["openai", "anthropic", "gemini", "azure"]
 PROVIDER_KINDS: tuple[ProviderKind, ...] = get_args(ProviderKind)
-Feature = Literal["tools", "vision", "json", "streaming"]
+Feature = Literal["tools", "vision", "json", "json_schema", "streaming", "embeddings"]
 KNOWN_FEATURES: tuple[Feature, ...] = get_args(Feature)
 STANDARD_CAPABILITIES: tuple[str, ...] = (
     "REASONING",
@@ -190,6 +193,9 @@ class ProviderSpec(BaseModel):
     api_key_env: str | None = None
     timeout_s: float = Field(default=60.0, gt=0)
     headers: dict[str, str] = {}
+    # kind azure: the `api-version` query parameter of deployment URLs (None: the client's default, see
+    # providers/clients/azure.py); the v1 form (a base_url ending in /openai/v1) sends none unless it is set
+    api_version: str | None = None
     # the largest answer (a body, or a stream in total) accepted from this provider, in bytes; None: the process
     # default (32 MiB, `modelroute serve --max-response-bytes`). Past it: ResponseTooLarge, the next model is tried
     max_response_bytes: int | None = Field(default=None, gt=0)
@@ -204,6 +210,7 @@ class ProviderSpec(BaseModel):
                 self.timeout_s,
                 tuple(sorted(self.headers.items())),
                 self.max_response_bytes,
+                self.api_version,
             )
         )
 
@@ -232,11 +239,21 @@ class ModelSpec(BaseModel):
     latency_ms: float = Field(ge=0)
     capabilities: dict[str, Score] = {}
     supports: frozenset[str] = frozenset()
+    service_tiers: dict[str, float] = {}
     deprecation_date: datetime.date | None = None
     source: SourceRef | None = None
 
     def __hash__(self) -> int:  # capabilities is a dict, so hash the identifying fields only
         return hash((self.name, self.provider, self.id, self.context, self.input_price, self.output_price))
+
+    def tier_factor(self, tier: str | None) -> float:
+        """The price multiplier of an OpenAI `service_tier` (1 without a tier or without `service_tiers`); a tier
+        the catalog does not list is priced at the highest listed multiplier (a hold must be a bound)."""
+        tiers = self.service_tiers
+        if not tiers or tier is None:
+            return 1.0
+        found = tiers.get(tier)
+        return float(found) if found is not None else float(max(tiers.values()))
 
     def capability(self, name: str) -> float | None:
         """The model's score (1-10) for a capability, or None if unscored; the name is case-insensitive."""

@@ -44,9 +44,10 @@ MODEL_FIELDS = (
     "latency_ms",
     "capabilities",
     "supports",
+    "service_tiers",
     "deprecation_date",
 )
-_PROVIDER_FIELDS = ("kind", "base_url", "api_key_env", "timeout_s", "max_response_bytes", "headers")
+_PROVIDER_FIELDS = ("kind", "base_url", "api_key_env", "timeout_s", "max_response_bytes", "headers", "api_version")
 _PRICE_FIELDS = ("input", "output")
 _SYNONYMS = {
     "model": {
@@ -85,6 +86,8 @@ _SYNONYMS = {
         "env": "api_key_env",
         "timeout": "timeout_s",
         "header": "headers",
+        "version": "api_version",
+        "api-version": "api_version",
     },
     "price": {"in": "input", "prompt": "input", "out": "output", "completion": "output"},
     "top": {"model": "models", "provider": "providers"},
@@ -212,7 +215,7 @@ class CatalogReader(NodeReader):
                         at,
                         f"unknown provider kind `{kind}`",
                         suggest(kind, PROVIDER_KINDS)
-                        or "kinds: openai (any OpenAI-compatible chat completions API), anthropic, gemini",
+                        or "kinds: openai (any OpenAI-compatible chat completions API), anthropic, gemini, azure",
                     )
                 elif kind is not None:
                     fields["kind"] = kind
@@ -244,8 +247,20 @@ class CatalogReader(NodeReader):
                     fields["timeout_s"] = timeout
             elif key == "headers":
                 fields["headers"] = self.headers(vnode, at)
+            elif key == "api_version":
+                version = self.text_value(vnode, at, 'an API version like "2024-10-21"')
+                if version is not None:
+                    fields["api_version"] = version
             else:
                 self.unknown_field(knode, at, key, f"provider `{name}`", _PROVIDER_FIELDS, _SYNONYMS["provider"])
+        if fields["kind"] == "azure" and not fields.get("base_url") and len(self.issues) == before:
+            self.issue(
+                node,
+                path,
+                f"provider `{name}` of kind azure needs a base_url",
+                'the resource endpoint, e.g. `base_url: "https://RESOURCE.openai.azure.com"` (deployment URLs with '
+                'api-version) or `"https://RESOURCE.openai.azure.com/openai/v1"` (the v1 API)',
+            )
         if len(self.issues) > before:
             return None
         return ProviderSpec(**fields)
@@ -373,6 +388,8 @@ class CatalogReader(NodeReader):
                 fields["capabilities"] = self.capabilities(vnode, at)
             elif key == "supports":
                 fields["supports"] = self.supports(vnode, at)
+            elif key == "service_tiers":
+                fields["service_tiers"] = self.service_tiers(vnode, at)
             elif key == "deprecation_date":
                 fields["deprecation_date"] = self.date(vnode, at)
             else:
@@ -434,6 +451,23 @@ class CatalogReader(NodeReader):
                     f"price is missing `{missing}`",
                     f"add `{missing}: <USD per 1M {missing} tokens>` (0 if free)",
                 )
+
+    def service_tiers(self, node: Node, path: str) -> dict[str, float]:
+        """`{flex: 0.5, priority: 2.0}`: the price multiplier of each OpenAI `service_tier` (more than 0)."""
+        if node.tag == NULL_TAG:
+            return {}
+        if not isinstance(node, MappingNode):
+            self.expected(node, path, "a mapping of price multipliers like {flex: 0.5, priority: 2.0}")
+            return {}
+        out: dict[str, float] = {}
+        for key, _, vnode in self.pairs(node, path, "service tier"):
+            at = f"{path}.{key}"
+            factor = self.number(vnode, at, "a price multiplier", "e.g. `priority: 2.0`")
+            if factor is not None and factor <= 0:
+                self.issue(vnode, at, f"a price multiplier must be more than 0, got {vnode.value}")
+            elif factor is not None:
+                out[key] = factor
+        return out
 
     def capabilities(self, node: Node, path: str) -> dict[str, float]:
         if node.tag == NULL_TAG:

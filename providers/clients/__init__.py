@@ -1,6 +1,6 @@
 """Provider HTTP clients: `client_for(spec)` turns a ProviderSpec into the ProviderClient for its wire format.
 
-client = client_for(spec)                    # OpenAIClient | AnthropicClient | GeminiClient
+client = client_for(spec)                    # OpenAIClient | AnthropicClient | GeminiClient | AzureClient
 response = client.chat(model, ChatRequest(messages=[Message.user("hi")]))
 for event in client.stream(model, request): ...
 """
@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from providers.catalog.models import PROVIDER_KINDS
 from providers.clients.anthropic import AnthropicClient
+from providers.clients.azure import AzureClient
 from providers.clients.base import ParsedReply, ProviderClient, StreamParser
 from providers.clients.gemini import GeminiClient
 from providers.clients.openai import OpenAIClient
@@ -18,7 +19,9 @@ from providers.clients.openai import OpenAIClient
 if TYPE_CHECKING:
     from providers.types import ProviderSpecLike as ProviderSpec
 
-CLIENTS: dict[str, type[ProviderClient]] = {cls.kind: cls for cls in (OpenAIClient, AnthropicClient, GeminiClient)}
+CLIENTS: dict[str, type[ProviderClient]] = {
+    cls.kind: cls for cls in (OpenAIClient, AnthropicClient, GeminiClient, AzureClient)
+}
 if set(CLIENTS) != set(PROVIDER_KINDS):  # a kind without a client (or the reverse) fails at import
     raise ImportError(f"provider kinds {sorted(PROVIDER_KINDS)} and clients {sorted(CLIENTS)} differ")
 
@@ -35,6 +38,7 @@ def client_for(spec: ProviderSpec, **kw: Any) -> ProviderClient:
 __all__ = [
     "CLIENTS",
     "AnthropicClient",
+    "AzureClient",
     "GeminiClient",
     "OpenAIClient",
     "ParsedReply",

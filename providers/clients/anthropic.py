@@ -3,8 +3,12 @@ replies (whole, or as message_start/content_block_*/message_delta/message_stop S
 
 System text becomes the top-level `system` field, `max_tokens` is always sent (default 1024, capped by the
 model's `max_output`), OpenAI-style tools become `{name, description, input_schema}`, and tool results
-become `tool_result` blocks in user turns.  Anthropic has no JSON mode, so `response_format` is expressed
-as a system instruction.
+become `tool_result` blocks in user turns.  A `response_format` goes to Anthropic's structured output
+(`output_config.format`) on a model whose catalog entry supports `json_schema`; otherwise (and for json_object)
+to a forced tool whose input is returned as the message's text, or, when the request has tools of its own, to a
+system instruction. Of `params` (providers/clients/params.py): top_p, reasoning_effort (a thinking budget),
+parallel_tool_calls (`disable_parallel_tool_use`), user / safety_identifier (`metadata.user_id`); `n` is n calls
+(providers/clients/base.py); the rest is dropped.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from providers.clients.base import ParsedReply, ProviderClient, StreamParser
+from providers.clients.params import JSON_TOOL, anthropic_thinking, json_tool, user_id
 from providers.clients.sse import SSEEvent
 from providers.errors import classify_stream_error
 from providers.types import ChatRequest, FinishReason, ImagePart, Message, StreamEvent, ToolCall, Usage
@@ -30,6 +35,8 @@ FINISH: dict[str, FinishReason] = {
     "max_tokens": "length",
     "tool_use": "tool_calls",
     "refusal": "content_filter",
+    "pause_turn": "stop",
+    "model_context_window_exceeded": "length",
 }
 
 
@@ -82,14 +89,34 @@ def _messages(messages: list[Message]) -> list[dict[str, Any]]:
     return out
 
 
-def _json_instruction(req: ChatRequest) -> str | None:
+def _json_instruction(req: ChatRequest, supports: frozenset[str]) -> str | None:
+    """The system instruction that asks for JSON when neither structured output nor the JSON tool carries it."""
     fmt = req.response_format
-    if fmt is None or fmt.type == "text":
+    if fmt is None or fmt.type == "text" or json_tool(req, supports) or _native_format(req, supports):
         return None
     if fmt.type == "json_schema" and fmt.json_schema:
         schema = json.dumps(fmt.json_schema, separators=(",", ":"))
         return f"Respond with only a JSON value that matches this JSON Schema, and no other text: {schema}"
     return "Respond with only a valid JSON object and no other text."
+
+
+def _native_format(req: ChatRequest, supports: frozenset[str]) -> bool:
+    fmt = req.response_format
+    return fmt is not None and fmt.type == "json_schema" and "json_schema" in supports and bool(fmt.json_schema)
+
+
+def _supports(model: ModelSpec) -> frozenset[str]:
+    return frozenset(getattr(model, "supports", None) or ())
+
+
+def _format_tool(req: ChatRequest) -> dict[str, Any]:
+    fmt = req.response_format
+    schema = fmt.json_schema if fmt is not None and fmt.type == "json_schema" and fmt.json_schema else None
+    return {
+        "name": JSON_TOOL,
+        "description": "Give the answer: its input is the whole answer, as JSON.",
+        "input_schema": schema or {"type": "object"},
+    }
 
 
 class AnthropicStreamParser(StreamParser):
@@ -98,6 +125,7 @@ class AnthropicStreamParser(StreamParser):
     def __init__(self, client: ProviderClient, model: ModelSpec) -> None:
         super().__init__(client, model)
         self._tools: dict[int, dict[str, Any]] = {}
+        self._json: int | None = None  # the block of the forced JSON tool, streamed as text
         self._input = 0
         self._output = 0
 
@@ -117,7 +145,9 @@ class AnthropicStreamParser(StreamParser):
             self._input, self._output = _input_tokens(usage), int(usage.get("output_tokens") or 0)
         elif kind == "content_block_start":
             block = data.get("content_block") or {}
-            if block.get("type") == "tool_use":
+            if block.get("type") == "tool_use" and block.get("name") == JSON_TOOL:
+                self._json = data.get("index", 0)
+            elif block.get("type") == "tool_use":
                 self._tools[data.get("index", 0)] = {
                     "id": block.get("id", ""),
                     "name": block.get("name", ""),
@@ -129,6 +159,9 @@ class AnthropicStreamParser(StreamParser):
             delta = data.get("delta") or {}
             if delta.get("type") == "text_delta" and delta.get("text"):
                 events.append(self.delta(delta["text"]))
+            elif delta.get("type") == "input_json_delta" and data.get("index", 0) == self._json:
+                if delta.get("partial_json"):
+                    events.append(self.delta(delta["partial_json"]))
             elif delta.get("type") == "input_json_delta" and data.get("index", 0) in self._tools:
                 self._tools[data.get("index", 0)]["args"].append(delta.get("partial_json") or "")
         elif kind == "content_block_stop" and data.get("index", 0) in self._tools:
@@ -139,7 +172,7 @@ class AnthropicStreamParser(StreamParser):
         elif kind == "message_delta":
             stop = (data.get("delta") or {}).get("stop_reason")
             if stop:
-                self.reply.finish_reason = FINISH.get(stop, "other")
+                self.reply.finish_reason = "stop" if self._json is not None else FINISH.get(stop, "other")
             usage = data.get("usage") or {}
             self._output = int(usage.get("output_tokens") or self._output)
             self._input = _input_tokens(usage) or self._input
@@ -166,20 +199,28 @@ class AnthropicClient(ProviderClient):
         return headers
 
     def build_body(self, model: ModelSpec, req: ChatRequest, *, stream: bool) -> dict[str, Any]:
+        supports = _supports(model)
         max_tokens = req.max_tokens
+        thinking = anthropic_thinking(req, supports, max_tokens)
         if max_tokens is None:
             cap = getattr(model, "max_output", None)
             max_tokens = min(DEFAULT_MAX_TOKENS, cap) if cap else DEFAULT_MAX_TOKENS
+            if thinking is not None:  # no bound was asked for: room for the thinking and an answer
+                max_tokens = max_tokens + thinking if not cap else min(max_tokens + thinking, cap)
+                thinking = thinking if thinking < max_tokens else None
         body: dict[str, Any] = {
             "model": model.id,
             "max_tokens": max_tokens,
             "messages": _messages(req.messages),
         }
-        system = "\n\n".join(x for x in (req.system_text(), _json_instruction(req)) if x)
+        system = "\n\n".join(x for x in (req.system_text(), _json_instruction(req, supports)) if x)
         if system:
             body["system"] = system
-        if req.temperature is not None:
+        if req.temperature is not None and thinking is None:
             body["temperature"] = req.temperature
+        top_p = req.params.get("top_p")
+        if top_p is not None and thinking is None:
+            body["top_p"] = top_p
         if req.stop:
             body["stop_sequences"] = req.stop
         if req.tools:
@@ -194,6 +235,22 @@ class AnthropicClient(ProviderClient):
         if req.tool_choice:
             choices = {"auto": {"type": "auto"}, "none": {"type": "none"}, "required": {"type": "any"}}
             body["tool_choice"] = choices.get(req.tool_choice, {"type": "tool", "name": req.tool_choice})
+        if req.tools and req.params.get("parallel_tool_calls") is False:
+            choice = body.setdefault("tool_choice", {"type": "auto"})
+            if choice["type"] != "none":
+                choice["disable_parallel_tool_use"] = True
+        if json_tool(req, supports):
+            body["tools"] = [_format_tool(req)]
+            body["tool_choice"] = {"type": "tool", "name": JSON_TOOL}
+        elif _native_format(req, supports):
+            fmt = req.response_format
+            assert fmt is not None
+            body["output_config"] = {"format": {"type": "json_schema", "schema": fmt.json_schema}}
+        if thinking is not None:
+            body["thinking"] = {"type": "enabled", "budget_tokens": thinking}
+        user = user_id(req.params)
+        if user is not None:
+            body["metadata"] = {"user_id": user}
         if stream:
             body["stream"] = True
         return body
@@ -202,9 +259,12 @@ class AnthropicClient(ProviderClient):
         if data.get("type") == "error":
             raise classify_stream_error(self.kind, data, provider=self.spec.name, secret=self._secret())
         text, calls = [], []
+        answered = False  # through the forced JSON tool: its input is the answer
         for block in data["content"]:
             if block.get("type") == "text":
                 text.append(block.get("text") or "")
+            elif block.get("type") == "tool_use" and block.get("name") == JSON_TOOL:
+                text, answered = [json.dumps(block.get("input") or {}, ensure_ascii=False)], True
             elif block.get("type") == "tool_use":
                 calls.append(
                     ToolCall(id=block["id"], name=block["name"], arguments=json.dumps(block.get("input") or {}))
@@ -214,6 +274,6 @@ class AnthropicClient(ProviderClient):
             text="".join(text),
             tool_calls=calls,
             usage=Usage(input_tokens=_input_tokens(usage), output_tokens=int(usage.get("output_tokens") or 0)),
-            finish_reason=FINISH.get(data.get("stop_reason") or "", "other"),
+            finish_reason="stop" if answered else FINISH.get(data.get("stop_reason") or "", "other"),
             model_version=data.get("model"),
         )

@@ -14,6 +14,7 @@ else the process default (`set_default_max_response_bytes`, 32 MiB unless change
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
@@ -30,6 +31,7 @@ import httpx
 from pydantic import SecretStr
 
 from providers.clients.lean import LeanTransport, too_large
+from providers.clients.params import FANOUT_KINDS, TRANSLATED, choices
 from providers.clients.sse import SSEEvent, aiter_sse_bytes, iter_sse_bytes
 from providers.errors import (
     BadRequest,
@@ -46,6 +48,7 @@ from providers.errors import (
 from providers.types import (
     ChatRequest,
     ChatResponse,
+    Choice,
     FinishReason,
     StreamEvent,
     ToolCall,
@@ -131,6 +134,9 @@ class ParsedReply:
     usage: Usage = field(default_factory=Usage)
     finish_reason: FinishReason = "stop"
     model_version: str | None = None
+    choices: list[Choice] = field(default_factory=list)  # the answers after the first (`n` > 1)
+    logprobs: Any = None  # OpenAI-shaped logprobs of the first answer
+    service_tier: str | None = None  # the OpenAI service tier billed (echoed by the upstream, else requested)
 
 
 class StreamParser:
@@ -508,8 +514,11 @@ class ProviderClient:
             model_version=reply.model_version,
             latency_s=time.perf_counter() - started,
             first_token_s=first_token_s,
-            cost=cost_of(model, reply.usage),
+            cost=cost_of(model, reply.usage, reply.service_tier),
             raw=raw,
+            choices=reply.choices,
+            logprobs=reply.logprobs,
+            service_tier=reply.service_tier,
         )
         usage = reply.usage
         log.debug("provider=%s model=%s finish=%s latency=%.3fs tokens=%d/%d", self.spec.name, model.name,
@@ -522,17 +531,28 @@ class ProviderClient:
             raise error
         return response
 
-    def _complete(self, response: httpx.Response, body: bytes, model: ModelSpec, started: float) -> ChatResponse:
+    def _complete(
+        self, response: httpx.Response, body: bytes, model: ModelSpec, started: float, tier: str | None = None
+    ) -> ChatResponse:
         """The ChatResponse (or the classified error) from a response and its whole `body`, as `_read` gives it."""
         if response.status_code >= 400:
             raise self._http_error(response, model, body)
-        return self._answer(lambda: json.loads(body), model, started)
+        return self._answer(lambda: json.loads(body), model, started, tier)
 
-    def _answer(self, load: Callable[[], Any], model: ModelSpec, started: float) -> ChatResponse:
-        """The ChatResponse from a successful answer's JSON (`load()` parses it)."""
+    def tier(self, req: ChatRequest) -> str | None:
+        """The OpenAI `service_tier` `req` is sent with by this client (None where the kind drops it)."""
+        tier = req.params.get("service_tier") if self.kind not in TRANSLATED else None
+        return tier if isinstance(tier, str) else None
+
+    def _answer(
+        self, load: Callable[[], Any], model: ModelSpec, started: float, tier: str | None = None
+    ) -> ChatResponse:
+        """The ChatResponse from a successful answer's JSON (`load()` parses it); `tier` is the service tier
+        asked for, billed unless the answer names the one it used."""
         try:
             data = load()
             reply = self.parse_reply(data)
+            reply.service_tier = reply.service_tier or tier
         except ProviderError as error:
             error.model = error.model or model.name
             raise
@@ -556,7 +576,14 @@ class ProviderClient:
 
     # ---- public API -------------------------------------------------------------------------------------
     def chat(self, model: ModelSpec, req: ChatRequest, *, timeout: TimeoutArg = None) -> ChatResponse:
-        """Send `req` to `model` and wait for the whole answer."""
+        """Send `req` to `model` and wait for the whole answer (for `n` > 1 on a provider without `n`, n calls one
+        after another, merged into one answer with n choices)."""
+        n = choices(req.params)
+        if n > 1 and self.kind in FANOUT_KINDS:
+            return merge_answers([self._chat(model, req, timeout) for _ in range(n)])
+        return self._chat(model, req, timeout)
+
+    def _chat(self, model: ModelSpec, req: ChatRequest, timeout: TimeoutArg) -> ChatResponse:
         http = self.http()
         request = self._build(http, model, req, False, timeout)
         started = time.perf_counter()
@@ -565,10 +592,17 @@ class ProviderClient:
             body = self._read(response)
         except Exception as exc:
             raise self._fail(exc, model) from exc
-        return self._complete(response, body, model, started)
+        return self._complete(response, body, model, started, self.tier(req))
 
     async def achat(self, model: ModelSpec, req: ChatRequest, *, timeout: TimeoutArg = None) -> ChatResponse:
-        """Async `chat`."""
+        """Async `chat` (the n calls of a fanned-out `n` run at the same time)."""
+        n = choices(req.params)
+        if n > 1 and self.kind in FANOUT_KINDS:
+            return merge_answers(list(await asyncio.gather(*(self._achat(model, req, timeout) for _ in range(n)))))
+        return await self._achat(model, req, timeout)
+
+    async def _achat(self, model: ModelSpec, req: ChatRequest, timeout: TimeoutArg) -> ChatResponse:
+        tier = self.tier(req)
         lean = self.lean()
         if lean is None:
             http = self.ahttp()
@@ -579,7 +613,7 @@ class ProviderClient:
                 body = await self._aread(response)
             except Exception as exc:
                 raise self._fail(exc, model) from exc
-            return self._complete(response, body, model, started)
+            return self._complete(response, body, model, started, tier)
         parts = self.request_parts(model, req, False, timeout)
         started = time.perf_counter()
         try:
@@ -594,17 +628,20 @@ class ProviderClient:
                 body = self._read(response)  # the decoded size counts too
             except Exception as exc:
                 raise self._fail(exc, model) from exc
-            return self._complete(response, body, model, started)
-        return self._answer(lambda: json.loads(body), model, started)
+            return self._complete(response, body, model, started, tier)
+        return self._answer(lambda: json.loads(body), model, started, tier)
 
     def stream(self, model: ModelSpec, req: ChatRequest, *, timeout: TimeoutArg = None) -> Iterator[StreamEvent]:
         """Stream the answer: deltas and tool calls as they arrive, then `usage` and `done`."""
         http = self.http()
         request = self._build(http, model, req, True, timeout)  # raises here, not on first next()
-        return self._stream(http, request, model)
+        return self._stream(http, request, model, self.tier(req))
 
-    def _stream(self, http: httpx.Client, request: httpx.Request, model: ModelSpec) -> Iterator[StreamEvent]:
+    def _stream(
+        self, http: httpx.Client, request: httpx.Request, model: ModelSpec, tier: str | None = None
+    ) -> Iterator[StreamEvent]:
         parser = self.stream_parser(self, model)
+        parser.reply.service_tier = tier
         started, first = time.perf_counter(), None
         try:
             response = http.send(request, stream=True)
@@ -629,15 +666,20 @@ class ProviderClient:
         """Async `stream`."""
         lean = self.lean()
         if lean is not None:
-            return self._astream(lean, self._build_lean(model, req, True, timeout), model)
+            return self._astream(lean, self._build_lean(model, req, True, timeout), model, self.tier(req))
         http = self.ahttp()
         request = self._build(http, model, req, True, timeout)
-        return self._astream(http, request, model)
+        return self._astream(http, request, model, self.tier(req))
 
     async def _astream(
-        self, http: httpx.AsyncClient | LeanTransport, request: httpx.Request, model: ModelSpec
+        self,
+        http: httpx.AsyncClient | LeanTransport,
+        request: httpx.Request,
+        model: ModelSpec,
+        tier: str | None = None,
     ) -> AsyncIterator[StreamEvent]:
         parser = self.stream_parser(self, model)
+        parser.reply.service_tier = tier
         started, first = time.perf_counter(), None
         try:
             if isinstance(http, LeanTransport):
@@ -661,3 +703,26 @@ class ProviderClient:
             raise self._fail(exc, model) from exc
         for event in self._stream_end(parser, model, started, first):
             yield event
+
+
+def merge_answers(answers: list[ChatResponse]) -> ChatResponse:
+    """The answers of n separate calls as one answer with n choices (the first is the answer, the rest its
+    `choices`): usage and cost summed, the slowest call's latency."""
+    first, rest = answers[0], answers[1:]
+    usage = Usage(
+        input_tokens=sum(a.usage.input_tokens for a in answers),
+        output_tokens=sum(a.usage.output_tokens for a in answers),
+        estimated=any(a.usage.estimated for a in answers),
+    )
+    costs = [a.cost for a in answers]
+    return first.model_copy(
+        update={
+            "usage": usage,
+            "cost": None if None in costs else sum(c for c in costs if c is not None),
+            "latency_s": max(a.latency_s for a in answers),
+            "choices": [
+                Choice(text=a.text, tool_calls=a.tool_calls, finish_reason=a.finish_reason, logprobs=a.logprobs)
+                for a in rest
+            ],
+        }
+    )

@@ -5,7 +5,9 @@ GenerateContentResponse objects back into a ParsedReply / StreamEvents.
 The key goes in the `x-goog-api-key` header (never the URL).  Turns use roles user/model with `parts`,
 system text becomes `systemInstruction`, tools become `functionDeclarations`, tool results become
 `functionResponse` parts, and JSON output uses `responseMimeType` plus `responseJsonSchema` (which accepts
-the same JSON Schema the OpenAI format does).  Gemini streams have no terminal event: a candidate's
+the same JSON Schema the OpenAI format does).  Of `params` (providers/clients/params.py): top_p, seed, the
+penalties, n (`candidateCount`), logprobs / top_logprobs, reasoning_effort (`thinkingConfig.thinkingBudget`);
+the rest is dropped.  Gemini streams have no terminal event: a candidate's
 `finishReason` marks the end.
 """
 
@@ -17,8 +19,9 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from providers.clients.base import ParsedReply, ProviderClient, StreamParser
+from providers.clients.params import gemini_thinking
 from providers.clients.sse import SSEEvent
-from providers.types import ChatRequest, FinishReason, ImagePart, Message, StreamEvent, ToolCall, Usage
+from providers.types import ChatRequest, Choice, FinishReason, ImagePart, Message, StreamEvent, ToolCall, Usage
 
 if TYPE_CHECKING:
     from providers.catalog.models import ProviderKind
@@ -88,14 +91,39 @@ def _contents(messages: list[Message]) -> list[dict[str, Any]]:
     return out
 
 
-def _candidate_reply(
-    data: dict[str, Any],
-) -> tuple[list[str], list[ToolCall], str | None]:
-    """(texts, tool calls, raw finishReason) of the first candidate."""
-    candidates = data.get("candidates") or []
-    if not candidates:
-        return [], [], None
-    candidate = candidates[0]
+#: generationConfig names of the `params` Gemini takes as they are
+_CONFIG = {
+    "top_p": "topP",
+    "seed": "seed",
+    "frequency_penalty": "frequencyPenalty",
+    "presence_penalty": "presencePenalty",
+    "n": "candidateCount",
+    "top_logprobs": "logprobs",
+}
+
+
+def _logprobs(result: Any) -> Any:
+    """A candidate's `logprobsResult` as OpenAI's choice `logprobs` ({"content": [...]}); None without one."""
+    if not isinstance(result, dict):
+        return None
+    tops = result.get("topCandidates") or []
+    content = []
+    for i, chosen in enumerate(result.get("chosenCandidates") or []):
+        top = tops[i].get("candidates") or [] if i < len(tops) and isinstance(tops[i], dict) else []
+        content.append(
+            {
+                "token": chosen.get("token", ""),
+                "logprob": chosen.get("logProbability", 0.0),
+                "bytes": None,
+                "top_logprobs": [
+                    {"token": c.get("token", ""), "logprob": c.get("logProbability", 0.0), "bytes": None} for c in top
+                ],
+            }
+        )
+    return {"content": content, "refusal": None}
+
+
+def _candidate(candidate: dict[str, Any]) -> tuple[list[str], list[ToolCall], str | None]:
     texts, calls = [], []
     for part in (candidate.get("content") or {}).get("parts") or []:
         if "text" in part and not part.get("thought"):
@@ -105,6 +133,18 @@ def _candidate_reply(
             call_id = fc.get("id") or f"call_{uuid.uuid4().hex[:16]}"  # Gemini may omit ids; ours are unique
             calls.append(ToolCall(id=call_id, name=fc["name"], arguments=json.dumps(fc.get("args") or {})))
     return texts, calls, candidate.get("finishReason")
+
+
+def _candidates(data: dict[str, Any]) -> list[dict[str, Any]]:
+    return sorted(data.get("candidates") or [], key=lambda c: c.get("index") or 0)
+
+
+def _candidate_reply(
+    data: dict[str, Any],
+) -> tuple[list[str], list[ToolCall], str | None]:
+    """(texts, tool calls, raw finishReason) of the first candidate."""
+    candidates = _candidates(data)
+    return _candidate(candidates[0]) if candidates else ([], [], None)
 
 
 def _blocked(data: dict[str, Any]) -> bool:
@@ -167,6 +207,14 @@ class GeminiClient(ProviderClient):
             config["maxOutputTokens"] = req.max_tokens
         if req.stop:
             config["stopSequences"] = req.stop
+        for name, key in _CONFIG.items():
+            if req.params.get(name) is not None:
+                config[key] = req.params[name]
+        if req.params.get("logprobs"):
+            config["responseLogprobs"] = True
+        budget = gemini_thinking(req)
+        if budget is not None:
+            config["thinkingConfig"] = {"thinkingBudget": budget}
         fmt = req.response_format
         if fmt is not None and fmt.type != "text":
             config["responseMimeType"] = "application/json"
@@ -197,11 +245,24 @@ class GeminiClient(ProviderClient):
             return ParsedReply(usage=usage, finish_reason="content_filter", model_version=data.get("modelVersion"))
         if not data.get("candidates"):
             raise ValueError("no candidates in the response")
-        texts, calls, finish = _candidate_reply(data)
+        first, *rest = [self._choice(c) for c in _candidates(data)]
         return ParsedReply(
+            text=first.text,
+            tool_calls=first.tool_calls,
+            usage=usage,
+            finish_reason=first.finish_reason,
+            model_version=data.get("modelVersion"),
+            choices=rest,
+            logprobs=first.logprobs,
+        )
+
+    @staticmethod
+    def _choice(candidate: dict[str, Any]) -> Choice:
+        texts, calls, finish = _candidate(candidate)
+        reason = FINISH.get(finish or "", "other")
+        return Choice(
             text="".join(texts),
             tool_calls=calls,
-            usage=usage,
-            finish_reason=FINISH.get(finish or "", "other"),
-            model_version=data.get("modelVersion"),
+            finish_reason="tool_calls" if calls and reason == "stop" else reason,
+            logprobs=_logprobs(candidate.get("logprobsResult")),
         )

@@ -1,6 +1,11 @@
 """The OpenAI Chat Completions wire format: a ChatRequest in, `POST {base_url}/chat/completions` JSON out, and
 its replies (whole or as `data:` SSE chunks ending in `data: [DONE]`) back into a ParsedReply / StreamEvents.
 
+The request's `params` (every other chat-completions field: top_p, seed, n, response_format as the client sent
+it, reasoning_effort, ..., unknown ones too) go into the body as they are; `metadata` only with `store: true`
+(OpenAI keeps it with stored completions; otherwise it is the gateway's routing attributes). Replies keep every
+choice (`n`), the logprobs and the service tier.
+
 Also fits OpenAI-compatible servers (vLLM, Together, Groq, ...): `base_url` includes the version path
 (`https://api.openai.com/v1`), and providers without `api_key_env` are called without an auth header.
 """
@@ -13,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from providers.clients.base import ParsedReply, ProviderClient, StreamParser
 from providers.clients.sse import SSEEvent
-from providers.types import ChatRequest, FinishReason, ImagePart, Message, StreamEvent, ToolCall, Usage
+from providers.types import ChatRequest, Choice, FinishReason, ImagePart, Message, StreamEvent, ToolCall, Usage
 
 if TYPE_CHECKING:
     from providers.catalog.models import ProviderKind
@@ -79,6 +84,7 @@ class OpenAIStreamParser(StreamParser):
             raise self.stream_error(chunk)
         self.raw = chunk
         self.reply.model_version = chunk.get("model") or self.reply.model_version
+        self.reply.service_tier = chunk.get("service_tier") or self.reply.service_tier
         if chunk.get("usage"):
             self.reply.usage = _usage(chunk["usage"])
         events: list[StreamEvent] = []
@@ -149,25 +155,39 @@ class OpenAIClient(ProviderClient):
                 "type": "json_schema",
                 "json_schema": {"name": fmt.name, "schema": fmt.json_schema or {}, "strict": fmt.strict},
             }
+        for name, value in req.params.items():
+            if name != "metadata" or req.params.get("store"):
+                body[name] = value
         if stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
         return body
 
     def parse_reply(self, data: Any) -> ParsedReply:
-        choice = data["choices"][0]
-        message = choice.get("message") or {}
-        calls = [
-            ToolCall(id=c["id"], name=c["function"]["name"], arguments=c["function"].get("arguments") or "{}")
-            for c in message.get("tool_calls") or []
-        ]
-        finish = FINISH.get(choice.get("finish_reason") or "", "other")
-        if message.get("refusal") and not message.get("content"):
-            finish = "content_filter"
+        first, *rest = [_choice(c) for c in sorted(data["choices"], key=lambda c: c.get("index") or 0)]
         return ParsedReply(
-            text=message.get("content") or "",
-            tool_calls=calls,
+            text=first.text,
+            tool_calls=first.tool_calls,
             usage=_usage(data.get("usage")),
-            finish_reason=finish,
+            finish_reason=first.finish_reason,
             model_version=data.get("model"),
+            choices=rest,
+            logprobs=first.logprobs,
+            service_tier=data.get("service_tier"),
         )
+
+
+def _choice(choice: dict[str, Any]) -> Choice:
+    message = choice.get("message") or {}
+    calls = [
+        ToolCall(id=c["id"], name=c["function"]["name"], arguments=c["function"].get("arguments") or "{}")
+        for c in message.get("tool_calls") or []
+    ]
+    finish = FINISH.get(choice.get("finish_reason") or "", "other")
+    if message.get("refusal") and not message.get("content"):
+        finish = "content_filter"
+    elif calls and finish == "stop":
+        finish = "tool_calls"
+    return Choice(
+        text=message.get("content") or "", tool_calls=calls, finish_reason=finish, logprobs=choice.get("logprobs")
+    )

@@ -5,10 +5,11 @@ known price under a budget).
 
 What a hold covers, per model: input tokens as counted by the engine's one token counter for that model's
 provider kind (every message part, tools, the response-format schema, images), at most the caller's own
-`tokens=` count when larger; output tokens = the body's `max_tokens` (capped by the model's `max_output` when
-the catalog gives one) times `n`, at the model's catalog prices. Reasoning tokens are output tokens (every
-provider bounds them by the same `max_tokens`). The catalog has no per-`service_tier` prices: a `service_tier`
-sent through `extra` is held at the catalog price. See docs/execution.md, "Budgets".
+`tokens=` count when larger, times `n` on a provider kind that answers `n` with n calls (FANOUT_KINDS);
+output tokens = the body's `max_tokens` (capped by the model's `max_output` when the catalog gives one) times
+`n`, at the model's catalog prices, times the price multiplier of the request's `service_tier` when the model
+lists `service_tiers` (a tier it does not list: its highest multiplier). Reasoning tokens are output tokens
+(every provider bounds them by the same `max_tokens`). See docs/execution.md, "Budgets".
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from engine.runtime.constraints import price_known
+from providers.clients.params import FANOUT_KINDS
 from providers.execution.budget import BudgetExceeded, label
+from providers.types import tier_factor
 
 if TYPE_CHECKING:
     from engine import Decision
@@ -94,6 +97,7 @@ def check_chat(chat: ChatRequest) -> str:
     if chat.response_format is not None:
         sendable(chat.response_format.json_schema, "the response schema")
     sendable(chat.extra, "`extra`")
+    sendable(chat.params, "a request field")
     return sendable(chat.tools, "a tool definition") if chat.tools else ""
 
 
@@ -129,11 +133,26 @@ class Bound:
     output: float | None
     choices: int = 1
     judge_prompt: int = 0
+    tier: str | None = None  # the OpenAI service_tier asked for
 
     @classmethod
-    def of(cls, count: TokenCount, output: float | None, choices: int, floor: int = 0, judge: int = 0) -> Bound:
-        """A bound from a token count; `floor` (the caller's own `tokens=` count) can only raise the input."""
-        return cls(lambda kind: max(floor, count.for_kind(kind)), output, choices, judge)
+    def of(
+        cls,
+        count: TokenCount,
+        output: float | None,
+        choices: int,
+        floor: int = 0,
+        judge: int = 0,
+        tier: str | None = None,
+    ) -> Bound:
+        """A bound from a token count; `floor` (the caller's own `tokens=` count) can only raise the input, which
+        a provider kind that answers `choices` with as many calls receives that many times."""
+
+        def tokens(kind: str | None) -> int:
+            sent = max(floor, count.for_kind(kind))
+            return sent * choices if kind in FANOUT_KINDS else sent
+
+        return cls(tokens, output, choices, judge, tier)
 
 
 def model_cost(
@@ -160,7 +179,8 @@ def model_cost(
     if isinstance(cap, int) and cap > 0 and output is None:
         out = min(out, cap)
     tokens = bound.tokens(kind) if input_tokens is None else input_tokens
-    return tokens * entry.ip + out * (bound.choices if choices is None else choices) * entry.op
+    cost = tokens * entry.ip + out * (bound.choices if choices is None else choices) * entry.op
+    return cost * tier_factor(entry.spec, bound.tier)
 
 
 def plan_cost(

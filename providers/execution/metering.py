@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from engine.runtime.constraints import price_known
-from providers.types import Usage
+from providers.types import Usage, tier_factor
 
 if TYPE_CHECKING:
     from engine.runtime.policy import Entry
@@ -53,8 +53,8 @@ def meter(
     known = price_known(entry)
     if not estimated and known and response.cost is not None:
         return response, False
-    if known:
-        cost = tokens_in * entry.ip + tokens_out * entry.op
+    if known:  # at the price multiplier of the service tier it was served at (the catalog's `service_tiers`)
+        cost = (tokens_in * entry.ip + tokens_out * entry.op) * tier_factor(entry.spec, response.service_tier)
     else:
         cost, estimated = float(unknown_hold or 0.0), True
     metered = Usage(input_tokens=tokens_in, output_tokens=tokens_out, estimated=estimated)

@@ -8,16 +8,24 @@ held (providers/execution/budget.py). The attribute `max_tokens` is derived from
 dropped), and `tokens` is the one token counter's count of what is sent (unless the caller passed its own count,
 which can only raise the hold). When a budget applies and the body sets no `max_tokens`,
 `budget.max_output_tokens` is sent, so the hold is a bound.
+
+The gateway's further chat-completions fields come as `options["params"]` (ChatRequest.params) and its
+response_format as `options["response_format"]` (a ResponseFormat). Once decided, a request is refused
+(UnsendableRequest, before any hold) when `set n.fanout = false` and a model of the plan would need n calls for
+its `n`, or when `set params.unsupported = reject` and a model of the plan has no counterpart for one of its
+fields (providers/clients/params.py); `dropped_params` names those fields for the model that answered.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from engine.runtime.settings import setting
 from engine.runtime.state import CircuitConfig
+from providers.clients.params import FANOUT_KINDS, choices, dropped
 from providers.execution.deadlines import caller_deadline, request_deadline
 from providers.execution.holds import (
     Bound,
@@ -39,12 +47,12 @@ if TYPE_CHECKING:
     from engine.runtime.budget import Applicable
     from providers.execution.executor import Executor
 
-__all__ = ["estimate", "hold", "prepare"]
+__all__ = ["dropped_params", "estimate", "hold", "prepare"]
 
 
 def _chat(prompt: str | None, messages: list[Any] | None, schema: Any, options: Mapping[str, Any]) -> ChatRequest:
     """The ChatRequest as it will be sent (without its `max_tokens`, which depends on the decision)."""
-    fmt = None
+    fmt = options.get("response_format")
     if schema is not None:
         fmt = ResponseFormat(
             type="json_schema", json_schema=schema.model_json_schema(), name=schema.__name__, strict=False
@@ -59,6 +67,7 @@ def _chat(prompt: str | None, messages: list[Any] | None, schema: Any, options: 
         response_format=fmt,
         stop=options.get("stop") or [],
         extra=options.get("extra") or {},
+        params=options.get("params") or {},
     )
 
 
@@ -93,6 +102,9 @@ def prepare(
         tools=tools_json or None,
         response_format=fmt.json_schema if fmt is not None else None,
     )
+    held = count  # what the hold counts: on Anthropic a response format may go as a tool, with its tool prompt
+    if fmt is not None and fmt.type != "text" and not count.tools:
+        held = dataclasses.replace(count, tools=True)
     if chat.tools:
         attrs.setdefault("tools", True)
     attrs.pop("max_tokens", None)  # derived from the body, never the caller's: it sizes the hold
@@ -107,6 +119,7 @@ def prepare(
         decision = ex.engine.decide(prompt, messages=plain if messages is not None else None, **attrs)
     policy = decision.policy
     settings = policy.settings
+    _check_params(ex, decision, chat.model_copy(update={"max_tokens": options.get("max_tokens")}))
     budgeted = bool(policy.budgets) or bool(options.get("budgeted"))
     max_tokens = options.get("max_tokens")
     if max_tokens is None and budgeted:  # the hold must be a bound: send one
@@ -119,7 +132,10 @@ def prepare(
     if decision.judge:
         template = str(setting(settings, "judge.prompt"))
         judge_prompt = ex.engine.count_tokens(template).worst
-    bound = Bound.of(count, output, choices_of(options, chat.extra), floor, judge_prompt)
+    tier = chat.params.get("service_tier")
+    bound = Bound.of(
+        held, output, choices_of(options, chat.extra), floor, judge_prompt, tier if isinstance(tier, str) else None
+    )
     deadline_s = request_deadline(settings, caller)
     run = Run(
         decision,
@@ -139,6 +155,45 @@ def prepare(
         if items:  # last: nothing after this may fail and leave the money held
             run.reservation = ex.budgets.reserve_on(items, amount)
     return run
+
+
+def _check_params(ex: Executor, decision: Decision, chat: ChatRequest) -> None:
+    """Refuse a request the policy says not to send as it would be sent: `n` answers as n calls under `set
+    n.fanout = false`, a field a model of the plan has no counterpart for under `set params.unsupported =
+    reject`. Raises UnsendableRequest naming the model, its provider kind and the fields."""
+    settings = decision.policy.settings
+    n = choices(chat.params)
+    fanout = bool(setting(settings, "n.fanout"))
+    reject = setting(settings, "params.unsupported") == "reject"
+    if (n == 1 or fanout) and not reject:
+        return
+    for name in dict.fromkeys(decision.chain):
+        kind = _kind(ex, decision, name)
+        if kind is None:
+            continue
+        if n > 1 and not fanout and kind in FANOUT_KINDS:
+            raise UnsendableRequest(
+                f"`n` = {n} asks for {n} answers and model {name} ({kind}) has no `n`: it would take {n} calls, "
+                "which this policy does not allow (set n.fanout = false)"
+            )
+        supports = getattr(decision.policy.models[name].spec, "supports", ())
+        lost = dropped(chat, kind, supports) if reject else []
+        if lost:
+            fields = ", ".join(f"`{f}`" for f in lost)
+            raise UnsendableRequest(
+                f"model {name} ({kind}) has no counterpart for {fields}, and this policy refuses a request whose "
+                "fields would be dropped (set params.unsupported = reject)"
+            )
+
+
+def dropped_params(ex: Executor, run: Run, model: str) -> list[str]:
+    """The fields of `run`'s request that `model` (the one that answered) was not sent: no counterpart on its
+    provider kind (providers/clients/params.py)."""
+    kind = _kind(ex, run.decision, model)
+    entry = run.decision.policy.models.get(model)
+    if kind is None or entry is None:
+        return []
+    return dropped(run.chat, kind, getattr(entry.spec, "supports", ()))
 
 
 def _kind(ex: Executor, decision: Decision, name: str) -> str | None:

@@ -1,7 +1,10 @@
-"""The OpenAI-compatible HTTP gateway (ASGI, starlette): HTTP requests in; routing by the Engine's policy,
-execution through providers/, and OpenAI-shaped JSON / SSE responses with `x-modelroute-*` headers out.
+"""The HTTP gateway (ASGI, starlette): HTTP requests in; routing by the Engine's policy, execution through
+providers/, and JSON / SSE responses in each endpoint's own format with `x-modelroute-*` headers out.
 
-Endpoints: POST /v1/chat/completions, GET /v1/models, POST /v1/route/explain, GET /healthz, GET /metrics.
+Endpoints: POST /v1/chat/completions, POST /v1/messages (Anthropic) and /v1/messages/count_tokens,
+POST /v1/responses, POST /v1/completions, POST /v1/embeddings, GET /v1/models, GET /v1/models/{id},
+POST /v1/route/explain, GET /healthz, GET /metrics. Every endpoint that answers with a chat model reads its request
+into the one chat call (providers/gateway/wire.py) and runs the same pipeline.
 `create_app(engine, keys=KeyRing.load(path))` builds the app; `modelroute serve` runs it under uvicorn
 (providers/gateway/server.py). Not imported by `import engine` (it needs starlette and httpx). See docs/gateway.md.
 """
@@ -10,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -24,21 +26,16 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from engine import Engine, NoRouteError
-from providers.gateway.hangup import ClientGone, HangUp
+from providers.gateway.anthropic_api import MessagesWire
+from providers.gateway.embeddings import embeddings_route
 from providers.gateway.keys import GatewayKey, KeyRing, bearer
+from providers.gateway.legacy import CompletionsWire, merge_answers, model_object, several_prompts
 from providers.gateway.metrics import GatewayMetrics
-from providers.gateway.middleware import after_stream, answered_headers, answered_stream, before
-from providers.gateway.openai_wire import AUTO_MODELS, ApiError, completion_json, new_id, parse_chat
-from providers.gateway.run import (
-    fallbacks_used,
-    headers,
-    hold_key_budget,
-    pinned_decision,
-    prepare,
-    release_key_budget,
-    routing_error,
-)
-from providers.gateway.streamed import CLIENT_CLOSED, stream_response
+from providers.gateway.openai_wire import AUTO_MODELS, ApiError, parse_chat
+from providers.gateway.pipeline import serve
+from providers.gateway.responses_api import ResponsesWire
+from providers.gateway.run import fallbacks_used, pinned_decision
+from providers.gateway.wire import ChatWire, Wire, json_response, with_body
 
 if TYPE_CHECKING:
     from engine.runtime.state import ExecutionStore
@@ -58,10 +55,6 @@ def _cut(text: str, limit: int = 80) -> str:
 def _ensure_health(ex: Any, loop: asyncio.AbstractEventLoop, event: Any) -> None:
     """After a reload: start the health checks when the new policy sets `health.interval` (a no-op otherwise)."""
     ex.health.ensure(loop)
-
-
-def _json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(json.dumps(obj, separators=(",", ":")), status, headers, "application/json")
 
 
 class Gateway:
@@ -146,12 +139,16 @@ class Gateway:
     def _auth(self, request: Request) -> GatewayKey | None:
         if self.keys is None:
             return None
-        key = self.keys.check(bearer(request.headers.get("authorization")))
+        sent = request.headers
+        # `Authorization: Bearer <key>` (OpenAI's SDK) or `x-api-key: <key>` (Anthropic's)
+        key = self.keys.check(bearer(sent.get("authorization")) or sent.get("x-api-key", "").strip() or None)
         if key is None:
-            missing = not request.headers.get("authorization")
+            missing = not sent.get("authorization") and not sent.get("x-api-key")
             raise ApiError(
                 401,
-                "missing gateway key: send `Authorization: Bearer <key>`" if missing else "invalid gateway key",
+                "missing gateway key: send `Authorization: Bearer <key>` or `x-api-key: <key>`"
+                if missing
+                else "invalid gateway key",
                 type="authentication_error",
                 code="invalid_api_key",
             )
@@ -178,15 +175,17 @@ class Gateway:
         return b"".join(chunks)
 
     @staticmethod
-    def _attrs(call: ChatCall, key: GatewayKey | None) -> dict[str, Any]:
+    def _attrs(call: ChatCall, key: GatewayKey | None, endpoint: str = "chat") -> dict[str, Any]:
         attrs = dict(call.attrs)
         if key is not None:
             attrs.update(key.attributes)  # bound attributes win over anything the request says
             attrs["key"] = key.name
+        attrs["endpoint"] = endpoint  # reserved: the API the request came through
         return attrs
 
-    def _error(self, err: ApiError) -> Response:
-        return _json_response(err.body(), err.status, err.headers or None)
+    def _error(self, err: ApiError, wire: Wire | None = None) -> Response:
+        body = err.body() if wire is None else wire.error_body(err)
+        return json_response(body, err.status, err.headers or None)
 
     def done(self, endpoint: str, status: int, t0: float) -> None:
         self.metrics.requests.inc(endpoint, status)
@@ -213,90 +212,34 @@ class Gateway:
 
     # ---- endpoints ------------------------------------------------------------------------------------
     async def chat(self, request: Request) -> Response:
-        from providers.execution.budget import BudgetExceeded
-        from providers.execution.holds import UnsendableRequest
-        from providers.execution.resilience import RoutingError
+        return await serve(self, request, ChatWire())
 
+    async def messages(self, request: Request) -> Response:
+        return await serve(self, request, MessagesWire())
+
+    async def responses(self, request: Request) -> Response:
+        return await serve(self, request, ResponsesWire())
+
+    async def completions(self, request: Request) -> Response:
+        """POST /v1/completions; a body with several prompts is answered as one request per prompt (each routed,
+        budgeted and counted on its own), one after another, their choices merged in prompt order."""
         t0 = time.perf_counter()
-        status = 200
-        self.active += 1
-        streaming = False
         try:
-            key = self._auth(request)
-            call = parse_chat(await self._body(request), request.headers)
-            attrs = self._attrs(call, key)
-            engine, policy_name = self._route(call, key)
-            ex = engine.executor
-            mreq = None
-            if ex.middleware:  # the operator's middleware: may rewrite the request, or answer it
-                mreq, answered = await before(ex, call, attrs)
-                attrs = dict(mreq.attributes)
-                if answered is not None:
-                    answered = await ex.middleware.aafter(mreq, answered)
-                    self.metrics.decisions.inc("middleware", answered.model)
-                    if call.stream:
-                        return answered_stream(call, answered, policy_name)
-                    body = completion_json(answered, new_id(), int(time.time()))
-                    return _json_response(body, 200, answered_headers(answered, policy_name))
-            if key is not None and key.daily_budget is not None:
-                call.options["budgeted"] = True  # a bounded output (budget.max_output_tokens) and a true hold
-            try:
-                run = prepare(ex, engine, call, attrs)
-            except (NoRouteError, BudgetExceeded) as exc:
-                raise routing_error(exc, ex.state) from None
-            except UnsendableRequest as exc:  # parse_chat refuses these first; the executor checks again
-                raise ApiError(400, str(exc), code="invalid_value") from None
-            rule = run.decision.rule
-            self.metrics.decisions.inc("override" if rule.index < 0 else f"{rule.file}:{rule.line}", run.decision.model)
-            hold = hold_key_budget(ex, key, run)
-            if call.stream:
-                sink = ex.watch(run) if mreq is not None else None
-                try:
-                    response = await stream_response(self, request, call, run, ex, hold, t0, policy_name)
-                except BaseException:
-                    ex.unwatch(run)
-                    raise
-                if mreq is not None and sink is not None:
-                    after_stream(response, ex, run, mreq, sink)
-                streaming = True
-                return response
-            hangup = HangUp(request.receive)  # a client that hangs up cancels the upstream call
-            try:
-                with hangup:
-                    c = await ex.run(run)
-            except RoutingError as exc:
-                self.account(run, None, 0.0)
-                raise routing_error(exc, ex.state) from None
-            except asyncio.CancelledError:
-                if not hangup.happened:
-                    raise
-            finally:
-                release_key_budget(ex, hold, run)
-            if hangup.happened:
-                self.account(run, None, 0.0)
-                raise ClientGone
-            fallbacks = fallbacks_used(run.decision, c.model, c.attempts)
-            self.account(run, c.model, c.cost, c.usage, fallbacks)
-            hdrs = headers(run.decision, c.model, c.attempts, policy=policy_name, fallbacks=fallbacks)
-            if mreq is not None:
-                c = await ex.middleware.aafter(mreq, c)
-            return _json_response(completion_json(c, new_id(), int(time.time())), 200, hdrs)
+            self._auth(request)  # before the body is read, as for every endpoint
+            raw = await self._body(request)
         except ApiError as err:
-            status = err.status
+            self.done("completions", err.status, t0)
             return self._error(err)
-        except ClientGone:  # nobody is listening: nothing is sent; counted as nginx's 499 "client closed request"
-            status = CLIENT_CLOSED
-            return Response(status_code=CLIENT_CLOSED)
-        except Exception:
-            status = 500
-            log.exception("internal error handling a chat completion")
-            return self._error(
-                ApiError(500, "internal error in the gateway (logged)", type="server_error", code="internal_error")
-            )
-        finally:
-            if not streaming:
-                self.active -= 1
-                self.done("chat", status, t0)
+        parts = several_prompts(raw)
+        if parts is None:
+            return await serve(self, with_body(request, raw), CompletionsWire())
+        answers = []
+        for part in parts:
+            answer = await serve(self, with_body(request, part), CompletionsWire())
+            answers.append(answer)
+            if answer.status_code != 200:
+                break
+        return merge_answers(answers)
 
     async def models(self, request: Request) -> Response:
         t0 = time.perf_counter()
@@ -314,7 +257,39 @@ class Gateway:
                 for name, entry in self.engine.policy.models.items()
             ]
         self.done("models", 200, t0)
-        return _json_response({"object": "list", "data": data})
+        return json_response({"object": "list", "data": data})
+
+    async def count_tokens(self, request: Request) -> Response:
+        """POST /v1/messages/count_tokens: `{"input_tokens": N}`, the gateway's own count of what would be sent (the
+        largest over provider kinds), routed by nothing and calling nothing."""
+        t0 = time.perf_counter()
+        status = 200
+        wire = MessagesWire()
+        try:
+            key = self._auth(request)
+            call = wire.parse_count(await self._body(request), request.headers)
+            engine, _ = self._route(call, key)
+            counted = engine.count_tokens(messages=call.messages, tools=call.options.get("tools"))
+            return json_response({"input_tokens": counted.worst})
+        except ApiError as err:
+            status = err.status
+            return self._error(err, wire)
+        finally:
+            self.done("count_tokens", status, t0)
+
+    async def model(self, request: Request) -> Response:
+        """GET /v1/models/{id}: the model object of a policy name or a catalog model the gateway serves."""
+        t0 = time.perf_counter()
+        status = 200
+        try:
+            key = self._auth(request)
+            name = str(request.path_params["model"])
+            return json_response(model_object(name, self.policies, self.engine, None if key is None else key.policies))
+        except ApiError as err:
+            status = err.status
+            return self._error(err)
+        finally:
+            self.done("models", status, t0)
 
     async def explain(self, request: Request) -> Response:
         t0 = time.perf_counter()
@@ -340,7 +315,7 @@ class Gateway:
                 report = decision.model_dump()
             except NoRouteError as exc:
                 report = exc.report().model_dump(mode="json")
-            return _json_response(report)
+            return json_response(report)
         except RecursionError:  # attributes nested deeper than explain's trace can walk: the client's mistake
             status = 400
             return self._error(ApiError(400, "request attributes are nested too deeply", code="invalid_value"))
@@ -394,7 +369,7 @@ class Gateway:
                 }
                 for name, e in self.policies.items()
             }
-        return _json_response(body)
+        return json_response(body)
 
     async def metrics_text(self, request: Request) -> Response:
         return Response(self.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
@@ -408,7 +383,8 @@ class Gateway:
                 404: f"no such endpoint: {_cut(request.method)} {path}",
                 405: f"method {_cut(request.method)} not allowed on {path}",
             }.get(code, "HTTP error")
-            return self._error(ApiError(code, text, code="not_found" if code == 404 else "method_not_allowed"))
+            err = ApiError(code, text, code="not_found" if code == 404 else "method_not_allowed")
+            return self._error(err, MessagesWire() if path.startswith("/v1/messages") else None)
 
         @contextlib.asynccontextmanager
         async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -421,8 +397,14 @@ class Gateway:
 
         routes = [
             Route("/v1/chat/completions", self.chat, methods=["POST"]),
+            Route("/v1/messages", self.messages, methods=["POST"]),
+            Route("/v1/messages/count_tokens", self.count_tokens, methods=["POST"]),
+            Route("/v1/responses", self.responses, methods=["POST"]),
+            Route("/v1/completions", self.completions, methods=["POST"]),
             Route("/v1/models", self.models, methods=["GET"]),
+            Route("/v1/models/{model:path}", self.model, methods=["GET"]),
             Route("/v1/route/explain", self.explain, methods=["POST"]),
+            embeddings_route(self),
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/metrics", self.metrics_text, methods=["GET"]),
         ]

@@ -1,6 +1,6 @@
 """The gateway's middleware glue: a checked ChatCall, its attributes and the engine's middleware
 (providers/execution/middleware.py) in; the call rewritten by the `before` hooks (plain hooks in a worker thread,
-never on the event loop), the headers and SSE response for a middleware's own answer, and a streamed response
+never on the event loop), the headers for a middleware's own answer, and a streamed response
 whose `after` hooks run with the assembled answer once its body has been sent, out."""
 
 from __future__ import annotations
@@ -12,14 +12,12 @@ from typing import TYPE_CHECKING, Any
 from starlette.responses import Response, StreamingResponse
 
 from providers.execution import MiddlewareRequest
-from providers.gateway.openai_wire import ChunkWriter
-from providers.types import StreamEvent
 
 if TYPE_CHECKING:
     from providers.execution import Completion, Executor, Run
     from providers.gateway.openai_wire import ChatCall
 
-__all__ = ["after_stream", "answered_headers", "answered_stream", "before"]
+__all__ = ["after_stream", "answered_headers", "before"]
 
 log = logging.getLogger("modelroute.gateway")
 
@@ -42,25 +40,6 @@ def answered_headers(c: Completion, policy_name: str) -> dict[str, str]:
         "x-modelroute-attempts": "0",
         "x-modelroute-fallbacks": "0",
     }
-
-
-def answered_stream(call: ChatCall, c: Completion, policy_name: str) -> Response:
-    """The SSE response for a middleware's own answer: one delta, the finish chunk, the usage chunk when asked
-    for, and [DONE]."""
-    writer = ChunkWriter(c.model, call.include_usage)
-
-    async def body() -> AsyncIterator[bytes]:
-        yield writer.start()
-        for event in (StreamEvent(kind="delta", text=c.text), StreamEvent(kind="done", finish_reason="stop")):
-            chunk = writer.event(event)
-            if chunk is not None:
-                yield chunk
-        if call.include_usage:
-            yield writer.usage(c.usage)
-        yield ChunkWriter.DONE
-
-    headers = {**answered_headers(c, policy_name), "cache-control": "no-cache"}
-    return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
 
 
 def after_stream(response: Response, ex: Executor, run: Run, mreq: MiddlewareRequest, sink: list[Completion]) -> None:

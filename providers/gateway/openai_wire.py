@@ -1,24 +1,47 @@
 """The OpenAI wire format for the gateway: a chat-completions JSON body and the request headers in, a checked
 ChatCall (messages, execution options, request attributes) out; Completions and stream events in, OpenAI
 response JSON and `chat.completion.chunk` SSE lines out. Every client mistake raises ApiError (an OpenAI-style
-4xx error body)."""
+4xx error body). Every chat-completions field is accepted: the fields beyond ACCEPTED (and unknown ones) travel
+as the call's `options["params"]`, which each provider client sends as is, translates or drops
+(providers/clients/params.py; `dropped_header` names the dropped ones for the answering model). Reading the body's
+bytes is providers/gateway/jsonbody.py, the answers providers/gateway/openai_answer.py (both re-exported here)."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
+from engine.runtime.constraints import FORMAT_ATTR
 from engine.runtime.messages import MessageError, read_messages
 from engine.runtime.reserved import RESERVED_ATTRS, reserved
+from providers.clients.params import CORE_FIELDS, OPENAI_FIELDS
+from providers.gateway.jsonbody import (
+    _DECODER,
+    MAX_DEPTH,
+    _check_depth,
+    _check_sendable,
+    _depth_over,
+    _NotFinite,
+    _short,
+    _unsendable,
+)
+from providers.gateway.jsonbody import ApiError as ApiError
+from providers.gateway.jsonbody import bad as bad
+from providers.gateway.jsonbody import read_json as read_json
+from providers.gateway.openai_answer import DROPPED_HEADER as DROPPED_HEADER
+from providers.gateway.openai_answer import ChunkWriter as ChunkWriter
+from providers.gateway.openai_answer import completion_json as completion_json
+from providers.gateway.openai_answer import dropped_header as dropped_header
+from providers.gateway.openai_answer import new_id as new_id
+from providers.gateway.openai_answer import usage_json as usage_json
+from providers.types import ResponseFormat
 
+#: The fields the gateway reads into the call itself (routing, the hold, what every provider kind is sent).
 ACCEPTED = frozenset(
     {
         "model",
@@ -36,67 +59,21 @@ ACCEPTED = frozenset(
         "n",
     }
 )
-# real OpenAI fields the gateway does not translate to every provider: refused rather than silently dropped
-UNSUPPORTED = frozenset(
-    {
-        "top_p",
-        "seed",
-        "presence_penalty",
-        "frequency_penalty",
-        "logit_bias",
-        "logprobs",
-        "top_logprobs",
-        "response_format",
-        "parallel_tool_calls",
-        "functions",
-        "function_call",
-        "service_tier",
-        "store",
-        "modalities",
-        "audio",
-        "prediction",
-        "reasoning_effort",
-        "web_search_options",
-        "verbosity",
-        "prompt_cache_key",
-        "safety_identifier",
-    }
-)
+#: Every chat-completions field OpenAI defines. One outside it (a newer field, a typo) is not refused either: like
+#: the known ones beyond ACCEPTED it goes to OpenAI-kind providers as sent and, where a provider kind has no
+#: counterpart, is dropped and named in the x-modelroute-dropped-params header (providers/clients/params.py).
+KNOWN_FIELDS = frozenset(CORE_FIELDS + OPENAI_FIELDS)
+#: The known fields beyond ACCEPTED: passed on as the request's params, or (functions, function_call) rewritten to
+#: tools. (Refused as "unsupported" before the gateway translated them; the name stays for its users.)
+UNSUPPORTED = KNOWN_FIELDS - ACCEPTED
+#: The largest `n` (OpenAI's own limit).
+MAX_N = 128
 # The attributes a request may not set, each with every dotted name under it (`budget` covers `budget.left` and a
 # nested `{"budget": {"left": 1}}`): the engine's one list, engine/runtime/reserved.py.
 _RESERVED_LIST = ", ".join(RESERVED_ATTRS)
-#: How deeply a request body may nest (the body object is level 1): far beyond any real tool schema, shallow
-#: enough that no recursive reader (pydantic, json.dumps upstream, explain's trace) runs out of stack.
-MAX_DEPTH = 64
 DEADLINE_HEADER = "x-modelroute-deadline"
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s)?", re.ASCII)
 AUTO_MODELS = ("auto",)
-_FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "content_filter": "content_filter"}
-
-
-class ApiError(Exception):
-    """An OpenAI-style error: HTTP status plus {"error": {"message", "type", "code", "param"}}."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",
-        code: str | None = None,
-        param: str | None = None,
-        headers: Mapping[str, str] | None = None,
-    ):
-        super().__init__(message)
-        self.status, self.message, self.type, self.code, self.param = status, message, type, code, param
-        self.headers = dict(headers or {})
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "code": self.code, "param": self.param}}
-
-
-def bad(message: str, code: str = "invalid_value", param: str | None = None) -> ApiError:
-    return ApiError(400, message, code=code, param=param)
 
 
 @dataclass
@@ -113,127 +90,6 @@ class ChatCall:
     @property
     def auto(self) -> bool:
         return self.model in AUTO_MODELS
-
-
-# ---- reading JSON that can be sent on ---------------------------------------------------------------------
-class _NotFinite(Exception):
-    """NaN, Infinity, or a number too large for a double (`1e999`), met while decoding (not a ValueError, so the
-    decoder's own errors stay apart)."""
-
-
-def _no_constant(name: str) -> Any:
-    raise _NotFinite(name)
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if math.isinf(value):
-        raise _NotFinite(text)
-    return value
-
-
-# Python's json reads NaN / Infinity and turns 1e999 into inf; none of them can be written as JSON again
-_DECODER = json.JSONDecoder(parse_float=_finite_float, parse_constant=_no_constant)
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # how a surrogate is written in JSON text
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _short(text: str, limit: int = 40) -> str:
-    """A client-given name for an error message: at most `limit` characters, unprintable ones escaped."""
-    shown = text if len(text) <= limit else text[:limit] + "..."
-    return shown if shown.isprintable() else repr(shown)[1:-1]
-
-
-def _not_finite(err: _NotFinite) -> ApiError:
-    text = _short(str(err))
-    if text.lstrip("-") in ("NaN", "Infinity"):
-        return bad(f"malformed JSON body: `{text}` is not JSON (no NaN or Infinity)", "invalid_json")
-    return bad(f"number `{text}` is out of range (larger than a double)", "invalid_value")
-
-
-def _depth_over(value: Any, limit: int) -> bool:
-    """Whether the container `value` nests more than `limit` levels (`[]` is 1, `[[]]` 2): level by level, no
-    recursion, each value looked at once."""
-    level, depth = [value], 0
-    while level:
-        if depth >= limit:
-            return True
-        depth += 1
-        below: list[Any] = []
-        add = below.append
-        for node in level:
-            for child in node.values() if type(node) is dict else node:
-                kind = type(child)
-                if kind is dict or kind is list:
-                    add(child)
-        level = below
-    return False
-
-
-def _check_depth(body: dict[str, Any]) -> None:
-    for name, value in body.items():
-        if isinstance(value, (dict, list)) and _depth_over(value, MAX_DEPTH - 1):
-            raise bad(f"`{_short(name)}` is nested too deeply (over {MAX_DEPTH} levels)", param=name[:64])
-
-
-def _unsendable(value: Any, where: str) -> tuple[str, str] | None:
-    """The first value under `value` that JSON sent upstream cannot carry, as (what, path): a string or key with
-    a lone surrogate, a NaN or infinite float, a key that is not a string. Iterative, any depth."""
-    stack = [(value, where)]
-    while stack:
-        node, path = stack.pop()
-        if isinstance(node, str):
-            if _SURROGATE.search(node):
-                return "a lone surrogate (\\ud800-\\udfff)", path
-        elif isinstance(node, float):
-            if not math.isfinite(node):
-                return "NaN or Infinity", path
-        elif isinstance(node, dict):
-            for key, child in node.items():
-                sub = f"{path}.{key}" if path else str(key)
-                if not isinstance(key, str):
-                    return "a key that is not a string", sub
-                if _SURROGATE.search(key):
-                    return "a lone surrogate (\\ud800-\\udfff)", sub
-                stack.append((child, sub))
-        elif isinstance(node, (list, tuple)):
-            stack.extend((child, f"{path}[{i}]") for i, child in enumerate(node))
-    return None
-
-
-def _check_sendable(body: Any) -> None:
-    found = _unsendable(body, "")
-    if found is not None:
-        what, path = found
-        raise bad(f"`{_short(path, 60)}` holds {what}: JSON sent upstream cannot carry it", param=path[:64] or None)
-
-
-def read_json(raw: bytes) -> Any:
-    """A request body's bytes as JSON that can be sent on as it is; raises ApiError (400) for bytes that are not
-    UTF-8 JSON, for NaN / Infinity / numbers beyond a double, for lone surrogates (escaped `\\ud800`) in any
-    string, and for nesting deeper than MAX_DEPTH. Cheap on ordinary bodies: the values are searched for
-    surrogates only when the text has a surrogate escape (`\\udXXX`; a raw encoded surrogate is not UTF-8), and
-    the depth is walked (a step per value, not per character) only for a text over 1 KiB or with more than
-    MAX_DEPTH brackets."""
-    try:
-        text = raw.decode(json.detect_encoding(raw))  # strict: a UTF-8-encoded surrogate is not UTF-8
-    except UnicodeDecodeError as exc:
-        raise bad(f"malformed JSON body: not UTF-8 text (byte {exc.start})", "invalid_json") from None
-    try:
-        body = _DECODER.decode(text)
-    except _NotFinite as exc:
-        raise _not_finite(exc) from None
-    except RecursionError:
-        raise bad("malformed JSON body: nested too deeply", "invalid_json") from None
-    except json.JSONDecodeError as exc:
-        raise bad(f"malformed JSON body: {_short(str(exc), 120)}", "invalid_json") from None
-    except ValueError:  # Python's limit on the digits of an int (4300 by default)
-        raise bad("malformed JSON body: a number has too many digits", "invalid_json") from None
-    if "\\" in text and _SURROGATE_ESCAPE.search(text):
-        _check_sendable(body)
-    if isinstance(body, dict) and (len(text) > 1024 or text.count("[") + text.count("{") > MAX_DEPTH):
-        _check_depth(body)
-    return body
 
 
 def _attr_value(raw: str) -> Any:
@@ -279,8 +135,8 @@ _FIELD_MESSAGES = {
     "model": '`model` must be a string: "auto" or a catalog model name',
     "messages": "`messages` must be a non-empty array of message objects",
     "stream": "`stream` must be a boolean",
-    "stream_options": "`stream_options` may only hold include_usage, a boolean",
-    "n": "`n` must be 1",
+    "stream_options": "`stream_options` may only hold include_usage and include_obfuscation, booleans",
+    "n": f"`n` must be an integer from 1 to {MAX_N}",
     "max_tokens": "`max_tokens` must be a positive integer (at most 2147483647)",
     "max_completion_tokens": "`max_completion_tokens` must be a positive integer (at most 2147483647)",
     "temperature": "`temperature` must be a number from 0 to 2",
@@ -289,6 +145,25 @@ _FIELD_MESSAGES = {
     "stop": "`stop` must be a string or an array of strings",
     "user": "`user` must be a string",
     "metadata": "`metadata` must be an object",
+    "top_p": "`top_p` must be a number from 0 to 1",
+    "seed": "`seed` must be an integer",
+    "frequency_penalty": "`frequency_penalty` must be a number from -2 to 2",
+    "presence_penalty": "`presence_penalty` must be a number from -2 to 2",
+    "logprobs": "`logprobs` must be a boolean",
+    "top_logprobs": "`top_logprobs` must be an integer from 0 to 20",
+    "logit_bias": "`logit_bias` must be an object of token ids and numbers from -100 to 100",
+    "response_format": '`response_format` must be {"type": "text"}, {"type": "json_object"} or '
+    '{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}',
+    "reasoning_effort": "`reasoning_effort` must be a string (none, minimal, low, medium, high, xhigh, max)",
+    "parallel_tool_calls": "`parallel_tool_calls` must be a boolean",
+    "functions": '`functions` must be an array of {"name": ..., "parameters": {...}}',
+    "function_call": '`function_call` must be none, auto or {"name": ...}',
+    "service_tier": "`service_tier` must be a string",
+    "store": "`store` must be a boolean",
+    "safety_identifier": "`safety_identifier` must be a string",
+    "prompt_cache_key": "`prompt_cache_key` must be a string",
+    "verbosity": "`verbosity` must be a string (low, medium, high)",
+    "modalities": "`modalities` must be an array of strings",
 }
 # the parts of a tool's `function` the gateway checks beyond its name, and what each must be
 _FUNCTION_FIELDS = {"description": "a string", "parameters": "a JSON Schema object", "strict": "a boolean"}
@@ -298,6 +173,7 @@ class _StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     include_usage: bool | None = None
+    include_obfuscation: bool | None = None
 
 
 class _FunctionSpec(BaseModel):
@@ -335,8 +211,34 @@ def _number(value: Any) -> Any:
     return value
 
 
+Number = Annotated[float, BeforeValidator(_number), Field(strict=False)]
+
+
+class _JsonSchema(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    name: Annotated[str, Field(min_length=1)]
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class _ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: _JsonSchema | None = None
+
+
+class _FunctionCallName(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    name: Annotated[str, Field(min_length=1)]
+
+
 class ChatBody(BaseModel):
-    """The accepted fields of a chat-completions body, checked by type; unknown fields are refused earlier."""
+    """The known fields of a chat-completions body that the gateway checks by type (the others in ACCEPTED are
+    passed on unchecked, as are unknown ones)."""
 
     model_config = ConfigDict(strict=True)
 
@@ -353,12 +255,30 @@ class ChatBody(BaseModel):
     stop: str | list[str] | None = None
     user: str | None = None
     metadata: dict[str, Any] | None = None
+    top_p: Annotated[Number, Field(ge=0, le=1)] | None = None
+    seed: int | None = None
+    frequency_penalty: Annotated[Number, Field(ge=-2, le=2)] | None = None
+    presence_penalty: Annotated[Number, Field(ge=-2, le=2)] | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    logit_bias: dict[str, Annotated[Number, Field(ge=-100, le=100)]] | None = None
+    response_format: _ResponseFormat | None = None
+    reasoning_effort: str | None = None
+    parallel_tool_calls: bool | None = None
+    functions: Annotated[list[_FunctionSpec], Field(min_length=1)] | None = None
+    function_call: Literal["auto", "none"] | _FunctionCallName | None = None
+    service_tier: str | None = None
+    store: bool | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    verbosity: str | None = None
+    modalities: list[str] | None = None
 
     @field_validator("n", mode="after")
     @classmethod
-    def _one_choice(cls, n: Any) -> Any:
-        if type(n) is not int or n != 1:
-            raise ValueError("n must be 1")
+    def _choices(cls, n: Any) -> Any:
+        if type(n) is not int or not 1 <= n <= MAX_N:
+            raise ValueError(f"n must be from 1 to {MAX_N}")
         return n
 
 
@@ -403,6 +323,38 @@ def _check_messages(messages: list[Any]) -> None:
                 raise bad(f'`{where}` must be "function"', param=where)
 
 
+def _functions(checked: ChatBody, body: dict[str, Any]) -> None:
+    """The deprecated `functions` / `function_call` as `tools` / `tool_choice` (in `checked` and `body`)."""
+    if checked.functions is None and checked.function_call is None:
+        return
+    if checked.tools is not None or checked.tool_choice is not None:
+        param = "functions" if checked.functions is not None else "function_call"
+        raise bad(f"`{param}` (deprecated) and `tools` / `tool_choice` cannot both be sent; use tools", param=param)
+    if checked.functions is not None:
+        checked.tools = [_Tool(function=f) for f in checked.functions]
+        body["tools"] = [{"type": "function", "function": f} for f in body["functions"]]
+    call = checked.function_call
+    if isinstance(call, _FunctionCallName):
+        checked.tool_choice = _NamedChoice(function=_ChoiceName(name=call.name))
+    elif call is not None:
+        checked.tool_choice = call
+
+
+def _response_format(checked: ChatBody) -> ResponseFormat | None:
+    fmt = checked.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return ResponseFormat(type="json")
+    spec = fmt.json_schema
+    if spec is None:
+        raise bad(
+            "`response_format.json_schema` is required with type json_schema (a name and a schema)",
+            param="response_format.json_schema",
+        )
+    return ResponseFormat(type="json_schema", json_schema=spec.schema_, name=spec.name, strict=bool(spec.strict))
+
+
 def _tool_choice(checked: ChatBody) -> str | None:
     choice = checked.tool_choice
     if choice is None:
@@ -429,17 +381,8 @@ def parse_chat(body: Any, headers: Mapping[str, str]) -> ChatCall:
         _check_depth(body)
     if not isinstance(body, dict):
         raise bad("the request body must be a JSON object", "invalid_json")
-    unsupported = sorted(set(body) & UNSUPPORTED)
-    if unsupported:
-        raise bad(
-            f"unsupported field `{unsupported[0]}`: the gateway does not translate it to every provider",
-            "unsupported_field",
-            unsupported[0],
-        )
-    unknown = sorted(map(str, set(body) - ACCEPTED))
-    if unknown:
-        raise bad(f"unknown field `{_short(unknown[0])}`", "unknown_field", unknown[0][:64])
     checked = _read_body(body)
+    _functions(checked, body)
     try:
         read = read_messages(checked.messages)
     except MessageError as err:
@@ -462,7 +405,26 @@ def parse_chat(body: Any, headers: Mapping[str, str]) -> ChatCall:
     if checked.stop is not None:
         call.options["stop"] = [checked.stop] if isinstance(checked.stop, str) else checked.stop
     _request_attrs(call.attrs, call.options, checked, headers)
+    _params(call, checked, body)
     return call
+
+
+def _params(call: ChatCall, checked: ChatBody, body: dict[str, Any]) -> None:
+    """Every field beyond the core ones, as sent (`options["params"]`: ChatRequest.params; a null is no field),
+    `n` (it sizes the budget hold) and the response format, which is also the request attribute
+    `response_format` (json_schema or json) that keeps models without it out of the plan."""
+    core = set(CORE_FIELDS)
+    params = {name: value for name, value in body.items() if name not in core and value is not None}
+    if params:
+        call.options["params"] = params
+    if checked.n > 1:
+        if call.stream:
+            raise bad("`n` above 1 cannot be streamed: send stream false, or n 1", param="n")
+        call.options["n"] = checked.n
+    fmt = _response_format(checked)
+    if fmt is not None:
+        call.options["response_format"] = fmt
+        call.attrs[FORMAT_ATTR] = fmt.type
 
 
 def _request_attrs(
@@ -484,86 +446,3 @@ def _request_attrs(
             attrs[_check_attr_name(attr, _short(name))] = _attr_value(value)
         elif lower == DEADLINE_HEADER:
             options["deadline"] = parse_deadline(value)
-
-
-# ---- responses -------------------------------------------------------------------------------------------
-def new_id() -> str:
-    return "chatcmpl-" + os.urandom(12).hex()
-
-
-def _tool_calls(calls: list[Any]) -> list[dict[str, Any]]:
-    return [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls]
-
-
-def usage_json(usage: Any) -> dict[str, int]:
-    return {
-        "prompt_tokens": usage.input_tokens,
-        "completion_tokens": usage.output_tokens,
-        "total_tokens": usage.input_tokens + usage.output_tokens,
-    }
-
-
-def completion_json(c: Any, rid: str, created: int) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": c.text if c.text or not c.tool_calls else None}
-    if c.tool_calls:
-        message["tool_calls"] = _tool_calls(c.tool_calls)
-    finish = "tool_calls" if c.tool_calls else _FINISH.get(c.finish_reason or "stop", "stop")
-    return {
-        "id": rid,
-        "object": "chat.completion",
-        "created": created,
-        "model": c.model,
-        "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
-        "usage": usage_json(c.usage),
-        "system_fingerprint": None,
-    }
-
-
-class ChunkWriter:
-    """Builds the `data: {...}\\n\\n` lines of one streamed answer."""
-
-    def __init__(self, model: str, include_usage: bool):
-        self.id, self.created, self.model, self.include_usage = new_id(), int(time.time()), model, include_usage
-        self._tool_index = 0
-        self._tools = False
-
-    def _line(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
-        obj = {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": None,
-            "choices": choices,
-            **extra,
-        }
-        return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
-
-    def delta(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        return self._line([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}])
-
-    def start(self) -> bytes:
-        return self.delta({"role": "assistant", "content": ""})
-
-    def event(self, event: Any) -> bytes | None:
-        """The chunk for one StreamEvent (None for events that have no chunk of their own)."""
-        if event.kind == "delta":
-            return self.delta({"content": event.text}) if event.text else None
-        if event.kind == "tool_call" and event.tool_call is not None:
-            call = _tool_calls([event.tool_call])[0]
-            self._tools = True
-            self._tool_index += 1
-            return self.delta({"tool_calls": [{"index": self._tool_index - 1, **call}]})
-        if event.kind == "done":
-            finish = "tool_calls" if self._tools else _FINISH.get(event.finish_reason or "stop", "stop")
-            return self.delta({}, finish)
-        return None
-
-    def usage(self, usage: Any) -> bytes:
-        return self._line([], usage=usage_json(usage))
-
-    @staticmethod
-    def error(err: ApiError) -> bytes:
-        return b"data: " + json.dumps(err.body()).encode() + b"\n\n"
-
-    DONE = b"data: [DONE]\n\n"

@@ -1,10 +1,13 @@
 """Gateway execution glue: a checked ChatCall and the caller's gateway key in, a prepared execution Run (routed
 by the policy, or pinned to a model the request names when `set overrides = true`), the per-key daily budget
-hold, the `x-modelroute-*` response headers and OpenAI-style errors for routing failures out."""
+hold, the `x-modelroute-*` response headers and OpenAI-style errors for routing failures out (a request no
+configured provider could serve names the environment variables to set). Also the start-up report of which
+providers have keys and which policy models can therefore not be served (`provider_report`)."""
 
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -161,11 +164,15 @@ def upstream_text(a: Attempt) -> str:
     nothing for anything else (5xx, rate limits, timeouts, broken or oversized answers, interrupted streams)."""
     from providers.errors import redact
 
+    if a.outcome == "skipped" and a.error == "ProviderUnavailable":
+        return a.message  # the gateway's own words: a missing key by its variable's name, or missing settings
     if a.outcome != "error":
         return ""
     if a.error == "AuthError" or a.status in (401, 403):
         return REFUSED_CREDENTIALS
-    if a.message and (a.error == "ContextTooLong" or (a.error == "BadRequest" and a.status in _REQUEST_FAULTS)):
+    # a BadRequest without a status is the gateway's own refusal before sending (a request a wire format cannot carry)
+    faulty = a.status in _REQUEST_FAULTS or a.status is None
+    if a.message and (a.error == "ContextTooLong" or (a.error == "BadRequest" and faulty)):
         text = " ".join(redact(a.message).split())  # one line
         return text if len(text) <= UPSTREAM_TEXT_MAX else text[: UPSTREAM_TEXT_MAX - 3] + "..."
     return ""
@@ -211,6 +218,9 @@ def routing_error(exc: BaseException, state: ExecutionStore | None = None, now: 
         if exc.deadline_passed:
             status, code = 504, "deadline_exceeded"
             message = f"the request's deadline passed before a model answered: {_summary(attempts)}"
+        elif attempts and all(a.outcome == "skipped" and a.error == "ProviderUnavailable" for a in attempts):
+            status, code = 503, "models_unavailable"  # the code of every "nothing could be called"
+            message = not_configured(attempts)
         elif attempts and all(a.outcome == "skipped" for a in attempts):
             status, code = 503, "models_unavailable"
             message = f"no model could be called: {_summary(attempts)}"
@@ -236,3 +246,78 @@ def routing_error(exc: BaseException, state: ExecutionStore | None = None, now: 
             err.headers["retry-after"] = str(wait)
         return err
     raise exc
+
+
+# ---- providers without keys ---------------------------------------------------------------------------------
+def not_configured(attempts: list[Attempt]) -> str:
+    """The message of a request that no model could be called for because no provider of its plan is configured:
+    which environment variable to set for which models (the variable's name, as the skip names it; never a value)."""
+    wanted: dict[str, list[str]] = {}  # variable (or the provider's own complaint) -> models
+    variables_found: set[str] = set()
+    for a in attempts:
+        variable = _variable(a.message)
+        if variable:
+            variables_found.add(variable)
+        models = wanted.setdefault(variable or a.message, [])
+        if a.model not in models:
+            models.append(a.model)
+    variables = [f"{need} (for {', '.join(models)})" for need, models in wanted.items() if need in variables_found]
+    others = [f"{', '.join(models)}: {need}" for need, models in wanted.items() if need not in variables_found]
+    parts = []
+    if variables:
+        parts.append(
+            "no provider of this request's models has an API key: set "
+            + " or ".join(variables)
+            + " in the gateway's environment and restart it"
+        )
+    parts += others
+    return "; ".join(parts) + " (the gateway's start-up log lists every provider without a key)"
+
+
+_NO_KEY = re.compile(r"environment variable (\S+) is not set")  # the executor's words for a provider without its key
+
+
+def provider_report(engines: Iterable[Engine]) -> list[str]:
+    """The start-up lines that say which providers of the engines' policies have keys and which do not (by their
+    environment variables' names, never the values), and which models can therefore not be served; a warning when
+    no provider with a key is configured. What "configured" means is the executor's (`Executor.unconfigured`)."""
+    keyed: dict[str, str] = {}  # provider -> its variable
+    keyless: dict[str, str] = {}  # provider -> its URL (a local server: needs no key)
+    missing: dict[str, tuple[str, list[str]]] = {}  # provider -> (why, models)
+    for engine in engines:
+        policy, ex = engine.policy, engine.executor
+        for name, entry in policy.models.items():
+            provider = entry.provider
+            if provider in keyed or provider in keyless or (provider in missing and name in missing[provider][1]):
+                continue
+            why = ex.unconfigured(policy, provider)
+            if why is not None:
+                missing.setdefault(provider, (why, []))[1].append(name)
+                continue
+            spec = ex.provider_spec(policy, provider)
+            if spec.api_key_env:
+                keyed[provider] = spec.api_key_env
+            else:
+                keyless[provider] = spec.base_url or "its default URL"
+    lines = []
+    if keyed:
+        lines.append("providers with keys: " + ", ".join(f"{p} ({env})" for p, env in sorted(keyed.items())))
+    if keyless:
+        lines.append("providers without keys (local): " + ", ".join(f"{p} ({u})" for p, u in sorted(keyless.items())))
+    for provider, (why, models) in sorted(missing.items()):
+        shown = ", ".join(models[:8]) + (f" and {len(models) - 8} more" if len(models) > 8 else "")
+        lines.append(f"provider {provider}: {why}; models it cannot serve: {shown}")
+    if missing and not keyed:
+        lines.append(
+            "warning: no provider has an API key: requests routed to their models get 503 naming the variable to "
+            "set (set one of "
+            + ", ".join(sorted({_variable(why) for why, _ in missing.values()} - {""}))
+            + ", and restart)"
+        )
+    return lines
+
+
+def _variable(why: str) -> str:
+    """The environment variable a `no API key` reason names ("" for another reason)."""
+    found = _NO_KEY.search(why)
+    return found.group(1) if found else ""

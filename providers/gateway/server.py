@@ -254,6 +254,7 @@ def _serve(
 
     from providers.errors import RedactingFilter, register_secret
     from providers.gateway.protocol import http_protocol
+    from providers.gateway.run import provider_report
 
     host = opts.host
     where = "redis" if opts.redis_url else "in-process"
@@ -267,6 +268,8 @@ def _serve(
     if keys is None and host not in ("127.0.0.1", "localhost", "::1"):
         echo("warning: listening beyond loopback without --keys: anyone who can connect can spend")
     every = (engine, *engines.values())
+    for line in provider_report(every):  # which providers have keys (by variable name) and what cannot be served
+        echo(line)
     if not opts.redis_url and (
         any(e.policy.budgets for e in every) or (keys is not None and any(k.daily_budget for k in keys.keys))
     ):

@@ -1,8 +1,8 @@
-"""Streamed chat completions for the gateway: a prepared Run in; an SSE response of `chat.completion.chunk` lines
-(then `data: [DONE]`, or one `stream_interrupted` error event) out, whose headers are known once the first event
-came (the model streaming then). A client that hangs up before the first event cancels the upstream call
-(providers/gateway/hangup.py); after it, Starlette's StreamingResponse notices the disconnect and closes the
-stream. Either way the request is counted with status 499."""
+"""Streamed answers for the gateway: a prepared Run and the endpoint's Wire in; an SSE response in the endpoint's
+format (for chat, `chat.completion.chunk` lines then `data: [DONE]`; or one `stream_interrupted` error event) out,
+whose headers are known once the first event came (the model streaming then). A client that hangs up before the
+first event cancels the upstream call (providers/gateway/hangup.py); after it, Starlette's StreamingResponse notices
+the disconnect and closes the stream. Either way the request is counted with status 499."""
 
 from __future__ import annotations
 
@@ -14,15 +14,17 @@ from typing import TYPE_CHECKING
 from starlette.responses import Response, StreamingResponse
 
 from providers.gateway.hangup import ClientGone, HangUp
-from providers.gateway.openai_wire import ApiError, ChunkWriter
+from providers.gateway.middleware import answered_headers
+from providers.gateway.openai_wire import ApiError, dropped_header
 from providers.gateway.run import headers, release_key_budget, routing_error, streaming_model
+from providers.types import StreamEvent
 
 if TYPE_CHECKING:
     from starlette.requests import Request
 
-    from providers.execution import Executor, Run
+    from providers.execution import Completion, Executor, Run
     from providers.gateway.app import Gateway
-    from providers.gateway.openai_wire import ChatCall
+    from providers.gateway.wire import Wire
 
 log = logging.getLogger("modelroute.gateway")
 CLIENT_CLOSED = 499  # nginx's "client closed request": the status counted for a client that hung up
@@ -44,7 +46,7 @@ def interrupted(exc: BaseException, run: Run) -> str:
 async def stream_response(
     gw: Gateway,
     request: Request,
-    call: ChatCall,
+    wire: Wire,
     run: Run,
     ex: Executor,
     hold: tuple[str, float] | None,
@@ -81,7 +83,8 @@ async def stream_response(
         model = run.decision.model if run.decision.strategy != "single" else streaming_model(run)
     calls = sum(a.outcome in ("ok", "error", "cancelled") for a in run.attempts)
     hdrs = headers(run.decision, model, run.attempts, calls=calls + (stream.completion is None), policy=policy_name)
-    writer = ChunkWriter(model, call.include_usage)
+    hdrs.update(dropped_header(ex, run, model))
+    writer = wire.writer(model)
 
     async def body() -> AsyncIterator[bytes]:
         status = CLIENT_CLOSED  # unless the stream reaches its end (or its error event)
@@ -96,16 +99,11 @@ async def stream_response(
                     event = await events.__anext__()
                 except StopAsyncIteration:
                     event = None
-            done = stream.completion
-            if call.include_usage and done is not None:
-                yield writer.usage(done.usage)
             status = 200
-            yield ChunkWriter.DONE
+            yield writer.end(stream.completion)
         except (ProviderError, RoutingError) as exc:
             status = 502
-            yield ChunkWriter.error(
-                ApiError(502, interrupted(exc, run), type="upstream_error", code="stream_interrupted")
-            )
+            yield writer.error(ApiError(502, interrupted(exc, run), type="upstream_error", code="stream_interrupted"))
         finally:
             try:
                 await stream.aclose()  # a client that hung up cancels us here: the rest still runs
@@ -116,10 +114,26 @@ async def stream_response(
                 done = stream.completion
                 gw.account(run, done.model if done else None, run.cost, done.usage if done else None)
                 gw.active -= 1
-                gw.done("chat", status, t0)
+                gw.done(wire.endpoint, status, t0)
 
     return StreamingResponse(
         body(),
         media_type="text/event-stream",
         headers={**hdrs, "cache-control": "no-cache", "x-accel-buffering": "no"},
     )
+
+
+def answered_response(wire: Wire, c: Completion, policy_name: str) -> Response:
+    """The SSE response for a middleware's own answer: its text as one delta, the end frames."""
+    writer = wire.writer(c.model)
+
+    async def body() -> AsyncIterator[bytes]:
+        yield writer.start()
+        for event in (StreamEvent(kind="delta", text=c.text), StreamEvent(kind="done", finish_reason="stop")):
+            frames = writer.event(event)
+            if frames is not None:
+                yield frames
+        yield writer.end(c)
+
+    hdrs = {**answered_headers(c, policy_name), "cache-control": "no-cache"}
+    return StreamingResponse(body(), media_type="text/event-stream", headers=hdrs)

@@ -1,0 +1,262 @@
+"""The gateway's `POST /v1/embeddings`: an OpenAI embeddings request in; routing by the policy with the reserved
+attribute `endpoint == "embeddings"` (so only models whose catalog entry `supports: [embeddings]` are candidates),
+the plan tried model by model with the same retries, circuits, deadlines, budget holds, gateway keys and metrics as
+a chat request; an OpenAI-shaped embeddings list (floats, or base64 float32 when `encoding_format: base64`) out.
+
+The request is prepared like a chat request whose messages are the inputs (one user message each; token arrays
+count their own length), so decide(), the token count and the budget holds see what is sent. The answer comes
+from the first model of the plan that answers: `race`, `consensus` and `best_of` do not apply to embeddings. The
+upstream call itself is providers/clients/embeddings.py (OpenAI, Azure and Gemini wire formats).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, cast
+
+from engine import NoRouteError
+from providers.clients.embeddings import EmbeddingRequest, embedding_client, float32_base64, response_vectors
+from providers.errors import ProviderError
+from providers.execution.deadlines import attempt_timeout, call_within, out_of_time
+from providers.execution.deadlines import routing_error as no_answer
+from providers.gateway.hangup import ClientGone, HangUp
+from providers.gateway.openai_wire import ApiError, ChatCall, _request_attrs, bad, read_json
+from providers.gateway.run import headers, hold_key_budget, prepare, release_key_budget, routing_error
+from providers.gateway.streamed import CLIENT_CLOSED
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from providers.execution import Executor, Result, Run
+    from providers.gateway.app import Gateway
+    from providers.gateway.openai_wire import ChatBody
+
+__all__ = ["ENDPOINT", "MAX_INPUTS", "EmbeddingCall", "embed", "embeddings", "embeddings_route", "parse_embeddings"]
+
+log = logging.getLogger("modelroute.gateway")
+ENDPOINT = "embeddings"  # the reserved attribute `endpoint` of these requests
+MAX_INPUTS = 2048  # items in one request's `input`, as OpenAI allows
+FIELDS = ("model", "input", "encoding_format", "dimensions", "user")
+
+
+@dataclass(frozen=True)
+class EmbeddingCall:
+    """A checked embeddings request: the ChatCall that routes it, the EmbeddingRequest sent upstream and whether the
+    vectors are answered as base64."""
+
+    call: ChatCall
+    request: EmbeddingRequest
+    base64: bool
+
+
+def _input(value: Any) -> list[str] | list[list[int]]:
+    """`input` as a list of texts or of token arrays; ApiError (400) for anything else."""
+
+    def tokens(item: Any) -> bool:
+        return isinstance(item, list) and bool(item) and all(type(t) is int and t >= 0 for t in item)
+
+    if isinstance(value, str) or tokens(value):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise bad(
+            "`input` must be a non-empty string, array of strings, array of token ids or array of token arrays",
+            param="input",
+        )
+    if len(value) > MAX_INPUTS:
+        raise bad(f"`input` holds {len(value)} items; at most {MAX_INPUTS} per request", param="input")
+    if all(isinstance(v, str) for v in value):
+        if any(not v for v in value):
+            raise bad("`input` holds an empty string: each input must have text", param="input")
+        return cast("list[str]", value)
+    if all(tokens(v) for v in value):
+        return cast("list[list[int]]", value)
+    raise bad("`input` must be all strings or all token arrays (non-empty lists of token ids)", param="input")
+
+
+def parse_embeddings(body: Any, request_headers: Mapping[str, str]) -> EmbeddingCall:
+    """Check an embeddings body (and the x-route-* and x-modelroute-deadline headers); raises ApiError (400)."""
+    if isinstance(body, (bytes, bytearray)):
+        body = read_json(bytes(body))
+    if not isinstance(body, dict):
+        raise bad("the request body must be a JSON object", "invalid_json")
+    unknown = sorted(str(k) for k in body if k not in FIELDS)
+    if unknown:
+        raise bad(f"unknown field `{unknown[0][:40]}` (embeddings take: {', '.join(FIELDS)})", "unknown_field")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad('`model` must be a model name or "auto"', param="model")
+    inputs = _input(body.get("input"))
+    encoding = body.get("encoding_format", "float")
+    if encoding not in ("float", "base64", None):
+        raise bad('`encoding_format` must be "float" or "base64"', param="encoding_format")
+    dimensions = body.get("dimensions")
+    if dimensions is not None and (type(dimensions) is not int or dimensions < 1):
+        raise bad("`dimensions` must be a whole number of at least 1", param="dimensions")
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise bad("`user` must be a string", param="user")
+    texts = [i for i in inputs if isinstance(i, str)]
+    call = ChatCall(model, [{"role": "user", "content": t} for t in texts] or [{"role": "user", "content": ""}])
+    checked = cast("ChatBody", SimpleNamespace(user=user, metadata=None))
+    _request_attrs(call.attrs, call.options, checked, request_headers)
+    if len(texts) < len(inputs):  # token arrays: their length is the count (a caller's own count can only raise it)
+        call.attrs["tokens"] = sum(len(i) for i in inputs)
+    request = EmbeddingRequest(messages=[], inputs=inputs, dimensions=dimensions, user=user)
+    return EmbeddingCall(call=call, request=request, base64=encoding == "base64")
+
+
+# ---- execution --------------------------------------------------------------------------------------------
+async def _try(ex: Executor, run: Run, name: str, request: EmbeddingRequest) -> Result | None:
+    """One model of the plan, retrying transient errors (as Executor.try_model does for chat); None when it failed
+    or was skipped (recorded in run.attempts)."""
+    if out_of_time(run):
+        return None
+    entry = ex.gate(run, name)
+    if entry is None:
+        return None
+    try:
+        timeout = attempt_timeout(run, ex.provider_spec(run.policy, entry.provider))
+        retry = 0
+        while True:
+            flight = ex.started(run, entry, retry)
+            try:
+                client = embedding_client(ex.client(run.policy, entry.provider))
+                response = await call_within(run, entry, client.achat(entry.spec, request, timeout=timeout), timeout)
+                return ex.succeeded(run, entry, response, flight, retry)
+            except ProviderError as error:
+                wait = ex.failed(run, entry, error, flight, retry)
+            except asyncio.CancelledError:
+                ex.cancelled(run, entry, flight, retry)
+                raise
+            finally:
+                flight.release()
+            if wait is None or out_of_time(run):
+                return None
+            await ex.sleep(wait)
+            if out_of_time(run):
+                return None
+            retry += 1
+    finally:
+        ex.release_probe(run, entry)
+
+
+async def embed(ex: Executor, run: Run, request: EmbeddingRequest) -> Result:
+    """The plan's models in order until one answers; settles the budget hold; raises RoutingError."""
+    try:
+        previous = None
+        for name in run.decision.chain:
+            if out_of_time(run):
+                break
+            if previous is not None:
+                ex.events.emit(
+                    "fallback", f"falling back to {name} after {previous}", model=name, data={"from": previous}
+                )
+            result = await _try(ex, run, name, request)
+            if result is not None:
+                return result
+            previous = name
+        raise no_answer(run)
+    finally:
+        ex.settle(run)
+
+
+def embeddings_json(result: Result, run: Run, as_base64: bool) -> dict[str, Any]:
+    """OpenAI's embeddings list for an answer."""
+    data = [
+        {"object": "embedding", "index": i, "embedding": float32_base64(v) if as_base64 else v}
+        for i, v in enumerate(response_vectors(result.response))
+    ]
+    tokens = run.usage.input_tokens
+    return {
+        "object": "list",
+        "data": data,
+        "model": result.model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
+# ---- the endpoint -----------------------------------------------------------------------------------------
+async def embeddings(gw: Gateway, request: Request) -> Response:
+    """POST /v1/embeddings (see the module docstring); errors are OpenAI-shaped, as for chat completions."""
+    from starlette.responses import Response
+
+    from providers.execution.budget import BudgetExceeded
+    from providers.execution.holds import UnsendableRequest
+    from providers.execution.resilience import RoutingError
+
+    t0 = time.perf_counter()
+    status = 200
+    gw.active += 1
+    try:
+        key = gw._auth(request)
+        parsed = parse_embeddings(await gw._body(request), request.headers)
+        call = parsed.call
+        attrs = gw._attrs(call, key)
+        attrs["endpoint"] = ENDPOINT  # after the key's bound attributes: nothing outside sets it
+        engine, policy_name = gw._route(call, key)
+        ex = engine.executor
+        if key is not None and key.daily_budget is not None:
+            call.options["budgeted"] = True
+        try:
+            run = prepare(ex, engine, call, attrs)
+        except (NoRouteError, BudgetExceeded) as exc:
+            raise routing_error(exc, ex.state) from None
+        except UnsendableRequest as exc:
+            raise ApiError(400, str(exc), code="invalid_value") from None
+        rule = run.decision.rule
+        gw.metrics.decisions.inc("override" if rule.index < 0 else f"{rule.file}:{rule.line}", run.decision.model)
+        hold = hold_key_budget(ex, key, run)
+        hangup = HangUp(request.receive)
+        result = None
+        try:
+            with hangup:
+                result = await embed(ex, run, parsed.request)
+        except RoutingError as exc:
+            gw.account(run, None, 0.0)
+            raise routing_error(exc, ex.state) from None
+        except asyncio.CancelledError:
+            if not hangup.happened:
+                raise
+        finally:
+            release_key_budget(ex, hold, run)
+        if hangup.happened or result is None:
+            gw.account(run, None, 0.0)
+            raise ClientGone
+        body = embeddings_json(result, run, parsed.base64)
+        gw.account(run, result.model, run.cost, run.usage)
+        hdrs = headers(run.decision, result.model, run.attempts, policy=policy_name)
+        return Response(json.dumps(body, separators=(",", ":")), 200, hdrs, "application/json")
+    except ApiError as err:
+        status = err.status
+        return gw._error(err)
+    except ClientGone:
+        status = CLIENT_CLOSED
+        return Response(status_code=CLIENT_CLOSED)
+    except Exception:
+        status = 500
+        log.exception("internal error handling an embeddings request")
+        return gw._error(
+            ApiError(500, "internal error in the gateway (logged)", type="server_error", code="internal_error")
+        )
+    finally:
+        gw.active -= 1
+        gw.done(ENDPOINT, status, t0)
+
+
+def embeddings_route(gw: Gateway) -> Route:
+    """The route of POST /v1/embeddings for the gateway `gw`."""
+    from starlette.routing import Route
+
+    async def endpoint(request: Request) -> Response:
+        return await embeddings(gw, request)
+
+    return Route("/v1/embeddings", endpoint, methods=["POST"])

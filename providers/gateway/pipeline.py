@@ -1,0 +1,122 @@
+"""The gateway's request pipeline, shared by every endpoint that answers with a chat model (chat, messages,
+responses, completions): an HTTP request and its endpoint's Wire in; the gateway key checked, the body read by the
+wire into a ChatCall, the `endpoint` attribute set, the middleware run, the call routed by the policy and executed
+(plan, retries, budgets, key budget, metrics), and the answer (JSON or SSE) or error in the wire's format out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from starlette.responses import Response
+
+from engine import NoRouteError
+from providers.gateway.hangup import ClientGone, HangUp
+from providers.gateway.middleware import after_stream, answered_headers, before
+from providers.gateway.openai_wire import ApiError, dropped_header
+from providers.gateway.run import fallbacks_used, headers, hold_key_budget, prepare, release_key_budget, routing_error
+from providers.gateway.streamed import CLIENT_CLOSED, answered_response, stream_response
+from providers.gateway.wire import json_response
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+
+    from providers.gateway.app import Gateway
+    from providers.gateway.wire import Wire
+
+__all__ = ["serve"]
+
+log = logging.getLogger("modelroute.gateway")
+
+
+async def serve(gw: Gateway, request: Request, wire: Wire) -> Response:
+    """One request of an endpoint that executes a chat call (chat, messages, responses, completions): read by
+    `wire`, routed, executed (plan, retries, budgets, keys, middleware, metrics) and answered in its format."""
+    from providers.execution.budget import BudgetExceeded
+    from providers.execution.holds import UnsendableRequest
+    from providers.execution.resilience import RoutingError
+
+    t0 = time.perf_counter()
+    status = 200
+    gw.active += 1
+    streaming = False
+    try:
+        key = gw._auth(request)
+        call = wire.parse(await gw._body(request), request.headers)
+        attrs = gw._attrs(call, key, wire.endpoint)
+        engine, policy_name = gw._route(call, key)
+        ex = engine.executor
+        mreq = None
+        if ex.middleware:  # the operator's middleware: may rewrite the request, or answer it
+            mreq, answered = await before(ex, call, attrs)
+            attrs = dict(mreq.attributes)
+            attrs["endpoint"] = wire.endpoint
+            if answered is not None:
+                answered = await ex.middleware.aafter(mreq, answered)
+                gw.metrics.decisions.inc("middleware", answered.model)
+                if call.stream:
+                    return answered_response(wire, answered, policy_name)
+                return json_response(wire.answer(answered), 200, answered_headers(answered, policy_name))
+        if key is not None and key.daily_budget is not None:
+            call.options["budgeted"] = True  # a bounded output (budget.max_output_tokens) and a true hold
+        try:
+            run = prepare(ex, engine, call, attrs)
+        except (NoRouteError, BudgetExceeded) as exc:
+            raise routing_error(exc, ex.state) from None
+        except UnsendableRequest as exc:  # parse_chat refuses these first; the executor checks again
+            raise ApiError(400, str(exc), code="invalid_value") from None
+        rule = run.decision.rule
+        gw.metrics.decisions.inc("override" if rule.index < 0 else f"{rule.file}:{rule.line}", run.decision.model)
+        hold = hold_key_budget(ex, key, run)
+        if call.stream:
+            sink = ex.watch(run) if mreq is not None else None
+            try:
+                response = await stream_response(gw, request, wire, run, ex, hold, t0, policy_name)
+            except BaseException:
+                ex.unwatch(run)
+                raise
+            if mreq is not None and sink is not None:
+                after_stream(response, ex, run, mreq, sink)
+            streaming = True
+            return response
+        hangup = HangUp(request.receive)  # a client that hangs up cancels the upstream call
+        try:
+            with hangup:
+                c = await ex.run(run)
+        except RoutingError as exc:
+            gw.account(run, None, 0.0)
+            raise routing_error(exc, ex.state) from None
+        except asyncio.CancelledError:
+            if not hangup.happened:
+                raise
+        finally:
+            release_key_budget(ex, hold, run)
+        if hangup.happened:
+            gw.account(run, None, 0.0)
+            raise ClientGone
+        fallbacks = fallbacks_used(run.decision, c.model, c.attempts)
+        gw.account(run, c.model, c.cost, c.usage, fallbacks)
+        hdrs = headers(run.decision, c.model, c.attempts, policy=policy_name, fallbacks=fallbacks)
+        hdrs.update(dropped_header(ex, run, c.model))  # request fields its provider kind had no counterpart for
+        if mreq is not None:
+            c = await ex.middleware.aafter(mreq, c)
+        return json_response(wire.answer(c), 200, hdrs)
+    except ApiError as err:
+        status = err.status
+        return gw._error(err, wire)
+    except ClientGone:  # nobody is listening: nothing is sent; counted as nginx's 499 "client closed request"
+        status = CLIENT_CLOSED
+        return Response(status_code=CLIENT_CLOSED)
+    except Exception:
+        status = 500
+        log.exception("internal error handling a request to %s", request.url.path)
+        return gw._error(
+            ApiError(500, "internal error in the gateway (logged)", type="server_error", code="internal_error"),
+            wire,
+        )
+    finally:
+        if not streaming:
+            gw.active -= 1
+            gw.done(wire.endpoint, status, t0)

@@ -1,0 +1,421 @@
+"""The stateless part of OpenAI's Responses API for the gateway (POST /v1/responses): a Responses request body in,
+the equivalent chat-completions body (checked by parse_chat into the ChatCall every endpoint executes) out; a
+Completion or its stream events in, a `response` object and the Responses streaming events (each with its
+sequence_number, `response.created` first and `response.completed` last) out. Nothing is stored: `store: true`,
+`previous_response_id`, `conversation` and stored prompts are refused with a 400 that says so."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from providers.gateway.openai_wire import ApiError, parse_chat
+from providers.gateway.wire import body_object, sse
+
+if TYPE_CHECKING:
+    from providers.execution import Completion
+    from providers.gateway.openai_wire import ChatCall
+    from providers.gateway.wire import Writer
+    from providers.types import StreamEvent, ToolCall
+
+__all__ = ["ResponsesWire", "to_chat"]
+
+# sent on as the chat fields of the same name
+_PASSED = ("model", "stream", "temperature", "top_p", "parallel_tool_calls", "metadata", "user")
+_PASSED_TOO = ("safety_identifier", "prompt_cache_key", "service_tier")
+# accepted and not sent on: how OpenAI's servers keep or present a response, nothing a model reads
+_IGNORED = (
+    "include",
+    "truncation",
+    "max_tool_calls",
+    "stream_options",
+    "top_logprobs",
+    "prompt_cache_retention",
+    "prompt_cache_options",
+)
+# what needs state this gateway does not keep
+_STATEFUL = ("previous_response_id", "conversation", "prompt")
+_OWN = (
+    "input",
+    "instructions",
+    "tools",
+    "tool_choice",
+    "text",
+    "max_output_tokens",
+    "reasoning",
+    "store",
+    "background",
+)
+_FIELDS = frozenset({*_PASSED, *_PASSED_TOO, *_IGNORED, *_STATEFUL, *_OWN})
+_NO_STATE = "this gateway keeps no state: send the whole conversation in `input` (and `store: false`)"
+
+
+def _bad(message: str, param: str | None, code: str = "invalid_value") -> ApiError:
+    return ApiError(400, message, code=code, param=param)
+
+
+def _obj(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _bad(f"`{where}` must be an object", where)
+    return value
+
+
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise _bad(f"`{where}` must be a string", where)
+    return value
+
+
+def _part(part: Any, where: str) -> dict[str, Any]:
+    """A Responses content part as an OpenAI chat content part."""
+    part = _obj(part, where)
+    kind = part.get("type")
+    if kind in ("input_text", "output_text", "text"):
+        return {"type": "text", "text": _text(part.get("text"), f"{where}.text")}
+    if kind == "refusal":  # an assistant turn's refusal, sent back as its text
+        return {"type": "text", "text": _text(part.get("refusal"), f"{where}.refusal")}
+    if kind == "input_image":
+        url = part.get("image_url")
+        if not isinstance(url, str):
+            raise _bad(
+                f"`{where}.image_url` must be a URL or data: URL (file ids are not served)", f"{where}.image_url"
+            )
+        image: dict[str, Any] = {"url": url}
+        if part.get("detail") in ("low", "high", "auto"):
+            image["detail"] = part["detail"]
+        return {"type": "image_url", "image_url": image}
+    raise _bad(f'`{where}.type` must be "input_text" or "input_image"', f"{where}.type")
+
+
+def _content(content: Any, where: str) -> str | list[dict[str, Any]]:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise _bad(f"`{where}` must be a string or an array of content parts", where)
+    return [_part(p, f"{where}[{j}]") for j, p in enumerate(content)]
+
+
+def _plain(content: str | list[dict[str, Any]]) -> str:
+    return content if isinstance(content, str) else "".join(p.get("text", "") for p in content)
+
+
+def _items(items: list[Any]) -> list[dict[str, Any]]:
+    """Responses input items as chat messages: function_call items join the assistant message before them as
+    tool_calls, function_call_output items become tool messages."""
+    out: list[dict[str, Any]] = []
+    for i, item in enumerate(items):
+        where = f"input[{i}]"
+        item = _obj(item, where)
+        kind = item.get("type", "message")
+        if kind == "message":
+            role = item.get("role")
+            if role not in ("user", "assistant", "system", "developer"):
+                raise _bad(f"`{where}.role` must be user, assistant, system or developer", f"{where}.role")
+            content = _content(item.get("content"), f"{where}.content")
+            out.append({"role": role, "content": _plain(content) if role == "assistant" else content})
+        elif kind == "function_call":
+            call = {
+                "id": _text(item.get("call_id"), f"{where}.call_id"),
+                "type": "function",
+                "function": {
+                    "name": _text(item.get("name"), f"{where}.name"),
+                    "arguments": _text(item.get("arguments"), f"{where}.arguments"),
+                },
+            }
+            last = out[-1] if out else None
+            if last is not None and last["role"] == "assistant":
+                last.setdefault("tool_calls", []).append(call)
+                last["content"] = last["content"] or None
+            else:
+                out.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif kind == "function_call_output":
+            output = item.get("output")
+            text = output if isinstance(output, str) else _plain(_content(output, f"{where}.output"))
+            out.append(
+                {"role": "tool", "tool_call_id": _text(item.get("call_id"), f"{where}.call_id"), "content": text}
+            )
+        elif kind == "reasoning":
+            continue  # a provider's own reasoning record: not sent on
+        elif kind == "item_reference":
+            raise _bad(f"`{where}`: item references need stored responses; {_NO_STATE}", f"{where}.type")
+        else:
+            raise _bad(
+                f"`{where}.type` must be message, function_call or function_call_output (got {str(kind)[:40]})",
+                f"{where}.type",
+            )
+    return out
+
+
+def _tools(tools: Any) -> list[dict[str, Any]]:
+    if not isinstance(tools, list):
+        raise _bad("`tools` must be an array of function tools", "tools")
+    out = []
+    for j, tool in enumerate(tools):
+        where = f"tools[{j}]"
+        tool = _obj(tool, where)
+        if tool.get("type") != "function":
+            raise _bad(
+                f"`{where}`: built-in tools ({str(tool.get('type'))[:40]}) are not served by this gateway", where
+            )
+        function: dict[str, Any] = {"name": _text(tool.get("name"), f"{where}.name")}
+        for name in ("description", "parameters", "strict"):
+            if tool.get(name) is not None:
+                function[name] = tool[name]
+        out.append({"type": "function", "function": function})
+    return out
+
+
+def _tool_choice(choice: Any) -> Any:
+    if choice in ("auto", "none", "required"):
+        return choice
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        return {"type": "function", "function": {"name": _text(choice.get("name"), "tool_choice.name")}}
+    raise _bad('`tool_choice` must be "auto", "none", "required" or {"type": "function", "name": ...}', "tool_choice")
+
+
+def _format(text: Any, body: dict[str, Any]) -> None:
+    text = _obj(text, "text")
+    if text.get("verbosity") is not None:
+        body["verbosity"] = text["verbosity"]
+    fmt = text.get("format")
+    if fmt is None:
+        return
+    fmt = _obj(fmt, "text.format")
+    kind = fmt.get("type")
+    if kind == "json_object":
+        body["response_format"] = {"type": "json_object"}
+    elif kind == "json_schema":
+        spec = {
+            "name": _text(fmt.get("name"), "text.format.name"),
+            "schema": _obj(fmt.get("schema"), "text.format.schema"),
+        }
+        for name in ("description", "strict"):
+            if fmt.get(name) is not None:
+                spec[name] = fmt[name]
+        body["response_format"] = {"type": "json_schema", "json_schema": spec}
+    elif kind != "text":
+        raise _bad('`text.format.type` must be "text", "json_object" or "json_schema"', "text.format.type")
+
+
+def to_chat(req: dict[str, Any]) -> dict[str, Any]:
+    """A Responses request body as the equivalent chat-completions body (raises ApiError 400)."""
+    unknown = sorted(map(str, set(req) - _FIELDS))
+    if unknown:
+        raise _bad(f"unknown field `{unknown[0][:40]}`", unknown[0][:64], "unknown_field")
+    if req.get("store") is True:
+        raise _bad(f"`store: true` asks to keep the response, but {_NO_STATE}", "store", "state_not_kept")
+    for name in _STATEFUL:
+        if req.get(name) is not None:
+            raise _bad(f"`{name}` needs a stored response or conversation; {_NO_STATE}", name, "state_not_kept")
+    if req.get("background") is True:
+        raise _bad(f"`background: true` needs a stored response to poll; {_NO_STATE}", "background", "state_not_kept")
+    body: dict[str, Any] = {name: req[name] for name in (*_PASSED, *_PASSED_TOO) if req.get(name) is not None}
+    given = req.get("input")
+    if isinstance(given, str):
+        messages: list[dict[str, Any]] = [{"role": "user", "content": given}]
+    elif isinstance(given, list) and given:
+        messages = _items(given)
+    else:
+        raise _bad("`input` must be a string or a non-empty array of input items", "input")
+    instructions = req.get("instructions")
+    if instructions is not None:
+        messages.insert(0, {"role": "system", "content": _text(instructions, "instructions")})
+    body["messages"] = messages
+    if req.get("max_output_tokens") is not None:
+        body["max_completion_tokens"] = req["max_output_tokens"]
+    if req.get("tools"):
+        body["tools"] = _tools(req["tools"])
+    if req.get("tool_choice") is not None:
+        body["tool_choice"] = _tool_choice(req["tool_choice"])
+    if req.get("text") is not None:
+        _format(req["text"], body)
+    reasoning = req.get("reasoning")
+    if reasoning is not None and _obj(reasoning, "reasoning").get("effort") is not None:
+        body["reasoning_effort"] = reasoning["effort"]
+    return body
+
+
+def _id(prefix: str) -> str:
+    return prefix + os.urandom(12).hex()
+
+
+def _usage(c: Completion) -> dict[str, Any]:
+    u = c.usage
+    return {
+        "input_tokens": u.input_tokens,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": u.output_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": u.input_tokens + u.output_tokens,
+    }
+
+
+def _message(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
+    part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+    return {"type": "message", "id": item_id, "status": status, "role": "assistant", "content": [part]}
+
+
+def _call(item_id: str, call: ToolCall, status: str = "completed", arguments: str | None = None) -> dict[str, Any]:
+    return {
+        "type": "function_call",
+        "id": item_id,
+        "call_id": call.id,
+        "name": call.name,
+        "arguments": call.arguments if arguments is None else arguments,
+        "status": status,
+    }
+
+
+class ResponsesWire:
+    """POST /v1/responses: the stateless Responses API over the chat pipeline."""
+
+    endpoint = "responses"
+
+    def __init__(self) -> None:
+        self.echo: dict[str, Any] = {}
+
+    def parse(self, raw: bytes, headers: Mapping[str, str]) -> ChatCall:
+        req = body_object(raw)
+        body = to_chat(req)
+        call = parse_chat(body, headers)
+        fmt = req["text"].get("format") if isinstance(req.get("text"), dict) else None
+        reasoning: dict[str, Any] = req["reasoning"] if isinstance(req.get("reasoning"), dict) else {}
+        self.echo = {  # what the response object repeats of the request
+            "instructions": req.get("instructions"),
+            "max_output_tokens": req.get("max_output_tokens"),
+            "metadata": req.get("metadata") or {},
+            "parallel_tool_calls": req.get("parallel_tool_calls", True),
+            "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
+            "temperature": req.get("temperature", 1.0),
+            "text": {"format": fmt or {"type": "text"}},
+            "tool_choice": req.get("tool_choice", "auto"),
+            "tools": req.get("tools") or [],
+            "top_p": req.get("top_p", 1.0),
+            "user": req.get("user"),
+        }
+        return call
+
+    def response(
+        self, rid: str, model: str, output: list[dict[str, Any]], c: Completion | None, status: str
+    ) -> dict[str, Any]:
+        """The `response` object: `status` completed, incomplete or in_progress."""
+        finish = c.finish_reason if c is not None else None
+        incomplete = None
+        if status == "incomplete":
+            incomplete = {"reason": "content_filter" if finish == "content_filter" else "max_output_tokens"}
+        return {
+            "id": rid,
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": status,
+            "model": model,
+            "output": output,
+            "error": None,
+            "incomplete_details": incomplete,
+            "previous_response_id": None,
+            "store": False,
+            "truncation": "disabled",
+            "usage": _usage(c) if c is not None else None,
+            **self.echo,
+        }
+
+    def answer(self, c: Completion) -> dict[str, Any]:
+        output = [_message(_id("msg_"), c.text)] if c.text or not c.tool_calls else []
+        output += [_call(_id("fc_"), call) for call in c.tool_calls]
+        return self.response(_id("resp_"), c.model, output, c, status_of(c.finish_reason, bool(c.tool_calls)))
+
+    def writer(self, model: str) -> Writer:
+        return ResponsesWriter(self, model)
+
+    def error_body(self, err: ApiError) -> dict[str, Any]:
+        return err.body()
+
+
+def status_of(finish: str | None, tools: bool) -> str:
+    """A response's status for the answer's finish reason: incomplete when cut short (length, content filter)."""
+    return "incomplete" if not tools and finish in ("length", "content_filter") else "completed"
+
+
+class ResponsesWriter:
+    """The Responses streaming events of one answer, numbered from 0."""
+
+    def __init__(self, wire: ResponsesWire, model: str) -> None:
+        self.wire, self.model, self.id = wire, model, _id("resp_")
+        self.seq = 0
+        self.output: list[dict[str, Any]] = []
+        self.text: list[str] | None = None  # the open message item's text so far
+        self.finish: str | None = None
+        self.tools = False
+
+    def _ev(self, kind: str, **data: Any) -> bytes:
+        frame = sse(kind, {"type": kind, "sequence_number": self.seq, **data})
+        self.seq += 1
+        return frame
+
+    def _snapshot(self, status: str, c: Completion | None = None) -> dict[str, Any]:
+        return self.wire.response(self.id, self.model, list(self.output), c, status)
+
+    def start(self) -> bytes:
+        snapshot = self._snapshot("in_progress")
+        return self._ev("response.created", response=snapshot) + self._ev("response.in_progress", response=snapshot)
+
+    def _open(self) -> bytes:
+        item = _message(_id("msg_"), "", "in_progress")
+        item["content"] = []
+        self.output.append(item)
+        self.text = []
+        index, item_id = len(self.output) - 1, item["id"]
+        part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        out = self._ev("response.output_item.added", output_index=index, item=dict(item))
+        return out + self._ev(
+            "response.content_part.added", item_id=item_id, output_index=index, content_index=0, part=part
+        )
+
+    def _close(self) -> bytes:
+        if self.text is None:
+            return b""
+        index = len(self.output) - 1
+        item_id, text = self.output[index]["id"], "".join(self.text)
+        self.text = None
+        done = _message(item_id, text)
+        self.output[index] = done
+        where = {"item_id": item_id, "output_index": index, "content_index": 0}
+        out = self._ev("response.output_text.done", **where, text=text, logprobs=[])
+        out += self._ev("response.content_part.done", **where, part=done["content"][0])
+        return out + self._ev("response.output_item.done", output_index=index, item=done)
+
+    def event(self, event: StreamEvent) -> bytes | None:
+        if event.kind == "delta" and event.text:
+            out = self._open() if self.text is None else b""
+            assert self.text is not None
+            self.text.append(event.text)
+            index = len(self.output) - 1
+            where = {"item_id": self.output[index]["id"], "output_index": index, "content_index": 0}
+            return out + self._ev("response.output_text.delta", **where, delta=event.text, logprobs=[])
+        if event.kind == "tool_call" and event.tool_call is not None:
+            self.tools = True
+            out = self._close()
+            call, item_id, index = event.tool_call, _id("fc_"), len(self.output)
+            self.output.append(_call(item_id, call))
+            added = _call(item_id, call, "in_progress", "")
+            out += self._ev("response.output_item.added", output_index=index, item=added)
+            where = {"item_id": item_id, "output_index": index}
+            out += self._ev("response.function_call_arguments.delta", **where, delta=call.arguments)
+            out += self._ev("response.function_call_arguments.done", **where, name=call.name, arguments=call.arguments)
+            return out + self._ev("response.output_item.done", output_index=index, item=self.output[index])
+        if event.kind == "done":
+            self.finish = event.finish_reason
+        return None
+
+    def end(self, done: Completion | None) -> bytes:
+        out = self._close()
+        if not self.output:  # an empty answer is still one (empty) message
+            out += self._open() + self._close()
+        status = status_of(self.finish, self.tools)
+        kind = "response.completed" if status == "completed" else "response.incomplete"
+        return out + self._ev(kind, response=self._snapshot(status, done))
+
+    def error(self, err: ApiError) -> bytes:
+        return self._ev("error", code=err.code, message=err.message, param=err.param)
