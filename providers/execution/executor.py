@@ -52,9 +52,13 @@ __all__ = [
     "Flight",
     "Result",
     "Run",
+    "Send",
     "to_messages",
     "validate",
 ]
+
+#: One try's own call for Executor.try_model: (the provider's client, the model, the try's timeout) -> the response.
+Send = Callable[[ProviderClient, "Entry", "float | None"], Awaitable[Any]]
 
 
 class _LoopThread:
@@ -252,21 +256,30 @@ class Executor(Accounting):
         chat: ChatRequest | None = None,
         retries: bool = True,
         validate_schema: bool = True,
+        send: Send | None = None,
     ) -> Result | None:
         """Call one model, retrying transient errors; None when it failed or was skipped (all recorded), or when
-        the request's deadline left no time to start. Each try is bounded from connect to last byte."""
+        the request's deadline left no time to start. Each try is bounded from connect to last byte. `send` makes
+        one try's call itself (`send(client, entry, timeout)`; POST /v1/embeddings), instead of a chat call with
+        `chat` or the run's request."""
         if out_of_time(run):
             return None
         entry = self.gate(run, name)
         if entry is None:
             return None
         try:
-            return await self._tries(run, entry, chat, retries, validate_schema)
+            return await self._tries(run, entry, chat, retries, validate_schema, send)
         finally:
             self.release_probe(run, entry)
 
     async def _tries(
-        self, run: Run, entry: Entry, chat: ChatRequest | None, retries: bool, validate_schema: bool
+        self,
+        run: Run,
+        entry: Entry,
+        chat: ChatRequest | None,
+        retries: bool,
+        validate_schema: bool,
+        send: Send | None,
     ) -> Result | None:
         client = self.client(run.policy, entry.provider)
         timeout = attempt_timeout(run, self.provider_spec(run.policy, entry.provider))
@@ -275,7 +288,10 @@ class Executor(Accounting):
             flight = self.started(run, entry, retry)
             counted = False
             try:
-                call = client.achat(entry.spec, chat or run.chat, timeout=timeout)
+                if send is not None:
+                    call = send(client, entry, timeout)
+                else:
+                    call = client.achat(entry.spec, chat or run.chat, timeout=timeout)
                 response = await call_within(run, entry, call, timeout)
                 counted = True
                 schema = run.schema if validate_schema else None

@@ -15,14 +15,14 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, cast
 
 from engine import NoRouteError
 from providers.clients.embeddings import EmbeddingRequest, embedding_client, float32_base64, response_vectors
-from providers.errors import ProviderError
-from providers.execution.deadlines import attempt_timeout, call_within, out_of_time
+from providers.execution.deadlines import out_of_time
 from providers.execution.deadlines import routing_error as no_answer
 from providers.gateway.hangup import ClientGone, HangUp
 from providers.gateway.openai_wire import ApiError, ChatCall, _request_attrs, bad, read_json
@@ -115,42 +115,13 @@ def parse_embeddings(body: Any, request_headers: Mapping[str, str]) -> Embedding
 
 
 # ---- execution --------------------------------------------------------------------------------------------
-async def _try(ex: Executor, run: Run, name: str, request: EmbeddingRequest) -> Result | None:
-    """One model of the plan, retrying transient errors (as Executor.try_model does for chat); None when it failed
-    or was skipped (recorded in run.attempts)."""
-    if out_of_time(run):
-        return None
-    entry = ex.gate(run, name)
-    if entry is None:
-        return None
-    try:
-        timeout = attempt_timeout(run, ex.provider_spec(run.policy, entry.provider))
-        retry = 0
-        while True:
-            flight = ex.started(run, entry, retry)
-            try:
-                client = embedding_client(ex.client(run.policy, entry.provider))
-                response = await call_within(run, entry, client.achat(entry.spec, request, timeout=timeout), timeout)
-                return ex.succeeded(run, entry, response, flight, retry)
-            except ProviderError as error:
-                wait = ex.failed(run, entry, error, flight, retry)
-            except asyncio.CancelledError:
-                ex.cancelled(run, entry, flight, retry)
-                raise
-            finally:
-                flight.release()
-            if wait is None or out_of_time(run):
-                return None
-            await ex.sleep(wait)
-            if out_of_time(run):
-                return None
-            retry += 1
-    finally:
-        ex.release_probe(run, entry)
-
-
 async def embed(ex: Executor, run: Run, request: EmbeddingRequest) -> Result:
-    """The plan's models in order until one answers; settles the budget hold; raises RoutingError."""
+    """The plan's models in order until one answers (each tried, retried and recorded by Executor.try_model, as
+    for chat); settles the budget hold; raises RoutingError."""
+
+    def send(client: Any, entry: Any, timeout: float | None) -> Awaitable[Any]:
+        return embedding_client(client).achat(entry.spec, request, timeout=timeout)
+
     try:
         previous = None
         for name in run.decision.chain:
@@ -160,7 +131,14 @@ async def embed(ex: Executor, run: Run, request: EmbeddingRequest) -> Result:
                 ex.events.emit(
                     "fallback", f"falling back to {name} after {previous}", model=name, data={"from": previous}
                 )
-            result = await _try(ex, run, name, request)
+            result = await ex.try_model(
+                run,
+                name,
+                validate_schema=False,
+                send=lambda client, entry, timeout: embedding_client(client).achat(
+                    entry.spec, request, timeout=timeout
+                ),
+            )
             if result is not None:
                 return result
             previous = name
