@@ -182,8 +182,9 @@ def serve(
     """Run the OpenAI-compatible gateway: point OpenAI clients at http://HOST:PORT/v1 with model "auto".
 
     \b
-    Endpoints: POST /v1/chat/completions (JSON and SSE), GET /v1/models, POST /v1/route/explain,
-               GET /healthz, GET /metrics (Prometheus).
+    Endpoints: POST /v1/chat/completions, /v1/messages (Anthropic), /v1/messages/count_tokens,
+               /v1/responses, /v1/completions, /v1/embeddings (JSON, or SSE when streamed);
+               GET /v1/models, /v1/models/{id}; POST /v1/route/explain; GET /healthz, /metrics (Prometheus).
     Provider API keys come from each provider's api_key_env (see the catalog) and never leave the server.
 
     \b

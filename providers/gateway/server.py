@@ -72,7 +72,17 @@ class ServeOptions:
 
 
 BUSY_EXEMPT = ("/healthz", "/metrics")  # probes and scrapes are never refused: they are cheap and say what is wrong
-_ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/models": "models", "/v1/route/explain": "explain"}
+#: The `endpoint` label of modelroute_requests_total for each path (a 503 server_busy is counted under it too).
+_ENDPOINTS = {
+    "/v1/chat/completions": "chat",
+    "/v1/messages": "messages",
+    "/v1/messages/count_tokens": "count_tokens",
+    "/v1/responses": "responses",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
+    "/v1/models": "models",
+    "/v1/route/explain": "explain",
+}
 log = logging.getLogger("modelroute.gateway")
 
 
@@ -116,7 +126,7 @@ def bounded(app: Any, limit: int, gateway: Any = None) -> Any:
             active -= 1
 
     def _refused(path: str) -> None:
-        endpoint = _ENDPOINTS.get(path)
+        endpoint = _ENDPOINTS.get(path) or ("models" if path.startswith("/v1/models/") else None)
         if gateway is not None and endpoint is not None:
             gateway.metrics.requests.inc(endpoint, 503)
         warned[1] += 1
