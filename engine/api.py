@@ -48,20 +48,50 @@ def _token_count(value: Any) -> int:
 
 
 def compile_policy(
-    path: str | Path | None = None, *, catalog: Any = None, today: datetime.date | None = None
+    path: str | Path | None = None,
+    *,
+    catalog: Any = None,
+    today: datetime.date | None = None,
+    functions: Mapping[str, Callable[..., Any]] | None = None,
+    rankers: Mapping[str, Callable[..., Any]] | None = None,
 ) -> CompiledPolicy:
     """Load and compile a policy file or directory (default: the bundled policy). Raises PolicyError.
 
     `today` is the date deprecations count from (default: the date now): `prefer` never ranks a catalog model
-    whose deprecation_date is on or before it."""
-    return compile_loaded(load(path if path is not None else bundled_policy_dir()), catalog, today=today)
+    whose deprecation_date is on or before it. `functions` / `rankers`: the Python functions and rankers the
+    policy calls (see Engine.functions); a call to one not given is an error (E313, E314)."""
+    return compile_loaded(
+        load(path if path is not None else bundled_policy_dir()),
+        catalog,
+        today=today,
+        functions=_given("functions", functions),
+        rankers=_given("rankers", rankers),
+    )
 
 
 def compile_source(
-    text: str, file: str = "<string>", *, catalog: Any = None, today: datetime.date | None = None
+    text: str,
+    file: str = "<string>",
+    *,
+    catalog: Any = None,
+    today: datetime.date | None = None,
+    functions: Mapping[str, Callable[..., Any]] | None = None,
+    rankers: Mapping[str, Callable[..., Any]] | None = None,
 ) -> CompiledPolicy:
     """Compile policy text (includes and catalog paths resolve from the working directory); see compile_policy."""
-    return compile_loaded(load_source(text, file), catalog, today=today)
+    return compile_loaded(
+        load_source(text, file),
+        catalog,
+        today=today,
+        functions=_given("functions", functions),
+        rankers=_given("rankers", rankers),
+    )
+
+
+def _given(kind: str, given: Mapping[str, Callable[..., Any]] | None) -> Mapping[str, Callable[..., Any]] | None:
+    """`functions=` / `rankers=` checked (engine/options.py); None when there are none, so that a call names
+    what is not provided."""
+    return extension_functions(kind, given) or None
 
 
 class Engine(ExecutionMethods):
@@ -127,8 +157,10 @@ class Engine(ExecutionMethods):
         compile)."""
         check_execution_options("Engine.load()", execution, LOAD_OPTIONS)
         path = path if path is not None else bundled_policy_dir()
+        functions = extension_functions("functions", functions)  # a TypeError here comes before any compile
+        rankers = extension_functions("rankers", rankers)
         engine = cls(
-            compile_policy(path, catalog=catalog, today=today),
+            compile_policy(path, catalog=catalog, today=today, functions=functions, rankers=rankers),
             token_estimator=token_estimator,
             path=path,
             catalog=catalog,
@@ -156,8 +188,10 @@ class Engine(ExecutionMethods):
     ) -> Engine:
         """An Engine for policy text (see Engine.load; an unknown keyword is a TypeError naming the valid ones)."""
         check_execution_options("Engine.from_source()", execution, SOURCE_OPTIONS)
+        functions = extension_functions("functions", functions)
+        rankers = extension_functions("rankers", rankers)
         return cls(
-            compile_source(text, file, catalog=catalog, today=today),
+            compile_source(text, file, catalog=catalog, today=today, functions=functions, rankers=rankers),
             token_estimator=token_estimator,
             state=state,
             today=today,
@@ -173,14 +207,17 @@ class Engine(ExecutionMethods):
     @property
     def functions(self) -> Mapping[str, Callable[..., Any]]:
         """The `functions=` given at load (read-only): name -> plain function `fn(request)` returning a bool or a
-        number. Reserved for the policy language's function calls (`when complexity() > 50`, `score(...)`);
-        checked at load (names, callables, no async functions) and kept across reloads."""
+        number, called by the policy's `complexity()` (conditions, `score(...)`) with a read-only view of the
+        request (engine.runtime.functions.RequestView: text, messages, tokens, attrs), at most once per request.
+        Checked at load (names, callables, no async functions), compiled into the policy and kept across reloads;
+        see docs/language.md, "Python functions"."""
         return self._functions
 
     @property
     def rankers(self) -> Mapping[str, Callable[..., Any]]:
-        """The `rankers=` given at load (read-only): name -> plain function `fn(request, model) -> float`.
-        Reserved for `prefer custom(NAME)`; checked at load and kept across reloads."""
+        """The `rankers=` given at load (read-only): name -> plain function `fn(request, model) -> float` (model: the
+        catalog's ModelSpec), higher is better, for `prefer custom(NAME)`; checked at load and kept across
+        reloads."""
         return self._rankers
 
     @property
@@ -207,7 +244,9 @@ class Engine(ExecutionMethods):
         """Compile the policy from its path again (raises PolicyError); does not install it."""
         if self._path is None:
             raise ValueError("this engine was built from source text, not a path: nothing to reload")
-        return compile_policy(self._path, catalog=self._catalog, today=self._today)
+        return compile_policy(
+            self._path, catalog=self._catalog, today=self._today, functions=self._functions, rankers=self._rankers
+        )
 
     def reload(self) -> bool:
         """Recompile now and swap in the result if it compiles; False (last good policy kept) if not."""
@@ -318,6 +357,7 @@ class Engine(ExecutionMethods):
                 state.unavailable(),
                 state,
                 state.latency_ms(),
+                messages,
             )
         if "tokens" in attrs:
             tokens = _token_count(attrs.pop("tokens"))
@@ -338,6 +378,7 @@ class Engine(ExecutionMethods):
             state.unavailable(),
             state,
             state.latency_ms(),
+            messages,
         )
 
     def decide(

@@ -39,6 +39,8 @@ CODES: dict[str, str] = {
     "E310": "setting value is not one of its choices",
     "E311": "unknown score term",
     "E312": "model not configured for its provider",
+    "E313": "unknown function",
+    "E314": "unknown ranker",
     # types and units
     "E400": "unit mismatch",
     "E401": "value out of range",

@@ -6,7 +6,9 @@ the parsed statements on every call and does everything the slow, obvious way:
 
 * every rule is tried in file order; a rule decides when its condition holds and at least one model survives;
 * patterns run one by one with Python's `re` (ASCII mode, so `\\b`, `\\w` and `\\s` mean what they mean in RE2);
-* `prefer` ranks every catalog model with Python's `sorted` on a key tuple ending in the model name.
+* `prefer` ranks every catalog model with Python's `sorted` on a key tuple ending in the model name;
+* Python functions (`complexity()`) and rankers (`prefer custom(NAME)`) are called every time they are read, with
+  a plain namespace as the request (docs/language.md, "Python functions": the text, messages, tokens, attributes).
 
 Parsing is shared with the engine (engine.load.load_source / engine.parse.parse give the statements); the
 semantics here are independent. The interpreter assumes the policy compiles (names resolve, units check).
@@ -16,7 +18,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from types import SimpleNamespace
 from typing import Any
 
 from engine.language import nodes as n
@@ -106,9 +109,26 @@ def _compare(left: Any, op: str, right: Any) -> bool:
     raise ValueError(op)
 
 
+Functions = Mapping[str, Callable[..., Any]]
+
+
+def _failed(value: Any) -> bool:
+    """docs/language.md, "Python functions": a call has no value unless it returns a bool or a number."""
+    return not isinstance(value, (bool, int, float))
+
+
 class Request:
-    def __init__(self, prompt: str, attrs: Mapping[str, Any], tasks: Mapping[str, n.TaskDecl]):
+    def __init__(
+        self,
+        prompt: str,
+        attrs: Mapping[str, Any],
+        tasks: Mapping[str, n.TaskDecl],
+        functions: Functions | None = None,
+        rankers: Functions | None = None,
+    ):
         self.prompt = prompt
+        self.functions = functions or {}
+        self.rankers = rankers or {}
         # README, "Request counts": a prompt is one message, one turn; words are runs of non-space characters.
         # They are derived from the request, never taken from the caller.
         self.attrs = {**attrs, "messages": 1, "turns": 1, "words": len(prompt.split())}
@@ -120,7 +140,31 @@ class Request:
         self.tools = bool(attrs.get("tools"))
         self.images = bool(attrs.get("images"))
 
+    def view(self) -> SimpleNamespace:
+        """What a function sees: the prompt as one user message, the tokens, the attributes the caller passed and
+        the ones derived from the request."""
+        messages = ({"role": "user", "content": self.prompt},)
+        return SimpleNamespace(text=self.prompt, messages=messages, tokens=self.tokens, attrs=dict(self.attrs))
+
+    def call(self, name: str) -> Any:
+        """A function's value, or _MISSING when it raises or returns neither a bool nor a number."""
+        try:
+            value = self.functions[name](self.view())
+        except Exception:
+            return _MISSING
+        return _MISSING if _failed(value) else value
+
+    def rank(self, name: str, spec: Any) -> float | None:
+        """A ranker's number for a model, or None when it raises or returns no finite number."""
+        try:
+            value = self.rankers[name](self.view(), spec)
+        except Exception:
+            return None
+        return float(value) if not _failed(value) and math.isfinite(value) else None
+
     def operand(self, op: n.Operand) -> Any:
+        if op.call:
+            return self.call(op.name)
         return self.tokens if op.builtin else lookup(self.attrs, op.name)
 
     def holds(self, cond: n.Cond | None) -> bool:
@@ -155,10 +199,16 @@ class Request:
         return self.tokens * spec.input_price + self.out_tokens * spec.output_price
 
     def hard_ok(self, spec: Any) -> bool:
-        """Hard constraints: context holds the tokens; tools/images need tools/vision support."""
+        """Hard constraints: context holds the tokens; tools/images need tools/vision support; an embedding request
+        needs an embedding model and a chat request any other; a response_format needs its JSON feature."""
         if spec.context < self.tokens:
             return False
         if self.tools and "tools" not in spec.supports:
+            return False
+        if (self.attrs.get("endpoint") == "embeddings") != ("embeddings" in spec.supports):
+            return False
+        wanted = {"json_schema": "json_schema", "json": "json"}.get(self.attrs.get("response_format"))  # type: ignore[arg-type]
+        if wanted is not None and wanted not in spec.supports:
             return False
         return not (self.images and "vision" not in spec.supports)
 
@@ -243,7 +293,8 @@ def passes(spec: Any, c: n.Constraint, req: Request) -> bool:
 
 def score(spec: Any, terms: Iterable[n.ScoreTerm], req: Request) -> float:
     """README, "Scores": the sum of coefficient x term; a model with no score for a capability has 0 points there,
-    a request attribute that is not a finite number adds 0."""
+    a request attribute that is not a finite number adds 0, a function call with no value makes the score unknown
+    (-inf: the model ranks after every model with a score)."""
     total = 0.0
     for t in terms:
         if t.factor == "capability":
@@ -258,6 +309,11 @@ def score(spec: Any, terms: Iterable[n.ScoreTerm], req: Request) -> float:
             value = spec.context
         elif t.factor == "tokens":
             value = req.tokens
+        elif t.factor == "call":  # a function that has no finite value makes the whole score unknown
+            got = req.call(t.name or "")
+            if got is _MISSING or not math.isfinite(got):
+                return -math.inf
+            value = float(got)
         else:
             got = lookup(req.attrs, t.name or "")
             ok = isinstance(got, (int, float)) and not isinstance(got, bool) and math.isfinite(got)
@@ -271,6 +327,9 @@ def rank_key(spec: Any, rankings: Iterable[n.Ranking], req: Request) -> tuple:
     for r in rankings:
         if r.kind == "score":
             key.append(-round(score(spec, r.terms, req), 9))  # higher is better; equal to 9 decimal places
+        elif r.kind == "custom":  # higher is better; a model the ranker fails on ranks last
+            got = req.rank(r.ranker or "", spec)
+            key.append(math.inf if got is None else -got)
         elif r.kind == "healthiest":
             # README, "Health": success rate in the window (no call yet: healthy), then latency; these requests
             # run on a fresh engine, with nothing measured
@@ -290,8 +349,11 @@ def rank_key(spec: Any, rankings: Iterable[n.Ranking], req: Request) -> tuple:
 class Policy:
     """The statements of a loaded policy, as the reference reads them."""
 
-    def __init__(self, body: Iterable[n.Stmt], catalog: Any):
+    def __init__(
+        self, body: Iterable[n.Stmt], catalog: Any, functions: Functions | None = None, rankers: Functions | None = None
+    ):
         self.catalog = catalog
+        self.functions, self.rankers = functions, rankers
         self.tasks: dict[str, n.TaskDecl] = {}
         self.aliases: dict[str, str] = {}
         self.rules: list[n.Rule] = []
@@ -320,7 +382,7 @@ class Policy:
         ranking that pass every constraint, then the fallbacks that can serve the request, each model once. When
         the request rules out every model the rule's `where` leaves (too long, tools, images), the first
         fallback that can serve it stands in (and the plan has no ranked models)."""
-        req = Request(prompt, attrs, self.tasks)
+        req = Request(prompt, attrs, self.tasks, self.functions, self.rankers)
         for rule in self.rules:
             if not req.holds(rule.cond):
                 continue
@@ -352,7 +414,13 @@ class Policy:
 
 
 def reference_decide(
-    body: Iterable[n.Stmt], catalog: Any, prompt: str, attrs: Mapping[str, Any] | None = None
+    body: Iterable[n.Stmt],
+    catalog: Any,
+    prompt: str,
+    attrs: Mapping[str, Any] | None = None,
+    functions: Functions | None = None,
+    rankers: Functions | None = None,
 ) -> tuple[str, int, list[str], list[str]] | None:
-    """Decide with the reference semantics: (model, rule line, fallbacks, plan) or None."""
-    return Policy(body, catalog).decide(prompt, attrs or {})
+    """Decide with the reference semantics: (model, rule line, fallbacks, plan) or None. `functions` / `rankers`:
+    the Python functions and rankers the policy calls."""
+    return Policy(body, catalog, functions, rankers).decide(prompt, attrs or {})

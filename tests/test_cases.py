@@ -9,6 +9,8 @@ File format::
     files:                      # optional: more files next to main.route (for include)
       tasks.route: |
         ...
+    functions: [complexity]     # optional: the Python functions and rankers the policy calls, by name, from
+    rankers: [quality]          # tests/case_functions.py (Engine.load(functions=..., rankers=...))
     cases:
       - name: short-id
         policy: |               # optional: this case's own policy (for error cases)
@@ -41,6 +43,7 @@ from typing import Any
 
 import pytest
 import yaml
+from case_functions import FUNCTIONS, RANKERS
 
 from engine import Engine, NoRouteError, PolicyError
 
@@ -86,8 +89,9 @@ def engines(tmp_path_factory):
     """Compiled engines cached by (policy, files): each distinct policy is written and compiled once."""
     cache: dict[tuple, Any] = {}
 
-    def get(policy: str, files: dict[str, str]) -> Any:
-        key = (policy, tuple(sorted(files.items())))
+    def get(policy: str, files: dict[str, str], python: dict[str, list[str]] | None = None) -> Any:
+        python = python or {}
+        key = (policy, tuple(sorted(files.items())), tuple((k, tuple(v)) for k, v in sorted(python.items())))
         if key not in cache:
             root = tmp_path_factory.mktemp("case")
             for copy in ("catalog.yaml", "models.yaml"):
@@ -96,8 +100,10 @@ def engines(tmp_path_factory):
                 (root / rel).parent.mkdir(parents=True, exist_ok=True)
                 (root / rel).write_text(body, encoding="utf-8")
             (root / "main.route").write_text(policy, encoding="utf-8")
+            functions: dict[str, Any] = {name: FUNCTIONS[name] for name in python.get("functions", ())}
+            rankers: dict[str, Any] = {name: RANKERS[name] for name in python.get("rankers", ())}
             try:
-                cache[key] = Engine.load(root)
+                cache[key] = Engine.load(root, functions=functions or None, rankers=rankers or None)
             except PolicyError as err:
                 cache[key] = err
         return cache[key]
@@ -121,7 +127,7 @@ def test_case(stem: str, doc: dict, case: dict, engines) -> None:
     policy = case.get("policy", doc.get("policy"))
     files = {**doc.get("files", {}), **case.get("files", {})}
     expect = case["expect"]
-    engine = engines(policy, files)
+    engine = engines(policy, files, {k: doc[k] for k in ("functions", "rankers") if k in doc})
 
     if "error" in expect:
         assert isinstance(engine, PolicyError), f"expected {expect['error']}, but the policy compiled"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -107,6 +108,15 @@ RANKINGS = [
     "score(capability(CODING) - 1000 * cost + n + 2 * tokens)",
     "score(score * 2 - latency * 0.01)",
 ]
+#: Python: rankers (prefer custom(NAME)) and function terms (the FUNCTIONS and RANKERS below); only policies made
+#: with `python=True` use them (other tests compile the generated policies without functions)
+PY_RANKINGS = [
+    "custom(cheap)",
+    "custom(fit)",
+    "custom(flaky)",
+    "score(capability(CODING) + wordy())",
+    "score(capability(REASONING) - 2 * flaky())",
+]
 #: `prefer ... among [...]`: only the listed models (names, aliases, repeats)
 AMONG = [
     "[alpha-small, beta-mid]",
@@ -197,6 +207,46 @@ ATTR_ATOMS = [
 ]
 
 
+# ---- Python functions and rankers: deterministic, so the engine (one call per request) and the reference (a call
+# on every read) agree; `flaky` raises on some requests and returns text on others, `flaky` the ranker raises for
+# some models
+
+
+def _flaky(request: Any) -> Any:
+    if request.tokens % 3 == 0:
+        raise ValueError("every third token count")
+    return "text" if request.tokens % 7 == 1 else request.tokens % 5
+
+
+def _flaky_rank(request: Any, model: Any) -> float:
+    if len(request.text) % 2 and model.name.startswith("g"):
+        raise RuntimeError("odd prompt")
+    return float(len(model.name) % 3)
+
+
+FUNCTIONS = {
+    "wordy": lambda r: len(r.text.split()),
+    "even": lambda r: r.tokens % 2 == 0,
+    "flaky": _flaky,
+    "tiered": lambda r: r.attrs.get("tier") == "pro",
+}
+RANKERS = {
+    "cheap": lambda r, m: -m.input_price * 1e6,
+    "fit": lambda r, m: float(m.context > r.tokens * 10) + (m.capability("CODING") or 0) / 10,
+    "flaky": _flaky_rank,
+}
+PY_ATOMS = [
+    "wordy() > 3",
+    "wordy() == 0",
+    "even()",
+    "not even()",
+    "flaky() >= 2",
+    "flaky() in [1, 2]",
+    "flaky()",
+    "tiered() and n > 1",
+]
+
+
 def _counts_wired() -> bool:
     """Whether decide() derives the request counts (messages, turns, words) a policy reads (engine/api.py builds
     the Request): the generated conditions use them once it does."""
@@ -225,19 +275,21 @@ def _compound(children: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
     )
 
 
-def conditions(task_names: list[str]) -> st.SearchStrategy[str]:
-    atoms = [st.sampled_from(ATTR_ATOMS), st.sampled_from(PATTERNS).map(lambda p: f"task ~ {p}")]
+def conditions(task_names: list[str], python: bool = False) -> st.SearchStrategy[str]:
+    """Conditions over the attributes, patterns and tasks; with `python`, calls of FUNCTIONS too."""
+    attr_atoms = ATTR_ATOMS + PY_ATOMS if python else ATTR_ATOMS
+    atoms = [st.sampled_from(attr_atoms), st.sampled_from(PATTERNS).map(lambda p: f"task ~ {p}")]
     if task_names:
         atoms.append(st.sampled_from(task_names).map(lambda t: f"task is {t}"))
     return st.recursive(st.one_of(*atoms), _compound, max_leaves=5)
 
 
 @st.composite
-def actions(draw: st.DrawFn) -> str:
+def actions(draw: st.DrawFn, python: bool = False) -> str:
     if draw(st.booleans()):
         text = f"use {draw(st.sampled_from(MODELS))}"
     else:
-        ranks = draw(st.lists(st.sampled_from(RANKINGS), min_size=1, max_size=3))
+        ranks = draw(st.lists(st.sampled_from(RANKINGS + PY_RANKINGS if python else RANKINGS), min_size=1, max_size=3))
         text = "prefer " + " then ".join(ranks)
         if draw(st.integers(0, 3)) == 0:
             text += " among " + draw(st.sampled_from(AMONG))
@@ -251,8 +303,9 @@ def actions(draw: st.DrawFn) -> str:
 
 
 @st.composite
-def policy_sources(draw: st.DrawFn) -> str:
-    """A valid policy over the hardening catalog: tasks, an alias, 1-8 rules, maybe `otherwise`."""
+def policy_sources(draw: st.DrawFn, python: bool = False) -> str:
+    """A valid policy over the hardening catalog: tasks, an alias, 1-8 rules, maybe `otherwise`; with `python`,
+    calls of FUNCTIONS and RANKERS too."""
     lines = ["# generated", 'model fast = "zeta-fast"']
     if draw(st.integers(0, 3)) == 0:
         lines.append(f"set failover.depth = {draw(st.integers(0, 4))}")
@@ -262,12 +315,12 @@ def policy_sources(draw: st.DrawFn) -> str:
         pats = draw(st.lists(st.sampled_from(PATTERNS), min_size=1, max_size=3))
         lines.append(f"task {name} = " + ", ".join(pats))
     for _ in range(draw(st.integers(1, 8))):
-        rule = f"when {draw(conditions(names))} {draw(actions())}"
+        rule = f"when {draw(conditions(names, python))} {draw(actions(python))}"
         if draw(st.integers(0, 9)) == 0:  # now and then a rule spread over lines
             rule = rule.replace(" prefer ", "\n    prefer ").replace(" use ", "\n    use ")
         lines.append(rule)
     if draw(st.booleans()):
-        lines.append(f"otherwise {draw(actions())}")
+        lines.append(f"otherwise {draw(actions(python))}")
     return "\n".join(lines) + "\n"
 
 
@@ -313,10 +366,10 @@ def engine_result(engine: Engine, prompt: str, attrs: dict) -> tuple[str, int, l
 
 
 def check_agree(text: str, catalog, requests: list[tuple[str, dict]]) -> None:
-    engine = Engine.from_source(text, file="generated.route", catalog=catalog)
+    engine = Engine.from_source(text, file="generated.route", catalog=catalog, functions=FUNCTIONS, rankers=RANKERS)
     body = load_source(text, "generated.route").body
     for prompt, attrs in requests:
-        want = reference_decide(body, catalog, prompt, attrs)
+        want = reference_decide(body, catalog, prompt, attrs, FUNCTIONS, RANKERS)
         got = engine_result(engine, prompt, attrs)
         assert got == want, f"engine {got} != reference {want}\npolicy:\n{text}\nprompt={prompt!r}\nattrs={attrs}"
         if got is not None:  # the traced evaluation (explain) must name the same model, rule and plan
@@ -331,7 +384,7 @@ def check_agree(text: str, catalog, requests: list[tuple[str, dict]]) -> None:
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-@given(text=policy_sources(), requests=st.lists(st.tuples(prompts, attr_dicts), min_size=1, max_size=6))
+@given(text=policy_sources(python=True), requests=st.lists(st.tuples(prompts, attr_dicts), min_size=1, max_size=6))
 def test_engine_agrees_with_reference(catalog, text, requests):
     check_agree(text, catalog, requests)
 
@@ -384,12 +437,21 @@ FIXED = [
     ("otherwise use alpha-small\n", "q" * 200, {}, None),  # hard constraint: context 40 < 50 tokens
     ("when task ~ /delta$/ use beta-mid\n", "delta\n", {}, None),  # RE2 `$` without m: end of text only
     ("when task ~ /ALPHA/c use beta-mid\n", "alpha", {}, None),
+    # Python: a function's value in a condition; a failing call makes its condition false; a ranker, higher first
+    ("when wordy() > 2 use beta-mid\notherwise use gamma\n", "a b c", {}, ("beta-mid", 1, [], ["beta-mid"])),
+    ("when flaky() or not flaky() use beta-mid\n", "abcdefghijkl", {}, ("beta-mid", 1, [], ["beta-mid"])),
+    (
+        "otherwise prefer custom(cheap) among [gamma-pro, delta-cheap, beta-mid]\n",
+        "hi",
+        {},
+        ("delta-cheap", 1, [], ["delta-cheap", "beta-mid", "gamma-pro"]),
+    ),
 ]
 
 
 @pytest.mark.parametrize(("text", "prompt", "attrs", "expected"), FIXED)
 def test_fixed_cases(catalog, text, prompt, attrs, expected):
     body = load_source(text, "fixed.route").body
-    assert reference_decide(body, catalog, prompt, attrs) == expected
-    engine = Engine.from_source(text, file="fixed.route", catalog=catalog)
+    assert reference_decide(body, catalog, prompt, attrs, FUNCTIONS, RANKERS) == expected
+    engine = Engine.from_source(text, file="fixed.route", catalog=catalog, functions=FUNCTIONS, rankers=RANKERS)
     assert engine_result(engine, prompt, attrs) == expected

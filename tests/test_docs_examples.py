@@ -8,6 +8,8 @@ How fenced blocks are read (the convention for writing docs):
 * ```` ```route ```` is a whole policy: it must compile (against the bundled catalog, or the catalogs its own
   `catalog` statements name) with `today=DOCS_TODAY`, and must not name a model deprecated by then (lint
   W108), so the check does not depend on the day it runs.
+* ```` ```route functions=complexity,is_urgent rankers=quality ```` names the Python functions and rankers the
+  policy calls (`complexity()`, `prefer custom(quality)`): it compiles with stand-ins of those names.
 * ```` ```route fragment ```` is an excerpt (a rule, a test block) that leans on statements not shown: it
   must parse.
 * ```` ```yaml ```` whose top level has `models:` or `providers:` is a catalog: it must load with
@@ -58,6 +60,7 @@ DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 DOCS_TODAY = datetime.date(2026, 12, 1)
 
 FLAGS = {"fragment", "overlay"}
+OPTIONS = {"file", "functions", "rankers"}
 _OPEN = re.compile(r"^(?P<indent> *)(?P<fence>`{3,}|~{3,})(?P<info>[^`]*)$")
 
 
@@ -137,7 +140,7 @@ def test_blocks_are_found() -> None:
     assert any(b.lang == "route" and "otherwise" in b.text for b in readme)
     assert any(b.lang == "yaml" and _is_catalog(b) for b in readme)
     assert all(b.lang in ("", "sh", "route", "yaml", "json", "python") for b in ALL), {b.id: b.lang for b in ALL}
-    unknown = {b.id: (set(b.flags), set(b.options)) for b in ALL if b.flags - FLAGS or set(b.options) - {"file"}}
+    unknown = {b.id: (set(b.flags), set(b.options)) for b in ALL if b.flags - FLAGS or set(b.options) - OPTIONS}
     assert not unknown, f"info-string words this test does not know: {unknown}"
 
 
@@ -166,8 +169,10 @@ def test_route_block_compiles(block: Block, tmp_path: Path) -> None:
     _write_doc_files(block, tmp_path)
     entry = tmp_path / block.options.get("file", "example.route")
     entry.write_text(block.text, encoding="utf-8")
+    functions = {name: lambda request: 0 for name in block.options.get("functions", "").split(",") if name}
+    rankers = {name: lambda request, model: 0.0 for name in block.options.get("rankers", "").split(",") if name}
     try:
-        policy = compile_policy(entry, today=DOCS_TODAY)
+        policy = compile_policy(entry, today=DOCS_TODAY, functions=functions, rankers=rankers)
     except PolicyError as exc:
         pytest.fail(f"{block.id}: the policy does not compile:\n{exc.render()}")
     deprecated = [d for d in lint(policy, today=DOCS_TODAY) if d.code == "W108"]

@@ -8,6 +8,7 @@ given as options that cannot be read or parsed); 3 a bug in modelroute (an inter
 from __future__ import annotations
 
 import datetime
+import importlib
 import json
 import os
 import statistics
@@ -24,6 +25,7 @@ from engine.api import DECIDE_ARGUMENTS, Engine, RequestError
 from engine.compiler.passes import as_date
 from engine.diagnostics import PolicyError, Sources, render
 from engine.language.load import bundled_policy_dir, display_name, resolve_entry
+from engine.options import extension_functions
 from engine.runtime.decision import NoRouteError
 from engine.runtime.jsoninput import TooDeepError, check_messages, load_json
 from engine.runtime.report import Report
@@ -71,6 +73,43 @@ today_option = click.option(
     help="Compile as if it were this date (default: today): `prefer` skips models deprecated on or before it, "
     "and check warns (W108) about those deprecated within 30 days of it.",
 )
+
+
+def _extensions(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    """`--functions MODULE:NAME` / `--rankers MODULE:NAME`: the dict NAME of an importable module (the working
+    directory is searched first), checked as Engine.load checks it; None when the option is not given."""
+    if value is None:
+        return None
+    module, sep, name = value.partition(":")
+    if not (sep and module and name):
+        raise click.BadParameter(f"write MODULE:NAME (a dict in an importable module), not {value!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        found = getattr(importlib.import_module(module), name)
+    except Exception as exc:  # any import problem is the user's: say which, no traceback
+        raise click.BadParameter(f"cannot load {value}: {type(exc).__name__}: {exc}") from None
+    try:
+        return extension_functions(str(param.name), found)
+    except TypeError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def extension_options(command: Any) -> Any:
+    """The `--functions` and `--rankers` options: the Python functions and rankers a policy calls."""
+    command = click.option(
+        "--rankers",
+        metavar="MODULE:NAME",
+        callback=_extensions,
+        help="The rankers `prefer custom(NAME)` calls: the dict NAME of importable MODULE.",
+    )(command)
+    return click.option(
+        "--functions",
+        metavar="MODULE:NAME",
+        callback=_extensions,
+        help="The Python functions the policy calls (`complexity()`): the dict NAME of importable MODULE "
+        "(e.g. myrouting:FUNCTIONS).",
+    )(command)
 
 
 def parse_attr(item: str) -> tuple[str, Any]:
@@ -189,6 +228,7 @@ def main() -> None:
 @click.option("--color/--no-color", default=None, help="Force colour on or off (default: on a terminal).")
 @click.option("--watch", is_flag=True, help="Explain again every time a policy file is saved.")
 @today_option
+@extension_options
 def explain(
     policy: Path | None,
     prompt: str | None,
@@ -200,6 +240,8 @@ def explain(
     color: bool | None,
     watch: bool,
     today: datetime.date | None,
+    functions: Any,
+    rankers: Any,
 ) -> None:
     """Dry-run a decision and show why the model was chosen and why every other model lost.
 
@@ -209,6 +251,7 @@ def explain(
       modelroute explain -p policies/ -f prompt.txt --json
       cat prompt.txt | modelroute explain - --attr tools=true
       modelroute explain --watch "Summarize this" (re-runs on every save of the policy)
+      modelroute explain "Fix this bug" --functions myrouting:FUNCTIONS (a policy that calls complexity())
     """
     given = [x for x in (prompt is not None, prompt_file is not None, messages_file is not None) if x]
     if len(given) > 1:
@@ -247,21 +290,32 @@ def explain(
         click.echo(_render(decision.report(), fmt, _use_color(console, color)), color=color)
         return True
 
+    python = {"functions": functions, "rankers": rankers}  # --functions, --rankers
     if watch:
-        follow_policy(path, lambda compiled: show(Engine(compiled, path=path, today=today)), console, today)
+        follow_policy(
+            path, lambda compiled: show(Engine(compiled, path=path, today=today, **python)), console, today, **python
+        )
         return
-    if not show(Engine.load(path, today=today)):
+    if not show(Engine.load(path, today=today, **python)):
         sys.exit(EXIT_ERRORS)
 
 
-def follow_policy(path: Path, show: Any, console: Console, today: datetime.date | None = None) -> None:
+def follow_policy(
+    path: Path,
+    show: Any,
+    console: Console,
+    today: datetime.date | None = None,
+    functions: Any = None,
+    rankers: Any = None,
+) -> None:
     """Run `show(compiled_policy)` now and after every save (diagnostics instead while it does not compile).
-    `today`: the date each compile counts deprecations from (None: the date of that compile)."""
+    `today`: the date each compile counts deprecations from (None: the date of that compile); `functions` /
+    `rankers`: what the policy's Python calls use (--functions, --rankers)."""
     from engine.reload import follow
 
     shown = display_name(resolve_entry(path))
     try:
-        for result in follow(path, today=today):
+        for result in follow(path, today=today, functions=functions, rankers=rankers):
             console.rule(f"{time.strftime('%H:%M:%S')} {shown}", style="dim")
             if isinstance(result, PolicyError):
                 print_diagnostics(result, console)
@@ -312,7 +366,16 @@ def _read(path: Path) -> str:
 @click.option("--strict", is_flag=True, help="Treat lint warnings as errors: exit 1 when there are any.")
 @today_option
 @click.option("--watch", is_flag=True, help="Check again every time a policy file is saved.")
-def check(policy: Path | None, as_json: bool, strict: bool, today: datetime.date | None, watch: bool) -> None:
+@extension_options
+def check(
+    policy: Path | None,
+    as_json: bool,
+    strict: bool,
+    today: datetime.date | None,
+    watch: bool,
+    functions: Any,
+    rankers: Any,
+) -> None:
     """Compile a policy, lint it, and report every diagnostic. Exit 0 when clean, 1 on errors.
 
     Warnings (codes W100-W109, see docs/check.md) do not fail the check unless --strict is given.
@@ -323,14 +386,17 @@ def check(policy: Path | None, as_json: bool, strict: bool, today: datetime.date
       modelroute check policies/main.route --json
       modelroute check --strict
       modelroute check --watch      (re-checks on every save)
+      modelroute check --functions myrouting:FUNCTIONS --rankers myrouting:RANKERS
     """
     path = policy_or_default(policy)
+    given = {"functions": functions, "rankers": rankers}
     if watch:  # each compile, and the lint after it, count from `today` or else from the date of that compile
-        follow_policy(path, lambda compiled: _report_check(compiled, path, as_json, strict, today), _console(), today)
+        report = lambda compiled: _report_check(compiled, path, as_json, strict, today)  # noqa: E731
+        follow_policy(path, report, _console(), today, **given)
         return
     day = as_date(today)  # one date for the compile and the lint
     try:
-        engine = Engine.load(path, today=day)
+        engine = Engine.load(path, today=day, **given)
     except PolicyError as err:
         exit_on_policy_error(err, as_json)
     sys.exit(_report_check(engine.policy, path, as_json, strict, day))

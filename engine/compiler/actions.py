@@ -14,6 +14,7 @@ from typing import Any
 
 from engine.language import nodes as n
 from engine.runtime.constraints import NEGATED, OPS, Code, CostLimit, Limit, Reason, price_known
+from engine.runtime.functions import CustomRank
 from engine.runtime.limits import AttrLimit
 from engine.runtime.policy import Entry, PriceGroup, RankKey
 from engine.runtime.scores import HealthRank, ScoreRank, Term
@@ -33,12 +34,26 @@ from engine.runtime.selectors import (
 from engine.runtime.settings import setting
 from engine.runtime.units import fmt_count, fmt_ms, fmt_price, fmt_value
 
-__all__ = ["ADHOC_KEY", "SETTINGS_KEY", "build_selector", "literal", "number", "on_request", "retired", "static_reason"]
+__all__ = [
+    "ADHOC_KEY",
+    "FUNCTIONS_KEY",
+    "RANKERS_KEY",
+    "SETTINGS_KEY",
+    "build_selector",
+    "literal",
+    "number",
+    "on_request",
+    "retired",
+    "static_reason",
+]
 
 #: The key under which the compile's Settings travel in build_selector's `cache` (health window and weights).
 SETTINGS_KEY = "settings"
 #: The key under which the names of the compile's ad-hoc models (`provider:model`, not in the catalog) travel.
 ADHOC_KEY = "adhoc"
+#: The keys under which the compile's Python functions and rankers (engine/runtime/functions.py) travel, by name.
+FUNCTIONS_KEY = "functions"
+RANKERS_KEY = "rankers"
 
 
 def on_request(c: n.Constraint) -> bool:
@@ -168,16 +183,23 @@ _PIVOTS = ("cheapest", "least_busy")  # rankings that depend on the request
 
 def _per_request(r: RankKey) -> bool:
     """A ranking whose order is computed per request and cannot be walked in a precomputed order: healthiest
-    (state), a score with a cost term."""
-    return r.kind == "healthiest" or (isinstance(r, ScoreRank) and r.dynamic)
+    (state), custom (a Python ranker), a score with a cost or a function term."""
+    return r.kind in ("healthiest", "custom") or (isinstance(r, ScoreRank) and r.dynamic)
 
 
 def rank_key(r: n.Ranking, entries: Mapping[str, Entry], cache: dict) -> RankKey:
     """One `prefer` ranking as the runtime's rank key (a score's per-model sums are computed once per compile)."""
     settings = cache.get(SETTINGS_KEY)
     if r.kind == "score":
+        functions = cache.get(FUNCTIONS_KEY) or {}
         terms = tuple(
-            Term(t.coef, t.factor, t.name.upper() if t.factor == "capability" and t.name else t.name) for t in r.terms
+            Term(
+                t.coef,
+                t.factor,
+                t.name.upper() if t.factor == "capability" and t.name else t.name,
+                functions.get(t.name) if t.factor == "call" else None,
+            )
+            for t in r.terms
         )
         key = ("score", terms)
         if key not in cache:
@@ -185,6 +207,9 @@ def rank_key(r: n.Ranking, entries: Mapping[str, Entry], cache: dict) -> RankKey
         return cache[key]
     if r.kind == "healthiest":
         return HealthRank("healthiest", None, float(setting(settings, "health.window")))
+    if r.kind == "custom":
+        name = str(r.ranker)
+        return CustomRank("custom", None, name, (cache.get(RANKERS_KEY) or {}).get(name))
     return RankKey(r.kind, r.capability.upper() if r.capability else None)
 
 

@@ -11,6 +11,7 @@ from typing import Any, overload
 from engine.compiler.actions import build_selector, literal, number, retired
 from engine.compiler.guards import GUARDS, both
 from engine.language import nodes as n
+from engine.runtime.functions import Function, call_value
 from engine.runtime.index_keys import Guard
 from engine.runtime.policy import MISSING, CompiledRule, Entry, get_attr
 
@@ -18,11 +19,18 @@ __all__ = ["Guard", "build_rules", "build_selector", "guard", "literal", "number
 
 
 class _Gen:
-    """Python source for one condition: a template whose constants (attribute names, values, pattern masks) are
-    parameters `_k0`, `_k1`..., so rules of the same shape share one compiled code object."""
+    """Python source for one condition: a template whose constants (attribute names, values, pattern masks, the
+    policy's Python functions) are parameters `_k0`, `_k1`..., so rules of the same shape share one compiled code
+    object."""
 
-    def __init__(self, task_masks: Mapping[str, int], pattern_of: Mapping[int, int]):
+    def __init__(
+        self,
+        task_masks: Mapping[str, int],
+        pattern_of: Mapping[int, int],
+        functions: Mapping[str, Function] | None = None,
+    ):
         self.task_masks, self.pattern_of = task_masks, pattern_of
+        self.functions: Mapping[str, Function] = functions or {}
         self.tmp = 0
         self.consts: list[Any] = []
 
@@ -32,6 +40,12 @@ class _Gen:
 
     def attr(self, name: str) -> str:
         return f"A.get({self.const(name)}, _M)" if "." not in name else f"_g(A, {self.const(name)})"
+
+    def operand(self, op: n.Operand) -> str:
+        """An attribute's value, or a function call's (`_c(R, fn)`: MISSING when the call has no value)."""
+        if op.call:
+            return f"_c(R, {self.const(self.functions[op.name])})"
+        return self.attr(op.name)
 
     def fresh(self) -> str:
         self.tmp += 1
@@ -54,7 +68,7 @@ def _compare(gen: _Gen, node: Any) -> str:
     if node.left.builtin:
         return f"(T {node.op} {gen.const(value)})"
     v = gen.fresh()
-    return f"(({v} := {gen.attr(node.left.name)}) is not _M and {v} {node.op} {gen.const(value)})"
+    return f"(({v} := {gen.operand(node.left)}) is not _M and {v} {node.op} {gen.const(value)})"
 
 
 def _in_list(gen: _Gen, node: Any) -> str:
@@ -62,10 +76,11 @@ def _in_list(gen: _Gen, node: Any) -> str:
     if node.left.builtin:
         return f"(T in {gen.const(values)})"
     v = gen.fresh()
-    return f"(({v} := {gen.attr(node.left.name)}) is not _M and {v} in {gen.const(values)})"
+    return f"(({v} := {gen.operand(node.left)}) is not _M and {v} in {gen.const(values)})"
 
 
-#: Python source for each condition kind, over M (matched-pattern mask), T (tokens) and A (attributes).
+#: Python source for each condition kind, over M (matched-pattern mask), T (tokens), A (attributes) and R (the
+#: Request, which only function calls read).
 _EXPR: Mapping[type, Callable[[_Gen, Any], str]] = n.exhaustive(
     {
         n.And: _and,
@@ -73,7 +88,7 @@ _EXPR: Mapping[type, Callable[[_Gen, Any], str]] = n.exhaustive(
         n.Not: lambda gen, node: f"(not {gen.expr(node.operand)})",
         n.TaskMatch: lambda gen, node: f"((M >> {gen.const(gen.pattern_of[id(node.pattern)])}) & 1)",
         n.TaskIs: lambda gen, node: f"((M & {gen.const(gen.task_masks[node.name])}) != 0)",
-        n.Truthy: lambda gen, node: "(T > 0)" if node.operand.builtin else f"bool({gen.attr(node.operand.name)})",
+        n.Truthy: lambda gen, node: "(T > 0)" if node.operand.builtin else f"bool({gen.operand(node.operand)})",
         n.Compare: _compare,
         n.InList: _in_list,
     },
@@ -88,22 +103,22 @@ _TEMPLATES_MAX = 20_000
 #: Templates compiled per call of compile(): one call per function costs ~65 us, one module of thousands is
 #: slower still; chunks of a few dozen are the fastest.
 CHUNK = 32
-_GLOBALS: dict[str, Any] = {"_M": MISSING, "_g": get_attr, "__builtins__": builtins}
+_GLOBALS: dict[str, Any] = {"_M": MISSING, "_g": get_attr, "_c": call_value, "__builtins__": builtins}
 
 Item = tuple[str, tuple[Any, ...]]  # (template, constants)
 
 
 def _functions(items: list[Item]) -> list[Callable[..., Any]]:
-    """Functions `(M, T, A) -> expression` for `(template, constants)`, in order: each distinct template is
+    """Functions `(M, T, A, R=None) -> expression` for `(template, constants)`, in order: each distinct template is
     compiled once (its constants `_k0`, `_k1`... are parameters with defaults), and each function binds its own
-    constants as those defaults."""
+    constants as those defaults. `constants` starts with R's default (None): see _compiled."""
     if len(_TEMPLATES) > _TEMPLATES_MAX:
         _TEMPLATES.clear()
     todo = list(dict.fromkeys(key for body, consts in items if (key := (body, len(consts))) not in _TEMPLATES))
     for start in range(0, len(todo), CHUNK):
         chunk = todo[start : start + CHUNK]
         source = "".join(
-            f"def _t{j}(M, T, A{''.join(f', _k{c}=None' for c in range(k))}):\n    return {body}\n"
+            f"def _t{j}(M, T, A, R=None{''.join(f', _k{c}=None' for c in range(k - 1))}):\n    return {body}\n"
             for j, (body, k) in enumerate(chunk)
         )
         namespace: dict[str, Any] = {}
@@ -112,12 +127,13 @@ def _functions(items: list[Item]) -> list[Callable[..., Any]]:
             _TEMPLATES[key] = namespace[f"_t{j}"].__code__
     # each function takes its name from its template's code object (`_t0`...): a name of its own per rule would
     # be one more string per rule kept for the policy's lifetime
-    return [FunctionType(_TEMPLATES[(body, len(consts))], _GLOBALS, None, consts or None) for body, consts in items]
+    return [FunctionType(_TEMPLATES[(body, len(consts))], _GLOBALS, None, consts) for body, consts in items]
 
 
-def _compiled(node: n.Cond, task_masks: Mapping[str, int], pattern_of: Mapping[int, int]) -> Item:
-    gen = _Gen(task_masks, pattern_of)
-    return gen.expr(node), tuple(gen.consts)
+def _compiled(node: n.Cond, task_masks: Mapping[str, int], pattern_of: Mapping[int, int], functions: Any) -> Item:
+    """A condition's template and its parameters' defaults: None for R, then its constants."""
+    gen = _Gen(task_masks, pattern_of, functions)
+    return gen.expr(node), (None, *gen.consts)
 
 
 class AtomBook:
@@ -125,17 +141,17 @@ class AtomBook:
     mismatched-types fallback of decide(). A rule's table is compiled on first use, since most rules are never
     traced; one book serves the whole policy, so a rule carries no lazy table of its own."""
 
-    __slots__ = ("_pattern_of", "_tables", "_task_masks")
+    __slots__ = ("_functions", "_pattern_of", "_tables", "_task_masks")
 
-    def __init__(self, task_masks: Mapping[str, int], pattern_of: Mapping[int, int]):
-        self._task_masks, self._pattern_of = task_masks, pattern_of
+    def __init__(self, task_masks: Mapping[str, int], pattern_of: Mapping[int, int], functions: Any = None):
+        self._task_masks, self._pattern_of, self._functions = task_masks, pattern_of, functions
         self._tables: dict[int, dict[int, Callable[..., Any]]] = {}
 
     def of(self, index: int, cond: n.Cond | None) -> Mapping[int, Callable[..., Any]]:
         table = self._tables.get(index)
         if table is None:  # two threads may both compile: the same functions, and either result is kept
             atoms = list(_atoms(cond)) if cond is not None else []
-            made = _functions([_compiled(a, self._task_masks, self._pattern_of) for a in atoms])
+            made = _functions([_compiled(a, self._task_masks, self._pattern_of, self._functions) for a in atoms])
             table = self._tables[index] = {id(a): f for a, f in zip(atoms, made, strict=True)}
         return table
 
@@ -165,19 +181,21 @@ def build_rules(
     cache: dict | None = None,
     *,
     today: datetime.date,
+    functions: Mapping[str, Function] | None = None,
 ) -> tuple[list[CompiledRule], Guards]:
     """Every rule compiled (its condition a Python function, its action a Selector), and each rule's index
-    guard. `cache` (one per compile) lets rules with equal actions share their filtered, sorted pools."""
-    made = iter(_functions([_compiled(r.cond, task_masks, pattern_of) for r in rules if r.cond]))
+    guard. `cache` (one per compile) lets rules with equal actions share their filtered, sorted pools.
+    `functions`: the policy's Python functions by name (every call the rules make names one)."""
+    made = iter(_functions([_compiled(r.cond, task_masks, pattern_of, functions) for r in rules if r.cond]))
     compiled = []
-    book = AtomBook(task_masks, pattern_of)
+    book = AtomBook(task_masks, pattern_of, functions)
     for i, rule in enumerate(rules):
         needs_scan = rule.cond is not None and any(isinstance(a, (n.TaskMatch, n.TaskIs)) for a in _atoms(rule.cond))
         key = f"{rule.span.file}:{rule.span.line}"
         selector = build_selector(rule.action, entries, resolve, key=key, cache=cache, today=today)
         cond = next(made) if rule.cond is not None else None
         compiled.append(CompiledRule(i, rule, cond, book, needs_scan, selector))
-    return compiled, Guards(rules, _Gen(task_masks, pattern_of))
+    return compiled, Guards(rules, _Gen(task_masks, pattern_of, functions))
 
 
 class Guards(Sequence["Guard | None"]):

@@ -12,6 +12,9 @@ whenever the condition is true (`pos`) and keys that fire whenever it is false (
   does (one bisect over the sorted thresholds per operand at decide time); neg: the threshold key that holds
   unless the comparison does.
 * a bare `x`: pos {x truthy}, neg {x missing or falsy}; a bare `tokens` is `tokens > 0`.
+* a condition on a Python function (`complexity() > 50`, `is_urgent()`): no guard either way. The function's
+  value exists only once it is called, with the request; the index never calls it, so such an atom alone leaves
+  its rule tried on every request (an indexable atom beside it under `and` still guards the rule).
 * `a and b`: pos is the most selective of the operands' pos guards (any one is necessary); neg is the union of
   their neg guards. `a or b` the other way round. `not a` swaps pos and neg.
 
@@ -61,6 +64,8 @@ def _hashable(values: tuple) -> bool:
 
 def _equality(node: Any, gen: Any) -> Pair:
     """`x == c` and `x in [..]`."""
+    if node.left.call:
+        return None, None
     values = tuple(i.value for i in node.right.items) if isinstance(node, n.InList) else (node.right.value,)
     if not _hashable(values):
         return None, None
@@ -69,7 +74,7 @@ def _equality(node: Any, gen: Any) -> Pair:
 
 
 def _compare(node: Any, gen: Any) -> Pair:
-    if node.op == "==":
+    if node.op == "==" or node.left.call:
         return _equality(node, gen)
     x = _operand(node.left)
     value = node.right.value
@@ -89,6 +94,8 @@ def _orderable(value: Any) -> bool:
 
 
 def _truthy(node: Any, gen: Any) -> Pair:
+    if node.operand.call:
+        return None, None
     if node.operand.builtin:  # `tokens` alone: tokens > 0
         return _one(Range(BUILTIN, ">", 0, True)), _one(Range(BUILTIN, ">", 0, False))
     x = _operand(node.operand)

@@ -7,18 +7,21 @@ from __future__ import annotations
 import datetime
 import functools
 import sys
-from collections.abc import Callable
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from engine.compiler.actions import ADHOC_KEY, SETTINGS_KEY, on_request
+from engine.compiler.actions import ADHOC_KEY, FUNCTIONS_KEY, RANKERS_KEY, SETTINGS_KEY, on_request
 from engine.compiler.codegen import build_rules, literal, number, retired
 from engine.diagnostics import Diagnostic, PolicyError, did_you_mean
 from engine.language import nodes as n
 from engine.language.load import Loaded, display_name
 from engine.language.parse import gc_paused
+from engine.runtime.functions import Function, Ranker
 from engine.runtime.index import build_index
 from engine.runtime.matcher import FLAGS, Matcher, check, to_re2
 from engine.runtime.policy import BudgetSpec, CompiledPolicy, Entry
@@ -67,6 +70,8 @@ class Context:
     budgets: list[n.Budget] = field(default_factory=list)
     tests: list[n.TestBlock] = field(default_factory=list)
     adhoc: dict[str, ModelSpec] = field(default_factory=dict)  # `provider:model` names the catalog does not list
+    functions: Mapping[str, Function] | None = None  # Engine.load(functions=...); None: none were provided
+    rankers: Mapping[str, Ranker] | None = None  # Engine.load(rankers=...); None: none were provided
 
     @functools.cached_property
     def adhoc_allowed(self) -> bool:
@@ -324,6 +329,8 @@ def pass_names(ctx: Context) -> None:
             )
 
     for rule in ctx.rules:
+        for call in n.calls_in(rule.cond):
+            _provided(ctx, "function", call.name, call.span, ctx.functions)
         if rule.cond is not None:
             for node in n.walk_cond(rule.cond):
                 if isinstance(node, n.TaskIs) and node.name not in ctx.tasks:
@@ -340,11 +347,15 @@ def pass_names(ctx: Context) -> None:
                 ctx.resolve_model(ref)
         for r in act.rankings:
             cap(r.capability, r.span)
+            if r.ranker is not None:
+                _provided(ctx, "ranker", r.ranker, r.span, ctx.rankers)
             for term in r.terms:
                 if term.factor == "capability":
                     cap(term.name, term.span)
                 elif term.factor == "attr":
                     _score_attr(ctx, term)
+                elif term.factor == "call":
+                    _provided(ctx, "function", str(term.name), term.span, ctx.functions)
         for c in act.where:
             if c.metric == "capability":
                 cap(c.capability, c.metric_span)
@@ -366,6 +377,38 @@ def pass_names(ctx: Context) -> None:
                     "not a feature",
                     did_you_mean(str(c.value.value), features) or "features: " + ", ".join(sorted(features)),
                 )
+
+
+#: What the engine's keyword gives, for each kind of Python extension point.
+_EXTENSION = {"function": ("E313", "functions"), "ranker": ("E314", "rankers")}
+
+
+def _provided(ctx: Context, kind: str, name: str, span: n.Span, given: Mapping[str, Any] | None) -> None:
+    """E313 (a function call) / E314 (`prefer custom(NAME)`) when the engine was given no such Python function or
+    ranker; `given` None: the compile was given none at all (e.g. `modelroute check` without --functions)."""
+    if given is not None and name in given:
+        return
+    code, keyword = _EXTENSION[kind]
+    shown = f"{name}()" if kind == "function" else f"custom({name})"
+    called = f"{name}()" if kind == "function" else name
+    if given is None:
+        ctx.error(
+            code,
+            f"{kind} `{called}` is not provided",
+            span,
+            f"calls Python code: {shown}",
+            f'give it to the engine: Engine.load(..., {keyword}={{"{name}": fn}}); from the command line: '
+            f"--{keyword} module:NAME (a dict of {keyword} in an importable module)",
+        )
+        return
+    ctx.error(
+        code,
+        f"unknown {kind} `{called}`",
+        span,
+        f"not one of the {keyword} given",
+        did_you_mean(name, given)
+        or (f"{keyword} given: " + ", ".join(sorted(given)) if given else f"the engine was given no {keyword}"),
+    )
 
 
 #: Words that read as a request attribute inside `score(...)` but are surely meant as something else.
@@ -602,13 +645,27 @@ PASSES: tuple[tuple[str, Callable[[Context], None]], ...] = (
 
 
 def compile_loaded(
-    loaded: Loaded, catalog: Catalog | None = None, *, today: datetime.date | None = None
+    loaded: Loaded,
+    catalog: Catalog | None = None,
+    *,
+    today: datetime.date | None = None,
+    functions: Mapping[str, Callable[..., Any]] | None = None,
+    rankers: Mapping[str, Callable[..., Any]] | None = None,
 ) -> CompiledPolicy:
     """Run every pass; raise PolicyError with all diagnostics, or return the compiled policy.
 
     `today` (default: current_date() now) is the date deprecations count from: `prefer` over the catalog never
-    ranks a model whose deprecation_date is on or before it."""
-    ctx = Context(loaded=loaded, today=as_date(today), given_catalog=catalog, diagnostics=list(loaded.diagnostics))
+    ranks a model whose deprecation_date is on or before it. `functions` / `rankers`: the Python functions
+    (`complexity()`) and rankers (`prefer custom(NAME)`) the policy may call, by name (engine/options.py checks
+    them); None means none were provided, and each call is an error that says so (E313, E314)."""
+    ctx = Context(
+        loaded=loaded,
+        today=as_date(today),
+        given_catalog=catalog,
+        diagnostics=list(loaded.diagnostics),
+        functions=None if functions is None else {k: Function(k, fn) for k, fn in functions.items()},
+        rankers=None if rankers is None else {k: Ranker(k, fn) for k, fn in rankers.items()},
+    )
     with gc_paused():  # a big policy allocates many objects, none of them garbage: see gc_paused
         for _name, run in PASSES:
             run(ctx)
@@ -648,9 +705,21 @@ def build(ctx: Context) -> CompiledPolicy:
 
     settings = _settings(ctx)
     # the health settings and the ad-hoc models reach the selectors through the cache
-    selector_cache: dict = {SETTINGS_KEY: settings, ADHOC_KEY: frozenset(ctx.adhoc)}
+    selector_cache: dict = {
+        SETTINGS_KEY: settings,
+        ADHOC_KEY: frozenset(ctx.adhoc),
+        FUNCTIONS_KEY: ctx.functions or {},
+        RANKERS_KEY: ctx.rankers or {},
+    }
     rules, guards = build_rules(
-        ctx.rules, entries, resolve, task_masks, ctx.pattern_of, selector_cache, today=ctx.today
+        ctx.rules,
+        entries,
+        resolve,
+        task_masks,
+        ctx.pattern_of,
+        selector_cache,
+        today=ctx.today,
+        functions=ctx.functions,
     )
     index = build_index(guards, len(ctx.pids))
     digest = ctx.loaded.digest()
@@ -711,10 +780,30 @@ def _settings(ctx: Context) -> Settings:
     return Settings(values)
 
 
-@functools.lru_cache(maxsize=16)
+#: The last few compiled RE2 sets, by the hash of their patterns (see _matcher).
+_MATCHERS: OrderedDict[int, Matcher] = OrderedDict()
+_MATCHERS_MAX = 16
+_matchers_lock = threading.Lock()
+
+
 def _matcher(sources: tuple[str, ...], display: tuple[str, ...]) -> Matcher:
-    """Compiled RE2 sets are immutable: a reload whose patterns did not change reuses the last one."""
-    return Matcher(sources, display)
+    """Compiled RE2 sets are immutable: a reload whose patterns did not change reuses the last one. The cache is
+    keyed by a hash of the patterns, not by the patterns themselves (a key that held them kept ~1.8 MB per 10,000
+    phrases alive besides each set); a hit is checked against the set's own patterns, so a hash collision only
+    compiles a new set."""
+    key = hash((sources, display))
+    with _matchers_lock:
+        found = _MATCHERS.get(key)
+        if found is not None and found.sources == sources and found.display == display:
+            _MATCHERS.move_to_end(key)
+            return found
+    made = Matcher(sources, display)
+    with _matchers_lock:
+        _MATCHERS[key] = made
+        _MATCHERS.move_to_end(key)
+        while len(_MATCHERS) > _MATCHERS_MAX:
+            _MATCHERS.popitem(last=False)
+    return made
 
 
 def _entry(spec: ModelSpec) -> Entry:

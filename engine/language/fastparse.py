@@ -44,6 +44,7 @@ GRAMMAR_WORDS = frozenset(
         "consensus",
         "context",
         "cost",
+        "custom",
         "expect",
         "fallback",
         "fastest",
@@ -87,7 +88,7 @@ GRAMMAR_WORDS = frozenset(
 
 #: Grammar words that are keywords only inside an action (after `prefer`, a ranking or a split), so that where a
 #: condition's operand or a value belongs lark's contextual lexer always reads them as names (`score >= 3`).
-ACTION_ONLY_WORDS = frozenset(["among", "as", "healthiest", "score"])
+ACTION_ONLY_WORDS = frozenset(["among", "as", "custom", "healthiest", "score"])
 _VALUE_WORDS = GRAMMAR_WORDS - ACTION_ONLY_WORDS
 
 # The grammar's terminals (grammar/route.lark), highest priority first where two can match the same text.
@@ -193,6 +194,11 @@ class _Parser:
             raise _GiveUp
         self.i += 1
         return self.i - 1
+
+    def punct(self, text: str) -> bool:
+        """Whether the next token is the punctuation `text`."""
+        t = self.peek()
+        return t is not None and t[0] == "PUNCT" and t[1] == text
 
     def name(self) -> int:
         """A NAME that is not a grammar word."""
@@ -323,12 +329,17 @@ class _Parser:
         first = self.i
         if t[0] == "NAME" and t[1] == "tokens":
             self.i += 1
-            operand = n.Operand("tokens", True, self.tok_span(first))
+            operand, end = n.Operand("tokens", True, self.tok_span(first)), first
         else:
-            at = self.take("NAME")
-            if self.toks[at][1] in _VALUE_WORDS:
+            end = self.take("NAME")
+            if self.toks[end][1] in _VALUE_WORDS:
                 raise _GiveUp
-            operand = n.Operand(self.toks[at][1], False, self.tok_span(at))
+            if self.punct("("):  # `complexity()`: a Python function's value
+                self.i += 1
+                end = self.take("PUNCT", ")")
+                operand = n.Operand(self.toks[first][1], False, self.span(first, end), True)
+            else:
+                operand = n.Operand(self.toks[end][1], False, self.tok_span(end))
         t = self.peek()
         if t is not None and t[0] == "COMPARE":
             self.i += 1
@@ -338,7 +349,7 @@ class _Parser:
             self.i += 1
             items, last = self.list_lit()
             return n.InList(operand, items, self.span(first, last)), first, last
-        return n.Truthy(operand, operand.span), first, first
+        return n.Truthy(operand, operand.span), first, end
 
     # ---- values
     def value(self) -> tuple[n.Value, int]:
@@ -450,6 +461,11 @@ class _Parser:
             return n.Ranking("capability", self.toks[name][1], self.span(first, last))
         if word in ("cheapest", "fastest", "least_busy", "healthiest"):
             return n.Ranking(word, None, self.tok_span(first))
+        if word == "custom":
+            self.take("PUNCT", "(")
+            name = self.name()
+            last = self.take("PUNCT", ")")
+            return n.Ranking("custom", None, self.span(first, last), ranker=self.toks[name][1])
         if word == "score":
             self.take("PUNCT", "(")
             terms = []
@@ -499,6 +515,10 @@ class _Parser:
             return word, None
         if word in GRAMMAR_WORDS:
             raise _GiveUp
+        if self.punct("("):  # `complexity()`: a Python function's value
+            self.i += 1
+            self.take("PUNCT", ")")
+            return "call", word
         return "attr", word
 
     def constraint(self) -> n.Constraint:

@@ -29,7 +29,8 @@ WIDTH = 100
 INDENT = "    "
 _NO_SPACE_BEFORE = frozenset({",", ")", "]"})
 _NO_SPACE_AFTER = frozenset({"(", "["})
-_CALLS = frozenset({"capability", "score"})  # words written with their `(` attached
+_CALLS = frozenset({"capability", "score", "custom"})  # words written with their `(` attached
+_FUNCTION_CALLS = frozenset({"call_ref", "factor_call"})  # `complexity()`: written as one word
 _SIGNS = frozenset({"+", "-"})
 
 
@@ -158,6 +159,8 @@ def _tokens(node: Tree | Token) -> list[tuple[str, bool]]:
     """The node's tokens as (text, glued): glued tokens take no space on either side (`=` in `with k=v`)."""
     if isinstance(node, Token):
         return [(str(node), False)]
+    if node.data in _FUNCTION_CALLS:
+        return [(f"{node.children[0]}()", False)]
     out: list[tuple[str, bool]] = []
     for child in node.children:
         if node.data == "assign" and isinstance(child, Token) and child.value == "=":

@@ -81,11 +81,13 @@ class TaskIs:
 
 @dataclass(frozen=True, slots=True)
 class Operand:
-    """`tokens` (builtin) or a request attribute name (possibly dotted)."""
+    """`tokens` (builtin), a request attribute name (possibly dotted), or with `call` a Python function's name:
+    `complexity()` calls the function given to Engine.load(functions=...) with the request."""
 
     name: str
     builtin: bool
     span: Span
+    call: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +158,8 @@ class ModelRef:
 @dataclass(frozen=True, slots=True)
 class ScoreTerm:
     """One term of `score(...)`: `coef * factor`, where factor is capability (with its name), cost, price,
-    latency, context, tokens or attr (a request attribute, its name in `name`)."""
+    latency, context, tokens, attr (a request attribute, its name in `name`) or call (a Python function,
+    `complexity()`, its name in `name`)."""
 
     coef: float
     factor: str
@@ -170,12 +173,14 @@ SCORE_FACTORS = ("capability", "cost", "price", "latency", "context", "tokens")
 
 @dataclass(frozen=True, slots=True)
 class Ranking:
-    """`capability(NAME)`, `cheapest`, `fastest`, `least_busy`, `healthiest` or `score(...)` (its terms)."""
+    """`capability(NAME)`, `cheapest`, `fastest`, `least_busy`, `healthiest`, `score(...)` (its terms) or
+    `custom(NAME)` (a Python ranker given to Engine.load(rankers=...), its name in `ranker`)."""
 
     kind: str
     capability: str | None
     span: Span
     terms: tuple[ScoreTerm, ...] = ()
+    ranker: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,6 +324,20 @@ class Module:
     file: str
     source: str
     body: tuple[Stmt, ...] = field(default_factory=tuple)
+
+
+def calls_in(cond: Cond | None) -> list[Operand]:
+    """The function calls (`complexity()`) a condition makes, in order."""
+    if cond is None:
+        return []
+    out = []
+    for node in walk_cond(cond):
+        operand = (
+            node.operand if isinstance(node, Truthy) else node.left if isinstance(node, (Compare, InList)) else None
+        )
+        if isinstance(operand, Operand) and operand.call:
+            out.append(operand)
+    return out
 
 
 def walk_cond(cond: Cond):

@@ -262,6 +262,9 @@ class _ToAST:
     def tokens_ref(self, meta, children):
         return n.Operand("tokens", True, self._span(meta))
 
+    def call_ref(self, meta, children):
+        return n.Operand(str(children[0]), False, self._span(meta), True)
+
     def attr_ref(self, meta, children):
         return n.Operand(str(children[0]), False, self._span(meta))
 
@@ -373,6 +376,9 @@ class _ToAST:
     def factor_tokens(self, meta, children):
         return ("tokens", None)
 
+    def factor_call(self, meta, children):
+        return ("call", str(children[0]))
+
     def factor_attr(self, meta, children):
         return ("attr", str(children[0]))
 
@@ -442,6 +448,9 @@ class _ToAST:
 
     def rank_capability(self, meta, children):
         return n.Ranking("capability", str(children[0]), self._span(meta))
+
+    def rank_custom(self, meta, children):
+        return n.Ranking("custom", None, self._span(meta), ranker=str(children[0]))
 
     def rank_cheapest(self, meta, children):
         return n.Ranking("cheapest", None, self._span(meta))
@@ -743,11 +752,12 @@ def _token_hint(tok: Token, expected: set[str], text: str = "") -> str | None:
     if "USE" in expected and "PREFER" in expected:
         return (
             "a rule needs an action: `use MODEL`, `prefer RANKING` (capability(NAME), cheapest, fastest, "
-            "least_busy, healthiest, score(...)), `balance`, `split`, `race`, `consensus` or `best_of`"
+            "least_busy, healthiest, score(...), custom(NAME)), `balance`, `split`, `race`, `consensus` or `best_of`"
         )
     if expected & {"CAPABILITY", "CHEAPEST", "FASTEST"} and "NAME" not in expected:
         return (
-            f"`{value}` is not a ranking: use capability(NAME), cheapest, fastest, least_busy, healthiest or score(...)"
+            f"`{value}` is not a ranking: use capability(NAME), cheapest, fastest, least_busy, healthiest, score(...) "
+            "or custom(NAME)"
         )
     if "NAME" in expected and value in KEYWORDS:
         return f"`{value}` is a keyword; pick another name"

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, overload
 
 from engine.language import nodes as n
 from engine.runtime.constraints import check
+from engine.runtime.functions import Failed
 from engine.runtime.index import ALL, BIG, PLAIN
 from engine.runtime.policy import MISSING, CompiledPolicy, CompiledRule, Entry, Request, get_attr
 from engine.runtime.report import (
@@ -105,9 +106,9 @@ def _try(rule: CompiledRule, req: Request, matched: int, scanned: bool, lazy: bo
     """One candidate rule: its condition, then its pick, or a fallback standing in (Selector.stand_in)."""
     cond = rule.cond
     try:
-        holds = cond is None or cond(matched, req.tokens, req.attrs)
+        holds = cond is None or cond(matched, req.tokens, req.attrs, req)
     except TypeError:  # a comparison between mismatched types: that comparison is false
-        holds = _cond_value(rule, rule.node.cond, matched, req.tokens, req.attrs, None, 0)
+        holds = _cond_value(rule, rule.node.cond, matched, req.tokens, req.attrs, None, 0, req=req)
     if not holds:
         return None
     sel = rule.selector
@@ -222,8 +223,10 @@ def _cond_value(
     depth: int,
     policy: CompiledPolicy | None = None,
     text: str = "",
+    req: Request | None = None,
 ) -> bool:
-    """Evaluate a condition atom by atom (every atom, for a complete trace); append Atoms to `out`."""
+    """Evaluate a condition atom by atom (every atom, for a complete trace); append Atoms to `out`. `req` is
+    what function calls read (without it, a call has no value)."""
     if node is None:
         return True
     combine = _COMBINE.get(type(node))
@@ -233,18 +236,20 @@ def _cond_value(
             out.append(Atom(depth=depth, text="", value=False))
         parts = (node.operand,) if isinstance(node, n.Not) else node.operands  # type: ignore[union-attr]
         word, fold = combine
-        value = fold([_cond_value(rule, p, matched, tokens, attrs, out, depth + 1, policy, text) for p in parts])
+        value = fold([_cond_value(rule, p, matched, tokens, attrs, out, depth + 1, policy, text, req) for p in parts])
         if out is not None:
             out[slot] = Atom(depth=depth, text=word, value=value)
         return value
     try:
-        value = bool(rule.atoms[id(node)](matched, tokens, attrs))
+        value = bool(rule.atoms[id(node)](matched, tokens, attrs, req))
         note = None
     except TypeError:
         value, note = False, "type mismatch: the comparison is false"
     if out is not None:
-        shown, extra = _DESCRIBE[type(node)](node, _Seen(matched, tokens, attrs, policy, text))
-        out.append(Atom(depth=depth, text=shown, value=value, note=note or extra))
+        shown, extra = _DESCRIBE[type(node)](node, _Seen(matched, tokens, attrs, policy, text, req))
+        if extra is not None and (note is None or extra.startswith(_CALLED)):
+            note = extra  # a function call's value (or failure) says more than a type mismatch
+        out.append(Atom(depth=depth, text=shown, value=value, note=note))
     return value
 
 
@@ -256,6 +261,7 @@ class _Seen(NamedTuple):
     attrs: Any
     policy: CompiledPolicy | None
     text: str
+    req: Request | None = None
 
 
 def _task_match(node: Any, seen: _Seen) -> tuple[str, str | None]:
@@ -274,30 +280,55 @@ def _task_is(node: Any, seen: _Seen) -> tuple[str, str | None]:
     return f"task is {node.name}", note
 
 
+#: How a note on a function call starts (it wins over a type-mismatch note: it says more).
+_CALLED = "called "
+
+
+def _call_of(operand: n.Operand, seen: _Seen) -> Any:
+    """A function call's value for the traced request (Failed when it has none; None when it was not called)."""
+    return seen.req.calls.get(operand.name) if seen.req is not None and seen.req.calls else None
+
+
 def _actual(operand: n.Operand, seen: _Seen) -> tuple[Any, str]:
-    actual: Any = seen.tokens if operand.builtin else get_attr(seen.attrs, operand.name)
+    actual: Any
+    if operand.call:
+        actual = _call_of(operand, seen)
+        return (MISSING, "(no value)") if actual is None or isinstance(actual, Failed) else (actual, _show(actual))
+    actual = seen.tokens if operand.builtin else get_attr(seen.attrs, operand.name)
     return actual, "missing" if actual is MISSING else _show(actual)
 
 
-def _not_passed(operand: n.Operand, actual: Any) -> str | None:
-    return f"{operand.name} was not passed: every comparison with it is false" if actual is MISSING else None
+def _not_passed(
+    operand: n.Operand, actual: Any, seen: _Seen, then: str = ": every comparison with it is false"
+) -> str | None:
+    """The note of an atom on an operand: a function call's value (or why it has none), a missing attribute."""
+    if operand.call:
+        value = _call_of(operand, seen)
+        if isinstance(value, Failed):
+            return f"{_CALLED}{operand.name}(): it {value.why}, so the condition is false"
+        return f"{_CALLED}{operand.name}() = {_show(value)}" if value is not None else None
+    return f"{operand.name} was not passed{then}" if actual is MISSING else None
+
+
+def _shown_name(operand: n.Operand) -> str:
+    return f"{operand.name}()" if operand.call else operand.name
 
 
 def _truthy(node: Any, seen: _Seen) -> tuple[str, str | None]:
     actual, shown = _actual(node.operand, seen)
-    return f"{node.operand.name} {shown}", (f"{node.operand.name} was not passed" if actual is MISSING else None)
+    return f"{_shown_name(node.operand)} {shown}", _not_passed(node.operand, actual, seen, then="")
 
 
 def _compare(node: Any, seen: _Seen) -> tuple[str, str | None]:
     actual, shown = _actual(node.left, seen)
     right = fmt_value(node.right.kind, node.right.value) if not node.left.builtin else f"{node.right.value:g}"
-    return f"{node.left.name} {shown} {node.op} {right}", _not_passed(node.left, actual)
+    return f"{_shown_name(node.left)} {shown} {node.op} {right}", _not_passed(node.left, actual, seen)
 
 
 def _in_list(node: Any, seen: _Seen) -> tuple[str, str | None]:
     actual, shown = _actual(node.left, seen)
     items = ", ".join(fmt_value(i.kind, i.value) for i in node.right.items)
-    return f"{node.left.name} {shown} in [{items}]", _not_passed(node.left, actual)
+    return f"{_shown_name(node.left)} {shown} in [{items}]", _not_passed(node.left, actual, seen)
 
 
 #: How explain shows each condition atom, and how it folds each combinator's operands.
@@ -389,7 +420,7 @@ def trace(
     decided: tuple[CompiledRule, Entry] | None = None
     for rule in policy.rules:
         atoms: list[Atom] = []
-        ok = _cond_value(rule, rule.node.cond, matched, req.tokens, req.attrs, atoms, 0, policy, req.text)
+        ok = _cond_value(rule, rule.node.cond, matched, req.tokens, req.attrs, atoms, 0, policy, req.text, req)
         ref = RuleRef(index=rule.index, file=rule.file, line=rule.line, col=rule.span.col, text=rule.text)
         if not ok:
             traces.append(RuleTrace(rule=ref, matched=False, outcome="no match", conditions=atoms))
@@ -402,11 +433,12 @@ def trace(
                 pick = policy.models[chosen[1]]
         else:
             pick = sel.pick(req)
-        note = None
+        notes = sel.notes(req)  # e.g. a `where` limit on a request attribute that does not apply, and why
         if pick is None and sel.fallbacks:
             pick = sel.stand_in(req)
             if pick is not None:
-                note = stand_in_reason(sel, req, pick)
+                notes.insert(0, stand_in_reason(sel, req, pick))
+        note = "; ".join(notes) or None
         cands = _candidates(rule, req, pick, policy)
         outcome: RuleOutcome = "decided" if pick is not None else "no viable model"
         traces.append(RuleTrace(rule=ref, matched=True, outcome=outcome, conditions=atoms, candidates=cands, note=note))

@@ -2,7 +2,9 @@
 (ascending rule indices) out, so decide() never walks a rule whose guard says it cannot hold.
 
 What a request fires, and the stream it gives:
-* rules with no guard: one sorted tuple;
+* rules with no guard: one sorted tuple. A condition on a Python function (`complexity() > 50`, `is_urgent()`)
+  has no guard: its value exists only once the function is called with the request, and the index never calls
+  it, so a rule whose only test is a function call is tried on every request (docs/performance.md);
 * `x == c` / `x in [..]`: a dict lookup of x's value, a sorted tuple;
 * thresholds (`tokens > N`, `score <= N`, and their negations): per operand and comparison, the thresholds are
   sorted at compile time, so one bisect gives the fired ones (engine/runtime/streams.py: RangeFamily);

@@ -119,7 +119,7 @@ def probe_first(steps: Iterable[PlanStep], until: Mapping[str, float]) -> tuple[
 
 
 def unblocked(req: Request) -> Request:
-    """The same request with no model held back by an open circuit."""
+    """The same request with no model held back by an open circuit (its Python functions' values shared)."""
     from engine.runtime.policy import Request
 
     return Request(
@@ -132,7 +132,16 @@ def unblocked(req: Request) -> Request:
         frozenset(),
         req.state,
         req.latency,
+        req.messages,
+        _calls(req),
     )
+
+
+def _calls(req: Request) -> dict:
+    """The request's function and ranker values, shared with a copy of it (each call once per request)."""
+    if req.calls is None:
+        req.calls = {}
+    return req.calls
 
 
 def _could_serve(sel: Selector, free: Request, plan: list[str]) -> list[str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
@@ -92,7 +92,9 @@ class Request:
 
     __slots__ = (
         "attrs",
+        "calls",
         "latency",
+        "messages",
         "need_tools",
         "need_vision",
         "out_tokens",
@@ -113,6 +115,8 @@ class Request:
         unavailable: frozenset[str] = frozenset(),
         state: Any = None,
         latency: Mapping[str, float] = _EMPTY,
+        messages: Sequence[Any] | None = None,
+        calls: dict[Any, Any] | None = None,
     ):
         self.text = text
         self.tokens = tokens
@@ -123,6 +127,8 @@ class Request:
         self.unavailable = unavailable  # models to skip (open circuits)
         self.state = state  # engine.state.StateStore: round-robin positions, in-flight counts
         self.latency = latency  # measured latency (ms) by model, for `fastest`
+        self.messages = messages  # the caller's messages (None: a prompt), for the policy's Python functions
+        self.calls = calls  # each Python function's (and ranker's) value for this request (engine/runtime/functions.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +182,7 @@ class AtomSource(Protocol):
 class CompiledRule:
     index: int
     node: n.Rule
-    cond: Callable[..., Any] | None  # fast (M, T, A) -> truthy; None for `otherwise`
+    cond: Callable[..., Any] | None  # fast (M, T, A, R) -> truthy (R: the Request); None for `otherwise`
     book: AtomSource  # the atoms' functions (see `atoms`), shared by every rule of the policy
     needs_scan: bool
     selector: Selector
@@ -191,7 +197,7 @@ class CompiledRule:
 
     @property
     def atoms(self) -> Mapping[int, Callable[..., Any]]:
-        """id(atom node) -> (M, T, A) -> truthy, for traced evaluation (compiled on first use)."""
+        """id(atom node) -> (M, T, A, R) -> truthy, for traced evaluation (compiled on first use)."""
         return self.book.of(self.index, self.node.cond)
 
     @property

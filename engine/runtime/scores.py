@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from engine.runtime.functions import Failed, Function, number_of
 from engine.runtime.policy import MISSING, RankKey, get_attr
 from engine.runtime.units import fmt_money, fmt_seconds
 
@@ -36,15 +37,18 @@ _EMPTY: Mapping[str, float] = MappingProxyType({})
 @dataclass(frozen=True, slots=True)
 class Term:
     """`coef * factor` of a score: factor capability (name: the capability), cost, price, latency, context,
-    tokens or attr (name: the request attribute)."""
+    tokens, attr (name: the request attribute) or call (name: the Python function, `fn` it)."""
 
     coef: float
     factor: str
     name: str | None = None
+    fn: Function | None = field(default=None, compare=False, hash=False)
 
     @property
     def text(self) -> str:
-        what = {"capability": f"capability({self.name})", "attr": str(self.name)}.get(self.factor, self.factor)
+        what = {"capability": f"capability({self.name})", "attr": str(self.name), "call": f"{self.name}()"}.get(
+            self.factor, self.factor
+        )
         return f"{abs(self.coef):g} * {what}" if abs(self.coef) != 1 else what
 
     def static_value(self, e: Entry) -> float | None:
@@ -98,9 +102,9 @@ class ScoreRank(RankKey):
 
     @property
     def dynamic(self) -> bool:
-        """Whether the order depends on the request (a cost term): model-independent terms (tokens, request
-        attributes) add the same to every model."""
-        return any(t.factor == "cost" for t in self.terms)
+        """Whether the order depends on the request (a cost term, or a function call, whose failure makes every
+        score unknown): model-independent terms (tokens, request attributes) add the same to every model."""
+        return any(t.factor in ("cost", "call") for t in self.terms)
 
     def _static(self, e: Entry) -> float:
         value = self.static.get(e.name)
@@ -120,11 +124,17 @@ class ScoreRank(RankKey):
                 v = _request_number(req, t.name or "")
                 if v is not None:
                     total += t.coef * v
+            elif f == "call":
+                called = number_of(req, t.fn) if t.fn is not None else None
+                if called is None or isinstance(called, Failed):
+                    return -math.inf  # the score is unknown: the model ranks after every model with a score
+                total += t.coef * called
         return total
 
     def key(self, e: Entry, req: Request | None) -> float:
         # scores compare to 9 decimal places: the same sum added up in another order is the same score
-        return -round(self.score(e, req), 9)
+        value = self.score(e, req)
+        return -round(value, 9) if math.isfinite(value) else math.inf
 
     def shown(self, e: Entry, req: Request) -> str:
         """`score 46.5 = +30 (3 x REASONING 10) +18 (2 x CODING 9) -1.5 (-100 x cost $0.015)`."""
@@ -142,6 +152,12 @@ class ScoreRank(RankKey):
                 shown = fmt_money(v)
             elif t.factor == "tokens":
                 v, shown = float(req.tokens), f"{req.tokens}"
+            elif t.factor == "call":
+                called = number_of(req, t.fn) if t.fn is not None else Failed("is not provided")
+                if isinstance(called, Failed):
+                    parts.append(f"{t.name}() {called.why}: the score is unknown (ranks last)")
+                    continue
+                v, shown, what = called, f"{called:g}", f"{t.name}()"
             else:
                 v = _request_number(req, t.name or "")
                 if v is None:
@@ -149,7 +165,8 @@ class ScoreRank(RankKey):
                     continue
                 shown = f"{v:g}"
             parts.append(f"{t.coef * v + 0.0:+.6g} ({t.coef:g} x {what} {shown})")  # + 0.0: no "-0"
-        return f"score {self.score(e, req):.6g} = " + " ".join(parts)
+        total = self.score(e, req)
+        return (f"score {total:.6g} = " if math.isfinite(total) else "score unknown = ") + " ".join(parts)
 
 
 def success_rates(req: Request, window: float) -> Mapping[str, float]:

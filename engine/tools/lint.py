@@ -102,7 +102,8 @@ class Facts:
             self._add(node, positive)
 
     def var(self, op: n.Operand) -> Var:
-        key = "\0tokens" if op.builtin else op.name
+        # a function call is one value per request (each function is called once), so it reasons like an attribute
+        key = "\0tokens" if op.builtin else f"\0call {op.name}" if op.call else op.name
         if key not in self.vars:
             tokens = Var(integer=True, present=True, lo=0, lo_open=False, numeric=True)
             self.vars[key] = tokens if op.builtin else Var()

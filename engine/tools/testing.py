@@ -8,6 +8,7 @@ resolve against the policy's aliases and catalog, and it cannot change the polic
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,11 +108,18 @@ def load_with_tests(path: str | Path) -> tuple[Loaded, list[str]]:
     return loaded, added
 
 
-def compile_with_tests(path: str | Path, *, today: datetime.date | None = None) -> tuple[CompiledPolicy, list[str]]:
+def compile_with_tests(
+    path: str | Path,
+    *,
+    today: datetime.date | None = None,
+    functions: Mapping[str, Callable[..., Any]] | None = None,
+    rankers: Mapping[str, Callable[..., Any]] | None = None,
+) -> tuple[CompiledPolicy, list[str]]:
     """Compile a policy together with its test files; raises PolicyError with every diagnostic. `today` is the
-    date deprecations count from (None: the date now)."""
+    date deprecations count from (None: the date now); `functions` / `rankers`: the Python functions and rankers
+    the policy calls (Engine.load's)."""
     loaded, added = load_with_tests(path)
-    return compile_loaded(loaded, today=today), added
+    return compile_loaded(loaded, today=today, functions=functions or None, rankers=rankers or None), added
 
 
 # ---- results -----------------------------------------------------------------------------------------------
