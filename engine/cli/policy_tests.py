@@ -6,11 +6,20 @@ import datetime
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.markup import escape
 
-from engine.cli.app import EXIT_ERRORS, EXIT_OK, _console, exit_on_policy_error, policy_or_default, today_option
+from engine.cli.app import (
+    EXIT_ERRORS,
+    EXIT_OK,
+    _console,
+    exit_on_policy_error,
+    extension_options,
+    policy_or_default,
+    today_option,
+)
 from engine.diagnostics import PolicyError
 from engine.tools.explain import render_markup
 from engine.tools.testing import CaseResult, Coverage, RunResult, compile_with_tests, run_tests
@@ -32,8 +41,15 @@ from engine.tools.testing import CaseResult, Coverage, RunResult, compile_with_t
     help="Run only expects whose test name or prompt contains PATTERN (case-insensitive).",
 )
 @today_option
+@extension_options
 def test_command(
-    policy: Path | None, show_coverage: bool, as_json: bool, pattern: str | None, today: datetime.date | None
+    policy: Path | None,
+    show_coverage: bool,
+    as_json: bool,
+    pattern: str | None,
+    today: datetime.date | None,
+    functions: Any,
+    rankers: Any,
 ) -> None:
     """Run the policy's tests: `test` blocks in the policy and in *_test.route files beside it.
 
@@ -46,10 +62,11 @@ def test_command(
       modelroute test policies/ --coverage
       modelroute test policies/main_test.route -k legal
       modelroute test --json
+      modelroute test --functions myrouting:FUNCTIONS (a policy that calls complexity())
     """
     path = policy_or_default(policy)
     try:
-        compiled, files = compile_with_tests(path, today=today)
+        compiled, files = compile_with_tests(path, today=today, functions=functions, rankers=rankers)
     except PolicyError as err:
         exit_on_policy_error(err, as_json)
     result = run_tests(compiled, pattern, tuple(files))
