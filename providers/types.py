@@ -56,7 +56,27 @@ class ImagePart(BaseModel, frozen=True):
     mime_type: str = "image/png"
 
 
-Part = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+class AudioPart(BaseModel, frozen=True):
+    """Audio given as base64 `data` in `format` (wav or mp3); `mime_type` names it for providers that want one."""
+
+    type: Literal["audio"] = "audio"
+    data: str = Field(repr=False)
+    format: str = "wav"
+    mime_type: str = "audio/wav"
+
+
+class FilePart(BaseModel, frozen=True):
+    """A document (a PDF) given as base64 `data` with its `mime_type`, or by the `file_id` of a file stored at
+    OpenAI (only OpenAI-kind providers can read that)."""
+
+    type: Literal["file"] = "file"
+    data: str | None = Field(default=None, repr=False)
+    mime_type: str = "application/pdf"
+    filename: str | None = None
+    file_id: str | None = None
+
+
+Part = Annotated[TextPart | ImagePart | AudioPart | FilePart, Field(discriminator="type")]
 
 
 class ToolCall(BaseModel, frozen=True):
@@ -88,7 +108,7 @@ class Message(BaseModel):
     name: str | None = None  # the tool's name on `tool` messages (Gemini needs it; found by id otherwise)
 
     def text(self) -> str:
-        """The concatenated text of the content (image parts are skipped)."""
+        """The concatenated text of the content (image, audio and file parts are skipped)."""
         if isinstance(self.content, str):
             return self.content
         return "".join(p.text for p in self.content if isinstance(p, TextPart))
@@ -105,18 +125,23 @@ class Message(BaseModel):
     @classmethod
     def from_chat(cls, message: ChatMessage) -> Message:
         """A message read by `engine.runtime.messages.read_message` as a Message."""
-        from engine.runtime.messages import ImageContent
+        from engine.runtime.messages import AudioContent, FileContent, ImageContent
 
         content: str | list[Part]
         if isinstance(message.content, str):
             content = message.content
         else:
-            content = [
-                ImagePart(url=p.url, data=p.data, mime_type=p.mime_type)
-                if isinstance(p, ImageContent)
-                else TextPart(text=p.text)
-                for p in message.content
-            ]
+            parts: list[Part] = []
+            content = parts
+            for p in message.content:
+                if isinstance(p, ImageContent):
+                    parts.append(ImagePart(url=p.url, data=p.data, mime_type=p.mime_type))
+                elif isinstance(p, AudioContent):
+                    parts.append(AudioPart(data=p.data, format=p.format, mime_type=p.mime_type))
+                elif isinstance(p, FileContent):
+                    parts.append(FilePart(data=p.data, mime_type=p.mime_type, filename=p.filename, file_id=p.file_id))
+                else:
+                    parts.append(TextPart(text=p.text))
         calls = [ToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in message.tool_calls]
         return cls(
             role=message.role,

@@ -13,7 +13,19 @@ from hypothesis import strategies as st
 from engine.runtime.reserved import RESERVED_ATTRS
 from providers.gateway.openai_wire import DEADLINE_HEADER
 
-__all__ = ["Raw", "Records", "deep", "dump", "headers", "huge", "keys", "mangle", "surrogates", "values"]
+__all__ = [
+    "Raw",
+    "Records",
+    "deep",
+    "dump",
+    "headers",
+    "huge",
+    "keys",
+    "mangle",
+    "media_parts",
+    "surrogates",
+    "values",
+]
 
 
 # ---- a JSON writer that can write what json.dumps will not: raw text (deep nesting, huge numbers) ----------------
@@ -60,6 +72,30 @@ keys = st.one_of(st.text(max_size=10), surrogates, st.sampled_from([*RESERVED_AT
 leaves = st.one_of(st.none(), st.booleans(), numbers, texts, deep)
 values = st.recursive(
     leaves, lambda kids: st.one_of(st.lists(kids, max_size=3), st.dictionaries(keys, kids, max_size=3)), max_leaves=8
+)
+# input_audio and file content parts: well-formed ones, and every field of them broken in turn (or any value)
+_b64 = st.sampled_from(["UklGRgAAAABXQVZF", "JVBERi0xLjcK", "", "no base64!", "QQ", "QQ==\nQQ==", "\ud800"])
+_audio = st.fixed_dictionaries(
+    {"data": st.one_of(_b64, values)},
+    optional={"format": st.one_of(st.sampled_from(["wav", "mp3", "ogg", "WAV", ""]), values)},
+)
+_file = st.fixed_dictionaries(
+    {},
+    optional={
+        "file_data": st.one_of(
+            _b64,
+            st.sampled_from(["data:application/pdf;base64,JVBERi0xLjcK", "data:application/pdf,x", "data:;base64,"]),
+            st.sampled_from(["data:image/png;base64,iVBORw0K", "data:application/pdf;base64,", "data:"]),
+            values,
+        ),
+        "file_id": st.one_of(st.sampled_from(["file-abc", ""]), values),
+        "filename": st.one_of(st.sampled_from(["a.pdf", ""]), values),
+    },
+)
+media_parts = st.one_of(
+    st.fixed_dictionaries({"type": st.just("input_audio"), "input_audio": st.one_of(_audio, values)}),
+    st.fixed_dictionaries({"type": st.just("file"), "file": st.one_of(_file, values)}),
+    st.fixed_dictionaries({"type": st.sampled_from(["input_audio", "file"])}),
 )
 header_values = st.one_of(
     st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=20),

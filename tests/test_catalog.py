@@ -124,6 +124,26 @@ def test_default_catalog_prices_are_per_token() -> None:
         assert 0 <= spec.input_price < 1e-4 and 0 <= spec.output_price < 1e-3, spec.name  # i.e. not per 1M
 
 
+def test_audio_and_files_features_mark_the_models_that_read_them() -> None:
+    """`audio` (input_audio parts) and `files` (PDF file parts): in the bundled catalog only on models that read
+    them, and imported from LiteLLM's supports_audio_input / supports_pdf_input."""
+    from providers.catalog.litellm import load_litellm
+
+    assert {"audio", "files"} <= set(KNOWN_FEATURES)
+    cat = default_catalog()
+    audio = {s.name for s in cat if "audio" in s.supports}
+    files = {s.name for s in cat if "files" in s.supports}
+    assert audio == {s.name for s in cat if s.provider == "gemini" and "embeddings" not in s.supports}
+    assert {"gpt-4o", "gpt-4o-mini", "claude-sonnet-4-6", "claude-3-5-sonnet", "gemini-2.5-flash"} <= files
+    for spec in cat:  # documents are read as pages of images: only vision models take them
+        assert "files" not in spec.supports or "vision" in spec.supports, spec.name
+    assert not {"o3-mini", "deepseek-chat", "llama-3.3-70b-versatile", "mistral-large"} & (audio | files)
+    imported = load_litellm(Path(__file__).parent / "fixtures" / "litellm" / "model_prices.json")
+    assert {"audio", "files"} <= imported.models["gemini/gemini-2.5-flash"].supports
+    assert "files" in imported.models["gpt-4o"].supports and "audio" not in imported.models["gpt-4o"].supports
+    assert not {"audio", "files"} & imported.models["deepseek-chat"].supports
+
+
 def test_default_catalog_scores_every_standard_capability() -> None:
     cat = default_catalog()
     assert cat.capability_names() >= set(STANDARD_CAPABILITIES)

@@ -47,7 +47,7 @@ def nested(depth: int) -> str:
     [
         (5, "messages[0].content must be a string or an array of parts"),
         ({"text": "hi"}, "messages[0].content must be a string or an array of parts"),
-        (["ok", 7], "messages[0].content[1] must be a text or image_url part"),
+        (["ok", 7], "messages[0].content[1] must be a text, image_url, input_audio or file part"),
     ],
 )
 def test_messages_content_that_is_not_text(cli, tmp_path: Path, content: object, error: str) -> None:

@@ -50,7 +50,7 @@ def test_field_mapping() -> None:
     assert m.provider == "openai" and m.id == "gpt-4o"
     assert m.input_price == pytest.approx(2.5e-06) and m.output_price == pytest.approx(1e-05)  # already per token
     assert m.context == 128000 and m.max_output == 16384
-    assert m.supports == {"tools", "vision", "json"}
+    assert m.supports == {"tools", "vision", "json", "files"}  # supports_pdf_input: files
     assert m.latency_ms == DEFAULT_LATENCY_MS and m.capabilities == {}
     assert m.source is not None and m.source.line > 1 and m.source.file == str(PRICES)
     assert catalog.models["claude-sonnet-4-5"].deprecation_date == datetime.date(2026, 11, 30)

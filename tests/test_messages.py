@@ -7,17 +7,20 @@ from typing import Any
 import pytest
 
 from engine.runtime.messages import (
+    AudioContent,
     ChatMessage,
+    FileContent,
     FunctionCall,
     ImageContent,
     MessageError,
     TextContent,
     content_text,
     has_images,
+    input_features,
     read_message,
     read_messages,
 )
-from providers.types import ImagePart, Message, TextPart, ToolCall
+from providers.types import AudioPart, FilePart, ImagePart, Message, TextPart, ToolCall
 
 
 def test_roles_contents_and_tool_calls_are_read() -> None:
@@ -45,7 +48,29 @@ def test_roles_contents_and_tool_calls_are_read() -> None:
         ({"role": "user", "content": 3}, "messages[0].content"),
         ({"role": "user", "content": [{"type": "text", "text": 1}]}, "messages[0].content"),
         ({"role": "user", "content": ["bare string"]}, "messages[0].content"),
-        ({"role": "user", "content": [{"type": "input_audio"}]}, "messages[0].content"),
+        ({"role": "user", "content": [{"type": "video"}]}, "messages[0].content"),
+        ({"role": "user", "content": [{"type": "input_audio"}]}, "messages[0].content[0].input_audio"),
+        (
+            {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "AAAA", "format": "ogg"}}]},
+            "messages[0].content[0].input_audio.format",
+        ),
+        (
+            {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "no!", "format": "wav"}}]},
+            "messages[0].content[0].input_audio.data",
+        ),
+        ({"role": "user", "content": [{"type": "file", "file": {}}]}, "messages[0].content[0].file"),
+        (
+            {"role": "user", "content": [{"type": "file", "file": {"file_data": "data:image/png;base64,AAAA"}}]},
+            "messages[0].content[0].file.file_data",
+        ),
+        (
+            {"role": "user", "content": [{"type": "file", "file": {"file_id": "f", "file_data": "AAAA"}}]},
+            "messages[0].content[0].file",
+        ),
+        (
+            {"role": "user", "content": [{"type": "file", "file": {"file_id": 7}}]},
+            "messages[0].content[0].file.file_id",
+        ),
         ({"role": "assistant", "tool_calls": [{"id": "c"}]}, "messages[0].tool_calls"),
         ({"role": "tool", "content": "x"}, "messages[0].tool_call_id"),
         ("not an object", "messages[0]"),
@@ -60,7 +85,7 @@ def test_strict_reading_names_the_field_at_fault(message: Any, param: str) -> No
 def test_lenient_reading_takes_what_callers_of_the_api_build() -> None:
     message = {
         "role": "user",
-        "content": ["plain", {"type": "input_audio"}, {"type": "image", "data": "AAAA", "mime_type": "image/jpeg"}],
+        "content": ["plain", {"type": "video"}, {"type": "image", "data": "AAAA", "mime_type": "image/jpeg"}],
     }
     read = read_message(message, lenient=True)
     assert read.content == (TextContent("plain"), ImageContent(data="AAAA", mime_type="image/jpeg"))
@@ -206,3 +231,110 @@ def test_decide_counts_tool_calls_and_a_custom_estimator_applies_to_text(fixture
     counting = Engine.from_source("otherwise use alpha-mini", catalog=fixture_catalog, token_estimator=lambda t: 7)
     assert counting.decide(messages=messages).tokens == (4 + 7) + (4 + 7 + 7)
     assert counting.count_tokens("hello", tools=[{"x": 1}]).text == 4 + 7 + 7
+
+
+# ---- audio and file parts (engine/runtime/messages.py, engine/runtime/media.py) -------------------------------------
+def _wav(seconds: float, rate: int = 16000) -> bytes:
+    """A mono 16-bit PCM WAV file of `seconds` of silence."""
+    import struct
+
+    data = b"\x00\x00" * int(rate * seconds)
+    fmt = struct.pack("<HHIIHH", 1, 1, rate, rate * 2, 2, 16)
+    return (
+        b"RIFF"
+        + struct.pack("<I", 36 + len(data))
+        + b"WAVEfmt "
+        + struct.pack("<I", 16)
+        + fmt
+        + b"data"
+        + (struct.pack("<I", len(data)) + data)
+    )
+
+
+def _mp3(seconds: float, kbps: int = 64) -> bytes:
+    """An ID3v2 tag, then MPEG-1 layer III frames (header 0xFFFB, `kbps` bitrate index) for `seconds`."""
+    index = (0, 32, 40, 48, 56, 64, 80, 96, 112, 128).index(kbps)
+    tag = b"ID3\x04\x00\x00" + bytes([0, 0, 1, 0]) + b"\x00" * 128  # a 128-byte tag (syncsafe size)
+    frame = bytes([0xFF, 0xFB, index << 4 | 0x04, 0x00]) + b"\x00" * (144 * kbps * 1000 // 44100 - 4)
+    return tag + frame * int(seconds * 44100 / 1152)
+
+
+def _pdf(pages: int, *, compressed: bool = False) -> bytes:
+    """A minimal PDF with `pages` page objects, written plainly or inside a compressed object stream."""
+    import zlib
+
+    objects = b"".join(b"%d 0 obj << /Type /Page /Parent 1 0 R >> endobj\n" % (i + 2) for i in range(pages))
+    tree = b"1 0 obj << /Type /Pages /Count %d >> endobj\n" % pages
+    if compressed:
+        body = zlib.compress(objects)
+        objects = b"9 0 obj << /Type /ObjStm /Filter /FlateDecode /Length %d >>\nstream\n" % len(body)
+        objects += body + b"\nendstream endobj\n"
+    return b"%PDF-1.7\n" + tree + objects + b"%%EOF\n"
+
+
+def test_audio_and_file_parts_are_read_with_their_bytes_and_names() -> None:
+    wav, pdf = _b64(_wav(1.0)), _b64(_pdf(2))
+    content = [
+        {"type": "input_audio", "input_audio": {"data": wav, "format": "wav"}},
+        {"type": "file", "file": {"file_data": f"data:application/pdf;base64,{pdf}", "filename": "a.pdf"}},
+        {"type": "file", "file": {"file_data": pdf}},  # bare base64: a PDF
+        {"type": "file", "file": {"file_id": "file-abc"}},
+    ]
+    read = read_message({"role": "user", "content": content})
+    assert read.content == (
+        AudioContent(data=wav, format="wav"),
+        FileContent(data=pdf, filename="a.pdf"),
+        FileContent(data=pdf),
+        FileContent(file_id="file-abc"),
+    )
+    assert read.text() == "" and not read.has_images and AudioContent(data=wav).mime_type == "audio/wav"
+    assert input_features([{"role": "user", "content": content}]) == {"audio", "files"}
+    assert input_features([read]) == {"audio", "files"} and input_features(None) == frozenset()
+    message = Message.from_openai({"role": "user", "content": content})
+    assert message.content == [
+        AudioPart(data=wav, format="wav", mime_type="audio/wav"),
+        FilePart(data=pdf, filename="a.pdf"),
+        FilePart(data=pdf),
+        FilePart(file_id="file-abc"),
+    ]
+    assert input_features([message]) == {"audio", "files"}
+    # base64 wrapped over lines (as some encoders write it) is base64 too
+    wrapped = "\n".join(wav[i : i + 76] for i in range(0, len(wav), 76))
+    assert read_message(
+        {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": wrapped, "format": "wav"}}]}
+    )
+
+
+def test_audio_seconds_and_pdf_pages_are_read_from_the_bytes() -> None:
+    from engine.runtime.media import BYTES_PER_PAGE, audio_seconds, document_pages
+
+    assert audio_seconds(_b64(_wav(2.0)), "wav") == pytest.approx(2.0, abs=0.01)
+    assert audio_seconds(_b64(_wav(3.0, rate=8000)), "wav") == pytest.approx(3.0, abs=0.01)
+    assert audio_seconds(_b64(_mp3(10.0)), "mp3") == pytest.approx(10.0, rel=0.05)
+    # an unreadable header: the lowest common rate (8,000 bytes/s; 32 kbit/s), so the most seconds
+    assert audio_seconds(_b64(b"\x01" * 16000), "wav") == pytest.approx((16000 - 44) / 8000)
+    assert audio_seconds(_b64(b"\x01" * 8000), "mp3") == pytest.approx(2.0)
+    assert document_pages(_b64(_pdf(3))) == 3
+    assert document_pages(_b64(_pdf(12, compressed=True))) == 12
+    assert document_pages(_b64(b"x" * (3 * BYTES_PER_PAGE))) == 3  # no page objects: by size
+    assert document_pages(_b64(b"x")) == 1
+
+
+def test_the_counter_counts_audio_and_documents_per_provider_kind() -> None:
+    from engine.runtime.media import AUDIO_TOKENS_PER_SECOND, PAGE_TOKENS, UNKNOWN_PAGES
+    from engine.runtime.tokens import MESSAGE_OVERHEAD, count_request, from_messages
+
+    content = [
+        {"type": "input_audio", "input_audio": {"data": _b64(_wav(10.0)), "format": "wav"}},
+        {"type": "file", "file": {"file_data": "data:application/pdf;base64," + _b64(_pdf(4))}},
+        {"type": "file", "file": {"file_id": "file-abc"}},
+    ]
+    messages = [{"role": "user", "content": content}]
+    count = count_request(messages)
+    for kind in ("openai", "anthropic", "gemini"):
+        media = 10 * AUDIO_TOKENS_PER_SECOND[kind] + (4 + UNKNOWN_PAGES) * PAGE_TOKENS[kind]
+        assert count.for_kind(kind) == MESSAGE_OVERHEAD + media, kind
+    assert count.worst == max(count.for_kind(k) for k in ("openai", "anthropic", "gemini")) == count.for_kind(None)
+    assert from_messages(messages, lambda t: 0)[1] == count.worst
+    read = [Message.from_openai(m) for m in messages]  # the executor's messages count like their dicts
+    assert count_request(read) == count

@@ -1,7 +1,9 @@
 """Hard constraints: a catalog model and a Request in, whether the model can serve it at all (and why not) out.
 
 This is the one place that says when a model is out for a request regardless of the rule's ranking: its
-context window is too small, the request needs tools or vision it lacks, it is an embedding model and the
+context window is too small, the request needs tools or vision it lacks, its messages hold audio (`input_audio`
+parts) or documents (`file` parts) and the model's catalog entry does not list `audio` or `files` in `supports`
+(read from the request's messages once, engine/runtime/messages.py `input_features`), it is an embedding model and the
 request is not an embedding request or the reverse (the reserved attribute `endpoint`), it asks for structured
 output (the request attribute `response_format`: `json_schema` or `json`, set by the gateway from the body's
 response_format) the model's catalog entry does not list in `supports`, its circuit is open, or a rule's
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from engine.runtime.messages import input_features
 from engine.runtime.units import fmt_count, fmt_money
 
 if TYPE_CHECKING:
@@ -64,6 +67,8 @@ class Code(str, Enum):
     CONTEXT = "context"  # the prompt does not fit the context window
     TOOLS = "tools"  # the request has tools, the model does not support them
     VISION = "vision"  # the request has images, the model does not support them
+    AUDIO = "audio"  # the request has audio parts, the model does not support audio input
+    FILES = "files"  # the request has file (PDF) parts, the model does not support document input
     ENDPOINT = "endpoint"  # an embedding request and a chat model, or a chat request and an embedding model
     FORMAT = "response_format"  # the request asks for JSON (json_schema / json) the model does not support
     UNAVAILABLE = "unavailable"  # the model's circuit is open
@@ -141,6 +146,35 @@ def _lacks_format(e: Entry, req: Request) -> bool:
     return feature is not None and feature not in getattr(e.spec, "supports", ())
 
 
+#: The key of a request's input features (`input_features`, computed once) in its per-request memo `req.calls`:
+#: an object, so no function or attribute name can collide with it.
+_INPUTS = object()
+_AUDIO, _FILES = Code.AUDIO, Code.FILES
+
+
+def _inputs(req: Request) -> frozenset[str]:
+    memo = req.calls
+    if memo is None:
+        memo = req.calls = {}
+    found = memo.get(_INPUTS)
+    if found is None:
+        found = memo[_INPUTS] = input_features(req.messages)
+    return found
+
+
+def _lacks_input(e: Entry, req: Request) -> Code | None:
+    """AUDIO or FILES when the request's messages hold parts the model's catalog entry does not support."""
+    needs = _inputs(req)
+    if not needs:
+        return None
+    supports = getattr(e.spec, "supports", ())
+    if "audio" in needs and "audio" not in supports:
+        return _AUDIO
+    if "files" in needs and "files" not in supports:
+        return _FILES
+    return None
+
+
 def embedding_request(req: Request) -> bool:
     """Whether `req` asks for embeddings (the gateway's POST /v1/embeddings sets `endpoint`)."""
     return req.attrs.get("endpoint") == EMBEDDINGS
@@ -149,13 +183,16 @@ def embedding_request(req: Request) -> bool:
 def violation(e: Entry, req: Request, limits: tuple[Limit, ...] = ()) -> Code | None:
     """The first hard constraint `e` breaks for `req` (checked in a fixed order), or None when it can serve it.
 
-    The fast check selection runs for every candidate: it allocates nothing."""
+    The fast check selection runs for every candidate: it allocates nothing (but, once per request with
+    messages, the set of features its content parts need)."""
     if req.tokens > e.context:
         return _CONTEXT
     if req.need_tools and not e.tools:
         return _TOOLS
     if req.need_vision and not e.vision:
         return _VISION
+    if req.messages is not None and (lacks := _lacks_input(e, req)) is not None:
+        return lacks
     if (req.attrs.get("endpoint") == EMBEDDINGS) is not (EMBEDDINGS in getattr(e.spec, "supports", ())):
         return _ENDPOINT
     if FORMAT_ATTR in req.attrs and _lacks_format(e, req):
@@ -181,6 +218,10 @@ def _text(code: Code, e: Entry, req: Request, limits: tuple[Limit, ...]) -> str:
         return "no tools support (request has tools)"
     if code is Code.VISION:
         return "no vision support (request has images)"
+    if code is Code.AUDIO:
+        return "no audio input support (request has input_audio parts)"
+    if code is Code.FILES:
+        return "no file input support (request has file parts: PDF documents)"
     if code is Code.ENDPOINT:
         if embedding_request(req):
             return "not an embedding model (request is for embeddings)"

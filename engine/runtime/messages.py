@@ -2,16 +2,21 @@
 request counts policies read: messages, turns, words) out.
 
 The gateway, the executor and token counting all read messages through `read_message`, so a role alias, an
-image part shape or a text rule is decided here once. The reader is lenient about shapes the wire allows
-(string parts, `image_url` as a string or an object, `developer` for `system`) and raises `MessageError`,
-carrying OpenAI's `param` path, for anything it cannot read.
+image, audio or file part shape or a text rule is decided here once. The reader is lenient about shapes the wire
+allows (string parts, `image_url` as a string or an object, `developer` for `system`) and raises `MessageError`,
+carrying OpenAI's `param` path, for anything it cannot read. An `input_audio` part carries base64 WAV or MP3
+bytes; a `file` part a PDF (`file_data`: a `data:application/pdf;base64,` URL or bare base64) or the `file_id`
+of a file stored at OpenAI. `input_features` names the catalog features such parts need (`audio`, `files`).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
+
+from engine.runtime.images import parse_data_url
 
 Role = Literal["system", "user", "assistant", "tool"]
 # OpenAI role names accepted on the wire and the role each one means
@@ -23,6 +28,13 @@ ROLES: dict[str, Role] = {
     "tool": "tool",
 }
 IMAGE_PART_TYPES = ("image_url", "image", "input_image")
+#: The `format`s of an input_audio part, and the MIME type each one is sent as where a provider wants one.
+AUDIO_FORMATS = {"wav": "audio/wav", "mp3": "audio/mp3"}
+#: The MIME types a file part's `file_data` may hold.
+FILE_MIME_TYPES = ("application/pdf",)
+#: The catalog feature a content part needs, by the part's wire `type` (dicts) or its read `type` (parts).
+PART_FEATURES = {"input_audio": "audio", "file": "files", "audio": "audio"}
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 
 
 class MessageError(ValueError):
@@ -35,6 +47,7 @@ class MessageError(ValueError):
 
 @dataclass(frozen=True)
 class TextContent:
+    type: ClassVar[str] = "text"
     text: str
 
 
@@ -42,9 +55,34 @@ class TextContent:
 class ImageContent:
     """An image given by URL or by base64 `data` (with its `mime_type`)."""
 
+    type: ClassVar[str] = "image"
     url: str | None = None
     data: str | None = field(default=None, repr=False)
     mime_type: str = "image/png"
+
+
+@dataclass(frozen=True)
+class AudioContent:
+    """Audio given as base64 `data` in `format` (AUDIO_FORMATS: wav or mp3)."""
+
+    type: ClassVar[str] = "audio"
+    data: str = field(repr=False)
+    format: str = "wav"
+
+    @property
+    def mime_type(self) -> str:
+        return AUDIO_FORMATS.get(self.format, "audio/" + self.format)
+
+
+@dataclass(frozen=True)
+class FileContent:
+    """A document given as base64 `data` (with its `mime_type`), or by the `file_id` of a file stored at OpenAI."""
+
+    type: ClassVar[str] = "file"
+    data: str | None = field(default=None, repr=False)
+    mime_type: str = "application/pdf"
+    filename: str | None = None
+    file_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -56,12 +94,12 @@ class FunctionCall:
     arguments: str = "{}"
 
 
-ContentPart = TextContent | ImageContent
+ContentPart = TextContent | ImageContent | AudioContent | FileContent
 
 
 @dataclass(frozen=True)
 class ChatMessage:
-    """One read message: `content` is a string or a tuple of text and image parts."""
+    """One read message: `content` is a string or a tuple of text, image, audio and file parts."""
 
     role: Role
     content: str | tuple[ContentPart, ...] = ""
@@ -70,7 +108,7 @@ class ChatMessage:
     name: str | None = None
 
     def text(self) -> str:
-        """The text of the content, text parts joined by newlines (image parts are skipped)."""
+        """The text of the content, text parts joined by newlines (other parts are skipped)."""
         if isinstance(self.content, str):
             return self.content
         return "\n".join(p.text for p in self.content if isinstance(p, TextContent))
@@ -81,9 +119,10 @@ class ChatMessage:
 
 
 def read_part(part: Any, where: str, *, lenient: bool = False) -> ContentPart | None:
-    """One content part: `{"type": "text", "text": ...}` or `{"type": "image_url", "image_url": ...}`; `lenient`
-    also reads bare strings, the `image`/`input_image` shapes and a missing text, and gives None for a part of
-    another type (the caller skips it)."""
+    """One content part: `{"type": "text", "text": ...}`, `{"type": "image_url", "image_url": ...}`,
+    `{"type": "input_audio", "input_audio": {"data", "format"}}` or `{"type": "file", "file": {"file_data" or
+    "file_id", "filename"?}}`; `lenient` also reads bare strings, the `image`/`input_image` shapes and a missing
+    text, does not check that base64 decodes, and gives None for a part of another type (the caller skips it)."""
     if isinstance(part, str) and lenient:
         return TextContent(part)
     kind = part.get("type") if isinstance(part, Mapping) else None
@@ -102,9 +141,62 @@ def read_part(part: Any, where: str, *, lenient: bool = False) -> ContentPart | 
             and isinstance(mime, str)
         ):
             return ImageContent(url=url, data=data, mime_type=mime)
+    if kind == "input_audio":
+        return _audio(part.get("input_audio"), f"{where}.input_audio", lenient)
+    if kind == "file":
+        return _file(part.get("file"), f"{where}.file", lenient)
     if lenient and isinstance(part, Mapping) and kind not in ("text", *IMAGE_PART_TYPES):
         return None
-    raise MessageError(f"{where} must be a text or image_url part", where.rpartition("[")[0])
+    raise MessageError(f"{where} must be a text, image_url, input_audio or file part", where.rpartition("[")[0])
+
+
+def _base64(payload: str, where: str, lenient: bool) -> None:
+    """Raise MessageError unless `payload` is base64 text (whitespace allowed); lenient: no check."""
+    if lenient:
+        return
+    text = payload if _BASE64.fullmatch(payload) else "".join(payload.split())
+    if len(text) % 4 or not _BASE64.fullmatch(text):
+        raise MessageError(f"{where} must be base64 data", where)
+
+
+def _audio(raw: Any, where: str, lenient: bool) -> AudioContent:
+    if not isinstance(raw, Mapping):
+        raise MessageError(f'{where} must be an object: {{"data": <base64>, "format": "wav" or "mp3"}}', where)
+    data, fmt = raw.get("data"), raw.get("format")
+    if not isinstance(data, str) or not data:
+        raise MessageError(f"{where}.data must be the audio as base64 text", f"{where}.data")
+    if not isinstance(fmt, str) or fmt not in AUDIO_FORMATS:
+        raise MessageError(f'{where}.format must be "wav" or "mp3"', f"{where}.format")
+    _base64(data, f"{where}.data", lenient)
+    return AudioContent(data=data, format=fmt)
+
+
+def _file(raw: Any, where: str, lenient: bool) -> FileContent:
+    if not isinstance(raw, Mapping):
+        raise MessageError(f'{where} must be an object with "file_data" (a PDF as base64) or "file_id"', where)
+    data, file_id, name = raw.get("file_data"), raw.get("file_id"), raw.get("filename")
+    if name is not None and not isinstance(name, str):
+        raise MessageError(f"{where}.filename must be a string", f"{where}.filename")
+    if file_id is not None and (not isinstance(file_id, str) or not file_id):
+        raise MessageError(f"{where}.file_id must be a non-empty string", f"{where}.file_id")
+    if (data is None) is (file_id is None):
+        raise MessageError(f"{where} must have one of file_data (a PDF as base64) and file_id", where)
+    if file_id is not None:
+        return FileContent(filename=name, file_id=file_id)
+    if not isinstance(data, str) or not data:
+        raise MessageError(f"{where}.file_data must be a PDF as base64 text", f"{where}.file_data")
+    mime, payload = "application/pdf", data
+    if data.startswith("data:"):
+        parsed = parse_data_url(data)
+        if parsed is None or parsed[0] not in FILE_MIME_TYPES or not parsed[1]:
+            raise MessageError(
+                f"{where}.file_data must be a data:application/pdf;base64,... URL or base64 text (only PDF files "
+                "are read)",
+                f"{where}.file_data",
+            )
+        mime, payload = parsed
+    _base64(payload, f"{where}.file_data", lenient)
+    return FileContent(data=payload, mime_type=mime, filename=name)
 
 
 def read_content(content: Any, where: str, *, lenient: bool = False) -> str | tuple[ContentPart, ...]:
@@ -190,6 +282,21 @@ def has_images(messages: Iterable[Mapping[str, Any]]) -> bool:
         ):
             return True
     return False
+
+
+def input_features(messages: Iterable[Any] | None) -> frozenset[str]:
+    """The catalog features the content parts of `messages` (OpenAI-format dicts, or read messages) need: `audio`
+    for an input_audio part, `files` for a file part (PART_FEATURES); empty for none (or no messages)."""
+    found: set[str] = set()
+    for msg in messages or ():
+        content = msg.get("content") if isinstance(msg, Mapping) else getattr(msg, "content", None)
+        if isinstance(content, (list, tuple)):
+            for p in content:
+                kind = p.get("type") if isinstance(p, Mapping) else getattr(p, "type", None)
+                feature = PART_FEATURES.get(kind) if isinstance(kind, str) else None
+                if feature is not None:
+                    found.add(feature)
+    return frozenset(found)
 
 
 # ---- request counts --------------------------------------------------------------------------------------

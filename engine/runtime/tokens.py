@@ -6,7 +6,9 @@ usual rule of thumb for English with BPE tokenizers), deliberately cheap since d
 counting than deciding. `Engine.load(..., token_estimator=fn)` plugs in a real tokenizer; it is applied to every
 piece of text counted here. A chat message costs MESSAGE_OVERHEAD tokens of framing plus the text of every part:
 its content (a string or text parts), its name, the name and arguments of each tool call it makes, and the
-tool call id a tool result answers. Images cost what engine.runtime.images says for their provider kind. Tools
+tool call id a tool result answers. Images cost what engine.runtime.images says for their provider kind; audio
+(`input_audio` parts: seconds from the bytes) and documents (`file` parts: PDF pages from the bytes, a `file_id` at
+a fixed count) what engine.runtime.media says for it; nothing remote is ever fetched. Tools
 and a response-format schema are counted as their JSON text, plus what providers wrap them in (TOOL_PROMPT,
 SCHEMA_FRAMING). Execution counts what it sends upstream with
 `count_request`; decide() counts messages with `from_messages` (images at the worst kind).
@@ -20,7 +22,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from engine.runtime.images import IMAGE_KINDS, image_size, image_tokens
+from engine.runtime.images import IMAGE_KINDS, image_size, image_tokens, parse_data_url
+from engine.runtime.media import UNKNOWN_PAGES, Media, audio_seconds, document_pages, media_tokens
 from engine.runtime.messages import IMAGE_PART_TYPES, content_text, has_images
 
 __all__ = [
@@ -62,23 +65,26 @@ SCHEMA_FRAMING = 32
 @dataclass(frozen=True)
 class TokenCount:
     """Input tokens of a request: `text` (every piece of text and the framing), the `images`' sizes (None for
-    one whose size could not be read) and whether it has `tools` (some providers add a prompt for them)."""
+    one whose size could not be read), whether it has `tools` (some providers add a prompt for them) and its
+    `media`: ("audio", seconds) per audio part, ("pages", pages) per document part."""
 
     text: int
     images: tuple[Size, ...] = ()
     tools: bool = False
+    media: tuple[Media, ...] = ()
 
     def for_kind(self, kind: str | None) -> int:
         """The tokens a provider of `kind` bills for this input (None: the largest over every kind)."""
         if kind not in IMAGE_KINDS:
             return self.worst
         extra = TOOL_PROMPT.get(kind, 0) if self.tools else 0
+        extra += sum(media_tokens(m, kind) for m in self.media)
         return self.text + extra + sum(image_tokens(size, kind) for size in self.images)
 
     @property
     def worst(self) -> int:
         """The largest count over every provider kind."""
-        if not self.images and not self.tools:
+        if not self.images and not self.tools and not self.media:
             return self.text
         return max(self.for_kind(kind) for kind in IMAGE_KINDS)
 
@@ -116,16 +122,60 @@ def _image_size_of(part: Any) -> Size:
     return image_size(url if isinstance(url, str) else None, data if isinstance(data, str) else None)
 
 
-def _dict_message(msg: Mapping[str, Any], count: TokenEstimator, images: list[Size]) -> tuple[str, int]:
-    """(content text, tokens) of an OpenAI-format message dict; its images' sizes are appended to `images`."""
+def _media_of(part: Any) -> Media | None:
+    """("audio", seconds) of an audio part, ("pages", pages) of a document part (an OpenAI-format dict or a read
+    part), or None for any other part. A document without bytes (a `file_id`) is UNKNOWN_PAGES pages."""
+    if isinstance(part, Mapping):
+        kind = part.get("type")
+        raw = part.get("input_audio") if kind == "input_audio" else part.get("file") if kind == "file" else None
+        if not isinstance(raw, Mapping):
+            return None
+        if kind == "input_audio":
+            data, fmt = raw.get("data"), raw.get("format")
+            return ("audio", audio_seconds(data, str(fmt))) if isinstance(data, str) else None
+        data = raw.get("file_data")
+        if isinstance(data, str):
+            parsed = parse_data_url(data)
+            data = parsed[1] if parsed is not None else data
+    else:
+        kind, data = getattr(part, "type", None), getattr(part, "data", None)
+        if kind == "audio":
+            return (
+                ("audio", audio_seconds(data, str(getattr(part, "format", "wav")))) if isinstance(data, str) else None
+            )
+        if kind != "file":
+            return None
+    return ("pages", document_pages(data) if isinstance(data, str) and data else UNKNOWN_PAGES)
+
+
+def _parts(content: list[Any] | tuple[Any, ...], images: list[Size], media: list[Media]) -> None:
+    """Append the sizes of the image parts of `content` to `images`, the audio and document parts to `media`."""
+    for p in content:
+        if isinstance(p, Mapping):
+            kind = p.get("type")
+            if kind in IMAGE_PART_TYPES:
+                images.append(_image_size_of(p))
+            elif kind in ("input_audio", "file") and (m := _media_of(p)) is not None:
+                media.append(m)
+        elif not isinstance(getattr(p, "text", None), str):
+            found = _media_of(p)
+            if found is not None:
+                media.append(found)
+            elif getattr(p, "type", "image") not in ("audio", "file"):
+                images.append(_image_size_of(p))
+
+
+def _dict_message(
+    msg: Mapping[str, Any], count: TokenEstimator, images: list[Size], media: list[Media]
+) -> tuple[str, int]:
+    """(content text, tokens) of an OpenAI-format message dict; its images' sizes are appended to `images`, its
+    audio and documents to `media`."""
     content = msg.get("content")
     if isinstance(content, str):
         text = content
     elif isinstance(content, list):
         text = content_text(content)
-        images.extend(
-            _image_size_of(p) for p in content if isinstance(p, Mapping) and p.get("type") in IMAGE_PART_TYPES
-        )
+        _parts(content, images, media)
     else:
         text = ""
     tokens = MESSAGE_OVERHEAD + count_text(text, count)
@@ -145,14 +195,14 @@ def _dict_message(msg: Mapping[str, Any], count: TokenEstimator, images: list[Si
     return text, tokens
 
 
-def _object_message(msg: Any, count: TokenEstimator, images: list[Size]) -> tuple[str, int]:
+def _object_message(msg: Any, count: TokenEstimator, images: list[Size], media: list[Media]) -> tuple[str, int]:
     """(content text, tokens) of a read message (engine.runtime.messages.ChatMessage or providers.types.Message)."""
     content = getattr(msg, "content", "")
     if isinstance(content, str):
         text = content
     else:
         text = "\n".join(p.text for p in content if isinstance(getattr(p, "text", None), str))
-        images.extend(_image_size_of(p) for p in content if not isinstance(getattr(p, "text", None), str))
+        _parts(content, images, media)
     tokens = MESSAGE_OVERHEAD + count_text(text, count)
     for value in (getattr(msg, "name", None), getattr(msg, "tool_call_id", None)):
         if isinstance(value, str):
@@ -162,15 +212,17 @@ def _object_message(msg: Any, count: TokenEstimator, images: list[Size]) -> tupl
     return text, tokens
 
 
-def _messages(messages: Iterable[Any], count: TokenEstimator, images: list[Size]) -> tuple[str, int]:
+def _messages(
+    messages: Iterable[Any], count: TokenEstimator, images: list[Size], media: list[Media]
+) -> tuple[str, int]:
     """(task text: the last user message's, tokens of every message)."""
     task, total = "", 0
     for msg in messages:
         if isinstance(msg, (dict, Mapping)):  # dict first: the ABC check is slower
-            text, tokens = _dict_message(msg, count, images)
+            text, tokens = _dict_message(msg, count, images, media)
             role = msg.get("role")
         else:
-            text, tokens = _object_message(msg, count, images)
+            text, tokens = _object_message(msg, count, images, media)
             role = getattr(msg, "role", None)
         total += tokens
         if role == "user":
@@ -179,11 +231,14 @@ def _messages(messages: Iterable[Any], count: TokenEstimator, images: list[Size]
 
 
 def from_messages(messages: Iterable[Any], estimator: TokenEstimator) -> tuple[str, int]:
-    """(task text, tokens): the task text is the last user message; tokens count every message, images at the
-    largest cost over every provider kind (decide() does not know the provider yet)."""
+    """(task text, tokens): the task text is the last user message; tokens count every message, images, audio and
+    documents at the largest cost over every provider kind (decide() does not know the provider yet)."""
     images: list[Size] = []
-    task, total = _messages(messages, estimator, images)
-    return task, TokenCount(total, tuple(images)).worst if images else total
+    media: list[Media] = []
+    task, total = _messages(messages, estimator, images, media)
+    if images or media:
+        return task, TokenCount(total, tuple(images), media=tuple(media)).worst
+    return task, total
 
 
 def count_request(
@@ -197,10 +252,11 @@ def count_request(
     """The input tokens of a request as sent: every message (OpenAI-format dicts or read messages), the `system`
     text (one more message), the tools and the response-format schema (as JSON text)."""
     images: list[Size] = []
-    _, total = _messages(messages, estimator, images)
+    media: list[Media] = []
+    _, total = _messages(messages, estimator, images, media)
     if system:
         total += MESSAGE_OVERHEAD + count_text(system, estimator)
     total += count_text(json_text(tools or None), estimator)
     if response_format:
         total += SCHEMA_FRAMING + count_text(json_text(response_format), estimator)
-    return TokenCount(total, tuple(images), bool(tools))
+    return TokenCount(total, tuple(images), bool(tools), tuple(media))

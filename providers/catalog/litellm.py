@@ -9,7 +9,8 @@ What is imported, per entry of the JSON object:
 - `input_cost_per_token` / `output_cost_per_token` -> prices (already USD per token),
   `max_input_tokens` (fallback `max_tokens`) -> context, `max_output_tokens` -> max_output,
   `supports_function_calling` or `supports_tool_choice` -> tools, `supports_vision` -> vision,
-  `supports_response_schema` -> json, `deprecation_date`, `litellm_provider` -> provider.
+  `supports_response_schema` -> json, `supports_audio_input` -> audio, `supports_pdf_input` -> files,
+  `deprecation_date`, `litellm_provider` -> provider.
 - names are kept as given (they may contain `/`; a policy writes them as strings: `use "openrouter/x/y"`).
 - latency is unknown in LiteLLM's file: every model gets DEFAULT_LATENCY_MS unless the overlay says otherwise.
 
@@ -184,6 +185,10 @@ def _fields(name: str, entry: Any, stats: ImportStats) -> dict[str, Any] | None:
         supports.add("vision")
     if entry.get("supports_response_schema") is True:
         supports.add("json")
+    if entry.get("supports_audio_input") is True:
+        supports.add("audio")
+    if entry.get("supports_pdf_input") is True:
+        supports.add("files")
     deprecation = None
     raw_date = entry.get("deprecation_date")
     if isinstance(raw_date, str):

@@ -17,7 +17,8 @@ The YAML format::
         price: {input: 3.00, output: 15.00}    # USD per 1M tokens (stored per token)
         latency_ms: 1500
         capabilities: {REASONING: 9, CODING: 10}   # open set of names, scores 1-10
-        supports: [tools, vision, json]        # known: tools, vision, json, json_schema, streaming, embeddings
+        supports: [tools, vision, json]        # known: tools, vision, json, json_schema, streaming, embeddings,
+                                               # audio (input_audio parts), files (PDF file parts)
         service_tiers: {flex: 0.5, priority: 2.0}   # optional: price multiplier per OpenAI service_tier
         deprecation_date: 2025-10-22           # optional
 
@@ -64,7 +65,7 @@ __all__ = [
 # list in `supports`: defined here once, everything else imports them
 ProviderKind = Literal["openai", "anthropic", "gemini", "azure"]
 PROVIDER_KINDS: tuple[ProviderKind, ...] = get_args(ProviderKind)
-Feature = Literal["tools", "vision", "json", "json_schema", "streaming", "embeddings"]
+Feature = Literal["tools", "vision", "json", "json_schema", "streaming", "embeddings", "audio", "files"]
 KNOWN_FEATURES: tuple[Feature, ...] = get_args(Feature)
 STANDARD_CAPABILITIES: tuple[str, ...] = (
     "REASONING",

@@ -3,7 +3,10 @@ replies (whole, or as message_start/content_block_*/message_delta/message_stop S
 
 System text becomes the top-level `system` field, `max_tokens` is always sent (default 1024, capped by the
 model's `max_output`), OpenAI-style tools become `{name, description, input_schema}`, and tool results
-become `tool_result` blocks in user turns.  A `response_format` goes to Anthropic's structured output
+become `tool_result` blocks in user turns. A PDF (a file part's bytes) becomes a `document` block with a base64
+source (its filename the `title`); audio has no counterpart and a `file_id` names a file Anthropic cannot read:
+either raises ValueError, a BadRequest before anything is sent (the `audio` / `files` catalog features keep such
+requests away from models without them). A `response_format` goes to Anthropic's structured output
 (`output_config.format`) on a model whose catalog entry supports `json_schema`; otherwise (and for json_object)
 to a forced tool whose input is returned as the message's text, or, when the request has tools of its own, to a
 system instruction. Of `params` (providers/clients/params.py): top_p, reasoning_effort (a thinking budget),
@@ -21,7 +24,17 @@ from providers.clients.base import ParsedReply, ProviderClient, StreamParser
 from providers.clients.params import JSON_TOOL, anthropic_thinking, json_tool, user_id
 from providers.clients.sse import SSEEvent
 from providers.errors import classify_stream_error
-from providers.types import ChatRequest, FinishReason, ImagePart, Message, StreamEvent, ToolCall, Usage
+from providers.types import (
+    AudioPart,
+    ChatRequest,
+    FilePart,
+    FinishReason,
+    ImagePart,
+    Message,
+    StreamEvent,
+    ToolCall,
+    Usage,
+)
 
 if TYPE_CHECKING:
     from providers.catalog.models import ProviderKind
@@ -62,11 +75,31 @@ def _blocks(message: Message) -> list[dict[str, Any]]:
                     else {"type": "base64", "media_type": part.mime_type, "data": part.data}
                 )
                 blocks.append({"type": "image", "source": source})
+            elif isinstance(part, FilePart):
+                blocks.append(_document(part))
+            elif isinstance(part, AudioPart):
+                raise ValueError("Anthropic models take no audio input (an input_audio part)")
             else:
                 blocks.append({"type": "text", "text": part.text})
     for call in message.tool_calls:
         blocks.append({"type": "tool_use", "id": call.id, "name": call.name, "input": call.parsed_arguments()})
     return blocks
+
+
+def _document(part: FilePart) -> dict[str, Any]:
+    """A file part as a `document` block: its bytes as a base64 source (a `file_id` cannot be read here)."""
+    if part.data is None:
+        raise ValueError(
+            f"a file_id ({part.file_id}) names a file stored at OpenAI, which Anthropic cannot read: send the file "
+            "as file_data"
+        )
+    block: dict[str, Any] = {
+        "type": "document",
+        "source": {"type": "base64", "media_type": part.mime_type, "data": part.data},
+    }
+    if part.filename:
+        block["title"] = part.filename
+    return block
 
 
 def _messages(messages: list[Message]) -> list[dict[str, Any]]:

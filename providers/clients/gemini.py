@@ -4,11 +4,12 @@ GenerateContentResponse objects back into a ParsedReply / StreamEvents.
 
 The key goes in the `x-goog-api-key` header (never the URL).  Turns use roles user/model with `parts`,
 system text becomes `systemInstruction`, tools become `functionDeclarations`, tool results become
-`functionResponse` parts, and JSON output uses `responseMimeType` plus `responseJsonSchema` (which accepts
-the same JSON Schema the OpenAI format does).  Of `params` (providers/clients/params.py): top_p, seed, the
-penalties, n (`candidateCount`), logprobs / top_logprobs, reasoning_effort (`thinkingConfig.thinkingBudget`);
-the rest is dropped.  Gemini streams have no terminal event: a candidate's
-`finishReason` marks the end.
+`functionResponse` parts, audio and PDF parts become `inlineData` {mimeType, data} (a `file_id` names a file
+stored at OpenAI, which Gemini cannot read: ValueError, a BadRequest before anything is sent), and JSON output
+uses `responseMimeType` plus `responseJsonSchema` (which accepts the same JSON Schema the OpenAI format does).
+Of `params` (providers/clients/params.py): top_p, seed, the penalties, n (`candidateCount`),
+logprobs / top_logprobs, reasoning_effort (`thinkingConfig.thinkingBudget`); the rest is dropped. Gemini streams
+have no terminal event: a candidate's `finishReason` marks the end.
 """
 
 from __future__ import annotations
@@ -21,7 +22,18 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from providers.clients.base import ParsedReply, ProviderClient, StreamParser
 from providers.clients.params import gemini_thinking
 from providers.clients.sse import SSEEvent
-from providers.types import ChatRequest, Choice, FinishReason, ImagePart, Message, StreamEvent, ToolCall, Usage
+from providers.types import (
+    AudioPart,
+    ChatRequest,
+    Choice,
+    FilePart,
+    FinishReason,
+    ImagePart,
+    Message,
+    StreamEvent,
+    ToolCall,
+    Usage,
+)
 
 if TYPE_CHECKING:
     from providers.catalog.models import ProviderKind
@@ -69,11 +81,23 @@ def _parts(message: Message, tool_names: dict[str, str]) -> list[dict[str, Any]]
                     if part.url
                     else {"inlineData": {"mimeType": part.mime_type, "data": part.data}}
                 )
+            elif isinstance(part, (AudioPart, FilePart)):
+                parts.append({"inlineData": {"mimeType": part.mime_type, "data": _inline_data(part)}})
             else:
                 parts.append({"text": part.text})
     for call in message.tool_calls:
         parts.append({"functionCall": {"name": call.name, "args": call.parsed_arguments()}})
     return parts
+
+
+def _inline_data(part: AudioPart | FilePart) -> str:
+    """The base64 bytes of an audio or file part (a `file_id` cannot be read here)."""
+    if part.data is None:
+        file_id = getattr(part, "file_id", None)
+        raise ValueError(
+            f"a file_id ({file_id}) names a file stored at OpenAI, which Gemini cannot read: send the file as file_data"
+        )
+    return part.data
 
 
 def _contents(messages: list[Message]) -> list[dict[str, Any]]:

@@ -1,8 +1,10 @@
 """The OpenAI Chat Completions wire format: a ChatRequest in, `POST {base_url}/chat/completions` JSON out, and
 its replies (whole or as `data:` SSE chunks ending in `data: [DONE]`) back into a ParsedReply / StreamEvents.
 
-The request's `params` (every other chat-completions field: top_p, seed, n, response_format as the client sent
-it, reasoning_effort, ..., unknown ones too) go into the body as they are; `metadata` only with `store: true`
+Content parts go as OpenAI defines them: text, image_url, input_audio (base64 and format) and file (a `file_id`,
+or the bytes as a `data:` URL in `file_data`, with the filename). The request's `params` (every other
+chat-completions field: top_p, seed, n, response_format as the client sent it, reasoning_effort, ..., unknown
+ones too) go into the body as they are; `metadata` only with `store: true`
 (OpenAI keeps it with stored completions; otherwise it is the gateway's routing attributes). Replies keep every
 choice (`n`), the logprobs and the service tier.
 
@@ -18,7 +20,18 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from providers.clients.base import ParsedReply, ProviderClient, StreamParser
 from providers.clients.sse import SSEEvent
-from providers.types import ChatRequest, Choice, FinishReason, ImagePart, Message, StreamEvent, ToolCall, Usage
+from providers.types import (
+    AudioPart,
+    ChatRequest,
+    Choice,
+    FilePart,
+    FinishReason,
+    ImagePart,
+    Message,
+    StreamEvent,
+    ToolCall,
+    Usage,
+)
 
 if TYPE_CHECKING:
     from providers.catalog.models import ProviderKind
@@ -47,9 +60,23 @@ def _content(message: Message) -> str | list[dict[str, Any]]:
         if isinstance(part, ImagePart):
             url = part.url or f"data:{part.mime_type};base64,{part.data}"
             parts.append({"type": "image_url", "image_url": {"url": url}})
+        elif isinstance(part, AudioPart):
+            parts.append({"type": "input_audio", "input_audio": {"data": part.data, "format": part.format}})
+        elif isinstance(part, FilePart):
+            parts.append({"type": "file", "file": _file(part)})
         else:
             parts.append({"type": "text", "text": part.text})
     return parts
+
+
+def _file(part: FilePart) -> dict[str, Any]:
+    """A file part's `file` object: its `file_id`, or its bytes as a data URL (`file_data`), with its filename."""
+    out: dict[str, Any] = (
+        {"file_id": part.file_id} if part.file_id else {"file_data": f"data:{part.mime_type};base64,{part.data}"}
+    )
+    if part.filename is not None:
+        out["filename"] = part.filename
+    return out
 
 
 def _message(message: Message) -> dict[str, Any]:
