@@ -15,7 +15,6 @@ POST /v1/route/explain of an in-process gateway (upstream: the loopback FakeServ
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -31,6 +30,7 @@ from providers.gateway.app import Gateway
 from providers.gateway.openai_wire import ACCEPTED, DEADLINE_HEADER, RESERVED_ATTRS, UNSUPPORTED, ApiError, parse_chat
 from tests.engines import engine_for
 from tests.fakeserver import FakeServer, Reply
+from tests.fuzz_values import Records, deep, dump, headers, huge, keys, mangle, surrogates, texts, values
 
 POLICY = """
 set retry.attempts = 1
@@ -57,51 +57,7 @@ ROUTING_CODES = {
 }
 
 
-# ---- a JSON writer that can write what json.dumps will not: raw text (deep nesting, huge numbers) ----------------
-class Raw:
-    """Text put into the body as it is: `"[" * 5000 + "]" * 5000`, `1e999`, `NaN`, a 5000-digit number."""
-
-    def __init__(self, text: str):
-        self.text = text
-
-    def __repr__(self) -> str:
-        return f"Raw({self.text[:30]!r}{'...' if len(self.text) > 30 else ''})"
-
-
-def dump(value: Any) -> str:
-    """`value` as JSON text; floats NaN/inf as `NaN`/`Infinity` (Python's json reads them), lone surrogates as
-    `\\ud800` escapes, Raw as its text."""
-    if isinstance(value, Raw):
-        return value.text
-    if isinstance(value, dict):
-        return "{" + ",".join(json.dumps(str(k)) + ":" + dump(v) for k, v in value.items()) + "}"
-    if isinstance(value, list):
-        return "[" + ",".join(dump(v) for v in value) + "]"
-    return json.dumps(value)  # ensure_ascii: a lone surrogate is written as its escape
-
-
-# ---- strategies ----------------------------------------------------------------------------------------------------
-surrogates = st.sampled_from(["\ud800", "\udfff", "a\udc00b", "\ud83d", "x\ude00"])
-texts = st.one_of(st.text(max_size=12), surrogates)
-deep = st.one_of(
-    st.builds(lambda n: Raw("[" * n + "]" * n), st.sampled_from([40, 63, 64, 65, 100, 900, 3000, 100_000])),
-    st.builds(lambda n: Raw('{"a":' * n + "1" + "}" * n), st.sampled_from([40, 63, 64, 65, 100, 900, 3000])),
-)
-huge = st.sampled_from(
-    [Raw("1e999"), Raw("-1e999"), Raw("NaN"), Raw("Infinity"), Raw("-Infinity"), Raw("9" * 5000), Raw("1e-999")]
-)
-numbers = st.one_of(
-    st.integers(),
-    st.integers(min_value=-(10**400), max_value=10**400),
-    st.just(10**4000),
-    st.floats(allow_nan=True, allow_infinity=True),
-    huge,
-)
-keys = st.one_of(st.text(max_size=10), surrogates, st.sampled_from([*RESERVED_ATTRS, "budget.left", "spend.today"]))
-leaves = st.one_of(st.none(), st.booleans(), numbers, texts, deep)
-values = st.recursive(
-    leaves, lambda kids: st.one_of(st.lists(kids, max_size=3), st.dictionaries(keys, kids, max_size=3)), max_leaves=8
-)
+# ---- strategies (the shared hostile values: tests/fuzz_values.py) ---------------------------------------------
 plain = st.text(max_size=12)  # a good string
 ROLES = ["user", "user", "user", "system", "developer", "assistant", "tool"]  # mostly ones that need nothing more
 MODELS = ["auto", "cheap", "alpha-mini", "gpt-4o-mini", "delta-tiny", "nope", ""]
@@ -251,44 +207,9 @@ bodies = st.one_of(
     request_bodies(junk=True),  # anything anywhere
     values,  # not even an object
 )
-header_values = st.one_of(
-    st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=20),
-    st.sampled_from(["NaN", "1e999", '"\\ud800"', "[" * 3000 + "]" * 3000, "[" * 65 + "]" * 65, '{"a": 1}', "3"]),
-)
-headers = st.dictionaries(
-    st.one_of(
-        st.sampled_from(["x-route-tier", "x-route-seats", "x-route-max-tokens", "x-route-budget", "x-route-"]),
-        st.text("abcdefghijklmnopqrstuvwxyz-._", min_size=1, max_size=8).map(lambda s: "x-route-" + s),
-        st.just(DEADLINE_HEADER),
-    ),
-    header_values,
-    max_size=2,
-)
-
-
-def mangle(text: str, how: int, at: int) -> bytes:
-    """The body's bytes, sometimes broken: cut short, an invalid UTF-8 byte, a UTF-8-encoded surrogate."""
-    raw = text.encode()
-    at = at % (len(raw) + 1)
-    if how == 1:
-        return raw[:at]
-    if how == 2:
-        return raw[:at] + b"\xff" + raw[at:]
-    if how == 3:
-        return raw[:at] + b"\xed\xa0\x80" + raw[at:]
-    return raw
 
 
 # ---- the gateway under test ----------------------------------------------------------------------------------------
-class Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @pytest.fixture(scope="module")
 def target() -> Iterator[tuple[TestClient, Gateway, Records]]:
     with FakeServer() as server:
