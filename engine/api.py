@@ -20,7 +20,7 @@ from engine.runtime.evaluate import decide as _decide
 from engine.runtime.messages import request_counts
 from engine.runtime.pinned import pinned_decision, resolve_model
 from engine.runtime.plan import decide_all_open
-from engine.runtime.policy import CompiledPolicy, Request
+from engine.runtime.policy import CompiledPolicy, Request, not_an_attribute
 from engine.runtime.state import ExecutionStore, MemoryStore, StateStore
 from engine.runtime.tokens import TokenCount, TokenEstimator, count_request, estimate_tokens, from_messages, has_images
 
@@ -334,6 +334,9 @@ class Engine(ExecutionMethods):
         `tokens=N` overrides the estimate (for callers that count tokens exactly); RequestError if it is not a
         number of tokens."""
         policy = policy or self._policy
+        for name in attrs:
+            if (why := not_an_attribute(name)) is not None:
+                raise RequestError(why)
         images_in_messages = False
         if messages is not None:
             text, tokens = from_messages(messages if isinstance(messages, list) else list(messages), self._estimate)

@@ -13,6 +13,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
+    from engine.runtime.policy import CompiledPolicy
     from engine.runtime.state import StateStore
     from providers.execution import (
         AsyncCompletionStream,
@@ -38,6 +39,7 @@ class ExecutionMethods:
     the Engine provides `executor`, `state` and its executor once made (`_exec`)."""
 
     state: StateStore
+    _policy: CompiledPolicy
     _exec: Executor | None
 
     @property
@@ -191,22 +193,35 @@ class ExecutionMethods:
         `health.window`, the latency EWMA and the last probe (providers/execution/health.py, docs/health.md)."""
         return cast("dict[str, Any]", _execution().health_summary(self.executor))
 
-    def warmup(self, models: Sequence[str] | None = None) -> list[ProbeResult]:
-        """Probe each model the policy uses (or `models`) once with a one-token request, a few at a time; the
-        results feed circuits and health. Returns a ProbeResult per model (status ok | failed | skipped)."""
+    def warmup(self, models: Sequence[str] | str | None = None) -> list[ProbeResult]:
+        """Probe each model the policy uses (or `models`: names, catalog aliases or `provider:model` names, or one
+        such name) once with a one-token request, a few at a time; the results feed circuits and health. Returns
+        a ProbeResult per model (status ok | failed | skipped). An unknown name is a PinError (a ValueError)
+        with a did-you-mean hint, before any probe."""
+        names = _warmup_names(self._policy, models)
         ex = self.executor
-        return cast("list[ProbeResult]", ex.run_sync(self.awarmup(models)))
+        return cast("list[ProbeResult]", ex.run_sync(self.awarmup(names)))
 
-    async def awarmup(self, models: Sequence[str] | None = None) -> list[ProbeResult]:
+    async def awarmup(self, models: Sequence[str] | str | None = None) -> list[ProbeResult]:
         """The async warmup()."""
+        names = _warmup_names(self._policy, models)
         ex = self.executor
-        results = await _execution().probe_all(ex, models)
+        results = await _execution().probe_all(ex, names)
         ex.health.last_round = time.monotonic()
         return cast("list[ProbeResult]", results)
 
 
 #: The request options of complete()/acomplete()/stream()/astream() (every other keyword is a request attribute).
 OPTIONS = ("system", "temperature", "max_tokens", "tools", "tool_choice", "stop", "timeout", "deadline", "extra")
+
+
+def _warmup_names(policy: Any, models: Sequence[str] | str | None) -> list[str] | None:
+    """warmup()'s models as the policy's canonical names (a str is one model); None: every model it uses."""
+    if models is None:
+        return None
+    from engine.runtime.caller_pin import known_model
+
+    return list(dict.fromkeys(known_model(policy, m) for m in ([models] if isinstance(models, str) else models)))
 
 
 def _pin(model: str | None, fallback: Sequence[str]) -> tuple[str, Sequence[str]] | None:

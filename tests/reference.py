@@ -16,7 +16,9 @@ semantics here are independent. The interpreter assumes the policy compiles (nam
 
 from __future__ import annotations
 
+import decimal
 import math
+import numbers
 import re
 from collections.abc import Callable, Iterable, Mapping
 from types import SimpleNamespace
@@ -242,22 +244,29 @@ def request_limit(metric: str, value: Any) -> float | None:
     """A request attribute as a limit on `metric`, or None when it is missing or of the wrong kind."""
     if value is _MISSING or isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
-        return value * _PLAIN_UNIT[metric] if math.isfinite(value) else None
+    if isinstance(value, (numbers.Real, decimal.Decimal)):  # ints, floats, Decimals, numpy numbers
+        try:
+            number = float(value) * _PLAIN_UNIT[metric]
+        except OverflowError:  # an int too large for a float: no limit
+            return None
+        return number if math.isfinite(number) else None
     if not isinstance(value, str):
         return None
     text = value.strip()
     if metric != "context" and metric != "capability" and re.fullmatch(r"[0-9]+(\.[0-9]+)?", text):
-        return float(text) * _PLAIN_UNIT[metric]
+        number = float(text) * _PLAIN_UNIT[metric]
+        return number if math.isfinite(number) else None
     pattern, units = _TEXT_UNITS[metric]
     m = re.fullmatch(pattern, text)
     if m is None:
         return None
     if metric == "price":
         per = _per_tokens(m.group(2))
-        return float(m.group(1)) / per if per else None
-    assert units is not None
-    return float(m.group(1)) * units[m.group(2)]
+        number = float(m.group(1)) / per if per else math.nan
+    else:
+        assert units is not None
+        number = float(m.group(1)) * units[m.group(2)]
+    return number if math.isfinite(number) else None  # too large for a float: no limit
 
 
 def passes(spec: Any, c: n.Constraint, req: Request) -> bool:
@@ -292,11 +301,15 @@ def passes(spec: Any, c: n.Constraint, req: Request) -> bool:
 
 
 def score(spec: Any, terms: Iterable[n.ScoreTerm], req: Request) -> float:
-    """README, "Scores": the sum of coefficient x term; a model with no score for a capability has 0 points there,
-    a request attribute that is not a finite number adds 0, a function call with no value makes the score unknown
-    (-inf: the model ranks after every model with a score)."""
+    """docs/language.md, "Scores": models are ranked by the terms whose value differs between models (capability,
+    cost, price, latency, context): the terms the request adds to every model alike (tokens, request attributes,
+    function values) cannot change the order, so they are left out here. A model with no score for a capability
+    has 0 points there; a function call with no value makes the score unknown (-inf: the model ranks after every
+    model with a score), as does a sum that is not finite."""
     total = 0.0
     for t in terms:
+        if t.factor in ("tokens", "attr"):
+            continue  # the same for every model
         if t.factor == "capability":
             value = spec.capabilities.get(t.name.upper(), 0)  # type: ignore[union-attr]
         elif t.factor == "cost":
@@ -313,13 +326,11 @@ def score(spec: Any, terms: Iterable[n.ScoreTerm], req: Request) -> float:
             got = req.call(t.name or "")
             if got is _MISSING or not math.isfinite(got):
                 return -math.inf
-            value = float(got)
+            continue  # its value is the same for every model
         else:
-            got = lookup(req.attrs, t.name or "")
-            ok = isinstance(got, (int, float)) and not isinstance(got, bool) and math.isfinite(got)
-            value = got if ok else 0  # missing, not a number, or not a finite one: adds 0
+            raise ValueError(t.factor)
         total += t.coef * value
-    return total
+    return total if math.isfinite(total) else -math.inf
 
 
 def rank_key(spec: Any, rankings: Iterable[n.Ranking], req: Request) -> tuple:
@@ -400,7 +411,11 @@ class Policy:
                 ranked = sorted(viable, key=lambda s: rank_key(s, action.rankings, req))
                 chosen, following = ranked[0], ranked[1 : 1 + self.depth] if action.kind == "prefer" else []
             else:
-                stand_in = next((f for f in listed if req.hard_ok(f)), None) if allowed else None
+                # docs/language.md, "Fallbacks": the first fallback that can serve the request and passes every
+                # `where` constraint; when none passes them, the first that can serve it
+                can_serve = [f for f in listed if req.hard_ok(f)] if allowed else []
+                within = [f for f in can_serve if all(passes(f, c, req) for c in action.where)]
+                stand_in = (within or can_serve or [None])[0]
                 if stand_in is None:
                     continue  # a matching rule with no viable model (and no fallback to stand in) does not decide
                 chosen, following = stand_in, []

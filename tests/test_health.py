@@ -93,6 +93,19 @@ def test_warmup_probes_each_model_once_and_reports_it(make, fake_server: FakeSer
     assert again["alpha-large"].status == "skipped" and again["alpha-large"].error == "CircuitOpen"
 
 
+def test_warmup_resolves_names_like_a_pin(make, fake_server: FakeServer) -> None:
+    from engine import PinError
+
+    engine = make()
+    assert [r.model for r in engine.warmup(["gpt-4o-mini"])] == ["alpha-mini"]  # a catalog alias
+    assert [r.model for r in engine.warmup(["acme:alpha-mini", "alpha-mini"])] == ["alpha-mini"]  # once each
+    assert [r.model for r in engine.warmup("alpha-mini")] == ["alpha-mini"]  # a str is one model
+    before = len(fake_server.requests)
+    with pytest.raises(PinError, match="did you mean alpha-mini") as info:
+        engine.warmup(["alpha-mnii"])
+    assert isinstance(info.value, ValueError) and len(fake_server.requests) == before  # refused before any probe
+
+
 def test_a_probe_takes_the_half_open_claim_and_closes_the_circuit(fake_server: FakeServer) -> None:
     now = [1000.0]
     engine = Engines(fake_server, default=POLICY)(state=MemoryStore(clock=lambda: now[0]))

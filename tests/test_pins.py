@@ -150,3 +150,38 @@ def test_functions_and_rankers_are_checked_and_kept() -> None:
             Engine.from_source("otherwise use gpt-5-mini", functions=bad)
     with pytest.raises(TypeError, match=r"rankers=.*async"):
         Engine.from_source("otherwise use gpt-5-mini", rankers={"r": slow})
+
+
+ADHOC = """
+set retry.attempts = 0
+set adhoc_models = true
+otherwise use alpha-mini
+"""
+
+
+def test_an_adhoc_name_pins_from_python(make, fake_server: FakeServer) -> None:
+    engine = make(ADHOC)
+    c = engine.complete("hello", model="acme:brand-new", fallback=["acme:alpha-mini"])
+    assert (c.model, fake_server.last().model) == ("acme:brand-new", "brand-new")
+    assert [s.model for s in c.decision.plan] == ["acme:brand-new", "alpha-mini"]  # P:X names the catalog model
+    assert c.cost is None or c.cost == 0.0  # the price is unknown (see providers/execution/metering.py)
+    assert [r.model for r in engine.warmup(["acme:brand-new"])] == ["acme:brand-new"]
+    with pytest.raises(PinError, match="nobody:brand-new") as info:  # not a provider the catalog knows
+        engine.complete("hello", model="nobody:brand-new")
+    assert info.value.code == "model_not_found"
+    with pytest.raises(PinError):  # without `set adhoc_models = true`, only catalog models
+        make().complete("hello", model="acme:brand-new")
+
+
+def test_an_unknown_price_meters_no_cost_unless_held() -> None:
+    from engine.runtime.policy import Entry
+    from engine.runtime.qualified import adhoc_spec
+    from providers.execution.metering import meter
+    from providers.types import ChatResponse, Usage
+
+    entry = Entry.of(adhoc_spec("acme", "brand-new"))
+    answer = ChatResponse(text="ok", usage=Usage(input_tokens=10, output_tokens=2), model="acme:brand-new")
+    metered, estimated = meter(answer, entry, lambda: 10, len, None)
+    assert metered.cost is None and estimated  # unknown, never $0
+    metered, _ = meter(answer, entry, lambda: 10, len, 0.1)
+    assert metered.cost == 0.1  # `set budget.unknown_price_hold = $0.10`

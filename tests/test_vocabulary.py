@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from engine import Engine, NoRouteError, PolicyError, compile_source
+from engine.api import RequestError
 from engine.language import nodes as n
 from engine.language.fastparse import parse_fast
 from engine.language.fmt import format_source
@@ -325,7 +326,144 @@ def test_adhoc_models() -> None:
 def test_request_counts_route_end_to_end_and_cannot_be_spoofed() -> None:
     e = engine("when turns >= 2 use alpha-large\nwhen words > 3 use beta-coder\notherwise use beta-chat\n")
     assert e.decide("one two three four").model == "beta-coder"
-    assert e.decide("one two", words=10).model == "beta-chat"  # the caller cannot set a count
+    with pytest.raises(RequestError, match="`words` is counted from the request itself"):
+        e.decide("one two", words=10)  # the caller cannot set a count, and is told so
     msgs = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
     assert e.decide(messages=msgs).model == "alpha-large"
-    assert e.decide("x", turns=5).model == "beta-chat"
+    with pytest.raises(RequestError, match="`turns`"):
+        e.decide("x", turns=5)
+    with pytest.raises(RequestError, match="pin_model"):
+        e.decide("x", model="alpha-large")  # decide() does not pin: model= is no attribute either
+
+
+# ---- review of issue 17: regressions ------------------------------------------------------------------------
+
+
+def _ref(text: str, prompt: str, **attrs) -> str | None:
+    """The reference interpreter's model (tests/reference.py) for a policy over the fixture catalog."""
+    from reference import reference_decide
+
+    from engine.language.load import load_source
+
+    got = reference_decide(load_source(text, "policy.route").body, CATALOG, prompt, attrs)
+    return got[0] if got is not None else None
+
+
+def test_rules_ranking_the_same_list_keep_their_own_pools() -> None:
+    rules = [
+        'when tier == "g" prefer healthiest among [acme:alpha-next, alpha-mini]\n',
+        'when tier == "b" prefer cheapest among [acme:alpha-next, alpha-mini]\n',
+    ]
+    for order in (rules, rules[::-1]):
+        e = engine("set adhoc_models = true\n" + "".join(order) + "otherwise use local-free\n")
+        cheap = e.decide("hi", tier="b")
+        assert cheap.chain == ["alpha-mini"]  # the ad-hoc model's price is unknown: cheapest skips it
+        assert [c.status for c in cheap.candidates if c.model == "acme:alpha-next"] == ["rejected"]
+        assert e.decide("hi", tier="g").chain == ["alpha-mini", "acme:alpha-next"]  # healthiest keeps it (last)
+
+
+def test_unknown_latency_weighs_and_ranks_without_nan() -> None:
+    e = engine(
+        "set adhoc_models = true\n"
+        'when tier == "w" balance weighted [acme:alpha-next, alpha-mini]\n'
+        'when tier == "h" prefer healthiest among [acme:b, acme:a]\n'
+        "otherwise use local-free\n"
+    )
+    picks = {e.decide("hi", tier="w").model for _ in range(200)}
+    assert picks == {"acme:alpha-next", "alpha-mini"}  # no ValueError: every weight is finite
+    d = e.decide("hi", tier="h")
+    assert d.chain == ["acme:a", "acme:b"]  # equal health, both latencies unknown: by name
+    text = d.explain()
+    assert "nan" not in text and "latency unknown" in text
+    assert [s.reason.split(";")[0] for s in d.plan] == ["rank 1 by healthiest", "rank 2 by healthiest"]
+
+
+@pytest.mark.parametrize("huge", [10**400, "1" + "0" * 400, float("inf")])
+def test_a_limit_too_large_for_a_float_sets_no_limit(huge) -> None:
+    text = "otherwise prefer cheapest where latency <= max_latency and context >= min_ctx\n"
+    d = engine(text).decide("hi", max_latency=huge, min_ctx=huge)
+    assert d.model == _ref(text, "hi", max_latency=huge, min_ctx=huge) == "local-free"
+    assert "`where latency <= max_latency` does not apply" in d.explain()
+    assert request_value("count", 10**400) is None and request_value("duration", "9" * 400 + "s") is None
+
+
+def test_any_real_number_is_a_limit() -> None:
+    from decimal import Decimal
+    from fractions import Fraction
+
+    for value in (Decimal("1000"), Fraction(1000), 1000.0):
+        assert request_value("duration", value) == 1.0
+    text = "otherwise prefer capability(CODING) where latency <= max_latency\n"
+    assert engine(text).decide("hi", max_latency=Decimal("500")).model == _ref(text, "hi", max_latency=500)
+
+
+@pytest.mark.parametrize("a", [1e17, -1e17, 1e308, -1e308, 10**300])
+def test_a_score_ranks_by_the_terms_that_differ_between_models(a) -> None:
+    text = 'when tier == "b" prefer score(10 * a + 1 * capability(CODING)) then cheapest\notherwise use local-free\n'
+    d = engine(text).decide("hi", tier="b", a=a)
+    assert d.model == _ref(text, "hi", tier="b", a=a) == "beta-coder"  # CODING 10: the attribute adds alike
+    ranked = [c.model for c in d.candidates if c.status != "rejected"]
+    assert ranked[: len(d.chain)] == d.chain  # explain's order is the decision's
+    assert "score unknown" not in d.explain() and "ranked by 10 (the terms that differ between models)" in d.explain()
+
+
+def test_a_stand_in_is_not_an_experiment_variant() -> None:
+    e = engine('otherwise split 50% beta-chat, 50% delta-tiny as "e" fallback alpha-mini\n')
+    d = e.decide("hi", tools=True)  # neither variant has tools: the fallback stands in
+    assert d.model == "alpha-mini" and d.experiment is None
+    experiment = e.decide("hi").experiment
+    assert experiment is not None and experiment.name == "e"
+
+
+@pytest.mark.parametrize("limit", ["where latency <= max_latency", "where latency <= 1s"])
+def test_a_stand_in_respects_the_rules_limits(limit: str) -> None:
+    text = f"otherwise prefer cheapest among [beta-coder, alpha-mini] {limit} fallback alpha-large, gamma-flash\n"
+    big = "word " * 120000  # longer than beta-coder's and alpha-mini's context
+    d = engine(text).decide(big, max_latency=1000)
+    assert d.model == _ref(text, big, max_latency=1000) == "gamma-flash"  # alpha-large (3000ms) is over the limit
+    # when no fallback passes the limits, the first that can serve the request still stands in
+    text = "otherwise prefer cheapest among [beta-coder, alpha-mini] where latency <= 1s fallback alpha-large\n"
+    assert engine(text).decide(big).model == _ref(text, big) == "alpha-large"
+
+
+def test_an_adhoc_context_is_unknown() -> None:
+    e = engine(
+        "set adhoc_models = true\n"
+        'when tier == "s" prefer score(1 * context) among [acme:alpha-next, alpha-mini]\n'
+        'when tier == "w" prefer capability(CODING) among [acme:alpha-next, alpha-mini] where context >= 100k\n'
+        'when tier == "r" prefer capability(CODING) among [acme:alpha-next, alpha-mini] where context >= min_ctx\n'
+        "otherwise prefer capability(CODING) among [acme:alpha-next, alpha-mini]\n"
+    )
+    for tier in "swr":
+        d = e.decide("hi", tier=tier, min_ctx=1000)
+        assert d.chain == ["alpha-mini"], tier
+        assert "1e+09" not in d.explain() and "context unknown (not in the catalog)" in d.explain()
+    assert e.decide("hi", tier="x").chain == ["alpha-mini", "acme:alpha-next"]  # nothing needs its context
+
+
+def test_health_weights_and_interval_are_checked() -> None:
+    assert codes("set health.success_weight = 0\nset health.latency_weight = 0\notherwise use alpha-mini\n") == ["E401"]
+    assert codes("set health.interval = 999ms\notherwise use alpha-mini\n") == ["E401"]
+    engine("set health.interval = 1s\nset health.latency_weight = 0\notherwise use alpha-mini\n")
+
+
+def test_graph_prints_plain_coefficients() -> None:
+    e = engine("otherwise prefer score(0.000000001 * context - 0.5 * cost)\n")
+    label = e.policy.rules[0].selector.rankings[0].label
+    assert label == "score(0.000000001 * context - 0.5 * cost)"
+    assert "(0.000000001 x context " in e.decide("hi").explain()
+    engine(f"otherwise prefer {label}\n")  # what graph prints is a policy again
+
+
+@pytest.mark.parametrize("name", ["words", "turns", "model"])
+def test_a_derived_count_or_model_is_no_attribute_anywhere(name: str) -> None:
+    import click
+
+    from engine.cli.app import parse_attr
+
+    with pytest.raises(click.BadParameter, match=f"`{name}`"):
+        parse_attr(f"{name}=10")
+    with pytest.raises(RequestError, match=f"`{name}`"):
+        engine("otherwise use alpha-mini\n").decide("hi", **{name: 10})  # type: ignore[arg-type]
+    test = f'otherwise use alpha-mini\ntest "t" {{\n  expect "hi" with {name}=10 -> alpha-mini\n}}\n'
+    assert codes(test) == ["E401"]

@@ -28,6 +28,7 @@ from engine.language.load import bundled_policy_dir, display_name, resolve_entry
 from engine.options import extension_functions
 from engine.runtime.decision import NoRouteError
 from engine.runtime.jsoninput import TooDeepError, check_messages, load_json
+from engine.runtime.policy import not_an_attribute
 from engine.runtime.report import Report
 from engine.tools.explain import render_text
 
@@ -125,6 +126,9 @@ def parse_attr(item: str) -> tuple[str, Any]:
             f"`{key}` is the request itself, not an attribute: give the prompt as an argument, -f or --messages",
             param_hint="--attr",
         )
+    why = not_an_attribute(key)
+    if why is not None:
+        raise click.BadParameter(why, param_hint="--attr")
     try:
         value = load_json(raw)
     except TooDeepError as exc:

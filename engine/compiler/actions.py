@@ -17,6 +17,7 @@ from engine.runtime.constraints import NEGATED, OPS, Code, CostLimit, Limit, Rea
 from engine.runtime.functions import CustomRank
 from engine.runtime.limits import AttrLimit
 from engine.runtime.policy import Entry, PriceGroup, RankKey
+from engine.runtime.qualified import context_known
 from engine.runtime.scores import HealthRank, ScoreRank, Term
 from engine.runtime.selectors import (
     BalanceSelector,
@@ -119,27 +120,37 @@ def static_reason(e: Entry, c: n.Constraint) -> Reason | None:
     return Reason(code, f"{shown} {NEGATED[c.op]} {fmt_value(literal(c.value).kind, value)}")
 
 
-def _unknown_numbers(
-    rankings: tuple[RankKey, ...], limits: tuple[Limit, ...]
-) -> Callable[[Entry], Reason | None] | None:
-    """For a rule that ranks or limits by cost, price or latency: why a model whose number is unknown (an ad-hoc
-    `provider:model`) is skipped; None when nothing the rule does needs those numbers."""
-    by_cost = any(r.kind == "cheapest" for r in rankings) or any(lim.code is Code.COST for lim in limits)
+def unknown_needs(
+    rankings: tuple[RankKey, ...], limits: tuple[Limit, ...], static: Sequence[n.Constraint] = ()
+) -> tuple[bool, bool, bool]:
+    """Whether a rule ranks or limits by (cost or price, latency, context): the numbers an ad-hoc model lacks.
+    Part of the rule's pool cache key, since the pool then leaves out the models whose number is unknown."""
+    by_cost = any(r.kind == "cheapest" for r in rankings) or any(lim.code in (Code.COST, Code.PRICE) for lim in limits)
     by_latency = any(r.kind == "fastest" for r in rankings) or any(lim.code is Code.LATENCY for lim in limits)
+    by_context = any(lim.code is Code.CONTEXT_LIMIT for lim in limits) or any(c.metric == "context" for c in static)
     for r in rankings:
         if isinstance(r, ScoreRank):
             by_cost |= any(t.factor in ("cost", "price") for t in r.terms)
             by_latency |= any(t.factor == "latency" for t in r.terms)
-    by_cost |= any(lim.code is Code.PRICE for lim in limits)
+            by_context |= any(t.factor == "context" for t in r.terms)
+    return by_cost, by_latency, by_context
+
+
+def _unknown_numbers(needs: tuple[bool, bool, bool]) -> Callable[[Entry], Reason | None] | None:
+    """For a rule that ranks or limits by cost, price, latency or context (unknown_needs): why a model whose
+    number is unknown (an ad-hoc `provider:model`) is skipped; None when nothing the rule does needs them."""
+    by_cost, by_latency, by_context = needs
 
     def unknown(e: Entry) -> Reason | None:
         if by_cost and not price_known(e):
             return Reason(Code.PRICE, "price unknown (not in the catalog): cost-ranked choices skip it")
         if by_latency and not math.isfinite(e.latency_ms):
             return Reason(Code.LATENCY, "latency unknown (not in the catalog): latency-ranked choices skip it")
+        if by_context and not context_known(e):
+            return Reason(Code.CONTEXT_LIMIT, "context unknown (not in the catalog): context-ranked choices skip it")
         return None
 
-    return unknown if (by_cost or by_latency) else None
+    return unknown if any(needs) else None
 
 
 def _static_key(static: list[n.Constraint]) -> tuple:
@@ -163,6 +174,7 @@ class _Parts:
     key: str
     cache: dict
     rankings: tuple[RankKey, ...] = ()
+    fitting: tuple[Entry, ...] = ()
 
     def common(self) -> dict[str, Any]:
         return {
@@ -170,6 +182,7 @@ class _Parts:
             "static_rejects": self.rejects,
             "cost_limits": self.costs,
             "fallbacks": self.fallbacks,
+            "fitting": self.fitting,
         }
 
 
@@ -366,8 +379,10 @@ def build_selector(
         candidates = list(entries.values())
     whole_catalog = not (action.kind == "use" or listed)
     among = tuple(e.name for e in candidates) if action.among else None
-    skey = ("filter", _static_key(static), among)
     rankings = tuple(rank_key(r, entries, cache) for r in action.rankings)
+    needs = unknown_needs(rankings, costs, static)
+    # the pool depends on the static constraints, the list ranked, and which unknown numbers the rule skips
+    skey = ("filter", _static_key(static), among, needs)
     # a `use` or `prefer` selector depends only on what this says (no state key): rules that say the same share it
     sig = None
     if action.kind in ("use", "prefer"):
@@ -380,7 +395,7 @@ def build_selector(
     adhoc = cache.get(ADHOC_KEY) or frozenset()
     if whole_catalog and adhoc:  # a model the catalog does not list is ranked only where a rule names it
         candidates = [e for e in candidates if e.name not in adhoc]
-    unknown = _unknown_numbers(rankings, costs)
+    unknown = _unknown_numbers(needs)
     if whole_catalog and skey in cache:
         shared_pool, shared_rejects = cache[skey]
     else:
@@ -399,7 +414,10 @@ def build_selector(
         shared_pool, shared_rejects = tuple(pool), tuple(rejects)
         if whole_catalog:
             cache[skey] = (shared_pool, shared_rejects)
-    parts = _Parts(action, resolve, shared_pool, shared_rejects, skey, costs, fallbacks, key, cache, rankings)
+    fitting = tuple(
+        f for f in fallbacks if not any(static_reason(f, c) for c in static) and (unknown is None or unknown(f) is None)
+    )
+    parts = _Parts(action, resolve, shared_pool, shared_rejects, skey, costs, fallbacks, key, cache, rankings, fitting)
     selector = BUILDERS[action.kind](parts)
     if sig is not None:
         cache[sig] = selector

@@ -24,10 +24,10 @@ from engine.language.parse import gc_paused
 from engine.runtime.functions import Function, Ranker
 from engine.runtime.index import build_index
 from engine.runtime.matcher import FLAGS, Matcher, check, to_re2
-from engine.runtime.policy import BudgetSpec, CompiledPolicy, Entry
-from engine.runtime.qualified import adhoc_spec, known_providers, resolve_qualified, split_name
+from engine.runtime.policy import BudgetSpec, CompiledPolicy, Entry, not_an_attribute
+from engine.runtime.qualified import PolicyModels, adhoc_spec, known_providers, resolve_qualified, split_name
 from engine.runtime.settings import SETTINGS, Settings, coerce
-from engine.runtime.units import EXAMPLES, KIND_NAMES, METRIC_KIND
+from engine.runtime.units import EXAMPLES, KIND_NAMES, METRIC_KIND, fmt_seconds
 from providers.catalog.models import KNOWN_FEATURES, Catalog, CatalogError, ModelSpec, default_catalog, load_catalog
 
 MAX_RULES = 10_000
@@ -445,6 +445,18 @@ def pass_tests(ctx: Context) -> None:
             for ref in (exp.model, *(exp.fallbacks or ()), *(exp.plan or ())):
                 if ref is not None:
                     ctx.resolve_model(ref)
+            for a in exp.attrs:
+                why = not_an_attribute(a.name) if a.name != "messages" else None  # `messages`: the test runner's
+                if why is not None:
+                    ctx.error(
+                        "E401",
+                        f"a test case cannot pass `{a.name}`",
+                        a.span,
+                        "not a request attribute",
+                        "a test checks the policy's own choice: leave `model` out"
+                        if a.name == "model"
+                        else f"{why}: write the prompt the case needs instead",
+                    )
 
 
 def _unit_error(ctx: Context, what: str, want: str, lit: n.Value, more: str = "") -> None:
@@ -481,6 +493,16 @@ def pass_types(ctx: Context) -> None:
             if c.metric in METRIC_KIND and c.value is not None:
                 want = METRIC_KIND[c.metric]
                 if on_request(c):
+                    if c.value.value == "tokens":  # type: ignore[union-attr]
+                        attr = f"max_{c.metric}" if c.op.startswith("<") else f"min_{c.metric}"
+                        ctx.error(
+                            "E400",
+                            f"`{c.metric} {c.op} tokens`: `tokens` is the request's size, not a request attribute",
+                            c.value.span,
+                            "not a request attribute",
+                            "every model must already hold the request (a hard constraint); compare with "
+                            f"{EXAMPLES[want]}, or an attribute the caller passes (`{c.metric} {c.op} {attr}`)",
+                        )
                     continue  # a request attribute: read in the metric's unit when the request arrives
                 if not isinstance(c.value, n.Literal) or c.value.kind != want:
                     attr = f"max_{c.metric}" if c.op.startswith("<") else f"min_{c.metric}"
@@ -576,8 +598,17 @@ def pass_strategies(ctx: Context) -> None:
                 "E401",
                 f"`{setting.name}` must be longer than 0",
                 setting.value.span,
-                "0 would end every request at once",
-                f"write a duration such as `set {setting.name} = 30s`, or leave the setting out",
+                spec.zero,
+                f"write a duration such as `set {setting.name} = {fmt_seconds(max(30.0, spec.minimum))}`, or leave "
+                "the setting out",
+            )
+        elif spec.minimum and number(setting.value.value) < spec.minimum:
+            ctx.error(
+                "E401",
+                f"`{setting.name}` must be at least {fmt_seconds(spec.minimum)}",
+                setting.value.span,
+                "too often: every round probes each model the policy uses",
+                f"write a duration such as `set {setting.name} = 60s`, or leave the setting out",
             )
         elif spec.choices and setting.value.value not in spec.choices:
             ctx.error(
@@ -587,6 +618,7 @@ def pass_strategies(ctx: Context) -> None:
                 "not a choice",
                 did_you_mean(str(setting.value.value), spec.choices) or f"write one of {', '.join(spec.choices)}",
             )
+    _check_health_weights(ctx)
     for budget in ctx.budgets:
         if budget.period not in BUDGET_PERIODS:
             ctx.error(
@@ -687,6 +719,25 @@ def compile_loaded(
     return policy
 
 
+def _check_health_weights(ctx: Context) -> None:
+    """`balance weighted` weighs by success_weight x success rate + latency_weight x latency score: both weights 0
+    would weigh every member 0 (E401)."""
+    weights = ("health.success_weight", "health.latency_weight")
+    given = {name: ctx.settings[name] for name in weights if name in ctx.settings}
+    if not given or any(not isinstance(s.value, n.Literal) or s.value.kind != "count" for s in given.values()):
+        return
+    values = [number(given[w].value.value) if w in given else SETTINGS[w].default for w in weights]  # type: ignore[union-attr]
+    if sum(values) <= 0:
+        last = max(given.values(), key=lambda s: (s.span.line, s.span.col))
+        ctx.error(
+            "E401",
+            "`health.success_weight` and `health.latency_weight` are both 0",
+            last.value.span,
+            "every member of `balance weighted` would weigh 0",
+            "give one of them a weight above 0, e.g. `set health.success_weight = 1`",
+        )
+
+
 def build(ctx: Context) -> CompiledPolicy:
     """The last pass: turn the checked AST into the immutable decision structure."""
     assert ctx.catalog is not None
@@ -732,7 +783,7 @@ def build(ctx: Context) -> CompiledPolicy:
         version=digest.hexdigest()[:12],
         files=tuple(ctx.loaded.files),
         rules=tuple(rules),
-        models=MappingProxyType(entries),
+        models=PolicyModels(entries, ctx.catalog, adhoc=ctx.adhoc_allowed),
         tasks=MappingProxyType(task_masks),
         matcher=matcher,
         pattern_text=tuple(ctx.pattern_text),
@@ -807,14 +858,4 @@ def _matcher(sources: tuple[str, ...], display: tuple[str, ...]) -> Matcher:
 
 
 def _entry(spec: ModelSpec) -> Entry:
-    return Entry(
-        spec.name,
-        spec.provider,
-        spec.context,
-        spec.input_price,
-        spec.output_price,
-        spec.latency_ms,
-        "tools" in spec.supports,
-        "vision" in spec.supports,
-        spec,
-    )
+    return Entry.of(spec)

@@ -80,6 +80,7 @@ _FRIENDLY = {
     "PRICE": "a price ($3/1M)",
     "PERCENT": "a percentage",
     "COMPARE": "a comparison (== != < <= > >=)",
+    "SIGN": "a sign (+ or -)",
     "$END": "end of file",
 }
 
@@ -670,6 +671,14 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, file: str) -> tuple[Diag
             diag = Diagnostic(
                 "E101", "unterminated string", end, "this string never ends", 'close it with `"` on the same line'
             )
+        elif ch in "/*" and _inside_score(line_text[: col - 1]):
+            diag = Diagnostic(
+                "E104",
+                f"unexpected character `{ch}` in a score",
+                span,
+                "a score only multiplies a term by a number",
+                "write the coefficient as a number: `0.5 * cost` rather than `cost / 2`; " + SCORE_HINT,
+            )
         elif ch == "/" and "/" not in rest:
             end = n.Span(file, line, col, line, len(line_text) + 1)
             diag = Diagnostic(
@@ -683,12 +692,15 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, file: str) -> tuple[Diag
             word = re.match(r"[\w.$/%]+", text[pos:])
             bad = word.group(0) if word else ch
             span = n.Span(file, line, col, line, col + len(bad))
+            exponent = re.fullmatch(r"[0-9]+(\.[0-9]+)?[eE]", bad) is not None
             diag = Diagnostic(
                 "E105",
                 f"bad literal `{bad}`",
                 span,
                 "not a number, duration or price",
-                "numbers take k or M (30k, 1M), durations ms, s, m or h (800ms, 2s, 5m, 1h), money $0.05, "
+                "numbers are plain decimals, without an exponent: write 0.000000001, not 1e-9"
+                if exponent
+                else "numbers take k or M (30k, 1M), durations ms, s, m or h (800ms, 2s, 5m, 1h), money $0.05, "
                 "prices $3/1M or $0.003/1k",
             )
         else:
@@ -737,6 +749,22 @@ def _describe(tok: Token) -> str:
     return f"{kind} `{tok}`"
 
 
+#: The help of a syntax error inside `score(...)`.
+SCORE_HINT = (
+    "a score is terms joined by + or -, each NUMBER * TERM or TERM: capability(NAME), cost, price, latency, context, "
+    "tokens, a request attribute or a function call name(); e.g. score(3 * capability(CODING) - 100 * cost)"
+)
+
+
+def _inside_score(line_before: str) -> bool:
+    """Whether a position follows `score(` with no `)` closing it on its line."""
+    at = line_before.rfind("score(")
+    if at < 0:
+        return False
+    rest = line_before[at + len("score(") :]
+    return rest.count("(") >= rest.count(")")
+
+
 def _token_hint(tok: Token, expected: set[str], text: str = "") -> str | None:
     value = str(tok)
     before = text[: tok.start_pos].rstrip() if tok.start_pos is not None else ""
@@ -744,6 +772,10 @@ def _token_hint(tok: Token, expected: set[str], text: str = "") -> str | None:
         return "compare with `==`; `=` only declares tasks and models"
     if tok.type == "NAME" and re.search(r'[,\s]"$', before) and "STRING" not in expected:
         return f'did a `"` close the string before `{value}` too early?'
+    if {"TOKENS", "COST"} <= expected or ("SIGN" in expected and before.endswith("score(")):
+        return SCORE_HINT
+    if tok.type == "SIGN" and expected & {"NUMBER", "DURATION", "MONEY"}:
+        return f"a value cannot be negative here: write `{value}` only between the terms of a score(...)"
     if expected & {"LATENCY", "PRICE", "COST", "CONTEXT", "PROVIDER", "SUPPORTS"}:
         return (
             "constraints are latency, price, cost, context, capability(NAME), provider in [...], "

@@ -85,9 +85,13 @@ class PinnedDecision(Decision):
 
 
 def resolve_model(policy: CompiledPolicy, name: str) -> str | None:
-    """The canonical catalog name for a model name, a catalog alias or a `provider:model` name, or None."""
-    if name in policy.models:
-        return name
+    """The canonical catalog name for a model name, a catalog alias or a `provider:model` name (with `set
+    adhoc_models = true`, also one the catalog does not list, for a provider it knows), or None."""
+    # a model name first; with `set adhoc_models = true` the policy's models (PolicyModels) also resolve a
+    # `provider:model` name, making an ad-hoc model when the catalog does not list it
+    entry = policy.models.get(name)
+    if entry is not None:
+        return entry.name
     catalog = policy.catalog
     if catalog is None:
         return None

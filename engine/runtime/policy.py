@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from engine.language import nodes as n
 from engine.runtime.constraints import NEGATED, OPS, CostLimit
 from engine.runtime.matcher import Matcher
-from engine.runtime.messages import counts_read
+from engine.runtime.messages import REQUEST_COUNTS, counts_read
 from engine.runtime.units import fmt_money
 
 if TYPE_CHECKING:
@@ -31,6 +31,7 @@ __all__ = [
     "RankKey",
     "Request",
     "get_attr",
+    "not_an_attribute",
 ]
 
 #: Output tokens assumed for cost estimates when the request does not pass `max_tokens`.
@@ -67,6 +68,17 @@ def get_attr(attrs: Mapping[str, Any], name: str) -> Any:
 _EMPTY: Mapping[str, float] = MappingProxyType({})
 
 
+def not_an_attribute(name: str) -> str | None:
+    """Why a caller (decide()'s keywords, `--attr`, a test's `with`) may not pass the attribute `name`, or None
+    when it may: the counts derived from the request itself (messages, turns, words) and `model`, which names a
+    model to pin rather than an attribute."""
+    if name == "model":
+        return "`model` names a model to pin, not a request attribute: use engine.pin_model() or complete(model=...)"
+    if name in REQUEST_COUNTS:
+        return f"`{name}` is counted from the request itself, so it cannot be passed"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     """A catalog model with the numbers selection needs, flattened for speed."""
@@ -83,6 +95,22 @@ class Entry:
 
     def cost(self, tokens: float, out_tokens: float) -> float:
         return tokens * self.ip + out_tokens * self.op
+
+    @classmethod
+    def of(cls, spec: Any) -> Entry:
+        """The entry of a catalog model (a ModelSpec)."""
+        supports = spec.supports
+        return cls(
+            spec.name,
+            spec.provider,
+            spec.context,
+            spec.input_price,
+            spec.output_price,
+            spec.latency_ms,
+            "tools" in supports,
+            "vision" in supports,
+            spec,
+        )
 
 
 class Request:

@@ -13,7 +13,9 @@ window, or a store that does not report success rates, counts as healthy (1.0): 
 
 from __future__ import annotations
 
+import decimal
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.runtime.functions import Failed, Function, number_of
 from engine.runtime.policy import MISSING, RankKey, get_attr
-from engine.runtime.units import fmt_money, fmt_seconds
+from engine.runtime.units import finite, fmt_money, fmt_plain, fmt_seconds
 
 if TYPE_CHECKING:
     from engine.runtime.policy import Entry, Request
@@ -49,7 +51,7 @@ class Term:
         what = {"capability": f"capability({self.name})", "attr": str(self.name), "call": f"{self.name}()"}.get(
             self.factor, self.factor
         )
-        return f"{abs(self.coef):g} * {what}" if abs(self.coef) != 1 else what
+        return f"{fmt_plain(abs(self.coef))} * {what}" if abs(self.coef) != 1 else what
 
     def static_value(self, e: Entry) -> float | None:
         """The term's factor for a model when it does not depend on the request (None: it does)."""
@@ -68,9 +70,10 @@ class Term:
 
 def _request_number(req: Request, name: str) -> float | None:
     value: Any = get_attr(req.attrs, name)
-    if value is MISSING or isinstance(value, bool) or not isinstance(value, (int, float)):
+    if value is MISSING or isinstance(value, bool) or not isinstance(value, (numbers.Real, decimal.Decimal)):
         return None
-    return float(value) if math.isfinite(value) else None
+    number = finite(value)
+    return number if math.isfinite(number) else None
 
 
 def _static_sum(terms: tuple[Term, ...], e: Entry) -> float:
@@ -110,31 +113,50 @@ class ScoreRank(RankKey):
         value = self.static.get(e.name)
         return value if value is not None else _static_sum(self.terms, e)
 
-    def score(self, e: Entry, req: Request | None) -> float:
+    def model_part(self, e: Entry, req: Request | None) -> float:
+        """The part of the score that differs between models (capability, price, latency, context, cost): the
+        rank key. NaN when a function term has no value (every model's score is then unknown)."""
         total = self._static(e)
         if req is None:
             return total
         for t in self.terms:
-            f = t.factor
-            if f == "cost":
+            if t.factor == "cost":
                 total += t.coef * e.cost(req.tokens, req.out_tokens)
-            elif f == "tokens":
+            elif t.factor == "call":
+                called = number_of(req, t.fn) if t.fn is not None else None
+                if called is None or isinstance(called, Failed):
+                    return math.nan
+        return total
+
+    def request_part(self, req: Request) -> float:
+        """The part the request adds to every model's score alike (tokens, request attributes, function values;
+        an attribute that is not a finite number adds 0). NaN when a function term has no value."""
+        total = 0.0
+        for t in self.terms:
+            if t.factor == "tokens":
                 total += t.coef * req.tokens
-            elif f == "attr":
+            elif t.factor == "attr":
                 v = _request_number(req, t.name or "")
                 if v is not None:
                     total += t.coef * v
-            elif f == "call":
+            elif t.factor == "call":
                 called = number_of(req, t.fn) if t.fn is not None else None
                 if called is None or isinstance(called, Failed):
-                    return -math.inf  # the score is unknown: the model ranks after every model with a score
+                    return math.nan
                 total += t.coef * called
         return total
 
+    def score(self, e: Entry, req: Request | None) -> float:
+        """The whole score, for explain (inf when the request's numbers are too large to add up)."""
+        model = self.model_part(e, req)
+        return model if req is None else model + self.request_part(req)
+
     def key(self, e: Entry, req: Request | None) -> float:
-        # scores compare to 9 decimal places: the same sum added up in another order is the same score
-        value = self.score(e, req)
-        return -round(value, 9) if math.isfinite(value) else math.inf
+        """Minus the model part rounded to 9 decimal places (the same sum added up in another order is the same
+        score); inf (last) when it is unknown or not finite. The request part adds the same to every model, so
+        it never changes the order, and a huge request number cannot make models tie or every score unknown."""
+        value = self.model_part(e, req)
+        return -round(value, 9) + 0.0 if math.isfinite(value) else math.inf
 
     def shown(self, e: Entry, req: Request) -> str:
         """`score 46.5 = +30 (3 x REASONING 10) +18 (2 x CODING 9) -1.5 (-100 x cost $0.015)`."""
@@ -164,9 +186,15 @@ class ScoreRank(RankKey):
                     parts.append(f"+0 ({t.name} is not a finite number)")
                     continue
                 shown = f"{v:g}"
-            parts.append(f"{t.coef * v + 0.0:+.6g} ({t.coef:g} x {what} {shown})")  # + 0.0: no "-0"
-        total = self.score(e, req)
-        return (f"score {total:.6g} = " if math.isfinite(total) else "score unknown = ") + " ".join(parts)
+            parts.append(f"{t.coef * v + 0.0:+.6g} ({fmt_plain(t.coef)} x {what} {shown})")  # + 0.0: no "-0"
+        model, extra = self.model_part(e, req), self.request_part(req)
+        if not math.isfinite(model):
+            return "score unknown = " + " ".join(parts)
+        total = model + extra
+        text = (f"score {total:.6g} = " if math.isfinite(total) else "score too large to add up = ") + " ".join(parts)
+        if not math.isfinite(total) or round(total - extra, 6) != round(model, 6):  # the total hides the order
+            text += f"; ranked by {model:.6g} (the terms that differ between models)"
+        return text
 
 
 def success_rates(req: Request, window: float) -> Mapping[str, float]:
@@ -180,8 +208,10 @@ def success_rates(req: Request, window: float) -> Mapping[str, float]:
 
 
 def _latency(e: Entry, req: Request) -> float:
+    """Measured latency, else the catalog's; inf when neither is known (an ad-hoc model before its first call)."""
     measured = req.latency.get(e.name) if req.latency else None
-    return measured if measured is not None else e.latency_ms
+    lat = measured if measured is not None else e.latency_ms
+    return lat if math.isfinite(lat) else math.inf
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,14 +222,17 @@ class HealthRank(RankKey):
 
     def key(self, e: Entry, req: Request | None) -> Any:  # a pair: (minus the success rate, latency)
         if req is None:
-            return (-UNKNOWN_SUCCESS, e.latency_ms)
+            return (-UNKNOWN_SUCCESS, e.latency_ms if math.isfinite(e.latency_ms) else math.inf)
         rate = success_rates(req, self.window).get(e.name, UNKNOWN_SUCCESS)
         return (-rate, _latency(e, req))
 
     def shown(self, e: Entry, req: Request) -> str:
         rate = success_rates(req, self.window).get(e.name)
         measured = req.latency.get(e.name) if req.latency else None
-        lat = f"latency {measured:.0f}ms (measured)" if measured is not None else f"latency {e.latency_ms:g}ms"
+        if measured is not None:
+            lat = f"latency {measured:.0f}ms (measured)"
+        else:
+            lat = f"latency {e.latency_ms:g}ms" if math.isfinite(e.latency_ms) else "latency unknown (ranks last)"
         if rate is None:
             return f"success unknown in {fmt_seconds(self.window)} (counts as 100%), {lat}"
         return f"success {rate * 100:.1f}% in {fmt_seconds(self.window)}, {lat}"
@@ -210,13 +243,15 @@ def health_weights(
 ) -> list[tuple[float, float, float]]:
     """`balance weighted`: per member (weight, success rate, latency score), weight = success_weight x success
     rate + latency_weight x latency score, where the latency score is the fastest member's latency over this
-    member's (1 for the fastest; measured latency, the catalog's until measured)."""
+    member's (1 for the fastest; measured latency, the catalog's until measured; 0 when neither is known: an
+    ad-hoc model before its first call). Every weight is finite and at least 0."""
     rates = success_rates(req, window)
     latencies = [_latency(e, req) for e in members]
-    fastest = min(latencies, default=0.0)
+    fastest = min((x for x in latencies if x > 0), default=0.0)
     out = []
     for e, lat in zip(members, latencies, strict=True):
         rate = rates.get(e.name, UNKNOWN_SUCCESS)
-        speed = 1.0 if lat <= 0 else fastest / lat
+        rate = rate if math.isfinite(rate) else UNKNOWN_SUCCESS
+        speed = 0.0 if math.isinf(lat) else 1.0 if lat <= 0 else fastest / lat
         out.append((success_weight * rate + latency_weight * speed, rate, speed))
     return out

@@ -34,6 +34,7 @@ class Selector:
     rankings: tuple[RankKey, ...] = ()
     cost_limits: tuple[Limit, ...] = ()  # limits checked per request: `where cost`, `where METRIC op attribute`
     fallbacks: tuple[Entry, ...] = ()
+    fitting: tuple[Entry, ...] = ()  # the fallbacks that pass the rule's static `where` constraints
     key: str = ""  # state key (round-robin position, split stickiness) for this rule
 
     use: ClassVar[Entry | None] = None
@@ -113,13 +114,17 @@ class Selector:
 
     def stand_in(self, req: Request) -> Entry | None:
         """When no model of the rule can serve the request only because of the request itself (its size, tools,
-        images, or an open circuit) while the rule's `where` limits leave some model, the first viable fallback
-        stands in. None when there is none, or when the `where` limits leave no model at all."""
+        images, or an open circuit) while the rule's `where` limits leave some model, a fallback stands in: the
+        first that can serve the request and passes every `where` constraint (static and per request), else the
+        first that can serve it. None when there is none, or when the `where` limits leave no model at all."""
         if not self.fallbacks:
             return None
         limits = self.cost_limits
         if not any(all(c.allows(e, req) for c in limits) for e in self.pool):
             return None
+        for f in self.fitting:
+            if violation(f, req, limits) is None:
+                return f
         for f in self.fallbacks:
             if violation(f, req) is None:
                 return f
@@ -480,7 +485,10 @@ class SplitSelector(Selector):
     experiment: str | None = None  # `split ... as "name"`
 
     def experiment_for(self, chosen: Entry) -> Experiment | None:
-        return Experiment(self.experiment, chosen.name) if self.experiment is not None else None
+        """None when the chosen model is not a variant (a fallback standing in)."""
+        if self.experiment is None or chosen not in self.pool:
+            return None
+        return Experiment(self.experiment, chosen.name)
 
     def pick(self, req: Request) -> Entry | None:
         limits = self.cost_limits

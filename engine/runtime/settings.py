@@ -27,6 +27,8 @@ class Spec(NamedTuple):
     choices: tuple[str, ...] = ()
     positive: bool = False  # a time bound: 0 would refuse every request, so the compiler asks for more than 0
     real: bool = False  # a count that may have a fraction (a weight): kept as a float, not made whole
+    zero: str = "0 would end every request at once"  # (positive settings) what a 0 would do, the diagnostic's label
+    minimum: float = 0.0  # the least value allowed above 0 (E401 below it), in the kind's unit (seconds)
 
 
 #: name -> Spec. Durations are seconds, percentages fractions. The one list of settings: the compiler checks
@@ -68,13 +70,19 @@ SETTINGS: dict[str, Spec] = {
         "bool", False, "whether `provider:model` may name a model the catalog does not list, for a configured provider"
     ),
     "health.window": Spec(
-        "duration", 300.0, "the window success rates are measured over (healthiest, balance weighted)", positive=True
+        "duration",
+        300.0,
+        "the window success rates are measured over (healthiest, balance weighted)",
+        positive=True,
+        zero="an empty window holds no call to measure",
     ),
     "health.interval": Spec(
         "duration",
         None,
-        "active health checks: probe each model the policy uses this often (unset: no checks)",
+        "active health checks: probe each model the policy uses this often, at least 1s (unset: no checks)",
         positive=True,
+        zero="0 would probe every model without a pause",
+        minimum=1.0,
     ),
     "health.concurrency": Spec("count", 4, "active health checks: probes in flight at once"),
     "health.success_weight": Spec("count", 0.7, "balance weighted: weight of a member's success rate", real=True),
@@ -88,6 +96,9 @@ SETTINGS: dict[str, Spec] = {
     ),
     "n.fanout": Spec(
         "bool", True, "`n` > 1 on a provider without it (anthropic): n separate calls, or refuse the request (400)"
+    ),
+    "n.max": Spec(
+        "count", 8, "the most separate calls `n` may take on a provider without it (anthropic); a larger n: 400"
     ),
     "consensus.compare": Spec(
         "name",

@@ -3,7 +3,9 @@ kind each metric takes, and how numbers of each kind are shown back to people.""
 
 from __future__ import annotations
 
+import decimal
 import math
+import numbers
 import re
 
 from engine.language.literals import LITERAL_PATTERNS, literal_value
@@ -59,6 +61,16 @@ def fmt_seconds(s: float) -> str:
     return f"{s:g}s" if s >= 1 and (s * 10) % 1 == 0 else f"{s * 1000:g}ms"
 
 
+def fmt_plain(x: float) -> str:
+    """A number as a policy writes it: plain decimals, never an exponent (1e-09 -> 0.000000001), which the
+    language does not read."""
+    text = f"{x:g}"
+    if "e" not in text:
+        return text
+    plain = format(decimal.Decimal(repr(float(x))), "f")
+    return plain.rstrip("0").rstrip(".") if "." in plain else plain
+
+
 def fmt_ms(ms: float) -> str:
     return f"{ms:g}ms"
 
@@ -111,20 +123,31 @@ def request_value(kind: str, value: object) -> float | None:
 
     A number is in the metric's unit: latency ms, cost USD, price USD per 1M input tokens, context tokens,
     capability points. Text is a literal as a policy writes it ("2s", "$0.01", "$3/1M", "200k"), or a number."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        number = float(value)
-        return number * _PLAIN_SCALE[kind] if math.isfinite(number) else None
+    if isinstance(value, (numbers.Real, decimal.Decimal)) and not isinstance(value, bool):
+        return _known(finite(value) * _PLAIN_SCALE[kind])
     if not isinstance(value, str):
         return None
     text = value.strip()
     if _WHOLE["count"].fullmatch(text) and kind != "count" and text[-1] not in "kM":
-        return float(text) * _PLAIN_SCALE[kind]  # a plain number sent as text ("800")
+        return _known(finite(text) * _PLAIN_SCALE[kind])  # a plain number sent as text ("800")
     for want in _TEXT_KINDS.get(kind, ()):
         if _WHOLE[want].fullmatch(text):
             try:
-                return literal_value(want, text)
-            except ValueError:
+                return _known(finite(literal_value(want, text)))
+            except (ValueError, OverflowError):
                 return None
     return None
+
+
+def _known(number: float) -> float | None:
+    return number if math.isfinite(number) else None
+
+
+def finite(value: object) -> float:
+    """A number (int, float, Decimal, numpy scalar, numeric text) as a float; NaN when it is not finite or too large
+    for a float (10**400): such a number sets no limit and adds nothing to a score."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (OverflowError, ValueError, TypeError):
+        return math.nan
+    return number if math.isfinite(number) else math.nan

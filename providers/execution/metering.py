@@ -6,7 +6,8 @@ Many OpenAI-compatible servers send no `usage`, and a stream that ignores `strea
 input tokens are the request's count by the engine's one token counter (what was sent, for this model's
 provider kind) and the output tokens the counter's count of the answer's text and tool calls. A reported side is
 kept; a missing one (0) is estimated, the input always, the output when the answer has text or tool calls. A
-model whose price the catalog does not know costs `budget.unknown_price_hold` per call. Such usage carries
+model whose price the catalog does not know costs `budget.unknown_price_hold` per call, or has no cost (None:
+unknown) when the policy sets no hold. Such usage carries
 `estimated=True` (on the ChatResponse's and the Completion's Usage) and is counted separately.
 """
 
@@ -53,10 +54,11 @@ def meter(
     known = price_known(entry)
     if not estimated and known and response.cost is not None:
         return response, False
+    cost: float | None
     if known:  # at the price multiplier of the service tier it was served at (the catalog's `service_tiers`)
         cost = (tokens_in * entry.ip + tokens_out * entry.op) * tier_factor(entry.spec, response.service_tier)
-    else:
-        cost, estimated = float(unknown_hold or 0.0), True
+    else:  # the price is unknown: the hold when the policy sets one, else no cost at all (None, never $0)
+        cost, estimated = (float(unknown_hold) if unknown_hold is not None else None), True
     metered = Usage(input_tokens=tokens_in, output_tokens=tokens_out, estimated=estimated)
     return response.model_copy(update={"usage": metered, "cost": cost}), estimated
 
