@@ -467,3 +467,9 @@ def test_a_derived_count_or_model_is_no_attribute_anywhere(name: str) -> None:
         engine("otherwise use alpha-mini\n").decide("hi", **{name: 10})  # type: ignore[arg-type]
     test = f'otherwise use alpha-mini\ntest "t" {{\n  expect "hi" with {name}=10 -> alpha-mini\n}}\n'
     assert codes(test) == ["E401"]
+
+
+def test_a_huge_value_that_sets_no_limit_is_shown_cut_short() -> None:
+    e = engine("otherwise prefer cheapest where latency <= max_latency\n")
+    reason = e.decide("hi", max_latency="9" * 400).plan[0].reason
+    assert "does not apply: max_latency is '999" in reason and "..." in reason and len(reason) < 200

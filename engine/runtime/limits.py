@@ -113,5 +113,8 @@ class AttrLimit:
             return f"`where {self.text}` does not apply: {self.attr} was not passed"
         if request_value(METRIC_KIND[self.metric], value) is None:
             want = KIND_NAMES[METRIC_KIND[self.metric]]
-            return f"`where {self.text}` does not apply: {self.attr} is {value!r}, not {want}"
+            shown = repr(value)
+            if len(shown) > 40:  # a client's value, perhaps 400 digits: enough of it to recognise
+                shown = shown[:37] + "..."
+            return f"`where {self.text}` does not apply: {self.attr} is {shown}, not {want}"
         return None
