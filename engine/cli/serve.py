@@ -5,14 +5,18 @@ The gateway (and starlette, uvicorn, redis) is imported only when the command ru
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
 import click
+from rich.console import Console
 
-from engine.cli.app import EXIT_ERRORS, EXIT_USAGE, policy_or_default
+from engine.cli.app import EXIT_BUG, EXIT_ERRORS, EXIT_USAGE, policy_or_default, print_diagnostics
+from engine.diagnostics import PolicyError
 
 
 def _hash_key(hash_key: Callable[[str], str], new_key: Callable[[], str]) -> None:
@@ -153,6 +157,15 @@ def _policies(args: tuple[str, ...]) -> tuple[Path | None, dict[str, Path]]:
     "(env MODELROUTE_WARMUP=1).",
 )
 @click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    envvar="MODELROUTE_WORKERS",
+    type=click.IntRange(1),
+    help="Processes serving on the same port (one per CPU core: the GIL keeps one process to one core); more than "
+    "one needs --redis, through which they share circuits, budgets and in-flight counts (env MODELROUTE_WORKERS).",
+)
+@click.option(
     "--hash-key",
     "hash_only",
     is_flag=True,
@@ -177,6 +190,7 @@ def serve(
     limit_concurrency: int,
     max_response_bytes: int,
     warmup: bool,
+    workers: int,
     hash_only: bool,
 ) -> None:
     """Run the OpenAI-compatible gateway: point OpenAI clients at http://HOST:PORT/v1 with model "auto".
@@ -191,6 +205,7 @@ def serve(
     Examples:
       modelroute serve -p policies/ --keys keys.yaml
       modelroute serve --port 9000 --redis redis://127.0.0.1:6379/0 --watch
+      modelroute serve --workers 4 --redis redis://127.0.0.1:6379/0   # 4 processes, one port
       modelroute serve --warmup                        # probe every model once before serving
       modelroute serve --hash-key                      # a new key and the line for the keys file
       printf %s "$KEY" | modelroute serve --hash-key   # the sha256 of an existing key
@@ -223,9 +238,29 @@ def serve(
         limit_concurrency=limit_concurrency,
         max_response_bytes=max_response_bytes,
         warmup=warmup,
+        workers=workers,
     )
+
+    def report(exc: BaseException) -> int:
+        """In a worker process (--workers): what stopped it from serving, said as this command says it."""
+        if isinstance(exc, ServeError):
+            if exc.param is not None:
+                click.BadParameter(str(exc), param_hint=exc.param).show()
+                return EXIT_USAGE
+            click.echo(f"error: {exc}", err=True)
+            return EXIT_ERRORS if exc.kind == "error" else EXIT_USAGE
+        if isinstance(exc, PolicyError):
+            print_diagnostics(exc, Console(stderr=True))
+            return EXIT_ERRORS
+        if os.environ.get("MODELROUTE_DEBUG"):
+            traceback.print_exception(exc)
+        click.echo(
+            f"internal error: {type(exc).__name__}: {exc} (this is a bug in modelroute: please report it)", err=True
+        )
+        return EXIT_BUG
+
     try:
-        run_server(options, lambda line: click.echo(line, err=True))
+        run_server(options, lambda line: click.echo(line, err=True), report)
     except ServeError as exc:
         if exc.param is not None:
             raise click.BadParameter(str(exc), param_hint=exc.param) from None

@@ -5,7 +5,8 @@ HTTP protocol, providers/gateway/protocol.py), the limit on requests in progress
 `server_busy` as OpenAI-shaped JSON) and the cap on upstream answers (`--max-response-bytes`).
 
 starlette, uvicorn and redis are imported only by `run_server` (and only redis when `--redis` is given), so
-`--hash-key` works without the serve extra."""
+`--hash-key` works without the serve extra. With `--workers N` (and `--redis`) this process binds the sockets, then
+forks N workers that serve on them and supervises them (providers/gateway/workers.py)."""
 
 from __future__ import annotations
 
@@ -27,9 +28,11 @@ from providers.gateway.keys import KeyRing, KeysFileError, hash_key, new_key
 if TYPE_CHECKING:
     from engine.runtime.state import StateStore
 
-__all__ = ["ServeError", "ServeOptions", "hash_key", "listen", "new_key", "run_server"]
+__all__ = ["WORKER_HEADER", "ServeError", "ServeOptions", "hash_key", "listen", "new_key", "run_server"]
 
 Echo = Callable[[str], None]
+Report = Callable[[BaseException], int]  # in a worker: says why it could not serve, returns the exit code
+WORKER_HEADER = "x-modelroute-worker"  # on GET /healthz: the pid of the process that answered
 
 
 class ServeError(Exception):
@@ -69,6 +72,7 @@ class ServeOptions:
     limit_concurrency: int = 1000
     max_response_bytes: int = 32 << 20
     warmup: bool = False  # probe each model the policies use once before serving, logged per model
+    workers: int = 1  # processes serving on the same sockets (more than 1 needs redis_url)
 
 
 BUSY_EXEMPT = ("/healthz", "/metrics")  # probes and scrapes are never refused: they are cheap and say what is wrong
@@ -108,12 +112,15 @@ def bounded(app: Any, limit: int, gateway: Any = None) -> Any:
     }
     active = 0
     warned = [0.0, 0]  # when the last warning was logged, refusals since
+    worker = (WORKER_HEADER.encode(), str(os.getpid()).encode())
 
     async def entry(scope: Any, receive: Any, send: Any) -> None:
         nonlocal active
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
+        if scope["path"] == "/healthz":
+            send = _tagged(send, worker)
         if active >= limit and scope["path"] not in BUSY_EXEMPT:
             _refused(scope["path"])
             await send(start)
@@ -137,6 +144,17 @@ def bounded(app: Any, limit: int, gateway: Any = None) -> Any:
 
     entry.state = getattr(app, "state", None)  # type: ignore[attr-defined]
     return entry
+
+
+def _tagged(send: Any, header: tuple[bytes, bytes]) -> Any:
+    """`send` adding `header` to the response head."""
+
+    async def tagged(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), header]}
+        await send(message)
+
+    return tagged
 
 
 def max_connections(reserve: int = 100) -> int | None:
@@ -202,27 +220,99 @@ def _state(opts: ServeOptions, echo: Echo) -> StateStore | None:
     return None
 
 
-def run_server(opts: ServeOptions, echo: Echo) -> None:
+NEEDS_REDIS = (
+    "--workers {n} needs --redis: each worker is a separate process, and without a shared Redis each would keep its "
+    "own circuits, budget spend, in-flight counts and round-robin turn (a budget could be spent {n} times over); "
+    "start Redis and add --redis redis://HOST:6379/0, or run one worker"
+)
+
+
+def run_server(opts: ServeOptions, echo: Echo, report: Report | None = None) -> None:
     """Load the keys, the state store and the Engines, bind the sockets and serve until stopped; `echo` gets the
-    banner and warnings (one line each). Raises ServeError when it cannot start; closes what it opened."""
-    try:  # uvicorn and starlette (the serve extra) are checked for before any work
+    banner and warnings (one line each). With `opts.workers` > 1: check the keys and policies here, bind the
+    sockets, then fork the workers that serve on them and supervise them; `report` turns what stops a worker from
+    serving into its message and exit code (default: the ServeError's message). Raises ServeError when it cannot
+    start; closes what it opened."""
+    if opts.workers > 1 and not opts.redis_url:
+        raise ServeError(NEEDS_REDIS.format(n=opts.workers), param="--workers")
+    if opts.workers > 1 and not hasattr(os, "fork"):  # pragma: no cover - not POSIX
+        raise ServeError("--workers needs a system with fork(); run one worker per process instead", param="--workers")
+    try:  # uvicorn and starlette (the serve extra) are checked for before any work (and loaded before any fork)
         import uvicorn  # noqa: F401
 
-        from providers.gateway.app import create_app
+        from providers.gateway.app import create_app  # noqa: F401
     except ModuleNotFoundError as exc:
         err = ServeError(f"`modelroute serve` needs {exc.name}: pip install 'modelroute[serve]'", "missing")
         err.module = exc.name
         raise err from None
-    keys = None
-    if opts.keys_file is not None:
+    if opts.workers <= 1:
+        _run(opts, echo)
+        return
+    _load_keys(opts)  # errors in the keys file or a policy are reported here, once, before any worker starts
+    for path in (opts.policy, *opts.named.values()):
+        Engine.load(path).stop()
+    socks = _listen(opts)
+    from providers.gateway.workers import Supervisor, WorkersFailed
+
+    def serve(index: int, first: bool, ready: Callable[[], None]) -> int:
         try:
-            keys = KeyRing.load(opts.keys_file)
-        except KeysFileError as exc:
-            raise ServeError(str(exc)) from None
+            _run(opts, echo, socks, quiet=not first, ready=ready)
+        except ServeError as exc:
+            if report is not None:
+                return report(exc)
+            echo(f"error: {exc}")
+            return 1 if exc.kind == "error" else 2
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if report is None:
+                raise
+            return report(exc)
+        return 0
+
+    try:
+        Supervisor(opts.workers, serve, echo, opts.graceful_timeout).run()
+    except WorkersFailed as exc:
+        raise ServeError(str(exc), "usage" if exc.code == 2 else "error") from None
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def _load_keys(opts: ServeOptions) -> KeyRing | None:
+    if opts.keys_file is None:
+        return None
+    try:
+        return KeyRing.load(opts.keys_file)
+    except KeysFileError as exc:
+        raise ServeError(str(exc)) from None
+
+
+def _listen(opts: ServeOptions) -> list[socket.socket]:
+    try:
+        return listen(opts.host, opts.port)
+    except OSError as exc:
+        kind: Literal["usage", "error"] = "usage" if isinstance(exc, socket.gaierror) else "error"
+        raise ServeError(f"cannot listen on {opts.host}:{opts.port}: {exc.strerror or exc}", kind) from None
+
+
+def _run(
+    opts: ServeOptions,
+    echo: Echo,
+    bound: list[socket.socket] | None = None,
+    *,
+    quiet: bool = False,
+    ready: Callable[[], None] | None = None,
+) -> None:
+    """One gateway process: on the `bound` sockets (a worker's) or on its own; `quiet` leaves the banner out (the
+    first worker prints it); `ready` is called once it accepts connections."""
+    from providers.gateway.app import create_app
+
+    keys = _load_keys(opts)
     state = _state(opts, echo)
     engine = Engine.load(opts.policy, watch=opts.watch, state=state)
     engines = {name: Engine.load(path, watch=opts.watch, state=state) for name, path in opts.named.items()}
-    socks: list[socket.socket] = []
+    socks: list[socket.socket] = bound or []
     from providers.clients.base import set_default_max_response_bytes
 
     previous_cap = set_default_max_response_bytes(opts.max_response_bytes)
@@ -231,12 +321,9 @@ def run_server(opts: ServeOptions, echo: Echo) -> None:
             app = create_app(engine, keys=keys, max_body=opts.max_body, policies=engines, warmup=opts.warmup)
         except ValueError as exc:
             raise ServeError(str(exc)) from None
-        try:
-            socks = listen(opts.host, opts.port)
-        except OSError as exc:
-            kind: Literal["usage", "error"] = "usage" if isinstance(exc, socket.gaierror) else "error"
-            raise ServeError(f"cannot listen on {opts.host}:{opts.port}: {exc.strerror or exc}", kind) from None
-        _serve(app, socks, engine, engines, keys, opts, echo)
+        if not socks:
+            socks = _listen(opts)
+        _serve(app, socks, engine, engines, keys, opts, echo, quiet=quiet, ready=ready)
     finally:
         set_default_max_response_bytes(previous_cap)
         for sock in socks:
@@ -258,20 +345,58 @@ def _serve(
     keys: KeyRing | None,
     opts: ServeOptions,
     echo: Echo,
+    *,
+    quiet: bool = False,
+    ready: Callable[[], None] | None = None,
 ) -> None:
-    """Say what is served where, then run uvicorn on the bound sockets until it is stopped."""
+    """Say what is served where (unless `quiet`), then run uvicorn on the bound sockets until it is stopped;
+    `ready` is called once uvicorn accepts connections."""
     import uvicorn
 
     from providers.errors import RedactingFilter, register_secret
-    from providers.gateway.protocol import http_protocol
+
+    every = (engine, *engines.values())
+    for e in every:  # provider keys the catalogs name are redacted from answers and logs, whoever echoes them
+        for spec in e.policy.catalog.providers.values():
+            register_secret(os.environ.get(spec.api_key_env) if spec.api_key_env else None)
+    if not quiet:
+        _banner(socks, engine, engines, keys, opts, echo)
+    config = _config(app, socks, opts, ready)
+    redacting = RedactingFilter()  # uvicorn has configured its loggers by now; ours go to the root's handlers
+    for name in ("", "uvicorn", "uvicorn.error", "uvicorn.access"):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+                handler.addFilter(redacting)
+    gc.collect()
+    gc.freeze()  # the policy, catalog and modules loaded so far are long-lived: keep them out of every GC pass
+    server = uvicorn.Server(config)
+    try:
+        server.run(sockets=socks)
+    except SystemExit as exc:  # uvicorn exits 3 when it cannot start (it logged why): not a bug in modelroute
+        if server.started or exc.code in (None, 0):
+            raise
+        raise ServeError(
+            f"the gateway did not start on {_bound(socks, opts.host)} (see the log above)", "error"
+        ) from None
+
+
+def _banner(
+    socks: list[socket.socket],
+    engine: Engine,
+    engines: dict[str, Engine],
+    keys: KeyRing | None,
+    opts: ServeOptions,
+    echo: Echo,
+) -> None:
     from providers.gateway.run import provider_report
 
     host = opts.host
     where = "redis" if opts.redis_url else "in-process"
     auth = f"{len(keys)} gateway key(s)" if keys is not None else "NO authentication (no --keys)"
+    workers = f", {opts.workers} worker processes" if opts.workers > 1 else ""
     echo(
         f"modelroute gateway: http://{_bound(socks, host)}/v1  policy {engine.policy.entry} "
-        f"(version {engine.version[:12]}), {where} state, {auth}"
+        f"(version {engine.version[:12]}), {where} state{workers}, {auth}"
     )
     for name, e in engines.items():
         echo(f'  model "{name}": policy {e.policy.entry} (version {e.version[:12]})')
@@ -287,36 +412,35 @@ def _serve(
             "note: without --redis, budget spend is kept in this process only: it starts at $0 on every restart "
             "and is not shared with other replicas"
         )
-    for e in every:  # provider keys the catalogs name are redacted from answers and logs, whoever echoes them
-        for spec in e.policy.catalog.providers.values():
-            register_secret(os.environ.get(spec.api_key_env) if spec.api_key_env else None)
-    limit = max_connections()
-    config = uvicorn.Config(
+
+
+def _config(app: Any, socks: list[socket.socket], opts: ServeOptions, ready: Callable[[], None] | None) -> Any:
+    """uvicorn's configuration for `app` on `socks`; `ready` is called from uvicorn's first tick (it accepts
+    connections by then) and then once an hour, which it ignores."""
+    import uvicorn
+
+    from providers.gateway.protocol import http_protocol
+
+    async def notify() -> None:
+        if ready is not None:
+            ready()
+
+    return uvicorn.Config(
         bounded(app, opts.limit_concurrency, getattr(getattr(app, "state", None), "gateway", None)),
-        host=host,
+        host=opts.host,
         port=socks[0].getsockname()[1],
         log_level=opts.log_level,
         access_log=opts.access_log,
         # uvicorn's, with a response's head and body sent together, header and body timeouts and a connection cap
-        http=http_protocol(header_timeout=opts.header_timeout, max_connections=limit, body_timeout=opts.body_timeout),
+        http=http_protocol(
+            header_timeout=opts.header_timeout, max_connections=max_connections(), body_timeout=opts.body_timeout
+        ),
         # annotated int, but uvicorn hands these to asyncio, which takes fractional seconds
         timeout_graceful_shutdown=opts.graceful_timeout,  # type: ignore[arg-type]
         timeout_keep_alive=opts.timeout_keep_alive,  # type: ignore[arg-type]
         lifespan="on",
         server_header=False,
         proxy_headers=False,
+        callback_notify=notify if ready is not None else None,
+        timeout_notify=3600,
     )
-    redacting = RedactingFilter()  # uvicorn has configured its loggers by now; ours go to the root's handlers
-    for name in ("", "uvicorn", "uvicorn.error", "uvicorn.access"):
-        for handler in logging.getLogger(name).handlers:
-            if not any(isinstance(f, RedactingFilter) for f in handler.filters):
-                handler.addFilter(redacting)
-    gc.collect()
-    gc.freeze()  # the policy, catalog and modules loaded so far are long-lived: keep them out of every GC pass
-    server = uvicorn.Server(config)
-    try:
-        server.run(sockets=socks)
-    except SystemExit as exc:  # uvicorn exits 3 when it cannot start (it logged why): not a bug in modelroute
-        if server.started or exc.code in (None, 0):
-            raise
-        raise ServeError(f"the gateway did not start on {_bound(socks, host)} (see the log above)", "error") from None

@@ -1,0 +1,35 @@
+# modelroute gateway image: `docker build -t modelroute .` then
+#   docker run -p 8080:8080 -e OPENAI_API_KEY modelroute
+# serves the bundled policy on port 8080; mount your own at /etc/modelroute (main.route and what it includes),
+# e.g. `-v "$PWD/policies:/etc/modelroute:ro"`. More processes: add `--workers N --redis redis://...` (docs/deploy.md).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# the project (with the serve extra: starlette, uvicorn, redis), installed from the sources, then the sources go
+WORKDIR /src
+COPY pyproject.toml setup.py README.md ./
+COPY grammar ./grammar
+COPY policies ./policies
+COPY engine ./engine
+COPY providers ./providers
+RUN pip install ".[serve]" \
+    && mkdir -p /etc/modelroute \
+    && cp policies/*.route /etc/modelroute/ \
+    && cd / && rm -rf /src
+
+RUN groupadd --system --gid 10001 modelroute \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin modelroute
+USER 10001:10001
+WORKDIR /tmp
+
+EXPOSE 8080
+HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status != 200)"]
+
+# exec form: modelroute is PID 1 and gets SIGTERM itself (a graceful shutdown, forwarded to every worker)
+ENTRYPOINT ["modelroute", "serve"]
+CMD ["--host", "0.0.0.0", "--port", "8080", "--policy", "/etc/modelroute", "--watch"]
