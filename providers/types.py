@@ -43,17 +43,36 @@ class ModelSpecLike(Protocol):
 
 
 class TextPart(BaseModel, frozen=True):
+    """Text; `cache_control` (on text, image and file parts) is Anthropic's prompt-cache breakpoint: sent to an
+    Anthropic upstream as given, named as dropped for the others."""
+
     type: Literal["text"] = "text"
     text: str
+    cache_control: dict[str, Any] | None = None
 
 
 class ImagePart(BaseModel, frozen=True):
-    """An image given by URL or by base64 `data` (with its `mime_type`)."""
+    """An image given by URL or by base64 `data` (with its `mime_type`); `detail` is OpenAI's vision fidelity
+    (auto, low, high), sent to OpenAI-kind providers only. `inline()` reads a `data:` URL as (mime type, data)."""
 
     type: Literal["image"] = "image"
     url: str | None = None
     data: str | None = Field(default=None, repr=False)
     mime_type: str = "image/png"
+    detail: str | None = None
+    cache_control: dict[str, Any] | None = None
+
+    def inline(self) -> tuple[str, str] | None:
+        """(mime type, base64 data) of an image given as bytes (`data`, or a base64 `data:` URL); None for a URL."""
+        from engine.runtime.images import parse_data_url
+
+        if self.url:
+            return parse_data_url(self.url)
+        return (self.mime_type, self.data) if self.data is not None else None
+
+    def data_url(self) -> str:
+        """The image as a URL: its own, or its bytes as a `data:` URL."""
+        return self.url or f"data:{self.mime_type};base64,{self.data}"
 
 
 class AudioPart(BaseModel, frozen=True):
@@ -74,6 +93,7 @@ class FilePart(BaseModel, frozen=True):
     mime_type: str = "application/pdf"
     filename: str | None = None
     file_id: str | None = None
+    cache_control: dict[str, Any] | None = None
 
 
 Part = Annotated[TextPart | ImagePart | AudioPart | FilePart, Field(discriminator="type")]
@@ -106,12 +126,23 @@ class Message(BaseModel):
     tool_calls: list[ToolCall] = Field(default_factory=list)
     tool_call_id: str | None = None
     name: str | None = None  # the tool's name on `tool` messages (Gemini needs it; found by id otherwise)
+    is_error: bool = False  # a `tool` message reporting a failure: Anthropic's is_error, "Error: " text elsewhere
 
     def text(self) -> str:
         """The concatenated text of the content (image, audio and file parts are skipped)."""
         if isinstance(self.content, str):
             return self.content
         return "".join(p.text for p in self.content if isinstance(p, TextPart))
+
+    def cached(self) -> bool:
+        """Whether a part of the content carries a `cache_control` breakpoint."""
+        return not isinstance(self.content, str) and any(
+            getattr(p, "cache_control", None) is not None for p in self.content
+        )
+
+    def result_text(self) -> str:
+        """A tool message's text as a provider without an error flag gets it ("Error: " first when `is_error`)."""
+        return "Error: " + self.text() if self.is_error else self.text()
 
     @classmethod
     def from_openai(cls, message: Mapping[str, Any] | Message, *, lenient: bool = True) -> Message:
@@ -134,14 +165,26 @@ class Message(BaseModel):
             parts: list[Part] = []
             content = parts
             for p in message.content:
+                given = getattr(p, "cache_control", None)
+                cache = dict(given) if given is not None else None
                 if isinstance(p, ImageContent):
-                    parts.append(ImagePart(url=p.url, data=p.data, mime_type=p.mime_type))
+                    parts.append(
+                        ImagePart(url=p.url, data=p.data, mime_type=p.mime_type, detail=p.detail, cache_control=cache)
+                    )
                 elif isinstance(p, AudioContent):
                     parts.append(AudioPart(data=p.data, format=p.format, mime_type=p.mime_type))
                 elif isinstance(p, FileContent):
-                    parts.append(FilePart(data=p.data, mime_type=p.mime_type, filename=p.filename, file_id=p.file_id))
+                    parts.append(
+                        FilePart(
+                            data=p.data,
+                            mime_type=p.mime_type,
+                            filename=p.filename,
+                            file_id=p.file_id,
+                            cache_control=cache,
+                        )
+                    )
                 else:
-                    parts.append(TextPart(text=p.text))
+                    parts.append(TextPart(text=p.text, cache_control=cache))
         calls = [ToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in message.tool_calls]
         return cls(
             role=message.role,
@@ -149,7 +192,22 @@ class Message(BaseModel):
             tool_calls=calls,
             tool_call_id=message.tool_call_id,
             name=message.name,
+            is_error=message.is_error,
         )
+
+    def to_openai(self) -> dict[str, Any]:
+        """This message as an OpenAI chat-completions message dict (parts in OpenAI's shapes: an image as
+        `image_url` with its detail, audio as `input_audio`, a file as `file` with file_data as a data URL)."""
+        if self.role == "tool":
+            return {"role": "tool", "tool_call_id": self.tool_call_id, "content": self.result_text()}
+        message: dict[str, Any] = {"role": self.role, "content": _openai_content(self.content)}
+        if self.role == "assistant" and self.tool_calls:
+            message["content"] = self.text() or None
+            message["tool_calls"] = [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                for c in self.tool_calls
+            ]
+        return message
 
     @classmethod
     def system(cls, text: str) -> Message:
@@ -166,6 +224,32 @@ class Message(BaseModel):
     @classmethod
     def tool(cls, tool_call_id: str, content: str, name: str | None = None) -> Message:
         return cls(role="tool", content=content, tool_call_id=tool_call_id, name=name)
+
+
+def _openai_content(content: str | list[Part]) -> str | list[dict[str, Any]]:
+    if isinstance(content, str):
+        return content
+    parts: list[dict[str, Any]] = []
+    for part in content:
+        if isinstance(part, ImagePart):
+            image: dict[str, Any] = {"url": part.data_url()}
+            if part.detail is not None:
+                image["detail"] = part.detail
+            parts.append({"type": "image_url", "image_url": image})
+        elif isinstance(part, AudioPart):
+            parts.append({"type": "input_audio", "input_audio": {"data": part.data, "format": part.format}})
+        elif isinstance(part, FilePart):
+            file: dict[str, Any] = (
+                {"file_id": part.file_id}
+                if part.file_id
+                else {"file_data": f"data:{part.mime_type};base64,{part.data}"}
+            )
+            if part.filename is not None:
+                file["filename"] = part.filename
+            parts.append({"type": "file", "file": file})
+        else:
+            parts.append({"type": "text", "text": part.text})
+    return parts
 
 
 class ResponseFormat(BaseModel, frozen=True):

@@ -101,7 +101,9 @@ def test_system_blocks_multi_turn_and_finish_reasons(gw: Served, fake_server: Fa
     )
     assert m.stop_reason == "max_tokens" and m.content[0].text == "cut"
     sent = fake_server.last().body["messages"]
-    assert sent[0] == {"role": "system", "content": "One.\n\nTwo."}
+    # a cache_control breakpoint keeps the blocks apart (an OpenAI upstream gets them as text parts)
+    blocks = [{"type": "text", "text": "One."}, {"type": "text", "text": "Two."}]
+    assert sent[0] == {"role": "system", "content": blocks}
     assert [x["role"] for x in sent] == ["system", "user", "assistant", "user"]
     assert sent[2]["content"] == "Hello"
 

@@ -17,8 +17,10 @@ from engine.runtime.messages import (
     content_text,
     has_images,
     input_features,
+    legacy_functions,
     read_message,
     read_messages,
+    read_part,
 )
 from providers.types import AudioPart, FilePart, ImagePart, Message, TextPart, ToolCall
 
@@ -338,3 +340,33 @@ def test_the_counter_counts_audio_and_documents_per_provider_kind() -> None:
     assert from_messages(messages, lambda t: 0)[1] == count.worst
     read = [Message.from_openai(m) for m in messages]  # the executor's messages count like their dicts
     assert count_request(read) == count
+
+
+def test_legacy_functions_pair_each_function_message_with_the_latest_call_of_its_name() -> None:
+    messages: list[dict[str, Any]] = [
+        {"role": "user", "content": "Weather twice?"},
+        {"role": "assistant", "content": None, "function_call": {"name": "weather", "arguments": '{"city": "A"}'}},
+        {"role": "function", "name": "weather", "content": "sunny"},
+        {"role": "assistant", "content": None, "function_call": {"name": "weather", "arguments": '{"city": "B"}'}},
+        {"role": "function", "name": "weather", "content": "rain"},
+    ]
+    read = read_messages(messages)
+    assert [m.role for m in read] == ["user", "assistant", "tool", "assistant", "tool"]
+    assert read[1].tool_calls[0].id == read[2].tool_call_id == "call_function_1"
+    assert read[3].tool_calls[0].id == read[4].tool_call_id == "call_function_3"
+    assert read[4].name == "weather" and read[4].text() == "rain"
+    assert legacy_functions(messages)[0] is messages[0]  # other messages as they are
+    with pytest.raises(MessageError) as bad:
+        read_messages([{"role": "assistant", "function_call": {"arguments": "{}"}}])
+    assert bad.value.param == "messages[0].function_call"
+
+
+def test_image_detail_and_cache_control_are_kept() -> None:
+    part = {"type": "image_url", "image_url": {"url": "https://x/y.png", "detail": "low"}, "cache_control": {"a": 1}}
+    read = read_part(part, "messages[0].content[0]")
+    assert isinstance(read, ImageContent) and read.detail == "low" and read.cache_control == {"a": 1}
+    message = Message.from_chat(read_message({"role": "user", "content": [part]}))
+    assert message.to_openai()["content"] == [
+        {"type": "image_url", "image_url": {"url": "https://x/y.png", "detail": "low"}}
+    ]
+    assert message.cached()

@@ -7,10 +7,13 @@ allows (string parts, `image_url` as a string or an object, `developer` for `sys
 carrying OpenAI's `param` path, for anything it cannot read. An `input_audio` part carries base64 WAV or MP3
 bytes; a `file` part a PDF (`file_data`: a `data:application/pdf;base64,` URL or bare base64) or the `file_id`
 of a file stored at OpenAI. `input_features` names the catalog features such parts need (`audio`, `files`).
+The deprecated function-calling shapes (an assistant `function_call`, a `function` message) are read as a tool
+call with a synthetic id and the tool message that answers it (`legacy_functions`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +31,10 @@ ROLES: dict[str, Role] = {
     "tool": "tool",
 }
 IMAGE_PART_TYPES = ("image_url", "image", "input_image")
+#: The `detail` values of an image part (OpenAI's vision fidelity).
+IMAGE_DETAILS = ("auto", "low", "high")
+#: The id prefix of the tool call a deprecated assistant `function_call` is read as (then its message index).
+FUNCTION_CALL_ID = "call_function_"
 #: The `format`s of an input_audio part, and the MIME type each one is sent as where a provider wants one.
 AUDIO_FORMATS = {"wav": "audio/wav", "mp3": "audio/mp3"}
 #: The MIME types a file part's `file_data` may hold.
@@ -49,6 +56,7 @@ class MessageError(ValueError):
 class TextContent:
     type: ClassVar[str] = "text"
     text: str
+    cache_control: Mapping[str, Any] | None = None  # Anthropic's prompt-cache breakpoint, carried as sent
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,8 @@ class ImageContent:
     url: str | None = None
     data: str | None = field(default=None, repr=False)
     mime_type: str = "image/png"
+    detail: str | None = None
+    cache_control: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +93,7 @@ class FileContent:
     mime_type: str = "application/pdf"
     filename: str | None = None
     file_id: str | None = None
+    cache_control: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +117,7 @@ class ChatMessage:
     tool_calls: tuple[FunctionCall, ...] = ()
     tool_call_id: str | None = None
     name: str | None = None
+    is_error: bool = False  # a tool result that reports a failure (Anthropic's tool_result is_error)
 
     def text(self) -> str:
         """The text of the content, text parts joined by newlines (other parts are skipped)."""
@@ -119,6 +131,22 @@ class ChatMessage:
 
 
 def read_part(part: Any, where: str, *, lenient: bool = False) -> ContentPart | None:
+    """One content part (see _read_part), with the part's `cache_control` object (Anthropic's prompt-cache
+    breakpoint, which the gateway carries from /v1/messages) when it has one."""
+    read = _read_part(part, where, lenient=lenient)
+    cache = part.get("cache_control") if isinstance(part, Mapping) else None
+    if read is None or cache is None:
+        return read
+    if not isinstance(cache, Mapping):
+        if lenient:
+            return read
+        raise MessageError(f"{where}.cache_control must be an object", f"{where}.cache_control")
+    if isinstance(read, AudioContent):
+        return read
+    return dataclasses.replace(read, cache_control=cache)
+
+
+def _read_part(part: Any, where: str, *, lenient: bool = False) -> ContentPart | None:
     """One content part: `{"type": "text", "text": ...}`, `{"type": "image_url", "image_url": ...}`,
     `{"type": "input_audio", "input_audio": {"data", "format"}}` or `{"type": "file", "file": {"file_data" or
     "file_id", "filename"?}}`; `lenient` also reads bare strings, the `image`/`input_image` shapes and a missing
@@ -134,13 +162,18 @@ def read_part(part: Any, where: str, *, lenient: bool = False) -> ContentPart | 
         url = raw.get("url") if isinstance(raw, Mapping) else raw
         url = url or part.get("url") if lenient else url
         data, mime = part.get("data"), part.get("mime_type", "image/png")
+        detail = raw.get("detail") if isinstance(raw, Mapping) else part.get("detail")
+        if detail is not None and detail not in IMAGE_DETAILS and not lenient:
+            raise MessageError(
+                f"{where}.image_url.detail must be one of {', '.join(IMAGE_DETAILS)}", f"{where}.image_url.detail"
+            )
         if (
             (isinstance(raw, (Mapping, str)) or lenient)
             and (url is None or isinstance(url, str))
             and (data is None or isinstance(data, str))
             and isinstance(mime, str)
         ):
-            return ImageContent(url=url, data=data, mime_type=mime)
+            return ImageContent(url=url, data=data, mime_type=mime, detail=detail if isinstance(detail, str) else None)
     if kind == "input_audio":
         return _audio(part.get("input_audio"), f"{where}.input_audio", lenient)
     if kind == "file":
@@ -231,15 +264,55 @@ def read_tool_calls(calls: Any, where: str, *, lenient: bool = False) -> tuple[F
     return tuple(out)
 
 
+def legacy_functions(messages: Sequence[Any]) -> list[Any]:
+    """`messages` with the deprecated function-calling shapes rewritten (others as they are): an assistant
+    `function_call` becomes one tool call whose id is FUNCTION_CALL_ID plus the message's index, and a `function`
+    message (`name`, `content`) the tool message answering the latest such call of that name (or, without one, the
+    id FUNCTION_CALL_ID plus the name). Raises MessageError for a function_call or function message it cannot
+    read."""
+    ids: dict[str, str] = {}
+    return [_legacy(m, f"messages[{i}]", ids) for i, m in enumerate(messages)]
+
+
+def _legacy(message: Any, where: str, ids: dict[str, str]) -> Any:
+    if not isinstance(message, Mapping):
+        return message
+    call = message.get("function_call")
+    if message.get("role") == "assistant" and call is not None and not message.get("tool_calls"):
+        name, arguments = (call.get("name"), call.get("arguments")) if isinstance(call, Mapping) else (None, None)
+        if not isinstance(name, str) or not name or not isinstance(arguments, (str, type(None))):
+            raise MessageError(
+                f"{where}.function_call must be an object with a name and arguments (strings)", f"{where}.function_call"
+            )
+        call_id = FUNCTION_CALL_ID + re.sub(r"\D", "", where)
+        ids[name] = call_id
+        rest = {k: v for k, v in message.items() if k != "function_call"}
+        return {
+            **rest,
+            "tool_calls": [
+                {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments or "{}"}}
+            ],
+        }
+    if message.get("role") == "function":
+        name = message.get("name")
+        if not isinstance(name, str) or not name:
+            raise MessageError(f"{where}: a function message needs the function's `name`", f"{where}.name")
+        return {**message, "role": "tool", "tool_call_id": ids.get(name, FUNCTION_CALL_ID + name)}
+    return message
+
+
 def read_message(message: Mapping[str, Any], where: str = "messages[0]", *, lenient: bool = False) -> ChatMessage:
     """One OpenAI-format message dict as a ChatMessage; raises MessageError naming the field at fault.
-    `lenient` (the executor's reading of caller-built messages) skips content parts of unknown types."""
+    `lenient` (the executor's reading of caller-built messages) skips content parts of unknown types. A deprecated
+    `function` message or assistant `function_call` is read as legacy_functions does (read_messages pairs them)."""
     if not isinstance(message, Mapping):
         raise MessageError(f"{where} must be an object", where)
+    if message.get("role") == "function" or message.get("function_call") is not None:
+        message = _legacy(message, where, {})
     raw_role = message.get("role")
     role = ROLES.get(raw_role) if isinstance(raw_role, str) else None
     if role is None:
-        raise MessageError(f"{where}.role must be one of {', '.join(ROLES)}", f"{where}.role")
+        raise MessageError(f"{where}.role must be one of {', '.join(ROLES)}, function", f"{where}.role")
     content = read_content(message.get("content"), f"{where}.content", lenient=lenient)
     calls = read_tool_calls(message.get("tool_calls"), f"{where}.tool_calls", lenient=lenient)
     call_id = message.get("tool_call_id")
@@ -252,12 +325,13 @@ def read_message(message: Mapping[str, Any], where: str = "messages[0]", *, leni
         tool_calls=calls,
         tool_call_id=call_id if isinstance(call_id, str) else None,
         name=name if isinstance(name, str) else None,
+        is_error=role == "tool" and message.get("is_error") is True,
     )
 
 
 def read_messages(messages: Iterable[Mapping[str, Any]], *, lenient: bool = False) -> list[ChatMessage]:
     """Every message of a list, each error naming its index (`messages[2].content`)."""
-    return [read_message(m, f"messages[{i}]", lenient=lenient) for i, m in enumerate(messages)]
+    return [read_message(m, f"messages[{i}]", lenient=lenient) for i, m in enumerate(legacy_functions(list(messages)))]
 
 
 def content_text(content: Any) -> str:

@@ -9,7 +9,9 @@ either raises ValueError, a BadRequest before anything is sent (the `audio` / `f
 requests away from models without them). A `response_format` goes to Anthropic's structured output
 (`output_config.format`) on a model whose catalog entry supports `json_schema`; otherwise (and for json_object)
 to a forced tool whose input is returned as the message's text, or, when the request has tools of its own, to a
-system instruction. Of `params` (providers/clients/params.py): top_p, reasoning_effort (a thinking budget),
+system instruction. A part's `cache_control` is kept on its block (on a system part: `system` as text blocks). A
+base64 image (a data: URL too) goes as a base64 source. Of `params` (providers/clients/params.py): top_p, top_k,
+thinking and cache_control (as sent), reasoning_effort (a thinking budget),
 parallel_tool_calls (`disable_parallel_tool_use`), user / safety_identifier (`metadata.user_id`); `n` is n calls
 (providers/clients/base.py); the rest is dropped.
 """
@@ -32,6 +34,7 @@ from providers.types import (
     ImagePart,
     Message,
     StreamEvent,
+    TextPart,
     ToolCall,
     Usage,
 )
@@ -61,7 +64,8 @@ def _input_tokens(usage: dict[str, Any]) -> int:
 
 def _blocks(message: Message) -> list[dict[str, Any]]:
     if message.role == "tool":
-        return [{"type": "tool_result", "tool_use_id": message.tool_call_id, "content": message.text()}]
+        result = {"type": "tool_result", "tool_use_id": message.tool_call_id, "content": message.text()}
+        return [{**result, "is_error": True} if message.is_error else result]
     blocks: list[dict[str, Any]]
     if isinstance(message.content, str):
         blocks = [{"type": "text", "text": message.content}] if message.content else []
@@ -69,18 +73,22 @@ def _blocks(message: Message) -> list[dict[str, Any]]:
         blocks = []
         for part in message.content:
             if isinstance(part, ImagePart):
+                inline = part.inline()  # bytes (a base64 data: URL too) go as a base64 source
                 source = (
-                    {"type": "url", "url": part.url}
-                    if part.url
-                    else {"type": "base64", "media_type": part.mime_type, "data": part.data}
+                    {"type": "base64", "media_type": inline[0], "data": inline[1]}
+                    if inline is not None
+                    else {"type": "url", "url": part.url}
                 )
-                blocks.append({"type": "image", "source": source})
+                block = {"type": "image", "source": source}
             elif isinstance(part, FilePart):
-                blocks.append(_document(part))
+                block = _document(part)
             elif isinstance(part, AudioPart):
                 raise ValueError("Anthropic models take no audio input (an input_audio part)")
             else:
-                blocks.append({"type": "text", "text": part.text})
+                block = {"type": "text", "text": part.text}
+            if part.cache_control is not None:
+                block["cache_control"] = part.cache_control
+            blocks.append(block)
     for call in message.tool_calls:
         blocks.append({"type": "tool_use", "id": call.id, "name": call.name, "input": call.parsed_arguments()})
     return blocks
@@ -120,6 +128,26 @@ def _messages(messages: list[Message]) -> list[dict[str, Any]]:
         else:
             out.append({"role": role, "content": _blocks(message)})
     return out
+
+
+def _system(req: ChatRequest, instruction: str | None) -> str | list[dict[str, Any]] | None:
+    """The top-level `system`: the system texts joined by blank lines, or, when a system part carries a
+    `cache_control` breakpoint, one text block per part (the breakpoint kept)."""
+    messages = [m for m in req.messages if m.role == "system"]
+    if not any(m.cached() for m in messages):
+        return "\n\n".join(x for x in (req.system_text(), instruction) if x) or None
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": req.system}] if req.system else []
+    for message in messages:
+        parts = [TextPart(text=message.content)] if isinstance(message.content, str) else message.content
+        for part in parts:
+            if isinstance(part, TextPart) and part.text:
+                block: dict[str, Any] = {"type": "text", "text": part.text}
+                if part.cache_control is not None:
+                    block["cache_control"] = part.cache_control
+                blocks.append(block)
+    if instruction:
+        blocks.append({"type": "text", "text": instruction})
+    return blocks
 
 
 def _json_instruction(req: ChatRequest, supports: frozenset[str]) -> str | None:
@@ -235,25 +263,27 @@ class AnthropicClient(ProviderClient):
         supports = _supports(model)
         max_tokens = req.max_tokens
         thinking = anthropic_thinking(req, supports, max_tokens)
+        budget = thinking.get("budget_tokens") if thinking is not None else None
         if max_tokens is None:
             cap = getattr(model, "max_output", None)
             max_tokens = min(DEFAULT_MAX_TOKENS, cap) if cap else DEFAULT_MAX_TOKENS
-            if thinking is not None:  # no bound was asked for: room for the thinking and an answer
-                max_tokens = max_tokens + thinking if not cap else min(max_tokens + thinking, cap)
-                thinking = thinking if thinking < max_tokens else None
+            if isinstance(budget, int):  # no bound was asked for: room for the thinking and an answer
+                max_tokens = max_tokens + budget if not cap else min(max_tokens + budget, cap)
+                thinking = thinking if budget < max_tokens else None
+        thinks = thinking is not None and thinking.get("type") != "disabled"
         body: dict[str, Any] = {
             "model": model.id,
             "max_tokens": max_tokens,
             "messages": _messages(req.messages),
         }
-        system = "\n\n".join(x for x in (req.system_text(), _json_instruction(req, supports)) if x)
+        system = _system(req, _json_instruction(req, supports))
         if system:
             body["system"] = system
-        if req.temperature is not None and thinking is None:
+        if req.temperature is not None and not thinks:
             body["temperature"] = req.temperature
-        top_p = req.params.get("top_p")
-        if top_p is not None and thinking is None:
-            body["top_p"] = top_p
+        for name in ("top_p", "top_k"):  # neither combines with thinking
+            if req.params.get(name) is not None and not thinks:
+                body[name] = req.params[name]
         if req.stop:
             body["stop_sequences"] = req.stop
         if req.tools:
@@ -280,7 +310,9 @@ class AnthropicClient(ProviderClient):
             assert fmt is not None
             body["output_config"] = {"format": {"type": "json_schema", "schema": fmt.json_schema}}
         if thinking is not None:
-            body["thinking"] = {"type": "enabled", "budget_tokens": thinking}
+            body["thinking"] = thinking
+        if isinstance(req.params.get("cache_control"), dict):  # Anthropic's automatic prompt caching
+            body["cache_control"] = req.params["cache_control"]
         user = user_id(req.params)
         if user is not None:
             body["metadata"] = {"user_id": user}

@@ -595,10 +595,18 @@ class ProviderClient:
         return self._complete(response, body, model, started, self.tier(req))
 
     async def achat(self, model: ModelSpec, req: ChatRequest, *, timeout: TimeoutArg = None) -> ChatResponse:
-        """Async `chat` (the n calls of a fanned-out `n` run at the same time)."""
+        """Async `chat` (the n calls of a fanned-out `n` run at the same time; when one fails the others are
+        cancelled and its error raised: the try failed)."""
         n = choices(req.params)
         if n > 1 and self.kind in FANOUT_KINDS:
-            return merge_answers(list(await asyncio.gather(*(self._achat(model, req, timeout) for _ in range(n)))))
+            calls = [asyncio.ensure_future(self._achat(model, req, timeout)) for _ in range(n)]
+            try:
+                return merge_answers(list(await asyncio.gather(*calls)))
+            finally:
+                for call in calls:
+                    call.cancel()
+                    if call.done() and not call.cancelled():
+                        call.exception()  # retrieved: a second failure is not logged as never retrieved
         return await self._achat(model, req, timeout)
 
     async def _achat(self, model: ModelSpec, req: ChatRequest, timeout: TimeoutArg) -> ChatResponse:

@@ -7,9 +7,10 @@ system text becomes `systemInstruction`, tools become `functionDeclarations`, to
 `functionResponse` parts, audio and PDF parts become `inlineData` {mimeType, data} (a `file_id` names a file
 stored at OpenAI, which Gemini cannot read: ValueError, a BadRequest before anything is sent), and JSON output
 uses `responseMimeType` plus `responseJsonSchema` (which accepts the same JSON Schema the OpenAI format does).
-Of `params` (providers/clients/params.py): top_p, seed, the penalties, n (`candidateCount`),
-logprobs / top_logprobs, reasoning_effort (`thinkingConfig.thinkingBudget`); the rest is dropped. Gemini streams
-have no terminal event: a candidate's `finishReason` marks the end.
+Of `params` (providers/clients/params.py): top_p, top_k, seed, the penalties, n (`candidateCount`),
+logprobs / top_logprobs, thinking or reasoning_effort (`thinkingConfig.thinkingBudget`, cut below max_tokens);
+the rest is dropped. A base64 image (data, or a data: URL) goes as `inlineData`, a remote URL as `fileData`.
+Gemini streams have no terminal event: a candidate's `finishReason` marks the end.
 """
 
 from __future__ import annotations
@@ -69,17 +70,18 @@ def _tool_result(content: str) -> dict[str, Any]:
 def _parts(message: Message, tool_names: dict[str, str]) -> list[dict[str, Any]]:
     if message.role == "tool":
         name = message.name or tool_names.get(message.tool_call_id or "", "tool")
-        return [{"functionResponse": {"name": name, "response": _tool_result(message.text())}}]
+        return [{"functionResponse": {"name": name, "response": _tool_result(message.result_text())}}]
     parts: list[dict[str, Any]] = []
     if isinstance(message.content, str):
         parts = [{"text": message.content}] if message.content else []
     else:
         for part in message.content:
             if isinstance(part, ImagePart):
+                inline = part.inline()  # bytes (a base64 data: URL too) go as inlineData
                 parts.append(
-                    {"fileData": {"mimeType": part.mime_type, "fileUri": part.url}}
-                    if part.url
-                    else {"inlineData": {"mimeType": part.mime_type, "data": part.data}}
+                    {"inlineData": {"mimeType": inline[0], "data": inline[1]}}
+                    if inline is not None
+                    else {"fileData": {"mimeType": part.mime_type, "fileUri": part.url}}
                 )
             elif isinstance(part, (AudioPart, FilePart)):
                 parts.append({"inlineData": {"mimeType": part.mime_type, "data": _inline_data(part)}})
@@ -123,6 +125,7 @@ _CONFIG = {
     "presence_penalty": "presencePenalty",
     "n": "candidateCount",
     "top_logprobs": "logprobs",
+    "top_k": "topK",
 }
 
 

@@ -19,15 +19,12 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from providers.clients.base import ParsedReply, ProviderClient, StreamParser
+from providers.clients.params import openai_params
 from providers.clients.sse import SSEEvent
 from providers.types import (
-    AudioPart,
     ChatRequest,
     Choice,
-    FilePart,
     FinishReason,
-    ImagePart,
-    Message,
     StreamEvent,
     ToolCall,
     Usage,
@@ -50,46 +47,6 @@ FINISH: dict[str, FinishReason] = {
 def _usage(data: Any) -> Usage:
     usage = data or {}
     return Usage(input_tokens=usage.get("prompt_tokens") or 0, output_tokens=usage.get("completion_tokens") or 0)
-
-
-def _content(message: Message) -> str | list[dict[str, Any]]:
-    if isinstance(message.content, str):
-        return message.content
-    parts: list[dict[str, Any]] = []
-    for part in message.content:
-        if isinstance(part, ImagePart):
-            url = part.url or f"data:{part.mime_type};base64,{part.data}"
-            parts.append({"type": "image_url", "image_url": {"url": url}})
-        elif isinstance(part, AudioPart):
-            parts.append({"type": "input_audio", "input_audio": {"data": part.data, "format": part.format}})
-        elif isinstance(part, FilePart):
-            parts.append({"type": "file", "file": _file(part)})
-        else:
-            parts.append({"type": "text", "text": part.text})
-    return parts
-
-
-def _file(part: FilePart) -> dict[str, Any]:
-    """A file part's `file` object: its `file_id`, or its bytes as a data URL (`file_data`), with its filename."""
-    out: dict[str, Any] = (
-        {"file_id": part.file_id} if part.file_id else {"file_data": f"data:{part.mime_type};base64,{part.data}"}
-    )
-    if part.filename is not None:
-        out["filename"] = part.filename
-    return out
-
-
-def _message(message: Message) -> dict[str, Any]:
-    if message.role == "tool":
-        return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.text()}
-    out: dict[str, Any] = {"role": message.role, "content": _content(message)}
-    if message.role == "assistant" and message.tool_calls:
-        out["content"] = message.text() or None
-        out["tool_calls"] = [
-            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-            for c in message.tool_calls
-        ]
-    return out
 
 
 class OpenAIStreamParser(StreamParser):
@@ -159,7 +116,7 @@ class OpenAIClient(ProviderClient):
 
     def build_body(self, model: ModelSpec, req: ChatRequest, *, stream: bool) -> dict[str, Any]:
         messages = [{"role": "system", "content": req.system}] if req.system else []
-        messages += [_message(m) for m in req.messages]
+        messages += [m.to_openai() for m in req.messages]
         body: dict[str, Any] = {"model": model.id, "messages": messages}
         if req.temperature is not None:
             body["temperature"] = req.temperature
@@ -182,7 +139,7 @@ class OpenAIClient(ProviderClient):
                 "type": "json_schema",
                 "json_schema": {"name": fmt.name, "schema": fmt.json_schema or {}, "strict": fmt.strict},
             }
-        for name, value in req.params.items():
+        for name, value in openai_params(req.params).items():
             if name != "metadata" or req.params.get("store"):
                 body[name] = value
         if stream:

@@ -3,6 +3,11 @@ cancellation) in; the try's in-flight count (a `Flight`, released exactly once w
 outcome (circuit, latency, tokens, cost), the request's spend (usage estimated when the upstream reported none,
 providers/execution/metering.py), its Attempt record and its events out. `Accounting` is the part of the Executor
 that does it; the gate that skips a model (no key, open circuit, half-open probe taken) is here too.
+
+A request for `n` answers on a provider without `n` (FANOUT_KINDS) is n upstream calls in one try: each call is
+recorded as an Attempt (an answer: n "ok"; a failure: the failed call, then the n - 1 others as "cancelled"), so
+`x-modelroute-attempts` and `modelroute_attempts_total` count every call. One failed call fails the whole try (the
+client cancels the others); the plan then retries or falls back as for any failed try, asking for all n again.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from engine.runtime.settings import setting
 from engine.runtime.state import PROBE, Claim, ExecutionStore
+from providers.clients.params import FANOUT_KINDS, choices
 from providers.errors import ContentFiltered, ProviderError
 from providers.execution.deadlines import fits
 from providers.execution.events import EventBus
@@ -145,6 +151,10 @@ class Accounting:
     def _kind(self, run: Run, entry: Entry) -> str | None:
         return getattr(self.provider_spec(run.policy, entry.provider), "kind", None)
 
+    def _fanned(self, run: Run, entry: Entry, chat: ChatRequest | None) -> int:
+        """The upstream calls one try of `entry` makes: `n` on a provider without it, else 1."""
+        return choices((chat or run.chat).params) if self._kind(run, entry) in FANOUT_KINDS else 1
+
     def succeeded(
         self,
         run: Run,
@@ -186,6 +196,11 @@ class Accounting:
             )
         self._circuit(change, entry)
         run.attempts.append(Attempt(entry.name, entry.provider, "ok", latency_s=latency, retry=retry))
+        n = self._fanned(run, entry, chat)
+        run.attempts += [
+            Attempt(entry.name, entry.provider, "ok", latency_s=latency, retry=retry, message=f"call {i} of n = {n}")
+            for i in range(2, n + 1)
+        ]
         self.events.emit(
             "attempt_succeeded",
             f"{entry.name} answered in {latency * 1000:.0f}ms",
@@ -234,6 +249,13 @@ class Accounting:
         if wait is not None:
             attempt = Attempt(**{**vars(attempt), "wait_s": wait})
         run.attempts.append(attempt)
+        n = self._fanned(run, entry, None)
+        run.attempts += [
+            Attempt(
+                entry.name, entry.provider, "cancelled", retry=retry, message=f"another of the n = {n} calls failed"
+            )
+            for _ in range(n - 1)
+        ]
         run.skips.note(error, entry.provider, entry.name, entry.context)
         kind = "retry" if wait is not None else "attempt_failed"
         then = f"; retrying in {wait:.2f}s" if wait is not None else ""

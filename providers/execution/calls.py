@@ -15,9 +15,9 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, cast
 
 from providers.execution.middleware import MiddlewareRequest, Middlewares
-from providers.execution.outcome import Completion, Run
+from providers.execution.outcome import Completion, Run, decide_messages
 from providers.execution.streaming import AsyncCompletionStream, CompletionStream
-from providers.types import Message, StreamEvent
+from providers.types import StreamEvent
 
 if TYPE_CHECKING:
     from engine import Decision
@@ -27,13 +27,6 @@ __all__ = ["AsyncMiddlewareStream", "Call", "MiddlewareStream", "Pin", "acomplet
 
 #: A caller's pin: (model, fallbacks), or None to let the policy decide.
 Pin = tuple[str, Sequence[str]] | None
-
-
-def plain_messages(messages: list[Any] | None) -> list[Any] | None:
-    """Messages as decide() reads them: providers.types Messages as {role, content text}, dicts as they are."""
-    if messages is None:
-        return None
-    return [{"role": m.role, "content": m.text()} if isinstance(m, Message) else m for m in messages]
 
 
 @dataclass(frozen=True)
@@ -61,7 +54,7 @@ class Call:
         decide = None
         if self.pin is not None:
             model, fallback = self.pin
-            plain = plain_messages(self.messages)
+            plain = decide_messages(self.messages)
             prompt = self.prompt
 
             def decide(attrs: dict[str, Any]) -> Decision:

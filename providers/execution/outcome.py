@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from engine.runtime.messages import legacy_functions
 from engine.runtime.state import CircuitConfig
 from providers.execution.budget import Reservation
 from providers.execution.resilience import Attempt, InvalidOutput, RetryPolicy, Skips
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from engine.runtime.policy import CompiledPolicy
     from providers.execution.holds import Bound
 
-__all__ = ["Completion", "Result", "Run", "Verdict", "to_messages", "validate"]
+__all__ = ["Completion", "Result", "Run", "Verdict", "decide_messages", "to_messages", "validate"]
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,15 @@ def to_messages(prompt: str | None, messages: list[Any] | None) -> list[Message]
     (`engine.runtime.messages`, lenient: bare string parts, `image`/`input_image` parts, unknown parts skipped)."""
     if messages is None:
         return [Message.user(prompt or "")]
-    return [Message.from_openai(m) for m in messages]
+    return [Message.from_openai(m) for m in legacy_functions(messages)]
+
+
+def decide_messages(messages: list[Any] | None) -> list[Any] | None:
+    """Messages as decide() reads them: providers.types Messages as OpenAI-format dicts with their parts (so the
+    hard constraints see their images, audio and files), dicts as they are."""
+    if messages is None:
+        return None
+    return [m.to_openai() if isinstance(m, Message) else m for m in messages]
 
 
 def validate(schema: Any, text: str) -> Any:

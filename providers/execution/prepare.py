@@ -11,9 +11,10 @@ which can only raise the hold). When a budget applies and the body sets no `max_
 
 The gateway's further chat-completions fields come as `options["params"]` (ChatRequest.params) and its
 response_format as `options["response_format"]` (a ResponseFormat). Once decided, a request is refused
-(UnsendableRequest, before any hold) when `set n.fanout = false` and a model of the plan would need n calls for
-its `n`, or when `set params.unsupported = reject` and a model of the plan has no counterpart for one of its
-fields (providers/clients/params.py); `dropped_params` names those fields for the model that answered.
+(UnsendableRequest, before any hold) when a model of the plan would need n calls for its `n` and `set n.fanout =
+false` (or `n` is above `set n.max`, default 8), or when `set params.unsupported = reject` and a model of the plan
+has no counterpart for one of its fields (providers/clients/params.py); `dropped_params` names those fields for
+the model that answered.
 """
 
 from __future__ import annotations
@@ -38,9 +39,9 @@ from providers.execution.holds import (
     plan_cost,
 )
 from providers.execution.judging import JUDGE_MAX_TOKENS
-from providers.execution.outcome import Run, to_messages
+from providers.execution.outcome import Run, decide_messages, to_messages
 from providers.execution.resilience import RetryPolicy
-from providers.types import ChatRequest, Message, ResponseFormat
+from providers.types import ChatRequest, ResponseFormat
 
 if TYPE_CHECKING:
     from engine import Decision
@@ -115,8 +116,7 @@ def prepare(
     if decide is not None:
         decision = decide(attrs)
     else:
-        plain = [{"role": m.role, "content": m.text()} if isinstance(m, Message) else m for m in messages or []]
-        decision = ex.engine.decide(prompt, messages=plain if messages is not None else None, **attrs)
+        decision = ex.engine.decide(prompt, messages=decide_messages(messages), **attrs)
     policy = decision.policy
     settings = policy.settings
     _check_params(ex, decision, chat.model_copy(update={"max_tokens": options.get("max_tokens")}))
@@ -164,8 +164,9 @@ def _check_params(ex: Executor, decision: Decision, chat: ChatRequest) -> None:
     settings = decision.policy.settings
     n = choices(chat.params)
     fanout = bool(setting(settings, "n.fanout"))
+    most = int(setting(settings, "n.max"))
     reject = setting(settings, "params.unsupported") == "reject"
-    if (n == 1 or fanout) and not reject:
+    if n == 1 and not reject:
         return
     for name in dict.fromkeys(decision.chain):
         kind = _kind(ex, decision, name)
@@ -175,6 +176,11 @@ def _check_params(ex: Executor, decision: Decision, chat: ChatRequest) -> None:
             raise UnsendableRequest(
                 f"`n` = {n} asks for {n} answers and model {name} ({kind}) has no `n`: it would take {n} calls, "
                 "which this policy does not allow (set n.fanout = false)"
+            )
+        if n > most and kind in FANOUT_KINDS:
+            raise UnsendableRequest(
+                f"`n` = {n} asks for {n} answers and model {name} ({kind}) has no `n`: it would take {n} calls, "
+                f"more than this policy allows (set n.max = {most}); ask for at most {most}"
             )
         supports = getattr(decision.policy.models[name].spec, "supports", ())
         lost = dropped(chat, kind, supports) if reject else []

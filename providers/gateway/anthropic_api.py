@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from providers.gateway.anthropic_request import to_chat, to_count
 from providers.gateway.openai_wire import ApiError, parse_chat
+from providers.gateway.run import SHOULD_RETRY
 from providers.gateway.wire import body_object, sse
 
 if TYPE_CHECKING:
@@ -140,7 +141,10 @@ class MessagesWriter:
 
 
 def _error_body(err: ApiError) -> dict[str, Any]:
-    return {"type": "error", "error": {"type": error_type(err.status), "message": err.message}}
+    """Anthropic's error body; a 503 the gateway marks as not worth retrying (no provider has a key: x-should-retry
+    false) is an `api_error`, not `overloaded_error`, which says "try again later"."""
+    kind = "api_error" if err.headers.get(SHOULD_RETRY) == "false" else error_type(err.status)
+    return {"type": "error", "error": {"type": kind, "message": err.message}}
 
 
 class MessagesWire:

@@ -1,6 +1,7 @@
 """Reading an Anthropic Messages request (POST /v1/messages and /v1/messages/count_tokens): its JSON body in, the
-equivalent OpenAI chat-completions body out (system as the first message, content blocks as content parts, tool_use
-as tool_calls, tool_result as tool messages, tool_choice / thinking / output_config as their chat counterparts), or
+equivalent OpenAI chat-completions body out (system as the first message, content blocks as content parts, a PDF
+document as a file part, tool_use as tool_calls, tool_result as tool messages, tool_choice / output_config as their
+chat counterparts, top_k and thinking as the extension fields of providers/clients/params.py), or
 ApiError 400 naming the field in Anthropic's words. providers/gateway/anthropic_api.py renders the answers."""
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from providers.gateway.openai_wire import ApiError
 
 __all__ = ["to_chat", "to_count"]
 
-# the fields of a Messages request; `service_tier`, `container`, `cache_control`, `diagnostics`, `inference_geo` and
-# `speed` (how Anthropic's own service runs a request) are accepted and not sent on
+# the fields of a Messages request; `service_tier`, `container`, `diagnostics`, `inference_geo` and `speed` (how
+# Anthropic's own service runs a request) are accepted and not sent on; `cache_control` is carried (to Anthropic)
 _FIELDS = frozenset(
     {
         "model",
@@ -38,8 +39,8 @@ _FIELDS = frozenset(
         "speed",
     }
 )
-# thinking budget_tokens -> the OpenAI reasoning_effort that asks for about as much (docs/gateway.md)
-_EFFORTS = ((2048, "low"), (4096, "medium"))
+# output_config.effort -> the OpenAI reasoning_effort (Anthropic's `max` is OpenAI's `xhigh`)
+_EFFORTS = {"low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh", "max": "xhigh"}
 
 
 def _bad(message: str, param: str | None = None) -> ApiError:
@@ -75,6 +76,32 @@ def _image(block: dict[str, Any], where: str) -> dict[str, Any]:
     raise _bad(f'`{where}.source.type` must be "base64" or "url"', f"{where}.source.type")
 
 
+def _document(block: dict[str, Any], where: str) -> dict[str, Any]:
+    """An Anthropic document block as an OpenAI part: a base64 PDF as a `file` part (its title the filename), a
+    plain-text document as a text part."""
+    source = _obj(block.get("source"), f"{where}.source")
+    kind = source.get("type")
+    if kind == "text":
+        return {"type": "text", "text": _text(source.get("data"), f"{where}.source.data")}
+    if kind != "base64":
+        raise _bad(f'`{where}.source.type` must be "base64" (a PDF) or "text"', f"{where}.source.type")
+    media = _text(source.get("media_type"), f"{where}.source.media_type")
+    if media != "application/pdf":
+        raise _bad(f'`{where}.source.media_type` must be "application/pdf"', f"{where}.source.media_type")
+    file = {"file_data": f"data:{media};base64,{_text(source.get('data'), f'{where}.source.data')}"}
+    if block.get("title") is not None:
+        file["filename"] = _text(block["title"], f"{where}.title")
+    return {"type": "file", "file": file}
+
+
+def _cached(part: dict[str, Any], block: dict[str, Any], where: str) -> dict[str, Any]:
+    """`part` with the block's `cache_control` (an object), which the Anthropic client sends back and other kinds
+    name as dropped."""
+    if block.get("cache_control") is None:
+        return part
+    return {**part, "cache_control": _obj(block["cache_control"], f"{where}.cache_control")}
+
+
 def _tool_result(block: dict[str, Any], where: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """A tool_result block as an OpenAI tool message, and the image parts it held (sent after it as user parts)."""
     call_id = _text(block.get("tool_use_id"), f"{where}.tool_use_id")
@@ -95,10 +122,10 @@ def _tool_result(block: dict[str, Any], where: str) -> tuple[dict[str, Any], lis
                 raise _bad(f'`{here}.type` must be "text" or "image"', f"{here}.type")
     elif content is not None:
         raise _bad(f"`{where}.content` must be a string or an array of blocks", f"{where}.content")
-    text = "\n".join(texts)
-    if block.get("is_error") is True:
-        text = "Error: " + text
-    return {"role": "tool", "tool_call_id": call_id, "content": text}, images
+    tool: dict[str, Any] = {"role": "tool", "tool_call_id": call_id, "content": "\n".join(texts)}
+    if block.get("is_error") is True:  # kept for an Anthropic upstream; "Error: " text for the others
+        tool["is_error"] = True
+    return tool, images
 
 
 def _tool_use(block: dict[str, Any], where: str) -> dict[str, Any]:
@@ -128,9 +155,11 @@ def _message(m: Any, i: int) -> list[dict[str, Any]]:
         block = _obj(block, here)
         kind = block.get("type")
         if kind == "text":
-            parts.append({"type": "text", "text": _text(block.get("text"), f"{here}.text")})
+            parts.append(_cached({"type": "text", "text": _text(block.get("text"), f"{here}.text")}, block, here))
         elif kind == "image" and role == "user":
-            parts.append(_image(block, here))
+            parts.append(_cached(_image(block, here), block, here))
+        elif kind == "document" and role == "user":
+            parts.append(_cached(_document(block, here), block, here))
         elif kind == "tool_result" and role == "user":
             tool, images = _tool_result(block, here)
             out.append(tool)
@@ -140,7 +169,7 @@ def _message(m: Any, i: int) -> list[dict[str, Any]]:
         elif kind in ("thinking", "redacted_thinking") and role == "assistant":
             continue  # the provider's own reasoning record: not sent on (docs/gateway.md)
         else:
-            allowed = "text, image, tool_result" if role == "user" else "text, tool_use, thinking"
+            allowed = "text, image, document, tool_result" if role == "user" else "text, tool_use, thinking"
             raise _bad(f"`{here}.type` must be one of {allowed} in a {role} message", f"{here}.type")
     if role == "assistant":
         text = "".join(p["text"] for p in parts)
@@ -153,18 +182,23 @@ def _message(m: Any, i: int) -> list[dict[str, Any]]:
     return out
 
 
-def _system(system: Any) -> str | None:
+def _system(system: Any) -> str | list[dict[str, Any]] | None:
+    """The system message's content: the text (blocks joined by blank lines), or its text parts when a block has a
+    `cache_control` breakpoint."""
     if system is None or isinstance(system, str):
         return system or None
     if not isinstance(system, list):
         raise _bad("`system` must be a string or an array of text blocks", "system")
-    texts = []
+    parts = []
     for j, block in enumerate(system):
         block = _obj(block, f"system[{j}]")
         if block.get("type") != "text":
             raise _bad(f'`system[{j}].type` must be "text"', f"system[{j}].type")
-        texts.append(_text(block.get("text"), f"system[{j}].text"))
-    return "\n\n".join(texts) or None
+        part = {"type": "text", "text": _text(block.get("text"), f"system[{j}].text")}
+        parts.append(_cached(part, block, f"system[{j}]"))
+    if any("cache_control" in p for p in parts):
+        return parts
+    return "\n\n".join(p["text"] for p in parts) or None
 
 
 def _tools(tools: Any) -> list[dict[str, Any]]:
@@ -201,21 +235,28 @@ def _tool_choice(choice: Any, body: dict[str, Any]) -> None:
 
 
 def _thinking(thinking: Any, body: dict[str, Any]) -> None:
+    """`thinking` as the `thinking` extension field (providers/clients/params.py: the exact budget to Anthropic and
+    Gemini, a reasoning_effort to OpenAI kinds)."""
     thinking = _obj(thinking, "thinking")
     kind = thinking.get("type")
     if kind == "enabled":
         budget = thinking.get("budget_tokens")
         if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
             raise _bad("`thinking.budget_tokens` must be a positive integer", "thinking.budget_tokens")
-        body["reasoning_effort"] = next((e for limit, e in _EFFORTS if budget < limit), "high")
-    elif kind not in ("disabled", "adaptive"):
+        body["thinking"] = {"type": "enabled", "budget_tokens": budget}
+    elif kind in ("disabled", "adaptive"):
+        body["thinking"] = {"type": kind}
+    else:
         raise _bad('`thinking.type` must be "enabled", "disabled" or "adaptive"', "thinking.type")
 
 
 def _output_config(config: Any, body: dict[str, Any]) -> None:
     config = _obj(config, "output_config")
     if config.get("effort") is not None:
-        body["reasoning_effort"] = {"xhigh": "high", "max": "high"}.get(config["effort"], config["effort"])
+        effort = _EFFORTS.get(config["effort"]) if isinstance(config["effort"], str) else None
+        if effort is None:
+            raise _bad("`output_config.effort` must be one of low, medium, high, max", "output_config.effort")
+        body["reasoning_effort"] = effort
     fmt = config.get("format")
     if fmt is not None:
         fmt = _obj(fmt, "output_config.format")
@@ -257,9 +298,11 @@ def to_chat(req: dict[str, Any]) -> dict[str, Any]:
         body["temperature"] = temperature
     if req.get("top_p") is not None:
         body["top_p"] = req["top_p"]
-    top_k = req.get("top_k")  # no chat-completions counterpart (an OpenAI-kind provider refuses it): not sent on
-    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0):
-        raise _bad("`top_k` must be a non-negative integer", "top_k")
+    top_k = req.get("top_k")  # an extension field: Anthropic and Gemini get it, an OpenAI kind drops and names it
+    if top_k is not None:
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0:
+            raise _bad("`top_k` must be a non-negative integer", "top_k")
+        body["top_k"] = top_k
     metadata = req.get("metadata")
     if metadata is not None:
         metadata = dict(_obj(metadata, "metadata"))
@@ -274,6 +317,8 @@ def to_chat(req: dict[str, Any]) -> dict[str, Any]:
         _tool_choice(req["tool_choice"], body)
     if req.get("thinking") is not None:
         _thinking(req["thinking"], body)
+    if req.get("cache_control") is not None:  # an extension field: Anthropic's automatic prompt caching
+        body["cache_control"] = _obj(req["cache_control"], "cache_control")
     if req.get("output_config") is not None:
         _output_config(req["output_config"], body)
     return body

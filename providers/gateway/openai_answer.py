@@ -1,6 +1,7 @@
 """OpenAI-format answers for the gateway: a Completion (or a ChatResponse) and its stream's events in, the
 `chat.completion` JSON (every choice of `n`, logprobs, service tier), the `chat.completion.chunk` SSE lines and
-the `x-modelroute-dropped-params` header out."""
+the `x-modelroute-dropped-params` header out. A request that used the deprecated `functions` is answered in its
+shape: the (first) call as the message's `function_call` and finish_reason "function_call"."""
 
 from __future__ import annotations
 
@@ -33,20 +34,31 @@ def usage_json(usage: Any) -> dict[str, int]:
     }
 
 
-def _choice_json(index: int, text: str, calls: list[Any], finish_reason: str | None, logprobs: Any) -> dict[str, Any]:
+def _function_call(call: Any) -> dict[str, str]:
+    return {"name": call.name, "arguments": call.arguments}
+
+
+def _choice_json(
+    index: int, text: str, calls: list[Any], finish_reason: str | None, logprobs: Any, functions: bool = False
+) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None}
-    if calls:
+    if calls and functions:
+        message["function_call"] = _function_call(calls[0])
+    elif calls:
         message["tool_calls"] = _tool_calls(calls)
-    finish = "tool_calls" if calls else _FINISH.get(finish_reason or "stop", "stop")
+    finish = ("function_call" if functions else "tool_calls") if calls else _FINISH.get(finish_reason or "stop", "stop")
     return {"index": index, "message": message, "finish_reason": finish, "logprobs": logprobs}
 
 
-def completion_json(c: Any, rid: str, created: int) -> dict[str, Any]:
-    """The chat.completion JSON of a Completion (or a ChatResponse): every choice (`n`), logprobs, service tier."""
+def completion_json(c: Any, rid: str, created: int, functions: bool = False) -> dict[str, Any]:
+    """The chat.completion JSON of a Completion (or a ChatResponse): every choice (`n`), logprobs, service tier;
+    `functions`: in the deprecated functions shape."""
     response = getattr(c, "response", c)
     more = getattr(response, "choices", None) or []
-    choices = [_choice_json(0, c.text, c.tool_calls, c.finish_reason, getattr(response, "logprobs", None))]
-    choices += [_choice_json(i, m.text, m.tool_calls, m.finish_reason, m.logprobs) for i, m in enumerate(more, 1)]
+    choices = [_choice_json(0, c.text, c.tool_calls, c.finish_reason, getattr(response, "logprobs", None), functions)]
+    choices += [
+        _choice_json(i, m.text, m.tool_calls, m.finish_reason, m.logprobs, functions) for i, m in enumerate(more, 1)
+    ]
     out = {
         "id": rid,
         "object": "chat.completion",
@@ -84,8 +96,9 @@ def _header_safe(name: str) -> str:
 class ChunkWriter:
     """Builds the `data: {...}\\n\\n` lines of one streamed answer."""
 
-    def __init__(self, model: str, include_usage: bool):
+    def __init__(self, model: str, include_usage: bool, functions: bool = False):
         self.id, self.created, self.model, self.include_usage = new_id(), int(time.time()), model, include_usage
+        self.functions = functions  # the deprecated functions shape: the first call as `function_call`
         self._tool_index = 0
         self._tools = False
 
@@ -111,13 +124,19 @@ class ChunkWriter:
         """The chunk for one StreamEvent (None for events that have no chunk of their own)."""
         if event.kind == "delta":
             return self.delta({"content": event.text}) if event.text else None
+        if event.kind == "tool_call" and event.tool_call is not None and self.functions:
+            if self._tools:  # the functions shape has one call
+                return None
+            self._tools = True
+            return self.delta({"function_call": _function_call(event.tool_call)})
         if event.kind == "tool_call" and event.tool_call is not None:
             call = _tool_calls([event.tool_call])[0]
             self._tools = True
             self._tool_index += 1
             return self.delta({"tool_calls": [{"index": self._tool_index - 1, **call}]})
         if event.kind == "done":
-            finish = "tool_calls" if self._tools else _FINISH.get(event.finish_reason or "stop", "stop")
+            calls = "function_call" if self.functions else "tool_calls"
+            finish = calls if self._tools else _FINISH.get(event.finish_reason or "stop", "stop")
             return self.delta({}, finish)
         return None
 

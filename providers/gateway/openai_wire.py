@@ -17,9 +17,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from engine.runtime.constraints import FORMAT_ATTR
-from engine.runtime.messages import MessageError, read_messages
+from engine.runtime.messages import MessageError, legacy_functions, read_messages
 from engine.runtime.reserved import RESERVED_ATTRS, reserved
-from providers.clients.params import CORE_FIELDS, OPENAI_FIELDS
+from providers.clients.params import CORE_FIELDS, OPENAI_FIELDS, REASONING_EFFORTS
 from providers.gateway.jsonbody import (
     _DECODER,
     MAX_DEPTH,
@@ -84,6 +84,7 @@ class ChatCall:
     messages: list[dict[str, Any]]
     stream: bool = False
     include_usage: bool = False
+    functions: bool = False  # the request used the deprecated `functions`: answer with `function_call`
     options: dict[str, Any] = field(default_factory=dict)
     attrs: dict[str, Any] = field(default_factory=dict)
 
@@ -154,7 +155,10 @@ _FIELD_MESSAGES = {
     "logit_bias": "`logit_bias` must be an object of token ids and numbers from -100 to 100",
     "response_format": '`response_format` must be {"type": "text"}, {"type": "json_object"} or '
     '{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}',
-    "reasoning_effort": "`reasoning_effort` must be a string (none, minimal, low, medium, high, xhigh, max)",
+    "reasoning_effort": f"`reasoning_effort` must be one of {', '.join(REASONING_EFFORTS)}",
+    "top_k": "`top_k` must be a non-negative integer",
+    "thinking": '`thinking` must be {"type": "enabled", "budget_tokens": <positive integer>}, {"type": "disabled"} '
+    'or {"type": "adaptive"}',
     "parallel_tool_calls": "`parallel_tool_calls` must be a boolean",
     "functions": '`functions` must be an array of {"name": ..., "parameters": {...}}',
     "function_call": '`function_call` must be none, auto or {"name": ...}',
@@ -230,6 +234,13 @@ class _ResponseFormat(BaseModel):
     json_schema: _JsonSchema | None = None
 
 
+class _Thinking(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["enabled", "disabled", "adaptive"]
+    budget_tokens: Annotated[int, Field(ge=1)] | None = None
+
+
 class _FunctionCallName(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
@@ -263,7 +274,9 @@ class ChatBody(BaseModel):
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     logit_bias: dict[str, Annotated[Number, Field(ge=-100, le=100)]] | None = None
     response_format: _ResponseFormat | None = None
-    reasoning_effort: str | None = None
+    reasoning_effort: Literal[REASONING_EFFORTS] | None = None  # type: ignore[valid-type]
+    top_k: Annotated[int, Field(ge=0)] | None = None
+    thinking: _Thinking | None = None
     parallel_tool_calls: bool | None = None
     functions: Annotated[list[_FunctionSpec], Field(min_length=1)] | None = None
     function_call: Literal["auto", "none"] | _FunctionCallName | None = None
@@ -383,13 +396,18 @@ def parse_chat(body: Any, headers: Mapping[str, str]) -> ChatCall:
         raise bad("the request body must be a JSON object", "invalid_json")
     checked = _read_body(body)
     _functions(checked, body)
+    if checked.thinking is not None and (checked.thinking.type == "enabled") != (
+        checked.thinking.budget_tokens is not None
+    ):
+        raise bad(_FIELD_MESSAGES["thinking"], param="thinking")
     try:
-        read = read_messages(checked.messages)
+        given = legacy_functions(checked.messages)
+        read = read_messages(given)
     except MessageError as err:
         raise bad(str(err), param=err.param) from None
-    _check_messages(checked.messages)
-    messages = [{**m, "role": r.role} for m, r in zip(checked.messages, read, strict=True)]
-    call = ChatCall(checked.model, messages, stream=checked.stream)
+    _check_messages(given)
+    messages = [{**m, "role": r.role} for m, r in zip(given, read, strict=True)]
+    call = ChatCall(checked.model, messages, stream=checked.stream, functions=checked.functions is not None)
     if checked.stream_options is not None:
         call.include_usage = bool(checked.stream_options.include_usage)
     max_tokens = checked.max_completion_tokens if "max_completion_tokens" in body else checked.max_tokens

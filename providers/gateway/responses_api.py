@@ -26,15 +26,10 @@ __all__ = ["ResponsesWire", "to_chat"]
 _PASSED = ("model", "stream", "temperature", "top_p", "parallel_tool_calls", "metadata", "user")
 _PASSED_TOO = ("safety_identifier", "prompt_cache_key", "service_tier")
 # accepted and not sent on: how OpenAI's servers keep or present a response, nothing a model reads
-_IGNORED = (
-    "include",
-    "truncation",
-    "max_tool_calls",
-    "stream_options",
-    "top_logprobs",
-    "prompt_cache_retention",
-    "prompt_cache_options",
-)
+_IGNORED = ("include", "truncation", "stream_options", "prompt_cache_retention", "prompt_cache_options")
+# carried as chat fields: top_logprobs (with logprobs), max_tool_calls (no chat counterpart: never sent, and named
+# in x-modelroute-dropped-params, providers/clients/params.py UNSENT)
+_CARRIED = ("top_logprobs", "max_tool_calls")
 # what needs state this gateway does not keep
 _STATEFUL = ("previous_response_id", "conversation", "prompt")
 _OWN = (
@@ -48,7 +43,7 @@ _OWN = (
     "store",
     "background",
 )
-_FIELDS = frozenset({*_PASSED, *_PASSED_TOO, *_IGNORED, *_STATEFUL, *_OWN})
+_FIELDS = frozenset({*_PASSED, *_PASSED_TOO, *_IGNORED, *_CARRIED, *_STATEFUL, *_OWN})
 _NO_STATE = "this gateway keeps no state: send the whole conversation in `input` (and `store: false`)"
 
 
@@ -86,7 +81,20 @@ def _part(part: Any, where: str) -> dict[str, Any]:
         if part.get("detail") in ("low", "high", "auto"):
             image["detail"] = part["detail"]
         return {"type": "image_url", "image_url": image}
-    raise _bad(f'`{where}.type` must be "input_text" or "input_image"', f"{where}.type")
+    if kind == "input_file":
+        return {"type": "file", "file": _file(part, where)}
+    raise _bad(f'`{where}.type` must be "input_text", "input_image" or "input_file"', f"{where}.type")
+
+
+def _file(part: dict[str, Any], where: str) -> dict[str, Any]:
+    """An input_file part's chat `file` object: its file_data (a PDF) or file_id, with its filename."""
+    if part.get("file_url") is not None:
+        raise _bad(f"`{where}.file_url`: files are not fetched by URL; send the PDF as file_data", f"{where}.file_url")
+    file: dict[str, Any] = {}
+    for name in ("file_data", "file_id", "filename"):
+        if part.get(name) is not None:
+            file[name] = _text(part[name], f"{where}.{name}")
+    return file
 
 
 def _content(content: Any, where: str) -> str | list[dict[str, Any]]:
@@ -231,6 +239,10 @@ def to_chat(req: dict[str, Any]) -> dict[str, Any]:
         body["tool_choice"] = _tool_choice(req["tool_choice"])
     if req.get("text") is not None:
         _format(req["text"], body)
+    if req.get("top_logprobs") is not None:
+        body["logprobs"], body["top_logprobs"] = True, req["top_logprobs"]
+    if req.get("max_tool_calls") is not None:
+        body["max_tool_calls"] = req["max_tool_calls"]
     reasoning = req.get("reasoning")
     if reasoning is not None and _obj(reasoning, "reasoning").get("effort") is not None:
         body["reasoning_effort"] = reasoning["effort"]

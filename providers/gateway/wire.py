@@ -109,8 +109,8 @@ class Wire(Protocol):
 
 
 class _ChatWriter:
-    def __init__(self, model: str, include_usage: bool) -> None:
-        self.chunks = ChunkWriter(model, include_usage)
+    def __init__(self, model: str, include_usage: bool, functions: bool = False) -> None:
+        self.chunks = ChunkWriter(model, include_usage, functions)
         self.include_usage = include_usage
 
     def start(self) -> bytes:
@@ -134,17 +134,18 @@ class ChatWire:
 
     def __init__(self) -> None:
         self.include_usage = False
+        self.functions = False
 
     def parse(self, raw: bytes, headers: Mapping[str, str]) -> ChatCall:
         call = parse_chat(raw, headers)
-        self.include_usage = call.include_usage
+        self.include_usage, self.functions = call.include_usage, call.functions
         return call
 
     def answer(self, c: Completion) -> dict[str, Any]:
-        return completion_json(c, new_id(), int(time.time()))
+        return completion_json(c, new_id(), int(time.time()), self.functions)
 
     def writer(self, model: str) -> Writer:
-        return _ChatWriter(model, self.include_usage)
+        return _ChatWriter(model, self.include_usage, self.functions)
 
     def error_body(self, err: ApiError) -> dict[str, Any]:
         return err.body()
