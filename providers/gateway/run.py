@@ -214,13 +214,13 @@ def routing_error(exc: BaseException, state: ExecutionStore | None = None, now: 
         return ApiError(429, str(exc), type="insufficient_quota", code="budget_exceeded")
     if isinstance(exc, RoutingError):
         attempts = exc.attempts
-        wait = None
+        wait, configuration = None, False
         if exc.deadline_passed:
             status, code = 504, "deadline_exceeded"
             message = f"the request's deadline passed before a model answered: {_summary(attempts)}"
         elif attempts and all(a.outcome == "skipped" and a.error == "ProviderUnavailable" for a in attempts):
             status, code = 503, "models_unavailable"  # the code of every "nothing could be called"
-            message = not_configured(attempts)
+            message, configuration = not_configured(attempts), True
         elif attempts and all(a.outcome == "skipped" for a in attempts):
             status, code = 503, "models_unavailable"
             message = f"no model could be called: {_summary(attempts)}"
@@ -244,11 +244,17 @@ def routing_error(exc: BaseException, state: ExecutionStore | None = None, now: 
             )
         if wait is not None:
             err.headers["retry-after"] = str(wait)
+        if configuration:  # a missing key does not come back by retrying: the SDKs read this and do not retry
+            err.headers[SHOULD_RETRY] = "false"
         return err
     raise exc
 
 
 # ---- providers without keys ---------------------------------------------------------------------------------
+#: The response header the openai and anthropic SDKs obey over their status rules ("false": never retried).
+SHOULD_RETRY = "x-should-retry"
+
+
 def not_configured(attempts: list[Attempt]) -> str:
     """The message of a request that no model could be called for because no provider of its plan is configured:
     which environment variable to set for which models (the variable's name, as the skip names it; never a value)."""
