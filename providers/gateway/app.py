@@ -28,6 +28,7 @@ from starlette.routing import Route
 from engine import Engine, NoRouteError
 from providers.gateway.anthropic_api import MessagesWire
 from providers.gateway.embeddings import embeddings_route
+from providers.gateway.keyfields import allowed_plan
 from providers.gateway.keys import GatewayKey, KeyRing, bearer
 from providers.gateway.legacy import CompletionsWire, merge_answers, model_object, several_prompts
 from providers.gateway.metrics import GatewayMetrics
@@ -312,6 +313,8 @@ class Gateway:
                     decision = engine.decide(messages=call.messages, **attrs)
                 else:
                     decision = pinned_decision(engine, call, attrs)
+                if key is not None and key.models is not None:  # as the chat path restricts it (run.prepare)
+                    decision = allowed_plan(key.name, key.models, decision)
                 report = decision.model_dump()
             except NoRouteError as exc:
                 report = exc.report().model_dump(mode="json")

@@ -62,7 +62,7 @@ async def serve(gw: Gateway, request: Request, wire: Wire) -> Response:
         if key is not None and key.daily_budget is not None:
             call.options["budgeted"] = True  # a bounded output (budget.max_output_tokens) and a true hold
         try:
-            run = prepare(ex, engine, call, attrs)
+            run = prepare(ex, engine, call, attrs, key)
         except (NoRouteError, BudgetExceeded) as exc:
             raise routing_error(exc, ex.state) from None
         except UnsendableRequest as exc:  # parse_chat refuses these first; the executor checks again

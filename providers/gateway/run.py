@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from engine import Decision, Engine, NoRouteError, PinError
+from providers.execution.outcome import decide_messages
+from providers.gateway.keyfields import allowed_plan
 from providers.gateway.openai_wire import ApiError, ChatCall
 
 if TYPE_CHECKING:
@@ -45,10 +47,15 @@ def pinned_decision(engine: Engine, call: ChatCall, attrs: dict[str, Any]) -> De
         raise pin_error(err) from None
 
 
-def prepare(ex: Executor, engine: Engine, call: ChatCall, attrs: dict[str, Any]) -> Run:
-    """Decide and reserve (the executor's prepare), pinned to the named model when the request names one."""
-    pin = None if call.auto else (lambda completed: pinned_decision(engine, call, completed))
-    return ex.prepare(None, call.messages, None, call.options, attrs, decide=pin)
+def prepare(ex: Executor, engine: Engine, call: ChatCall, attrs: dict[str, Any], key: GatewayKey | None = None) -> Run:
+    """Decide and reserve (the executor's prepare), pinned to the named model when the request names one; the plan
+    restricted to the gateway key's `models` when it lists some (403 model_not_allowed when nothing is left)."""
+    decide = None if call.auto else (lambda completed: pinned_decision(engine, call, completed))
+    if key is not None and key.models is not None:
+        by = decide or (lambda completed: engine.decide(messages=decide_messages(call.messages), **completed))
+        models, name = key.models, key.name
+        decide = lambda completed: allowed_plan(name, models, by(completed))  # noqa: E731
+    return ex.prepare(None, call.messages, None, call.options, attrs, decide=decide)
 
 
 def key_budget_key(name: str, now: float) -> str:
