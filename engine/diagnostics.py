@@ -41,6 +41,9 @@ CODES: dict[str, str] = {
     "E312": "model not configured for its provider",
     "E313": "unknown function",
     "E314": "unknown ranker",
+    "E315": "unknown rate limit unit",
+    "E316": "duplicate rate limit",
+    "E317": "tokenizer not available",
     # types and units
     "E400": "unit mismatch",
     "E401": "value out of range",

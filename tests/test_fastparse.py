@@ -18,6 +18,7 @@ from test_fuzz import GRAMMARISH, _seeds, mutate, mutations
 
 from engine.diagnostics import PolicyError
 from engine.language.fastparse import GRAMMAR_WORDS, parse_fast
+from engine.language.nodes import Rule
 from engine.language.parse import _parser, parse
 
 REPO = Path(__file__).resolve().parent.parent
@@ -112,7 +113,7 @@ def test_it_reads_most_generated_policies() -> None:
     ]
     read = 0
     for _ in range(200):
-        lines = ['task t0 = "x", /y/i', 'model m = "gpt-4o"']
+        lines = ['task t0 = "x", /y/i', 'model m = "gpt-4o"', f"limit {rng.randint(1, 99)}k tpm per key  # tokens"]
         for i in range(rng.randint(1, 8)):
             lines.append(f"when {rng.choice(shapes).format(i=i)} {rng.choice(actions)}  # rule {i}")
         lines.append("otherwise use m")
@@ -120,10 +121,26 @@ def test_it_reads_most_generated_policies() -> None:
     assert read == 200
 
 
+@pytest.mark.parametrize(
+    ("text", "reads"),
+    [
+        ("limit 60 rpm per key\nlimit 100k tpm # c\n  per user\notherwise use m\n", True),
+        ("limit 1.5M  tpm\n", True),
+        ("limit 60 rpm per model\n", False),  # a grammar word as a name: lark decides
+        ("limit 5m rpm\n", False),  # a duration: lark reports it
+        ("limit 5 per key\n", False),
+        ("limit 5 rpm per\n", False),
+    ],
+)
+def test_limit_statements(text: str, reads: bool) -> None:
+    assert agree(text) is reads
+
+
 def test_spans_and_texts_of_a_rule_spread_over_lines() -> None:
     text = 'when (tier == "a" # c\n  or not (task ~ /x/))\n    and tokens > 3k\n  use m  # end\notherwise use m\n'
     assert agree(text)
-    assert parse(text).body[0].text == 'when (tier == "a" or not (task ~ /x/)) and tokens > 3k use m'
+    rule = parse(text).body[0]
+    assert isinstance(rule, Rule) and rule.text == 'when (tier == "a" or not (task ~ /x/)) and tokens > 3k use m'
 
 
 def big_policy() -> str:

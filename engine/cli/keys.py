@@ -97,8 +97,8 @@ def keys() -> None:
     metavar="DATE",
     help="ISO 8601 date or datetime from which it is refused (a date: the end of that day UTC; no offset: UTC).",
 )
-@click.option("--rpm", type=click.IntRange(1), help="Requests per minute (stored; not enforced yet).")
-@click.option("--tpm", type=click.IntRange(1), help="Tokens per minute (stored; not enforced yet).")
+@click.option("--rpm", type=click.IntRange(1), help="Requests per minute for this key (429 beyond it).")
+@click.option("--tpm", type=click.IntRange(1), help="Tokens per minute for this key (429 beyond it).")
 @click.option("--daily-budget", "daily_budget", metavar="$X", help="USD per UTC day for this key.")
 @click.option("--json", "as_json", is_flag=True, help="Print name, key and file as JSON.")
 def add(

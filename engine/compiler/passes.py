@@ -17,6 +17,7 @@ from typing import Any
 
 from engine.compiler.actions import ADHOC_KEY, FUNCTIONS_KEY, RANKERS_KEY, SETTINGS_KEY, on_request
 from engine.compiler.codegen import build_rules, literal, number, retired
+from engine.compiler.ratelimits import check_limits, limit_specs
 from engine.diagnostics import Diagnostic, PolicyError, did_you_mean
 from engine.language import nodes as n
 from engine.language.load import Loaded, display_name
@@ -27,6 +28,7 @@ from engine.runtime.matcher import FLAGS, Matcher, check, to_re2
 from engine.runtime.policy import BudgetSpec, CompiledPolicy, Entry, not_an_attribute
 from engine.runtime.qualified import PolicyModels, adhoc_spec, known_providers, resolve_qualified, split_name
 from engine.runtime.settings import SETTINGS, Settings, coerce
+from engine.runtime.tokenizer import TokenizerError, load_estimator
 from engine.runtime.units import EXAMPLES, KIND_NAMES, METRIC_KIND, fmt_seconds
 from providers.catalog.models import KNOWN_FEATURES, Catalog, CatalogError, ModelSpec, default_catalog, load_catalog
 
@@ -68,6 +70,7 @@ class Context:
     rules: list[n.Rule] = field(default_factory=list)
     settings: dict[str, n.Setting] = field(default_factory=dict)
     budgets: list[n.Budget] = field(default_factory=list)
+    limits: list[n.RateLimit] = field(default_factory=list)
     tests: list[n.TestBlock] = field(default_factory=list)
     adhoc: dict[str, ModelSpec] = field(default_factory=dict)  # `provider:model` names the catalog does not list
     functions: Mapping[str, Function] | None = None  # Engine.load(functions=...); None: none were provided
@@ -267,6 +270,8 @@ def pass_declarations(ctx: Context) -> None:
             ctx.settings[stmt.name] = stmt  # a later `set` overrides an earlier one (e.g. from an include)
         elif isinstance(stmt, n.Budget):
             ctx.budgets.append(stmt)
+        elif isinstance(stmt, n.RateLimit):
+            ctx.limits.append(stmt)
         elif isinstance(stmt, n.TestBlock):
             ctx.tests.append(stmt)
 
@@ -619,6 +624,7 @@ def pass_strategies(ctx: Context) -> None:
                 did_you_mean(str(setting.value.value), spec.choices) or f"write one of {', '.join(spec.choices)}",
             )
     _check_health_weights(ctx)
+    _check_tokenizer(ctx)
     for budget in ctx.budgets:
         if budget.period not in BUDGET_PERIODS:
             ctx.error(
@@ -630,6 +636,7 @@ def pass_strategies(ctx: Context) -> None:
             )
         if budget.amount.kind != "money":
             _unit_error(ctx, "a budget", "money", budget.amount)
+    check_limits(ctx.limits, ctx.diagnostics.append)
 
 
 def pass_rules(ctx: Context) -> None:
@@ -717,6 +724,18 @@ def compile_loaded(
     if len(ctx.rules) >= TRIM_RULES:
         _give_back_memory()
     return policy
+
+
+def _check_tokenizer(ctx: Context) -> None:
+    """`set tokens.estimator`: the tokenizer is loaded now, from local files only (E317 when it cannot be), so that
+    no request ever waits for it (engine/runtime/tokenizer.py)."""
+    setting = ctx.settings.get("tokens.estimator")
+    if setting is None or not isinstance(setting.value, n.Literal) or setting.value.kind != "string":
+        return
+    try:
+        load_estimator(str(setting.value.value))
+    except TokenizerError as exc:
+        ctx.error("E317", str(exc), setting.value.span, exc.label, exc.hint)
 
 
 def _check_health_weights(ctx: Context) -> None:
@@ -828,7 +847,7 @@ def _settings(ctx: Context) -> Settings:
     values = dict(Settings.defaults())
     for name, setting in ctx.settings.items():
         values[name] = coerce(name, literal(setting.value).value)
-    return Settings(values)
+    return Settings(values, limit_specs(ctx.limits))
 
 
 #: The last few compiled RE2 sets, by the hash of their patterns (see _matcher).

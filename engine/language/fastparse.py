@@ -2,7 +2,7 @@
 equal nodes, spans and rule texts, for the common statement forms; None as soon as it meets anything else.
 
 The lark parser builds a parse tree, then our AST from it: about 1 s for a 10,000-rule file. This recursive
-descent parser reads the same text in one pass for `model`, `task`, `when` and `otherwise` statements with
+descent parser reads the same text in one pass for `model`, `task`, `limit`, `when` and `otherwise` statements with
 `use` and `prefer` actions (every condition form, `where` and `fallback`). Anything else (another statement or
 action, a syntax error, a word the grammar uses as a keyword where a name belongs, a character it does not
 expect) makes it give up, and parse.py parses the text with lark, which also reports every problem. So it never
@@ -55,6 +55,7 @@ GRAMMAR_WORDS = frozenset(
         "judge",
         "latency",
         "least_busy",
+        "limit",
         "line",
         "min_agreement",
         "model",
@@ -269,9 +270,28 @@ class _Parser:
         action, last = self.action()
         return n.Rule(None, action, self.span(first, last), self.text(first, last))
 
+    def limit_stmt(self) -> n.Stmt:
+        """`limit NUMBER NAME [per NAME]` (the grammar's limit_stmt)."""
+        first = self.take("NAME", "limit")
+        amount = self.take("NUMBER")
+        unit = self.name()
+        per = None
+        if self.word("per"):
+            self.i += 1
+            per = self.name()
+        return n.RateLimit(
+            literal_of("NUMBER", self.toks[amount][1], self.tok_span(amount)),
+            self.toks[unit][1],
+            None if per is None else self.toks[per][1],
+            self.tok_span(unit),
+            self.span(first, self.i - 1),
+            None if per is None else self.tok_span(per),
+        )
+
     STATEMENTS: dict[str, Callable[[_Parser], n.Stmt]] = {
         "model": model_stmt,
         "task": task_stmt,
+        "limit": limit_stmt,
         "when": rule,
         "otherwise": otherwise,
     }
@@ -551,7 +571,8 @@ class _Parser:
 
 #: Where a statement can start: a line that starts with a statement keyword (parse.py cuts there too).
 STMT_START = re.compile(
-    r"^[ \t]*(?:when|otherwise|model|catalog|include|set|budget|test|task[ \t]+[A-Za-z_][\w.:\-]*[ \t]*=)(?![\w.:\-])",
+    r"^[ \t]*(?:when|otherwise|model|catalog|include|set|budget|limit|test"
+    r"|task[ \t]+[A-Za-z_][\w.:\-]*[ \t]*=)(?![\w.:\-])",
     re.M,
 )
 #: A big file is read this many characters at a time (cut where a statement starts), so only one piece's tokens

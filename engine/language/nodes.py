@@ -287,6 +287,19 @@ class Budget:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimit:
+    """`limit 60 rpm [per key]`: `amount` a count literal, `unit` as written (the compiler checks rpm | tpm), `per`
+    the request attribute whose every value has its own limit (None: one limit for every request)."""
+
+    amount: Literal
+    unit: str
+    per: str | None
+    unit_span: Span
+    span: Span
+    per_span: Span | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Assign:
     name: str
     value: Value
@@ -314,7 +327,7 @@ class TestBlock:
     span: Span
 
 
-Stmt = Rule | TaskDecl | ModelAlias | Include | CatalogRef | Setting | Budget | TestBlock
+Stmt = Rule | TaskDecl | ModelAlias | Include | CatalogRef | Setting | Budget | RateLimit | TestBlock
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,6 +47,7 @@ KEYWORDS = frozenset(
         "fastest",
         "set",
         "budget",
+        "limit",
         "test",
         "expect",
         "overlay",
@@ -396,6 +397,17 @@ class _ToAST:
             str(per[0]) if per else None,
             _tok_span(period, self.file),
             self._span(meta),
+        )
+
+    def limit_stmt(self, meta, children):
+        amount, unit, *per = children
+        return n.RateLimit(
+            literal(amount, self.file),
+            str(unit),
+            str(per[0]) if per else None,
+            _tok_span(unit, self.file),
+            self._span(meta),
+            _tok_span(per[0], self.file) if per else None,
         )
 
     def test_stmt(self, meta, children):

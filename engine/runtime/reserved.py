@@ -8,6 +8,8 @@ nested `{"budget": {"left": 1}}`, which a policy's `budget.left` would otherwise
   body's `max_tokens` / `max_completion_tokens`); budget holds are computed from them.
 * `spend`, `budget`: `spend.today` and `budget.left`, set from the budget book.
 * `key`: the gateway key's name.
+* `ratelimit`: `ratelimit.left`, the fraction (0-1) left of the tightest rate limit that applies to the request
+  (policy `limit` statements and the key's `rpm` / `tpm`), set by the gateway before deciding.
 * `endpoint`: the API the request came through: `chat`, `completions`, `messages`, `responses` or `embeddings`
   (set by the gateway per endpoint; a Python caller's requests are `chat`), so a policy can route by it.
 * `self`, `prompt`, `messages`, `model`: the parameters of `Engine.decide()` / `Engine.pin()`, which take the
@@ -28,6 +30,7 @@ RESERVED_ATTRS: tuple[str, ...] = (
     "spend",
     "budget",
     "key",
+    "ratelimit",
     "endpoint",
     "self",
     "prompt",

@@ -3,8 +3,8 @@ values (an expiry instant, limits, a model allow-list) out; plus the 401 `key_ex
 allow-list applied to a decision's failover plan (403 `model_not_allowed` when nothing of it is allowed).
 
 `expires` is an ISO 8601 date or datetime: a date means the end of that day UTC (the key works through
-23:59:59 UTC of that day), a datetime without an offset is UTC. `rpm` / `tpm` are stored and checked here; the
-rate limiter that enforces them is not built yet (docs: accepted, not enforced)."""
+23:59:59 UTC of that day), a datetime without an offset is UTC. `rpm` / `tpm` are checked here and enforced by
+the gateway's rate limiter (providers/gateway/ratelimits.py)."""
 
 from __future__ import annotations
 

@@ -50,8 +50,8 @@ class GatewayKey:
     policies: frozenset[str] | None = None  # the policies it may use (`auto` and named ones); None: all of them
     models: frozenset[str] | None = None  # the models its plan may keep (keyfields.allowed_plan); None: all of them
     expires: float | None = None  # Unix time from which it is refused (401 key_expired); None: never
-    rpm: int | None = None  # requests per minute (stored and checked; not enforced yet)
-    tpm: int | None = None  # tokens per minute (stored and checked; not enforced yet)
+    rpm: int | None = None  # requests per minute (enforced by providers/gateway/ratelimits.py)
+    tpm: int | None = None  # tokens per minute (likewise)
     created: str | None = None  # when `keys add` made it (informational)
 
 

@@ -10,7 +10,7 @@ the format is read and checked by providers/gateway/keyformat.py.
         policies: [auto, cheap]            # the policies (`model: "<name>"`) it may use (optional: all)
         models: [gpt-4o-mini, claude-haiku]  # the models its requests may be routed to or pin (optional: all)
         expires: 2026-12-31                # refused (401 key_expired) from then on; a date: the end of that day UTC
-        rpm: 60                            # requests / tokens per minute: accepted and checked, NOT YET ENFORCED
+        rpm: 60                            # requests / tokens per minute (429 beyond: providers/gateway/ratelimits.py)
         tpm: 100000
         created: "2026-12-06T10:00:00Z"    # informational (`modelroute keys add` writes it)
 

@@ -425,3 +425,48 @@ local s, r = figures(KEYS[1])
 return {1, fmt(s), fmt(r)}
 """
 )
+
+# Rate limits (providers/state/ratelimit.py, GCRA). A bucket key holds its theoretical arrival time `tat` (epoch
+# seconds as text) and expires once the bucket is full again. RATE_ACQUIRE: KEYS = the buckets; ARGV = now,
+# period, then (limit, cost) per bucket. Admits the request against every bucket or none; returns
+# {1 | 0, then per bucket its tat before (at least now) and after the cost, as text}.
+RATE_ACQUIRE = (
+    FMT
+    + """
+local now, period = tonumber(ARGV[1]), tonumber(ARGV[2])
+local ok, out, news = 1, {}, {}
+for i = 1, #KEYS do
+  local step = period / tonumber(ARGV[1 + 2 * i])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '') or now
+  if tat < now then tat = now end
+  local new = tat + tonumber(ARGV[2 + 2 * i]) * step
+  if new - now > period + step * 1e-2 + 1e-5 then ok = 0 end
+  news[i] = new
+  out[2 * i], out[2 * i + 1] = fmt(tat), fmt(new)
+end
+out[1] = ok
+if ok == 1 then
+  for i = 1, #KEYS do
+    redis.call('SET', KEYS[i], fmt(news[i]), 'PX', math.ceil((news[i] - now) * 1000) + 1000)
+  end
+end
+return out
+"""
+)
+# RATE_ADJUST: KEYS[1] = a bucket; ARGV = now, period, limit, delta (units; negative gives them back, never below
+# a full bucket).
+RATE_ADJUST = (
+    FMT
+    + """
+local now, period = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '') or now
+if tat < now then tat = now end
+local new = tat + tonumber(ARGV[4]) * period / tonumber(ARGV[3])
+if new <= now then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], fmt(new), 'PX', math.ceil((new - now) * 1000) + 1000)
+end
+return 1
+"""
+)

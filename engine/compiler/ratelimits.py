@@ -1,0 +1,70 @@
+"""Rate limit checks: a policy's `limit` statements in, their diagnostics (E315, E316, E401) and the checked
+RateLimitSpec list the gateway enforces out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from engine.diagnostics import Diagnostic, did_you_mean
+from engine.language import nodes as n
+from engine.runtime.settings import RATE_UNITS, RateLimitSpec
+
+__all__ = ["check_limits", "limit_specs"]
+
+#: The help of a limit whose amount is not a whole number above 0.
+AMOUNT_HINT = "a limit is a whole number per minute above 0: `limit 60 rpm`, `limit 100k tpm per user`"
+
+
+def check_limits(limits: list[n.RateLimit], report: Callable[[Diagnostic], None]) -> None:
+    """Report an unknown unit (E315), an amount that is not a whole number above 0 (E401) and a second limit of
+    the same unit and `per` (E316: which one would apply is not clear)."""
+    seen: dict[tuple[str, str | None], n.RateLimit] = {}
+    for stmt in limits:
+        if stmt.unit not in RATE_UNITS:
+            units = ", ".join(f"{u} ({what} per minute)" for u, what in RATE_UNITS.items())
+            report(
+                Diagnostic(
+                    "E315",
+                    f"unknown rate limit unit `{stmt.unit}`",
+                    stmt.unit_span,
+                    "not a unit",
+                    did_you_mean(stmt.unit, list(RATE_UNITS)) or f"units: {units}",
+                )
+            )
+            continue
+        value = stmt.amount.value
+        if not isinstance(value, float) or value < 1 or value != int(value):
+            report(
+                Diagnostic(
+                    "E401",
+                    f"rate limit `{stmt.amount.text} {stmt.unit}` is not a whole number above 0",
+                    stmt.amount.span,
+                    "out of range",
+                    AMOUNT_HINT,
+                )
+            )
+            continue
+        slot = (stmt.unit, stmt.per)
+        first = seen.get(slot)
+        if first is not None:
+            per = f" per {stmt.per}" if stmt.per else ""
+            report(
+                Diagnostic(
+                    "E316",
+                    f"a second `{stmt.unit}{per}` limit",
+                    stmt.span,
+                    "limited again here",
+                    "keep one limit of each unit and `per`; limits of different `per` all apply",
+                    (f"the first is at {first.span}",),
+                )
+            )
+            continue
+        seen[slot] = stmt
+
+
+def limit_specs(limits: list[n.RateLimit]) -> tuple[RateLimitSpec, ...]:
+    """The checked statements as the runtime's RateLimitSpec (call after check_limits found no problem)."""
+    return tuple(
+        RateLimitSpec(s.unit, int(float(s.amount.value)), s.per, f"{s.span.file}:{s.span.line}")  # type: ignore[arg-type]
+        for s in limits
+    )
