@@ -370,3 +370,10 @@ def test_image_detail_and_cache_control_are_kept() -> None:
         {"type": "image_url", "image_url": {"url": "https://x/y.png", "detail": "low"}}
     ]
     assert message.cached()
+
+
+def test_an_azure_provider_is_counted_as_openai() -> None:
+    from engine.runtime.tokens import TokenCount
+
+    count = TokenCount(100, images=((1024, 1024),), tools=True)
+    assert count.for_kind("azure") == count.for_kind("openai") < count.worst

@@ -3,7 +3,8 @@ an estimated input token count out (per provider kind, since images cost differe
 
 Text is counted by an estimator `fn(text) -> int`: by default one token per four characters, rounded up (the
 usual rule of thumb for English with BPE tokenizers), deliberately cheap since decide() must not spend more time
-counting than deciding. `Engine.load(..., token_estimator=fn)` plugs in a real tokenizer; it is applied to every
+counting than deciding. An exact tokenizer (`set tokens.estimator = "tiktoken:cl100k_base"`, `modelroute serve
+--tokenizer`, `Engine.load(..., token_estimator=...)`; loaded by engine/runtime/tokenizer.py) is applied to every
 piece of text counted here. A chat message costs MESSAGE_OVERHEAD tokens of framing plus the text of every part:
 its content (a string or text parts), its name, the name and arguments of each tool call it makes, and the
 tool call id a tool result answers. Images cost what engine.runtime.images says for their provider kind; audio
@@ -75,6 +76,8 @@ class TokenCount:
 
     def for_kind(self, kind: str | None) -> int:
         """The tokens a provider of `kind` bills for this input (None: the largest over every kind)."""
+        if kind == "azure":  # Azure OpenAI serves OpenAI's models and counts as OpenAI does
+            kind = "openai"
         if kind not in IMAGE_KINDS:
             return self.worst
         extra = TOOL_PROMPT.get(kind, 0) if self.tools else 0
