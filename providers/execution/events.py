@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from providers.execution.experiments import ExperimentTally
     from providers.execution.health import HealthTally
     from providers.execution.metering import EstimatedSpend
+    from providers.execution.spending import SpendTally
 
 log = logging.getLogger("modelroute.execute")
 log.addHandler(logging.NullHandler())
@@ -132,6 +133,7 @@ def usage_summary(
     estimated: EstimatedSpend | None = None,
     health: HealthTally | None = None,
     experiments: ExperimentTally | None = None,
+    spending: SpendTally | None = None,
 ) -> dict[str, dict[str, Any]]:
     """{"models": {name: row}, "providers": {name: row}, "total": row, "experiments": {...}}; a row has calls,
     failures, success_rate, input_tokens, output_tokens, cost (USD), latency_ms (EWMA of successful calls; for a
@@ -139,7 +141,9 @@ def usage_summary(
     calls, counted by `health`, this process's executor; None for providers and the total), and estimated_calls /
     estimated_cost: the calls (and their part of `cost`) settled from an estimate because the upstream reported no
     usage, as counted by `estimated`. "experiments" is {experiment: {variant: {requests, errors, error_rate,
-    latency_ms, cost}}} (providers/execution/experiments.py; requests of this process)."""
+    latency_ms, cost}}} (providers/execution/experiments.py; requests of this process); "keys" and "users" are
+    {name: {requests, errors, cost, estimated_cost}} per gateway key and per `user` attribute (at most 1,000 users
+    a process, later ones as "(other)": providers/execution/spending.py)."""
     stats = store.stats()
     guessed = estimated.snapshot() if estimated is not None else {}
     models = {
@@ -184,4 +188,5 @@ def usage_summary(
         "providers": providers,
         "total": total,
         "experiments": experiments.summary() if experiments is not None else {},
+        **(spending.summary() if spending is not None else {"keys": {}, "users": {}}),
     }

@@ -1,15 +1,20 @@
 """Experiment accounting: each finished request whose Decision belongs to an experiment (`split ... as "NAME"`:
 `decision.experiment` with `.name` and `.variant`) in; requests, errors, latency and cost per experiment and
-variant out, for `engine.usage()["experiments"]` and the gateway's /metrics (counted by this process)."""
+variant out, for `engine.usage()["experiments"]` (counted by this process) and, through listeners, the gateway's
+/metrics."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ExperimentTally", "VariantRow", "experiment_of"]
+__all__ = ["ExperimentTally", "Listener", "VariantRow", "experiment_of"]
+
+#: Called with (experiment, variant, ok=, latency_s=, cost=) for each request counted (the gateway's metrics).
+Listener = Callable[..., None]
 
 
 def experiment_of(decision: Any) -> tuple[str, str] | None:
@@ -52,6 +57,12 @@ class ExperimentTally:
         self._rows: dict[tuple[str, str], VariantRow] = {}
         self._open: dict[int, tuple[tuple[str, str], float, list[bool]]] = {}
         self._lock = threading.Lock()
+        self._listeners: list[Listener] = []
+
+    def listen(self, listener: Listener) -> Callable[[], None]:
+        """Call `listener` for every request counted from now on; returns a function that stops that."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
     def start(self, key: int, decision: Any) -> None:
         """Note a prepared request (`key`: its identity) when its decision belongs to an experiment."""
@@ -79,6 +90,8 @@ class ExperimentTally:
             row.errors += not ok
             row.latency_s += latency_s
             row.cost += cost
+        for listener in self._listeners:
+            listener(experiment, variant, ok=ok, latency_s=latency_s, cost=cost)
 
     def rows(self) -> list[tuple[str, str, VariantRow]]:
         """(experiment, variant, totals), sorted; the totals are copies."""

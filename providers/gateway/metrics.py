@@ -1,248 +1,246 @@
-"""Gateway metrics: what each request did (decision, attempts, outcome, latency, cost) in, Prometheus text
-exposition format out. A tiny hand-written registry (counters, gauges and histograms with labels), thread-safe
-and per process, as Prometheus expects of each replica.
+"""Gateway metrics: what each request did (decision, attempts, outcome, latency, cost, key, user, experiment) in,
+Prometheus text exposition out, through prometheus_client: one registry per Gateway with the process, platform and
+GC collectors, or, under `serve --workers N` (PROMETHEUS_MULTIPROC_DIR set by the supervisor), the sum over every
+worker read from prometheus_client's multiprocess files. Also the `x-modelroute-cost` headers of an answer.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client import Counter as PromCounter
+from prometheus_client import Histogram as PromHistogram
+from prometheus_client import Summary as PromSummary
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from providers.execution.spending import MAX_USERS, NOBODY, OTHER_USERS
+
+__all__ = [
+    "CONTENT_TYPE",
+    "LATENCY_BUCKETS",
+    "MULTIPROC_ENV",
+    "GatewayMetrics",
+    "cost_headers",
+    "cost_text",
+    "exposition",
+]
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 CIRCUIT_VALUE = {"closed": 0, "half_open": 1, "open": 2}
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's multiprocess mode: set by `serve --workers N`
 
 
-def _escape(value: Any) -> str:
-    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+def cost_text(cost: float) -> str:
+    """A cost in USD as a header or SSE comment shows it: plain decimal, up to 10 places, no trailing zeros."""
+    text = f"{max(cost, 0.0):.10f}".rstrip("0").rstrip(".")
+    return text or "0"
 
 
-def _labels(names: tuple[str, ...], values: tuple[Any, ...], extra: str = "") -> str:
-    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True)]
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}" if parts else ""
+def cost_headers(cost: float, estimated: float) -> dict[str, str]:
+    """`x-modelroute-cost` (USD) and `x-modelroute-cost-estimated` (true when some of it was estimated because an
+    upstream reported no usage)."""
+    return {"x-modelroute-cost": cost_text(cost), "x-modelroute-cost-estimated": "true" if estimated else "false"}
 
 
 def _num(x: float) -> str:
-    if x == math.inf:
-        return "+Inf"
-    return repr(float(x)) if not float(x).is_integer() else str(int(x))
+    if math.isinf(x):
+        return "+Inf" if x > 0 else "-Inf"
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
 
 
-class _Metric:
-    kind = "untyped"
-
-    def __init__(self, name: str, help: str, labels: tuple[str, ...] = ()):
-        self.name, self.help, self.labels = name, help, labels
-        self._lock = threading.Lock()
-
-    def header(self) -> list[str]:
-        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
+def _escape(value: str, quote: bool = True) -> str:
+    text = value.replace("\\", "\\\\").replace("\n", "\\n")
+    return text.replace('"', '\\"') if quote else text
 
 
-class Counter(_Metric):
-    kind = "counter"
+#: How a family's type and name appear in the text format (as prometheus_client's own exposition names them).
+_TEXT_TYPE = {"info": ("gauge", "_info"), "stateset": ("gauge", ""), "gaugehistogram": ("histogram", "")}
 
-    def __init__(self, name: str, help: str, labels: tuple[str, ...] = ()):
-        super().__init__(name, help, labels)
-        self._values: dict[tuple[Any, ...], float] = {}
+
+def exposition(families: Iterable[Metric]) -> bytes:
+    """The Prometheus text format (0.0.4) of collected families, labels in the order each metric declares them
+    (e.g. `{model="m",le="+Inf"}`), whole numbers without `.0`, and no `_created` series."""
+    lines: list[str] = []
+    for family in families:
+        kind, suffix = _TEXT_TYPE.get(family.type, (family.type, "_total" if family.type == "counter" else ""))
+        name = family.name + suffix
+        lines.append(f"# HELP {name} {_escape(family.documentation, quote=False)}")
+        lines.append(f"# TYPE {name} {kind}")
+        for sample in family.samples:
+            if sample.name.endswith("_created"):
+                continue
+            labels = ",".join(f'{k}="{_escape(str(v))}"' for k, v in sample.labels.items())
+            series = f"{sample.name}{{{labels}}}" if labels else sample.name
+            lines.append(f"{series} {_num(sample.value)}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+class Counter:
+    """A labelled prometheus_client Counter with the gateway's call shape: `inc(*label_values, by=1.0)`."""
+
+    def __init__(self, name: str, help: str, labels: tuple[str, ...], registry: CollectorRegistry):
+        self.metric = PromCounter(name, help, labels, registry=registry)
+        self._children: dict[tuple[Any, ...], Any] = {}
 
     def inc(self, *labels: Any, by: float = 1.0) -> None:
-        with self._lock:
-            self._values[labels] = self._values.get(labels, 0.0) + by
-
-    def value(self, *labels: Any) -> float:
-        return self._values.get(labels, 0.0)
-
-    def render(self) -> list[str]:
-        with self._lock:
-            items = sorted(self._values.items(), key=lambda kv: tuple(map(str, kv[0])))
-        return [*self.header(), *(f"{self.name}{_labels(self.labels, k)} {_num(v)}" for k, v in items)]
+        child = self._children.get(labels)
+        if child is None:
+            child = self._children[labels] = self.metric.labels(*labels)
+        child.inc(by)
 
 
-class Gauge(_Metric):
-    """A gauge whose samples come from a callback at scrape time (circuit states, in-flight requests)."""
+class Histogram:
+    """A labelled prometheus_client Histogram: `observe(value, *label_values)`."""
 
-    kind = "gauge"
-
-    def __init__(self, name: str, help: str, labels: tuple[str, ...], collect: Callable[[], Iterable[tuple]]):
-        super().__init__(name, help, labels)
-        self._collect = collect
-
-    def render(self) -> list[str]:
-        rows = [*self.header()]
-        for *labels, value in self._collect():
-            rows.append(f"{self.name}{_labels(self.labels, tuple(labels))} {_num(value)}")
-        return rows
-
-
-class Collected(_Metric):
-    """A counter (or summary) whose samples come from a callback at scrape time: `collect()` yields (suffix,
-    label values, value) rows, e.g. ("_sum", ("prompt-v2", "alpha-mini"), 1.5) for a summary."""
-
-    def __init__(
-        self,
-        name: str,
-        help: str,
-        labels: tuple[str, ...],
-        collect: Callable[[], Iterable[tuple[str, tuple[Any, ...], float]]],
-        kind: str = "counter",
-    ):
-        super().__init__(name, help, labels)
-        self.kind = kind
-        self._collect = collect
-
-    def render(self) -> list[str]:
-        rows = [*self.header()]
-        for suffix, labels, value in self._collect():
-            rows.append(f"{self.name}{suffix}{_labels(self.labels, labels)} {_num(value)}")
-        return rows
-
-
-class Histogram(_Metric):
-    kind = "histogram"
-
-    def __init__(
-        self, name: str, help: str, labels: tuple[str, ...] = (), buckets: tuple[float, ...] = LATENCY_BUCKETS
-    ):
-        super().__init__(name, help, labels)
-        self.buckets = (*buckets, math.inf)
-        self._series: dict[tuple[Any, ...], list[float]] = {}  # per-bucket counts, then sum, then count
+    def __init__(self, name: str, help: str, labels: tuple[str, ...], registry: CollectorRegistry):
+        self.metric = PromHistogram(name, help, labels, registry=registry, buckets=LATENCY_BUCKETS)
+        self._children: dict[tuple[Any, ...], Any] = {}
 
     def observe(self, value: float, *labels: Any) -> None:
-        with self._lock:
-            row = self._series.get(labels)
-            if row is None:
-                row = self._series[labels] = [0.0] * (len(self.buckets) + 2)
-            for i, bound in enumerate(self.buckets):
-                if value <= bound:
-                    row[i] += 1
-                    break
-            row[-2] += value
-            row[-1] += 1
+        child = self._children.get(labels)
+        if child is None:
+            child = self._children[labels] = self.metric.labels(*labels)
+        child.observe(value)
 
-    def count(self, *labels: Any) -> int:
-        row = self._series.get(labels)
-        return int(row[-1]) if row else 0
 
-    def render(self) -> list[str]:
+class _Live(Collector):
+    """Gauges read at scrape time from this process: circuit states (shared through Redis under --redis) and the
+    requests in flight (this process's; under --workers, the worker that answered the scrape)."""
+
+    def __init__(self, circuits: Callable[[], Iterable[tuple[str, str]]], in_flight: Callable[[], int]):
+        self._circuits, self._in_flight = circuits, in_flight
+
+    def collect(self) -> Iterator[Metric]:
+        circuit = GaugeMetricFamily(
+            "modelroute_circuit_state", "Circuit state per model (0 closed, 1 half-open, 2 open)", labels=("model",)
+        )
+        for model, state in self._circuits():
+            circuit.add_metric((model,), CIRCUIT_VALUE.get(state, 0))
+        yield circuit
+        yield GaugeMetricFamily(
+            "modelroute_in_flight_requests", "Requests being handled by this process", value=self._in_flight()
+        )
+
+
+class _Users:
+    """The `user` label value of a request: the first MAX_USERS distinct users keep theirs, later ones share
+    OTHER_USERS (a bound on the series a process exports)."""
+
+    def __init__(self, cap: int = MAX_USERS):
+        self._seen: set[str] = set()
+        self._cap = cap
+        self._lock = threading.Lock()
+
+    def label(self, user: Any) -> str:
+        if user is None or user == "":
+            return NOBODY
+        name = str(user)
+        if name in self._seen:
+            return name
         with self._lock:
-            items = sorted(((k, list(v)) for k, v in self._series.items()), key=lambda kv: tuple(map(str, kv[0])))
-        rows = [*self.header()]
-        for labels, row in items:
-            total = 0.0
-            for i, bound in enumerate(self.buckets):
-                total += row[i]
-                le = 'le="' + _num(bound) + '"'
-                rows.append(f"{self.name}_bucket{_labels(self.labels, labels, le)} {_num(total)}")
-            rows.append(f"{self.name}_sum{_labels(self.labels, labels)} {_num(row[-2])}")
-            rows.append(f"{self.name}_count{_labels(self.labels, labels)} {_num(row[-1])}")
-        return rows
+            if len(self._seen) < self._cap:
+                self._seen.add(name)
+                return name
+        return OTHER_USERS
 
 
 class GatewayMetrics:
-    """Every metric the gateway exports; `circuits` and `in_flight` are read at scrape time."""
+    """Every metric the gateway exports; circuit states and in-flight requests are read at scrape time."""
 
     def __init__(
         self,
         circuits: Callable[[], Iterable[tuple[str, str]]],
         in_flight: Callable[[], int],
-        experiments: Callable[[], Iterable[tuple[str, str, Any]]] = lambda: (),
+        *,
+        max_users: int = MAX_USERS,
     ):
-        """`experiments` yields (experiment, variant, totals) with `requests`, `errors`, `latency_s` and `cost`
-        (providers.execution.experiments.VariantRow), read at scrape time."""
+        self.registry = reg = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
-            "modelroute_requests_total", "HTTP requests by endpoint and status code", ("endpoint", "status")
+            "modelroute_requests_total", "HTTP requests by endpoint and status code", ("endpoint", "status"), reg
         )
         self.decisions = Counter(
-            "modelroute_decisions_total", "Routing decisions by deciding rule and model", ("rule", "model")
+            "modelroute_decisions_total", "Routing decisions by deciding rule and model", ("rule", "model"), reg
         )
         self.attempts = Counter(
             "modelroute_attempts_total",
             "Model attempts by model and outcome (ok, error, skipped, cancelled)",
             ("model", "outcome"),
+            reg,
         )
         self.failures = Counter(
-            "modelroute_failures_total", "Failed or skipped attempts by model and error class", ("model", "error")
+            "modelroute_failures_total", "Failed or skipped attempts by model and error class", ("model", "error"), reg
         )
         self.fallbacks = Counter(
-            "modelroute_fallbacks_total", "Requests answered by a fallback, by answering model", ("model",)
+            "modelroute_fallbacks_total", "Requests answered by a fallback, by answering model", ("model",), reg
         )
-        self.spend = Counter("modelroute_spend_usd_total", "Upstream cost in USD by answering model", ("model",))
+        self.spend = Counter("modelroute_spend_usd_total", "Upstream cost in USD by answering model", ("model",), reg)
         self.spend_estimated = Counter(
             "modelroute_spend_estimated_usd_total",
             "The part of modelroute_spend_usd_total estimated because an upstream reported no usage",
             ("model",),
+            reg,
         )
         self.tokens = Counter(
-            "modelroute_tokens_total", "Tokens by model and direction (input, output)", ("model", "direction")
+            "modelroute_tokens_total", "Tokens by model and direction (input, output)", ("model", "direction"), reg
         )
         self.duration = Histogram(
             "modelroute_request_duration_seconds",
             "Gateway request duration (to the last byte for streams)",
             ("endpoint",),
+            reg,
         )
         self.upstream = Histogram(
-            "modelroute_upstream_latency_seconds", "Latency of successful upstream calls", ("model",)
+            "modelroute_upstream_latency_seconds", "Latency of successful upstream calls", ("model",), reg
         )
-        self.circuit = Gauge(
-            "modelroute_circuit_state",
-            "Circuit state per model (0 closed, 1 half-open, 2 open)",
-            ("model",),
-            lambda: ((m, CIRCUIT_VALUE.get(s, 0)) for m, s in circuits()),
-        )
-        self.in_flight = Gauge(
-            "modelroute_in_flight_requests", "Requests being handled by this process", (), lambda: [(in_flight(),)]
-        )
+        users = f"`user` attribute (at most {max_users} users a process, then {OTHER_USERS})"
+        self.key_requests = Counter("modelroute_key_requests_total", "Routed requests by gateway key", ("key",), reg)
+        self.key_spend = Counter("modelroute_key_spend_usd_total", "Upstream cost in USD by gateway key", ("key",), reg)
+        self.user_requests = Counter("modelroute_user_requests_total", f"Routed requests by {users}", ("user",), reg)
+        self.user_spend = Counter("modelroute_user_spend_usd_total", f"Upstream cost in USD by {users}", ("user",), reg)
         variant = ("experiment", "variant")
-
-        def rows(field: str, suffix: str = "") -> Callable[[], list[tuple[str, tuple[Any, ...], float]]]:
-            return lambda: [(suffix, (e, v), getattr(r, field)) for e, v, r in experiments()]
-
-        self.experiment_requests = Collected(
-            "modelroute_experiment_requests_total", "Requests by experiment and variant", variant, rows("requests")
+        self.experiment_requests = Counter(
+            "modelroute_experiment_requests_total", "Requests by experiment and variant", variant, reg
         )
-        self.experiment_errors = Collected(
-            "modelroute_experiment_errors_total",
-            "Requests without an answer by experiment and variant",
-            variant,
-            rows("errors"),
+        self.experiment_errors = Counter(
+            "modelroute_experiment_errors_total", "Requests without an answer by experiment and variant", variant, reg
         )
-        self.experiment_cost = Collected(
-            "modelroute_experiment_cost_usd_total",
-            "Upstream cost in USD by experiment and variant",
-            variant,
-            rows("cost"),
+        self.experiment_cost = Counter(
+            "modelroute_experiment_cost_usd_total", "Upstream cost in USD by experiment and variant", variant, reg
         )
-        self.experiment_latency = Collected(
+        self.experiment_latency = PromSummary(
             "modelroute_experiment_latency_seconds",
             "Request latency by experiment and variant (to the end of the answer)",
             variant,
-            lambda: [*rows("latency_s", "_sum")(), *rows("requests", "_count")()],
-            kind="summary",
+            registry=reg,
         )
-
-    def all(self) -> list[Any]:
-        return [
-            self.requests,
-            self.decisions,
-            self.attempts,
-            self.failures,
-            self.fallbacks,
-            self.spend,
-            self.spend_estimated,
-            self.tokens,
-            self.duration,
-            self.upstream,
-            self.circuit,
-            self.in_flight,
-            self.experiment_requests,
-            self.experiment_errors,
-            self.experiment_cost,
-            self.experiment_latency,
-        ]
+        self.cache = Counter(
+            "modelroute_cache_lookups_total", "Response cache lookups by result (hit, miss)", ("result",), reg
+        )
+        self.users = _Users(max_users)
+        self.live = _Live(circuits, in_flight)
+        reg.register(self.live)
+        self.multiprocess = os.environ.get(MULTIPROC_ENV) or None
+        if self.multiprocess is None:
+            ProcessCollector(registry=reg)
+            PlatformCollector(registry=reg)
+            GCCollector(registry=reg)
 
     def attempts_of(self, attempts: Iterable[Any]) -> None:
         """Count a request's attempts (from a Completion or a RoutingError)."""
@@ -253,8 +251,30 @@ class GatewayMetrics:
             elif a.outcome == "ok" and a.latency_s is not None:
                 self.upstream.observe(a.latency_s, a.model)
 
-    def render(self) -> str:
-        lines: list[str] = []
-        for metric in self.all():
-            lines.extend(metric.render())
-        return "\n".join(lines) + "\n"
+    def spent(self, attrs: Any, cost: float) -> None:
+        """Count a routed request and its cost for its gateway key and its `user` attribute."""
+        key = attrs.get("key") or NOBODY
+        user = self.users.label(attrs.get("user"))
+        self.key_requests.inc(key)
+        self.key_spend.inc(key, by=cost)
+        self.user_requests.inc(user)
+        self.user_spend.inc(user, by=cost)
+
+    def experiment(self, experiment: str, variant: str, *, ok: bool, latency_s: float, cost: float) -> None:
+        """Count a finished request of an experiment (providers.execution.experiments.ExperimentTally's listener)."""
+        self.experiment_requests.inc(experiment, variant)
+        self.experiment_errors.inc(experiment, variant, by=0.0 if ok else 1.0)
+        self.experiment_cost.inc(experiment, variant, by=cost)
+        self.experiment_latency.labels(experiment, variant).observe(latency_s)
+
+    def render(self) -> bytes:
+        """The exposition: this registry, or under multiprocess mode every worker's series (summed) plus this
+        process's live gauges and process metrics."""
+        if self.multiprocess is None:
+            return exposition(self.registry.collect())
+        scrape = CollectorRegistry(auto_describe=False)
+        MultiProcessCollector(scrape, path=self.multiprocess)
+        scrape.register(self.live)
+        for default in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            scrape.register(default)
+        return exposition(scrape.collect())

@@ -5,15 +5,19 @@ that keep failing before they serve end the gateway with WorkersFailed.
 
 Why processes: the GIL lets one Python process use one core for deciding and answering requests, whatever its
 threads (docs/performance.md, "Scaling, the bundled policy, threads and reload"). Each worker is a whole gateway
-(its own Engines, its own Redis replica, its own policy watcher); what they share goes through Redis."""
+(its own Engines, its own Redis replica, its own policy watcher); what they share goes through Redis. Their metrics
+are prometheus_client's multiprocess files in a fresh directory (PROMETHEUS_MULTIPROC_DIR, set before the first
+fork, removed at the end), which each worker's /metrics sums."""
 
 from __future__ import annotations
 
 import logging
 import os
 import select
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +25,11 @@ from dataclasses import dataclass
 from os import _exit  # the documented way out of a forked child
 from types import FrameType
 from typing import NoReturn
+
+from prometheus_client import values
+from prometheus_client.multiprocess import mark_process_dead
+
+from providers.gateway.metrics import MULTIPROC_ENV
 
 __all__ = ["BACKOFF_FIRST_S", "BACKOFF_MAX_S", "MAX_START_FAILURES", "STABLE_S", "Serve", "Supervisor", "WorkersFailed"]
 
@@ -82,12 +91,15 @@ class Supervisor:
         self._failed: WorkersFailed | None = None
         self._wake = (-1, -1)
         self._life = (-1, -1)  # workers see EOF on its read end when this process is gone
+        self.metrics_dir: str | None = None  # prometheus_client's multiprocess directory while running
 
     # -- the supervising process ------------------------------------------------------------------------------
     def run(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             raise WorkersFailed("--workers must be run from the main thread (it handles SIGTERM and SIGCHLD)")
         self._wake, self._life = os.pipe(), os.pipe()
+        self.metrics_dir = metrics_dir = tempfile.mkdtemp(prefix="modelroute-metrics-")
+        saved_dir = _metrics_dir(metrics_dir)
         for fd in self._wake:
             os.set_blocking(fd, False)
         old_wakeup = signal.set_wakeup_fd(self._wake[1])
@@ -105,6 +117,9 @@ class Supervisor:
                 os.close(fd)
             for slot in self.slots:
                 self._close_ready(slot)
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+            _metrics_dir(saved_dir)
+            self.metrics_dir = None
         if self._failed is not None:
             raise self._failed
 
@@ -188,6 +203,8 @@ class Supervisor:
     def _exited(self, slot: _Slot, code: int) -> None:
         pid, was_ready, up = slot.pid, slot.ready, time.monotonic() - slot.started
         slot.pid, slot.ready = 0, False
+        if self.metrics_dir is not None:  # its counters stay (totals never go down); its live gauges go
+            mark_process_dead(pid, self.metrics_dir)
         self._close_ready(slot)
         if self._phase == "stopping":
             return
@@ -297,6 +314,19 @@ class Supervisor:
                 except Exception:
                     pass
             _exit(code)  # leave without unwinding into the supervisor's frames or running its atexit hooks
+
+
+def _metrics_dir(path: str | None) -> str | None:
+    """Point prometheus_client's multiprocess mode at `path` (None: off) for the metrics made from now on, in this
+    process and the workers it forks; returns the previous setting. prometheus_client reads the variable when it is
+    first imported, so its value class is chosen again here."""
+    previous = os.environ.get(MULTIPROC_ENV)
+    if path is None:
+        os.environ.pop(MULTIPROC_ENV, None)
+    else:
+        os.environ[MULTIPROC_ENV] = path
+    values.ValueClass = values.get_value_class()
+    return previous
 
 
 def _exit_cleanly(sig: int, frame: FrameType | None) -> None:
