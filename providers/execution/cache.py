@@ -1,0 +1,335 @@
+"""The response cache: a prepared Run (its decision, the ChatRequest it sends, the caller's tenant, endpoint and
+bypass) in; a key over everything that changes the answer, and on a hit the stored answer as a Completion that cost
+nothing, out. Answers live in an LRU in memory bounded in bytes, or in the Redis of a RedisStore (`serve --redis`),
+shared by every replica on it, with the memory LRU standing in while Redis is unreachable. See docs/cache.md.
+
+The policy turns it on: `set cache.ttl = 1h` (a rule's own TTL, once the language has one, comes as
+`decision.cache_ttl`). Only requests with `temperature` 0 are cached unless `set cache.sampled = true` (an unset
+temperature is sampled: OpenAI's default is 1). Each gateway key has its own answers unless `set cache.shared =
+true`. `cache=False` (Python) or `cache-control: no-cache` (gateway) skips the lookup but stores the fresh answer;
+`cache-control: no-store` neither reads nor stores.
+
+The seam for a later semantic lookup: `key_material(run, ...)` is the structured request the key is made of (the
+messages are under `chat`), `digest(material)` the exact key; a semantic layer can look up by the material before
+falling back to the exact digest, and store through `ResponseCache.put`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from engine.runtime.settings import setting
+from providers.execution.outcome import Completion, validate
+from providers.types import ChatResponse, Usage
+
+if TYPE_CHECKING:
+    from providers.execution.outcome import Run
+
+__all__ = [
+    "CACHE_HEADER",
+    "MemoryLRU",
+    "ResponseCache",
+    "attach",
+    "bypass_of",
+    "cache_for",
+    "digest",
+    "key_material",
+]
+
+CACHE_HEADER = "x-modelroute-cache"  # hit | miss, on every answer the cache was consulted (or filled) for
+KEY_VERSION = 1  # part of every key: a change of what is stored or of the key's material changes it
+
+
+class Remote(Protocol):
+    """A shared store of cached answers (providers/state/responses.py): `fallback` runs while it is unreachable."""
+
+    def get(self, key: str, fallback: Callable[[], str | None]) -> str | None: ...
+
+    def put(self, key: str, value: str, ttl: float, fallback: Callable[[], None]) -> None: ...
+
+
+class MemoryLRU:
+    """Cached answers in this process: least recently used first out once their bytes pass `max_bytes`."""
+
+    def __init__(self, max_bytes: int = int(setting(None, "cache.max_bytes"))):
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._items: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @staticmethod
+    def size(key: str, value: str) -> int:
+        return len(key) + len(value.encode())
+
+    def get(self, key: str) -> str | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: str, value: str) -> None:
+        size = self.size(key, value)
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.bytes -= self.size(key, old)
+            if size > self.max_bytes:  # larger than the whole cache: not kept
+                return
+            self._items[key] = value
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                k, v = self._items.popitem(last=False)
+                self.bytes -= self.size(k, v)
+
+    def drop(self, key: str) -> None:
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.bytes -= self.size(key, old)
+
+
+@dataclass
+class Lookup:
+    """One cacheable request: its key, how long its answer is kept, whether it may read and store, and whether
+    it was looked up already (the gateway looks up before the executor would)."""
+
+    key: str
+    ttl: float
+    read: bool
+    write: bool
+    looked: bool = False
+    hit: bool = False
+
+
+def bypass_of(header: str | None) -> bool | str:
+    """A `cache-control` request header as the `cache` option: "no-store" (neither read nor store), False
+    (`no-cache`: store but do not read), or True."""
+    words = {w.strip().lower() for w in (header or "").split(",")}
+    if "no-store" in words:
+        return "no-store"
+    return "no-cache" not in words
+
+
+def key_material(run: Run, tenant: str | None, endpoint: str | None) -> dict[str, Any]:
+    """Everything that changes the answer: the request as sent (messages, system, sampling fields, tools,
+    tool_choice, response_format, stop, n and every other body field, the provider extras), the model plan
+    (strategy, group, every model in order), the schema, the endpoint and the tenant (None when shared)."""
+    d, schema = run.decision, run.schema
+    named = None if schema is None else f"{getattr(schema, '__module__', '')}.{getattr(schema, '__qualname__', schema)}"
+    return {
+        "v": KEY_VERSION,
+        "endpoint": endpoint,
+        "tenant": tenant,
+        "strategy": d.strategy,
+        "group": list(d.group),
+        "plan": [step.model for step in d.plan],
+        "schema": named,
+        "chat": run.chat.model_dump(mode="json"),
+    }
+
+
+def digest(material: Mapping[str, Any]) -> str:
+    """The exact key of a request's material (sha256 of its canonical JSON)."""
+    text = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def ttl_of(run: Run) -> float | None:
+    """The request's TTL: its rule's (`decision.cache_ttl`, when the language sets one), else `set cache.ttl`."""
+    rule_ttl = getattr(run.decision, "cache_ttl", None)
+    if rule_ttl is not None:
+        return float(rule_ttl)
+    ttl = setting(run.policy.settings, "cache.ttl")
+    return None if ttl is None else float(ttl)
+
+
+class ResponseCache:
+    """The cache of one state store (cache_for): `begin` when a request is prepared, `lookup` before it runs,
+    `store` when it answers, `end` when it is settled. `hits` / `misses` count lookups; `clock` is wall time."""
+
+    def __init__(self, remote: Remote | None = None, *, clock: Callable[[], float] = time.time):
+        self.memory = MemoryLRU()
+        self.remote, self.clock = remote, clock
+        self.hits = self.misses = 0
+        self._runs: dict[int, Lookup] = {}
+        self._listeners: list[Callable[[str], None]] = []
+
+    def listen(self, callback: Callable[[str], None]) -> None:
+        """Call `callback("hit" | "miss")` on every lookup (the gateway's /metrics)."""
+        self._listeners.append(callback)
+
+    # ---- a request's life ---------------------------------------------------------------------------
+    def begin(self, run: Run, options: Mapping[str, Any], attrs: Mapping[str, Any]) -> None:
+        """Note a prepared request that the policy lets the cache serve (a TTL, temperature 0 or sampled allowed)."""
+        ttl = ttl_of(run)
+        if ttl is None or ttl <= 0:
+            return
+        settings = run.policy.settings
+        temperature = run.chat.temperature
+        if (temperature is None or temperature > 0) and not setting(settings, "cache.sampled"):
+            return
+        mode = options.get("cache", True)
+        if mode == "no-store":
+            return
+        self.memory.max_bytes = int(setting(settings, "cache.max_bytes"))
+        tenant = None if setting(settings, "cache.shared") else attrs.get("key")
+        key = digest(key_material(run, tenant if tenant is None else str(tenant), attrs.get("endpoint")))
+        self._runs[id(run)] = Lookup(key, ttl, read=mode is not False, write=True)
+
+    def begin_body(
+        self, run: Run, sent: Mapping[str, Any], options: Mapping[str, Any], attrs: Mapping[str, Any]
+    ) -> Lookup | None:
+        """Note a deterministic request answered with a JSON body (embeddings): cached by its TTL alone (no
+        temperature rule); `sent` (what goes upstream besides the run's request) joins the key. Returns what
+        store_body() takes (the run is settled before its body is made)."""
+        self._runs.pop(id(run), None)
+        ttl, mode = ttl_of(run), options.get("cache", True)
+        if ttl is None or ttl <= 0 or mode == "no-store":
+            return None
+        settings = run.policy.settings
+        self.memory.max_bytes = int(setting(settings, "cache.max_bytes"))
+        tenant = None if setting(settings, "cache.shared") else attrs.get("key")
+        material = key_material(run, tenant if tenant is None else str(tenant), attrs.get("endpoint"))
+        material["sent"] = dict(sent)
+        found = self._runs[id(run)] = Lookup(digest(material), ttl, read=mode is not False, write=True)
+        return found
+
+    def lookup_body(self, run: Run) -> Any:
+        """The stored body answering `run` (begin_body), or None. Counted once."""
+        found = self._runs.get(id(run))
+        if found is None or found.looked:
+            return None
+        found.looked = True
+        value = self.get(found.key) if found.read else None
+        found.hit = value is not None
+        self._count("hit" if found.hit else "miss")
+        return None if value is None else json.loads(value).get("body")
+
+    def store_body(self, found: Lookup | None, body: Any) -> None:
+        """Keep the JSON body answering a request begin_body() noted (`found`: what it returned)."""
+        if found is not None and found.write and not found.hit:
+            entry = {"expires": self.clock() + found.ttl, "body": body}
+            self.put(found.key, json.dumps(entry, separators=(",", ":")), found.ttl)
+
+    def status(self, run: Run) -> str | None:
+        """`hit` or `miss` for a request the cache was consulted for, else None (the x-modelroute-cache header)."""
+        found = self._runs.get(id(run))
+        if found is None:
+            return None
+        return "hit" if found.hit else "miss"
+
+    def lookup(self, run: Run) -> Completion | None:
+        """The stored answer to `run` as a Completion costing nothing (no attempts), or None. Counted once."""
+        found = self._runs.get(id(run))
+        if found is None or found.looked:
+            return None
+        found.looked = True
+        if not found.read:
+            self._count("miss")
+            return None
+        value = self.get(found.key)
+        done = self.completion(run, value) if value is not None else None
+        found.hit = done is not None
+        self._count("hit" if found.hit else "miss")
+        return done
+
+    def store(self, run: Run, done: Completion) -> None:
+        """Keep the answer of a request noted by begin() (a hit is not stored again)."""
+        found = self._runs.get(id(run))
+        if found is None or not found.write or found.hit:
+            return
+        response = done.response.model_dump(mode="json") if done.response is not None else None
+        entry = {
+            "expires": self.clock() + found.ttl,
+            "text": done.text,
+            "model": done.model,
+            "provider": done.provider,
+            "strategy": done.strategy,
+            "response": response,
+            "usage": done.usage.model_dump(mode="json"),
+        }
+        self.put(found.key, json.dumps(entry, separators=(",", ":")), found.ttl)
+
+    def end(self, run: Run) -> None:
+        self._runs.pop(id(run), None)
+
+    # ---- storage ------------------------------------------------------------------------------------
+    def get(self, key: str) -> str | None:
+        """The stored entry of `key` if it has not expired (by `clock`)."""
+        value = self.remote.get(key, lambda: self.memory.get(key)) if self.remote is not None else self.memory.get(key)
+        if value is None:
+            return None
+        if float(json.loads(value).get("expires", 0.0)) <= self.clock():
+            self.memory.drop(key)
+            return None
+        return value
+
+    def put(self, key: str, value: str, ttl: float) -> None:
+        if self.remote is not None:
+            self.remote.put(key, value, ttl, lambda: self.memory.put(key, value))
+        else:
+            self.memory.put(key, value)
+
+    @staticmethod
+    def completion(run: Run, value: str) -> Completion:
+        """A stored entry as the answer to `run`: no attempts, no cost; usage is the stored answer's."""
+        entry = json.loads(value)
+        raw = entry.get("response")
+        response = ChatResponse.model_validate(raw) if raw is not None else None
+        text = str(entry.get("text", ""))
+        parsed = validate(run.schema, text) if run.schema is not None else None
+        usage = Usage.model_validate(entry.get("usage") or {})
+        return Completion(
+            text,
+            parsed,
+            usage,
+            0.0,
+            str(entry.get("model", "")),
+            str(entry.get("provider", "")),
+            run.decision,
+            [],
+            str(entry.get("strategy", "single")),
+            response,
+        )
+
+    def _count(self, result: str) -> None:
+        if result == "hit":
+            self.hits += 1
+        else:
+            self.misses += 1
+        for callback in list(self._listeners):
+            callback(result)
+
+
+_caches: weakref.WeakKeyDictionary[Any, ResponseCache] = weakref.WeakKeyDictionary()
+_registry_lock = threading.Lock()
+
+
+def attach(store: Any, cache: ResponseCache) -> None:
+    """Make `cache` the one cache_for(store) gives (tests attach one on an injected clock)."""
+    with _registry_lock:
+        _caches[store] = cache
+
+
+def cache_for(store: Any) -> ResponseCache:
+    """The one response cache of a state store: in Redis for a RedisStore (providers/state/responses.py), else
+    in this process's memory."""
+    from providers.state.responses import remote_for
+
+    with _registry_lock:
+        found = _caches.get(store)
+        if found is None:
+            found = _caches[store] = ResponseCache(remote_for(store))
+        return found
