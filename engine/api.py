@@ -22,6 +22,7 @@ from engine.runtime.pinned import pinned_decision, resolve_model
 from engine.runtime.plan import decide_all_open
 from engine.runtime.policy import CompiledPolicy, Request, not_an_attribute
 from engine.runtime.state import ExecutionStore, MemoryStore, StateStore
+from engine.runtime.tokenizer import load_estimator, policy_estimator
 from engine.runtime.tokens import TokenCount, TokenEstimator, count_request, estimate_tokens, from_messages, has_images
 
 if TYPE_CHECKING:
@@ -102,7 +103,7 @@ class Engine(ExecutionMethods):
         self,
         policy: CompiledPolicy,
         *,
-        token_estimator: TokenEstimator | None = None,
+        token_estimator: TokenEstimator | str | None = None,
         path: str | Path | None = None,
         catalog: Any = None,
         state: StateStore | None = None,
@@ -117,12 +118,19 @@ class Engine(ExecutionMethods):
         the environment), `transport` / `async_transport` (httpx transports), `limits` (httpx.Limits
         per provider connection pool), `sleep` (async sleep for
         retries), `wall` (epoch clock for budget periods), `max_response_bytes`. Any other keyword is a TypeError
-        that names the valid ones. `functions` / `rankers`: see the properties of those names."""
+        that names the valid ones. `functions` / `rankers`: see the properties of those names.
+
+        `token_estimator`: `fn(text) -> int`, or a tokenizer spec such as "tiktoken:cl100k_base" (loaded now from
+        local files; TokenizerError, a ValueError, when it cannot be): how text is counted under a policy that does
+        not `set tokens.estimator` itself (default: one token per four characters)."""
         check_execution_options("Engine()", execution, ENGINE_OPTIONS)
         self._functions = extension_functions("functions", functions)
         self._rankers = extension_functions("rankers", rankers)
+        if isinstance(token_estimator, str):
+            token_estimator = load_estimator(token_estimator)
+        self._default_estimate: TokenEstimator = token_estimator or estimate_tokens
+        self._estimate = policy_estimator(getattr(policy, "settings", None), self._default_estimate)
         self._policy = policy
-        self._estimate = token_estimator or estimate_tokens
         self._path = path
         self._catalog = catalog
         self._today = today
@@ -139,7 +147,7 @@ class Engine(ExecutionMethods):
         path: str | Path | None = None,
         *,
         catalog: Any = None,
-        token_estimator: TokenEstimator | None = None,
+        token_estimator: TokenEstimator | str | None = None,
         watch: bool = False,
         poll: bool = False,
         state: StateStore | None = None,
@@ -179,7 +187,7 @@ class Engine(ExecutionMethods):
         *,
         file: str = "<string>",
         catalog: Any = None,
-        token_estimator: TokenEstimator | None = None,
+        token_estimator: TokenEstimator | str | None = None,
         state: StateStore | None = None,
         today: datetime.date | None = None,
         functions: Mapping[str, Callable[..., Any]] | None = None,
@@ -237,7 +245,9 @@ class Engine(ExecutionMethods):
 
     def swap(self, policy: CompiledPolicy) -> None:
         """Install a compiled policy: one reference assignment, so each decide() sees one version. The reloader
-        calls it with each policy that compiled; callers may too (e.g. to install a policy compiled elsewhere)."""
+        calls it with each policy that compiled; callers may too (e.g. to install a policy compiled elsewhere).
+        The text counter follows the policy's `tokens.estimator` (its encoder was loaded when it compiled)."""
+        self._estimate = policy_estimator(getattr(policy, "settings", None), self._default_estimate)
         self._policy = policy
 
     def recompile(self) -> CompiledPolicy:
@@ -302,9 +312,16 @@ class Engine(ExecutionMethods):
 
     @property
     def token_estimator(self) -> TokenEstimator:
-        """The text estimator `fn(text) -> int` every count of this engine uses (`token_estimator=` or the default
-        one token per four characters)."""
+        """The text estimator `fn(text) -> int` every count of this engine uses: the policy's `tokens.estimator`,
+        else `token_estimator=`, else the default one token per four characters."""
         return self._estimate
+
+    @staticmethod
+    def tokenizer(spec: str) -> TokenEstimator:
+        """The exact text counter a tokenizer spec names ("tiktoken:cl100k_base", "tiktoken:gpt-4"), loaded from
+        local files once per process (never downloaded); TokenizerError (a ValueError with `.hint`) when it
+        cannot be loaded. `modelroute serve --tokenizer` checks its option with it."""
+        return load_estimator(spec)
 
     def count_tokens(
         self,

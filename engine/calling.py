@@ -63,6 +63,7 @@ class ExecutionMethods:
         timeout: float | None = None,
         deadline: float | None = None,
         extra: dict[str, Any] | None = None,
+        cache: bool = True,
         **attrs: Any,
     ) -> Completion:
         """Decide, then call the decided model(s) with retries and fallbacks; returns a Completion.
@@ -71,7 +72,8 @@ class ExecutionMethods:
         it into `.parsed`. `model` pins a model (name or alias) instead of the policy's rules, `fallback` lists the
         models to fall back to (see pin_model(): hard constraints apply; PinError for an unknown model). `timeout`
         bounds each attempt (connect to last byte), `deadline` the whole request in seconds (it can shorten the
-        policy's `set deadline`, never lengthen it; ValueError when not > 0). Middleware (use()) runs around it.
+        policy's `set deadline`, never lengthen it; ValueError when not > 0). `cache=False` skips the response
+        cache's lookup (the fresh answer is still stored; docs/cache.md). Middleware (use()) runs around it.
         Raises NoRouteError, BudgetExceeded (before any call) or RoutingError (every attempt failed or the deadline
         passed; `.attempts` says why)."""
         ex, calls = self.executor, _execution().calls
@@ -97,6 +99,7 @@ class ExecutionMethods:
         timeout: float | None = None,
         deadline: float | None = None,
         extra: dict[str, Any] | None = None,
+        cache: bool = True,
         **attrs: Any,
     ) -> Completion:
         """The async complete() (plain middleware hooks run in a worker thread)."""
@@ -124,6 +127,7 @@ class ExecutionMethods:
         timeout: float | None = None,
         deadline: float | None = None,
         extra: dict[str, Any] | None = None,
+        cache: bool = True,
         **attrs: Any,
     ) -> CompletionStream:
         """Decide now (raising NoRouteError / BudgetExceeded here), then iterate the returned CompletionStream
@@ -155,6 +159,7 @@ class ExecutionMethods:
         timeout: float | None = None,
         deadline: float | None = None,
         extra: dict[str, Any] | None = None,
+        cache: bool = True,
         **attrs: Any,
     ) -> AsyncCompletionStream:
         """The async stream(): `async for event in engine.astream(...)` (an AsyncCompletionStream). With
@@ -181,12 +186,13 @@ class ExecutionMethods:
     def usage(self) -> dict[str, Any]:
         """Calls, failures, success rate, tokens, cost, latency (EWMA) and mean latency per model and per provider,
         plus totals; `estimated_calls` / `estimated_cost`: calls settled from an estimate because the upstream
-        reported no usage; and "experiments": requests, errors, latency and cost per experiment and variant
-        (counted by this process)."""
+        reported no usage; "experiments": requests, errors, latency and cost per experiment and variant; "keys"
+        and "users": requests, errors and cost per gateway key and per `user` attribute (counted by this process)."""
         ex = self._exec
         if ex is None:
             return cast("dict[str, Any]", _execution().usage_summary(self.state))
-        return cast("dict[str, Any]", _execution().usage_summary(self.state, ex.estimated, ex.tally, ex.experiments))
+        summary = _execution().usage_summary(self.state, ex.estimated, ex.tally, ex.experiments, ex.spending)
+        return cast("dict[str, Any]", summary)
 
     def health(self) -> dict[str, Any]:
         """Per model and per provider: healthy, circuit state, calls, error rate and mean latency over
@@ -212,7 +218,18 @@ class ExecutionMethods:
 
 
 #: The request options of complete()/acomplete()/stream()/astream() (every other keyword is a request attribute).
-OPTIONS = ("system", "temperature", "max_tokens", "tools", "tool_choice", "stop", "timeout", "deadline", "extra")
+OPTIONS = (
+    "system",
+    "temperature",
+    "max_tokens",
+    "tools",
+    "tool_choice",
+    "stop",
+    "timeout",
+    "deadline",
+    "extra",
+    "cache",
+)
 
 
 def _warmup_names(policy: Any, models: Sequence[str] | str | None) -> list[str] | None:

@@ -298,10 +298,16 @@ def test_bench_without_shared_data_says_what_it_needs(script: str, tmp_path: Pat
     assert "MODELROUTE_BENCH_DATA" in line and str(tmp_path / "absent") in line, line
 
 
-@pytest.mark.parametrize("script", ["failover_bench.py", "scaling_bench.py"])
+@pytest.mark.parametrize("script", ["failover_bench.py", "scaling_bench.py", "metrics_bench.py"])
 def test_bench_explains_itself(script: str) -> None:
     proc = _run([str(BENCH / script), "--help"])
     assert proc.returncode == 0 and "--quick" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_metrics_bench_quick_prints_ratios_and_the_verdict() -> None:
+    proc = _run([str(BENCH / "metrics_bench.py"), "--quick"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "x  (+" in proc.stdout and "us budget" in proc.stdout, proc.stdout
 
 
 def test_decide_bench_names_the_synthetic_option(tmp_path: Path) -> None:
@@ -313,7 +319,7 @@ def test_every_bench_script_is_covered() -> None:
     """A new bench script must get a line in this file's bench tests (so fresh clones keep working)."""
     covered = {"speed_bench.py", "decide_bench.py", "gateway_bench.py", "transport_bench.py"}
     covered |= {"redis_store_bench.py", "reload_bench.py", "handwritten.py", "needs.py"}
-    covered |= {"failover_bench.py", "scaling_bench.py"}
+    covered |= {"failover_bench.py", "scaling_bench.py", "metrics_bench.py", "tokens_bench.py"}
     assert {p.name for p in BENCH.glob("*.py")} == covered
 
 
@@ -344,6 +350,7 @@ def test_bench_helper_module_says_what_it_is(script: str) -> None:
         ("transport_bench.py", ["--calls", "20", "--warmup", "2", "--no-save"]),
         ("gateway_bench.py", ["--requests", "20", "--warmup", "2", "--no-save"]),
         ("reload_bench.py", ["--writes", "2", "--seconds", "0.1", "--rounds", "1", "--no-save"]),
+        ("tokens_bench.py", ["--quick", "--no-save"]),
     ],
 )
 def test_bench_smoke_run(script: str, args: list[str]) -> None:

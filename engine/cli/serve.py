@@ -166,6 +166,12 @@ def _policies(args: tuple[str, ...]) -> tuple[Path | None, dict[str, Path]]:
     "one needs --redis, through which they share circuits, budgets and in-flight counts (env MODELROUTE_WORKERS).",
 )
 @click.option(
+    "--tokenizer",
+    metavar="tiktoken:ENCODING",
+    help="Count text tokens exactly (e.g. tiktoken:cl100k_base, from local files: pip install 'modelroute[tokens]') "
+    "for policies that set no tokens.estimator; default: one token per four characters.",
+)
+@click.option(
     "--hash-key",
     "hash_only",
     is_flag=True,
@@ -191,6 +197,7 @@ def serve(
     max_response_bytes: int,
     warmup: bool,
     workers: int,
+    tokenizer: str | None,
     hash_only: bool,
 ) -> None:
     """Run the OpenAI-compatible gateway: point OpenAI clients at http://HOST:PORT/v1 with model "auto".
@@ -207,6 +214,7 @@ def serve(
       modelroute serve --port 9000 --redis redis://127.0.0.1:6379/0 --watch
       modelroute serve --workers 4 --redis redis://127.0.0.1:6379/0   # 4 processes, one port
       modelroute serve --warmup                        # probe every model once before serving
+      modelroute serve --tokenizer tiktoken:cl100k_base  # exact token counts (the tokens extra)
       modelroute serve --hash-key                      # a new key and the line for the keys file
       printf %s "$KEY" | modelroute serve --hash-key   # the sha256 of an existing key
     """
@@ -239,6 +247,7 @@ def serve(
         max_response_bytes=max_response_bytes,
         warmup=warmup,
         workers=workers,
+        tokenizer=tokenizer,
     )
 
     def report(exc: BaseException) -> int:

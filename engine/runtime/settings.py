@@ -109,14 +109,49 @@ SETTINGS: dict[str, Spec] = {
     "judge.prompt": Spec(
         "string", JUDGE_PROMPT, "the best_of judge prompt: a template with {question}, {answers}, {count}"
     ),
+    "cache.ttl": Spec(
+        "duration", None, "how long an answer is served from the response cache (unset: no caching)", positive=True
+    ),
+    "cache.shared": Spec("bool", False, "whether gateway keys share cached answers (false: each key its own)"),
+    "cache.sampled": Spec(
+        "bool", False, "whether answers to sampled requests (temperature > 0, or unset: 1) are cached too"
+    ),
+    "cache.max_bytes": Spec("count", 64 * 1024 * 1024, "bound of the in-memory response cache, in bytes (LRU)"),
+    "tokens.estimator": Spec(
+        "string",
+        None,
+        'exact text counting, "tiktoken:ENCODING" from local files (extra `tokens`; unset: one token per 4 chars)',
+    ),
 }
+
+
+#: The units of a `limit` statement and what each counts, per minute: the one list (compiler, gateway, docs).
+RATE_UNITS: dict[str, str] = {"rpm": "requests", "tpm": "tokens"}
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitSpec:
+    """`limit 60 rpm per key`: the unit (a RATE_UNITS key), the whole number allowed per minute, the request
+    attribute whose every value has its own limit (None: one limit for all requests), and where it is written."""
+
+    unit: str
+    limit: int
+    per: str | None
+    where: str
+
+    @property
+    def counts(self) -> str:
+        """What the limit counts: "requests" or "tokens"."""
+        return RATE_UNITS[self.unit]
 
 
 @dataclass(frozen=True)
 class Settings(Mapping[str, Any]):
-    """Every setting with its effective value; `settings["circuit.failures"]` or `settings.get(...)`."""
+    """Every setting with its effective value; `settings["circuit.failures"]` or `settings.get(...)`. `limits`: the
+    policy's `limit` statements (rate limits, which the gateway enforces), in source order."""
 
     by_name: Mapping[str, Any]  # not `values`: that is Mapping.values()
+    limits: tuple[RateLimitSpec, ...] = ()
 
     @classmethod
     def defaults(cls) -> Settings:

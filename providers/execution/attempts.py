@@ -19,6 +19,7 @@ from engine.runtime.settings import setting
 from engine.runtime.state import PROBE, Claim, ExecutionStore
 from providers.clients.params import FANOUT_KINDS, choices
 from providers.errors import ContentFiltered, ProviderError
+from providers.execution import tracing
 from providers.execution.deadlines import fits
 from providers.execution.events import EventBus
 from providers.execution.metering import EstimatedSpend, meter
@@ -85,6 +86,7 @@ class Accounting:
             why, error = f"circuit open until {_hms(info.until)}", "CircuitOpen"
         if why is not None:
             run.attempts.append(Attempt(name, provider, "skipped", error, message=why))
+            tracing.attempt_skipped(run, entry, error, why)
             self.events.emit("attempt_failed", f"{name} skipped: {why}", model=name, provider=provider, error=error)
             return None
         return entry
@@ -118,6 +120,7 @@ class Accounting:
         except BaseException:  # a callback raised past the bus (not an Exception): nothing stays counted
             flight.release()
             raise
+        tracing.attempt_started(run, entry, retry, flight)
         return flight
 
     def metered(self, run: Run, entry: Entry, response: ChatResponse, chat: ChatRequest | None) -> ChatResponse:
@@ -208,6 +211,7 @@ class Accounting:
             provider=entry.provider,
             data={"latency_s": latency, "cost": response.cost, "estimated": used.estimated},
         )
+        tracing.attempt_ended(run, flight, response=response)
         return Result(entry.name, entry.provider, response, parsed)
 
     def _spend(self, run: Run, response: ChatResponse | None) -> None:
@@ -245,6 +249,7 @@ class Accounting:
             delay = run.retry.delay(error, retry)
             if fits(run, delay) and self._claim(run, entry.name, state.allow(entry.name)):
                 wait = delay
+        tracing.attempt_ended(run, flight, error=error, wait=wait)
         attempt = failed(entry.name, entry.provider, error, latency, retry)
         if wait is not None:
             attempt = Attempt(**{**vars(attempt), "wait_s": wait})
@@ -271,6 +276,7 @@ class Accounting:
 
     def cancelled(self, run: Run, entry: Entry, flight: Flight, retry: int) -> None:
         flight.release()
+        tracing.attempt_ended(run, flight)
         self.state.record(entry.name, entry.provider, "cancelled", run.cfg, probe=self._probe(run, entry.name))
         run.attempts.append(
             Attempt(

@@ -98,11 +98,15 @@ def stream(ex: Executor, call: Call) -> CompletionStream:
     """Engine.stream(): decides now (raising here); a MiddlewareStream when middleware is registered."""
     mws = ex.middleware
     if not mws:
-        return CompletionStream(ex, call.prepare(ex))
+        run = call.prepare(ex)
+        hit = cached(ex, run)
+        return CompletionStream(ex, run) if hit is None else replay(ex, mws, call.request(stream=True), run, hit)
     req, answered = mws.before(call.request(stream=True), ex.run_sync)
     if answered is not None:
         return MiddlewareStream(ex, mws, req, None, answered)
-    return MiddlewareStream(ex, mws, req, call.rewritten(req).prepare(ex), None)
+    run = call.rewritten(req).prepare(ex)
+    hit = cached(ex, run)
+    return MiddlewareStream(ex, mws, req, run, None) if hit is None else replay(ex, mws, req, run, hit)
 
 
 def astream(ex: Executor, call: Call) -> AsyncCompletionStream:
@@ -110,21 +114,52 @@ def astream(ex: Executor, call: Call) -> AsyncCompletionStream:
     need the event loop), the decision and its errors come with the first event."""
     mws = ex.middleware
     if not mws:
-        return AsyncCompletionStream(ex, call.prepare(ex))
+        run = call.prepare(ex)
+        hit = cached(ex, run)
+        if hit is None:
+            return AsyncCompletionStream(ex, run)
+        replayed = (call.request(stream=True), None, hit)
+        stream = AsyncMiddlewareStream(ex, mws, lambda: _ready(replayed))
+        stream.decision = run.decision
+        return stream
 
     async def begin() -> tuple[MiddlewareRequest, Run | None, Completion | None]:
         req, answered = await mws.abefore(call.request(stream=True))
         if answered is not None:
             return req, None, answered
-        return req, call.rewritten(req).prepare(ex), None
+        run = call.rewritten(req).prepare(ex)
+        hit = cached(ex, run)
+        return (req, run, None) if hit is None else (req, None, hit)
 
     return AsyncMiddlewareStream(ex, mws, begin)
 
 
+async def _ready(
+    value: tuple[MiddlewareRequest, Run | None, Completion | None],
+) -> tuple[MiddlewareRequest, Run | None, Completion | None]:
+    return value
+
+
+def cached(ex: Executor, run: Run) -> Completion | None:
+    """The response cache's answer to a prepared stream (its hold released: a hit spends nothing), or None."""
+    hit = ex.cached(run)
+    if hit is not None:
+        ex.settle(run)
+    return hit
+
+
+def replay(ex: Executor, mws: Middlewares, req: MiddlewareRequest, run: Run, hit: Completion) -> MiddlewareStream:
+    """A cached answer replayed as a stream (its `after` hooks run at the end, as for any stream)."""
+    stream = MiddlewareStream(ex, mws, req, None, hit)
+    stream.decision = run.decision
+    return stream
+
+
 def answer_events(c: Completion) -> list[StreamEvent]:
-    """A whole answer as stream events: one delta, its usage, done."""
+    """A whole answer as stream events: one delta, its tool calls, its usage, done."""
     return [
         StreamEvent(kind="delta", text=c.text),
+        *(StreamEvent(kind="tool_call", tool_call=call) for call in c.tool_calls),
         StreamEvent(kind="usage", usage=c.usage),
         StreamEvent(kind="done", finish_reason=c.finish_reason or "stop", response=c.response),
     ]

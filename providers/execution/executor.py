@@ -28,8 +28,10 @@ from engine.runtime.state import ExecutionStore
 from providers.clients import ProviderClient, client_for
 from providers.errors import ProviderError, register_secret
 from providers.execution import prepare as preparing
+from providers.execution import tracing
 from providers.execution.attempts import Accounting, Flight
 from providers.execution.budget import Budgets, label
+from providers.execution.cache import cache_for
 from providers.execution.deadlines import attempt_timeout, call_within, out_of_time, routing_error
 from providers.execution.events import EventBus
 from providers.execution.experiments import ExperimentTally
@@ -37,6 +39,7 @@ from providers.execution.health import HealthMonitor, HealthTally
 from providers.execution.metering import EstimatedSpend
 from providers.execution.middleware import Middlewares
 from providers.execution.outcome import Completion, Result, Run, Verdict, to_messages, validate
+from providers.execution.spending import SpendTally
 from providers.execution.streaming import AsyncCompletionStream, CompletionStream
 from providers.types import ChatRequest
 
@@ -117,6 +120,8 @@ class Executor(Accounting):
         self.events.subscribe(self.tally.observe)
         self.health = HealthMonitor(self)  # the background checks of `set health.interval`
         self.experiments = ExperimentTally()  # requests, errors, latency, cost per experiment and variant
+        self.spending = SpendTally()  # requests, errors, cost per gateway key and per user
+        self.cache = cache_for(self.state)  # the response cache (providers/execution/cache.py)
         self.middleware = Middlewares()  # engine.use(): run around every request (providers/execution/middleware.py)
         self._watched: dict[int, list[Completion]] = {}
         self._providers = dict(providers or {})
@@ -224,6 +229,9 @@ class Executor(Accounting):
         output bound is sent and `run.max_cost` is computed, as under the policy's own budgets."""
         run = preparing.prepare(self, prompt, messages, schema, options, attrs, decide)
         self.experiments.start(id(run), run.decision)
+        tracing.start(run)  # a span from the decision to the settlement, when tracing is on
+        self.spending.start(id(run), run.decision)
+        self.cache.begin(run, options, attrs)  # cacheable by the policy: its key
         return run
 
     def estimate(self, decision: Decision) -> float:
@@ -236,7 +244,10 @@ class Executor(Accounting):
     def settle(self, run: Run) -> None:
         """Replace the request's hold by what it spent (once; later calls do nothing). The request has ended: it
         is counted for its experiment, if any."""
+        self.cache.end(run)
         self.experiments.finish(id(run), run.cost)
+        tracing.finish(run)
+        self.spending.finish(id(run), run.cost, run.estimated_cost)
         if run.reservation is None:
             return
         warn = float(setting(run.policy.settings, "budget.warn"))
@@ -316,6 +327,9 @@ class Executor(Accounting):
         """Execute a prepared request by its decision's strategy; settles the budget; raises RoutingError (with
         `deadline_passed` when the request's deadline passed first)."""
         try:
+            hit = self.cached(run)  # a cached answer: no attempt, nothing spent
+            if hit is not None:
+                return hit
             if run.decision.strategy != "single":
                 return await self.run_group_or_chain(run)
             done = await self._chain(run, run.decision.chain)
@@ -369,10 +383,23 @@ class Executor(Accounting):
             run.estimated_cost,
         )
         self.experiments.answered(id(run))
+        tracing.answered(run, done)
+        self.spending.answered(id(run))
+        self.cache.store(run, done)
         sink = self._watched.get(id(run)) if self._watched else None
         if sink is not None:
             sink.append(done)
         return done
+
+    def cached(self, run: Run) -> Completion | None:
+        """The response cache's answer to `run` (providers/execution/cache.py), counted as its answer; None on a
+        miss or when the request is not cached. The caller settles the run (releasing its hold: nothing spent)."""
+        hit = self.cache.lookup(run)
+        if hit is not None:
+            self.experiments.answered(id(run))
+            tracing.answered(run, hit)
+            self.spending.answered(id(run))
+        return hit
 
     def watch(self, run: Run) -> list[Completion]:
         """A list that receives the Completion of `run` when it is made (the gateway's streams: middleware sees the

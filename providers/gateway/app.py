@@ -26,12 +26,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from engine import Engine, NoRouteError
+from providers.execution.tracing import traced
 from providers.gateway.anthropic_api import MessagesWire
 from providers.gateway.embeddings import embeddings_route
 from providers.gateway.keyfields import allowed_plan
 from providers.gateway.keys import GatewayKey, KeyRing, bearer
 from providers.gateway.legacy import CompletionsWire, merge_answers, model_object, several_prompts
-from providers.gateway.metrics import GatewayMetrics
+from providers.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from providers.gateway.openai_wire import AUTO_MODELS, ApiError, parse_chat
 from providers.gateway.pipeline import serve
 from providers.gateway.responses_api import ResponsesWire
@@ -93,7 +94,11 @@ class Gateway:
                     ", ".join(self.policies),
                 )
         self.active = 0
-        self.metrics = GatewayMetrics(self._circuits, lambda: self.active, self._experiments)
+        self.metrics = GatewayMetrics(self._circuits, lambda: self.active)
+        for served in self.engines():  # each experiment's requests, as its engine counts them, into /metrics
+            served.executor.experiments.listen(self.metrics.experiment)
+        for cache in {id(e.executor.cache): e.executor.cache for e in self.engines()}.values():
+            cache.listen(self.metrics.cache.inc)  # response cache hits and misses into /metrics
 
     def engines(self) -> list[Engine]:
         """Every Engine this gateway serves, the default first, each once."""
@@ -107,13 +112,6 @@ class Gateway:
                 if m not in out:
                     out[m] = state.circuit(m).state
         return sorted(out.items())
-
-    def _experiments(self) -> list[tuple[str, str, Any]]:
-        """(experiment, variant, totals) of every engine's requests (engines made no executor yet have none)."""
-        rows: list[tuple[str, str, Any]] = []
-        for engine in self.engines():
-            rows += engine.executor.experiments.rows()
-        return rows
 
     def _route(self, call: ChatCall, key: GatewayKey | None) -> tuple[Engine, str]:
         """The Engine for a request and the name of its policy; a named policy routes like "auto", a concrete model
@@ -195,10 +193,11 @@ class Gateway:
     def account(
         self, run: Run, answered: str | None, cost: float, usage: Usage | None = None, fallbacks: int | None = None
     ) -> None:
-        """Count a request's attempts, and for an answer its fallback (as `x-modelroute-fallbacks` counts them),
-        spend and tokens."""
+        """Count a request's attempts, the request and its cost for its key and user, and for an answer its
+        fallback (as `x-modelroute-fallbacks` counts them), spend and tokens."""
         attempts = run.attempts
         self.metrics.attempts_of(attempts)
+        self.metrics.spent(run.decision.request.attrs, cost)
         if answered is not None:
             if fallbacks is None:
                 fallbacks = fallbacks_used(run.decision, answered, attempts)
@@ -375,7 +374,7 @@ class Gateway:
         return json_response(body)
 
     async def metrics_text(self, request: Request) -> Response:
-        return Response(self.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(self.metrics.render(), headers={"content-type": CONTENT_TYPE})
 
     # ---- the app -------------------------------------------------------------------------------------
     def app(self) -> Starlette:
@@ -429,7 +428,7 @@ class Gateway:
                 await app(scope, receive, send)
 
         gateway.state = app.state  # type: ignore[attr-defined]
-        return gateway
+        return traced(gateway)  # a span per request when tracing is on (providers/execution/tracing.py)
 
 
 def create_app(

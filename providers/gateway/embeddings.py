@@ -22,12 +22,16 @@ from typing import TYPE_CHECKING, Any, cast
 
 from engine import NoRouteError
 from providers.clients.embeddings import EmbeddingRequest, embedding_client, float32_base64, response_vectors
+from providers.execution.cache import bypass_of
 from providers.execution.deadlines import out_of_time
 from providers.execution.deadlines import routing_error as no_answer
+from providers.execution.tracing import gateway_request
 from providers.gateway.hangup import ClientGone, HangUp
+from providers.gateway.metrics import cost_headers
 from providers.gateway.openai_wire import ApiError, ChatCall, _request_attrs, bad, read_json
+from providers.gateway.ratelimits import admit, rate_headers, settle
 from providers.gateway.run import headers, hold_key_budget, prepare, release_key_budget, routing_error
-from providers.gateway.streamed import CLIENT_CLOSED
+from providers.gateway.streamed import CLIENT_CLOSED, cache_headers
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -174,13 +178,16 @@ async def embeddings(gw: Gateway, request: Request) -> Response:
     t0 = time.perf_counter()
     status = 200
     gw.active += 1
+    limits = run = None  # the rate limit ticket (providers/gateway/ratelimits.py) and the Run
     try:
         key = gw._auth(request)
         parsed = parse_embeddings(await gw._body(request), request.headers)
         call = parsed.call
+        gateway_request(ENDPOINT, call.model)  # names the request's span, when tracing is on
         attrs = gw._attrs(call, key)
         attrs["endpoint"] = ENDPOINT  # after the key's bound attributes: nothing outside sets it
         engine, policy_name = gw._route(call, key)
+        limits = admit(gw, engine, policy_name, call, key, attrs)  # 429 over a limit; sets ratelimit.left
         ex = engine.executor
         if key is not None and key.daily_budget is not None:
             call.options["budgeted"] = True
@@ -192,6 +199,18 @@ async def embeddings(gw: Gateway, request: Request) -> Response:
             raise ApiError(400, str(exc), code="invalid_value") from None
         rule = run.decision.rule
         gw.metrics.decisions.inc("override" if rule.index < 0 else f"{rule.file}:{rule.line}", run.decision.model)
+        sent = {
+            **parsed.request.model_dump(mode="json", include={"inputs", "dimensions", "user"}),
+            "b64": parsed.base64,
+        }
+        noted = ex.cache.begin_body(run, sent, {"cache": bypass_of(request.headers.get("cache-control"))}, attrs)
+        cached = ex.cache.lookup_body(run)  # the response cache (embeddings are deterministic): a hit spends nothing
+        if cached is not None:
+            ex.settle(run)
+            hdrs = headers(run.decision, str(cached.get("model", "")), [], calls=0, policy=policy_name)
+            hdrs.update({**cost_headers(0.0, 0.0), **rate_headers(limits), **cache_headers("hit")})
+            return Response(json.dumps(cached, separators=(",", ":")), 200, hdrs, "application/json")
+        cache_state = cache_headers(ex.cache.status(run))
         hold = hold_key_budget(ex, key, run)
         hangup = HangUp(request.receive)
         result = None
@@ -210,8 +229,12 @@ async def embeddings(gw: Gateway, request: Request) -> Response:
             gw.account(run, None, 0.0)
             raise ClientGone
         body = embeddings_json(result, run, parsed.base64)
+        ex.cache.store_body(noted, body)
         gw.account(run, result.model, run.cost, run.usage)
         hdrs = headers(run.decision, result.model, run.attempts, policy=policy_name)
+        hdrs.update(cost_headers(run.cost, run.estimated_cost))
+        hdrs.update(rate_headers(limits))
+        hdrs.update(cache_state)
         return Response(json.dumps(body, separators=(",", ":")), 200, hdrs, "application/json")
     except ApiError as err:
         status = err.status
@@ -226,6 +249,7 @@ async def embeddings(gw: Gateway, request: Request) -> Response:
             ApiError(500, "internal error in the gateway (logged)", type="server_error", code="internal_error")
         )
     finally:
+        settle(limits, run)
         gw.active -= 1
         gw.done(ENDPOINT, status, t0)
 

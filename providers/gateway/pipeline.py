@@ -13,11 +13,15 @@ from typing import TYPE_CHECKING
 from starlette.responses import Response
 
 from engine import NoRouteError
+from providers.execution.cache import bypass_of
+from providers.execution.tracing import gateway_request
 from providers.gateway.hangup import ClientGone, HangUp
+from providers.gateway.metrics import cost_headers
 from providers.gateway.middleware import after_stream, answered_headers, before
 from providers.gateway.openai_wire import ApiError, dropped_header
+from providers.gateway.ratelimits import admit, rate_headers, settle, settle_stream
 from providers.gateway.run import fallbacks_used, headers, hold_key_budget, prepare, release_key_budget, routing_error
-from providers.gateway.streamed import CLIENT_CLOSED, answered_response, stream_response
+from providers.gateway.streamed import CLIENT_CLOSED, answered_response, cache_headers, cached_response, stream_response
 from providers.gateway.wire import json_response
 
 if TYPE_CHECKING:
@@ -42,11 +46,15 @@ async def serve(gw: Gateway, request: Request, wire: Wire) -> Response:
     status = 200
     gw.active += 1
     streaming = False
+    limits = run = None  # the request's rate limit ticket (providers/gateway/ratelimits.py) and its Run
     try:
         key = gw._auth(request)
         call = wire.parse(await gw._body(request), request.headers)
+        call.options["cache"] = bypass_of(request.headers.get("cache-control"))  # no-cache / no-store
+        gateway_request(wire.endpoint, call.model)  # names the request's span, when tracing is on
         attrs = gw._attrs(call, key, wire.endpoint)
         engine, policy_name = gw._route(call, key)
+        limits = admit(gw, engine, policy_name, call, key, attrs)  # 429 over a limit; sets ratelimit.left
         ex = engine.executor
         mreq = None
         if ex.middleware:  # the operator's middleware: may rewrite the request, or answer it
@@ -58,7 +66,9 @@ async def serve(gw: Gateway, request: Request, wire: Wire) -> Response:
                 gw.metrics.decisions.inc("middleware", answered.model)
                 if call.stream:
                     return answered_response(wire, answered, policy_name)
-                return json_response(wire.answer(answered), 200, answered_headers(answered, policy_name))
+                hdrs = answered_headers(answered, policy_name)
+                hdrs.update(cost_headers(answered.cost, answered.estimated_cost))
+                return json_response(wire.answer(answered), 200, hdrs)
         if key is not None and key.daily_budget is not None:
             call.options["budgeted"] = True  # a bounded output (budget.max_output_tokens) and a true hold
         try:
@@ -69,6 +79,15 @@ async def serve(gw: Gateway, request: Request, wire: Wire) -> Response:
             raise ApiError(400, str(exc), code="invalid_value") from None
         rule = run.decision.rule
         gw.metrics.decisions.inc("override" if rule.index < 0 else f"{rule.file}:{rule.line}", run.decision.model)
+        hit = ex.cached(run)  # the response cache: before the key's hold, as a hit spends nothing
+        if hit is not None:
+            ex.settle(run)
+            if mreq is not None:
+                hit = await ex.middleware.aafter(mreq, hit)
+            answer = cached_response(wire, run, hit, call.stream, policy_name)
+            answer.headers.update(rate_headers(limits))
+            return answer
+        cached = cache_headers(ex.cache.status(run))
         hold = hold_key_budget(ex, key, run)
         if call.stream:
             sink = ex.watch(run) if mreq is not None else None
@@ -79,6 +98,7 @@ async def serve(gw: Gateway, request: Request, wire: Wire) -> Response:
                 raise
             if mreq is not None and sink is not None:
                 after_stream(response, ex, run, mreq, sink)
+            settle_stream(response, limits, run)
             streaming = True
             return response
         hangup = HangUp(request.receive)  # a client that hangs up cancels the upstream call
@@ -100,6 +120,9 @@ async def serve(gw: Gateway, request: Request, wire: Wire) -> Response:
         gw.account(run, c.model, c.cost, c.usage, fallbacks)
         hdrs = headers(run.decision, c.model, c.attempts, policy=policy_name, fallbacks=fallbacks)
         hdrs.update(dropped_header(ex, run, c.model))  # request fields its provider kind had no counterpart for
+        hdrs.update(cost_headers(c.cost, run.estimated_cost))
+        hdrs.update(rate_headers(limits))
+        hdrs.update(cached)
         if mreq is not None:
             c = await ex.middleware.aafter(mreq, c)
         return json_response(wire.answer(c), 200, hdrs)
@@ -118,5 +141,6 @@ async def serve(gw: Gateway, request: Request, wire: Wire) -> Response:
         )
     finally:
         if not streaming:
+            settle(limits, run)
             gw.active -= 1
             gw.done(wire.endpoint, status, t0)

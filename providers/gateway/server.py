@@ -73,6 +73,7 @@ class ServeOptions:
     max_response_bytes: int = 32 << 20
     warmup: bool = False  # probe each model the policies use once before serving, logged per model
     workers: int = 1  # processes serving on the same sockets (more than 1 needs redis_url)
+    tokenizer: str | None = None  # "tiktoken:cl100k_base": exact text counting for policies that set none
 
 
 BUSY_EXEMPT = ("/healthz", "/metrics")  # probes and scrapes are never refused: they are cheap and say what is wrong
@@ -245,6 +246,7 @@ def run_server(opts: ServeOptions, echo: Echo, report: Report | None = None) -> 
         err = ServeError(f"`modelroute serve` needs {exc.name}: pip install 'modelroute[serve]'", "missing")
         err.module = exc.name
         raise err from None
+    _check_tokenizer(opts)
     if opts.workers <= 1:
         _run(opts, echo)
         return
@@ -279,6 +281,17 @@ def run_server(opts: ServeOptions, echo: Echo, report: Report | None = None) -> 
             sock.close()
 
 
+def _check_tokenizer(opts: ServeOptions) -> None:
+    """Load `--tokenizer` now, from local files only (never at request time): a usage error when it cannot be."""
+    if opts.tokenizer is None:
+        return
+    try:
+        Engine.tokenizer(opts.tokenizer)
+    except ValueError as exc:
+        hint = getattr(exc, "hint", None)
+        raise ServeError(f"{exc}" + (f"; {hint}" if hint else ""), param="--tokenizer") from None
+
+
 def _load_keys(opts: ServeOptions) -> KeyRing | None:
     if opts.keys_file is None:
         return None
@@ -310,12 +323,18 @@ def _run(
 
     keys = _load_keys(opts)
     state = _state(opts, echo)
-    engine = Engine.load(opts.policy, watch=opts.watch, state=state)
-    engines = {name: Engine.load(path, watch=opts.watch, state=state) for name, path in opts.named.items()}
+    count = opts.tokenizer  # loaded by run_server's check: each Engine gets the same cached counter
+    engine = Engine.load(opts.policy, watch=opts.watch, state=state, token_estimator=count)
+    engines = {
+        name: Engine.load(path, watch=opts.watch, state=state, token_estimator=count)
+        for name, path in opts.named.items()
+    }
     socks: list[socket.socket] = bound or []
     from providers.clients.base import set_default_max_response_bytes
+    from providers.execution.tracing import configure
 
     previous_cap = set_default_max_response_bytes(opts.max_response_bytes)
+    stop_tracing = configure(None if quiet else echo)  # spans exported when the OTEL_* variables ask for them
     try:
         try:
             app = create_app(engine, keys=keys, max_body=opts.max_body, policies=engines, warmup=opts.warmup)
@@ -326,6 +345,7 @@ def _run(
         _serve(app, socks, engine, engines, keys, opts, echo, quiet=quiet, ready=ready)
     finally:
         set_default_max_response_bytes(previous_cap)
+        stop_tracing()  # the spans still batched are sent
         for sock in socks:
             sock.close()
         for e in (engine, *engines.values()):
@@ -400,6 +420,8 @@ def _banner(
     )
     for name, e in engines.items():
         echo(f'  model "{name}": policy {e.policy.entry} (version {e.version[:12]})')
+    if opts.tokenizer:
+        echo(f"tokens: {opts.tokenizer} for policies that set no tokens.estimator")
     if keys is None and host not in ("127.0.0.1", "localhost", "::1"):
         echo("warning: listening beyond loopback without --keys: anyone who can connect can spend")
     every = (engine, *engines.values())

@@ -1,8 +1,9 @@
 """Streamed answers for the gateway: a prepared Run and the endpoint's Wire in; an SSE response in the endpoint's
 format (for chat, `chat.completion.chunk` lines then `data: [DONE]`; or one `stream_interrupted` error event) out,
-whose headers are known once the first event came (the model streaming then). A client that hangs up before the
-first event cancels the upstream call (providers/gateway/hangup.py); after it, Starlette's StreamingResponse notices
-the disconnect and closes the stream. Either way the request is counted with status 499."""
+whose headers are known once the first event came (the model streaming then): they carry no `x-modelroute-cost`
+(known only at the end; it goes to /metrics and engine.usage()), except a middleware's own answer's. A client that
+hangs up before the first event cancels the upstream call (providers/gateway/hangup.py); after it, Starlette's
+StreamingResponse notices the disconnect and closes the stream. Either way the request is counted with status 499."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ from typing import TYPE_CHECKING
 from starlette.responses import Response, StreamingResponse
 
 from providers.gateway.hangup import ClientGone, HangUp
+from providers.gateway.metrics import cost_headers
 from providers.gateway.middleware import answered_headers
 from providers.gateway.openai_wire import ApiError, dropped_header
 from providers.gateway.run import headers, release_key_budget, routing_error, streaming_model
+from providers.gateway.wire import json_response
 from providers.types import StreamEvent
 
 if TYPE_CHECKING:
@@ -59,6 +62,7 @@ async def stream_response(
     from providers.execution.resilience import RoutingError
     from providers.execution.streaming import AsyncCompletionStream
 
+    cached = cache_headers(ex.cache.status(run))  # before the stream settles the run
     stream = AsyncCompletionStream(ex, run)
     events = stream.__aiter__()
     hangup = HangUp(request.receive)
@@ -84,6 +88,7 @@ async def stream_response(
     calls = sum(a.outcome in ("ok", "error", "cancelled") for a in run.attempts)
     hdrs = headers(run.decision, model, run.attempts, calls=calls + (stream.completion is None), policy=policy_name)
     hdrs.update(dropped_header(ex, run, model))
+    hdrs.update(cached)
     writer = wire.writer(model)
 
     async def body() -> AsyncIterator[bytes]:
@@ -135,5 +140,34 @@ def answered_response(wire: Wire, c: Completion, policy_name: str) -> Response:
                 yield frames
         yield writer.end(c)
 
-    hdrs = {**answered_headers(c, policy_name), "cache-control": "no-cache"}
+    hdrs = {**answered_headers(c, policy_name), **cost_headers(c.cost, c.estimated_cost), "cache-control": "no-cache"}
     return StreamingResponse(body(), media_type="text/event-stream", headers=hdrs)
+
+
+def cache_headers(status: str | None) -> dict[str, str]:
+    """`x-modelroute-cache: hit | miss` for a request the response cache was consulted for (none otherwise)."""
+    from providers.execution.cache import CACHE_HEADER
+
+    return {} if status is None else {CACHE_HEADER: status}
+
+
+def cached_response(wire: Wire, run: Run, c: Completion, stream: bool, policy_name: str) -> Response:
+    """The response cache's answer in the endpoint's format: JSON, or its SSE stream replayed through the endpoint's
+    own writer (deltas, tool calls, usage, end). No attempt was made and nothing was spent: the cost is 0."""
+    from providers.execution.calls import answer_events
+
+    hdrs = {**headers(run.decision, c.model, [], calls=0, policy=policy_name), **cost_headers(0.0, 0.0)}
+    hdrs.update(cache_headers("hit"))
+    if not stream:
+        return json_response(wire.answer(c), 200, hdrs)
+    writer = wire.writer(c.model)
+
+    async def body() -> AsyncIterator[bytes]:
+        yield writer.start()
+        for event in answer_events(c):
+            frames = writer.event(event)
+            if frames is not None:
+                yield frames
+        yield writer.end(c)
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers={**hdrs, "cache-control": "no-cache"})
