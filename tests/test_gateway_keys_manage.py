@@ -191,3 +191,16 @@ def test_the_gateway_applies_a_keys_models(served: tuple[str, Path]) -> None:
     with pytest.raises(openai.PermissionDeniedError) as err:
         chat(url, bot, model="alpha-large")
     assert err.value.code == "model_not_allowed"
+
+
+def test_a_keys_models_may_be_aliases_and_bound_what_it_lists_and_retrieves(served: tuple[str, Path]) -> None:
+    url, path = served
+    bot = keys("add", "lister", "--keys", str(path), "--model", "gpt-4o-mini", "--model", "gamma-flash")
+    assert wait_until(lambda: refused(url, bot) is None, "the key to be picked up")
+    assert chat(url, bot).headers["x-modelroute-model"] == "alpha-mini"  # gpt-4o-mini is alpha-mini's alias
+    client = openai.OpenAI(base_url=url + "/v1", api_key=bot, max_retries=0)
+    listed = {m.id for m in client.models.list()}
+    assert {"alpha-mini", "gamma-flash"} <= listed and "alpha-large" not in listed and "beta-chat" not in listed
+    assert client.models.retrieve("gamma-flash").id == "gamma-flash"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("alpha-large")

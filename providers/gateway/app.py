@@ -29,7 +29,7 @@ from engine import Engine, NoRouteError
 from providers.execution.tracing import traced
 from providers.gateway.anthropic_api import MessagesWire
 from providers.gateway.embeddings import embeddings_route
-from providers.gateway.keyfields import allowed_plan
+from providers.gateway.keyfields import allowed_plan, canonical_models
 from providers.gateway.keys import GatewayKey, KeyRing, bearer
 from providers.gateway.legacy import CompletionsWire, merge_answers, model_object, several_prompts
 from providers.gateway.metrics import CONTENT_TYPE, GatewayMetrics
@@ -252,9 +252,12 @@ class Gateway:
         names = [m for m in self.policies if allowed is None or m in allowed]
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "modelroute"} for m in names]
         if allowed is None or AUTO_MODELS[0] in allowed:  # catalog models are pinned through "auto"
+            policy = self.engine.policy
+            usable = None if key is None or key.models is None else canonical_models(key.models, policy)
             data += [
                 {"id": name, "object": "model", "created": 0, "owned_by": entry.provider}
-                for name, entry in self.engine.policy.models.items()
+                for name, entry in policy.models.items()
+                if usable is None or name in usable  # a key limited to some models sees only those
             ]
         self.done("models", 200, t0)
         return json_response({"object": "list", "data": data})
@@ -284,7 +287,7 @@ class Gateway:
         try:
             key = self._auth(request)
             name = str(request.path_params["model"])
-            return json_response(model_object(name, self.policies, self.engine, None if key is None else key.policies))
+            return json_response(model_object(name, self.policies, self.engine, key))
         except ApiError as err:
             status = err.status
             return self._error(err)

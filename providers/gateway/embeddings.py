@@ -192,7 +192,7 @@ async def embeddings(gw: Gateway, request: Request) -> Response:
         if key is not None and key.daily_budget is not None:
             call.options["budgeted"] = True
         try:
-            run = prepare(ex, engine, call, attrs)
+            run = prepare(ex, engine, call, attrs, key)  # the key's `models` filter the plan, as for chat
         except (NoRouteError, BudgetExceeded) as exc:
             raise routing_error(exc, ex.state) from None
         except UnsendableRequest as exc:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 __all__ = [
     "KeyExpired",
     "allowed_plan",
+    "canonical_models",
     "expires_text",
     "model_names",
     "not_allowed",
@@ -92,6 +93,13 @@ def not_allowed(name: str, wanted: Iterable[str], allowed: frozenset[str]) -> Ap
     )
 
 
+def canonical_models(models: frozenset[str], policy: Any) -> frozenset[str]:
+    """A key's `models` with catalog aliases replaced by the model names they stand for (a key may list either)."""
+    catalog = getattr(policy, "catalog", None)
+    aliases = catalog.aliases if catalog is not None else {}
+    return frozenset(aliases.get(m, m) for m in models)
+
+
 def allowed_plan(name: str, allowed: frozenset[str] | None, decision: Decision) -> Decision:
     """`decision` with its failover plan restricted to the key's `models` (a hard filter: the plan's other models
     are dropped, the order kept). A race / consensus / best_of calls its group (and judge) together, so it is not
@@ -99,6 +107,7 @@ def allowed_plan(name: str, allowed: frozenset[str] | None, decision: Decision) 
     or a group needs a model the key may not use. `allowed=None`: every model, `decision` unchanged."""
     if allowed is None:
         return decision
+    allowed = canonical_models(allowed, decision.policy)
     if decision.strategy != "single":
         needed = [*decision.group, *([decision.judge] if decision.judge else [])]
         refused = [m for m in needed if m not in allowed]

@@ -10,6 +10,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from providers.gateway.keyfields import canonical_models
 from providers.gateway.openai_wire import AUTO_MODELS, ApiError, parse_chat, read_json, usage_json
 from providers.gateway.wire import body_object, dumps, json_response
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 
     from engine import Engine
     from providers.execution import Completion
+    from providers.gateway.keys import GatewayKey
     from providers.gateway.openai_wire import ChatCall
     from providers.gateway.wire import Writer
     from providers.types import StreamEvent
@@ -194,15 +196,18 @@ def merge_answers(answers: list[Response]) -> Response:
     return json_response({**bodies[0], "choices": choices, "usage": usage}, 200, hdrs)
 
 
-def model_object(name: str, policies: Mapping[str, Engine], engine: Engine, allowed: frozenset[str] | None) -> Any:
+def model_object(name: str, policies: Mapping[str, Engine], engine: Engine, key: GatewayKey | None) -> Any:
     """The model object of GET /v1/models/{name}: a policy name ("auto" or a named policy) or a catalog model or
-    alias of the default policy, as the key (allowed: its policies, None for all) may use; ApiError 404 otherwise."""
+    alias of the default policy, as the key may use (its `policies` and `models`; None: a gateway without keys);
+    ApiError 404 otherwise."""
+    allowed = None if key is None else key.policies
+    usable = None if key is None or key.models is None else canonical_models(key.models, engine.policy)
     if name in policies and (allowed is None or name in allowed):
         return {"id": name, "object": "model", "created": 0, "owned_by": "modelroute"}
     if allowed is None or AUTO_MODELS[0] in allowed:  # catalog models are pinned through "auto"
         canonical = engine.resolve_model(name)
         entry = engine.policy.models.get(canonical) if canonical is not None else None
-        if entry is not None:
+        if entry is not None and (usable is None or canonical in usable):
             return {"id": name, "object": "model", "created": 0, "owned_by": entry.provider}
     shown = name if len(name) <= 80 else name[:80] + "..."
     raise ApiError(
