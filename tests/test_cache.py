@@ -194,6 +194,28 @@ def test_a_hit_costs_nothing_in_budgets_and_makes_no_attempt(gateway, fake_serve
     assert metric(url, 'modelroute_attempts_total{model="alpha-mini",outcome="ok"} 1')
 
 
+def test_each_rule_keeps_its_answers_for_its_own_ttl(gateway, fake_server: FakeServer) -> None:
+    """`cache 10m` on one rule, `cache off` on another, the policy's `set cache.ttl = 1h` for the rest."""
+    rules = 'when tier == "short" use alpha-mini cache 10m\nwhen tier == "off" use alpha-mini cache off\n'
+    engine, url = gateway(CACHED + rules + POLICY)
+    clock = Clock()
+    engine.executor.cache = ResponseCache(clock=clock)
+    assert [engine.decide("hi", tier=t).cache_ttl for t in ("short", "off", "other")] == [600.0, 0.0, None]
+    c = client(url)
+
+    def cache(tier: str) -> str | None:
+        return ask(c, extra_headers={"x-route-tier": tier})[1].get(CACHE_HEADER)
+
+    assert [cache("short"), cache("short"), cache("other"), cache("other")] == ["miss", "hit", "miss", "hit"]
+    assert [cache("off"), cache("off")] == [None, None]  # neither read nor written
+    assert upstream_calls(fake_server) == 4
+    clock.t += 601  # past the rule's 10 minutes, within the policy's hour
+    assert [cache("short"), cache("other")] == ["miss", "hit"]
+    clock.t += 3000  # past the hour (and the short rule's second answer's 10 minutes)
+    assert [cache("short"), cache("other")] == ["miss", "miss"]
+    assert upstream_calls(fake_server) == 7
+
+
 # ---- through the Python API ------------------------------------------------------------------------------
 def test_the_ttl_expires_on_the_cache_clock_and_cache_false_bypasses(fake_server: FakeServer) -> None:
     clock = Clock()

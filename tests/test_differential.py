@@ -299,7 +299,7 @@ def actions(draw: st.DrawFn, python: bool = False) -> str:
     fallbacks = draw(st.lists(st.sampled_from(MODELS), max_size=3))
     if fallbacks:
         text += " fallback " + ", ".join(fallbacks)
-    return text
+    return text + draw(st.sampled_from(["", "", "", " cache 10m", " cache off"]))  # caching: no effect on the route
 
 
 @st.composite

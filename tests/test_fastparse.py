@@ -110,6 +110,8 @@ def test_it_reads_most_generated_policies() -> None:
         'prefer capability(CODING) then cheapest where latency <= 2s and price < $3/1M fallback a, "b"',
         "prefer least_busy where provider in [openai] and supports tools and cost <= $0.05",
         "prefer fastest where capability(REASONING) >= 6 and context >= 1M",
+        "use gpt-4o cache 10m",
+        "prefer cheapest fallback a cache off",
     ]
     read = 0
     for _ in range(200):
@@ -133,6 +135,24 @@ def test_it_reads_most_generated_policies() -> None:
     ],
 )
 def test_limit_statements(text: str, reads: bool) -> None:
+    assert agree(text) is reads
+
+
+@pytest.mark.parametrize(
+    ("text", "reads"),
+    [
+        ("when a use b cache 10m\notherwise use m\n", True),
+        ("otherwise prefer cheapest where latency < 2s fallback a, b # c\n  cache off\n", True),
+        ("when cache == 1 use b cache 0s\n", True),  # a name in a condition; the compiler rejects `0s`
+        ('when a use b cache "x"\n', True),
+        ("when a use b cache\n", False),
+        ("when a use b cache [10m]\n", False),
+        ("when a use b cache 10m fallback c\n", False),  # `cache` comes last: lark reports it
+        ("when a use cache\n", False),  # a grammar word as a model name: lark decides
+        ("when a balance round_robin [b, c] cache 1h\n", False),
+    ],
+)
+def test_cache_clauses(text: str, reads: bool) -> None:
     assert agree(text) is reads
 
 

@@ -217,6 +217,9 @@ def actions(draw) -> str:
     fallbacks = draw(st.lists(st.sampled_from(MODELS), max_size=3, unique=True))
     if fallbacks:
         sel += f"{_sp(draw)}fallback " + ",".join(fallbacks)
+    cache = draw(st.sampled_from([None, None, "10m", "90s", "off"]))
+    if cache is not None:
+        sel += f"{_sp(draw)}cache{_sp(draw)}{cache}"
     return sel
 
 
@@ -310,8 +313,23 @@ def test_cli_stdin_and_usage_errors(cli) -> None:
     assert r.returncode == 0 and "Examples" in r.stdout
 
 
-@pytest.mark.parametrize("src", ["when a use b fallback c, d # x\n", 'model m = "x"\nmodel mm = y\n'])
+@pytest.mark.parametrize(
+    "src",
+    [
+        "when a use b fallback c, d # x\n",
+        'model m = "x"\nmodel mm = y\n',
+        "when a use b fallback c  cache   10m # x\notherwise prefer cheapest where latency<2s\n  cache off\n",
+    ],
+)
 def test_small_cases_round_trip(src: str) -> None:
     out = format_source(src)
     assert format_source(out) == out
     assert compare_modules(parse(src), parse(out)) is None
+
+
+def test_cache_clause_is_spaced_and_wraps_with_its_action() -> None:
+    assert format_source("when a use b  cache\n 10m  # ttl\n") == "when a use b cache 10m  # ttl\n"
+    long_cond = " or ".join(f'tier == "plan-number-{i}"' for i in range(3))
+    out = format_source(f"when {long_cond} prefer cheapest where latency <= 2s fallback alpha-mini cache off\n")
+    assert out.splitlines()[-1] == "    prefer cheapest where latency <= 2s fallback alpha-mini cache off", out
+    assert format_source(out) == out

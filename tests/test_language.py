@@ -134,7 +134,8 @@ def test_where_metric_units(fixture_catalog, metric: str) -> None:
             with pytest.raises(PolicyError) as info:
                 compile_source(text, catalog=fixture_catalog)
             assert info.value.codes == ["E400"], (metric, value)
-            assert info.value.diagnostics[0].span.col == text.index(value) + 1
+            span = info.value.diagnostics[0].span
+            assert span is not None and span.col == text.index(value) + 1
 
 
 @pytest.mark.parametrize("value", ["2s", "$0.05", "$1/1M", "20%", '"many"'])
@@ -239,6 +240,28 @@ def test_names_may_contain_dots_dashes_and_colons(engine_for) -> None:
         "model my-model.v1:fast = gamma-flash\nwhen org.tier == 1 use my-model.v1:fast\notherwise use alpha-mini\n"
     )
     assert e.decide("x", org={"tier": 1}).model == "gamma-flash"
+
+
+def test_cache_clause_sets_the_deciding_rules_ttl(engine_for) -> None:
+    e = engine_for(
+        "set cache.ttl = 1h\n"
+        'when tier == "a" use beta-chat where latency <= 2s fallback gamma-flash cache 1.5m\n'
+        'when tier == "b" use beta-chat cache off\n'
+        "otherwise use alpha-mini\n"
+    )
+    a, b, other = (e.decide("x", tier=t) for t in ("a", "b", "c"))
+    assert (a.model, a.fallbacks, a.cache_ttl) == ("beta-chat", ["gamma-flash"], 90.0)
+    assert (b.cache_ttl, other.cache_ttl) == (0.0, None)  # None: the policy's `set cache.ttl`
+    assert a.report().cache_ttl == 90.0 and "cache      90s (the rule's TTL)" in a.explain()
+    assert "cache      off" in b.explain() and "\ncache " not in other.explain()
+
+
+@pytest.mark.parametrize("clause", ["cache 0s", "cache 0ms", "cache 10", "cache on", 'cache "1h"', "cache 5%"])
+def test_cache_takes_a_positive_duration_or_off(fixture_catalog, clause: str) -> None:
+    with pytest.raises(PolicyError) as err:
+        compile_source(f"otherwise use alpha-mini {clause}\n", "c.route", catalog=fixture_catalog)
+    assert err.value.codes == ["E401" if clause.startswith("cache 0") else "E400"]
+    assert "cache off" in str(err.value)
 
 
 # ---- token estimation ----------------------------------------------------------------------------------

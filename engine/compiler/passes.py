@@ -521,6 +521,19 @@ def pass_types(ctx: Context) -> None:
                         "out of range",
                         "use a score between 1 and 10",
                     )
+        _check_cache(ctx, rule.action.cache)
+
+
+def _check_cache(ctx: Context, lit: n.Literal | None) -> None:
+    """`cache 10m` or `cache off` on an action: a positive duration, or the word `off`."""
+    hint = "write a duration such as `cache 10m`, or `cache off` to keep this rule's answers out of the cache"
+    if lit is None or (lit.kind == "name" and lit.value == "off"):
+        return
+    if lit.kind != "duration":
+        what = f"`{lit.text}`" if lit.kind == "name" else KIND_NAMES[lit.kind]
+        ctx.error("E400", f"`cache` takes a duration or `off`, not {what}", lit.span, "not a duration", hint)
+    elif not number(lit.value) > 0:
+        ctx.error("E401", "a rule's cache TTL must be longer than 0", lit.span, "caches nothing", hint)
 
 
 BALANCE_MODES = ("round_robin", "random", "least_busy", "weighted")

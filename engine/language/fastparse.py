@@ -38,6 +38,7 @@ GRAMMAR_WORDS = frozenset(
         "best_of",
         "budget",
         "by",
+        "cache",
         "capability",
         "catalog",
         "cheapest",
@@ -89,7 +90,7 @@ GRAMMAR_WORDS = frozenset(
 
 #: Grammar words that are keywords only inside an action (after `prefer`, a ranking or a split), so that where a
 #: condition's operand or a value belongs lark's contextual lexer always reads them as names (`score >= 3`).
-ACTION_ONLY_WORDS = frozenset(["among", "as", "custom", "healthiest", "score"])
+ACTION_ONLY_WORDS = frozenset(["among", "as", "cache", "custom", "healthiest", "score"])
 _VALUE_WORDS = GRAMMAR_WORDS - ACTION_ONLY_WORDS
 
 # The grammar's terminals (grammar/route.lark), highest priority first where two can match the same text.
@@ -457,8 +458,13 @@ class _Parser:
                 self.i += 1
                 fallbacks.append(self.ref()[0])
             last = self.i - 1
+        cache: n.Literal | None = None
+        if self.word("cache"):
+            self.i += 1
+            cache, last = self.scalar(), self.i - 1
         span = self.span(first, last)
-        return n.Action(kind, model, tuple(rankings), tuple(where), tuple(fallbacks), span, among=among), last
+        action = n.Action(kind, model, tuple(rankings), tuple(where), tuple(fallbacks), span, among=among, cache=cache)
+        return action, last
 
     def refs_list(self) -> tuple[n.ModelRef, ...]:
         """`[a, b, c]`: one model reference or more."""

@@ -218,6 +218,15 @@ class Action:
     min_agreement: Literal | None = None  # consensus: agreeing answers needed (None: 1)
     among: tuple[ModelRef, ...] = ()  # prefer ... among [...]: the only models ranked (empty: the catalog)
     experiment: Literal | None = None  # split ... as "name": the experiment the split's picks report
+    cache: Literal | None = None  # `cache 10m` / `cache off`: the rule's response-cache TTL (None: the policy's)
+
+    @property
+    def cache_ttl(self) -> float | None:
+        """The rule's response-cache TTL in seconds (`cache 10m`: 600.0, `cache off`: 0.0), or None when the rule
+        has no `cache` clause (the policy's `set cache.ttl` applies). The compiler admits only those two forms."""
+        if self.cache is None:
+            return None
+        return 0.0 if self.cache.kind == "name" else float(self.cache.value)  # type: ignore[arg-type]
 
 
 # ---- statements --------------------------------------------------------------------------------

@@ -281,13 +281,15 @@ class _ToAST:
     # actions
     def action(self, meta, children):
         kind, model, rankings, extra = children[0]
-        where, fallbacks = (), ()
+        where, fallbacks, cache = (), (), None
         for part in children[1:]:
             if part[0] == "where":
                 where = part[1]
+            elif part[0] == "cache":
+                cache = part[1]
             else:
                 fallbacks = part[1]
-        return n.Action(kind, model, rankings, where, fallbacks, self._span(meta), **extra)
+        return n.Action(kind, model, rankings, where, fallbacks, self._span(meta), cache=cache, **extra)
 
     def use(self, meta, children):
         return ("use", self._ref(children[0]), (), {})
@@ -476,6 +478,9 @@ class _ToAST:
 
     def fallback_clause(self, meta, children):
         return ("fallback", tuple(self._ref(c) for c in children))
+
+    def cache_clause(self, meta, children):
+        return ("cache", literal(children[0], self.file))
 
     def constraint_compare(self, meta, children):
         (metric, cap, mspan), op, value = children

@@ -150,6 +150,13 @@ class Decision:
         return RuleSource(r.index, r.file, r.line, r.span.col, r.text, r.span)
 
     @property
+    def cache_ttl(self) -> float | None:
+        """The deciding rule's response-cache TTL in seconds (`cache 10m`: 600.0, `cache off`: 0.0), or None when
+        the rule sets none and the policy's `set cache.ttl` applies (also for a model the request named)."""
+        node = getattr(self._rule, "node", None)  # a policy rule's syntax; a pinned model has none
+        return None if node is None else node.action.cache_ttl
+
+    @property
     def tokens(self) -> int:
         return self.request.tokens
 
@@ -224,6 +231,7 @@ class Decision:
             report = trace(self.policy, self.request, self.elapsed_ns / 1000, (self._rule.index, self.model))
             report.plan = list(self.plan)
             report.experiment = self.experiment
+            report.cache_ttl = self.cache_ttl
             if self.probe is not None:
                 report.model, report.provider = self.model, self.provider
                 report.note = self.plan[0].reason

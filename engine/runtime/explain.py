@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from engine.runtime.report import Candidate, Report, RuleTrace
+from engine.runtime.units import fmt_seconds
 
 __all__ = ["render_markup", "render_text"]
 
@@ -123,6 +124,11 @@ def render_markup(r: Report) -> str:
         else:
             lines.append("[bold]fallbacks[/]  [dim](none)[/]")
         lines.extend(_plan_lines(r))
+        if r.cache_ttl is not None:
+            shown = (
+                "off (the rule's `cache off`)" if r.cache_ttl == 0 else f"{fmt_seconds(r.cache_ttl)} (the rule's TTL)"
+            )
+            lines.append(f"[bold]cache[/]      {escape(shown)}")
     if r.elapsed_us is not None:
         lines.append(f"[bold]time[/]       {r.elapsed_us:.1f} µs (decide)")
     return "\n".join(lines)

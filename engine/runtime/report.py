@@ -88,6 +88,7 @@ class Report(BaseModel):
     plan: list[PlanStep] = Field(default_factory=list)  # the models execution tries, in order, each with why
     note: str | None = None  # how the decision was reached when not by its rule's own pick (stand-in, probe)
     experiment: Experiment | None = None  # `split ... as "name"`: the experiment and variant the decision is in
+    cache_ttl: float | None = None  # the deciding rule's `cache 10m` in seconds (0: `cache off`; None: the policy's)
     candidates: list[Candidate] = Field(default_factory=list)
     tasks: list[str] = Field(default_factory=list)
     tokens: int
