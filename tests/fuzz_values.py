@@ -1,11 +1,14 @@
 """Generated hostile values for the gateway's fuzz tests: JSON that json.dumps will not write (deep nesting, huge
 numbers, NaN), lone surrogates, values of any type nested anywhere, `x-route-*` / deadline headers, broken body
-bytes, and a log handler that keeps every record. Strategies and helpers only: no tests here."""
+bytes, a log handler that keeps every record, and the in-process gateway the fuzz tests post to (with the checks
+after each request). Strategies and helpers only: no tests here."""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from hypothesis import strategies as st
@@ -14,10 +17,15 @@ from engine.runtime.reserved import RESERVED_ATTRS
 from providers.gateway.openai_wire import DEADLINE_HEADER
 
 __all__ = [
+    "CHEAP",
     "Raw",
     "Records",
+    "assert_no_error_logged",
+    "assert_nothing_in_flight",
     "deep",
     "dump",
+    "fuzz_policy",
+    "fuzz_target",
     "headers",
     "huge",
     "keys",
@@ -132,3 +140,59 @@ class Records(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
+
+
+def fuzz_policy(rule: str) -> str:
+    """The main policy of the fuzz targets' gateways, with `rule` (the test's own reason for beta-coder) third."""
+    return f"""
+set retry.attempts = 1
+set overrides = true
+budget daily $1000 per user
+when tier == "pro" use alpha-large
+{rule}
+when tools prefer cheapest
+otherwise use alpha-mini fallback beta-chat, gamma-flash
+"""
+
+
+#: the second policy of the fuzz targets' gateways, served as model "cheap"
+CHEAP = """
+set retry.attempts = 1
+otherwise use gamma-flash fallback beta-chat
+"""
+
+
+@contextmanager
+def fuzz_target(policy: str) -> Iterator[tuple[Any, Any, Records]]:
+    """(a TestClient, the Gateway, the log Records) of an in-process gateway over `policy` (and CHEAP as model
+    "cheap") whose upstream is a healthy loopback FakeServer."""
+    from starlette.testclient import TestClient
+
+    from providers.gateway.app import Gateway
+    from tests.engines import engine_for
+    from tests.fakeserver import FakeServer, Reply
+
+    with FakeServer() as server:
+        server.default = Reply(text="ok", input_tokens=12, output_tokens=6)
+        gw = Gateway(engine_for(server, policy), policies={"cheap": engine_for(server, CHEAP)})
+        records = Records()
+        logger = logging.getLogger("modelroute")
+        logger.addHandler(records)
+        try:
+            with TestClient(gw.asgi()) as client:
+                yield client, gw, records
+        finally:
+            logger.removeHandler(records)
+
+
+def assert_no_error_logged(records: Records) -> None:
+    """No ERROR record and no traceback was logged."""
+    problems = [rec for rec in records.records if rec.levelno >= logging.ERROR or rec.exc_info]
+    assert not problems, [rec.getMessage() for rec in problems]
+
+
+def assert_nothing_in_flight(gw: Any) -> None:
+    """The gateway has no request open and no engine counts a call in flight."""
+    assert gw.active == 0
+    for engine in gw.engines():
+        assert {m: engine.state.in_flight(m) for m in engine.policy.models if engine.state.in_flight(m)} == {}

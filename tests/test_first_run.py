@@ -7,9 +7,6 @@ reads the environment."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,9 +24,7 @@ from providers.catalog.models import ProviderSpec  # noqa: E402
 from providers.gateway.app import create_app  # noqa: E402
 from providers.gateway.run import provider_report  # noqa: E402
 from tests.embedserver import EmbedServer, embedding_catalog  # noqa: E402
-from tests.test_gateway import ThreadServer  # noqa: E402
-from tests.test_redis_store import free_port  # noqa: E402
-from tests.waiting import wait_until  # noqa: E402
+from tests.test_gateway import Serve, ThreadServer  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CANARY = "sk-canary-value-never-logged-4242"
@@ -154,50 +149,13 @@ def test_a_failure_names_the_missing_variable_of_the_skipped_fallback(
 
 
 # ---- `modelroute serve` with no provider keys in its environment ---------------------------------------------------
-class Serve:
-    """`modelroute serve` of the bundled policy in a subprocess; `stop()` returns what it wrote to stderr."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "serve", "-p", str(REPO / "policies"), "--port", str(self.port)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        wait_until(self.healthy, "modelroute serve to answer /healthz", timeout=30, interval=0.05)
-
-    def healthy(self) -> bool:
-        try:
-            return httpx.get(self.url + "/healthz", timeout=5).status_code == 200
-        except httpx.HTTPError:
-            if self.proc.poll() is not None:
-                raise AssertionError("serve exited: " + (self.proc.stderr.read() if self.proc.stderr else "")) from None
-            return False
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            _, err = self.proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            _, err = self.proc.communicate()
-        return err
-
-
 def keyless_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     return {**env, "PYTHONPATH": str(REPO), **extra}
 
 
 def test_serve_without_keys_explains_itself() -> None:
-    serve = Serve(keyless_env())
+    serve = Serve(REPO / "policies", env=keyless_env(), log_level=None)
     try:
         chat = httpx.post(
             serve.url + "/v1/chat/completions",
@@ -227,7 +185,7 @@ def test_serve_without_keys_explains_itself() -> None:
 
 
 def test_serve_names_the_keys_it_has_but_never_their_values() -> None:
-    serve = Serve(keyless_env(GROQ_API_KEY=CANARY))
+    serve = Serve(REPO / "policies", env=keyless_env(GROQ_API_KEY=CANARY), log_level=None)
     err = serve.stop()
     assert "providers with keys: groq (GROQ_API_KEY)" in err
     assert "provider openai: no API key: environment variable OPENAI_API_KEY is not set" in err

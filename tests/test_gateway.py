@@ -416,11 +416,16 @@ def write_policy(tmp_path: Path, server: FakeServer, policy: str) -> Path:
 
 
 class Serve:
-    """`modelroute serve` in a subprocess on a free port."""
+    """`modelroute serve` in a subprocess on a free port (env: the test keys unless given; log_level None: serve's
+    own default); `stop()` returns what it wrote to stderr."""
 
-    def __init__(self, policy_dir: Path, *args: str):
+    def __init__(
+        self, policy_dir: Path, *args: str, env: dict[str, str] | None = None, log_level: str | None = "warning"
+    ) -> None:
         self.port = free_port()
-        env = {**os.environ, "PYTHONPATH": str(REPO), **{f"TEST_{n.upper()}_KEY": TEST_KEY for n in KINDS}}
+        if env is None:
+            env = {**os.environ, "PYTHONPATH": str(REPO), **{f"TEST_{n.upper()}_KEY": TEST_KEY for n in KINDS}}
+        level = ["--log-level", log_level] if log_level else []
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -431,8 +436,7 @@ class Serve:
                 str(policy_dir),
                 "--port",
                 str(self.port),
-                "--log-level",
-                "warning",
+                *level,
                 *args,
             ],
             env=env,
@@ -447,7 +451,7 @@ class Serve:
             return httpx.get(self.url + "/healthz", timeout=5).status_code == 200
         except httpx.HTTPError:
             if self.proc.poll() is not None:
-                raise AssertionError("serve exited: " + self.proc.stderr.read()) from None
+                raise AssertionError("serve exited: " + (self.proc.stderr.read() if self.proc.stderr else "")) from None
             return False
 
     @property

@@ -11,7 +11,6 @@ no ERROR record is logged, a stream ends properly, and nothing is left in flight
 from __future__ import annotations
 
 import copy
-import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -27,23 +26,23 @@ from providers.gateway.app import Gateway
 from providers.gateway.legacy import CompletionsWire, several_prompts
 from providers.gateway.openai_wire import DEADLINE_HEADER, ApiError
 from providers.gateway.responses_api import ResponsesWire
-from tests.engines import engine_for
-from tests.fakeserver import FakeServer, Reply
-from tests.fuzz_values import Records, deep, dump, headers, huge, keys, mangle, surrogates, values
+from tests.fuzz_values import (
+    Records,
+    assert_no_error_logged,
+    assert_nothing_in_flight,
+    deep,
+    dump,
+    fuzz_policy,
+    fuzz_target,
+    headers,
+    huge,
+    keys,
+    mangle,
+    surrogates,
+    values,
+)
 
-POLICY = """
-set retry.attempts = 1
-set overrides = true
-budget daily $1000 per user
-when tier == "pro" use alpha-large
-when endpoint == "messages" and tools use beta-coder
-when tools prefer cheapest
-otherwise use alpha-mini fallback beta-chat, gamma-flash
-"""
-CHEAP = """
-set retry.attempts = 1
-otherwise use gamma-flash fallback beta-chat
-"""
+POLICY = fuzz_policy('when endpoint == "messages" and tools use beta-coder')
 MODELS = ["auto", "cheap", "alpha-mini", "gpt-4o-mini", "beta-coder", "delta-tiny", "nope", ""]
 
 WIRES: dict[str, Callable[[], Any]] = {
@@ -243,17 +242,8 @@ def bodies(endpoint: str) -> st.SearchStrategy[Any]:
 
 @pytest.fixture(scope="module")
 def target() -> Iterator[tuple[TestClient, Gateway, Records]]:
-    with FakeServer() as server:
-        server.default = Reply(text="ok", input_tokens=12, output_tokens=6)
-        gw = Gateway(engine_for(server, POLICY), policies={"cheap": engine_for(server, CHEAP)})
-        records = Records()
-        logger = logging.getLogger("modelroute")
-        logger.addHandler(records)
-        try:
-            with TestClient(gw.asgi()) as client:
-                yield client, gw, records
-        finally:
-            logger.removeHandler(records)
+    with fuzz_target(POLICY) as target:
+        yield target
 
 
 def error_of(endpoint: str, r: Any) -> str:
@@ -287,8 +277,7 @@ def check(target: Any, endpoint: str, raw: bytes, hdrs: dict[str, str]) -> None:
     r = client.post(endpoint, content=raw, headers={"content-type": "application/json", **hdrs})
     if currently_in_test_context():  # pytest --hypothesis-show-statistics shows how often each outcome came
         event(f"{endpoint} {r.status_code} {'refused' if refused is not None else 'accepted'}")
-    problems = [rec for rec in records.records if rec.levelno >= logging.ERROR or rec.exc_info]
-    assert not problems, [rec.getMessage() for rec in problems]
+    assert_no_error_logged(records)
     assert r.status_code != 500, r.text
     if refused is not None:
         assert r.status_code == refused.status and 400 <= r.status_code < 500, r.text
@@ -305,9 +294,7 @@ def check(target: Any, endpoint: str, raw: bytes, hdrs: dict[str, str]) -> None:
         assert end in r.text[-3000:] and "stream_interrupted" not in r.text, r.text[-300:]
     else:
         assert isinstance(r.json(), dict)
-    assert gw.active == 0
-    for engine in gw.engines():
-        assert {m: engine.state.in_flight(m) for m in engine.policy.models if engine.state.in_flight(m)} == {}
+    assert_nothing_in_flight(gw)
 
 
 @settings(max_examples=450, deadline=None)

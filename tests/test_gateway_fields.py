@@ -24,49 +24,22 @@ from providers.catalog.models import load_catalog  # noqa: E402
 from providers.clients import client_for  # noqa: E402
 from providers.clients.params import JSON_TOOL  # noqa: E402
 from providers.execution.holds import Bound, model_cost  # noqa: E402
-from providers.gateway.app import create_app  # noqa: E402
 from providers.types import ChatRequest, Message  # noqa: E402
-from tests.engines import KINDS, TEST_KEY, provider_specs  # noqa: E402
+from tests.engines import TEST_KEY, provider_specs  # noqa: E402
 from tests.fakeserver import Call, FakeServer, Reply  # noqa: E402
-from tests.test_gateway import ThreadServer  # noqa: E402
+from tests.gateway_kit import DROPPED, chat, dropped, fake_engine, gateways, model_yaml, write_catalog  # noqa: E402
 
-DROPPED = "x-modelroute-dropped-params"
 MSG = [{"role": "user", "content": "hello"}]
 # one model per wire format (providers of tests/engines.py: acme openai, betacorp anthropic, gammalabs gemini)
-CATALOG = """
-models:
-  oa:
-    provider: acme
-    context: 128k
-    price: {input: 1, output: 4}
-    latency_ms: 500
-    supports: [tools, vision, json, json_schema]
-    service_tiers: {flex: 0.5, priority: 2.0}
-  an:
-    provider: betacorp
-    context: 200k
-    price: {input: 3, output: 15}
-    latency_ms: 900
-    supports: [tools, json, json_schema]
-  an-old:
-    provider: betacorp
-    context: 200k
-    price: {input: 3, output: 15}
-    latency_ms: 900
-    supports: [tools, json]
-  ge:
-    provider: gammalabs
-    context: 1M
-    price: {input: 1, output: 2}
-    latency_ms: 400
-    supports: [tools, json, json_schema]
-  plain:
-    provider: acme
-    context: 128k
-    price: {input: 0.1, output: 0.1}
-    latency_ms: 300
-    supports: [tools]
-"""
+CATALOG = "models:\n" + "".join(
+    [
+        model_yaml("oa", "oa", "tools, vision, json, json_schema", service_tiers="{flex: 0.5, priority: 2.0}"),
+        model_yaml("an", "an", "tools, json, json_schema"),
+        model_yaml("an-old", "an", "tools, json"),
+        model_yaml("ge", "ge", "tools, json, json_schema"),
+        model_yaml("plain", "plain", "tools"),
+    ]
+)
 POLICY = """
 set overrides = true
 set retry.attempts = 0
@@ -88,43 +61,20 @@ CITY = '{"city": "Paris", "population": 2100000}'
 
 @pytest.fixture
 def catalog_path(tmp_path: Path) -> Path:
-    path = tmp_path / "catalog.yaml"
-    path.write_text(CATALOG)
-    return path
+    return write_catalog(tmp_path, CATALOG)
 
 
 @pytest.fixture
 def gateway(fake_server: FakeServer, catalog_path: Path) -> Iterator[Callable[..., Any]]:
     """`gateway(extra_policy_lines)`: a started gateway over POLICY (plus the lines) and the test catalog, as an
     openai SDK client."""
-    opened: list[tuple[Engine, ThreadServer]] = []
-
-    def start(extra: str = "") -> Any:
-        engine = Engine.from_source(
-            extra + POLICY,
-            catalog=load_catalog(catalog_path),
-            providers=provider_specs(fake_server),
-            api_keys={name: TEST_KEY for name in KINDS},
-        )
-        server = ThreadServer(create_app(engine)).__enter__()
-        opened.append((engine, server))
-        return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
-
-    yield start
-    for engine, server in opened:
-        server.__exit__(None, None, None)
-        engine.close()
+    with gateways(fake_server, catalog_path) as start:
+        yield lambda extra="": start(extra + POLICY).openai
 
 
 def create(client: Any, **kw: Any) -> tuple[Any, httpx.Headers]:
     """A chat completion through the SDK: (the parsed answer, the response headers)."""
-    raw = client.chat.completions.with_raw_response.create(messages=MSG, **kw)
-    return raw.parse(), raw.headers
-
-
-def dropped(headers: httpx.Headers) -> list[str]:
-    value = headers.get(DROPPED)
-    return value.split(", ") if value else []
+    return chat(client, messages=MSG, **kw)
 
 
 # ---- every field, per provider kind ------------------------------------------------------------------------
@@ -453,12 +403,7 @@ def test_the_hold_covers_every_answer_of_n(fake_server: FakeServer, catalog_path
     fake_server.billing = Billing()
     fake_server.default = Reply(output_tokens=400)  # more than max_tokens: each answer is cut at the bound
     policy = f"budget daily $100\nset retry.attempts = 0\notherwise use {model}\n"
-    engine = Engine.from_source(
-        policy,
-        catalog=load_catalog(catalog_path),
-        providers=provider_specs(fake_server),
-        api_keys=dict.fromkeys(KINDS, TEST_KEY),
-    )
+    engine = fake_engine(fake_server, catalog_path, policy)
     try:
         ex = engine.executor
         options = {"n": 3, "params": {"n": 3}, "max_tokens": 100}

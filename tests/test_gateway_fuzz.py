@@ -15,7 +15,6 @@ POST /v1/route/explain of an in-process gateway (upstream: the loopback FakeServ
 from __future__ import annotations
 
 import copy
-import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,23 +27,24 @@ from starlette.testclient import TestClient
 
 from providers.gateway.app import Gateway
 from providers.gateway.openai_wire import ACCEPTED, DEADLINE_HEADER, RESERVED_ATTRS, UNSUPPORTED, ApiError, parse_chat
-from tests.engines import engine_for
-from tests.fakeserver import FakeServer, Reply
-from tests.fuzz_values import Records, deep, dump, headers, huge, keys, mangle, surrogates, texts, values
+from tests.fuzz_values import (
+    Records,
+    assert_no_error_logged,
+    assert_nothing_in_flight,
+    deep,
+    dump,
+    fuzz_policy,
+    fuzz_target,
+    headers,
+    huge,
+    keys,
+    mangle,
+    surrogates,
+    texts,
+    values,
+)
 
-POLICY = """
-set retry.attempts = 1
-set overrides = true
-budget daily $1000 per user
-when tier == "pro" use alpha-large
-when seats > 3 use beta-coder
-when tools prefer cheapest
-otherwise use alpha-mini fallback beta-chat, gamma-flash
-"""
-CHEAP = """
-set retry.attempts = 1
-otherwise use gamma-flash fallback beta-chat
-"""
+POLICY = fuzz_policy("when seats > 3 use beta-coder")
 ENDPOINTS = ("/v1/chat/completions", "/v1/route/explain")
 #: the 4xx an accepted request may get: routing refusals, a budget, the provider refusing the request itself
 ROUTING_CODES = {
@@ -212,17 +212,8 @@ bodies = st.one_of(
 # ---- the gateway under test ----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def target() -> Iterator[tuple[TestClient, Gateway, Records]]:
-    with FakeServer() as server:
-        server.default = Reply(text="ok", input_tokens=12, output_tokens=6)
-        gw = Gateway(engine_for(server, POLICY), policies={"cheap": engine_for(server, CHEAP)})
-        records = Records()
-        logger = logging.getLogger("modelroute")
-        logger.addHandler(records)
-        try:
-            with TestClient(gw.asgi()) as client:
-                yield client, gw, records
-        finally:
-            logger.removeHandler(records)
+    with fuzz_target(POLICY) as target:
+        yield target
 
 
 def check_error_body(r: Any) -> dict[str, Any]:
@@ -250,8 +241,7 @@ def check(target: Any, endpoint: str, raw: bytes, hdrs: dict[str, str]) -> None:
     r = client.post(endpoint, content=raw, headers={"content-type": "application/json", **hdrs})
     if currently_in_test_context():  # pytest --hypothesis-show-statistics shows how often each outcome came
         event(f"{r.status_code} {refused.code if refused is not None else 'accepted'}")
-    problems = [rec for rec in records.records if rec.levelno >= logging.ERROR or rec.exc_info]
-    assert not problems, [rec.getMessage() for rec in problems]
+    assert_no_error_logged(records)
     assert r.status_code != 500, r.text
     if refused is not None:  # the client's mistake: its 4xx
         assert (r.status_code, check_error_body(r)["code"]) == (refused.status, refused.code), r.text
@@ -266,9 +256,7 @@ def check(target: Any, endpoint: str, raw: bytes, hdrs: dict[str, str]) -> None:
         assert r.text.endswith("data: [DONE]\n\n") and "stream_interrupted" not in r.text, r.text[-300:]
     else:
         assert isinstance(r.json(), dict)
-    assert gw.active == 0
-    for engine in gw.engines():
-        assert {m: engine.state.in_flight(m) for m in engine.policy.models if engine.state.in_flight(m)} == {}
+    assert_nothing_in_flight(gw)
 
 
 @settings(max_examples=500)

@@ -26,49 +26,23 @@ from starlette.testclient import TestClient  # noqa: E402
 
 from engine import Engine  # noqa: E402
 from engine.runtime.media import AUDIO_TOKENS_PER_SECOND, PAGE_TOKENS  # noqa: E402
-from providers.catalog.models import load_catalog  # noqa: E402
 from providers.gateway.app import create_app  # noqa: E402
 from providers.gateway.openai_wire import ApiError, parse_chat  # noqa: E402
-from tests.engines import KINDS, TEST_KEY, provider_specs  # noqa: E402
 from tests.fakeserver import FakeServer, Reply  # noqa: E402
 from tests.fuzz_values import dump, media_parts  # noqa: E402
-from tests.test_gateway import ThreadServer  # noqa: E402
+from tests.gateway_kit import chat, fake_engine, gateways, model_yaml, write_catalog  # noqa: E402
 
 # one model per wire format and feature (providers of tests/engines.py: acme openai, betacorp anthropic,
 # gammalabs gemini)
-CATALOG = """
-models:
-  plain:
-    provider: acme
-    context: 128k
-    price: {input: 0.1, output: 0.1}
-    latency_ms: 300
-    supports: [tools]
-  oa:
-    provider: acme
-    context: 128k
-    price: {input: 1, output: 4}
-    latency_ms: 500
-    supports: [tools, vision, files]
-  oa-audio:
-    provider: acme
-    context: 128k
-    price: {input: 2, output: 8}
-    latency_ms: 500
-    supports: [tools, audio]
-  an:
-    provider: betacorp
-    context: 200k
-    price: {input: 3, output: 15}
-    latency_ms: 900
-    supports: [tools, vision, files]
-  ge:
-    provider: gammalabs
-    context: 1M
-    price: {input: 1, output: 2}
-    latency_ms: 400
-    supports: [tools, vision, audio, files]
-"""
+CATALOG = "models:\n" + "".join(
+    [
+        model_yaml("plain", "plain", "tools"),
+        model_yaml("oa", "oa", "tools, vision, files"),
+        model_yaml("oa-audio", "oa", "tools, audio", price="{input: 2, output: 8}"),
+        model_yaml("an", "an", "tools, vision, files"),
+        model_yaml("ge", "ge", "tools, vision, audio, files"),
+    ]
+)
 POLICY = """
 set overrides = true
 set retry.attempts = 0
@@ -107,40 +81,22 @@ def user(*parts: dict[str, Any]) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def catalog_path(tmp_path: Path) -> Path:
-    path = tmp_path / "catalog.yaml"
-    path.write_text(CATALOG)
-    return path
+    return write_catalog(tmp_path, CATALOG)
 
 
 def _engine(fake_server: FakeServer, catalog_path: Path, policy: str = POLICY) -> Engine:
-    return Engine.from_source(
-        policy,
-        catalog=load_catalog(catalog_path),
-        providers=provider_specs(fake_server),
-        api_keys={name: TEST_KEY for name in KINDS},
-    )
+    return fake_engine(fake_server, catalog_path, policy)
 
 
 @pytest.fixture
 def gateway(fake_server: FakeServer, catalog_path: Path) -> Iterator[Callable[[], Any]]:
     """`gateway()`: a started gateway over POLICY and the test catalog, as an openai SDK client."""
-    opened: list[tuple[Engine, ThreadServer]] = []
-
-    def start() -> Any:
-        engine = _engine(fake_server, catalog_path)
-        server = ThreadServer(create_app(engine)).__enter__()
-        opened.append((engine, server))
-        return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
-
-    yield start
-    for engine, server in opened:
-        server.__exit__(None, None, None)
-        engine.close()
+    with gateways(fake_server, catalog_path) as start:
+        yield lambda: start(POLICY).openai
 
 
 def create(client: Any, messages: list[dict[str, Any]], model: str = "auto", **kw: Any) -> tuple[Any, httpx.Headers]:
-    raw = client.chat.completions.with_raw_response.create(model=model, messages=messages, **kw)
-    return raw.parse(), raw.headers
+    return chat(client, model=model, messages=messages, **kw)
 
 
 # ---- what each provider kind receives ------------------------------------------------------------------------
@@ -306,8 +262,7 @@ def test_malformed_parts_get_a_400_naming_the_field(
 
 @pytest.fixture(scope="module")
 def app_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    path = tmp_path_factory.mktemp("parts") / "catalog.yaml"
-    path.write_text(CATALOG)
+    path = write_catalog(tmp_path_factory.mktemp("parts"), CATALOG)
     with FakeServer() as server:
         server.default = Reply(text="ok")
         engine = _engine(server, path)

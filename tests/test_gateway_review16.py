@@ -19,34 +19,17 @@ pytest.importorskip("uvicorn", reason="gateway deps not installed (pip install -
 openai = pytest.importorskip("openai", reason="the openai SDK is not installed (pip install -e '.[test]')")
 anthropic = pytest.importorskip("anthropic", reason="the anthropic SDK is not installed (pip install -e '.[test]')")
 
-from engine import Engine  # noqa: E402
-from providers.catalog.models import load_catalog  # noqa: E402
-from providers.gateway.app import create_app  # noqa: E402
-from tests.engines import KINDS, TEST_KEY, provider_specs  # noqa: E402
 from tests.fakeserver import Call, FakeServer, Fault, Reply  # noqa: E402
-from tests.test_gateway import ThreadServer  # noqa: E402
+from tests.gateway_kit import Gateway, dropped, gateways, model_yaml, write_catalog  # noqa: E402
+from tests.gateway_kit import chat as openai_chat  # noqa: E402
 
-CATALOG = """
-models:
-  oa:
-    provider: acme
-    context: 128k
-    price: {input: 1, output: 4}
-    latency_ms: 500
-    supports: [tools, vision, files]
-  an:
-    provider: betacorp
-    context: 200k
-    price: {input: 3, output: 15}
-    latency_ms: 900
-    supports: [tools, vision, files]
-  ge:
-    provider: gammalabs
-    context: 1M
-    price: {input: 1, output: 2}
-    latency_ms: 400
-    supports: [tools, vision, audio, files]
-"""
+CATALOG = "models:\n" + "".join(
+    [
+        model_yaml("oa", "oa", "tools, vision, files"),
+        model_yaml("an", "an", "tools, vision, files"),
+        model_yaml("ge", "ge", "tools, vision, audio, files"),
+    ]
+)
 POLICY = """
 set overrides = true
 set retry.attempts = 0
@@ -57,48 +40,18 @@ PNG = base64.b64encode(
 ).decode()
 DATA_URL = f"data:image/png;base64,{PNG}"
 PDF = base64.b64encode(b"%PDF-1.7\n1 0 obj << /Type /Pages /Count 1 >> endobj\n%%EOF\n").decode()
-DROPPED = "x-modelroute-dropped-params"
 WEATHER = {"name": "weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
-
-
-class Gateway:
-    """A started gateway over a policy: `openai` and `anthropic` SDK clients, and the engine."""
-
-    def __init__(self, fake_server: FakeServer, catalog_path: Path, policy: str, keyed: bool = True) -> None:
-        self.engine = Engine.from_source(
-            policy,
-            catalog=load_catalog(catalog_path),
-            providers=provider_specs(fake_server),
-            api_keys={name: TEST_KEY for name in KINDS} if keyed else {},
-        )
-        self.server = ThreadServer(create_app(self.engine)).__enter__()
-        self.openai = openai.OpenAI(base_url=self.server.url + "/v1", api_key="unused", max_retries=0)
-        self.anthropic = anthropic.Anthropic(base_url=self.server.url, api_key="unused", max_retries=0)
-
-    def close(self) -> None:
-        self.server.__exit__(None, None, None)
-        self.engine.close()
 
 
 @pytest.fixture
 def gateway(fake_server: FakeServer, tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
     """`gateway(policy=POLICY, keyed=True)`: a started Gateway (keyed: every provider has its API key)."""
-    path = tmp_path / "catalog.yaml"
-    path.write_text(CATALOG)
-    opened: list[Gateway] = []
-
-    def start(policy: str = POLICY, keyed: bool = True) -> Gateway:
-        opened.append(Gateway(fake_server, path, policy, keyed))
-        return opened[-1]
-
-    yield start
-    for gw in opened:
-        gw.close()
+    with gateways(fake_server, write_catalog(tmp_path, CATALOG)) as start:
+        yield lambda policy=POLICY, keyed=True: start(policy, keyed)
 
 
 def chat(gw: Gateway, model: str, messages: list[dict[str, Any]], **kw: Any) -> tuple[Any, Any]:
-    raw = gw.openai.chat.completions.with_raw_response.create(model=model, messages=messages, **kw)
-    return raw.parse(), raw.headers
+    return openai_chat(gw.openai, model=model, messages=messages, **kw)
 
 
 def messages_create(gw: Gateway, model: str, **kw: Any) -> tuple[Any, Any]:
@@ -111,11 +64,6 @@ def messages_create(gw: Gateway, model: str, **kw: Any) -> tuple[Any, Any]:
     kw.setdefault("timeout", 60)  # a large max_tokens is refused unstreamed without an explicit timeout
     raw = gw.anthropic.messages.with_raw_response.create(model=model, max_tokens=kw.pop("max_tokens", 2000), **kw)
     return raw.parse(), raw.headers
-
-
-def dropped(headers: Any) -> list[str]:
-    value = headers.get(DROPPED)
-    return sorted(v.strip() for v in value.split(",")) if value else []
 
 
 # ---- 1: base64 images go as bytes to Anthropic and Gemini ---------------------------------------------------------

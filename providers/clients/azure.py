@@ -20,13 +20,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar
 from urllib.parse import quote
 
-from providers.clients.base import log
 from providers.clients.openai import OpenAIClient
-from providers.errors import ProviderError, ProviderUnavailable, classify_http
+from providers.errors import ProviderUnavailable
 
 if TYPE_CHECKING:
-    import httpx
-
     from providers.catalog.models import ProviderKind
     from providers.types import ModelSpecLike as ModelSpec
 
@@ -41,6 +38,7 @@ class AzureClient(OpenAIClient):
     """Azure OpenAI (`api-key` header); a model's `id` is its deployment name. See the module docstring."""
 
     kind: ClassVar[ProviderKind] = "azure"
+    error_kind: ClassVar[str] = "openai"  # Azure's error bodies are OpenAI's (plus `innererror`)
     default_base_url = ""
 
     @property
@@ -74,17 +72,3 @@ class AzureClient(OpenAIClient):
 
     def auth_headers(self, key: str | None) -> dict[str, str]:
         return {"api-key": key} if key else {}
-
-    def _http_error(self, response: httpx.Response, model: ModelSpec, body: bytes | None = None) -> ProviderError:
-        """Azure's error bodies are OpenAI's (plus `innererror`): classified as OpenAI's."""
-        error = classify_http(
-            "openai",
-            response.status_code,
-            response.headers,
-            response.content if body is None else body,
-            provider=self.spec.name,
-            model=model.name,
-            secret=self._secret(),
-        )
-        log.info("provider call failed: %s (%s)", error, type(error).__name__)
-        return error

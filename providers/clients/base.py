@@ -195,6 +195,8 @@ class ProviderClient:
     """Base client for one provider; see the module docstring.  Use `client_for(spec)` to get a subclass."""
 
     kind: ClassVar[str] = ""
+    #: whose error bodies the provider answers with (the format classify_http reads): its own kind unless set
+    error_kind: ClassVar[str] = ""
     default_base_url: ClassVar[str] = ""
     stream_parser: ClassVar[type[StreamParser]] = StreamParser
 
@@ -434,7 +436,7 @@ class ProviderClient:
 
     def _http_error(self, response: httpx.Response, model: ModelSpec, body: bytes | None = None) -> ProviderError:
         error = classify_http(
-            self.kind,
+            self.error_kind or self.kind,
             response.status_code,
             response.headers,
             response.content if body is None else body,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from providers.gateway.jsonbody import object_at, text_at
 from providers.gateway.openai_wire import ApiError
 
 __all__ = ["to_chat", "to_count"]
@@ -51,46 +52,34 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _obj(value: Any, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise _bad(f"`{where}` must be an object", where)
-    return value
-
-
-def _text(value: Any, where: str) -> str:
-    if not isinstance(value, str):
-        raise _bad(f"`{where}` must be a string", where)
-    return value
-
-
 def _image(block: dict[str, Any], where: str) -> dict[str, Any]:
     """An Anthropic image block as an OpenAI image_url part (base64 as a data: URL)."""
-    source = _obj(block.get("source"), f"{where}.source")
+    source = object_at(block.get("source"), f"{where}.source")
     kind = source.get("type")
     if kind == "base64":
-        media = _text(source.get("media_type"), f"{where}.source.media_type")
-        data = _text(source.get("data"), f"{where}.source.data")
+        media = text_at(source.get("media_type"), f"{where}.source.media_type")
+        data = text_at(source.get("data"), f"{where}.source.data")
         return {"type": "image_url", "image_url": {"url": f"data:{media};base64,{data}"}}
     if kind == "url":
-        return {"type": "image_url", "image_url": {"url": _text(source.get("url"), f"{where}.source.url")}}
+        return {"type": "image_url", "image_url": {"url": text_at(source.get("url"), f"{where}.source.url")}}
     raise _bad(f'`{where}.source.type` must be "base64" or "url"', f"{where}.source.type")
 
 
 def _document(block: dict[str, Any], where: str) -> dict[str, Any]:
     """An Anthropic document block as an OpenAI part: a base64 PDF as a `file` part (its title the filename), a
     plain-text document as a text part."""
-    source = _obj(block.get("source"), f"{where}.source")
+    source = object_at(block.get("source"), f"{where}.source")
     kind = source.get("type")
     if kind == "text":
-        return {"type": "text", "text": _text(source.get("data"), f"{where}.source.data")}
+        return {"type": "text", "text": text_at(source.get("data"), f"{where}.source.data")}
     if kind != "base64":
         raise _bad(f'`{where}.source.type` must be "base64" (a PDF) or "text"', f"{where}.source.type")
-    media = _text(source.get("media_type"), f"{where}.source.media_type")
+    media = text_at(source.get("media_type"), f"{where}.source.media_type")
     if media != "application/pdf":
         raise _bad(f'`{where}.source.media_type` must be "application/pdf"', f"{where}.source.media_type")
-    file = {"file_data": f"data:{media};base64,{_text(source.get('data'), f'{where}.source.data')}"}
+    file = {"file_data": f"data:{media};base64,{text_at(source.get('data'), f'{where}.source.data')}"}
     if block.get("title") is not None:
-        file["filename"] = _text(block["title"], f"{where}.title")
+        file["filename"] = text_at(block["title"], f"{where}.title")
     return {"type": "file", "file": file}
 
 
@@ -99,12 +88,12 @@ def _cached(part: dict[str, Any], block: dict[str, Any], where: str) -> dict[str
     name as dropped."""
     if block.get("cache_control") is None:
         return part
-    return {**part, "cache_control": _obj(block["cache_control"], f"{where}.cache_control")}
+    return {**part, "cache_control": object_at(block["cache_control"], f"{where}.cache_control")}
 
 
 def _tool_result(block: dict[str, Any], where: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """A tool_result block as an OpenAI tool message, and the image parts it held (sent after it as user parts)."""
-    call_id = _text(block.get("tool_use_id"), f"{where}.tool_use_id")
+    call_id = text_at(block.get("tool_use_id"), f"{where}.tool_use_id")
     content = block.get("content", "")
     texts: list[str] = []
     images: list[dict[str, Any]] = []
@@ -113,9 +102,9 @@ def _tool_result(block: dict[str, Any], where: str) -> tuple[dict[str, Any], lis
     elif isinstance(content, list):
         for j, part in enumerate(content):
             here = f"{where}.content[{j}]"
-            part = _obj(part, here)
+            part = object_at(part, here)
             if part.get("type") == "text":
-                texts.append(_text(part.get("text"), f"{here}.text"))
+                texts.append(text_at(part.get("text"), f"{here}.text"))
             elif part.get("type") == "image":
                 images.append(_image(part, here))
             else:
@@ -129,16 +118,16 @@ def _tool_result(block: dict[str, Any], where: str) -> tuple[dict[str, Any], lis
 
 
 def _tool_use(block: dict[str, Any], where: str) -> dict[str, Any]:
-    name = _text(block.get("name"), f"{where}.name")
-    call_id = _text(block.get("id"), f"{where}.id")
-    arguments = _obj(block.get("input", {}), f"{where}.input")
+    name = text_at(block.get("name"), f"{where}.name")
+    call_id = text_at(block.get("id"), f"{where}.id")
+    arguments = object_at(block.get("input", {}), f"{where}.input")
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": json.dumps(arguments)}}
 
 
 def _message(m: Any, i: int) -> list[dict[str, Any]]:
     """One Anthropic message as OpenAI chat messages (tool results become tool messages, first)."""
     where = f"messages[{i}]"
-    m = _obj(m, where)
+    m = object_at(m, where)
     role = m.get("role")
     if role not in ("user", "assistant"):
         raise _bad(f'`{where}.role` must be "user" or "assistant"', f"{where}.role")
@@ -152,10 +141,10 @@ def _message(m: Any, i: int) -> list[dict[str, Any]]:
     calls: list[dict[str, Any]] = []
     for j, block in enumerate(content):
         here = f"{where}.content[{j}]"
-        block = _obj(block, here)
+        block = object_at(block, here)
         kind = block.get("type")
         if kind == "text":
-            parts.append(_cached({"type": "text", "text": _text(block.get("text"), f"{here}.text")}, block, here))
+            parts.append(_cached({"type": "text", "text": text_at(block.get("text"), f"{here}.text")}, block, here))
         elif kind == "image" and role == "user":
             parts.append(_cached(_image(block, here), block, here))
         elif kind == "document" and role == "user":
@@ -191,10 +180,10 @@ def _system(system: Any) -> str | list[dict[str, Any]] | None:
         raise _bad("`system` must be a string or an array of text blocks", "system")
     parts = []
     for j, block in enumerate(system):
-        block = _obj(block, f"system[{j}]")
+        block = object_at(block, f"system[{j}]")
         if block.get("type") != "text":
             raise _bad(f'`system[{j}].type` must be "text"', f"system[{j}].type")
-        part = {"type": "text", "text": _text(block.get("text"), f"system[{j}].text")}
+        part = {"type": "text", "text": text_at(block.get("text"), f"system[{j}].text")}
         parts.append(_cached(part, block, f"system[{j}]"))
     if any("cache_control" in p for p in parts):
         return parts
@@ -207,13 +196,13 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
     out = []
     for j, tool in enumerate(tools):
         where = f"tools[{j}]"
-        tool = _obj(tool, where)
+        tool = object_at(tool, where)
         if tool.get("type", "custom") != "custom":
             raise _bad(f"`{where}`: server tools ({str(tool.get('type'))[:40]}) are not served by this gateway", where)
-        function: dict[str, Any] = {"name": _text(tool.get("name"), f"{where}.name")}
+        function: dict[str, Any] = {"name": text_at(tool.get("name"), f"{where}.name")}
         if tool.get("description") is not None:
-            function["description"] = _text(tool["description"], f"{where}.description")
-        function["parameters"] = _obj(tool.get("input_schema"), f"{where}.input_schema")
+            function["description"] = text_at(tool["description"], f"{where}.description")
+        function["parameters"] = object_at(tool.get("input_schema"), f"{where}.input_schema")
         if tool.get("strict") is not None:
             function["strict"] = tool["strict"]
         out.append({"type": "function", "function": function})
@@ -222,10 +211,13 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
 
 def _tool_choice(choice: Any, body: dict[str, Any]) -> None:
     """Anthropic's tool_choice as the chat fields tool_choice and parallel_tool_calls, into `body`."""
-    choice = _obj(choice, "tool_choice")
+    choice = object_at(choice, "tool_choice")
     kind = choice.get("type")
     if kind == "tool":
-        body["tool_choice"] = {"type": "function", "function": {"name": _text(choice.get("name"), "tool_choice.name")}}
+        body["tool_choice"] = {
+            "type": "function",
+            "function": {"name": text_at(choice.get("name"), "tool_choice.name")},
+        }
     elif kind in ("auto", "any", "none"):
         body["tool_choice"] = {"auto": "auto", "any": "required", "none": "none"}[kind]
     else:
@@ -237,7 +229,7 @@ def _tool_choice(choice: Any, body: dict[str, Any]) -> None:
 def _thinking(thinking: Any, body: dict[str, Any]) -> None:
     """`thinking` as the `thinking` extension field (providers/clients/params.py: the exact budget to Anthropic and
     Gemini, a reasoning_effort to OpenAI kinds)."""
-    thinking = _obj(thinking, "thinking")
+    thinking = object_at(thinking, "thinking")
     kind = thinking.get("type")
     if kind == "enabled":
         budget = thinking.get("budget_tokens")
@@ -251,7 +243,7 @@ def _thinking(thinking: Any, body: dict[str, Any]) -> None:
 
 
 def _output_config(config: Any, body: dict[str, Any]) -> None:
-    config = _obj(config, "output_config")
+    config = object_at(config, "output_config")
     if config.get("effort") is not None:
         effort = _EFFORTS.get(config["effort"]) if isinstance(config["effort"], str) else None
         if effort is None:
@@ -259,10 +251,10 @@ def _output_config(config: Any, body: dict[str, Any]) -> None:
         body["reasoning_effort"] = effort
     fmt = config.get("format")
     if fmt is not None:
-        fmt = _obj(fmt, "output_config.format")
+        fmt = object_at(fmt, "output_config.format")
         if fmt.get("type") != "json_schema":
             raise _bad('`output_config.format.type` must be "json_schema"', "output_config.format.type")
-        schema = _obj(fmt.get("schema"), "output_config.format.schema")
+        schema = object_at(fmt.get("schema"), "output_config.format.schema")
         body["response_format"] = {"type": "json_schema", "json_schema": {"name": "response", "schema": schema}}
 
 
@@ -305,10 +297,10 @@ def to_chat(req: dict[str, Any]) -> dict[str, Any]:
         body["top_k"] = top_k
     metadata = req.get("metadata")
     if metadata is not None:
-        metadata = dict(_obj(metadata, "metadata"))
+        metadata = dict(object_at(metadata, "metadata"))
         user = metadata.pop("user_id", None)
         if user is not None:
-            body["user"] = _text(user, "metadata.user_id")
+            body["user"] = text_at(user, "metadata.user_id")
         if metadata:  # beyond Anthropic's user_id: request attributes, as chat's metadata
             body["metadata"] = metadata
     if req.get("tools"):
@@ -318,7 +310,7 @@ def to_chat(req: dict[str, Any]) -> dict[str, Any]:
     if req.get("thinking") is not None:
         _thinking(req["thinking"], body)
     if req.get("cache_control") is not None:  # an extension field: Anthropic's automatic prompt caching
-        body["cache_control"] = _obj(req["cache_control"], "cache_control")
+        body["cache_control"] = object_at(req["cache_control"], "cache_control")
     if req.get("output_config") is not None:
         _output_config(req["output_config"], body)
     return body

@@ -11,7 +11,6 @@ upstream call itself is providers/clients/embeddings.py (OpenAI, Azure and Gemin
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -26,11 +25,11 @@ from providers.execution.cache import bypass_of
 from providers.execution.deadlines import out_of_time
 from providers.execution.deadlines import routing_error as no_answer
 from providers.execution.tracing import gateway_request
-from providers.gateway.hangup import ClientGone, HangUp
+from providers.gateway.hangup import ClientGone
 from providers.gateway.metrics import cost_headers
 from providers.gateway.openai_wire import ApiError, ChatCall, _request_attrs, bad, read_json
 from providers.gateway.ratelimits import admit, rate_headers, settle
-from providers.gateway.run import headers, hold_key_budget, prepare, release_key_budget, routing_error
+from providers.gateway.run import headers, hold_key_budget, prepare, routing_error, until_answered
 from providers.gateway.streamed import CLIENT_CLOSED, cache_headers
 
 if TYPE_CHECKING:
@@ -173,7 +172,6 @@ async def embeddings(gw: Gateway, request: Request) -> Response:
 
     from providers.execution.budget import BudgetExceeded
     from providers.execution.holds import UnsendableRequest
-    from providers.execution.resilience import RoutingError
 
     t0 = time.perf_counter()
     status = 200
@@ -212,22 +210,7 @@ async def embeddings(gw: Gateway, request: Request) -> Response:
             return Response(json.dumps(cached, separators=(",", ":")), 200, hdrs, "application/json")
         cache_state = cache_headers(ex.cache.status(run))
         hold = hold_key_budget(ex, key, run)
-        hangup = HangUp(request.receive)
-        result = None
-        try:
-            with hangup:
-                result = await embed(ex, run, parsed.request)
-        except RoutingError as exc:
-            gw.account(run, None, 0.0)
-            raise routing_error(exc, ex.state) from None
-        except asyncio.CancelledError:
-            if not hangup.happened:
-                raise
-        finally:
-            release_key_budget(ex, hold, run)
-        if hangup.happened or result is None:
-            gw.account(run, None, 0.0)
-            raise ClientGone
+        result = await until_answered(gw, request, ex, run, hold, embed(ex, run, parsed.request))
         body = embeddings_json(result, run, parsed.base64)
         ex.cache.store_body(noted, body)
         gw.account(run, result.model, run.cost, run.usage)

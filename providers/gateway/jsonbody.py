@@ -1,6 +1,7 @@
 """Reading a request body for the gateway: its bytes in, JSON that can be sent upstream as it is out, or an
 ApiError (an OpenAI-style 4xx error: status plus {"error": {"message", "type", "code", "param"}}) naming the
-mistake: not UTF-8, not JSON, NaN / Infinity / numbers beyond a double, lone surrogates, nesting too deep."""
+mistake: not UTF-8, not JSON, NaN / Infinity / numbers beyond a double, lone surrogates, nesting too deep; and a
+field's value in, that value out if it is an object (or a string), else an ApiError naming the field."""
 
 from __future__ import annotations
 
@@ -38,6 +39,20 @@ class ApiError(Exception):
 
 def bad(message: str, code: str = "invalid_value", param: str | None = None) -> ApiError:
     return ApiError(400, message, code=code, param=param)
+
+
+def object_at(value: Any, where: str) -> dict[str, Any]:
+    """`value` if it is a JSON object, else a 400 naming the field `where`."""
+    if not isinstance(value, dict):
+        raise bad(f"`{where}` must be an object", param=where)
+    return value
+
+
+def text_at(value: Any, where: str) -> str:
+    """`value` if it is a string, else a 400 naming the field `where`."""
+    if not isinstance(value, str):
+        raise bad(f"`{where}` must be a string", param=where)
+    return value
 
 
 # ---- reading JSON that can be sent on ---------------------------------------------------------------------

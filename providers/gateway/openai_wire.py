@@ -41,24 +41,9 @@ from providers.gateway.openai_answer import new_id as new_id
 from providers.gateway.openai_answer import usage_json as usage_json
 from providers.types import ResponseFormat
 
-#: The fields the gateway reads into the call itself (routing, the hold, what every provider kind is sent).
-ACCEPTED = frozenset(
-    {
-        "model",
-        "messages",
-        "stream",
-        "stream_options",
-        "max_tokens",
-        "max_completion_tokens",
-        "temperature",
-        "tools",
-        "tool_choice",
-        "stop",
-        "user",
-        "metadata",
-        "n",
-    }
-)
+#: The fields the gateway reads into the call itself (routing, the hold, what every provider kind is sent): the core
+#: fields (but the deprecated functions flow, rewritten to tools) and the user, metadata and n it routes or fans out by.
+ACCEPTED = (frozenset(CORE_FIELDS) - {"functions", "function_call"}) | {"user", "metadata", "n"}
 #: Every chat-completions field OpenAI defines. One outside it (a newer field, a typo) is not refused either: like
 #: the known ones beyond ACCEPTED it goes to OpenAI-kind providers as sent and, where a provider kind has no
 #: counterpart, is dropped and named in the x-modelroute-dropped-params header (providers/clients/params.py).

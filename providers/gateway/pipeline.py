@@ -5,7 +5,6 @@ wire into a ChatCall, the `endpoint` attribute set, the middleware run, the call
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -15,12 +14,12 @@ from starlette.responses import Response
 from engine import NoRouteError
 from providers.execution.cache import bypass_of
 from providers.execution.tracing import gateway_request
-from providers.gateway.hangup import ClientGone, HangUp
+from providers.gateway.hangup import ClientGone
 from providers.gateway.metrics import cost_headers
 from providers.gateway.middleware import after_stream, answered_headers, before
 from providers.gateway.openai_wire import ApiError, dropped_header
 from providers.gateway.ratelimits import admit, rate_headers, settle, settle_stream
-from providers.gateway.run import fallbacks_used, headers, hold_key_budget, prepare, release_key_budget, routing_error
+from providers.gateway.run import fallbacks_used, headers, hold_key_budget, prepare, routing_error, until_answered
 from providers.gateway.streamed import CLIENT_CLOSED, answered_response, cache_headers, cached_response, stream_response
 from providers.gateway.wire import json_response
 
@@ -40,7 +39,6 @@ async def serve(gw: Gateway, request: Request, wire: Wire) -> Response:
     `wire`, routed, executed (plan, retries, budgets, keys, middleware, metrics) and answered in its format."""
     from providers.execution.budget import BudgetExceeded
     from providers.execution.holds import UnsendableRequest
-    from providers.execution.resilience import RoutingError
 
     t0 = time.perf_counter()
     status = 200
@@ -101,21 +99,7 @@ async def serve(gw: Gateway, request: Request, wire: Wire) -> Response:
             settle_stream(response, limits, run)
             streaming = True
             return response
-        hangup = HangUp(request.receive)  # a client that hangs up cancels the upstream call
-        try:
-            with hangup:
-                c = await ex.run(run)
-        except RoutingError as exc:
-            gw.account(run, None, 0.0)
-            raise routing_error(exc, ex.state) from None
-        except asyncio.CancelledError:
-            if not hangup.happened:
-                raise
-        finally:
-            release_key_budget(ex, hold, run)
-        if hangup.happened:
-            gw.account(run, None, 0.0)
-            raise ClientGone
+        c = await until_answered(gw, request, ex, run, hold, ex.run(run))
         fallbacks = fallbacks_used(run.decision, c.model, c.attempts)
         gw.account(run, c.model, c.cost, c.usage, fallbacks)
         hdrs = headers(run.decision, c.model, c.attempts, policy=policy_name, fallbacks=fallbacks)

@@ -11,6 +11,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from providers.gateway.jsonbody import object_at, text_at
 from providers.gateway.openai_wire import ApiError, parse_chat
 from providers.gateway.wire import body_object, sse
 
@@ -51,26 +52,14 @@ def _bad(message: str, param: str | None, code: str = "invalid_value") -> ApiErr
     return ApiError(400, message, code=code, param=param)
 
 
-def _obj(value: Any, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise _bad(f"`{where}` must be an object", where)
-    return value
-
-
-def _text(value: Any, where: str) -> str:
-    if not isinstance(value, str):
-        raise _bad(f"`{where}` must be a string", where)
-    return value
-
-
 def _part(part: Any, where: str) -> dict[str, Any]:
     """A Responses content part as an OpenAI chat content part."""
-    part = _obj(part, where)
+    part = object_at(part, where)
     kind = part.get("type")
     if kind in ("input_text", "output_text", "text"):
-        return {"type": "text", "text": _text(part.get("text"), f"{where}.text")}
+        return {"type": "text", "text": text_at(part.get("text"), f"{where}.text")}
     if kind == "refusal":  # an assistant turn's refusal, sent back as its text
-        return {"type": "text", "text": _text(part.get("refusal"), f"{where}.refusal")}
+        return {"type": "text", "text": text_at(part.get("refusal"), f"{where}.refusal")}
     if kind == "input_image":
         url = part.get("image_url")
         if not isinstance(url, str):
@@ -93,7 +82,7 @@ def _file(part: dict[str, Any], where: str) -> dict[str, Any]:
     file: dict[str, Any] = {}
     for name in ("file_data", "file_id", "filename"):
         if part.get(name) is not None:
-            file[name] = _text(part[name], f"{where}.{name}")
+            file[name] = text_at(part[name], f"{where}.{name}")
     return file
 
 
@@ -115,7 +104,7 @@ def _items(items: list[Any]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for i, item in enumerate(items):
         where = f"input[{i}]"
-        item = _obj(item, where)
+        item = object_at(item, where)
         kind = item.get("type", "message")
         if kind == "message":
             role = item.get("role")
@@ -125,11 +114,11 @@ def _items(items: list[Any]) -> list[dict[str, Any]]:
             out.append({"role": role, "content": _plain(content) if role == "assistant" else content})
         elif kind == "function_call":
             call = {
-                "id": _text(item.get("call_id"), f"{where}.call_id"),
+                "id": text_at(item.get("call_id"), f"{where}.call_id"),
                 "type": "function",
                 "function": {
-                    "name": _text(item.get("name"), f"{where}.name"),
-                    "arguments": _text(item.get("arguments"), f"{where}.arguments"),
+                    "name": text_at(item.get("name"), f"{where}.name"),
+                    "arguments": text_at(item.get("arguments"), f"{where}.arguments"),
                 },
             }
             last = out[-1] if out else None
@@ -142,7 +131,7 @@ def _items(items: list[Any]) -> list[dict[str, Any]]:
             output = item.get("output")
             text = output if isinstance(output, str) else _plain(_content(output, f"{where}.output"))
             out.append(
-                {"role": "tool", "tool_call_id": _text(item.get("call_id"), f"{where}.call_id"), "content": text}
+                {"role": "tool", "tool_call_id": text_at(item.get("call_id"), f"{where}.call_id"), "content": text}
             )
         elif kind == "reasoning":
             continue  # a provider's own reasoning record: not sent on
@@ -162,12 +151,12 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
     out = []
     for j, tool in enumerate(tools):
         where = f"tools[{j}]"
-        tool = _obj(tool, where)
+        tool = object_at(tool, where)
         if tool.get("type") != "function":
             raise _bad(
                 f"`{where}`: built-in tools ({str(tool.get('type'))[:40]}) are not served by this gateway", where
             )
-        function: dict[str, Any] = {"name": _text(tool.get("name"), f"{where}.name")}
+        function: dict[str, Any] = {"name": text_at(tool.get("name"), f"{where}.name")}
         for name in ("description", "parameters", "strict"):
             if tool.get(name) is not None:
                 function[name] = tool[name]
@@ -179,25 +168,25 @@ def _tool_choice(choice: Any) -> Any:
     if choice in ("auto", "none", "required"):
         return choice
     if isinstance(choice, dict) and choice.get("type") == "function":
-        return {"type": "function", "function": {"name": _text(choice.get("name"), "tool_choice.name")}}
+        return {"type": "function", "function": {"name": text_at(choice.get("name"), "tool_choice.name")}}
     raise _bad('`tool_choice` must be "auto", "none", "required" or {"type": "function", "name": ...}', "tool_choice")
 
 
 def _format(text: Any, body: dict[str, Any]) -> None:
-    text = _obj(text, "text")
+    text = object_at(text, "text")
     if text.get("verbosity") is not None:
         body["verbosity"] = text["verbosity"]
     fmt = text.get("format")
     if fmt is None:
         return
-    fmt = _obj(fmt, "text.format")
+    fmt = object_at(fmt, "text.format")
     kind = fmt.get("type")
     if kind == "json_object":
         body["response_format"] = {"type": "json_object"}
     elif kind == "json_schema":
         spec = {
-            "name": _text(fmt.get("name"), "text.format.name"),
-            "schema": _obj(fmt.get("schema"), "text.format.schema"),
+            "name": text_at(fmt.get("name"), "text.format.name"),
+            "schema": object_at(fmt.get("schema"), "text.format.schema"),
         }
         for name in ("description", "strict"):
             if fmt.get(name) is not None:
@@ -229,7 +218,7 @@ def to_chat(req: dict[str, Any]) -> dict[str, Any]:
         raise _bad("`input` must be a string or a non-empty array of input items", "input")
     instructions = req.get("instructions")
     if instructions is not None:
-        messages.insert(0, {"role": "system", "content": _text(instructions, "instructions")})
+        messages.insert(0, {"role": "system", "content": text_at(instructions, "instructions")})
     body["messages"] = messages
     if req.get("max_output_tokens") is not None:
         body["max_completion_tokens"] = req["max_output_tokens"]
@@ -244,7 +233,7 @@ def to_chat(req: dict[str, Any]) -> dict[str, Any]:
     if req.get("max_tool_calls") is not None:
         body["max_tool_calls"] = req["max_tool_calls"]
     reasoning = req.get("reasoning")
-    if reasoning is not None and _obj(reasoning, "reasoning").get("effort") is not None:
+    if reasoning is not None and object_at(reasoning, "reasoning").get("effort") is not None:
         body["reasoning_effort"] = reasoning["effort"]
     return body
 

@@ -1,26 +1,34 @@
 """Gateway execution glue: a checked ChatCall and the caller's gateway key in, a prepared execution Run (routed
 by the policy, or pinned to a model the request names when `set overrides = true`), the per-key daily budget
-hold, the `x-modelroute-*` response headers and OpenAI-style errors for routing failures out (a request no
-configured provider could serve names the environment variables to set). Also the start-up report of which
+hold, the execution awaited until it answers or the client hangs up, the `x-modelroute-*` response headers and
+OpenAI-style errors for routing failures out (a request no configured provider could serve names the environment
+variables to set). Also the start-up report of which
 providers have keys and which policy models can therefore not be served (`provider_report`)."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import time
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from engine import Decision, Engine, NoRouteError, PinError
 from providers.execution.outcome import decide_messages
+from providers.gateway.hangup import ClientGone, HangUp
 from providers.gateway.keyfields import allowed_plan
 from providers.gateway.openai_wire import ApiError, ChatCall
 
 if TYPE_CHECKING:
+    from starlette.requests import Request
+
     from engine.runtime.state import ExecutionStore
     from providers.execution import Attempt, Executor, Run
+    from providers.gateway.app import Gateway
     from providers.gateway.keys import GatewayKey
+
+T = TypeVar("T")
 
 _PIN_STATUS = {"model_not_found": 404, "model_override_disabled": 400, "model_unsuitable": 400}
 
@@ -85,6 +93,33 @@ def hold_key_budget(ex: Executor, key: GatewayKey | None, run: Run) -> tuple[str
 def release_key_budget(ex: Executor, hold: tuple[str, float] | None, run: Run) -> None:
     if hold is not None:
         ex.state.settle(hold[0], hold[1], run.cost)
+
+
+async def until_answered(
+    gw: Gateway, request: Request, ex: Executor, run: Run, hold: tuple[str, float] | None, call: Awaitable[T]
+) -> T:
+    """`call`'s result (the run's execution), cancelled if the client hangs up; the key budget hold released either
+    way. A routing failure is accounted and raised as its OpenAI-style error, a hang-up accounted and raised as
+    ClientGone."""
+    from providers.execution.resilience import RoutingError
+
+    hangup = HangUp(request.receive)  # a client that hangs up cancels the upstream call
+    result = None
+    try:
+        with hangup:
+            result = await call
+    except RoutingError as exc:
+        gw.account(run, None, 0.0)
+        raise routing_error(exc, ex.state) from None
+    except asyncio.CancelledError:
+        if not hangup.happened:
+            raise
+    finally:
+        release_key_budget(ex, hold, run)
+    if hangup.happened or result is None:
+        gw.account(run, None, 0.0)
+        raise ClientGone
+    return result
 
 
 def fallbacks_used(decision: Decision, answered: str | None, attempts: list[Attempt]) -> int:

@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -342,7 +343,8 @@ def _run(
             raise ServeError(str(exc)) from None
         if not socks:
             socks = _listen(opts)
-        _serve(app, socks, engine, engines, keys, opts, echo, quiet=quiet, ready=ready)
+        banner = None if quiet else partial(_banner, socks, engine, engines, keys, opts, echo)
+        _serve(app, socks, (engine, *engines.values()), opts, banner=banner, ready=ready)
     finally:
         set_default_max_response_bytes(previous_cap)
         stop_tracing()  # the spans still batched are sent
@@ -360,27 +362,24 @@ def _run(
 def _serve(
     app: Any,
     socks: list[socket.socket],
-    engine: Engine,
-    engines: dict[str, Engine],
-    keys: KeyRing | None,
+    every: tuple[Engine, ...],
     opts: ServeOptions,
-    echo: Echo,
     *,
-    quiet: bool = False,
+    banner: Callable[[], None] | None = None,
     ready: Callable[[], None] | None = None,
 ) -> None:
-    """Say what is served where (unless `quiet`), then run uvicorn on the bound sockets until it is stopped;
-    `ready` is called once uvicorn accepts connections."""
+    """Say what is served where (`banner`, unless None), then run uvicorn on the bound sockets until it is stopped;
+    `ready` is called once uvicorn accepts connections. `every`: the Engines served, whose provider keys are
+    redacted."""
     import uvicorn
 
     from providers.errors import RedactingFilter, register_secret
 
-    every = (engine, *engines.values())
     for e in every:  # provider keys the catalogs name are redacted from answers and logs, whoever echoes them
         for spec in e.policy.catalog.providers.values():
             register_secret(os.environ.get(spec.api_key_env) if spec.api_key_env else None)
-    if not quiet:
-        _banner(socks, engine, engines, keys, opts, echo)
+    if banner is not None:
+        banner()
     config = _config(app, socks, opts, ready)
     redacting = RedactingFilter()  # uvicorn has configured its loggers by now; ours go to the root's handlers
     for name in ("", "uvicorn", "uvicorn.error", "uvicorn.access"):
