@@ -96,6 +96,16 @@ def _extensions(ctx: click.Context, param: click.Parameter, value: str | None) -
         raise click.BadParameter(str(exc)) from None
 
 
+#: `-p/--policy`: which policy a command reads (policy_or_default resolves the default).
+policy_option = click.option(
+    "-p",
+    "--policy",
+    "policy",
+    type=click.Path(path_type=Path),
+    help="A .route file or a directory with main.route (default: ./main.route, else ./policies, else the bundled one).",
+)
+
+
 def extension_options(command: Any) -> Any:
     """The `--functions` and `--rankers` options: the Python functions and rankers a policy calls."""
     command = click.option(
@@ -196,13 +206,7 @@ def main() -> None:
 
 
 @main.command()
-@click.option(
-    "-p",
-    "--policy",
-    "policy",
-    type=click.Path(path_type=Path),
-    help="A .route file or a directory with main.route (default: ./main.route, else ./policies, else the bundled one).",
-)
+@policy_option
 @click.argument("prompt", required=False)
 @click.option(
     "-f", "--file", "prompt_file", type=click.Path(path_type=Path, dir_okay=False), help="Read the prompt from a file."
@@ -454,13 +458,7 @@ def _report_check(p: Any, path: Path, as_json: bool, strict: bool, today: dateti
 
 
 @main.command()
-@click.option(
-    "-p",
-    "--policy",
-    "policy",
-    type=click.Path(path_type=Path),
-    help="A .route file or a directory with main.route (default: ./main.route, else ./policies, else the bundled one).",
-)
+@policy_option
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def warmup(policy: Path | None, as_json: bool) -> None:
     """Probe each model the policy uses once with a one-token request and print how each answered.
