@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -348,3 +349,67 @@ def test_embeddings_are_cached_without_a_temperature(fake_server: FakeServer) ->
             assert embed(dimensions=3)[1][CACHE_HEADER] == "miss"
             assert len(upstream.requests) == 3
         engine.close()
+
+
+# ---- issue 18: capacity and a full Redis -----------------------------------------------------------------------
+def test_a_large_answer_is_stored_once_so_the_bound_holds_what_it_says(fake_server: FakeServer) -> None:
+    fake_server.default = Reply(text="é" * 500_000)  # 1 MB as UTF-8; stored once, not escaped, not repeated
+    engine = engine_for(fake_server, CACHED + "set cache.max_bytes = 3000000\n" + POLICY)
+    try:
+        assert engine.complete("hi", temperature=0).text == "é" * 500_000
+        hit = engine.complete("hi", temperature=0)
+        assert hit.text == "é" * 500_000 and hit.attempts == [] and upstream_calls(fake_server) == 1
+        assert 1_000_000 < engine.executor.cache.memory.bytes < 1_100_000
+    finally:
+        engine.close()
+
+
+def test_policies_sharing_a_cache_keep_the_largest_bound() -> None:
+    cache = ResponseCache()
+
+    def run(entry: str, max_bytes: int) -> Any:
+        return SimpleNamespace(policy=SimpleNamespace(entry=entry, settings={"cache.max_bytes": max_bytes}))
+
+    cache.bound(run("big.mr", 5000))
+    cache.memory.put("k", "v" * 3000)
+    cache.bound(run("small.mr", 100))  # another policy's smaller bound does not shrink the shared LRU
+    assert cache.memory.max_bytes == 5000 and len(cache.memory) == 1
+    cache.bound(run("big.mr", 1000))  # a reload of the policy with the largest bound does
+    assert cache.memory.max_bytes == 1000 and len(cache.memory) == 0
+
+
+def test_a_full_redis_skips_cache_writes_and_keeps_shared_state(fake_server: FakeServer, request) -> None:
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("no redis-server binary (apt-get install redis-server)")
+    redis = pytest.importorskip("redis", reason="redis-py not installed")
+    from providers.state.redis_store import RedisStore
+    from providers.state.responses import RedisResponses
+    from tests.test_redis_store import RedisServer
+
+    server = RedisServer().start()
+    try:
+        admin = redis.Redis.from_url(server.url)
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", int(admin.info("memory")["used_memory"]) + 2 * 1024 * 1024)
+        prefix = f"full{abs(hash(request.node.nodeid)) % 10**8}:"
+        store = RedisStore(server.url, prefix=prefix)
+        fake_server.default = Reply(text="x" * 200_000)
+        engine = engine_for(fake_server, CACHED + POLICY, state=store)
+        try:
+            for i in range(25):
+                engine.complete(f"question {i}", temperature=0)
+            remote = engine.executor.cache.remote
+            assert isinstance(remote, RedisResponses) and remote.skipped > 0
+            assert store.status == "redis"  # budgets, rate limits and circuits stay shared
+            keys = admin.keys(f"{prefix}cache:*")
+            assert 0 < len(keys) < 25 and all(admin.pttl(k) > 0 for k in keys)
+            engine.complete("question 0", temperature=0)  # what was stored is still served
+            assert engine.executor.cache.hits == 1 and store.status == "redis"
+        finally:
+            engine.close()
+            store.close()
+            admin.close()
+    finally:
+        server.stop()

@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 CACHE_HEADER = "x-modelroute-cache"  # hit | miss, on every answer the cache was consulted (or filled) for
-KEY_VERSION = 1  # part of every key: a change of what is stored or of the key's material changes it
+KEY_VERSION = 2  # part of every key: a change of what is stored or of the key's material changes it
 
 
 class Remote(Protocol):
@@ -98,6 +98,14 @@ class MemoryLRU:
             old = self._items.pop(key, None)
             if old is not None:
                 self.bytes -= self.size(key, old)
+
+    def resize(self, max_bytes: int) -> None:
+        """Bound the cache to `max_bytes`, the least recently used entries out until it fits."""
+        with self._lock:
+            self.max_bytes = max_bytes
+            while self.bytes > self.max_bytes and self._items:
+                k, v = self._items.popitem(last=False)
+                self.bytes -= self.size(k, v)
 
 
 @dataclass
@@ -155,6 +163,19 @@ def ttl_of(run: Run) -> float | None:
     return None if ttl is None else float(ttl)
 
 
+RAW_KEPT = ("stop_reason", "stop_sequence")  # what a replayed answer reads of the provider's JSON (anthropic_api)
+
+
+def compact(response: ChatResponse | None) -> dict[str, Any] | None:
+    """An answer as stored: its text once (the provider's JSON `raw` repeats it, so only RAW_KEPT is kept)."""
+    if response is None:
+        return None
+    raw = response.raw
+    kept = {k: raw[k] for k in RAW_KEPT if k in raw} if isinstance(raw, dict) else None
+    dumped: dict[str, Any] = response.model_copy(update={"raw": kept or None}).model_dump(mode="json")
+    return dumped
+
+
 class ResponseCache:
     """The cache of one state store (cache_for): `begin` when a request is prepared, `lookup` before it runs,
     `store` when it answers, `end` when it is settled. `hits` / `misses` count lookups; `clock` is wall time."""
@@ -164,11 +185,22 @@ class ResponseCache:
         self.remote, self.clock = remote, clock
         self.hits = self.misses = 0
         self._runs: dict[int, Lookup] = {}
+        self._bounds: dict[str, int] = {}  # each policy's `cache.max_bytes`, by its entry file
         self._listeners: list[Callable[[str], None]] = []
 
     def listen(self, callback: Callable[[str], None]) -> None:
         """Call `callback("hit" | "miss")` on every lookup (the gateway's /metrics)."""
         self._listeners.append(callback)
+
+    def bound(self, run: Run) -> None:
+        """Note the `cache.max_bytes` of the request's policy: named policies sharing a store share one LRU,
+        bounded by the largest of their settings (a reloaded policy replaces its own, by its entry file)."""
+        policy = run.policy
+        value = int(setting(policy.settings, "cache.max_bytes"))
+        name = str(getattr(policy, "entry", ""))
+        if self._bounds.get(name) != value:
+            self._bounds[name] = value
+            self.memory.resize(max(self._bounds.values()))
 
     # ---- a request's life ---------------------------------------------------------------------------
     def begin(self, run: Run, options: Mapping[str, Any], attrs: Mapping[str, Any]) -> None:
@@ -183,7 +215,7 @@ class ResponseCache:
         mode = options.get("cache", True)
         if mode == "no-store":
             return
-        self.memory.max_bytes = int(setting(settings, "cache.max_bytes"))
+        self.bound(run)
         tenant = None if setting(settings, "cache.shared") else attrs.get("key")
         key = digest(key_material(run, tenant if tenant is None else str(tenant), attrs.get("endpoint")))
         self._runs[id(run)] = Lookup(key, ttl, read=mode is not False, write=True)
@@ -199,7 +231,7 @@ class ResponseCache:
         if ttl is None or ttl <= 0 or mode == "no-store":
             return None
         settings = run.policy.settings
-        self.memory.max_bytes = int(setting(settings, "cache.max_bytes"))
+        self.bound(run)
         tenant = None if setting(settings, "cache.shared") else attrs.get("key")
         material = key_material(run, tenant if tenant is None else str(tenant), attrs.get("endpoint"))
         material["sent"] = dict(sent)
@@ -221,7 +253,7 @@ class ResponseCache:
         """Keep the JSON body answering a request begin_body() noted (`found`: what it returned)."""
         if found is not None and found.write and not found.hit:
             entry = {"expires": self.clock() + found.ttl, "body": body}
-            self.put(found.key, json.dumps(entry, separators=(",", ":")), found.ttl)
+            self.put(found.key, json.dumps(entry, separators=(",", ":"), ensure_ascii=False), found.ttl)
 
     def status(self, run: Run) -> str | None:
         """`hit` or `miss` for a request the cache was consulted for, else None (the x-modelroute-cache header)."""
@@ -250,17 +282,17 @@ class ResponseCache:
         found = self._runs.get(id(run))
         if found is None or not found.write or found.hit:
             return
-        response = done.response.model_dump(mode="json") if done.response is not None else None
-        entry = {
+        entry: dict[str, Any] = {
             "expires": self.clock() + found.ttl,
-            "text": done.text,
             "model": done.model,
             "provider": done.provider,
             "strategy": done.strategy,
-            "response": response,
+            "response": compact(done.response),
             "usage": done.usage.model_dump(mode="json"),
         }
-        self.put(found.key, json.dumps(entry, separators=(",", ":")), found.ttl)
+        if done.response is None or done.response.text != done.text:
+            entry["text"] = done.text
+        self.put(found.key, json.dumps(entry, separators=(",", ":"), ensure_ascii=False), found.ttl)
 
     def end(self, run: Run) -> None:
         self._runs.pop(id(run), None)
@@ -288,7 +320,7 @@ class ResponseCache:
         entry = json.loads(value)
         raw = entry.get("response")
         response = ChatResponse.model_validate(raw) if raw is not None else None
-        text = str(entry.get("text", ""))
+        text = str(entry.get("text", response.text if response is not None else ""))
         parsed = validate(run.schema, text) if run.schema is not None else None
         usage = Usage.model_validate(entry.get("usage") or {})
         return Completion(
