@@ -9,14 +9,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# the project (with the serve extra: starlette, uvicorn, redis), installed from the sources, then the sources go
+# the project with the serve extra (starlette, uvicorn, redis), tokens (`set tokens.estimator`) and otel (OTEL_*
+# tracing), installed from the sources, then the sources go
 WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY grammar ./grammar
 COPY policies ./policies
 COPY engine ./engine
 COPY providers ./providers
-RUN pip install ".[serve]" \
+RUN pip install ".[serve,tokens,otel]" \
     && mkdir -p /etc/modelroute \
     && cp policies/*.route /etc/modelroute/ \
     && cd / && rm -rf /src
@@ -26,10 +27,13 @@ RUN groupadd --system --gid 10001 modelroute \
 USER 10001:10001
 WORKDIR /tmp
 
+# the port serve listens on and the HEALTHCHECK asks: change it with `-e MODELROUTE_PORT=9000` (not `--port`)
+ENV MODELROUTE_PORT=8080
 EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status != 200)"]
+    CMD ["python", "-c", "import os, sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:' + os.environ['MODELROUTE_PORT'] + '/healthz', timeout=2).status != 200)"]
 
-# exec form: modelroute is PID 1 and gets SIGTERM itself (a graceful shutdown, forwarded to every worker)
-ENTRYPOINT ["modelroute", "serve"]
-CMD ["--host", "0.0.0.0", "--port", "8080", "--policy", "/etc/modelroute", "--watch"]
+# sh only puts the port in, then `exec`s: modelroute is PID 1 and gets SIGTERM itself (a graceful shutdown,
+# forwarded to every worker); CMD's arguments follow
+ENTRYPOINT ["/bin/sh", "-c", "exec modelroute serve --port \"$MODELROUTE_PORT\" \"$@\"", "modelroute"]
+CMD ["--host", "0.0.0.0", "--policy", "/etc/modelroute", "--watch"]

@@ -102,10 +102,29 @@ def script_name() -> str:
     return name
 
 
+def image_env() -> dict[str, str]:
+    """The variables the image's ENV instructions set."""
+    return dict(item.split("=", 1) for args in instruction("ENV") for item in shlex.split(args))
+
+
 def image_command() -> list[str]:
+    """The command the container runs: ENTRYPOINT then CMD; a `/bin/sh -c "exec ..."` entry point is read as that
+    shell would run it with the image's ENV (it must `exec`, so modelroute stays PID 1 and gets the signals)."""
     (entry,) = instruction("ENTRYPOINT")
     (cmd,) = instruction("CMD")
-    return exec_form(entry) + exec_form(cmd)
+    argv, args = exec_form(entry), exec_form(cmd)
+    if argv[:2] != ["/bin/sh", "-c"]:
+        return argv + args
+    words = shlex.split(argv[2])
+    assert words[0] == "exec", "the shell replaces itself with modelroute"
+    env = image_env()
+    out: list[str] = []
+    for word in words[1:]:
+        if word == "$@":
+            out += args
+        else:
+            out.append(re.sub(r"\$\{?(\w+)\}?", lambda m: env[m.group(1)], word))
+    return out
 
 
 def pod_command() -> list[str]:
@@ -152,7 +171,11 @@ def test_the_image_is_slim_python_and_runs_as_a_non_root_user() -> None:
 
 def test_the_image_installs_the_project_from_what_it_copies_and_dockerignore_keeps() -> None:
     run = " ".join(instruction("RUN"))
-    assert re.search(r"pip install \"?\.\[serve\]\"?", run), "pip install of the project with the serve extra"
+    found = re.search(r"pip install \"?\.\[([\w,]+)\]\"?", run)
+    assert found, "pip install of the project with its extras"
+    extras = set(found.group(1).split(","))
+    assert {"serve", "tokens", "otel"} <= extras, "the gateway, `set tokens.estimator` and OTEL_* tracing all work"
+    assert extras <= set(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"])
     copied = {exec_form(a)[0] if a.startswith("[") else a.split()[0] for a in instruction("COPY")}
     copied |= {name for a in instruction("COPY") for name in a.split()[:-1]}
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -182,7 +205,8 @@ def test_the_healthcheck_asks_healthz_on_the_exposed_port() -> None:
     options, _, command = check.partition("CMD ")
     assert command, "HEALTHCHECK CMD ..."
     text = " ".join(exec_form(command)) if command.startswith("[") else command
-    assert f"127.0.0.1:{exposed.split('/')[0]}/healthz" in text
+    assert "127.0.0.1:' + os.environ['MODELROUTE_PORT'] + '/healthz" in text, "the port serve is given (image_command)"
+    assert image_env()["MODELROUTE_PORT"] == exposed.split("/")[0]
     assert "--interval=" in options and "--timeout=" in options
 
 

@@ -71,7 +71,7 @@ def test_add_prints_the_key_once_and_stores_only_its_digest(tmp_path: Path) -> N
     )  # fmt: skip
     key = result.stdout.strip()
     assert key.startswith("mr-") and len(key) > 40 and key not in path.read_text()
-    assert "shown only this once" in result.stderr and "not enforce them yet" in result.stderr
+    assert "shown only this once" in result.stderr and "not enforce" not in result.stderr  # rpm / tpm are enforced
     found = ring(path).check(key)
     assert found is not None and found.name == "team-a" and hash_key(key) in path.read_text()
     assert found.attributes == {"tier": "pro", "level": 3} and found.policies == {"auto"}
@@ -176,7 +176,13 @@ def test_list_shows_no_secrets_and_marks_expired_keys(tmp_path: Path) -> None:
     add_key(path, "old", expires="2026-03-10T11:00:00Z", now=NOW - 86400)  # expired an hour before NOW
     add_key(path, "capped", models=["alpha-mini"], rpm=5, daily_budget=2.5, now=NOW)
     table = run("list", "--keys", str(path)).stdout
-    assert "2026-03-10T11:00:00Z (expired)" in table and "alpha-mini" in table and "$2.50" in table
+    assert "alpha-mini" in table and "$2.50" in table
+    lines = [line.split() for line in table.splitlines()]
+    head = lines[0]
+    assert head[:3] == ["NAME", "EXPIRES", "STATE"] and all(len(line) == len(head) for line in lines), table
+    cells = {line[0]: dict(zip(head, line, strict=True)) for line in lines[1:]}
+    assert cells["old"]["EXPIRES"] == "2026-03-10T11:00:00Z" and cells["old"]["STATE"] == "expired"
+    assert cells["capped"]["STATE"] == "active" and cells["capped"]["MODELS"] == "alpha-mini"
     assert "team=analytics" in table and "sha256" not in table and hash_key("mr-bot")[:12] not in table
     rows = json.loads(run("list", "--keys", str(path), "--json").stdout)
     assert [r["name"] for r in rows] == ["analytics", "bot", "old", "capped"]
@@ -264,3 +270,15 @@ def test_keyedit_errors_say_usage_for_unreadable_files(tmp_path: Path) -> None:
     with pytest.raises(KeyEditError) as err:
         revoke_key(tmp_path / "none.yaml", "a")
     assert err.value.usage
+
+
+# ---- the far future ----------------------------------------------------------------------------------------
+def test_the_last_representable_date_is_a_key_that_never_expires(tmp_path: Path) -> None:
+    """`--expires 9999-12-31`: the end of that day is past datetime's range; it is stored, listed and loaded."""
+    path = tmp_path / "keys.yaml"
+    key = run("add", "forever", "--keys", str(path), "--expires", "9999-12-31", "--rpm", "3").stdout.strip()
+    table = run("list", "--keys", str(path)).stdout
+    assert "9999-12-31T23:59:59.999999Z" in table and "expired" not in table
+    found = ring(path).check(key)
+    assert found is not None and found.name == "forever"
+    assert run("add", "x", "--keys", str(path), "--expires", "10000-01-01", ok=False).exit_code == 2

@@ -186,3 +186,56 @@ def test_supervisor_sets_a_fresh_multiprocess_directory_and_removes_it(tmp_path:
     used = (tmp_path / "dir").read_text()
     assert used != before and not Path(used).exists()
     assert any("workers serving" in line or "stopping" in line for line in seen)
+
+
+@pytest.mark.parametrize("inherited", ["missing", "stale"])
+def test_one_process_ignores_an_inherited_multiprocess_directory(
+    tmp_path: Path, fake_server: FakeServer, inherited: str
+) -> None:
+    """`PROMETHEUS_MULTIPROC_DIR` set for a one-process `serve` (a missing directory, or one with an earlier run's
+    files): a note at start, then the metrics live in memory: every request answers 200 and /metrics counts them."""
+    import subprocess
+
+    from providers.gateway.metrics import MULTIPROC_ENV
+    from tests.engines import KINDS, TEST_KEY
+    from tests.test_gateway import write_policy
+    from tests.test_redis_store import free_port
+    from tests.test_workers import POLICY, REPO, SERVE
+
+    where = tmp_path / "nonexistent" / "x"
+    if inherited == "stale":
+        where.mkdir(parents=True)
+        (where / "counter_1.db").write_bytes(b"\0" * 64)  # not this run's
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO), MULTIPROC_ENV: str(where)}
+    env.update({f"TEST_{n.upper()}_KEY": TEST_KEY for n in KINDS})
+    log = tmp_path / "serve.log"
+    policy = write_policy(tmp_path, fake_server, POLICY)
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [*SERVE, "-p", str(policy), "--port", str(port), "--log-level", "warning"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert proc.poll() is None, log.read_text()
+        try:
+            return httpx.get(url + "/healthz", timeout=5).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_until(up, "modelroute serve to answer /healthz", timeout=60, interval=0.05)
+        for _ in range(2):
+            r = httpx.post(url + "/v1/chat/completions", json={"model": "auto", "messages": MSG}, timeout=30)
+            assert r.status_code == 200, r.text
+        scrape = httpx.get(url + "/metrics", timeout=10)
+        assert scrape.status_code == 200 and sample(scrape.text, CHAT_200) == 2.0
+        assert f"{MULTIPROC_ENV}={where} ignored" in log.read_text()
+        assert (inherited == "missing" and not where.exists()) or len(list(where.iterdir())) == 1  # nothing written
+    finally:
+        proc.terminate()
+        proc.wait(30)

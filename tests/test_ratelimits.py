@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -464,3 +465,42 @@ def test_embeddings_share_the_key_limits_and_headers() -> None:
         finally:
             engine.close()
     assert len(upstream.requests) == 2
+
+
+def test_the_headers_report_the_limit_with_the_fewest_left(gateway: Any) -> None:
+    """A roomy per-key limit half spent and a tight per-user one: the headers show the one that runs out first."""
+    from providers.gateway.keys import GatewayKey, KeyRing, hash_key
+
+    keys = KeyRing([GatewayKey("a", hash_key(KEY), {})])  # no bound user: the request's `user` is its own
+    client = gateway("limit 10 rpm per key\nlimit 4 rpm per user\notherwise use alpha-mini\n", keys=keys)
+    for _ in range(4):
+        chat(client)  # no user: only the key's limit (6 left)
+    chat(client, user="bob")
+    raw = chat(client, user="bob")  # the key's bucket: 4 left, bob's: 2 left
+    assert raw.headers["x-ratelimit-limit-requests"] == "4"
+    assert raw.headers["x-ratelimit-remaining-requests"] == "2"
+
+
+def test_a_request_without_max_tokens_is_charged_an_output_bound(gateway: Any, fake_server: Any) -> None:
+    """No max_tokens and an upstream answering 5000 tokens: the tokens served stay near the limit, not 30 times it."""
+    import openai
+
+    from tests.fakeserver import Reply
+
+    fake_server.default = Reply(output_tokens=5000)
+    client = gateway(
+        "set budget.max_output_tokens = 800\nlimit 1000 tpm per key\notherwise use alpha-mini\n", keys=keyring()
+    )
+    first = chat(client)
+    charged = 1000 - int(first.headers["x-ratelimit-remaining-tokens"])
+    assert charged > 800  # the input plus the policy's output bound, not the input alone
+
+    def send(_i: int) -> int:
+        try:
+            return chat(client).parse().usage.total_tokens
+        except openai.RateLimitError:
+            return 0
+
+    with ThreadPoolExecutor(30) as pool:
+        served = list(pool.map(send, range(30)))
+    assert sum(1 for s in served if s) == 0  # the first answer's real usage was charged: nothing more fits

@@ -268,6 +268,14 @@ def test_an_otlp_protocol_the_extra_cannot_speak_is_said_and_skipped() -> None:
     assert len(said) == 1 and "http/protobuf" in said[0]
 
 
+@pytest.mark.parametrize("var", ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"])
+def test_an_endpoint_that_is_not_a_url_is_a_warning_at_start(var: str) -> None:
+    said: list[str] = []
+    stop = tracing.configure(said.append, {var: "notaurl"})
+    stop()
+    assert len(said) == 1 and said[0].startswith("warning: ") and f"{var}='notaurl'" in said[0], said
+
+
 # ---- end to end: `modelroute serve` exporting to a loopback OTLP/HTTP receiver ------------------------------
 class Receiver:
     """A loopback OTLP/HTTP receiver: POST /v1/traces (protobuf, maybe gzip) decoded into (name, attributes, ...)."""

@@ -152,14 +152,12 @@ def add(
         "shown only this once (only its sha256 is stored); `modelroute serve --keys` applies it within 0.25 s",
         err=True,
     )
-    _notes(done, rpm is not None or tpm is not None)
+    _notes(done)
 
 
-def _notes(done: Any, limits: bool = False) -> None:
+def _notes(done: Any) -> None:
     if not done.kept:
         click.echo(f"note: {done.path} was rewritten from its data: its comments were not kept", err=True)
-    if limits:
-        click.echo("note: rpm / tpm are stored and checked, but the gateway does not enforce them yet", err=True)
 
 
 @keys.command("revoke")
@@ -207,11 +205,13 @@ def list_keys(keys_file: Path, as_json: bool) -> None:
     if not rows:
         click.echo(f"no keys in {keys_file}", err=True)
         return
-    head = ["NAME", "EXPIRES", "POLICIES", "MODELS", "RPM", "TPM", "DAILY BUDGET", "ATTRIBUTES"]
+    # one word per cell (the expiry state is a column of its own): `awk '{print $3}'` reads the same column per row
+    head = ["NAME", "EXPIRES", "STATE", "POLICIES", "MODELS", "RPM", "TPM", "DAILY_BUDGET", "ATTRIBUTES"]
     table = [
         [
             r["name"],
-            (r["expires"] + (" (expired)" if r["expired"] else "")) if r["expires"] else "-",
+            r["expires"] or "-",
+            "expired" if r["expired"] else "active",
             _cell(r["policies"]),
             _cell(r["models"]),
             _cell(r["rpm"]),

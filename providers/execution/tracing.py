@@ -16,6 +16,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from engine.runtime.policy import Entry
@@ -373,6 +374,14 @@ def attempt_skipped(run: Run, entry: Entry, error: str, why: str) -> None:
 
 
 # ---- `modelroute serve`: a TracerProvider from the OTEL_* variables -------------------------------------------
+def _http_url(text: str) -> bool:
+    try:
+        parts = urlsplit(text.strip())
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
 def configure(echo: Callable[[str], None] | None = None, environ: Mapping[str, str] = os.environ) -> Callable[[], None]:
     """Install a TracerProvider (BatchSpanProcessor, OTLP/HTTP exporter) when the OTEL_* variables ask for traces:
     OTEL_TRACES_EXPORTER (otlp, console; none turns it off) or an OTLP endpoint (OTEL_EXPORTER_OTLP_ENDPOINT,
@@ -399,6 +408,11 @@ def configure(echo: Callable[[str], None] | None = None, environ: Mapping[str, s
     if "otlp" in names and protocol not in (None, "", "http/protobuf"):
         say(f"warning: OTLP protocol {protocol!r}: modelroute[otel] exports traces over http/protobuf only; no OTLP")
         names.remove("otlp")
+    for var in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+        url = environ.get(var)
+        if "otlp" in names and url and not _http_url(url):
+            say(f"warning: {var}={url!r} is not an http:// or https:// URL (like http://collector:4318): no OTLP")
+            names.remove("otlp")
     names = [n for n in names if n in ("otlp", "console")]
     if not names:
         return nothing

@@ -57,14 +57,19 @@ def parse_expires(value: Any) -> float:
     if isinstance(value, datetime.datetime):
         return (value if value.tzinfo is not None else value.replace(tzinfo=UTC)).timestamp()
     if isinstance(value, datetime.date):
-        end = datetime.datetime.combine(value + datetime.timedelta(days=1), datetime.time(), tzinfo=UTC)
-        return end.timestamp()
+        # the start of the next day, computed in seconds: `value + 1 day` overflows for 9999-12-31
+        return datetime.datetime.combine(value, datetime.time(), tzinfo=UTC).timestamp() + 86400.0
     raise ValueError("must be an ISO 8601 date or datetime, like 2026-12-31 or 2026-12-31T18:00:00Z")
 
 
 def expires_text(instant: float) -> str:
-    """An expiry instant as ISO 8601 UTC text (`2027-01-01T00:00:00Z`)."""
-    return datetime.datetime.fromtimestamp(instant, UTC).isoformat().replace("+00:00", "Z")
+    """An expiry instant as ISO 8601 UTC text (`2027-01-01T00:00:00Z`); an instant past year 9999 (the end of
+    9999-12-31) is shown as `9999-12-31T23:59:59.999999Z`, one before year 1 as `0001-01-01T00:00:00Z`."""
+    try:
+        when = datetime.datetime.fromtimestamp(instant, UTC)
+    except (OverflowError, OSError, ValueError):
+        when = (datetime.datetime.max if instant > 0 else datetime.datetime.min).replace(tzinfo=UTC)
+    return when.isoformat().replace("+00:00", "Z")
 
 
 def per_minute(value: Any, what: str) -> int:

@@ -21,6 +21,7 @@ from prometheus_client import (
     GCCollector,
     PlatformCollector,
     ProcessCollector,
+    values,
 )
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Histogram as PromHistogram
@@ -39,12 +40,26 @@ __all__ = [
     "cost_headers",
     "cost_text",
     "exposition",
+    "multiprocess_dir",
 ]
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 CIRCUIT_VALUE = {"closed": 0, "half_open": 1, "open": 2}
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's multiprocess mode: set by `serve --workers N`
+
+
+def multiprocess_dir(path: str | None) -> str | None:
+    """Point prometheus_client's multiprocess mode at `path` (None: off) for the metrics made from now on, in this
+    process and the processes it forks; returns the previous setting. prometheus_client reads the variable when it is
+    first imported, so its value class is chosen again here."""
+    previous = os.environ.get(MULTIPROC_ENV)
+    if path is None:
+        os.environ.pop(MULTIPROC_ENV, None)
+    else:
+        os.environ[MULTIPROC_ENV] = path
+    values.ValueClass = values.get_value_class()
+    return previous
 
 
 def cost_text(cost: float) -> str:

@@ -7,7 +7,8 @@ Limits come from the policy's `limit` statements (`limit 60 rpm per key`: one bu
 a request without the attribute is not limited by it, as with budgets) and from the gateway key's `rpm` / `tpm`
 (keys file). Each is a GCRA bucket (providers/state/ratelimit.py, which documents the accuracy), in memory or,
 with `--redis`, shared by every replica. A request takes 1 from each rpm bucket and, from each tpm bucket, its
-estimate: the input tokens the engine counts (messages and tools) plus its `max_tokens` when it sets one; the
+estimate: the input tokens the engine counts (messages and tools) plus its `max_tokens`, or without one the policy's
+`budget.max_output_tokens` (within the smallest tpm limit, so such a request still fits a full bucket); the
 difference with the usage the upstream reports (input plus output tokens, every attempt) is given back or taken
 when the answer, or the stream, ends.
 """
@@ -20,6 +21,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from engine.runtime.settings import setting
 from providers.gateway.openai_wire import ApiError
 from providers.state.ratelimit import Check, Limiter, Verdict, limiter_for
 
@@ -69,7 +71,7 @@ def _headers(checks: list[tuple[str, Check]], verdicts: list[Verdict]) -> dict[s
         mine = [v for (u, _c), v in zip(checks, verdicts, strict=True) if u == unit]
         if not mine:
             continue
-        v = min(mine, key=lambda x: (x.admitted, x.left))
+        v = min(mine, key=lambda x: (x.admitted, x.remaining, x.reset))  # the fewest left; ties: the first reset
         out[f"x-ratelimit-limit-{counts}"] = str(v.limit)
         out[f"x-ratelimit-remaining-{counts}"] = str(v.remaining)
         out[f"x-ratelimit-reset-{counts}"] = duration(v.reset)
@@ -81,9 +83,16 @@ def rate_headers(ticket: Ticket | None) -> dict[str, str]:
     return {} if ticket is None else ticket.headers()
 
 
-def _estimate(engine: Engine, call: ChatCall) -> int:
-    counted = engine.count_tokens(messages=call.messages, tools=call.options.get("tools"))
-    return int(counted.worst) + int(call.options.get("max_tokens") or 0)
+def _estimate(engine: Engine, call: ChatCall, cap: int) -> int:
+    """The tokens charged up front: the input plus `max_tokens`, or without one the policy's
+    `budget.max_output_tokens` (an unbounded answer is not free), that default kept within `cap` (the smallest tpm
+    limit) so a request without max_tokens is still admitted when a bucket is full."""
+    counted = int(engine.count_tokens(messages=call.messages, tools=call.options.get("tools")).worst)
+    max_tokens = call.options.get("max_tokens")
+    if max_tokens:
+        return counted + int(max_tokens)
+    default = int(setting(engine.policy.settings, "budget.max_output_tokens"))
+    return max(counted, min(counted + default, cap))
 
 
 def _bucket_value(value: Any) -> str:
@@ -120,7 +129,8 @@ def admit(
     found = checks_for(engine, policy_name, key, attrs)
     if not found:
         return None
-    estimate = _estimate(engine, call) if any(unit == "tpm" for unit, _l, _b in found) else 0
+    tpm = [limit for unit, limit, _b in found if unit == "tpm"]
+    estimate = _estimate(engine, call, min(tpm)) if tpm else 0
     checks = [(unit, Check(bucket, limit, 1.0 if unit == "rpm" else float(estimate))) for unit, limit, bucket in found]
     limiter = limiter_for(gw.engine.state)
     ok, verdicts = limiter.acquire([c for _u, c in checks])

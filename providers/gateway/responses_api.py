@@ -48,6 +48,20 @@ _FIELDS = frozenset({*_PASSED, *_PASSED_TOO, *_IGNORED, *_CARRIED, *_STATEFUL, *
 _NO_STATE = "this gateway keeps no state: send the whole conversation in `input` (and `store: false`)"
 
 
+# chat-completions names to_chat writes, as the Responses request spells them (for errors of the shared checks)
+_RESPONSES_NAMES = {"max_completion_tokens": "max_output_tokens", "reasoning_effort": "reasoning.effort"}
+
+
+def _renamed(err: ApiError) -> ApiError:
+    """An error of the chat checks (parse_chat) naming a field as the Responses request has it."""
+    for chat_name, name in _RESPONSES_NAMES.items():
+        err.message = err.message.replace(f"`{chat_name}`", f"`{name}`")
+        if err.param == chat_name:
+            err.param = name
+    err.args = (err.message,)
+    return err
+
+
 def _bad(message: str, param: str | None, code: str = "invalid_value") -> ApiError:
     return ApiError(400, message, code=code, param=param)
 
@@ -280,7 +294,10 @@ class ResponsesWire:
     def parse(self, raw: bytes, headers: Mapping[str, str]) -> ChatCall:
         req = body_object(raw)
         body = to_chat(req)
-        call = parse_chat(body, headers)
+        try:
+            call = parse_chat(body, headers)
+        except ApiError as err:
+            raise _renamed(err) from None
         fmt = req["text"].get("format") if isinstance(req.get("text"), dict) else None
         reasoning: dict[str, Any] = req["reasoning"] if isinstance(req.get("reasoning"), dict) else {}
         self.echo = {  # what the response object repeats of the request

@@ -249,6 +249,7 @@ def run_server(opts: ServeOptions, echo: Echo, report: Report | None = None) -> 
         raise err from None
     _check_tokenizer(opts)
     if opts.workers <= 1:
+        _own_metrics(echo)
         _run(opts, echo)
         return
     _load_keys(opts)  # errors in the keys file or a policy are reported here, once, before any worker starts
@@ -280,6 +281,19 @@ def run_server(opts: ServeOptions, echo: Echo, report: Report | None = None) -> 
     finally:
         for sock in socks:
             sock.close()
+
+
+def _own_metrics(echo: Echo) -> None:
+    """One process keeps its metrics in memory: a PROMETHEUS_MULTIPROC_DIR from the environment (a missing directory
+    breaks every request; an old one adds earlier runs' counts) is ignored, with a note. `--workers N` sets its own."""
+    from providers.gateway.metrics import MULTIPROC_ENV, multiprocess_dir
+
+    inherited = multiprocess_dir(None)
+    if inherited:
+        echo(
+            f"note: {MULTIPROC_ENV}={inherited} ignored: one process keeps its metrics in memory "
+            "(`serve --workers N` makes a fresh directory of its own)"
+        )
 
 
 def _check_tokenizer(opts: ServeOptions) -> None:

@@ -26,10 +26,9 @@ from os import _exit  # the documented way out of a forked child
 from types import FrameType
 from typing import NoReturn
 
-from prometheus_client import values
 from prometheus_client.multiprocess import mark_process_dead
 
-from providers.gateway.metrics import MULTIPROC_ENV
+from providers.gateway.metrics import multiprocess_dir
 
 __all__ = ["BACKOFF_FIRST_S", "BACKOFF_MAX_S", "MAX_START_FAILURES", "STABLE_S", "Serve", "Supervisor", "WorkersFailed"]
 
@@ -99,7 +98,7 @@ class Supervisor:
             raise WorkersFailed("--workers must be run from the main thread (it handles SIGTERM and SIGCHLD)")
         self._wake, self._life = os.pipe(), os.pipe()
         self.metrics_dir = metrics_dir = tempfile.mkdtemp(prefix="modelroute-metrics-")
-        saved_dir = _metrics_dir(metrics_dir)
+        saved_dir = multiprocess_dir(metrics_dir)
         for fd in self._wake:
             os.set_blocking(fd, False)
         old_wakeup = signal.set_wakeup_fd(self._wake[1])
@@ -118,7 +117,7 @@ class Supervisor:
             for slot in self.slots:
                 self._close_ready(slot)
             shutil.rmtree(metrics_dir, ignore_errors=True)
-            _metrics_dir(saved_dir)
+            multiprocess_dir(saved_dir)
             self.metrics_dir = None
         if self._failed is not None:
             raise self._failed
@@ -314,19 +313,6 @@ class Supervisor:
                 except Exception:
                     pass
             _exit(code)  # leave without unwinding into the supervisor's frames or running its atexit hooks
-
-
-def _metrics_dir(path: str | None) -> str | None:
-    """Point prometheus_client's multiprocess mode at `path` (None: off) for the metrics made from now on, in this
-    process and the workers it forks; returns the previous setting. prometheus_client reads the variable when it is
-    first imported, so its value class is chosen again here."""
-    previous = os.environ.get(MULTIPROC_ENV)
-    if path is None:
-        os.environ.pop(MULTIPROC_ENV, None)
-    else:
-        os.environ[MULTIPROC_ENV] = path
-    values.ValueClass = values.get_value_class()
-    return previous
 
 
 def _exit_cleanly(sig: int, frame: FrameType | None) -> None:
