@@ -193,7 +193,7 @@ def violation(e: Entry, req: Request, limits: tuple[Limit, ...] = ()) -> Code | 
         return _VISION
     if req.messages is not None and (lacks := _lacks_input(e, req)) is not None:
         return lacks
-    if (req.attrs.get("endpoint") == EMBEDDINGS) is not (EMBEDDINGS in getattr(e.spec, "supports", ())):
+    if (req.attrs.get("endpoint") == EMBEDDINGS) is not e.embeds:
         return _ENDPOINT
     if FORMAT_ATTR in req.attrs and _lacks_format(e, req):
         return _FORMAT

@@ -92,6 +92,7 @@ class Entry:
     tools: bool
     vision: bool
     spec: Any  # providers.catalog.ModelSpec
+    embeds: bool = False  # an embedding model (`supports: [embeddings]`): never a chat candidate, and the reverse
 
     def cost(self, tokens: float, out_tokens: float) -> float:
         return tokens * self.ip + out_tokens * self.op
@@ -110,6 +111,7 @@ class Entry:
             "tools" in supports,
             "vision" in supports,
             spec,
+            "embeddings" in supports,
         )
 
 
