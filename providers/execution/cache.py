@@ -205,6 +205,7 @@ class ResponseCache:
     # ---- a request's life ---------------------------------------------------------------------------
     def begin(self, run: Run, options: Mapping[str, Any], attrs: Mapping[str, Any]) -> None:
         """Note a prepared request that the policy lets the cache serve (a TTL, temperature 0 or sampled allowed)."""
+        self._runs.pop(id(run), None)  # a run that ended without end() must not lend its entry to a new one
         ttl = ttl_of(run)
         if ttl is None or ttl <= 0:
             return

@@ -208,8 +208,12 @@ async def embeddings(gw: Gateway, request: Request) -> Response:
             hdrs = headers(run.decision, str(cached.get("model", "")), [], calls=0, policy=policy_name)
             hdrs.update({**cost_headers(0.0, 0.0), **rate_headers(limits), **cache_headers("hit")})
             return Response(json.dumps(cached, separators=(",", ":")), 200, hdrs, "application/json")
-        cache_state = cache_headers(ex.cache.status(run))
-        hold = hold_key_budget(ex, key, run)
+        try:
+            cache_state = cache_headers(ex.cache.status(run))
+            hold = hold_key_budget(ex, key, run)
+        except BaseException:
+            ex.settle(run)  # nothing was called: release the policy's hold and the cache's and tallies' entries
+            raise
         result = await until_answered(gw, request, ex, run, hold, embed(ex, run, parsed.request))
         body = embeddings_json(result, run, parsed.base64)
         ex.cache.store_body(noted, body)

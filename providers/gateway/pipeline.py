@@ -77,7 +77,13 @@ async def serve(gw: Gateway, request: Request, wire: Wire) -> Response:
             raise ApiError(400, str(exc), code="invalid_value") from None
         rule = run.decision.rule
         gw.metrics.decisions.inc("override" if rule.index < 0 else f"{rule.file}:{rule.line}", run.decision.model)
-        hit = ex.cached(run)  # the response cache: before the key's hold, as a hit spends nothing
+        try:
+            hit = ex.cached(run)  # the response cache: before the key's hold, as a hit spends nothing
+            cached = cache_headers(ex.cache.status(run)) if hit is None else {}
+            hold = hold_key_budget(ex, key, run) if hit is None else None
+        except BaseException:
+            ex.settle(run)  # nothing was called: release the policy's hold and the cache's and tallies' entries
+            raise
         if hit is not None:
             ex.settle(run)
             if mreq is not None:
@@ -85,8 +91,6 @@ async def serve(gw: Gateway, request: Request, wire: Wire) -> Response:
             answer = cached_response(wire, run, hit, call.stream, policy_name)
             answer.headers.update(rate_headers(limits))
             return answer
-        cached = cache_headers(ex.cache.status(run))
-        hold = hold_key_budget(ex, key, run)
         if call.stream:
             sink = ex.watch(run) if mreq is not None else None
             try:

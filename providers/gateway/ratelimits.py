@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from engine.runtime.settings import setting
+from engine.runtime.settings import RATE_UNITS, setting
 from providers.gateway.openai_wire import ApiError
 from providers.state.ratelimit import Check, Limiter, Verdict, limiter_for
 
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["Ticket", "admit", "duration", "rate_headers", "settle", "settle_stream"]
 
 #: What each unit counts, as OpenAI's header names say it (`x-ratelimit-limit-requests`, `...-tokens`).
-COUNTS = {"rpm": "requests", "tpm": "tokens"}
+COUNTS = RATE_UNITS  # "rpm" -> "requests", "tpm" -> "tokens": the one list, engine/runtime/settings.py
 
 
 @dataclass
