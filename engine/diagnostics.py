@@ -51,6 +51,7 @@ CODES: dict[str, str] = {
     "E403": "model group too small",
     "E404": "min_agreement out of range",
     "E405": "empty experiment name",
+    "E406": "rate limit keyed by a count",
     # patterns
     "E500": "bad regex",
     "E501": "regex feature RE2 cannot run",

@@ -164,10 +164,10 @@ def test_E203_sixteen_levels_are_fine(tmp_path: Path) -> None:
 
 
 def test_E700_too_many_rules(tmp_path: Path, monkeypatch, golden) -> None:
-    import engine.compiler.passes
+    import engine.compiler.strategies
 
-    assert engine.compiler.passes.MAX_RULES == 10_000
-    monkeypatch.setattr(engine.compiler.passes, "MAX_RULES", 100)  # the same check, without compiling 10,001 rules
+    assert engine.compiler.strategies.MAX_RULES == 10_000
+    monkeypatch.setattr(engine.compiler.strategies, "MAX_RULES", 100)  # the same check, without compiling 10,001 rules
     monkeypatch.chdir(tmp_path)
     (tmp_path / "catalog.yaml").write_bytes(CATALOG.read_bytes())
     rules = "".join(f"when n == {i} use alpha-mini\n" for i in range(101))
@@ -370,3 +370,74 @@ def test_a_time_bound_of_zero_is_refused_with_its_position(name: str) -> None:
     assert err.codes == ["E401"] and err.diagnostics[0].span.line == 1
     assert f"set {name} = 30s" in (err.diagnostics[0].hint or "")
     assert_well_formed(err)
+
+
+# ---- compile advice: embedding models in a rule that serves chat (W110), repeats in `among` (W111) ----------
+
+
+def _advice(text: str) -> list[Diagnostic]:
+    """Compile `text` over the bundled catalog and return its advice, checked for a location, caret and hint."""
+    from engine.compiler.advice import ADVICE_CODES, advise
+    from engine.tools.testing import aliases
+
+    policy = compile_source(text, "policy.route")
+    names = aliases(policy)
+
+    def entry(ref):
+        spec = policy.catalog.resolve(names.get(ref.name, ref.name))
+        return policy.models.get(spec.name) if spec is not None else None
+
+    warnings = advise([r.node for r in policy.rules], entry)
+    rendered = PolicyError(warnings, policy.sources).render() if warnings else ""
+    for w in warnings:
+        assert w.code in ADVICE_CODES and w.severity == "warning" and w.span is not None and w.hint
+        assert f"--> {w.span.file}:{w.span.line}:{w.span.col}" in rendered
+        assert f"{w.span.line} | " in rendered and f"^ {w.label}" in rendered
+    return warnings
+
+
+def test_embedding_model_in_a_chat_rule_is_a_warning() -> None:
+    warnings = _advice(
+        'when tier == "pro" prefer cheapest among [gpt-4o-mini, text-embedding-3-small]\n'
+        "otherwise use gpt-4o-mini fallback text-embedding-3-small\n"
+    )
+    assert [(w.code, w.span.line) for w in warnings] == [("W110", 1), ("W110", 2)]
+    assert "/v1/embeddings" in warnings[0].message and "`among`" in warnings[0].message
+    assert 'when endpoint == "embeddings" use text-embedding-3-small' in (warnings[1].hint or "")
+
+
+def test_embedding_model_in_a_rule_reading_endpoint_is_fine() -> None:
+    assert (
+        _advice(
+            'when endpoint == "embeddings" use text-embedding-3-small\n'
+            'when endpoint in ["embeddings"] and tier == "pro" use text-embedding-3-small\n'
+            "otherwise use gpt-4o-mini\n"
+        )
+        == []
+    )
+
+
+def test_model_listed_twice_in_among_is_a_warning_at_the_second() -> None:
+    warnings = _advice(
+        "model small = gpt-4o-mini\n"
+        'when tier == "pro" prefer cheapest among [gpt-4o-mini, gpt-4o, gpt-4o-mini]\n'
+        "otherwise prefer cheapest among [small, gpt-4o, gpt-4o-mini]\n"
+    )
+    assert [(w.code, w.span.line, w.span.col) for w in warnings] == [("W111", 2, 64), ("W111", 3, 49)]
+    assert warnings[0].notes == ("first listed at policy.route:2:43",)
+    assert "`small` and `gpt-4o-mini` are both `gpt-4o-mini`" in warnings[1].message
+
+
+def test_the_bundled_policy_gets_no_advice() -> None:
+    from engine.compiler.advice import advise
+    from engine.tools.testing import aliases
+
+    policy = compile_policy(Path(__file__).parent.parent / "policies" / "main.route")
+    names = aliases(policy)
+
+    def entry(ref):
+        spec = policy.catalog.resolve(names.get(ref.name, ref.name))
+        return policy.models.get(spec.name) if spec is not None else None
+
+    assert any(e.embeds for e in policy.models.values())  # it does route embeddings, in a rule of their own
+    assert advise([r.node for r in policy.rules], entry) == []

@@ -1,4 +1,4 @@
-"""Rate limit checks: a policy's `limit` statements in, their diagnostics (E315, E316, E401) and the checked
+"""Rate limit checks: a policy's `limit` statements in, their diagnostics (E315, E316, E401, E406) and the checked
 RateLimitSpec list the gateway enforces out."""
 
 from __future__ import annotations
@@ -7,17 +7,27 @@ from collections.abc import Callable
 
 from engine.diagnostics import Diagnostic, did_you_mean
 from engine.language import nodes as n
+from engine.runtime.messages import REQUEST_COUNTS
+from engine.runtime.reserved import RESERVED_ATTRS
 from engine.runtime.settings import RATE_UNITS, RateLimitSpec
 
-__all__ = ["check_limits", "limit_specs"]
+__all__ = ["COUNTED_ATTRS", "check_limits", "limit_specs"]
+
+#: The reserved request attributes whose value is a number (engine/runtime/reserved.py describes each): a count or
+#: amount of the request itself, not who sent it, so a limit cannot be kept per value of one (E406).
+COUNTED_ATTRS: frozenset[str] = frozenset(
+    {"tokens", "images", "max_tokens", "spend", "budget", "ratelimit", *REQUEST_COUNTS}
+)
+assert COUNTED_ATTRS.issubset(RESERVED_ATTRS), "a counted attribute is not a reserved one"
 
 #: The help of a limit whose amount is not a whole number above 0.
 AMOUNT_HINT = "a limit is a whole number per minute above 0: `limit 60 rpm`, `limit 100k tpm per user`"
 
 
 def check_limits(limits: list[n.RateLimit], report: Callable[[Diagnostic], None]) -> None:
-    """Report an unknown unit (E315), an amount that is not a whole number above 0 (E401) and a second limit of
-    the same unit and `per` (E316: which one would apply is not clear)."""
+    """Report an unknown unit (E315), an amount that is not a whole number above 0 (E401), a limit kept per value
+    of a number the request itself carries (E406: `per tokens`) and a second limit of the same unit and `per`
+    (E316: which one would apply is not clear)."""
     seen: dict[tuple[str, str | None], n.RateLimit] = {}
     for stmt in limits:
         if stmt.unit not in RATE_UNITS:
@@ -41,6 +51,18 @@ def check_limits(limits: list[n.RateLimit], report: Callable[[Diagnostic], None]
                     stmt.amount.span,
                     "out of range",
                     AMOUNT_HINT,
+                )
+            )
+            continue
+        if stmt.per is not None and stmt.per.partition(".")[0] in COUNTED_ATTRS:
+            report(
+                Diagnostic(
+                    "E406",
+                    f"`limit {stmt.amount.text} {stmt.unit} per {stmt.per}`: `{stmt.per}` is a number the request "
+                    "carries, not who sent it",
+                    stmt.per_span or stmt.span,
+                    "a count",
+                    "keep the limit per key, per user, or per another string attribute: `per key`, `per user`",
                 )
             )
             continue

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.compiler.actions import static_reason
+from engine.compiler.advice import ADVICE_CODES, advise
 from engine.compiler.passes import as_date
 from engine.diagnostics import Diagnostic
 from engine.language import nodes as n
@@ -30,6 +31,7 @@ LINT_CODES: dict[str, str] = {
     "W107": "unused model alias",
     "W108": "model deprecated within 30 days",
     "W109": "ranking by a capability no candidate scores",
+    **ADVICE_CODES,  # W110, W111: written with their checks in engine/compiler/advice.py
 }
 DEPRECATION_WINDOW = datetime.timedelta(days=30)
 MAX_TERMS = 64  # a condition whose disjunctive normal form is larger is not reasoned about
@@ -300,6 +302,7 @@ class Linter:
                     )
         self.unused()
         self.deprecated()
+        self.out += advise([r.node for r in self.p.rules], self.entry)
         order = {f: i for i, f in enumerate(self.p.files)}
         key = lambda d: (order.get(d.span.file, len(order)), d.span.line, d.span.col, d.code)  # noqa: E731
         return sorted(self.out, key=lambda d: key(d) if d.span else (-1, 0, 0, d.code))
