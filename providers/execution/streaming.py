@@ -15,6 +15,7 @@ released.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import weakref
 from collections.abc import AsyncGenerator, Iterator
 from typing import TYPE_CHECKING
@@ -49,9 +50,10 @@ async def stream_events(executor: Executor, run: Run, sink: list[Completion]) ->
             entry = executor.gate(run, name)
             if entry is None:
                 continue
-            try:
-                async for event in _stream_model(executor, run, entry, sink):
-                    yield event
+            try:  # closed here, not when collected: its attempt's in-flight count is released at once
+                async with contextlib.aclosing(_stream_model(executor, run, entry, sink)) as events:
+                    async for event in events:
+                        yield event
             finally:
                 executor.release_probe(run, entry)
             if sink:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from providers.gateway.anthropic_request import to_chat, to_count
+from providers.gateway.closing import cost_fields
 from providers.gateway.openai_wire import ApiError, parse_chat
 from providers.gateway.run import SHOULD_RETRY
 from providers.gateway.wire import body_object, sse
@@ -132,7 +133,7 @@ class MessagesWriter:
 
     def end(self, done: Completion | None) -> bytes:
         reason, seq = _stop(done, self.finish, self.tools, self.stops)
-        usage = _usage(done.usage) if done is not None else {"output_tokens": 0}
+        usage = {**_usage(done.usage), **cost_fields(done)} if done is not None else {"output_tokens": 0}
         delta = {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": seq}, "usage": usage}
         return self._close() + sse("message_delta", delta) + sse("message_stop", {"type": "message_stop"})
 

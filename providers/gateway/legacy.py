@@ -10,6 +10,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from providers.gateway.closing import COST_FIELD, add_to_frame, cost_fields
 from providers.gateway.keyfields import canonical_models
 from providers.gateway.openai_wire import AUTO_MODELS, ApiError, parse_chat, read_json, usage_json
 from providers.gateway.wire import body_object, dumps, json_response
@@ -116,15 +117,26 @@ class CompletionsWriter:
         if event.kind == "delta" and event.text:
             return self._text(event.text)
         if event.kind == "done":
-            return self._text("", _finish(event.finish_reason))
+            self.finish = _finish(event.finish_reason)  # its chunk is the last one: end() adds the cost to it
         return None
 
     def end(self, done: Completion | None) -> bytes:
-        usage = self._chunk([], usage=usage_json(done.usage)) if self.include_usage and done is not None else b""
-        return usage + b"data: [DONE]\n\n"
+        """The finish chunk; then the usage chunk with `cost` / `cost_estimated` in its `usage` (include_usage),
+        else a top-level `x_modelroute_cost: {usd, estimated}` on the finish chunk; then `[DONE]`."""
+        cost = cost_fields(done)
+        out = b""
+        if self.finish is not None:
+            out, self.finish = self._text("", self.finish), None
+            if cost and not self.include_usage:
+                out = add_to_frame(out, None, {COST_FIELD: {"usd": cost["cost"], "estimated": cost["cost_estimated"]}})
+        if self.include_usage and done is not None:
+            out += self._chunk([], usage={**usage_json(done.usage), **cost})
+        return out + b"data: [DONE]\n\n"
 
     def error(self, err: ApiError) -> bytes:
-        return b"data: " + dumps(err.body()) + b"\n\n"
+        finish = self._text("", self.finish) if self.finish is not None else b""
+        self.finish = None
+        return finish + b"data: " + dumps(err.body()) + b"\n\n"
 
 
 class CompletionsWire:

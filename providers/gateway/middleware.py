@@ -6,12 +6,12 @@ whose `after` hooks run with the assembled answer once its body has been sent, o
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from providers.execution import MiddlewareRequest
+from providers.gateway.closing import closing
 
 if TYPE_CHECKING:
     from providers.execution import Completion, Executor, Run
@@ -43,22 +43,16 @@ def answered_headers(c: Completion, policy_name: str) -> dict[str, str]:
 
 
 def after_stream(response: Response, ex: Executor, run: Run, mreq: MiddlewareRequest, sink: list[Completion]) -> None:
-    """Make a streamed response run the `after` hooks with the assembled answer once its body has been sent
-    (`sink` receives the run's Completion: Executor.watch). What they return cannot change what was sent; an
-    exception in one is logged."""
-    assert isinstance(response, StreamingResponse)
-    inner = response.body_iterator
+    """Make a streamed response run the `after` hooks with the assembled answer once it is done being sent
+    (`sink` receives the run's Completion: Executor.watch; the watch ends even when the body never began). What
+    they return cannot change what was sent; an exception in one is logged."""
 
-    async def body() -> AsyncIterator[Any]:
-        try:
-            async for chunk in inner:
-                yield chunk
-        finally:
-            ex.unwatch(run)
+    async def after() -> None:
+        ex.unwatch(run)
         if sink:
             try:
                 await ex.middleware.aafter(mreq, sink[-1])
             except Exception:
                 log.exception("middleware after() failed on a streamed answer (already sent)")
 
-    response.body_iterator = body()
+    closing(response).on_close(after)

@@ -11,6 +11,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from providers.gateway.closing import cost_fields
 from providers.gateway.jsonbody import object_at, text_at
 from providers.gateway.openai_wire import ApiError, parse_chat
 from providers.gateway.wire import body_object, sse
@@ -433,7 +434,10 @@ class ResponsesWriter:
             out += self._open() + self._close()
         status = status_of(self.finish, self.tools)
         kind = "response.completed" if status == "completed" else "response.incomplete"
-        return out + self._ev(kind, response=self._snapshot(status, done))
+        snapshot = self._snapshot(status, done)
+        if isinstance(snapshot.get("usage"), dict):  # the cost of the answer: `cost`, `cost_estimated`
+            snapshot["usage"].update(cost_fields(done))
+        return out + self._ev(kind, response=snapshot)
 
     def error(self, err: ApiError) -> bytes:
         return self._ev("error", code=err.code, message=err.message, param=err.param)

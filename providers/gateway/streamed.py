@@ -1,19 +1,22 @@
 """Streamed answers for the gateway: a prepared Run and the endpoint's Wire in; an SSE response in the endpoint's
 format (for chat, `chat.completion.chunk` lines then `data: [DONE]`; or one `stream_interrupted` error event) out,
 whose headers are known once the first event came (the model streaming then): they carry no `x-modelroute-cost`
-(known only at the end; it goes to /metrics and engine.usage()), except a middleware's own answer's. A client that
-hangs up before the first event cancels the upstream call (providers/gateway/hangup.py); after it, Starlette's
-StreamingResponse notices the disconnect and closes the stream. Either way the request is counted with status 499."""
+(known only at the end: the stream's last event carries it, see docs/gateway.md), except a middleware's own
+answer's. A client that hangs up before the first event cancels the upstream call (providers/gateway/hangup.py);
+after it, Starlette's StreamingResponse notices the disconnect and stops the body, and the response's cleanups
+(providers/gateway/closing.py) close the stream. Either way the request is counted with status 499."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from starlette.responses import Response, StreamingResponse
 
+from providers.gateway.closing import ClosingResponse, run_cleanups
 from providers.gateway.hangup import ClientGone, HangUp
 from providers.gateway.metrics import cost_headers
 from providers.gateway.middleware import answered_headers
@@ -56,8 +59,10 @@ async def stream_response(
     t0: float,
     policy_name: str,
 ) -> Response:
-    """The SSE response of a streamed request. Once it is returned, its body accounts the request (metrics,
-    key budget, `gw.active`) when it ends; before that (an error, a hang-up) the caller does."""
+    """The SSE response of a streamed request. Once it is returned, it accounts the request (upstream close,
+    key budget, metrics, `gw.active`) when it is done being sent, whether its body began or not (its cleanups:
+    providers/gateway/closing.py); before that (an error, a hang-up) this function releases the upstream side and
+    the caller counts the request."""
     from providers.errors import ProviderError
     from providers.execution.resilience import RoutingError
     from providers.execution.streaming import AsyncCompletionStream
@@ -81,21 +86,41 @@ async def stream_response(
             gw.account(run, None, 0.0)
             raise ClientGone from None
         raise
-    if stream.completion is not None:
-        model = stream.completion.model
-    else:
-        model = run.decision.model if run.decision.strategy != "single" else streaming_model(run)
-    calls = sum(a.outcome in ("ok", "error", "cancelled") for a in run.attempts)
-    hdrs = headers(run.decision, model, run.attempts, calls=calls + (stream.completion is None), policy=policy_name)
-    hdrs.update(dropped_header(ex, run, model))
-    hdrs.update(cached)
-    writer = wire.writer(model)
+    status = CLIENT_CLOSED  # unless the stream reaches its end (or its error event)
+
+    async def close_upstream() -> None:
+        try:
+            await stream.aclose()
+        except Exception:
+            log.debug("closing an upstream stream failed", exc_info=True)
+        finally:
+            release_key_budget(ex, hold, run)
+            done = stream.completion
+            gw.account(run, done.model if done else None, run.cost, done.usage if done else None)
+
+    def count() -> None:
+        gw.active -= 1
+        gw.done(wire.endpoint, status, t0)
+
+    try:
+        if stream.completion is not None:
+            model = stream.completion.model
+        else:
+            model = run.decision.model if run.decision.strategy != "single" else streaming_model(run)
+        calls = sum(a.outcome in ("ok", "error", "cancelled") for a in run.attempts)
+        hdrs = headers(run.decision, model, run.attempts, calls=calls + (stream.completion is None), policy=policy_name)
+        hdrs.update(dropped_header(ex, run, model))
+        hdrs.update(cached)
+        writer = wire.writer(model)
+    except BaseException:  # no response to close: the upstream side here, the count by the caller
+        await run_cleanups([close_upstream])
+        raise
 
     async def body() -> AsyncIterator[bytes]:
-        status = CLIENT_CLOSED  # unless the stream reaches its end (or its error event)
+        nonlocal status
+        yield writer.start()
+        event = first
         try:
-            yield writer.start()
-            event = first
             while event is not None:
                 chunk = writer.event(event)
                 if chunk is not None:
@@ -104,28 +129,18 @@ async def stream_response(
                     event = await events.__anext__()
                 except StopAsyncIteration:
                     event = None
-            status = 200
-            yield writer.end(stream.completion)
         except (ProviderError, RoutingError) as exc:
             status = 502
             yield writer.error(ApiError(502, interrupted(exc, run), type="upstream_error", code="stream_interrupted"))
-        finally:
-            try:
-                await stream.aclose()  # a client that hung up cancels us here: the rest still runs
-            except Exception:
-                log.debug("closing an upstream stream failed", exc_info=True)
-            finally:
-                release_key_budget(ex, hold, run)
-                done = stream.completion
-                gw.account(run, done.model if done else None, run.cost, done.usage if done else None)
-                gw.active -= 1
-                gw.done(wire.endpoint, status, t0)
+            return
+        status = 200
+        done = stream.completion
+        yield writer.end(None if done is None else replace(done, cost=run.cost, estimated_cost=run.estimated_cost))
 
-    return StreamingResponse(
-        body(),
-        media_type="text/event-stream",
-        headers={**hdrs, "cache-control": "no-cache", "x-accel-buffering": "no"},
-    )
+    response = ClosingResponse(body(), headers={**hdrs, "cache-control": "no-cache", "x-accel-buffering": "no"})
+    response.on_close(close_upstream)  # a client that hung up cancels the body: these still run, once
+    response.on_close(count)
+    return response
 
 
 def answered_response(wire: Wire, c: Completion, policy_name: str) -> Response:
@@ -168,6 +183,6 @@ def cached_response(wire: Wire, run: Run, c: Completion, stream: bool, policy_na
             frames = writer.event(event)
             if frames is not None:
                 yield frames
-        yield writer.end(c)
+        yield writer.end(replace(c, cost=0.0, estimated_cost=0.0))  # a replay spent nothing
 
     return StreamingResponse(body(), media_type="text/event-stream", headers={**hdrs, "cache-control": "no-cache"})

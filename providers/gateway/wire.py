@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from starlette.requests import Request
 from starlette.responses import Response
 
+from providers.gateway.closing import COST_FIELD, add_to_frame, cost_fields
 from providers.gateway.openai_wire import ApiError, ChunkWriter, completion_json, new_id, parse_chat, read_json
 
 if TYPE_CHECKING:
@@ -112,19 +113,31 @@ class _ChatWriter:
     def __init__(self, model: str, include_usage: bool, functions: bool = False) -> None:
         self.chunks = ChunkWriter(model, include_usage, functions)
         self.include_usage = include_usage
+        self.last = b""  # without include_usage, the finish chunk: held back for the cost (end)
 
     def start(self) -> bytes:
         return self.chunks.start()
 
     def event(self, event: StreamEvent) -> bytes | None:
-        return self.chunks.event(event)
+        frame = self.chunks.event(event)
+        if event.kind == "done" and not self.include_usage and frame is not None:
+            self.last, frame = frame, None
+        return frame
 
     def end(self, done: Completion | None) -> bytes:
-        usage = self.chunks.usage(done.usage) if self.include_usage and done is not None else b""
-        return usage + ChunkWriter.DONE
+        """The usage chunk with `cost` / `cost_estimated` in its `usage` (include_usage), else the finish chunk
+        with a top-level `x_modelroute_cost: {usd, estimated}`; then `[DONE]`."""
+        cost = cost_fields(done)
+        if self.include_usage and done is not None:
+            return add_to_frame(self.chunks.usage(done.usage), "usage", cost) + ChunkWriter.DONE
+        last, self.last = self.last, b""
+        if last and cost:
+            last = add_to_frame(last, None, {COST_FIELD: {"usd": cost["cost"], "estimated": cost["cost_estimated"]}})
+        return last + ChunkWriter.DONE
 
     def error(self, err: ApiError) -> bytes:
-        return ChunkWriter.error(err)
+        last, self.last = self.last, b""
+        return last + ChunkWriter.error(err)
 
 
 class ChatWire:
