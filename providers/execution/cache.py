@@ -55,6 +55,8 @@ class Remote(Protocol):
 
     def put(self, key: str, value: str, ttl: float, fallback: Callable[[], None]) -> None: ...
 
+    def listen(self, callback: Callable[[str], None]) -> None: ...
+
 
 class MemoryLRU:
     """Cached answers in this process: least recently used first out once their bytes pass `max_bytes`."""
@@ -187,9 +189,12 @@ class ResponseCache:
         self._runs: dict[int, Lookup] = {}
         self._bounds: dict[str, int] = {}  # each policy's `cache.max_bytes`, by its entry file
         self._listeners: list[Callable[[str], None]] = []
+        if remote is not None:
+            remote.listen(self._event)
 
     def listen(self, callback: Callable[[str], None]) -> None:
-        """Call `callback("hit" | "miss")` on every lookup (the gateway's /metrics)."""
+        """Call `callback(event)` on every lookup ("hit" | "miss") and every read or write the shared store skipped
+        ("skip_read" | "skip_write": Redis above the cache's headroom, or a Redis error) (the gateway's /metrics)."""
         self._listeners.append(callback)
 
     def bound(self, run: Run) -> None:
@@ -342,8 +347,11 @@ class ResponseCache:
             self.hits += 1
         else:
             self.misses += 1
+        self._event(result)
+
+    def _event(self, event: str) -> None:
         for callback in list(self._listeners):
-            callback(result)
+            callback(event)
 
 
 _caches: weakref.WeakKeyDictionary[Any, ResponseCache] = weakref.WeakKeyDictionary()

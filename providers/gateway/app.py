@@ -93,12 +93,22 @@ class Gateway:
                     ", ".join(unknown),
                     ", ".join(self.policies),
                 )
-        self.active = 0
-        self.metrics = GatewayMetrics(self._circuits, lambda: self.active)
+        self._active = 0
+        self.metrics = GatewayMetrics(self._circuits, lambda: self._active)
         for served in self.engines():  # each experiment's requests, as its engine counts them, into /metrics
             served.executor.experiments.listen(self.metrics.experiment)
         for cache in {id(e.executor.cache): e.executor.cache for e in self.engines()}.values():
             cache.listen(self.metrics.cache.inc)  # response cache hits and misses into /metrics
+
+    @property
+    def active(self) -> int:
+        """Requests being handled by this process (the in-flight gauge of /metrics, and /healthz's `in_flight`)."""
+        return self._active
+
+    @active.setter
+    def active(self, count: int) -> None:
+        self._active = count
+        self.metrics.in_flight_now(count)
 
     def engines(self) -> list[Engine]:
         """Every Engine this gateway serves, the default first, each once."""

@@ -3,8 +3,10 @@ attribute `endpoint == "embeddings"` (so only models whose catalog entry `suppor
 the plan tried model by model with the same retries, circuits, deadlines, budget holds, gateway keys and metrics as
 a chat request; an OpenAI-shaped embeddings list (floats, or base64 float32 when `encoding_format: base64`) out.
 
-The request is prepared like a chat request whose messages are the inputs (one user message each; token arrays
-count their own length), so decide(), the token count and the budget holds see what is sent. The answer comes
+The request is prepared like a chat request whose messages are the inputs (one user message each), so decide() and
+the budget holds see what is sent; its token count is input_tokens() (token arrays by their length, texts by the
+engine's counter), the `tokens` attribute, what tpm rate limits charge, and what metering assumes when an upstream
+reports no usage. The answer comes
 from the first model of the plan that answers: `race`, `consensus` and `best_of` do not apply to embeddings. The
 upstream call itself is providers/clients/embeddings.py (OpenAI, Azure and Gemini wire formats).
 """
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, cast
 
-from engine import NoRouteError
+from engine import Engine, NoRouteError
 from providers.clients.embeddings import EmbeddingRequest, embedding_client, float32_base64, response_vectors
 from providers.execution.cache import bypass_of
 from providers.execution.deadlines import out_of_time
@@ -43,7 +45,16 @@ if TYPE_CHECKING:
     from providers.gateway.app import Gateway
     from providers.gateway.openai_wire import ChatBody
 
-__all__ = ["ENDPOINT", "MAX_INPUTS", "EmbeddingCall", "embed", "embeddings", "embeddings_route", "parse_embeddings"]
+__all__ = [
+    "ENDPOINT",
+    "MAX_INPUTS",
+    "EmbeddingCall",
+    "embed",
+    "embeddings",
+    "embeddings_route",
+    "input_tokens",
+    "parse_embeddings",
+]
 
 log = logging.getLogger("modelroute.gateway")
 ENDPOINT = "embeddings"  # the reserved attribute `endpoint` of these requests
@@ -111,10 +122,21 @@ def parse_embeddings(body: Any, request_headers: Mapping[str, str]) -> Embedding
     call = ChatCall(model, [{"role": "user", "content": t} for t in texts] or [{"role": "user", "content": ""}])
     checked = cast("ChatBody", SimpleNamespace(user=user, metadata=None))
     _request_attrs(call.attrs, call.options, checked, request_headers)
-    if len(texts) < len(inputs):  # token arrays: their length is the count (a caller's own count can only raise it)
-        call.attrs["tokens"] = sum(len(i) for i in inputs)
     request = EmbeddingRequest(messages=[], inputs=inputs, dimensions=dimensions, user=user)
     return EmbeddingCall(call=call, request=request, base64=encoding == "base64")
+
+
+def input_tokens(engine: Engine, parsed: EmbeddingCall, caller: Any = None) -> int:
+    """The one token count of an embeddings request: token arrays by their length, texts by the engine's counter;
+    `caller` (the request's own `tokens` attribute) can only raise it."""
+    inputs = parsed.request.inputs
+    if inputs and not isinstance(inputs[0], str):
+        counted = sum(len(i) for i in inputs)
+    else:
+        counted = int(engine.count_tokens(messages=parsed.call.messages).worst)
+    if isinstance(caller, (int, float)) and not isinstance(caller, bool) and caller > counted:
+        return int(caller)
+    return counted
 
 
 # ---- execution --------------------------------------------------------------------------------------------
@@ -185,7 +207,8 @@ async def embeddings(gw: Gateway, request: Request) -> Response:
         attrs = gw._attrs(call, key)
         attrs["endpoint"] = ENDPOINT  # after the key's bound attributes: nothing outside sets it
         engine, policy_name = gw._route(call, key)
-        limits = admit(gw, engine, policy_name, call, key, attrs)  # 429 over a limit; sets ratelimit.left
+        attrs["tokens"] = tokens = input_tokens(engine, parsed, attrs.get("tokens"))
+        limits = admit(gw, engine, policy_name, call, key, attrs, tokens=tokens)  # 429 over a limit; ratelimit.left
         ex = engine.executor
         if key is not None and key.daily_budget is not None:
             call.options["budgeted"] = True

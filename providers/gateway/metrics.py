@@ -1,7 +1,8 @@
 """Gateway metrics: what each request did (decision, attempts, outcome, latency, cost, key, user, experiment) in,
 Prometheus text exposition out, through prometheus_client: one registry per Gateway with the process, platform and
 GC collectors, or, under `serve --workers N` (PROMETHEUS_MULTIPROC_DIR set by the supervisor), the sum over every
-worker read from prometheus_client's multiprocess files. Also the `x-modelroute-cost` headers of an answer.
+worker read from prometheus_client's multiprocess files (the in-flight gauge a `livesum` over live workers; circuit
+states and process_* / python_* series read from the worker that answered). Also the `x-modelroute-cost` headers.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from prometheus_client import (
     values,
 )
 from prometheus_client import Counter as PromCounter
+from prometheus_client import Gauge as PromGauge
 from prometheus_client import Histogram as PromHistogram
 from prometheus_client import Summary as PromSummary
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -47,6 +49,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 CIRCUIT_VALUE = {"closed": 0, "half_open": 1, "open": 2}
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's multiprocess mode: set by `serve --workers N`
+IN_FLIGHT = ("modelroute_in_flight_requests", "Requests being handled (under --workers: summed over live workers)")
 
 
 def multiprocess_dir(path: str | None) -> str | None:
@@ -136,10 +139,10 @@ class Histogram:
 
 
 class _Live(Collector):
-    """Gauges read at scrape time from this process: circuit states (shared through Redis under --redis) and the
-    requests in flight (this process's; under --workers, the worker that answered the scrape)."""
+    """Gauges read at scrape time from this process: circuit states (shared through Redis under --redis) and, in one
+    process (`in_flight` given; under --workers the livesum gauge of _InFlight stands in), the requests in flight."""
 
-    def __init__(self, circuits: Callable[[], Iterable[tuple[str, str]]], in_flight: Callable[[], int]):
+    def __init__(self, circuits: Callable[[], Iterable[tuple[str, str]]], in_flight: Callable[[], int] | None):
         self._circuits, self._in_flight = circuits, in_flight
 
     def collect(self) -> Iterator[Metric]:
@@ -149,9 +152,41 @@ class _Live(Collector):
         for model, state in self._circuits():
             circuit.add_metric((model,), CIRCUIT_VALUE.get(state, 0))
         yield circuit
-        yield GaugeMetricFamily(
-            "modelroute_in_flight_requests", "Requests being handled by this process", value=self._in_flight()
+        if self._in_flight is not None:
+            yield GaugeMetricFamily(*IN_FLIGHT, value=self._in_flight())
+
+
+class _InFlight:
+    """Under --workers: this worker's requests in flight in a prometheus_client multiprocess gauge (`livesum`: the
+    exposition sums live workers; a dead worker's file is dropped by the supervisor's mark_process_dead), set by the
+    Gateway each time its count changes (GatewayMetrics.in_flight_now)."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.gauge = PromGauge(*IN_FLIGHT, registry=registry, multiprocess_mode="livesum")
+        self.gauge.set(0)
+
+
+class _CacheEvents:
+    """The response cache's events (ResponseCache.listen) as counters: lookups by result (hit, miss) and the reads
+    and writes its shared store skipped (Redis above the cache's memory headroom, or a Redis error)."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.lookups = Counter(
+            "modelroute_cache_lookups_total", "Response cache lookups by result (hit, miss)", ("result",), registry
         )
+        self.skipped = Counter(
+            "modelroute_cache_skipped_total",
+            "Response cache reads and writes skipped (Redis above the cache's memory headroom, or a Redis error)",
+            ("operation",),
+            registry,
+        )
+
+    def inc(self, event: str) -> None:
+        """Count one event: "hit" | "miss" | "skip_read" | "skip_write"."""
+        if event.startswith("skip_"):
+            self.skipped.inc(event.removeprefix("skip_"))
+        else:
+            self.lookups.inc(event)
 
 
 class _Users:
@@ -245,17 +280,22 @@ class GatewayMetrics:
             variant,
             registry=reg,
         )
-        self.cache = Counter(
-            "modelroute_cache_lookups_total", "Response cache lookups by result (hit, miss)", ("result",), reg
-        )
+        self.cache = _CacheEvents(reg)
         self.users = _Users(max_users)
-        self.live = _Live(circuits, in_flight)
-        reg.register(self.live)
         self.multiprocess = os.environ.get(MULTIPROC_ENV) or None
-        if self.multiprocess is None:
+        self.in_flight = None if self.multiprocess is None else _InFlight(reg)
+        self.live = _Live(circuits, in_flight if self.in_flight is None else None)
+        reg.register(self.live)
+        if self.in_flight is None:
             ProcessCollector(registry=reg)
             PlatformCollector(registry=reg)
             GCCollector(registry=reg)
+
+    def in_flight_now(self, count: int) -> None:
+        """This process's requests in flight changed to `count` (under --workers, into the livesum gauge; otherwise
+        the gauge reads the Gateway's count at scrape time)."""
+        if self.in_flight is not None:
+            self.in_flight.gauge.set(count)
 
     def attempts_of(self, attempts: Iterable[Any]) -> None:
         """Count a request's attempts (from a Completion or a RoutingError)."""
@@ -283,8 +323,9 @@ class GatewayMetrics:
         self.experiment_latency.labels(experiment, variant).observe(latency_s)
 
     def render(self) -> bytes:
-        """The exposition: this registry, or under multiprocess mode every worker's series (summed) plus this
-        process's live gauges and process metrics."""
+        """The exposition: this registry, or under multiprocess mode every worker's series (counters and histograms
+        summed, the in-flight gauge summed over live workers) plus what is read from this process alone: circuit
+        states (shared through Redis) and the process, platform and GC collectors (the worker that answered)."""
         if self.multiprocess is None:
             return exposition(self.registry.collect())
         scrape = CollectorRegistry(auto_describe=False)

@@ -8,7 +8,8 @@ a request without the attribute is not limited by it, as with budgets) and from 
 (keys file). Each is a GCRA bucket (providers/state/ratelimit.py, which documents the accuracy), in memory or,
 with `--redis`, shared by every replica. A request takes 1 from each rpm bucket and, from each tpm bucket, its
 estimate: the input tokens the engine counts (messages and tools) plus its `max_tokens`, or without one the policy's
-`budget.max_output_tokens` (within the smallest tpm limit, so such a request still fits a full bucket); the
+`budget.max_output_tokens` (within the smallest tpm limit, so such a request still fits a full bucket), or for an
+endpoint without output (embeddings) the count it gives (providers/gateway/embeddings.py, input_tokens); the
 difference with the usage the upstream reports (input plus output tokens, every attempt) is given back or taken
 when the answer, or the stream, ends.
 """
@@ -17,11 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from engine.runtime.settings import RATE_UNITS, setting
+from providers.gateway.closing import closing
 from providers.gateway.openai_wire import ApiError
 from providers.state.ratelimit import Check, Limiter, Verdict, limiter_for
 
@@ -122,15 +124,23 @@ def checks_for(
 
 
 def admit(
-    gw: Gateway, engine: Engine, policy_name: str, call: ChatCall, key: GatewayKey | None, attrs: dict[str, Any]
+    gw: Gateway,
+    engine: Engine,
+    policy_name: str,
+    call: ChatCall,
+    key: GatewayKey | None,
+    attrs: dict[str, Any],
+    *,
+    tokens: int | None = None,
 ) -> Ticket | None:
     """Take the request from every limit that applies and set `ratelimit.left` in `attrs`; None when no limit
-    applies. Raises ApiError 429 (with Retry-After and the x-ratelimit-* headers) when one refuses it."""
+    applies. `tokens`: the whole count of a request without output (embeddings), else estimated from the messages
+    and max_tokens. Raises ApiError 429 (with Retry-After and the x-ratelimit-* headers) when one refuses it."""
     found = checks_for(engine, policy_name, key, attrs)
     if not found:
         return None
     tpm = [limit for unit, limit, _b in found if unit == "tpm"]
-    estimate = _estimate(engine, call, min(tpm)) if tpm else 0
+    estimate = 0 if not tpm else tokens if tokens is not None else _estimate(engine, call, min(tpm))
     checks = [(unit, Check(bucket, limit, 1.0 if unit == "rpm" else float(estimate))) for unit, limit, bucket in found]
     limiter = limiter_for(gw.engine.state)
     ok, verdicts = limiter.acquire([c for _u, c in checks])
@@ -176,22 +186,9 @@ def settle(ticket: Ticket | None, run: Run | None = None) -> None:
 
 
 def settle_stream(response: Response, ticket: Ticket | None, run: Run) -> None:
-    """A streamed answer: add the headers now, and settle when its body ends (or the client goes)."""
+    """A streamed answer: add the headers now, and settle once it is done being sent (or the client goes, even
+    before its body began: providers/gateway/closing.py)."""
     if ticket is None:
         return
     response.headers.update(ticket.headers())
-    inner: AsyncIterator[Any] = response.body_iterator  # type: ignore[attr-defined]
-
-    async def body() -> AsyncIterator[Any]:
-        try:
-            async for chunk in inner:
-                yield chunk
-        finally:
-            try:
-                aclose = getattr(inner, "aclose", None)
-                if aclose is not None:  # its own ending (accounting) runs now, not when it is collected
-                    await aclose()
-            finally:
-                settle(ticket, run)
-
-    response.body_iterator = body()  # type: ignore[attr-defined]
+    closing(response).on_close(lambda: settle(ticket, run))
