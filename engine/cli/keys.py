@@ -5,6 +5,7 @@ a table of keys (never a key or its digest) out."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from engine.cli.app import EXIT_ERRORS, EXIT_USAGE
+from engine.language.literals import LITERAL_PATTERNS, count_value
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -28,6 +30,20 @@ keys_file_option = click.option(
     show_default=True,
     help="The gateway keys file, as given to `modelroute serve --keys` (env MODELROUTE_KEYS).",
 )
+
+
+class PerMinute(click.ParamType):
+    """A whole number above 0, written as the policy language writes a count (`60`, `10k`, `1.5M`), as in
+    `limit 100k tpm`."""
+
+    name = "N"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        text = str(value).strip()
+        number = count_value(text) if re.fullmatch(LITERAL_PATTERNS["count"], text) else 0.0
+        if number < 1 or number != int(number):
+            self.fail(f"{value!r} is not a whole number above 0, like 60, 10k or 1M", param, ctx)
+        return int(number)
 
 
 def _keyfile() -> ModuleType:
@@ -97,8 +113,8 @@ def keys() -> None:
     metavar="DATE",
     help="ISO 8601 date or datetime from which it is refused (a date: the end of that day UTC; no offset: UTC).",
 )
-@click.option("--rpm", type=click.IntRange(1), help="Requests per minute for this key (429 beyond it).")
-@click.option("--tpm", type=click.IntRange(1), help="Tokens per minute for this key (429 beyond it).")
+@click.option("--rpm", type=PerMinute(), help="Requests per minute for this key (429 beyond it), like 60 or 1k.")
+@click.option("--tpm", type=PerMinute(), help="Tokens per minute for this key (429 beyond it), like 100k or 1M.")
 @click.option("--daily-budget", "daily_budget", metavar="$X", help="USD per UTC day for this key.")
 @click.option("--json", "as_json", is_flag=True, help="Print name, key and file as JSON.")
 def add(

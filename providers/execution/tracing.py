@@ -382,6 +382,10 @@ def _http_url(text: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
+#: The BatchSpanProcessor's arguments its errors name; each is read from OTEL_BSP_<name without _millis>.
+_BATCH_ARGS = ("max_queue_size", "max_export_batch_size", "schedule_delay_millis", "export_timeout_millis")
+
+
 def configure(echo: Callable[[str], None] | None = None, environ: Mapping[str, str] = os.environ) -> Callable[[], None]:
     """Install a TracerProvider (BatchSpanProcessor, OTLP/HTTP exporter) when the OTEL_* variables ask for traces:
     OTEL_TRACES_EXPORTER (otlp, console; none turns it off) or an OTLP endpoint (OTEL_EXPORTER_OTLP_ENDPOINT,
@@ -438,14 +442,21 @@ def configure(echo: Callable[[str], None] | None = None, environ: Mapping[str, s
         resource = resource.merge(Resource({SERVICE_NAME: "modelroute"}))
     provider = TracerProvider(resource=resource)
     where = []
-    if "otlp" in names:
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-        traces = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        base = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or DEFAULT_ENDPOINT
-        where.append(f"OTLP/HTTP {traces or base.rstrip('/') + '/v1/traces'}")
-    if "console" in names:
-        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
-        where.append("the console")
+    try:  # the exporters and the batching read their own OTEL_* variables, and refuse bad values with ValueError
+        if "otlp" in names:
+            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+            traces = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            base = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or DEFAULT_ENDPOINT
+            where.append(f"OTLP/HTTP {traces or base.rstrip('/') + '/v1/traces'}")
+        if "console" in names:
+            provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+            where.append("the console")
+    except ValueError as exc:
+        provider.shutdown()  # stops a processor already started
+        bsp = ["OTEL_BSP_" + arg.removesuffix("_millis").upper() for arg in _BATCH_ARGS if arg in str(exc)]
+        named = ", ".join(f"{var}={environ[var]!r}" for var in bsp if var in environ) or "an OTEL_* variable"
+        say(f"warning: {named}: {str(exc).rstrip('.')}: serving without traces")
+        return nothing
     trace.set_tracer_provider(provider)
     tracer(recheck=True)  # seen at once, whatever the last look found
     say(f"tracing: spans of service {resource.attributes.get(SERVICE_NAME)} to {' and '.join(where)}")

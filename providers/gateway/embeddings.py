@@ -22,6 +22,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, cast
 
 from engine import Engine, NoRouteError
+from engine.runtime.reserved import EMBEDDINGS_ENDPOINT as ENDPOINT  # the `endpoint` of these requests
 from providers.clients.embeddings import EmbeddingRequest, embedding_client, float32_base64, response_vectors
 from providers.execution.cache import bypass_of
 from providers.execution.deadlines import out_of_time
@@ -31,7 +32,14 @@ from providers.gateway.hangup import ClientGone
 from providers.gateway.metrics import cost_headers
 from providers.gateway.openai_wire import ApiError, ChatCall, _request_attrs, bad, read_json
 from providers.gateway.ratelimits import admit, rate_headers, settle
-from providers.gateway.run import headers, hold_key_budget, prepare, routing_error, until_answered
+from providers.gateway.run import (
+    headers,
+    hold_key_budget,
+    prepare,
+    release_key_budget,
+    routing_error,
+    until_answered,
+)
 from providers.gateway.streamed import CLIENT_CLOSED, cache_headers
 
 if TYPE_CHECKING:
@@ -57,7 +65,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("modelroute.gateway")
-ENDPOINT = "embeddings"  # the reserved attribute `endpoint` of these requests
 MAX_INPUTS = 2048  # items in one request's `input`, as OpenAI allows
 FIELDS = ("model", "input", "encoding_format", "dimensions", "user")
 
@@ -225,18 +232,26 @@ async def embeddings(gw: Gateway, request: Request) -> Response:
             "b64": parsed.base64,
         }
         noted = ex.cache.begin_body(run, sent, {"cache": bypass_of(request.headers.get("cache-control"))}, attrs)
-        cached = ex.cache.lookup_body(run)  # the response cache (embeddings are deterministic): a hit spends nothing
-        if cached is not None:
-            ex.settle(run)
-            hdrs = headers(run.decision, str(cached.get("model", "")), [], calls=0, policy=policy_name)
-            hdrs.update({**cost_headers(0.0, 0.0), **rate_headers(limits), **cache_headers("hit")})
-            return Response(json.dumps(cached, separators=(",", ":")), 200, hdrs, "application/json")
         try:
-            cache_state = cache_headers(ex.cache.status(run))
+            # the key's budget before the cache, as for chat (providers/gateway/pipeline.py): an exhausted budget
+            # refuses even a cached answer; a hit gives the hold back (embeddings are deterministic: it spends nothing)
             hold = hold_key_budget(ex, key, run)
+            try:
+                cached = ex.cache.lookup_body(run)
+                cache_state = cache_headers(ex.cache.status(run)) if cached is None else {}
+            except BaseException:
+                release_key_budget(ex, hold, run)
+                raise
         except BaseException:
             ex.settle(run)  # nothing was called: release the policy's hold and the cache's and tallies' entries
             raise
+        if cached is not None:
+            release_key_budget(ex, hold, run)
+            ex.settle(run)
+            gw.metrics.spent(run.decision.request.attrs, 0.0)  # a request of its key and user, as usage() counts it
+            hdrs = headers(run.decision, str(cached.get("model", "")), [], calls=0, policy=policy_name)
+            hdrs.update({**cost_headers(0.0, 0.0), **rate_headers(limits), **cache_headers("hit")})
+            return Response(json.dumps(cached, separators=(",", ":")), 200, hdrs, "application/json")
         result = await until_answered(gw, request, ex, run, hold, embed(ex, run, parsed.request))
         body = embeddings_json(result, run, parsed.base64)
         ex.cache.store_body(noted, body)

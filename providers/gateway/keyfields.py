@@ -44,12 +44,13 @@ class KeyExpired(ApiError):
 
 
 def parse_expires(value: Any) -> float:
-    """The instant (Unix seconds) from which a key is refused: a date (or `YYYY-MM-DD` text) is the end of that day
-    UTC, a datetime (or ISO 8601 text) that instant, UTC when it has no offset. Raises ValueError with the reason."""
+    """The instant (Unix seconds) from which a key is refused: a date (or date text, `YYYY-MM-DD` or `YYYYMMDD`) is
+    the end of that day UTC, a datetime (or ISO 8601 text) that instant, UTC when it has no offset. Raises
+    ValueError with the reason."""
     if isinstance(value, str):
         text = value.strip()
         try:
-            value = datetime.date.fromisoformat(text) if len(text) == 10 else datetime.datetime.fromisoformat(text)
+            value = _iso_date(text)
         except ValueError:
             raise ValueError(
                 f"`{value}` is not an ISO 8601 date or datetime (like 2026-12-31 or 2026-12-31T18:00:00Z)"
@@ -60,6 +61,14 @@ def parse_expires(value: Any) -> float:
         # the start of the next day, computed in seconds: `value + 1 day` overflows for 9999-12-31
         return datetime.datetime.combine(value, datetime.time(), tzinfo=UTC).timestamp() + 86400.0
     raise ValueError("must be an ISO 8601 date or datetime, like 2026-12-31 or 2026-12-31T18:00:00Z")
+
+
+def _iso_date(text: str) -> datetime.date:
+    """ISO 8601 text as a date when it is one (in either form, 2027-03-01 or 20270301), else as a datetime."""
+    try:
+        return datetime.date.fromisoformat(text)
+    except ValueError:
+        return datetime.datetime.fromisoformat(text)
 
 
 def expires_text(instant: float) -> str:

@@ -10,8 +10,10 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from providers.execution.cache import CACHE_HEADER
 from providers.gateway.closing import COST_FIELD, add_to_frame, cost_fields
 from providers.gateway.keyfields import canonical_models
+from providers.gateway.metrics import cost_headers
 from providers.gateway.openai_wire import AUTO_MODELS, ApiError, parse_chat, read_json, usage_json
 from providers.gateway.wire import body_object, dumps, json_response
 
@@ -196,8 +198,11 @@ def several_prompts(raw: bytes) -> list[bytes] | None:
 
 def merge_answers(answers: list[Response]) -> Response:
     """One `text_completion` from the answers to each prompt: their choices in prompt order, indexed on (prompt
-    i's `n` choices come after those of the prompts before it), usage summed, the first answer's `x-modelroute-*`
-    headers; the first answer that is not a 200 instead, as it is."""
+    i's `n` choices come after those of the prompts before it), usage summed; the first answer that is not a 200
+    instead, as it is. Headers: `x-modelroute-cost`, `-attempts` and `-fallbacks` summed, `-cost-estimated` true
+    when any part's was, `x-modelroute-cache` a hit only when every part was one (else a miss), the other
+    `x-modelroute-*` headers the first answer's; the `x-ratelimit-*` headers the last answer's (taken after every
+    prompt was counted: the fewest left)."""
     failed = next((r for r in answers if r.status_code != 200), None)
     if failed is not None:
         return failed
@@ -205,7 +210,27 @@ def merge_answers(answers: list[Response]) -> Response:
     choices = [{**choice, "index": i} for i, choice in enumerate(c for b in bodies for c in b["choices"])]
     usage = {name: sum(b["usage"][name] for b in bodies) for name in bodies[0]["usage"]}
     hdrs = {k: v for k, v in answers[0].headers.items() if k.startswith("x-modelroute-")}
+    hdrs.update(_summed_headers(answers))
+    hdrs.update({k: v for k, v in answers[-1].headers.items() if k.startswith("x-ratelimit-")})
     return json_response({**bodies[0], "choices": choices, "usage": usage}, 200, hdrs)
+
+
+def _summed_headers(answers: list[Response]) -> dict[str, str]:
+    """The `x-modelroute-*` headers that describe the whole of a multi-prompt request: counts and cost summed,
+    estimated if any part was, a cache hit only when every part was one."""
+    out: dict[str, str] = {}
+    cost = [float(r.headers["x-modelroute-cost"]) for r in answers if "x-modelroute-cost" in r.headers]
+    if cost:
+        estimated = any(r.headers.get("x-modelroute-cost-estimated") == "true" for r in answers)
+        out.update(cost_headers(sum(cost), 1.0 if estimated else 0.0))
+    for name in ("x-modelroute-attempts", "x-modelroute-fallbacks"):
+        counts = [int(r.headers[name]) for r in answers if name in r.headers]
+        if counts:
+            out[name] = str(sum(counts))
+    cache = [r.headers.get(CACHE_HEADER) for r in answers]
+    if any(cache):
+        out[CACHE_HEADER] = "hit" if all(c == "hit" for c in cache) else "miss"
+    return out
 
 
 def model_object(name: str, policies: Mapping[str, Engine], engine: Engine, key: GatewayKey | None) -> Any:

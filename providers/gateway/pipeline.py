@@ -19,7 +19,15 @@ from providers.gateway.metrics import cost_headers
 from providers.gateway.middleware import after_stream, answered_headers, before
 from providers.gateway.openai_wire import ApiError, dropped_header
 from providers.gateway.ratelimits import admit, rate_headers, settle, settle_stream
-from providers.gateway.run import fallbacks_used, headers, hold_key_budget, prepare, routing_error, until_answered
+from providers.gateway.run import (
+    fallbacks_used,
+    headers,
+    hold_key_budget,
+    prepare,
+    release_key_budget,
+    routing_error,
+    until_answered,
+)
 from providers.gateway.streamed import CLIENT_CLOSED, answered_response, cache_headers, cached_response, stream_response
 from providers.gateway.wire import json_response
 
@@ -78,14 +86,22 @@ async def serve(gw: Gateway, request: Request, wire: Wire) -> Response:
         rule = run.decision.rule
         gw.metrics.decisions.inc("override" if rule.index < 0 else f"{rule.file}:{rule.line}", run.decision.model)
         try:
-            hit = ex.cached(run)  # the response cache: before the key's hold, as a hit spends nothing
-            cached = cache_headers(ex.cache.status(run)) if hit is None else {}
-            hold = hold_key_budget(ex, key, run) if hit is None else None
+            # the key's budget before the cache, as the policy's (held by prepare): an exhausted budget refuses
+            # even a cached answer; a hit gives the hold back (it spends nothing)
+            hold = hold_key_budget(ex, key, run)
+            try:
+                hit = ex.cached(run)
+                cached = cache_headers(ex.cache.status(run)) if hit is None else {}
+            except BaseException:
+                release_key_budget(ex, hold, run)
+                raise
         except BaseException:
             ex.settle(run)  # nothing was called: release the policy's hold and the cache's and tallies' entries
             raise
         if hit is not None:
+            release_key_budget(ex, hold, run)
             ex.settle(run)
+            gw.metrics.spent(run.decision.request.attrs, 0.0)  # a request of its key and user, as usage() counts it
             if mreq is not None:
                 hit = await ex.middleware.aafter(mreq, hit)
             answer = cached_response(wire, run, hit, call.stream, policy_name)

@@ -135,7 +135,9 @@ def admit(
 ) -> Ticket | None:
     """Take the request from every limit that applies and set `ratelimit.left` in `attrs`; None when no limit
     applies. `tokens`: the whole count of a request without output (embeddings), else estimated from the messages
-    and max_tokens. Raises ApiError 429 (with Retry-After and the x-ratelimit-* headers) when one refuses it."""
+    and max_tokens. Raises ApiError 429 (with Retry-After and the x-ratelimit-* headers) when one refuses it; one
+    that no bucket could ever admit (its tokens above a tpm limit) has `x-should-retry: false` instead of
+    Retry-After, which the openai and anthropic SDKs obey."""
     found = checks_for(engine, policy_name, key, attrs)
     if not found:
         return None
@@ -156,7 +158,8 @@ def _refused(checks: list[tuple[str, Check]], verdicts: list[Verdict], estimate:
     where = check.bucket.split(":", 1)[0]
     source = "the gateway key's" if where == "key" else "the policy's"
     hdrs = _headers(checks, verdicts)
-    if v.too_large:
+    if v.too_large:  # it can never pass: no Retry-After, and the official SDKs told not to retry it
+        hdrs["x-should-retry"] = "false"
         message = (
             f"this request needs about {estimate} tokens, more than {source} limit of {check.limit} tokens per "
             "minute allows at once: send fewer tokens or a lower max_tokens"
