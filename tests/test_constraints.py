@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import engine.compiler.codegen as codegen
-import engine.runtime.evaluate as evaluate
+import engine.runtime.traced as evaluate  # the traced path (explain) holds the per-condition cases
 import engine.tools.lint as lint
 from engine import Engine
 from engine.compiler.actions import BUILDERS

@@ -18,7 +18,6 @@ from engine.compiler import codegen
 from engine.compiler.guards import both
 from engine.language import nodes as n
 from engine.language.load import load_source
-from engine.runtime.evaluate import _cond_value
 from engine.runtime.index import (
     BIG,
     BUILTIN,
@@ -32,6 +31,7 @@ from engine.runtime.index import (
     Truthy,
 )
 from engine.runtime.policy import MISSING
+from engine.runtime.traced import cond_value as _cond_value
 from providers.catalog.models import load_catalog
 
 CATALOG = load_catalog(CATALOG_PATH)

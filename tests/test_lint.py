@@ -250,7 +250,7 @@ def _value(rule, m: int, tokens: int, attrs: dict) -> bool:
     try:
         return bool(rule.cond(m, tokens, attrs))
     except TypeError:
-        from engine.runtime.evaluate import _cond_value
+        from engine.runtime.traced import cond_value as _cond_value
 
         return _cond_value(rule, rule.node.cond, m, tokens, attrs, None, 0)
 

@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterable, Iterator
 
 from engine.diagnostics import Diagnostic
 from engine.language import nodes as n
-from engine.runtime.constraints import EMBEDDINGS
 from engine.runtime.policy import Entry
+from engine.runtime.reserved import EMBEDDINGS_ENDPOINT
 
 __all__ = ["ADVICE_CODES", "advise", "duplicate_warnings", "embedding_warnings"]
 
@@ -51,8 +51,8 @@ def embedding_warnings(rule: n.Rule, entry: Lookup) -> list[Diagnostic]:
                     f"this rule also takes ({where})",
                     ref.span,
                     "embeddings only",
-                    f'route embeddings in their own rule: `when endpoint == "{EMBEDDINGS}" use {ref.name}`, and '
-                    "name a chat model here",
+                    f'route embeddings in their own rule: `when endpoint == "{EMBEDDINGS_ENDPOINT}" use '
+                    f"{ref.name}`, and name a chat model here",
                     severity="warning",
                 )
             )

@@ -9,10 +9,8 @@ from typing import Any
 from engine.compiler.context import Context
 from engine.diagnostics import did_you_mean
 from engine.language import nodes as n
+from engine.runtime.features import FEATURES
 from engine.runtime.policy import not_an_attribute
-from providers.catalog.models import KNOWN_FEATURES
-
-FEATURES = frozenset(KNOWN_FEATURES)
 
 
 def pass_names(ctx: Context) -> None:

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from engine.runtime.features import AUDIO, EMBEDDINGS, FILES, FORMAT_FEATURES
 from engine.runtime.messages import input_features
+from engine.runtime.reserved import EMBEDDINGS_ENDPOINT
 from engine.runtime.units import fmt_count, fmt_money
 
 if TYPE_CHECKING:
@@ -133,17 +135,15 @@ class CostLimit:
 # once per candidate on decide()'s hot path.
 _CONTEXT, _TOOLS, _VISION, _UNAVAILABLE = Code.CONTEXT, Code.TOOLS, Code.VISION, Code.UNAVAILABLE
 _ENDPOINT = Code.ENDPOINT
-EMBEDDINGS = "embeddings"  # the `endpoint` of an embedding request, and the catalog feature of embedding models
 _FORMAT = Code.FORMAT
 #: The request attribute that asks for structured output, and the catalog feature each of its values needs.
 FORMAT_ATTR = "response_format"
-FORMAT_FEATURES = {"json_schema": "json_schema", "json": "json"}
 
 
 def _lacks_format(e: Entry, req: Request) -> bool:
     value = req.attrs.get(FORMAT_ATTR)
     feature = FORMAT_FEATURES.get(value) if isinstance(value, str) else None
-    return feature is not None and feature not in getattr(e.spec, "supports", ())
+    return feature is not None and feature not in e.supports
 
 
 #: The key of a request's input features (`input_features`, computed once) in its per-request memo `req.calls`:
@@ -167,17 +167,17 @@ def _lacks_input(e: Entry, req: Request) -> Code | None:
     needs = _inputs(req)
     if not needs:
         return None
-    supports = getattr(e.spec, "supports", ())
-    if "audio" in needs and "audio" not in supports:
+    supports = e.supports
+    if AUDIO in needs and AUDIO not in supports:
         return _AUDIO
-    if "files" in needs and "files" not in supports:
+    if FILES in needs and FILES not in supports:
         return _FILES
     return None
 
 
 def embedding_request(req: Request) -> bool:
     """Whether `req` asks for embeddings (the gateway's POST /v1/embeddings sets `endpoint`)."""
-    return req.attrs.get("endpoint") == EMBEDDINGS
+    return req.attrs.get("endpoint") == EMBEDDINGS_ENDPOINT
 
 
 def violation(e: Entry, req: Request, limits: tuple[Limit, ...] = ()) -> Code | None:
@@ -193,7 +193,7 @@ def violation(e: Entry, req: Request, limits: tuple[Limit, ...] = ()) -> Code | 
         return _VISION
     if req.messages is not None and (lacks := _lacks_input(e, req)) is not None:
         return lacks
-    if (req.attrs.get("endpoint") == EMBEDDINGS) is not e.embeds:
+    if (req.attrs.get("endpoint") == EMBEDDINGS_ENDPOINT) is not e.embeds:
         return _ENDPOINT
     if FORMAT_ATTR in req.attrs and _lacks_format(e, req):
         return _FORMAT

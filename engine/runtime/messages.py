@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from engine.runtime.features import PART_FEATURES
 from engine.runtime.images import parse_data_url
 
 Role = Literal["system", "user", "assistant", "tool"]
@@ -39,8 +40,6 @@ FUNCTION_CALL_ID = "call_function_"
 AUDIO_FORMATS = {"wav": "audio/wav", "mp3": "audio/mp3"}
 #: The MIME types a file part's `file_data` may hold.
 FILE_MIME_TYPES = ("application/pdf",)
-#: The catalog feature a content part needs, by the part's wire `type` (dicts) or its read `type` (parts).
-PART_FEATURES = {"input_audio": "audio", "file": "files", "audio": "audio"}
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.language import nodes as n
 from engine.runtime.constraints import NEGATED, OPS, CostLimit
+from engine.runtime.features import EMBEDDINGS, TOOLS, VISION
 from engine.runtime.matcher import Matcher
 from engine.runtime.messages import REQUEST_COUNTS, counts_read
 from engine.runtime.units import fmt_money
@@ -93,6 +94,12 @@ class Entry:
     vision: bool
     spec: Any  # providers.catalog.ModelSpec
     embeds: bool = False  # an embedding model (`supports: [embeddings]`): never a chat candidate, and the reverse
+    #: the catalog features the model lists (`spec.supports`; none when its spec has no such list), read once here
+    #: rather than per candidate by every decide() (engine/runtime/constraints.py checks requests against them)
+    supports: frozenset[str] = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "supports", frozenset(getattr(self.spec, "supports", None) or ()))
 
     def cost(self, tokens: float, out_tokens: float) -> float:
         return tokens * self.ip + out_tokens * self.op
@@ -108,10 +115,10 @@ class Entry:
             spec.input_price,
             spec.output_price,
             spec.latency_ms,
-            "tools" in supports,
-            "vision" in supports,
+            TOOLS in supports,
+            VISION in supports,
             spec,
-            "embeddings" in supports,
+            EMBEDDINGS in supports,
         )
 
 
@@ -177,7 +184,7 @@ class RankKey:
         if self.kind == "fastest":
             return req.latency.get(e.name, e.latency_ms) if req is not None and req.latency else e.latency_ms
         assert req is not None
-        if self.kind == "least_busy":  # counts below zero count as zero (selectors.py stops at an idle model)
+        if self.kind == "least_busy":  # counts below zero count as zero (prefer.py stops at an idle model)
             return max(0.0, float(req.state.in_flight(e.name))) if req.state is not None else 0.0
         return e.cost(req.tokens, req.out_tokens)
 

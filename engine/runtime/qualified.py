@@ -15,8 +15,9 @@ import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from engine.runtime.features import EMBEDDINGS, FEATURES
 from engine.runtime.policy import Entry
-from providers.catalog.models import KNOWN_FEATURES, ModelSpec
+from providers.catalog.models import ModelSpec
 
 __all__ = [
     "UNKNOWN_CONTEXT",
@@ -79,7 +80,7 @@ def adhoc_spec(provider: str, model: str) -> ModelSpec:
         output_price=nan,
         latency_ms=nan,
         capabilities={},
-        supports=frozenset(KNOWN_FEATURES) - {"embeddings"},  # a chat model, its features unknown: not held against it
+        supports=FEATURES - {EMBEDDINGS},  # a chat model, its features unknown: not held against it
         deprecation_date=None,
         source=None,
     )

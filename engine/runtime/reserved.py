@@ -21,7 +21,7 @@ nested `{"budget": {"left": 1}}`, which a policy's `budget.left` would otherwise
 
 from __future__ import annotations
 
-__all__ = ["ENDPOINTS", "RESERVED_ATTRS", "reserved"]
+__all__ = ["EMBEDDINGS_ENDPOINT", "ENDPOINTS", "RESERVED_ATTRS", "reserved"]
 
 RESERVED_ATTRS: tuple[str, ...] = (
     "tokens",
@@ -40,8 +40,11 @@ RESERVED_ATTRS: tuple[str, ...] = (
     "words",
 )
 _RESERVED = frozenset(RESERVED_ATTRS)
+#: The `endpoint` of an embedding request (POST /v1/embeddings). An API name, not the catalog feature of embedding
+#: models (engine/runtime/features.py EMBEDDINGS), though both are spelt "embeddings".
+EMBEDDINGS_ENDPOINT = "embeddings"
 #: The values of the reserved attribute `endpoint`, one per API the gateway serves.
-ENDPOINTS: tuple[str, ...] = ("chat", "completions", "messages", "responses", "embeddings")
+ENDPOINTS: tuple[str, ...] = ("chat", "completions", "messages", "responses", EMBEDDINGS_ENDPOINT)
 
 
 def reserved(name: str) -> bool:
