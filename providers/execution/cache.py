@@ -9,9 +9,9 @@ temperature is sampled: OpenAI's default is 1). Each gateway key has its own ans
 true`. `cache=False` (Python) or `cache-control: no-cache` (gateway) skips the lookup but stores the fresh answer;
 `cache-control: no-store` neither reads nor stores.
 
-The seam for a later semantic lookup: `key_material(run, ...)` is the structured request the key is made of (the
-messages are under `chat`), `digest(material)` the exact key; a semantic layer can look up by the material before
-falling back to the exact digest, and store through `ResponseCache.put`.
+`set cache.semantic = 0.95` adds a lookup by meaning (providers/execution/semantic_cache.py): after an exact miss,
+a stored answer to a request of the same scope (the key's material without the text of the last user message)
+whose text's vector is at least that close (cosine) answers, by the same rules as an exact hit.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.runtime.settings import setting
 from providers.execution.outcome import Completion, validate
+from providers.execution.semantic_cache import Probe, SemanticIndex, find, probe_of, remember, threshold_of
 from providers.types import ChatResponse, Usage
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ class MemoryLRU:
         self.bytes = 0
         self._items: OrderedDict[str, str] = OrderedDict()
         self._lock = threading.Lock()
+        self.on_evict: Callable[[str], None] | None = None  # called with each key the bound pushed out
 
     def __len__(self) -> int:
         return len(self._items)
@@ -91,9 +93,17 @@ class MemoryLRU:
                 return
             self._items[key] = value
             self.bytes += size
+            evicted = []
             while self.bytes > self.max_bytes:
                 k, v = self._items.popitem(last=False)
                 self.bytes -= self.size(k, v)
+                evicted.append(k)
+        self._evicted(evicted)
+
+    def _evicted(self, keys: list[str]) -> None:
+        if self.on_evict is not None:
+            for k in keys:
+                self.on_evict(k)
 
     def drop(self, key: str) -> None:
         with self._lock:
@@ -103,17 +113,21 @@ class MemoryLRU:
 
     def resize(self, max_bytes: int) -> None:
         """Bound the cache to `max_bytes`, the least recently used entries out until it fits."""
+        evicted = []
         with self._lock:
             self.max_bytes = max_bytes
             while self.bytes > self.max_bytes and self._items:
                 k, v = self._items.popitem(last=False)
                 self.bytes -= self.size(k, v)
+                evicted.append(k)
+        self._evicted(evicted)
 
 
 @dataclass
 class Lookup:
-    """One cacheable request: its key, how long its answer is kept, whether it may read and store, and whether
-    it was looked up already (the gateway looks up before the executor would)."""
+    """One cacheable request: its key, how long its answer is kept, whether it may read and store, whether it
+    was looked up already (the gateway looks up before the executor would), and with `cache.semantic` its probe
+    and, on a hit by meaning, the cosine it was found at."""
 
     key: str
     ttl: float
@@ -121,6 +135,8 @@ class Lookup:
     write: bool
     looked: bool = False
     hit: bool = False
+    probe: Probe | None = None
+    similarity: float | None = None
 
 
 def bypass_of(header: str | None) -> bool | str:
@@ -180,12 +196,24 @@ def compact(response: ChatResponse | None) -> dict[str, Any] | None:
 
 class ResponseCache:
     """The cache of one state store (cache_for): `begin` when a request is prepared, `lookup` before it runs,
-    `store` when it answers, `end` when it is settled. `hits` / `misses` count lookups; `clock` is wall time."""
+    `store` when it answers, `end` when it is settled. `hits` / `misses` count lookups (`semantic_hits`: the hits
+    found by meaning); `clock` is wall time. `index` is the semantic index (per process); `embedder`, when given,
+    embeds for `cache.semantic` instead of the engine's (tests)."""
 
-    def __init__(self, remote: Remote | None = None, *, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        remote: Remote | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        embedder: Callable[[list[str]], Any] | None = None,
+        index: SemanticIndex | None = None,
+    ):
         self.memory = MemoryLRU()
         self.remote, self.clock = remote, clock
-        self.hits = self.misses = 0
+        self.embedder = embedder
+        self.index = index if index is not None else SemanticIndex()
+        self.memory.on_evict = self.index.drop
+        self.hits = self.misses = self.semantic_hits = 0
         self._runs: dict[int, Lookup] = {}
         self._bounds: dict[str, int] = {}  # each policy's `cache.max_bytes`, by its entry file
         self._listeners: list[Callable[[str], None]] = []
@@ -223,8 +251,10 @@ class ResponseCache:
             return
         self.bound(run)
         tenant = None if setting(settings, "cache.shared") else attrs.get("key")
-        key = digest(key_material(run, tenant if tenant is None else str(tenant), attrs.get("endpoint")))
-        self._runs[id(run)] = Lookup(key, ttl, read=mode is not False, write=True)
+        material = key_material(run, tenant if tenant is None else str(tenant), attrs.get("endpoint"))
+        threshold = threshold_of(settings)
+        probe = None if threshold is None else probe_of(run, material, threshold, digest)
+        self._runs[id(run)] = Lookup(digest(material), ttl, read=mode is not False, write=True, probe=probe)
 
     def begin_body(
         self, run: Run, sent: Mapping[str, Any], options: Mapping[str, Any], attrs: Mapping[str, Any]
@@ -278,10 +308,27 @@ class ResponseCache:
             self._count("miss")
             return None
         value = self.get(found.key)
+        probe = found.probe
+        if probe is not None:  # `cache.semantic`: by meaning after an exact miss
+            if value is None:
+                near = find(self.index, self.embedder, run, probe, self.get, self.clock())
+                if near is not None:
+                    value, found.similarity = near
+            elif found.key not in self.index:  # another replica's answer, served here: found by meaning from now
+                expires = float(json.loads(value).get("expires", 0.0))
+                remember(self.index, self.embedder, run, probe, found.key, expires, self.clock())
         done = self.completion(run, value) if value is not None else None
         found.hit = done is not None
         self._count("hit" if found.hit else "miss")
+        if found.hit and found.similarity is not None:
+            self.semantic_hits += 1
         return done
+
+    def similarity(self, run: Run) -> float | None:
+        """The cosine at which `run`'s answer was found by meaning (`cache.semantic`), or None (an exact hit, a
+        miss, or a request the cache was not consulted for)."""
+        found = self._runs.get(id(run))
+        return None if found is None or not found.hit else found.similarity
 
     def store(self, run: Run, done: Completion) -> None:
         """Keep the answer of a request noted by begin() (a hit is not stored again)."""
@@ -299,6 +346,8 @@ class ResponseCache:
         if done.response is None or done.response.text != done.text:
             entry["text"] = done.text
         self.put(found.key, json.dumps(entry, separators=(",", ":"), ensure_ascii=False), found.ttl)
+        if found.probe is not None:
+            remember(self.index, self.embedder, run, found.probe, found.key, entry["expires"], self.clock())
 
     def end(self, run: Run) -> None:
         self._runs.pop(id(run), None)
@@ -311,6 +360,7 @@ class ResponseCache:
             return None
         if float(json.loads(value).get("expires", 0.0)) <= self.clock():
             self.memory.drop(key)
+            self.index.drop(key)
             return None
         return value
 
