@@ -17,7 +17,7 @@ pytest.importorskip("uvicorn", reason="gateway deps not installed (pip install -
 openai = pytest.importorskip("openai", reason="the openai SDK is not installed (pip install -e '.[test]')")
 
 from engine import Engine  # noqa: E402
-from providers.execution.cache import CACHE_HEADER, ResponseCache  # noqa: E402
+from providers.execution.cache import CACHE_HEADER, SIMILARITY_HEADER, ResponseCache  # noqa: E402
 from providers.execution.semantic_cache import SemanticIndex  # noqa: E402
 from providers.gateway.app import create_app  # noqa: E402
 from providers.gateway.run import key_budget_key  # noqa: E402
@@ -90,6 +90,7 @@ def test_a_paraphrase_within_the_threshold_is_answered_from_the_cache(gateway, f
     assert (first, second) == ("Paris", "Paris")
     assert (h1[CACHE_HEADER], h2[CACHE_HEADER]) == ("miss", "hit")
     assert h2["x-modelroute-cost"] == "0" and upstream_calls(fake_server) == 1
+    assert SIMILARITY_HEADER not in h1 and 0.8 < float(h2[SIMILARITY_HEADER]) < 1.0  # found by meaning: how close
     assert engine.executor.cache.semantic_hits == 1
     assert metric(url, 'modelroute_cache_lookups_total{result="hit"} 1')
     _, h3 = ask(c, messages=user(OTHER))  # below the threshold: its own answer
@@ -101,7 +102,8 @@ def test_the_threshold_decides_and_without_the_setting_only_exact_matches_hit(ga
     c = client(strict)
     ask(c, messages=user(FIRST))
     assert ask(c, messages=user(PARAPHRASE))[1][CACHE_HEADER] == "miss"  # 0.894 < 0.95
-    assert ask(c, messages=user(FIRST.upper()))[1][CACHE_HEADER] == "hit"  # the same words: 1.0
+    exact = ask(c, messages=user(FIRST.upper()))[1]
+    assert exact[CACHE_HEADER] == "hit" and float(exact[SIMILARITY_HEADER]) == 1.0  # the same words
     _, exact = gateway("set cache.ttl = 1h\nset retry.attempts = 0\n" + POLICY)
     c = client(exact)
     ask(c, messages=user(FIRST))

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CACHE_HEADER",
+    "SIMILARITY_HEADER",
     "MemoryLRU",
     "ResponseCache",
     "attach",
@@ -46,6 +47,7 @@ __all__ = [
 ]
 
 CACHE_HEADER = "x-modelroute-cache"  # hit | miss, on every answer the cache was consulted (or filled) for
+SIMILARITY_HEADER = "x-modelroute-cache-similarity"  # on a hit found by meaning (`cache.semantic`): its cosine
 KEY_VERSION = 2  # part of every key: a change of what is stored or of the key's material changes it
 
 

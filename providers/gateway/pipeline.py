@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from starlette.responses import Response
 
 from engine import NoRouteError
-from providers.execution.cache import bypass_of
+from providers.execution.cache import SIMILARITY_HEADER, bypass_of
 from providers.execution.tracing import gateway_request
 from providers.gateway.hangup import ClientGone
 from providers.gateway.metrics import cost_headers
@@ -99,6 +99,7 @@ async def serve(gw: Gateway, request: Request, wire: Wire) -> Response:
             ex.settle(run)  # nothing was called: release the policy's hold and the cache's and tallies' entries
             raise
         if hit is not None:
+            similarity = ex.cache.similarity(run)  # found by meaning (`cache.semantic`): how close; read before settle
             release_key_budget(ex, hold, run)
             ex.settle(run)
             gw.metrics.spent(run.decision.request.attrs, 0.0)  # a request of its key and user, as usage() counts it
@@ -106,6 +107,8 @@ async def serve(gw: Gateway, request: Request, wire: Wire) -> Response:
                 hit = await ex.middleware.aafter(mreq, hit)
             answer = cached_response(wire, run, hit, call.stream, policy_name)
             answer.headers.update(rate_headers(limits))
+            if similarity is not None:
+                answer.headers[SIMILARITY_HEADER] = f"{similarity:.4f}"
             return answer
         if call.stream:
             sink = ex.watch(run) if mreq is not None else None
