@@ -191,7 +191,7 @@ def test_an_exhausted_key_budget_refuses_even_a_cached_answer(gateway) -> None:
 def test_bad_otel_batch_settings_are_a_warning_not_a_crash(variable: str, value: str) -> None:
     pytest.importorskip("opentelemetry.sdk", reason="the otel extra is not installed")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", variable: value}
-    code = "from providers.execution.tracing import configure\nconfigure(print)()\n"
+    code = "from providers.execution.tracing_setup import configure\nconfigure(print)()\n"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr

@@ -35,7 +35,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode  # noqa: E402
 
 from engine import Engine  # noqa: E402
-from providers.execution import tracing  # noqa: E402
+from providers.execution import tracing, tracing_setup  # noqa: E402
 from providers.gateway.app import create_app  # noqa: E402
 from tests.embedserver import EmbedServer, embedding_catalog  # noqa: E402
 from tests.engines import KINDS, TEST_KEY, engine_for  # noqa: E402
@@ -257,21 +257,21 @@ def test_an_embeddings_request_is_an_embeddings_span(provider: TracerProvider) -
 )
 def test_serve_installs_nothing_unless_the_variables_ask_for_traces(environ: dict[str, str]) -> None:
     said: list[str] = []
-    stop = tracing.configure(said.append, environ)
+    stop = tracing_setup.configure(said.append, environ)
     stop()
     assert said == []
 
 
 def test_an_otlp_protocol_the_extra_cannot_speak_is_said_and_skipped() -> None:
     said: list[str] = []
-    tracing.configure(said.append, {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
+    tracing_setup.configure(said.append, {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
     assert len(said) == 1 and "http/protobuf" in said[0]
 
 
 @pytest.mark.parametrize("var", ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"])
 def test_an_endpoint_that_is_not_a_url_is_a_warning_at_start(var: str) -> None:
     said: list[str] = []
-    stop = tracing.configure(said.append, {var: "notaurl"})
+    stop = tracing_setup.configure(said.append, {var: "notaurl"})
     stop()
     assert len(said) == 1 and said[0].startswith("warning: ") and f"{var}='notaurl'" in said[0], said
 
@@ -385,5 +385,5 @@ def test_serve_exports_spans_over_otlp_http(tmp_path: Path, fake_server: FakeSer
 def test_without_the_extra_serve_says_so_and_serves_without_traces(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "opentelemetry.sdk.resources", None)  # as if opentelemetry-sdk were missing
     said: list[str] = []
-    tracing.configure(said.append, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1"})()
+    tracing_setup.configure(said.append, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1"})()
     assert len(said) == 1 and "pip install 'modelroute[otel]'" in said[0] and "without traces" in said[0]

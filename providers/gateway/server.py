@@ -346,7 +346,7 @@ def _run(
     }
     socks: list[socket.socket] = bound or []
     from providers.clients.base import set_default_max_response_bytes
-    from providers.execution.tracing import configure
+    from providers.execution.tracing_setup import configure
 
     previous_cap = set_default_max_response_bytes(opts.max_response_bytes)
     stop_tracing = configure(None if quiet else echo)  # spans exported when the OTEL_* variables ask for them
