@@ -11,12 +11,9 @@ forks N workers that serve on them and supervises them (providers/gateway/worker
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
 import socket
-import sys
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -24,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from engine import Engine
+from providers.gateway.admission import WORKER_HEADER, bound_address, bounded, listen, max_connections
 from providers.gateway.keys import KeyRing, KeysFileError, hash_key, new_key
 
 if TYPE_CHECKING:
@@ -33,7 +31,6 @@ __all__ = ["WORKER_HEADER", "ServeError", "ServeOptions", "hash_key", "listen", 
 
 Echo = Callable[[str], None]
 Report = Callable[[BaseException], int]  # in a worker: says why it could not serve, returns the exit code
-WORKER_HEADER = "x-modelroute-worker"  # on GET /healthz: the pid of the process that answered
 
 
 class ServeError(Exception):
@@ -77,130 +74,7 @@ class ServeOptions:
     tokenizer: str | None = None  # "tiktoken:cl100k_base": exact text counting for policies that set none
 
 
-BUSY_EXEMPT = ("/healthz", "/metrics")  # probes and scrapes are never refused: they are cheap and say what is wrong
-#: The `endpoint` label of modelroute_requests_total for each path (a 503 server_busy is counted under it too).
-_ENDPOINTS = {
-    "/v1/chat/completions": "chat",
-    "/v1/messages": "messages",
-    "/v1/messages/count_tokens": "count_tokens",
-    "/v1/responses": "responses",
-    "/v1/completions": "completions",
-    "/v1/embeddings": "embeddings",
-    "/v1/models": "models",
-    "/v1/route/explain": "explain",
-}
 log = logging.getLogger("modelroute.gateway")
-
-
-def bounded(app: Any, limit: int, gateway: Any = None) -> Any:
-    """The ASGI app `app` with at most `limit` HTTP requests in progress (a stream counts until it ends); one more
-    gets `503 server_busy` (OpenAI-shaped JSON, `Retry-After: 1`, the connection closed) without reaching `app`.
-    GET /healthz and /metrics are always served. `gateway` (a providers.gateway.app.Gateway) counts refusals in
-    `modelroute_requests_total` with status 503."""
-    message = f"the gateway is at its limit of {limit} requests in progress; retry shortly"
-    body = json.dumps(
-        {"error": {"message": message, "type": "server_error", "code": "server_busy", "param": None}},
-        separators=(",", ":"),
-    ).encode()
-    start = {
-        "type": "http.response.start",
-        "status": 503,
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"retry-after", b"1"),
-            (b"connection", b"close"),
-        ],
-    }
-    active = 0
-    warned = [0.0, 0]  # when the last warning was logged, refusals since
-    worker = (WORKER_HEADER.encode(), str(os.getpid()).encode())
-
-    async def entry(scope: Any, receive: Any, send: Any) -> None:
-        nonlocal active
-        if scope["type"] != "http":
-            await app(scope, receive, send)
-            return
-        if scope["path"] == "/healthz":
-            send = _tagged(send, worker)
-        if active >= limit and scope["path"] not in BUSY_EXEMPT:
-            _refused(scope["path"])
-            await send(start)
-            await send({"type": "http.response.body", "body": body})
-            return
-        active += 1
-        try:
-            await app(scope, receive, send)
-        finally:
-            active -= 1
-
-    def _refused(path: str) -> None:
-        endpoint = _ENDPOINTS.get(path) or ("models" if path.startswith("/v1/models/") else None)
-        if gateway is not None and endpoint is not None:
-            gateway.metrics.requests.inc(endpoint, 503)
-        warned[1] += 1
-        now = time.monotonic()
-        if now - warned[0] >= 10.0:
-            log.warning("refusing requests (503 server_busy): %d in progress, the limit (%d refused)", limit, warned[1])
-            warned[0], warned[1] = now, 0
-
-    entry.state = getattr(app, "state", None)  # type: ignore[attr-defined]
-    return entry
-
-
-def _tagged(send: Any, header: tuple[bytes, bytes]) -> Any:
-    """`send` adding `header` to the response head."""
-
-    async def tagged(message: Any) -> None:
-        if message["type"] == "http.response.start":
-            message = {**message, "headers": [*message.get("headers", ()), header]}
-        await send(message)
-
-    return tagged
-
-
-def max_connections(reserve: int = 100) -> int | None:
-    """How many client connections may be open at once: what the file-descriptor limit leaves after `reserve`
-    (or a fifth of it, whichever is more) for upstream connections, files and the listening sockets. None when
-    the limit cannot be read or is unlimited."""
-    try:
-        import resource
-
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    except (ImportError, OSError, ValueError):  # pragma: no cover - not POSIX
-        return None
-    if soft == resource.RLIM_INFINITY or soft <= 0:
-        return None
-    return max(16, soft - max(reserve, soft // 5))
-
-
-def listen(host: str, port: int) -> list[socket.socket]:
-    """Bound sockets for every address `host` names (as asyncio's create_server binds them), for uvicorn to
-    serve on. Raises OSError (socket.gaierror for a host that does not resolve) with nothing left open."""
-    reuse = os.name == "posix" and sys.platform != "cygwin"
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    socks: list[socket.socket] = []
-    try:
-        for family, kind, proto, _, address in dict.fromkeys(infos):
-            sock = socket.socket(family, kind, proto)
-            socks.append(sock)
-            if reuse:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(address)
-            sock.set_inheritable(True)
-    except OSError:
-        for sock in socks:
-            sock.close()
-        raise
-    return socks
-
-
-def _bound(socks: list[socket.socket], host: str) -> str:
-    """host:port as clients reach it (the port the system chose for --port 0)."""
-    port = socks[0].getsockname()[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _state(opts: ServeOptions, echo: Echo) -> StateStore | None:
@@ -409,7 +283,7 @@ def _serve(
         if server.started or exc.code in (None, 0):
             raise
         raise ServeError(
-            f"the gateway did not start on {_bound(socks, opts.host)} (see the log above)", "error"
+            f"the gateway did not start on {bound_address(socks, opts.host)} (see the log above)", "error"
         ) from None
 
 
@@ -428,7 +302,7 @@ def _banner(
     auth = f"{len(keys)} gateway key(s)" if keys is not None else "NO authentication (no --keys)"
     workers = f", {opts.workers} worker processes" if opts.workers > 1 else ""
     echo(
-        f"modelroute gateway: http://{_bound(socks, host)}/v1  policy {engine.policy.entry} "
+        f"modelroute gateway: http://{bound_address(socks, host)}/v1  policy {engine.policy.entry} "
         f"(version {engine.version[:12]}), {where} state{workers}, {auth}"
     )
     for name, e in engines.items():
