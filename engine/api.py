@@ -16,6 +16,7 @@ from engine.options import check_execution_options, extension_functions
 from engine.runtime.budget import BudgetBook
 from engine.runtime.caller_pin import caller_pinned_decision
 from engine.runtime.decision import Decision, NoRouteError
+from engine.runtime.embedder import Embedder
 from engine.runtime.evaluate import decide as _decide
 from engine.runtime.messages import request_counts
 from engine.runtime.pinned import pinned_decision, resolve_model
@@ -55,18 +56,21 @@ def compile_policy(
     today: datetime.date | None = None,
     functions: Mapping[str, Callable[..., Any]] | None = None,
     rankers: Mapping[str, Callable[..., Any]] | None = None,
+    embedder: Embedder | None = None,
 ) -> CompiledPolicy:
     """Load and compile a policy file or directory (default: the bundled policy). Raises PolicyError.
 
     `today` is the date deprecations count from (default: the date now): `prefer` never ranks a catalog model
     whose deprecation_date is on or before it. `functions` / `rankers`: the Python functions and rankers the
-    policy calls (see Engine.functions); a call to one not given is an error (E313, E314)."""
+    policy calls (see Engine.functions); a call to one not given is an error (E313, E314). `embedder`: embeds the
+    examples of semantic tasks (`like`) and the requests (see Engine.embedder; None: the default, when needed)."""
     return compile_loaded(
         load(path if path is not None else bundled_policy_dir()),
         catalog,
         today=today,
         functions=_given("functions", functions),
         rankers=_given("rankers", rankers),
+        embedder=_embedder(embedder),
     )
 
 
@@ -78,15 +82,25 @@ def compile_source(
     today: datetime.date | None = None,
     functions: Mapping[str, Callable[..., Any]] | None = None,
     rankers: Mapping[str, Callable[..., Any]] | None = None,
+    embedder: Embedder | None = None,
 ) -> CompiledPolicy:
-    """Compile policy text (includes and catalog paths resolve from the working directory); see compile_policy."""
+    """Compile policy text (includes, catalog and example file paths resolve from the working directory); see
+    compile_policy."""
     return compile_loaded(
         load_source(text, file),
         catalog,
         today=today,
         functions=_given("functions", functions),
         rankers=_given("rankers", rankers),
+        embedder=_embedder(embedder),
     )
+
+
+def _embedder(embedder: Embedder | None) -> Embedder | None:
+    """`embedder=` checked: a callable (texts in, one vector per text out) or None."""
+    if embedder is not None and not callable(embedder):
+        raise TypeError(f"embedder must be a callable taking a list of texts, not {type(embedder).__name__}")
+    return embedder
 
 
 def _given(kind: str, given: Mapping[str, Callable[..., Any]] | None) -> Mapping[str, Callable[..., Any]] | None:
@@ -110,6 +124,7 @@ class Engine(ExecutionMethods):
         today: datetime.date | None = None,
         functions: Mapping[str, Callable[..., Any]] | None = None,
         rankers: Mapping[str, Callable[..., Any]] | None = None,
+        embedder: Embedder | None = None,
         **execution: Any,
     ):
         """`path`, `catalog` and `today` are what recompile() (reload) compiles with; `today=None` means the date
@@ -118,7 +133,7 @@ class Engine(ExecutionMethods):
         the environment), `transport` / `async_transport` (httpx transports), `limits` (httpx.Limits
         per provider connection pool), `sleep` (async sleep for
         retries), `wall` (epoch clock for budget periods), `max_response_bytes`. Any other keyword is a TypeError
-        that names the valid ones. `functions` / `rankers`: see the properties of those names.
+        that names the valid ones. `functions` / `rankers` / `embedder`: see the properties of those names.
 
         `token_estimator`: `fn(text) -> int`, or a tokenizer spec such as "tiktoken:cl100k_base" (loaded now from
         local files; TokenizerError, a ValueError, when it cannot be): how text is counted under a policy that does
@@ -126,6 +141,7 @@ class Engine(ExecutionMethods):
         check_execution_options("Engine()", execution, ENGINE_OPTIONS)
         self._functions = extension_functions("functions", functions)
         self._rankers = extension_functions("rankers", rankers)
+        self._embedder = _embedder(embedder)
         if isinstance(token_estimator, str):
             token_estimator = load_estimator(token_estimator)
         self._default_estimate: TokenEstimator = token_estimator or estimate_tokens
@@ -154,6 +170,7 @@ class Engine(ExecutionMethods):
         today: datetime.date | None = None,
         functions: Mapping[str, Callable[..., Any]] | None = None,
         rankers: Mapping[str, Callable[..., Any]] | None = None,
+        embedder: Embedder | None = None,
         **execution: Any,
     ) -> Engine:
         """A .route file, or a directory with main.route; None loads the bundled default policy.
@@ -167,8 +184,9 @@ class Engine(ExecutionMethods):
         path = path if path is not None else bundled_policy_dir()
         functions = extension_functions("functions", functions)  # a TypeError here comes before any compile
         rankers = extension_functions("rankers", rankers)
+        embedder = _embedder(embedder)
         engine = cls(
-            compile_policy(path, catalog=catalog, today=today, functions=functions, rankers=rankers),
+            compile_policy(path, catalog=catalog, today=today, functions=functions, rankers=rankers, embedder=embedder),
             token_estimator=token_estimator,
             path=path,
             catalog=catalog,
@@ -176,6 +194,7 @@ class Engine(ExecutionMethods):
             today=today,
             functions=functions,
             rankers=rankers,
+            embedder=embedder,
             **execution,
         )
         return engine.watch(poll=poll) if watch else engine
@@ -192,19 +211,24 @@ class Engine(ExecutionMethods):
         today: datetime.date | None = None,
         functions: Mapping[str, Callable[..., Any]] | None = None,
         rankers: Mapping[str, Callable[..., Any]] | None = None,
+        embedder: Embedder | None = None,
         **execution: Any,
     ) -> Engine:
         """An Engine for policy text (see Engine.load; an unknown keyword is a TypeError naming the valid ones)."""
         check_execution_options("Engine.from_source()", execution, SOURCE_OPTIONS)
         functions = extension_functions("functions", functions)
         rankers = extension_functions("rankers", rankers)
+        embedder = _embedder(embedder)
         return cls(
-            compile_source(text, file, catalog=catalog, today=today, functions=functions, rankers=rankers),
+            compile_source(
+                text, file, catalog=catalog, today=today, functions=functions, rankers=rankers, embedder=embedder
+            ),
             token_estimator=token_estimator,
             state=state,
             today=today,
             functions=functions,
             rankers=rankers,
+            embedder=embedder,
             **execution,
         )
 
@@ -227,6 +251,12 @@ class Engine(ExecutionMethods):
         catalog's ModelSpec), higher is better, for `prefer custom(NAME)`; checked at load and kept across
         reloads."""
         return self._rankers
+
+    @property
+    def embedder(self) -> Embedder | None:
+        """The embedder the policy's semantic tasks (`like`) use: the `embedder=` given at load, else the default
+        (WordLlama, engine/runtime/embedder.py) when the policy has a task with examples, else None."""
+        return self._policy.embedder if self._policy.embedder is not None else self._embedder
 
     @property
     def path(self) -> str | Path | None:
@@ -255,7 +285,12 @@ class Engine(ExecutionMethods):
         if self._path is None:
             raise ValueError("this engine was built from source text, not a path: nothing to reload")
         return compile_policy(
-            self._path, catalog=self._catalog, today=self._today, functions=self._functions, rankers=self._rankers
+            self._path,
+            catalog=self._catalog,
+            today=self._today,
+            functions=self._functions,
+            rankers=self._rankers,
+            embedder=self._embedder,
         )
 
     def reload(self) -> bool:
@@ -508,9 +543,9 @@ class Engine(ExecutionMethods):
 
 
 #: The keyword arguments of Engine(), Engine.load() and Engine.from_source() besides the execution options.
-ENGINE_OPTIONS = ("token_estimator", "path", "catalog", "state", "today", "functions", "rankers")
-LOAD_OPTIONS = ("catalog", "token_estimator", "watch", "poll", "state", "today", "functions", "rankers")
-SOURCE_OPTIONS = ("file", "catalog", "token_estimator", "state", "today", "functions", "rankers")
+ENGINE_OPTIONS = ("token_estimator", "path", "catalog", "state", "today", "functions", "rankers", "embedder")
+LOAD_OPTIONS = ("catalog", "token_estimator", "watch", "poll", "state", "today", "functions", "rankers", "embedder")
+SOURCE_OPTIONS = ("file", "catalog", "token_estimator", "state", "today", "functions", "rankers", "embedder")
 
 
 def _execution() -> ModuleType:

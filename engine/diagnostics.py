@@ -25,6 +25,8 @@ CODES: dict[str, str] = {
     "E201": "include cycle",
     "E202": "catalog error",
     "E203": "include too deep",
+    "E204": "example file missing or unreadable",
+    "E205": "no examples",
     # names
     "E300": "unknown model",
     "E301": "unknown task",
@@ -44,6 +46,11 @@ CODES: dict[str, str] = {
     "E315": "unknown rate limit unit",
     "E316": "duplicate rate limit",
     "E317": "tokenizer not available",
+    "E318": "two `like` in one task",
+    "E319": "similarity of a task without examples",
+    "E320": "embedder not available",
+    "E321": "embedder failed",
+    "E322": "not an example of the task",
     # types and units
     "E400": "unit mismatch",
     "E401": "value out of range",
@@ -52,6 +59,7 @@ CODES: dict[str, str] = {
     "E404": "min_agreement out of range",
     "E405": "empty experiment name",
     "E406": "rate limit keyed by a count",
+    "E407": "similarity threshold outside 0-1",
     # patterns
     "E500": "bad regex",
     "E501": "regex feature RE2 cannot run",

@@ -31,7 +31,8 @@ from engine.tools.testing import CaseResult, Coverage, RunResult, compile_with_t
     "--coverage",
     "show_coverage",
     is_flag=True,
-    help="Also list the rules no expect was decided by and the task patterns no prompt matched.",
+    help="Also list the rules no expect was decided by, the task patterns no prompt matched and the examples of "
+    "semantic tasks that were never the nearest to any prompt.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the results (and coverage) as JSON.")
 @click.option(
@@ -117,6 +118,11 @@ def _coverage(cov: Coverage) -> str:
     lines = [
         f"[bold]coverage[/]  {rules_hit}/{cov.rules} rules decided some expect, "
         f"{pats_hit}/{cov.patterns} patterns matched some prompt"
+        + (
+            f", {cov.examples - len(cov.unused_examples)}/{cov.examples} examples were the nearest to some prompt"
+            if cov.examples
+            else ""
+        )
     ]
     if cov.unused_rules:
         lines.append("  rules no expect exercised:")
@@ -126,6 +132,12 @@ def _coverage(cov: Coverage) -> str:
         lines += [
             f"    [cyan]{escape(at)}[/]  {escape(pat)}  [dim]({escape(where)})[/]"
             for pat, at, where in cov.unused_patterns
+        ]
+    if cov.unused_examples:
+        lines.append("  examples never the nearest to a prompt:")
+        lines += [
+            f"    [cyan]{escape(at)}[/]  {escape(_quote(text))}  [dim]({escape(where)})[/]"
+            for text, at, where in cov.unused_examples
         ]
     return "\n".join(lines)
 

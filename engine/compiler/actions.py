@@ -39,6 +39,7 @@ __all__ = [
     "ADHOC_KEY",
     "FUNCTIONS_KEY",
     "RANKERS_KEY",
+    "SEMANTIC_KEY",
     "SETTINGS_KEY",
     "build_selector",
     "literal",
@@ -55,6 +56,7 @@ ADHOC_KEY = "adhoc"
 #: The keys under which the compile's Python functions and rankers (engine/runtime/functions.py) travel, by name.
 FUNCTIONS_KEY = "functions"
 RANKERS_KEY = "rankers"
+SEMANTIC_KEY = "semantic"  # the policy's semantic tasks by name, for `score(similarity(X))`
 
 
 def on_request(c: n.Constraint) -> bool:
@@ -211,6 +213,7 @@ def rank_key(r: n.Ranking, entries: Mapping[str, Entry], cache: dict) -> RankKey
                 t.factor,
                 t.name.upper() if t.factor == "capability" and t.name else t.name,
                 functions.get(t.name) if t.factor == "call" else None,
+                (cache.get(SEMANTIC_KEY) or {}).get(t.name) if t.factor == "similarity" else None,
             )
             for t in r.terms
         )

@@ -6,7 +6,7 @@ import threading
 from collections import OrderedDict
 from types import MappingProxyType
 
-from engine.compiler.actions import ADHOC_KEY, FUNCTIONS_KEY, RANKERS_KEY, SETTINGS_KEY
+from engine.compiler.actions import ADHOC_KEY, FUNCTIONS_KEY, RANKERS_KEY, SEMANTIC_KEY, SETTINGS_KEY
 from engine.compiler.codegen import build_rules, literal, number, retired
 from engine.compiler.context import Context
 from engine.compiler.ratelimits import limit_specs
@@ -42,6 +42,7 @@ def build(ctx: Context) -> CompiledPolicy:
         ADHOC_KEY: frozenset(ctx.adhoc),
         FUNCTIONS_KEY: ctx.functions or {},
         RANKERS_KEY: ctx.rankers or {},
+        SEMANTIC_KEY: ctx.semantic,
     }
     rules, guards = build_rules(
         ctx.rules,
@@ -52,6 +53,7 @@ def build(ctx: Context) -> CompiledPolicy:
         selector_cache,
         today=ctx.today,
         functions=ctx.functions,
+        semantic=ctx.semantic,
     )
     index = build_index(guards, len(ctx.pids))
     digest = ctx.loaded.digest()
@@ -74,6 +76,8 @@ def build(ctx: Context) -> CompiledPolicy:
         settings=settings,
         budgets=tuple(BudgetSpec(b.period, number(b.amount.value), b.per, b.span) for b in ctx.budgets),
         tests=tuple(ctx.tests),
+        semantic=MappingProxyType(dict(ctx.semantic)),
+        embedder=ctx.embedder_used if ctx.semantic else ctx.embedder,
     )
 
 

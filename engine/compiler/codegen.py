@@ -14,6 +14,7 @@ from engine.language import nodes as n
 from engine.runtime.functions import Function, call_value
 from engine.runtime.index_keys import Guard
 from engine.runtime.policy import MISSING, CompiledRule, Entry, get_attr
+from engine.runtime.semantic import SemanticTask, semantic_hit, similarity_of
 
 __all__ = ["Guard", "build_rules", "build_selector", "guard", "literal", "number", "retired"]
 
@@ -28,9 +29,11 @@ class _Gen:
         task_masks: Mapping[str, int],
         pattern_of: Mapping[int, int],
         functions: Mapping[str, Function] | None = None,
+        semantic: Mapping[str, SemanticTask] | None = None,
     ):
         self.task_masks, self.pattern_of = task_masks, pattern_of
         self.functions: Mapping[str, Function] = functions or {}
+        self.semantic: Mapping[str, SemanticTask] = semantic or {}
         self.tmp = 0
         self.consts: list[Any] = []
 
@@ -42,7 +45,10 @@ class _Gen:
         return f"A.get({self.const(name)}, _M)" if "." not in name else f"_g(A, {self.const(name)})"
 
     def operand(self, op: n.Operand) -> str:
-        """An attribute's value, or a function call's (`_c(R, fn)`: MISSING when the call has no value)."""
+        """An attribute's value, a function call's (`_c(R, fn)`: MISSING when the call has no value) or a semantic
+        task's similarity (`_sim(R, task)`, engine/runtime/semantic.py)."""
+        if op.task is not None:
+            return f"_sim(R, {self.const(self.semantic[op.task])})"
         if op.call:
             return f"_c(R, {self.const(self.functions[op.name])})"
         return self.attr(op.name)
@@ -79,15 +85,26 @@ def _in_list(gen: _Gen, node: Any) -> str:
     return f"(({v} := {gen.operand(node.left)}) is not _M and {v} in {gen.const(values)})"
 
 
+def _task_is(gen: _Gen, node: Any) -> str:
+    """Any pattern of the task matched (M), or, for a task with examples, the request is close enough in meaning:
+    the patterns are checked first, so a match never embeds the request."""
+    patterns = f"((M & {gen.const(gen.task_masks[node.name])}) != 0)"
+    task = gen.semantic.get(node.name)
+    if task is None:
+        return patterns
+    meaning = f"_sh(R, {gen.const(task)})"
+    return f"({patterns} or {meaning})" if gen.task_masks[node.name] else meaning
+
+
 #: Python source for each condition kind, over M (matched-pattern mask), T (tokens), A (attributes) and R (the
-#: Request, which only function calls read).
+#: Request, which only function calls and semantic tasks read).
 _EXPR: Mapping[type, Callable[[_Gen, Any], str]] = n.exhaustive(
     {
         n.And: _and,
         n.Or: _or,
         n.Not: lambda gen, node: f"(not {gen.expr(node.operand)})",
         n.TaskMatch: lambda gen, node: f"((M >> {gen.const(gen.pattern_of[id(node.pattern)])}) & 1)",
-        n.TaskIs: lambda gen, node: f"((M & {gen.const(gen.task_masks[node.name])}) != 0)",
+        n.TaskIs: _task_is,
         n.Truthy: lambda gen, node: "(T > 0)" if node.operand.builtin else f"bool({gen.operand(node.operand)})",
         n.Compare: _compare,
         n.InList: _in_list,
@@ -103,7 +120,14 @@ _TEMPLATES_MAX = 20_000
 #: Templates compiled per call of compile(): one call per function costs ~65 us, one module of thousands is
 #: slower still; chunks of a few dozen are the fastest.
 CHUNK = 32
-_GLOBALS: dict[str, Any] = {"_M": MISSING, "_g": get_attr, "_c": call_value, "__builtins__": builtins}
+_GLOBALS: dict[str, Any] = {
+    "_M": MISSING,
+    "_g": get_attr,
+    "_c": call_value,
+    "_sh": semantic_hit,
+    "_sim": similarity_of,
+    "__builtins__": builtins,
+}
 
 Item = tuple[str, tuple[Any, ...]]  # (template, constants)
 
@@ -130,9 +154,11 @@ def _functions(items: list[Item]) -> list[Callable[..., Any]]:
     return [FunctionType(_TEMPLATES[(body, len(consts))], _GLOBALS, None, consts) for body, consts in items]
 
 
-def _compiled(node: n.Cond, task_masks: Mapping[str, int], pattern_of: Mapping[int, int], functions: Any) -> Item:
+def _compiled(
+    node: n.Cond, task_masks: Mapping[str, int], pattern_of: Mapping[int, int], functions: Any, semantic: Any = None
+) -> Item:
     """A condition's template and its parameters' defaults: None for R, then its constants."""
-    gen = _Gen(task_masks, pattern_of, functions)
+    gen = _Gen(task_masks, pattern_of, functions, semantic)
     return gen.expr(node), (None, *gen.consts)
 
 
@@ -141,17 +167,22 @@ class AtomBook:
     mismatched-types fallback of decide(). A rule's table is compiled on first use, since most rules are never
     traced; one book serves the whole policy, so a rule carries no lazy table of its own."""
 
-    __slots__ = ("_functions", "_pattern_of", "_tables", "_task_masks")
+    __slots__ = ("_functions", "_pattern_of", "_semantic", "_tables", "_task_masks")
 
-    def __init__(self, task_masks: Mapping[str, int], pattern_of: Mapping[int, int], functions: Any = None):
+    def __init__(
+        self, task_masks: Mapping[str, int], pattern_of: Mapping[int, int], functions: Any = None, semantic: Any = None
+    ):
         self._task_masks, self._pattern_of, self._functions = task_masks, pattern_of, functions
+        self._semantic = semantic
         self._tables: dict[int, dict[int, Callable[..., Any]]] = {}
 
     def of(self, index: int, cond: n.Cond | None) -> Mapping[int, Callable[..., Any]]:
         table = self._tables.get(index)
         if table is None:  # two threads may both compile: the same functions, and either result is kept
             atoms = list(_atoms(cond)) if cond is not None else []
-            made = _functions([_compiled(a, self._task_masks, self._pattern_of, self._functions) for a in atoms])
+            made = _functions(
+                [_compiled(a, self._task_masks, self._pattern_of, self._functions, self._semantic) for a in atoms]
+            )
             table = self._tables[index] = {id(a): f for a, f in zip(atoms, made, strict=True)}
         return table
 
@@ -182,20 +213,27 @@ def build_rules(
     *,
     today: datetime.date,
     functions: Mapping[str, Function] | None = None,
+    semantic: Mapping[str, SemanticTask] | None = None,
 ) -> tuple[list[CompiledRule], Guards]:
     """Every rule compiled (its condition a Python function, its action a Selector), and each rule's index
     guard. `cache` (one per compile) lets rules with equal actions share their filtered, sorted pools.
-    `functions`: the policy's Python functions by name (every call the rules make names one)."""
-    made = iter(_functions([_compiled(r.cond, task_masks, pattern_of, functions) for r in rules if r.cond]))
+    `functions`: the policy's Python functions by name (every call the rules make names one); `semantic`: the tasks
+    with examples by name (engine/runtime/semantic.py)."""
+    made = iter(_functions([_compiled(r.cond, task_masks, pattern_of, functions, semantic) for r in rules if r.cond]))
     compiled = []
-    book = AtomBook(task_masks, pattern_of, functions)
+    book = AtomBook(task_masks, pattern_of, functions, semantic)
     for i, rule in enumerate(rules):
-        needs_scan = rule.cond is not None and any(isinstance(a, (n.TaskMatch, n.TaskIs)) for a in _atoms(rule.cond))
+        needs_scan = rule.cond is not None and any(_reads_patterns(a, task_masks) for a in _atoms(rule.cond))
         key = f"{rule.span.file}:{rule.span.line}"
         selector = build_selector(rule.action, entries, resolve, key=key, cache=cache, today=today)
         cond = next(made) if rule.cond is not None else None
         compiled.append(CompiledRule(i, rule, cond, book, needs_scan, selector))
-    return compiled, Guards(rules, _Gen(task_masks, pattern_of, functions))
+    return compiled, Guards(rules, _Gen(task_masks, pattern_of, functions, semantic))
+
+
+def _reads_patterns(atom: n.Cond, task_masks: Mapping[str, int]) -> bool:
+    """Whether an atom reads the prompt's pattern matches (a task with examples only reads its meaning)."""
+    return isinstance(atom, n.TaskMatch) or (isinstance(atom, n.TaskIs) and task_masks[atom.name] != 0)
 
 
 class Guards(Sequence["Guard | None"]):

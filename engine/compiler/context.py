@@ -7,12 +7,14 @@ import datetime
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from engine.diagnostics import Diagnostic, did_you_mean
 from engine.language import nodes as n
 from engine.language.load import Loaded
 from engine.runtime.functions import Function, Ranker
 from engine.runtime.qualified import adhoc_spec, known_providers, resolve_qualified, split_name
+from engine.runtime.semantic import SemanticTask
 from providers.catalog.models import Catalog, ModelSpec
 
 
@@ -39,6 +41,11 @@ class Context:
     adhoc: dict[str, ModelSpec] = field(default_factory=dict)  # `provider:model` names the catalog does not list
     functions: Mapping[str, Function] | None = None  # Engine.load(functions=...); None: none were provided
     rankers: Mapping[str, Ranker] | None = None  # Engine.load(rankers=...); None: none were provided
+    embedder: Any = None  # Engine.load(embedder=...); None: the default one, asked for only when a task has `like`
+    #: task -> (its `like`, its examples, their spans, its example file or None, its threshold): pass_semantic
+    examples: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    semantic: dict[str, SemanticTask] = field(default_factory=dict)  # pass_embed: the tasks with examples, embedded
+    embedder_used: Any = None  # the embedder the semantic tasks were embedded with
 
     @functools.cached_property
     def adhoc_allowed(self) -> bool:

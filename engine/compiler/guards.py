@@ -5,7 +5,9 @@ the rule can hold only when one of them fires for the request. `guard(cond)` com
 induction, carrying both polarities, because `not` swaps them: for every condition it knows keys that fire
 whenever the condition is true (`pos`) and keys that fire whenever it is false (`neg`).
 
-* `task ~ p`: pos {pattern p matched}, neg {pattern p did not match}; `task is T` likewise over T's patterns.
+* `task ~ p`: pos {pattern p matched}, neg {pattern p did not match}; `task is T` likewise over T's patterns, but
+  for a task with examples no pos guard (it holds by meaning with no pattern matched): its rule is always tried.
+* `similarity(T) ...`: no guard either way (a value only the request's vector gives, like a function's).
 * `x == c`, `x in [..]`: pos {x equals a listed value}, neg {x is missing or equals none of them}; `x != c` the
   other way round (plus "x is missing" on the neg side: a comparison with a missing attribute is false).
 * `x < c` and the other orderings, on `tokens` or an attribute: a threshold key that holds when the comparison
@@ -64,7 +66,7 @@ def _hashable(values: tuple) -> bool:
 
 def _equality(node: Any, gen: Any) -> Pair:
     """`x == c` and `x in [..]`."""
-    if node.left.call:
+    if node.left.call or node.left.task is not None:
         return None, None
     values = tuple(i.value for i in node.right.items) if isinstance(node, n.InList) else (node.right.value,)
     if not _hashable(values):
@@ -74,7 +76,7 @@ def _equality(node: Any, gen: Any) -> Pair:
 
 
 def _compare(node: Any, gen: Any) -> Pair:
-    if node.op == "==" or node.left.call:
+    if node.op == "==" or node.left.call or node.left.task is not None:
         return _equality(node, gen)
     x = _operand(node.left)
     value = node.right.value
@@ -94,7 +96,7 @@ def _orderable(value: Any) -> bool:
 
 
 def _truthy(node: Any, gen: Any) -> Pair:
-    if node.operand.call:
+    if node.operand.call or node.operand.task is not None:
         return None, None
     if node.operand.builtin:  # `tokens` alone: tokens > 0
         return _one(Range(BUILTIN, ">", 0, True)), _one(Range(BUILTIN, ">", 0, False))
@@ -105,9 +107,13 @@ def _truthy(node: Any, gen: Any) -> Pair:
 def _task_is(node: Any, gen: Any) -> Pair:
     mask = gen.task_masks[node.name]
     pids = frozenset(i for i in range(mask.bit_length()) if mask >> i & 1)
-    if not pids:  # cannot happen for a declared task (a task has a pattern), but stay safe
+    neg = _one(NoPattern(pids)) if pids else None
+    # a task with examples holds by meaning with no pattern matched: no key says it does (false: no pattern matched)
+    if node.name in getattr(gen, "semantic", ()):
+        return None, neg
+    if not pids:  # cannot happen for a declared task without examples (it has a pattern), but stay safe
         return None, None
-    return _one(*(PatternHit(p) for p in pids)), _one(NoPattern(pids))
+    return _one(*(PatternHit(p) for p in pids)), neg
 
 
 def _task_match(node: Any, gen: Any) -> Pair:
@@ -148,5 +154,6 @@ GUARDS: Mapping[type, Callable[[Any, Any], Pair]] = n.exhaustive(
 
 def both(node: n.Cond, gen: Any) -> Pair:
     """(pos, neg): keys one of which fires whenever `node` is true, and whenever it is false (None: no guard).
-    `gen` gives `task_masks` (task name -> pattern mask) and `pattern_of` (id(Pattern node) -> pattern id)."""
+    `gen` gives `task_masks` (task name -> pattern mask), `pattern_of` (id(Pattern node) -> pattern id) and
+    optionally `semantic` (the names of the tasks with examples)."""
     return GUARDS[type(node)](node, gen)

@@ -147,6 +147,7 @@ def pass_tests(ctx: Context) -> None:
             for ref in (exp.model, *(exp.fallbacks or ()), *(exp.plan or ())):
                 if ref is not None:
                     ctx.resolve_model(ref)
+            _check_semantic_expect(ctx, exp)
             for a in exp.attrs:
                 why = not_an_attribute(a.name) if a.name != "messages" else None  # `messages`: the test runner's
                 if why is not None:
@@ -159,3 +160,36 @@ def pass_tests(ctx: Context) -> None:
                         if a.name == "model"
                         else f"{why}: write the prompt the case needs instead",
                     )
+
+
+def _check_semantic_expect(ctx: Context, exp: n.Expect) -> None:
+    """`task T` names a declared task; `nearest T "example"` a task with examples, and one of them (E322)."""
+    for ref in (*exp.tasks, *(task for task, _ in exp.nearest)):
+        if ref.name not in ctx.tasks:
+            ctx.error(
+                "E301",
+                f"unknown task `{ref.name}`",
+                ref.span,
+                "no such task declared",
+                did_you_mean(ref.name, ctx.tasks) or "an expect checks the tasks the policy declares",
+            )
+    for ref, example in exp.nearest:
+        task = ctx.tasks.get(ref.name)
+        if task is None:
+            continue
+        if not task.likes:
+            ctx.error(
+                "E319",
+                f"task `{ref.name}` has no examples, so it has no nearest example",
+                ref.span,
+                "patterns only",
+                f"check it with `task {ref.name}` instead, or give it examples: like [...]",
+            )
+        elif ref.name in ctx.examples and example not in ctx.examples[ref.name][1]:
+            ctx.error(
+                "E322",
+                f'"{example}" is not an example of task `{ref.name}`',
+                ref.span,
+                "not one of its examples",
+                did_you_mean(example, ctx.examples[ref.name][1]) or "write one of the task's examples exactly",
+            )

@@ -14,6 +14,7 @@ from engine.compiler.build import build
 from engine.compiler.context import Context
 from engine.compiler.declarations import pass_catalog, pass_declarations, pass_patterns
 from engine.compiler.names import pass_names, pass_tests
+from engine.compiler.semantic import pass_embed, pass_semantic
 from engine.compiler.strategies import pass_rules, pass_strategies
 from engine.compiler.typecheck import pass_types
 from engine.diagnostics import PolicyError
@@ -45,10 +46,12 @@ PASSES: tuple[tuple[str, Callable[[Context], None]], ...] = (
     ("declarations", pass_declarations),
     ("patterns", pass_patterns),
     ("names", pass_names),
+    ("semantic", pass_semantic),
     ("types", pass_types),
     ("strategies", pass_strategies),
     ("rules", pass_rules),
     ("tests", pass_tests),
+    ("embed", pass_embed),
 )
 
 
@@ -59,13 +62,16 @@ def compile_loaded(
     today: datetime.date | None = None,
     functions: Mapping[str, Callable[..., Any]] | None = None,
     rankers: Mapping[str, Callable[..., Any]] | None = None,
+    embedder: Callable[[list[str]], Any] | None = None,
 ) -> CompiledPolicy:
     """Run every pass; raise PolicyError with all diagnostics, or return the compiled policy.
 
     `today` (default: current_date() now) is the date deprecations count from: `prefer` over the catalog never
     ranks a model whose deprecation_date is on or before it. `functions` / `rankers`: the Python functions
     (`complexity()`) and rankers (`prefer custom(NAME)`) the policy may call, by name (engine/options.py checks
-    them); None means none were provided, and each call is an error that says so (E313, E314)."""
+    them); None means none were provided, and each call is an error that says so (E313, E314). `embedder`: what
+    embeds the examples of tasks with `like` (engine/runtime/embedder.py; None: the default, WordLlama, asked for
+    only when a task has examples)."""
     ctx = Context(
         loaded=loaded,
         today=as_date(today),
@@ -73,6 +79,7 @@ def compile_loaded(
         diagnostics=list(loaded.diagnostics),
         functions=None if functions is None else {k: Function(k, fn) for k, fn in functions.items()},
         rankers=None if rankers is None else {k: Ranker(k, fn) for k, fn in rankers.items()},
+        embedder=embedder,
     )
     with gc_paused():  # a big policy allocates many objects, none of them garbage: see gc_paused
         for _name, run in PASSES:

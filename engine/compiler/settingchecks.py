@@ -6,6 +6,7 @@ from __future__ import annotations
 from engine.compiler.codegen import number
 from engine.compiler.context import Context
 from engine.compiler.ratelimits import check_limits
+from engine.compiler.semantic import fraction
 from engine.compiler.typecheck import _unit_error, check_cache_ttl
 from engine.diagnostics import did_you_mean
 from engine.language import nodes as n
@@ -29,7 +30,9 @@ def check_settings(ctx: Context) -> None:
                 did_you_mean(setting.name, SETTINGS) or "settings: " + ", ".join(SETTINGS),
             )
             continue
-        if not isinstance(setting.value, n.Literal) or setting.value.kind != spec.kind:
+        if spec.kind == "fraction":
+            _check_fraction(ctx, setting)
+        elif not isinstance(setting.value, n.Literal) or setting.value.kind != spec.kind:
             _unit_error(ctx, f"`{setting.name}`", spec.kind, setting.value)
         elif spec.positive and not number(setting.value.value) > 0:
             ctx.error(
@@ -72,6 +75,21 @@ def check_settings(ctx: Context) -> None:
         if budget.amount.kind != "money":
             _unit_error(ctx, "a budget", "money", budget.amount)
     check_limits(ctx.limits, ctx.diagnostics.append)
+
+
+def _check_fraction(ctx: Context, setting: n.Setting) -> None:
+    """A "fraction" setting (`set cache.semantic = 0.95`): a number from 0 to 1 or a percentage up to 100%."""
+    value = setting.value
+    if not isinstance(value, n.Literal) or value.kind not in ("count", "percent"):
+        _unit_error(ctx, f"`{setting.name}`", "fraction", value)
+    elif fraction(value) is None:
+        ctx.error(
+            "E401",
+            f"`{setting.name}` is a fraction from 0 to 1, not {value.text}",
+            value.span,
+            "out of range",
+            f"write e.g. `set {setting.name} = 0.95` or `set {setting.name} = 95%`",
+        )
 
 
 def _check_tokenizer(ctx: Context) -> None:

@@ -40,6 +40,8 @@ def pass_types(ctx: Context) -> None:
                         )
                     elif node.left.builtin and node.right.kind != "count":
                         _unit_error(ctx, "`tokens`", "count", node.right)
+                    elif node.left.task is not None and node.right.kind not in ("count", "percent"):
+                        _unit_error(ctx, f"`similarity({node.left.task})`", "fraction", node.right)
                 elif isinstance(node, n.InList) and node.left.builtin:
                     for item in node.right.items:
                         if item.kind != "count":

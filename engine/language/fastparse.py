@@ -56,10 +56,12 @@ GRAMMAR_WORDS = frozenset(
         "judge",
         "latency",
         "least_busy",
+        "like",
         "limit",
         "line",
         "min_agreement",
         "model",
+        "nearest",
         "no",
         "not",
         "or",
@@ -253,12 +255,51 @@ class _Parser:
         first = self.take("NAME", "task")
         name = self.name()
         self.take("PUNCT", "=")
-        patterns = [self.pattern()]
-        while self.peek() is not None and self.peek()[1] == ",":  # type: ignore[index]
+        patterns: list[n.Pattern] = []
+        likes: list[n.Like] = []
+        while True:
+            if self.word("like"):
+                likes.append(self.like())
+            else:
+                patterns.append(self.pattern())
+            if not self.punct(","):
+                break
             self.i += 1
-            patterns.append(self.pattern())
         last = self.i - 1
-        return n.TaskDecl(self.toks[name][1], tuple(patterns), self.tok_span(name), self.span(first, last))
+        return n.TaskDecl(
+            self.toks[name][1], tuple(patterns), self.tok_span(name), self.span(first, last), tuple(likes)
+        )
+
+    def like(self) -> n.Like:
+        """`like ["example", ...]` or `like "file"`, then `COMPARE (NUMBER | PERCENT)` or nothing."""
+        first = self.take("NAME", "like")
+        t = self.peek()
+        if t is not None and t[0] == "STRING":
+            self.i += 1
+            examples: tuple[n.Example, ...] = ()
+            file: str | None = unescape(t[1][1:-1])
+            source_span = self.tok_span(self.i - 1)
+        else:
+            start = self.take("PUNCT", "[")
+            items = []
+            if not self.punct("]"):
+                items.append(self.take("STRING"))
+                while self.punct(","):
+                    self.i += 1
+                    items.append(self.take("STRING"))
+            end = self.take("PUNCT", "]")
+            examples = tuple(n.Example(unescape(self.toks[k][1][1:-1]), self.tok_span(k)) for k in items)
+            file, source_span = None, self.span(start, end)
+        op, threshold = ">=", None
+        t = self.peek()
+        if t is not None and t[0] == "COMPARE":
+            self.i += 1
+            v = self.peek()
+            if v is None or v[0] not in ("NUMBER", "PERCENT"):
+                raise _GiveUp
+            self.i += 1
+            op, threshold = t[1], literal_of(v[0], v[1], self.tok_span(self.i - 1))
+        return n.Like(examples, file, threshold, self.span(first, self.i - 1), source_span, op)
 
     def rule(self) -> n.Stmt:
         first = self.take("NAME", "when")
@@ -355,10 +396,16 @@ class _Parser:
             end = self.take("NAME")
             if self.toks[end][1] in _VALUE_WORDS:
                 raise _GiveUp
-            if self.punct("("):  # `complexity()`: a Python function's value
+            if self.punct("("):  # `complexity()`: a Python function's value; `similarity(code)`: a task's
                 self.i += 1
-                end = self.take("PUNCT", ")")
-                operand = n.Operand(self.toks[first][1], False, self.span(first, end), True)
+                if self.punct(")"):
+                    end = self.take("PUNCT", ")")
+                    operand = n.Operand(self.toks[first][1], False, self.span(first, end), True)
+                else:
+                    task = self.name()
+                    end = self.take("PUNCT", ")")
+                    fn, arg = self.toks[first][1], self.toks[task][1]
+                    operand = n.Operand(fn, False, self.span(first, end), False, arg, self.tok_span(task))
             else:
                 operand = n.Operand(self.toks[end][1], False, self.tok_span(end))
         t = self.peek()
@@ -520,16 +567,17 @@ class _Parser:
             self.i += 1
             coef = count_value(t[1])
             self.take("PUNCT", "*")
-            factor, name = self.score_factor()
+            factor = self.score_factor()
         else:
-            factor, name = self.score_factor()
+            factor = self.score_factor()
             t = self.peek()
             if t is not None and t[0] == "PUNCT" and t[1] == "*":
                 self.i += 1
                 coef = count_value(self.toks[self.take("NUMBER")][1])
-        return n.ScoreTerm(sign * coef, factor, name, self.span(first, self.i - 1))
+        call = factor[2] if len(factor) == 3 else None
+        return n.ScoreTerm(sign * coef, factor[0], factor[1], self.span(first, self.i - 1), call)
 
-    def score_factor(self) -> tuple[str, str | None]:
+    def score_factor(self) -> tuple[str, str | None] | tuple[str, str | None, str]:
         at = self.take("NAME")
         word = self.toks[at][1]
         if word == "capability":
@@ -541,8 +589,12 @@ class _Parser:
             return word, None
         if word in GRAMMAR_WORDS:
             raise _GiveUp
-        if self.punct("("):  # `complexity()`: a Python function's value
+        if self.punct("("):  # `complexity()`: a Python function's value; `similarity(code)`: a task's
             self.i += 1
+            if not self.punct(")"):
+                task = self.toks[self.name()][1]
+                self.take("PUNCT", ")")
+                return "similarity", task, word
             self.take("PUNCT", ")")
             return "call", word
         return "attr", word

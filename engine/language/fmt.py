@@ -31,6 +31,7 @@ _NO_SPACE_BEFORE = frozenset({",", ")", "]"})
 _NO_SPACE_AFTER = frozenset({"(", "["})
 _CALLS = frozenset({"capability", "score", "custom"})  # words written with their `(` attached
 _FUNCTION_CALLS = frozenset({"call_ref", "factor_call"})  # `complexity()`: written as one word
+_TASK_CALLS = frozenset({"task_call_ref", "factor_task_call"})  # `similarity(code)`: one word too
 _SIGNS = frozenset({"+", "-"})
 
 
@@ -161,6 +162,8 @@ def _tokens(node: Tree | Token) -> list[tuple[str, bool]]:
         return [(str(node), False)]
     if node.data in _FUNCTION_CALLS:
         return [(f"{node.children[0]}()", False)]
+    if node.data in _TASK_CALLS:
+        return [(f"{node.children[0]}({node.children[2]})", False)]
     out: list[tuple[str, bool]] = []
     for child in node.children:
         if node.data == "assign" and isinstance(child, Token) and child.value == "=":
@@ -227,19 +230,48 @@ def _rule_lines(node: Tree) -> list[str]:
 
 
 def _decl_lines(node: Tree, pad: int) -> list[str]:
-    """`task NAME = p1, p2` / `model NAME = target`, the name padded to `pad`, patterns filled under the first."""
+    """`task NAME = p1, p2` / `model NAME = target`, the name padded to `pad`, patterns filled under the first; a
+    `like [...]` too long for a line of its own gets one example per line (_like_lines)."""
     keyword, name, _eq, *values = node.children
     prefix = f"{keyword} {str(name).ljust(pad)} = "
-    items = [render(v) for v in values if not (isinstance(v, Token) and v.value == ",")]
-    lines, line = [], prefix + items[0]
-    for item in items[1:]:
-        if len(line) + 2 + len(item) + 1 > WIDTH:
+    cont = " " * len(prefix)
+    lines: list[str] = []
+    line = ""
+    for part in values:
+        if isinstance(part, Token) and part.value == ",":
+            continue
+        item = render(part)
+        if len(cont) + len(item) > WIDTH and isinstance(part, Tree) and part.data == "like":
+            start = cont if (lines or line) else prefix
+            if line:
+                lines.append(line + ",")
+            block = _like_lines(part, len(start))
+            lines.extend([start + block[0], *block[1:-1]])
+            line = block[-1] if len(block) > 1 else lines.pop()
+        elif not line:
+            line = (cont if lines else prefix) + item
+        elif len(line) + 2 + len(item) + 1 > WIDTH:
             lines.append(line + ",")
-            line = " " * len(prefix) + item
+            line = cont + item
         else:
             line += ", " + item
     lines.append(line)
     return lines
+
+
+def _like_lines(node: Tree, col: int) -> list[str]:
+    """`like ["a", "b"] >= 0.8` starting at column `col`, one example per line aligned after the `[` (the first
+    line without its indent)."""
+    source = next((c for c in node.children if isinstance(c, Tree) and c.data == "like_list"), None)
+    after = " ".join(str(c) for c in node.children[2:] if isinstance(c, Token))
+    if source is None:
+        return [render(node)]
+    examples = [str(c) for c in source.children if isinstance(c, Token) and c.type == "STRING"]
+    if len(examples) < 2:
+        return [render(node)]
+    indent = " " * (col + len("like ["))
+    tail = "]" + (" " + after if after else "")
+    return [f"like [{examples[0]},", *(f"{indent}{e}," for e in examples[1:-1]), f"{indent}{examples[-1]}{tail}"]
 
 
 def _stmt_lines(item: _Item, pad: int) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -181,4 +181,11 @@ def _splice(text: str, shown: str, path: Path, loaded: Loaded, stack: list[Path]
             if isinstance(stmt, n.CatalogRef):
                 overlay = str(path.parent / stmt.overlay) if stmt.overlay else None
                 stmt = n.CatalogRef(str(path.parent / stmt.path), stmt.span, stmt.format, overlay)
+            elif isinstance(stmt, n.TaskDecl) and any(like.file is not None for like in stmt.likes):
+                # `like "examples.txt"`: relative to the file that names it (the compiler reads it)
+                likes = tuple(
+                    like if like.file is None else replace(like, path=str(path.parent / like.file))
+                    for like in stmt.likes
+                )
+                stmt = replace(stmt, likes=likes)
             loaded.body.append(stmt)

@@ -72,7 +72,8 @@ class TaskMatch:
 
 @dataclass(frozen=True, slots=True)
 class TaskIs:
-    """`task is NAME`: any pattern of a declared task matches."""
+    """`task is NAME`: any pattern of a declared task matches, or (a task with `like` examples) the request is
+    close enough in meaning to its nearest example."""
 
     name: str
     name_span: Span
@@ -81,13 +82,18 @@ class TaskIs:
 
 @dataclass(frozen=True, slots=True)
 class Operand:
-    """`tokens` (builtin), a request attribute name (possibly dotted), or with `call` a Python function's name:
-    `complexity()` calls the function given to Engine.load(functions=...) with the request."""
+    """`tokens` (builtin), a request attribute name (possibly dotted), with `call` a Python function's name:
+    `complexity()` calls the function given to Engine.load(functions=...) with the request, or with `task` the
+    cosine similarity of the request to a semantic task's nearest example: `similarity(code)`."""
 
     name: str
     builtin: bool
     span: Span
     call: bool = False
+    #: `similarity(code)`: the task named in the parentheses (name is then the function's name, `similarity`; the
+    #: compiler checks it), with its span. None for every other operand.
+    task: str | None = None
+    task_span: Span | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,13 +164,15 @@ class ModelRef:
 @dataclass(frozen=True, slots=True)
 class ScoreTerm:
     """One term of `score(...)`: `coef * factor`, where factor is capability (with its name), cost, price,
-    latency, context, tokens, attr (a request attribute, its name in `name`) or call (a Python function,
-    `complexity()`, its name in `name`)."""
+    latency, context, tokens, attr (a request attribute, its name in `name`), call (a Python function,
+    `complexity()`, its name in `name`) or similarity (`similarity(code)`, the task's name in `name`; another
+    function name before the parentheses is kept in `call` for the compiler to report)."""
 
     coef: float
     factor: str
     name: str | None
     span: Span
+    call: str | None = None  # factor similarity: the function name as written (the compiler checks `similarity`)
 
 
 #: The factors a `score(...)` term may name (besides a request attribute, factor "attr").
@@ -243,11 +251,38 @@ class Rule:
 
 
 @dataclass(frozen=True, slots=True)
+class Example:
+    """One example of a semantic task: its text and where it is written (a string in the policy, or a line of an
+    example file)."""
+
+    text: str
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Like:
+    """`like ["example", ...]` (its examples) or `like "examples.txt"` (`file` as written; the loader sets `path`,
+    resolved against the policy file that names it), optionally `>= t` (`op` and `threshold` as written; the
+    compiler checks both)."""
+
+    examples: tuple[Example, ...]
+    file: str | None
+    threshold: Literal | None
+    span: Span
+    source_span: Span  # the list or the file name
+    op: str = ">="
+    path: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class TaskDecl:
+    """`task NAME = pattern, ..., like [...]`: its patterns and its `like` items (the compiler allows one)."""
+
     name: str
     patterns: tuple[Pattern, ...]
     name_span: Span
     span: Span
+    likes: tuple[Like, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,8 +352,8 @@ class Assign:
 
 @dataclass(frozen=True, slots=True)
 class Expect:
-    """`expect "prompt" [with k=v, ...] -> MODEL [by rule N | by line N] [fallback A, B] [plan A, B, C]` or
-    `-> no route`."""
+    """`expect "prompt" [with k=v, ...] -> MODEL [by rule N | by line N] [fallback A, B] [plan A, B, C]
+    [task T, U] [nearest T "example"]...` or `-> no route`."""
 
     prompt: str
     attrs: tuple[Assign, ...]
@@ -327,6 +362,8 @@ class Expect:
     fallbacks: tuple[ModelRef, ...] | None
     span: Span
     plan: tuple[ModelRef, ...] | None = None  # the whole failover plan, chosen model first
+    tasks: tuple[ModelRef, ...] = ()  # `task code, legal`: tasks that must be detected (a ModelRef: name and span)
+    nearest: tuple[tuple[ModelRef, str], ...] = ()  # `nearest code "example"`: (task, its expected nearest example)
 
 
 @dataclass(frozen=True, slots=True)

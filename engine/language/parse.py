@@ -212,9 +212,26 @@ class _ToAST:
         return n.ModelAlias(str(name), self._ref(target), _tok_span(name, self.file), self._span(meta))
 
     def task_stmt(self, meta, children):
-        name, *patterns = children
-        pats = tuple(self._pattern(p) for p in patterns)
-        return n.TaskDecl(str(name), pats, _tok_span(name, self.file), self._span(meta))
+        name, *items = children
+        pats = tuple(self._pattern(p) for p in items if isinstance(p, Token))
+        likes = tuple(x for x in items if isinstance(x, n.Like))
+        return n.TaskDecl(str(name), pats, _tok_span(name, self.file), self._span(meta), likes)
+
+    def like(self, meta, children):
+        source, *rest = children
+        if isinstance(source, Token):  # `like "examples.txt"`
+            examples: tuple[n.Example, ...] = ()
+            file: str | None = unescape(source[1:-1])
+            source_span = _tok_span(source, self.file)
+        else:
+            examples, source_span = source
+            file = None
+        op, threshold = (str(rest[0]), literal(rest[1], self.file)) if rest else (">=", None)
+        return n.Like(examples, file, threshold, self._span(meta), source_span, op)
+
+    def like_list(self, meta, children):
+        examples = tuple(n.Example(unescape(t[1:-1]), _tok_span(t, self.file)) for t in children)
+        return examples, self._span(meta)
 
     def rule(self, meta, children):
         cond, action = children
@@ -266,6 +283,10 @@ class _ToAST:
 
     def call_ref(self, meta, children):
         return n.Operand(str(children[0]), False, self._span(meta), True)
+
+    def task_call_ref(self, meta, children):
+        fn, task = children
+        return n.Operand(str(fn), False, self._span(meta), False, str(task), _tok_span(task, self.file))
 
     def attr_ref(self, meta, children):
         return n.Operand(str(children[0]), False, self._span(meta))
@@ -346,21 +367,25 @@ class _ToAST:
             if isinstance(c, Token):
                 sign = -1.0 if str(c) == "-" else 1.0
             else:
-                terms.append(n.ScoreTerm(sign * c.coef, c.factor, c.name, c.span))
+                terms.append(n.ScoreTerm(sign * c.coef, c.factor, c.name, c.span, c.call))
                 sign = 1.0
         return tuple(terms)
 
     def term_scaled(self, meta, children):
-        coef, (factor, name) = children
-        return n.ScoreTerm(literal(coef, self.file).value, factor, name, self._span(meta))  # type: ignore[arg-type]
+        coef, factor = children
+        return self._term(literal(coef, self.file).value, factor, meta)
 
     def term_scaled_after(self, meta, children):
-        (factor, name), coef = children
-        return n.ScoreTerm(literal(coef, self.file).value, factor, name, self._span(meta))  # type: ignore[arg-type]
+        factor, coef = children
+        return self._term(literal(coef, self.file).value, factor, meta)
 
     def term_plain(self, meta, children):
-        factor, name = children[0]
-        return n.ScoreTerm(1.0, factor, name, self._span(meta))
+        return self._term(1.0, children[0], meta)
+
+    def _term(self, coef: Any, factor: tuple, meta) -> n.ScoreTerm:
+        """A score term from its factor: (kind, name) or, for `similarity(code)`, (kind, task, function name)."""
+        call = factor[2] if len(factor) > 2 else None
+        return n.ScoreTerm(float(coef), factor[0], factor[1], self._span(meta), call)
 
     def factor_capability(self, meta, children):
         return ("capability", str(children[0]))
@@ -382,6 +407,9 @@ class _ToAST:
 
     def factor_call(self, meta, children):
         return ("call", str(children[0]))
+
+    def factor_task_call(self, meta, children):
+        return ("similarity", str(children[1]), str(children[0]))
 
     def factor_attr(self, meta, children):
         return ("attr", str(children[0]))
@@ -435,15 +463,23 @@ class _ToAST:
     def expect_plan(self, meta, children):
         return ("plan", tuple(self._ref(c) for c in children))
 
+    def expect_tasks(self, meta, children):
+        return ("tasks", tuple(self._ref(c) for c in children))
+
+    def expect_nearest(self, meta, children):
+        task, example = children
+        return ("nearest", ((self._ref(task), unescape(example[1:-1])),))
+
     def expect_model(self, meta, children):
         model, *rest = children
-        out = {"model": self._ref(model), "by": None, "fallbacks": None, "plan": None}
+        out: dict[str, Any] = {"model": self._ref(model), "by": None, "fallbacks": None, "plan": None}
+        out["tasks"], out["nearest"] = (), ()
         for kind, value in rest:
-            out[kind] = value
+            out[kind] = out[kind] + value if kind == "nearest" else value
         return out
 
     def expect_no_route(self, meta, children):
-        return {"model": None, "by": None, "fallbacks": None, "plan": None}
+        return {"model": None, "by": None, "fallbacks": None, "plan": None, "tasks": (), "nearest": ()}
 
     def expect(self, meta, children):
         prompt, *rest = children
@@ -459,6 +495,8 @@ class _ToAST:
             outcome["fallbacks"],
             self._span(meta),
             outcome["plan"],
+            outcome["tasks"],
+            outcome["nearest"],
         )
 
     def rank_capability(self, meta, children):

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 from engine.language.nodes import FANOUT_GROUPS, Span
 from engine.runtime.policy import CompiledPolicy, Entry, Request
 from engine.runtime.report import Candidate, Experiment, PlanStep, Report
+from engine.runtime.semantic import Near
 
 
 class DecidingSelector(Protocol):
@@ -166,10 +167,26 @@ class Decision:
 
     @property
     def tasks(self) -> list[str]:
-        """Names of the declared tasks whose patterns match the prompt."""
+        """Names of the declared tasks whose patterns match the prompt, and, once the request's vector was computed
+        (decide() needed it), the semantic tasks it is close enough to in meaning; in declaration order."""
         if not self._scanned and self.policy.matcher is not None:
             self._matched, self._scanned = self.policy.matcher.scan(self.request.text), True
-        return [name for name, mask in self.policy.tasks.items() if mask & self._matched]
+        near = {x.task for x in self.nearest if x.hit}
+        return [name for name, mask in self.policy.tasks.items() if mask & self._matched or name in near]
+
+    @property
+    def vector(self) -> Any:
+        """The unit vector (numpy float32) of the request's task text when decide() computed one (a semantic task
+        or `similarity()` was evaluated), else None: reuse it rather than embedding the request again."""
+        state = self.request.semantic
+        return None if state is None else state.vector
+
+    @property
+    def nearest(self) -> list[Near]:
+        """For each semantic task, the example nearest the request (`index`, `example`), its `score` (cosine), the
+        task's `threshold` and `hit`; empty when the request's vector was not computed."""
+        state = self.request.semantic
+        return [] if state is None else state.computed(self.policy.semantic)
 
     @property
     def strategy(self) -> str:

@@ -9,6 +9,10 @@ reloads) and the nearest example (`nearest`). numpy is imported only here and on
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
+import os
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -23,6 +27,7 @@ __all__ = [
     "TAIL_CHARS",
     "Embedder",
     "EmbedderUnavailable",
+    "WordLlamaEmbedder",
     "default_embedder",
     "embed_examples",
     "embed_text",
@@ -41,6 +46,7 @@ EXTRA_HINT = "pip install 'modelroute[semantic]'"
 HEAD_CHARS = 700
 TAIL_CHARS = 300
 EXAMPLE_CACHE = 20_000  # example vectors kept across reloads, per embedder (by the sha256 of the text)
+EMBEDDERS_KEPT = 8  # embedders whose example vectors are kept (the least recently used one's go first)
 
 
 class EmbedderUnavailable(RuntimeError):
@@ -64,22 +70,105 @@ def default_embedder() -> Embedder:
     global _default
     with _default_lock:
         if _default is None:
+            root = logging.getLogger()
+            handlers, level = root.handlers[:], root.level
             try:
-                import os
-
                 import wordllama
                 from wordllama import WordLlama
             except ImportError as exc:
                 raise EmbedderUnavailable(
                     f"semantic tasks (`like`) need an embedder: {EXTRA_HINT}, or pass Engine.load(embedder=...)"
                 ) from exc
+            finally:  # importing wordllama calls logging.basicConfig(level=INFO): undo it, logging is the app's
+                root.handlers[:] = handlers
+                root.setLevel(level)
             model = WordLlama.load(cache_dir=os.path.dirname(wordllama.__file__), disable_download=True)
-
-            def embed(texts: list[str]) -> Any:
-                return model.embed(texts, norm=True)
-
-            _default = embed
+            _default = WordLlamaEmbedder(model)
         return _default
+
+
+#: Word pieces whose token ids WordLlamaEmbedder keeps (then it starts over), and the longest piece it keeps.
+PIECE_CACHE = 50_000
+PIECE_CHARS = 40
+_PIECE = re.compile("\u2581*[^\u2581]+|\u2581+")  # a run of word marks (normalised spaces) and the word after it
+
+
+class WordLlamaEmbedder:
+    """A WordLlama model as an Embedder: the vectors of `model.embed(texts, norm=True)` (to float rounding), faster.
+
+    WordLlama's vector is the mean of the text's token embeddings. Its tokenizer (Llama's BPE) marks spaces with
+    U+2581 and treats the whole text as one word, which costs about 0.25 us a character; but no token of its
+    vocabulary holds a mark after another character, so no merge crosses the start of a word, and tokenizing word
+    by word gives the same tokens. This class does that, with the token ids of each word cached. It checks the
+    tokenizer when built and falls back to `model.embed` when that reasoning does not hold (another tokenizer), and
+    for texts that hold a special token's text (`<s>`), which the tokenizer would read as that token."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.weights = model.embedding
+        self.tokenizer = model.tokenizer
+        self.specials = tuple(t.content for t in self.tokenizer.get_added_tokens_decoder().values())
+        self.pieces: dict[str, list[int]] = {}
+        self.wordwise = _splits_at_words(self.tokenizer.to_str())
+
+    def token_ids(self, text: str) -> list[int]:
+        """The tokenizer's ids for `text` (without special tokens), word by word."""
+        tokenize, pieces = self.tokenizer.model.tokenize, self.pieces
+        ids: list[int] = []
+        for piece in _PIECE.findall("\u2581" + text.replace(" ", "\u2581") if text else ""):
+            found = pieces.get(piece)
+            if found is None:
+                found = [t.id for t in tokenize(piece)]
+                if len(piece) <= PIECE_CHARS:
+                    if len(pieces) >= PIECE_CACHE:
+                        pieces.clear()
+                    pieces[piece] = found
+            ids += found
+        return ids
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        import numpy as np
+
+        rows = np.zeros((len(texts), self.weights.shape[1]), dtype=np.float32)
+        for i, text in enumerate(texts):
+            if not self.wordwise or ("<" in text and any(s in text for s in self.specials)):
+                rows[i] = np.nan_to_num(self.model.embed([text], norm=True)[0])
+                continue
+            ids = self.token_ids(text)
+            if ids:
+                # WordLlama clips ids to its vocabulary too
+                vectors = self.weights.take(np.array(ids, dtype=np.intp), axis=0, mode="clip")
+                mean = vectors.sum(axis=0) / np.float32(len(ids))
+                norm = np.sqrt(mean @ mean)
+                if norm > 0:
+                    rows[i] = mean / norm
+        return rows
+
+
+def _splits_at_words(config_json: str) -> bool:
+    """Whether a tokenizer (its JSON) gives the same tokens word by word as for the whole text: Llama's normaliser
+    (prepend a word mark, spaces become marks), no pre-tokenizer, a plain BPE whose tokens hold marks only at their
+    start."""
+    config = json.loads(config_json)
+    mark = "\u2581"
+    normalizer = config.get("normalizer") or {}
+    expected = [
+        {"type": "Prepend", "prepend": mark},
+        {"type": "Replace", "pattern": {"String": " "}, "content": mark},
+    ]
+    model = config.get("model") or {}
+    if (
+        normalizer.get("type") != "Sequence"
+        or normalizer.get("normalizers") != expected
+        or config.get("pre_tokenizer") is not None
+        or model.get("type") != "BPE"
+        or model.get("dropout")
+        or model.get("continuing_subword_prefix")
+        or model.get("end_of_word_suffix")
+        or model.get("ignore_merges")  # a word found whole in the vocabulary would skip the merges
+    ):
+        return False
+    return all(mark not in token.lstrip(mark) for token in model.get("vocab", {}))
 
 
 def _unit_rows(result: Any, count: int) -> np.ndarray:
@@ -107,7 +196,7 @@ class _Cache:
         self.lock = threading.Lock()
 
 
-_caches: dict[int, tuple[Embedder, _Cache]] = {}
+_caches: OrderedDict[int, tuple[Embedder, _Cache]] = OrderedDict()
 _caches_lock = threading.Lock()
 
 
@@ -120,6 +209,9 @@ def embed_examples(embedder: Embedder, examples: Sequence[str]) -> np.ndarray:
         held = _caches.get(id(embedder))
         if held is None or held[0] is not embedder:
             held = _caches[id(embedder)] = (embedder, _Cache())
+        _caches.move_to_end(id(embedder))
+        while len(_caches) > EMBEDDERS_KEPT:
+            _caches.popitem(last=False)
     cache = held[1]
     keys = [hashlib.sha256(e.encode("utf-8", "surrogatepass")).digest() for e in examples]
     with cache.lock:

@@ -85,6 +85,9 @@ def render_markup(r: Report) -> str:
         f"[bold]prompt[/]     {r.prompt_chars:,} chars, ~{r.tokens:,} tokens",
         f"[bold]tasks[/]      {escape(', '.join(r.tasks)) if r.tasks else '[dim](none detected)[/]'}",
     ]
+    if r.semantic:
+        lines.append("[bold]similar[/]    [dim](semantic tasks: nearest example, cosine vs threshold)[/]")
+        lines.extend(f"  {escape(s.line)}" for s in r.semantic)
     if r.attrs:
         shown = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in r.attrs.items())
         lines.append(f"[bold]attrs[/]      {escape(shown)}")

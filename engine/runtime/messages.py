@@ -417,7 +417,7 @@ def _names_read(rules: Iterable[Any]) -> Iterable[str]:
         if node.cond is not None:
             for atom in n.walk_cond(node.cond):
                 operand = getattr(atom, "left", None) or getattr(atom, "operand", None)
-                if isinstance(operand, n.Operand) and not operand.builtin:
+                if isinstance(operand, n.Operand) and not operand.builtin and operand.task is None:
                     yield operand.name
         for c in node.action.where:
             if isinstance(c.value, n.Literal) and c.value.kind == "name":

@@ -122,7 +122,7 @@ def unblocked(req: Request) -> Request:
     """The same request with no model held back by an open circuit (its Python functions' values shared)."""
     from engine.runtime.policy import Request
 
-    return Request(
+    copy = Request(
         req.text,
         req.tokens,
         req.attrs,
@@ -135,6 +135,12 @@ def unblocked(req: Request) -> Request:
         req.messages,
         _calls(req),
     )
+    if req.semantic is None:  # the request's vector too is computed once: both copies share its state
+        from engine.runtime.semantic import state_of
+
+        state_of(req)
+    copy.semantic = req.semantic
+    return copy
 
 
 def _calls(req: Request) -> dict:

@@ -135,6 +135,7 @@ class Request:
         "need_tools",
         "need_vision",
         "out_tokens",
+        "semantic",
         "state",
         "text",
         "tokens",
@@ -166,6 +167,8 @@ class Request:
         self.latency = latency  # measured latency (ms) by model, for `fastest`
         self.messages = messages  # the caller's messages (None: a prompt), for the policy's Python functions
         self.calls = calls  # each Python function's (and ranker's) value for this request (engine/runtime/functions.py)
+        #: the request's vector and nearest examples (engine/runtime/semantic.py), made when a condition needs them
+        self.semantic: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +267,9 @@ class CompiledPolicy:
     settings: Any = None  # engine.settings.Settings
     budgets: tuple[BudgetSpec, ...] = ()
     tests: tuple[Any, ...] = ()  # engine.nodes.TestBlock, for `modelroute test`
+    #: task name -> engine.runtime.semantic.SemanticTask, for the tasks with `like` examples (in declaration order)
+    semantic: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    embedder: Any = None  # the embedder the semantic tasks use (engine/runtime/embedder.py), None when none does
     #: Output tokens a request counts on when it does not say (`set output_tokens`, else DEFAULT_OUTPUT_TOKENS).
     out_tokens: float = field(init=False, repr=False, compare=False)
     #: The request counts (`messages`, `turns`, `words`) the rules read: the request builder derives only these.

@@ -73,6 +73,29 @@ class PlanStep(BaseModel, frozen=True):
     reason: str
 
 
+class Similar(BaseModel):
+    """A semantic task (one with `like` examples) for the request: the nearest example (`example`, its 0-based
+    `index` among the task's examples), its cosine similarity `score`, the task's `threshold`, and how `task is X`
+    came out: by a `pattern`, by `meaning` (score >= threshold) or `no`."""
+
+    task: str
+    example: str
+    index: int
+    score: float
+    threshold: float
+    matched_by: Literal["pattern", "meaning", "no"]
+
+    @property
+    def line(self) -> str:
+        """`code  0.816 >= 0.75 by meaning, nearest example 1 "write a python function..."`."""
+        how = {"pattern": "by a pattern", "meaning": "by meaning", "no": "not detected"}[self.matched_by]
+        op = ">=" if self.score >= self.threshold else "<"
+        example = self.example if len(self.example) <= 60 else self.example[:57] + "..."
+        return (
+            f'{self.task}  {self.score:.3f} {op} {self.threshold:g} {how}, nearest example {self.index + 1} "{example}"'
+        )
+
+
 class Report(BaseModel):
     """Everything explain shows; `modelroute explain --json` prints exactly this."""
 
@@ -91,6 +114,7 @@ class Report(BaseModel):
     cache_ttl: float | None = None  # the deciding rule's `cache 10m` in seconds (0: `cache off`; None: the policy's)
     candidates: list[Candidate] = Field(default_factory=list)
     tasks: list[str] = Field(default_factory=list)
+    semantic: list[Similar] = Field(default_factory=list)  # each semantic task: nearest example, score, threshold
     tokens: int
     prompt_chars: int
     attrs: dict[str, Any] = Field(default_factory=dict)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.runtime.functions import Failed, Function, number_of
 from engine.runtime.policy import MISSING, RankKey, get_attr
+from engine.runtime.semantic import similarity_of
 from engine.runtime.units import finite, fmt_money, fmt_plain, fmt_seconds
 
 if TYPE_CHECKING:
@@ -39,18 +40,23 @@ _EMPTY: Mapping[str, float] = MappingProxyType({})
 @dataclass(frozen=True, slots=True)
 class Term:
     """`coef * factor` of a score: factor capability (name: the capability), cost, price, latency, context,
-    tokens, attr (name: the request attribute) or call (name: the Python function, `fn` it)."""
+    tokens, attr (name: the request attribute), call (name: the Python function, `fn` it) or similarity (name: the
+    semantic task, `task` its engine.runtime.semantic.SemanticTask)."""
 
     coef: float
     factor: str
     name: str | None = None
     fn: Function | None = field(default=None, compare=False, hash=False)
+    task: Any = field(default=None, compare=False, hash=False)
 
     @property
     def text(self) -> str:
-        what = {"capability": f"capability({self.name})", "attr": str(self.name), "call": f"{self.name}()"}.get(
-            self.factor, self.factor
-        )
+        what = {
+            "capability": f"capability({self.name})",
+            "attr": str(self.name),
+            "call": f"{self.name}()",
+            "similarity": f"similarity({self.name})",
+        }.get(self.factor, self.factor)
         return f"{fmt_plain(abs(self.coef))} * {what}" if abs(self.coef) != 1 else what
 
     def static_value(self, e: Entry) -> float | None:
@@ -129,12 +135,14 @@ class ScoreRank(RankKey):
         return total
 
     def request_part(self, req: Request) -> float:
-        """The part the request adds to every model's score alike (tokens, request attributes, function values;
-        an attribute that is not a finite number adds 0). NaN when a function term has no value."""
+        """The part the request adds to every model's score alike (tokens, request attributes, function values,
+        similarities; an attribute that is not a finite number adds 0). NaN when a function term has no value."""
         total = 0.0
         for t in self.terms:
             if t.factor == "tokens":
                 total += t.coef * req.tokens
+            elif t.factor == "similarity":
+                total += t.coef * similarity_of(req, t.task)
             elif t.factor == "attr":
                 v = _request_number(req, t.name or "")
                 if v is not None:
@@ -174,6 +182,9 @@ class ScoreRank(RankKey):
                 shown = fmt_money(v)
             elif t.factor == "tokens":
                 v, shown = float(req.tokens), f"{req.tokens}"
+            elif t.factor == "similarity":
+                v = similarity_of(req, t.task)
+                shown, what = f"{v:.3f}", f"similarity({t.name})"
             elif t.factor == "call":
                 called = number_of(req, t.fn) if t.fn is not None else Failed("is not provided")
                 if isinstance(called, Failed):

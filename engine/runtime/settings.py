@@ -31,7 +31,8 @@ class Spec(NamedTuple):
     minimum: float = 0.0  # the least value allowed above 0 (E401 below it), in the kind's unit (seconds)
 
 
-#: name -> Spec. Durations are seconds, percentages fractions. The one list of settings: the compiler checks
+#: name -> Spec. Durations are seconds, percentages fractions; a "fraction" is a number from 0 to 1 or a percentage.
+#: The one list of settings: the compiler checks
 #: `set` statements against it, docs/execution.md describes it, and Settings.defaults() comes from it.
 SETTINGS: dict[str, Spec] = {
     "retry.attempts": Spec("count", 2, "retries of a transient failure on the same model before falling back"),
@@ -116,6 +117,13 @@ SETTINGS: dict[str, Spec] = {
     "cache.sampled": Spec(
         "bool", False, "whether answers to sampled requests (temperature > 0, or unset: 1) are cached too"
     ),
+    "cache.semantic": Spec(
+        "fraction",
+        None,
+        "semantic cache: a request whose text is at least this similar (cosine, 0-1 or a percentage) to a cached "
+        "one's, with the same plan, key scope and output-changing fields, is answered from the cache (unset: exact "
+        "matches only)",
+    ),
     "cache.max_bytes": Spec("count", 64 * 1024 * 1024, "bound of the in-memory response cache, in bytes (LRU)"),
     "tokens.estimator": Spec(
         "string",
@@ -181,6 +189,6 @@ def coerce(name: str, value: Any) -> Any:
     kind = spec.kind
     if kind == "count":
         return float(value) if spec.real else int(value)
-    if kind in ("duration", "percent", "money"):
+    if kind in ("duration", "percent", "money", "fraction"):
         return float(value)
     return value

@@ -23,7 +23,9 @@ from engine.runtime.report import (
     RuleOutcome,
     RuleRef,
     RuleTrace,
+    Similar,
 )
+from engine.runtime.semantic import similarity_of, state_of
 from engine.runtime.units import fmt_value
 
 if TYPE_CHECKING:
@@ -109,7 +111,16 @@ def _task_is(node: Any, seen: _Seen) -> tuple[str, str | None]:
             pid = (mask & -mask).bit_length() - 1
             hit = policy.matcher.first_match(pid, seen.text) if policy.matcher else None
             note = f'{policy.pattern_text[pid]} matched "{hit}"'
+        elif node.name in policy.semantic and seen.req is not None:
+            near = state_of(seen.req).nearest(policy.semantic[node.name])
+            op = ">=" if near.hit else "<"
+            example = f'nearest example {near.index + 1} "{_cut(near.example)}"'
+            note = f"by meaning: {example} {near.score:.3f} {op} {near.threshold:g}"
     return f"task is {node.name}", note
+
+
+def _cut(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 #: How a note on a function call starts (it wins over a type-mismatch note: it says more).
@@ -123,6 +134,12 @@ def _call_of(operand: n.Operand, seen: _Seen) -> Any:
 
 def _actual(operand: n.Operand, seen: _Seen) -> tuple[Any, str]:
     actual: Any
+    if operand.task is not None:
+        task = seen.policy.semantic.get(operand.task) if seen.policy is not None else None
+        if task is None or seen.req is None:
+            return MISSING, "(no value)"
+        actual = similarity_of(seen.req, task)
+        return actual, f"{actual:.3f}"
     if operand.call:
         actual = _call_of(operand, seen)
         return (MISSING, "(no value)") if actual is None or isinstance(actual, Failed) else (actual, _show(actual))
@@ -133,7 +150,14 @@ def _actual(operand: n.Operand, seen: _Seen) -> tuple[Any, str]:
 def _not_passed(
     operand: n.Operand, actual: Any, seen: _Seen, then: str = ": every comparison with it is false"
 ) -> str | None:
-    """The note of an atom on an operand: a function call's value (or why it has none), a missing attribute."""
+    """The note of an atom on an operand: a function call's value (or why it has none), a missing attribute, a
+    similarity's nearest example."""
+    if operand.task is not None:
+        task = seen.policy.semantic.get(operand.task) if seen.policy is not None else None
+        if task is None or seen.req is None:
+            return None
+        near = state_of(seen.req).nearest(task)
+        return f'nearest example {near.index + 1} "{_cut(near.example)}"'
     if operand.call:
         value = _call_of(operand, seen)
         if isinstance(value, Failed):
@@ -143,6 +167,8 @@ def _not_passed(
 
 
 def _shown_name(operand: n.Operand) -> str:
+    if operand.task is not None:
+        return f"{operand.name}({operand.task})"
     return f"{operand.name}()" if operand.call else operand.name
 
 
@@ -153,7 +179,8 @@ def _truthy(node: Any, seen: _Seen) -> tuple[str, str | None]:
 
 def _compare(node: Any, seen: _Seen) -> tuple[str, str | None]:
     actual, shown = _actual(node.left, seen)
-    right = fmt_value(node.right.kind, node.right.value) if not node.left.builtin else f"{node.right.value:g}"
+    plain = node.left.builtin or node.left.task is not None
+    right = fmt_value(node.right.kind, node.right.value) if not plain else f"{node.right.value:g}"
     return f"{_shown_name(node.left)} {shown} {node.op} {right}", _not_passed(node.left, actual, seen)
 
 
@@ -277,12 +304,15 @@ def trace(
         if pick is not None:
             decided = (rule, pick)
             break
+    semantic = _semantic(policy, req, matched)
+    near = {s.task for s in semantic if s.matched_by == "meaning"}
     report = Report(
         policy=policy.entry,
         policy_version=policy.version,
         tokens=req.tokens,
         prompt_chars=len(req.text),
-        tasks=tasks,
+        tasks=[name for name in policy.tasks if name in tasks or name in near],
+        semantic=semantic,
         attrs={k: _jsonable(v) for k, v in req.attrs.items()},
         rules=traces,
         rules_not_reached=len(policy.rules) - len(traces),
@@ -305,6 +335,26 @@ def trace(
             why = "is the chosen model" if f is winner else (out.text if out is not None else None)
             report.fallback_checks.append(FallbackCheck(model=f.name, status="skipped" if why else "kept", reason=why))
     return report
+
+
+def _semantic(policy: CompiledPolicy, req: Request, matched: int) -> list[Similar]:
+    """Each semantic task's nearest example for the request (explain shows them all, so the request is embedded
+    here if decide() did not need to: once, shared through the request's semantic state)."""
+    out = []
+    for name, task in policy.semantic.items():
+        near = state_of(req).nearest(task)
+        how = "pattern" if policy.tasks[name] & matched else "meaning" if near.hit else "no"
+        out.append(
+            Similar(
+                task=name,
+                example=near.example,
+                index=near.index,
+                score=round(near.score, 6),
+                threshold=near.threshold,
+                matched_by=how,  # type: ignore[arg-type]
+            )
+        )
+    return out
 
 
 def _jsonable(v: Any) -> Any:

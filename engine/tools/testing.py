@@ -24,6 +24,7 @@ from engine.runtime.matcher import to_re2
 from engine.runtime.policy import CompiledPolicy
 from engine.runtime.qualified import resolve_qualified
 from engine.runtime.report import Report
+from engine.runtime.semantic import Near, nearest_all
 
 TEST_FILE_SUFFIX = "_test.route"
 
@@ -34,8 +35,9 @@ TEST_FILE_SUFFIX = "_test.route"
 def statements(policy: CompiledPolicy) -> list[n.Stmt]:
     """Every statement of the policy's .route files (re-parsed from the sources the policy keeps), in file order."""
     out: list[n.Stmt] = []
+    examples = {t.file for t in policy.semantic.values()}
     for f in policy.files:
-        if f.endswith((".yaml", ".yml", ".json")) or f not in policy.sources.texts:
+        if f.endswith((".yaml", ".yml", ".json")) or f not in policy.sources.texts or f in examples:
             continue
         try:
             out.extend(parse(policy.sources.texts[f], f).body)
@@ -114,12 +116,16 @@ def compile_with_tests(
     today: datetime.date | None = None,
     functions: Mapping[str, Callable[..., Any]] | None = None,
     rankers: Mapping[str, Callable[..., Any]] | None = None,
+    embedder: Callable[[list[str]], Any] | None = None,
 ) -> tuple[CompiledPolicy, list[str]]:
     """Compile a policy together with its test files; raises PolicyError with every diagnostic. `today` is the
     date deprecations count from (None: the date now); `functions` / `rankers`: the Python functions and rankers
-    the policy calls (Engine.load's)."""
+    the policy calls (Engine.load's); `embedder`: what embeds semantic tasks' examples (None: the default)."""
     loaded, added = load_with_tests(path)
-    return compile_loaded(loaded, today=today, functions=functions or None, rankers=rankers or None), added
+    compiled = compile_loaded(
+        loaded, today=today, functions=functions or None, rankers=rankers or None, embedder=embedder
+    )
+    return compiled, added
 
 
 # ---- results -----------------------------------------------------------------------------------------------
@@ -139,6 +145,7 @@ class CaseResult:
     rule_at: str | None  # file:line of the deciding rule
     fallbacks: tuple[str, ...]
     report: Report | None  # failures only: what happened instead (engine.explain.render_text renders it)
+    nearest: tuple[tuple[str, int], ...] = ()  # (semantic task, index of its example nearest the prompt)
 
     @property
     def span(self) -> n.Span:
@@ -180,6 +187,8 @@ class Coverage:
     patterns: int
     unused_rules: tuple[tuple[int, str, str], ...]  # (index, file:line, text)
     unused_patterns: tuple[tuple[str, str, str], ...]  # (pattern, file:line, where: "task code" | "rule 3")
+    examples: int = 0  # examples of semantic tasks
+    unused_examples: tuple[tuple[str, str, str], ...] = ()  # (example, file:line, "task code"): never the nearest
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -192,6 +201,11 @@ class Coverage:
                 "total": self.patterns,
                 "exercised": self.patterns - len(self.unused_patterns),
                 "unexercised": [{"pattern": p, "at": at, "in": w} for p, at, w in self.unused_patterns],
+            },
+            "examples": {
+                "total": self.examples,
+                "exercised": self.examples - len(self.unused_examples),
+                "unexercised": [{"example": x, "at": at, "in": w} for x, at, w in self.unused_examples],
             },
         }
 
@@ -262,13 +276,17 @@ def run_case(policy: CompiledPolicy, names: dict[str, str], test: str, e: n.Expe
     if reserved := [k for k in DECIDE_ARGUMENTS if k in attrs]:
         why = f"`{reserved[0]}` is the request itself, not an attribute: write the prompt after `expect`"
         return CaseResult(test, e, _source(policy, e.span), False, (why,), None, None, None, (), None)
+    err_request = None
     try:
         d = engine.decide(e.prompt, **attrs)
         model, rule, fallbacks = d.model, d.rule, tuple(d.fallbacks)
     except NoRouteError as err:
         d, model, rule, fallbacks, report = None, None, None, (), err.report()
+        err_request = err.request
     except RequestError as exc:  # e.g. `with tokens = "many"`: the expect cannot be decided as written
         return CaseResult(test, e, _source(policy, e.span), False, (str(exc),), None, None, None, (), None)
+    request = d.request if d is not None else err_request
+    near = {x.task: x for x in nearest_all(request, policy.semantic)} if policy.semantic and request else {}
     problems: list[str] = []
     if e.model is None:
         if model is not None:
@@ -293,6 +311,7 @@ def run_case(policy: CompiledPolicy, names: dict[str, str], test: str, e: n.Expe
             want_plan, chain = [resolve(f) for f in e.plan], d.chain
             if chain != want_plan:
                 problems.append(f"expected plan [{', '.join(want_plan)}], got [{', '.join(chain)}]")
+        problems += _semantic_problems(policy, e, near, d.tasks if d is not None else [])
     if problems:  # what happened instead, without the decide time (it differs run to run)
         shown = d.report() if d is not None else report
         report = shown.model_copy(update={"elapsed_us": None}) if shown is not None else None
@@ -309,7 +328,23 @@ def run_case(policy: CompiledPolicy, names: dict[str, str], test: str, e: n.Expe
         f"{rule.file}:{rule.line}" if rule is not None else None,
         fallbacks,
         report,
+        tuple((x.task, x.index) for x in near.values()),
     )
+
+
+def _semantic_problems(policy: CompiledPolicy, e: n.Expect, near: dict[str, Near], tasks: list[str]) -> list[str]:
+    """`task T, U` (each detected, by a pattern or by meaning) and `nearest T "example"`."""
+    out = []
+    for ref in e.tasks:
+        if ref.name not in tasks and not (ref.name in near and near[ref.name].hit):
+            found = near.get(ref.name)
+            why = f" (nearest example {found.score:.3f} < {found.threshold:g})" if found is not None else ""
+            out.append(f"expected task {ref.name}, detected [{', '.join(tasks)}]{why}")
+    for ref, example in e.nearest:
+        found = near.get(ref.name)
+        if found is not None and found.example != example:
+            out.append(f'expected nearest example of {ref.name} "{example}", got "{found.example}" ({found.score:.3f})')
+    return out
 
 
 def selected(block: n.TestBlock, e: n.Expect, pattern: str | None) -> bool:
@@ -350,4 +385,12 @@ def coverage(policy: CompiledPolicy, stmts: list[n.Stmt], cases: list[CaseResult
         for pid in range(len(policy.pattern_text))
         if not matched >> pid & 1
     )
-    return Coverage(len(policy.rules), len(policy.pattern_text), rules, pats)
+    nearest = {pair for c in cases for pair in c.nearest}
+    examples = tuple(
+        (text, f"{span.file}:{span.line}", f"task {name}")
+        for name, task in policy.semantic.items()
+        for i, (text, span) in enumerate(zip(task.examples, task.spans, strict=True))
+        if (name, i) not in nearest
+    )
+    total = sum(len(t.examples) for t in policy.semantic.values())
+    return Coverage(len(policy.rules), len(policy.pattern_text), rules, pats, total, examples)
