@@ -9,17 +9,19 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# the project with the serve extra (starlette, uvicorn, redis), tokens (`set tokens.estimator`) and otel (OTEL_*
-# tracing), installed from the sources, then the sources go
+# the project with the serve extra (starlette, uvicorn, redis), tokens (`set tokens.estimator`), otel (OTEL_*
+# tracing) and semantic (WordLlama for `like` tasks, which the bundled policy uses; its weights ship in the wheel, so
+# the image embeds offline), installed from the sources; the bundled policy and its example files go to
+# /etc/modelroute, then the sources go
 WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY grammar ./grammar
 COPY policies ./policies
 COPY engine ./engine
 COPY providers ./providers
-RUN pip install ".[serve,tokens,otel]" \
+RUN pip install ".[serve,tokens,otel,semantic]" \
     && mkdir -p /etc/modelroute \
-    && cp policies/*.route /etc/modelroute/ \
+    && cp -R policies/. /etc/modelroute/ \
     && cd / && rm -rf /src
 
 RUN groupadd --system --gid 10001 modelroute \

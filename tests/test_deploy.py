@@ -174,7 +174,7 @@ def test_the_image_installs_the_project_from_what_it_copies_and_dockerignore_kee
     found = re.search(r"pip install \"?\.\[([\w,]+)\]\"?", run)
     assert found, "pip install of the project with its extras"
     extras = set(found.group(1).split(","))
-    assert {"serve", "tokens", "otel"} <= extras, "the gateway, `set tokens.estimator` and OTEL_* tracing all work"
+    assert {"serve", "tokens", "otel", "semantic"} <= extras, "gateway, tokens.estimator, OTEL_* tracing, like tasks"
     assert extras <= set(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"])
     copied = {exec_form(a)[0] if a.startswith("[") else a.split()[0] for a in instruction("COPY")}
     copied |= {name for a in instruction("COPY") for name in a.split()[:-1]}

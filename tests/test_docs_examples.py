@@ -146,7 +146,7 @@ def test_blocks_are_found() -> None:
 
 def test_readme_starts_with_the_two_setup_commands() -> None:
     readme = [b for b in ALL if b.doc == "README.md"]
-    assert readme[0].text.strip().startswith("python -m pip install . && modelroute explain ")
+    assert readme[0].text.strip().startswith("python -m pip install '.[semantic]' && modelroute explain ")
     assert readme[1].text.strip() == "python -m pip install -e '.[test]' && python -m pytest -q"
 
 
@@ -298,7 +298,7 @@ def test_bench_without_shared_data_says_what_it_needs(script: str, tmp_path: Pat
     assert "MODELROUTE_BENCH_DATA" in line and str(tmp_path / "absent") in line, line
 
 
-@pytest.mark.parametrize("script", ["failover_bench.py", "scaling_bench.py", "metrics_bench.py"])
+@pytest.mark.parametrize("script", ["failover_bench.py", "scaling_bench.py", "metrics_bench.py", "semantic_bench.py"])
 def test_bench_explains_itself(script: str) -> None:
     proc = _run([str(BENCH / script), "--help"])
     assert proc.returncode == 0 and "--quick" in proc.stdout, proc.stdout + proc.stderr
@@ -308,6 +308,11 @@ def test_metrics_bench_quick_prints_ratios_and_the_verdict() -> None:
     proc = _run([str(BENCH / "metrics_bench.py"), "--quick"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "x  (+" in proc.stdout and "us budget" in proc.stdout, proc.stdout
+
+
+def test_quality_bench_explains_itself() -> None:
+    proc = _run([str(BENCH / "quality_bench.py"), "--help"])
+    assert proc.returncode == 0 and "--tasks" in proc.stdout, proc.stdout + proc.stderr
 
 
 def test_decide_bench_names_the_synthetic_option(tmp_path: Path) -> None:
@@ -320,6 +325,7 @@ def test_every_bench_script_is_covered() -> None:
     covered = {"speed_bench.py", "decide_bench.py", "gateway_bench.py", "transport_bench.py"}
     covered |= {"redis_store_bench.py", "reload_bench.py", "handwritten.py", "needs.py"}
     covered |= {"failover_bench.py", "scaling_bench.py", "metrics_bench.py", "tokens_bench.py"}
+    covered |= {"semantic_bench.py", "quality_bench.py"}
     assert {p.name for p in BENCH.glob("*.py")} == covered
 
 

@@ -1,9 +1,11 @@
 """Packaging: the wheel built from a copy of the source tree holds every package and data file, and what a user
-installs from it (with its dependencies and the `serve` extra, in a fresh venv) works from another directory.
+installs from it (with its dependencies and the `serve` and `semantic` extras, in a fresh venv) works from another
+directory.
 
 One module-scoped fixture builds the wheel (`python -m build` on a copy of the files git tracks, so no build/ or
-*.egg-info lands in the checkout) and installs it into a venv made without --system-site-packages: the runtime
-dependencies come from pip's cache or the package index, as for a user running `python -m pip install .`.
+*.egg-info lands in the checkout) and installs it with `[serve,semantic]` into a venv made without
+--system-site-packages: the runtime dependencies come from pip's cache or the package index, as for a user running
+README's `python -m pip install '.[semantic]'`.
 From a directory outside the checkout the tests then run `modelroute explain` (text and html), `modelroute
 check`, `Engine.complete()` against a loopback fake provider (tests/fakeserver.py) and `modelroute serve`
 answering the `openai` SDK. A failed build or install fails the tests with pip's output; nothing here skips.
@@ -36,6 +38,8 @@ REPO = Path(__file__).resolve().parent.parent
 #: What the wheel is built from when the checkout is not a git work tree (a source archive).
 SOURCES = ("pyproject.toml", "setup.py", "README.md", "engine", "providers", "grammar", "policies")
 README_PROMPT = "Implement a function that merges two sorted lists"  # README's first command
+#: The extras the venv gets: the gateway (`serve`) and the default embedder the bundled policy's `like` tasks need.
+EXTRAS = ("serve", "semantic")
 BUILD_TIMEOUT = 600.0  # seconds; building fetches setuptools and wheel into an isolated environment
 INSTALL_TIMEOUT = 900.0  # installing the dependencies may take a minute or two on a cold pip cache
 RUN_TIMEOUT = 120.0
@@ -117,7 +121,7 @@ def _copy_source(dest: Path) -> None:
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
-    """Build a wheel from a copy of the source tree and install it with `[serve]` into a fresh venv."""
+    """Build a wheel from a copy of the source tree and install it with `[serve,semantic]` into a fresh venv."""
     root = tmp_path_factory.mktemp("packaging")
     src, dist, venv = root / "src", root / "dist", root / "venv"
     _copy_source(src)
@@ -131,11 +135,11 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     bindir = venv / ("Scripts" if os.name == "nt" else "bin")
     _must(
         _run(
-            [bindir / "python", "-m", "pip", "install", "--progress-bar", "off", f"{wheels[0]}[serve]"],
+            [bindir / "python", "-m", "pip", "install", "--progress-bar", "off", f"{wheels[0]}[{','.join(EXTRAS)}]"],
             cwd=root,
             timeout=INSTALL_TIMEOUT,
         ),
-        "installing the wheel with its dependencies and [serve]",
+        f"installing the wheel with its dependencies and [{','.join(EXTRAS)}]",
     )
     site = _run([bindir / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=root)
     _must(site, "asking the venv for its site-packages")
@@ -179,6 +183,7 @@ def test_wheel_holds_grammar_policies_templates_and_catalog(installed: Installed
         "engine/_grammar/route.lark": REPO / "grammar" / "route.lark",
         "providers/catalog/catalog.yaml": REPO / "providers" / "catalog" / "catalog.yaml",
         **{f"engine/_policies/{p.name}": p for p in (REPO / "policies").glob("*.route")},
+        **{f"engine/_policies/examples/{p.name}": p for p in (REPO / "policies").glob("examples/*.txt")},
         **{f"engine/tools/templates/{p.name}": p for p in (REPO / "engine" / "tools" / "templates").glob("*.j2")},
     }
     assert {"engine/_policies/main.route", "engine/tools/templates/explain.html.j2"} <= data.keys()
@@ -228,6 +233,17 @@ def test_explain_readme_command_on_the_bundled_policy(installed: Installed, outs
     data = json.loads(as_json.stdout)
     assert data["model"] == expected.model and data["tasks"] == ["code"]
     assert Path(data["policy"]).parent == bundled
+
+
+def test_default_embedder_works_offline_in_the_venv(installed: Installed, outside: Path) -> None:
+    code = (
+        "from engine.runtime.embedder import default_embedder; import numpy as np; "
+        "v = default_embedder()(['write a python function that parses dates']); "
+        "print(v.shape[0], v.shape[1], round(float(np.linalg.norm(v[0])), 4))"
+    )
+    proc = _run([installed.python, "-c", code], cwd=outside, env={"HF_HUB_OFFLINE": "1", "HOME": str(outside)})
+    _must(proc, "embedding with the default embedder in the venv")
+    assert proc.stdout.split() == ["1", "256", "1.0"]
 
 
 def test_check_bundled_policy(installed: Installed, outside: Path) -> None:
