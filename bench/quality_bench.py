@@ -1,0 +1,252 @@
+"""Decision-quality benchmark: a task library and labelled real prompts in, precision/recall/F1 per task out.
+
+Run: python bench/quality_bench.py [--tasks FILE] [--out FILE]
+Scores the task library (default: the bundled policies/tasks.route) in two variants in one run: "regex" (every
+`like` item removed, so only patterns decide) and "examples" (as written). "Detected" means the task is in
+engine.decide(prompt).tasks. Prints one table and writes it to bench/results/quality.txt (or --out).
+
+Prompts:
+- bench/data/prompts.jsonl: hand-labelled real prompts (labelling rules in bench/data/LABELLING.md), split once at
+  random into a tuning half and a held-out half. The held-out figures are the ones that count; the tuning figures
+  (marked) are where examples and thresholds were chosen.
+- HumanEval (../shared/data, all 164 are code): recall of `code`.
+- awesome-chatgpt-prompts `for_devs` (all 1,529; a weak label for code): precision, recall and F1 of `code`.
+- For a `complex` task, when the library declares one: accuracy against the simple/complex labels.
+
+The regex variant is made with the engine's own parser: each task statement's `like` items are located by their
+source spans and cut from a copy of the file (a task made only of examples then has nothing left and detects
+nothing). Needs the shared data folder (bench/needs.py) and, for `like`, the semantic extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import json
+import sys
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+from needs import data_dir, require_data, require_modules  # noqa: E402
+
+from engine import Engine  # noqa: E402
+from engine.language import nodes  # noqa: E402
+from engine.language.load import bundled_policy_dir  # noqa: E402
+from engine.language.parse import parse  # noqa: E402
+
+LABELS = ("code", "math", "summarize", "translate", "creative", "extract", "legal", "advice")
+PROMPTS = HERE / "data" / "prompts.jsonl"
+OUT = HERE / "results" / "quality.txt"
+#: the model every rule of the bench policy names: the bench reads only decide().tasks
+MODEL = "gpt-4o-mini"
+
+
+@dataclass(frozen=True)
+class Labelled:
+    text: str
+    tasks: frozenset[str]
+    complex: bool
+    split: str
+
+
+def labelled_prompts() -> list[Labelled]:
+    with open(PROMPTS, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    return [Labelled(r["text"], frozenset(r["tasks"]), r["complexity"] == "complex", r["split"]) for r in rows]
+
+
+def humaneval() -> list[str]:
+    with gzip.open(data_dir() / "HumanEval.jsonl.gz", "rt", encoding="utf-8") as f:
+        return [json.loads(line)["prompt"] for line in f]
+
+
+def awesome() -> list[tuple[str, bool]]:
+    """(prompt, for_devs) for every row of awesome-chatgpt-prompts."""
+    csv.field_size_limit(10**8)
+    with open(data_dir() / "awesome_chatgpt_prompts.csv", newline="", encoding="utf-8") as f:
+        return [(row["prompt"], row["for_devs"] == "TRUE") for row in csv.DictReader(f)]
+
+
+def _offset(lines: Sequence[str], line: int, col: int) -> int:
+    return sum(len(x) for x in lines[: line - 1]) + col - 1
+
+
+def task_decls(text: str, file: str) -> list[nodes.TaskDecl]:
+    return [s for s in parse(text, file).body if isinstance(s, nodes.TaskDecl)]
+
+
+def without_likes(text: str, file: str) -> str:
+    """The task library with every `like` item cut out (located by the parser's spans), with the comma before it.
+    A task left with no pattern is removed whole: in the regex variant it detects nothing."""
+    lines = text.splitlines(keepends=True)
+    cuts: list[tuple[int, int]] = []
+    for decl in task_decls(text, file):
+        if not decl.likes:
+            continue
+        if not decl.patterns:
+            cuts.append(
+                (_offset(lines, decl.span.line, decl.span.col), _offset(lines, decl.span.end_line, decl.span.end_col))
+            )
+            continue
+        for like in decl.likes:
+            start = _offset(lines, like.span.line, like.span.col)
+            end = _offset(lines, like.span.end_line, like.span.end_col)
+            comma = text.rfind(",", 0, start)
+            cuts.append((comma if comma >= 0 and not text[comma + 1 : start].strip() else start, end))
+    for start, end in sorted(cuts, reverse=True):
+        text = text[:start] + text[end:]
+    return text
+
+
+def bench_engine(folder: Path, tasks_file: Path, semantic: str | None) -> Engine:
+    """An engine whose policy is the task library plus rules that only make decide() compute what .tasks reads."""
+    main = folder / "main.route"
+    body = [f'include "{tasks_file.resolve()}"']
+    if semantic is not None:  # the request's vector is computed for every request, so every semantic task is scored
+        body.append(f"when similarity({semantic}) >= 0.5 use {MODEL}")
+    body.append(f"otherwise use {MODEL}")
+    main.write_text("\n".join(body) + "\n", encoding="utf-8")
+    return Engine.load(main)
+
+
+@dataclass
+class Counts:
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+    tn: int = 0
+
+    def add(self, truth: bool, detected: bool) -> None:
+        if truth and detected:
+            self.tp += 1
+        elif detected:
+            self.fp += 1
+        elif truth:
+            self.fn += 1
+        else:
+            self.tn += 1
+
+    @property
+    def precision(self) -> float:
+        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 0.0
+
+    @property
+    def recall(self) -> float:
+        return self.tp / (self.tp + self.fn) if self.tp + self.fn else 0.0
+
+    @property
+    def f1(self) -> float:
+        p, r = self.precision, self.recall
+        return 2 * p * r / (p + r) if p + r else 0.0
+
+    @property
+    def accuracy(self) -> float:
+        total = self.tp + self.fp + self.fn + self.tn
+        return (self.tp + self.tn) / total if total else 0.0
+
+
+def detect(engine: Engine, texts: Iterable[str]) -> list[frozenset[str]]:
+    return [frozenset(engine.decide(t).tasks) for t in texts]
+
+
+def score(found: Sequence[frozenset[str]], truth: Sequence[bool], task: str) -> Counts:
+    counts = Counts()
+    for got, want in zip(found, truth, strict=True):
+        counts.add(want, task in got)
+    return counts
+
+
+def prf(c: Counts) -> str:
+    return f"{c.precision:5.2f} {c.recall:5.2f} {c.f1:5.2f}"
+
+
+def report(tasks_file: Path, argv: Sequence[str]) -> str:
+    text = tasks_file.read_text(encoding="utf-8")
+    decls = task_decls(text, str(tasks_file))
+    declared = [d.name for d in decls]
+    semantic = next((d.name for d in decls if d.likes), None)
+    prompts = labelled_prompts()
+    he = humaneval()
+    aw = awesome()
+    variants: dict[str, dict[str, list[frozenset[str]]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        stripped = folder / "tasks_regex.route"
+        stripped.write_text(without_likes(text, str(tasks_file)), encoding="utf-8")
+        runs = [("regex", stripped, None)] + ([("examples", tasks_file, semantic)] if semantic else [])
+        for name, file, sem in runs:
+            engine = bench_engine(folder, file, sem)
+            variants[name] = {
+                "labelled": detect(engine, (p.text for p in prompts)),
+                "humaneval": detect(engine, he),
+                "awesome": detect(engine, (t for t, _ in aw)),
+            }
+    names = list(variants)
+    head = "  ".join(f"{n + ' P/R/F1':>17}" for n in names)
+    out = [
+        "Decision quality of the task library: precision / recall / F1 per task",
+        f"command: python bench/quality_bench.py {' '.join(argv)}".rstrip(),
+        f"tasks: {tasks_file.relative_to(ROOT) if tasks_file.is_relative_to(ROOT) else tasks_file}"
+        + ("" if semantic else "  (no `like` items: the examples variant is the regex variant)"),
+        f"prompts: {PROMPTS.relative_to(ROOT)} ({len(prompts)} hand-labelled; "
+        f"{sum(p.split == 'heldout' for p in prompts)} held-out, {sum(p.split == 'tuning' for p in prompts)} tuning)",
+        "",
+    ]
+    for split, title in (
+        ("heldout", "HELD-OUT half (the figures that count)"),
+        ("tuning", "tuning half (examples and thresholds chosen here)"),
+    ):
+        rows = [i for i, p in enumerate(prompts) if p.split == split]
+        out.append(f"== {title}")
+        out.append(f"{'task':<10} {'positives':>9}  {head}")
+        for task in LABELS:
+            truth = [task in prompts[i].tasks for i in rows]
+            if task not in declared:
+                out.append(f"{task:<10} {sum(truth):>9}  (not declared)")
+                continue
+            cells = "  ".join(
+                f"{prf(score([variants[n]['labelled'][i] for i in rows], truth, task)):>17}" for n in names
+            )
+            out.append(f"{task:<10} {sum(truth):>9}  {cells}")
+        if "complex" in declared:
+            truth = [prompts[i].complex for i in rows]
+            counts = {n: score([variants[n]["labelled"][i] for i in rows], truth, "complex") for n in names}
+            cells = "  ".join(f"{prf(c):>17}" for c in counts.values())
+            out.append(f"{'complex':<10} {sum(truth):>9}  {cells}")
+            acc = "  ".join(f"{'accuracy ' + format(c.accuracy, '.2f'):>17}" for c in counts.values())
+            out.append(f"{'':<10} {'':>9}  {acc}")
+        out.append("")
+    out.append("== HumanEval (164 programming problems, all code): recall of `code`")
+    out.append("  ".join(f"{n}: {score(variants[n]['humaneval'], [True] * len(he), 'code').recall:.2f}" for n in names))
+    devs = [d for _, d in aw]
+    out.append("")
+    out.append(f"== awesome-chatgpt-prompts for_devs ({sum(devs)} of {len(devs)}; a weak label): `code` P/R/F1")
+    out.append("  ".join(f"{n}: {prf(score(variants[n]['awesome'], devs, 'code'))}" for n in names))
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=Path, default=bundled_policy_dir() / "tasks.route", help="task library")
+    parser.add_argument("--out", type=Path, default=OUT, help="where to write the table (default: %(default)s)")
+    args = parser.parse_args()
+    require_data("quality_bench.py", "HumanEval.jsonl.gz", "awesome_chatgpt_prompts.csv")
+    tasks = args.tasks.resolve()
+    if any(d.likes for d in task_decls(tasks.read_text(encoding="utf-8"), str(tasks))):
+        require_modules("quality_bench.py", "wordllama", "numpy", install="pip install 'modelroute[semantic]'")
+    text = report(tasks, sys.argv[1:])
+    print(text, end="")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
