@@ -43,19 +43,6 @@ def test_the_texts_are_as_close_as_the_tests_say() -> None:
     assert round(cosine(FIRST, PARAPHRASE), 3) == 0.894 and round(cosine(FIRST, OTHER), 3) == 0.671
 
 
-@pytest.fixture(autouse=True)
-def _fraction_bridge(monkeypatch) -> None:
-    """TEMPORARY (remove once the compiler accepts it): while `set cache.semantic = 0.85` does not compile (the
-    "fraction" kind of engine/runtime/settings.py is being written), the setting is read as a real count."""
-    from engine import PolicyError, compile_source
-    from engine.runtime.settings import SETTINGS, Spec
-
-    try:
-        compile_source("set cache.semantic = 0.85\notherwise use gpt-4o-mini\n")
-    except PolicyError:
-        monkeypatch.setitem(SETTINGS, "cache.semantic", Spec("count", None, "bridge", real=True))
-
-
 def user(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
 

@@ -241,3 +241,15 @@ def test_unreadable_example_file_names_its_path(tmp_path: Path, monkeypatch: pyt
     first, second = info.value.diagnostics
     assert first.code == "E204" and first.message.endswith("bad.txt of task `a` cannot be read: not valid UTF-8")
     assert second.code == "E204" and second.message.endswith("missing/b.txt of task `b` does not exist")
+
+
+def test_the_semantic_cache_without_an_embedder_is_reported_at_its_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    def unavailable():
+        raise EmbedderUnavailable(f"semantic tasks (`like`) need an embedder: {EXTRA_HINT}")
+
+    monkeypatch.setattr("engine.compiler.semantic.default_embedder", unavailable)
+    err = _errors("set cache.ttl = 1h\nset cache.semantic = 0.95\notherwise use gpt-4o")
+    assert err.codes == ["E320"]
+    d = err.diagnostics[0]
+    assert d.span is not None and d.span.line == 2 and "cache.semantic" in d.message and EXTRA_HINT in (d.hint or "")
+    assert compile_source("set cache.semantic = 0.95\notherwise use gpt-4o", embedder=BagOfWords()).embedder

@@ -80,6 +80,19 @@ def pass_embed(ctx: Context) -> None:
     """Embed every semantic task's examples (only once the policy is otherwise sound: E320 names a missing
     embedder at the first `like` in any case)."""
     if not ctx.examples:
+        cache = ctx.settings.get("cache.semantic")  # the semantic cache embeds requests too
+        if cache is not None and ctx.embedder is None:
+            try:
+                ctx.embedder_used = default_embedder()
+            except EmbedderUnavailable as exc:
+                ctx.error(
+                    "E320",
+                    "no embedder for the semantic cache (`cache.semantic`)",
+                    cache.span,
+                    "needs an embedder",
+                    f"{EXTRA_HINT} (the default, WordLlama, works offline), or pass Engine.load(embedder=...)",
+                    (str(exc),),
+                )
         return
     first = next(iter(ctx.examples.values()))[0]
     embedder = ctx.embedder

@@ -43,12 +43,8 @@ ROW_BOOKKEEPING = 16  # bytes per row besides its vector and key: its expiry and
 
 
 def threshold_of(settings: Mapping[str, Any] | None) -> float | None:
-    """The policy's `set cache.semantic` (a cosine from 0 to 1), or None: exact matches only (also while the
-    setting is unknown to this build)."""
-    try:
-        value = setting(settings, "cache.semantic")
-    except KeyError:
-        return None
+    """The policy's `set cache.semantic` (a cosine from 0 to 1), or None: exact matches only."""
+    value = setting(settings, "cache.semantic")
     return None if value is None else float(value)
 
 
