@@ -87,7 +87,8 @@ def render_markup(r: Report) -> str:
     ]
     if r.semantic:
         lines.append("[bold]similar[/]    [dim](semantic tasks: nearest example, cosine vs threshold)[/]")
-        lines.extend(f"  {escape(s.line)}" for s in r.semantic)
+        width = max(len(s.task) for s in r.semantic)
+        lines.extend(f"  {escape(s.text(width))}" for s in r.semantic)
     if r.attrs:
         shown = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in r.attrs.items())
         lines.append(f"[bold]attrs[/]      {escape(shown)}")

@@ -88,12 +88,16 @@ class Similar(BaseModel):
     @property
     def line(self) -> str:
         """`code  0.816 >= 0.75 by meaning, nearest example 1 "write a python function..."`."""
+        return self.text()
+
+    def text(self, width: int = 0) -> str:
+        """`line` with the task name padded to `width` (explain lines the scores up)."""
         how = {"pattern": "by a pattern", "meaning": "by meaning", "no": "not detected"}[self.matched_by]
         op = ">=" if self.score >= self.threshold else "<"
         example = self.example if len(self.example) <= 60 else self.example[:57] + "..."
-        return (
-            f'{self.task}  {self.score:.3f} {op} {self.threshold:g} {how}, nearest example {self.index + 1} "{example}"'
-        )
+        threshold = f"{self.threshold:g}".ljust(4 if width else 0)
+        score = f"{self.task:<{width}}  {self.score:.3f} {op.ljust(2 if width else 0)} {threshold}"
+        return f'{score} {how}, nearest example {self.index + 1} "{example}"'
 
 
 class Report(BaseModel):
