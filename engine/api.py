@@ -10,25 +10,26 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, cast
 
 from engine.calling import ExecutionMethods
-from engine.compiler.passes import compile_loaded
-from engine.language.load import bundled_policy_dir, load, load_source
+from engine.compiling import _embedder, compile_policy, compile_source
+from engine.language.load import bundled_policy_dir
 from engine.options import check_execution_options, extension_functions
+from engine.reloading import ReloadMethods
+from engine.request_building import RequestError as RequestError
+from engine.request_building import RequestMethods
 from engine.runtime.budget import BudgetBook
 from engine.runtime.caller_pin import caller_pinned_decision
 from engine.runtime.decision import Decision, NoRouteError
 from engine.runtime.embedder import Embedder
 from engine.runtime.evaluate import decide as _decide
-from engine.runtime.messages import request_counts
 from engine.runtime.pinned import pinned_decision, resolve_model
 from engine.runtime.plan import decide_all_open
-from engine.runtime.policy import CompiledPolicy, Request, not_an_attribute
+from engine.runtime.policy import CompiledPolicy, Request
 from engine.runtime.state import ExecutionStore, MemoryStore, StateStore
 from engine.runtime.tokenizer import load_estimator, policy_estimator
-from engine.runtime.tokens import TokenCount, TokenEstimator, count_request, estimate_tokens, from_messages, has_images
+from engine.runtime.tokens import TokenEstimator, estimate_tokens
 
 if TYPE_CHECKING:
-    from engine.diagnostics import PolicyError
-    from engine.reload import Reloader, ReloadEvent
+    from engine.reload import Reloader
     from providers.execution import Executor
 
 
@@ -36,80 +37,7 @@ if TYPE_CHECKING:
 DECIDE_ARGUMENTS = ("prompt", "messages")
 
 
-class RequestError(ValueError):
-    """A request the engine cannot decide as given (e.g. `tokens="many"`); the message says what to change."""
-
-
-def _token_count(value: Any) -> int:
-    """The `tokens=N` override as an int; RequestError for anything but a finite number >= 0 (or its digits)."""
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
-        raise RequestError(f"tokens must be a number of tokens (0 or more), not {value!r}")
-    return int(value)
-
-
-def compile_policy(
-    path: str | Path | None = None,
-    *,
-    catalog: Any = None,
-    today: datetime.date | None = None,
-    functions: Mapping[str, Callable[..., Any]] | None = None,
-    rankers: Mapping[str, Callable[..., Any]] | None = None,
-    embedder: Embedder | None = None,
-) -> CompiledPolicy:
-    """Load and compile a policy file or directory (default: the bundled policy). Raises PolicyError.
-
-    `today` is the date deprecations count from (default: the date now): `prefer` never ranks a catalog model
-    whose deprecation_date is on or before it. `functions` / `rankers`: the Python functions and rankers the
-    policy calls (see Engine.functions); a call to one not given is an error (E313, E314). `embedder`: embeds the
-    examples of semantic tasks (`like`) and the requests (see Engine.embedder; None: the default, when needed)."""
-    return compile_loaded(
-        load(path if path is not None else bundled_policy_dir()),
-        catalog,
-        today=today,
-        functions=_given("functions", functions),
-        rankers=_given("rankers", rankers),
-        embedder=_embedder(embedder),
-    )
-
-
-def compile_source(
-    text: str,
-    file: str = "<string>",
-    *,
-    catalog: Any = None,
-    today: datetime.date | None = None,
-    functions: Mapping[str, Callable[..., Any]] | None = None,
-    rankers: Mapping[str, Callable[..., Any]] | None = None,
-    embedder: Embedder | None = None,
-) -> CompiledPolicy:
-    """Compile policy text (includes, catalog and example file paths resolve from the working directory); see
-    compile_policy."""
-    return compile_loaded(
-        load_source(text, file),
-        catalog,
-        today=today,
-        functions=_given("functions", functions),
-        rankers=_given("rankers", rankers),
-        embedder=_embedder(embedder),
-    )
-
-
-def _embedder(embedder: Embedder | None) -> Embedder | None:
-    """`embedder=` checked: a callable (texts in, one vector per text out) or None."""
-    if embedder is not None and not callable(embedder):
-        raise TypeError(f"embedder must be a callable taking a list of texts, not {type(embedder).__name__}")
-    return embedder
-
-
-def _given(kind: str, given: Mapping[str, Callable[..., Any]] | None) -> Mapping[str, Callable[..., Any]] | None:
-    """`functions=` / `rankers=` checked (engine/options.py); None when there are none, so that a call names
-    what is not provided."""
-    return extension_functions(kind, given) or None
-
-
-class Engine(ExecutionMethods):
+class Engine(RequestMethods, ReloadMethods, ExecutionMethods):
     """Routes requests with a compiled policy. Safe to share between threads: the policy is immutable and
     swapped as one reference."""
 
@@ -263,77 +191,6 @@ class Engine(ExecutionMethods):
         """The policy file or directory recompile() reads; None for an engine built from source text."""
         return self._path
 
-    # -- hot reload (engine/reload.py does the work) --------------------------------------------------
-    @property
-    def reloader(self) -> Reloader:
-        """This engine's Reloader (created on first use): reload(), watchers, callbacks, `poll_interval_s`."""
-        if self._reload is None:
-            from engine.reload import Reloader
-
-            self._reload = Reloader(self)
-        return self._reload
-
-    def swap(self, policy: CompiledPolicy) -> None:
-        """Install a compiled policy: one reference assignment, so each decide() sees one version. The reloader
-        calls it with each policy that compiled; callers may too (e.g. to install a policy compiled elsewhere).
-        The text counter follows the policy's `tokens.estimator` (its encoder was loaded when it compiled)."""
-        self._estimate = policy_estimator(getattr(policy, "settings", None), self._default_estimate)
-        self._policy = policy
-
-    def recompile(self) -> CompiledPolicy:
-        """Compile the policy from its path again (raises PolicyError); does not install it."""
-        if self._path is None:
-            raise ValueError("this engine was built from source text, not a path: nothing to reload")
-        return compile_policy(
-            self._path,
-            catalog=self._catalog,
-            today=self._today,
-            functions=self._functions,
-            rankers=self._rankers,
-            embedder=self._embedder,
-        )
-
-    def reload(self) -> bool:
-        """Recompile now and swap in the result if it compiles; False (last good policy kept) if not."""
-        return self.reloader.reload()
-
-    def watch(self, *, poll: bool = False, debounce_ms: int = 50) -> Engine:
-        """Watch every file the policy uses and reload on change, in a background thread. A policy that sets
-        `health.interval` (now or after a reload) also gets its background health checks (see health())."""
-        self.reloader.start(poll=poll, debounce_ms=debounce_ms)
-        if not self._health_watch:
-            self._health_watch = True
-            self.on_reload(lambda event: self._watch_health())
-        self._watch_health()
-        return self
-
-    def _watch_health(self) -> None:
-        """Start the background health checks on the sync API's loop when the policy sets `health.interval`."""
-        settings = self._policy.settings
-        if settings is not None and settings.get("health.interval"):
-            ex = self.executor
-            ex.health.ensure(ex.background_loop())
-
-    async def awatch(self, *, poll: bool = False, debounce_ms: int = 50) -> None:
-        """The asyncio form of watch(): runs until cancelled."""
-        await self.reloader.awatch(poll=poll, debounce_ms=debounce_ms)
-
-    def stop(self) -> None:
-        """Stop watching (files and health checks)."""
-        if self._reload is not None:
-            self._reload.stop()
-        if self._exec is not None:
-            self._exec.health.stop()
-
-    def on_reload(self, callback: Callable[[ReloadEvent], None]) -> None:
-        """Call `callback(event)` after every reload attempt (success or rejection)."""
-        self.reloader.callbacks.append(callback)
-
-    @property
-    def last_error(self) -> PolicyError | None:
-        """The PolicyError of the last rejected reload, or None after a good one."""
-        return self._reload.last_error if self._reload is not None else None
-
     def __enter__(self) -> Engine:
         return self
 
@@ -344,97 +201,6 @@ class Engine(ExecutionMethods):
     @property
     def version(self) -> str:
         return self._policy.version
-
-    @property
-    def token_estimator(self) -> TokenEstimator:
-        """The text estimator `fn(text) -> int` every count of this engine uses: the policy's `tokens.estimator`,
-        else `token_estimator=`, else the default one token per four characters."""
-        return self._estimate
-
-    @staticmethod
-    def tokenizer(spec: str) -> TokenEstimator:
-        """The exact text counter a tokenizer spec names ("tiktoken:cl100k_base", "tiktoken:gpt-4"), loaded from
-        local files once per process (never downloaded); TokenizerError (a ValueError with `.hint`) when it
-        cannot be loaded. `modelroute serve --tokenizer` checks its option with it."""
-        return load_estimator(spec)
-
-    def count_tokens(
-        self,
-        prompt: str | None = None,
-        *,
-        messages: Sequence[Any] | None = None,
-        system: str | None = None,
-        tools: Any = None,
-        response_format: Any = None,
-    ) -> TokenCount:
-        """The one token counter (engine/runtime/tokens.py) on a request as it is sent: every message part (a
-        prompt is one user message), the system text, the tools and the response-format schema (JSON text, or
-        already serialised), images per provider kind. `.for_kind("openai")`, `.worst`."""
-        msgs = messages if messages is not None else [{"role": "user", "content": prompt or ""}]
-        return count_request(msgs, self._estimate, system=system, tools=tools, response_format=response_format)
-
-    def request(
-        self,
-        prompt: str | None = None,
-        *,
-        messages: Sequence[Mapping[str, Any]] | None = None,
-        policy: CompiledPolicy | None = None,
-        **attrs: Any,
-    ) -> Request:
-        """The Request decide() evaluates (exposed for tools that trace without deciding).
-
-        `tokens=N` overrides the estimate (for callers that count tokens exactly); RequestError if it is not a
-        number of tokens."""
-        policy = policy or self._policy
-        for name in attrs:
-            if (why := not_an_attribute(name)) is not None:
-                raise RequestError(why)
-        images_in_messages = False
-        if messages is not None:
-            text, tokens = from_messages(messages if isinstance(messages, list) else list(messages), self._estimate)
-            images_in_messages = has_images(messages)
-            if images_in_messages and "images" not in attrs:
-                attrs["images"] = True
-        else:
-            text = prompt or ""
-            tokens = self._estimate(text)
-        if policy.counts:  # messages / turns / words: derived here, never taken from the caller (reserved)
-            attrs.update(request_counts(text, messages, policy.counts))
-        state = self.state
-        if not attrs and not policy.budgets:  # the common case, kept short: decide() is on the hot path
-            return Request(
-                text,
-                tokens,
-                attrs,
-                False,
-                images_in_messages,
-                policy.out_tokens,
-                state.unavailable(),
-                state,
-                state.latency_ms(),
-                messages,
-            )
-        if "tokens" in attrs:
-            tokens = _token_count(attrs.pop("tokens"))
-        out = attrs.get("max_tokens")
-        if not (isinstance(out, (int, float)) and not isinstance(out, bool) and out > 0):
-            out = policy.out_tokens
-        if policy.budgets:
-            for name, value in self.budget_book.request_attrs(policy.budgets, attrs).items():
-                attrs.setdefault(name, value)
-        # images found in the messages need a vision model even if the caller says images=False
-        return Request(
-            text,
-            tokens,
-            attrs,
-            bool(attrs.get("tools")),
-            bool(attrs.get("images")) or images_in_messages,
-            float(out),
-            state.unavailable(),
-            state,
-            state.latency_ms(),
-            messages,
-        )
 
     def decide(
         self, prompt: str | None = None, *, messages: Sequence[Mapping[str, Any]] | None = None, **attrs: Any

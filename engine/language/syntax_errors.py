@@ -1,0 +1,189 @@
+"""Parsing, syntax errors: a lark parse error and the text it was found in, a Diagnostic (code, span, label, hint)
+and where to resume out; parse() in engine/language/parse.py raises them all, from one place."""
+
+from __future__ import annotations
+
+import functools
+import re
+
+from lark import Token
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.lexer import PatternStr
+
+from engine.diagnostics import Diagnostic
+from engine.language import nodes as n
+from engine.language.lark_grammar import KEYWORDS, _parser, _tok_span, known
+
+_FRIENDLY = {
+    "NAME": "a name",
+    "STRING": 'a string "..."',
+    "REGEX": "a regex /.../",
+    "NUMBER": "a number",
+    "DURATION": "a duration (800ms, 2s, 5m, 1h)",
+    "MONEY": "an amount ($0.05)",
+    "PRICE": "a price ($3/1M)",
+    "PERCENT": "a percentage",
+    "COMPARE": "a comparison (== != < <= > >=)",
+    "SIGN": "a sign (+ or -)",
+    "$END": "end of file",
+}
+
+
+@functools.lru_cache(maxsize=1)
+def _terminal_names() -> dict[str, str]:
+    names = {}
+    for term in _parser().terminals:
+        if isinstance(term.pattern, PatternStr):
+            names[term.name] = f"`{term.pattern.value}`"
+        else:
+            names[term.name] = _FRIENDLY.get(term.name, term.name)
+    names["$END"] = _FRIENDLY["$END"]
+    return names
+
+
+def _expected(names) -> str:
+    shown = _terminal_names()
+    items = sorted({shown.get(x, x) for x in names})
+    if len(items) > 12:
+        items = [*items[:12], "..."]
+    if len(items) == 1:
+        return f"expected {items[0]}"
+    return "expected one of " + ", ".join(items)
+
+
+def _syntax_diagnostic(exc: UnexpectedInput, text: str, file: str) -> tuple[Diagnostic, int]:
+    line, col = max(exc.line, 1), max(exc.column, 1)
+    line_text = text.splitlines()[line - 1] if text.splitlines()[line - 1 : line] else ""
+    if isinstance(exc, UnexpectedCharacters):
+        pos = known(exc.pos_in_stream)
+        ch = text[pos] if pos < len(text) else ""
+        span = n.Span(file, line, col, line, col + 1)
+        rest = line_text[col:]
+        if ch == '"' and '"' not in rest:
+            end = n.Span(file, line, col, line, len(line_text) + 1)
+            diag = Diagnostic(
+                "E101", "unterminated string", end, "this string never ends", 'close it with `"` on the same line'
+            )
+        elif ch in "/*" and _inside_score(line_text[: col - 1]):
+            diag = Diagnostic(
+                "E104",
+                f"unexpected character `{ch}` in a score",
+                span,
+                "a score only multiplies a term by a number",
+                "write the coefficient as a number: `0.5 * cost` rather than `cost / 2`; " + SCORE_HINT,
+            )
+        elif ch == "/" and "/" not in rest:
+            end = n.Span(file, line, col, line, len(line_text) + 1)
+            diag = Diagnostic(
+                "E102",
+                "unterminated regex",
+                end,
+                "this regex never ends",
+                "close it with `/`; write a literal slash inside as `\\/`",
+            )
+        elif ch.isdigit() or ch == "$":
+            word = re.match(r"[\w.$/%]+", text[pos:])
+            bad = word.group(0) if word else ch
+            span = n.Span(file, line, col, line, col + len(bad))
+            exponent = re.fullmatch(r"[0-9]+(\.[0-9]+)?[eE]", bad) is not None
+            diag = Diagnostic(
+                "E105",
+                f"bad literal `{bad}`",
+                span,
+                "not a number, duration or price",
+                "numbers are plain decimals, without an exponent: write 0.000000001, not 1e-9"
+                if exponent
+                else "numbers take k or M (30k, 1M), durations ms, s, m or h (800ms, 2s, 5m, 1h), money $0.05, "
+                "prices $3/1M or $0.003/1k",
+            )
+        else:
+            hint = {
+                "&": "write `and`",
+                "|": "write `or`",
+                "!": "write `not` (or `!=` to compare)",
+                "'": 'strings use double quotes: "..."',
+                "=": "compare with `==`",
+            }.get(ch)
+            diag = Diagnostic(
+                "E104", f"unexpected character `{ch}`", span, "not valid here", hint or _expected(exc.allowed or ())
+            )
+        return diag, pos
+    if isinstance(exc, UnexpectedToken):
+        tok = exc.token
+        if tok.type == "$END":
+            span = n.Span(file, line, col, line, col + 1)
+            diag = Diagnostic(
+                "E100",
+                "unexpected end of file",
+                span,
+                "the statement is not finished",
+                _expected(getattr(exc, "accepts", None) or exc.expected),
+            )
+            return diag, len(text) - 1
+        span = _tok_span(tok, file)
+        expected = set(getattr(exc, "accepts", None) or exc.expected)
+        label = _expected(expected)
+        hint = _token_hint(tok, expected, text)
+        diag = Diagnostic("E100", f"unexpected {_describe(tok)}", span, label, hint)
+        return diag, tok.start_pos
+    if isinstance(exc, UnexpectedEOF):
+        span = n.Span(file, line, col, line, col + 1)
+        return Diagnostic("E100", "unexpected end of file", span, "", _expected(exc.expected)), len(text) - 1
+    raise exc
+
+
+def _describe(tok: Token) -> str:
+    if tok.type in ("NAME",) and str(tok) in KEYWORDS:
+        return f"keyword `{tok}`"
+    kind = _terminal_names().get(tok.type, tok.type)
+    if kind.startswith("`"):
+        return f"`{tok}`"
+    kind = kind.split(" (")[0].removeprefix("a ").removeprefix("an ")
+    return f"{kind} `{tok}`"
+
+
+#: The help of a syntax error inside `score(...)`.
+SCORE_HINT = (
+    "a score is terms joined by + or -, each NUMBER * TERM or TERM: capability(NAME), cost, price, latency, context, "
+    "tokens, a request attribute or a function call name(); e.g. score(3 * capability(CODING) - 100 * cost)"
+)
+
+
+def _inside_score(line_before: str) -> bool:
+    """Whether a position follows `score(` with no `)` closing it on its line."""
+    at = line_before.rfind("score(")
+    if at < 0:
+        return False
+    rest = line_before[at + len("score(") :]
+    return rest.count("(") >= rest.count(")")
+
+
+def _token_hint(tok: Token, expected: set[str], text: str = "") -> str | None:
+    value = str(tok)
+    before = text[: tok.start_pos].rstrip() if tok.start_pos is not None else ""
+    if tok.type == "EQUAL" and "COMPARE" in expected:
+        return "compare with `==`; `=` only declares tasks and models"
+    if tok.type == "NAME" and re.search(r'[,\s]"$', before) and "STRING" not in expected:
+        return f'did a `"` close the string before `{value}` too early?'
+    if {"TOKENS", "COST"} <= expected or ("SIGN" in expected and before.endswith("score(")):
+        return SCORE_HINT
+    if tok.type == "SIGN" and expected & {"NUMBER", "DURATION", "MONEY"}:
+        return f"a value cannot be negative here: write `{value}` only between the terms of a score(...)"
+    if expected & {"LATENCY", "PRICE", "COST", "CONTEXT", "PROVIDER", "SUPPORTS"}:
+        return (
+            "constraints are latency, price, cost, context, capability(NAME), provider in [...], "
+            "supports tools|vision|json"
+        )
+    if "USE" in expected and "PREFER" in expected:
+        return (
+            "a rule needs an action: `use MODEL`, `prefer RANKING` (capability(NAME), cheapest, fastest, "
+            "least_busy, healthiest, score(...), custom(NAME)), `balance`, `split`, `race`, `consensus` or `best_of`"
+        )
+    if expected & {"CAPABILITY", "CHEAPEST", "FASTEST"} and "NAME" not in expected:
+        return (
+            f"`{value}` is not a ranking: use capability(NAME), cheapest, fastest, least_busy, healthiest, score(...) "
+            "or custom(NAME)"
+        )
+    if "NAME" in expected and value in KEYWORDS:
+        return f"`{value}` is a keyword; pick another name"
+    return None
