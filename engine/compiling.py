@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.compiler.passes import compile_loaded
-from engine.language.load import bundled_policy_dir, load, load_source
+from engine.language.load import Loaded, bundled_policy_dir, load, load_source
 from engine.options import extension_functions
 from engine.runtime.embedder import Embedder
 from engine.runtime.policy import CompiledPolicy
@@ -30,13 +30,8 @@ def compile_policy(
     whose deprecation_date is on or before it. `functions` / `rankers`: the Python functions and rankers the
     policy calls (see Engine.functions); a call to one not given is an error (E313, E314). `embedder`: embeds the
     examples of semantic tasks (`like`) and the requests (see Engine.embedder; None: the default, when needed)."""
-    return compile_loaded(
-        load(path if path is not None else bundled_policy_dir()),
-        catalog,
-        today=today,
-        functions=_given("functions", functions),
-        rankers=_given("rankers", rankers),
-        embedder=_embedder(embedder),
+    return _compile(
+        load(path if path is not None else bundled_policy_dir()), catalog, today, functions, rankers, embedder
     )
 
 
@@ -52,8 +47,20 @@ def compile_source(
 ) -> CompiledPolicy:
     """Compile policy text (includes, catalog and example file paths resolve from the working directory); see
     compile_policy."""
+    return _compile(load_source(text, file), catalog, today, functions, rankers, embedder)
+
+
+def _compile(
+    loaded: Loaded,
+    catalog: Any,
+    today: datetime.date | None,
+    functions: Mapping[str, Callable[..., Any]] | None,
+    rankers: Mapping[str, Callable[..., Any]] | None,
+    embedder: Embedder | None,
+) -> CompiledPolicy:
+    """compile_policy's and compile_source's one body: the extensions checked, then every compiler pass."""
     return compile_loaded(
-        load_source(text, file),
+        loaded,
         catalog,
         today=today,
         functions=_given("functions", functions),

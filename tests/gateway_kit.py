@@ -1,5 +1,6 @@
-"""Gateway test setup shared by the issue 16 gateway tests: from a catalog text, a policy and the FakeServer, a
-started gateway app (uvicorn on loopback) with `openai` / `anthropic` SDK clients, and readers of its answers."""
+"""Gateway test setup shared by the gateway tests: from a policy (and a catalog text) and the FakeServer, a started
+gateway app (uvicorn on loopback) with `openai` / `anthropic` SDK clients, readers of its answers, and a throwaway
+redis-server (or a skip)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import openai
+import pytest
 
 from engine import Engine
 from providers.catalog.models import load_catalog
 from providers.gateway.app import create_app
-from tests.engines import KINDS, TEST_KEY, provider_specs
+from tests.engines import KINDS, TEST_KEY, engine_for, provider_specs
 from tests.fakeserver import FakeServer
 from tests.test_gateway import ThreadServer
 
@@ -98,3 +100,51 @@ def dropped(headers: Any) -> list[str]:
     """The parameter names the gateway's dropped-params header lists, sorted."""
     value = headers.get(DROPPED)
     return sorted(v.strip() for v in value.split(",")) if value else []
+
+
+@contextmanager
+def app_gateways(fake_server: FakeServer, default_policy: str) -> Iterator[Callable[..., tuple[Engine, str]]]:
+    """`start(policy=default_policy, keys=None, setup=None, **engine kw)` opens a gateway app (with the KeyRing
+    `keys`) over engine_for(fake_server, policy, **kw), `setup(engine)` run first, and returns (engine, base url);
+    every one opened is closed on leaving."""
+    opened: list[tuple[Engine, ThreadServer]] = []
+
+    def start(
+        policy: str = default_policy, keys: Any = None, setup: Callable[[Engine], object] | None = None, **kw: Any
+    ) -> tuple[Engine, str]:
+        engine = engine_for(fake_server, policy, **kw)
+        if setup is not None:
+            setup(engine)
+        server = ThreadServer(create_app(engine, keys=keys)).__enter__()
+        opened.append((engine, server))
+        return engine, server.url
+
+    try:
+        yield start
+    finally:
+        for engine, server in opened:
+            server.__exit__(None, None, None)
+            engine.close()
+
+
+def sdk_client(url: str, key: str = "unused", retries: int = 0) -> Any:
+    """An `openai` SDK client of the gateway at `url` (no retries unless asked)."""
+    return openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=retries)
+
+
+@contextmanager
+def redis_or_skip() -> Iterator[Any]:
+    """A started throwaway redis-server (tests/test_redis_store.py's RedisServer), stopped on leaving; the test is
+    skipped when no redis-server binary or redis-py is installed."""
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("no redis-server binary (apt-get install redis-server)")
+    pytest.importorskip("redis", reason="redis-py not installed")
+    from tests.test_redis_store import RedisServer
+
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()

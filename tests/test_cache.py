@@ -17,7 +17,6 @@ pytest.importorskip("uvicorn", reason="gateway deps not installed (pip install -
 openai = pytest.importorskip("openai", reason="the openai SDK is not installed (pip install -e '.[test]')")
 import httpx  # noqa: E402
 
-from engine import Engine  # noqa: E402
 from providers.execution.cache import CACHE_HEADER, MemoryLRU, ResponseCache, bypass_of  # noqa: E402
 from providers.gateway.app import create_app  # noqa: E402
 from providers.gateway.keyformat import GatewayKey, hash_key  # noqa: E402
@@ -25,6 +24,8 @@ from providers.gateway.keys import KeyRing  # noqa: E402
 from providers.gateway.run import key_budget_key  # noqa: E402
 from tests.engines import engine_for  # noqa: E402
 from tests.fakeserver import Call, FakeServer, Reply  # noqa: E402
+from tests.gateway_kit import app_gateways, redis_or_skip  # noqa: E402
+from tests.gateway_kit import sdk_client as client  # noqa: E402
 from tests.test_gateway import ThreadServer  # noqa: E402
 
 MSG = [{"role": "user", "content": "what is 2+2?"}]
@@ -48,22 +49,8 @@ class Clock:
 @pytest.fixture
 def gateway(fake_server: FakeServer) -> Iterator[Callable[..., Any]]:
     """`gateway(policy, keys=..., state=...)`: a started gateway; returns (engine, base url)."""
-    opened: list[tuple[Engine, ThreadServer]] = []
-
-    def start(policy: str = CACHED + POLICY, keys: KeyRing | None = None, **kw: Any) -> tuple[Engine, str]:
-        engine = engine_for(fake_server, policy, **kw)
-        server = ThreadServer(create_app(engine, keys=keys)).__enter__()
-        opened.append((engine, server))
-        return engine, server.url
-
-    yield start
-    for engine, server in opened:
-        server.__exit__(None, None, None)
-        engine.close()
-
-
-def client(url: str, key: str = "unused") -> Any:
-    return openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0)
+    with app_gateways(fake_server, CACHED + POLICY) as start:
+        yield start
 
 
 def ask(c: Any, **kw: Any) -> tuple[str, httpx.Headers]:
@@ -275,16 +262,10 @@ def test_cache_max_bytes_bounds_the_engine_cache(fake_server: FakeServer) -> Non
 
 # ---- Redis ---------------------------------------------------------------------------------------------------
 def test_two_gateways_on_one_redis_share_answers(gateway, fake_server: FakeServer, request) -> None:
-    import shutil
+    with redis_or_skip() as server:
+        from providers.state.redis_store import RedisStore
+        from tests.test_redis_store import free_port
 
-    if shutil.which("redis-server") is None:
-        pytest.skip("no redis-server binary (apt-get install redis-server)")
-    pytest.importorskip("redis", reason="redis-py not installed")
-    from providers.state.redis_store import RedisStore
-    from tests.test_redis_store import RedisServer, free_port
-
-    server = RedisServer().start()
-    try:
         prefix = f"cache{abs(hash(request.node.nodeid)) % 10**8}:"
         stores = [RedisStore(server.url, prefix=prefix) for _ in range(2)]
         (_, one), (_, two) = (gateway(state=store) for store in stores)
@@ -293,8 +274,6 @@ def test_two_gateways_on_one_redis_share_answers(gateway, fake_server: FakeServe
         assert upstream_calls(fake_server) == 1
         for store in stores:
             store.close()
-    finally:
-        server.stop()
     # Redis unreachable: answers are cached in the replica's memory
     down = RedisStore(f"redis://127.0.0.1:{free_port()}/0", prefix="down:")
     _, url = gateway(state=down)
@@ -379,17 +358,12 @@ def test_policies_sharing_a_cache_keep_the_largest_bound() -> None:
 
 
 def test_a_full_redis_skips_cache_writes_and_keeps_shared_state(fake_server: FakeServer, request) -> None:
-    import shutil
+    with redis_or_skip() as server:
+        import redis
 
-    if shutil.which("redis-server") is None:
-        pytest.skip("no redis-server binary (apt-get install redis-server)")
-    redis = pytest.importorskip("redis", reason="redis-py not installed")
-    from providers.state.redis_store import RedisStore
-    from providers.state.responses import RedisResponses
-    from tests.test_redis_store import RedisServer
+        from providers.state.redis_store import RedisStore
+        from providers.state.responses import RedisResponses
 
-    server = RedisServer().start()
-    try:
         admin = redis.Redis.from_url(server.url)
         admin.config_set("maxmemory-policy", "noeviction")
         admin.config_set("maxmemory", int(admin.info("memory")["used_memory"]) + 2 * 1024 * 1024)
@@ -413,5 +387,3 @@ def test_a_full_redis_skips_cache_writes_and_keeps_shared_state(fake_server: Fak
             engine.close()
             store.close()
             admin.close()
-    finally:
-        server.stop()

@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("starlette", reason="gateway deps not installed (pip install -e '.[test]')")
 pytest.importorskip("uvicorn", reason="gateway deps not installed (pip install -e '.[test]')")
-openai = pytest.importorskip("openai", reason="the openai SDK is not installed (pip install -e '.[test]')")
+pytest.importorskip("openai", reason="the openai SDK is not installed (pip install -e '.[test]')")
 redis = pytest.importorskip("redis", reason="redis-py not installed (pip install -e '.[test]')")
 if shutil.which("redis-server") is None:
     pytest.skip("no redis-server binary (apt-get install redis-server)", allow_module_level=True)
@@ -27,22 +27,13 @@ from providers.state.redis_store import RedisStore  # noqa: E402
 from providers.state.responses import HEADROOM, RedisResponses  # noqa: E402
 from tests.engines import engine_for  # noqa: E402
 from tests.fakeserver import FakeServer, Reply  # noqa: E402
+from tests.gateway_kit import sdk_client  # noqa: E402
 from tests.test_gateway import ThreadServer  # noqa: E402
-from tests.test_redis_store import RedisServer  # noqa: E402
+from tests.test_redis_store import Clock, RedisServer  # noqa: E402
 
 POLICY = "set cache.ttl = 1h\nset retry.attempts = 0\notherwise use alpha-mini fallback beta-chat\n"
 ANSWER = 200_000  # bytes of each cached answer
 ROOM = 4 * 1024 * 1024  # maxmemory: what the empty Redis uses plus this
-
-
-class Clock:
-    """The cache's monotonic clock: INFO memory is read again only when the test moves it on."""
-
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture
@@ -69,14 +60,14 @@ def test_the_cache_leaves_redis_room_for_the_shared_state(
 ) -> None:
     server, admin = small_redis
     store = RedisStore(server.url, prefix="room:")
-    clock = Clock()
+    clock = Clock()  # the cache's monotonic clock: INFO memory is read again only when the test moves it on
     remote = RedisResponses(store, clock=clock)
     attach(store, ResponseCache(remote))
     fake_server.default = Reply(text="x" * ANSWER)
     engine = engine_for(fake_server, POLICY, state=store)
     try:
         with ThreadServer(create_app(engine)) as gw:
-            client = openai.OpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0)
+            client = sdk_client(gw.url)
 
             def ask(i: int) -> str:
                 raw = client.chat.completions.with_raw_response.create(

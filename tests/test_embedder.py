@@ -282,21 +282,23 @@ class FakeTextEmbedding:
             yield np.array([0.0, 2.0, 0.0]) if t else np.zeros(3)
 
 
+def install_fake(monkeypatch: pytest.MonkeyPatch, module_name: str, name: str, fake: Any) -> None:
+    """Make `import module_name` give a stand-in module whose `name` is `fake` (its record of instances emptied)."""
+    module = types.ModuleType(module_name)
+    setattr(module, name, fake)
+    monkeypatch.setitem(sys.modules, module_name, module)
+    fake.made.clear()
+
+
 @pytest.fixture
 def fake_sentence_transformers(monkeypatch: pytest.MonkeyPatch) -> type[FakeSentenceTransformer]:
-    module = types.ModuleType("sentence_transformers")
-    module.SentenceTransformer = FakeSentenceTransformer  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "sentence_transformers", module)
-    FakeSentenceTransformer.made = []
+    install_fake(monkeypatch, "sentence_transformers", "SentenceTransformer", FakeSentenceTransformer)
     return FakeSentenceTransformer
 
 
 @pytest.fixture
 def fake_fastembed(monkeypatch: pytest.MonkeyPatch) -> type[FakeTextEmbedding]:
-    module = types.ModuleType("fastembed")
-    module.TextEmbedding = FakeTextEmbedding  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "fastembed", module)
-    FakeTextEmbedding.made = []
+    install_fake(monkeypatch, "fastembed", "TextEmbedding", FakeTextEmbedding)
     return FakeTextEmbedding
 
 

@@ -22,19 +22,16 @@ import httpx  # noqa: E402
 
 from engine import Engine  # noqa: E402
 from providers.execution.cache import CACHE_HEADER  # noqa: E402
-from providers.gateway.app import create_app  # noqa: E402
 from providers.gateway.keyfields import parse_expires  # noqa: E402
 from providers.gateway.keyformat import GatewayKey, hash_key  # noqa: E402
 from providers.gateway.keys import KeyRing  # noqa: E402
 from providers.gateway.run import key_budget_key  # noqa: E402
 from providers.state.ratelimit import MemoryLimiter, attach  # noqa: E402
-from tests.engines import engine_for  # noqa: E402
 from tests.fakeserver import FakeServer, Fault, Reply  # noqa: E402
-from tests.test_gateway import ThreadServer  # noqa: E402
+from tests.gateway_kit import app_gateways  # noqa: E402
+from tests.gateway_kit import sdk_client as client  # noqa: E402
+from tests.test_cache import CACHED, MSG, POLICY  # noqa: E402
 
-MSG = [{"role": "user", "content": "what is 2+2?"}]
-CACHED = "set cache.ttl = 1h\nset retry.attempts = 0\n"
-POLICY = "otherwise use alpha-mini fallback beta-chat\n"
 SECRET = "mr-review18-key-a"
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,22 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def gateway(fake_server: FakeServer) -> Iterator[Callable[..., tuple[Engine, str]]]:
     """`gateway(policy, keys=None)`: a started gateway app over the FakeServer; returns (engine, base url)."""
-    opened: list[tuple[Engine, ThreadServer]] = []
-
-    def start(policy: str = CACHED + POLICY, keys: KeyRing | None = None) -> tuple[Engine, str]:
-        engine = engine_for(fake_server, policy)
-        server = ThreadServer(create_app(engine, keys=keys)).__enter__()
-        opened.append((engine, server))
-        return engine, server.url
-
-    yield start
-    for engine, server in opened:
-        server.__exit__(None, None, None)
-        engine.close()
-
-
-def client(url: str, key: str = "unused", retries: int = 0) -> Any:
-    return openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=retries)
+    with app_gateways(fake_server, CACHED + POLICY) as start:
+        yield start
 
 
 def ask(c: Any, **kw: Any) -> Any:

@@ -19,13 +19,12 @@ openai = pytest.importorskip("openai", reason="the openai SDK is not installed (
 from engine import Engine  # noqa: E402
 from providers.execution.cache import CACHE_HEADER, SIMILARITY_HEADER, ResponseCache  # noqa: E402
 from providers.execution.semantic_cache import SemanticIndex  # noqa: E402
-from providers.gateway.app import create_app  # noqa: E402
 from providers.gateway.run import key_budget_key  # noqa: E402
 from tests.engines import engine_for  # noqa: E402
 from tests.fakeserver import FakeServer, Reply  # noqa: E402
+from tests.gateway_kit import app_gateways, redis_or_skip  # noqa: E402
 from tests.semantic_kit import BagOfWords, cosine  # noqa: E402
 from tests.test_cache import KEYS, Clock, ask, client, keyring, metric, upstream_calls  # noqa: E402
-from tests.test_gateway import ThreadServer  # noqa: E402
 
 SEMANTIC = "set cache.ttl = 1h\nset cache.semantic = 0.85\nset retry.attempts = 0\n"
 POLICY = "otherwise use alpha-mini fallback beta-chat\n"
@@ -51,21 +50,12 @@ def user(text: str) -> list[dict[str, str]]:
 def gateway(fake_server: FakeServer) -> Iterator[Callable[..., Any]]:
     """`gateway(policy, keys=..., embedder=..., **engine kw)`: a started gateway whose cache embeds with `embedder`
     (the bag of words); returns (engine, base url)."""
-    opened: list[tuple[Engine, ThreadServer]] = []
+    with app_gateways(fake_server, SEMANTIC + POLICY) as start:
 
-    def start(
-        policy: str = SEMANTIC + POLICY, keys: Any = None, embedder: Any = bag_of_words, **kw: Any
-    ) -> tuple[Engine, str]:
-        engine = engine_for(fake_server, policy, **kw)
-        engine.executor.cache.embedder = embedder
-        server = ThreadServer(create_app(engine, keys=keys)).__enter__()
-        opened.append((engine, server))
-        return engine, server.url
+        def semantic(policy: str = SEMANTIC + POLICY, keys: Any = None, embedder: Any = bag_of_words, **kw: Any) -> Any:
+            return start(policy, keys, lambda engine: setattr(engine.executor.cache, "embedder", embedder), **kw)
 
-    yield start
-    for engine, server in opened:
-        server.__exit__(None, None, None)
-        engine.close()
+        yield semantic
 
 
 def test_a_paraphrase_within_the_threshold_is_answered_from_the_cache(gateway, fake_server: FakeServer) -> None:
@@ -270,16 +260,9 @@ def test_the_default_embedder_matches_a_near_identical_rephrasing(gateway, fake_
 def test_with_redis_a_replica_finds_answers_by_meaning_once_it_stored_or_served_them(
     gateway, fake_server: FakeServer, request
 ) -> None:
-    import shutil
+    with redis_or_skip() as server:
+        from providers.state.redis_store import RedisStore
 
-    if shutil.which("redis-server") is None:
-        pytest.skip("no redis-server binary (apt-get install redis-server)")
-    pytest.importorskip("redis", reason="redis-py not installed")
-    from providers.state.redis_store import RedisStore
-    from tests.test_redis_store import RedisServer
-
-    server = RedisServer().start()
-    try:
         prefix = f"sem{abs(hash(request.node.nodeid)) % 10**8}:"
         stores = [RedisStore(server.url, prefix=prefix) for _ in range(3)]
         (_, one), (_, two), (_, three) = (gateway(state=store) for store in stores)
@@ -290,8 +273,6 @@ def test_with_redis_a_replica_finds_answers_by_meaning_once_it_stored_or_served_
         assert upstream_calls(fake_server) == 2
         for store in stores:
             store.close()
-    finally:
-        server.stop()
 
 
 def test_the_engines_embedder_is_used_and_decides_vector_is_reused(fake_server: FakeServer) -> None:

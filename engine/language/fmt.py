@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from lark import Lark, Token, Tree
 
 from engine.language import nodes as n
-from engine.language.parse import grammar_path, parse, token_offsets
+from engine.language.lark_grammar import build_parser
+from engine.language.parse import parse, token_offsets
 
 WIDTH = 100
 INDENT = "    "
@@ -47,15 +48,7 @@ _comments: list[Token] = []
 
 @functools.lru_cache(maxsize=1)
 def _parser() -> Lark:
-    return Lark(
-        grammar_path().read_text(encoding="utf-8"),
-        parser="lalr",
-        lexer="contextual",
-        propagate_positions=True,
-        maybe_placeholders=False,
-        keep_all_tokens=True,
-        lexer_callbacks={"COMMENT": _comments.append},
-    )
+    return build_parser(_comments.append, keep_all_tokens=True)
 
 
 def parse_with_comments(source: str) -> tuple[Tree, list[Token]]:

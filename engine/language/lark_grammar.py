@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+from collections.abc import Callable
 from pathlib import Path
 
 from lark import Lark, Token
@@ -91,16 +92,22 @@ def _on_comment(tok: Token) -> Token:
     return tok
 
 
-@functools.lru_cache(maxsize=1)
-def _parser() -> Lark:
+def build_parser(on_comment: Callable[[Token], object], *, keep_all_tokens: bool = False) -> Lark:
+    """A lark LALR parser for the one grammar, handing each comment token to on_comment as it is lexed."""
     return Lark(
         grammar_path().read_text(encoding="utf-8"),
         parser="lalr",
         lexer="contextual",
         propagate_positions=True,
         maybe_placeholders=False,
-        lexer_callbacks={"COMMENT": _on_comment},
+        keep_all_tokens=keep_all_tokens,
+        lexer_callbacks={"COMMENT": on_comment},
     )
+
+
+@functools.lru_cache(maxsize=1)
+def _parser() -> Lark:
+    return build_parser(_on_comment)
 
 
 def _tok_span(tok: Token, file: str) -> n.Span:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, cast
 
-from engine import Engine, NoRouteError
+from engine import Engine
 from engine.runtime.reserved import EMBEDDINGS_ENDPOINT as ENDPOINT  # the `endpoint` of these requests
 from providers.clients.embeddings import EmbeddingRequest, embedding_client, float32_base64, response_vectors
 from providers.execution.cache import bypass_of
@@ -31,13 +31,11 @@ from providers.execution.tracing import gateway_request
 from providers.gateway.hangup import ClientGone
 from providers.gateway.metrics import cost_headers
 from providers.gateway.openai_wire import ApiError, ChatCall, _request_attrs, bad, read_json
+from providers.gateway.pipeline import held_lookup, routed
 from providers.gateway.ratelimits import admit, rate_headers, settle
 from providers.gateway.run import (
     headers,
-    hold_key_budget,
-    prepare,
     release_key_budget,
-    routing_error,
     until_answered,
 )
 from providers.gateway.streamed import CLIENT_CLOSED, cache_headers
@@ -167,9 +165,7 @@ async def embed(ex: Executor, run: Run, request: EmbeddingRequest) -> Result:
                 run,
                 name,
                 validate_schema=False,
-                send=lambda client, entry, timeout: embedding_client(client).achat(
-                    entry.spec, request, timeout=timeout
-                ),
+                send=send,
             )
             if result is not None:
                 return result
@@ -199,9 +195,6 @@ async def embeddings(gw: Gateway, request: Request) -> Response:
     """POST /v1/embeddings (see the module docstring); errors are OpenAI-shaped, as for chat completions."""
     from starlette.responses import Response
 
-    from providers.execution.budget import BudgetExceeded
-    from providers.execution.holds import UnsendableRequest
-
     t0 = time.perf_counter()
     status = 200
     gw.active += 1
@@ -217,34 +210,14 @@ async def embeddings(gw: Gateway, request: Request) -> Response:
         attrs["tokens"] = tokens = input_tokens(engine, parsed, attrs.get("tokens"))
         limits = admit(gw, engine, policy_name, call, key, attrs, tokens=tokens)  # 429 over a limit; ratelimit.left
         ex = engine.executor
-        if key is not None and key.daily_budget is not None:
-            call.options["budgeted"] = True
-        try:
-            run = prepare(ex, engine, call, attrs, key)  # the key's `models` filter the plan, as for chat
-        except (NoRouteError, BudgetExceeded) as exc:
-            raise routing_error(exc, ex.state) from None
-        except UnsendableRequest as exc:
-            raise ApiError(400, str(exc), code="invalid_value") from None
-        rule = run.decision.rule
-        gw.metrics.decisions.inc("override" if rule.index < 0 else f"{rule.file}:{rule.line}", run.decision.model)
+        run = routed(gw, ex, engine, call, attrs, key)  # the key's `models` filter the plan, as for chat
         sent = {
             **parsed.request.model_dump(mode="json", include={"inputs", "dimensions", "user"}),
             "b64": parsed.base64,
         }
         noted = ex.cache.begin_body(run, sent, {"cache": bypass_of(request.headers.get("cache-control"))}, attrs)
-        try:
-            # the key's budget before the cache, as for chat (providers/gateway/pipeline.py): an exhausted budget
-            # refuses even a cached answer; a hit gives the hold back (embeddings are deterministic: it spends nothing)
-            hold = hold_key_budget(ex, key, run)
-            try:
-                cached = ex.cache.lookup_body(run)
-                cache_state = cache_headers(ex.cache.status(run)) if cached is None else {}
-            except BaseException:
-                release_key_budget(ex, hold, run)
-                raise
-        except BaseException:
-            ex.settle(run)  # nothing was called: release the policy's hold and the cache's and tallies' entries
-            raise
+        # the key's budget before the cache, as for chat (embeddings are deterministic: a hit spends nothing)
+        hold, cached, cache_state = held_lookup(ex, key, run, ex.cache.lookup_body)
         if cached is not None:
             release_key_budget(ex, hold, run)
             ex.settle(run)

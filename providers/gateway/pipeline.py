@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.responses import Response
 
@@ -34,20 +35,63 @@ from providers.gateway.wire import json_response
 if TYPE_CHECKING:
     from starlette.requests import Request
 
+    from engine import Engine
+    from providers.execution import Executor, Run
     from providers.gateway.app import Gateway
+    from providers.gateway.keyformat import GatewayKey
+    from providers.gateway.openai_wire import ChatCall
     from providers.gateway.wire import Wire
 
-__all__ = ["serve"]
+__all__ = ["held_lookup", "routed", "serve"]
 
 log = logging.getLogger("modelroute.gateway")
+_T = TypeVar("_T")
+
+
+def routed(
+    gw: Gateway, ex: Executor, engine: Engine, call: ChatCall, attrs: dict[str, Any], key: GatewayKey | None
+) -> Run:
+    """The call decided and reserved (run.prepare; the key's `models` filter the plan), with a true hold and a
+    bounded output when the key has a daily budget; refusals as the API's errors; the deciding rule counted."""
+    from providers.execution.budget import BudgetExceeded
+    from providers.execution.holds import UnsendableRequest
+
+    if key is not None and key.daily_budget is not None:
+        call.options["budgeted"] = True  # a bounded output (budget.max_output_tokens) and a true hold
+    try:
+        run = prepare(ex, engine, call, attrs, key)
+    except (NoRouteError, BudgetExceeded) as exc:
+        raise routing_error(exc, ex.state) from None
+    except UnsendableRequest as exc:  # the wires refuse these first; the executor checks again
+        raise ApiError(400, str(exc), code="invalid_value") from None
+    rule = run.decision.rule
+    gw.metrics.decisions.inc("override" if rule.index < 0 else f"{rule.file}:{rule.line}", run.decision.model)
+    return run
+
+
+def held_lookup(
+    ex: Executor, key: GatewayKey | None, run: Run, lookup: Callable[[Run], _T | None]
+) -> tuple[tuple[str, float] | None, _T | None, dict[str, str]]:
+    """The key's budget held, then the cache looked up: (the hold, the cached answer or None, the cache's headers
+    for a miss). The key's budget comes before the cache, as the policy's (held by prepare): an exhausted budget
+    refuses even a cached answer; a hit gives the hold back (it spends nothing). Anything raised releases both."""
+    try:
+        hold = hold_key_budget(ex, key, run)
+        try:
+            hit = lookup(run)
+            state = cache_headers(ex.cache.status(run)) if hit is None else {}
+        except BaseException:
+            release_key_budget(ex, hold, run)
+            raise
+    except BaseException:
+        ex.settle(run)  # nothing was called: release the policy's hold and the cache's and tallies' entries
+        raise
+    return hold, hit, state
 
 
 async def serve(gw: Gateway, request: Request, wire: Wire) -> Response:
     """One request of an endpoint that executes a chat call (chat, messages, responses, completions): read by
     `wire`, routed, executed (plan, retries, budgets, keys, middleware, metrics) and answered in its format."""
-    from providers.execution.budget import BudgetExceeded
-    from providers.execution.holds import UnsendableRequest
-
     t0 = time.perf_counter()
     status = 200
     gw.active += 1
@@ -75,29 +119,8 @@ async def serve(gw: Gateway, request: Request, wire: Wire) -> Response:
                 hdrs = answered_headers(answered, policy_name)
                 hdrs.update(cost_headers(answered.cost, answered.estimated_cost))
                 return json_response(wire.answer(answered), 200, hdrs)
-        if key is not None and key.daily_budget is not None:
-            call.options["budgeted"] = True  # a bounded output (budget.max_output_tokens) and a true hold
-        try:
-            run = prepare(ex, engine, call, attrs, key)
-        except (NoRouteError, BudgetExceeded) as exc:
-            raise routing_error(exc, ex.state) from None
-        except UnsendableRequest as exc:  # parse_chat refuses these first; the executor checks again
-            raise ApiError(400, str(exc), code="invalid_value") from None
-        rule = run.decision.rule
-        gw.metrics.decisions.inc("override" if rule.index < 0 else f"{rule.file}:{rule.line}", run.decision.model)
-        try:
-            # the key's budget before the cache, as the policy's (held by prepare): an exhausted budget refuses
-            # even a cached answer; a hit gives the hold back (it spends nothing)
-            hold = hold_key_budget(ex, key, run)
-            try:
-                hit = ex.cached(run)
-                cached = cache_headers(ex.cache.status(run)) if hit is None else {}
-            except BaseException:
-                release_key_budget(ex, hold, run)
-                raise
-        except BaseException:
-            ex.settle(run)  # nothing was called: release the policy's hold and the cache's and tallies' entries
-            raise
+        run = routed(gw, ex, engine, call, attrs, key)
+        hold, hit, cached = held_lookup(ex, key, run, ex.cached)
         if hit is not None:
             similarity = ex.cache.similarity(run)  # found by meaning (`cache.semantic`): how close; read before settle
             release_key_budget(ex, hold, run)
