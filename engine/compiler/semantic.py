@@ -1,7 +1,8 @@
 """Semantic pass (compile stage): the declared tasks' `like` items and the rules' `similarity(...)` in, each semantic
 task's examples read, checked and embedded (engine/runtime/semantic.SemanticTask, in ctx.semantic) out, with a
 diagnostic for every missing, unreadable or empty example file, empty list, threshold outside 0-1, second `like` in
-a task, similarity() of a task without examples, and missing or failing embedder.
+a task, similarity() of a task without examples or compared with a number outside -1..1, and missing or failing
+embedder.
 
 Example files are read here (the loader resolved their paths against the file naming them) and join the policy's
 files, so a reload watches them and the policy version changes with their content. The examples are embedded only
@@ -70,6 +71,10 @@ def pass_semantic(ctx: Context) -> None:
         for operand in _similarity_operands(rule):
             if operand.task is not None and operand.task_span is not None:
                 _check_reference(ctx, operand.name, operand.task, operand.task_span, operand.span)
+        if rule.cond is not None:
+            for node in n.walk_cond(rule.cond):
+                if isinstance(node, n.Compare) and node.left.task is not None:
+                    _check_cosine(ctx, node)
         for ranking in rule.action.rankings:
             for term in ranking.terms:
                 if term.factor == "similarity" and term.name is not None:
@@ -161,7 +166,7 @@ def _examples(ctx: Context, task: str, like: n.Like) -> tuple[list[str], list[n.
     path = Path(like.path or like.file)
     shown = display_name(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte order mark is not part of the first example
     except (OSError, UnicodeDecodeError) as exc:
         missing = isinstance(exc, FileNotFoundError)
         reason = "not valid UTF-8" if isinstance(exc, UnicodeDecodeError) else (exc.strerror or str(exc))
@@ -187,6 +192,25 @@ def _examples(ctx: Context, task: str, like: n.Like) -> tuple[list[str], list[n.
         )
         return None
     return examples, spans, shown
+
+
+def _check_cosine(ctx: Context, node: n.Compare) -> None:
+    """`similarity(X) >= 50`: a cosine compared with a number it can never be (outside -1..1) is E407."""
+    lit = node.right
+    if not isinstance(lit, n.Literal) or lit.kind not in ("count", "percent") or isinstance(lit.value, bool):
+        return
+    value = float(lit.value)  # type: ignore[arg-type]
+    if -1.0 <= value <= 1.0:
+        return
+    ctx.error(
+        "E407",
+        f"similarity({node.left.task}) is compared with {lit.text}, which a cosine similarity never is",
+        lit.span,
+        "outside -1..1",
+        f"a cosine is between -1 and 1; did you mean {value / 100:g} or {lit.text}%?"
+        if lit.kind == "count"
+        else "a cosine is between -1 and 1 (-100% to 100%)",
+    )
 
 
 def _similarity_operands(rule: n.Rule) -> Iterator[n.Operand]:

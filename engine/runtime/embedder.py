@@ -172,12 +172,16 @@ def _splits_at_words(config_json: str) -> bool:
 
 
 def _unit_rows(result: Any, count: int) -> np.ndarray:
-    """An embedder's answer as float32 unit rows; ValueError when it is not `count` vectors of one length."""
+    """An embedder's answer as float32 unit rows; ValueError when it is not `count` finite vectors of one length."""
     import numpy as np
 
     rows = np.asarray(result, dtype=np.float32)
     if rows.ndim != 2 or rows.shape[0] != count or rows.shape[1] == 0:
         raise ValueError(f"the embedder returned shape {rows.shape}, expected ({count}, d): one vector per text")
+    finite = np.isfinite(rows).all(axis=1)
+    if not finite.all():
+        bad = int(np.argmin(finite))
+        raise ValueError(f"the embedder returned a vector with NaN or infinite numbers (for text {bad + 1} of {count})")
     norms = np.linalg.norm(rows, axis=1, keepdims=True)
     norms[norms == 0] = 1.0
     return rows / norms
@@ -230,7 +234,13 @@ def embed_examples(embedder: Embedder, examples: Sequence[str]) -> np.ndarray:
 
 
 def nearest(examples: np.ndarray, vector: np.ndarray) -> tuple[int, float]:
-    """The index of the example closest to `vector` and its cosine similarity (both unit vectors)."""
+    """The index of the example closest to `vector` and its cosine similarity (both unit vectors); ValueError naming
+    the embedder when the request's vector and the examples' differ in length."""
+    if vector.shape != examples.shape[1:]:
+        raise ValueError(
+            f"the embedder returned a vector of {vector.shape[-1] if vector.ndim else 0} numbers for the request "
+            f"but of {examples.shape[1]} for the examples: an embedder must give vectors of one length"
+        )
     scores = examples @ vector
     best = int(scores.argmax())
     return best, float(scores[best])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, Field, field_serializer
@@ -91,13 +92,19 @@ class Similar(BaseModel):
         return self.text()
 
     def text(self, width: int = 0) -> str:
-        """`line` with the task name padded to `width` (explain lines the scores up)."""
+        """`line` with the task name padded to `width` (explain lines the scores up). The example is quoted as a
+        JSON string (quotes, tabs, newlines escaped); without one (index -1) the line says why: no text to compare
+        (a zero vector), or no similarity because the embedder failed."""
         how = {"pattern": "by a pattern", "meaning": "by meaning", "no": "not detected"}[self.matched_by]
-        op = ">=" if self.score >= self.threshold else "<"
-        example = self.example if len(self.example) <= 60 else self.example[:57] + "..."
+        if self.score != self.score:  # NaN: the embedder failed on the request
+            return f"{self.task:<{width}}  (no similarity: the embedder failed, see the log) {how}"
+        op = ">=" if self.index >= 0 and self.score >= self.threshold else "<"
         threshold = f"{self.threshold:g}".ljust(4 if width else 0)
         score = f"{self.task:<{width}}  {self.score:.3f} {op.ljust(2 if width else 0)} {threshold}"
-        return f'{score} {how}, nearest example {self.index + 1} "{example}"'
+        if self.index < 0:
+            return f"{score} {how}, no text to compare"
+        example = self.example if len(self.example) <= 60 else self.example[:57] + "..."
+        return f"{score} {how}, nearest example {self.index + 1} {json.dumps(example, ensure_ascii=False)}"
 
 
 class Report(BaseModel):

@@ -5,10 +5,18 @@ The request's vector is computed lazily, at most once per request, only when a c
 (`task is X` for a task with examples, once none of its patterns matched; `similarity(X)`; a score with
 `similarity(X)`), from engine/runtime/embedder.embed_text (which applies the documented cut of the task text). It
 is kept on the Request (`req.semantic`), so decide(), explain's trace and the Decision (`Decision.vector`) share it.
+
+An embedder that fails on a request (raises, answers NaN, or a vector of another length than the examples') never
+fails decide(): the request has no similarity (NaN: every comparison with it is false, a score with it is
+unknown), no semantic task is detected by meaning, the failure is logged once per cause (logger
+`modelroute.semantic`) and each Near carries it as its `note` (docs/semantic.md).
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -21,6 +29,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_THRESHOLD",
+    "EMBEDDER_FAILED",
+    "NO_TEXT",
     "Near",
     "SemanticTask",
     "Semantics",
@@ -50,47 +60,92 @@ class SemanticTask:
     file: str | None = None  # the example file (as the policy names it, resolved), or None for a list
 
 
+#: Near.note when the request's vector is zero (an empty text, or no word the embedder knows): no example is nearer
+#: than another, the similarity is 0 and the task is never detected by meaning, whatever its threshold.
+NO_TEXT = "no text to compare"
+#: Near.note when the embedder failed on the request starts with this (then the reason).
+EMBEDDER_FAILED = "the embedder failed"
+
+_log = logging.getLogger("modelroute.semantic")
+_warned: set[tuple[int, str]] = set()
+_warned_lock = threading.Lock()
+
+
 @dataclass(frozen=True, slots=True)
 class Near:
     """A request's nearest example of one semantic task: its index and text, the cosine similarity, the task's
-    threshold and whether the similarity reaches it."""
+    threshold and whether the similarity reaches it. Without a nearest example, `index` is -1, `example` empty and
+    `note` says why: NO_TEXT (a zero vector, similarity 0) or EMBEDDER_FAILED and the reason (similarity NaN)."""
 
     task: str
     index: int
     example: str
     score: float
     threshold: float
+    note: str | None = None
 
     @property
     def hit(self) -> bool:
-        return self.score >= self.threshold
+        return self.index >= 0 and self.score >= self.threshold
 
 
 class Semantics:
     """One request's semantic state: its vector (computed on first need) and its nearest example per task."""
 
-    __slots__ = ("embedder", "near", "text", "vector")
+    __slots__ = ("embedder", "failure", "near", "text", "vector")
 
     def __init__(self, text: str):
         self.text = text
         self.vector: Any = None  # the request's unit vector (numpy float32) once computed
         self.embedder: Embedder | None = None
+        self.failure: str | None = None  # why the embedder gave no usable vector for the request
         self.near: dict[str, Near] = {}
 
     def nearest(self, task: SemanticTask) -> Near:
-        """The task's example nearest the request (the request is embedded on the first call)."""
+        """The task's example nearest the request (the request is embedded on the first call; an embedder failure
+        gives a Near without example, similarity NaN)."""
         found = self.near.get(task.name)
         if found is not None:
             return found
-        if self.vector is None or self.embedder is not task.embedder:
-            self.vector = embed_text(task.embedder, self.text)
-            self.embedder = task.embedder
-        index, score = nearest(task.rows, self.vector)
-        found = self.near[task.name] = Near(task.name, index, task.examples[index], score, task.threshold)
+        if self.embedder is not task.embedder:
+            self.vector, self.failure, self.embedder = None, None, task.embedder
+            try:
+                self.vector = embed_text(task.embedder, self.text)
+            except Exception as exc:  # a user's embedder may fail any way: the request is routed without meaning
+                self._failed(task, exc)
+        if self.vector is not None:
+            try:
+                index, score = nearest(task.rows, self.vector)
+            except ValueError as exc:  # a vector of another length than the examples'
+                self.vector = None
+                self._failed(task, exc)
+        if self.failure is not None:
+            found = Near(task.name, -1, "", math.nan, task.threshold, self.failure)
+        elif not self.vector.any():
+            found = Near(task.name, -1, "", 0.0, task.threshold, NO_TEXT)
+        else:
+            found = Near(task.name, index, task.examples[index], score, task.threshold)
+        self.near[task.name] = found
         return found
 
+    def _failed(self, task: SemanticTask, exc: Exception) -> None:
+        """Record why the request has no vector; log it once per embedder and cause."""
+        self.failure = f"{EMBEDDER_FAILED}: {type(exc).__name__}: {exc}"
+        key = (id(task.embedder), f"{type(exc).__name__}: {str(exc)[:200]}")
+        with _warned_lock:
+            if key in _warned:
+                return
+            _warned.add(key)
+        _log.warning(
+            "%s on a request (task `%s`): the request is routed without similarity (no task detected by meaning); "
+            "logged once per cause",
+            self.failure,
+            task.name,
+        )
+
     def computed(self, tasks: Mapping[str, SemanticTask]) -> list[Near]:
-        """The nearest example of every semantic task, once the vector exists (none before: nothing is embedded)."""
+        """The nearest example of every semantic task, once the vector exists (none before, nor when the embedder
+        failed: nothing was embedded)."""
         if self.vector is None:
             return []
         return [self.nearest(t) for t in tasks.values()]
@@ -105,7 +160,8 @@ def state_of(req: Request) -> Semantics:
 
 
 def similarity_of(req: Request | None, task: SemanticTask) -> float:
-    """`similarity(X)`: the cosine similarity of the request to X's nearest example (0.0 without a request)."""
+    """`similarity(X)`: the cosine similarity of the request to X's nearest example (0.0 without a request, NaN when
+    the embedder failed on it: every comparison is then false)."""
     if req is None:
         return 0.0
     return state_of(req).nearest(task).score

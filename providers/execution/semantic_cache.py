@@ -234,7 +234,7 @@ class SemanticIndex:
             scores = np.where(found.expires > now, found.rows @ vector, -np.inf)
             best = int(scores.argmax())
             score = float(scores[best])
-            if score < threshold - SCORE_SLACK:
+            if not score >= threshold - SCORE_SLACK:  # NaN (a bad vector) never hits
                 return None
             self._tick += 1
             found.used[best] = self._tick
