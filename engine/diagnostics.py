@@ -59,7 +59,7 @@ CODES: dict[str, str] = {
     "E404": "min_agreement out of range",
     "E405": "empty experiment name",
     "E406": "rate limit keyed by a count",
-    "E407": "similarity threshold outside 0-1",
+    "E407": "similarity threshold or comparison out of range",
     # patterns
     "E500": "bad regex",
     "E501": "regex feature RE2 cannot run",

@@ -435,3 +435,20 @@ def test_a_nan_embedding_never_serves_another_requests_answer(fake_server: Any) 
         assert answer.attempts != []  # asked upstream, not served the python answer
     finally:
         engine.close()
+
+
+def test_a_failed_similarity_makes_not_equal_false_too_and_reports_no_score() -> None:
+    def embed(texts: list[str]) -> list[list[float]]:
+        if texts == ["boom"]:
+            raise RuntimeError("the embedding service is down")
+        return [[1.0, 0.0] if "code" in t else [0.0, 1.0] for t in texts]
+
+    engine = Engine.from_source(
+        'task code = like ["code please"] >= 0.5\nwhen similarity(code) != 0.3 use gpt-4o\notherwise use gpt-4o-mini\n',
+        embedder=embed,
+    )
+    assert engine.decide("write code").model == "gpt-4o"
+    d = engine.decide("boom")
+    assert d.model == "gpt-4o-mini"  # NaN != 0.3 would be true: a failed similarity is like a missing value
+    (similar,) = d.model_dump()["semantic"]
+    assert similar["score"] is None and similar["index"] == -1 and similar["matched_by"] == "no"

@@ -143,4 +143,4 @@ def _coverage(cov: Coverage) -> str:
 
 
 def _quote(name: str) -> str:
-    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return json.dumps(name, ensure_ascii=False)  # quotes, backslashes, tabs and newlines escaped

@@ -74,6 +74,8 @@ def _compare(gen: _Gen, node: Any) -> str:
     if node.left.builtin:
         return f"(T {node.op} {gen.const(value)})"
     v = gen.fresh()
+    if node.left.task is not None:  # similarity(X): NaN when the embedder failed, and then every comparison is false
+        return f"(({v} := {gen.operand(node.left)}) == {v} and {v} {node.op} {gen.const(value)})"
     return f"(({v} := {gen.operand(node.left)}) is not _M and {v} {node.op} {gen.const(value)})"
 
 

@@ -82,7 +82,7 @@ class Similar(BaseModel):
     task: str
     example: str
     index: int
-    score: float
+    score: float | None  # None: no similarity (the embedder failed on the request)
     threshold: float
     matched_by: Literal["pattern", "meaning", "no"]
 
@@ -96,7 +96,7 @@ class Similar(BaseModel):
         JSON string (quotes, tabs, newlines escaped); without one (index -1) the line says why: no text to compare
         (a zero vector), or no similarity because the embedder failed."""
         how = {"pattern": "by a pattern", "meaning": "by meaning", "no": "not detected"}[self.matched_by]
-        if self.score != self.score:  # NaN: the embedder failed on the request
+        if self.score is None or self.score != self.score:  # the embedder failed on the request
             return f"{self.task:<{width}}  (no similarity: the embedder failed, see the log) {how}"
         op = ">=" if self.index >= 0 and self.score >= self.threshold else "<"
         threshold = f"{self.threshold:g}".ljust(4 if width else 0)

@@ -7,6 +7,7 @@ fast path, engine/runtime/evaluate.py `decide`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -113,14 +114,23 @@ def _task_is(node: Any, seen: _Seen) -> tuple[str, str | None]:
             note = f'{policy.pattern_text[pid]} matched "{hit}"'
         elif node.name in policy.semantic and seen.req is not None:
             near = state_of(seen.req).nearest(policy.semantic[node.name])
-            op = ">=" if near.hit else "<"
-            example = f'nearest example {near.index + 1} "{_cut(near.example)}"'
-            note = f"by meaning: {example} {near.score:.3f} {op} {near.threshold:g}"
+            if near.index < 0:  # no text to compare, or the embedder failed: Near.note says which
+                note = f"by meaning: {near.note}"
+            else:
+                op = ">=" if near.hit else "<"
+                note = f"by meaning: {_nearest(near)} {near.score:.3f} {op} {near.threshold:g}"
     return f"task is {node.name}", note
 
 
 def _cut(text: str, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _nearest(near: Any) -> str:
+    """`nearest example 2 "..."` (the example quoted as JSON: quotes and tabs escaped), or why there is none."""
+    if near.index < 0:
+        return str(near.note)
+    return f"nearest example {near.index + 1} {json.dumps(_cut(near.example), ensure_ascii=False)}"
 
 
 #: How a note on a function call starts (it wins over a type-mismatch note: it says more).
@@ -139,7 +149,7 @@ def _actual(operand: n.Operand, seen: _Seen) -> tuple[Any, str]:
         if task is None or seen.req is None:
             return MISSING, "(no value)"
         actual = similarity_of(seen.req, task)
-        return actual, f"{actual:.3f}"
+        return (MISSING, "(no value)") if actual != actual else (actual, f"{actual:.3f}")  # NaN: the embedder failed
     if operand.call:
         actual = _call_of(operand, seen)
         return (MISSING, "(no value)") if actual is None or isinstance(actual, Failed) else (actual, _show(actual))
@@ -156,8 +166,7 @@ def _not_passed(
         task = seen.policy.semantic.get(operand.task) if seen.policy is not None else None
         if task is None or seen.req is None:
             return None
-        near = state_of(seen.req).nearest(task)
-        return f'nearest example {near.index + 1} "{_cut(near.example)}"'
+        return _nearest(state_of(seen.req).nearest(task))
     if operand.call:
         value = _call_of(operand, seen)
         if isinstance(value, Failed):
@@ -349,7 +358,7 @@ def _semantic(policy: CompiledPolicy, req: Request, matched: int) -> list[Simila
                 task=name,
                 example=near.example,
                 index=near.index,
-                score=round(near.score, 6),
+                score=None if near.score != near.score else round(near.score, 6),  # NaN: embedder failed
                 threshold=near.threshold,
                 matched_by=how,  # type: ignore[arg-type]
             )

@@ -8,6 +8,7 @@ resolve against the policy's aliases and catalog, and it cannot change the polic
 from __future__ import annotations
 
 import datetime
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -338,13 +339,24 @@ def _semantic_problems(policy: CompiledPolicy, e: n.Expect, near: dict[str, Near
     for ref in e.tasks:
         if ref.name not in tasks and not (ref.name in near and near[ref.name].hit):
             found = near.get(ref.name)
-            why = f" (nearest example {found.score:.3f} < {found.threshold:g})" if found is not None else ""
+            why = ""
+            if found is not None:
+                why = (
+                    f" ({found.note})"
+                    if found.index < 0
+                    else f" (nearest example {found.score:.3f} < {found.threshold:g})"
+                )
             out.append(f"expected task {ref.name}, detected [{', '.join(tasks)}]{why}")
     for ref, example in e.nearest:
         found = near.get(ref.name)
         if found is not None and found.example != example:
-            out.append(f'expected nearest example of {ref.name} "{example}", got "{found.example}" ({found.score:.3f})')
+            got = found.note if found.index < 0 else f"{_json(found.example)} ({found.score:.3f})"
+            out.append(f"expected nearest example of {ref.name} {_json(example)}, got {got}")
     return out
+
+
+def _json(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
 
 
 def selected(block: n.TestBlock, e: n.Expect, pattern: str | None) -> bool:
