@@ -408,22 +408,25 @@ def follow(
     today: datetime.date | None = None,
     functions: Mapping[str, Callable[..., Any]] | None = None,
     rankers: Mapping[str, Callable[..., Any]] | None = None,
+    embedder: Callable[[list[str]], Any] | None = None,
 ) -> Iterator[CompiledPolicy | PolicyError]:
     """Yield the policy at `path` compiled (or its PolicyError) now and again after every change that alters
     the outcome, until `stop_event` is set or the generator is closed: the loop behind `--watch` in the CLI.
     `today` is the date deprecations count from (None: the date at each compile); `functions` / `rankers` are
-    the Python functions and rankers the policy calls (Engine.load's)."""
+    the Python functions and rankers the policy calls, `embedder` what embeds its semantic tasks (Engine.load's)."""
     from engine.api import Engine
     from engine.language.load import load
 
     try:
-        engine = Engine.load(path, catalog=catalog, today=today, functions=functions, rankers=rankers)
+        engine = Engine.load(
+            path, catalog=catalog, today=today, functions=functions, rankers=rankers, embedder=embedder
+        )
         first: CompiledPolicy | PolicyError = engine.policy
     except PolicyError as err:  # follow it anyway: the files it could read, until it compiles
         loaded = load(path)
         stand_in = SimpleNamespace(version="", files=tuple(loaded.files) or (loaded.entry,), sources=err.sources)
         # the stand-in has what the Reloader reads of a policy until the first good compile replaces it
-        given = {"functions": functions, "rankers": rankers}
+        given = {"functions": functions, "rankers": rankers, "embedder": embedder}
         engine, first = Engine(stand_in, path=path, catalog=catalog, today=today, **given), err  # type: ignore[arg-type]
     reloader = Reloader(engine)
     reloader.last_error = first if isinstance(first, PolicyError) else None  # widens the watch (_WatchSet.hits)

@@ -1,5 +1,5 @@
 """Command line: `modelroute explain` (dry-run a decision) and `modelroute check` (compile and report), plus what
-every command shares: the default policy, the `--today` option, JSON input limits and the exit codes.
+every command shares: the default policy, JSON input limits and the exit codes (the shared options: options.py).
 
 Exit codes: 0 ok; 1 the input does not pass (a policy error, a failing check or test, no route, a changed
 decision with --fail-on-change, a gateway that cannot listen); 2 usage (bad options or option values, files
@@ -8,7 +8,6 @@ given as options that cannot be read or parsed); 3 a bug in modelroute (an inter
 from __future__ import annotations
 
 import datetime
-import importlib
 import json
 import os
 import statistics
@@ -22,11 +21,12 @@ from rich.console import Console
 from rich.markup import escape
 
 from engine.api import DECIDE_ARGUMENTS, Engine, RequestError
+from engine.cli.options import extension_options, policy_option, today_option
 from engine.compiler.passes import as_date
 from engine.diagnostics import PolicyError, Sources, render
 from engine.language.load import bundled_policy_dir, display_name, resolve_entry
-from engine.options import extension_functions
 from engine.runtime.decision import NoRouteError
+from engine.runtime.embedder import Embedder
 from engine.runtime.jsoninput import TooDeepError, check_messages, load_json
 from engine.runtime.policy import not_an_attribute
 from engine.runtime.report import Report
@@ -58,69 +58,6 @@ def policy_or_default(given: Path | None) -> Path:
     shown = f"{entry} (bundled)" if entry.is_absolute() else f"./{entry.as_posix()}"
     click.echo(f"using policy {shown}", err=True)
     return path
-
-
-def _to_date(ctx: click.Context, param: click.Parameter, value: datetime.datetime | None) -> datetime.date | None:
-    return value.date() if value is not None else None
-
-
-#: `--today YYYY-MM-DD`, shared by every command that compiles a policy for an answer (check, explain, test, diff,
-#: graph): the date deprecations count from, instead of the date now.
-today_option = click.option(
-    "--today",
-    type=click.DateTime(formats=["%Y-%m-%d"]),
-    metavar="YYYY-MM-DD",
-    callback=_to_date,
-    help="Compile as if it were this date (default: today): `prefer` skips models deprecated on or before it, "
-    "and check warns (W108) about those deprecated within 30 days of it.",
-)
-
-
-def _extensions(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
-    """`--functions MODULE:NAME` / `--rankers MODULE:NAME`: the dict NAME of an importable module (the working
-    directory is searched first), checked as Engine.load checks it; None when the option is not given."""
-    if value is None:
-        return None
-    module, sep, name = value.partition(":")
-    if not (sep and module and name):
-        raise click.BadParameter(f"write MODULE:NAME (a dict in an importable module), not {value!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        found = getattr(importlib.import_module(module), name)
-    except Exception as exc:  # any import problem is the user's: say which, no traceback
-        raise click.BadParameter(f"cannot load {value}: {type(exc).__name__}: {exc}") from None
-    try:
-        return extension_functions(str(param.name), found)
-    except TypeError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
-#: `-p/--policy`: which policy a command reads (policy_or_default resolves the default).
-policy_option = click.option(
-    "-p",
-    "--policy",
-    "policy",
-    type=click.Path(path_type=Path),
-    help="A .route file or a directory with main.route (default: ./main.route, else ./policies, else the bundled one).",
-)
-
-
-def extension_options(command: Any) -> Any:
-    """The `--functions` and `--rankers` options: the Python functions and rankers a policy calls."""
-    command = click.option(
-        "--rankers",
-        metavar="MODULE:NAME",
-        callback=_extensions,
-        help="The rankers `prefer custom(NAME)` calls: the dict NAME of importable MODULE.",
-    )(command)
-    return click.option(
-        "--functions",
-        metavar="MODULE:NAME",
-        callback=_extensions,
-        help="The Python functions the policy calls (`complexity()`): the dict NAME of importable MODULE "
-        "(e.g. myrouting:FUNCTIONS).",
-    )(command)
 
 
 def parse_attr(item: str) -> tuple[str, Any]:
@@ -250,6 +187,7 @@ def explain(
     today: datetime.date | None,
     functions: Any,
     rankers: Any,
+    embedder: Embedder | None,
 ) -> None:
     """Dry-run a decision and show why the model was chosen and why every other model lost.
 
@@ -260,6 +198,7 @@ def explain(
       cat prompt.txt | modelroute explain - --attr tools=true
       modelroute explain --watch "Summarize this" (re-runs on every save of the policy)
       modelroute explain "Fix this bug" --functions myrouting:FUNCTIONS (a policy that calls complexity())
+      modelroute explain "Draft an NDA" --embedder myrouting:embed (semantic tasks with your own embedder)
     """
     given = [x for x in (prompt is not None, prompt_file is not None, messages_file is not None) if x]
     if len(given) > 1:
@@ -298,7 +237,7 @@ def explain(
         click.echo(_render(decision.report(), fmt, _use_color(console, color)), color=color)
         return True
 
-    python = {"functions": functions, "rankers": rankers}  # --functions, --rankers
+    python = {"functions": functions, "rankers": rankers, "embedder": embedder}  # --functions, --rankers, --embedder
     if watch:
         follow_policy(
             path, lambda compiled: show(Engine(compiled, path=path, today=today, **python)), console, today, **python
@@ -315,15 +254,18 @@ def follow_policy(
     today: datetime.date | None = None,
     functions: Any = None,
     rankers: Any = None,
+    embedder: Embedder | None = None,
 ) -> None:
     """Run `show(compiled_policy)` now and after every save (diagnostics instead while it does not compile).
     `today`: the date each compile counts deprecations from (None: the date of that compile); `functions` /
-    `rankers`: what the policy's Python calls use (--functions, --rankers)."""
+    `rankers` / `embedder`: what the policy's Python calls and semantic tasks use (--functions, --rankers,
+    --embedder)."""
     from engine.reload import follow
 
+    given: dict[str, Any] = {"functions": functions, "rankers": rankers, "embedder": embedder}
     shown = display_name(resolve_entry(path))
     try:
-        for result in follow(path, today=today, functions=functions, rankers=rankers):
+        for result in follow(path, today=today, **given):
             console.rule(f"{time.strftime('%H:%M:%S')} {shown}", style="dim")
             if isinstance(result, PolicyError):
                 print_diagnostics(result, console)
@@ -383,6 +325,7 @@ def check(
     watch: bool,
     functions: Any,
     rankers: Any,
+    embedder: Embedder | None,
 ) -> None:
     """Compile a policy, lint it, and report every diagnostic. Exit 0 when clean, 1 on errors.
 
@@ -395,9 +338,10 @@ def check(
       modelroute check --strict
       modelroute check --watch      (re-checks on every save)
       modelroute check --functions myrouting:FUNCTIONS --rankers myrouting:RANKERS
+      modelroute check --embedder myrouting:embed   (semantic tasks embedded by your own embedder)
     """
     path = policy_or_default(policy)
-    given = {"functions": functions, "rankers": rankers}
+    given = {"functions": functions, "rankers": rankers, "embedder": embedder}
     if watch:  # each compile, and the lint after it, count from `today` or else from the date of that compile
         report = lambda compiled: _report_check(compiled, path, as_json, strict, today)  # noqa: E731
         follow_policy(path, report, _console(), today, **given)
@@ -460,7 +404,8 @@ def _report_check(p: Any, path: Path, as_json: bool, strict: bool, today: dateti
 @main.command()
 @policy_option
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def warmup(policy: Path | None, as_json: bool) -> None:
+@extension_options
+def warmup(policy: Path | None, as_json: bool, **python: Any) -> None:
     """Probe each model the policy uses once with a one-token request and print how each answered.
 
     A model whose provider has no API key (or whose circuit is open) is skipped. Exit 0 when no probe failed,
@@ -471,7 +416,7 @@ def warmup(policy: Path | None, as_json: bool) -> None:
       modelroute warmup -p policies/
       modelroute warmup --json
     """
-    engine = Engine.load(policy_or_default(policy))
+    engine = Engine.load(policy_or_default(policy), **python)
     try:
         results = engine.warmup()
     finally:

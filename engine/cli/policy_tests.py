@@ -16,11 +16,11 @@ from engine.cli.app import (
     EXIT_OK,
     _console,
     exit_on_policy_error,
-    extension_options,
     policy_or_default,
-    today_option,
 )
+from engine.cli.options import extension_options, today_option
 from engine.diagnostics import PolicyError
+from engine.runtime.embedder import Embedder
 from engine.tools.explain import render_markup
 from engine.tools.testing import CaseResult, Coverage, RunResult, compile_with_tests, run_tests
 
@@ -51,6 +51,7 @@ def test_command(
     today: datetime.date | None,
     functions: Any,
     rankers: Any,
+    embedder: Embedder | None,
 ) -> None:
     """Run the policy's tests: `test` blocks in the policy and in *_test.route files beside it.
 
@@ -64,10 +65,11 @@ def test_command(
       modelroute test policies/main_test.route -k legal
       modelroute test --json
       modelroute test --functions myrouting:FUNCTIONS (a policy that calls complexity())
+      modelroute test --embedder myrouting:embed (semantic tasks embedded by your own embedder)
     """
     path = policy_or_default(policy)
     try:
-        compiled, files = compile_with_tests(path, today=today, functions=functions, rankers=rankers)
+        compiled, files = compile_with_tests(path, today=today, functions=functions, rankers=rankers, embedder=embedder)
     except PolicyError as err:
         exit_on_policy_error(err, as_json)
     result = run_tests(compiled, pattern, tuple(files))

@@ -16,7 +16,9 @@ import click
 from rich.console import Console
 
 from engine.cli.app import EXIT_BUG, EXIT_ERRORS, EXIT_USAGE, policy_or_default, print_diagnostics
+from engine.cli.options import embedder_option
 from engine.diagnostics import PolicyError
+from engine.runtime.embedder import Embedder
 
 
 def _hash_key(hash_key: Callable[[str], str], new_key: Callable[[], str]) -> None:
@@ -171,6 +173,7 @@ def _policies(args: tuple[str, ...]) -> tuple[Path | None, dict[str, Path]]:
     help="Count text tokens exactly (e.g. tiktoken:cl100k_base, from local files: pip install 'modelroute[tokens]') "
     "for policies that set no tokens.estimator; default: one token per four characters.",
 )
+@embedder_option
 @click.option(
     "--hash-key",
     "hash_only",
@@ -198,6 +201,7 @@ def serve(
     warmup: bool,
     workers: int,
     tokenizer: str | None,
+    embedder: Embedder | None,
     hash_only: bool,
 ) -> None:
     """Run the OpenAI-compatible gateway: point OpenAI clients at http://HOST:PORT/v1 with model "auto".
@@ -215,6 +219,7 @@ def serve(
       modelroute serve --workers 4 --redis redis://127.0.0.1:6379/0   # 4 processes, one port
       modelroute serve --warmup                        # probe every model once before serving
       modelroute serve --tokenizer tiktoken:cl100k_base  # exact token counts (the tokens extra)
+      modelroute serve --embedder myrouting:embed      # semantic tasks embedded by your own embedder
       modelroute serve --hash-key                      # a new key and the line for the keys file
       printf %s "$KEY" | modelroute serve --hash-key   # the sha256 of an existing key
     """
@@ -248,6 +253,7 @@ def serve(
         warmup=warmup,
         workers=workers,
         tokenizer=tokenizer,
+        embedder=embedder,
     )
 
     def report(exc: BaseException) -> int:

@@ -15,7 +15,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from engine.api import Engine
-from engine.cli.app import EXIT_ERRORS, _console, policy_or_default, print_diagnostics, today_option
+from engine.cli.app import EXIT_ERRORS, _console, policy_or_default, print_diagnostics
+from engine.cli.options import extension_options, today_option
 from engine.compiler.passes import as_date
 from engine.diagnostics import PolicyError, did_you_mean
 from engine.language.load import display_name
@@ -135,8 +136,16 @@ def fmt(paths: tuple[Path, ...], check: bool, show_diff: bool) -> None:
 @click.option("--fail-on-change", is_flag=True, help="Exit 1 if any decision changed (for CI).")
 @click.option("--limit", default=20, show_default=True, help="Changed requests to list in the text report.")
 @today_option
+@extension_options
 def diff_cmd(
-    old: Path, new: Path, prompts: Path, as_json: bool, fail_on_change: bool, limit: int, today: datetime.date | None
+    old: Path,
+    new: Path,
+    prompts: Path,
+    as_json: bool,
+    fail_on_change: bool,
+    limit: int,
+    today: datetime.date | None,
+    **python: Any,
 ) -> None:
     """Compare the decisions of two policies on a corpus of requests.
 
@@ -150,6 +159,7 @@ def diff_cmd(
       modelroute diff policies-old/ policies/ --prompts traffic.jsonl
       modelroute diff old.route new.route --prompts traffic.jsonl --fail-on-change
       modelroute diff old.route new.route --prompts traffic.jsonl --json | jq .transitions
+      modelroute diff old.route new.route --prompts traffic.jsonl --embedder myrouting:embed
     """
     from engine.tools.diff import CorpusError, diff_policies, read_corpus, render_text
 
@@ -157,7 +167,7 @@ def diff_cmd(
         corpus = read_corpus(prompts)
     except CorpusError as exc:
         raise click.BadParameter(str(exc), param_hint="--prompts") from None
-    old_engine, new_engine = _load_pair(old, new, as_date(today))  # one date for both sides
+    old_engine, new_engine = _load_pair(old, new, as_date(today), python)  # one date for both sides
     try:
         result = diff_policies(old_engine, new_engine, corpus)
     except CorpusError as exc:
@@ -170,13 +180,14 @@ def diff_cmd(
         sys.exit(EXIT_ERRORS)
 
 
-def _load_pair(old: Path, new: Path, today: datetime.date) -> tuple[Engine, Engine]:
-    """Both engines, compiled for one date, reporting the diagnostics of both policies before failing."""
+def _load_pair(old: Path, new: Path, today: datetime.date, python: dict[str, Any]) -> tuple[Engine, Engine]:
+    """Both engines, compiled for one date with the same `python` (--functions, --rankers, --embedder), reporting
+    the diagnostics of both policies before failing."""
     engines: list[Engine] = []
     errors: list[PolicyError] = []
     for path in (old, new):
         try:
-            engines.append(Engine.load(path, today=today))
+            engines.append(Engine.load(path, today=today, **python))
         except PolicyError as exc:
             errors.append(exc)
     if errors:
@@ -202,7 +213,8 @@ def _load_pair(old: Path, new: Path, today: datetime.date) -> tuple[Engine, Engi
 )
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="Write to a file.")
 @today_option
-def graph(policy: Path | None, fmt_: str, output: Path | None, today: datetime.date | None) -> None:
+@extension_options
+def graph(policy: Path | None, fmt_: str, output: Path | None, today: datetime.date | None, **python: Any) -> None:
     """Draw the compiled decision structure: rules in order, each condition -> selector -> model(s) and
     fallbacks; `no` (or no viable model) goes on to the next rule, and after the last rule, no route.
 
@@ -214,7 +226,7 @@ def graph(policy: Path | None, fmt_: str, output: Path | None, today: datetime.d
     """
     from engine.tools.graph import to_dot, to_mermaid
 
-    compiled = Engine.load(policy_or_default(policy), today=today).policy
+    compiled = Engine.load(policy_or_default(policy), today=today, **python).policy
     text = to_dot(compiled) if fmt_ == "dot" else to_mermaid(compiled)
     if output is not None:
         output.write_text(text, encoding="utf-8")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from engine import Engine
+from engine.runtime.embedder import Embedder
 from providers.gateway.admission import WORKER_HEADER, bound_address, bounded, listen, max_connections
 from providers.gateway.keys import KeyRing, KeysFileError, hash_key, new_key
 
@@ -72,6 +73,7 @@ class ServeOptions:
     warmup: bool = False  # probe each model the policies use once before serving, logged per model
     workers: int = 1  # processes serving on the same sockets (more than 1 needs redis_url)
     tokenizer: str | None = None  # "tiktoken:cl100k_base": exact text counting for policies that set none
+    embedder: Embedder | None = None  # embeds semantic tasks' examples and requests (None: the default, WordLlama)
 
 
 log = logging.getLogger("modelroute.gateway")
@@ -128,7 +130,7 @@ def run_server(opts: ServeOptions, echo: Echo, report: Report | None = None) -> 
         return
     _load_keys(opts)  # errors in the keys file or a policy are reported here, once, before any worker starts
     for path in (opts.policy, *opts.named.values()):
-        Engine.load(path).stop()
+        Engine.load(path, embedder=opts.embedder).stop()
     socks = _listen(opts)
     from providers.gateway.workers import Supervisor, WorkersFailed
 
@@ -213,11 +215,9 @@ def _run(
     keys = _load_keys(opts)
     state = _state(opts, echo)
     count = opts.tokenizer  # loaded by run_server's check: each Engine gets the same cached counter
-    engine = Engine.load(opts.policy, watch=opts.watch, state=state, token_estimator=count)
-    engines = {
-        name: Engine.load(path, watch=opts.watch, state=state, token_estimator=count)
-        for name, path in opts.named.items()
-    }
+    load = partial(Engine.load, watch=opts.watch, state=state, token_estimator=count, embedder=opts.embedder)
+    engine = load(opts.policy)  # each worker (forked) loads its own, with the same embedder, reloads too
+    engines = {name: load(path) for name, path in opts.named.items()}
     socks: list[socket.socket] = bound or []
     from providers.clients.base import set_default_max_response_bytes
     from providers.execution.tracing_setup import configure
