@@ -15,7 +15,7 @@ import pytest
 
 import engine.compiler.codegen as codegen
 import engine.runtime.traced as evaluate  # the traced path (explain) holds the per-condition cases
-import engine.tools.lint as lint
+import engine.tools.conditions as conditions
 from engine import Engine
 from engine.compiler.actions import BUILDERS
 from engine.language import nodes as n
@@ -155,7 +155,7 @@ def test_every_stage_has_a_case_for_every_condition_kind() -> None:
         n.exhaustive({k: None for k in n.CONDITIONS if k is not n.Or}, "stage x")
 
 
-@pytest.mark.parametrize("module", [codegen, evaluate, lint])
+@pytest.mark.parametrize("module", [codegen, evaluate, conditions])
 def test_a_new_condition_kind_without_a_case_fails_at_import(monkeypatch: pytest.MonkeyPatch, module: object) -> None:
     @dataclass(frozen=True)
     class Regexish:
