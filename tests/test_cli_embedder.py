@@ -38,6 +38,9 @@ def embed(texts):
 
 def nan_embed(texts):
     return [[math.nan, 1.0] for _ in texts]
+
+
+FUNCTIONS = {"striped": lambda request: "zebra" in request.text}
 """
 
 POLICY = """\
@@ -129,7 +132,7 @@ def test_a_bad_embedder_is_a_usage_error(cli: Run, project: Path, command: str, 
     assert "Traceback" not in r.stderr
 
 
-def _serve(project: Path, *extra: str) -> None:
+def _serve(project: Path, *extra: str, policy: str = "policy.route", tasks: tuple[str, ...] = ("legal",)) -> None:
     """Start `modelroute serve --embedder mymod:embed` (and `extra`) in `project` on a free port, wait until it
     serves, ask /v1/route/explain for "zebra" until two workers answered (with --workers 2; else one) and
     stop it: every answer is the embedder's decision."""
@@ -139,7 +142,7 @@ def _serve(project: Path, *extra: str) -> None:
     from tests.waiting import wait_until
 
     port = free_port()
-    args = ["-p", "policy.route", "--port", str(port), "--log-level", "warning", "--embedder", "mymod:embed"]
+    args = ["-p", policy, "--port", str(port), "--log-level", "warning", "--embedder", "mymod:embed"]
     log = project / "serve.log"
     with open(log, "w") as err:
         proc = subprocess.Popen(
@@ -162,7 +165,7 @@ def _serve(project: Path, *extra: str) -> None:
                 report = client.post("/v1/route/explain", json=body).json()
         except httpx.HTTPError:
             return False
-        assert report["model"] == "gpt-4o" and report["tasks"] == ["legal"], report
+        assert report["model"] == "gpt-4o" and report["tasks"] == list(tasks), report
         workers.add(worker)
         return len(workers) >= (2 if "--workers" in extra else 1)
 
@@ -181,6 +184,22 @@ def _serve(project: Path, *extra: str) -> None:
 def test_serve_routes_with_the_embedder(project: Path) -> None:
     pytest.importorskip("uvicorn", reason="gateway deps not installed (pip install -e '.[test]')")
     _serve(project)
+
+
+def test_serve_calls_the_policys_python_functions(project: Path) -> None:
+    pytest.importorskip("uvicorn", reason="gateway deps not installed (pip install -e '.[test]')")
+    (project / "functions.route").write_text("when striped() use gpt-4o\notherwise use gpt-4o-mini\n", encoding="utf-8")
+    refused = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "serve", "-p", "functions.route", "--port", "0"],
+        cwd=project,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode != 0 and "E313" in refused.stdout + refused.stderr
+    assert "Traceback" not in refused.stderr
+    _serve(project, "--functions", "mymod:FUNCTIONS", policy="functions.route", tasks=())
 
 
 def test_every_worker_routes_with_the_embedder(project: Path) -> None:

@@ -11,12 +11,13 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
 
 from engine.cli.app import EXIT_BUG, EXIT_ERRORS, EXIT_USAGE, policy_or_default, print_diagnostics
-from engine.cli.options import embedder_option
+from engine.cli.options import embedder_option, extension_options
 from engine.diagnostics import PolicyError
 from engine.runtime.embedder import Embedder
 
@@ -174,6 +175,7 @@ def _policies(args: tuple[str, ...]) -> tuple[Path | None, dict[str, Path]]:
     "for policies that set no tokens.estimator; default: one token per four characters.",
 )
 @embedder_option
+@extension_options
 @click.option(
     "--hash-key",
     "hash_only",
@@ -202,6 +204,8 @@ def serve(
     workers: int,
     tokenizer: str | None,
     embedder: Embedder | None,
+    functions: Any,
+    rankers: Any,
     hash_only: bool,
 ) -> None:
     """Run the OpenAI-compatible gateway: point OpenAI clients at http://HOST:PORT/v1 with model "auto".
@@ -220,6 +224,7 @@ def serve(
       modelroute serve --warmup                        # probe every model once before serving
       modelroute serve --tokenizer tiktoken:cl100k_base  # exact token counts (the tokens extra)
       modelroute serve --embedder myrouting:embed      # semantic tasks embedded by your own embedder
+      modelroute serve --functions myrouting:FUNCTIONS  # a policy that calls complexity()
       modelroute serve --hash-key                      # a new key and the line for the keys file
       printf %s "$KEY" | modelroute serve --hash-key   # the sha256 of an existing key
     """
@@ -254,6 +259,8 @@ def serve(
         workers=workers,
         tokenizer=tokenizer,
         embedder=embedder,
+        functions=functions,
+        rankers=rankers,
     )
 
     def report(exc: BaseException) -> int:

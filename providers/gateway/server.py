@@ -74,6 +74,8 @@ class ServeOptions:
     workers: int = 1  # processes serving on the same sockets (more than 1 needs redis_url)
     tokenizer: str | None = None  # "tiktoken:cl100k_base": exact text counting for policies that set none
     embedder: Embedder | None = None  # embeds semantic tasks' examples and requests (None: the default, WordLlama)
+    functions: Mapping[str, Callable[..., Any]] | None = None  # the Python functions policies call (--functions)
+    rankers: Mapping[str, Callable[..., Any]] | None = None  # the rankers `prefer custom(NAME)` calls (--rankers)
 
 
 log = logging.getLogger("modelroute.gateway")
@@ -130,7 +132,7 @@ def run_server(opts: ServeOptions, echo: Echo, report: Report | None = None) -> 
         return
     _load_keys(opts)  # errors in the keys file or a policy are reported here, once, before any worker starts
     for path in (opts.policy, *opts.named.values()):
-        Engine.load(path, embedder=opts.embedder).stop()
+        Engine.load(path, embedder=opts.embedder, functions=opts.functions, rankers=opts.rankers).stop()
     socks = _listen(opts)
     from providers.gateway.workers import Supervisor, WorkersFailed
 
@@ -215,7 +217,15 @@ def _run(
     keys = _load_keys(opts)
     state = _state(opts, echo)
     count = opts.tokenizer  # loaded by run_server's check: each Engine gets the same cached counter
-    load = partial(Engine.load, watch=opts.watch, state=state, token_estimator=count, embedder=opts.embedder)
+    load = partial(
+        Engine.load,
+        watch=opts.watch,
+        state=state,
+        token_estimator=count,
+        embedder=opts.embedder,
+        functions=opts.functions,
+        rankers=opts.rankers,
+    )
     engine = load(opts.policy)  # each worker (forked) loads its own, with the same embedder, reloads too
     engines = {name: load(path) for name, path in opts.named.items()}
     socks: list[socket.socket] = bound or []
