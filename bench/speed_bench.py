@@ -1,15 +1,18 @@
-"""Speed benchmark: decide() against the regex engine alone, scaling in rules and models,
-compile time, memory, a per-phase profile, and (when installed) LiteLLM's Router deployment selection.
+"""Speed benchmark: decide() against the regex engine alone, the bundled policy with and without detection by
+meaning, scaling in rules and models, compile time, memory, a per-phase profile, and (when installed) LiteLLM's
+Router deployment selection.
 
-Run: python bench/speed_bench.py [--quick]
+Run: python bench/speed_bench.py [--quick] [--no-save]
 Prints every figure with its target and ratio, and writes the same text to bench/results/speed.txt.
 
 Inputs: real prompts from the shared data folder (../shared/data, or $MODELROUTE_BENCH_DATA; as in
 bench/decide_bench.py; without it the bench says so in one line and exits 2) cut to 200 B, 4 KB, 100 KB and 1 MB;
 generated policies of 10, 100 and 1,000 rules whose actions are all `use`, all `prefer capability(CODING)`
 or all `prefer cheapest`; catalogs of the bundled models and of ~4,000 models built from the LiteLLM price
-snapshot (litellm_model_prices.json in the same folder). LiteLLM itself is optional: set MODELROUTE_LITELLM_PYTHON
-to a Python that has `litellm` installed (a separate venv) and the LiteLLM comparison runs there.
+snapshot (litellm_model_prices.json in the same folder); the bundled policy as shipped (it needs the semantic
+extra) and its patterns-only copy (bench/decide_bench.py's `patterns_only_engine`). LiteLLM itself is optional:
+set MODELROUTE_LITELLM_PYTHON to a Python that has `litellm` installed (a separate venv) and the LiteLLM
+comparison runs there.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import sys
 import textwrap
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -34,8 +37,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 import re2  # noqa: E402
-from decide_bench import PROMPT_FILES, real_prompts, sized  # noqa: E402
-from needs import data_dir, require_data  # noqa: E402
+from decide_bench import PROMPT_FILES, patterns_only_engine, real_prompts, sized  # noqa: E402
+from needs import data_dir, missing_modules, require_data, require_modules  # noqa: E402
 
 from engine import Engine  # noqa: E402
 from engine.runtime import evaluate as ev  # noqa: E402
@@ -121,7 +124,7 @@ def generated_policy(n: int, kind: str) -> str:
 def cases_for(prompts: list[str], size: int, n_rules: int, count: int = 8) -> list[tuple[str, dict]]:
     """Prompts of `size` bytes that contain the keyword of the rule in the middle of the policy."""
     mid = (n_rules // 2) & ~1
-    out = []
+    out: list[tuple[str, dict]] = []
     for p in sized(prompts, size, count):
         cut = max(0, size // 2)
         text = (p[:cut] + f" keyword{mid} " + p[cut:])[:size]
@@ -151,20 +154,34 @@ def median_us(fn: Callable[[str, dict], object], cases: list[tuple[str, dict]], 
     return statistics.median(out)
 
 
+def interleaved_us(
+    sides: Sequence[Callable[[str, dict], object]], cases: list[tuple[str, dict]], samples: int
+) -> list[float]:
+    """The median of each side, interleaved sample by sample (one case per sample) so machine noise hits all alike;
+    the order rotates each sample, since the first side to read a prompt pays for bringing it into the caches."""
+    got: list[list[float]] = [[] for _ in sides]
+    order = list(range(len(sides)))
+    for s in range(samples):
+        one = [cases[s % len(cases)]]
+        for i in order[s % len(order) :] + order[: s % len(order)]:
+            got[i].append(median_us(sides[i], one, 1))
+    return [statistics.median(v) for v in got]
+
+
 def pair_us(
     a: Callable[[str, dict], object], b: Callable[[str, dict], object], cases: list[tuple[str, dict]], samples: int
 ) -> tuple[float, float]:
     """Medians of a and b, interleaved sample by sample so machine noise hits both alike."""
-    sa, sb = [], []
-    for s in range(samples):
-        one = [cases[s % len(cases)]]
-        sa.append(median_us(a, one, 1))
-        sb.append(median_us(b, one, 1))
-    return statistics.median(sa), statistics.median(sb)
+    ours, theirs = interleaved_us([a, b], cases, samples)
+    return ours, theirs
 
 
 def decide_fn(engine: Engine) -> Callable[[str, dict], object]:
     return lambda p, at: engine.decide(p, **at)
+
+
+def scan_fn(scan: Callable[[str], object]) -> Callable[[str, dict], object]:
+    return lambda p, at: scan(p)
 
 
 # ---- sections ------------------------------------------------------------------------------------------------
@@ -207,7 +224,8 @@ def versus_scan(out: list[str], prompts: list[str], small: Catalog, samples: int
         for kind in KINDS:
             engine = Engine.from_source(generated_policy(50, kind), catalog=small)
             matcher = engine.policy.matcher
-            ours, sset = pair_us(decide_fn(engine), lambda p, at, m=matcher: m.scan(p), cases, samples)
+            assert matcher is not None
+            ours, sset = pair_us(decide_fn(engine), scan_fn(matcher.scan), cases, samples)
             ours2, scan = pair_us(decide_fn(engine), lambda p, at: rx.search(p), cases, samples)
             ratio = ours / sset
             flag = "" if label == "4 KB" else ("ok" if ratio <= 1.5 else "MISSED")
@@ -215,6 +233,21 @@ def versus_scan(out: list[str], prompts: list[str], small: Catalog, samples: int
                 f"  {label:>7} {kind:<11} {ours:11.1f} {sset:12.1f} {ratio:9.2f}x  {flag:<6}        "
                 f"{scan:11.1f} {ours2 / scan:13.2f}x"
             )
+
+
+def bundled_policy(out: list[str], prompts: list[str], samples: int, quick: bool) -> None:
+    out.append("")
+    out.append("== the bundled policy (policies/): as shipped (patterns + meaning) and patterns only (`like` removed)")
+    out.append("   8 real prompts per size, interleaved sample by sample; ratio = shipped / patterns only, the cost of")
+    out.append("   detection by meaning (WordLlama embeds the cut task text when a rule needs a semantic task that no")
+    out.append("   pattern settled; prompts repeat, so its per-word token cache is warm)")
+    out.append(f"  {'prompt':>7} {'shipped us':>11} {'patterns only us':>17} {'ratio':>7} {'embedded':>9}")
+    shipped, patterns = Engine.load(), patterns_only_engine()
+    for label in ("200 B", "4 KB", "100 KB") if quick else SIZES:
+        cases: list[tuple[str, dict]] = [(p, {}) for p in sized(prompts, SIZES[label], 8)]
+        sem, pat = interleaved_us([decide_fn(shipped), decide_fn(patterns)], cases, samples)
+        embedded = sum(shipped.decide(p).vector is not None for p, _ in cases)
+        out.append(f"  {label:>7} {sem:11.2f} {pat:17.2f} {sem / pat:6.1f}x {f'{embedded}/{len(cases)}':>9}")
 
 
 def matrix(
@@ -320,13 +353,15 @@ def _phase_row(label: str, cases: list[tuple[str, dict]], engine: Engine, sample
     reqs = [engine.request(p, **at) for p, at in cases]
     res = ev.decide(policy, reqs[0])
     assert res is not None
-    rule, entry, fallbacks, matched, scanned = res
+    rule, entry, fallbacks, matched, scanned, _ = res
     sel = rule.selector
     req_of = {id(p): r for (p, _), r in zip(cases, reqs, strict=True)}
     total = median_us(decide_fn(engine), cases, samples)
     request = median_us(lambda p, at: engine.request(p, **at), cases, samples)
     tokens = median_us(lambda p, at: estimate_tokens(p), cases, samples)
-    scan = median_us(lambda p, at: policy.matcher.scan(p), cases, samples)
+    matcher = policy.matcher
+    assert matcher is not None
+    scan = median_us(lambda p, at: matcher.scan(p), cases, samples)
     evaluate = median_us(lambda p, at: ev.decide(policy, req_of[id(p)]), cases, samples)
     rank = median_us(lambda p, at: sel.pick(req_of[id(p)]), cases, samples)
     build = median_us(
@@ -373,11 +408,9 @@ def litellm(out: list[str], prompts: list[str], small: Catalog, samples: int) ->
     out.append("== LiteLLM Router deployment selection (simple-shuffle, cost-based-routing)")
     python = os.environ.get("MODELROUTE_LITELLM_PYTHON")
     if python is None:
-        try:
-            import litellm as _  # noqa: F401
-
+        if not missing_modules("litellm"):
             python = sys.executable
-        except ImportError:
+        else:
             out.append(
                 "  litellm not installed: skipped. To run it: python -m venv /tmp/litellm-venv && "
                 "/tmp/litellm-venv/bin/pip install litellm && MODELROUTE_LITELLM_PYTHON=/tmp/litellm-venv/"
@@ -422,8 +455,11 @@ def litellm(out: list[str], prompts: list[str], small: Catalog, samples: int) ->
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="7 samples per cell instead of 21, no 1 MB column")
-    quick = ap.parse_args().quick
+    ap.add_argument("--no-save", action="store_true", help="print only; do not write bench/results/speed.txt")
+    args = ap.parse_args()
+    quick = args.quick
     require_data("speed_bench.py", *PROMPT_FILES, LITELLM_PRICES)
+    require_modules("speed_bench.py", "wordllama", "numpy", install="pip install 'modelroute[semantic]'")
     samples = 7 if quick else 21
     started = time.perf_counter()
     prompts = real_prompts()
@@ -439,6 +475,7 @@ def main() -> None:
     ]
     headline(out, prompts, small, samples)
     versus_scan(out, prompts, small, samples)
+    bundled_policy(out, prompts, samples, quick)
     matrix(out, prompts, catalogs, samples, quick)
     compile_and_memory(out, small)
     phases(out, prompts, small, samples)
@@ -450,6 +487,8 @@ def main() -> None:
     )
     text = "\n".join(out)
     print(text)
+    if args.no_save:
+        return
     dest = HERE / "results" / "speed.txt"
     dest.parent.mkdir(exist_ok=True)
     dest.write_text(text + "\n", encoding="utf-8")
