@@ -327,7 +327,8 @@ def section_prefer(out: list[str], samples: int) -> None:
     )
     out.append("   200 B prompt; least_busy with 40 models in flight (the alphabetically first 20 among them)")
     out.append(
-        f"  {'action':<42} {f'{len(small.models)} models us':>13} {f'{len(big.models):,} models us':>16} {'ratio':>7}  target < 20 us"
+        f"  {'action':<42} {f'{len(small.models)} models us':>13} {f'{len(big.models):,} models us':>16} "
+        f"{'ratio':>7}  target < 20 us"
     )
     prompt = _prompt("summarize the meeting notes")
     for label, text in PREFERS.items():
