@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 from handwritten import HandwrittenRouter, HandwrittenRuleLoop  # noqa: E402
-from needs import data_dir, require_data, require_modules  # noqa: E402
+from needs import data_dir, require_data, require_modules, save  # noqa: E402
 from quality_bench import without_likes  # noqa: E402
 
 from engine import Engine  # noqa: E402
@@ -277,9 +277,7 @@ def main() -> None:
     print(text)
     if args.synthetic or args.no_save:
         return
-    out = HERE / "results" / "decide.txt"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(text + "\n", encoding="utf-8")
+    save("decide.txt", text)
 
 
 if __name__ == "__main__":

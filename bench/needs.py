@@ -1,5 +1,6 @@
 """Preflight checks for the bench scripts: shared data files, Python packages and programs each one needs. A
 script checks first and, when something is missing, prints one line saying what and how to get it, then exits 2.
+Also where a bench saves its report (`save`: bench/results/<name>).
 
 The shared data folder is `../shared/data` beside the checkout, or the folder the environment variable
 MODELROUTE_BENCH_DATA names.
@@ -72,3 +73,14 @@ def require_programs(script: str, *names: str, install: str) -> None:
 
 if __name__ == "__main__":
     print(f"bench/needs.py is a helper of the bench scripts; shared data folder: {data_dir()}")
+
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def save(name: str, text: str) -> Path:
+    """Write a bench's report to bench/results/`name` (the file README and docs quote) and return its path."""
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / name
+    out.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
+    return out

@@ -29,7 +29,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from needs import data_dir, require_data, require_modules  # noqa: E402
+from needs import data_dir, require_data, require_modules, save  # noqa: E402
 
 SIZES = {"200 B": 200, "2 KB": 2_000, "20 KB": 20_000, "1 MB": 1_000_000}
 TARGET_US = 500.0
@@ -209,9 +209,7 @@ def main() -> None:
     print(report)
     if args.quick:
         return
-    out = HERE / "results" / "semantic.txt"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(report + "\n", encoding="utf-8")
+    save("semantic.txt", report)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ sys.path.insert(0, str(HERE))
 
 import re2  # noqa: E402
 from decide_bench import PROMPT_FILES, patterns_only_engine, real_prompts, sized  # noqa: E402
-from needs import data_dir, missing_modules, require_data, require_modules  # noqa: E402
+from needs import data_dir, missing_modules, require_data, require_modules, save  # noqa: E402
 
 from engine import Engine  # noqa: E402
 from engine.runtime import evaluate as ev  # noqa: E402
@@ -489,9 +489,7 @@ def main() -> None:
     print(text)
     if args.no_save:
         return
-    dest = HERE / "results" / "speed.txt"
-    dest.parent.mkdir(exist_ok=True)
-    dest.write_text(text + "\n", encoding="utf-8")
+    save("speed.txt", text)
 
 
 if __name__ == "__main__":
