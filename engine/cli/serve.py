@@ -17,7 +17,7 @@ import click
 from rich.console import Console
 
 from engine.cli.app import EXIT_BUG, EXIT_ERRORS, EXIT_USAGE, policy_or_default, print_diagnostics
-from engine.cli.options import embedder_option, extension_options
+from engine.cli.options import extension_options
 from engine.diagnostics import PolicyError
 from engine.runtime.embedder import Embedder
 
@@ -174,8 +174,7 @@ def _policies(args: tuple[str, ...]) -> tuple[Path | None, dict[str, Path]]:
     help="Count text tokens exactly (e.g. tiktoken:cl100k_base, from local files: pip install 'modelroute[tokens]') "
     "for policies that set no tokens.estimator; default: one token per four characters.",
 )
-@embedder_option
-@extension_options
+@extension_options  # --functions, --rankers, --embedder
 @click.option(
     "--hash-key",
     "hash_only",
