@@ -74,6 +74,17 @@ PAIRS = [
     ("unrelated", "write a python function that parses dates", "What's the weather today?"),
     ("unrelated", "Analyze this complex financial report and identify the main risks", "What's the weather today?"),
 ]
+#: The semantic cache's threshold and risk (docs/cache.md): rewordings, and pairs whose meaning differs.
+CACHE_PAIRS = [
+    ("same question", "What is the capital of France?", "What's the capital of France?"),
+    ("same request", "Write a python function that parses dates", "Write a Python function that parses dates."),
+    ("same question", "What is the capital of France?", "What is the capital city of France?"),
+    ("same question", "What is the capital of France?", "what is the capital of France"),
+    ("another question", "What is the capital of France?", "What is the capital of Spain?"),
+    ("meaning differs", "convert 5 miles to km", "convert 5 km to miles"),
+    ("meaning differs", "Is this function thread safe?", "Is this function not thread safe?"),
+    ("meaning differs", "Should I take ibuprofen with alcohol?", "Should I take ibuprofen without alcohol?"),
+]
 CUTS = (500, 1_000, 1_500, 2_000)  # total characters embedded, for the table that picks the cut
 
 
@@ -140,13 +151,13 @@ def decide_section(text: str, calls: int, lines: list[str]) -> None:
         )
 
 
-def scale_section(lines: list[str]) -> None:
+def scale_section(lines: list[str], pairs: list[tuple[str, str, str]] = PAIRS) -> None:
     from engine.runtime.embedder import default_embedder, embed_text
 
     model = default_embedder()
     lines.append("== cosine scale of the default embedder (WordLlama 256-d): similarity of two requests")
     lines.append(f"{'cosine':>6}  {'relation':<24} requests")
-    for relation, a, b in PAIRS:
+    for relation, a, b in pairs:
         cosine = float(embed_text(model, a) @ embed_text(model, b))
         lines.append(f"{cosine:>6.2f}  {relation:<24} {a!r} / {b!r}")
     lines.append("")
@@ -192,9 +203,19 @@ def embed_section(text: str, calls: int, lines: list[str]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="200 calls per cell instead of 1,000 (not saved)")
+    ap.add_argument(
+        "--cosines",
+        action="store_true",
+        help="only the cosine scale, with the semantic cache's pairs (no timing, not saved)",
+    )
     args = ap.parse_args()
     require_data("semantic_bench.py", "awesome_chatgpt_prompts.csv")
     require_modules("semantic_bench.py", "wordllama", "numpy", install="python -m pip install -e '.[semantic]'")
+    if args.cosines:
+        lines: list[str] = []
+        scale_section(lines, PAIRS + CACHE_PAIRS)
+        print("\n".join(lines))
+        return
     calls = 200 if args.quick else 1_000
     text = corpus()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
