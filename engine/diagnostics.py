@@ -51,6 +51,7 @@ CODES: dict[str, str] = {
     "E320": "embedder not available",
     "E321": "embedder failed",
     "E322": "not an example of the task",
+    "E323": "too many examples in a semantic task",
     # types and units
     "E400": "unit mismatch",
     "E401": "value out of range",

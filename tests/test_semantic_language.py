@@ -253,3 +253,32 @@ def test_the_semantic_cache_without_an_embedder_is_reported_at_its_setting(monke
     d = err.diagnostics[0]
     assert d.span is not None and d.span.line == 2 and "cache.semantic" in d.message and EXTRA_HINT in (d.hint or "")
     assert compile_source("set cache.semantic = 0.95\notherwise use gpt-4o", embedder=BagOfWords()).embedder
+
+
+def test_more_examples_than_decide_can_afford_is_an_error_at_the_like(tmp_path: Path) -> None:
+    from engine import compile_policy
+    from engine.compiler.semantic import MAX_EXAMPLES
+
+    (tmp_path / "many.txt").write_text("\n".join(f"example {i}" for i in range(MAX_EXAMPLES + 1)), encoding="utf-8")
+    (tmp_path / "main.route").write_text('task t = like "many.txt"\notherwise use gpt-4o\n', encoding="utf-8")
+    with pytest.raises(PolicyError) as info:
+        compile_policy(tmp_path / "main.route", embedder=BagOfWords())
+    assert_well_formed(info.value)
+    (d,) = info.value.diagnostics
+    assert d.code == "E323" and d.span is not None and (d.span.line, d.span.col) == (1, 15)  # the file name
+    assert f"{MAX_EXAMPLES + 1:,} examples" in d.message and "--coverage" in (d.hint or "")
+
+
+def test_a_long_example_is_embedded_cut_like_a_request() -> None:
+    from engine.runtime.embedder import HEAD_CHARS, TAIL_CHARS
+
+    seen: list[int] = []
+
+    def embed(texts: list[str]) -> list[list[float]]:
+        seen.extend(len(t) for t in texts)
+        return [[1.0, 0.0] for _ in texts]
+
+    long = "word " * 60_000  # 300 KB on one line: embedded whole, such examples stalled the compile
+    policy = compile_source(f'task t = like ["{long}"]\notherwise use gpt-4o\n', embedder=embed)
+    assert seen and max(seen) <= HEAD_CHARS + TAIL_CHARS + 1
+    assert policy.semantic["t"].examples == (long,)  # shown whole; only its vector is of the cut

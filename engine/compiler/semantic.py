@@ -18,13 +18,25 @@ from engine.compiler.context import Context
 from engine.diagnostics import did_you_mean
 from engine.language import nodes as n
 from engine.language.load import display_name
-from engine.runtime.embedder import EXTRA_HINT, EmbedderUnavailable, default_embedder, embed_examples
+from engine.runtime.embedder import (
+    EXAMPLE_CACHE,
+    EXTRA_HINT,
+    EmbedderUnavailable,
+    default_embedder,
+    embed_examples,
+    task_text,
+)
 from engine.runtime.semantic import DEFAULT_THRESHOLD, SemanticTask
 
 __all__ = ["SIMILARITY", "fraction", "pass_embed", "pass_semantic", "read_examples"]
 
 #: The one function a condition or a score may call with an argument: `similarity(TASK)`.
 SIMILARITY = "similarity"
+
+
+#: The most examples one task may have: a request no pattern settles is compared with every one, so their number
+#: bounds decide()'s time and the vectors' memory.
+MAX_EXAMPLES = EXAMPLE_CACHE  # as many as the example-vector cache keeps per embedder
 
 
 def fraction(lit: n.Literal) -> float | None:
@@ -118,7 +130,7 @@ def pass_embed(ctx: Context) -> None:
         return
     for name, (like, examples, spans, file, threshold) in ctx.examples.items():
         try:
-            rows = embed_examples(embedder, examples)
+            rows = embed_examples(embedder, [task_text(e) for e in examples])  # cut as requests are
         except Exception as exc:  # a user's embedder may fail any way: report it at its task, never crash
             ctx.error(
                 "E321",
@@ -162,6 +174,8 @@ def _examples(ctx: Context, task: str, like: n.Like) -> tuple[list[str], list[n.
                 'write at least one example: like ["an example request", ...]',
             )
             return None
+        if _too_many(ctx, task, like, len(like.examples)):
+            return None
         return [e.text for e in like.examples], [e.span for e in like.examples], None
     path = Path(like.path or like.file)
     shown = display_name(path)
@@ -191,7 +205,25 @@ def _examples(ctx: Context, task: str, like: n.Like) -> tuple[list[str], list[n.
             "write one example per line (blank lines and lines starting with # are skipped)",
         )
         return None
+    if _too_many(ctx, task, like, len(examples)):
+        return None
     return examples, spans, shown
+
+
+def _too_many(ctx: Context, task: str, like: n.Like, count: int) -> bool:
+    """E323 past MAX_EXAMPLES: every request a task's patterns miss is compared with each example, so their number
+    bounds decide()'s time (and the vectors' memory)."""
+    if count <= MAX_EXAMPLES:
+        return False
+    ctx.error(
+        "E323",
+        f"task `{task}` has {count:,} examples, more than {MAX_EXAMPLES:,}",
+        like.source_span,
+        "too many examples",
+        "keep the examples that are typical of the task (a few hundred are plenty: `modelroute test --coverage` "
+        "lists those never the nearest), or split the task",
+    )
+    return True
 
 
 def _check_cosine(ctx: Context, node: n.Compare) -> None:
