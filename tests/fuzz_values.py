@@ -27,6 +27,7 @@ __all__ = [
     "fuzz_policy",
     "fuzz_target",
     "headers",
+    "hows",
     "huge",
     "keys",
     "mangle",
@@ -118,6 +119,9 @@ headers = st.dictionaries(
     header_values,
     max_size=2,
 )
+
+#: `how` for mangle: mostly 0 (the body intact), else one of its three ways of breaking it
+hows = st.sampled_from([0, 0, 0, 0, 1, 2, 3])
 
 
 def mangle(text: str, how: int, at: int) -> bytes:

@@ -22,6 +22,7 @@ from providers.gateway.app import create_app  # noqa: E402
 from providers.gateway.keyformat import GatewayKey, hash_key  # noqa: E402
 from providers.gateway.keys import KeyRing  # noqa: E402
 from providers.gateway.run import key_budget_key  # noqa: E402
+from tests.clocks import Clock  # noqa: E402
 from tests.engines import engine_for  # noqa: E402
 from tests.fakeserver import Call, FakeServer, Reply  # noqa: E402
 from tests.gateway_kit import app_gateways, redis_or_skip  # noqa: E402
@@ -36,14 +37,6 @@ KEYS = {"team-a": "mr-cache-key-a", "team-b": "mr-cache-key-b"}
 
 def keyring(daily: float | None = None) -> KeyRing:
     return KeyRing([GatewayKey(name, hash_key(secret), daily_budget=daily) for name, secret in KEYS.items()])
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture

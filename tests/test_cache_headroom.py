@@ -29,7 +29,7 @@ from tests.engines import engine_for  # noqa: E402
 from tests.fakeserver import FakeServer, Reply  # noqa: E402
 from tests.gateway_kit import sdk_client  # noqa: E402
 from tests.test_gateway import ThreadServer  # noqa: E402
-from tests.test_redis_store import Clock, RedisServer  # noqa: E402
+from tests.clocks import Clock, RedisServer  # noqa: E402
 
 POLICY = "set cache.ttl = 1h\nset retry.attempts = 0\notherwise use alpha-mini fallback beta-chat\n"
 ANSWER = 200_000  # bytes of each cached answer

@@ -35,6 +35,7 @@ from tests.fuzz_values import (
     fuzz_policy,
     fuzz_target,
     headers,
+    hows,
     huge,
     keys,
     mangle,
@@ -301,7 +302,7 @@ def check(target: Any, endpoint: str, raw: bytes, hdrs: dict[str, str]) -> None:
 @given(
     case=st.sampled_from(sorted(WIRES)).flatmap(lambda e: st.tuples(st.just(e), bodies(e))),
     hdrs=headers,
-    how=st.sampled_from([0, 0, 0, 0, 1, 2, 3]),
+    how=hows,
     at=st.integers(min_value=0),
 )
 def test_generated_requests_get_a_4xx_or_an_answer_never_a_500(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -19,17 +19,19 @@ from engine.language.nodes import RateLimit
 from engine.language.parse import parse
 from engine.runtime.settings import RateLimitSpec
 from providers.state.ratelimit import PERIOD, Check, MemoryLimiter, RedisLimiter, attach
+from tests.clocks import Clock
 from tests.engines import CATALOG
 
 HEAD = f'catalog "{CATALOG}"\n'
 
 
-class Clock:
-    def __init__(self, t: float = 1_700_000_000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
+def run_together(target: Callable[..., None], args: list[tuple[Any, ...]]) -> None:
+    """Run `target(*a)` on one thread per entry of `args` and wait for them all."""
+    threads = [threading.Thread(target=target, args=a) for a in args]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 # ---- the language ----------------------------------------------------------------------------------------------
@@ -112,11 +114,7 @@ def test_memory_limiter_admits_exactly_the_limit_under_threads() -> None:
             with lock:
                 admitted.append(ok)
 
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_together(worker, [()] * 8)
     assert sum(admitted) == 100 and len(admitted) == 320
 
 
@@ -221,11 +219,7 @@ def test_two_replicas_never_admit_more_than_the_limit(replicas: Any) -> None:
             with lock:
                 admitted.append(ok)
 
-    threads = [threading.Thread(target=worker, args=(x,)) for x in (a, b) * 3]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_together(worker, [(x,) for x in (a, b) * 3])
     assert sum(admitted) == 50  # the clock does not move: exactly the limit, across both replicas
     replicas.clock.t += 6.0  # refills 5 requests
     assert [a.acquire([Check("shared", 50, 1)])[0] or b.acquire([Check("shared", 50, 1)])[0] for _ in range(6)] == [
@@ -432,11 +426,7 @@ def test_two_gateway_replicas_share_one_limit_on_redis(gateway: Any, replicas: A
         with lock:
             outcomes.append(outcome)
 
-    threads = [threading.Thread(target=send, args=(c,)) for c in (one, two) * 4]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_together(send, [(c,) for c in (one, two) * 4])
     assert sorted(outcomes) == ["429"] * 5 + ["ok"] * 3  # concurrent, on two replicas: exactly the limit
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from engine.runtime.state import PROBE, CircuitConfig, CircuitInfo, ExecutionStore, MemoryStore, StateStore
+from tests.clocks import Clock
 from tests.waiting import wait_until
 
 REDIS_BIN = shutil.which("redis-server")
@@ -73,14 +74,6 @@ def redis_server() -> Iterator[RedisServer]:
     server = RedisServer().start()
     yield server
     server.stop()
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from providers.execution.spending import Pending
+
 __all__ = ["ExperimentTally", "Listener", "VariantRow", "experiment_of"]
 
 #: Called with (experiment, variant, ok=, latency_s=, cost=) for each request counted (the gateway's metrics).
@@ -55,7 +57,7 @@ class ExperimentTally:
 
     def __init__(self) -> None:
         self._rows: dict[tuple[str, str], VariantRow] = {}
-        self._open: dict[int, tuple[tuple[str, str], float, list[bool]]] = {}
+        self._pending: Pending[tuple[tuple[str, str], float]] = Pending()
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
 
@@ -68,20 +70,18 @@ class ExperimentTally:
         """Note a prepared request (`key`: its identity) when its decision belongs to an experiment."""
         which = experiment_of(decision)
         if which is not None:
-            self._open[key] = (which, time.perf_counter(), [False])
+            self._pending.start(key, (which, time.perf_counter()))
 
     def answered(self, key: int) -> None:
         """The request got an answer (it will be counted as a success when it finishes)."""
-        found = self._open.get(key) if self._open else None
-        if found is not None:
-            found[2][0] = True
+        self._pending.answered(key)
 
     def finish(self, key: int, cost: float) -> None:
         """Count a request once it has ended (later calls for the same key do nothing)."""
-        found = self._open.pop(key, None) if self._open else None
+        found = self._pending.finish(key)
         if found is not None:
-            which, t0, ok = found
-            self.add(which[0], which[1], ok=ok[0], latency_s=time.perf_counter() - t0, cost=cost)
+            (which, t0), ok = found
+            self.add(which[0], which[1], ok=ok, latency_s=time.perf_counter() - t0, cost=cost)
 
     def add(self, experiment: str, variant: str, *, ok: bool, latency_s: float, cost: float) -> None:
         with self._lock:

@@ -6,13 +6,35 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-__all__ = ["MAX_USERS", "NOBODY", "OTHER_USERS", "SpendRow", "SpendTally"]
+__all__ = ["MAX_USERS", "NOBODY", "OTHER_USERS", "Pending", "SpendRow", "SpendTally"]
 
 MAX_USERS = 1000  # distinct users a process tracks (a bound on memory and on /metrics series)
 OTHER_USERS = "(other)"  # the row of the users beyond MAX_USERS
 NOBODY = "(none)"  # the row of requests without a gateway key, or without a `user` attribute
+
+T = TypeVar("T")
+
+
+class Pending(Generic[T]):
+    """Requests started but not yet counted, by identity, each with what its tally needs and whether it got an
+    answer: `start` opens one, `answered` marks it, `finish` closes it once (None when it is not open)."""
+
+    def __init__(self) -> None:
+        self._open: dict[int, tuple[T, list[bool]]] = {}
+
+    def start(self, key: int, item: T) -> None:
+        self._open[key] = (item, [False])
+
+    def answered(self, key: int) -> None:
+        found = self._open.get(key) if self._open else None
+        if found is not None:
+            found[1][0] = True
+
+    def finish(self, key: int) -> tuple[T, bool] | None:
+        found = self._open.pop(key, None) if self._open else None
+        return None if found is None else (found[0], found[1][0])
 
 
 @dataclass
@@ -46,26 +68,24 @@ class SpendTally:
         self.max_users = max_users
         self._keys: dict[str, SpendRow] = {}
         self._users: dict[str, SpendRow] = {}
-        self._open: dict[int, tuple[str, str, list[bool]]] = {}
+        self._pending: Pending[tuple[str, str]] = Pending()
         self._lock = threading.Lock()
 
     def start(self, key: int, decision: Any) -> None:
         """Note a prepared request (`key`: its identity) with the gateway key and user of its attributes."""
         request = getattr(decision, "request", None)
         attrs = getattr(request, "attrs", None) or {}
-        self._open[key] = (_who(attrs, "key"), _who(attrs, "user"), [False])
+        self._pending.start(key, (_who(attrs, "key"), _who(attrs, "user")))
 
     def answered(self, key: int) -> None:
         """The request got an answer (it is counted as a success when it finishes)."""
-        found = self._open.get(key)
-        if found is not None:
-            found[2][0] = True
+        self._pending.answered(key)
 
     def finish(self, key: int, cost: float, estimated: float = 0.0) -> None:
-        found = self._open.pop(key, None)
+        found = self._pending.finish(key)
         if found is not None:
-            who, user, ok = found
-            self.add(who, user, ok=ok[0], cost=cost, estimated=estimated)
+            (who, user), ok = found
+            self.add(who, user, ok=ok, cost=cost, estimated=estimated)
 
     def add(self, key: str, user: str, *, ok: bool, cost: float, estimated: float = 0.0) -> None:
         with self._lock:
