@@ -25,11 +25,12 @@ from providers.execution.cache import CACHE_HEADER, ResponseCache, attach  # noq
 from providers.gateway.app import create_app  # noqa: E402
 from providers.state.redis_store import RedisStore  # noqa: E402
 from providers.state.responses import HEADROOM, RedisResponses  # noqa: E402
+from tests.clocks import Clock  # noqa: E402
 from tests.engines import engine_for  # noqa: E402
 from tests.fakeserver import FakeServer, Reply  # noqa: E402
 from tests.gateway_kit import sdk_client  # noqa: E402
 from tests.test_gateway import ThreadServer  # noqa: E402
-from tests.clocks import Clock, RedisServer  # noqa: E402
+from tests.test_redis_store import RedisServer  # noqa: E402
 
 POLICY = "set cache.ttl = 1h\nset retry.attempts = 0\notherwise use alpha-mini fallback beta-chat\n"
 ANSWER = 200_000  # bytes of each cached answer
