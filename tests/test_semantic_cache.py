@@ -166,6 +166,17 @@ def test_no_cache_skips_the_lookup_by_meaning_and_stores_the_fresh_answer(gatewa
     assert upstream_calls(fake_server) == 2 and len(engine.executor.cache.index) == 2
 
 
+def test_no_store_skips_the_lookup_by_meaning_and_stores_nothing(gateway, fake_server: FakeServer) -> None:
+    fake_server.default = Reply(text="old")
+    engine, url = gateway()
+    c = client(url)
+    ask(c, messages=user(FIRST))
+    fake_server.default = Reply(text="fresh")
+    text, h = ask(c, messages=user(PARAPHRASE), extra_headers={"cache-control": "no-store"})
+    assert text == "fresh" and h.get(CACHE_HEADER) != "hit" and SIMILARITY_HEADER not in h
+    assert upstream_calls(fake_server) == 2 and len(engine.executor.cache.index) == 1  # the fresh one not kept
+
+
 # ---- through the Python API ----------------------------------------------------------------------------------
 def cached_engine(fake_server: FakeServer, policy: str = SEMANTIC + POLICY, **kw: Any) -> Engine:
     engine = engine_for(fake_server, policy)
