@@ -4,7 +4,7 @@ and the throughput of threads and processes out, as report lines.
 * bundled: the issue-15 target, on what it is about (the rule index and the scan): decide() on the bundled policy
   with its `like` items removed (patterns only: bench/decide_bench.py's `patterns_only_engine`) against
   `policy.matcher.scan` alone (the single-pass RE2 set scan of the same prompt) at 200 B, 4 KB and 100 KB,
-  interleaved sample by sample (bench/speed_bench.py's interleaved_us); targets: <= 3x at 200 B, <= 1.1x at 100 KB.
+  interleaved sample by sample (bench/speed/timing.py's interleaved_us); targets: <= 3x at 200 B, <= 1.1x at 100 KB.
   In the same samples, decide() on the bundled policy as shipped (patterns + detection by meaning), reported as
   its ratio to the patterns-only decide(): the cost of meaning, which has no target here.
 * threads: calls per second of 1 thread, 2 threads and 2 processes, each deciding 200 B prompts for a fixed time,
@@ -25,7 +25,7 @@ from typing import Any
 
 from decide_bench import patterns_only_engine, real_prompts, sized, synthetic_prompts
 from needs import missing_data
-from speed_bench import interleaved_us
+from speed.timing import interleaved_us
 
 from engine import Engine
 
