@@ -4,14 +4,19 @@ Run: python bench/data/make_prompts.py [--check]
 Rebuilds bench/data/prompts.jsonl from ../shared/data (or $MODELROUTE_BENCH_DATA) and bench/data/labels.txt:
 which prompts are in the set (all Self-Instruct seed tasks, 300 awesome-chatgpt-prompts drawn at random with seed
 19, and the extra pools described in LABELLING.md), their text, their hand labels and the tuning/held-out split.
-No label is computed here: every label comes from labels.txt, written by reading each prompt. `--check` rebuilds
-in memory and exits 1 if prompts.jsonl differs (the file is the record; the script shows how it was made).
+It also rebuilds bench/data/rest.jsonl, the second set: every other awesome-chatgpt-prompts row, labelled later
+(labels_rest.txt) and split the same way; it keeps the row number and a digest of the text instead of the text
+(the bench reads the text from the shared data and checks the digest).
+No label is computed here: every label comes from the label files, written by reading each prompt. `--check`
+rebuilds in memory and exits 1 if either file differs (the files are the record; the script shows how they were
+made).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import random
 import re
@@ -136,7 +141,12 @@ def build() -> list[dict[str, object]]:
         )
     if sum(len(json.dumps(x, ensure_ascii=False)) for x in items) > MAX_BYTES:
         items = [x for x in items if x["source"] == "self-instruct" or len(str(x["text"])) <= BIG_PROMPT]
-    # the split, drawn once: within each stratum, a seeded shuffle, then alternately tuning and held-out
+    split(items)
+    return items
+
+
+def split(items: list[dict[str, object]]) -> None:
+    """The split, drawn once per set: within each stratum, a seeded shuffle, then alternately tuning and held-out."""
     rng = random.Random(SEED)
     groups: dict[str, list[dict[str, object]]] = {}
     for item in items:
@@ -148,6 +158,31 @@ def build() -> list[dict[str, object]]:
         for member in members:
             member["split"] = ("tuning", "heldout")[flip]
             flip ^= 1
+
+
+def digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def build_rest(first: list[dict[str, object]]) -> list[dict[str, object]]:
+    """The second set: every awesome row whose text is not in the first set (exact duplicates kept once)."""
+    labels = read_labels(HERE / "labels_rest.txt")
+    rows = awesome_rows()
+    texts = {str(x["text"]) for x in first}
+    items: list[dict[str, object]] = []
+    for k, row in enumerate(rows):
+        text = row["prompt"]
+        if text in texts:
+            continue
+        texts.add(text)
+        ident = f"acp-{k}"
+        if ident not in labels:
+            raise SystemExit(f"no label for {ident} in labels_rest.txt")
+        tasks, complexity = labels[ident]
+        items.append(
+            {"id": ident, "row": k, "sha256": digest(text), "chosen": "rest", "tasks": tasks, "complexity": complexity}
+        )
+    split(items)
     return items
 
 
@@ -156,12 +191,16 @@ def main() -> None:
     parser.add_argument("--check", action="store_true", help="exit 1 if prompts.jsonl is not what this builds")
     args = parser.parse_args()
     require_data("data/make_prompts.py", "awesome_chatgpt_prompts.csv", "self_instruct_seed_tasks.jsonl")
-    lines = "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in build())
-    target = HERE / "prompts.jsonl"
-    if args.check:
-        sys.exit(0 if target.exists() and target.read_text(encoding="utf-8") == lines else 1)
-    target.write_text(lines, encoding="utf-8")
-    print(f"wrote {target} ({lines.count(chr(10))} prompts, {len(lines.encode()):,} bytes)")
+    first = build()
+    outputs = {HERE / "prompts.jsonl": first, HERE / "rest.jsonl": build_rest(first)}
+    for target, items in outputs.items():
+        lines = "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in items)
+        if args.check:
+            if not target.exists() or target.read_text(encoding="utf-8") != lines:
+                sys.exit(1)
+            continue
+        target.write_text(lines, encoding="utf-8")
+        print(f"wrote {target} ({lines.count(chr(10))} prompts, {len(lines.encode()):,} bytes)")
 
 
 if __name__ == "__main__":
