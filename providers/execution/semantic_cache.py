@@ -37,7 +37,7 @@ __all__ = [
 log = logging.getLogger("modelroute.cache")
 
 SCOPE_MAX = 1000  # vectors kept per scope (a lookup compares the request with each of them)
-INDEX_MAX_BYTES = 16 * 1024 * 1024  # the whole index: vectors, their keys and bookkeeping (16k 256-d vectors)
+INDEX_MAX_BYTES = 16 * 1024 * 1024  # the whole index: vectors, their keys and bookkeeping (15k 256-d vectors)
 SCORE_SLACK = 1e-6  # float32 rounding: identical texts score 0.9999999, which must reach a threshold of 1
 ROW_BOOKKEEPING = 16  # bytes per row besides its vector and key: its expiry and last use
 
@@ -87,7 +87,8 @@ def _last_user(messages: list[Any]) -> int | None:
 
 def probe_of(run: Run, material: Mapping[str, Any], threshold: float, digest: Callable[[Any], str]) -> Probe | None:
     """The semantic side of a request keyed by `material` (cache.key_material): its scope is the sha256 (`digest`)
-    of the material with the text of its last user message left out (its other parts, images and files, stay);
+    of the material with the text of its last user message left out (its other parts, images and files, stay; a
+    text given as parts scopes as the same text given as a string);
     None when there is no such text or it is longer than the embedded cut (the vector would see only part of it,
     so two texts differing in their middle would match: those requests are cached exactly only)."""
     from engine.runtime.embedder import HEAD_CHARS, TAIL_CHARS
@@ -105,7 +106,8 @@ def probe_of(run: Run, material: Mapping[str, Any], threshold: float, digest: Ca
     elif isinstance(content, list):
         texts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
         text = "\n".join(str(t) for t in texts)  # as decide() reads a message's text parts
-        message["content"] = [p for p in content if not (isinstance(p, dict) and p.get("type") == "text")]
+        rest = [p for p in content if not (isinstance(p, dict) and p.get("type") == "text")]
+        message["content"] = rest or ""  # text parts only: the scope of the same text given as a string
     else:
         return None
     if not text.strip() or len(text) > HEAD_CHARS + TAIL_CHARS:
@@ -224,14 +226,12 @@ class SemanticIndex:
         self, scope: str, embedder: Any, vector: np.ndarray, threshold: float, now: float
     ) -> tuple[str, float] | None:
         """The exact key of the unexpired row of `scope` closest to `vector` and its cosine, when it reaches
-        `threshold`; else None."""
-        import numpy as np
-
+        `threshold`; else None (the scope's expired rows leave the index)."""
         with self._lock:
             found = self._scopes.get(scope)
-            if found is None or not found.fits(embedder, vector) or not found.keys:
+            if found is None or not found.fits(embedder, vector) or not self._purge(scope, found, now):
                 return None
-            scores = np.where(found.expires > now, found.rows @ vector, -np.inf)
+            scores = found.rows @ vector  # every row unexpired (purged)
             best = int(scores.argmax())
             score = float(scores[best])
             if not score >= threshold - SCORE_SLACK:  # NaN (a bad vector) never hits
@@ -255,6 +255,8 @@ class SemanticIndex:
                 for i in range(len(found.keys) - 1, -1, -1):
                     self._remove(scope, found, i)
                 found = None
+            if found is not None and not self._purge(scope, found, now):  # its rows all expired: it went
+                found = None
             if found is None:
                 found = self._scopes[scope] = _Scope(embedder, vector)
             self._scopes.move_to_end(scope)
@@ -266,11 +268,7 @@ class SemanticIndex:
                 other = self._scopes[self._owner[key]]
                 self._remove(self._owner[key], other, other.keys.index(key))
             if len(found.keys) >= self.per_scope:
-                expired = [i for i in range(len(found.keys)) if found.expires[i] <= now]
-                for i in sorted(expired, reverse=True):
-                    self._remove(scope, found, i)
-                if len(found.keys) >= self.per_scope:
-                    self._remove(scope, found, int(found.used.argmin()))
+                self._remove(scope, found, int(found.used.argmin()))
                 if scope not in self._scopes:  # emptied: made anew
                     found = self._scopes[scope] = _Scope(embedder, vector)
             found.rows = np.vstack([found.rows, vector[None, :].astype(np.float32)])
@@ -290,6 +288,15 @@ class SemanticIndex:
             found = self._scopes.get(scope) if scope is not None else None
             if scope is not None and found is not None:
                 self._remove(scope, found, found.keys.index(key))
+
+    def _purge(self, scope: str, found: _Scope, now: float) -> bool:
+        """Remove the expired rows of `found` (the lock held): an answer that expired leaves the index when its
+        scope is next searched or grown. False when the scope was emptied (and went)."""
+        import numpy as np
+
+        for i in np.flatnonzero(found.expires <= now)[::-1]:
+            self._remove(scope, found, int(i))
+        return bool(found.keys)
 
     def _remove(self, scope: str, found: _Scope, i: int) -> None:
         """Remove row `i` of `found` (the lock held); an emptied scope goes."""
