@@ -185,7 +185,7 @@ def test_without_wordllama_the_error_names_the_extra(tmp_path: Path) -> None:
     proc = _run_python(code, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == (
-        "semantic tasks (`like`) need an embedder: pip install 'modelroute[semantic]', "
+        "no default embedder (the `semantic` extra is not installed): pip install 'modelroute[semantic]', "
         "or pass Engine.load(embedder=...)"
     )
 

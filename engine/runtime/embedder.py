@@ -77,7 +77,8 @@ def default_embedder() -> Embedder:
                 from wordllama import WordLlama
             except ImportError as exc:
                 raise EmbedderUnavailable(
-                    f"semantic tasks (`like`) need an embedder: {EXTRA_HINT}, or pass Engine.load(embedder=...)"
+                    f"no default embedder (the `semantic` extra is not installed): {EXTRA_HINT}, "
+                    "or pass Engine.load(embedder=...)"
                 ) from exc
             finally:  # importing wordllama calls logging.basicConfig(level=INFO): undo it, logging is the app's
                 root.handlers[:] = handlers
