@@ -66,6 +66,22 @@ def test_cache_similarity_gives_the_cosine_of_a_prepared_run(fake_server: FakeSe
         engine.close()
 
 
+def test_complete_says_whether_the_cache_answered_and_at_what_cosine(fake_server: FakeServer) -> None:
+    """Engine.complete()'s Completion carries `cached` and `cache_similarity`: a fresh answer, an exact hit (no
+    cosine), a hit by meaning (the cosine the gateway sends as x-modelroute-cache-similarity)."""
+    engine = cached_engine(fake_server)
+    try:
+        fresh = engine.complete(FIRST, temperature=0)
+        assert not fresh.cached and fresh.cache_similarity is None and fresh.attempts
+        exact = engine.complete(FIRST, temperature=0)
+        assert exact.cached and exact.cache_similarity is None and not exact.attempts and exact.cost == 0
+        near = engine.complete(PARAPHRASE, temperature=0)
+        assert near.cached and near.cache_similarity == pytest.approx(cosine(FIRST, PARAPHRASE), abs=1e-4)
+        assert "cached at" in repr(near) and upstream_calls(fake_server) == 1
+    finally:
+        engine.close()
+
+
 class EmbedderDown(Exception):
     """A cause of its own, so the one warning per cause is this test's."""
 

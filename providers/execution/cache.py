@@ -319,7 +319,7 @@ class ResponseCache:
             elif found.key not in self.index:  # another replica's answer, served here: found by meaning from now
                 expires = float(json.loads(value).get("expires", 0.0))
                 remember(self.index, self.embedder, run, probe, found.key, expires, self.clock())
-        done = self.completion(run, value) if value is not None else None
+        done = self.completion(run, value, found.similarity) if value is not None else None
         found.hit = done is not None
         self._count("hit" if found.hit else "miss")
         if found.hit and found.similarity is not None:
@@ -373,8 +373,9 @@ class ResponseCache:
             self.memory.put(key, value)
 
     @staticmethod
-    def completion(run: Run, value: str) -> Completion:
-        """A stored entry as the answer to `run`: no attempts, no cost; usage is the stored answer's."""
+    def completion(run: Run, value: str, similarity: float | None = None) -> Completion:
+        """A stored entry as the answer to `run`: no attempts, no cost, `cached`; usage is the stored answer's;
+        `similarity` is the cosine it was found at by meaning (None: an exact hit)."""
         entry = json.loads(value)
         raw = entry.get("response")
         response = ChatResponse.model_validate(raw) if raw is not None else None
@@ -392,6 +393,8 @@ class ResponseCache:
             [],
             str(entry.get("strategy", "single")),
             response,
+            cached=True,
+            cache_similarity=similarity,
         )
 
     def _count(self, result: str) -> None:

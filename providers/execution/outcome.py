@@ -45,7 +45,8 @@ class Completion:
     """The answer to one request, with how it was obtained. `usage` and `cost` sum every call the request
     made (all race/consensus/best_of legs that answered, the judge, invalid answers); `answers` holds each
     group member's text for consensus and best_of; `agreement` is the consensus vote share; `judge` is the best_of
-    judge's Verdict."""
+    judge's Verdict; `cached` says the response cache answered, and `cache_similarity` the cosine when it was found
+    by meaning."""
 
     text: str
     parsed: Any
@@ -61,6 +62,8 @@ class Completion:
     answers: dict[str, str] = field(default_factory=dict)
     judge: Verdict | None = None
     estimated_cost: float = 0.0  # the part of `cost` estimated because an upstream reported no usage
+    cached: bool = False  # answered from the response cache (no attempts, no cost)
+    cache_similarity: float | None = None  # the cosine a cached answer was found at by meaning (`cache.semantic`)
 
     @property
     def tool_calls(self) -> list[ToolCall]:
@@ -72,10 +75,13 @@ class Completion:
 
     def __repr__(self) -> str:
         tried = ", ".join(f"{a.model}:{a.error or a.outcome}" for a in self.attempts)
+        hit = ""
+        if self.cached:
+            hit = "cached, " if self.cache_similarity is None else f"cached at {self.cache_similarity:.3f}, "
         return (
             f"Completion(model={self.model!r}, provider={self.provider!r}, strategy={self.strategy!r}, "
             f"cost=${self.cost:.6f}, tokens={self.usage.input_tokens}/{self.usage.output_tokens}, "
-            f"attempts=[{tried}], text={self.text[:60]!r})"
+            f"{hit}attempts=[{tried}], text={self.text[:60]!r})"
         )
 
 
