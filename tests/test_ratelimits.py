@@ -86,10 +86,10 @@ def test_bad_limits_are_compile_errors_with_a_hint(line: str, code: str, hint: s
     assert diag.span is not None and diag.span.line >= 2
 
 
-def test_a_limit_without_a_unit_is_a_syntax_error() -> None:
+def test_a_limit_without_a_unit_is_one_error_naming_the_units() -> None:
     with pytest.raises(PolicyError) as info:
         compile_source(HEAD + "limit 60\notherwise use alpha-mini\n")
-    assert info.value.diagnostics[0].code == "E100"
+    assert [d.code for d in info.value.diagnostics] == ["E315"]
 
 
 def test_ratelimit_is_reserved() -> None:

@@ -1,6 +1,6 @@
 """The `modelroute keys` commands (add, revoke, list): command-line options in, the gateway keys file edited
 atomically through providers/gateway/keyfile.py (imported when a command runs) and a new key (printed once) or
-a table of keys (never a key or its digest) out."""
+a table of keys (never a key or its digest) out; `add` checks its `--model` names against a policy's catalog."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from engine.cli.app import EXIT_ERRORS, EXIT_USAGE
+from engine.cli.app import EXIT_ERRORS, EXIT_USAGE, default_policy
+from engine.diagnostics import did_you_mean
 from engine.language.literals import LITERAL_PATTERNS, count_value
+from engine.language.load import display_name
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -95,9 +97,84 @@ def keys() -> None:
     Examples:
       modelroute keys add team-a --attr tier=pro --policy auto --expires 2026-12-31 --daily-budget 5
       modelroute keys add bot --model gpt-4o-mini --rpm 60 --keys /etc/modelroute/keys.yaml
+      modelroute keys add bot --model gpt-4o-mini --catalog-of policies/   # refuse a model it does not list
       modelroute keys list --json
       modelroute keys revoke team-a
     """
+
+
+def _catalog_of(policy: Path) -> tuple[Any, bool] | str:
+    """The catalog of `policy` (its `catalog` statements, else the bundled one) and whether it allows ad-hoc
+    `provider:model` names (`set adhoc_models = true`); a sentence saying why not when the policy does not load.
+    Only the statements are read: no compile, so no embedder runs."""
+    from engine.compiler.context import Context
+    from engine.compiler.declarations import pass_catalog
+    from engine.compiler.passes import current_date
+    from engine.language.load import load
+
+    loaded = load(policy)
+    ctx = Context(loaded=loaded, today=current_date(), diagnostics=list(loaded.diagnostics))
+    if ctx.ok:
+        pass_catalog(ctx)
+    first = next((d for d in ctx.diagnostics if d.is_error), None)
+    if first is not None or ctx.catalog is None:
+        why = f"{first.code} {first.message}" if first is not None else "no catalog"
+        return f"{display_name(policy)} does not load ({why}): run `modelroute check {display_name(policy)}`"
+    return ctx.catalog, ctx.adhoc_allowed
+
+
+def _unknown_models(models: tuple[str, ...], catalog: Any, adhoc: bool) -> list[tuple[str, str | None]]:
+    """The `--model` names the gateway would never match, each with a "did you mean" (or None). A key lists
+    canonical catalog names or catalog aliases (providers/gateway/keyfields.py `canonical_models`), or, when the
+    policy allows ad-hoc models, `provider:model` of a known provider that the catalog does not list."""
+    from engine.runtime.qualified import known_providers, resolve_qualified, split_name
+
+    out = []
+    for model in models:
+        if model in catalog.models or model in catalog.aliases:
+            continue
+        parts = split_name(model)
+        listed = resolve_qualified(catalog, model) if parts is not None else None
+        if parts is not None and listed is None and adhoc and parts[0] in known_providers(catalog):
+            continue
+        hint = f"did you mean {listed.name}?" if listed is not None else did_you_mean(model, catalog.names())
+        out.append((model, hint))
+    return out
+
+
+def _check_models(name: str, models: tuple[str, ...], policy: Path | None) -> None:
+    """Refuse (exit 1, the file unchanged) `--model` names that the catalog of `--catalog-of POLICY` does not
+    list. Without that option the keys command cannot know which policy the gateway serves: names that the default
+    policy's catalog does not list are only warned about."""
+    if not models:
+        return
+    given = policy is not None
+    path = policy if policy is not None else default_policy()
+    found = _catalog_of(path)
+    if isinstance(found, str):
+        if given:
+            click.echo(f"error: --catalog-of: {found} (the keys file is unchanged)", err=True)
+            sys.exit(EXIT_USAGE)
+        click.echo(f"warning: --model names not checked: the default policy {found}", err=True)
+        return
+    shown = display_name(path)
+    unknown = _unknown_models(models, *found)
+    for model, hint in unknown:
+        help_text = hint or f"`modelroute catalog {shown}` lists its models"
+        if given:
+            click.echo(
+                f"error: key `{name}`: --model {model} is not a model of the catalog of {shown}: {help_text} "
+                "(the keys file is unchanged)",
+                err=True,
+            )
+        else:
+            click.echo(
+                f"warning: --model {model} is not a model of the catalog of the default policy {shown}: {help_text}; "
+                "if the gateway serves another policy, pass it as --catalog-of POLICY to check against its catalog",
+                err=True,
+            )
+    if given and unknown:
+        sys.exit(EXIT_ERRORS)
 
 
 @keys.command("add")
@@ -108,6 +185,14 @@ def keys() -> None:
     "--policy", "policies", multiple=True, metavar="POLICY", help="A policy it may use (repeat; default: all)."
 )
 @click.option("--model", "models", multiple=True, metavar="MODEL", help="A model it may use (repeat; default: all).")
+@click.option(
+    "--catalog-of",
+    "catalog_of",
+    type=click.Path(path_type=Path),
+    metavar="POLICY",
+    help="The policy the gateway serves: a --model its catalog does not list is refused (exit 1). Without it the "
+    "names are checked against the default policy's catalog and only warned about.",
+)
 @click.option(
     "--expires",
     metavar="DATE",
@@ -123,6 +208,7 @@ def add(
     attrs: tuple[str, ...],
     policies: tuple[str, ...],
     models: tuple[str, ...],
+    catalog_of: Path | None,
     expires: str | None,
     rpm: int | None,
     tpm: int | None,
@@ -133,6 +219,7 @@ def add(
     keyfile = _keyfile()
     if not name.strip() or any(c.isspace() or not c.isprintable() for c in name):
         raise click.BadParameter("a key name is printable text without spaces, like team-a", param_hint="NAME")
+    _check_models(name, models, catalog_of)
     now = _wall()
     if expires is not None:
         try:

@@ -78,7 +78,8 @@ def check_settings(ctx: Context) -> None:
 
 
 def _check_fraction(ctx: Context, setting: n.Setting) -> None:
-    """A "fraction" setting (`set cache.semantic = 0.95`): a number from 0 to 1 or a percentage up to 100%."""
+    """A "fraction" setting (`set cache.semantic = 0.95`): a number from 0 to 1 or a percentage up to 100%; for
+    `cache.semantic` above 0 (a cosine of 0 or less would let every cached request match: E401)."""
     value = setting.value
     if not isinstance(value, n.Literal) or value.kind not in ("count", "percent"):
         _unit_error(ctx, f"`{setting.name}`", "fraction", value)
@@ -89,6 +90,16 @@ def _check_fraction(ctx: Context, setting: n.Setting) -> None:
             value.span,
             "out of range",
             f"write e.g. `set {setting.name} = 0.95` or `set {setting.name} = 95%`",
+        )
+    elif setting.name == "cache.semantic" and fraction(value) == 0:
+        ctx.error(
+            "E401",
+            f"`cache.semantic = {value.text}` would answer any request from any cached answer of its scope",
+            value.span,
+            "no similarity needed",
+            "the setting is the least similarity (cosine) a cached request needs: keep it high, e.g. "
+            '`set cache.semantic = 0.95` (docs/cache.md, "Choosing the threshold"), or leave it out for exact '
+            "matches only",
         )
 
 

@@ -112,7 +112,8 @@ class _Parser(ConditionsAndActions):
         return n.Rule(None, action, self.span(first, last), self.text(first, last))
 
     def limit_stmt(self) -> n.Stmt:
-        """`limit NUMBER NAME [per NAME]` (the grammar's limit_stmt)."""
+        """`limit NUMBER NAME [per NAME]` (the grammar's limit_stmt); a limit without its unit (`limit 60`,
+        `limit 60 per key`: the grammar's limit_no_unit, an error the compiler reports) is left to lark."""
         first = self.take("NAME", "limit")
         amount = self.take("NUMBER")
         unit = self.name()

@@ -332,8 +332,9 @@ class Budget:
 
 @dataclass(frozen=True, slots=True)
 class RateLimit:
-    """`limit 60 rpm [per key]`: `amount` a count literal, `unit` as written (the compiler checks rpm | tpm), `per`
-    the request attribute whose every value has its own limit (None: one limit for every request)."""
+    """`limit 60 rpm [per key]`: `amount` a count literal, `unit` as written (the compiler checks rpm | tpm; "" when
+    it was left out, E315), `per` the request attribute whose every value has its own limit (None: one limit for
+    every request)."""
 
     amount: Literal
     unit: str

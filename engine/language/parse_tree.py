@@ -178,6 +178,19 @@ class _ToAST(ActionRules):
             _tok_span(per[0], self.file) if per else None,
         )
 
+    def limit_no_unit(self, meta, children):
+        """`limit 60` or `limit 60 per key`: the unit is left empty ("") and spans the amount; the compiler reports
+        it (E315, naming the units a limit takes)."""
+        amount, *per = children
+        return n.RateLimit(
+            literal(amount, self.file),
+            "",
+            str(per[0]) if per else None,
+            _tok_span(amount, self.file),
+            self._span(meta),
+            _tok_span(per[0], self.file) if per else None,
+        )
+
     def test_stmt(self, meta, children):
         name, *expects = children
         return n.TestBlock(unescape(name[1:-1]), tuple(expects), self._span(meta))

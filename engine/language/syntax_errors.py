@@ -12,6 +12,7 @@ from lark.lexer import PatternStr
 
 from engine.diagnostics import Diagnostic
 from engine.language import nodes as n
+from engine.language.fastparse import STMT_START
 from engine.language.lark_grammar import KEYWORDS, _parser, _tok_span, known
 
 _FRIENDLY = {
@@ -86,16 +87,17 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, file: str) -> tuple[Diag
             bad = word.group(0) if word else ch
             span = n.Span(file, line, col, line, col + len(bad))
             exponent = re.fullmatch(r"[0-9]+(\.[0-9]+)?[eE]", bad) is not None
-            diag = Diagnostic(
-                "E105",
-                f"bad literal `{bad}`",
-                span,
-                "not a number, duration or price",
-                "numbers are plain decimals, without an exponent: write 0.000000001, not 1e-9"
-                if exponent
-                else "numbers take k or M (30k, 1M), durations ms, s, m or h (800ms, 2s, 5m, 1h), money $0.05, "
-                "prices $3/1M or $0.003/1k",
-            )
+            glued = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?[kM]?)([A-Za-z_]\w*)", bad)
+            if exponent:
+                advice = "numbers are plain decimals, without an exponent: write 0.000000001, not 1e-9"
+            elif glued and _limit_hint({"NUMBER"}, line_text[: col - 1]):
+                advice = f"put a space between the number and the unit: `limit {glued[1]} {glued[2]}`; {LIMIT_FORM}"
+            else:
+                advice = (
+                    "numbers take k or M (30k, 1M), durations ms, s, m or h (800ms, 2s, 5m, 1h), money $0.05, "
+                    "prices $3/1M or $0.003/1k"
+                )
+            diag = Diagnostic("E105", f"bad literal `{bad}`", span, "not a number, duration or price", advice)
         else:
             hint = {
                 "&": "write `and`",
@@ -111,15 +113,11 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, file: str) -> tuple[Diag
     if isinstance(exc, UnexpectedToken):
         tok = exc.token
         if tok.type == "$END":
-            span = n.Span(file, line, col, line, col + 1)
-            diag = Diagnostic(
-                "E100",
-                "unexpected end of file",
-                span,
-                "the statement is not finished",
-                _expected(getattr(exc, "accepts", None) or exc.expected),
-            )
-            return diag, len(text) - 1
+            return _unfinished(exc, text, file, None), len(text) - 1
+        cut = _cut_short(tok, text)
+        if cut is not None:  # the statement before a line that starts one is unfinished: report it, resume there
+            short, next_line = cut
+            return _unfinished(short, text, file, next_line), known(short.token.start_pos)
         span = _tok_span(tok, file)
         expected = set(getattr(exc, "accepts", None) or exc.expected)
         label = _expected(expected)
@@ -130,6 +128,67 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, file: str) -> tuple[Diag
         span = n.Span(file, line, col, line, col + 1)
         return Diagnostic("E100", "unexpected end of file", span, "", _expected(exc.expected)), len(text) - 1
     raise exc
+
+
+def _unfinished(exc: UnexpectedToken, text: str, file: str, next_line: int | None) -> Diagnostic:
+    """A statement that stops before it is complete, at the end of the file (`next_line` None) or at the end of a
+    line when line `next_line` starts the next statement; lark puts the end at the statement's last token."""
+    line, col = max(exc.line, 1), max(exc.column, 1)
+    expected = set(getattr(exc, "accepts", None) or exc.expected)
+    hint = _expected(expected)
+    where = "end of file"
+    if next_line is not None:
+        where = "end of line"
+        hint += f" (line {next_line} starts the next statement)"
+    before = text[: (exc.token.start_pos or 0) + len(_word_at(text, exc.token.start_pos))]
+    if (limit := _limit_hint(expected, before)) is not None:
+        hint += f"; {limit}"
+    return Diagnostic("E100", f"unexpected {where}", n.Span(file, line, col, line, col + 1), NOT_FINISHED, hint)
+
+
+#: The label of a statement that stops before it is complete.
+NOT_FINISHED = "the statement is not finished"
+
+
+def _word_at(text: str, pos: int | None) -> str:
+    """The token-like word that starts at `pos` (the last token lark read, where it puts the end of the input)."""
+    m = re.match(r"[^\s#]*", text[pos or 0 :])
+    return m.group(0) if m else ""
+
+
+def _cut_short(tok: Token, text: str) -> tuple[UnexpectedToken, int] | None:
+    """When lark's error is at or after the start of a line that starts a statement (engine/language/fastparse.py
+    STMT_START) and the text before that line ends in an unfinished statement, the error is that statement's:
+    lark read on into the next line, taking its keyword as a name (`model fast =` then `when ...`). Then lark's
+    end-of-input error for the text up to that line, and the line's number; else None."""
+    at = known(tok.start_pos)
+    starts = [m.start() for m in STMT_START.finditer(text) if m.start() <= at]
+    cut = starts[-1] if starts else 0
+    if not text[:cut].strip():
+        return None
+    # lark read everything before the statement that ends at `cut` without error: parse that statement alone,
+    # where it stands (what precedes it blanked, newlines kept, so positions are the text's own)
+    begin = starts[-2] if len(starts) > 1 else 0
+    try:
+        _parser().parse(re.sub(r"[^\n]", " ", text[:begin]) + text[begin:cut])
+    except UnexpectedToken as end:
+        if end.token.type == "$END":
+            return end, text.count("\n", 0, cut) + 1
+        return None
+    except UnexpectedInput:
+        return None
+    return None
+
+
+#: The help for a `limit` statement that lacks its number.
+LIMIT_FORM = "a rate limit is `limit NUMBER UNIT [per ATTRIBUTE]`, e.g. `limit 60 rpm per key`"
+
+
+def _limit_hint(expected: set[str], before: str) -> str | None:
+    """LIMIT_FORM when a number is expected right after the keyword `limit` (`limit rpm`, `limit` alone)."""
+    if "NUMBER" in expected and re.search(r"(?:^|\s)limit\Z", before.rstrip()):
+        return LIMIT_FORM
+    return None
 
 
 def _describe(tok: Token) -> str:
@@ -161,6 +220,8 @@ def _inside_score(line_before: str) -> bool:
 def _token_hint(tok: Token, expected: set[str], text: str = "") -> str | None:
     value = str(tok)
     before = text[: tok.start_pos].rstrip() if tok.start_pos is not None else ""
+    if (limit := _limit_hint(expected, before)) is not None:
+        return limit
     if tok.type == "EQUAL" and "COMPARE" in expected:
         return "compare with `==`; `=` only declares tasks and models"
     if tok.type == "NAME" and re.search(r'[,\s]"$', before) and "STRING" not in expected:

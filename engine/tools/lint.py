@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from engine.compiler.actions import static_reason
 from engine.compiler.advice import ADVICE_CODES, advise
 from engine.compiler.passes import as_date
+from engine.compiler.ratelimits import LIMIT_CODES, limit_warnings
 from engine.diagnostics import Diagnostic
 from engine.language import nodes as n
 from engine.runtime.matcher import to_re2
@@ -31,6 +32,7 @@ LINT_CODES: dict[str, str] = {
     "W108": "model deprecated within 30 days",
     "W109": "ranking by a capability no candidate scores",
     **ADVICE_CODES,  # W110, W111: written with their checks in engine/compiler/advice.py
+    **LIMIT_CODES,  # W112: written with the limit checks in engine/compiler/ratelimits.py
 }
 DEPRECATION_WINDOW = datetime.timedelta(days=30)
 CIRCUIT_NOTE = "circuit breakers aside: an open circuit makes a model unavailable and lets evaluation go on"
@@ -89,6 +91,7 @@ class Linter:
         self.unused()
         self.deprecated()
         self.out += advise([r.node for r in self.p.rules], self.entry)
+        self.out += limit_warnings(s for s in self.stmts if isinstance(s, n.RateLimit))
         order = {f: i for i, f in enumerate(self.p.files)}
         key = lambda d: (order.get(d.span.file, len(order)), d.span.line, d.span.col, d.code)  # noqa: E731
         return sorted(self.out, key=lambda d: key(d) if d.span else (-1, 0, 0, d.code))
