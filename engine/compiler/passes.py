@@ -81,9 +81,12 @@ def compile_loaded(
         rankers=None if rankers is None else {k: Ranker(k, fn) for k, fn in rankers.items()},
         embedder=embedder,
     )
-    with gc_paused():  # a big policy allocates many objects, none of them garbage: see gc_paused
-        for _name, run in PASSES:
-            run(ctx)
+    if not any(d.is_error for d in loaded.diagnostics):
+        # a file that could not be read or parsed contributes no statement: checking the rest would report each
+        # name it declares as unknown, so only the load errors (every file's) are reported
+        with gc_paused():  # a big policy allocates many objects, none of them garbage: see gc_paused
+            for _name, run in PASSES:
+                run(ctx)
     if not ctx.ok or ctx.catalog is None:
         if ctx.catalog is None and ctx.ok:
             ctx.error("E202", "no catalog could be loaded", None)
