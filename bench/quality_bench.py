@@ -15,6 +15,8 @@ Prompts:
 - HumanEval (../shared/data, all 164 are code): recall of `code`.
 - awesome-chatgpt-prompts `for_devs` (all 1,529; a weak label for code): precision, recall and F1 of `code`.
 - For a `complex` task, when the library declares one: accuracy against the simple/complex labels.
+- bench/data/labels_second_reader.txt: a second reader's blind labels of 150 random prompts; the "label agreement"
+  section compares them with the first labels (agreement and Cohen's kappa per label).
 
 The regex variant is made with the engine's own parser: each task statement's `like` items are located by their
 source spans and cut from a copy of the file (a task made only of examples then has nothing left and detects
@@ -49,6 +51,7 @@ from engine.language.parse import parse  # noqa: E402
 LABELS = ("code", "math", "summarize", "translate", "creative", "extract", "legal", "advice")
 PROMPTS = HERE / "data" / "prompts.jsonl"
 REST = HERE / "data" / "rest.jsonl"
+SECOND_READER = HERE / "data" / "labels_second_reader.txt"
 OUT = HERE / "results" / "quality.txt"
 #: the model every rule of the bench policy names: the bench reads only decide().tasks
 MODEL = "gpt-4o-mini"
@@ -61,13 +64,17 @@ class Labelled:
     complex: bool
     split: str
     set: str = "first"
+    id: str = ""
 
 
 def labelled_prompts() -> list[Labelled]:
     """The first set (prompts.jsonl, text included), then the second (rest.jsonl: text read from the shared data)."""
     with open(PROMPTS, encoding="utf-8") as f:
         rows = [json.loads(line) for line in f]
-    out = [Labelled(r["text"], frozenset(r["tasks"]), r["complexity"] == "complex", r["split"]) for r in rows]
+    out = [
+        Labelled(r["text"], frozenset(r["tasks"]), r["complexity"] == "complex", r["split"], "first", r["id"])
+        for r in rows
+    ]
     if REST.exists():
         texts = [t for t, _ in awesome()]
         with open(REST, encoding="utf-8") as f:
@@ -76,7 +83,8 @@ def labelled_prompts() -> list[Labelled]:
                 text = texts[r["row"]]
                 if hashlib.sha256(text.encode("utf-8")).hexdigest()[:16] != r["sha256"]:
                     raise SystemExit(f"{REST}: row {r['row']} of the shared awesome prompts is not the labelled text")
-                out.append(Labelled(text, frozenset(r["tasks"]), r["complexity"] == "complex", r["split"], "second"))
+                tasks = frozenset(r["tasks"])
+                out.append(Labelled(text, tasks, r["complexity"] == "complex", r["split"], "second", r["id"]))
     return out
 
 
@@ -178,6 +186,41 @@ def second_heldout(p: Labelled) -> bool:
     return p.split == "heldout" and p.set == "second"
 
 
+def kappa(first: Sequence[bool], second: Sequence[bool]) -> float:
+    """Cohen's kappa of two yes/no labellings (1: full agreement, 0: what chance alone would give)."""
+    n = len(first)
+    seen = sum(a == b for a, b in zip(first, second, strict=True)) / n
+    p1, p2 = sum(first) / n, sum(second) / n
+    chance = p1 * p2 + (1 - p1) * (1 - p2)
+    return 1.0 if chance == 1 else (seen - chance) / (1 - chance)
+
+
+def agreement(prompts: Sequence[Labelled]) -> list[str]:
+    """The "label agreement" section: the second reader's blind labels against the first ones, per label."""
+    if not SECOND_READER.exists():
+        return []
+    by_id = {p.id: p for p in prompts}
+    second: dict[str, tuple[frozenset[str], bool]] = {}
+    for line in SECOND_READER.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            ident, tasks, complexity = line.split("|")
+            second[ident] = (frozenset(t for t in tasks.split(",") if t), complexity == "complex")
+    both = [(by_id[i], s) for i, s in second.items()]
+    out = [f"== label agreement: a second reader's blind labels of {len(both)} random prompts ({SECOND_READER.name})"]
+    out.append(f"{'label':<10} {'first':>6} {'second':>6}  agree  kappa")
+    for label in (*LABELS, "complex"):
+        if label == "complex":
+            a, b = [p.complex for p, _ in both], [s[1] for _, s in both]
+        else:
+            a, b = [label in p.tasks for p, _ in both], [label in s[0] for _, s in both]
+        same = sum(x == y for x, y in zip(a, b, strict=True)) / len(a)
+        k = f"{kappa(a, b):5.2f}" if any(a) or any(b) else "    -"  # no positive on either side: nothing to agree on
+        out.append(f"{label:<10} {sum(a):>6} {sum(b):>6}  {same:5.2f}  {k}")
+    exact = sum(p.tasks == s[0] for p, s in both) / len(both)
+    out.append(f"the same set of tasks: {exact:.2f} of the prompts")
+    return [*out, ""]
+
+
 def detect(engine: Engine, texts: Iterable[str]) -> list[frozenset[str]]:
     return [frozenset(engine.decide(t).tasks) for t in texts]
 
@@ -258,6 +301,7 @@ def report(tasks_file: Path, argv: Sequence[str]) -> str:
             acc = "  ".join(f"{'accuracy ' + format(c.accuracy, '.2f'):>17}" for c in counts.values())
             out.append(f"{'':<10} {'':>9}  {acc}")
         out.append("")
+    out += agreement(prompts)
     out.append("== HumanEval (164 programming problems, all code): recall of `code`")
     out.append("  ".join(f"{n}: {score(variants[n]['humaneval'], [True] * len(he), 'code').recall:.2f}" for n in names))
     devs = [d for _, d in aw]
