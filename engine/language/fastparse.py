@@ -130,7 +130,14 @@ class _Parser(ConditionsAndActions):
             None if per is None else self.tok_span(per),
         )
 
+    def include_stmt(self) -> n.Stmt:
+        """`include "path"` (the grammar's include_stmt)."""
+        first = self.take("NAME", "include")
+        path = self.take("STRING")
+        return n.Include(unescape(self.toks[path][1][1:-1]), self.span(first, path))
+
     STATEMENTS: dict[str, Callable[[_Parser], n.Stmt]] = {
+        "include": include_stmt,
         "model": model_stmt,
         "task": task_stmt,
         "limit": limit_stmt,

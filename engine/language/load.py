@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -168,9 +170,35 @@ def _load_file(path: Path, loaded: Loaded, stack: list[Path], at: n.Span | None)
     _splice(text, shown, path, loaded, [*stack, real])
 
 
+#: Parsed files by (name, text): a reload re-reads every file of the policy, and most of them did not change (the
+#: bundled tasks.route is 27 KB of patterns). Statements are immutable, so a cached parse is shared safely. Files
+#: over PARSE_CACHE_BYTES are parsed each time (a generated 1 MB policy would pin its text and tree).
+PARSE_CACHE = 32
+PARSE_CACHE_BYTES = 256_000
+_parsed: OrderedDict[tuple[str, str], n.Module] = OrderedDict()
+_parsed_lock = threading.Lock()
+
+
+def _parse_cached(text: str, shown: str) -> n.Module:
+    key = (shown, text)
+    with _parsed_lock:
+        module = _parsed.get(key)
+        if module is not None:
+            _parsed.move_to_end(key)
+            return module
+    module = parse(text, shown)  # raises PolicyError: a file with errors is parsed again next time (not kept)
+    if len(text) > PARSE_CACHE_BYTES:
+        return module
+    with _parsed_lock:
+        _parsed[key] = module
+        while len(_parsed) > PARSE_CACHE:
+            _parsed.popitem(last=False)
+    return module
+
+
 def _splice(text: str, shown: str, path: Path, loaded: Loaded, stack: list[Path]) -> None:
     try:
-        module = parse(text, shown)
+        module = _parse_cached(text, shown)
     except PolicyError as err:
         loaded.diagnostics.extend(err.diagnostics)
         return
