@@ -95,7 +95,7 @@ def load_source(text: str, file: str = "<string>") -> Loaded:
     text = _without_surrogates(text, file, loaded)
     loaded.sources.add(file, text)
     with gc_paused():
-        _splice(text, file, Path.cwd() / "__string__", loaded, stack=[])
+        _splice(text, file, Path.cwd() / "__string__", loaded, stack=[], cached=False)  # a text is not reloaded
     return loaded
 
 
@@ -172,7 +172,7 @@ def _load_file(path: Path, loaded: Loaded, stack: list[Path], at: n.Span | None)
 
 #: Parsed files by (name, text): a reload re-reads every file of the policy, and most of them did not change (the
 #: bundled tasks.route is 27 KB of patterns). Statements are immutable, so a cached parse is shared safely. Files
-#: over PARSE_CACHE_BYTES are parsed each time (a generated 1 MB policy would pin its text and tree).
+#: over PARSE_CACHE_BYTES, and texts given as strings (Engine.from_source), are parsed each time.
 PARSE_CACHE = 32
 PARSE_CACHE_BYTES = 256_000
 _parsed: OrderedDict[tuple[str, str], n.Module] = OrderedDict()
@@ -196,9 +196,9 @@ def _parse_cached(text: str, shown: str) -> n.Module:
     return module
 
 
-def _splice(text: str, shown: str, path: Path, loaded: Loaded, stack: list[Path]) -> None:
+def _splice(text: str, shown: str, path: Path, loaded: Loaded, stack: list[Path], cached: bool = True) -> None:
     try:
-        module = _parse_cached(text, shown)
+        module = _parse_cached(text, shown) if cached else parse(text, shown)
     except PolicyError as err:
         loaded.diagnostics.extend(err.diagnostics)
         return

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Sequence
 
@@ -77,18 +76,6 @@ def _is_word(ch: str) -> bool:
     return ch.isalnum() or ch == "_"
 
 
-@functools.lru_cache(maxsize=4096)
-def _re2_problem(source: str) -> str | None:
-    """RE2's complaint about one pattern source, or None when it compiles (kept: a reload checks the same patterns
-    again, and compiling each costs tens of microseconds)."""
-    try:
-        re2.compile(source, _options(PATTERN_MAX_MEM))
-    except re2.error as exc:
-        msg = exc.args[0] if exc.args else str(exc)
-        return msg.decode("utf-8", "replace") if isinstance(msg, bytes) else str(msg)
-    return None
-
-
 def check(pattern: n.Pattern, raw: str) -> tuple[str, str, int, int] | None:
     """Validate one pattern; return (code, message, offset into raw token, width) for a problem, else None."""
     bad_flags = [f for f in pattern.flags if f not in FLAGS]
@@ -107,8 +94,12 @@ def check(pattern: n.Pattern, raw: str) -> tuple[str, str, int, int] | None:
             idx = raw.find(m.group(0))
             return "E501", f"RE2 cannot run {what} (`{m.group(0)}`)", max(idx, 1), len(m.group(0))
     source = to_re2(pattern)
-    msg = _re2_problem(source) if len(source) <= 4096 else _re2_problem.__wrapped__(source)
-    if msg is not None:
+    try:
+        re2.compile(source, _options(PATTERN_MAX_MEM))
+    except re2.error as exc:
+        msg = exc.args[0] if exc.args else str(exc)
+        if isinstance(msg, bytes):
+            msg = msg.decode("utf-8", "replace")
         if "too large" in msg or "bad repetition" in msg or "invalid repetition size" in msg:
             return (
                 "E500",
