@@ -28,13 +28,14 @@ from __future__ import annotations
 import argparse
 import csv
 import gzip
-import hashlib
+import importlib.util
 import json
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -43,12 +44,25 @@ sys.path.insert(0, str(HERE))
 
 from needs import data_dir, require_data, require_modules  # noqa: E402
 
+
+def _make_prompts() -> ModuleType:
+    """bench/data/make_prompts.py, which built the label files: its task names, label reader and text digest."""
+    spec = importlib.util.spec_from_file_location("make_prompts", HERE / "data" / "make_prompts.py")
+    assert spec is not None and spec.loader is not None
+    module = sys.modules.setdefault("make_prompts", importlib.util.module_from_spec(spec))
+    if not hasattr(module, "read_labels"):
+        spec.loader.exec_module(module)
+    return module
+
+
+make_prompts = _make_prompts()
+
 from engine import Engine  # noqa: E402
 from engine.language import nodes  # noqa: E402
 from engine.language.load import bundled_policy_dir  # noqa: E402
 from engine.language.parse import parse  # noqa: E402
 
-LABELS = ("code", "math", "summarize", "translate", "creative", "extract", "legal", "advice")
+LABELS: tuple[str, ...] = make_prompts.TASKS
 PROMPTS = HERE / "data" / "prompts.jsonl"
 REST = HERE / "data" / "rest.jsonl"
 SECOND_READER = HERE / "data" / "labels_second_reader.txt"
@@ -80,9 +94,12 @@ def labelled_prompts() -> list[Labelled]:
         with open(REST, encoding="utf-8") as f:
             for line in f:
                 r = json.loads(line)
-                text = texts[r["row"]]
-                if hashlib.sha256(text.encode("utf-8")).hexdigest()[:16] != r["sha256"]:
-                    raise SystemExit(f"{REST}: row {r['row']} of the shared awesome prompts is not the labelled text")
+                text = texts[r["row"]] if 0 <= r["row"] < len(texts) else None
+                if text is None or make_prompts.digest(text) != r["sha256"]:
+                    raise SystemExit(
+                        f"{REST}: row {r['row']} of the shared awesome prompts is not the labelled text "
+                        f"({data_dir() / 'awesome_chatgpt_prompts.csv'} has {len(texts)} rows)"
+                    )
                 tasks = frozenset(r["tasks"])
                 out.append(Labelled(text, tasks, r["complexity"] == "complex", r["split"], "second", r["id"]))
     return out
@@ -200,11 +217,9 @@ def agreement(prompts: Sequence[Labelled]) -> list[str]:
     if not SECOND_READER.exists():
         return []
     by_id = {p.id: p for p in prompts}
-    second: dict[str, tuple[frozenset[str], bool]] = {}
-    for line in SECOND_READER.read_text(encoding="utf-8").splitlines():
-        if line.strip() and not line.startswith("#"):
-            ident, tasks, complexity = line.split("|")
-            second[ident] = (frozenset(t for t in tasks.split(",") if t), complexity == "complex")
+    second = {i: (frozenset(t), c == "complex") for i, (t, c) in make_prompts.read_labels(SECOND_READER).items()}
+    if unknown := sorted(set(second) - set(by_id)):
+        raise SystemExit(f"{SECOND_READER}: labels prompts that are in neither set: {', '.join(unknown[:5])}")
     both = [(by_id[i], s) for i, s in second.items()]
     out = [f"== label agreement: a second reader's blind labels of {len(both)} random prompts ({SECOND_READER.name})"]
     out.append(f"{'label':<10} {'first':>6} {'second':>6}  agree  kappa")

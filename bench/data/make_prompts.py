@@ -105,15 +105,25 @@ def chosen_awesome(rows: list[dict[str, str]]) -> list[tuple[int, str]]:
 
 
 def read_labels(path: Path) -> dict[str, tuple[list[str], str]]:
+    """ID|TASKS|COMPLEXITY lines (TASKS: comma-separated names of TASKS, or nothing); `#` lines and blank lines are
+    skipped. Exits naming the file and line for any other line, and for an id labelled twice."""
     labels: dict[str, tuple[list[str], str]] = {}
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip() or line.startswith("#"):
             continue
-        ident, tasks, complexity = line.split("|")
-        names = [t for t in tasks.split(",") if t]
-        if any(t not in TASKS for t in names) or complexity not in ("simple", "complex"):
-            raise SystemExit(f"{path}:{n}: bad label line {line!r}")
-        labels[ident] = (names, complexity)
+        fields = line.split("|")
+        names = [t for t in fields[1].split(",") if t] if len(fields) == 3 else []
+        if (
+            len(fields) != 3
+            or not fields[0].strip()
+            or any(t not in TASKS for t in names)
+            or len(set(names)) != len(names)
+            or fields[2] not in ("simple", "complex")
+        ):
+            raise SystemExit(f"{path}:{n}: bad label line {line!r} (ID|TASKS|simple or complex; tasks: {TASKS})")
+        if fields[0] in labels:
+            raise SystemExit(f"{path}:{n}: {fields[0]} is labelled twice")
+        labels[fields[0]] = (names, fields[2])
     return labels
 
 
@@ -197,7 +207,7 @@ def main() -> None:
         lines = "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in items)
         if args.check:
             if not target.exists() or target.read_text(encoding="utf-8") != lines:
-                sys.exit(1)
+                sys.exit(f"{target} is not what bench/data/make_prompts.py builds from {data_dir()}")  # exit 1
             continue
         target.write_text(lines, encoding="utf-8")
         print(f"wrote {target} ({lines.count(chr(10))} prompts, {len(lines.encode()):,} bytes)")

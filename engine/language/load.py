@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
+import stat
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
@@ -145,18 +147,18 @@ def _load_file(path: Path, loaded: Loaded, stack: list[Path], at: n.Span | None)
         )
         return
     try:
-        if path.stat().st_size > MAX_FILE_BYTES:
-            loaded.diagnostics.append(
-                Diagnostic(
-                    "E700",
-                    f"{shown} is larger than {MAX_FILE_BYTES:,} bytes",
-                    at,
-                    "too large",
-                    "split the policy into smaller files",
-                )
+        text = _read(path)
+    except _TooLarge:
+        loaded.diagnostics.append(
+            Diagnostic(
+                "E700",
+                f"{shown} is larger than {MAX_FILE_BYTES:,} bytes",
+                at,
+                "too large",
+                "split the policy into smaller files",
             )
-            return
-        text = path.read_text(encoding="utf-8")
+        )
+        return
     except (OSError, UnicodeDecodeError) as exc:
         what = "policy file" if at is None else "included file"
         reason = "not valid UTF-8" if isinstance(exc, UnicodeDecodeError) else (exc.strerror or str(exc))
@@ -170,29 +172,64 @@ def _load_file(path: Path, loaded: Loaded, stack: list[Path], at: n.Span | None)
     _splice(text, shown, path, loaded, [*stack, real])
 
 
-#: Parsed files by (name, text): a reload re-reads every file of the policy, and most of them did not change (the
-#: bundled tasks.route is 27 KB of patterns). Statements are immutable, so a cached parse is shared safely. Files
-#: over PARSE_CACHE_BYTES, and texts given as strings (Engine.from_source), are parsed each time.
+class _TooLarge(Exception):
+    pass
+
+
+def _read(path: Path) -> str:
+    """A policy file's text (newlines translated, as read_text does). Only a regular file is read, and at most
+    MAX_FILE_BYTES of it: `include "/dev/zero"` would otherwise read until memory runs out, and a FIFO would block
+    the compile (or a reload) until something writes to it. Raises OSError, UnicodeDecodeError or _TooLarge."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # opening a FIFO does not wait for a writer
+    try:
+        f = open(fd, encoding="utf-8")  # noqa: SIM115 (closed below; a directory raises IsADirectoryError here)
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        if info.st_size > MAX_FILE_BYTES:
+            raise _TooLarge
+        text = f.read(MAX_FILE_BYTES + 1)  # characters: never fewer than the bytes they take
+    if len(text.encode("utf-8")) > MAX_FILE_BYTES:  # the file grew after fstat
+        raise _TooLarge
+    return text
+
+
+#: Parsed files by name, each with the text it was parsed from: a reload re-reads every file of the policy, and most
+#: of them did not change (the bundled tasks.route is 27 KB of patterns). Only a file's latest text is kept (an
+#: edited file's old parse can never be served again, and would only hold memory), at most PARSE_CACHE files and
+#: PARSE_CACHE_TOTAL characters in all (a parse takes about 25 times its text: ~25 MB at most). Statements are
+#: immutable, so a cached parse is shared safely. Files over PARSE_CACHE_BYTES, and texts given as strings
+#: (Engine.from_source), are parsed each time.
 PARSE_CACHE = 32
 PARSE_CACHE_BYTES = 256_000
-_parsed: OrderedDict[tuple[str, str], n.Module] = OrderedDict()
+PARSE_CACHE_TOTAL = 1_000_000
+_parsed: OrderedDict[str, tuple[str, n.Module]] = OrderedDict()
+_parsed_chars = [0]  # the characters of every text in _parsed
 _parsed_lock = threading.Lock()
 
 
 def _parse_cached(text: str, shown: str) -> n.Module:
-    key = (shown, text)
     with _parsed_lock:
-        module = _parsed.get(key)
-        if module is not None:
-            _parsed.move_to_end(key)
-            return module
+        found = _parsed.get(shown)
+        if found is not None and found[0] == text:
+            _parsed.move_to_end(shown)
+            return found[1]
     module = parse(text, shown)  # raises PolicyError: a file with errors is parsed again next time (not kept)
     if len(text) > PARSE_CACHE_BYTES:
         return module
     with _parsed_lock:
-        _parsed[key] = module
-        while len(_parsed) > PARSE_CACHE:
-            _parsed.popitem(last=False)
+        old = _parsed.pop(shown, None)
+        if old is not None:
+            _parsed_chars[0] -= len(old[0])
+        _parsed[shown] = (text, module)
+        _parsed_chars[0] += len(text)
+        while len(_parsed) > PARSE_CACHE or _parsed_chars[0] > PARSE_CACHE_TOTAL:
+            _, (gone, _module) = _parsed.popitem(last=False)
+            _parsed_chars[0] -= len(gone)
     return module
 
 
