@@ -6,9 +6,9 @@ import difflib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from engine.language.nodes import Span
+from providers.catalog.files import LARGE_FILE_BYTES, read_regular
 
 #: Stable diagnostic codes. Never renumber; add new ones at the end of their block.
 CODES: dict[str, str] = {
@@ -123,7 +123,7 @@ class Sources:
         text = self.texts.get(file)
         if text is None:
             try:
-                text = Path(file).read_text(encoding="utf-8", errors="replace")
+                text = read_regular(file, LARGE_FILE_BYTES).decode("utf-8", errors="replace")
             except OSError:
                 return None
             self.texts[file] = text

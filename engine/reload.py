@@ -22,7 +22,7 @@ import watchfiles
 
 from engine.diagnostics import PolicyError, render_all
 from engine.runtime.policy import CompiledPolicy
-from providers.catalog.files import StatIdentity, stat_identity
+from providers.catalog.files import LARGE_FILE_BYTES, StatIdentity, read_text, stat_identity
 
 if TYPE_CHECKING:
     from engine.api import Engine
@@ -147,7 +147,7 @@ def _on_disk(texts: Mapping[str, str]) -> bool:
     """True when every file still holds the text a compile read from it (read the way engine.load reads)."""
     for name, text in texts.items():
         try:
-            if Path(name).read_text(encoding="utf-8") != text:
+            if read_text(name, LARGE_FILE_BYTES) != text:  # never blocks on a FIFO swapped in
                 return False
         except (OSError, UnicodeDecodeError):
             return False

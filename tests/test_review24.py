@@ -175,7 +175,6 @@ def test_concurrent_loads_each_get_their_own_file(tmp_path: Path, monkeypatch: p
             assert module.source == text and module.file == shown
 
 
-@pytest.mark.xfail(strict=False, reason="parse.py gc_paused: two threads can leave the collector off for good")
 def test_concurrent_compiles_leave_the_garbage_collector_on() -> None:
     """gc_paused reads gc.isenabled() then calls gc.disable(): when another thread's gc.enable() falls between the
     two, this thread saw it off, turns it off again and never turns it back on (concurrent reloads of a gateway's

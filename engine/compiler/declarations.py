@@ -10,6 +10,7 @@ from engine.compiler.context import Context
 from engine.language import nodes as n
 from engine.language.load import display_name
 from engine.runtime.matcher import FLAGS, check, to_re2
+from providers.catalog.files import LARGE_FILE_BYTES, read_text
 from providers.catalog.models import Catalog, CatalogError, default_catalog, load_catalog
 
 
@@ -56,8 +57,8 @@ def pass_catalog(ctx: Context) -> None:
             if f not in ctx.loaded.files:
                 ctx.loaded.files.append(f)
                 try:
-                    ctx.loaded.sources.add(f, Path(f).read_text(encoding="utf-8"))
-                except OSError:
+                    ctx.loaded.sources.add(f, read_text(f, LARGE_FILE_BYTES))
+                except (OSError, UnicodeDecodeError):
                     pass
     if catalog is None and not refs:
         catalog = default_catalog()

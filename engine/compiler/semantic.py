@@ -27,6 +27,7 @@ from engine.runtime.embedder import (
     task_text,
 )
 from engine.runtime.semantic import DEFAULT_THRESHOLD, SemanticTask
+from providers.catalog.files import LARGE_FILE_BYTES, read_text
 
 __all__ = ["SIMILARITY", "fraction", "pass_embed", "pass_semantic", "read_examples"]
 
@@ -180,7 +181,7 @@ def _examples(ctx: Context, task: str, like: n.Like) -> tuple[list[str], list[n.
     path = Path(like.path or like.file)
     shown = display_name(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")  # a byte order mark is not part of the first example
+        text = read_text(path, LARGE_FILE_BYTES, "utf-8-sig")  # a BOM is not part of the first example
     except (OSError, UnicodeDecodeError) as exc:
         missing = isinstance(exc, FileNotFoundError)
         reason = "not valid UTF-8" if isinstance(exc, UnicodeDecodeError) else (exc.strerror or str(exc))

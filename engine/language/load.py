@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import re
-import stat
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
@@ -16,6 +14,7 @@ from typing import TYPE_CHECKING
 from engine.diagnostics import Diagnostic, PolicyError, Sources
 from engine.language import nodes as n
 from engine.language.parse import gc_paused, parse
+from providers.catalog.files import FileTooLarge, read_text
 
 if TYPE_CHECKING:
     from _hashlib import HASH
@@ -147,8 +146,10 @@ def _load_file(path: Path, loaded: Loaded, stack: list[Path], at: n.Span | None)
         )
         return
     try:
-        text = _read(path)
-    except _TooLarge:
+        text = read_text(
+            path, MAX_FILE_BYTES
+        )  # a regular file only: never a FIFO or a device (providers/catalog/files.py)
+    except FileTooLarge:
         loaded.diagnostics.append(
             Diagnostic(
                 "E700",
@@ -170,32 +171,6 @@ def _load_file(path: Path, loaded: Loaded, stack: list[Path], at: n.Span | None)
     loaded.files.append(shown)
     loaded.sources.add(shown, text)
     _splice(text, shown, path, loaded, [*stack, real])
-
-
-class _TooLarge(Exception):
-    pass
-
-
-def _read(path: Path) -> str:
-    """A policy file's text (newlines translated, as read_text does). Only a regular file is read, and at most
-    MAX_FILE_BYTES of it: `include "/dev/zero"` would otherwise read until memory runs out, and a FIFO would block
-    the compile (or a reload) until something writes to it. Raises OSError, UnicodeDecodeError or _TooLarge."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # opening a FIFO does not wait for a writer
-    try:
-        f = open(fd, encoding="utf-8")  # noqa: SIM115 (closed below; a directory raises IsADirectoryError here)
-    except BaseException:
-        os.close(fd)
-        raise
-    with f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
-        if info.st_size > MAX_FILE_BYTES:
-            raise _TooLarge
-        text = f.read(MAX_FILE_BYTES + 1)  # characters: never fewer than the bytes they take
-    if len(text.encode("utf-8")) > MAX_FILE_BYTES:  # the file grew after fstat
-        raise _TooLarge
-    return text
 
 
 #: Parsed files by name, each with the text it was parsed from: a reload re-reads every file of the policy, and most

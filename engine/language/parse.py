@@ -6,6 +6,7 @@ import contextlib
 import gc
 import itertools
 import re
+import threading
 from collections.abc import Iterator
 
 from lark.exceptions import UnexpectedInput
@@ -27,18 +28,28 @@ MAX_ERRORS = 50
 _STMT_START = STMT_START
 
 
+_gc_lock = threading.Lock()
+_gc_pauses = [0, False]  # how many gc_paused blocks are open in any thread; whether the collector was on before
+
+
 @contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
     """Pause the cyclic garbage collector: building a big policy allocates hundreds of thousands of objects
     and none of them is garbage yet, so collections would only walk them again and again (about a third of
-    the time of parsing a 10,000-rule file). Nests; leaves the collector as it found it."""
-    was = gc.isenabled()
-    gc.disable()
+    the time of parsing a 10,000-rule file). Nests, also across threads (two reloads compiling at once): the
+    first block to open saves the collector's state and the last to close restores it."""
+    with _gc_lock:
+        if _gc_pauses[0] == 0:
+            _gc_pauses[1] = gc.isenabled()
+            gc.disable()
+        _gc_pauses[0] += 1
     try:
         yield
     finally:
-        if was:
-            gc.enable()
+        with _gc_lock:
+            _gc_pauses[0] -= 1
+            if _gc_pauses[0] == 0 and _gc_pauses[1]:
+                gc.enable()
 
 
 # ---- entry point -----------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from engine.runtime.policy import CompiledPolicy
 from engine.runtime.qualified import resolve_qualified
 from engine.runtime.report import Report
 from engine.runtime.semantic import Near, nearest_all
+from providers.catalog.files import LARGE_FILE_BYTES, read_text
 
 TEST_FILE_SUFFIX = "_test.route"
 
@@ -80,7 +81,7 @@ def load_with_tests(path: str | Path) -> tuple[Loaded, list[str]]:
         if shown in loaded.files:  # included by the policy itself: its tests are compiled in already
             continue
         try:
-            text = f.read_text(encoding="utf-8")
+            text = read_text(f, LARGE_FILE_BYTES)  # a regular file only (a FIFO would block the run)
         except (OSError, UnicodeDecodeError) as exc:
             reason = "not valid UTF-8" if isinstance(exc, UnicodeDecodeError) else (exc.strerror or str(exc))
             loaded.diagnostics.append(Diagnostic("E200", f"cannot read test file {shown}: {reason}"))

@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node
 
+from providers.catalog.files import LARGE_FILE_BYTES, read_text
 from providers.catalog.models import Catalog, CatalogError, CatalogIssue, ModelSpec, SourceRef
 from providers.catalog.nodes import compose
 from providers.catalog.yaml_reader import MODEL_FIELDS, CatalogReader
@@ -116,7 +117,7 @@ def import_litellm(path: str | Path, overlay: str | Path | None = None) -> tuple
 def _read(path: Path) -> str:
     file = str(path)
     try:
-        return path.read_text(encoding="utf-8-sig")
+        return read_text(path, LARGE_FILE_BYTES, "utf-8-sig")  # a regular file only, never a FIFO or a device
     except FileNotFoundError:
         raise CatalogError(
             [CatalogIssue(file, 0, 0, "", "catalog file not found", "paths are relative to the policy file")]

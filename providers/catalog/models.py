@@ -43,6 +43,8 @@ from typing import Annotated, Any, Literal, NamedTuple, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from providers.catalog.files import LARGE_FILE_BYTES, read_regular
+
 __all__ = [
     "KNOWN_FEATURES",
     "PROVIDER_KINDS",
@@ -436,7 +438,7 @@ def load_catalog(path: str | Path) -> Catalog:
     file = str(path)
     target = Path(path)
     try:
-        raw = target.read_bytes()
+        raw = read_regular(target, LARGE_FILE_BYTES)  # a regular file only, never a FIFO or a device
     except FileNotFoundError:
         raise CatalogError(
             [CatalogIssue(file, 0, 0, "", "catalog file not found", _missing_file_hint(target))]
