@@ -79,13 +79,11 @@ def test_a_statement_cut_short_is_one_error_there_with_a_place_a_caret_and_a_hin
                     assert where is None or d.message == "unexpected end of line", (text, shown)
 
 
-@pytest.mark.xfail(strict=True, reason="syntax_errors.py: an unexpected sign has a label but no hint")
 def test_a_lone_minus_where_an_arrow_belongs_has_a_hint() -> None:
     found = errors_of(HEAD + 'test "t" { expect "hi" - alpha-mini }\n')
     assert found is not None and all(d.hint for d in found[0])
 
 
-@pytest.mark.xfail(strict=True, reason="syntax_errors.py: `1e3` is read as the number 1 glued to a unit `e3`")
 def test_an_exponent_in_a_limit_gets_the_exponent_advice() -> None:
     found = errors_of(HEAD + "limit 1e3 rpm\notherwise use alpha-mini\n")
     assert found is not None and "limit 1 e3" not in found[0][0].hint and "exponent" in found[0][0].hint

@@ -3,6 +3,7 @@ and where to resume out; parse() in engine/language/parse.py raises them all, fr
 
 from __future__ import annotations
 
+import decimal
 import functools
 import re
 
@@ -86,10 +87,13 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, file: str) -> tuple[Diag
             word = re.match(r"[\w.$/%]+", text[pos:])
             bad = word.group(0) if word else ch
             span = n.Span(file, line, col, line, col + len(bad))
-            exponent = re.fullmatch(r"[0-9]+(\.[0-9]+)?[eE]", bad) is not None
+            exponent = re.fullmatch(r"[0-9]+(\.[0-9]+)?[eE][0-9]*", bad) is not None  # 1e-9 stops at `-`; 1e3 whole
             glued = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?[kM]?)([A-Za-z_]\w*)", bad)
             if exponent:
-                advice = "numbers are plain decimals, without an exponent: write 0.000000001, not 1e-9"
+                full = re.match(r"[0-9]+(?:\.[0-9]+)?[eE][+-]?[0-9]+", text[pos:])
+                plain = f"{decimal.Decimal(full.group(0)):f}" if full else "0.000000001"
+                written = full.group(0) if full else "1e-9"
+                advice = f"numbers are plain decimals, without an exponent: write {plain}, not {written}"
             elif glued and _limit_hint({"NUMBER"}, line_text[: col - 1]):
                 advice = f"put a space between the number and the unit: `limit {glued[1]} {glued[2]}`; {LIMIT_FORM}"
             else:
@@ -217,7 +221,7 @@ def _inside_score(line_before: str) -> bool:
     return rest.count("(") >= rest.count(")")
 
 
-def _token_hint(tok: Token, expected: set[str], text: str = "") -> str | None:
+def _token_hint(tok: Token, expected: set[str], text: str = "") -> str:
     value = str(tok)
     before = text[: tok.start_pos].rstrip() if tok.start_pos is not None else ""
     if (limit := _limit_hint(expected, before)) is not None:
@@ -247,4 +251,28 @@ def _token_hint(tok: Token, expected: set[str], text: str = "") -> str | None:
         )
     if "NAME" in expected and value in KEYWORDS:
         return f"`{value}` is a keyword; pick another name"
-    return None
+    return _statement_form(before)
+
+
+#: The form of each statement, for an error no more specific hint explains (one place: the grammar's statements).
+STATEMENT_FORMS = {
+    "when": "a rule is `when CONDITION ACTION`, e.g. `when task is code and tokens > 30k prefer capability(CODING)`",
+    "otherwise": "the last rule is `otherwise ACTION`, e.g. `otherwise use gpt-4o-mini fallback claude-haiku-4-5`",
+    "model": 'an alias is `model NAME = MODEL`, e.g. `model fast = "gpt-4o-mini"`',
+    "task": 'a task is `task NAME = PATTERN, ...`, e.g. `task code = /```\\w+/, "stack trace", like ["..."]`',
+    "limit": LIMIT_FORM,
+    "test": 'a test is `test "NAME" { expect "PROMPT" [with ATTR=VALUE, ...] -> MODEL }`',
+    "set": "a setting is `set NAME = VALUE`, e.g. `set cache.ttl = 1h`",
+    "budget": "a budget is `budget PERIOD $AMOUNT [per ATTRIBUTE]`, e.g. `budget daily $50 per user`",
+    "catalog": 'a catalog is `catalog [FORMAT] "FILE" [overlay "FILE"]`',
+    "include": 'an include is `include "FILE.route"`',
+}
+
+
+def _statement_form(before: str) -> str:
+    """The form of the statement the text `before` an error is in: the keyword of the last line that starts one."""
+    for line in reversed(before.splitlines()):
+        word = line.split("#", 1)[0].strip().split(" ", 1)[0]
+        if word in STATEMENT_FORMS:
+            return STATEMENT_FORMS[word]
+    return "a policy is made of statements: " + ", ".join(f"`{k}`" for k in STATEMENT_FORMS)
