@@ -168,7 +168,8 @@ def _load_file(path: Path, loaded: Loaded, stack: list[Path], at: n.Span | None)
             hint = "a policy directory needs a main.route" if path.name == "main.route" else "check the path"
         loaded.diagnostics.append(Diagnostic("E200", f"cannot read {what} {shown}: {reason}", at, "here", hint))
         return
-    loaded.files.append(shown)
+    if shown not in loaded.files:  # a file included twice is one file of the policy
+        loaded.files.append(shown)
     loaded.sources.add(shown, text)
     _splice(text, shown, path, loaded, [*stack, real])
 
