@@ -1,6 +1,7 @@
 """Hot-reload benchmark: a copy of the bundled policy edited on disk in, the write-to-answer latency (median,
 max) and decide() throughput with and without reloads every ~100 ms out, printed and saved to
-bench/results/reload.txt. Run: python bench/reload_bench.py [--writes 30] [--seconds 1.5] [--rounds 5] [--no-save]."""
+bench/results/reload.txt, for the bundled policy, its patterns-only copy (`like` items cut) and a small policy.
+Run: python bench/reload_bench.py [--writes 30] [--seconds 1.5] [--rounds 5] [--no-save]."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from quality_bench import without_likes
 
 from engine.api import Engine, compile_policy
 from engine.language.load import bundled_policy_dir
@@ -156,10 +160,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         bundled = Path(tmp) / "bundled"
         shutil.copytree(bundled_policy_dir(), bundled)
+        patterns = Path(tmp) / "bundled-patterns-only"  # the same, `like` items cut: no detection by meaning
+        shutil.copytree(bundled_policy_dir(), patterns)
+        tasks = patterns / "tasks.route"
+        tasks.write_text(without_likes(tasks.read_text(encoding="utf-8"), str(tasks)), encoding="utf-8")
         small = Path(tmp) / "small"
         small.mkdir()
         (small / "main.route").write_text(SMALL)
-        for root in (bundled, small):
+        for root in (bundled, patterns, small):
             lines += run(root, args)
             print("\n".join(lines[-10:]), flush=True)
     if args.no_save:
