@@ -102,12 +102,18 @@ otherwise use gpt-4o-mini fallback claude-3-5-haiku
 """
 
 
-def compile_ms(root: Path) -> float:
+def compile_ms(root: Path, main: Path, base: str) -> float:
+    """One compile after an edit like the bench's (main.route's fallback rule rewritten), median of 10: what a reload
+    compiles, with what earlier compiles left for it to reuse (engine/compiler/reuse.py)."""
     times = []
-    for _ in range(10):
-        start = time.perf_counter()
-        compile_policy(root)
-        times.append(time.perf_counter() - start)
+    try:
+        for k in range(10):
+            edit(main, base, k)
+            start = time.perf_counter()
+            compile_policy(root)
+            times.append(time.perf_counter() - start)
+    finally:
+        main.write_text(base)
     return statistics.median(times) * 1000
 
 
@@ -115,7 +121,7 @@ def run(root: Path, args: argparse.Namespace) -> list[str]:
     """Every figure for one policy directory, as report lines."""
     main_route = root / "main.route"
     base = main_route.read_text()
-    ms = compile_ms(root)
+    ms = compile_ms(root, main_route, base)
     with Engine.load(root, watch=True) as engine:
         time.sleep(0.3)  # let the watcher arm
         lat = latency(engine, main_route, base, args.writes)
@@ -130,7 +136,7 @@ def run(root: Path, args: argparse.Namespace) -> list[str]:
     ratio = statistics.median(r / w for r, w in zip(busy, quiet, strict=True))  # paired: robust to noise
     files = ", ".join(sorted(p.name for p in root.iterdir()))
     return [
-        f"policy {root.name}/ ({files}); one compile takes {ms:.1f} ms (median of 10)",
+        f"policy {root.name}/ ({files}); one compile after an edit takes {ms:.1f} ms (median of 10)",
         f"  write -> new version answering decide(), {len(lat)} in-place writes (target: median < 300 ms):",
         f"    median  {statistics.median(lat) * 1000:7.1f} ms",
         f"    max     {max(lat) * 1000:7.1f} ms",

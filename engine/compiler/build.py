@@ -2,27 +2,25 @@
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from types import MappingProxyType
 
 from engine.compiler.actions import ADHOC_KEY, FUNCTIONS_KEY, RANKERS_KEY, SEMANTIC_KEY, SETTINGS_KEY
 from engine.compiler.codegen import build_rules, literal, number, retired
 from engine.compiler.context import Context
 from engine.compiler.ratelimits import limit_specs
+from engine.compiler.reuse import entries_of, matcher_of
+from engine.compiler.reuse import selector_cache as selector_cache_of
 from engine.language import nodes as n
 from engine.runtime.index import build_index
-from engine.runtime.matcher import Matcher
 from engine.runtime.policy import BudgetSpec, CompiledPolicy, Entry
 from engine.runtime.qualified import PolicyModels
 from engine.runtime.settings import Settings, coerce
-from providers.catalog.models import ModelSpec
 
 
 def build(ctx: Context) -> CompiledPolicy:
     """The last pass: turn the checked AST into the immutable decision structure."""
     assert ctx.catalog is not None
-    entries = {name: _entry(spec) for name, spec in ctx.catalog.models.items()}
+    entries = entries_of(ctx.catalog)
     task_masks = {}
     for name, task in ctx.tasks.items():
         mask = 0
@@ -37,13 +35,24 @@ def build(ctx: Context) -> CompiledPolicy:
 
     settings = _settings(ctx)
     # the health settings and the ad-hoc models reach the selectors through the cache
-    selector_cache: dict = {
-        SETTINGS_KEY: settings,
-        ADHOC_KEY: frozenset(ctx.adhoc),
-        FUNCTIONS_KEY: ctx.functions or {},
-        RANKERS_KEY: ctx.rankers or {},
-        SEMANTIC_KEY: ctx.semantic,
-    }
+    adhoc, functions, rankers = frozenset(ctx.adhoc), ctx.functions or {}, ctx.rankers or {}
+    semantic = dict(ctx.semantic)
+    selector_cache = selector_cache_of(
+        entries,
+        ctx.today,
+        settings,
+        adhoc,
+        functions,
+        rankers,
+        semantic,
+        lambda: {
+            SETTINGS_KEY: settings,
+            ADHOC_KEY: adhoc,
+            FUNCTIONS_KEY: functions,
+            RANKERS_KEY: rankers,
+            SEMANTIC_KEY: semantic,
+        },
+    )
     rules, guards = build_rules(
         ctx.rules,
         entries,
@@ -60,7 +69,7 @@ def build(ctx: Context) -> CompiledPolicy:
     gone = sorted(e.name for e in entries.values() if retired(e.spec, ctx.today))
     if gone:  # the same files decide differently once a model retires: that is a new version (and a reload swaps)
         digest.update(b"retired\0" + "\0".join(gone).encode())
-    matcher = _matcher(tuple(ctx.pids), tuple(ctx.display)) if ctx.pids else None
+    matcher = matcher_of(tuple(ctx.pids), tuple(ctx.display)) if ctx.pids else None
     return CompiledPolicy(
         entry=ctx.loaded.entry,
         version=digest.hexdigest()[:12],
@@ -86,33 +95,3 @@ def _settings(ctx: Context) -> Settings:
     for name, setting in ctx.settings.items():
         values[name] = coerce(name, literal(setting.value).value)
     return Settings(values, limit_specs(ctx.limits))
-
-
-#: The last few compiled RE2 sets, by the hash of their patterns (see _matcher).
-_MATCHERS: OrderedDict[int, Matcher] = OrderedDict()
-_MATCHERS_MAX = 16
-_matchers_lock = threading.Lock()
-
-
-def _matcher(sources: tuple[str, ...], display: tuple[str, ...]) -> Matcher:
-    """Compiled RE2 sets are immutable: a reload whose patterns did not change reuses the last one. The cache is
-    keyed by a hash of the patterns, not by the patterns themselves (a key that held them kept ~1.8 MB per 10,000
-    phrases alive besides each set); a hit is checked against the set's own patterns, so a hash collision only
-    compiles a new set."""
-    key = hash((sources, display))
-    with _matchers_lock:
-        found = _MATCHERS.get(key)
-        if found is not None and found.sources == sources and found.display == display:
-            _MATCHERS.move_to_end(key)
-            return found
-    made = Matcher(sources, display)
-    with _matchers_lock:
-        _MATCHERS[key] = made
-        _MATCHERS.move_to_end(key)
-        while len(_MATCHERS) > _MATCHERS_MAX:
-            _MATCHERS.popitem(last=False)
-    return made
-
-
-def _entry(spec: ModelSpec) -> Entry:
-    return Entry.of(spec)

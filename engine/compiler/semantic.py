@@ -11,10 +11,12 @@ never asks for an embedder, so it never imports numpy."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from engine.compiler.context import Context
+from engine.compiler.reuse import semantic_task
 from engine.diagnostics import did_you_mean
 from engine.language import nodes as n
 from engine.language.load import display_name
@@ -48,8 +50,21 @@ def fraction(lit: n.Literal) -> float | None:
     return value if 0.0 <= value <= 1.0 else None
 
 
-def read_examples(text: str, file: str) -> tuple[list[str], list[n.Span]]:
-    """An example file's examples (one per line; blank lines and lines starting with `#` skipped) and their spans."""
+def read_examples(text: str, file: str) -> tuple[tuple[str, ...], tuple[n.Span, ...]]:
+    """An example file's examples (one per line; blank lines and lines starting with `#` skipped) and their spans.
+    A reload reads every unchanged example file again: files up to _MEMO_CHARS are split once per text."""
+    return _read_examples(text, file) if len(text) <= _MEMO_CHARS else _split_examples(text, file)
+
+
+_MEMO_CHARS = 1 << 18
+
+
+@functools.lru_cache(maxsize=32)
+def _read_examples(text: str, file: str) -> tuple[tuple[str, ...], tuple[n.Span, ...]]:
+    return _split_examples(text, file)
+
+
+def _split_examples(text: str, file: str) -> tuple[tuple[str, ...], tuple[n.Span, ...]]:
     examples, spans = [], []
     for number, line in enumerate(text.splitlines(), 1):
         stripped = line.strip()
@@ -58,7 +73,7 @@ def read_examples(text: str, file: str) -> tuple[list[str], list[n.Span]]:
         col = len(line) - len(line.lstrip()) + 1
         examples.append(stripped)
         spans.append(n.Span(file, number, col, number, col + len(stripped)))
-    return examples, spans
+    return tuple(examples), tuple(spans)
 
 
 def pass_semantic(ctx: Context) -> None:
@@ -141,7 +156,9 @@ def pass_embed(ctx: Context) -> None:
                 "an embedder takes a list of texts and returns one vector per text (an (n, d) array)",
             )
             continue
-        ctx.semantic[name] = SemanticTask(name, tuple(examples), tuple(spans), rows, threshold, embedder, file)
+        ctx.semantic[name] = semantic_task(
+            SemanticTask(name, tuple(examples), tuple(spans), rows, threshold, embedder, file)
+        )
     ctx.embedder_used = embedder
 
 
@@ -163,7 +180,7 @@ def _threshold(ctx: Context, task: str, like: n.Like) -> float | None:
     return value
 
 
-def _examples(ctx: Context, task: str, like: n.Like) -> tuple[list[str], list[n.Span], str | None] | None:
+def _examples(ctx: Context, task: str, like: n.Like) -> tuple[Sequence[str], Sequence[n.Span], str | None] | None:
     """A `like` item's examples and their spans, and its file (None for a list); None after a diagnostic."""
     if like.file is None:
         if not like.examples:

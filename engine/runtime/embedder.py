@@ -194,11 +194,29 @@ def embed_text(embedder: Embedder, text: str) -> np.ndarray:
 
 
 class _Cache:
-    """Example vectors of one embedder by the sha256 of their text (LRU, EXAMPLE_CACHE entries)."""
+    """Example vectors of one embedder by the sha256 of their text (LRU, EXAMPLE_CACHE entries), and whole
+    example matrices by the sha256 of the list (LRU, EXAMPLE_CACHE rows in all): a reload that leaves a task's
+    examples alone gets the same read-only matrix without hashing or stacking each example again."""
 
     def __init__(self) -> None:
         self.vectors: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self.matrices: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self.lock = threading.Lock()
+
+    def matrix(self, key: bytes) -> np.ndarray | None:
+        with self.lock:
+            found = self.matrices.get(key)
+            if found is not None:
+                self.matrices.move_to_end(key)
+            return found
+
+    def keep(self, key: bytes, matrix: np.ndarray) -> np.ndarray:
+        matrix.flags.writeable = False  # shared by every compile of the same examples
+        with self.lock:
+            self.matrices[key] = matrix
+            while len(self.matrices) > 1 and sum(len(m) for m in self.matrices.values()) > EXAMPLE_CACHE:
+                self.matrices.popitem(last=False)
+        return matrix
 
 
 _caches: OrderedDict[int, tuple[Embedder, _Cache]] = OrderedDict()
@@ -218,6 +236,10 @@ def embed_examples(embedder: Embedder, examples: Sequence[str]) -> np.ndarray:
         while len(_caches) > EMBEDDERS_KEPT:
             _caches.popitem(last=False)
     cache = held[1]
+    whole = hashlib.sha256("".join(f"{len(e)}\0{e}" for e in examples).encode("utf-8", "surrogatepass")).digest()
+    known = cache.matrix(whole)
+    if known is not None:
+        return known
     keys = [hashlib.sha256(e.encode("utf-8", "surrogatepass")).digest() for e in examples]
     with cache.lock:
         found = {k: cache.vectors[k] for k in keys if k in cache.vectors}
@@ -231,7 +253,7 @@ def embed_examples(embedder: Embedder, examples: Sequence[str]) -> np.ndarray:
                 cache.vectors.move_to_end(k)
             while len(cache.vectors) > EXAMPLE_CACHE:
                 cache.vectors.popitem(last=False)
-    return np.stack([found[k] for k in keys]) if keys else np.zeros((0, 0), dtype=np.float32)
+    return cache.keep(whole, np.stack([found[k] for k in keys]) if keys else np.zeros((0, 0), dtype=np.float32))
 
 
 def nearest(examples: np.ndarray, vector: np.ndarray) -> tuple[int, float]:

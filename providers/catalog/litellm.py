@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import hashlib
 import json
 import math
 import re
@@ -33,8 +34,8 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node
 
-from providers.catalog.files import LARGE_FILE_BYTES, read_text
-from providers.catalog.models import Catalog, CatalogError, CatalogIssue, ModelSpec, SourceRef
+from providers.catalog.files import LARGE_FILE_BYTES, read_regular, read_text
+from providers.catalog.models import LOADED, Catalog, CatalogError, CatalogIssue, ModelSpec, SourceRef
 from providers.catalog.nodes import compose
 from providers.catalog.yaml_reader import MODEL_FIELDS, CatalogReader
 
@@ -59,8 +60,21 @@ class ImportStats:
 
 
 def load_litellm(path: str | Path, overlay: str | Path | None = None) -> Catalog:
-    """Import LiteLLM's price file (and merge an overlay); raises CatalogError with file:line:col."""
-    return import_litellm(path, overlay)[0]
+    """Import LiteLLM's price file (and merge an overlay); raises CatalogError with file:line:col. An import of the
+    same files with the same content (a reload) gets the catalog imported before (about 65 ms for LiteLLM's 4,000
+    entries)."""
+    digests = (_digest(Path(path)), None if overlay is None else _digest(Path(overlay)))
+    if digests[0] is None or (overlay is not None and digests[1] is None):  # unreadable: the import says why
+        return import_litellm(path, overlay)[0]
+    return LOADED.get((str(path), str(overlay), *digests), lambda: import_litellm(path, overlay)[0])
+
+
+def _digest(path: Path) -> bytes | None:
+    """The sha256 of a file's content; None when it cannot be read (the import then reports why)."""
+    try:
+        return hashlib.sha256(read_regular(path, LARGE_FILE_BYTES)).digest()
+    except OSError:
+        return None
 
 
 def import_litellm(path: str | Path, overlay: str | Path | None = None) -> tuple[Catalog, ImportStats]:

@@ -33,6 +33,7 @@ import atexit
 import datetime
 import difflib
 import functools
+import hashlib
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import ExitStack
@@ -44,6 +45,7 @@ from typing import Annotated, Any, Literal, NamedTuple, get_args
 from pydantic import BaseModel, ConfigDict, Field
 
 from providers.catalog.files import LARGE_FILE_BYTES, read_regular
+from providers.catalog.memo import Lru
 
 __all__ = [
     "KNOWN_FEATURES",
@@ -470,7 +472,14 @@ def load_catalog(path: str | Path) -> Catalog:
         ) from None
     from providers.catalog.yaml_reader import read_catalog  # imports this module: load it on first use
 
-    return read_catalog(file, text)
+    # raises CatalogError: a broken catalog is never kept
+    return LOADED.get((file, hashlib.sha256(raw).digest()), lambda: read_catalog(file, text))
+
+
+#: Catalogs kept by file name and the digest of their content (both loaders): a reload reads an unchanged catalog
+#: file again and gets the same immutable Catalog back, so the compiler's memos keyed by the catalog
+#: (engine/compiler/reuse.py) hit too.
+LOADED: Lru[Catalog] = Lru(8)
 
 
 def _missing_file_hint(path: Path) -> str | None:

@@ -1,0 +1,117 @@
+"""Reuse across compiles: what one compile built from a catalog, settings and patterns in, the same immutable
+objects out to the next compile that has equal inputs.
+
+A reload recompiles the whole policy, and most of it is usually unchanged: the edit touched one rule. Each memo
+here is keyed by everything its objects depend on, holds a few recent keys (LRU), and hands out objects that are
+never mutated after they are built, so two compiles (or two threads) may share them. Keys that hold identities
+(a catalog, a semantic task, a Python function) keep those objects alive, so an identity is never reused.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from engine.runtime.matcher import Matcher
+from engine.runtime.policy import Entry
+from engine.runtime.semantic import SemanticTask
+from engine.runtime.settings import Settings
+from providers.catalog.memo import Lru
+
+__all__ = ["entries_of", "matcher_of", "selector_cache", "semantic_task"]
+
+#: Catalogs whose entries are kept; selector caches kept (one per catalog, settings, date, ... in use).
+ENTRIES_KEPT = 4
+SELECTOR_CACHES_KEPT = 4
+#: A selector cache with more keys than this is started afresh (a long run of edits adds keys no rule uses).
+SELECTOR_CACHE_MAX = 50_000
+#: Compiled RE2 sets kept, and semantic tasks kept.
+MATCHERS_KEPT = 16
+SEMANTIC_KEPT = 256
+
+
+_entries: Lru[tuple[Any, dict[str, Entry]]] = Lru(ENTRIES_KEPT)
+_selectors: Lru[tuple[tuple[Any, ...], dict]] = Lru(SELECTOR_CACHES_KEPT)
+_matchers: Lru[Matcher] = Lru(MATCHERS_KEPT)
+_semantic: Lru[SemanticTask] = Lru(SEMANTIC_KEPT)
+
+
+def entries_of(catalog: Any) -> Mapping[str, Entry]:
+    """The catalog's models as runtime entries, the same Entry objects for the same catalog object (catalogs are
+    immutable, and a reload whose catalog file did not change gets the same one back from the catalog loader)."""
+    held = _entries.get(
+        id(catalog), lambda: (catalog, {name: Entry.of(spec) for name, spec in catalog.models.items()}), _is(catalog)
+    )
+    return held[1]
+
+
+def _is(obj: Any) -> Callable[[Any], bool]:
+    return lambda held: held[0] is obj
+
+
+def selector_cache(
+    entries: Mapping[str, Entry],
+    today: datetime.date,
+    settings: Settings,
+    adhoc: frozenset[str],
+    functions: Mapping[str, Any],
+    rankers: Mapping[str, Any],
+    semantic: Mapping[str, SemanticTask],
+    seed: Callable[[], dict],
+) -> dict:
+    """The cache build_selector shares between rules (engine/compiler/actions.py), shared also with earlier
+    compiles whose selectors had the same inputs: the same entries object, date, settings, ad-hoc models, Python
+    functions and rankers, and semantic tasks. Rules that say the same then get the selector the last compile built.
+    `seed` makes a fresh cache (with the values build_selector reads from it). Unhashable settings or functions only
+    turn the sharing off."""
+    try:
+        key = (
+            id(entries),
+            today,
+            tuple(sorted(settings.by_name.items())),
+            settings.limits,
+            adhoc,
+            tuple(sorted((name, fn.fn) for name, fn in functions.items())),
+            tuple(sorted((name, fn.fn) for name, fn in rankers.items())),
+            tuple(sorted((name, id(task)) for name, task in semantic.items())),
+        )
+        hash(key)
+    except TypeError:
+        return seed()
+    keep = (entries, tuple(functions.values()), tuple(rankers.values()), tuple(semantic.values()))
+
+    def fresh() -> tuple[Any, dict]:
+        return keep, seed()
+
+    held = _selectors.get(key, fresh, lambda h: h[0][0] is entries and len(h[1]) <= SELECTOR_CACHE_MAX)
+    return held[1]
+
+
+def matcher_of(sources: tuple[str, ...], display: tuple[str, ...]) -> Matcher:
+    """The policy's RE2 set: compiled sets are immutable, so a reload whose patterns did not change reuses the last
+    one. Keyed by a hash of the patterns, not the patterns (a key holding them kept ~1.8 MB per 10,000 phrases alive
+    besides each set); a hit is checked against the set's own patterns, so a collision only compiles a new set."""
+    return _matchers.get(
+        hash((sources, display)),
+        lambda: Matcher(sources, display),
+        lambda m: m.sources == sources and m.display == display,
+    )
+
+
+def semantic_task(task: SemanticTask) -> SemanticTask:
+    """An equal semantic task an earlier compile made (the same examples at the same places, the same vectors
+    object, threshold, embedder and file), or this one: a reload that leaves the examples alone keeps the object,
+    and with it the selectors that rank by its similarity."""
+    key = (task.name, task.examples, task.spans, id(task.rows), task.threshold, id(task.embedder), task.file)
+
+    def same(held: SemanticTask) -> bool:
+        return held.rows is task.rows and held.embedder is task.embedder
+
+    return _semantic.get(key, lambda: task, same)
+
+
+def clear() -> None:
+    """Forget everything (tests)."""
+    for memo in (_entries, _selectors, _matchers, _semantic):
+        memo.clear()
