@@ -12,6 +12,8 @@ Prompts:
 - bench/data/rest.jsonl, the second set: every other awesome-chatgpt-prompts row, labelled by the same rules and
   split the same way; its text is read from the shared data (a digest checks it). Both sets' halves are pooled,
   and each set's held-out half is also shown alone.
+- bench/data/everyday.txt and everyday_check.txt: everyday chat requests written for the project by writers who
+  never saw the library, labelled by the same rules; the first was tuned on, the second is a check scored once.
 - HumanEval (../shared/data, all 164 are code): recall of `code`.
 - awesome-chatgpt-prompts `for_devs` (all 1,529; a weak label for code): precision, recall and F1 of `code`.
 - For a `complex` task, when the library declares one: accuracy against the simple/complex labels.
@@ -66,6 +68,11 @@ LABELS: tuple[str, ...] = make_prompts.TASKS
 PROMPTS = HERE / "data" / "prompts.jsonl"
 REST = HERE / "data" / "rest.jsonl"
 SECOND_READER = HERE / "data" / "labels_second_reader.txt"
+#: everyday requests written for the project, blind to the library: a tuning set, and a check set scored once
+EVERYDAY = (
+    ("everyday.txt", "everyday requests (tuning: read while tuning the library)"),
+    ("everyday_check.txt", "everyday CHECK set (written blind, scored after the library was fixed)"),
+)
 OUT = HERE / "results" / "quality.txt"
 #: the model every rule of the bench policy names: the bench reads only decide().tasks
 MODEL = "gpt-4o-mini"
@@ -259,6 +266,7 @@ def report(tasks_file: Path, argv: Sequence[str]) -> str:
     prompts = labelled_prompts()
     he = humaneval()
     aw = awesome()
+    everyday = {name: make_prompts.read_everyday(HERE / "data" / name) for name, _ in EVERYDAY}
     variants: dict[str, dict[str, list[frozenset[str]]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -271,6 +279,7 @@ def report(tasks_file: Path, argv: Sequence[str]) -> str:
                 "labelled": detect(engine, (p.text for p in prompts)),
                 "humaneval": detect(engine, he),
                 "awesome": detect(engine, (t for t, _ in aw)),
+                **{set_name: detect(engine, (r[3] for r in rows)) for set_name, rows in everyday.items()},
             }
     names = list(variants)
     head = "  ".join(f"{n + ' P/R/F1':>17}" for n in names)
@@ -315,6 +324,18 @@ def report(tasks_file: Path, argv: Sequence[str]) -> str:
             out.append(f"{'complex':<10} {sum(truth):>9}  {cells}")
             acc = "  ".join(f"{'accuracy ' + format(c.accuracy, '.2f'):>17}" for c in counts.values())
             out.append(f"{'':<10} {'':>9}  {acc}")
+        out.append("")
+    for set_name, title in EVERYDAY:
+        rows = everyday[set_name]
+        out.append(f"== {title}: bench/data/{set_name}, {len(rows)} requests")
+        out.append(f"{'task':<10} {'positives':>9}  {head}")
+        for task in (*LABELS, "complex"):
+            truth = [r[2] if task == "complex" else task in r[1] for r in rows]
+            if task not in declared:
+                out.append(f"{task:<10} {sum(truth):>9}  (not declared)")
+                continue
+            cells = "  ".join(f"{prf(score(variants[n][set_name], truth, task)):>17}" for n in names)
+            out.append(f"{task:<10} {sum(truth):>9}  {cells}")
         out.append("")
     out += agreement(prompts)
     out.append("== HumanEval (164 programming problems, all code): recall of `code`")

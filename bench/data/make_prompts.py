@@ -112,19 +112,48 @@ def read_labels(path: Path) -> dict[str, tuple[list[str], str]]:
         if not line.strip() or line.startswith("#"):
             continue
         fields = line.split("|")
-        names = [t for t in fields[1].split(",") if t] if len(fields) == 3 else []
-        if (
-            len(fields) != 3
-            or not fields[0].strip()
-            or any(t not in TASKS for t in names)
-            or len(set(names)) != len(names)
-            or fields[2] not in ("simple", "complex")
-        ):
-            raise SystemExit(f"{path}:{n}: bad label line {line!r} (ID|TASKS|simple or complex; tasks: {TASKS})")
+        try:
+            if len(fields) != 3 or not fields[0].strip():
+                raise ValueError("not ID|TASKS|COMPLEXITY")
+            names, _ = read_label_fields(fields[1], fields[2])
+        except ValueError as exc:
+            raise SystemExit(f"{path}:{n}: bad label line {line!r}: {exc}") from None
         if fields[0] in labels:
             raise SystemExit(f"{path}:{n}: {fields[0]} is labelled twice")
         labels[fields[0]] = (names, fields[2])
     return labels
+
+
+def read_everyday(path: Path) -> list[tuple[str, frozenset[str], bool, str]]:
+    """A file of everyday requests written for the project (everyday.txt, everyday_check.txt):
+    ID|TASKS|COMPLEXITY|TEXT lines, `\\n` in TEXT for a line break; `#` lines and blank lines skipped. Returns
+    (id, tasks, complex, text) per line; exits naming the file and line for a malformed line or a repeated id."""
+    out: list[tuple[str, frozenset[str], bool, str]] = []
+    seen: set[str] = set()
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        fields = line.split("|", 3)
+        if len(fields) != 4:
+            raise SystemExit(f"{path}:{n}: bad line {line[:80]!r} (ID|TASKS|simple or complex|TEXT)")
+        ident, tasks, complexity, text = fields
+        try:
+            names, _ = read_label_fields(tasks, complexity)
+        except ValueError as exc:
+            raise SystemExit(f"{path}:{n}: {exc}") from None
+        if not ident.strip() or not text.strip() or ident in seen:
+            raise SystemExit(f"{path}:{n}: {'a repeated id' if ident in seen else 'an empty id or text'}")
+        seen.add(ident)
+        out.append((ident, frozenset(names), complexity == "complex", text.replace("\\n", "\n")))
+    return out
+
+
+def read_label_fields(tasks: str, complexity: str) -> tuple[list[str], str]:
+    """The TASKS and COMPLEXITY fields of a label line, checked; ValueError saying what is wrong."""
+    names = [t for t in tasks.split(",") if t]
+    if any(t not in TASKS for t in names) or len(set(names)) != len(names) or complexity not in ("simple", "complex"):
+        raise ValueError(f"bad labels {tasks!r}|{complexity!r} (tasks: {', '.join(TASKS)}; simple or complex)")
+    return names, complexity
 
 
 def stratum(tasks: list[str], complexity: str) -> str:
