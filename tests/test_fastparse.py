@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -17,6 +18,7 @@ from test_differential import LONG, policy_sources
 from test_fuzz import GRAMMARISH, _seeds, mutate, mutations
 
 from engine.diagnostics import PolicyError
+from engine.language import nodes as n
 from engine.language.fastparse import GRAMMAR_WORDS, parse_fast
 from engine.language.nodes import Rule
 from engine.language.parse import _parser, parse
@@ -203,9 +205,81 @@ def test_big_files_read_in_pieces_agree_with_one_piece(monkeypatch: pytest.Monke
     from engine.language import parse as parse_module
 
     text = big_policy()
-    assert len(text) > 2 * fastparse.CHUNK_CHARS
-    pieces = parse(text, "f.route").body  # the fast parser, in pieces
+    assert len(text) > 2 * parse_module.CHUNK_CHARS
+    pieces = parse(text, "f.route").body  # the fast parser, a statement at a time
     lark_pieces = parse(text, "f.route", fast=False).body  # lark, in pieces
-    monkeypatch.setattr(fastparse, "CHUNK_CHARS", 10**9)
+    monkeypatch.setattr(fastparse, "MEMO_CHARS", 0)  # no reuse: every statement read again
     monkeypatch.setattr(parse_module, "CHUNK_CHARS", 10**9)
     assert pieces == lark_pieces == parse(text, "f.route", fast=False).body == parse(text, "f.route").body
+
+
+# --- reuse of unchanged statements (fastparse.parse_fast keeps the last text's statements per file) -------------
+
+EDITABLE = """\
+model fast = "gpt-4o-mini"   # a comment
+task code = /def \\w+/, "stack trace"
+
+when task is code
+    prefer capability(CODING)   # spread over lines
+when tier == "pro" use gpt-4o
+otherwise use fast
+"""
+
+
+def _fast(text: str, file: str) -> tuple[n.Stmt, ...]:
+    got = parse_fast(text, file)
+    assert got is not None
+    assert got == parse(text, file, fast=False).body  # always what lark reads
+    return got
+
+
+def test_an_edit_reads_only_the_statements_it_changed() -> None:
+    first = _fast(EDITABLE, "reuse1.route")
+    edited = _fast(EDITABLE.replace('tier == "pro"', 'tier == "team"'), "reuse1.route")
+    assert [a is b for a, b in zip(first, edited, strict=True)] == [True, True, True, False, True]
+    again = _fast(EDITABLE, "reuse1.route")
+    assert again[3] == first[3] and again[3] is not edited[3]
+
+
+def test_a_line_added_above_moves_every_span() -> None:
+    first = _fast(EDITABLE, "reuse2.route")
+    moved = _fast("# a new first line\n" + EDITABLE, "reuse2.route")
+    assert [s.span.line for s in moved] == [s.span.line + 1 for s in first]
+    assert not any(a is b for a, b in zip(first, moved, strict=True))
+    # a comment added at the end of a statement changes only that piece
+    commented = _fast(EDITABLE.replace("use gpt-4o\n", "use gpt-4o  # pro\n"), "reuse2.route")
+    assert commented[4].span == first[4].span
+
+
+def test_the_same_text_in_two_files_keeps_each_files_name() -> None:
+    a, b = _fast(EDITABLE, "dir_a/p.route"), _fast(EDITABLE, "dir_b/p.route")
+    assert {s.span.file for s in a} == {"dir_a/p.route"} and {s.span.file for s in b} == {"dir_b/p.route"}
+
+
+def test_text_the_fast_parser_gives_up_on_does_not_disturb_the_reuse() -> None:
+    first = _fast(EDITABLE, "reuse3.route")
+    assert parse_fast(EDITABLE + "when ??? use x\n", "reuse3.route") is None
+    assert parse(EDITABLE + "budget daily $5\n", "reuse3.route").body[:5] == first
+    assert _fast(EDITABLE, "reuse3.route") == first
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(["insert", "delete", "edit", "comment"]), min_size=1, max_size=8), st.randoms())
+def test_any_sequence_of_edits_reads_as_lark_reads_it(ops: list[str], rnd: Any) -> None:
+    lines = EDITABLE.splitlines(keepends=True)
+    for op in ops:
+        k = rnd.randrange(len(lines) + 1)
+        if op == "insert":
+            lines.insert(k, rnd.choice(["when tokens > 5k use fast\n", "\n", "# note\n", 'model m2 = "gpt-4o"\n']))
+        elif op == "delete" and len(lines) > 1:
+            del lines[min(k, len(lines) - 1)]
+        elif op == "edit" and lines:
+            i = min(k, len(lines) - 1)
+            lines[i] = lines[i].replace("fast", "quick").replace("gpt-4o", "claude-3-5-haiku")
+        elif op == "comment" and lines:
+            i = min(k, len(lines) - 1)
+            lines[i] = lines[i].rstrip("\n") + "  # c\n"
+        text = "".join(lines)
+        got = parse_fast(text, "seq.route")
+        if got is not None:
+            assert got == parse(text, "seq.route", fast=False).body

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import itertools
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 
 from engine.language import nodes as n
@@ -152,27 +154,50 @@ STMT_START = re.compile(
     r"|task[ \t]+[A-Za-z_][\w.:\-]*[ \t]*=)(?![\w.:\-])",
     re.M,
 )
-#: A big file is read this many characters at a time (cut where a statement starts), so only one piece's tokens
-#: are alive at once. A cut inside a statement leaves a piece that does not parse, and lark reads the file.
-CHUNK_CHARS = 32_000
+#: The statements of the last text parsed from each of this many files, by piece (see parse_fast); texts longer than
+#: MEMO_CHARS are not kept.
+MEMO_FILES = 32
+MEMO_CHARS = 1_000_000
+_last: OrderedDict[str, dict[tuple[str, int], tuple[n.Stmt, ...]]] = OrderedDict()
+_last_lock = threading.Lock()
 
 
 def parse_fast(source: str, file: str) -> tuple[n.Stmt, ...] | None:
     """The statements of `source` as the lark parser would give them, or None when the text holds anything this
-    parser does not read (then parse with lark)."""
-    cuts = [0]
-    if len(source) > 2 * CHUNK_CHARS:
-        for m in STMT_START.finditer(source):
-            if m.start() - cuts[-1] >= CHUNK_CHARS:
-                cuts.append(m.start())
-    cuts.append(len(source))
+    parser does not read (then parse with lark).
+
+    The text is read one piece at a time, cut where a statement starts (with the comments and blank lines after
+    it), so only one piece's tokens are alive at once. A piece that reads the same, from the same line, as a piece
+    of the last text parsed from `file` gives the same statements, which are reused: a reload after a one-rule edit
+    reads one statement, not the file. (A cut inside a statement leaves a piece that does not parse, and lark reads
+    the file.)"""
+    with _last_lock:
+        before = _last.get(file, {})
+    keep = len(source) <= MEMO_CHARS
+    pieces: dict[tuple[str, int], tuple[n.Stmt, ...]] = {}
     out: list[n.Stmt] = []
+    cuts = [m.start() for m in STMT_START.finditer(source)]
+    if not cuts or cuts[0] != 0:
+        cuts.insert(0, 0)
+    cuts.append(len(source))
     line = 1
     try:
         for begin, end in itertools.pairwise(cuts):
-            toks, comments = tokenize(source, begin, end, line, begin)
-            out.extend(_Parser(source, file, toks, comments).statements())
-            line += source.count("\n", begin, end)
+            key = (source[begin:end], line)
+            stmts = before.get(key)
+            if stmts is None:
+                toks, comments = tokenize(source, begin, end, line, begin)
+                stmts = _Parser(source, file, toks, comments).statements()
+            out.extend(stmts)
+            if keep:
+                pieces[key] = stmts
+            line += key[0].count("\n")
     except GiveUp:
         return None
+    if keep:
+        with _last_lock:
+            _last[file] = pieces
+            _last.move_to_end(file)
+            while len(_last) > MEMO_FILES:
+                _last.popitem(last=False)
     return tuple(out)
