@@ -54,6 +54,7 @@ from scaling.shapes import SHAPES, mixed_text, policy_text, positions  # noqa: E
 from speed.timing import interleaved_cells  # noqa: E402
 
 from engine import Engine  # noqa: E402
+from engine.compiler.reuse import forget  # noqa: E402
 
 SIZES = (10, 1_000, 10_000)
 GROWTH_TARGET = 2.0
@@ -71,6 +72,7 @@ def section_shapes(out: list[str], samples: int, sizes: tuple[int, ...]) -> list
         cells: dict[str, Callable[[], object]] = {}
         compile_s = 0.0
         for n in sizes:
+            forget()  # time a first compile (engine/compiler/reuse.py)
             start = time.perf_counter()
             engine = Engine.from_source(policy_text(shape, n), file=f"{n}.route")
             compile_s = time.perf_counter() - start

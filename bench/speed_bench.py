@@ -40,6 +40,7 @@ from speed.timing import interleaved_us, median_us, pair_us, scan_fn, warm_up  #
 from speed.versus_litellm import litellm  # noqa: E402
 
 from engine import Engine  # noqa: E402
+from engine.compiler.reuse import forget  # noqa: E402
 from providers.catalog.models import Catalog, default_catalog  # noqa: E402
 
 
@@ -112,6 +113,7 @@ def matrix(
         for n in (10, 100, 1000):
             for cname, cat in catalogs.items():
                 text = generated_policy(n, kind)
+                forget()  # time a first compile (engine/compiler/reuse.py)
                 start = time.perf_counter()
                 engine = Engine.from_source(text, catalog=cat)
                 compile_s[(kind, n, cname)] = time.perf_counter() - start

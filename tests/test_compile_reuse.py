@@ -156,7 +156,7 @@ def test_compiles_in_threads_share_safely(folder: Path, tmp_path_factory: pytest
     other = tmp_path_factory.mktemp("other")
     (other / "catalog.yaml").write_text(CATALOG.replace("{input: 1.00, output: 2.00}", "{input: 0.10, output: 0.20}"))
     (other / "main.route").write_text(POLICY)
-    reuse.clear()
+    reuse.forget()
     wrong: list[str] = []
 
     def work(root: Path, want: str) -> None:
@@ -174,7 +174,20 @@ def test_compiles_in_threads_share_safely(folder: Path, tmp_path_factory: pytest
 
 
 def test_the_memos_stay_small(folder: Path) -> None:
-    reuse.clear()
+    reuse.forget()
     for k in range(reuse.SELECTOR_CACHES_KEPT + 5):
         compile_policy(folder, today=datetime.date(2020, 1, 1) + datetime.timedelta(days=k))
     assert len(reuse._selectors.items) == reuse.SELECTOR_CACHES_KEPT
+
+
+def test_forget_makes_the_next_compile_a_first_one(folder: Path) -> None:
+    from engine.language.fastparse import parse_fast
+
+    first = compile_policy(folder)
+    reuse.forget()
+    second = compile_policy(folder)
+    assert first.rules[0].selector == second.rules[0].selector
+    assert first.rules[0].selector is not second.rules[0].selector
+    assert first.rules[0].node is not second.rules[0].node  # the file was parsed again
+    assert first.matcher is not second.matcher
+    assert parse_fast(POLICY, "x.route") == parse_fast(POLICY, "x.route")

@@ -13,13 +13,16 @@ import datetime
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from engine.runtime.matcher import Matcher
+from engine.language import fastparse
+from engine.language.load import forget_parses
+from engine.runtime.matcher import Matcher, forget_checks
 from engine.runtime.policy import Entry
 from engine.runtime.semantic import SemanticTask
 from engine.runtime.settings import Settings
 from providers.catalog.memo import Lru
+from providers.catalog.models import LOADED
 
-__all__ = ["entries_of", "matcher_of", "selector_cache", "semantic_task"]
+__all__ = ["entries_of", "forget", "matcher_of", "selector_cache", "semantic_task"]
 
 #: Catalogs whose entries are kept; selector caches kept (one per catalog, settings, date, ... in use).
 ENTRIES_KEPT = 4
@@ -111,7 +114,15 @@ def semantic_task(task: SemanticTask) -> SemanticTask:
     return _semantic.get(key, lambda: task, same)
 
 
-def clear() -> None:
-    """Forget everything (tests)."""
-    for memo in (_entries, _selectors, _matchers, _semantic):
+def forget() -> None:
+    """Forget everything compiles kept for later compiles: these memos, the parsed files and the fast parser's
+    statements, the pattern checks, the example files read and the parsed catalog files. The next compile is then a
+    first one (benchmarks that time a compile call this first; tests)."""
+    from engine.compiler.semantic import forget_examples
+
+    for memo in (_entries, _selectors, _matchers, _semantic, LOADED):
         memo.clear()
+    fastparse.forget()
+    forget_parses()
+    forget_checks()
+    forget_examples()

@@ -31,7 +31,7 @@ from engine.runtime.embedder import (
 from engine.runtime.semantic import DEFAULT_THRESHOLD, SemanticTask
 from providers.catalog.files import LARGE_FILE_BYTES, read_text
 
-__all__ = ["SIMILARITY", "fraction", "pass_embed", "pass_semantic", "read_examples"]
+__all__ = ["SIMILARITY", "forget_examples", "fraction", "pass_embed", "pass_semantic", "read_examples"]
 
 #: The one function a condition or a score may call with an argument: `similarity(TASK)`.
 SIMILARITY = "similarity"
@@ -57,6 +57,11 @@ def read_examples(text: str, file: str) -> tuple[tuple[str, ...], tuple[n.Span, 
 
 
 _MEMO_CHARS = 1 << 18
+
+
+def forget_examples() -> None:
+    """Drop the example files kept split (engine/compiler/reuse.py's forget)."""
+    _read_examples.cache_clear()
 
 
 @functools.lru_cache(maxsize=32)

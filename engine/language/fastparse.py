@@ -26,7 +26,7 @@ from engine.language import nodes as n
 from engine.language.fastparse_lex import GRAMMAR_WORDS, GiveUp, literal_of, tokenize, unescape
 from engine.language.fastparse_rules import ConditionsAndActions
 
-__all__ = ["GRAMMAR_WORDS", "literal_of", "parse_fast", "unescape"]
+__all__ = ["GRAMMAR_WORDS", "forget", "literal_of", "parse_fast", "unescape"]
 
 
 class _Parser(ConditionsAndActions):
@@ -160,6 +160,12 @@ MEMO_FILES = 32
 MEMO_CHARS = 1_000_000
 _last: OrderedDict[str, dict[tuple[str, int], tuple[n.Stmt, ...]]] = OrderedDict()
 _last_lock = threading.Lock()
+
+
+def forget() -> None:
+    """Drop the statements kept from earlier parses (engine/compiler/reuse.py's forget)."""
+    with _last_lock:
+        _last.clear()
 
 
 def parse_fast(source: str, file: str) -> tuple[n.Stmt, ...] | None:

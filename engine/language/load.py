@@ -188,6 +188,13 @@ _parsed_chars = [0]  # the characters of every text in _parsed
 _parsed_lock = threading.Lock()
 
 
+def forget_parses() -> None:
+    """Drop the parsed files kept for later loads (engine/compiler/reuse.py's forget)."""
+    with _parsed_lock:
+        _parsed.clear()
+        _parsed_chars[0] = 0
+
+
 def _parse_cached(text: str, shown: str) -> n.Module:
     with _parsed_lock:
         found = _parsed.get(shown)

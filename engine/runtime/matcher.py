@@ -82,6 +82,11 @@ def check(pattern: n.Pattern, raw: str) -> tuple[str, str, int, int] | None:
     return _check(pattern.source, pattern.flags, pattern.is_regex, raw)
 
 
+def forget_checks() -> None:
+    """Drop the remembered pattern checks (engine/compiler/reuse.py's forget)."""
+    _check.cache_clear()
+
+
 @functools.lru_cache(maxsize=4096)
 def _check(source: str, flags: str, is_regex: bool, raw: str) -> tuple[str, str, int, int] | None:
     """check() by value: a reload recompiles every unchanged pattern of a policy, and RE2 compiling each one
