@@ -27,8 +27,6 @@ __all__ = ["entries_of", "forget", "matcher_of", "selector_cache", "semantic_tas
 #: Catalogs whose entries are kept; selector caches kept (one per catalog, settings, date, ... in use).
 ENTRIES_KEPT = 4
 SELECTOR_CACHES_KEPT = 4
-#: A selector cache with more keys than this is started afresh (a long run of edits adds keys no rule uses).
-SELECTOR_CACHE_MAX = 50_000
 #: Compiled RE2 sets kept, and semantic tasks kept.
 MATCHERS_KEPT = 16
 SEMANTIC_KEPT = 256
@@ -53,6 +51,33 @@ def _is(obj: Any) -> Callable[[Any], bool]:
     return lambda held: held[0] is obj
 
 
+class _Carried(dict):
+    """One compile's selector cache, started from the last compile's with the same inputs (`before`): a key found
+    there is copied in when looked up, so when the compile ends the cache holds what it used and what it built,
+    nothing older. A cache that outlived every rule that used a key would grow with every edit."""
+
+    def __init__(self, seed: dict, before: dict):
+        super().__init__(seed)
+        self.before = before
+
+    def __missing__(self, key: Any) -> Any:
+        value = self.before[key]
+        self[key] = value
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        if dict.__contains__(self, key):
+            return True
+        before = self.before
+        if key in before:
+            self[key] = before[key]
+            return True
+        return False
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self[key] if key in self else default  # noqa: SIM401 (dict.get would skip the fallback)
+
+
 def selector_cache(
     entries: Mapping[str, Entry],
     today: datetime.date,
@@ -63,11 +88,14 @@ def selector_cache(
     semantic: Mapping[str, SemanticTask],
     seed: Callable[[], dict],
 ) -> dict:
-    """The cache build_selector shares between rules (engine/compiler/actions.py), shared also with earlier
-    compiles whose selectors had the same inputs: the same entries object, date, settings, ad-hoc models, Python
-    functions and rankers, and semantic tasks. Rules that say the same then get the selector the last compile built.
-    `seed` makes a fresh cache (with the values build_selector reads from it). Unhashable settings or functions only
-    turn the sharing off."""
+    """The cache build_selector shares between rules (engine/compiler/actions.py), started from the cache of the last
+    compile whose selectors had the same inputs: the same entries object, date, settings, ad-hoc models and semantic
+    tasks. Rules that say the same then get the selector the last compile built. `seed` makes a fresh cache (with the
+    values build_selector reads from it). A policy that calls Python functions or rankers never shares: each compile
+    wraps them anew, and a wrapper logs its first failure once per policy version. Unhashable settings only turn the
+    sharing off."""
+    if functions or rankers:
+        return seed()
     try:
         key = (
             id(entries),
@@ -75,20 +103,22 @@ def selector_cache(
             tuple(sorted(settings.by_name.items())),
             settings.limits,
             adhoc,
-            tuple(sorted((name, fn.fn) for name, fn in functions.items())),
-            tuple(sorted((name, fn.fn) for name, fn in rankers.items())),
             tuple(sorted((name, id(task)) for name, task in semantic.items())),
         )
         hash(key)
     except TypeError:
         return seed()
-    keep = (entries, tuple(functions.values()), tuple(rankers.values()), tuple(semantic.values()))
-
-    def fresh() -> tuple[Any, dict]:
-        return keep, seed()
-
-    held = _selectors.get(key, fresh, lambda h: h[0][0] is entries and len(h[1]) <= SELECTOR_CACHE_MAX)
-    return held[1]
+    keep = (entries, tuple(semantic.values()))
+    with _selectors.lock:
+        held = _selectors.items.get(key)
+    before: dict = {}
+    if held is not None and held[0][0] is entries:
+        before = held[1]
+        if isinstance(before, _Carried):
+            before.before = {}  # that compile is over (or misses from now on): no chain of older caches
+    made = _Carried(seed(), before)
+    _selectors.get(key, lambda: (keep, made), lambda _: False)  # this compile's cache is the next one's start
+    return made
 
 
 def matcher_of(sources: tuple[str, ...], display: tuple[str, ...]) -> Matcher:

@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node
 
-from providers.catalog.files import LARGE_FILE_BYTES, read_regular, read_text
+from providers.catalog.files import LARGE_FILE_BYTES, read_text
 from providers.catalog.models import LOADED, Catalog, CatalogError, CatalogIssue, ModelSpec, SourceRef
 from providers.catalog.nodes import compose
 from providers.catalog.yaml_reader import MODEL_FIELDS, CatalogReader
@@ -62,24 +62,23 @@ class ImportStats:
 def load_litellm(path: str | Path, overlay: str | Path | None = None) -> Catalog:
     """Import LiteLLM's price file (and merge an overlay); raises CatalogError with file:line:col. An import of the
     same files with the same content (a reload) gets the catalog imported before (about 65 ms for LiteLLM's 4,000
-    entries)."""
-    digests = (_digest(Path(path)), None if overlay is None else _digest(Path(overlay)))
-    if digests[0] is None or (overlay is not None and digests[1] is None):  # unreadable: the import says why
-        return import_litellm(path, overlay)[0]
-    return LOADED.get((str(path), str(overlay), *digests), lambda: import_litellm(path, overlay)[0])
-
-
-def _digest(path: Path) -> bytes | None:
-    """The sha256 of a file's content; None when it cannot be read (the import then reports why)."""
-    try:
-        return hashlib.sha256(read_regular(path, LARGE_FILE_BYTES)).digest()
-    except OSError:
-        return None
-
-
-def import_litellm(path: str | Path, overlay: str | Path | None = None) -> tuple[Catalog, ImportStats]:
-    file = str(path)
+    entries): each file is read once, and the texts that are parsed are the texts that key the memo."""
     text = _read(Path(path))
+    extra = None if overlay is None else _read(Path(overlay))
+    key = (str(path), str(overlay), _sha(text), None if extra is None else _sha(extra))
+    return LOADED.get(key, lambda: import_litellm(path, overlay, text=text, overlay_text=extra)[0])
+
+
+def _sha(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+
+
+def import_litellm(
+    path: str | Path, overlay: str | Path | None = None, *, text: str | None = None, overlay_text: str | None = None
+) -> tuple[Catalog, ImportStats]:
+    """Import LiteLLM's price file and an overlay, read from disk unless their texts are given."""
+    file = str(path)
+    text = _read(Path(path)) if text is None else text
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -121,7 +120,7 @@ def import_litellm(path: str | Path, overlay: str | Path | None = None) -> tuple
             specs[name] = fields
     files = [file]
     if overlay is not None:
-        _apply_overlay(str(overlay), specs)
+        _apply_overlay(str(overlay), specs, overlay_text)
         files.append(str(overlay))
     models = [ModelSpec.model_construct(**f) if f.pop("_trusted", False) else ModelSpec(**f) for f in specs.values()]
     stats.imported = len(models)
@@ -340,6 +339,6 @@ class _OverlayReader(CatalogReader):
             fields["_trusted"] = False  # values from YAML: let pydantic check the merged spec
 
 
-def _apply_overlay(file: str, specs: dict[str, dict[str, Any]]) -> None:
-    text = _read(Path(file))
+def _apply_overlay(file: str, specs: dict[str, dict[str, Any]], text: str | None = None) -> None:
+    text = _read(Path(file)) if text is None else text
     _OverlayReader(file, text).read_overlay(specs)
