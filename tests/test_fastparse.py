@@ -283,3 +283,19 @@ def test_any_sequence_of_edits_reads_as_lark_reads_it(ops: list[str], rnd: Any) 
         got = parse_fast(text, "seq.route")
         if got is not None:
             assert got == parse(text, "seq.route", fast=False).body
+
+
+def test_the_statements_kept_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.language import fastparse
+
+    monkeypatch.setattr(fastparse, "MEMO_TOTAL_CHARS", 3 * len(EDITABLE))
+    fastparse.forget()
+    for k in range(10):
+        _fast(EDITABLE, f"bounded{k}.route")
+    assert len(fastparse._last) == 3 and fastparse._last_chars[0] == 3 * len(EDITABLE)
+    assert list(fastparse._last) == ["bounded7.route", "bounded8.route", "bounded9.route"]
+    _fast(EDITABLE + "# more\n", "bounded9.route")  # a new text of a kept file replaces its old one
+    assert list(fastparse._last) == ["bounded8.route", "bounded9.route"]  # the oldest went to make room
+    assert fastparse._last_chars[0] == 2 * len(EDITABLE) + len("# more\n")
+    fastparse.forget()
+    assert fastparse._last_chars[0] == 0

@@ -154,11 +154,14 @@ STMT_START = re.compile(
     r"|task[ \t]+[A-Za-z_][\w.:\-]*[ \t]*=)(?![\w.:\-])",
     re.M,
 )
-#: The statements of the last text parsed from each of this many files, by piece (see parse_fast); texts longer than
-#: MEMO_CHARS are not kept.
+#: The statements of the last text parsed from each of at most MEMO_FILES files, by piece (see parse_fast), and the
+#: characters of those texts: a text longer than MEMO_CHARS is not kept, and the least recently parsed files go while
+#: the texts kept hold more than MEMO_TOTAL_CHARS.
 MEMO_FILES = 32
 MEMO_CHARS = 1_000_000
-_last: OrderedDict[str, dict[tuple[str, int], tuple[n.Stmt, ...]]] = OrderedDict()
+MEMO_TOTAL_CHARS = 2_000_000
+_last: OrderedDict[str, tuple[int, dict[tuple[str, int], tuple[n.Stmt, ...]]]] = OrderedDict()
+_last_chars = [0]
 _last_lock = threading.Lock()
 
 
@@ -166,6 +169,7 @@ def forget() -> None:
     """Drop the statements kept from earlier parses (engine/compiler/reuse.py's forget)."""
     with _last_lock:
         _last.clear()
+        _last_chars[0] = 0
 
 
 def parse_fast(source: str, file: str) -> tuple[n.Stmt, ...] | None:
@@ -178,7 +182,7 @@ def parse_fast(source: str, file: str) -> tuple[n.Stmt, ...] | None:
     reads one statement, not the file. (A cut inside a statement leaves a piece that does not parse, and lark reads
     the file.)"""
     with _last_lock:
-        before = _last.get(file, {})
+        before = _last.get(file, (0, {}))[1]
     keep = len(source) <= MEMO_CHARS
     pieces: dict[tuple[str, int], tuple[n.Stmt, ...]] = {}
     out: list[n.Stmt] = []
@@ -202,8 +206,9 @@ def parse_fast(source: str, file: str) -> tuple[n.Stmt, ...] | None:
         return None
     if keep:
         with _last_lock:
-            _last[file] = pieces
-            _last.move_to_end(file)
-            while len(_last) > MEMO_FILES:
-                _last.popitem(last=False)
+            gone = _last.pop(file, None)
+            _last_chars[0] += len(source) - (gone[0] if gone else 0)
+            _last[file] = (len(source), pieces)
+            while len(_last) > MEMO_FILES or _last_chars[0] > MEMO_TOTAL_CHARS:
+                _last_chars[0] -= _last.popitem(last=False)[1][0]
     return tuple(out)
