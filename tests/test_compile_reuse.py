@@ -13,38 +13,13 @@ import pytest
 from engine.api import Engine, compile_policy, compile_source
 from engine.compiler import reuse
 from engine.diagnostics import PolicyError
+from tests.reuse_kit import CATALOG, POLICY, policy_folder
 from tests.semantic_kit import BagOfWords
-
-CATALOG = """\
-models:
-  cheap-a:
-    provider: acme
-    context: 128k
-    price: {input: 0.50, output: 1.50}
-    latency_ms: 600
-    capabilities: {CODING: 6}
-  cheap-b:
-    provider: betacorp
-    context: 128k
-    price: {input: 1.00, output: 2.00}
-    latency_ms: 400
-    capabilities: {CODING: 9}
-"""
-
-POLICY = """\
-catalog "catalog.yaml"
-task code = /def \\w+/, "stack trace"
-when task is code prefer capability(CODING)
-when tier == "pro" prefer fastest
-otherwise prefer cheapest
-"""
 
 
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
-    (tmp_path / "catalog.yaml").write_text(CATALOG)
-    (tmp_path / "main.route").write_text(POLICY)
-    return tmp_path
+    return policy_folder(tmp_path)
 
 
 def test_an_unchanged_policy_gets_the_same_selectors_and_set_back(folder: Path) -> None:
