@@ -166,3 +166,34 @@ def test_forget_makes_the_next_compile_a_first_one(folder: Path) -> None:
     assert first.rules[0].node is not second.rules[0].node  # the file was parsed again
     assert first.matcher is not second.matcher
     assert parse_fast(POLICY, "x.route") == parse_fast(POLICY, "x.route")
+
+
+def test_the_lru_keeps_the_newest_and_nothing_from_a_failed_build() -> None:
+    from providers.catalog.memo import Lru
+
+    memo: Lru[int] = Lru(2)
+    assert memo.get("a", lambda: 1) == 1 and memo.get("b", lambda: 2) == 2
+    assert memo.get("a", lambda: 99) == 1  # kept, and now the most recent
+    memo.put("c", 3)
+    assert memo.peek("b") is None and memo.peek("a") == 1 and len(memo) == 2
+
+    def broken() -> int:
+        raise ValueError("no")
+
+    with pytest.raises(ValueError):
+        memo.get("d", broken)
+    assert memo.peek("d") is None and len(memo) == 2
+    assert memo.get("a", lambda: 5, lambda held: held > 1) == 5  # a value the caller rejects is built again
+
+
+def test_forget_embeds_the_examples_again(folder: Path) -> None:
+    embedder = BagOfWords()
+    (folder / "main.route").write_text(SEMANTIC)
+    (folder / "examples.txt").write_text("python function\nstack trace\n")
+    compile_policy(folder, embedder=embedder)
+    compile_policy(folder, embedder=embedder)
+    once = len(embedder.embedded)
+    assert once == 3  # two examples and one, each embedded once over two compiles
+    reuse.forget()
+    compile_policy(folder, embedder=embedder)
+    assert len(embedder.embedded) == 2 * once

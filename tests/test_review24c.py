@@ -252,3 +252,37 @@ def test_the_second_reader_s_labels_are_read_as_strictly(tmp_path: Path, monkeyp
         with pytest.raises(SystemExit) as info:
             bench.agreement(prompts)
         assert str(second) in str(info.value.code)
+
+
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [
+        ("f-9|code|simple", "bad line"),  # no text
+        ("f-9|cod|simple|hello", "bad labels"),
+        ("f-9|code|compex|hello", "bad labels"),
+        ("f-9|code,code|simple|hello", "bad labels"),
+        ("f-1|code|simple|again", "a repeated id"),
+        ("|code|simple|hello", "an empty id or text"),
+        ("f-9|code|simple|   ", "an empty id or text"),
+    ],
+)
+def test_everyday_request_lines_are_read_strictly(tmp_path: Path, line: str, why: str) -> None:
+    mp = bench_module("make_prompts_review25", BENCH / "data" / "make_prompts.py")
+    path = tmp_path / "everyday.txt"
+    path.write_text(f"# header\nf-1|code|simple|fix this\\nplease\n{line}\n", encoding="utf-8")
+    with pytest.raises(SystemExit) as info:
+        mp.read_everyday(path)
+    assert f"{path}:3: {why}" in str(info.value.code)
+
+
+def test_the_committed_everyday_sets_read_and_keep_their_line_breaks() -> None:
+    mp = bench_module("make_prompts_review25", BENCH / "data" / "make_prompts.py")
+    tuning, check = (mp.read_everyday(BENCH / "data" / name) for name in ("everyday.txt", "everyday_check.txt"))
+    assert (len(tuning), len(check)) == (420, 300)
+    assert any("\n" in text for *_, text in tuning) and not any("\\n" in text for *_, text in tuning)
+    both = {text for *_, text in tuning} & {text for *_, text in check}
+    assert "how many seconds are in a week" in both  # two writers wrote a few common requests alike
+    bench = bench_module("quality_bench_review25", BENCH / "quality_bench.py")
+    sets = bench.everyday_sets()
+    assert len(both) == bench.CHECK_OVERLAP and len(sets["everyday_check.txt"]) == 300 - len(both)
+    assert not {text for *_, text in sets["everyday_check.txt"]} & both  # the check set scores none of them

@@ -3,8 +3,8 @@ objects out to the next compile that has equal inputs.
 
 A reload recompiles the whole policy, and most of it is usually unchanged: the edit touched one rule. Each memo
 here is keyed by everything its objects depend on, holds a few recent keys (LRU), and hands out objects that are
-never mutated after they are built, so two compiles (or two threads) may share them. Keys that hold identities
-(a catalog, a semantic task, a Python function) keep those objects alive, so an identity is never reused.
+never mutated after they are built, so two compiles (or two threads) may share them. A memo keyed by an identity
+(a catalog, a semantic task, an embedder) keeps that object alive with the value, so the identity is never reused.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 from engine.language import fastparse
 from engine.language.load import forget_parses
+from engine.runtime.embedder import forget_example_vectors
 from engine.runtime.matcher import Matcher, forget_checks
 from engine.runtime.policy import Entry
 from engine.runtime.semantic import SemanticTask
@@ -109,15 +110,14 @@ def selector_cache(
     except TypeError:
         return seed()
     keep = (entries, tuple(semantic.values()))
-    with _selectors.lock:
-        held = _selectors.items.get(key)
+    held = _selectors.peek(key)
     before: dict = {}
     if held is not None and held[0][0] is entries:
         before = held[1]
         if isinstance(before, _Carried):
             before.before = {}  # that compile is over (or misses from now on): no chain of older caches
     made = _Carried(seed(), before)
-    _selectors.get(key, lambda: (keep, made), lambda _: False)  # this compile's cache is the next one's start
+    _selectors.put(key, (keep, made))  # this compile's cache is the next one's start
     return made
 
 
@@ -146,8 +146,8 @@ def semantic_task(task: SemanticTask) -> SemanticTask:
 
 def forget() -> None:
     """Forget everything compiles kept for later compiles: these memos, the parsed files and the fast parser's
-    statements, the pattern checks, the example files read and the parsed catalog files. The next compile is then a
-    first one (benchmarks that time a compile call this first; tests)."""
+    statements, the pattern checks, the example files read, the example vectors and the parsed catalog files. The
+    next compile is then a first one (benchmarks that time a compile call this first; tests)."""
     from engine.compiler.semantic import forget_examples
 
     for memo in (_entries, _selectors, _matchers, _semantic, LOADED):
@@ -156,3 +156,4 @@ def forget() -> None:
     forget_parses()
     forget_checks()
     forget_examples()
+    forget_example_vectors()

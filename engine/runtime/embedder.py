@@ -31,6 +31,7 @@ __all__ = [
     "default_embedder",
     "embed_examples",
     "embed_text",
+    "forget_example_vectors",
     "nearest",
     "task_text",
 ]
@@ -221,6 +222,12 @@ class _Cache:
 
 _caches: OrderedDict[int, tuple[Embedder, _Cache]] = OrderedDict()
 _caches_lock = threading.Lock()
+
+
+def forget_example_vectors() -> None:
+    """Drop every embedder's kept example vectors and matrices (engine/compiler/reuse.py's forget)."""
+    with _caches_lock:
+        _caches.clear()
 
 
 def embed_examples(embedder: Embedder, examples: Sequence[str]) -> np.ndarray:

@@ -31,13 +31,21 @@ class Lru(Generic[V]):
             if found is not None and (valid is None or valid(found)):
                 self.items.move_to_end(key)
                 return found
-        made = make()
+        return self.put(key, make())
+
+    def peek(self, key: Hashable) -> V | None:
+        """The value kept for `key`, or None; its place in the order stays."""
         with self.lock:
-            self.items[key] = made
+            return self.items.get(key)
+
+    def put(self, key: Hashable, value: V) -> V:
+        """Keep `value` for `key` (replacing what was kept) as the most recently used; returns it."""
+        with self.lock:
+            self.items[key] = value
             self.items.move_to_end(key)
             while len(self.items) > self.size:
                 self.items.popitem(last=False)
-        return made
+        return value
 
     def __len__(self) -> int:
         return len(self.items)
