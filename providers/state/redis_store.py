@@ -232,12 +232,9 @@ class RedisStore(SpendMixin, HeartbeatMixin, SenderMixin):
         return result
 
     def _mark_down(self, exc: BaseException) -> None:
-        with self._lock:
+        with self._lock:  # budgets of this outage go on from the last one's figures until those reach Redis
             first = not self._down
             self._down, self._down_until = True, self._clock() + self._retry
-            if first:  # budgets of this outage start from the figures last seen
-                self._outage = MemoryStore(clock=self._clock, wall=self._wall)
-                self._base = {}
         if first:
             log.warning(
                 "redis state store unreachable (%s: %s): using local in-process state; retrying every %.1fs",
@@ -247,7 +244,6 @@ class RedisStore(SpendMixin, HeartbeatMixin, SenderMixin):
             )
 
     def _mark_up(self) -> None:
-        failed = None
         with self._budget_gate.exclusive():
             with self._lock:
                 if not self._down:
@@ -257,18 +253,19 @@ class RedisStore(SpendMixin, HeartbeatMixin, SenderMixin):
                 for key, hold in unpushed.items():  # local reservations still open become shared ones
                     self._held_remote[key] = self._held_remote.get(key, 0.0) + hold
                 self._held_local = {}
-            log.warning("redis state store reachable again: shared state restored")
             try:  # republishes this replica's in-flight counts and holds, adds the outage's spend to Redis
                 self._beat_locked(unpushed=unpushed)
-            except self._errors as exc:  # what was not pushed waits for the next recovery
-                failed = exc
+                with self._lock:  # in Redis now: the next outage starts from the figures last seen there
+                    self._outage = MemoryStore(clock=self._clock, wall=self._wall)
+                    self._base = {}
+            except self._errors:  # a recovery that pushed nothing: the outage goes on, its figures with it
                 with self._lock:  # the holds made during the outage are still only local
                     for key, hold in unpushed.items():
                         self._held_remote[key] = max(0.0, self._held_remote.get(key, 0.0) - hold)
                     self._held_local = unpushed
-        if failed is not None:
-            self._mark_down(failed)
-            return
+                    self._down, self._down_until = True, self._clock() + self._retry
+                return
+        log.warning("redis state store reachable again: shared state restored")
         self._valid_until = -math.inf
 
     def _k(self, *parts: str) -> str:

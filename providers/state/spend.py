@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 SPEND_TTL = 40 * 86400  # budget buckets (hour / day / month) are dropped 40 days after their last use
 SEEN_FORGET = 35 * 86400  # figures (and ledger entries) of keys unused this long, whose bucket cannot be read, go
 RESET = object()  # what a script call answers when the Redis epoch is not this replica's (a reset)
+AGAIN = object()  # what a local fallback answers when the outage ended while it waited: Redis decides instead
 # the engine's spend keys (engine/runtime/budget.py): period:bucket[:attr=value], the bucket in UTC
 _BUCKETS = {
     "hourly": (re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}"), "%Y-%m-%dT%H"),
@@ -123,6 +124,7 @@ class SpendMixin:
     _clock: Any
     _wall: Any
     _do: Any
+    _down: bool
     _k: Any
     _kh: list[str]
     _reset: Any
@@ -190,8 +192,10 @@ class SpendMixin:
                 self._saw(key, float(spent), float(reserved))
             return bool(done), float(before)
 
-        def local() -> tuple[bool, float]:
+        def local() -> Any:
             with self._budget_gate.shared(), self._lock:  # this replica's share of what was left (docs/state.md)
+                if not self._down:  # a hold made here now would be taken for one in Redis
+                    return AGAIN
                 base = self._seed(key)
                 done, used = self._outage.reserve(key, amount, base + max(0.0, limit - base) / self._replicas)
                 if done:
@@ -200,6 +204,8 @@ class SpendMixin:
 
         while True:
             out = self._do(lambda: self._spend_call(run), local)
+            if out is AGAIN:
+                continue
             if not isinstance(out, Wait):
                 return out
             if _on_event_loop():  # never block an event loop: refused, as when the money is not there
@@ -239,8 +245,10 @@ class SpendMixin:
                 self._saw(key, float(total), float(reserved_after))
             return float(total)
 
-        def local() -> float:
+        def local() -> Any:
             with self._budget_gate.shared(), self._lock:
+                if not self._down:  # the holds were republished: release them in Redis
+                    return AGAIN
                 remote_hold, local_hold = split()
                 self._seed(key)
                 release(remote_hold, local_hold)
@@ -249,7 +257,9 @@ class SpendMixin:
                     self._released[key] = self._released.get(key, 0.0) + remote_hold
                 return self._outage.settle(key, reserved, actual)
 
-        return self._do(lambda: self._spend_call(run), local)
+        while (out := self._do(lambda: self._spend_call(run), local)) is AGAIN:
+            pass
+        return float(out)
 
     def spent(self, key: str) -> tuple[float, float]:
         def run(epoch: str) -> Any:
