@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.compiler.passes import compile_loaded
-from engine.language.load import Loaded, bundled_policy_dir, load, load_source
+from engine.language.load import Loaded, bundled_policy_dir, load, load_source, one_reading
 from engine.options import extension_functions
 from engine.runtime.embedder import Embedder
 from engine.runtime.policy import CompiledPolicy
@@ -30,9 +30,10 @@ def compile_policy(
     whose deprecation_date is on or before it. `functions` / `rankers`: the Python functions and rankers the
     policy calls (see Engine.functions); a call to one not given is an error (E313, E314). `embedder`: embeds the
     examples of semantic tasks (`like`) and the requests (see Engine.embedder; None: the default, when needed)."""
-    return _compile(
-        load(path if path is not None else bundled_policy_dir()), catalog, today, functions, rankers, embedder
-    )
+    with one_reading():
+        return _compile(
+            load(path if path is not None else bundled_policy_dir()), catalog, today, functions, rankers, embedder
+        )
 
 
 def compile_source(
@@ -47,7 +48,8 @@ def compile_source(
 ) -> CompiledPolicy:
     """Compile policy text (includes, catalog and example file paths resolve from the working directory); see
     compile_policy."""
-    return _compile(load_source(text, file), catalog, today, functions, rankers, embedder)
+    with one_reading():
+        return _compile(load_source(text, file), catalog, today, functions, rankers, embedder)
 
 
 def _compile(

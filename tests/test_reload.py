@@ -149,7 +149,8 @@ def test_broken_edit_keeps_serving_then_recovers(tmp_path: Path, watched, caplog
     engine.on_reload(events.append)
     good = engine.version
     (tmp_path / "main.route").write_text("otherwise use gpt-4o-mini fallback\n")  # syntax error
-    wait_for(lambda: engine.last_error is not None, "the broken edit to be rejected")
+    # callbacks run after last_error is set: wait for the event itself
+    wait_for(lambda: any(e.error is not None for e in events), "the broken edit to be rejected")
     assert isinstance(engine.last_error, PolicyError)
     assert engine.version == good and model_of(engine) == "gpt-4o"
     bad = [e for e in events if e.error is not None]
@@ -161,6 +162,7 @@ def test_broken_edit_keeps_serving_then_recovers(tmp_path: Path, watched, caplog
     (tmp_path / "main.route").write_text("otherwise use claude-3-5-haiku\n")
     wait_model(engine, "claude-3-5-haiku")
     wait_for(lambda: engine.last_error is None, "last_error to clear")
+    wait_for(lambda: events[-1].new_version == engine.version, "the reload's event")
     assert events[-1].ok and events[-1].changed and events[-1].old_version == good
     assert events[-1].new_version == engine.version and events[-1].duration_s > 0
     assert any(r.levelno == logging.INFO and engine.version in r.getMessage() for r in caplog.records)

@@ -7,9 +7,12 @@ import os
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from engine.diagnostics import Diagnostic, PolicyError, Sources
 from engine.language import nodes as n
@@ -21,6 +24,36 @@ if TYPE_CHECKING:
 
 MAX_INCLUDE_DEPTH = 16
 MAX_FILE_BYTES = 1_000_000
+
+_paths: ContextVar[dict[tuple[str, str], Any] | None] = ContextVar("modelroute_paths", default=None)
+
+
+@contextmanager
+def one_reading() -> Iterator[None]:
+    """Inside it, real_path() and display_name() work out each path once: one compile reads the disk as one snapshot
+    (a symlink swapped during it is seen by the next compile, which the reloader runs when the files it read
+    have changed)."""
+    token = _paths.set({})
+    try:
+        yield
+    finally:
+        _paths.reset(token)
+
+
+def _once(kind: str, path: str | Path, work: Callable[[], Any]) -> Any:
+    memo = _paths.get()
+    if memo is None:
+        return work()
+    key = (kind, os.fspath(path))
+    if key not in memo:
+        memo[key] = work()
+    return memo[key]
+
+
+def real_path(path: str | Path) -> Path:
+    """`path` with symlinks and `..` resolved (Path.resolve()), once per path inside one_reading()."""
+    real: Path = _once("real", path, lambda: Path(path).resolve())
+    return real
 
 
 @dataclass
@@ -36,10 +69,10 @@ class Loaded:
     def digest(self) -> HASH:
         """A hash of every file's content and its path relative to the entry file: the same wherever it runs."""
         h = hashlib.sha256()
-        root = Path(self.entry).resolve().parent
+        root = real_path(self.entry).parent
         for f in self.files:
             try:
-                name = Path(os.path.relpath(Path(f).resolve(), root)).as_posix()
+                name = Path(os.path.relpath(real_path(f), root)).as_posix()
             except ValueError:  # another drive (Windows)
                 name = Path(f).name
             h.update(name.encode())
@@ -64,8 +97,13 @@ def resolve_entry(path: str | Path) -> Path:
 
 def display_name(path: Path) -> str:
     """A path as diagnostics show it: relative to the working directory when below it."""
+    shown: str = _once("shown", path, lambda: _shown(path))
+    return shown
+
+
+def _shown(path: Path) -> str:
     try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
+        return str(real_path(path).relative_to(real_path(os.getcwd())))
     except ValueError:
         return str(path)
 
@@ -125,7 +163,7 @@ def _without_surrogates(text: str, file: str, loaded: Loaded) -> str:
 
 def _load_file(path: Path, loaded: Loaded, stack: list[Path], at: n.Span | None) -> None:
     shown = display_name(path)
-    real = path.resolve()
+    real = real_path(path)
     if real in stack:
         chain = " -> ".join(display_name(p) for p in [*stack, real])
         loaded.diagnostics.append(
