@@ -69,12 +69,21 @@ def counted(gw: Gateway, status: int, endpoint: str = "chat") -> float:
 
 def assert_released(gw: Gateway, status: int) -> None:
     """Nothing of the request is left held, and it was counted once with `status`."""
+    state: Any = gw.engine.state
+
+    def held() -> float:  # the hold was made under a minute ago: today's key, or yesterday's just after midnight UTC
+        now = time.time()
+        return sum(state.spent(key)[1] for key in {key_budget_key("team", t) for t in (now - 60, now)})
+
     wait_until(lambda: gw.active == 0, "the gateway's in-flight count to drop to 0", timeout=5)
     wait_until(lambda: idle(gw.engine), "the upstream attempt to be released", timeout=5)
-    state: Any = gw.engine.state
-    now = time.time()  # the hold was made under a minute ago: today's key, or yesterday's just after midnight UTC
-    held = sum(state.spent(key)[1] for key in {key_budget_key("team", t) for t in (now - 60, now)})
-    assert held == pytest.approx(0.0, abs=1e-12)  # the key budget's hold was released
+    # the request is counted, and its budgets settled, just after it leaves the in-flight count
+    wait_until(
+        lambda: counted(gw, status) >= 1 and held() < 1e-12 and tpm_left(gw) > TPM - MAX_TOKENS,
+        "the request to be counted and its holds settled",
+        timeout=5,
+    )
+    assert held() == pytest.approx(0.0, abs=1e-12)  # the key budget's hold was released
     assert tpm_left(gw) > TPM - MAX_TOKENS  # the estimate (input + max_tokens) was settled to the real usage
     assert counted(gw, status) == 1
     assert gw.active == 0  # not taken twice
