@@ -289,6 +289,39 @@ def test_a_recovery_whose_heartbeat_fails_goes_on_with_the_outages_share(make, c
         server.kill()
 
 
+def test_a_failed_recovery_without_a_reset_adds_the_outages_spend_once(make) -> None:
+    """The same without a reset: Redis stops answering (paused) and comes back with its data; a recovery whose
+    heartbeat fails keeps the outage's share, and the one that works adds the outage's spend once."""
+    a, b = make(retry=1.0, timeout=0.1), make(retry=1.0, timeout=0.1)
+    assert a.heartbeat() and b.heartbeat() and a.heartbeat()
+    _spend(a, 0.2, 0.2)
+    client = redis.Redis.from_url(a.url)
+    try:
+        client.execute_command("CLIENT", "PAUSE", "600", "ALL")  # every command waits: a read times out
+        assert a.in_flight("m") == 0 and a.status != "redis"
+    finally:
+        client.close()
+    assert a.reserve(KEY, 0.3, 1.0)[0]  # its share of the 0.8 left is 0.4
+    assert a.settle(KEY, 0.3, 0.3) == pytest.approx(0.5)
+    wait_until(lambda: b.ping(), "the pause to end")
+    make.mono.t += 1.0
+
+    def broken(*args, **kw):
+        raise redis.exceptions.ConnectionError("Connection closed by server.")
+
+    beat, a._beat_script = a._beat_script, broken
+    assert a.in_flight("m") == 0  # answered; the heartbeat that would push the outage fails
+    a._beat_script = beat
+    assert a.status != "redis"
+    assert a.reserve(KEY, 0.15, 1.0)[0] is False  # the first outage's share: 0.1 of it is left
+    assert a.reserve(KEY, 0.1, 1.0)[0]
+    assert a.settle(KEY, 0.1, 0.1) == pytest.approx(0.6)
+    make.mono.t += 1.0
+    assert a.ping() and a.status == "redis"
+    assert b.spent(KEY) == (pytest.approx(0.6), 0.0)  # 0.2 before, 0.4 during the outage, added once
+    assert a.heartbeat() and b.spent(KEY) == (pytest.approx(0.6), 0.0)
+
+
 def test_a_budget_call_that_waited_while_the_outage_ended_goes_to_redis(make) -> None:
     """A reserve() that fell back to local state and, while it waited for the budget gate, saw another thread end
     the outage makes its hold in Redis (where other replicas see it), not a local one nobody would publish."""
