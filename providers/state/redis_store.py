@@ -215,21 +215,25 @@ class RedisStore(SpendMixin, HeartbeatMixin, SenderMixin):
     def _do(self, remote: Callable[[], Any], local: Callable[[], Any], *, flush: bool = True) -> Any:
         """remote() against Redis, or local() while Redis is unreachable. What is pending for the sender goes
         first, so this replica reads its own writes (`flush=False` for the calls that carry the counts themselves
-        or do not need them)."""
-        if self._down and self._clock() < self._down_until:
-            return local()
-        if flush:  # also waits for a send in progress
-            self._drain()
-            if self._down and self._clock() < self._down_until:
-                return local()
+        or do not need them). After an outage, the heartbeat that pushes what the outage recorded goes before
+        any call: Redis answers from figures that include it."""
+        drained = not flush
+        while True:
+            if self._down:
+                if self._clock() < self._down_until:
+                    return local()
+                self._mark_up()
+                if self._down:  # the recovery failed: the outage goes on
+                    return local()
+            if drained:
+                break
+            self._drain()  # also waits for a send in progress; may find Redis gone
+            drained = True
         try:
-            result = remote()
+            return remote()
         except self._errors as exc:
             self._mark_down(exc)
             return local()
-        if self._down:
-            self._mark_up()
-        return result
 
     def _mark_down(self, exc: BaseException) -> None:
         with self._lock:  # budgets of this outage go on from the last one's figures until those reach Redis

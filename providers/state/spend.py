@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 SPEND_TTL = 40 * 86400  # budget buckets (hour / day / month) are dropped 40 days after their last use
 SEEN_FORGET = 35 * 86400  # figures (and ledger entries) of keys unused this long, whose bucket cannot be read, go
 RESET = object()  # what a script call answers when the Redis epoch is not this replica's (a reset)
-AGAIN = object()  # what a local fallback answers when the outage ended while it waited: Redis decides instead
+AGAIN = object()  # the outage began or ended while a budget call waited: it runs again, on the other side
 # the engine's spend keys (engine/runtime/budget.py): period:bucket[:attr=value], the bucket in UTC
 _BUCKETS = {
     "hourly": (re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}"), "%Y-%m-%dT%H"),
@@ -163,6 +163,8 @@ class SpendMixin:
         that its epoch is not this replica's (a reset, or this replica's first call), re-publish and run again."""
         for _ in range(3):
             with self._budget_gate.shared():
+                if self._down:  # an outage began while this call waited: never a hold it does not count
+                    return AGAIN
                 epoch = self._epoch
                 out = RESET if epoch is None else run(epoch)
             if out is not RESET:
@@ -277,4 +279,6 @@ class SpendMixin:
                 self._seed(key)
                 return self._outage.spent(key)
 
-        return self._do(lambda: self._spend_call(run), local)
+        while (out := self._do(lambda: self._spend_call(run), local)) is AGAIN:
+            pass
+        return out
