@@ -250,45 +250,6 @@ def test_a_restart_without_persistence_during_an_outage_loses_no_spend_and_count
         server.kill()
 
 
-def test_a_recovery_whose_heartbeat_fails_goes_on_with_the_outages_share(make, caplog) -> None:
-    """Redis answers one call after a restart, then the recovery's heartbeat fails (as on a pooled connection to
-    the killed server): the outage goes on from its own figures, so the replica gets no second share of what was
-    left, and its spend reaches Redis once at the recovery that works."""
-    server = RedisServer().start()
-    try:
-        a, b = make(server.url, retry=1.0), make(server.url, retry=1.0)
-        assert a.heartbeat() and b.heartbeat() and a.heartbeat()
-        assert a.replicas == 2
-        _spend(a, 0.2, 0.2)
-        port = server.port
-        server.kill()
-        with caplog.at_level("WARNING", logger="modelroute.state"):
-            assert a.reserve(KEY, 0.3, 1.0)[0]  # its share of the 0.8 left is 0.4
-            assert a.settle(KEY, 0.3, 0.3) == pytest.approx(0.5)
-            assert a.reserve(KEY, 0.15, 1.0)[0] is False
-            server = RedisServer(port).start()  # empty
-            make.mono.t += 1.0  # time to try Redis again
-
-            def broken(*args, **kw):
-                raise redis.exceptions.ConnectionError("Connection closed by server.")
-
-            beat, a._beat_script = a._beat_script, broken
-            assert a.in_flight("m") == 0  # Redis answers this; the heartbeat that would push the outage fails
-            a._beat_script = beat
-            assert a.status != "redis"
-            assert a.reserve(KEY, 0.15, 1.0)[0] is False  # still the first outage's share: 0.1 of it is left
-            assert a.reserve(KEY, 0.1, 1.0)[0]
-            assert a.settle(KEY, 0.1, 0.1) == pytest.approx(0.6)
-            make.mono.t += 1.0
-            assert a.ping() and a.status == "redis"
-        messages = [r.getMessage() for r in caplog.records]
-        assert sum("unreachable" in m for m in messages) == 1  # one outage, not two
-        assert sum("reachable again" in m for m in messages) == 1
-        assert a.spent(KEY) == (pytest.approx(0.6), 0.0)  # re-published once: 0.2 before, 0.4 during the outage
-    finally:
-        server.kill()
-
-
 def test_a_failed_recovery_without_a_reset_adds_the_outages_spend_once(make) -> None:
     """The same without a reset: Redis stops answering (paused) and comes back with its data; a recovery whose
     heartbeat fails keeps the outage's share, and the one that works adds the outage's spend once."""
@@ -322,11 +283,23 @@ def test_a_failed_recovery_without_a_reset_adds_the_outages_spend_once(make) -> 
     assert a.heartbeat() and b.spent(KEY) == (pytest.approx(0.6), 0.0)
 
 
+def before_the_gate(store, hooks: list) -> None:
+    """Run `hooks` (once each) when a budget call of `store` next waits for its budget gate: what another thread
+    does while the call waits."""
+    from providers.state.spend import Gate
+
+    class Hooked(Gate):
+        def shared(self):
+            while hooks:
+                hooks.pop()()
+            return super().shared()
+
+    store._budget_gate = Hooked()
+
+
 def test_a_budget_call_that_waited_while_the_outage_ended_goes_to_redis(make) -> None:
     """A reserve() that fell back to local state and, while it waited for the budget gate, saw another thread end
     the outage makes its hold in Redis (where other replicas see it), not a local one nobody would publish."""
-    from providers.state.spend import Gate
-
     server = RedisServer().start()
     try:
         a, b = make(server.url, retry=1.0), make(server.url, retry=1.0)
@@ -336,14 +309,7 @@ def test_a_budget_call_that_waited_while_the_outage_ended_goes_to_redis(make) ->
         assert a.spent(KEY) == (pytest.approx(0.2), 0.0)  # the outage starts
         server = RedisServer(port).start()
         hooks = [lambda: a.ping()]  # another thread's heartbeat ends the outage first
-
-        class Hooked(Gate):
-            def shared(self):
-                while hooks:
-                    hooks.pop()()
-                return super().shared()
-
-        a._budget_gate = Hooked()
+        before_the_gate(a, hooks)
         assert a.status != "redis"
         assert a.reserve(KEY, 0.3, 1.0)[0]  # still inside `retry`: local state, until the hook ran
         assert a.status == "redis" and not hooks

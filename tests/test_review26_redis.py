@@ -3,74 +3,21 @@ of providers/state/spend.py): recoveries whose heartbeat fails (flaps) keep the 
 outage's spend and holds reach Redis once at the recovery that works; replicas in one outage stay within the limit.
 Against a real redis-server (skipped without one)."""
 
+# ruff: noqa: F811 (the tests take the fixtures imported from tests.test_redis_holds)
 from __future__ import annotations
 
 import random
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from engine.runtime.budget import bucket
-from tests.test_redis_store import REDIS_BIN, Clock, RedisServer, clear_prefix
+from tests.test_redis_holds import KEY, Mono, _spend, before_the_gate, make, redis_server  # noqa: F401 (fixtures)
+from tests.test_redis_store import REDIS_BIN, Clock, RedisServer
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(REDIS_BIN is None, reason="no redis-server binary (apt-get install redis-server)")
 redis = pytest.importorskip("redis", reason="redis-py not installed (pip install -e '.[test]')")
-
-KEY = f"daily:{bucket('daily', Clock().t)}"  # today's key for the injected wall clock (an open bucket)
-
-
-class Mono:
-    """An injected monotonic clock."""
-
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def make(redis_server: RedisServer, request: pytest.FixtureRequest):
-    """RedisStores (replicas) sharing a fresh prefix, with injected clocks and no background thread by default
-    (`real=True`: real clocks and a background heartbeat)."""
-    from providers.state.redis_store import RedisStore
-
-    prefix = f"r26{abs(hash(request.node.nodeid)) % 10**8}:"
-    wall, mono = Clock(), Mono()
-    made: list[RedisStore] = []
-    urls = {redis_server.url}
-
-    def build(url: str | None = None, *, real: bool = False, **kw) -> RedisStore:
-        if not real:
-            kw.setdefault("background", False)
-            kw.update(wall=wall, clock=mono)
-        kw.setdefault("refresh", 0.0)
-        store = RedisStore(url or redis_server.url, prefix=prefix, **kw)
-        urls.add(store.url)
-        made.append(store)
-        return store
-
-    build.wall, build.mono, build.prefix = wall, mono, prefix  # type: ignore[attr-defined]
-    yield build
-    for s in made:
-        s.close()
-    for url in urls:
-        clear_prefix(url, prefix)
-
-
-def _spend(store, amount: float, actual: float) -> None:
-    assert store.reserve(KEY, amount, 1.0)[0]
-    store.settle(KEY, amount, actual)
 
 
 def _pause(url: str, ms: int) -> None:
@@ -279,12 +226,18 @@ def test_two_replicas_one_flapping_one_recovering_stay_within_the_limit_plus_the
 # ---- the first call after an outage, before the push ------------------------------------------------------
 
 
-def test_a_lone_replicas_first_reserve_after_an_outage_sees_the_outages_spend(make) -> None:
+def _alone_in_an_outage(make):
+    """One replica (N = 1) that spent 0.2 of 1.0, now in an outage (Redis paused for 0.4 s)."""
     a = make(retry=1.0, timeout=0.1)
     assert a.heartbeat() and a.replicas == 1
     _spend(a, 0.2, 0.2)
     _pause(a.url, 400)
     assert a.in_flight("m") == 0 and a.status != "redis"
+    return a
+
+
+def test_a_lone_replicas_first_reserve_after_an_outage_sees_the_outages_spend(make) -> None:
+    a = _alone_in_an_outage(make)
     assert a.reserve(KEY, 0.8, 1.0)[0]  # the whole share (N = 1)
     assert a.settle(KEY, 0.8, 0.8) == pytest.approx(1.0)
     _wait_unpaused(a.url)
@@ -297,11 +250,7 @@ def test_a_lone_replicas_first_reserve_after_an_outage_sees_the_outages_spend(ma
 
 
 def test_a_flap_whose_answered_call_is_a_reserve_counts_that_hold_in_the_share(make) -> None:
-    a = make(retry=1.0, timeout=0.1)
-    assert a.heartbeat() and a.replicas == 1
-    _spend(a, 0.2, 0.2)
-    _pause(a.url, 400)
-    assert a.in_flight("m") == 0 and a.status != "redis"
+    a = _alone_in_an_outage(make)
     assert a.reserve(KEY, 0.4, 1.0)[0]  # a local hold, open (share 0.8)
     _wait_unpaused(a.url)
     make.mono.t += 1.0
@@ -321,8 +270,6 @@ def test_a_flap_whose_answered_call_is_a_reserve_counts_that_hold_in_the_share(m
 def test_a_settle_that_waited_while_the_outage_ended_releases_its_hold_in_redis(make) -> None:
     """AGAIN in settle(): a settle of a local hold that fell back to local state and, while it waited for the
     budget gate, saw another thread end the outage (republishing the hold) releases it in Redis."""
-    from providers.state.spend import Gate
-
     a, b = make(retry=1.0, timeout=0.1), make(retry=1.0, timeout=0.1)
     assert a.heartbeat() and b.heartbeat() and a.heartbeat()
     _spend(a, 0.2, 0.2)
@@ -338,13 +285,7 @@ def test_a_settle_that_waited_while_the_outage_ended_releases_its_hold_in_redis(
 
     hooks = [ping_later]
 
-    class Hooked(Gate):
-        def shared(self):
-            while hooks:
-                hooks.pop()()
-            return super().shared()
-
-    a._budget_gate = Hooked()
+    before_the_gate(a, hooks)
     assert a.settle(KEY, 0.3, 0.25) == pytest.approx(0.45)  # Redis's total, not the outage's
     assert a.status == "redis" and not hooks
     assert b.spent(KEY) == (pytest.approx(0.45), 0.0)  # the republished hold released, the spend added once
