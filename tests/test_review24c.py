@@ -208,23 +208,34 @@ def test_a_shorter_shared_file_is_a_message_not_a_traceback(data_copy: Path) -> 
     assert "rest.jsonl" in str(info.value.code) and "row" in str(info.value.code)
 
 
+LABELS = "# header\nacp-0|code|simple\n"  # read_labels: ID|TASKS|COMPLEXITY
+EVERYDAY = "# header\nf-1|code|simple|fix this\\nplease\n"  # read_everyday: ID|TASKS|COMPLEXITY|TEXT
+
+
 @pytest.mark.parametrize(
-    ("line", "why"),
+    ("reader", "first", "line", "why"),
     [
-        ("acp-1|cod|simple", "bad label line"),
-        ("acp-1|code|compex", "bad label line"),
-        ("acp-1|code", "bad label line"),
-        ("acp-1|code|simple|extra", "bad label line"),
-        ("acp-1|code, math|simple", "bad label line"),
-        ("acp-1|code,code|simple", "bad label line"),
+        ("read_labels", LABELS, "acp-1|cod|simple", "bad label line"),
+        ("read_labels", LABELS, "acp-1|code|compex", "bad label line"),
+        ("read_labels", LABELS, "acp-1|code", "bad label line"),
+        ("read_labels", LABELS, "acp-1|code|simple|extra", "bad label line"),
+        ("read_labels", LABELS, "acp-1|code, math|simple", "bad label line"),
+        ("read_labels", LABELS, "acp-1|code,code|simple", "bad label line"),
+        ("read_everyday", EVERYDAY, "f-9|code|simple", "bad line"),  # no text
+        ("read_everyday", EVERYDAY, "f-9|cod|simple|hello", "bad labels"),
+        ("read_everyday", EVERYDAY, "f-9|code|compex|hello", "bad labels"),
+        ("read_everyday", EVERYDAY, "f-9|code,code|simple|hello", "bad labels"),
+        ("read_everyday", EVERYDAY, "f-1|code|simple|again", "a repeated id"),
+        ("read_everyday", EVERYDAY, "|code|simple|hello", "an empty id or text"),
+        ("read_everyday", EVERYDAY, "f-9|code|simple|   ", "an empty id or text"),
     ],
 )
-def test_label_lines_are_read_strictly(tmp_path: Path, line: str, why: str) -> None:
+def test_label_lines_are_read_strictly(tmp_path: Path, reader: str, first: str, line: str, why: str) -> None:
     mp = bench_module("make_prompts_review24", BENCH / "data" / "make_prompts.py")
     path = tmp_path / "labels.txt"
-    path.write_text(f"# header\nacp-0|code|simple\n{line}\n", encoding="utf-8")
+    path.write_text(f"{first}{line}\n", encoding="utf-8")
     with pytest.raises(SystemExit) as info:
-        mp.read_labels(path)
+        getattr(mp, reader)(path)
     assert f"{path}:3: {why}" in str(info.value.code)
 
 
@@ -252,27 +263,6 @@ def test_the_second_reader_s_labels_are_read_as_strictly(tmp_path: Path, monkeyp
         with pytest.raises(SystemExit) as info:
             bench.agreement(prompts)
         assert str(second) in str(info.value.code)
-
-
-@pytest.mark.parametrize(
-    ("line", "why"),
-    [
-        ("f-9|code|simple", "bad line"),  # no text
-        ("f-9|cod|simple|hello", "bad labels"),
-        ("f-9|code|compex|hello", "bad labels"),
-        ("f-9|code,code|simple|hello", "bad labels"),
-        ("f-1|code|simple|again", "a repeated id"),
-        ("|code|simple|hello", "an empty id or text"),
-        ("f-9|code|simple|   ", "an empty id or text"),
-    ],
-)
-def test_everyday_request_lines_are_read_strictly(tmp_path: Path, line: str, why: str) -> None:
-    mp = bench_module("make_prompts_review25", BENCH / "data" / "make_prompts.py")
-    path = tmp_path / "everyday.txt"
-    path.write_text(f"# header\nf-1|code|simple|fix this\\nplease\n{line}\n", encoding="utf-8")
-    with pytest.raises(SystemExit) as info:
-        mp.read_everyday(path)
-    assert f"{path}:3: {why}" in str(info.value.code)
 
 
 def test_the_committed_everyday_sets_read_and_keep_their_line_breaks() -> None:
