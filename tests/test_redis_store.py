@@ -200,7 +200,7 @@ def test_a_failed_forced_probe_reopens_the_circuit_for_a_new_cooldown(make_store
 
 
 def test_a_forced_probe_of_a_dead_replica_is_claimable_after_its_lease(make_store) -> None:
-    from providers.state.redis_store import PROBE_LEASE
+    from providers.state.circuits import PROBE_LEASE
 
     clock = make_store.clock
     slow = CircuitConfig(failures=3, window=10.0, cooldown=10 * PROBE_LEASE, min_samples=3)

@@ -1,10 +1,11 @@
 """Shared router state on Redis: the StateStore / ExecutionStore calls of engine.runtime.state in, the same answers
-as MemoryStore out, kept in one Redis so several gateway replicas behave as one router (see docs/state.md)."""
+as MemoryStore out, kept in one Redis so several gateway replicas behave as one router (see docs/state.md).
+RedisStore is assembled here from its mixins (outage.py, inflight.py, reads.py, circuits.py, spend.py, heartbeat.py,
+sender.py); this module keeps its set-up, fork and exit handling and housekeeping."""
 
 from __future__ import annotations
 
 import atexit
-import functools
 import logging
 import math
 import os
@@ -16,15 +17,17 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from engine.runtime.state import EWMA_ALPHA, PROBE, CircuitConfig, CircuitInfo, Claim, MemoryStore, ModelStats, Outcome
+from engine.runtime.state import MemoryStore
 from providers.state import lua
+from providers.state.circuits import CircuitsMixin
 from providers.state.heartbeat import HeartbeatMixin
+from providers.state.inflight import InflightMixin
+from providers.state.outage import OutageMixin
+from providers.state.reads import ReadsMixin
 from providers.state.sender import SenderMixin, Signal, run_sender
 from providers.state.spend import SPEND_TTL, Gate, SpendMixin, grace_after_reset
 
 log = logging.getLogger("modelroute.state")
-
-PROBE_LEASE = 60.0  # seconds a half-open probe blocks other calls if its replica never records it
 
 _open: weakref.WeakSet[RedisStore] = weakref.WeakSet()
 
@@ -50,14 +53,7 @@ def _close_all() -> None:  # a replica that exits cleanly removes its in-flight 
             pass
 
 
-def _parse(value: str | None) -> tuple[str, float, bool, float]:
-    if not value:
-        return "closed", 0.0, False, 0.0
-    state, until, probing, lease = value.split("|")
-    return state, float(until), probing == "1", float(lease)
-
-
-class RedisStore(SpendMixin, HeartbeatMixin, SenderMixin):
+class RedisStore(OutageMixin, InflightMixin, ReadsMixin, CircuitsMixin, SpendMixin, HeartbeatMixin, SenderMixin):
     """A StateStore / ExecutionStore on Redis with MemoryStore semantics (see the module docstring).
 
     `url` like redis://127.0.0.1:6379/0 (or pass `client`, a redis.Redis); `prefix` namespaces the keys so
@@ -201,130 +197,13 @@ class RedisStore(SpendMixin, HeartbeatMixin, SenderMixin):
     def __repr__(self) -> str:
         return f"RedisStore(prefix={self._p!r}, replica={self.replica_id}, {self.status})"
 
-    # -- degradation ---------------------------------------------------------------------------------
-    @property
-    def status(self) -> str:
-        """ "redis" when Redis answers, else "local (redis unreachable)"."""
-        return "local (redis unreachable)" if self._down else "redis"
-
     @property
     def replicas(self) -> int:
         """Live replicas (this one included) at the last heartbeat; 1 before the first."""
         return self._replicas
 
-    def _do(self, remote: Callable[[], Any], local: Callable[[], Any], *, flush: bool = True) -> Any:
-        """remote() against Redis, or local() while Redis is unreachable. What is pending for the sender goes
-        first, so this replica reads its own writes (`flush=False` for the calls that carry the counts themselves
-        or do not need them). After an outage, the heartbeat that pushes what the outage recorded goes before
-        any call: Redis answers from figures that include it."""
-        drained = not flush
-        while True:
-            if self._down:
-                if self._clock() < self._down_until:
-                    return local()
-                self._mark_up()
-                if self._down:  # the recovery failed: the outage goes on
-                    return local()
-            if drained:
-                break
-            self._drain()  # also waits for a send in progress; may find Redis gone
-            drained = True
-        try:
-            return remote()
-        except self._errors as exc:
-            self._mark_down(exc)
-            return local()
-
-    def _mark_down(self, exc: BaseException) -> None:
-        with self._lock:  # budgets of this outage go on from the last one's figures until those reach Redis
-            first = not self._down
-            self._down, self._down_until = True, self._clock() + self._retry
-        if first:
-            log.warning(
-                "redis state store unreachable (%s: %s): using local in-process state; retrying every %.1fs",
-                type(exc).__name__,
-                str(exc).split("\n")[0][:200],
-                self._retry,
-            )
-
-    def _mark_up(self) -> None:
-        with self._budget_gate.exclusive():
-            with self._lock:
-                if not self._down:
-                    return
-                self._down = False
-                unpushed = {k: hold for k, hold in self._held_local.items() if hold > 0}
-                for key, hold in unpushed.items():  # local reservations still open become shared ones
-                    self._held_remote[key] = self._held_remote.get(key, 0.0) + hold
-                self._held_local = {}
-            try:  # republishes this replica's in-flight counts and holds, adds the outage's spend to Redis
-                self._beat_locked(unpushed=unpushed)
-                with self._lock:  # in Redis now: the next outage starts from the figures last seen there
-                    self._outage = MemoryStore(clock=self._clock, wall=self._wall)
-                    self._base = {}
-            except self._errors:  # a recovery that pushed nothing: the outage goes on, its figures with it
-                with self._lock:  # the holds made during the outage are still only local
-                    for key, hold in unpushed.items():
-                        self._held_remote[key] = max(0.0, self._held_remote.get(key, 0.0) - hold)
-                    self._held_local = unpushed
-                    self._down, self._down_until = True, self._clock() + self._retry
-                return
-        log.warning("redis state store reachable again: shared state restored")
-        self._valid_until = -math.inf
-
     def _k(self, *parts: str) -> str:
         return self._p + ":".join(parts)
-
-    # -- in flight: this replica's counts (call with the lock held) ----------------------------------
-    def _value(self, model: str) -> int:
-        """The count this replica publishes for `model`: calls running plus unconsumed claims."""
-        claims = self._claims.get(model)
-        return self._own.get(model, 0) + (len(claims) if claims else 0)
-
-    def _mark_dirty(self, model: str) -> None:
-        self._seq += 1
-        if not self._dirty:
-            self._dirty_since = self._clock()
-        self._dirty[model] = (self._value(model), self._seq)
-
-    def _take(self, touch: bool = False) -> list[Any]:
-        """The publish block of a script call: the counts not yet sent (now no longer pending), and this
-        replica's liveness when `touch` or when it was last refreshed more than a second ago."""
-        items, self._dirty, self._dirty_since = self._dirty, {}, math.inf
-        mono = self._clock()
-        now: float | str = ""  # "" tells the script not to refresh liveness
-        if touch or mono >= self._touched + 1.0:
-            self._touched, now = mono, self._wall()
-        out: list[Any] = [self.replica_id, now, len(items)]
-        for model, (count, seq) in items.items():
-            out += [model, count, seq]
-        return out
-
-    def _expire_claims(self) -> None:
-        cutoff = self._clock() - self._claim_ttl
-        for model in [m for m, c in self._claims.items() if c[0] <= cutoff]:
-            claims = self._claims[model]
-            while claims and claims[0] <= cutoff:
-                claims.popleft()
-            if not claims:
-                del self._claims[model]
-            self._mark_dirty(model)
-
-    def _unclaim(self, model: str) -> None:
-        with self._lock:
-            claims = self._claims.get(model)
-            if claims:
-                claims.pop()
-                if not claims:
-                    del self._claims[model]
-            self._mark_dirty(model)
-
-    def _send_dirty(self) -> None:
-        with self._lock:
-            if not self._dirty:
-                return
-            args = self._take()
-        self._flush_script(keys=self._kf, args=args)
 
     def _tick(self) -> None:
         """The background thread's work: heartbeats, expired claims and counts left waiting."""
@@ -343,244 +222,6 @@ class RedisStore(SpendMixin, HeartbeatMixin, SenderMixin):
         with self._lock:
             self._expire_claims()
         self._drain()
-
-    # -- read by decide() ----------------------------------------------------------------------------
-    def next_index(self, key: str) -> int:
-        return self._do(lambda: int(self._redis.incr(self._k("rr", key))) - 1, lambda: self._local.next_index(key))
-
-    def in_flight(self, model: str) -> int:
-        return self._do(lambda: max(0, int(self._redis.hget(self._kf[0], model) or 0)), lambda: self._own.get(model, 0))
-
-    def _load(self) -> None:
-        """Refresh the circuit snapshot and the measured latencies (one round trip)."""
-
-        def remote() -> None:
-            pipe = self._redis.pipeline(transaction=False)
-            pipe.hgetall(self._kc)
-            pipe.hgetall(self._kl)
-            circuits, latency = pipe.execute()
-            now = self._wall()
-            blocked, expiries, not_closed = set(), [], set()
-            for model, value in circuits.items():
-                state, until, probing, lease = _parse(value)
-                if state != "closed" or probing:
-                    not_closed.add(model)
-                if state == "open" and now < until:
-                    blocked.add(model)
-                    expiries.append(until)
-                elif state in ("open", "half_open") and probing and now < lease:
-                    blocked.add(model)
-                    expiries.append(lease)
-            self._unavailable = frozenset(blocked) if blocked != self._unavailable else self._unavailable
-            self._not_closed = frozenset(not_closed) if not_closed != self._not_closed else self._not_closed
-            self._latency = {m: float(v) for m, v in latency.items()}
-            mono = self._clock()
-            self._valid_until = min([mono + self._refresh, *(mono + (t - now) for t in expiries)])
-
-        self._do(remote, lambda: None, flush=False)  # the sender sends what is pending
-
-    def unavailable(self) -> frozenset[str]:
-        if self._clock() >= self._valid_until:
-            self._load()
-        return self._local.unavailable() if self._down else self._unavailable
-
-    def latency_ms(self) -> Mapping[str, float]:
-        if self._clock() >= self._valid_until:
-            self._load()
-        return self._local.latency_ms() if self._down else self._latency
-
-    def success_rates(self, window: float) -> Mapping[str, float]:
-        """Success rates over the last `window` seconds (at most lua.HEALTH_HORIZON_S), counted in Redis by every
-        replica in lua.HEALTH_BUCKET_S buckets, so a window is measured to within one bucket; read once per refresh
-        interval (two round trips), this replica's own records while Redis is down."""
-        mono = self._clock()
-        cached = self._rates.get(window)
-        if cached is not None and mono < cached[0]:
-            return cached[1]
-
-        def remote() -> Mapping[str, float]:
-            models = sorted(self._redis.smembers(self._k("models")))
-            pipe = self._redis.pipeline(transaction=False)
-            for m in models:
-                pipe.hgetall(self._k("health", m))
-            first = math.floor((self._wall() - min(window, lua.HEALTH_HORIZON_S)) / lua.HEALTH_BUCKET_S)
-            rates: dict[str, float] = {}
-            for m, counts in zip(models, pipe.execute(), strict=True):
-                n = ok = 0
-                for field, value in counts.items():
-                    bucket, _, kind = field.partition(":")
-                    if int(bucket) >= first:
-                        if kind == "n":
-                            n += int(value)
-                        else:
-                            ok += int(value)
-                if n:
-                    rates[m] = ok / n
-            self._rates[window] = (mono + self._refresh, rates)
-            return rates
-
-        return self._do(remote, lambda: self._local.success_rates(window), flush=False)
-
-    # -- written by execution ------------------------------------------------------------------------
-    def add_in_flight(self, model: str, delta: int) -> None:
-        if not delta:
-            return
-        with self._lock:
-            before = self._value(model)
-            self._own[model] = max(0, self._own.get(model, 0) + delta)
-            claims = self._claims.get(model)
-            if delta > 0 and claims:  # the calls allow() already counted
-                for _ in range(min(delta, len(claims))):
-                    claims.popleft()
-                if not claims:
-                    del self._claims[model]
-            after = self._value(model)
-            if after == before:
-                return
-            self._mark_dirty(model)
-        if after > before:  # a call starts: other replicas see it now; an end waits for the next call
-            self._do(self._send_dirty, lambda: None, flush=False)
-
-    def _closed_now(self, model: str) -> bool:
-        """True when the decide() snapshot is current and says `model`'s circuit is plainly closed."""
-        return not self._down and model not in self._not_closed and self._clock() < self._valid_until
-
-    def allow(self, model: str) -> Claim:
-        if self._closed_now(model):  # fast path: allowed locally, the claim goes out through the sender
-            with self._lock:
-                self._claims.setdefault(model, deque()).append(self._clock())
-                self._mark_dirty(model)
-            self._wake()
-            return True
-        return self._do(lambda: self._gate(model, force=False), lambda: self._local.allow(model), flush=False)
-
-    def probe(self, model: str) -> Claim:
-        """Claim the half-open probe of `model` now, before its cooldown ends (see ExecutionStore.probe): the
-        scripted gate, forced, holding the probe for PROBE_LEASE seconds; False while any replica holds it."""
-        return self._do(lambda: self._gate(model, force=True), lambda: self._local.probe(model), flush=False)
-
-    def _gate(self, model: str, *, force: bool) -> Claim:
-        """The scripted gate of allow() / probe() (one round trip): True (closed) or PROBE count the call in
-        flight (a claim)."""
-        with self._lock:  # count the call in flight if the gate lets it through (a claim)
-            self._claims.setdefault(model, deque()).append(self._clock())
-            self._seq += 1
-            args = [model, self._wall(), PROBE_LEASE, int(force), self._value(model), self._seq, *self._take()]
-        try:
-            code = int(self._allow(keys=[self._kc, *self._kf], args=args))
-        except BaseException:
-            self._unclaim(model)
-            raise
-        if code == 0:
-            self._unclaim(model)
-        if code != 1:  # a claimed probe or a closed gate: decide() must see the circuit now
-            self._valid_until = -math.inf
-        return PROBE if code == 2 else code == 1
-
-    def record(
-        self,
-        model: str,
-        provider: str,
-        outcome: Outcome,
-        cfg: CircuitConfig,
-        *,
-        latency_ms: float | None = None,
-        input_tokens: int = 0,
-        output_tokens: int = 0,
-        cost: float = 0.0,
-        probe: bool = False,
-    ) -> str | None:
-        keys = [
-            self._kc,
-            self._k("fails", model),
-            self._k("stats", model),
-            self._kl,
-            self._k("models"),
-            *self._kf,
-            self._k("health", model),
-        ]
-        args = [
-            model,
-            provider,
-            outcome,
-            self._wall(),
-            cfg.failures,
-            cfg.window,
-            cfg.cooldown,
-            cfg.min_samples,
-            "" if latency_ms is None else latency_ms,
-            int(input_tokens),
-            int(output_tokens),
-            float(cost),
-            EWMA_ALPHA,
-            uuid.uuid4().hex if outcome == "fail" else "",
-            int(probe),
-        ]
-        local = functools.partial(  # the same call on the local store: queued, or the fallback in an outage
-            self._local.record,
-            model,
-            provider,
-            outcome,
-            cfg,
-            latency_ms=latency_ms,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            cost=cost,
-            probe=probe,
-        )
-        if outcome != "fail" and self._closed_now(model):  # cannot change a closed circuit: the sender sends it
-            with self._lock:
-                self._queue.append((keys, args, local))
-            self._wake()
-            return None
-
-        def remote() -> str | None:
-            with self._lock:
-                publish = self._take()
-            change = self._record(keys=keys, args=[*args, *publish])
-            if change:
-                self._valid_until = -math.inf
-            return change if change in ("opened", "closed") else None
-
-        return self._do(remote, local, flush=False)
-
-    def circuit(self, model: str) -> CircuitInfo:
-        def remote() -> CircuitInfo:
-            pipe = self._redis.pipeline(transaction=False)
-            pipe.hget(self._kc, model)
-            pipe.zcard(self._k("fails", model))
-            value, fails = pipe.execute()
-            state, until, _, _ = _parse(value)
-            now = self._wall()
-            if state == "open" and now >= until:
-                state = "half_open"
-            if state != "open":
-                return CircuitInfo(model, state, int(fails))
-            return CircuitInfo(model, state, int(fails), until, until - now)
-
-        return self._do(remote, lambda: self._local.circuit(model))
-
-    def stats(self) -> Mapping[str, ModelStats]:
-        def remote() -> Mapping[str, ModelStats]:
-            models = sorted(self._redis.smembers(self._k("models")))
-            pipe = self._redis.pipeline(transaction=False)
-            for m in models:
-                pipe.hgetall(self._k("stats", m))
-            out = {}
-            for m, h in zip(models, pipe.execute(), strict=True):
-                out[m] = ModelStats(
-                    h.get("provider", ""),
-                    int(h.get("calls", 0)),
-                    int(h.get("failures", 0)),
-                    int(h.get("input_tokens", 0)),
-                    int(h.get("output_tokens", 0)),
-                    float(h.get("cost", 0.0)),
-                    float(h["latency_ms"]) if "latency_ms" in h else None,
-                    int(h.get("samples", 0)),
-                )
-            return out
-
-        return self._do(remote, self._local.stats)
 
     # -- housekeeping --------------------------------------------------------------------------------
     def ping(self) -> bool:
