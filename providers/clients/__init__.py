@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 from providers.catalog.models import PROVIDER_KINDS
 from providers.clients.anthropic import AnthropicClient
 from providers.clients.azure import AzureClient
-from providers.clients.base import ParsedReply, ProviderClient, StreamParser
+from providers.clients.base import ProviderClient
 from providers.clients.gemini import GeminiClient
 from providers.clients.openai import OpenAIClient
+from providers.clients.reply import ParsedReply, StreamParser
 
 if TYPE_CHECKING:
     from providers.types import ProviderSpecLike as ProviderSpec

@@ -22,8 +22,9 @@ import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from providers.clients.base import ParsedReply, ProviderClient, StreamParser
+from providers.clients.base import ProviderClient
 from providers.clients.params import JSON_TOOL, anthropic_thinking, json_tool, user_id
+from providers.clients.reply import ParsedReply, StreamParser
 from providers.clients.sse import SSEEvent
 from providers.errors import classify_stream_error
 from providers.types import (

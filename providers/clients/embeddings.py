@@ -18,9 +18,10 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from providers.clients.azure import AzureClient
-from providers.clients.base import ParsedReply, ProviderClient
+from providers.clients.base import ProviderClient
 from providers.clients.gemini import GeminiClient
 from providers.clients.openai import OpenAIClient
+from providers.clients.reply import ParsedReply
 from providers.errors import BadRequest, MalformedResponse
 from providers.types import ChatRequest, Usage
 

@@ -20,8 +20,9 @@ import uuid
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from providers.clients.base import ParsedReply, ProviderClient, StreamParser
+from providers.clients.base import ProviderClient
 from providers.clients.params import gemini_thinking
+from providers.clients.reply import ParsedReply, StreamParser
 from providers.clients.sse import SSEEvent
 from providers.types import (
     AudioPart,

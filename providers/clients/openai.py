@@ -18,8 +18,9 @@ import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from providers.clients.base import ParsedReply, ProviderClient, StreamParser
+from providers.clients.base import ProviderClient
 from providers.clients.params import openai_params
+from providers.clients.reply import ParsedReply, StreamParser
 from providers.clients.sse import SSEEvent
 from providers.types import (
     ChatRequest,

@@ -229,7 +229,7 @@ def _run(
     engine = load(opts.policy)  # each worker (forked) loads its own, with the same embedder, reloads too
     engines = {name: load(path) for name, path in opts.named.items()}
     socks: list[socket.socket] = bound or []
-    from providers.clients.base import set_default_max_response_bytes
+    from providers.clients.connection import set_default_max_response_bytes
     from providers.execution.tracing_setup import configure
 
     previous_cap = set_default_max_response_bytes(opts.max_response_bytes)
