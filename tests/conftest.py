@@ -51,7 +51,7 @@ def _mask_explain(text: str) -> str:
 @pytest.fixture(scope="session")
 def fixture_catalog():
     """The test catalog (tests/fixtures/policies/catalog.yaml): 8 invented models with round numbers."""
-    from providers.catalog.models import load_catalog
+    from providers.catalog.loader import load_catalog
 
     return load_catalog(FIXTURE_CATALOG)
 

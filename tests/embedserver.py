@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from providers.catalog.models import Catalog, ModelSpec, load_catalog
+from providers.catalog.loader import load_catalog
+from providers.catalog.models import Catalog, ModelSpec
 
 #: Azure deployment URLs: /openai/deployments/{deployment}/{operation}
 _DEPLOYMENT = re.compile(r"/openai/deployments/([^/]+)/(chat/completions|embeddings)")

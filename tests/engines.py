@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from engine import Engine
-from providers.catalog.models import ProviderSpec, load_catalog
+from providers.catalog.loader import load_catalog
+from providers.catalog.models import ProviderSpec
 from tests.fakeserver import FakeServer
 
 CATALOG = Path(__file__).resolve().parent / "fixtures" / "policies" / "catalog.yaml"

@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from engine import Engine
-from providers.catalog.models import load_catalog
+from providers.catalog.loader import load_catalog
 from providers.gateway.app import create_app
 from tests.engines import KINDS, TEST_KEY, engine_for, provider_specs
 from tests.fakeserver import FakeServer

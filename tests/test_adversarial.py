@@ -22,7 +22,7 @@ import pytest
 
 from engine import Engine, PolicyError, compile_policy, compile_source
 from engine.language.load import MAX_FILE_BYTES, MAX_INCLUDE_DEPTH
-from providers.catalog.models import load_catalog
+from providers.catalog.loader import load_catalog
 
 REPO = Path(__file__).resolve().parent.parent
 CATALOG_PATH = REPO / "tests" / "fixtures" / "hardening" / "catalog.yaml"
@@ -96,7 +96,8 @@ def test_catastrophic_regex_decides_in_linear_time(catalog, regex, prompt, match
 _BIG_PROMPT_SCRIPT = textwrap.dedent("""
     import json, resource, sys, time, tracemalloc
     from engine import Engine
-    from providers.catalog.models import Catalog, load_catalog
+    from providers.catalog.loader import load_catalog
+    from providers.catalog.models import Catalog
 
     cat = load_catalog(sys.argv[1])
     huge = cat.models["epsilon-long"].model_copy(update={"name": "huge", "aliases": (), "context": 100_000_000})

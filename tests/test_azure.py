@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 
 from engine import Engine
-from providers.catalog.models import CatalogError, ModelSpec, ProviderSpec, load_catalog
+from providers.catalog.issues import CatalogError
+from providers.catalog.loader import load_catalog
+from providers.catalog.models import ModelSpec, ProviderSpec
 from providers.clients import AzureClient, client_for
 from providers.clients.azure import DEFAULT_API_VERSION
 from providers.clients.embeddings import EmbeddingRequest, embedding_client, response_vectors

@@ -14,7 +14,8 @@ import pytest
 
 from engine import Engine
 from engine.runtime.budget import bucket
-from providers.catalog.models import Catalog, ModelSpec, load_catalog
+from providers.catalog.loader import load_catalog
+from providers.catalog.models import Catalog, ModelSpec
 from providers.clients.base import ProviderClient
 from providers.execution.budget import BudgetExceeded, Budgets
 from providers.execution.events import Event

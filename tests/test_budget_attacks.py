@@ -24,7 +24,7 @@ import pytest
 
 from engine import Engine
 from engine.runtime.budget import bucket
-from providers.catalog.models import load_catalog
+from providers.catalog.loader import load_catalog
 from providers.execution import Completion
 from providers.execution.budget import BudgetExceeded
 from providers.types import function_tool

@@ -14,18 +14,16 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from providers.catalog.issues import CatalogError, CatalogIssue, SourceRef
+from providers.catalog.loader import load_catalog
 from providers.catalog.models import (
     KNOWN_FEATURES,
     STANDARD_CAPABILITIES,
     Catalog,
-    CatalogError,
-    CatalogIssue,
     ModelSpec,
     ProviderSpec,
-    SourceRef,
     default_catalog,
     default_catalog_path,
-    load_catalog,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures" / "catalog"

@@ -17,7 +17,7 @@ import pytest
 
 from engine import Diagnostic, PolicyError, compile_policy, compile_source
 from engine.diagnostics import CODES
-from providers.catalog.models import load_catalog
+from providers.catalog.loader import load_catalog
 
 DIAG = Path(__file__).parent / "golden" / "diagnostics"
 CATALOG = Path(__file__).parent / "fixtures" / "policies" / "catalog.yaml"

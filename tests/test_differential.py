@@ -22,7 +22,7 @@ from reference import reference_decide
 
 from engine import Engine, NoRouteError
 from engine.language.load import load_source
-from providers.catalog.models import load_catalog
+from providers.catalog.loader import load_catalog
 
 HERE = Path(__file__).resolve().parent
 HARDENING = HERE / "fixtures" / "hardening"

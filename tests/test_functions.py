@@ -19,7 +19,7 @@ from engine.compiler.passes import compile_loaded
 from engine.language.fmt import format_source
 from engine.language.load import load_source
 from engine.runtime.functions import RequestView
-from providers.catalog.models import load_catalog
+from providers.catalog.loader import load_catalog
 
 HERE = Path(__file__).resolve().parent
 CATALOG = load_catalog(HERE / "fixtures" / "policies" / "catalog.yaml")

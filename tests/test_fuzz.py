@@ -25,7 +25,9 @@ from test_differential import CATALOG_PATH, policy_sources
 
 from engine import PolicyError, compile_source
 from engine.language.load import bundled_policy_dir
-from providers.catalog.models import Catalog, CatalogError, load_catalog
+from providers.catalog.issues import CatalogError
+from providers.catalog.loader import load_catalog
+from providers.catalog.models import Catalog
 
 REPO = Path(__file__).resolve().parent.parent
 LONG = os.environ.get("MODELROUTE_FUZZ") == "long"

@@ -20,7 +20,7 @@ import httpx  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
 
 from engine import Engine  # noqa: E402
-from providers.catalog.models import load_catalog  # noqa: E402
+from providers.catalog.loader import load_catalog  # noqa: E402
 from providers.clients import client_for  # noqa: E402
 from providers.clients.params import JSON_TOOL  # noqa: E402
 from providers.execution.holds import Bound, model_cost  # noqa: E402

@@ -19,7 +19,7 @@ openai = pytest.importorskip("openai", reason="the openai SDK is not installed (
 from pydantic import BaseModel  # noqa: E402
 
 from engine import Engine  # noqa: E402
-from providers.catalog.models import load_catalog  # noqa: E402
+from providers.catalog.loader import load_catalog  # noqa: E402
 from providers.gateway.app import create_app  # noqa: E402
 from tests.endpoint_gateway import BY_KIND, KEY, LIMITED_KEY, VISION, Served, serving, sse_frames  # noqa: E402
 from tests.engines import CATALOG, KINDS, TEST_KEY, provider_specs  # noqa: E402

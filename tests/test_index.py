@@ -32,7 +32,7 @@ from engine.runtime.index import (
 )
 from engine.runtime.policy import MISSING
 from engine.runtime.traced import cond_value as _cond_value
-from providers.catalog.models import load_catalog
+from providers.catalog.loader import load_catalog
 
 CATALOG = load_catalog(CATALOG_PATH)
 

@@ -151,7 +151,7 @@ def test_attributes_compare_with_any_literal_kind(fixture_catalog) -> None:
 
 
 def test_price_boundary_is_exact_across_units(tmp_path) -> None:
-    from providers.catalog.models import load_catalog
+    from providers.catalog.loader import load_catalog
 
     (tmp_path / "c.yaml").write_text(
         "models:\n  m45:\n    provider: acme\n    context: 10k\n"

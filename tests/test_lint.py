@@ -28,7 +28,7 @@ TODAY = datetime.date(2026, 1, 1)
 
 
 def warnings_of(text: str, today: datetime.date = TODAY):
-    from providers.catalog.models import load_catalog
+    from providers.catalog.loader import load_catalog
 
     return lint(compile_source(text, "p.route", catalog=load_catalog(CATALOG), today=today), today=today)
 
@@ -260,7 +260,7 @@ _CAT: list = []
 
 def _catalog():
     if not _CAT:
-        from providers.catalog.models import load_catalog
+        from providers.catalog.loader import load_catalog
 
         _CAT.append(load_catalog(CATALOG))
     return _CAT[0]

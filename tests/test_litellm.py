@@ -10,8 +10,8 @@ import pytest
 
 from engine.api import Engine
 from engine.diagnostics import PolicyError
+from providers.catalog.issues import CatalogError
 from providers.catalog.litellm import DEFAULT_LATENCY_MS, import_litellm, load_litellm
-from providers.catalog.models import CatalogError
 
 HERE = Path(__file__).resolve().parent
 FIX = HERE / "fixtures" / "litellm"

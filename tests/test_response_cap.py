@@ -19,7 +19,7 @@ import pytest
 
 from providers.catalog.models import ModelSpec, ProviderSpec
 from providers.clients import OpenAIClient
-from providers.clients.base import (
+from providers.clients.connection import (
     DEFAULT_MAX_RESPONSE_BYTES,
     default_max_response_bytes,
     set_default_max_response_bytes,
@@ -310,7 +310,8 @@ def test_serve_default_cap_bounds_gateway_memory_and_falls_back(tmp_path: Path, 
 
 
 def test_the_catalog_reads_max_response_bytes(tmp_path) -> None:
-    from providers.catalog.models import CatalogError, load_catalog
+    from providers.catalog.issues import CatalogError
+    from providers.catalog.loader import load_catalog
 
     path = tmp_path / "c.yaml"
     body = "providers:\n  p1: {{kind: openai, base_url: 'http://x', max_response_bytes: {}}}\nmodels:\n"

@@ -21,7 +21,7 @@ from engine.language.fastparse import parse_fast
 from engine.language.parse import parse
 from providers.catalog import litellm
 from providers.catalog.litellm import load_litellm
-from providers.catalog.models import load_catalog
+from providers.catalog.loader import load_catalog
 from tests.reuse_kit import CATALOG, POLICY, policy_folder
 from tests.semantic_kit import BagOfWords
 

@@ -19,7 +19,7 @@ pytest.importorskip("uvicorn", reason="gateway deps not installed (pip install -
 
 import anyio
 
-from providers.catalog.models import load_catalog
+from providers.catalog.loader import load_catalog
 from providers.gateway import wire as wire_module
 from providers.gateway.app import Gateway
 from providers.gateway.keys import GatewayKey, KeyRing, hash_key

@@ -25,7 +25,7 @@ from engine.runtime.messages import request_counts
 from engine.runtime.reserved import reserved
 from engine.runtime.state import CircuitConfig, MemoryStore, Outcome
 from engine.runtime.units import request_value
-from providers.catalog.models import load_catalog
+from providers.catalog.loader import load_catalog
 
 CATALOG = load_catalog(Path(__file__).parent / "fixtures" / "policies" / "catalog.yaml")
 

@@ -11,7 +11,9 @@ from engine.language import nodes as n
 from engine.language.load import display_name
 from engine.runtime.matcher import FLAGS, check, to_re2
 from providers.catalog.files import LARGE_FILE_BYTES, read_text
-from providers.catalog.models import Catalog, CatalogError, default_catalog, load_catalog
+from providers.catalog.issues import CatalogError
+from providers.catalog.loader import load_catalog
+from providers.catalog.models import Catalog, default_catalog
 
 
 def pass_catalog(ctx: Context) -> None:

@@ -20,8 +20,8 @@ from engine.runtime.matcher import Matcher, forget_checks
 from engine.runtime.policy import Entry
 from engine.runtime.semantic import SemanticTask
 from engine.runtime.settings import Settings
+from providers.catalog.loader import LOADED
 from providers.catalog.memo import Lru
-from providers.catalog.models import LOADED
 
 __all__ = ["entries_of", "forget", "matcher_of", "selector_cache", "semantic_task"]
 

@@ -35,7 +35,9 @@ import yaml
 from yaml.nodes import MappingNode, Node
 
 from providers.catalog.files import LARGE_FILE_BYTES, read_text
-from providers.catalog.models import LOADED, Catalog, CatalogError, CatalogIssue, ModelSpec, SourceRef
+from providers.catalog.issues import CatalogError, CatalogIssue, SourceRef
+from providers.catalog.loader import LOADED
+from providers.catalog.models import Catalog, ModelSpec
 from providers.catalog.nodes import compose
 from providers.catalog.yaml_reader import MODEL_FIELDS, CatalogReader
 

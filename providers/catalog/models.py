@@ -1,5 +1,5 @@
-"""Model catalog: reads a YAML catalog file (a path) and returns an immutable `Catalog` of `ModelSpec`s and
-`ProviderSpec`s, or raises `CatalogError` listing every problem in the file with its line and column.
+"""Catalog types: model and provider settings (from a checked YAML catalog file, or made in Python) in, an
+immutable `Catalog` of `ModelSpec`s and `ProviderSpec`s with alias lookup out; `default_catalog()` is the bundled one.
 
 The YAML format::
 
@@ -24,45 +24,40 @@ The YAML format::
 
 Required model fields: provider, context, price, latency_ms. Capability names are case-insensitive and
 stored upper-case. Top-level keys starting with `x-` are ignored (a place for YAML anchors), and YAML merge
-keys (`<<: *defaults`) work. This module holds the types and the file handling; the YAML checks live in
-`providers.catalog.yaml_reader` (sections and fields) and `providers.catalog.nodes` (node parsers). All three are
-pure: no network, no httpx.
+keys (`<<: *defaults`) work. This module holds the types; `providers.catalog.loader` reads a catalog file
+(`load_catalog()`), the YAML checks live in `providers.catalog.yaml_reader` (sections and fields),
+`providers.catalog.provider_fields` (the `providers:` section), `providers.catalog.model_values` (model field
+values) and `providers.catalog.nodes` (node parsers), and `providers.catalog.issues` holds `CatalogError`. All of
+them are pure: no network, no httpx.
 """
 
 import atexit
 import datetime
-import difflib
 import functools
-import hashlib
-import re
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import ExitStack
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Any, Literal, NamedTuple, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from providers.catalog.files import LARGE_FILE_BYTES, read_regular
-from providers.catalog.memo import Lru
+from providers.catalog.issues import CatalogError, CatalogIssue, SourceRef
+from providers.catalog.loader import load_catalog
 
 __all__ = [
     "KNOWN_FEATURES",
     "PROVIDER_KINDS",
     "STANDARD_CAPABILITIES",
     "Catalog",
-    "CatalogError",
-    "CatalogIssue",
     "Feature",
     "ModelSpec",
     "ProviderKind",
     "ProviderSpec",
-    "SourceRef",
     "default_catalog",
     "default_catalog_path",
     "default_provider_kind",
-    "load_catalog",
 ]
 
 # the wire formats a provider can speak (each has its client in providers.clients) and the features a model can
@@ -82,101 +77,6 @@ STANDARD_CAPABILITIES: tuple[str, ...] = (
     "TOOLS",
 )
 PER_MILLION = 1_000_000
-_MAX_RENDERED = 50  # str(CatalogError) shows at most this many issues; .issues has them all
-
-
-# ---- positions, issues, errors --------------------------------------------------------------------------
-
-
-class SourceRef(NamedTuple):
-    """Where an entry was defined: file name and 1-based line and column."""
-
-    file: str
-    line: int
-    col: int
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.col}"
-
-
-class CatalogIssue(NamedTuple):
-    """One problem in a catalog. `line`/`col` are 1-based; both are 0 when there is no position (e.g. a
-    missing file). `key_path` is like `models.gpt-4o.price.input` ("" for the whole file)."""
-
-    file: str
-    line: int
-    col: int
-    key_path: str
-    message: str
-    hint: str | None = None
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}:{self.col}" if self.line else self.file
-        at = f" (at `{self.key_path}`)" if self.key_path else ""
-        hint = f"; hint: {self.hint}" if self.hint else ""
-        return f"{where}: {self.message}{at}{hint}"
-
-
-class CatalogError(Exception):
-    """A catalog could not be loaded. `issues` holds every problem found, in file order; `str()` renders
-    them with the offending source line when the text is known."""
-
-    def __init__(self, issues: Iterable[CatalogIssue], *, sources: Mapping[str, str] | None = None) -> None:
-        self.issues: list[CatalogIssue] = list(issues)
-        self._sources: dict[str, str] = dict(sources or {})
-        super().__init__(self.issues)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_error, (self.issues, self._sources))
-
-    def __str__(self) -> str:
-        if not self.issues:
-            return "invalid catalog"
-        count = len(self.issues)
-        files = ", ".join(dict.fromkeys(i.file for i in self.issues))
-        head = f"{count} problem{'' if count == 1 else 's'} in catalog {files}:"
-        lines_of = {f: t.splitlines() for f, t in self._sources.items()}
-        blocks = [_render_issue(i, lines_of.get(i.file)) for i in self.issues[:_MAX_RENDERED]]
-        if count > _MAX_RENDERED:
-            blocks.append(f"... and {count - _MAX_RENDERED} more (see CatalogError.issues)")
-        return head + "\n\n" + "\n\n".join(blocks)
-
-
-def _rebuild_error(issues: list[CatalogIssue], sources: dict[str, str]) -> CatalogError:
-    return CatalogError(issues, sources=sources)
-
-
-def _render_issue(issue: CatalogIssue, lines: list[str] | None) -> str:
-    out = [f"error: {issue.message}"]
-    at = f"  (at {issue.key_path})" if issue.key_path else ""
-    if issue.line <= 0:
-        out.append(f"  --> {issue.file}{at}")
-    else:
-        out.append(f"  --> {issue.file}:{issue.line}:{issue.col}{at}")
-        if lines is not None and issue.line <= len(lines):
-            text = lines[issue.line - 1].replace("\t", " ")
-            gutter = " " * len(str(issue.line))
-            start = max(issue.col - 1, 0)
-            out += [
-                f" {gutter} |",
-                f" {issue.line} | {text}",
-                f" {gutter} | {' ' * start}{'^' * _token_width(text, start)}",
-            ]
-    if issue.hint:
-        out.append(f"  = hint: {issue.hint}")
-    return "\n".join(out)
-
-
-def _token_width(line: str, start: int) -> int:
-    """How many characters of `line` from `start` to underline: one quoted string or one plain token."""
-    rest = line[start:]
-    if not rest or rest[0].isspace():
-        return 1
-    if rest[0] in "'\"":
-        end = rest.find(rest[0], 1)
-        return end + 1 if end > 0 else len(rest.rstrip())
-    match = re.match(r"(?:[^,\]}#:\s]|:(?!\s|$)|\s+(?=[^,\]}#:\s]))+", rest)
-    return max(len(match.group(0)) if match else 1, 1)
 
 
 # ---- specs -----------------------------------------------------------------------------------------------
@@ -430,72 +330,6 @@ def _spec_issue(spec: ModelSpec, files: tuple[str, ...], message: str, hint: str
     if spec.source is not None:
         return CatalogIssue(spec.source.file, spec.source.line, spec.source.col, f"models.{spec.name}", message, hint)
     return CatalogIssue(files[0] if files else "<catalog>", 0, 0, f"models.{spec.name}", message, hint)
-
-
-# ---- loading ---------------------------------------------------------------------------------------------
-
-
-def load_catalog(path: str | Path) -> Catalog:
-    """Load and check a catalog file; raises CatalogError listing every problem (also for a missing file)."""
-    file = str(path)
-    target = Path(path)
-    try:
-        raw = read_regular(target, LARGE_FILE_BYTES)  # a regular file only, never a FIFO or a device
-    except FileNotFoundError:
-        raise CatalogError(
-            [CatalogIssue(file, 0, 0, "", "catalog file not found", _missing_file_hint(target))]
-        ) from None
-    except IsADirectoryError:
-        raise CatalogError(
-            [CatalogIssue(file, 0, 0, "", "expected a catalog file, got a directory", _directory_hint(target))]
-        ) from None
-    except OSError as exc:
-        raise CatalogError(
-            [CatalogIssue(file, 0, 0, "", f"cannot read the catalog: {exc.strerror or exc}", None)]
-        ) from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise CatalogError(
-            [
-                CatalogIssue(
-                    file,
-                    line,
-                    col,
-                    "",
-                    f"the catalog is not UTF-8 text (byte 0x{raw[exc.start]:02x})",
-                    "save the file as UTF-8",
-                )
-            ]
-        ) from None
-    from providers.catalog.yaml_reader import read_catalog  # imports this module: load it on first use
-
-    # raises CatalogError: a broken catalog is never kept
-    return LOADED.get((file, hashlib.sha256(raw).digest()), lambda: read_catalog(file, text))
-
-
-#: Catalogs kept by file name and the digest of their content (both loaders): a reload reads an unchanged catalog
-#: file again and gets the same immutable Catalog back, so the compiler's memos keyed by the catalog
-#: (engine/compiler/reuse.py) hit too.
-LOADED: Lru[Catalog] = Lru(8)
-
-
-def _missing_file_hint(path: Path) -> str | None:
-    folder = path.parent
-    if not folder.is_dir():
-        return f"the folder `{folder}` does not exist either"
-    candidates = {p.stem: p.name for p in folder.iterdir() if p.suffix in (".yaml", ".yml")}
-    close = difflib.get_close_matches(path.stem, candidates, n=1, cutoff=0.6)
-    if close:
-        return f"did you mean `{folder / candidates[close[0]]}`?"
-    return None
-
-
-def _directory_hint(path: Path) -> str | None:
-    names = sorted(p.name for p in path.iterdir() if p.suffix in (".yaml", ".yml"))
-    return f"pick a file in it, e.g. `{path / names[0]}`" if names else None
 
 
 # ---- the bundled catalog ---------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from providers.catalog.models import PER_MILLION, CatalogError, CatalogIssue
+from providers.catalog.issues import CatalogError, CatalogIssue
+from providers.catalog.models import PER_MILLION
 
 __all__ = [
     "LOADER",

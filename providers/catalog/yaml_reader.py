@@ -2,32 +2,25 @@
 every problem with its line, column, key path and hint.
 
 `CatalogReader` walks the `providers:` and `models:` sections on top of `NodeReader`'s node parsers
-(`providers.catalog.nodes`); the LiteLLM overlay reader extends it. The format itself is described in
-`providers.catalog`, whose `load_catalog()` reads the file and calls `read_catalog()`.
+(`providers.catalog.nodes`); the `providers:` section's settings are `ProviderReader`'s
+(`providers.catalog.provider_fields`), the values of a model's price, service tiers, capabilities and features are
+`ModelValueReader`'s (`providers.catalog.model_values`). The LiteLLM overlay reader extends it. The format itself
+is described in `providers.catalog.models`; `providers.catalog.loader`'s `load_catalog()` reads the file and calls
+`read_catalog()`.
 """
 
 import difflib
-import re
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 from yaml.nodes import MappingNode, Node, ScalarNode
 
-from providers.catalog.models import (
-    KNOWN_FEATURES,
-    PER_MILLION,
-    PROVIDER_KINDS,
-    STANDARD_CAPABILITIES,
-    Catalog,
-    CatalogError,
-    CatalogIssue,
-    ModelSpec,
-    ProviderSpec,
-    SourceRef,
-    default_provider_kind,
-)
-from providers.catalog.nodes import MERGE_TAG, NULL_TAG, NodeReader, compose, suggest
+from providers.catalog.issues import CatalogError, CatalogIssue, SourceRef
+from providers.catalog.model_values import ModelValueReader
+from providers.catalog.models import PROVIDER_KINDS, Catalog, ModelSpec, ProviderSpec
+from providers.catalog.nodes import MERGE_TAG, NULL_TAG, compose, suggest
+from providers.catalog.provider_fields import ProviderReader
 
 __all__ = ["CatalogReader", "read_catalog"]
 
@@ -47,8 +40,6 @@ MODEL_FIELDS = (
     "service_tiers",
     "deprecation_date",
 )
-_PROVIDER_FIELDS = ("kind", "base_url", "api_key_env", "timeout_s", "max_response_bytes", "headers", "api_version")
-_PRICE_FIELDS = ("input", "output")
 _SYNONYMS = {
     "model": {
         "max_tokens": "max_output",
@@ -75,21 +66,6 @@ _SYNONYMS = {
         "deprecation": "deprecation_date",
         "sunset": "deprecation_date",
     },
-    "provider": {
-        "type": "kind",
-        "api": "kind",
-        "url": "base_url",
-        "endpoint": "base_url",
-        "api_base": "base_url",
-        "api_key": "api_key_env",
-        "key_env": "api_key_env",
-        "env": "api_key_env",
-        "timeout": "timeout_s",
-        "header": "headers",
-        "version": "api_version",
-        "api-version": "api_version",
-    },
-    "price": {"in": "input", "prompt": "input", "out": "output", "completion": "output"},
     "top": {"model": "models", "provider": "providers"},
 }
 _REQUIRED_HINTS = {
@@ -98,10 +74,6 @@ _REQUIRED_HINTS = {
     "price": "add `price: {input: <USD per 1M input tokens>, output: <USD per 1M output tokens>}`",
     "latency_ms": "add the typical latency in milliseconds, e.g. `latency_ms: 800`",
 }
-_CAPABILITY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_HEADER_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_URL_RE = re.compile(r"https?://[^\s/]+\S*")
 
 
 def read_catalog(file: str, text: str) -> Catalog:
@@ -109,7 +81,7 @@ def read_catalog(file: str, text: str) -> Catalog:
     return CatalogReader(file, text).read()
 
 
-class CatalogReader(NodeReader):
+class CatalogReader(ProviderReader, ModelValueReader):
     """Reads a catalog document: its `providers:` and `models:` sections, with every field checked."""
 
     def read(self) -> Catalog:
@@ -168,141 +140,6 @@ class CatalogReader(NodeReader):
             )
         models = self.models(sections["models"], provider_names) if "models" in sections else []
         return models, providers
-
-    # -- providers --
-
-    def providers(self, node: Node) -> list[ProviderSpec]:
-        if node.tag == NULL_TAG:
-            return []
-        if not isinstance(node, MappingNode):
-            self.expected(
-                node,
-                "providers",
-                "a mapping from provider name to its settings",
-                'e.g. `openai: {base_url: "https://api.openai.com/v1", api_key_env: OPENAI_API_KEY}`',
-            )
-            return []
-        out = []
-        for name, knode, vnode in self.pairs(node, "providers", "provider"):
-            path = f"providers.{name}"
-            if self.text_value(knode, path, "a provider name") is None:
-                continue
-            spec = self.provider(name, vnode, path)
-            if spec is not None:
-                out.append(spec)
-        return out
-
-    def provider(self, name: str, node: Node, path: str) -> ProviderSpec | None:
-        fields: dict[str, Any] = {"name": name, "kind": default_provider_kind(name)}
-        if node.tag == NULL_TAG:
-            return ProviderSpec(**fields)
-        if not isinstance(node, MappingNode):
-            self.expected(
-                node,
-                path,
-                f"the settings of provider `{name}` (a mapping)",
-                'e.g. `{kind: openai, base_url: "https://...", api_key_env: MY_API_KEY}`',
-            )
-            return None
-        before = len(self.issues)
-        for key, knode, vnode in self.pairs(node, path, "field"):
-            at = f"{path}.{key}"
-            if key == "kind":
-                kind = self.text_value(vnode, at, "a provider kind")
-                if kind is not None and kind not in PROVIDER_KINDS:
-                    self.issue(
-                        vnode,
-                        at,
-                        f"unknown provider kind `{kind}`",
-                        suggest(kind, PROVIDER_KINDS)
-                        or "kinds: openai (any OpenAI-compatible chat completions API), anthropic, gemini, azure",
-                    )
-                elif kind is not None:
-                    fields["kind"] = kind
-            elif key == "base_url":
-                if vnode.tag != NULL_TAG:
-                    url = vnode.value if isinstance(vnode, ScalarNode) else None
-                    if url is None or not _URL_RE.fullmatch(url):
-                        self.expected(vnode, at, 'an http(s) URL like "https://api.openai.com/v1"')
-                    else:
-                        fields["base_url"] = url
-            elif key == "api_key_env":
-                if vnode.tag != NULL_TAG:
-                    self.key_env(vnode, at, fields)
-            elif key == "max_response_bytes":
-                size = self.number(vnode, at, "a size in bytes", "e.g. `max_response_bytes: 33554432`")
-                if size is not None and (size <= 0 or size != int(size)):
-                    self.issue(
-                        vnode,
-                        at,
-                        f"max_response_bytes must be a whole number of bytes greater than 0, got {vnode.value}",
-                    )
-                elif size is not None:
-                    fields["max_response_bytes"] = int(size)
-            elif key == "timeout_s":
-                timeout = self.number(vnode, at, "a timeout in seconds", "e.g. `timeout_s: 60`")
-                if timeout is not None and timeout <= 0:
-                    self.issue(vnode, at, f"timeout_s must be greater than 0, got {vnode.value}")
-                elif timeout is not None:
-                    fields["timeout_s"] = timeout
-            elif key == "headers":
-                fields["headers"] = self.headers(vnode, at)
-            elif key == "api_version":
-                version = self.text_value(vnode, at, 'an API version like "2024-10-21"')
-                if version is not None:
-                    fields["api_version"] = version
-            else:
-                self.unknown_field(knode, at, key, f"provider `{name}`", _PROVIDER_FIELDS, _SYNONYMS["provider"])
-        if fields["kind"] == "azure" and not fields.get("base_url") and len(self.issues) == before:
-            self.issue(
-                node,
-                path,
-                f"provider `{name}` of kind azure needs a base_url",
-                'the resource endpoint, e.g. `base_url: "https://RESOURCE.openai.azure.com"` (deployment URLs with '
-                'api-version) or `"https://RESOURCE.openai.azure.com/openai/v1"` (the v1 API)',
-            )
-        if len(self.issues) > before:
-            return None
-        return ProviderSpec(**fields)
-
-    def key_env(self, node: Node, path: str, fields: dict[str, Any]) -> None:
-        value = node.value if isinstance(node, ScalarNode) else None
-        if isinstance(value, str) and _ENV_RE.fullmatch(value):
-            fields["api_key_env"] = value
-            return
-        if isinstance(value, str) and (value.startswith(("sk-", "gsk_", "AIza")) or len(value) >= 30):
-            self.secrets.append(value)  # never echo what may be a secret
-            self.issue(
-                node,
-                path,
-                "expected the name of an environment variable like OPENAI_API_KEY, "
-                "got a value that looks like an API key",
-                "`api_key_env` names the variable that holds the key; keep the key itself out of "
-                "the catalog (and rotate it if this file was shared)",
-            )
-            return
-        self.expected(node, path, "the name of an environment variable like OPENAI_API_KEY")
-
-    def headers(self, node: Node, path: str) -> dict[str, str]:
-        if node.tag == NULL_TAG:
-            return {}
-        if not isinstance(node, MappingNode):
-            self.expected(
-                node, path, "a mapping of HTTP header names to values", 'e.g. `{anthropic-version: "2023-06-01"}`'
-            )
-            return {}
-        out = {}
-        for key, knode, vnode in self.pairs(node, path, "header"):
-            at = f"{path}.{key}"
-            if not _HEADER_RE.fullmatch(key):
-                self.issue(
-                    knode, at, f"`{key}` is not a valid HTTP header name", "header names are letters, digits and `-`"
-                )
-            elif not isinstance(vnode, ScalarNode) or vnode.tag == NULL_TAG:
-                self.expected(vnode, at, "a header value (text)")
-            else:
-                out[key] = vnode.value
-        return out
 
     # -- models --
 
@@ -426,98 +263,6 @@ class CatalogReader(NodeReader):
                 f"did you mean `{close[0]}`? (if `{provider}` is another provider, give it an entry "
                 "under `providers:`)",
             )
-
-    def price(self, node: Node, path: str, fields: dict[str, Any]) -> None:
-        if not isinstance(node, MappingNode):
-            self.expected(node, path, "a mapping like {input: 3.00, output: 15.00} (USD per 1M tokens)")
-            return
-        found = set()
-        for key, knode, vnode in self.pairs(node, path, "field"):
-            at = f"{path}.{key}"
-            if key not in _PRICE_FIELDS:
-                self.unknown_field(knode, at, key, "price", _PRICE_FIELDS, _SYNONYMS["price"])
-                continue
-            found.add(key)
-            value = self.number(vnode, at, "a number of USD per 1M tokens")
-            if value is not None and value < 0:
-                self.issue(vnode, at, f"a price can't be negative, got {vnode.value}", "use 0 for a free model")
-            elif value is not None:
-                fields[f"{key}_price"] = value / PER_MILLION
-        for missing in _PRICE_FIELDS:
-            if missing not in found:
-                self.issue(
-                    node,
-                    f"{path}.{missing}",
-                    f"price is missing `{missing}`",
-                    f"add `{missing}: <USD per 1M {missing} tokens>` (0 if free)",
-                )
-
-    def service_tiers(self, node: Node, path: str) -> dict[str, float]:
-        """`{flex: 0.5, priority: 2.0}`: the price multiplier of each OpenAI `service_tier` (more than 0)."""
-        if node.tag == NULL_TAG:
-            return {}
-        if not isinstance(node, MappingNode):
-            self.expected(node, path, "a mapping of price multipliers like {flex: 0.5, priority: 2.0}")
-            return {}
-        out: dict[str, float] = {}
-        for key, _, vnode in self.pairs(node, path, "service tier"):
-            at = f"{path}.{key}"
-            factor = self.number(vnode, at, "a price multiplier", "e.g. `priority: 2.0`")
-            if factor is not None and factor <= 0:
-                self.issue(vnode, at, f"a price multiplier must be more than 0, got {vnode.value}")
-            elif factor is not None:
-                out[key] = factor
-        return out
-
-    def capabilities(self, node: Node, path: str) -> dict[str, float]:
-        if node.tag == NULL_TAG:
-            return {}
-        if not isinstance(node, MappingNode):
-            self.expected(node, path, "a mapping of capability scores like {REASONING: 8, CODING: 9}")
-            return {}
-        out: dict[str, float] = {}
-        for key, knode, vnode in self.pairs(node, path, "capability"):
-            at = f"{path}.{key}"
-            name = key.upper()
-            if not _CAPABILITY_RE.fullmatch(key):
-                self.issue(
-                    knode, at, f"`{key}` is not a valid capability name", "use letters, digits and `_`, e.g. REASONING"
-                )
-                continue
-            if name in out:
-                self.issue(knode, at, f"capability `{name}` is listed twice", "names are case-insensitive")
-                continue
-            if name not in STANDARD_CAPABILITIES:
-                close = difflib.get_close_matches(name, STANDARD_CAPABILITIES, n=1, cutoff=0.8)
-                if close:
-                    self.issue(knode, at, f"unknown capability `{key}`", f"did you mean `{close[0]}`?")
-                    continue
-            score = self.number(vnode, at, "a capability score from 1 to 10")
-            if score is None:
-                continue
-            if not 1 <= score <= 10:
-                hint = "scores run from 1 (weakest) to 10 (strongest)"
-                if 20 <= score <= 100:
-                    hint += f"; on a 1-100 scale, {vnode.value} would be {score / 10:g}"
-                self.issue(vnode, at, f"capability score must be between 1 and 10, got {vnode.value}", hint)
-                continue
-            out[name] = score
-        return out
-
-    def supports(self, node: Node, path: str) -> frozenset[str]:
-        if node.tag == NULL_TAG:
-            return frozenset()
-        items = self.names_list(node, path, "a feature", "features", "[tools, vision]") or []
-        out = set()
-        for feature, fnode, at in items:
-            feature = feature.lower()
-            if feature not in KNOWN_FEATURES:
-                close = difflib.get_close_matches(feature, KNOWN_FEATURES, n=1, cutoff=0.75)
-                if close:
-                    self.issue(fnode, at, f"unknown feature `{feature}`", f"did you mean `{close[0]}`?")
-                    continue
-            out.add(feature)
-        return frozenset(out)
 
     def check_aliases(self, entries: list[tuple[str, Node, dict[str, Any] | None]]) -> None:
         """Aliases must be unique and must not shadow any model name."""
