@@ -59,6 +59,12 @@ def holds(gw: Gw) -> list[float]:
     return [gw.engine.state.spent(k)[1] for k in keys]
 
 
+def settled(gw: Gw, what: str) -> None:
+    """Wait until no call is in flight and no money is held. The gateway settles a request's budgets just after its
+    calls end, so the two are waited for together; a hold that is never released fails after the deadline."""
+    wait_until(lambda: idle(gw) and holds(gw) == [0.0, 0.0], what)
+
+
 def sse_events(text: str) -> list[Any]:
     return [line[len("data: ") :] for line in text.splitlines() if line.startswith("data: ")]
 
@@ -181,7 +187,8 @@ def test_a_client_that_hangs_up_during_a_retry_backoff_stops_the_retries(
         lambda: gw.metric('modelroute_requests_total{endpoint="chat",status="499"} 1'), "the hang-up to count as 499"
     )
     assert [q.model for q in fake_server.requests] == ["alpha-mini"]  # no retry after the client left
-    assert holds(gw) == [0.0, 0.0] and idle(gw) and gw.gateway.active == 0
+    settled(gw, "the hung-up request's hold to be released")
+    assert gw.gateway.active == 0
 
 
 def test_a_client_that_hangs_up_during_a_race_cancels_every_leg(start, fake_server: FakeServer) -> None:
@@ -200,7 +207,8 @@ def test_a_client_that_hangs_up_during_a_race_cancels_every_leg(start, fake_serv
         )
         for model in PROVIDER:
             assert gw.metric(f'modelroute_attempts_total{{model="{model}",outcome="cancelled"}} 1')
-        assert holds(gw) == [0.0, 0.0] and gw.gateway.active == 0
+        settled(gw, "every leg's hold to be released")
+        assert gw.gateway.active == 0
     finally:
         gate.set()
 
@@ -214,8 +222,7 @@ def test_a_deadline_header_ends_a_stream_without_a_first_token_with_504(start, f
     assert time.monotonic() - t0 < FAST_ENOUGH
     assert r.status_code == 504 and r.json()["error"]["code"] == "deadline_exceeded", r.text
     assert "beta-chat" not in [q.model for q in fake_server.requests]
-    wait_until(lambda: idle(gw), "the cut stream to be released")
-    assert holds(gw) == [0.0, 0.0]
+    settled(gw, "the cut stream to be released")
 
 
 def test_a_deadline_header_passing_mid_stream_ends_it_with_an_error_event(start, fake_server: FakeServer) -> None:
@@ -228,8 +235,7 @@ def test_a_deadline_header_passing_mid_stream_ends_it_with_an_error_event(start,
     assert "[DONE]" not in events
     assert json.loads(events[-1])["error"]["code"] == "stream_interrupted"
     assert [q.model for q in fake_server.requests] == ["alpha-mini"]  # nothing is repeated by another model
-    wait_until(lambda: idle(gw), "the cut stream to be released")
-    assert holds(gw) == [0.0, 0.0]
+    settled(gw, "the cut stream to be released")
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
@@ -240,8 +246,8 @@ def test_a_one_millisecond_deadline_header_is_a_quick_504(start, fake_server: Fa
     r = gw.post({**BODY, "stream": stream}, headers={"x-modelroute-deadline": "1ms"})
     assert time.monotonic() - t0 < FAST_ENOUGH
     assert r.status_code == 504 and r.json()["error"]["code"] == "deadline_exceeded", r.text
-    wait_until(lambda: idle(gw), "every call to be released")
-    assert holds(gw) == [0.0, 0.0] and gw.gateway.active == 0
+    settled(gw, "every call to be released")
+    assert gw.gateway.active == 0
 
 
 def test_a_deadline_that_leaves_a_consensus_without_answers_is_a_504(start, fake_server: FakeServer) -> None:
