@@ -52,7 +52,7 @@ from engine.language.fmt import format_source
 from engine.language.parse import parse
 from engine.tools.lint import lint
 from examples.fake_openai import FakeOpenAI
-from providers.catalog.models import load_catalog
+from providers.catalog.loader import load_catalog
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -315,6 +315,14 @@ def test_quality_bench_explains_itself() -> None:
     assert proc.returncode == 0 and "--tasks" in proc.stdout, proc.stdout + proc.stderr
 
 
+def test_signal_bench_explains_itself_and_says_what_it_needs(tmp_path: Path) -> None:
+    proc = _run([str(BENCH / "signal_bench.py"), "--help"])
+    assert proc.returncode == 0 and "--embedder" in proc.stdout, proc.stdout + proc.stderr
+    proc = _run([str(BENCH / "signal_bench.py")], env={"MODELROUTE_BENCH_DATA": str(tmp_path / "absent")})
+    line = _one_clean_line(proc)
+    assert proc.returncode == 2 and "MODELROUTE_BENCH_DATA" in line, line
+
+
 def test_decide_bench_names_the_synthetic_option(tmp_path: Path) -> None:
     proc = _run([str(BENCH / "decide_bench.py")], env={"MODELROUTE_BENCH_DATA": str(tmp_path)})
     assert "--synthetic" in _one_clean_line(proc)
@@ -325,7 +333,7 @@ def test_every_bench_script_is_covered() -> None:
     covered = {"speed_bench.py", "decide_bench.py", "gateway_bench.py", "transport_bench.py"}
     covered |= {"redis_store_bench.py", "reload_bench.py", "handwritten.py", "needs.py"}
     covered |= {"failover_bench.py", "scaling_bench.py", "metrics_bench.py", "tokens_bench.py"}
-    covered |= {"semantic_bench.py", "quality_bench.py"}
+    covered |= {"semantic_bench.py", "quality_bench.py", "signal_bench.py"}
     assert {p.name for p in BENCH.glob("*.py")} == covered
 
 
