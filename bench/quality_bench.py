@@ -12,8 +12,9 @@ Prompts:
 - bench/data/rest.jsonl, the second set: every other awesome-chatgpt-prompts row, labelled by the same rules and
   split the same way; its text is read from the shared data (a digest checks it). Both sets' halves are pooled,
   and each set's held-out half is also shown alone.
-- bench/data/everyday.txt and everyday_check.txt: everyday chat requests written for the project by writers who
-  never saw the library, labelled by the same rules; the first was tuned on, the second is a check scored once.
+- bench/data/everyday.txt, everyday_check.txt and everyday_check2.txt: everyday chat requests written for the project
+  by writers who never saw the library, labelled by the same rules; the first two were tuned on, the third is the
+  check set (a request an earlier set holds word for word is left out of a later one).
 - HumanEval (../shared/data, all 164 are code): recall of `code`.
 - awesome-chatgpt-prompts `for_devs` (all 1,529; a weak label for code): precision, recall and F1 of `code`.
 - For a `complex` task, when the library declares one: accuracy against the simple/complex labels.
@@ -71,7 +72,8 @@ SECOND_READER = HERE / "data" / "labels_second_reader.txt"
 #: everyday requests written for the project, blind to the library: a tuning set, and a check set scored once
 EVERYDAY = (
     ("everyday.txt", "everyday requests (tuning: read while tuning the library)"),
-    ("everyday_check.txt", "everyday CHECK set (written blind, scored after the library was fixed)"),
+    ("everyday_check.txt", "everyday set 2 (written blind; scored once, then read to tune `complex` in the last pass)"),
+    ("everyday_check2.txt", "everyday CHECK set (a third writer, written blind; never read while tuning)"),
 )
 OUT = HERE / "results" / "quality.txt"
 #: the model every rule of the bench policy names: the bench reads only decide().tasks
@@ -113,22 +115,26 @@ def labelled_prompts() -> list[Labelled]:
 
 
 def everyday_sets() -> dict[str, list[tuple[str, frozenset[str], bool, str]]]:
-    """The everyday sets by file name; the check set without the requests the tuning set holds word for word (the
-    two writers wrote a few common ones alike: scoring those would score the tuning set again)."""
-    tuning_name, check_name = (name for name, _ in EVERYDAY)
-    tuning = make_prompts.read_everyday(HERE / "data" / tuning_name)
-    seen = {text for *_, text in tuning}
-    check = make_prompts.read_everyday(HERE / "data" / check_name)
-    kept = [row for row in check if row[3] not in seen]
-    if len(check) - len(kept) != CHECK_OVERLAP:
-        raise SystemExit(
-            f"{check_name}: {len(check) - len(kept)} requests are also in {tuning_name}, not {CHECK_OVERLAP}"
-        )
-    return {tuning_name: tuning, check_name: kept}
+    """The everyday sets by file name; each check set without the requests an earlier set holds word for word (the
+    writers wrote a few common ones alike: scoring those would score an earlier set again)."""
+    out: dict[str, list[tuple[str, frozenset[str], bool, str]]] = {}
+    seen: set[str] = set()
+    for name, _ in EVERYDAY:
+        rows = make_prompts.read_everyday(HERE / "data" / name)
+        kept = [row for row in rows if row[3] not in seen]
+        if len(rows) - len(kept) != CHECK_OVERLAP.get(name, 0):
+            raise SystemExit(
+                f"{name}: {len(rows) - len(kept)} requests are also in an earlier everyday set, "
+                f"not {CHECK_OVERLAP.get(name, 0)}"
+            )
+        seen.update(row[3] for row in rows)
+        out[name] = kept
+    return out
 
 
-#: How many check-set requests the tuning set holds word for word ("how many seconds are in a week", ...).
-CHECK_OVERLAP = 6
+#: How many requests of each check set an earlier everyday set holds word for word ("how many seconds are in a
+#: week", "tell me a joke about programmers").
+CHECK_OVERLAP = {"everyday_check.txt": 6, "everyday_check2.txt": 1}
 
 
 def humaneval() -> list[str]:
@@ -346,9 +352,8 @@ def report(tasks_file: Path, argv: Sequence[str]) -> str:
         out.append("")
     for set_name, title in EVERYDAY:
         rows = everyday[set_name]
-        left = (
-            "" if set_name == EVERYDAY[0][0] else f" ({CHECK_OVERLAP} also in {EVERYDAY[0][0]} word for word, left out)"
-        )
+        overlap = CHECK_OVERLAP.get(set_name, 0)
+        left = f" ({overlap} also in an earlier set word for word, left out)" if overlap else ""
         out.append(f"== {title}: bench/data/{set_name}, {len(rows)} requests{left}")
         out.append(f"{'task':<10} {'positives':>9}  {head}")
         for task in (*LABELS, "complex"):

@@ -274,5 +274,14 @@ def test_the_committed_everyday_sets_read_and_keep_their_line_breaks() -> None:
     assert "how many seconds are in a week" in both  # two writers wrote a few common requests alike
     bench = bench_module("quality_bench_review25", BENCH / "quality_bench.py")
     sets = bench.everyday_sets()
-    assert len(both) == bench.CHECK_OVERLAP and len(sets["everyday_check.txt"]) == 300 - len(both)
+    overlap = bench.CHECK_OVERLAP["everyday_check.txt"]
+    assert len(both) == overlap and len(sets["everyday_check.txt"]) == 300 - len(both)
     assert not {text for *_, text in sets["everyday_check.txt"]} & both  # the check set scores none of them
+    third = mp.read_everyday(BENCH / "data" / "everyday_check2.txt")
+    earlier = {text for *_, text in tuning} | {text for *_, text in check}
+    again = {text for *_, text in third} & earlier
+    assert len(third) == 300 and len(again) == bench.CHECK_OVERLAP["everyday_check2.txt"]
+    assert (
+        len(sets["everyday_check2.txt"]) == 300 - len(again)
+        and not {t for *_, t in sets["everyday_check2.txt"]} & again
+    )
