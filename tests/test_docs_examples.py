@@ -323,6 +323,13 @@ def test_signal_bench_explains_itself_and_says_what_it_needs(tmp_path: Path) -> 
     assert proc.returncode == 2 and "MODELROUTE_BENCH_DATA" in line, line
 
 
+def test_library_ab_bench_explains_itself_and_checks_its_folder(tmp_path: Path) -> None:
+    proc = _run([str(BENCH / "library_ab_bench.py"), "--help"])
+    assert proc.returncode == 0 and "--old" in proc.stdout, proc.stdout + proc.stderr
+    proc = _run([str(BENCH / "library_ab_bench.py"), "--old", str(tmp_path)])
+    assert proc.returncode == 2 and "no main.route there" in proc.stderr, proc.stdout + proc.stderr
+
+
 def test_decide_bench_names_the_synthetic_option(tmp_path: Path) -> None:
     proc = _run([str(BENCH / "decide_bench.py")], env={"MODELROUTE_BENCH_DATA": str(tmp_path)})
     assert "--synthetic" in _one_clean_line(proc)
@@ -333,7 +340,7 @@ def test_every_bench_script_is_covered() -> None:
     covered = {"speed_bench.py", "decide_bench.py", "gateway_bench.py", "transport_bench.py"}
     covered |= {"redis_store_bench.py", "reload_bench.py", "handwritten.py", "needs.py"}
     covered |= {"failover_bench.py", "scaling_bench.py", "metrics_bench.py", "tokens_bench.py"}
-    covered |= {"semantic_bench.py", "quality_bench.py", "signal_bench.py"}
+    covered |= {"semantic_bench.py", "quality_bench.py", "signal_bench.py", "library_ab_bench.py"}
     assert {p.name for p in BENCH.glob("*.py")} == covered
 
 
