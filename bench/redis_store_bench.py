@@ -3,14 +3,14 @@ add_in_flight +1, add_in_flight -1, record "ok") against a throwaway local redis
 trips per request (counted on the calling thread), round trips the background sender made per request (off the
 request path) and latency per request (p50 / p99 / mean) out.
 
-Run: python bench/redis_store_bench.py [--requests 5000] [--store path/to/redis_store.py]
-(--store times another version of providers/state/redis_store.py, e.g. `git show HEAD:providers/state/redis_store.py`.)
+Run: python bench/redis_store_bench.py [--requests 5000] [--store DIR]
+(--store times another version of the code: DIR holds its engine/ and providers/, e.g. from
+`mkdir DIR && git archive COMMIT engine providers | tar -x -C DIR`; they are imported instead of this checkout's.)
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import shutil
 import socket
 import statistics
@@ -32,23 +32,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def load_store(path: str | None):
-    if path is None:
-        from providers.state.redis_store import RedisStore
+def load_store():
+    from providers.state import redis_store
 
-        return RedisStore
-    spec = importlib.util.spec_from_file_location("redis_store_under_test", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.RedisStore
+    print(f"RedisStore from {Path(redis_store.__file__).resolve().parent.parent.parent}")
+    return redis_store.RedisStore
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=5000)
-    ap.add_argument("--store", help="a redis_store.py to time instead of providers/state/redis_store.py")
+    ap.add_argument("--store", help="a folder with another version's engine/ and providers/ to time instead")
     args = ap.parse_args()
+    if args.store:  # before anything imports engine or providers
+        if not (Path(args.store) / "providers" / "state" / "redis_store.py").is_file():
+            ap.error(f"--store {args.store}: no providers/state/redis_store.py there")
+        sys.path.insert(0, str(Path(args.store).resolve()))
     require_modules("redis_store_bench.py", "redis")
     require_programs("redis_store_bench.py", "redis-server", install="e.g. apt-get install redis-server")
     redis_bin = shutil.which("redis-server")
@@ -86,7 +85,7 @@ def main() -> None:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.02)
-        store = load_store(args.store)(f"redis://127.0.0.1:{port}/0", prefix="bench:")
+        store = load_store()(f"redis://127.0.0.1:{port}/0", prefix="bench:")
         cfg = CircuitConfig()
 
         def one() -> None:
@@ -110,7 +109,7 @@ def main() -> None:
         blocking, sent = trips[0], background[0]
         store.flush()  # what the sender still holds (not counted above)
         times.sort()
-        print(f"{args.store or 'providers/state/redis_store.py'}: {n} requests")
+        print(f"{n} requests")
         print(f"  blocking round trips per request {blocking / n:.2f}  (background sender: {sent} round trips)")
         print(
             f"  latency per request  p50 {times[n // 2] * 1e6:.0f}us  p99 {times[int(n * 0.99)] * 1e6:.0f}us  "

@@ -38,6 +38,7 @@ import importlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -355,6 +356,18 @@ def test_bench_without_redis_server_says_what_it_needs(script: str, args: list[s
     proc = _run([str(BENCH / script), *args], env={"PATH": str(tmp_path)})  # no redis-server on PATH
     line = _one_clean_line(proc)
     assert proc.returncode == 2 and "redis-server" in line, line
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server (.ci/run installs it)")
+def test_redis_store_bench_times_the_code_of_another_tree(tmp_path: Path) -> None:
+    """--store DIR imports engine/ and providers/ from DIR (a copy of another version), not from this checkout."""
+    for package in ("engine", "providers"):
+        shutil.copytree(REPO / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    proc = _run([str(BENCH / "redis_store_bench.py"), "--requests", "20", "--store", str(tmp_path)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"RedisStore from {tmp_path.resolve()}" in proc.stdout, proc.stdout
+    proc = _run([str(BENCH / "redis_store_bench.py"), "--store", str(tmp_path / "absent")])
+    assert proc.returncode == 2 and "no providers/state/redis_store.py there" in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize("script", ["handwritten.py", "needs.py"])

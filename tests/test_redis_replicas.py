@@ -1,4 +1,4 @@
-"""Tests for providers/redis_store.py across replicas: several RedisStores on a real redis-server (injected wall
+"""Tests for providers/state/redis_store.py across replicas: several RedisStores on a real redis-server (injected wall
 and monotonic clocks, no background thread unless a test wants one) in; blocking round trips per request (none
 on the happy path), what the background sender publishes and when, in-flight counts as other replicas see them
 (claims, deferred decrements, dead replicas reaped, counts republished) and budgets during an outage (each replica

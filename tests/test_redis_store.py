@@ -1,4 +1,4 @@
-"""Tests for providers/redis_store.py: calls on a RedisStore backed by a real redis-server (started on a free
+"""Tests for providers/state/redis_store.py: calls on a RedisStore backed by a real redis-server (started on a free
 loopback port by the fixtures here) in, MemoryStore-equal answers, shared state across stores and degradation
 to local state out. Skipped with a reason when no redis-server binary or redis-py is installed."""
 

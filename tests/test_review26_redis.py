@@ -1,4 +1,4 @@
-"""Review attacks on ab6a8f2 / 2142e83 (providers/state/redis_store.py `_mark_down` / `_mark_up`, the AGAIN sentinel
+"""Review attacks on ab6a8f2 / 2142e83 (`_mark_down` / `_mark_up`, now in providers/state/outage.py, the AGAIN sentinel
 of providers/state/spend.py): recoveries whose heartbeat fails (flaps) keep the outage's figures and share; the
 outage's spend and holds reach Redis once at the recovery that works; replicas in one outage stay within the limit.
 Against a real redis-server (skipped without one)."""

@@ -2,8 +2,9 @@
 in, a `CatalogError` out whose text shows every problem under its source line with the offending token underlined.
 
 `SourceRef` is where an entry was defined (kept on each `ModelSpec`); `CatalogIssue` is one problem; `CatalogError`
-holds them all. The readers (`providers.catalog.nodes`, `providers.catalog.yaml_reader`), the file loader
-(`providers.catalog.loader`) and `Catalog` itself raise it.
+holds them all. The readers (`providers.catalog.nodes`, `providers.catalog.yaml_reader`), the LiteLLM
+importer and its overlay reader (`providers.catalog.litellm`), the file loader (`providers.catalog.loader`) and
+`Catalog` itself raise it.
 """
 
 import re

@@ -6,7 +6,8 @@ Three wire formats: OpenAI-compatible `POST {base_url}/embeddings`, Azure's depl
 with `api-key`, and Gemini's `POST {base_url}/v1beta/models/{id}:batchEmbedContents` (which reports no usage: the
 execution's metering estimates it from what was sent). Each is a subclass of the provider's chat client that
 describes only the URL, the body and the reply, so the key, headers, transports, size cap, error classification
-and redaction are the chat client's (providers/clients/base.py). `embedding_client(chat_client)` gives the
+and redaction are the chat client's (providers/clients/connection.py,
+request.py and answers.py). `embedding_client(chat_client)` gives the
 embedding client sharing a chat client's settings (one per chat client, pooled with it).
 """
 

@@ -1,5 +1,6 @@
-"""The Lua scripts of providers/state/redis_store.py: each one read-modify-write of the shared router state, run
-atomically inside Redis (KEYS and ARGV are listed above each script; RedisStore registers and calls them)."""
+"""The Lua scripts of providers/state/: each one read-modify-write of the shared router state, run atomically
+inside Redis (KEYS and ARGV are listed above each script; redis_store.py and ratelimit.py register them, and
+RedisStore's mixins call them)."""
 
 from __future__ import annotations
 
