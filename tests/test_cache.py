@@ -17,7 +17,8 @@ pytest.importorskip("uvicorn", reason="gateway deps not installed (pip install -
 openai = pytest.importorskip("openai", reason="the openai SDK is not installed (pip install -e '.[test]')")
 import httpx  # noqa: E402
 
-from providers.execution.cache import CACHE_HEADER, MemoryLRU, ResponseCache, bypass_of  # noqa: E402
+from providers.execution.cache import CACHE_HEADER, ResponseCache, bypass_of  # noqa: E402
+from providers.execution.cache_stores import MemoryLRU  # noqa: E402
 from providers.gateway.app import create_app  # noqa: E402
 from providers.gateway.keyformat import GatewayKey, hash_key  # noqa: E402
 from providers.gateway.keys import KeyRing  # noqa: E402

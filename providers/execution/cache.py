@@ -1,7 +1,8 @@
 """The response cache: a prepared Run (its decision, the ChatRequest it sends, the caller's tenant, endpoint and
 bypass) in; a key over everything that changes the answer, and on a hit the stored answer as a Completion that cost
 nothing, out. Answers live in an LRU in memory bounded in bytes, or in the Redis of a RedisStore (`serve --redis`),
-shared by every replica on it, with the memory LRU standing in while Redis is unreachable. See docs/cache.md.
+shared by every replica on it, with the memory LRU standing in while Redis is unreachable (both:
+providers/execution/cache_stores.py). See docs/cache.md.
 
 The policy turns it on: `set cache.ttl = 1h` (a rule's own TTL, once the language has one, comes as
 `decision.cache_ttl`). Only requests with `temperature` 0 are cached unless `set cache.sampled = true` (an unset
@@ -21,12 +22,12 @@ import json
 import threading
 import time
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from engine.runtime.settings import setting
+from providers.execution.cache_stores import MemoryLRU, Remote
 from providers.execution.outcome import Completion, validate
 from providers.execution.semantic_cache import Probe, SemanticIndex, find, probe_of, remember, threshold_of
 from providers.types import ChatResponse, Usage
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
 __all__ = [
     "CACHE_HEADER",
     "SIMILARITY_HEADER",
-    "MemoryLRU",
     "ResponseCache",
     "attach",
     "bypass_of",
@@ -49,80 +49,6 @@ __all__ = [
 CACHE_HEADER = "x-modelroute-cache"  # hit | miss, on every answer the cache was consulted (or filled) for
 SIMILARITY_HEADER = "x-modelroute-cache-similarity"  # on a hit found by meaning (`cache.semantic`): its cosine
 KEY_VERSION = 2  # part of every key: a change of what is stored or of the key's material changes it
-
-
-class Remote(Protocol):
-    """A shared store of cached answers (providers/state/responses.py): `fallback` runs while it is unreachable."""
-
-    def get(self, key: str, fallback: Callable[[], str | None]) -> str | None: ...
-
-    def put(self, key: str, value: str, ttl: float, fallback: Callable[[], None]) -> None: ...
-
-    def listen(self, callback: Callable[[str], None]) -> None: ...
-
-
-class MemoryLRU:
-    """Cached answers in this process: least recently used first out once their bytes pass `max_bytes`."""
-
-    def __init__(self, max_bytes: int = int(setting(None, "cache.max_bytes"))):
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        self._items: OrderedDict[str, str] = OrderedDict()
-        self._lock = threading.Lock()
-        self.on_evict: Callable[[str], None] | None = None  # called with each key the bound pushed out
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    @staticmethod
-    def size(key: str, value: str) -> int:
-        return len(key) + len(value.encode())
-
-    def get(self, key: str) -> str | None:
-        with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-            return value
-
-    def put(self, key: str, value: str) -> None:
-        size = self.size(key, value)
-        with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self.bytes -= self.size(key, old)
-            if size > self.max_bytes:  # larger than the whole cache: not kept
-                return
-            self._items[key] = value
-            self.bytes += size
-            evicted = []
-            while self.bytes > self.max_bytes:
-                k, v = self._items.popitem(last=False)
-                self.bytes -= self.size(k, v)
-                evicted.append(k)
-        self._evicted(evicted)
-
-    def _evicted(self, keys: list[str]) -> None:
-        if self.on_evict is not None:
-            for k in keys:
-                self.on_evict(k)
-
-    def drop(self, key: str) -> None:
-        with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self.bytes -= self.size(key, old)
-
-    def resize(self, max_bytes: int) -> None:
-        """Bound the cache to `max_bytes`, the least recently used entries out until it fits."""
-        evicted = []
-        with self._lock:
-            self.max_bytes = max_bytes
-            while self.bytes > self.max_bytes and self._items:
-                k, v = self._items.popitem(last=False)
-                self.bytes -= self.size(k, v)
-                evicted.append(k)
-        self._evicted(evicted)
 
 
 @dataclass

@@ -2,36 +2,36 @@
 events) out, produced by calling the decided models over HTTP with retries, fallbacks, circuit breaking,
 budgets and the policy's strategy.
 
-One async core does the work; the sync API (`complete`, `stream`) runs it on a private background event loop,
-so sync and async callers share one behaviour. Async clients are kept per event loop (an httpx AsyncClient
-belongs to the loop that created it) and per provider, and reused (connection pooling). Attempts follow the
-decision's failover plan: `decision.chain` (the plan's models) for single-model rules; for race / consensus /
-best_of the group (providers/execution/strategies.py), then the plan's other models. Every attempt and the
-whole request are bounded in time (providers/execution/deadlines.py). Streaming (`CompletionStream`,
-`AsyncCompletionStream`, re-exported here) lives in providers/execution/streaming.py; `Run`, `Completion` and
-`Result` in providers/execution/outcome.py.
+One async core does the work; the sync API (`complete`, `stream`) runs it on a private background event loop, so
+sync and async callers share one behaviour. Async clients are kept per event loop (an httpx AsyncClient belongs to
+the loop that created it) and per provider, and reused (connection pooling): both in
+providers/execution/connections.py. Attempts follow the decision's failover plan: `decision.chain` (the plan's
+models) for single-model rules; for race / consensus / best_of the group (providers/execution/strategies.py), then
+the plan's other models. Every attempt and the whole request are bounded in time (providers/execution/deadlines.py).
+Streaming (`CompletionStream`, `AsyncCompletionStream`, re-exported here) lives in providers/execution/streaming.py;
+`Run`, `Completion` and `Result` in providers/execution/outcome.py.
 See docs/execution.md.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 from engine.runtime.settings import setting
 from engine.runtime.state import ExecutionStore
-from providers.clients import ProviderClient, client_for
+from providers.clients import ProviderClient
 from providers.errors import ProviderError, register_secret
 from providers.execution import prepare as preparing
 from providers.execution import tracing
 from providers.execution.attempts import Accounting, Flight
 from providers.execution.budget import Budgets, label
 from providers.execution.cache import cache_for
+from providers.execution.connections import Connections, _LoopThread
 from providers.execution.deadlines import attempt_timeout, call_within, out_of_time, routing_error
 from providers.execution.events import EventBus
 from providers.execution.experiments import ExperimentTally
@@ -45,7 +45,7 @@ from providers.types import ChatRequest
 
 if TYPE_CHECKING:
     from engine import BudgetBook, Decision, Engine
-    from engine.runtime.policy import CompiledPolicy, Entry
+    from engine.runtime.policy import Entry
 
 __all__ = [
     "AsyncCompletionStream",
@@ -64,34 +64,10 @@ __all__ = [
 Send = Callable[[ProviderClient, "Entry", "float | None"], Awaitable[Any]]
 
 
-class _LoopThread:
-    """A private event loop on a daemon thread: the sync API runs the async core here."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="modelroute-execute", daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        if threading.current_thread() is self.thread:
-            raise RuntimeError("the sync API cannot be called from an event callback; use the async API")
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        try:
-            return future.result()
-        except BaseException:
-            future.cancel()
-            raise
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=5)
-        if not self.thread.is_alive():
-            self.loop.close()
-
-
-class Executor(Accounting):
+class Executor(Connections, Accounting):
     """Executes requests for one Engine (created by Engine on first use; see engine/api.py); the accounting of each
-    try (gate, in flight, usage, circuit, events) is providers/execution/attempts.py."""
+    try (gate, in flight, usage, circuit, events) is providers/execution/attempts.py, the providers, pooled clients
+    and background loop providers/execution/connections.py."""
 
     def __init__(
         self,
@@ -137,74 +113,6 @@ class Executor(Accounting):
 
     def __repr__(self) -> str:
         return f"Executor(providers={sorted(self._providers)}, api_keys={sorted(self._keys)} (values hidden))"
-
-    # ---- providers and clients ----------------------------------------------------------------------
-    def provider_spec(self, policy: CompiledPolicy, provider: str) -> Any:
-        spec = self._providers.get(provider)
-        return spec if spec is not None else policy.catalog.provider_spec(provider)
-
-    def unconfigured(self, policy: CompiledPolicy, provider: str) -> str | None:
-        """Why `provider` cannot be called (no API key / no settings), or None."""
-        spec = self.provider_spec(policy, provider)
-        if provider in self._keys:
-            return None
-        if spec.api_key_env:
-            return (
-                None
-                if os.environ.get(spec.api_key_env)
-                else (f"no API key: environment variable {spec.api_key_env} is not set")
-            )
-        if not spec.base_url:
-            return f"provider {provider} is not configured (no base_url or api_key_env under `providers:`)"
-        return None
-
-    def client(self, policy: CompiledPolicy, provider: str) -> ProviderClient:
-        """The pooled client for `provider` on the running event loop."""
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            clients = self._clients.setdefault(loop, {})
-            c = clients.get(provider)
-            if c is None:
-                spec = self.provider_spec(policy, provider)
-                c = clients[provider] = client_for(
-                    spec,
-                    api_key=self._keys.get(provider),
-                    transport=self._transport,
-                    async_transport=self._async_transport,
-                    limits=self._limits,
-                    max_response_bytes=self._max_response_bytes,
-                )
-            return c
-
-    def _background(self) -> _LoopThread:
-        with self._lock:
-            if self._bg is None:
-                self._bg = _LoopThread()
-                loop = self._bg.loop  # stop the thread when this executor is garbage-collected unclosed
-                weakref.finalize(self, lambda: loop.is_closed() or loop.call_soon_threadsafe(loop.stop))
-            return self._bg
-
-    def run_sync(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        return self._background().run(coro)
-
-    async def aclose(self) -> None:
-        """Close the clients of the running event loop."""
-        with self._lock:
-            clients = self._clients.pop(asyncio.get_running_loop(), {})
-        for c in clients.values():
-            await c.aclose()
-
-    def background_loop(self) -> asyncio.AbstractEventLoop:
-        """The private event loop the sync API runs on (started on first use)."""
-        return self._background().loop
-
-    def close(self) -> None:
-        self.health.stop()
-        bg = self._bg
-        if bg is not None:
-            bg.run(self.aclose())
-            bg.stop()
-            self._bg = None
 
     # ---- preparing a request ------------------------------------------------------------------------
     def prepare(
