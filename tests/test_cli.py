@@ -372,7 +372,7 @@ def test_a_policies_dir_without_main_route_is_not_the_default(cli, tmp_path: Pat
 
 
 def test_default_policy_is_decided_in_one_place(tmp_path: Path, monkeypatch) -> None:
-    from engine.cli.app import default_policy
+    from engine.cli.common import default_policy
     from engine.language.load import bundled_policy_dir
 
     monkeypatch.chdir(tmp_path)

@@ -116,7 +116,9 @@ def test_language_compiler_runtime_use_only_the_catalog_from_providers() -> None
             return ""
         if within(e.target, "providers") and not within(e.target, "providers.catalog"):
             return "only providers.catalog"
-        if e.target == "engine" or within(e.target, "engine.api", "engine.reload", "engine.tools", "engine.cli"):
+        if e.target == "engine" or within(
+            e.target, "engine.api", "engine.reload", "engine.reload_paths", "engine.tools", "engine.cli"
+        ):
             return "a lower stage imports a higher one (the `engine` package is the API)"
         # within the core: language <- runtime <- compiler (the compiler builds the runtime's structures)
         if within(e.importer, "engine.language") and within(e.target, "engine.runtime", "engine.compiler"):
@@ -130,7 +132,7 @@ def test_language_compiler_runtime_use_only_the_catalog_from_providers() -> None
 
 def test_tools_and_reload_may_add_only_the_api() -> None:
     def rule(e: Edge) -> str:
-        if within(e.importer, "engine.tools", "engine.reload"):
+        if within(e.importer, "engine.tools", "engine.reload", "engine.reload_paths"):
             if within(e.target, "providers") and not within(e.target, "providers.catalog"):
                 return "tools and reload use only providers.catalog"
             if within(e.target, "engine.cli"):

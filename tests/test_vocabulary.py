@@ -459,7 +459,7 @@ def test_graph_prints_plain_coefficients() -> None:
 def test_a_derived_count_or_model_is_no_attribute_anywhere(name: str) -> None:
     import click
 
-    from engine.cli.app import parse_attr
+    from engine.cli.common import parse_attr
 
     with pytest.raises(click.BadParameter, match=f"`{name}`"):
         parse_attr(f"{name}=10")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from engine.cli.app import EXIT_ERRORS, EXIT_USAGE, default_policy
+from engine.cli.common import EXIT_ERRORS, EXIT_USAGE, default_policy
 from engine.diagnostics import did_you_mean
 from engine.language.literals import LITERAL_PATTERNS, count_value
 from engine.language.load import display_name

@@ -11,7 +11,7 @@ from typing import Any
 import click
 from rich.markup import escape
 
-from engine.cli.app import (
+from engine.cli.common import (
     EXIT_ERRORS,
     EXIT_OK,
     _console,

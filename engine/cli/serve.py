@@ -16,7 +16,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from engine.cli.app import EXIT_BUG, EXIT_ERRORS, EXIT_USAGE, policy_or_default, print_diagnostics
+from engine.cli.common import EXIT_BUG, EXIT_ERRORS, EXIT_USAGE, policy_or_default, print_diagnostics
 from engine.cli.options import extension_options
 from engine.diagnostics import PolicyError
 from engine.runtime.embedder import Embedder

@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from engine.api import Engine
-from engine.cli.app import EXIT_ERRORS, _console, policy_or_default, print_diagnostics
+from engine.cli.common import EXIT_ERRORS, _console, policy_or_default, print_diagnostics
 from engine.cli.options import extension_options, today_option
 from engine.compiler.passes import as_date
 from engine.diagnostics import PolicyError, did_you_mean
