@@ -6,7 +6,8 @@ POST /v1/responses, POST /v1/completions, POST /v1/embeddings, GET /v1/models, G
 POST /v1/route/explain, GET /healthz, GET /metrics. Every endpoint that answers with a chat model reads its request
 into the one chat call (providers/gateway/wire.py) and runs the same pipeline.
 `create_app(engine, keys=KeyRing.load(path))` builds the app; `modelroute serve` runs it under uvicorn
-(providers/gateway/server.py). Not imported by `import engine` (it needs starlette and httpx). See docs/gateway.md.
+(providers/gateway/server.py). The endpoints that execute nothing (models, count_tokens, explain, healthz, metrics)
+are providers/gateway/reports.py. Not imported by `import engine` (it needs starlette and httpx). See docs/gateway.md.
 """
 
 from __future__ import annotations
@@ -25,18 +26,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from engine import Engine, NoRouteError
+from engine import Engine
 from providers.execution.tracing import traced
 from providers.gateway.anthropic_api import MessagesWire
 from providers.gateway.embeddings import embeddings_route
-from providers.gateway.keyfields import allowed_plan, canonical_models
 from providers.gateway.keys import GatewayKey, KeyRing, bearer
-from providers.gateway.legacy import CompletionsWire, merge_answers, model_object, several_prompts
-from providers.gateway.metrics import CONTENT_TYPE, GatewayMetrics
-from providers.gateway.openai_wire import AUTO_MODELS, ApiError, parse_chat
+from providers.gateway.legacy import CompletionsWire, merge_answers, several_prompts
+from providers.gateway.metrics import GatewayMetrics
+from providers.gateway.openai_wire import AUTO_MODELS, ApiError
 from providers.gateway.pipeline import serve
+from providers.gateway.reports import ReportEndpoints
 from providers.gateway.responses_api import ResponsesWire
-from providers.gateway.run import fallbacks_used, pinned_decision
+from providers.gateway.run import fallbacks_used
 from providers.gateway.wire import ChatWire, Wire, json_response, with_body
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ def _ensure_health(ex: Any, loop: asyncio.AbstractEventLoop, event: Any) -> None
     ex.health.ensure(loop)
 
 
-class Gateway:
+class Gateway(ReportEndpoints):
     """One gateway process: the default Engine (`model: "auto"`), optional named Engines (`model: "<name>"`),
     optional gateway keys, limits and metrics."""
 
@@ -251,101 +252,6 @@ class Gateway:
                 break
         return merge_answers(answers)
 
-    async def models(self, request: Request) -> Response:
-        t0 = time.perf_counter()
-        try:
-            key = self._auth(request)
-        except ApiError as err:
-            self.done("models", err.status, t0)
-            return self._error(err)
-        allowed = None if key is None else key.policies  # a key limited to some policies sees only those
-        names = [m for m in self.policies if allowed is None or m in allowed]
-        data = [{"id": m, "object": "model", "created": 0, "owned_by": "modelroute"} for m in names]
-        if allowed is None or AUTO_MODELS[0] in allowed:  # catalog models are pinned through "auto"
-            policy = self.engine.policy
-            usable = None if key is None or key.models is None else canonical_models(key.models, policy)
-            data += [
-                {"id": name, "object": "model", "created": 0, "owned_by": entry.provider}
-                for name, entry in policy.models.items()
-                if usable is None or name in usable  # a key limited to some models sees only those
-            ]
-        self.done("models", 200, t0)
-        return json_response({"object": "list", "data": data})
-
-    async def count_tokens(self, request: Request) -> Response:
-        """POST /v1/messages/count_tokens: `{"input_tokens": N}`, the gateway's own count of what would be sent (the
-        largest over provider kinds), routed by nothing and calling nothing."""
-        t0 = time.perf_counter()
-        status = 200
-        wire = MessagesWire()
-        try:
-            key = self._auth(request)
-            call = wire.parse_count(await self._body(request), request.headers)
-            engine, _ = self._route(call, key)
-            counted = engine.count_tokens(messages=call.messages, tools=call.options.get("tools"))
-            return json_response({"input_tokens": counted.worst})
-        except ApiError as err:
-            status = err.status
-            return self._error(err, wire)
-        finally:
-            self.done("count_tokens", status, t0)
-
-    async def model(self, request: Request) -> Response:
-        """GET /v1/models/{id}: the model object of a policy name or a catalog model the gateway serves."""
-        t0 = time.perf_counter()
-        status = 200
-        try:
-            key = self._auth(request)
-            name = str(request.path_params["model"])
-            return json_response(model_object(name, self.policies, self.engine, key))
-        except ApiError as err:
-            status = err.status
-            return self._error(err)
-        finally:
-            self.done("models", status, t0)
-
-    async def explain(self, request: Request) -> Response:
-        t0 = time.perf_counter()
-        status = 200
-        try:
-            key = self._auth(request)
-            call = parse_chat(await self._body(request), request.headers)
-            attrs = self._attrs(call, key)
-            engine, _ = self._route(call, key)
-            opts = call.options
-            if opts.get("tools"):
-                attrs.setdefault("tools", True)
-            attrs.pop("max_tokens", None)  # derived from the body, as the chat path does (providers/execution)
-            if opts.get("max_tokens") is not None:
-                attrs["max_tokens"] = opts["max_tokens"]
-            counted = engine.count_tokens(messages=call.messages, tools=opts.get("tools"))
-            attrs.setdefault("tokens", counted.worst)
-            try:
-                if call.auto:
-                    decision = engine.decide(messages=call.messages, **attrs)
-                else:
-                    decision = pinned_decision(engine, call, attrs)
-                if key is not None and key.models is not None:  # as the chat path restricts it (run.prepare)
-                    decision = allowed_plan(key.name, key.models, decision)
-                report = decision.model_dump()
-            except NoRouteError as exc:
-                report = exc.report().model_dump(mode="json")
-            return json_response(report)
-        except RecursionError:  # attributes nested deeper than explain's trace can walk: the client's mistake
-            status = 400
-            return self._error(ApiError(400, "request attributes are nested too deeply", code="invalid_value"))
-        except ApiError as err:
-            status = err.status
-            return self._error(err)
-        except Exception:
-            status = 500
-            log.exception("internal error explaining a request")
-            return self._error(
-                ApiError(500, "internal error in the gateway (logged)", type="server_error", code="internal_error")
-            )
-        finally:
-            self.done("explain", status, t0)
-
     async def start(self) -> None:
         """Before serving: the warm-up (`warmup`: each engine probes the models its policy uses once, logged per
         model) and the background health checks of the policies that `set health.interval` (started again when
@@ -361,33 +267,6 @@ class Gateway:
                     log.log(logging.INFO if r.status != "failed" else logging.WARNING, "warm-up: %s", r.line())
             ex.health.ensure(loop)
             engine.on_reload(partial(_ensure_health, ex, loop))
-
-    async def healthz(self, request: Request) -> Response:
-        state = self.engine.state
-        body: dict[str, Any] = {
-            "status": "ok",
-            "policy": self.engine.policy.entry,
-            "policy_version": self.engine.version,
-            "state": getattr(state, "status", "memory"),
-            "in_flight": self.active,
-        }
-        if self.engine.last_error is not None:
-            body["last_reload_error"] = str(self.engine.last_error).splitlines()[0]
-        if self.keys is not None:
-            body.update(self.keys.status())  # keys count and version, and last_keys_error after a rejected edit
-        if len(self.policies) > len(AUTO_MODELS):
-            body["policies"] = {
-                name: {
-                    "policy": e.policy.entry,
-                    "policy_version": e.version,
-                    **({"last_reload_error": str(e.last_error).splitlines()[0]} if e.last_error is not None else {}),
-                }
-                for name, e in self.policies.items()
-            }
-        return json_response(body)
-
-    async def metrics_text(self, request: Request) -> Response:
-        return Response(self.metrics.render(), headers={"content-type": CONTENT_TYPE})
 
     # ---- the app -------------------------------------------------------------------------------------
     def app(self) -> Starlette:

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
     from providers.execution import Executor, Result, Run
     from providers.gateway.app import Gateway
-    from providers.gateway.openai_wire import ChatBody
+    from providers.gateway.chat_body import ChatBody
 
 __all__ = [
     "ENDPOINT",
