@@ -29,6 +29,7 @@ from providers.execution.deadlines import out_of_time
 from providers.execution.deadlines import routing_error as no_answer
 from providers.execution.tracing import gateway_request
 from providers.gateway.hangup import ClientGone
+from providers.gateway.jsonbody import internal_error
 from providers.gateway.metrics import cost_headers
 from providers.gateway.openai_wire import ApiError, ChatCall, _request_attrs, bad, read_json
 from providers.gateway.pipeline import held_lookup, routed
@@ -243,9 +244,7 @@ async def embeddings(gw: Gateway, request: Request) -> Response:
     except Exception:
         status = 500
         log.exception("internal error handling an embeddings request")
-        return gw._error(
-            ApiError(500, "internal error in the gateway (logged)", type="server_error", code="internal_error")
-        )
+        return gw._error(internal_error())
     finally:
         settle(limits, run)
         gw.active -= 1

@@ -37,6 +37,11 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.type, "code": self.code, "param": self.param}}
 
 
+def internal_error() -> ApiError:
+    """The 500 the gateway answers when its own code fails: the exception is logged, never sent to the client."""
+    return ApiError(500, "internal error in the gateway (logged)", type="server_error", code="internal_error")
+
+
 def bad(message: str, code: str = "invalid_value", param: str | None = None) -> ApiError:
     return ApiError(400, message, code=code, param=param)
 

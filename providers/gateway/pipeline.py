@@ -16,6 +16,7 @@ from engine import NoRouteError
 from providers.execution.cache import SIMILARITY_HEADER, bypass_of
 from providers.execution.tracing import gateway_request
 from providers.gateway.hangup import ClientGone
+from providers.gateway.jsonbody import internal_error
 from providers.gateway.metrics import cost_headers
 from providers.gateway.middleware import after_stream, answered_headers, before
 from providers.gateway.openai_wire import ApiError, dropped_header
@@ -166,7 +167,7 @@ async def serve(gw: Gateway, request: Request, wire: Wire) -> Response:
         status = 500
         log.exception("internal error handling a request to %s", request.url.path)
         return gw._error(
-            ApiError(500, "internal error in the gateway (logged)", type="server_error", code="internal_error"),
+            internal_error(),
             wire,
         )
     finally:

@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from engine import NoRouteError
 from providers.gateway.anthropic_api import MessagesWire
+from providers.gateway.jsonbody import internal_error
 from providers.gateway.keyfields import allowed_plan, canonical_models
 from providers.gateway.legacy import model_object
 from providers.gateway.metrics import CONTENT_TYPE
@@ -136,9 +137,7 @@ class ReportEndpoints:
         except Exception:
             status = 500
             log.exception("internal error explaining a request")
-            return self._error(
-                ApiError(500, "internal error in the gateway (logged)", type="server_error", code="internal_error")
-            )
+            return self._error(internal_error())
         finally:
             self.done("explain", status, t0)
 
