@@ -103,7 +103,7 @@ def report(embedder_path: Path | None, folds: int, argv: Sequence[str]) -> str:
     order = list(range(len(items)))
     random.Random(SEED).shuffle(order)
     fold_of = {i: k % folds for k, i in enumerate(order)}
-    name = "WordLlama (the default)" if embedder_path is None else f"sentence-transformers model {embedder_path.name}"
+    name = "WordLlama (the default)" if embedder_path is None else f"the sentence-transformers model in {embedder_path}"
     out = [
         "Embedder signal: cross-validated F1 of nearest-example detection on the tuning data (never the held-out)",
         f"command: python bench/signal_bench.py {' '.join(argv)}".rstrip(),
@@ -158,6 +158,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT, help="where to write the table (default: %(default)s)")
     args = parser.parse_args()
     require_data("signal_bench.py", "awesome_chatgpt_prompts.csv")
+    if args.embedder is not None and not args.embedder.is_dir():
+        parser.error(f"--embedder {args.embedder}: not a folder (give a sentence-transformers model folder)")
     if args.embedder is None:
         require_modules("signal_bench.py", "wordllama", "numpy", install="pip install 'modelroute[semantic]'")
     else:

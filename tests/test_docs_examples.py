@@ -319,6 +319,8 @@ def test_quality_bench_explains_itself() -> None:
 def test_signal_bench_explains_itself_and_says_what_it_needs(tmp_path: Path) -> None:
     proc = _run([str(BENCH / "signal_bench.py"), "--help"])
     assert proc.returncode == 0 and "--embedder" in proc.stdout, proc.stdout + proc.stderr
+    proc = _run([str(BENCH / "signal_bench.py"), "--embedder", str(tmp_path / "no-model")])
+    assert proc.returncode == 2 and "not a folder" in proc.stderr, proc.stdout + proc.stderr
     proc = _run([str(BENCH / "signal_bench.py")], env={"MODELROUTE_BENCH_DATA": str(tmp_path / "absent")})
     line = _one_clean_line(proc)
     assert proc.returncode == 2 and "MODELROUTE_BENCH_DATA" in line, line
