@@ -69,10 +69,10 @@ LABELS: tuple[str, ...] = make_prompts.TASKS
 PROMPTS = HERE / "data" / "prompts.jsonl"
 REST = HERE / "data" / "rest.jsonl"
 SECOND_READER = HERE / "data" / "labels_second_reader.txt"
-#: everyday requests written for the project, blind to the library: a tuning set, and a check set scored once
+#: everyday requests written for the project, blind to the library: tuning sets, and a check set never read
 EVERYDAY = (
     ("everyday.txt", "everyday requests (tuning: read while tuning the library)"),
-    ("everyday_check.txt", "everyday set 2 (written blind; scored once, then read to tune `complex` in the last pass)"),
+    ("everyday_check.txt", "everyday set 2 (written blind; scored once, then tuned on)"),
     ("everyday_check2.txt", "everyday CHECK set (a third writer, written blind; never read while tuning)"),
 )
 OUT = HERE / "results" / "quality.txt"
