@@ -19,6 +19,10 @@ SPEND_TTL = 40 * 86400  # budget buckets (hour / day / month) are dropped 40 day
 SEEN_FORGET = 35 * 86400  # figures (and ledger entries) of keys unused this long, whose bucket cannot be read, go
 RESET = object()  # what a script call answers when the Redis epoch is not this replica's (a reset)
 AGAIN = object()  # the outage began or ended while a budget call waited: it runs again, on the other side
+# AGAIN turns a reserve() or spent() takes before it gives up with a RedisError (holding or reading nothing): each turn
+# follows an outage starting or ending while the call waited, and an outage ends at most once per `retry`. settle()
+# has no bound: giving up would lose the spend, so it runs until the state holds still for one call.
+FLIP_TURNS = 8
 # the engine's spend keys (engine/runtime/budget.py): period:bucket[:attr=value], the bucket in UTC
 _BUCKETS = {
     "hourly": (re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}"), "%Y-%m-%dT%H"),
@@ -46,6 +50,15 @@ def _on_event_loop() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+def _turn(turns: int) -> int:
+    """One more AGAIN turn of a reserve() or spent(); raises RedisError at FLIP_TURNS (Redis is flapping)."""
+    if turns + 1 >= FLIP_TURNS:
+        import redis
+
+        raise redis.exceptions.RedisError(f"the Redis state store went down or came back {FLIP_TURNS} times in a call")
+    return turns + 1
 
 
 def bucket_open(key: str, now: float) -> bool:
@@ -204,9 +217,11 @@ class SpendMixin:
                     self._held_local[key] = self._held_local.get(key, 0.0) + amount
             return done, used
 
+        turns = 0
         while True:
             out = self._do(lambda: self._spend_call(run), local)
             if out is AGAIN:
+                turns = _turn(turns)
                 continue
             if not isinstance(out, Wait):
                 return out
@@ -279,6 +294,7 @@ class SpendMixin:
                 self._seed(key)
                 return self._outage.spent(key)
 
+        turns = 0
         while (out := self._do(lambda: self._spend_call(run), local)) is AGAIN:
-            pass
+            turns = _turn(turns)
         return out
