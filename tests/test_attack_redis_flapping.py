@@ -1,7 +1,7 @@
 """Attack: Redis flapping while budget calls wait (providers/state/spend.py, FLIP_TURNS). A real redis-server and a
 RedisStore in; every time a budget call reaches the budget gate, another thread has just started or ended the outage
 (a failed call, a recovery). Out: reserve() gives up with a RedisError after FLIP_TURNS turns, holding nothing;
-spent() answers from the outage's figures; settle(), which must not lose spend, keeps going and records it once when
+spent() answers with what Redis showed last; settle(), which must not lose spend, keeps going and records it once when
 the flapping stops. Skipped without redis-server / redis-py."""
 
 from __future__ import annotations
@@ -88,13 +88,53 @@ def test_a_reserve_under_endless_flapping_gives_up_holding_nothing(make) -> None
     assert b.spent(KEY) == (pytest.approx(0.2), pytest.approx(0.8))
 
 
-def test_a_spent_read_under_endless_flapping_answers(make) -> None:  # noqa: F811
-    """A read turns at most once: its local side reads the outage's figures whatever the state by then."""
-    a = make(retry=RETRY)
+def test_a_spent_read_under_endless_flapping_answers_what_redis_showed_last(make) -> None:  # noqa: F811
+    """A read feeds decide() (spend.today, budget.left), so it never fails: after FLIP_TURNS turns it answers with
+    the figures Redis showed last."""
+    from providers.state.spend import FLIP_TURNS
+
+    a, b = make(retry=RETRY), make(retry=RETRY)
     _spend(a, 0.2, 0.2)
+    _spend(b, 0.1, 0.1)  # not seen by `a` yet
     flips = _flapping(a, make.mono, 10**6)
-    assert _within(10, lambda: a.spent(KEY)) == (pytest.approx(0.2), 0.0)
-    assert flips[0] == 2
+    assert _within(10, lambda: a.spent(KEY)) == (pytest.approx(0.3), 0.0)  # the recoveries' heartbeats saw b's spend
+    assert flips[0] == FLIP_TURNS
+
+
+def test_a_read_that_waited_while_the_outage_ended_does_not_seed_the_next_outage(make) -> None:  # noqa: F811
+    """A spent() that fell back to local state and, while it waited for the budget gate, saw another thread end the
+    outage reads Redis instead. Seeding the outage figures then would start the next outage from them: here 0.2
+    instead of the 0.8 spent by then, and this replica's share would take the budget past its limit."""
+    from tests.test_redis_holds import before_the_gate
+    from tests.test_review26_redis import _pause, _wait_unpaused
+
+    a, b = make(retry=RETRY, timeout=0.1), make(retry=RETRY, timeout=0.1)
+    assert a.heartbeat() and b.heartbeat() and a.heartbeat() and a.replicas == 2
+    _spend(a, 0.2, 0.2)
+    _pause(a.url, 400)
+    assert a.in_flight("m") == 0 and a.status != "redis"  # an outage on `a`
+    _wait_unpaused(a.url)
+
+    def end_the_outage() -> None:  # another thread's heartbeat, `retry` later
+        make.mono.t += RETRY
+        assert a.ping()
+
+    hooks = [end_the_outage]
+    before_the_gate(a, hooks)
+    assert a.spent(KEY) == (pytest.approx(0.2), 0.0)  # read in Redis
+    assert a.status == "redis" and not hooks
+    _spend(b, 0.6, 0.6)
+    assert a.heartbeat()  # `a` has seen 0.8
+    _pause(a.url, 400)
+    try:
+        assert a.in_flight("m") == 0 and a.status != "redis"  # the next outage
+        granted = 0.0
+        while a.reserve(KEY, 0.05, 1.0)[0]:
+            granted += 0.05
+        # a share of what is left, (1.0 - 0.8) / 2 replicas: not (1.0 - 0.2) / 2 from a stale start
+        assert granted <= 0.1 + 1e-9, f"granted {granted} on top of 0.8 spent (limit 1.0, 2 replicas)"
+    finally:
+        _wait_unpaused(a.url)
 
 
 def test_a_settle_keeps_going_through_flapping_and_records_the_spend_once(make) -> None:  # noqa: F811

@@ -19,9 +19,10 @@ SPEND_TTL = 40 * 86400  # budget buckets (hour / day / month) are dropped 40 day
 SEEN_FORGET = 35 * 86400  # figures (and ledger entries) of keys unused this long, whose bucket cannot be read, go
 RESET = object()  # what a script call answers when the Redis epoch is not this replica's (a reset)
 AGAIN = object()  # the outage began or ended while a budget call waited: it runs again, on the other side
-# AGAIN turns a reserve() or spent() takes before it gives up with a RedisError (holding or reading nothing): each turn
-# follows an outage starting or ending while the call waited, and an outage ends at most once per `retry`. settle()
-# has no bound: giving up would lose the spend, so it runs until the state holds still for one call.
+# AGAIN turns a budget call takes before it stops turning: reserve() gives up with a RedisError (holding nothing),
+# spent() answers with the figures Redis showed last (a read feeds decide(), which must not fail). Each turn follows an
+# outage starting or ending while the call waited; an outage ends at most once per `retry` (or at an explicit ping()).
+# settle() has no bound: giving up would lose the spend, so it runs until the state holds still for one call.
 FLIP_TURNS = 8
 # the engine's spend keys (engine/runtime/budget.py): period:bucket[:attr=value], the bucket in UTC
 _BUCKETS = {
@@ -53,7 +54,7 @@ def _on_event_loop() -> bool:
 
 
 def _turn(turns: int) -> int:
-    """One more AGAIN turn of a reserve() or spent(); raises RedisError at FLIP_TURNS (Redis is flapping)."""
+    """One more AGAIN turn of a reserve(); raises RedisError at FLIP_TURNS (Redis is flapping)."""
     if turns + 1 >= FLIP_TURNS:
         import redis
 
@@ -289,12 +290,16 @@ class SpendMixin:
                 self._saw(key, *out)
             return out
 
-        def local() -> tuple[float, float]:
+        def local() -> Any:
             with self._budget_gate.shared(), self._lock:
+                if not self._down:  # the outage ended while this read waited: seeding now would start the next
+                    return AGAIN  # outage from these figures, not from the ones Redis shows then
                 self._seed(key)
                 return self._outage.spent(key)
 
-        turns = 0
-        while (out := self._do(lambda: self._spend_call(run), local)) is AGAIN:
-            turns = _turn(turns)
-        return out
+        for _ in range(FLIP_TURNS):
+            if (out := self._do(lambda: self._spend_call(run), local)) is not AGAIN:
+                return out
+        with self._lock:  # Redis is flapping: what it showed last
+            seen = self._seen.get(key)
+        return (seen[0], seen[1]) if seen else (0.0, 0.0)
