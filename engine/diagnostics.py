@@ -20,6 +20,7 @@ CODES: dict[str, str] = {
     "E104": "unexpected character",
     "E105": "bad literal",
     "E106": "invalid character (lone surrogate)",
+    "E107": "condition nested too deeply",
     # files
     "E200": "missing file",
     "E201": "include cycle",
@@ -129,7 +130,7 @@ class Sources:
             self.texts[file] = text
         cached = self._lines.get(file)
         if cached is None or cached[0] is not text:  # first lookup, or the text was replaced
-            cached = self._lines[file] = (text, text.splitlines())
+            cached = self._lines[file] = (text, text.split("\n"))  # the parser's lines: VT, NEL, U+2028 end none
         lines = cached[1]
         if 1 <= line <= len(lines):
             return lines[line - 1]

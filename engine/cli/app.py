@@ -28,6 +28,7 @@ from engine.cli.common import (
     parse_attr,
     policy_or_default,
     print_diagnostics,
+    read_stdin,
 )
 from engine.cli.options import extension_options, policy_option, today_option
 from engine.compiler.passes import as_date
@@ -138,7 +139,7 @@ def explain(
         raise click.UsageError("give the prompt once: as an argument, with -f FILE, - for stdin, or --messages")
     messages = None
     if prompt == "-":
-        prompt = sys.stdin.read()
+        prompt = read_stdin()
     elif prompt_file is not None:
         prompt = _read(prompt_file)
     elif messages_file is not None:

@@ -50,6 +50,13 @@ def policy_or_default(given: Path | None) -> Path:
     return path
 
 
+def read_stdin() -> str:
+    """All of standard input (`-` as a file or prompt); a usage error when there is none to read (a daemon, `<&-`)."""
+    if sys.stdin is None:
+        raise click.UsageError("stdin is closed: pass the text as an argument or a file instead of `-`")
+    return sys.stdin.read()
+
+
 def parse_attr(item: str) -> tuple[str, Any]:
     """`k=v` from the command line: v as JSON when it parses (true, 3, 0.5, ["a"]), else as a string."""
     if "=" not in item:

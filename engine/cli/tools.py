@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from engine.api import Engine
-from engine.cli.common import EXIT_ERRORS, _console, policy_or_default, print_diagnostics
+from engine.cli.common import EXIT_ERRORS, _console, policy_or_default, print_diagnostics, read_stdin
 from engine.cli.options import extension_options, today_option
 from engine.compiler.passes import as_date
 from engine.diagnostics import PolicyError, did_you_mean
@@ -63,7 +63,7 @@ def fmt(paths: tuple[Path, ...], check: bool, show_diff: bool) -> None:
 
     err = _console(stderr=True)
     if paths == (Path("-"),):
-        source = sys.stdin.read()
+        source = read_stdin()
         try:
             click.echo(format_source(source, "<stdin>"), nl=False)
         except PolicyError as exc:
@@ -78,7 +78,7 @@ def fmt(paths: tuple[Path, ...], check: bool, show_diff: bool) -> None:
     for path in files:
         shown = display_name(path)
         try:
-            source = path.read_text(encoding="utf-8")
+            source = path.read_text(encoding="utf-8-sig")  # a byte order mark is dropped, as parse() does
             out = format_source(source, shown)
         except (OSError, UnicodeDecodeError) as exc:
             err.print(f"[bold red]error[/]: cannot read {escape(shown)}: {escape(str(exc))}")

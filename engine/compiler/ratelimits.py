@@ -3,6 +3,7 @@ W112) and the checked RateLimitSpec list the gateway enforces out."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 from engine.diagnostics import Diagnostic, did_you_mean
@@ -69,7 +70,7 @@ def check_limits(limits: list[n.RateLimit], report: Callable[[Diagnostic], None]
             )
             continue
         value = stmt.amount.value
-        if not isinstance(value, float) or value < 1 or value != int(value):
+        if not isinstance(value, float) or not math.isfinite(value) or value < 1 or value != int(value):
             report(
                 Diagnostic(
                     "E401",

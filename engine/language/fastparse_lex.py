@@ -108,6 +108,19 @@ class GiveUp(Exception):
     """Not a form this parser reads: lark parses the text instead."""
 
 
+#: How deep a condition may nest, parentheses and `not` counted together. The parsers recurse once per level and
+#: the compiled condition nests one level per level (Python refuses 200); no policy needs a tenth of this.
+MAX_NESTING = 100
+
+
+class TooDeep(Exception):
+    """A condition nested deeper than MAX_NESTING: the span of the parenthesis or `not` that went past it."""
+
+    def __init__(self, span: n.Span):
+        super().__init__(span)
+        self.span = span
+
+
 def unescape(body: str) -> str:
     out, i = [], 0
     while i < len(body):
@@ -165,6 +178,13 @@ class Cursor:
     def __init__(self, source: str, file: str, toks: list[Tok], comments: list[tuple[int, int]]):
         self.source, self.file, self.toks, self.comments = source, file, toks, comments
         self.i = 0
+        self.depth = 0  # parentheses and `not`s open around the condition being read
+
+    def deeper(self, at: int) -> None:
+        """One more level of nesting, opened by token `at`; TooDeep past MAX_NESTING."""
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise TooDeep(self.tok_span(at))
 
     # ---- tokens and spans
     def peek(self, ahead: int = 0) -> Tok | None:

@@ -48,8 +48,10 @@ class ConditionsAndActions(Cursor):
     def not_cond(self) -> tuple[n.Cond, int, int]:
         if self.word("not"):
             first = self.i
+            self.deeper(first)
             self.i += 1
             operand, _, last = self.not_cond()
+            self.depth -= 1
             return n.Not(operand, self.span(first, last)), first, last
         return self.atom()
 
@@ -59,8 +61,10 @@ class ConditionsAndActions(Cursor):
             raise GiveUp
         if t[1] == "(" and t[0] == "PUNCT":
             first = self.i
+            self.deeper(first)
             self.i += 1
             inner = self.cond()[0]
+            self.depth -= 1
             # the node keeps its own span; what contains it (a parent's span) reaches to the parentheses
             return inner, first, self.take("PUNCT", ")")
         if t[0] == "NAME" and t[1] == "task":

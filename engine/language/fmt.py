@@ -336,6 +336,7 @@ def layout(source: str) -> str:
 def format_source(source: str, file: str = "<string>") -> str:
     """The canonical layout of a policy file. Raises PolicyError when the source does not parse, FmtError when
     the output would not mean exactly what the input means."""
+    source = source.removeprefix("\ufeff")  # a byte order mark: parse() ignores it, and so does the layout
     before = parse(source, file)  # syntax diagnostics, exactly as the compiler reports them
     out = layout(source)
     try:

@@ -51,9 +51,18 @@ def _once(kind: str, path: str | Path, work: Callable[[], Any]) -> Any:
 
 
 def real_path(path: str | Path) -> Path:
-    """`path` with symlinks and `..` resolved (Path.resolve()), once per path inside one_reading()."""
-    real: Path = _once("real", path, lambda: Path(path).resolve())
+    """`path` with symlinks and `..` resolved (Path.resolve()), once per path inside one_reading(). A symlink loop
+    (RuntimeError before Python 3.13) gives the absolute path unresolved: reading it then fails with ELOOP, which
+    every reader reports as a file it cannot read."""
+    real: Path = _once("real", path, lambda: _resolve(path))
     return real
+
+
+def _resolve(path: str | Path) -> Path:
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError):
+        return Path(os.path.abspath(path))
 
 
 @dataclass
@@ -131,6 +140,8 @@ def load_source(text: str, file: str = "<string>") -> Loaded:
         )
         return loaded
     loaded.files.append(file)
+    if "\r" in text:  # line ends as a file's are read (providers/catalog/files.read_text): CRLF and CR to LF
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = _without_surrogates(text, file, loaded)
     loaded.sources.add(file, text)
     with gc_paused():
@@ -198,9 +209,26 @@ def _load_file(path: Path, loaded: Loaded, stack: list[Path], at: n.Span | None)
             )
         )
         return
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:  # where the first bad byte is, in the file itself
+        raw = exc.object if isinstance(exc.object, bytes) else b""
+        line_start = raw.rfind(b"\n", 0, exc.start) + 1
+        line = raw.count(b"\n", 0, exc.start) + 1
+        col = len(raw[line_start : exc.start].decode("utf-8", "replace")) + 1
+        lossy = raw.decode("utf-8", "replace").replace("\r\n", "\n").replace("\r", "\n")
+        loaded.sources.add(shown, lossy)
+        loaded.diagnostics.append(
+            Diagnostic(
+                "E200",
+                f"cannot read {'policy file' if at is None else 'included file'} {shown}: not valid UTF-8",
+                n.Span(shown, line, col, line, col + 1),
+                f"byte 0x{raw[exc.start]:02x}" if exc.start < len(raw) else "here",
+                "save the file as UTF-8",
+            )
+        )
+        return
+    except OSError as exc:
         what = "policy file" if at is None else "included file"
-        reason = "not valid UTF-8" if isinstance(exc, UnicodeDecodeError) else (exc.strerror or str(exc))
+        reason = exc.strerror or str(exc)
         hint = "check the path; include paths are relative to the file that includes them"
         if at is None:
             hint = "a policy directory needs a main.route" if path.name == "main.route" else "check the path"

@@ -14,6 +14,7 @@ from lark.exceptions import UnexpectedInput
 from engine.diagnostics import Diagnostic, PolicyError, Sources
 from engine.language import nodes as n
 from engine.language.fastparse import STMT_START, parse_fast
+from engine.language.fastparse_lex import MAX_NESTING, TooDeep
 from engine.language.lark_grammar import KEYWORDS, _comments, _LiteralError, _parser, _tok_span
 from engine.language.lark_grammar import grammar_path as grammar_path
 from engine.language.lark_grammar import known as known
@@ -62,17 +63,30 @@ def parse(source: str, file: str = "<string>", *, fast: bool = True) -> n.Module
     anything else (and every file with a problem) by the lark grammar. `fast=False` always uses lark."""
     if source.startswith("\ufeff"):  # a UTF-8 byte order mark some editors write: invisible, so ignore it
         source = " " + source[1:]
+    text = source
+    diags: list[Diagnostic] = []
     if fast:
-        with gc_paused():
-            quick = parse_fast(source, file)
-        if quick is not None and not _check_names(quick):
+        while True:
+            try:
+                with gc_paused():
+                    quick = parse_fast(text, file)
+            except TooDeep as deep:  # one diagnostic, then the rest of the file without that statement
+                diags.append(_too_deep(deep.span))
+                text = _blank_statement(text, _offset(text, deep.span.line, deep.span.col))
+                continue
+            break
+        if quick is not None and not diags and not _check_names(quick):
             return n.Module(file, source, quick)
-    if len(source) > 2 * CHUNK_CHARS:
+    if len(source) > 2 * CHUNK_CHARS and not diags:
         chunked = _parse_chunked(source, file)
         if chunked is not None:
             return n.Module(file, source, chunked)
-    text = source
-    diags: list[Diagnostic] = []
+    while (at := _deepest(text)) is not None:  # the fast parser's limit, for the text lark reads too
+        diags.append(_too_deep(_point(text, at, file)))
+        blanked = _blank_statement(text, at)
+        if blanked == text:
+            break
+        text = blanked
     while True:
         comments: list[tuple[int, int]] = []
         token = _comments.set(comments)
@@ -85,6 +99,15 @@ def parse(source: str, file: str = "<string>", *, fast: bool = True) -> n.Module
             span = _tok_span(err.tok, file)
             diags.append(Diagnostic("E105", f"bad literal `{err.tok}`", span, "here", err.message))
             text = _blank_statement(text, _offset(text, span.line, span.col))
+        except RecursionError:  # nesting lark's tree walk cannot follow: where the fast parser would have stopped
+            _comments.reset(token)
+            offset = _deepest(text) or 0
+            diags.append(_too_deep(_point(text, offset, file)))
+            blanked = _blank_statement(text, offset)
+            if blanked == text or len(diags) >= MAX_ERRORS:
+                break
+            text = blanked
+            continue
         except UnexpectedInput as exc:
             _comments.reset(token)
             diag, offset = _syntax_diagnostic(exc, text, file)
@@ -173,6 +196,51 @@ def _offset(text: str, line: int, col: int) -> int:
             return len(text)
         pos = nl + 1
     return min(pos + col - 1, len(text))
+
+
+def _too_deep(span: n.Span) -> Diagnostic:
+    return Diagnostic(
+        "E107",
+        f"condition nested more than {MAX_NESTING} levels deep",
+        span,
+        f"level {MAX_NESTING + 1}",
+        "parentheses and `not` count together; split the condition over several rules, or name a part of it as a "
+        "task (`task NAME = ...`) and test `task is NAME`",
+    )
+
+
+_NOTS = re.compile(rf"(?:\bnot\s+){{{MAX_NESTING + 1}}}")
+
+
+def _point(text: str, offset: int, file: str) -> n.Span:
+    line = text.count("\n", 0, offset) + 1
+    col = offset - (text.rfind("\n", 0, offset) + 1) + 1
+    return n.Span(file, line, col, line, col + 1)
+
+
+def _deepest(text: str) -> int | None:
+    """Where a condition first nests past MAX_NESTING, roughly (strings skipped; a `(` inside a regex counts): the
+    opening parenthesis or the first of a run of `not`s; None when neither is found. Only text with that many
+    parentheses is scanned."""
+    if text.count("(") <= MAX_NESTING:
+        found = _NOTS.search(text)
+        return found.start() if found else None
+    depth, in_string = 0, False
+    for i, ch in enumerate(text):
+        if ch == '"' and (i == 0 or text[i - 1] != "\\"):
+            in_string = not in_string
+        elif in_string:
+            continue
+        elif ch == "(":
+            depth += 1
+            if depth > MAX_NESTING:
+                return i
+        elif ch == ")":
+            depth = max(0, depth - 1)
+        elif ch == "\n":
+            depth, in_string = 0, False
+    found = _NOTS.search(text)
+    return found.start() if found else None
 
 
 def _blank_statement(text: str, offset: int) -> str:

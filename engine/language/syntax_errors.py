@@ -6,6 +6,7 @@ from __future__ import annotations
 import decimal
 import functools
 import re
+import unicodedata
 
 from lark import Token
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
@@ -53,9 +54,19 @@ def _expected(names) -> str:
     return "expected one of " + ", ".join(items)
 
 
+def shown_char(ch: str) -> str:
+    """A character as a message names it: in backticks when it can be seen, else by its code point and name
+    (`U+00A0 NO-BREAK SPACE`), which a terminal would print as a blank or as a line break."""
+    if ch.isprintable() and not ch.isspace():
+        return f"`{ch}`"
+    name = unicodedata.name(ch, "")
+    return f"U+{ord(ch):04X}" + (f" {name}" if name else "")
+
+
 def _syntax_diagnostic(exc: UnexpectedInput, text: str, file: str) -> tuple[Diagnostic, int]:
     line, col = max(exc.line, 1), max(exc.column, 1)
-    line_text = text.splitlines()[line - 1] if text.splitlines()[line - 1 : line] else ""
+    lines = text.split("\n")  # lines as the parser counts them: only LF ends one (not VT, NEL or U+2028)
+    line_text = lines[line - 1] if line <= len(lines) else ""
     if isinstance(exc, UnexpectedCharacters):
         pos = known(exc.pos_in_stream)
         ch = text[pos] if pos < len(text) else ""
@@ -111,7 +122,11 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, file: str) -> tuple[Diag
                 "=": "compare with `==`",
             }.get(ch)
             diag = Diagnostic(
-                "E104", f"unexpected character `{ch}`", span, "not valid here", hint or _expected(exc.allowed or ())
+                "E104",
+                f"unexpected character {shown_char(ch)}",
+                span,
+                "not valid here",
+                hint or _expected(exc.allowed or ()),
             )
         return diag, pos
     if isinstance(exc, UnexpectedToken):
