@@ -129,10 +129,10 @@ class ChatMessage:
         return not isinstance(self.content, str) and any(isinstance(p, ImageContent) for p in self.content)
 
 
-def read_part(part: Any, where: str, *, lenient: bool = False) -> ContentPart | None:
+def read_part(part: Any, where: str, *, lenient: bool = False, assistant: bool = False) -> ContentPart | None:
     """One content part (see _read_part), with the part's `cache_control` object (Anthropic's prompt-cache
     breakpoint, which the gateway carries from /v1/messages) when it has one."""
-    read = _read_part(part, where, lenient=lenient)
+    read = _read_part(part, where, lenient=lenient, assistant=assistant)
     cache = part.get("cache_control") if isinstance(part, Mapping) else None
     if read is None or cache is None:
         return read
@@ -145,11 +145,13 @@ def read_part(part: Any, where: str, *, lenient: bool = False) -> ContentPart | 
     return dataclasses.replace(read, cache_control=cache)
 
 
-def _read_part(part: Any, where: str, *, lenient: bool = False) -> ContentPart | None:
+def _read_part(part: Any, where: str, *, lenient: bool = False, assistant: bool = False) -> ContentPart | None:
     """One content part: `{"type": "text", "text": ...}`, `{"type": "image_url", "image_url": ...}`,
     `{"type": "input_audio", "input_audio": {"data", "format"}}` or `{"type": "file", "file": {"file_data" or
-    "file_id", "filename"?}}`; `lenient` also reads bare strings, the `image`/`input_image` shapes and a missing
-    text, does not check that base64 decodes, and gives None for a part of another type (the caller skips it)."""
+    "file_id", "filename"?}}`, and in an `assistant` message `{"type": "refusal", "refusal": ...}` (read as the
+    assistant's text, as the Responses API's refusal part is); `lenient` also reads bare strings, the
+    `image`/`input_image` shapes and a missing text, does not check that base64 decodes, and gives None for a part
+    of another type (the caller skips it)."""
     if isinstance(part, str) and lenient:
         return TextContent(part)
     kind = part.get("type") if isinstance(part, Mapping) else None
@@ -177,6 +179,12 @@ def _read_part(part: Any, where: str, *, lenient: bool = False) -> ContentPart |
         return _audio(part.get("input_audio"), f"{where}.input_audio", lenient)
     if kind == "file":
         return _file(part.get("file"), f"{where}.file", lenient)
+    if kind == "refusal" and assistant:  # an earlier answer that refused: sent on as what the assistant said
+        refusal = part.get("refusal")
+        if isinstance(refusal, str):
+            return TextContent(refusal)
+        if not lenient:
+            raise MessageError(f"{where}.refusal must be a string", f"{where}.refusal")
     if lenient and isinstance(part, Mapping) and kind not in ("text", *IMAGE_PART_TYPES):
         return None
     raise MessageError(f"{where} must be a text, image_url, input_audio or file part", where.rpartition("[")[0])
@@ -231,9 +239,11 @@ def _file(raw: Any, where: str, lenient: bool) -> FileContent:
     return FileContent(data=payload, mime_type=mime, filename=name)
 
 
-def read_content(content: Any, where: str, *, lenient: bool = False) -> str | tuple[ContentPart, ...]:
-    """A message content: None or an empty list (empty), a string, or a list of parts; `lenient` skips parts of
-    unknown types and reads any other falsy value as empty."""
+def read_content(
+    content: Any, where: str, *, lenient: bool = False, assistant: bool = False
+) -> str | tuple[ContentPart, ...]:
+    """A message content: None or an empty list (empty), a string, or a list of parts (refusal parts too in an
+    `assistant` message's); `lenient` skips parts of unknown types and reads any other falsy value as empty."""
     if content is None or (isinstance(content, list) and not content) or (lenient and not content):
         return ""
     if isinstance(content, str):
@@ -241,7 +251,7 @@ def read_content(content: Any, where: str, *, lenient: bool = False) -> str | tu
     if isinstance(content, list):
         parts = []
         for j, p in enumerate(content):
-            part = read_part(p, f"{where}[{j}]", lenient=lenient)
+            part = read_part(p, f"{where}[{j}]", lenient=lenient, assistant=assistant)
             if part is not None:
                 parts.append(part)
         return tuple(parts)
@@ -312,7 +322,7 @@ def read_message(message: Mapping[str, Any], where: str = "messages[0]", *, leni
     role = ROLES.get(raw_role) if isinstance(raw_role, str) else None
     if role is None:
         raise MessageError(f"{where}.role must be one of {', '.join(ROLES)}, function", f"{where}.role")
-    content = read_content(message.get("content"), f"{where}.content", lenient=lenient)
+    content = read_content(message.get("content"), f"{where}.content", lenient=lenient, assistant=role == "assistant")
     calls = read_tool_calls(message.get("tool_calls"), f"{where}.tool_calls", lenient=lenient)
     call_id = message.get("tool_call_id")
     if role == "tool" and not lenient and not isinstance(call_id, str):

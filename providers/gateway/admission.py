@@ -1,6 +1,7 @@
 """Admission for `modelroute serve`: the host, port and file-descriptor limit in, bound listening sockets and the
 connection cap out; and the gateway's ASGI app in, that app with a bound on the requests in progress (past it, 503
-`server_busy` as OpenAI-shaped JSON without reaching the app; probes and scrapes always served) out."""
+`server_busy` without reaching the app, in the error shape of the endpoint asked: Anthropic's `overloaded_error` on
+/v1/messages and /v1/messages/count_tokens, OpenAI's elsewhere; probes and scrapes always served) out."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import socket
 import sys
 import time
 from typing import Any
+
+from providers.gateway.anthropic_api import MessagesWire
+from providers.gateway.jsonbody import ApiError
 
 __all__ = ["BUSY_EXEMPT", "WORKER_HEADER", "bound_address", "bounded", "listen", "max_connections"]
 
@@ -32,24 +36,17 @@ log = logging.getLogger("modelroute.gateway")
 
 def bounded(app: Any, limit: int, gateway: Any = None) -> Any:
     """The ASGI app `app` with at most `limit` HTTP requests in progress (a stream counts until it ends); one more
-    gets `503 server_busy` (OpenAI-shaped JSON, `Retry-After: 1`, the connection closed) without reaching `app`.
-    GET /healthz and /metrics are always served. `gateway` (a providers.gateway.app.Gateway) counts refusals in
-    `modelroute_requests_total` with status 503."""
-    message = f"the gateway is at its limit of {limit} requests in progress; retry shortly"
-    body = json.dumps(
-        {"error": {"message": message, "type": "server_error", "code": "server_busy", "param": None}},
-        separators=(",", ":"),
-    ).encode()
-    start = {
-        "type": "http.response.start",
-        "status": 503,
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"retry-after", b"1"),
-            (b"connection", b"close"),
-        ],
-    }
+    gets `503 server_busy` (JSON in the endpoint's error shape: Anthropic's on /v1/messages*, OpenAI's elsewhere;
+    `Retry-After: 1`, the connection closed) without reaching `app`. GET /healthz and /metrics are always served.
+    `gateway` (a providers.gateway.app.Gateway) counts refusals in `modelroute_requests_total` with status 503."""
+    busy = ApiError(
+        503,
+        f"the gateway is at its limit of {limit} requests in progress; retry shortly",
+        type="server_error",
+        code="server_busy",
+    )
+    openai_busy = _busy_response(busy.body())
+    anthropic_busy = _busy_response(MessagesWire().error_body(busy))  # overloaded_error: worth retrying
     active = 0
     warned = [0.0, 0]  # when the last warning was logged, refusals since
     worker = (WORKER_HEADER.encode(), str(os.getpid()).encode())
@@ -63,6 +60,8 @@ def bounded(app: Any, limit: int, gateway: Any = None) -> Any:
             send = _tagged(send, worker)
         if active >= limit and scope["path"] not in BUSY_EXEMPT:
             _refused(scope["path"])
+            # the Anthropic endpoints' errors are Anthropic-shaped, as the app's own 404/405 there are
+            start, body = anthropic_busy if scope["path"].startswith("/v1/messages") else openai_busy
             await send(start)
             await send({"type": "http.response.body", "body": body})
             return
@@ -84,6 +83,22 @@ def bounded(app: Any, limit: int, gateway: Any = None) -> Any:
 
     entry.state = getattr(app, "state", None)  # type: ignore[attr-defined]
     return entry
+
+
+def _busy_response(error: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+    """The ASGI response start and body of a 503 whose JSON body is `error`."""
+    body = json.dumps(error, separators=(",", ":")).encode()
+    start = {
+        "type": "http.response.start",
+        "status": 503,
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"retry-after", b"1"),
+            (b"connection", b"close"),
+        ],
+    }
+    return start, body
 
 
 def _tagged(send: Any, header: tuple[bytes, bytes]) -> Any:

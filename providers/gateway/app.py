@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -30,6 +30,7 @@ from engine import Engine
 from providers.execution.tracing import traced
 from providers.gateway.anthropic_api import MessagesWire
 from providers.gateway.embeddings import embeddings_route
+from providers.gateway.hangup import ClientGone
 from providers.gateway.keys import GatewayKey, KeyRing, bearer
 from providers.gateway.legacy import CompletionsWire, merge_answers, several_prompts
 from providers.gateway.metrics import GatewayMetrics
@@ -38,6 +39,7 @@ from providers.gateway.pipeline import serve
 from providers.gateway.reports import ReportEndpoints
 from providers.gateway.responses_api import ResponsesWire
 from providers.gateway.run import fallbacks_used
+from providers.gateway.streamed import CLIENT_CLOSED
 from providers.gateway.wire import ChatWire, Wire, json_response, with_body
 
 if TYPE_CHECKING:
@@ -165,7 +167,9 @@ class Gateway(ReportEndpoints):
         return key
 
     async def _body(self, request: Request) -> bytes:
-        """The request body's bytes, at most `max_body` of them (413 otherwise); parse_chat reads the JSON."""
+        """The request body's bytes, at most `max_body` of them (413 otherwise); parse_chat reads the JSON. A client
+        gone before its body is complete (a half-close, broken chunked framing, a body shorter than its
+        content-length, the body timeout's 408) raises ClientGone, which every endpoint counts as 499."""
         declared = request.headers.get("content-length", "")
         # ASCII digits only (`²` is a digit to isdigit(), not to int()); a length of 19 digits or more is too large
         if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > self.max_body):
@@ -175,13 +179,16 @@ class Gateway(ReportEndpoints):
                 code="body_too_large",
             )
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.max_body:
-                raise ApiError(
-                    413, f"request body is larger than the limit of {self.max_body} bytes", code="body_too_large"
-                )
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > self.max_body:
+                    raise ApiError(
+                        413, f"request body is larger than the limit of {self.max_body} bytes", code="body_too_large"
+                    )
+                chunks.append(chunk)
+        except ClientDisconnect:  # nobody is left to answer: a hang-up, never an internal error
+            raise ClientGone from None
         return b"".join(chunks)
 
     @staticmethod
@@ -241,6 +248,9 @@ class Gateway(ReportEndpoints):
         except ApiError as err:
             self.done("completions", err.status, t0)
             return self._error(err)
+        except ClientGone:  # gone while its body was read: nothing is sent, counted as 499 like the other endpoints
+            self.done("completions", CLIENT_CLOSED, t0)
+            return Response(status_code=CLIENT_CLOSED)
         parts = several_prompts(raw)
         if parts is None:
             return await serve(self, with_body(request, raw), CompletionsWire())

@@ -14,12 +14,14 @@ from starlette.responses import Response
 
 from engine import NoRouteError
 from providers.gateway.anthropic_api import MessagesWire
+from providers.gateway.hangup import ClientGone
 from providers.gateway.jsonbody import internal_error
 from providers.gateway.keyfields import allowed_plan, canonical_models
 from providers.gateway.legacy import model_object
 from providers.gateway.metrics import CONTENT_TYPE
 from providers.gateway.openai_wire import AUTO_MODELS, ApiError, parse_chat
 from providers.gateway.run import pinned_decision
+from providers.gateway.streamed import CLIENT_CLOSED
 from providers.gateway.wire import json_response
 
 if TYPE_CHECKING:
@@ -84,6 +86,9 @@ class ReportEndpoints:
         except ApiError as err:
             status = err.status
             return self._error(err, wire)
+        except ClientGone:  # gone while its body was read (providers/gateway/app.py _body): nothing is sent
+            status = CLIENT_CLOSED
+            return Response(status_code=CLIENT_CLOSED)
         finally:
             self.done("count_tokens", status, t0)
 
@@ -134,6 +139,9 @@ class ReportEndpoints:
         except ApiError as err:
             status = err.status
             return self._error(err)
+        except ClientGone:  # gone while its body was read: nothing is sent
+            status = CLIENT_CLOSED
+            return Response(status_code=CLIENT_CLOSED)
         except Exception:
             status = 500
             log.exception("internal error explaining a request")
