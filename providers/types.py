@@ -321,6 +321,10 @@ class ChatRequest(BaseModel):
         return [t["function"] for t in self.tools]
 
 
+#: The largest token count an answer may report: more than any request could use (a trillion).
+MAX_TOKEN_COUNT = 10**12
+
+
 class Usage(BaseModel, frozen=True):
     """Tokens of one call (or a whole request). `estimated` is True when the upstream did not report them and
     execution estimated them from what was sent and received (providers/execution/metering.py)."""
@@ -328,6 +332,15 @@ class Usage(BaseModel, frozen=True):
     input_tokens: int = 0
     output_tokens: int = 0
     estimated: bool = False
+
+    @field_validator("input_tokens", "output_tokens")
+    @classmethod
+    def _a_count(cls, value: int) -> int:
+        """A count an upstream reported: below 0 is no report (0: execution estimates it, and a negative count would
+        credit a budget); past MAX_TOKEN_COUNT it is not a count, and the answer is malformed."""
+        if value > MAX_TOKEN_COUNT:
+            raise ValueError(f"a token count of {len(str(value))} digits is not a count")
+        return max(0, value)
 
     @property
     def total_tokens(self) -> int:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from providers.clients.base import ProviderClient
 from providers.clients.params import JSON_TOOL, anthropic_thinking, json_tool, user_id
-from providers.clients.reply import ParsedReply, StreamParser
+from providers.clients.reply import ParsedReply, StreamParser, stream_progress
 from providers.clients.sse import SSEEvent
 from providers.errors import classify_stream_error
 from providers.types import (
@@ -182,7 +182,8 @@ def _format_tool(req: ChatRequest) -> dict[str, Any]:
 
 
 class AnthropicStreamParser(StreamParser):
-    """Messages-API stream events; tool_use input is assembled from input_json_delta fragments."""
+    """Messages-API stream events; tool_use input is assembled from input_json_delta fragments (each one reported
+    as progress meanwhile: providers.clients.reply.stream_progress)."""
 
     def __init__(self, client: ProviderClient, model: ModelSpec) -> None:
         super().__init__(client, model)
@@ -215,6 +216,7 @@ class AnthropicStreamParser(StreamParser):
                     "name": block.get("name", ""),
                     "args": [],
                 }
+                stream_progress()  # a tool call is emitted whole: its pieces are still output for the idle timeout
             elif block.get("type") == "text" and block.get("text"):
                 events.append(self.delta(block["text"]))
         elif kind == "content_block_delta":
@@ -226,6 +228,8 @@ class AnthropicStreamParser(StreamParser):
                     events.append(self.delta(delta["partial_json"]))
             elif delta.get("type") == "input_json_delta" and data.get("index", 0) in self._tools:
                 self._tools[data.get("index", 0)]["args"].append(delta.get("partial_json") or "")
+                if delta.get("partial_json"):
+                    stream_progress()
         elif kind == "content_block_stop" and data.get("index", 0) in self._tools:
             tool = self._tools.pop(data.get("index", 0))
             events.append(

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from providers.clients.base import ProviderClient
 from providers.clients.params import openai_params
-from providers.clients.reply import ParsedReply, StreamParser
+from providers.clients.reply import ParsedReply, StreamParser, stream_progress
 from providers.clients.sse import SSEEvent
 from providers.types import (
     ChatRequest,
@@ -51,7 +51,8 @@ def _usage(data: Any) -> Usage:
 
 
 class OpenAIStreamParser(StreamParser):
-    """Chat-completion chunks; tool-call fragments are assembled per `index` and emitted at finish."""
+    """Chat-completion chunks; tool-call fragments are assembled per `index` and emitted at finish (each one
+    reported as progress meanwhile: `stream_progress`)."""
 
     def __init__(self, client: ProviderClient, model: ModelSpec) -> None:
         super().__init__(client, model)
@@ -85,6 +86,8 @@ class OpenAIStreamParser(StreamParser):
                 slot["id"] = frag.get("id") or slot["id"]
                 slot["name"] = fn.get("name") or slot["name"]
                 slot["args"].append(fn.get("arguments") or "")
+                if frag.get("id") or fn.get("name") or fn.get("arguments"):
+                    stream_progress()  # held back until the call is whole: still output for the idle timeout
             if choice.get("finish_reason"):
                 self.reply.finish_reason = FINISH.get(choice["finish_reason"], "other")
                 events.extend(self._flush_calls())

@@ -7,7 +7,8 @@ answers of a fanned-out `n` into one ChatResponse with n choices.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,20 @@ class ParsedReply:
     choices: list[Choice] = field(default_factory=list)  # the answers after the first (`n` > 1)
     logprobs: Any = None  # OpenAI-shaped logprobs of the first answer
     service_tier: str | None = None  # the OpenAI service tier billed (echoed by the upstream, else requested)
+
+
+#: The progress hook of the stream read in this context: set around each wait for a stream's next event by the
+#: bound on its waits (providers/execution/deadlines.py: a piece of output is progress for its idle timeout) and
+#: called through `stream_progress` by a parser for each chunk whose output it holds back (a tool call's pieces,
+#: emitted as one event when the call is whole). Consumers of the stream see nothing of it.
+STREAM_PROGRESS: ContextVar[Callable[[], None] | None] = ContextVar("modelroute_stream_progress", default=None)
+
+
+def stream_progress() -> None:
+    """Tell whoever bounds this stream's waits that a chunk brought output not emitted yet (a tool call's piece)."""
+    hook = STREAM_PROGRESS.get()
+    if hook is not None:
+        hook()
 
 
 class StreamParser:

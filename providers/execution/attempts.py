@@ -274,7 +274,17 @@ class Accounting:
         )
         return wait
 
-    def cancelled(self, run: Run, entry: Entry, flight: Flight, retry: int) -> None:
+    def cut_short(self, run: Run, entry: Entry, flight: Flight, retry: int, delivered: str) -> None:
+        """A stream its consumer closed before its end (a caller, or a gateway client that hung up): recorded like
+        a cancelled try, and charged at an estimate of what the upstream bills for it, the whole input and the
+        output delivered so far (`delivered`), so streams closed early are not free."""
+        self.cancelled(run, entry, flight, retry, "the stream was closed before its end")
+        partial = ChatResponse(text=delivered, provider=entry.provider, model=entry.name)
+        self._spend(run, self.metered(run, entry, partial, None))
+
+    def cancelled(
+        self, run: Run, entry: Entry, flight: Flight, retry: int, message: str = "another answer won"
+    ) -> None:
         flight.release()
         tracing.attempt_ended(run, flight)
         self.state.record(entry.name, entry.provider, "cancelled", run.cfg, probe=self._probe(run, entry.name))
@@ -285,7 +295,7 @@ class Accounting:
                 "cancelled",
                 latency_s=time.perf_counter() - flight.t0,
                 retry=retry,
-                message="another answer won",
+                message=message,
             )
         )
 

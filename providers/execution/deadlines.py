@@ -4,9 +4,11 @@ raised as providers.errors.Timeout) or, once the request's deadline has passed, 
 
 An attempt's `timeout` bounds it from connect to last byte (asyncio's timeout around the client call, so it holds
 on every transport); a stream's first-token timeout bounds the wait for its first delta or tool call and its idle
-timeout every later wait for a chunk. `set deadline` (shortened, never lengthened, by a caller's `deadline=`)
-bounds the whole request: each attempt's bound is cut to the time left, no attempt or retry starts without time
-left, and a backoff that would sleep past it is not taken (the next plan model is tried at once instead).
+timeout every later wait for a chunk, a piece of output its client holds back (a tool call's pieces, emitted whole)
+counting as one (providers.clients.reply.stream_progress). `set deadline` (shortened, never lengthened, by a
+caller's `deadline=`) bounds the whole request: each attempt's bound is cut to the time left, no attempt or retry
+starts without time left, and a backoff that would sleep past it is not taken (the next plan model is tried at
+once instead).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from engine.runtime.settings import setting
+from providers.clients.reply import STREAM_PROGRESS
 from providers.errors import Timeout
 from providers.execution.resilience import RoutingError
 
@@ -47,16 +50,60 @@ T = TypeVar("T")
 MIN_LEFT_S = 0.001
 
 
+class _Wait:
+    """A stream's wait for its next event, whose expiry (`when`, loop time; None: none) a piece of output the
+    client holds back moves on (`progress`) to a whole idle bound from then."""
+
+    def __init__(self, run: Run, idle_s: float | None) -> None:
+        self.run, self.idle_s = run, idle_s
+        self.started = False  # output has come: the idle bound applies
+        self.by_deadline = False
+        self.when: float | None = None
+        self.timer: Any = None  # the asyncio.Timeout of the wait under way (Python 3.11+)
+
+    def progress(self) -> None:
+        if self.timer is not None and self.timer.expired():
+            return  # too late: the wait is being cut
+        self.started = True
+        seconds, self.by_deadline = _bound(self.run, self.idle_s)
+        self.when = None if seconds is None else asyncio.get_running_loop().time() + seconds
+        if self.timer is not None:
+            self.timer.reschedule(self.when)
+
+
 if sys.version_info >= (3, 11):
 
     async def _within(aw: Awaitable[T], seconds: float) -> T:
         async with asyncio.timeout(seconds):
             return await aw
 
+    async def _within_wait(aw: Awaitable[T], wait: _Wait) -> T:
+        async with asyncio.timeout_at(wait.when) as timer:
+            wait.timer = timer
+            try:
+                return await aw
+            finally:
+                wait.timer = None
+
 else:  # pragma: no cover - Python 3.10
 
     async def _within(aw: Awaitable[T], seconds: float) -> T:
         return await asyncio.wait_for(aw, seconds)
+
+    async def _within_wait(aw: Awaitable[T], wait: _Wait) -> T:
+        loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(aw)
+        try:
+            while not task.done():
+                left = None if wait.when is None else wait.when - loop.time()
+                if left is not None and left <= 0:
+                    raise asyncio.TimeoutError
+                await asyncio.wait({task}, timeout=left)
+            return task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.wait({task})
 
 
 def secs(seconds: float | None) -> str:
@@ -168,26 +215,32 @@ async def bounded_events(
     idle_s: float | None,
 ) -> AsyncGenerator[StreamEvent, None]:
     """`events` (a client's stream) with every wait bounded: until the first delta or tool call by `first_s`
-    from now, after it by `idle_s` per chunk, each cut to the time left before the deadline. An expiry raises
-    providers.errors.Timeout; the upstream stream is closed (its connection dropped) however this one ends."""
+    from now, after it by `idle_s` per chunk, each cut to the time left before the deadline. A piece of output
+    the client holds back (a tool call's, emitted whole) is output too: it restarts the idle bound (and ends the
+    wait for a first token) without being an event here. An expiry raises providers.errors.Timeout; the upstream
+    stream is closed (its connection dropped) however this one ends."""
     started = time.monotonic()
-    first = False
+    wait = _Wait(run, idle_s)
     try:
         while True:
-            if first:
-                limit, what = idle_s, "no next chunk"
+            if wait.started:
+                limit: float | None = idle_s
             else:
                 limit = None if first_s is None else max(0.0, first_s - (time.monotonic() - started))
-                what = "no first token"
-            seconds, by_deadline = _bound(run, limit)
+            seconds, wait.by_deadline = _bound(run, limit)
+            wait.when = None if seconds is None else asyncio.get_running_loop().time() + seconds
+            hook = STREAM_PROGRESS.set(wait.progress)  # this wait's only: reset before the event goes on
             try:
-                event = await (events.__anext__() if seconds is None else _within(events.__anext__(), seconds))
+                event = await _within_wait(events.__anext__(), wait)
             except StopAsyncIteration:
                 return
             except asyncio.TimeoutError:
-                bound = (idle_s if first else first_s) or 0.0  # the setting's value, not what was left of it
-                raise _expired(run, entry, what, bound, by_deadline) from None
-            first = first or event.kind in ("delta", "tool_call")
+                what = "no next chunk" if wait.started else "no first token"
+                bound = (idle_s if wait.started else first_s) or 0.0  # the setting's value, not what was left of it
+                raise _expired(run, entry, what, bound, wait.by_deadline) from None
+            finally:
+                STREAM_PROGRESS.reset(hook)
+            wait.started = wait.started or event.kind in ("delta", "tool_call")
             yield event
     finally:
         close = getattr(events, "aclose", None)

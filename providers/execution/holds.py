@@ -106,14 +106,15 @@ def _count(value: Any) -> int | None:
 
 
 def output_of(max_tokens: int | None, extra: Mapping[str, Any]) -> int | None:
-    """The output bound per choice as it goes on the wire: `max_tokens`, unless `extra` replaces it."""
-    overrides = [_count(extra.get(k)) for k in OUTPUT_KEYS if k in extra]
+    """The output bound per choice a hold counts: `max_tokens`, or more when `extra` sets a larger output key, never
+    less. An `extra` key may be one the model's wire format does not read (`max_output_tokens` to an OpenAI chat
+    model) while `max_tokens` goes on the wire as it is, so a smaller one cannot lower the bound; None (no bound)
+    wins."""
+    bounds = [max_tokens, *(_count(extra.get(k)) for k in OUTPUT_KEYS if k in extra)]
     config = extra.get("generationConfig")
     if isinstance(config, Mapping) and "maxOutputTokens" in config:
-        overrides.append(_count(config.get("maxOutputTokens")))
-    if overrides:
-        return None if None in overrides else max(o for o in overrides if o is not None)
-    return max_tokens
+        bounds.append(_count(config.get("maxOutputTokens")))
+    return None if None in bounds else max(b for b in bounds if b is not None)
 
 
 def choices_of(options: Mapping[str, Any], extra: Mapping[str, Any]) -> int:

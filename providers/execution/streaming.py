@@ -79,6 +79,7 @@ async def _stream_model(
         first = accounted = False
         events = None
         usage: StreamEvent | None = None
+        delivered: list[str] = []  # what the consumer was given: charged when it closes the stream early
         try:
             events = bounded_events(run, entry, client.astream(entry.spec, run.chat, timeout=wire), first_s, idle_s)
             async for event in events:
@@ -95,6 +96,10 @@ async def _stream_model(
                     yield usage
                     usage = None
                 first = first or event.kind in ("delta", "tool_call")
+                if event.kind == "delta" and event.text:
+                    delivered.append(event.text)
+                elif event.kind == "tool_call" and event.tool_call is not None:
+                    delivered += [event.tool_call.name, event.tool_call.arguments or ""]
                 yield event
             return
         except InvalidOutput as error:
@@ -113,7 +118,7 @@ async def _stream_model(
                 ) from None
         except (asyncio.CancelledError, GeneratorExit):
             if not accounted:
-                executor.cancelled(run, entry, flight, retry)
+                executor.cut_short(run, entry, flight, retry, "".join(delivered))
             raise
         finally:
             flight.release()  # whatever raised where (serialising the request, a store, a callback)
