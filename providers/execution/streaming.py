@@ -117,8 +117,10 @@ async def _stream_model(
                     status=error.status,
                 ) from None
         except (asyncio.CancelledError, GeneratorExit):
-            if not accounted:
+            if not accounted and first:  # the upstream answered: it bills what it was sent and what it gave
                 executor.cut_short(run, entry, flight, retry, "".join(delivered))
+            elif not accounted:  # nothing came back yet: like a cancelled call, nothing is charged
+                executor.cancelled(run, entry, flight, retry)
             raise
         finally:
             flight.release()  # whatever raised where (serialising the request, a store, a callback)
