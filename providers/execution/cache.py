@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from engine.runtime.settings import setting
 from providers.execution.cache_stores import MemoryLRU, Remote
 from providers.execution.outcome import Completion, validate
+from providers.execution.resilience import InvalidOutput
 from providers.execution.semantic_cache import Probe, SemanticIndex, find, probe_of, remember, threshold_of
 from providers.types import ChatResponse, Usage
 
@@ -171,7 +172,7 @@ class ResponseCache:
         if ttl is None or ttl <= 0:
             return
         settings = run.policy.settings
-        temperature = run.chat.temperature
+        temperature = sent_temperature(run.chat.temperature, run.chat.extra)
         if (temperature is None or temperature > 0) and not setting(settings, "cache.sampled"):
             return
         mode = options.get("cache", True)
@@ -209,6 +210,7 @@ class ResponseCache:
             return None
         found.looked = True
         value = self.get(found.key) if found.read else None
+        value = value if value is not None and _fresh(value, found.ttl, self.clock()) else None
         found.hit = value is not None
         self._count("hit" if found.hit else "miss")
         return None if value is None else json.loads(value).get("body")
@@ -216,7 +218,7 @@ class ResponseCache:
     def store_body(self, found: Lookup | None, body: Any) -> None:
         """Keep the JSON body answering a request begin_body() noted (`found`: what it returned)."""
         if found is not None and found.write and not found.hit:
-            entry = {"expires": self.clock() + found.ttl, "body": body}
+            entry = {"expires": self.clock() + found.ttl, "stored": self.clock(), "body": body}
             self.put(found.key, json.dumps(entry, separators=(",", ":"), ensure_ascii=False), found.ttl)
 
     def status(self, run: Run) -> str | None:
@@ -245,7 +247,12 @@ class ResponseCache:
             elif found.key not in self.index:  # another replica's answer, served here: found by meaning from now
                 expires = float(json.loads(value).get("expires", 0.0))
                 remember(self.index, self.embedder, run, probe, found.key, expires, self.clock())
-        done = self.completion(run, value, found.similarity) if value is not None else None
+        if value is not None and not _fresh(value, found.ttl, self.clock()):
+            value, found.similarity = None, None  # stored for a longer TTL than this request allows
+        try:
+            done = self.completion(run, value, found.similarity) if value is not None else None
+        except InvalidOutput:  # stored for another schema of the same name: this request's answer is not there
+            done, found.similarity = None, None
         found.hit = done is not None
         self._count("hit" if found.hit else "miss")
         if found.hit and found.similarity is not None:
@@ -265,6 +272,7 @@ class ResponseCache:
             return
         entry: dict[str, Any] = {
             "expires": self.clock() + found.ttl,
+            "stored": self.clock(),
             "model": done.model,
             "provider": done.provider,
             "strategy": done.strategy,
@@ -355,3 +363,22 @@ def cache_for(store: Any) -> ResponseCache:
         if found is None:
             found = _caches[store] = ResponseCache(remote_for(store))
         return found
+
+
+def _fresh(value: str, ttl: float, now: float) -> bool:
+    """Whether a stored entry is young enough for a request whose TTL is `ttl`: an entry lives as long as the TTL
+    of the request that stored it, and a rule (or a reload) with a shorter one must not be served an older answer.
+    An entry without its storing time (written before it was kept) is judged by its expiry alone."""
+    stored = json.loads(value).get("stored")
+    return not isinstance(stored, (int, float)) or now - float(stored) <= ttl
+
+
+def sent_temperature(temperature: float | None, extra: Mapping[str, Any]) -> float | None:
+    """The temperature that goes upstream: `extra`'s (merged into the body last, as `temperature` or Gemini's
+    `generationConfig.temperature`) over the request's own; None when none is sent (the provider's default, which
+    samples), and a value that is not a number counts as sampled."""
+    config = extra.get("generationConfig")
+    for value in (extra.get("temperature"), config.get("temperature") if isinstance(config, Mapping) else None):
+        if value is not None:
+            return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    return temperature
