@@ -246,19 +246,20 @@ class Reloader:
             raise_interrupt=False,
             ignore_permission_denied=True,
         )
-        pending, last, first_wake = False, 0.0, True
+        pending, moved, last, first_wake = False, False, 0.0, True
         try:
             for changes in changes_iter:
                 now = time.monotonic()
                 if first_wake:  # armed now: catch anything saved while arming
                     first_wake, pending, last = False, self._stale(), now
-                if ws.hits(changes, widen=self.last_error is not None):
+                if hit := ws.hits(changes, widen=self.last_error is not None):
                     pending, last = True, now
+                    moved = moved or not hit.isdisjoint(ws.dirs)  # a watched directory itself went or came back
                 if pending and now - last >= quiet_s:
                     self._reload_safely()
                     pending = False
-                    if ws.stale(self._files()):
-                        return  # the policy now uses other files or symlink targets: re-arm
+                    if moved or ws.stale(self._files()):
+                        return  # the policy now uses other files, targets or directories: re-arm
         finally:
             changes_iter.close()
 

@@ -80,8 +80,10 @@ class _WatchSet(NamedTuple):
         so creating a missing include retries. String work only: events start with the resolved dir watched."""
         out = set()
         for _, p in changes:
-            if p in self.paths or (
-                widen and os.path.dirname(p) in self.dirs and not _EDITOR_TEMP.search(os.path.basename(p))
+            if (
+                p in self.paths
+                or p in self.dirs
+                or (widen and os.path.dirname(p) in self.dirs and not _EDITOR_TEMP.search(os.path.basename(p)))
             ):
                 out.add(p)
         return out

@@ -22,7 +22,7 @@ from tests.waiting import wait_until
 
 MODES = pytest.mark.parametrize("poll", [False, True], ids=["notify", "poll"])
 # What a symlink swap that the watcher misses is given before the test calls it lost: docs/reload.md promises
-# 60-70 ms (poll: at most 100 ms plus the debounce), so 5 s is ~50x that on a quiet machine and keeps the xfails short.
+# 60-70 ms (poll: at most 100 ms plus the debounce), so 5 s is ~50x that on a quiet machine.
 LOST_S = 5.0
 
 
@@ -72,18 +72,11 @@ def load(engines: list[Engine]) -> Callable[..., Engine]:
 
 # ---- symlinks: the link is what changes, the old target stays -----------------------------------------------------
 
-# Where the process runs from. Below the working directory, policy.files holds each file relative to it with
-# symlinks resolved (engine/language/load.py _shown); elsewhere it holds the path as named. The reloader watches and
-# compares policy.files, so below the working directory (`modelroute serve policies/` from the project, a container
-# whose WORKDIR is the policy directory) a link's hops are not watched and a retarget is never seen.
-SYMLINK_BUG = (
-    "BUG: with the policy below the working directory, a symlink retarget that keeps the old target never goes "
-    "live: policy.files holds resolved paths there (load.py _shown), so the reloader (reload.py _files, "
-    "reload_paths.py _WatchSet.of/_snapshot) never sees the link and reload(force=False) finds the old target unchanged"
-)
-CWD = pytest.mark.parametrize(
-    "cwd", ["outside", pytest.param("inside", marks=pytest.mark.xfail(strict=True, reason=SYMLINK_BUG))]
-)
+# Where the process runs from: below the working directory policy.files holds each file relative to it, as named
+# (symlinks kept: engine/language/load.py _shown); elsewhere the path as named. Both are attacked: below it (`modelroute
+# serve policies/` from the project, a container whose WORKDIR is the policy directory) a link's hops were once resolved
+# away, so a retarget was never seen.
+CWD = pytest.mark.parametrize("cwd", ["outside", "inside"])
 
 
 def run_from(cwd: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -143,11 +136,6 @@ def test_configmap_swap_goes_live_before_the_old_directory_is_removed(
 # ---- the watched directory itself replaced --------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a policy directory replaced by rename (mv pol pol.old; mv pol.new pol) is never seen by the "
-    "notify watcher: it keeps watching the old inode and ignores the event on the watched directory itself",
-)
 def test_policy_directory_replaced_by_rename_notify(tmp_path: Path, load) -> None:
     pol = tmp_path / "pol"
     pol.mkdir()

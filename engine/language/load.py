@@ -111,8 +111,14 @@ def display_name(path: Path) -> str:
 
 
 def _shown(path: Path) -> str:
+    """Below the working directory as named, symlinks kept: a file reached through a link is watched through it (a
+    link retargeted is an edit). Else below it once resolved (the working directory reached through a link), else as
+    given."""
+    named, here = os.path.abspath(path), os.getcwd()
+    if named.startswith(here.rstrip(os.sep) + os.sep):
+        return os.path.relpath(named, here)
     try:
-        return str(real_path(path).relative_to(real_path(os.getcwd())))
+        return str(real_path(path).relative_to(real_path(here)))
     except ValueError:
         return str(path)
 
