@@ -15,7 +15,7 @@ from engine.language.load import bundled_policy_dir
 from engine.options import check_execution_options, extension_functions
 from engine.reloading import ReloadMethods
 from engine.request_building import RequestError as RequestError
-from engine.request_building import RequestMethods
+from engine.request_building import RequestMethods, prompt_text
 from engine.runtime.budget import BudgetBook
 from engine.runtime.caller_pin import caller_pinned_decision
 from engine.runtime.decision import Decision, NoRouteError
@@ -39,7 +39,7 @@ DECIDE_ARGUMENTS = ("prompt", "messages")
 
 class Engine(RequestMethods, ReloadMethods, ExecutionMethods):
     """Routes requests with a compiled policy. Safe to share between threads: the policy is immutable and
-    swapped as one reference."""
+    swapped, with the text estimator it counts with, as one reference (`_snapshot`)."""
 
     def __init__(
         self,
@@ -73,7 +73,10 @@ class Engine(RequestMethods, ReloadMethods, ExecutionMethods):
         if isinstance(token_estimator, str):
             token_estimator = load_estimator(token_estimator)
         self._default_estimate: TokenEstimator = token_estimator or estimate_tokens
-        self._estimate = policy_estimator(getattr(policy, "settings", None), self._default_estimate)
+        estimate = policy_estimator(getattr(policy, "settings", None), self._default_estimate)
+        #: (policy, text estimator): read as one, so a decision never mixes one version's rules with another's
+        #: token counter; `_policy` mirrors it for the readers that want the policy alone
+        self._snapshot: tuple[CompiledPolicy, TokenEstimator] = (policy, estimate)
         self._policy = policy
         self._path = path
         self._catalog = catalog
@@ -162,7 +165,7 @@ class Engine(RequestMethods, ReloadMethods, ExecutionMethods):
 
     @property
     def policy(self) -> CompiledPolicy:
-        return self._policy
+        return self._snapshot[0]
 
     @property
     def functions(self) -> Mapping[str, Callable[..., Any]]:
@@ -184,7 +187,8 @@ class Engine(RequestMethods, ReloadMethods, ExecutionMethods):
     def embedder(self) -> Embedder | None:
         """The embedder the policy's semantic tasks (`like`) use: the `embedder=` given at load, else the default
         (WordLlama, engine/runtime/embedder.py) when the policy has a task with examples, else None."""
-        return self._policy.embedder if self._policy.embedder is not None else self._embedder
+        policy = self._snapshot[0]
+        return policy.embedder if policy.embedder is not None else self._embedder
 
     @property
     def path(self) -> str | Path | None:
@@ -200,22 +204,24 @@ class Engine(RequestMethods, ReloadMethods, ExecutionMethods):
 
     @property
     def version(self) -> str:
-        return self._policy.version
+        return self._snapshot[0].version
 
     def decide(
         self, prompt: str | None = None, *, messages: Sequence[Mapping[str, Any]] | None = None, **attrs: Any
     ) -> Decision:
         """Pick a model for a prompt (or OpenAI-format messages) and request attributes.
 
-        Raises NoRouteError when no rule yields a viable model, RequestError for an unusable `tokens`."""
+        Raises NoRouteError when no rule yields a viable model; RequestError (a ValueError saying what is
+        accepted) for a prompt that is not text, `messages` that are not a list of message objects, or a `tokens`
+        that is not a number of tokens from 0 to 10**308."""
         start = time.perf_counter_ns()
-        policy = self._policy  # one read: the whole decision uses one policy version
+        policy, estimate = self._snapshot  # one read: the whole decision uses one policy version and its counter
         if messages is None and not attrs and not policy.budgets and not policy.counts:  # the common case
-            text = prompt or ""
+            text = prompt if type(prompt) is str else prompt_text(prompt)
             state = self.state
             req = Request(
                 text,
-                self._estimate(text),
+                estimate(text),
                 attrs,
                 False,
                 False,
@@ -225,7 +231,7 @@ class Engine(RequestMethods, ReloadMethods, ExecutionMethods):
                 state.latency_ms(),
             )
         else:
-            req = self.request(prompt, messages=messages, policy=policy, **attrs)
+            req = self.build_request(prompt, messages, policy, estimate, attrs)
         result = _decide(policy, req, True)
         if result is None:
             if req.unavailable:  # open circuits may be all that stands in the way: probe or fail (plan.py)
@@ -247,12 +253,9 @@ class Engine(RequestMethods, ReloadMethods, ExecutionMethods):
         policy does not know the model, does not `set overrides = true`, or the model cannot serve the request.
         An open circuit is not a refusal here: execution skips the model and says why."""
         start = time.perf_counter_ns()
-        policy = self._policy
+        policy, estimate = self._snapshot
         return pinned_decision(
-            policy,
-            model,
-            lambda: self.request(prompt, messages=messages, policy=policy, **attrs),
-            start,
+            policy, model, lambda: self.build_request(prompt, messages, policy, estimate, attrs), start
         )
 
     def pin_model(
@@ -270,14 +273,14 @@ class Engine(RequestMethods, ReloadMethods, ExecutionMethods):
         did-you-mean hint, for a name the policy does not know; model_unsuitable when none of them can serve the
         request. An open circuit is not a refusal here: execution skips the model and says why."""
         start = time.perf_counter_ns()
-        policy = self._policy
+        policy, estimate = self._snapshot
         return caller_pinned_decision(
-            policy, model, fallback, lambda: self.request(prompt, messages=messages, policy=policy, **attrs), start
+            policy, model, fallback, lambda: self.build_request(prompt, messages, policy, estimate, attrs), start
         )
 
     def resolve_model(self, name: str) -> str | None:
         """The policy's canonical name for a model name or catalog alias, or None when it has no such model."""
-        return resolve_model(self._policy, name)
+        return resolve_model(self._snapshot[0], name)
 
     @property
     def budget_book(self) -> BudgetBook:

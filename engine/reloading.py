@@ -26,8 +26,8 @@ class ReloadMethods:
     engine.api.Engine, which provides the attributes below and its `executor`."""
 
     _policy: CompiledPolicy
+    _snapshot: tuple[CompiledPolicy, TokenEstimator]
     _default_estimate: TokenEstimator
-    _estimate: TokenEstimator
     _path: str | Path | None
     _catalog: Any
     _today: datetime.date | None
@@ -52,11 +52,13 @@ class ReloadMethods:
         return self._reload
 
     def swap(self, policy: CompiledPolicy) -> None:
-        """Install a compiled policy: one reference assignment, so each decide() sees one version. The reloader
-        calls it with each policy that compiled; callers may too (e.g. to install a policy compiled elsewhere).
-        The text counter follows the policy's `tokens.estimator` (its encoder was loaded when it compiled)."""
-        self._estimate = policy_estimator(getattr(policy, "settings", None), self._default_estimate)
-        self._policy = policy
+        """Install a compiled policy: one reference assignment of the (policy, text counter) pair, so each decide()
+        sees one version, its rules and its token counts alike. The reloader calls it with each policy that
+        compiled; callers may too (e.g. to install a policy compiled elsewhere). The text counter follows the
+        policy's `tokens.estimator` (its encoder was loaded when it compiled)."""
+        estimate = policy_estimator(getattr(policy, "settings", None), self._default_estimate)
+        self._snapshot = (policy, estimate)  # the one publication decide() reads
+        self._policy = policy  # a mirror for readers of the policy alone
 
     def recompile(self) -> CompiledPolicy:
         """Compile the policy from its path again (raises PolicyError); does not install it."""
@@ -87,7 +89,7 @@ class ReloadMethods:
 
     def _watch_health(self) -> None:
         """Start the background health checks on the sync API's loop when the policy sets `health.interval`."""
-        settings = self._policy.settings
+        settings = self._snapshot[0].settings
         if settings is not None and settings.get("health.interval"):
             ex = self.executor
             ex.health.ensure(ex.background_loop())

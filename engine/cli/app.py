@@ -101,7 +101,7 @@ def main() -> None:
     "--format",
     "fmt",
     type=click.Choice(["text", "json", "markdown", "html"]),
-    default="text",
+    default=None,
     help="Output format: text (default), json, markdown, or a self-contained html page.",
 )
 @click.option("--color/--no-color", default=None, help="Force colour on or off (default: on a terminal).")
@@ -115,7 +115,7 @@ def explain(
     messages_file: Path | None,
     attrs: tuple[str, ...],
     as_json: bool,
-    fmt: str,
+    fmt: str | None,
     color: bool | None,
     watch: bool,
     today: datetime.date | None,
@@ -134,6 +134,8 @@ def explain(
       modelroute explain "Fix this bug" --functions myrouting:FUNCTIONS (a policy that calls complexity())
       modelroute explain "Draft an NDA" --embedder myrouting:embed (semantic tasks with your own embedder)
     """
+    if as_json and fmt not in (None, "json"):
+        raise click.UsageError(f"--json conflicts with --format {fmt}: give one of them")
     given = [x for x in (prompt is not None, prompt_file is not None, messages_file is not None) if x]
     if len(given) > 1:
         raise click.UsageError("give the prompt once: as an argument, with -f FILE, - for stdin, or --messages")
@@ -158,17 +160,17 @@ def explain(
     attributes = dict(parse_attr(a) for a in attrs)
     path = policy_or_default(policy)
     console = _console()
-    fmt = "json" if as_json else fmt
+    out = "json" if as_json else fmt or "text"
 
     def show(engine: Engine) -> bool:
         try:
             decision = _timed_decide(engine, prompt, messages, dict(attributes))
         except NoRouteError as err:
-            click.echo(_render(err.report(), fmt, _use_color(console, color)), color=color)
+            click.echo(_render(err.report(), out, _use_color(console, color)), color=color)
             return False
         except RequestError as exc:
             raise click.BadParameter(str(exc), param_hint="--attr") from None
-        click.echo(_render(decision.report(), fmt, _use_color(console, color)), color=color)
+        click.echo(_render(decision.report(), out, _use_color(console, color)), color=color)
         return True
 
     python = {"functions": functions, "rankers": rankers, "embedder": embedder}  # --functions, --rankers, --embedder
@@ -177,7 +179,11 @@ def explain(
             path, lambda compiled: show(Engine(compiled, path=path, today=today, **python)), console, today, **python
         )
         return
-    if not show(Engine.load(path, today=today, **python)):
+    try:
+        engine = Engine.load(path, today=today, **python)
+    except PolicyError as err:
+        exit_on_policy_error(err, out == "json")
+    if not show(engine):
         sys.exit(EXIT_ERRORS)
 
 

@@ -15,10 +15,17 @@ from rich.markup import escape
 from rich.table import Table
 
 from engine.api import Engine
-from engine.cli.common import EXIT_ERRORS, _console, policy_or_default, print_diagnostics, read_stdin
+from engine.cli.common import (
+    EXIT_ERRORS,
+    _console,
+    exit_on_policy_error,
+    policy_or_default,
+    print_diagnostics,
+    read_stdin,
+)
 from engine.cli.options import extension_options, today_option
 from engine.compiler.passes import as_date
-from engine.diagnostics import PolicyError, did_you_mean
+from engine.diagnostics import PolicyError, Sources, did_you_mean
 from engine.language.load import display_name
 from providers.catalog import KNOWN_FEATURES
 
@@ -134,7 +141,13 @@ def fmt(paths: tuple[Path, ...], check: bool, show_diff: bool) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
 @click.option("--fail-on-change", is_flag=True, help="Exit 1 if any decision changed (for CI).")
-@click.option("--limit", default=20, show_default=True, help="Changed requests to list in the text report.")
+@click.option(
+    "--limit",
+    default=20,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Changed requests to list in the text report.",
+)
 @today_option
 @extension_options
 def diff_cmd(
@@ -167,7 +180,7 @@ def diff_cmd(
         corpus = read_corpus(prompts)
     except CorpusError as exc:
         raise click.BadParameter(str(exc), param_hint="--prompts") from None
-    old_engine, new_engine = _load_pair(old, new, as_date(today), python)  # one date for both sides
+    old_engine, new_engine = _load_pair(old, new, as_date(today), python, as_json)  # one date for both sides
     try:
         result = diff_policies(old_engine, new_engine, corpus)
     except CorpusError as exc:
@@ -180,9 +193,11 @@ def diff_cmd(
         sys.exit(EXIT_ERRORS)
 
 
-def _load_pair(old: Path, new: Path, today: datetime.date, python: dict[str, Any]) -> tuple[Engine, Engine]:
+def _load_pair(
+    old: Path, new: Path, today: datetime.date, python: dict[str, Any], as_json: bool = False
+) -> tuple[Engine, Engine]:
     """Both engines, compiled for one date with the same `python` (--functions, --rankers, --embedder), reporting
-    the diagnostics of both policies before failing."""
+    the diagnostics of both policies (as one JSON object with `as_json`, as check --json does) before failing."""
     engines: list[Engine] = []
     errors: list[PolicyError] = []
     for path in (old, new):
@@ -191,10 +206,9 @@ def _load_pair(old: Path, new: Path, today: datetime.date, python: dict[str, Any
         except PolicyError as exc:
             errors.append(exc)
     if errors:
-        console = _console(stderr=True)
-        for err in errors:
-            print_diagnostics(err, console)
-        sys.exit(EXIT_ERRORS)
+        sources = Sources({name: text for err in errors for name, text in err.sources.texts.items()})
+        unique = {json.dumps(d.to_dict(), sort_keys=True): d for err in errors for d in err.diagnostics}  # old == new
+        exit_on_policy_error(PolicyError(list(unique.values()), sources), as_json)
     return engines[0], engines[1]
 
 
@@ -229,7 +243,17 @@ def graph(policy: Path | None, fmt_: str, output: Path | None, today: datetime.d
     compiled = Engine.load(policy_or_default(policy), today=today, **python).policy
     text = to_dot(compiled) if fmt_ == "dot" else to_mermaid(compiled)
     if output is not None:
-        output.write_text(text, encoding="utf-8")
+        if output.resolve() in {Path(f).resolve() for f in (compiled.entry, *compiled.files)}:
+            raise click.BadParameter(
+                f"{output} is a file of the policy being drawn: writing the graph would overwrite it",
+                param_hint="-o/--output",
+            )
+        try:
+            output.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise click.BadParameter(
+                f"cannot write {output}: {exc.strerror or exc}", param_hint="-o/--output"
+            ) from None
         click.echo(f"wrote {output}")
     else:
         click.echo(text, nl=False)
@@ -314,7 +338,10 @@ def catalog(
       modelroute catalog --provider anthropic --sort CODING
       modelroute catalog --json | jq '.[].name'
     """
-    rows, cat = _model_rows(policy_or_default(policy))
+    try:
+        rows, cat = _model_rows(policy_or_default(policy))
+    except PolicyError as err:
+        exit_on_policy_error(err, as_json)
     if providers:
         known = {r["provider"] for r in rows}
         for p in providers:

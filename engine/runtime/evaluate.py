@@ -91,7 +91,7 @@ def _try(rule: CompiledRule, req: Request, matched: int, scanned: bool, lazy: bo
     cond = rule.cond
     try:
         holds = cond is None or cond(matched, req.tokens, req.attrs, req)
-    except TypeError:  # a comparison between mismatched types: that comparison is false
+    except (TypeError, ArithmeticError):  # mismatched types, a Decimal NaN: that comparison is false
         holds = cond_value(rule, rule.node.cond, matched, req.tokens, req.attrs, None, 0, req=req)
     if not holds:
         return None

@@ -20,7 +20,10 @@ from engine.runtime.units import KIND_NAMES, METRIC_KIND, fmt_count, fmt_ms, fmt
 if TYPE_CHECKING:
     from engine.runtime.policy import Entry, Request
 
-__all__ = ["AttrLimit"]
+__all__ = ["AttrLimit", "shown_value"]
+
+#: How deep shown_value() renders nested lists, tuples and dicts before it writes `...` in their place.
+SHOWN_DEPTH = 8
 
 _CODES = {
     "latency": Code.LATENCY,
@@ -113,8 +116,56 @@ class AttrLimit:
             return f"`where {self.text}` does not apply: {self.attr} was not passed"
         if request_value(METRIC_KIND[self.metric], value) is None:
             want = KIND_NAMES[METRIC_KIND[self.metric]]
-            shown = repr(value)
-            if len(shown) > 40:  # a client's value, perhaps 400 digits: enough of it to recognise
-                shown = shown[:37] + "..."
+            shown = shown_value(value, 40)  # a client's value, perhaps 400 digits: enough of it to recognise
             return f"`where {self.text}` does not apply: {self.attr} is {shown}, not {want}"
         return None
+
+
+def shown_value(value: Any, width: int | None = None) -> str:
+    """A client's value as explain and error messages show it: its repr, except that an int too long for repr
+    (sys.get_int_max_str_digits) is "<an int of N digits>", lists, tuples and dicts nested deeper than SHOWN_DEPTH
+    or holding themselves show `...` there, and a value whose repr fails is "<a TYPE value>"; cut to `width`
+    characters (ending in "...") when given. Never raises."""
+    shown = _shown(value, 0, set())
+    if width is not None and len(shown) > width:
+        shown = shown[: width - 3] + "..."
+    return shown
+
+
+def _shown(value: Any, depth: int, open_ids: set[int]) -> str:
+    kind = type(value)
+    if kind in (list, tuple, dict):
+        left, right = ("[", "]") if kind is list else ("(", ")") if kind is tuple else ("{", "}")
+        if depth >= SHOWN_DEPTH or id(value) in open_ids:  # too deep, or a cycle: the marker repr uses for one
+            return f"{left}...{right}"
+        open_ids.add(id(value))
+        try:
+            if kind is dict:
+                items = [
+                    f"{_shown(k, depth + 1, open_ids)}: {_shown(v, depth + 1, open_ids)}" for k, v in value.items()
+                ]
+            else:
+                items = [_shown(v, depth + 1, open_ids) for v in value]
+        finally:
+            open_ids.discard(id(value))
+        tail = "," if kind is tuple and len(items) == 1 else ""
+        return f"{left}{', '.join(items)}{tail}{right}"
+    try:
+        return repr(value)
+    except ValueError:
+        if isinstance(value, int):  # more digits than repr may write
+            return f"<an int of {_digits(value)} digits>"
+        return f"<a {kind.__name__} value>"
+    except Exception:  # a caller's object whose repr fails (or recurses without end)
+        return f"<a {kind.__name__} value>"
+
+
+def _digits(value: int) -> int:
+    """How many decimal digits abs(value) has, without writing it out."""
+    value = abs(value)
+    digits = max(1, int(value.bit_length() * 0.30102999566398120))
+    while value >= 10**digits:
+        digits += 1
+    while digits > 1 and value < 10 ** (digits - 1):
+        digits -= 1
+    return digits

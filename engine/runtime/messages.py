@@ -344,7 +344,8 @@ def read_messages(messages: Iterable[Mapping[str, Any]], *, lenient: bool = Fals
 
 
 def content_text(content: Any) -> str:
-    """The text of an OpenAI-format content (string or parts) for token counting; unreadable parts count as empty."""
+    """The text of an OpenAI-format content (string or parts) for token counting; unreadable parts count as empty
+    (a text part whose `text` is missing or null is empty text)."""
     if content is None or isinstance(content, str):
         return content or ""
     texts = []
@@ -352,18 +353,27 @@ def content_text(content: Any) -> str:
         if isinstance(part, str):
             texts.append(part)
         elif isinstance(part, Mapping) and part.get("type") == "text":
-            texts.append(str(part.get("text", "")))
+            text = part.get("text")
+            texts.append(text if isinstance(text, str) else "" if text is None else str(text))
     return "\n".join(texts)
 
 
 def has_images(messages: Iterable[Mapping[str, Any]]) -> bool:
-    """Whether any message holds an image part (any of the OpenAI image part shapes)."""
+    """Whether any message holds an image part (any of the OpenAI image part shapes; in a read message, an image
+    part). Anything that is not a message holds none."""
     for msg in messages:
-        content = msg.get("content")
-        if isinstance(content, list) and any(
-            isinstance(p, Mapping) and p.get("type") in IMAGE_PART_TYPES for p in content
-        ):
-            return True
+        if isinstance(msg, Mapping):
+            content = msg.get("content")
+            if isinstance(content, list) and any(
+                isinstance(p, Mapping) and p.get("type") in IMAGE_PART_TYPES for p in content
+            ):
+                return True
+        else:
+            content = getattr(msg, "content", None)
+            if isinstance(content, (list, tuple)) and any(
+                not isinstance(p, (str, Mapping)) and getattr(p, "type", None) in IMAGE_PART_TYPES for p in content
+            ):
+                return True
     return False
 
 

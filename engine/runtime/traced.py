@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from engine.language import nodes as n
 from engine.runtime.constraints import check
 from engine.runtime.functions import Failed
+from engine.runtime.jsoninput import MAX_JSON_DEPTH
+from engine.runtime.limits import shown_value
 from engine.runtime.policy import MISSING, CompiledPolicy, CompiledRule, Entry, Request, get_attr
 from engine.runtime.report import (
     Atom,
@@ -80,6 +82,8 @@ def cond_value(
         note = None
     except TypeError:
         value, note = False, "type mismatch: the comparison is false"
+    except ArithmeticError:  # e.g. decimal.InvalidOperation: a Decimal NaN compared in order
+        value, note = False, "not a comparable number: the comparison is false"
     if out is not None:
         shown, extra = _DESCRIBE[type(node)](node, _Seen(matched, tokens, attrs, policy, text, req))
         if extra is not None and (note is None or extra.startswith(_CALLED)):
@@ -236,7 +240,7 @@ def _show(v: Any) -> str:
         return "true" if v else "false"
     if isinstance(v, float):
         return f"{v:g}"
-    return repr(v)
+    return shown_value(v)  # never raises: an int of 5000 digits, a cyclic or 5000-deep list
 
 
 def _candidates(rule: CompiledRule, req: Request, chosen: Entry | None, policy: CompiledPolicy) -> list[Candidate]:
@@ -366,11 +370,27 @@ def _semantic(policy: CompiledPolicy, req: Request, matched: int) -> list[Simila
     return out
 
 
-def _jsonable(v: Any) -> Any:
-    if v is None or isinstance(v, (str, int, float, bool)):
+def _jsonable(v: Any, depth: int = 0, open_ids: frozenset[int] = frozenset()) -> Any:
+    """An attribute value as JSON data: lists, tuples and dicts as deep as JSON input may nest (MAX_JSON_DEPTH: what
+    the CLI and the gateway accept comes back whole; deeper, or holding themselves: "[...]" / "{...}" there), an int
+    too long to write out (and any other value) as shown_value text."""
+    if v is None or isinstance(v, (str, float, bool)):
         return v
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    return repr(v)
+    if isinstance(v, int):
+        shown = shown_value(v) if v.bit_length() > 10_000 else ""  # below that, any int can be written out
+        return shown if shown.startswith("<") else v
+    if isinstance(v, (list, tuple, dict)):
+        if depth >= MAX_JSON_DEPTH or id(v) in open_ids:  # too deep, or a cycle
+            return "{...}" if isinstance(v, dict) else "[...]"
+        inner = open_ids | {id(v)}
+        if isinstance(v, dict):
+            return {_key(k): _jsonable(x, depth + 1, inner) for k, x in v.items()}
+        return [_jsonable(x, depth + 1, inner) for x in v]
+    return shown_value(v)
+
+
+def _key(k: Any) -> str:
+    try:
+        return str(k)
+    except Exception:  # an int of 5000 digits, a key whose __str__ fails
+        return shown_value(k)

@@ -15,6 +15,7 @@ nothing.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 from collections import Counter
@@ -161,15 +162,17 @@ class DiffResult:
                 "old": sum(1 for r in self.rows if r.old.model is None),
                 "new": sum(1 for r in self.rows if r.new.model is None),
             },
-            "cost": {"old": old, "new": new, "delta": new - old, "delta_pct": (new - old) / old * 100 if old else None},
+            "cost": {"old": old, "new": new, "delta": new - old, "delta_pct": _percent(new - old, old)},
         }
 
     def to_json(self, indent: int | None = 2) -> str:
-        """The result as a JSON document (what `modelroute diff --json` prints)."""
-        return json.dumps(self.to_dict(), indent=indent)
+        """The result as a strict JSON document (what `modelroute diff --json` prints): a number too large to be
+        finite (a cost from an absurd max_tokens) is null, never `Infinity` or `NaN`."""
+        return json.dumps(_finite(self.to_dict()), indent=indent, allow_nan=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """The result as JSON-ready data: the summary, the transitions and every changed request."""
+        """The result as JSON-ready data: the summary, the transitions and every changed request. `cost.delta_pct`
+        is null when the old cost is 0 or the percentage is not a finite number."""
         return {
             **self.summary(),
             "transitions": [{"from": a, "to": b, "count": c} for a, b, c in self.transitions()],
@@ -185,6 +188,28 @@ class DiffResult:
                 for r in self.changed
             ],
         }
+
+
+def _percent(delta: float, base: float) -> float | None:
+    """`delta` as a percentage of `base`; None when base is 0 or the result is not finite."""
+    if not base or not math.isfinite(base) or not math.isfinite(delta):
+        return None
+    try:
+        pct = delta / base * 100
+    except (OverflowError, ZeroDivisionError):
+        return None
+    return pct if math.isfinite(pct) else None
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every non-finite float (inf, -inf, nan) in it, at any depth, replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _outcome_json(o: Outcome) -> dict[str, Any]:

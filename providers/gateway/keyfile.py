@@ -271,6 +271,8 @@ def _apply(
     or removed, kept comments, created the file)."""
     target = _target(path)
     where, json_file = str(path), path.suffix == ".json"
+    if revoke is not None and not os.path.lexists(target):  # before the lock: a failing revoke creates nothing
+        raise KeyEditError(f"{target}: no such keys file", usage=True)
     with _locked(target):
         raw, st = _load(target, must_exist=revoke is not None)
         keys = _keys(raw, where, json_file)
