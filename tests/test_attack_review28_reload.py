@@ -10,7 +10,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,7 @@ import pytest
 from engine.api import Engine, compile_policy
 from engine.reload import ReloadEvent
 from tests.semantic_kit import BagOfWords
+from tests.test_reload import CATALOG, engines  # noqa: F401 (a fixture: engines a test starts, stopped after)
 from tests.waiting import wait_until
 
 MODES = pytest.mark.parametrize("poll", [False, True], ids=["notify", "poll"])
@@ -52,16 +53,7 @@ def relink(link: Path, target: str) -> None:
 
 
 @pytest.fixture
-def engines() -> Iterator[list[Engine]]:
-    """Engines a test starts; stopped afterwards even when the test fails."""
-    started: list[Engine] = []
-    yield started
-    for e in started:
-        e.stop()
-
-
-@pytest.fixture
-def load(engines: list[Engine]) -> Callable[..., Engine]:
+def load(engines: list[Engine]) -> Callable[..., Engine]:  # noqa: F811 (the fixture imported from test_reload)
     def make(path: Path, *, poll: bool = False, **kw: object) -> Engine:
         engine = Engine.load(path, watch=True, poll=poll, **kw)  # type: ignore[arg-type]
         engines.append(engine)
@@ -317,21 +309,6 @@ def test_example_file_deleted_then_recreated(tmp_path: Path, load, poll: bool) -
     wait_until(lambda: engine.decide("review this contract clause").model == "gpt-4o", "the new examples")
     assert engine.decide("write a python function").model == "gpt-4o-mini"
     assert engine.last_error is None
-
-
-CATALOG = """\
-models:
-  alpha:
-    provider: openai
-    context: 128k
-    price: {input: %s, output: 1.00}
-    latency_ms: 500
-  beta:
-    provider: openai
-    context: 128k
-    price: {input: 0.50, output: 1.00}
-    latency_ms: 500
-"""
 
 
 @MODES
