@@ -75,9 +75,8 @@ class Engine(RequestMethods, ReloadMethods, ExecutionMethods):
         self._default_estimate: TokenEstimator = token_estimator or estimate_tokens
         estimate = policy_estimator(getattr(policy, "settings", None), self._default_estimate)
         #: (policy, text estimator): read as one, so a decision never mixes one version's rules with another's
-        #: token counter; `_policy` mirrors it for the readers that want the policy alone
+        #: token counter (`policy` reads the first)
         self._snapshot: tuple[CompiledPolicy, TokenEstimator] = (policy, estimate)
-        self._policy = policy
         self._path = path
         self._catalog = catalog
         self._today = today

@@ -39,7 +39,7 @@ class ExecutionMethods:
     the Engine provides `executor`, `state` and its executor once made (`_exec`)."""
 
     state: StateStore
-    _policy: CompiledPolicy
+    _snapshot: tuple[CompiledPolicy, Any]
     _exec: Executor | None
 
     @property
@@ -204,13 +204,13 @@ class ExecutionMethods:
         such name) once with a one-token request, a few at a time; the results feed circuits and health. Returns
         a ProbeResult per model (status ok | failed | skipped). An unknown name is a PinError (a ValueError)
         with a did-you-mean hint, before any probe."""
-        names = _warmup_names(self._policy, models)
+        names = _warmup_names(self._snapshot[0], models)
         ex = self.executor
         return cast("list[ProbeResult]", ex.run_sync(self.awarmup(names)))
 
     async def awarmup(self, models: Sequence[str] | str | None = None) -> list[ProbeResult]:
         """The async warmup()."""
-        names = _warmup_names(self._policy, models)
+        names = _warmup_names(self._snapshot[0], models)
         ex = self.executor
         results = await _execution().probe_all(ex, names)
         ex.health.last_round = time.monotonic()

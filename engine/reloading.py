@@ -25,7 +25,6 @@ class ReloadMethods:
     """reloader, swap(), recompile(), reload(), watch(), awatch(), stop(), on_reload(), last_error: a base class of
     engine.api.Engine, which provides the attributes below and its `executor`."""
 
-    _policy: CompiledPolicy
     _snapshot: tuple[CompiledPolicy, TokenEstimator]
     _default_estimate: TokenEstimator
     _path: str | Path | None
@@ -58,7 +57,6 @@ class ReloadMethods:
         policy's `tokens.estimator` (its encoder was loaded when it compiled)."""
         estimate = policy_estimator(getattr(policy, "settings", None), self._default_estimate)
         self._snapshot = (policy, estimate)  # the one publication decide() reads
-        self._policy = policy  # a mirror for readers of the policy alone
 
     def recompile(self) -> CompiledPolicy:
         """Compile the policy from its path again (raises PolicyError); does not install it."""

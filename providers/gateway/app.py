@@ -39,7 +39,7 @@ from providers.gateway.pipeline import serve
 from providers.gateway.reports import ReportEndpoints
 from providers.gateway.responses_api import ResponsesWire
 from providers.gateway.run import fallbacks_used
-from providers.gateway.streamed import CLIENT_CLOSED
+from providers.gateway.streamed import CLIENT_CLOSED, hung_up
 from providers.gateway.wire import ChatWire, Wire, json_response, with_body
 
 if TYPE_CHECKING:
@@ -250,7 +250,7 @@ class Gateway(ReportEndpoints):
             return self._error(err)
         except ClientGone:  # gone while its body was read: nothing is sent, counted as 499 like the other endpoints
             self.done("completions", CLIENT_CLOSED, t0)
-            return Response(status_code=CLIENT_CLOSED)
+            return hung_up()
         parts = several_prompts(raw)
         if parts is None:
             return await serve(self, with_body(request, raw), CompletionsWire())

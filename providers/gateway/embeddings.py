@@ -39,7 +39,7 @@ from providers.gateway.run import (
     release_key_budget,
     until_answered,
 )
-from providers.gateway.streamed import CLIENT_CLOSED, cache_headers
+from providers.gateway.streamed import CLIENT_CLOSED, cache_headers, hung_up
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -240,7 +240,7 @@ async def embeddings(gw: Gateway, request: Request) -> Response:
         return gw._error(err)
     except ClientGone:
         status = CLIENT_CLOSED
-        return Response(status_code=CLIENT_CLOSED)
+        return hung_up()
     except Exception:
         status = 500
         log.exception("internal error handling an embeddings request")

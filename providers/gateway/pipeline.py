@@ -30,7 +30,14 @@ from providers.gateway.run import (
     routing_error,
     until_answered,
 )
-from providers.gateway.streamed import CLIENT_CLOSED, answered_response, cache_headers, cached_response, stream_response
+from providers.gateway.streamed import (
+    CLIENT_CLOSED,
+    answered_response,
+    cache_headers,
+    cached_response,
+    hung_up,
+    stream_response,
+)
 from providers.gateway.wire import json_response
 
 if TYPE_CHECKING:
@@ -162,7 +169,7 @@ async def serve(gw: Gateway, request: Request, wire: Wire) -> Response:
         return gw._error(err, wire)
     except ClientGone:  # nobody is listening: nothing is sent; counted as nginx's 499 "client closed request"
         status = CLIENT_CLOSED
-        return Response(status_code=CLIENT_CLOSED)
+        return hung_up()
     except Exception:
         status = 500
         log.exception("internal error handling a request to %s", request.url.path)

@@ -21,7 +21,7 @@ from providers.gateway.legacy import model_object
 from providers.gateway.metrics import CONTENT_TYPE
 from providers.gateway.openai_wire import AUTO_MODELS, ApiError, parse_chat
 from providers.gateway.run import pinned_decision
-from providers.gateway.streamed import CLIENT_CLOSED
+from providers.gateway.streamed import CLIENT_CLOSED, hung_up
 from providers.gateway.wire import json_response
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ class ReportEndpoints:
             return self._error(err, wire)
         except ClientGone:  # gone while its body was read (providers/gateway/app.py _body): nothing is sent
             status = CLIENT_CLOSED
-            return Response(status_code=CLIENT_CLOSED)
+            return hung_up()
         finally:
             self.done("count_tokens", status, t0)
 
@@ -141,7 +141,7 @@ class ReportEndpoints:
             return self._error(err)
         except ClientGone:  # gone while its body was read: nothing is sent
             status = CLIENT_CLOSED
-            return Response(status_code=CLIENT_CLOSED)
+            return hung_up()
         except Exception:
             status = 500
             log.exception("internal error explaining a request")

@@ -36,6 +36,12 @@ log = logging.getLogger("modelroute.gateway")
 CLIENT_CLOSED = 499  # nginx's "client closed request": the status counted for a client that hung up
 
 
+def hung_up() -> Response:
+    """The answer to a request whose client hung up (before its body was read in, or before its answer was ready):
+    nothing reaches it; the status is what the request is counted as."""
+    return Response(status_code=CLIENT_CLOSED)
+
+
 def interrupted(exc: BaseException, run: Run) -> str:
     """The client's message for a stream that failed after it began: the failure's class and status, never the
     provider's own text (it may quote anything, keys included)."""
